@@ -1,0 +1,151 @@
+//! protojson for `GetEventsResponse`, written by hand so that the `event`
+//! oneof comes first, as Go's protojson (declaration order) writes it.
+//! Every other message uses the pbjson-generated impls.
+
+use serde::de::Error as _;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::tetragon::get_events_response::Event;
+use crate::tetragon::{EventType, GetEventsResponse};
+
+/// One row per oneof member: variant, protojson name, and the `EventType`
+/// it corresponds to.
+macro_rules! for_each_event_kind {
+    ($m:ident) => {
+        $m! {
+            ProcessExec, "process_exec", ProcessExec;
+            ProcessExit, "process_exit", ProcessExit;
+            ProcessKprobe, "process_kprobe", ProcessKprobe;
+            ProcessTracepoint, "process_tracepoint", ProcessTracepoint;
+            ProcessLoader, "process_loader", ProcessLoader;
+            ProcessUprobe, "process_uprobe", ProcessUprobe;
+            ProcessThrottle, "process_throttle", ProcessThrottle;
+            ProcessLsm, "process_lsm", ProcessLsm;
+            ProcessUsdt, "process_usdt", ProcessUsdt;
+            Test, "test", Test;
+            RateLimitInfo, "rate_limit_info", RateLimitInfo;
+        }
+    };
+}
+
+macro_rules! impl_event_kinds {
+    ($($variant:ident, $name:literal, $ty:ident;)*) => {
+        impl Event {
+            /// The protojson key of this event kind (`process_exec`, …).
+            pub fn json_name(&self) -> &'static str {
+                match self { $(Event::$variant(_) => $name,)* }
+            }
+
+            /// The `EventType` that filters and field filters compare against.
+            pub fn event_type(&self) -> EventType {
+                match self { $(Event::$variant(_) => EventType::$ty,)* }
+            }
+        }
+
+        fn serialize_event<M: SerializeMap>(map: &mut M, event: &Event) -> Result<(), M::Error> {
+            match event { $(Event::$variant(v) => map.serialize_entry($name, v),)* }
+        }
+
+        fn deserialize_event(key: &str, value: serde_json::Value) -> Option<Result<Event, serde_json::Error>> {
+            match key {
+                $($name => Some(serde_json::from_value(value).map(Event::$variant)),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+for_each_event_kind!(impl_event_kinds);
+
+impl GetEventsResponse {
+    /// The event's type, `UNDEF` when the oneof is empty.
+    pub fn event_type(&self) -> EventType {
+        self.event.as_ref().map_or(EventType::Undef, Event::event_type)
+    }
+}
+
+impl Serialize for GetEventsResponse {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(event) = &self.event {
+            serialize_event(&mut map, event)?;
+        }
+        if !self.node_name.is_empty() {
+            map.serialize_entry("node_name", &self.node_name)?;
+        }
+        if let Some(time) = &self.time {
+            map.serialize_entry("time", time)?;
+        }
+        if let Some(info) = &self.aggregation_info {
+            map.serialize_entry("aggregation_info", info)?;
+        }
+        if !self.cluster_name.is_empty() {
+            map.serialize_entry("cluster_name", &self.cluster_name)?;
+        }
+        if !self.node_labels.is_empty() {
+            map.serialize_entry("node_labels", &self.node_labels)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for GetEventsResponse {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let object = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        let mut out = GetEventsResponse::default();
+        for (key, value) in object {
+            if value.is_null() {
+                continue;
+            }
+            let field = |e: serde_json::Error| D::Error::custom(format!("field `{key}`: {e}"));
+            match key.as_str() {
+                "node_name" | "nodeName" => out.node_name = serde_json::from_value(value).map_err(field)?,
+                "time" => out.time = Some(serde_json::from_value(value).map_err(field)?),
+                "aggregation_info" | "aggregationInfo" => {
+                    out.aggregation_info = Some(serde_json::from_value(value).map_err(field)?)
+                }
+                "cluster_name" | "clusterName" => out.cluster_name = serde_json::from_value(value).map_err(field)?,
+                "node_labels" | "nodeLabels" => out.node_labels = serde_json::from_value(value).map_err(field)?,
+                other => match deserialize_event(&snake_case(other), value) {
+                    Some(event) => {
+                        if out.event.is_some() {
+                            return Err(D::Error::custom(format!("more than one event kind (`{other}`)")));
+                        }
+                        out.event = Some(event.map_err(field)?);
+                    }
+                    // Unknown keys are ignored, like protojson's DiscardUnknown,
+                    // so newer Tetragon exports still decode.
+                    None => {}
+                },
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// protojson readers accept the lowerCamelCase JSON name too.
+fn snake_case(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    for c in key.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('_');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Renders one event as a protojson line (no trailing newline).
+pub fn to_json_line(event: &GetEventsResponse) -> String {
+    // Serializing plain data into a String cannot fail; fall back to an
+    // empty object rather than panicking if it ever did.
+    serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// Parses one protojson line into an event.
+pub fn from_json_line(line: &str) -> Result<GetEventsResponse, serde_json::Error> {
+    serde_json::from_str(line)
+}

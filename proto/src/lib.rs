@@ -1,0 +1,24 @@
+//! Tetragon-compatible API types for Vigil.
+//!
+//! The `.proto` files under `proto/` are Vigil's own, written from the
+//! reference schema with Tetragon's names and field numbers, so the wire
+//! format and the protojson rendering match what Tetragon clients expect.
+#![forbid(unsafe_code)]
+
+pub mod json;
+mod timestamp;
+
+pub use timestamp::Timestamp;
+
+/// Generated messages, enums and gRPC stubs of package `tetragon`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod tetragon {
+    include!(concat!(env!("OUT_DIR"), "/tetragon.rs"));
+    include!(concat!(env!("OUT_DIR"), "/tetragon.serde.rs"));
+}
+
+/// Encoded `FileDescriptorSet` of every `.proto` file, for gRPC reflection
+/// and for tests that check field numbers.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));
+
+pub use pbjson_types as wkt;
