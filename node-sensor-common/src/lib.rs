@@ -1,1 +1,172 @@
+//! Records and configuration shared by Vigil's kernel programs and the
+//! user-space sensor. Every type is `#[repr(C)]`, `Copy` and padding-free
+//! (explicit `_pad` fields), with its size asserted at compile time, so both
+//! sides agree on the layout byte for byte.
 #![no_std]
+
+/// Bytes of `mm->arg_start..arg_end` copied per exec; longer argument
+/// lists are cut and flagged `FLAG_TRUNC_ARGS`.
+pub const ARGS_SIZE: usize = 1024;
+/// Bytes of the exec filename copied (`bprm->filename`).
+pub const FILENAME_SIZE: usize = 256;
+/// Bytes of cwd path components stored, leaf first, NUL separated.
+pub const CWD_SIZE: usize = 1024;
+/// Longest single component read (NAME_MAX + NUL); the cwd buffer has
+/// this much slack past `CWD_SIZE` so every read stays in bounds.
+pub const NAME_READ: usize = 256;
+/// Components walked from cwd towards the root before giving up.
+pub const CWD_MAX_DEPTH: u32 = 16;
+/// Bytes of the default-hierarchy cgroup's leaf name.
+pub const CGROUP_NAME_SIZE: usize = 128;
+
+/// Record kinds, the first `u32` of every ring-buffer record.
+pub const KIND_EXEC: u32 = 1;
+pub const KIND_EXIT: u32 = 2;
+pub const KIND_CLONE: u32 = 3;
+
+/// Record flags set by the kernel side.
+pub const FLAG_TRUNC_ARGS: u32 = 1 << 0;
+pub const FLAG_TRUNC_FILENAME: u32 = 1 << 1;
+pub const FLAG_ERROR_ARGS: u32 = 1 << 2;
+pub const FLAG_ERROR_FILENAME: u32 = 1 << 3;
+pub const FLAG_ERROR_CWD: u32 = 1 << 4;
+pub const FLAG_TRUNC_CWD: u32 = 1 << 5;
+pub const FLAG_ERROR_CGROUP: u32 = 1 << 6;
+pub const FLAG_NO_AUID: u32 = 1 << 7;
+
+/// Indexes of the per-CPU `COUNTERS` map.
+pub const COUNTER_RINGBUF_FULL: u32 = 0;
+pub const COUNTER_READ_ERRORS: u32 = 1;
+pub const COUNTER_EXECS: u32 = 2;
+pub const COUNTER_EXITS: u32 = 3;
+pub const COUNTER_CLONES: u32 = 4;
+pub const COUNTERS_LEN: u32 = 5;
+
+/// Common first 16 bytes of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub kind: u32,
+    pub flags: u32,
+    /// Boot-time nanoseconds when the kernel saw the event.
+    pub ktime: u64,
+}
+
+/// One `sched_process_exec`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecRecord {
+    pub header: RecordHeader,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub euid: u32,
+    pub gid: u32,
+    pub egid: u32,
+    /// `task->loginuid`, `u32::MAX` when unset.
+    pub auid: u32,
+    /// `task->start_boottime` of the process (fork time, unchanged by exec).
+    pub start_boottime: u64,
+    /// `real_parent->start_boottime`.
+    pub parent_start_boottime: u64,
+    /// Default-hierarchy cgroup id (`kernfs_node->id`).
+    pub cgroup_id: u64,
+    /// Bytes used in `filename`, `args`, `cwd`, `cgroup` (no trailing NUL).
+    pub filename_len: u32,
+    pub args_len: u32,
+    pub cwd_len: u32,
+    pub cgroup_len: u32,
+    /// 1 when the walk reached the process root at once (cwd is `/`).
+    pub cwd_is_root: u32,
+    pub _pad: u32,
+    pub filename: [u8; FILENAME_SIZE],
+    pub args: [u8; ARGS_SIZE],
+    pub cwd: [u8; CWD_SIZE + NAME_READ],
+    pub cgroup: [u8; CGROUP_NAME_SIZE],
+}
+
+/// One thread group's end (`sched_process_exit` of its last thread).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitRecord {
+    pub header: RecordHeader,
+    pub pid: u32,
+    pub tid: u32,
+    /// `task->exit_code`: status in bits 8..16, signal in 0..7, core 0x80.
+    pub exit_code: u32,
+    pub _pad: u32,
+    pub start_boottime: u64,
+}
+
+/// A new thread group (`sched_process_fork` where the child leads it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloneRecord {
+    pub header: RecordHeader,
+    pub pid: u32,
+    pub ppid: u32,
+    pub start_boottime: u64,
+    pub parent_start_boottime: u64,
+}
+
+/// Byte offsets of every kernel struct field the programs read, resolved
+/// from the running kernel's BTF at start-up and passed in as a read-only
+/// global, so nothing depends on the build machine's kernel layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_real_parent: u32,
+    pub task_start_boottime: u32,
+    pub task_real_cred: u32,
+    pub task_loginuid: u32,
+    pub task_mm: u32,
+    pub task_fs: u32,
+    pub task_cgroups: u32,
+    pub task_signal: u32,
+    pub task_exit_code: u32,
+    pub signal_live: u32,
+    pub cred_uid: u32,
+    pub cred_gid: u32,
+    pub cred_euid: u32,
+    pub cred_egid: u32,
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
+    pub fs_root: u32,
+    pub fs_pwd: u32,
+    pub path_mnt: u32,
+    pub path_dentry: u32,
+    pub dentry_parent: u32,
+    pub dentry_name: u32,
+    pub qstr_name: u32,
+    pub vfsmount_root: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
+    pub mount_mnt: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_name: u32,
+    pub kernfs_node_id: u32,
+    pub binprm_filename: u32,
+    /// 1 when `task_loginuid` is valid (CONFIG_AUDITSYSCALL).
+    pub has_loginuid: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<RecordHeader>() == 16);
+const _: () = assert!(core::mem::size_of::<ExitRecord>() == 40);
+const _: () = assert!(core::mem::size_of::<CloneRecord>() == 40);
+const _: () = assert!(
+    core::mem::size_of::<ExecRecord>()
+        == 16 + 8 * 4 + 3 * 8 + 6 * 4 + FILENAME_SIZE + ARGS_SIZE + CWD_SIZE + NAME_READ + CGROUP_NAME_SIZE
+);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 36 * 4);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), Copy, made of integers and byte arrays with
+    // no padding (checked by the size asserts above); any bit pattern is valid.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}

@@ -1,0 +1,102 @@
+//! Loads the lifecycle programs with the running kernel's offsets, attaches
+//! them, and hands out the ring buffer and the kernel-side counters.
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::programs::RawTracePoint;
+use aya::{Ebpf, EbpfLoader};
+use node_sensor_common::{COUNTERS_LEN, KernelOffsets};
+
+use crate::btf_offsets::{self, OffsetError};
+
+/// The programs and the tracepoints they attach to.
+pub const PROGRAMS: &[&str] = &["sched_process_fork", "sched_process_exec", "sched_process_exit"];
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/node-sensor"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("vigil-sensor must run as root (it loads BPF programs); effective uid is {0}")]
+    NotRoot(u32),
+    #[error(transparent)]
+    Offsets(#[from] OffsetError),
+    #[error("loading the BPF object failed: {0}")]
+    Object(#[source] aya::EbpfError),
+    #[error("BPF program `{0}` is missing from the object")]
+    MissingProgram(&'static str),
+    #[error("the kernel verifier rejected BPF program `{name}`: {reason} (run with --log-level debug for the verifier log)")]
+    Verifier { name: &'static str, reason: String },
+    #[error("attaching `{name}` to raw tracepoint {name} failed: {source}")]
+    Attach { name: &'static str, source: aya::programs::ProgramError },
+    #[error("BPF map `{0}` is missing or has the wrong type")]
+    Map(&'static str),
+}
+
+/// Loaded, attached programs. Dropping this detaches them.
+pub struct Probes {
+    _ebpf: Ebpf,
+    pub ring: RingBuf<MapData>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub offsets: KernelOffsets,
+}
+
+/// Kernel-side counters summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    pub ringbuf_full: u64,
+    pub read_errors: u64,
+    pub execs: u64,
+    pub exits: u64,
+    pub clones: u64,
+}
+
+impl Probes {
+    /// Sums the per-CPU counters.
+    pub fn counters(&self) -> KernelCounters {
+        let sum = |i: u32| self.counters.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+        KernelCounters {
+            ringbuf_full: sum(node_sensor_common::COUNTER_RINGBUF_FULL),
+            read_errors: sum(node_sensor_common::COUNTER_READ_ERRORS),
+            execs: sum(node_sensor_common::COUNTER_EXECS),
+            exits: sum(node_sensor_common::COUNTER_EXITS),
+            clones: sum(node_sensor_common::COUNTER_CLONES),
+        }
+    }
+}
+
+/// Resolves offsets from `btf_path`, loads and attaches every program.
+pub fn load(btf_path: &str) -> Result<Probes, LoadError> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return Err(LoadError::NotRoot(euid));
+    }
+    let btf = btf_offsets::open(btf_path)?;
+    let offsets = btf_offsets::resolve(&btf)?;
+    tracing::debug!(?offsets, "resolved kernel struct offsets from BTF");
+
+    let mut ebpf = EbpfLoader::new()
+        .override_global("OFFSETS", &offsets, true)
+        .load(EBPF_OBJECT)
+        .map_err(LoadError::Object)?;
+    for &name in PROGRAMS {
+        let program: &mut RawTracePoint = ebpf
+            .program_mut(name)
+            .ok_or(LoadError::MissingProgram(name))?
+            .try_into()
+            .map_err(|_| LoadError::MissingProgram(name))?;
+        if let Err(e) = program.load() {
+            if let aya::programs::ProgramError::LoadError { verifier_log, .. } = &e {
+                tracing::debug!(program = name, log = %verifier_log, "verifier log");
+            }
+            return Err(LoadError::Verifier { name, reason: e.to_string() });
+        }
+        program.attach(name).map_err(|source| LoadError::Attach { name, source })?;
+    }
+    let ring = ebpf.take_map("EVENTS").ok_or(LoadError::Map("EVENTS"))?;
+    let ring = RingBuf::try_from(ring).map_err(|_| LoadError::Map("EVENTS"))?;
+    let counters = ebpf.take_map("COUNTERS").ok_or(LoadError::Map("COUNTERS"))?;
+    let counters: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(counters).map_err(|_| LoadError::Map("COUNTERS"))?;
+    debug_assert_eq!(counters.len(), COUNTERS_LEN);
+    Ok(Probes { _ebpf: ebpf, ring, counters, offsets })
+}
