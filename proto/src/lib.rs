@@ -7,6 +7,7 @@
 
 pub mod json;
 mod timestamp;
+pub mod transport;
 
 pub use timestamp::Timestamp;
 
