@@ -10,3 +10,14 @@
 pub mod btf_offsets;
 pub mod decode;
 pub mod loader;
+pub mod cache;
+pub mod cgroup;
+pub mod flags;
+pub mod builder;
+pub mod procfs;
+pub mod bus;
+pub mod server;
+pub mod stats;
+pub mod config;
+pub mod export;
+pub mod pipeline;

@@ -33,7 +33,8 @@ pub enum LoadError {
 
 /// Loaded, attached programs. Dropping this detaches them.
 pub struct Probes {
-    _ebpf: Ebpf,
+    /// Owns the programs and links; dropping it detaches them.
+    pub _ebpf: Ebpf,
     pub ring: RingBuf<MapData>,
     pub counters: PerCpuArray<MapData, u64>,
     pub offsets: KernelOffsets,
@@ -52,7 +53,14 @@ pub struct KernelCounters {
 impl Probes {
     /// Sums the per-CPU counters.
     pub fn counters(&self) -> KernelCounters {
-        let sum = |i: u32| self.counters.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+        read_counters(&self.counters)
+    }
+}
+
+/// Sums the per-CPU kernel counters.
+pub fn read_counters(counters: &PerCpuArray<MapData, u64>) -> KernelCounters {
+    let sum = |i: u32| counters.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+    {
         KernelCounters {
             ringbuf_full: sum(node_sensor_common::COUNTER_RINGBUF_FULL),
             read_errors: sum(node_sensor_common::COUNTER_READ_ERRORS),

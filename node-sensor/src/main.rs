@@ -1,10 +1,106 @@
-fn main() -> anyhow::Result<()> {
-    let mut p = node_sensor::loader::load(node_sensor::btf_offsets::VMLINUX_BTF)?;
-    std::process::Command::new("/bin/sh").args(["-c", "cd /tmp && /usr/bin/id -u; exit 3"]).status()?;
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    while let Some(item) = p.ring.next() {
-        println!("{:?}", node_sensor::decode::decode(&item));
+//! `vigil-sensor`: loads the lifecycle programs, seeds the process cache
+//! from /proc, and serves events over Tetragon's gRPC API.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use node_sensor::builder::Clock;
+use node_sensor::bus::EventBus;
+use node_sensor::config::{Flags, LogFormat, Settings};
+use node_sensor::pipeline::Pipeline;
+use node_sensor::stats::SensorStats;
+use node_sensor::{export, loader, server};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(s: &Settings) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(&s.log_level).with_context(|| format!("invalid --log-level {:?}", s.log_level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match s.log_format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
     }
-    println!("{:?}", p.counters());
     Ok(())
+}
+
+async fn shutdown_signal(tx: tokio::sync::watch::Sender<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+    let _ = tx.send(true);
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let probes = loader::load(&settings.btf)?;
+    tracing::info!(node = %settings.node_name, programs = ?loader::PROGRAMS, "BPF programs loaded and attached");
+    if !settings.server_address.is_local() {
+        tracing::warn!(address = %settings.server_address, "serving plaintext gRPC off loopback; mTLS comes with the relay work");
+    }
+    let stats = Arc::new(SensorStats::default());
+    let bus = EventBus::new(&settings.node_name, settings.subscriber_queue_size);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    let exporter = match &settings.export_filename {
+        Some(path) => Some(export::start(&bus, path).with_context(|| format!("opening export file {}", path.display()))?),
+        None => None,
+    };
+    let service = server::Service { bus: bus.clone(), stats: stats.clone() };
+    let address = settings.server_address.clone();
+    let server_stop = stop_rx.clone();
+    let server = tokio::spawn(async move { server::serve(&address, service, server_stop).await });
+
+    let mut pipeline = Pipeline::new(&settings.node_name, Clock::from_system(), settings.process_cache_size, bus.clone(), stats.clone());
+    let seeded = pipeline.seed_from_procfs(&settings.procfs);
+    tracing::info!(processes = seeded, address = %settings.server_address, "process cache seeded from procfs; serving");
+
+    tokio::spawn(shutdown_signal(stop_tx));
+    let pipe = tokio::spawn(pipeline.run(probes, stop_rx));
+    // The server ends on shutdown or on a listen error; either way stop.
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e.into()),
+        Err(e) => anyhow::bail!("server task failed: {e}"),
+    }
+    pipe.await.context("pipeline task")??;
+    tracing::info!(stats = %stats.snapshot(&bus), "stopped");
+    if let Some(x) = exporter {
+        x.abort();
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let flags = Flags::parse();
+    let settings = match Settings::resolve(flags) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("vigil-sensor: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_logging(&settings) {
+        eprintln!("vigil-sensor: {e:#}");
+        return std::process::ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vigil-sensor: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigil-sensor: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

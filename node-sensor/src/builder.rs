@@ -1,0 +1,211 @@
+//! Kernel records to Tetragon `Process` messages and events: argument
+//! joining and quoting, cwd assembly, binary resolution, times, exit
+//! status and signal decoding.
+
+use proto::Timestamp;
+use proto::tetragon::{GetEventsResponse, Process, ProcessExec, ProcessExit, get_events_response::Event};
+
+use crate::cache::{Lineage, exec_id};
+use crate::cgroup;
+use crate::decode::ExecData;
+use crate::flags;
+use node_sensor_common as k;
+
+/// Converts kernel boot-time nanoseconds to wall-clock timestamps.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Wall-clock nanoseconds at boot (CLOCK_REALTIME − CLOCK_BOOTTIME).
+    boot_wall_ns: i128,
+}
+
+fn clock_ns(id: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+impl Clock {
+    pub fn from_system() -> Self {
+        let boot = clock_ns(libc::CLOCK_BOOTTIME);
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        Clock { boot_wall_ns: real - boot }
+    }
+
+    pub fn fixed(boot_wall_ns: i128) -> Self {
+        Clock { boot_wall_ns }
+    }
+
+    pub fn wall(&self, boot_ns: u64) -> Timestamp {
+        Timestamp::from_unix_nanos(self.boot_wall_ns + i128::from(boot_ns))
+    }
+
+    /// Boot-time nanoseconds now.
+    pub fn boot_now(&self) -> u64 {
+        clock_ns(libc::CLOCK_BOOTTIME).max(0) as u64
+    }
+}
+
+/// Tetragon joins argv[1..] with spaces, wrapping an argument that holds a
+/// space in double quotes.
+pub fn join_args<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> String {
+    args.into_iter()
+        .map(|a| {
+            let s = String::from_utf8_lossy(a);
+            if s.contains(' ') { format!("\"{s}\"") } else { s.into_owned() }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Splits the kernel's NUL-separated argv, dropping argv[0].
+pub fn arguments(raw: &[u8]) -> String {
+    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+    if raw.is_empty() {
+        return String::new();
+    }
+    join_args(raw.split(|b| *b == 0).skip(1))
+}
+
+/// `/a/b` from leaf-first components.
+fn cwd_path(e: &ExecData) -> String {
+    if e.cwd_is_root {
+        return "/".to_owned();
+    }
+    let mut path = String::new();
+    for c in e.cwd_components.iter().rev() {
+        path.push('/');
+        path.push_str(&String::from_utf8_lossy(c));
+    }
+    path
+}
+
+/// The binary as executed, made absolute against the cwd when relative.
+fn binary_path(filename: &str, cwd: &str) -> String {
+    if filename.starts_with('/') || cwd.is_empty() {
+        return filename.to_owned();
+    }
+    let rel = filename.strip_prefix("./").unwrap_or(filename);
+    if cwd == "/" { format!("/{rel}") } else { format!("{cwd}/{rel}") }
+}
+
+/// Builds the new image's `Process` (parent links are the cache's job).
+pub fn exec_process(node: &str, clock: &Clock, e: &ExecData) -> Process {
+    let mut bits = flags::EXECVE;
+    let kernel_flag = |f: u32, ours: u32| if e.flags & f != 0 { ours } else { 0 };
+    bits |= kernel_flag(k::FLAG_TRUNC_ARGS, flags::TRUNC_ARGS)
+        | kernel_flag(k::FLAG_TRUNC_FILENAME, flags::TRUNC_FILENAME)
+        | kernel_flag(k::FLAG_ERROR_ARGS, flags::ERROR_ARGS)
+        | kernel_flag(k::FLAG_ERROR_FILENAME, flags::ERROR_FILENAME)
+        | kernel_flag(k::FLAG_ERROR_CWD, flags::ERROR_CWD)
+        | kernel_flag(k::FLAG_TRUNC_CWD, flags::TRUNC_CWD)
+        | kernel_flag(k::FLAG_ERROR_CGROUP, flags::ERROR_CGROUPS);
+    let cwd = if e.flags & k::FLAG_ERROR_CWD != 0 { String::new() } else { cwd_path(e) };
+    if cwd == "/" {
+        bits |= flags::ROOT_CWD;
+    } else if cwd.is_empty() {
+        bits |= flags::NO_CWD;
+    }
+    let filename = String::from_utf8_lossy(&e.filename).into_owned();
+    let cgroup_name = String::from_utf8_lossy(&e.cgroup_name);
+    Process {
+        exec_id: exec_id(node, e.ktime, e.pid),
+        pid: Some(e.pid.into()),
+        uid: Some(e.uid.into()),
+        cwd: cwd.clone(),
+        binary: binary_path(&filename, &cwd),
+        arguments: arguments(&e.args),
+        flags: flags::to_string(bits),
+        start_time: Some(clock.wall(e.ktime)),
+        auid: Some(e.auid.into()),
+        docker: cgroup::container_id(&cgroup_name).map(|id| cgroup::docker_field(id).to_owned()).unwrap_or_default(),
+        tid: Some(e.tid.into()),
+        ..Default::default()
+    }
+}
+
+/// Signal names by number (x86-64/arm64 numbering).
+const SIGNALS: [&str; 32] = [
+    "", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL", "SIGUSR1",
+    "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT", "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP",
+    "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR",
+    "SIGSYS",
+];
+
+/// `task->exit_code` to (status, signal name): a signal in bits 0..7 (0x80
+/// marks a core dump), else the status in bits 8..16.
+pub fn exit_status(code: u32) -> (u32, String) {
+    let signal = code & 0x7f;
+    if signal == 0 {
+        return ((code >> 8) & 0xff, String::new());
+    }
+    let name = SIGNALS.get(signal as usize).map_or_else(|| format!("SIG{signal}"), |s| (*s).to_owned());
+    (0, name)
+}
+
+pub fn exec_event(node: &str, time: Timestamp, lineage: Lineage) -> GetEventsResponse {
+    GetEventsResponse {
+        event: Some(Event::ProcessExec(ProcessExec {
+            process: Some(lineage.process),
+            parent: lineage.parent,
+            ancestors: vec![],
+        })),
+        node_name: node.to_owned(),
+        time: Some(time),
+        ..Default::default()
+    }
+}
+
+pub fn exit_event(node: &str, time: Timestamp, lineage: Lineage, exit_code: u32) -> GetEventsResponse {
+    let (status, signal) = exit_status(exit_code);
+    GetEventsResponse {
+        event: Some(Event::ProcessExit(ProcessExit {
+            process: Some(lineage.process),
+            parent: lineage.parent,
+            signal,
+            status,
+            time: Some(time),
+            ancestors: vec![],
+        })),
+        node_name: node.to_owned(),
+        time: Some(time),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_join_and_quote_like_tetragon() {
+        assert_eq!(arguments(b"sh\0-c\0/usr/bin/env VIGIL_MARK=tvm-1 /bin/true; exit 3\0"), "-c \"/usr/bin/env VIGIL_MARK=tvm-1 /bin/true; exit 3\"");
+        assert_eq!(arguments(b"/usr/bin/id\0-u\0"), "-u");
+        assert_eq!(arguments(b"/bin/true\0"), "");
+        assert_eq!(arguments(b""), "");
+        // cut mid-argument (truncArgs): the partial tail is kept
+        assert_eq!(arguments(b"x\0aaa\0bb"), "aaa bb");
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(exit_status(3 << 8), (3, String::new()));
+        assert_eq!(exit_status(0), (0, String::new()));
+        assert_eq!(exit_status(9), (0, "SIGKILL".into()));
+        assert_eq!(exit_status(11 | 0x80), (0, "SIGSEGV".into()), "core dump bit");
+        assert_eq!(exit_status(40), (0, "SIG40".into()));
+    }
+
+    #[test]
+    fn binaries_resolve_against_cwd() {
+        assert_eq!(binary_path("/bin/ls", "/tmp"), "/bin/ls");
+        assert_eq!(binary_path("./run.sh", "/tmp"), "/tmp/run.sh");
+        assert_eq!(binary_path("run.sh", "/"), "/run.sh");
+    }
+
+    #[test]
+    fn clock_converts_boot_time() {
+        let c = Clock::fixed(1_000_000_000_000_000_000);
+        assert_eq!(c.wall(615_000_000).to_protojson(), "2001-09-09T01:46:40.615Z");
+    }
+}

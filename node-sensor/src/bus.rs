@@ -1,0 +1,185 @@
+//! Fan-out of events to subscribers. Each subscriber has its own filter and
+//! a bounded queue: when the queue is full its events are dropped and
+//! counted, and the count reaches it as a `rate_limit_info` event before the
+//! next event it gets. A slow subscriber never blocks the sensor or others.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use events::fields::FieldFilters;
+use events::filter::EventFilter;
+use proto::tetragon::{GetEventsResponse, RateLimitInfo, get_events_response::Event};
+use tokio::sync::mpsc;
+
+struct Subscriber {
+    filter: EventFilter,
+    tx: mpsc::Sender<Arc<GetEventsResponse>>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// Totals across subscribers, for health and logs.
+#[derive(Debug, Default)]
+pub struct BusStats {
+    pub published: AtomicU64,
+    pub delivered: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct EventBus {
+    subscribers: Arc<Mutex<Vec<Subscriber>>>,
+    queue_size: usize,
+    node_name: Arc<str>,
+    pub stats: Arc<BusStats>,
+}
+
+/// The receiving end handed to a gRPC stream.
+pub struct Subscription {
+    rx: mpsc::Receiver<Arc<GetEventsResponse>>,
+    dropped: Arc<AtomicU64>,
+    fields: FieldFilters,
+    node_name: Arc<str>,
+    /// An event held back while its preceding loss notice is delivered.
+    pending: Option<Arc<GetEventsResponse>>,
+}
+
+impl Subscription {
+    fn loss_notice(&self) -> Option<GetEventsResponse> {
+        let n = self.dropped.swap(0, Ordering::Relaxed);
+        (n > 0).then(|| GetEventsResponse {
+            event: Some(Event::RateLimitInfo(RateLimitInfo { number_of_dropped_process_events: n })),
+            node_name: self.node_name.to_string(),
+            time: Some(proto::Timestamp::now()),
+            ..Default::default()
+        })
+    }
+
+    /// The next event for this subscriber, a loss notice first if any of
+    /// its events were dropped since the last one. `None` when the bus is
+    /// gone.
+    pub async fn next(&mut self) -> Option<GetEventsResponse> {
+        if let Some(notice) = self.loss_notice() {
+            return Some(notice);
+        }
+        let event = match self.pending.take() {
+            Some(e) => return Some(self.fields.apply(Arc::unwrap_or_clone(e))),
+            None => self.rx.recv().await?,
+        };
+        // Drops that happened while we waited are reported first.
+        if let Some(notice) = self.loss_notice() {
+            self.pending = Some(event);
+            return Some(notice);
+        }
+        Some(self.fields.apply(Arc::unwrap_or_clone(event)))
+    }
+}
+
+impl EventBus {
+    pub fn new(node_name: &str, queue_size: usize) -> Self {
+        EventBus {
+            subscribers: Arc::default(),
+            queue_size: queue_size.max(1),
+            node_name: node_name.into(),
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn subscribe(&self, filter: EventFilter, fields: FieldFilters) -> Subscription {
+        let (tx, rx) = mpsc::channel(self.queue_size);
+        let dropped = Arc::new(AtomicU64::new(0));
+        if let Ok(mut subs) = self.subscribers.lock() {
+            subs.push(Subscriber { filter, tx, dropped: dropped.clone() });
+        }
+        Subscription { rx, dropped, fields, node_name: self.node_name.clone(), pending: None }
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// Offers the event to every subscriber whose filter passes it.
+    pub fn publish(&self, event: GetEventsResponse) {
+        self.stats.published.fetch_add(1, Ordering::Relaxed);
+        let event = Arc::new(event);
+        let Ok(mut subs) = self.subscribers.lock() else { return };
+        subs.retain(|s| {
+            if !s.filter.matches(&event) {
+                return !s.tx.is_closed();
+            }
+            match s.tx.try_send(event.clone()) {
+                Ok(()) => {
+                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    s.dropped.fetch_add(1, Ordering::Relaxed);
+                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::tetragon::{Filter, Process, ProcessExec};
+
+    fn exec(binary: &str) -> GetEventsResponse {
+        GetEventsResponse {
+            event: Some(Event::ProcessExec(ProcessExec {
+                process: Some(Process { binary: binary.into(), ..Default::default() }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn binary(e: &GetEventsResponse) -> &str {
+        events::subject::process(e).map_or("", |p| p.binary.as_str())
+    }
+
+    #[tokio::test]
+    async fn slow_subscriber_loses_counted_events_and_others_do_not() {
+        let bus = EventBus::new("n", 2);
+        let mut slow = bus.subscribe(EventFilter::default(), FieldFilters::default());
+        let mut only_b = bus.subscribe(
+            EventFilter::new(&[Filter { binary_regex: vec!["^/b".into()], ..Default::default() }], &[]).unwrap(),
+            FieldFilters::default(),
+        );
+        for b in ["/a1", "/a2", "/a3", "/b1", "/a4"] {
+            bus.publish(exec(b));
+        }
+        // slow queued the first two and lost three; the loss is reported
+        // before anything else it reads, then the queued events follow.
+        let notice = slow.next().await.unwrap();
+        assert!(matches!(notice.event, Some(Event::RateLimitInfo(RateLimitInfo { number_of_dropped_process_events: 3 }))), "{notice:?}");
+        assert_eq!(notice.node_name, "n");
+        assert_eq!(binary(&slow.next().await.unwrap()), "/a1");
+        assert_eq!(binary(&slow.next().await.unwrap()), "/a2");
+        // later drops are reported again, in order
+        bus.publish(exec("/a5"));
+        bus.publish(exec("/a6"));
+        bus.publish(exec("/a7"));
+        let notice = slow.next().await.unwrap();
+        assert!(matches!(notice.event, Some(Event::RateLimitInfo(RateLimitInfo { number_of_dropped_process_events: 1 }))), "{notice:?}");
+        assert_eq!(binary(&slow.next().await.unwrap()), "/a5");
+        assert_eq!(binary(&slow.next().await.unwrap()), "/a6");
+        // the filtered subscriber lost nothing
+        assert_eq!(binary(&only_b.next().await.unwrap()), "/b1");
+        assert_eq!(bus.stats.dropped.load(Ordering::Relaxed), 4);
+        assert_eq!(bus.stats.delivered.load(Ordering::Relaxed), 5);
+    }
+
+    #[tokio::test]
+    async fn closed_subscribers_are_removed() {
+        let bus = EventBus::new("n", 4);
+        let sub = bus.subscribe(EventFilter::default(), FieldFilters::default());
+        assert_eq!(bus.subscriber_count(), 1);
+        drop(sub);
+        bus.publish(exec("/x"));
+        assert_eq!(bus.subscriber_count(), 0);
+    }
+}

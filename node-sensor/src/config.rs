@@ -1,0 +1,194 @@
+//! The sensor's settings: flags, then a config file (`--config-file`,
+//! TOML/YAML/JSON with the flags' names as keys), then defaults. An
+//! unknown key or a bad value stops start-up with the key named.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+pub const DEFAULT_SERVER_ADDRESS: &str = "localhost:54321";
+pub const DEFAULT_PROCESS_CACHE_SIZE: usize = 65_536;
+pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Plain,
+    Json,
+}
+
+/// Command-line flags; every one may also be set in the config file.
+#[derive(Debug, Parser, Default)]
+#[command(name = "vigil-sensor", version, about = "Vigil node sensor: eBPF process lifecycle events over Tetragon's gRPC API")]
+pub struct Flags {
+    /// Node name on every event [default: $NODE_NAME, then the hostname].
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// gRPC listen address: host:port or unix:///path [default: localhost:54321].
+    #[arg(long)]
+    pub server_address: Option<String>,
+    /// Most processes kept in the process cache [default: 65536].
+    #[arg(long)]
+    pub process_cache_size: Option<usize>,
+    /// Events queued per GetEvents subscriber before its events are
+    /// dropped and reported to it [default: 10000].
+    #[arg(long)]
+    pub subscriber_queue_size: Option<usize>,
+    /// Also write every event as a JSON line to this file.
+    #[arg(long)]
+    pub export_filename: Option<PathBuf>,
+    /// Config file (TOML, YAML or JSON) with the same keys as the flags.
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive [default: info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Log output format [default: plain].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Kernel BTF to resolve struct offsets from [default: /sys/kernel/btf/vmlinux].
+    #[arg(long)]
+    pub btf: Option<String>,
+    /// procfs mount used for the start-up process walk [default: /proc].
+    #[arg(long)]
+    pub procfs: Option<PathBuf>,
+}
+
+/// The config file's keys: the flags' names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileSettings {
+    node_name: Option<String>,
+    server_address: Option<String>,
+    process_cache_size: Option<usize>,
+    subscriber_queue_size: Option<usize>,
+    export_filename: Option<PathBuf>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
+    btf: Option<String>,
+    procfs: Option<PathBuf>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub node_name: String,
+    pub server_address: proto::transport::ServerAddress,
+    pub process_cache_size: usize,
+    pub subscriber_queue_size: usize,
+    pub export_filename: Option<PathBuf>,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub btf: String,
+    pub procfs: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("invalid {key}: {reason}")]
+    Value { key: &'static str, reason: String },
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+fn read_file(path: &PathBuf) -> Result<FileSettings, ConfigError> {
+    let err = |reason: String| ConfigError::File { path: path.display().to_string(), reason };
+    if !path.exists() {
+        return Err(err("no such file".into()));
+    }
+    config::Config::builder()
+        .add_source(config::File::from(path.as_path()))
+        .build()
+        .and_then(|c| c.try_deserialize::<FileSettings>())
+        .map_err(|e| err(e.to_string()))
+}
+
+impl Settings {
+    pub fn resolve(flags: Flags) -> Result<Self, ConfigError> {
+        let file = match &flags.config_file {
+            Some(p) => read_file(p)?,
+            None => FileSettings::default(),
+        };
+        let server_address = flags
+            .server_address
+            .or(file.server_address)
+            .unwrap_or_else(|| DEFAULT_SERVER_ADDRESS.to_owned());
+        let server_address = server_address
+            .parse()
+            .map_err(|e: proto::transport::AddressError| ConfigError::Value { key: "server-address", reason: e.to_string() })?;
+        let positive = |key: &'static str, v: usize| {
+            if v == 0 { Err(ConfigError::Value { key, reason: "must be at least 1".into() }) } else { Ok(v) }
+        };
+        let node_name = flags.node_name.or(file.node_name).filter(|n| !n.is_empty()).unwrap_or_else(hostname);
+        Ok(Settings {
+            node_name,
+            server_address,
+            process_cache_size: positive(
+                "process-cache-size",
+                flags.process_cache_size.or(file.process_cache_size).unwrap_or(DEFAULT_PROCESS_CACHE_SIZE),
+            )?,
+            subscriber_queue_size: positive(
+                "subscriber-queue-size",
+                flags.subscriber_queue_size.or(file.subscriber_queue_size).unwrap_or(DEFAULT_SUBSCRIBER_QUEUE),
+            )?,
+            export_filename: flags.export_filename.or(file.export_filename),
+            log_level: flags.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
+            log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
+            btf: flags.btf.or(file.btf).unwrap_or_else(|| crate::btf_offsets::VMLINUX_BTF.into()),
+            procfs: flags.procfs.or(file.procfs).unwrap_or_else(|| "/proc".into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vigil-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn flags_override_file_override_defaults() {
+        let p = file("a.toml", "node-name = \"from-file\"\nprocess-cache-size = 10\nlog-format = \"json\"\n");
+        let s = Settings::resolve(Flags { config_file: Some(p.clone()), ..Default::default() }).unwrap();
+        assert_eq!(s.node_name, "from-file");
+        assert_eq!(s.process_cache_size, 10);
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.server_address.to_string(), "localhost:54321");
+        let s = Settings::resolve(Flags { config_file: Some(p), node_name: Some("flag".into()), ..Default::default() }).unwrap();
+        assert_eq!(s.node_name, "flag");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let p = file("b.yaml", "node-name: x\nprocess-cahce-size: 5\n");
+        let e = Settings::resolve(Flags { config_file: Some(p), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("process-cahce-size"), "{e}");
+        let e = Settings::resolve(Flags { server_address: Some("nope".into()), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("server-address"), "{e}");
+        let e = Settings::resolve(Flags { process_cache_size: Some(0), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("process-cache-size"), "{e}");
+        let e = Settings::resolve(Flags { config_file: Some("/nonexistent.toml".into()), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent.toml: no such file"), "{e}");
+    }
+
+    #[test]
+    fn help_documents_every_flag() {
+        use clap::CommandFactory;
+        let help = Flags::command().render_long_help().to_string();
+        for flag in ["--node-name", "--server-address", "--process-cache-size", "--subscriber-queue-size", "--export-filename", "--config-file", "--log-level", "--log-format", "--btf", "--procfs"] {
+            assert!(help.contains(flag), "{flag} missing from --help");
+        }
+    }
+}

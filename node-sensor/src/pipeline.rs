@@ -1,0 +1,132 @@
+//! The sensor's one-way data flow: ring-buffer bytes → decode → process
+//! cache → event → bus. Runs on one task, so the cache needs no lock.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::unix::AsyncFd;
+
+use crate::builder::{self, Clock};
+use crate::bus::EventBus;
+use crate::cache::ProcessCache;
+use crate::decode::{self, Record};
+use crate::loader::Probes;
+use crate::procfs;
+use crate::stats::SensorStats;
+
+/// How long records may wait in the ring buffer when the kernel side does
+/// not wake us (it wakes us only for large batches).
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How often kernel counters are read and losses logged.
+const REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+pub struct Pipeline {
+    node: String,
+    clock: Clock,
+    cache: ProcessCache,
+    bus: EventBus,
+    stats: Arc<SensorStats>,
+}
+
+impl Pipeline {
+    pub fn new(node: &str, clock: Clock, cache_size: usize, bus: EventBus, stats: Arc<SensorStats>) -> Self {
+        Pipeline { node: node.to_owned(), clock, cache: ProcessCache::new(cache_size), bus, stats }
+    }
+
+    /// Reports every process already running, parents first.
+    pub fn seed_from_procfs(&mut self, root: &std::path::Path) -> usize {
+        let entries = procfs::walk(root, &self.node, &self.clock);
+        let n = entries.len();
+        for e in entries {
+            let time = e.process.start_time.unwrap_or_default();
+            let lineage = self.cache.add_procfs(e.process, e.ppid);
+            self.bus.publish(builder::exec_event(&self.node, time, lineage));
+        }
+        self.update_cache_stats();
+        n
+    }
+
+    /// Handles one ring-buffer record; bad records are counted and skipped.
+    pub fn handle(&mut self, bytes: &[u8]) {
+        self.stats.records.fetch_add(1, Ordering::Relaxed);
+        let record = match decode::decode(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                let n = self.stats.bad_records.fetch_add(1, Ordering::Relaxed);
+                if n.is_power_of_two() {
+                    tracing::warn!(error = %e, total = n + 1, "skipping malformed ring-buffer record");
+                }
+                return;
+            }
+        };
+        match record {
+            Record::Clone(c) => {
+                self.cache.on_clone(&self.node, c.pid, c.ppid, c.header.ktime, self.clock.wall(c.header.ktime));
+            }
+            Record::Exec(e) => {
+                let process = builder::exec_process(&self.node, &self.clock, &e);
+                let time = self.clock.wall(e.ktime);
+                let lineage = self.cache.on_exec(process, e.ppid);
+                self.bus.publish(builder::exec_event(&self.node, time, lineage));
+            }
+            Record::Exit(x) => {
+                if let Some(lineage) = self.cache.on_exit(x.pid) {
+                    let time = self.clock.wall(x.header.ktime);
+                    self.bus.publish(builder::exit_event(&self.node, time, lineage, x.exit_code));
+                }
+            }
+        }
+    }
+
+    fn update_cache_stats(&self) {
+        let s = self.cache.stats();
+        self.stats.cache_entries.store(s.entries as u64, Ordering::Relaxed);
+        self.stats.cache_evicted.store(s.evicted, Ordering::Relaxed);
+        self.stats.cache_misses.store(s.misses, Ordering::Relaxed);
+    }
+
+    /// Drains the ring buffer until `shutdown` fires.
+    pub async fn run(mut self, probes: Probes, mut shutdown: tokio::sync::watch::Receiver<bool>) -> std::io::Result<()> {
+        let Probes { ring, counters, _ebpf, .. } = probes;
+        // SAFETY: the ring buffer owns its map fd and keeps it open, returning
+        // the same fd, for as long as the AsyncFd owns it.
+        let mut ring: AsyncFd<RingBuf<MapData>> =
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(std::io::Error::from)?;
+        let mut last_report = Instant::now();
+        let mut reported = crate::loader::KernelCounters::default();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                ready = tokio::time::timeout(POLL_INTERVAL, ring.readable_mut()) => {
+                    if let Ok(Ok(mut guard)) = ready {
+                        guard.clear_ready();
+                    }
+                    let inner = ring.get_mut();
+                    while let Some(item) = inner.next() {
+                        self.handle(&item);
+                    }
+                }
+            }
+            if last_report.elapsed() >= REPORT_INTERVAL {
+                last_report = Instant::now();
+                let k = crate::loader::read_counters(&counters);
+                self.stats.ringbuf_full.store(k.ringbuf_full, Ordering::Relaxed);
+                self.stats.kernel_read_errors.store(k.read_errors, Ordering::Relaxed);
+                self.update_cache_stats();
+                if k.ringbuf_full > reported.ringbuf_full {
+                    tracing::warn!(lost = k.ringbuf_full - reported.ringbuf_full, total = k.ringbuf_full, "ring buffer full: kernel events lost");
+                }
+                reported = k;
+            }
+        }
+        // Final counters, so a last health read or log is exact.
+        let k = crate::loader::read_counters(&counters);
+        self.stats.ringbuf_full.store(k.ringbuf_full, Ordering::Relaxed);
+        self.stats.kernel_read_errors.store(k.read_errors, Ordering::Relaxed);
+        self.update_cache_stats();
+        drop(_ebpf);
+        Ok(())
+    }
+}

@@ -1,0 +1,175 @@
+//! Processes that predate the sensor, read from `/proc` and reported with
+//! the `procFS` flag, parents before children. Kernel threads (no
+//! executable) are skipped, as Tetragon does; pid 0 stands for the kernel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use proto::tetragon::Process;
+
+use crate::builder::{Clock, join_args};
+use crate::cache::exec_id;
+use crate::cgroup;
+use crate::flags;
+
+/// One process as `/proc` describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcEntry {
+    pub pid: u32,
+    pub ppid: u32,
+    /// Start in boot-time nanoseconds (clock-tick resolution).
+    pub ktime: u64,
+    pub process: Process,
+}
+
+/// Fields of `/proc/<pid>/stat` after the `(comm)` field, which may itself
+/// hold spaces and parentheses.
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    let close = stat.rfind(')')?;
+    Some(stat.get(close + 1..)?.split_whitespace().collect())
+}
+
+fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
+}
+
+fn status_ids(status: &str, key: &str) -> Option<u32> {
+    status.lines().find_map(|l| l.strip_prefix(key)).and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
+/// Reads one process; `None` for kernel threads and processes that vanished.
+pub fn read_process(root: &Path, pid: u32, node: &str, clock: &Clock, tick_ns: u64) -> Option<ProcEntry> {
+    let dir = root.join(pid.to_string());
+    let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+    let fields = stat_fields(&stat)?;
+    // After comm: state(0) ppid(1) … starttime is field 22 overall, index 19 here.
+    let ppid: u32 = fields.get(1)?.parse().ok()?;
+    let start_ticks: u64 = fields.get(19)?.parse().ok()?;
+    let exe = std::fs::read_link(dir.join("exe")).ok()?;
+    let binary = exe.to_string_lossy();
+    let binary = binary.strip_suffix(" (deleted)").unwrap_or(&binary).to_owned();
+    let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+    let cmdline = cmdline.strip_suffix(&[0]).unwrap_or(&cmdline);
+    let arguments = if cmdline.is_empty() { String::new() } else { join_args(cmdline.split(|b| *b == 0).skip(1)) };
+    let cwd = std::fs::read_link(dir.join("cwd")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+    let uid = status_ids(&status, "Uid:").unwrap_or(u32::MAX);
+    let auid = std::fs::read_to_string(dir.join("loginuid")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(u32::MAX);
+    let cgroups = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
+    let docker = cgroup::path_from_proc_cgroup(&cgroups)
+        .and_then(cgroup::container_id)
+        .map(|id| cgroup::docker_field(id).to_owned())
+        .unwrap_or_default();
+    let ktime = start_ticks.saturating_mul(tick_ns);
+    let mut bits = flags::PROCFS;
+    if cwd == "/" {
+        bits |= flags::ROOT_CWD;
+    } else if cwd.is_empty() {
+        bits |= flags::NO_CWD;
+    }
+    Some(ProcEntry {
+        pid,
+        ppid,
+        ktime,
+        process: Process {
+            exec_id: exec_id(node, ktime, pid),
+            pid: Some(pid.into()),
+            uid: Some(uid.into()),
+            cwd,
+            binary,
+            arguments,
+            flags: flags::to_string(bits),
+            start_time: Some(clock.wall(ktime)),
+            auid: Some(auid.into()),
+            docker,
+            tid: Some(pid.into()),
+            ..Default::default()
+        },
+    })
+}
+
+/// The kernel's stand-in entry (pid 0), parent of init and kthreadd.
+pub fn kernel_entry(node: &str, clock: &Clock) -> ProcEntry {
+    let id = exec_id(node, 1, 0);
+    ProcEntry {
+        pid: 0,
+        ppid: 0,
+        ktime: 1,
+        process: Process {
+            exec_id: id.clone(),
+            pid: Some(0.into()),
+            uid: Some(0.into()),
+            binary: "<kernel>".into(),
+            flags: flags::to_string(flags::PROCFS),
+            start_time: Some(clock.wall(1)),
+            auid: Some(u32::MAX.into()),
+            parent_exec_id: id,
+            tid: Some(0.into()),
+            ..Default::default()
+        },
+    }
+}
+
+/// Every user-space process under `root`, parents before children.
+pub fn walk(root: &Path, node: &str, clock: &Clock) -> Vec<ProcEntry> {
+    let tick_ns = 1_000_000_000 / ticks_per_second();
+    let mut found: HashMap<u32, ProcEntry> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir(root) {
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            if let Some(p) = read_process(root, pid, node, clock, tick_ns) {
+                found.insert(pid, p);
+            }
+        }
+    }
+    // Parents first: order by depth in the tree, then by start time.
+    let mut depth: BTreeMap<(usize, u64, u32), u32> = BTreeMap::new();
+    for (&pid, p) in &found {
+        let mut d = 0;
+        let mut cur = p.ppid;
+        while let Some(parent) = found.get(&cur) {
+            d += 1;
+            if d > 4096 || parent.pid == parent.ppid {
+                break;
+            }
+            cur = parent.ppid;
+        }
+        depth.insert((d, p.ktime, pid), pid);
+    }
+    let mut out = vec![kernel_entry(node, clock)];
+    out.extend(depth.into_values().filter_map(|pid| found.remove(&pid)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_with_spaces_and_parens() {
+        let stat = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 5678 1000 10";
+        let f = stat_fields(stat).unwrap();
+        assert_eq!(f[1], "1");
+        assert_eq!(f[19], "5678");
+    }
+
+    #[test]
+    fn walks_this_machine_parents_first() {
+        let clock = Clock::from_system();
+        let all = walk(Path::new("/proc"), "n", &clock);
+        assert_eq!(all[0].process.binary, "<kernel>");
+        let me = std::process::id();
+        let pos = |pid| all.iter().position(|p| p.pid == pid);
+        let mine = pos(me).expect("this test process is found");
+        let entry = &all[mine];
+        assert_eq!(entry.process.binary, std::env::current_exe().unwrap().to_string_lossy());
+        assert!(entry.process.flags.starts_with("procFS"));
+        if let Some(parent) = pos(entry.ppid) {
+            assert!(parent < mine, "parent listed before child");
+        }
+        // Kernel threads have no executable and are skipped.
+        assert!(all.iter().all(|p| p.pid == 0 || !p.process.binary.is_empty()));
+    }
+}

@@ -1,0 +1,111 @@
+//! `tetragon.FineGuidanceSensors` over gRPC: GetEvents (filtered live
+//! stream), GetHealth and GetVersion.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use events::fields::FieldFilters;
+use events::filter::EventFilter;
+use proto::tetragon::fine_guidance_sensors_server::FineGuidanceSensors;
+use proto::tetragon::{
+    GetEventsRequest, GetEventsResponse, GetHealthStatusRequest, GetHealthStatusResponse, GetVersionRequest,
+    GetVersionResponse, HealthStatus, HealthStatusResult, HealthStatusType,
+};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::bus::EventBus;
+use crate::stats::SensorStats;
+
+pub const VERSION: &str = concat!("vigil-", env!("CARGO_PKG_VERSION"));
+
+pub struct Service {
+    pub bus: EventBus,
+    pub stats: Arc<SensorStats>,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<GetEventsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FineGuidanceSensors for Service {
+    type GetEventsStream = EventStream;
+
+    async fn get_events(&self, request: Request<GetEventsRequest>) -> Result<Response<Self::GetEventsStream>, Status> {
+        let req = request.into_inner();
+        let filter = EventFilter::from_request(&req).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let fields = FieldFilters::new(&req.field_filters).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut sub = self.bus.subscribe(filter, fields);
+        tracing::info!(subscribers = self.bus.subscriber_count(), "GetEvents subscriber connected");
+        let stream = async_stream(move |tx| async move {
+            while let Some(event) = sub.next().await {
+                if tx.send(Ok(event)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn get_health(&self, _: Request<GetHealthStatusRequest>) -> Result<Response<GetHealthStatusResponse>, Status> {
+        let s = self.stats.snapshot(&self.bus);
+        Ok(Response::new(GetHealthStatusResponse {
+            health_status: vec![HealthStatus {
+                event: HealthStatusType::Status as i32,
+                status: HealthStatusResult::HealthStatusRunning as i32,
+                details: format!("running; {s}"),
+            }],
+        }))
+    }
+
+    async fn get_version(&self, _: Request<GetVersionRequest>) -> Result<Response<GetVersionResponse>, Status> {
+        Ok(Response::new(GetVersionResponse { version: VERSION.to_owned() }))
+    }
+}
+
+/// A stream fed by a task through a small channel; the task ends when the
+/// client goes away.
+fn async_stream<F, Fut>(body: F) -> EventStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<GetEventsResponse, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(body(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+
+/// Serves the API on `address` until `shutdown` fires. A stale unix socket
+/// file is replaced.
+pub async fn serve(
+    address: &proto::transport::ServerAddress,
+    service: Service,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), proto::transport::AddressError> {
+    use proto::tetragon::fine_guidance_sensors_server::FineGuidanceSensorsServer;
+    use proto::transport::{AddressError, ServerAddress};
+
+    let listen_err = |source| AddressError::Listen { address: address.to_string(), source };
+    let svc = FineGuidanceSensorsServer::new(service).max_decoding_message_size(4 << 20);
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(svc);
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    match address {
+        ServerAddress::Tcp(a) => {
+            let listener = tokio::net::TcpListener::bind(a).await.map_err(listen_err)?;
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            router.serve_with_incoming_shutdown(incoming, stop).await.map_err(|e| listen_err(std::io::Error::other(e)))
+        }
+        ServerAddress::Unix(path) => {
+            if path.exists() {
+                std::fs::remove_file(path).map_err(listen_err)?;
+            }
+            let listener = tokio::net::UnixListener::bind(path).map_err(listen_err)?;
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            router.serve_with_incoming_shutdown(incoming, stop).await.map_err(|e| listen_err(std::io::Error::other(e)))
+        }
+    }
+}

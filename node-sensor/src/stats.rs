@@ -1,0 +1,79 @@
+//! Every loss and count the sensor keeps, in one place, so health output,
+//! logs and (later) metrics report the same numbers.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::bus::EventBus;
+
+#[derive(Debug, Default)]
+pub struct SensorStats {
+    /// Records read from the ring buffer.
+    pub records: AtomicU64,
+    /// Records that failed length/kind checks (counted and skipped).
+    pub bad_records: AtomicU64,
+    /// Kernel: reserve/output failures because the ring buffer was full.
+    pub ringbuf_full: AtomicU64,
+    /// Kernel: probe reads that failed (fields marked with error flags).
+    pub kernel_read_errors: AtomicU64,
+    pub cache_entries: AtomicU64,
+    pub cache_evicted: AtomicU64,
+    pub cache_misses: AtomicU64,
+    /// Export-file lines dropped because the writer fell behind.
+    pub export_dropped: AtomicU64,
+}
+
+/// A point-in-time copy, printable on one line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub records: u64,
+    pub bad_records: u64,
+    pub ringbuf_full: u64,
+    pub kernel_read_errors: u64,
+    pub cache_entries: u64,
+    pub cache_evicted: u64,
+    pub cache_misses: u64,
+    pub published: u64,
+    pub subscriber_dropped: u64,
+    pub export_dropped: u64,
+    pub subscribers: u64,
+}
+
+impl SensorStats {
+    pub fn snapshot(&self, bus: &EventBus) -> Snapshot {
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Snapshot {
+            records: r(&self.records),
+            bad_records: r(&self.bad_records),
+            ringbuf_full: r(&self.ringbuf_full),
+            kernel_read_errors: r(&self.kernel_read_errors),
+            cache_entries: r(&self.cache_entries),
+            cache_evicted: r(&self.cache_evicted),
+            cache_misses: r(&self.cache_misses),
+            published: r(&bus.stats.published),
+            subscriber_dropped: r(&bus.stats.dropped),
+            export_dropped: r(&self.export_dropped),
+            subscribers: bus.subscriber_count() as u64,
+        }
+    }
+}
+
+impl fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "records={} bad_records={} ringbuf_full={} kernel_read_errors={} cache_entries={} cache_evicted={} cache_misses={} events={} subscribers={} subscriber_dropped={} export_dropped={}",
+            self.records,
+            self.bad_records,
+            self.ringbuf_full,
+            self.kernel_read_errors,
+            self.cache_entries,
+            self.cache_evicted,
+            self.cache_misses,
+            self.published,
+            self.subscribers,
+            self.subscriber_dropped,
+            self.export_dropped
+        )
+    }
+}
