@@ -1,0 +1,160 @@
+//! Harness for kernel tests: starts the real `vigil-sensor` binary as root
+//! on a unix socket, connects a real gRPC client, collects events.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
+use proto::tetragon::get_events_response::Event;
+use proto::tetragon::{GetEventsRequest, GetEventsResponse, GetHealthStatusRequest, Process};
+use proto::transport::ServerAddress;
+use tonic::transport::Channel;
+
+/// Why kernel tests cannot run here, if they cannot (printed, never silent).
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("kernel tests need root (they load BPF programs)".into());
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Some("kernel has no BTF at /sys/kernel/btf/vmlinux".into());
+    }
+    None
+}
+
+#[macro_export]
+macro_rules! require_kernel {
+    () => {
+        if let Some(reason) = common::skip_reason() {
+            eprintln!("SKIP {}: {reason}", module_path!());
+            return;
+        }
+    };
+}
+
+/// A unique token for this test run, to find our own processes' events.
+pub fn nonce() -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{}{:06}", std::process::id(), t.subsec_micros())
+}
+
+pub struct Sensor {
+    child: Child,
+    pub dir: PathBuf,
+    pub address: ServerAddress,
+    pub export: PathBuf,
+}
+
+impl Sensor {
+    pub async fn start(extra: &[&str]) -> Sensor {
+        let dir = std::env::temp_dir().join(format!("vigil-kt-{}", nonce()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("sensor.sock");
+        let export = dir.join("events.jsonl");
+        let log = std::fs::File::create(dir.join("sensor.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vigil-sensor"))
+            .arg("--server-address")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--export-filename")
+            .arg(&export)
+            .arg("--node-name")
+            .arg("kt-node")
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start vigil-sensor");
+        let sensor = Sensor { child, dir, address: ServerAddress::Unix(socket), export };
+        sensor.wait_healthy().await;
+        sensor
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sensor.log")).unwrap_or_default()
+    }
+
+    async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = match self.address.connect().await {
+                Ok(ch) => FineGuidanceSensorsClient::new(ch).get_health(GetHealthStatusRequest::default()).await.is_ok(),
+                Err(_) => false,
+            };
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "sensor did not become healthy; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn client(&self) -> FineGuidanceSensorsClient<Channel> {
+        FineGuidanceSensorsClient::new(self.address.connect().await.unwrap()).max_decoding_message_size(64 << 20)
+    }
+}
+
+impl Drop for Sensor {
+    fn drop(&mut self) {
+        // SAFETY: sending SIGTERM to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let _ = std::fs::remove_dir_all(&self.dir);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A live subscription that keeps every event it receives.
+pub struct Collector {
+    stream: tonic::Streaming<GetEventsResponse>,
+    pub events: Vec<GetEventsResponse>,
+}
+
+impl Collector {
+    pub async fn subscribe(sensor: &Sensor, req: GetEventsRequest) -> Collector {
+        let stream = sensor.client().await.get_events(req).await.unwrap().into_inner();
+        Collector { stream, events: Vec::new() }
+    }
+
+    /// Reads until `done` holds over everything received, or the timeout.
+    pub async fn until(&mut self, timeout: Duration, done: impl Fn(&[GetEventsResponse]) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !done(&self.events) {
+            match tokio::time::timeout_at(deadline, self.stream.message()).await {
+                Ok(Ok(Some(e))) => self.events.push(e),
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+pub fn exec_of(e: &GetEventsResponse) -> Option<&Process> {
+    match &e.event {
+        Some(Event::ProcessExec(x)) => x.process.as_ref(),
+        _ => None,
+    }
+}
+
+pub fn exit_of(e: &GetEventsResponse) -> Option<(&Process, u32, &str)> {
+    match &e.event {
+        Some(Event::ProcessExit(x)) => x.process.as_ref().map(|p| (p, x.status, x.signal.as_str())),
+        _ => None,
+    }
+}
+
+pub fn parent_of(e: &GetEventsResponse) -> Option<&Process> {
+    events::subject::parent(e)
+}
+
+pub fn pid(p: &Process) -> u32 {
+    p.pid.map_or(0, |v| v.value)
+}
