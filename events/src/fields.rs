@@ -34,9 +34,15 @@ impl FieldFilters {
             for e in &f.event_set {
                 EventType::try_from(*e).map_err(|_| FieldFilterError::EventType(*e))?;
             }
-            let action = FieldFilterAction::try_from(f.action).map_err(|_| FieldFilterError::Action(f.action))?;
+            let action = FieldFilterAction::try_from(f.action)
+                .map_err(|_| FieldFilterError::Action(f.action))?;
             let mut paths = Vec::new();
-            for p in f.fields.as_ref().map(|m| m.paths.as_slice()).unwrap_or_default() {
+            for p in f
+                .fields
+                .as_ref()
+                .map(|m| m.paths.as_slice())
+                .unwrap_or_default()
+            {
                 // A mask entry may hold several comma-separated paths, as
                 // tetra's -f flag passes them.
                 for p in p.split(',') {
@@ -68,10 +74,16 @@ impl FieldFilters {
             return event;
         }
         let kind = event.event_type() as i32;
-        let Some(inner) = event.event.as_ref() else { return event };
+        let Some(inner) = event.event.as_ref() else {
+            return event;
+        };
         let name = inner.json_name();
-        let Ok(mut json) = serde_json::to_value(&event) else { return event };
-        let Some(body) = json.get_mut(name) else { return event };
+        let Ok(mut json) = serde_json::to_value(&event) else {
+            return event;
+        };
+        let Some(body) = json.get_mut(name) else {
+            return event;
+        };
         for f in &self.0 {
             let covered = f.event_set.is_empty() || f.event_set.contains(&kind);
             if covered == f.invert {
@@ -90,7 +102,9 @@ impl FieldFilters {
 }
 
 fn include(value: &Value, paths: &[Vec<String>]) -> Value {
-    let Value::Object(obj) = value else { return value.clone() };
+    let Value::Object(obj) = value else {
+        return value.clone();
+    };
     let mut out = Map::new();
     for (key, v) in obj {
         let here: Vec<&Vec<String>> = paths.iter().filter(|p| p.first() == Some(key)).collect();
@@ -129,12 +143,15 @@ mod tests {
     use proto::wkt::FieldMask;
 
     const EXEC: &str = r#"{"process_exec":{"process":{"pid":5,"binary":"/bin/ls","arguments":"-l"},"parent":{"pid":1,"binary":"/bin/sh"}},"node_name":"n"}"#;
-    const EXIT: &str = r#"{"process_exit":{"process":{"pid":5,"binary":"/bin/ls"},"status":3},"node_name":"n"}"#;
+    const EXIT: &str =
+        r#"{"process_exit":{"process":{"pid":5,"binary":"/bin/ls"},"status":3},"node_name":"n"}"#;
 
     fn mask(paths: &[&str], action: FieldFilterAction, kinds: &[EventType]) -> FieldFilter {
         FieldFilter {
             event_set: kinds.iter().map(|k| *k as i32).collect(),
-            fields: Some(FieldMask { paths: paths.iter().map(|p| (*p).to_owned()).collect() }),
+            fields: Some(FieldMask {
+                paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            }),
             action: action as i32,
             invert_event_set: None,
         }
@@ -142,16 +159,32 @@ mod tests {
 
     #[test]
     fn include_keeps_only_named_paths() {
-        let f = FieldFilters::new(&[mask(&["process.binary,parent"], FieldFilterAction::Include, &[])]).unwrap();
+        let f = FieldFilters::new(&[mask(
+            &["process.binary,parent"],
+            FieldFilterAction::Include,
+            &[],
+        )])
+        .unwrap();
         let out = to_json_line(&f.apply(from_json_line(EXEC).unwrap()));
-        assert_eq!(out, r#"{"process_exec":{"process":{"binary":"/bin/ls"},"parent":{"pid":1,"binary":"/bin/sh"}},"node_name":"n"}"#);
+        assert_eq!(
+            out,
+            r#"{"process_exec":{"process":{"binary":"/bin/ls"},"parent":{"pid":1,"binary":"/bin/sh"}},"node_name":"n"}"#
+        );
     }
 
     #[test]
     fn exclude_only_for_named_kinds() {
-        let f = FieldFilters::new(&[mask(&["process.arguments", "parent"], FieldFilterAction::Exclude, &[EventType::ProcessExec])]).unwrap();
+        let f = FieldFilters::new(&[mask(
+            &["process.arguments", "parent"],
+            FieldFilterAction::Exclude,
+            &[EventType::ProcessExec],
+        )])
+        .unwrap();
         let out = to_json_line(&f.apply(from_json_line(EXEC).unwrap()));
-        assert_eq!(out, r#"{"process_exec":{"process":{"pid":5,"binary":"/bin/ls"}},"node_name":"n"}"#);
+        assert_eq!(
+            out,
+            r#"{"process_exec":{"process":{"pid":5,"binary":"/bin/ls"}},"node_name":"n"}"#
+        );
         let exit = from_json_line(EXIT).unwrap();
         assert_eq!(f.apply(exit.clone()), exit);
     }
@@ -160,8 +193,14 @@ mod tests {
     fn bad_filters_are_named() {
         let mut m = mask(&["process"], FieldFilterAction::Include, &[]);
         m.action = 7;
-        assert_eq!(FieldFilters::new(&[m]).unwrap_err(), FieldFilterError::Action(7));
+        assert_eq!(
+            FieldFilters::new(&[m]).unwrap_err(),
+            FieldFilterError::Action(7)
+        );
         let m = mask(&["process,"], FieldFilterAction::Include, &[]);
-        assert_eq!(FieldFilters::new(&[m]).unwrap_err(), FieldFilterError::EmptyPath);
+        assert_eq!(
+            FieldFilters::new(&[m]).unwrap_err(),
+            FieldFilterError::EmptyPath
+        );
     }
 }

@@ -20,11 +20,14 @@ pub struct LabelSelector(Vec<Requirement>);
 fn valid_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 317
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
 fn valid_value(v: &str) -> bool {
-    v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Splits on commas that are not inside parentheses.
@@ -85,9 +88,10 @@ impl LabelSelector {
             };
             let (key, value) = match &req {
                 Requirement::Equals(k, v) | Requirement::NotEquals(k, v) => (k, Some(v)),
-                Requirement::In(k, _) | Requirement::NotIn(k, _) | Requirement::Exists(k) | Requirement::NotExists(k) => {
-                    (k, None)
-                }
+                Requirement::In(k, _)
+                | Requirement::NotIn(k, _)
+                | Requirement::Exists(k)
+                | Requirement::NotExists(k) => (k, None),
             };
             if !valid_key(key) {
                 return Err(format!("invalid label key {key:?} in {part:?}"));
@@ -120,17 +124,43 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
     fn selector_forms() {
-        let l = labels(&[("app", "xwing"), ("org", "alliance"), ("app.kubernetes.io/name", "xwing")]);
-        let yes = ["app=xwing", "app==xwing", "org!=empire", "app in (xwing, tiefighter)", "org notin (empire)", "app", "!class", "app=xwing,org=alliance", "app.kubernetes.io/name=xwing", ""];
+        let l = labels(&[
+            ("app", "xwing"),
+            ("org", "alliance"),
+            ("app.kubernetes.io/name", "xwing"),
+        ]);
+        let yes = [
+            "app=xwing",
+            "app==xwing",
+            "org!=empire",
+            "app in (xwing, tiefighter)",
+            "org notin (empire)",
+            "app",
+            "!class",
+            "app=xwing,org=alliance",
+            "app.kubernetes.io/name=xwing",
+            "",
+        ];
         for s in yes {
             assert!(LabelSelector::parse(s).unwrap().matches(&l), "{s}");
         }
-        let no = ["app=tiefighter", "org!=alliance", "app in (a,b)", "org notin (alliance)", "class", "!app", "app=xwing,org=empire"];
+        let no = [
+            "app=tiefighter",
+            "org!=alliance",
+            "app in (a,b)",
+            "org notin (alliance)",
+            "class",
+            "!app",
+            "app=xwing,org=empire",
+        ];
         for s in no {
             assert!(!LabelSelector::parse(s).unwrap().matches(&l), "{s}");
         }
@@ -138,8 +168,20 @@ mod tests {
 
     #[test]
     fn bad_selectors_are_named() {
-        assert!(LabelSelector::parse("a b=c").unwrap_err().contains("\"a b\""));
-        assert!(LabelSelector::parse("app in xwing").unwrap_err().contains("parenthesised"));
-        assert!(LabelSelector::parse("app=x y").unwrap_err().contains("\"x y\""));
+        assert!(
+            LabelSelector::parse("a b=c")
+                .unwrap_err()
+                .contains("\"a b\"")
+        );
+        assert!(
+            LabelSelector::parse("app in xwing")
+                .unwrap_err()
+                .contains("parenthesised")
+        );
+        assert!(
+            LabelSelector::parse("app=x y")
+                .unwrap_err()
+                .contains("\"x y\"")
+        );
     }
 }

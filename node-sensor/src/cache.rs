@@ -67,7 +67,10 @@ impl ProcessCache {
     }
 
     pub fn stats(&self) -> CacheStats {
-        CacheStats { entries: self.entries.len(), ..self.stats }
+        CacheStats {
+            entries: self.entries.len(),
+            ..self.stats
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -80,7 +83,10 @@ impl ProcessCache {
 
     /// The current image of `pid`.
     pub fn current(&self, pid: u32) -> Option<&Process> {
-        self.by_pid.get(&pid).and_then(|id| self.entries.get(id)).map(|e| &e.process)
+        self.by_pid
+            .get(&pid)
+            .and_then(|id| self.entries.get(id))
+            .map(|e| &e.process)
     }
 
     pub fn get(&self, exec_id: &str) -> Option<&Process> {
@@ -98,13 +104,19 @@ impl ProcessCache {
     }
 
     fn with_refcnt(&self, id: &str) -> Option<Process> {
-        self.entries.get(id).map(|e| Process { refcnt: e.refcnt, ..e.process.clone() })
+        self.entries.get(id).map(|e| Process {
+            refcnt: e.refcnt,
+            ..e.process.clone()
+        })
     }
 
     fn lineage(&mut self, id: &str) -> Option<Lineage> {
         let process = self.with_refcnt(id)?;
         let parent = self.with_refcnt(&process.parent_exec_id);
-        if parent.is_none() && !process.parent_exec_id.is_empty() && process.parent_exec_id != process.exec_id {
+        if parent.is_none()
+            && !process.parent_exec_id.is_empty()
+            && process.parent_exec_id != process.exec_id
+        {
             self.stats.misses += 1;
         }
         Some(Lineage { process, parent })
@@ -115,7 +127,15 @@ impl ProcessCache {
         let pid = process.pid.map_or(0, |p| p.value);
         self.tick += 1;
         let tick = self.tick;
-        if let Some(old) = self.entries.insert(id.clone(), Entry { process, fork_only, refcnt: 1, tick }) {
+        if let Some(old) = self.entries.insert(
+            id.clone(),
+            Entry {
+                process,
+                fork_only,
+                refcnt: 1,
+                tick,
+            },
+        ) {
             // Same exec_id seen twice (duplicate record): keep one count.
             self.lru.remove(&old.tick);
         }
@@ -127,7 +147,9 @@ impl ProcessCache {
 
     fn evict_over_capacity(&mut self) {
         while self.entries.len() > self.capacity {
-            let Some((_, id)) = self.lru.pop_first() else { break };
+            let Some((_, id)) = self.lru.pop_first() else {
+                break;
+            };
             if let Some(e) = self.entries.remove(&id) {
                 self.stats.evicted += 1;
                 let pid = e.process.pid.map_or(0, |p| p.value);
@@ -149,7 +171,9 @@ impl ProcessCache {
         let mut next = Some(id.to_owned());
         // Bounded: each step removes an entry.
         while let Some(id) = next.take() {
-            let Some(e) = self.entries.get_mut(&id) else { return };
+            let Some(e) = self.entries.get_mut(&id) else {
+                return;
+            };
             e.refcnt = e.refcnt.saturating_sub(1);
             if e.refcnt > 0 {
                 return;
@@ -177,12 +201,22 @@ impl ProcessCache {
         if parent != id {
             self.add_ref(&parent);
         }
-        self.lineage(&id).unwrap_or_else(|| Lineage { process: Process::default(), parent: None })
+        self.lineage(&id).unwrap_or_else(|| Lineage {
+            process: Process::default(),
+            parent: None,
+        })
     }
 
     /// A new thread group: the child starts as a copy of its parent's image.
     /// Returns false when the parent is unknown (counted as a miss).
-    pub fn on_clone(&mut self, node: &str, pid: u32, ppid: u32, ktime: u64, start: proto::Timestamp) -> bool {
+    pub fn on_clone(
+        &mut self,
+        node: &str,
+        pid: u32,
+        ppid: u32,
+        ktime: u64,
+        start: proto::Timestamp,
+    ) -> bool {
         let Some(parent_id) = self.by_pid.get(&ppid).cloned() else {
             self.stats.misses += 1;
             return false;
@@ -213,7 +247,11 @@ impl ProcessCache {
         let pid = process.pid.map_or(0, |p| p.value);
         let previous = self.by_pid.get(&pid).cloned();
         let mut flag_bits = flags::from_str(&process.flags);
-        match previous.as_ref().and_then(|id| self.entries.get(id).map(|e| (id.clone(), e.fork_only, e.process.parent_exec_id.clone()))) {
+        match previous.as_ref().and_then(|id| {
+            self.entries
+                .get(id)
+                .map(|e| (id.clone(), e.fork_only, e.process.parent_exec_id.clone()))
+        }) {
             Some((prev_id, true, forker)) => {
                 // After fork: the forker is the parent; the fork entry goes.
                 flag_bits |= flags::CLONE;
@@ -239,7 +277,10 @@ impl ProcessCache {
         }
         process.flags = flags::to_string(flag_bits);
         let id = self.insert(process, false);
-        let lineage = self.lineage(&id).unwrap_or_else(|| Lineage { process: Process::default(), parent: None });
+        let lineage = self.lineage(&id).unwrap_or_else(|| Lineage {
+            process: Process::default(),
+            parent: None,
+        });
         if let Some(parent) = &lineage.parent {
             let parent_id = parent.exec_id.clone();
             self.touch(&parent_id);
@@ -277,12 +318,18 @@ mod tests {
     }
 
     fn procfs(node: &str, ktime: u64, pid: u32, binary: &str) -> Process {
-        Process { flags: flags::to_string(flags::PROCFS), ..image(node, ktime, pid, binary) }
+        Process {
+            flags: flags::to_string(flags::PROCFS),
+            ..image(node, ktime, pid, binary)
+        }
     }
 
     #[test]
     fn exec_id_is_tetragons() {
-        assert_eq!(exec_id("kind-control-plane", 11428615636901, 51583), "a2luZC1jb250cm9sLXBsYW5lOjExNDI4NjE1NjM2OTAxOjUxNTgz");
+        assert_eq!(
+            exec_id("kind-control-plane", 11428615636901, 51583),
+            "a2luZC1jb250cm9sLXBsYW5lOjExNDI4NjE1NjM2OTAxOjUxNTgz"
+        );
     }
 
     #[test]
@@ -326,7 +373,14 @@ mod tests {
     fn fork_only_child_exits_as_a_copy_of_its_parent() {
         let mut c = ProcessCache::new(100);
         c.add_procfs(procfs("n", 1, 1, "/sbin/init"), 0);
-        let sh = c.add_procfs(Process { arguments: "-c x".into(), flags: "execve clone".into(), ..image("n", 2, 30, "/bin/sh") }, 1);
+        let sh = c.add_procfs(
+            Process {
+                arguments: "-c x".into(),
+                flags: "execve clone".into(),
+                ..image("n", 2, 30, "/bin/sh")
+            },
+            1,
+        );
         assert!(c.on_clone("n", 31, 30, 9, proto::Timestamp::default()));
         let exit = c.on_exit(31).unwrap();
         assert_eq!(exit.process.binary, "/bin/sh");
@@ -361,7 +415,10 @@ mod tests {
         }
         assert_eq!(c.len(), 3);
         assert_eq!(c.stats().evicted, 2);
-        assert!(c.on_exit(1).is_none(), "evicted first (least recently used)");
+        assert!(
+            c.on_exit(1).is_none(),
+            "evicted first (least recently used)"
+        );
         assert!(!c.on_clone("n", 99, 12345, 1, proto::Timestamp::default()));
         assert_eq!(c.stats().misses, 2);
     }

@@ -3,7 +3,13 @@
 //! cgroupfs drivers; cgroup v1 and v2.
 
 /// Runtime prefixes the systemd driver puts before the id in a scope name.
-const SCOPE_PREFIXES: &[&str] = &["cri-containerd-", "crio-", "docker-", "libpod-", "containerd-"];
+const SCOPE_PREFIXES: &[&str] = &[
+    "cri-containerd-",
+    "crio-",
+    "docker-",
+    "libpod-",
+    "containerd-",
+];
 
 fn is_container_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
@@ -16,7 +22,10 @@ fn component_id(component: &str) -> Option<&str> {
     if name.starts_with("crio-conmon-") {
         return None;
     }
-    let name = SCOPE_PREFIXES.iter().find_map(|p| name.strip_prefix(p)).unwrap_or(name);
+    let name = SCOPE_PREFIXES
+        .iter()
+        .find_map(|p| name.strip_prefix(p))
+        .unwrap_or(name);
     is_container_id(name).then_some(name)
 }
 
@@ -49,7 +58,8 @@ pub fn path_from_proc_cgroup(text: &str) -> Option<&str> {
     let mut fallback = None;
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
-        let (Some(id), Some(_controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(id), Some(_controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
             continue;
         };
         if id == "0" {
@@ -77,12 +87,17 @@ mod tests {
             format!("/kubepods/besteffort/pod{UID}/{ID}"),
             format!("/sys/fs/cgroup/memory/kubepods/burstable/pod{UID}/{ID}"),
             // systemd driver: containerd, CRI-O, Docker
-            format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_us}.slice/cri-containerd-{ID}.scope"),
+            format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_us}.slice/cri-containerd-{ID}.scope"
+            ),
             format!("/kubepods.slice/kubepods-pod{uid_us}.slice/crio-{ID}.scope"),
             format!("/system.slice/docker-{ID}.scope"),
             // plain docker cgroupfs and kind nesting
             format!("/docker/{ID}"),
-            format!("/docker/{}/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-pod{uid_us}.slice/cri-containerd-{ID}.scope", "a".repeat(64)),
+            format!(
+                "/docker/{}/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-pod{uid_us}.slice/cri-containerd-{ID}.scope",
+                "a".repeat(64)
+            ),
             // bare leaf name, as the kernel record carries it
             ID.to_owned(),
         ];
@@ -96,14 +111,22 @@ mod tests {
 
     #[test]
     fn non_containers() {
-        for p in ["/", "/user.slice/user-1000.slice/session-3.scope", "/system.slice/ssh.service", &format!("/crio-conmon-{ID}.scope"), "/kubepods/besteffort/podnotauid/abc"] {
+        for p in [
+            "/",
+            "/user.slice/user-1000.slice/session-3.scope",
+            "/system.slice/ssh.service",
+            &format!("/crio-conmon-{ID}.scope"),
+            "/kubepods/besteffort/podnotauid/abc",
+        ] {
             assert_eq!(container_id(p), None, "{p}");
         }
     }
 
     #[test]
     fn proc_cgroup_text() {
-        let hybrid = format!("12:memory:/kubepods/pod{UID}/{ID}\n1:name=systemd:/init.scope\n0::/user.slice\n");
+        let hybrid = format!(
+            "12:memory:/kubepods/pod{UID}/{ID}\n1:name=systemd:/init.scope\n0::/user.slice\n"
+        );
         assert_eq!(path_from_proc_cgroup(&hybrid), Some("/user.slice"));
         let v1 = format!("12:memory:/kubepods/pod{UID}/{ID}\n1:name=systemd:/init.scope\n");
         assert_eq!(path_from_proc_cgroup(&v1).and_then(container_id), Some(ID));

@@ -8,16 +8,16 @@
 //! the sensor.
 
 pub mod btf_offsets;
-pub mod decode;
-pub mod loader;
+pub mod builder;
+pub mod bus;
 pub mod cache;
 pub mod cgroup;
+pub mod config;
+pub mod decode;
+pub mod export;
 pub mod flags;
-pub mod builder;
+pub mod loader;
+pub mod pipeline;
 pub mod procfs;
-pub mod bus;
 pub mod server;
 pub mod stats;
-pub mod config;
-pub mod export;
-pub mod pipeline;

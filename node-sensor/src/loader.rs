@@ -9,7 +9,11 @@ use node_sensor_common::{COUNTERS_LEN, KernelOffsets};
 use crate::btf_offsets::{self, OffsetError};
 
 /// The programs and the tracepoints they attach to.
-pub const PROGRAMS: &[&str] = &["sched_process_fork", "sched_process_exec", "sched_process_exit"];
+pub const PROGRAMS: &[&str] = &[
+    "sched_process_fork",
+    "sched_process_exec",
+    "sched_process_exit",
+];
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/node-sensor"));
 
@@ -23,10 +27,15 @@ pub enum LoadError {
     Object(#[source] aya::EbpfError),
     #[error("BPF program `{0}` is missing from the object")]
     MissingProgram(&'static str),
-    #[error("the kernel verifier rejected BPF program `{name}`: {reason} (run with --log-level debug for the verifier log)")]
+    #[error(
+        "the kernel verifier rejected BPF program `{name}`: {reason} (run with --log-level debug for the verifier log)"
+    )]
     Verifier { name: &'static str, reason: String },
     #[error("attaching `{name}` to raw tracepoint {name} failed: {source}")]
-    Attach { name: &'static str, source: aya::programs::ProgramError },
+    Attach {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
     #[error("BPF map `{0}` is missing or has the wrong type")]
     Map(&'static str),
 }
@@ -59,7 +68,12 @@ impl Probes {
 
 /// Sums the per-CPU kernel counters.
 pub fn read_counters(counters: &PerCpuArray<MapData, u64>) -> KernelCounters {
-    let sum = |i: u32| counters.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+    let sum = |i: u32| {
+        counters
+            .get(&i, 0)
+            .map(|v| v.iter().sum::<u64>())
+            .unwrap_or(0)
+    };
     {
         KernelCounters {
             ringbuf_full: sum(node_sensor_common::COUNTER_RINGBUF_FULL),
@@ -96,15 +110,27 @@ pub fn load(btf_path: &str) -> Result<Probes, LoadError> {
             if let aya::programs::ProgramError::LoadError { verifier_log, .. } = &e {
                 tracing::debug!(program = name, log = %verifier_log, "verifier log");
             }
-            return Err(LoadError::Verifier { name, reason: e.to_string() });
+            return Err(LoadError::Verifier {
+                name,
+                reason: e.to_string(),
+            });
         }
-        program.attach(name).map_err(|source| LoadError::Attach { name, source })?;
+        program
+            .attach(name)
+            .map_err(|source| LoadError::Attach { name, source })?;
     }
     let ring = ebpf.take_map("EVENTS").ok_or(LoadError::Map("EVENTS"))?;
     let ring = RingBuf::try_from(ring).map_err(|_| LoadError::Map("EVENTS"))?;
-    let counters = ebpf.take_map("COUNTERS").ok_or(LoadError::Map("COUNTERS"))?;
+    let counters = ebpf
+        .take_map("COUNTERS")
+        .ok_or(LoadError::Map("COUNTERS"))?;
     let counters: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(counters).map_err(|_| LoadError::Map("COUNTERS"))?;
     debug_assert_eq!(counters.len(), COUNTERS_LEN);
-    Ok(Probes { _ebpf: ebpf, ring, counters, offsets })
+    Ok(Probes {
+        _ebpf: ebpf,
+        ring,
+        counters,
+        offsets,
+    })
 }

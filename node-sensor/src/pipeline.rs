@@ -31,8 +31,20 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(node: &str, clock: Clock, cache_size: usize, bus: EventBus, stats: Arc<SensorStats>) -> Self {
-        Pipeline { node: node.to_owned(), clock, cache: ProcessCache::new(cache_size), bus, stats }
+    pub fn new(
+        node: &str,
+        clock: Clock,
+        cache_size: usize,
+        bus: EventBus,
+        stats: Arc<SensorStats>,
+    ) -> Self {
+        Pipeline {
+            node: node.to_owned(),
+            clock,
+            cache: ProcessCache::new(cache_size),
+            bus,
+            stats,
+        }
     }
 
     /// Reports every process already running, parents first.
@@ -42,7 +54,8 @@ impl Pipeline {
         for e in entries {
             let time = e.process.start_time.unwrap_or_default();
             let lineage = self.cache.add_procfs(e.process, e.ppid);
-            self.bus.publish(builder::exec_event(&self.node, time, lineage));
+            self.bus
+                .publish(builder::exec_event(&self.node, time, lineage));
         }
         self.update_cache_stats();
         n
@@ -63,18 +76,26 @@ impl Pipeline {
         };
         match record {
             Record::Clone(c) => {
-                self.cache.on_clone(&self.node, c.pid, c.ppid, c.header.ktime, self.clock.wall(c.header.ktime));
+                self.cache.on_clone(
+                    &self.node,
+                    c.pid,
+                    c.ppid,
+                    c.header.ktime,
+                    self.clock.wall(c.header.ktime),
+                );
             }
             Record::Exec(e) => {
                 let process = builder::exec_process(&self.node, &self.clock, &e);
                 let time = self.clock.wall(e.ktime);
                 let lineage = self.cache.on_exec(process, e.ppid);
-                self.bus.publish(builder::exec_event(&self.node, time, lineage));
+                self.bus
+                    .publish(builder::exec_event(&self.node, time, lineage));
             }
             Record::Exit(x) => {
                 if let Some(lineage) = self.cache.on_exit(x.pid) {
                     let time = self.clock.wall(x.header.ktime);
-                    self.bus.publish(builder::exit_event(&self.node, time, lineage, x.exit_code));
+                    self.bus
+                        .publish(builder::exit_event(&self.node, time, lineage, x.exit_code));
                 }
             }
         }
@@ -82,18 +103,30 @@ impl Pipeline {
 
     fn update_cache_stats(&self) {
         let s = self.cache.stats();
-        self.stats.cache_entries.store(s.entries as u64, Ordering::Relaxed);
+        self.stats
+            .cache_entries
+            .store(s.entries as u64, Ordering::Relaxed);
         self.stats.cache_evicted.store(s.evicted, Ordering::Relaxed);
         self.stats.cache_misses.store(s.misses, Ordering::Relaxed);
     }
 
     /// Drains the ring buffer until `shutdown` fires.
-    pub async fn run(mut self, probes: Probes, mut shutdown: tokio::sync::watch::Receiver<bool>) -> std::io::Result<()> {
-        let Probes { ring, counters, _ebpf, .. } = probes;
+    pub async fn run(
+        mut self,
+        probes: Probes,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        let Probes {
+            ring,
+            counters,
+            _ebpf,
+            ..
+        } = probes;
         // SAFETY: the ring buffer owns its map fd and keeps it open, returning
         // the same fd, for as long as the AsyncFd owns it.
         let mut ring: AsyncFd<RingBuf<MapData>> =
-            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }.map_err(std::io::Error::from)?;
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(std::io::Error::from)?;
         let mut last_report = Instant::now();
         let mut reported = crate::loader::KernelCounters::default();
         loop {
@@ -112,19 +145,31 @@ impl Pipeline {
             if last_report.elapsed() >= REPORT_INTERVAL {
                 last_report = Instant::now();
                 let k = crate::loader::read_counters(&counters);
-                self.stats.ringbuf_full.store(k.ringbuf_full, Ordering::Relaxed);
-                self.stats.kernel_read_errors.store(k.read_errors, Ordering::Relaxed);
+                self.stats
+                    .ringbuf_full
+                    .store(k.ringbuf_full, Ordering::Relaxed);
+                self.stats
+                    .kernel_read_errors
+                    .store(k.read_errors, Ordering::Relaxed);
                 self.update_cache_stats();
                 if k.ringbuf_full > reported.ringbuf_full {
-                    tracing::warn!(lost = k.ringbuf_full - reported.ringbuf_full, total = k.ringbuf_full, "ring buffer full: kernel events lost");
+                    tracing::warn!(
+                        lost = k.ringbuf_full - reported.ringbuf_full,
+                        total = k.ringbuf_full,
+                        "ring buffer full: kernel events lost"
+                    );
                 }
                 reported = k;
             }
         }
         // Final counters, so a last health read or log is exact.
         let k = crate::loader::read_counters(&counters);
-        self.stats.ringbuf_full.store(k.ringbuf_full, Ordering::Relaxed);
-        self.stats.kernel_read_errors.store(k.read_errors, Ordering::Relaxed);
+        self.stats
+            .ringbuf_full
+            .store(k.ringbuf_full, Ordering::Relaxed);
+        self.stats
+            .kernel_read_errors
+            .store(k.read_errors, Ordering::Relaxed);
         self.update_cache_stats();
         drop(_ebpf);
         Ok(())

@@ -36,7 +36,10 @@ impl Timestamp {
         let d = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+        Timestamp {
+            seconds: d.as_secs() as i64,
+            nanos: d.subsec_nanos() as i32,
+        }
     }
 
     fn to_datetime(self) -> Option<DateTime<Utc>> {
@@ -61,7 +64,10 @@ impl Timestamp {
     /// Parses any RFC 3339 timestamp.
     pub fn parse_rfc3339(s: &str) -> Result<Self, chrono::ParseError> {
         let t = DateTime::parse_from_rfc3339(s)?.with_timezone(&Utc);
-        Ok(Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 })
+        Ok(Timestamp {
+            seconds: t.timestamp(),
+            nanos: t.timestamp_subsec_nanos() as i32,
+        })
     }
 }
 
@@ -80,7 +86,8 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let s = String::deserialize(deserializer)?;
-        Timestamp::parse_rfc3339(&s).map_err(|e| D::Error::custom(format!("invalid timestamp {s:?}: {e}")))
+        Timestamp::parse_rfc3339(&s)
+            .map_err(|e| D::Error::custom(format!("invalid timestamp {s:?}: {e}")))
     }
 }
 
@@ -90,7 +97,13 @@ mod tests {
 
     #[test]
     fn protojson_uses_fewest_digit_groups() {
-        let t = |s, n| Timestamp { seconds: s, nanos: n }.to_protojson();
+        let t = |s, n| {
+            Timestamp {
+                seconds: s,
+                nanos: n,
+            }
+            .to_protojson()
+        };
         assert_eq!(t(1652273685, 615_000_000), "2022-05-11T12:54:45.615Z");
         assert_eq!(t(1652273685, 0), "2022-05-11T12:54:45Z");
         assert_eq!(t(1652273685, 615_100_000), "2022-05-11T12:54:45.615100Z");

@@ -19,9 +19,15 @@ pub enum AddressError {
     #[error("invalid server address {0:?}: expected host:port or unix:///path")]
     Invalid(String),
     #[error("cannot connect to {address}: {source}")]
-    Connect { address: String, source: tonic::transport::Error },
+    Connect {
+        address: String,
+        source: tonic::transport::Error,
+    },
     #[error("cannot listen on {address}: {source}")]
-    Listen { address: String, source: std::io::Error },
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
 }
 
 impl std::fmt::Display for ServerAddress {
@@ -45,7 +51,9 @@ impl std::str::FromStr for ServerAddress {
         }
         let hostport = s.strip_prefix("http://").unwrap_or(s);
         match hostport.rsplit_once(':') {
-            Some((_, port)) if port.parse::<u16>().is_ok() => Ok(ServerAddress::Tcp(hostport.to_owned())),
+            Some((_, port)) if port.parse::<u16>().is_ok() => {
+                Ok(ServerAddress::Tcp(hostport.to_owned()))
+            }
             _ => Err(AddressError::Invalid(s.to_owned())),
         }
     }
@@ -59,14 +67,20 @@ impl ServerAddress {
             ServerAddress::Tcp(a) => {
                 let host = a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h);
                 let host = host.trim_start_matches('[').trim_end_matches(']');
-                host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                host == "localhost"
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
             }
         }
     }
 
     /// Opens a gRPC channel (plaintext; for local addresses).
     pub async fn connect(&self) -> Result<Channel, AddressError> {
-        let err = |source| AddressError::Connect { address: self.to_string(), source };
+        let err = |source| AddressError::Connect {
+            address: self.to_string(),
+            source,
+        };
         match self {
             ServerAddress::Tcp(a) => {
                 let endpoint = Endpoint::from_shared(format!("http://{a}")).map_err(err)?;
@@ -79,7 +93,11 @@ impl ServerAddress {
                 endpoint
                     .connect_with_connector(tower::service_fn(move |_: Uri| {
                         let path = path.clone();
-                        async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
+                        async move {
+                            tokio::net::UnixStream::connect(path)
+                                .await
+                                .map(TokioIo::new)
+                        }
                     }))
                     .await
                     .map_err(err)
@@ -94,12 +112,26 @@ mod tests {
 
     #[test]
     fn parses_tetra_forms() {
-        assert_eq!("localhost:54321".parse::<ServerAddress>().unwrap(), ServerAddress::Tcp("localhost:54321".into()));
-        assert_eq!("[::1]:54321".parse::<ServerAddress>().unwrap(), ServerAddress::Tcp("[::1]:54321".into()));
-        assert_eq!("unix:///var/run/t.sock".parse::<ServerAddress>().unwrap(), ServerAddress::Unix("/var/run/t.sock".into()));
+        assert_eq!(
+            "localhost:54321".parse::<ServerAddress>().unwrap(),
+            ServerAddress::Tcp("localhost:54321".into())
+        );
+        assert_eq!(
+            "[::1]:54321".parse::<ServerAddress>().unwrap(),
+            ServerAddress::Tcp("[::1]:54321".into())
+        );
+        assert_eq!(
+            "unix:///var/run/t.sock".parse::<ServerAddress>().unwrap(),
+            ServerAddress::Unix("/var/run/t.sock".into())
+        );
         assert!("localhost".parse::<ServerAddress>().is_err());
         assert!("unix://".parse::<ServerAddress>().is_err());
-        assert!("localhost:54321".parse::<ServerAddress>().unwrap().is_local());
+        assert!(
+            "localhost:54321"
+                .parse::<ServerAddress>()
+                .unwrap()
+                .is_local()
+        );
         assert!("127.0.0.1:1".parse::<ServerAddress>().unwrap().is_local());
         assert!(!"10.0.0.1:1".parse::<ServerAddress>().unwrap().is_local());
     }

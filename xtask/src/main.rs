@@ -1,0 +1,218 @@
+//! `cargo xtask setup | run | test | bench`: the project's own set-up and
+//! entry points, so a fresh machine needs nothing installed by hand.
+//!
+//! Everything it installs is checked first and skipped when present.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+const APT_PACKAGES: &[&str] = &["util-linux", "iproute2"];
+const BPF_LINKER_VERSION: &str = "^0.10";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn tools_dir() -> PathBuf {
+    root().join("target/tools")
+}
+
+fn venv_python() -> PathBuf {
+    root().join("target/venv/bin/python3")
+}
+
+/// PATH with the project's own tool directory first.
+fn path_env() -> String {
+    let old = std::env::var("PATH").unwrap_or_default();
+    format!("{}:{}", tools_dir().join("bin").display(), old)
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("xtask: {shown}");
+    let status = cmd
+        .env("PATH", path_env())
+        .status()
+        .with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.env("PATH", path_env())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn setup() -> Result<()> {
+    // Debian packages the tests use (setpriv, ip netns, python venv).
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if !missing.is_empty() {
+        if !is_root() {
+            bail!("missing Debian packages {missing:?}; run as root or install them");
+        }
+        run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    // Nightly's rust-src, for -Z build-std=core of the eBPF crate.
+    let has_src = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", "nightly"])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.starts_with("rust-src"))
+        });
+    if !has_src {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    // bpf-linker, into target/tools unless one is already on PATH.
+    if !succeeds(Command::new("bpf-linker").arg("--version")) {
+        run(Command::new("cargo")
+            .args([
+                "+nightly",
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+                "--root",
+            ])
+            .arg(tools_dir()))?;
+    }
+    // Python with grpcio, for the non-Vigil client test.
+    if !succeeds(Command::new(venv_python()).args(["-c", "import grpc, grpc_tools"])) {
+        run(Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(root().join("target/venv")))?;
+        run(Command::new(venv_python()).args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "grpcio",
+            "grpcio-tools",
+        ]))?;
+    }
+    Ok(())
+}
+
+fn dpkg_installed(p: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", p])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new("cargo");
+    c.current_dir(root());
+    c
+}
+
+fn test() -> Result<()> {
+    setup()?;
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().current_dir(root().join("node-sensor-ebpf")).args([
+        "+nightly",
+        "clippy",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // Every test, kernel tests included; a test that cannot run its part
+    // here fails instead of skipping.
+    run(cargo()
+        .args(["test", "--workspace", "--exclude", "node-sensor-ebpf"])
+        .env("VIGIL_REQUIRE_ALL", "1")
+        .env("VIGIL_PYTHON", venv_python()))?;
+    Ok(())
+}
+
+fn run_sensor() -> Result<()> {
+    setup()?;
+    if !is_root() {
+        bail!("the sensor loads BPF programs: run `cargo xtask run` as root");
+    }
+    run(cargo().args([
+        "build",
+        "--release",
+        "--bin",
+        "vigil-sensor",
+        "--bin",
+        "vigil",
+    ]))?;
+    let bin = root().join("target/release");
+    let socket = std::env::temp_dir().join("vigil-sensor.sock");
+    let address = format!("unix://{}", socket.display());
+    let mut sensor = Command::new(bin.join("vigil-sensor"))
+        .args(["--server-address", &address])
+        .spawn()
+        .context("starting vigil-sensor")?;
+    let mut ready = false;
+    for _ in 0..100 {
+        if succeeds(Command::new(bin.join("vigil")).args(["--server-address", &address, "status"]))
+        {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if !ready {
+        let _ = sensor.kill();
+        bail!("vigil-sensor did not become ready");
+    }
+    eprintln!("xtask: streaming compact events from {address}; Ctrl-C to stop");
+    let status = Command::new(bin.join("vigil"))
+        .args(["--server-address", &address, "getevents", "-o", "compact"])
+        .status();
+    let _ = sensor.kill();
+    let _ = sensor.wait();
+    status?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    match task.as_str() {
+        "setup" => setup(),
+        "test" => test(),
+        "run" => run_sensor(),
+        _ => bail!("usage: cargo xtask setup|run|test"),
+    }
+}
