@@ -110,7 +110,7 @@ fn submit_flags() -> u64 {
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
+pub fn vigil_exec(ctx: RawTracePointContext) -> i32 {
     match try_exec(&ctx) {
         Ok(()) => 0,
         Err(_) => 1,
@@ -361,7 +361,7 @@ unsafe fn read_cgroup(task: *const u8, o: &KernelOffsets, rec: *mut ExecRecord) 
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
-pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+pub fn vigil_fork(ctx: RawTracePointContext) -> i32 {
     match try_fork(&ctx) {
         Ok(()) => 0,
         Err(_) => 1,
@@ -404,7 +404,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
-pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+pub fn vigil_exit(ctx: RawTracePointContext) -> i32 {
     match try_exit(&ctx) {
         Ok(()) => 0,
         Err(_) => 1,

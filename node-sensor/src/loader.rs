@@ -8,11 +8,12 @@ use node_sensor_common::{COUNTERS_LEN, KernelOffsets};
 
 use crate::btf_offsets::{self, OffsetError};
 
-/// The programs and the tracepoints they attach to.
-pub const PROGRAMS: &[&str] = &[
-    "sched_process_fork",
-    "sched_process_exec",
-    "sched_process_exit",
+/// The programs and the raw tracepoints they attach to. Program names are
+/// short and distinct because the kernel keeps only 15 characters.
+pub const PROGRAMS: &[(&str, &str)] = &[
+    ("vigil_fork", "sched_process_fork"),
+    ("vigil_exec", "sched_process_exec"),
+    ("vigil_exit", "sched_process_exit"),
 ];
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/node-sensor"));
@@ -31,9 +32,10 @@ pub enum LoadError {
         "the kernel verifier rejected BPF program `{name}`: {reason} (run with --log-level debug for the verifier log)"
     )]
     Verifier { name: &'static str, reason: String },
-    #[error("attaching `{name}` to raw tracepoint {name} failed: {source}")]
+    #[error("attaching `{name}` to raw tracepoint {tracepoint} failed: {source}")]
     Attach {
         name: &'static str,
+        tracepoint: &'static str,
         source: aya::programs::ProgramError,
     },
     #[error("BPF map `{0}` is missing or has the wrong type")]
@@ -100,7 +102,7 @@ pub fn load(btf_path: &str) -> Result<Probes, LoadError> {
         .override_global("OFFSETS", &offsets, true)
         .load(EBPF_OBJECT)
         .map_err(LoadError::Object)?;
-    for &name in PROGRAMS {
+    for &(name, tracepoint) in PROGRAMS {
         let program: &mut RawTracePoint = ebpf
             .program_mut(name)
             .ok_or(LoadError::MissingProgram(name))?
@@ -116,8 +118,12 @@ pub fn load(btf_path: &str) -> Result<Probes, LoadError> {
             });
         }
         program
-            .attach(name)
-            .map_err(|source| LoadError::Attach { name, source })?;
+            .attach(tracepoint)
+            .map_err(|source| LoadError::Attach {
+                name,
+                tracepoint,
+                source,
+            })?;
     }
     let ring = ebpf.take_map("EVENTS").ok_or(LoadError::Map("EVENTS"))?;
     let ring = RingBuf::try_from(ring).map_err(|_| LoadError::Map("EVENTS"))?;

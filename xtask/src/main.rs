@@ -207,12 +207,27 @@ fn run_sensor() -> Result<()> {
     Ok(())
 }
 
+fn bench() -> Result<()> {
+    setup()?;
+    let execs = std::env::args().nth(2).unwrap_or_else(|| "5000".into());
+    run(cargo().args([
+        "bench",
+        "-p",
+        "node-sensor",
+        "--bench",
+        "exec_storm",
+        "--",
+        &execs,
+    ]))
+}
+
 fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
     match task.as_str() {
         "setup" => setup(),
         "test" => test(),
         "run" => run_sensor(),
-        _ => bail!("usage: cargo xtask setup|run|test"),
+        "bench" => bench(),
+        _ => bail!("usage: cargo xtask setup|run|test|bench"),
     }
 }
