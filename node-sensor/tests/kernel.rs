@@ -325,3 +325,88 @@ async fn burst_of_2000_execs_arrives_complete() {
         assert!(execs.contains(&format!("{mark}-{i}")));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_subscriber_gets_an_exact_loss_notice_and_others_lose_nothing() {
+    require_kernel!();
+    let sensor = Sensor::start(&["--subscriber-queue-size", "256"]).await;
+    let mark = format!("vigil-slow-{}", nonce());
+    let req = GetEventsRequest {
+        allow_list: vec![Filter {
+            arguments_regex: vec![format!("^{mark}-")],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut fast = Collector::subscribe(&sensor, req.clone()).await;
+    // The slow client subscribes and then reads nothing while the workload runs.
+    let mut slow = Collector::subscribe_slow(&sensor, req).await;
+    let fast_reader = tokio::spawn(async move {
+        let ok = fast
+            .until(Duration::from_secs(60), |evs| evs.len() >= 4000)
+            .await;
+        (ok, fast.events)
+    });
+    let script = format!("i=0; while [ $i -lt 2000 ]; do /bin/true {mark}-$i; i=$((i+1)); done");
+    assert!(
+        Command::new("/bin/sh")
+            .args(["-c", &script])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (fast_ok, fast_events) = fast_reader.await.unwrap();
+    assert!(fast_ok, "fast subscriber got {} of 4000", fast_events.len());
+    assert!(
+        fast_events
+            .iter()
+            .all(|e| e.event_type() != EventType::RateLimitInfo),
+        "fast subscriber lost events"
+    );
+
+    // Now drain the slow one: what it got plus what it was told it lost is
+    // exactly what happened.
+    let drained = |evs: &[proto::tetragon::GetEventsResponse]| {
+        let got = evs
+            .iter()
+            .filter(|e| e.event_type() != EventType::RateLimitInfo)
+            .count() as u64;
+        let lost: u64 = evs
+            .iter()
+            .filter_map(|e| match &e.event {
+                Some(proto::tetragon::get_events_response::Event::RateLimitInfo(r)) => {
+                    Some(r.number_of_dropped_process_events)
+                }
+                _ => None,
+            })
+            .sum();
+        got + lost >= 4000
+    };
+    assert!(
+        slow.until(Duration::from_secs(20), drained).await,
+        "slow subscriber accounting incomplete"
+    );
+    let got = slow
+        .events
+        .iter()
+        .filter(|e| e.event_type() != EventType::RateLimitInfo)
+        .count() as u64;
+    let notices: Vec<u64> = slow
+        .events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(proto::tetragon::get_events_response::Event::RateLimitInfo(r)) => {
+                Some(r.number_of_dropped_process_events)
+            }
+            _ => None,
+        })
+        .collect();
+    let lost: u64 = notices.iter().sum();
+    assert!(lost > 0, "the slow subscriber should have lost events");
+    assert_eq!(
+        got + lost,
+        4000,
+        "got {got}, told lost {lost} in {} notices",
+        notices.len()
+    );
+}

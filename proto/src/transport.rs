@@ -77,6 +77,14 @@ impl ServerAddress {
 
     /// Opens a gRPC channel (plaintext; for local addresses).
     pub async fn connect(&self) -> Result<Channel, AddressError> {
+        self.connect_with(|e| e).await
+    }
+
+    /// Opens a gRPC channel with endpoint settings (windows, timeouts…).
+    pub async fn connect_with(
+        &self,
+        configure: impl FnOnce(Endpoint) -> Endpoint,
+    ) -> Result<Channel, AddressError> {
         let err = |source| AddressError::Connect {
             address: self.to_string(),
             source,
@@ -84,12 +92,12 @@ impl ServerAddress {
         match self {
             ServerAddress::Tcp(a) => {
                 let endpoint = Endpoint::from_shared(format!("http://{a}")).map_err(err)?;
-                endpoint.connect().await.map_err(err)
+                configure(endpoint).connect().await.map_err(err)
             }
             ServerAddress::Unix(path) => {
                 let path = path.clone();
                 // The URI is required by the API but unused by the connector.
-                let endpoint = Endpoint::from_static("http://localhost");
+                let endpoint = configure(Endpoint::from_static("http://localhost"));
                 endpoint
                     .connect_with_connector(tower::service_fn(move |_: Uri| {
                         let path = path.clone();

@@ -153,6 +153,28 @@ impl Collector {
         }
     }
 
+    /// A client whose HTTP/2 windows are small, so that not reading
+    /// quickly backs up to the sensor instead of into client buffers.
+    pub async fn subscribe_slow(sensor: &Sensor, req: GetEventsRequest) -> Collector {
+        let channel = sensor
+            .address
+            .connect_with(|e| {
+                e.initial_stream_window_size(16 * 1024)
+                    .initial_connection_window_size(16 * 1024)
+            })
+            .await
+            .unwrap();
+        let stream = FineGuidanceSensorsClient::new(channel)
+            .get_events(req)
+            .await
+            .unwrap()
+            .into_inner();
+        Collector {
+            stream,
+            events: Vec::new(),
+        }
+    }
+
     /// Reads until `done` holds over everything received, or the timeout.
     pub async fn until(
         &mut self,
