@@ -5,11 +5,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub const DEFAULT_SERVER: &str = "localhost:54321";
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "vigil",
-    version,
-    about = "Query Vigil sensors and relays (tetra-compatible)"
-)]
+#[command(name = "vigil", version, about = "Query Vigil sensors and relays (tetra-compatible)")]
 pub struct Cli {
     /// gRPC server address: host:port or unix:///path. When given, events
     /// come from the server even if standard input is not a terminal.

@@ -24,11 +24,7 @@ pub struct Printer<W: Write> {
 
 impl<W: Write> Printer<W> {
     pub fn new(out: W, output: Output, compact: CompactOptions) -> Self {
-        Printer {
-            out,
-            output,
-            compact,
-        }
+        Printer { out, output, compact }
     }
 
     /// Writes one event; loss notices also go to stderr in compact mode,
@@ -64,16 +60,11 @@ pub struct LocalFilter {
 
 impl LocalFilter {
     pub fn new(req: &GetEventsRequest) -> anyhow::Result<Self> {
-        Ok(LocalFilter {
-            filter: EventFilter::from_request(req)?,
-            fields: FieldFilters::new(&req.field_filters)?,
-        })
+        Ok(LocalFilter { filter: EventFilter::from_request(req)?, fields: FieldFilters::new(&req.field_filters)? })
     }
 
     pub fn apply(&self, event: GetEventsResponse) -> Option<GetEventsResponse> {
-        self.filter
-            .matches(&event)
-            .then(|| self.fields.apply(event))
+        self.filter.matches(&event).then(|| self.fields.apply(event))
     }
 }
 
@@ -139,11 +130,7 @@ async fn stream_once<W: Write>(
         .await
         .map_err(|_| anyhow::anyhow!("timed out after {timeout:?} connecting to {address}"))??;
     let mut client = FineGuidanceSensorsClient::new(channel).max_decoding_message_size(64 << 20);
-    let mut stream = client
-        .get_events(request)
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let mut stream = client.get_events(request).await.map_err(status_error)?.into_inner();
     while let Some(event) = stream.message().await.map_err(status_error)? {
         printer.print(&event)?;
     }

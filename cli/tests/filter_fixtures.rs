@@ -19,28 +19,15 @@ fn fixtures_dir() -> std::path::PathBuf {
 fn flags_pass_exactly_what_tetra_passed() {
     let text = std::fs::read_to_string(fixtures_dir().join("filter-cases.json")).unwrap();
     let fixture: Value = serde_json::from_str(&text).unwrap();
-    let events: Vec<_> = fixture["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| from_json_line(&e.to_string()).unwrap())
-        .collect();
+    let events: Vec<_> =
+        fixture["events"].as_array().unwrap().iter().map(|e| from_json_line(&e.to_string()).unwrap()).collect();
     assert_eq!(events.len(), 60);
     let cases = fixture["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 15);
     for case in cases {
-        let flags: Vec<&str> = case["flags"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f.as_str().unwrap())
-            .collect();
-        let argv = ["vigil", "getevents"]
-            .into_iter()
-            .chain(flags.iter().copied());
-        let Sub::GetEvents(args) = Cli::try_parse_from(argv).unwrap().command else {
-            panic!("not getevents")
-        };
+        let flags: Vec<&str> = case["flags"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+        let argv = ["vigil", "getevents"].into_iter().chain(flags.iter().copied());
+        let Sub::GetEvents(args) = Cli::try_parse_from(argv).unwrap().command else { panic!("not getevents") };
         let built = request::build(&args);
         if let Some(err) = case.get("expect_error").and_then(Value::as_str) {
             assert_eq!(built.unwrap_err().to_string(), err, "{flags:?}");
@@ -53,12 +40,8 @@ fn flags_pass_exactly_what_tetra_passed() {
             .filter(|(_, e)| filter.apply((*e).clone()).is_some())
             .map(|(i, _)| i as u64)
             .collect();
-        let want: Vec<u64> = case["passing_event_indexes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap())
-            .collect();
+        let want: Vec<u64> =
+            case["passing_event_indexes"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
         assert_eq!(passed, want, "flags {flags:?}");
     }
 }
@@ -71,18 +54,9 @@ fn run_cli(args: &[&str], stdin: &str) -> (String, String, bool) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    (
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-        out.status.success(),
-    )
+    (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap(), out.status.success())
 }
 
 #[test]
@@ -93,18 +67,7 @@ fn stdin_seed_events_print_as_the_seed_shows() {
     assert!(ok, "{err}");
     assert_eq!(out, want);
     // The seed's own filter: namespace default, pod xwing.
-    let (out, _, ok) = run_cli(
-        &[
-            "getevents",
-            "-o",
-            "compact",
-            "--namespace",
-            "default",
-            "--pod",
-            "xwing",
-        ],
-        &events,
-    );
+    let (out, _, ok) = run_cli(&["getevents", "-o", "compact", "--namespace", "default", "--pod", "xwing"], &events);
     assert!(ok);
     assert_eq!(out.lines().count(), 3);
 }
@@ -131,10 +94,7 @@ fn malformed_stdin_lines_are_named_and_skipped() {
 fn bad_flags_fail_with_a_named_error() {
     let (_, err, ok) = run_cli(&["getevents", "-e", "PROCESS_EXEC,PROCESS_EXIT"], "");
     assert!(!ok);
-    assert!(
-        err.contains("invalid argument for -e: one event type per flag"),
-        "{err}"
-    );
+    assert!(err.contains("invalid argument for -e: one event type per flag"), "{err}");
     let (_, err, ok) = run_cli(&["getevents", "--process", "("], "");
     assert!(!ok);
     assert!(err.contains("binary_regex"), "{err}");

@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 use proto::Timestamp;
 use proto::tetragon::get_events_response::Event;
 use proto::tetragon::{
-    CapabilitiesType, GetEventsResponse, KprobeArgument, Process, ProcessKprobe, ProcessTracepoint,
-    ThrottleType, kprobe_argument::Arg,
+    CapabilitiesType, GetEventsResponse, KprobeArgument, Process, ProcessKprobe, ProcessTracepoint, ThrottleType,
+    kprobe_argument::Arg,
 };
 
 /// Column the capability trailer is padded to, counting bytes like tetra.
@@ -37,11 +37,7 @@ struct Painter(bool);
 
 impl Painter {
     fn paint(&self, c: Color, s: &str) -> String {
-        if self.0 {
-            format!("\x1b[{}m{s}\x1b[0m", c as u8)
-        } else {
-            s.to_owned()
-        }
+        if self.0 { format!("\x1b[{}m{s}\x1b[0m", c as u8) } else { s.to_owned() }
     }
 }
 
@@ -90,11 +86,7 @@ pub fn quote_if_needed(s: &str) -> String {
 /// Go's `fmt` `%*s`: right-aligns `s` in `width` characters (runes).
 fn pad_left(s: &str, width: usize) -> String {
     let n = s.chars().count();
-    if n >= width {
-        s.to_owned()
-    } else {
-        format!("{}{s}", " ".repeat(width - n))
-    }
+    if n >= width { s.to_owned() } else { format!("{}{s}", " ".repeat(width - n)) }
 }
 
 fn cap_trailer(line: String, caps: &str) -> String {
@@ -122,24 +114,15 @@ impl Line<'_> {
             None => self.node.to_owned(),
         };
         let source = self.p.paint(Color::Green, &quote_if_needed(&source));
-        let binary = self
-            .p
-            .paint(Color::Magenta, &quote_if_needed(&process.binary));
+        let binary = self.p.paint(Color::Magenta, &quote_if_needed(&process.binary));
         let admin = CapabilitiesType::CapSysAdmin as i32;
-        let has_admin = process
-            .cap
-            .as_ref()
-            .is_some_and(|c| c.effective.contains(&admin));
-        let caps = self.p.paint(
-            Color::Magenta,
-            if has_admin { "🛑 CAP_SYS_ADMIN" } else { "" },
-        );
+        let has_admin = process.cap.as_ref().is_some_and(|c| c.effective.contains(&admin));
+        let caps = self.p.paint(Color::Magenta, if has_admin { "🛑 CAP_SYS_ADMIN" } else { "" });
         (format!("{source} {binary}"), caps)
     }
 
     fn args(&self, process: &Process) -> String {
-        self.p
-            .paint(Color::Cyan, &quote_if_needed(&process.arguments))
+        self.p.paint(Color::Cyan, &quote_if_needed(&process.arguments))
     }
 }
 
@@ -178,9 +161,7 @@ fn size_arg(args: &[KprobeArgument], i: usize) -> u64 {
 /// Strips an architecture's syscall-wrapper prefix (`__x64_sys_write` →
 /// `sys_write`).
 fn cut_syscall_prefix(name: &str) -> &str {
-    for prefix in [
-        "__x64_", "__ia32_", "__arm64_", "__riscv_", "__se_", "__do_",
-    ] {
+    for prefix in ["__x64_", "__ia32_", "__arm64_", "__riscv_", "__se_", "__do_"] {
         if let Some(rest) = name.strip_prefix(prefix) {
             return rest;
         }
@@ -192,25 +173,14 @@ fn kprobe_line(l: &Line<'_>, k: &ProcessKprobe, process: &Process) -> String {
     let (info, caps) = l.process_info(process);
     let cyan = |s: &str| l.p.paint(Color::Cyan, s);
     let sock = |i: usize| match arg(&k.args, i) {
-        Some(Arg::SockArg(s)) => cyan(&format!(
-            "tcp {}:{} -> {}:{}",
-            s.saddr, s.sport, s.daddr, s.dport
-        )),
+        Some(Arg::SockArg(s)) => cyan(&format!("tcp {}:{} -> {}:{}", s.saddr, s.sport, s.daddr, s.dport)),
         _ => cyan("tcp :0 -> :0"),
     };
     let line = match cut_syscall_prefix(&k.function_name) {
         "sys_write" | "sys_read" => {
-            let (icon, word) = if k.function_name.ends_with("write") {
-                ("📝", "write")
-            } else {
-                ("📚", "read")
-            };
+            let (icon, word) = if k.function_name.ends_with("write") { ("📝", "write") } else { ("📚", "read") };
             let file = file_path(&k.args, 0).map(cyan).unwrap_or_default();
-            let bytes = if k.args.len() > 2 {
-                cyan(&format!("{} bytes", size_arg(&k.args, 2)))
-            } else {
-                String::new()
-            };
+            let bytes = if k.args.len() > 2 { cyan(&format!("{} bytes", size_arg(&k.args, 2))) } else { String::new() };
             format!("{} {info} {file} {bytes}", l.head(icon, word))
         }
         "fd_install" => {
@@ -218,16 +188,8 @@ fn kprobe_line(l: &Line<'_>, k: &ProcessKprobe, process: &Process) -> String {
             format!("{} {info} {file}", l.head("📬", "open"))
         }
         "sys_openat" | "sys_open" => {
-            let word = if k.function_name.ends_with("openat") {
-                "openat"
-            } else {
-                "open"
-            };
-            let file = if k.args.len() > 1 {
-                cyan(string_arg(&k.args, 1))
-            } else {
-                String::new()
-            };
+            let word = if k.function_name.ends_with("openat") { "openat" } else { "open" };
+            let file = if k.args.len() > 1 { cyan(string_arg(&k.args, 1)) } else { String::new() };
             format!("{} {info} {file}", l.head("📬️", word))
         }
         "sys_close" => {
@@ -235,29 +197,13 @@ fn kprobe_line(l: &Line<'_>, k: &ProcessKprobe, process: &Process) -> String {
             format!("{} {info} {file}", l.head("📪", "close"))
         }
         "sys_mount" | "sys_pivot_root" => {
-            let word = if k.function_name.ends_with("mount") {
-                "mount"
-            } else {
-                "pivot_root"
-            };
-            let src = if !k.args.is_empty() {
-                cyan(string_arg(&k.args, 0))
-            } else {
-                String::new()
-            };
-            let dst = if k.args.len() > 1 {
-                cyan(string_arg(&k.args, 1))
-            } else {
-                String::new()
-            };
+            let word = if k.function_name.ends_with("mount") { "mount" } else { "pivot_root" };
+            let src = if !k.args.is_empty() { cyan(string_arg(&k.args, 0)) } else { String::new() };
+            let dst = if k.args.len() > 1 { cyan(string_arg(&k.args, 1)) } else { String::new() };
             format!("{} {info} {src} {dst}", l.head("💾", word))
         }
         "sys_setuid" => {
-            let uid = if !k.args.is_empty() {
-                cyan(&int_arg(&k.args, 0).to_string())
-            } else {
-                String::new()
-            };
+            let uid = if !k.args.is_empty() { cyan(&int_arg(&k.args, 0).to_string()) } else { String::new() };
             format!("{} {info} {uid}", l.head("🔑", "setuid"))
         }
         "sys_clock_settime" => format!("{} {info}", l.head("⏰", "clock_settime")),
@@ -280,12 +226,7 @@ fn kprobe_line(l: &Line<'_>, k: &ProcessKprobe, process: &Process) -> String {
         "tcp_connect" => format!("{} {info} {}", l.head("🔌", "connect"), sock(0)),
         "tcp_close" => format!("{} {info} {}", l.head("\u{1F9F9}", "close"), sock(0)),
         "tcp_sendmsg" => {
-            format!(
-                "{} {info} {} bytes {}",
-                l.head("📤", "sendmsg"),
-                sock(0),
-                int_arg(&k.args, 1)
-            )
+            format!("{} {info} {} bytes {}", l.head("📤", "sendmsg"), sock(0), int_arg(&k.args, 1))
         }
         _ => format!("{} {info} {}", l.head("❓", "syscall"), k.function_name),
     };
@@ -304,12 +245,7 @@ fn tracepoint_line(l: &Line<'_>, t: &ProcessTracepoint, process: &Process) -> St
         };
         format!("{} {info} {name}", l.head("☎ ", "syscall"))
     } else {
-        format!(
-            "{} {info} {} {}",
-            l.head("⁉️", "tracepoint"),
-            t.subsys,
-            t.event
-        )
+        format!("{} {info} {} {}", l.head("⁉️", "tracepoint"), t.subsys, t.event)
     };
     cap_trailer(line, &caps)
 }
@@ -318,80 +254,40 @@ fn tracepoint_line(l: &Line<'_>, t: &ProcessTracepoint, process: &Process) -> St
 /// for kinds tetra does not print (such as `rate_limit_info`) or events
 /// missing their process.
 pub fn render(event: &GetEventsResponse, opts: CompactOptions) -> Option<String> {
-    let l = Line {
-        p: Painter(opts.color),
-        node: &event.node_name,
-    };
+    let l = Line { p: Painter(opts.color), node: &event.node_name };
     let line = match event.event.as_ref()? {
         Event::ProcessExec(e) => {
             let process = e.process.as_ref()?;
             let (info, caps) = l.process_info(process);
-            cap_trailer(
-                format!("{} {info} {}", l.head("🚀", "process"), l.args(process)),
-                &caps,
-            )
+            cap_trailer(format!("{} {info} {}", l.head("🚀", "process"), l.args(process)), &caps)
         }
         Event::ProcessExit(e) => {
             let process = e.process.as_ref()?;
             let (info, caps) = l.process_info(process);
-            let status = if e.signal.is_empty() {
-                e.status.to_string()
-            } else {
-                e.signal.clone()
-            };
+            let status = if e.signal.is_empty() { e.status.to_string() } else { e.signal.clone() };
             let status = l.p.paint(Color::Red, &status);
-            cap_trailer(
-                format!(
-                    "{} {info} {} {status}",
-                    l.head("💥", "exit"),
-                    l.args(process)
-                ),
-                &caps,
-            )
+            cap_trailer(format!("{} {info} {} {status}", l.head("💥", "exit"), l.args(process)), &caps)
         }
         Event::ProcessKprobe(k) => kprobe_line(&l, k, k.process.as_ref()?),
         Event::ProcessTracepoint(t) => tracepoint_line(&l, t, t.process.as_ref()?),
         Event::ProcessUprobe(u) => {
             let (info, caps) = l.process_info(u.process.as_ref()?);
-            cap_trailer(
-                format!("{} {info} {} {}", l.head("🕵️", "uprobe"), u.path, u.symbol),
-                &caps,
-            )
+            cap_trailer(format!("{} {info} {} {}", l.head("🕵️", "uprobe"), u.path, u.symbol), &caps)
         }
         Event::ProcessLsm(m) => {
             let (info, caps) = l.process_info(m.process.as_ref()?);
-            cap_trailer(
-                format!("{} {info} {}", l.head("🔒", "LSM"), m.function_name),
-                &caps,
-            )
+            cap_trailer(format!("{} {info} {}", l.head("🔒", "LSM"), m.function_name), &caps)
         }
         Event::ProcessUsdt(u) => {
             let (info, caps) = l.process_info(u.process.as_ref()?);
-            cap_trailer(
-                format!(
-                    "{} {info} {} {} {}",
-                    l.head("🕵️", "usdt"),
-                    u.path,
-                    u.provider,
-                    u.name
-                ),
-                &caps,
-            )
+            cap_trailer(format!("{} {info} {} {} {}", l.head("🕵️", "usdt"), u.path, u.provider, u.name), &caps)
         }
         Event::ProcessLoader(x) => {
             let (info, caps) = l.process_info(x.process.as_ref()?);
             let buildid: String = x.buildid.iter().map(|b| format!("{b:02x}")).collect();
-            let buildid = if buildid.is_empty() {
-                buildid
-            } else {
-                buildid + " "
-            };
+            let buildid = if buildid.is_empty() { buildid } else { buildid + " " };
             cap_trailer(
-                format!(
-                    "{} {info} {buildid}{}",
-                    l.head("🧬", "loader"),
-                    l.p.paint(Color::Yellow, &x.path)
-                ),
+                format!("{} {info} {buildid}{}", l.head("🧬", "loader"), l.p.paint(Color::Yellow, &x.path)),
                 &caps,
             )
         }
@@ -401,20 +297,13 @@ pub fn render(event: &GetEventsResponse, opts: CompactOptions) -> Option<String>
                 Ok(ThrottleType::ThrottleStop) => l.p.paint(Color::Green, "STOP "),
                 _ => String::new(),
             };
-            format!(
-                "{} {kind} {}",
-                l.p.paint(Color::Red, &format!("🧬 {:<7}", "throttle")),
-                t.cgroup
-            )
+            format!("{} {kind} {}", l.p.paint(Color::Red, &format!("🧬 {:<7}", "throttle")), t.cgroup)
         }
         Event::Test(_) => "TEST EVENT".to_owned(),
         Event::RateLimitInfo(_) => return None,
     };
     Some(if opts.timestamps {
-        let ts = event.time.unwrap_or(Timestamp {
-            seconds: -62_135_596_800,
-            nanos: 0,
-        });
+        let ts = event.time.unwrap_or(Timestamp { seconds: -62_135_596_800, nanos: 0 });
         format!("{} {line}", ts.to_rfc3339_nanos())
     } else {
         line

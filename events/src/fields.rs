@@ -34,15 +34,9 @@ impl FieldFilters {
             for e in &f.event_set {
                 EventType::try_from(*e).map_err(|_| FieldFilterError::EventType(*e))?;
             }
-            let action = FieldFilterAction::try_from(f.action)
-                .map_err(|_| FieldFilterError::Action(f.action))?;
+            let action = FieldFilterAction::try_from(f.action).map_err(|_| FieldFilterError::Action(f.action))?;
             let mut paths = Vec::new();
-            for p in f
-                .fields
-                .as_ref()
-                .map(|m| m.paths.as_slice())
-                .unwrap_or_default()
-            {
+            for p in f.fields.as_ref().map(|m| m.paths.as_slice()).unwrap_or_default() {
                 // A mask entry may hold several comma-separated paths, as
                 // tetra's -f flag passes them.
                 for p in p.split(',') {
@@ -143,15 +137,12 @@ mod tests {
     use proto::wkt::FieldMask;
 
     const EXEC: &str = r#"{"process_exec":{"process":{"pid":5,"binary":"/bin/ls","arguments":"-l"},"parent":{"pid":1,"binary":"/bin/sh"}},"node_name":"n"}"#;
-    const EXIT: &str =
-        r#"{"process_exit":{"process":{"pid":5,"binary":"/bin/ls"},"status":3},"node_name":"n"}"#;
+    const EXIT: &str = r#"{"process_exit":{"process":{"pid":5,"binary":"/bin/ls"},"status":3},"node_name":"n"}"#;
 
     fn mask(paths: &[&str], action: FieldFilterAction, kinds: &[EventType]) -> FieldFilter {
         FieldFilter {
             event_set: kinds.iter().map(|k| *k as i32).collect(),
-            fields: Some(FieldMask {
-                paths: paths.iter().map(|p| (*p).to_owned()).collect(),
-            }),
+            fields: Some(FieldMask { paths: paths.iter().map(|p| (*p).to_owned()).collect() }),
             action: action as i32,
             invert_event_set: None,
         }
@@ -159,12 +150,7 @@ mod tests {
 
     #[test]
     fn include_keeps_only_named_paths() {
-        let f = FieldFilters::new(&[mask(
-            &["process.binary,parent"],
-            FieldFilterAction::Include,
-            &[],
-        )])
-        .unwrap();
+        let f = FieldFilters::new(&[mask(&["process.binary,parent"], FieldFilterAction::Include, &[])]).unwrap();
         let out = to_json_line(&f.apply(from_json_line(EXEC).unwrap()));
         assert_eq!(
             out,
@@ -181,10 +167,7 @@ mod tests {
         )])
         .unwrap();
         let out = to_json_line(&f.apply(from_json_line(EXEC).unwrap()));
-        assert_eq!(
-            out,
-            r#"{"process_exec":{"process":{"pid":5,"binary":"/bin/ls"}},"node_name":"n"}"#
-        );
+        assert_eq!(out, r#"{"process_exec":{"process":{"pid":5,"binary":"/bin/ls"}},"node_name":"n"}"#);
         let exit = from_json_line(EXIT).unwrap();
         assert_eq!(f.apply(exit.clone()), exit);
     }
@@ -193,14 +176,8 @@ mod tests {
     fn bad_filters_are_named() {
         let mut m = mask(&["process"], FieldFilterAction::Include, &[]);
         m.action = 7;
-        assert_eq!(
-            FieldFilters::new(&[m]).unwrap_err(),
-            FieldFilterError::Action(7)
-        );
+        assert_eq!(FieldFilters::new(&[m]).unwrap_err(), FieldFilterError::Action(7));
         let m = mask(&["process,"], FieldFilterAction::Include, &[]);
-        assert_eq!(
-            FieldFilters::new(&[m]).unwrap_err(),
-            FieldFilterError::EmptyPath
-        );
+        assert_eq!(FieldFilters::new(&[m]).unwrap_err(), FieldFilterError::EmptyPath);
     }
 }

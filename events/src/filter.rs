@@ -7,8 +7,8 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Mutex;
 
 use proto::tetragon::{
-    CapFilter, CapFilterSet, CapabilitiesType, EventType, Filter, GetEventsRequest,
-    GetEventsResponse, Process, get_events_response::Event,
+    CapFilter, CapFilterSet, CapabilitiesType, EventType, Filter, GetEventsRequest, GetEventsResponse, Process,
+    get_events_response::Event,
 };
 use regex::Regex;
 
@@ -23,11 +23,7 @@ const PID_SET_LIMIT: usize = 65_536;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FilterError {
     #[error("invalid regular expression in {field} {value:?}: {reason}")]
-    Regex {
-        field: &'static str,
-        value: String,
-        reason: String,
-    },
+    Regex { field: &'static str, value: String, reason: String },
     #[error("invalid label selector in labels {value:?}: {reason}")]
     Labels { value: String, reason: String },
     #[error("unknown event type {0} in event_set")]
@@ -41,13 +37,7 @@ pub enum FilterError {
 fn regexes(field: &'static str, values: &[String]) -> Result<Vec<Regex>, FilterError> {
     values
         .iter()
-        .map(|v| {
-            Regex::new(v).map_err(|e| FilterError::Regex {
-                field,
-                value: v.clone(),
-                reason: e.to_string(),
-            })
-        })
+        .map(|v| Regex::new(v).map_err(|e| FilterError::Regex { field, value: v.clone(), reason: e.to_string() }))
         .collect()
 }
 
@@ -65,20 +55,14 @@ impl CapSet {
         let check = |v: &Vec<i32>| -> Result<BTreeSet<i32>, FilterError> {
             v.iter()
                 .map(|c| {
-                    CapabilitiesType::try_from(*c)
-                        .map(|_| *c)
-                        .map_err(|_| FilterError::Capability { set, value: *c })
+                    CapabilitiesType::try_from(*c).map(|_| *c).map_err(|_| FilterError::Capability { set, value: *c })
                 })
                 .collect()
         };
         Ok(Some(CapSet {
             any: check(&f.any)?,
             all: check(&f.all)?,
-            exactly: if f.exactly.is_empty() {
-                None
-            } else {
-                Some(check(&f.exactly)?)
-            },
+            exactly: if f.exactly.is_empty() { None } else { Some(check(&f.exactly)?) },
             none: check(&f.none)?,
         }))
     }
@@ -110,17 +94,9 @@ impl CapMatcher {
     fn matches(&self, process: &Process) -> bool {
         let caps = process.cap.clone().unwrap_or_default();
         let set = |v: &Vec<i32>| v.iter().copied().collect::<BTreeSet<i32>>();
-        self.permitted
-            .as_ref()
-            .is_none_or(|m| m.matches(&set(&caps.permitted)))
-            && self
-                .effective
-                .as_ref()
-                .is_none_or(|m| m.matches(&set(&caps.effective)))
-            && self
-                .inheritable
-                .as_ref()
-                .is_none_or(|m| m.matches(&set(&caps.inheritable)))
+        self.permitted.as_ref().is_none_or(|m| m.matches(&set(&caps.permitted)))
+            && self.effective.as_ref().is_none_or(|m| m.matches(&set(&caps.effective)))
+            && self.inheritable.as_ref().is_none_or(|m| m.matches(&set(&caps.inheritable)))
     }
 }
 
@@ -149,8 +125,7 @@ struct Compiled {
 }
 
 fn pod_namespace(p: Option<&Process>) -> &str {
-    p.and_then(|p| p.pod.as_ref())
-        .map_or("", |pod| pod.namespace.as_str())
+    p.and_then(|p| p.pod.as_ref()).map_or("", |pod| pod.namespace.as_str())
 }
 
 fn any_match(res: &[Regex], s: &str) -> bool {
@@ -168,29 +143,19 @@ impl Compiled {
         let labels = f
             .labels
             .iter()
-            .map(|l| {
-                LabelSelector::parse(l).map_err(|reason| FilterError::Labels {
-                    value: l.clone(),
-                    reason,
-                })
-            })
+            .map(|l| LabelSelector::parse(l).map_err(|reason| FilterError::Labels { value: l.clone(), reason }))
             .collect::<Result<_, _>>()?;
         Ok(Compiled {
             binary: regexes("binary_regex", &f.binary_regex)?,
             namespace: f.namespace.clone(),
             pid: f.pid.clone(),
-            pid_set: (!f.pid_set.is_empty())
-                .then(|| Mutex::new(f.pid_set.iter().copied().collect())),
+            pid_set: (!f.pid_set.is_empty()).then(|| Mutex::new(f.pid_set.iter().copied().collect())),
             event_set: f.event_set.clone(),
             pod: regexes("pod_regex", &f.pod_regex)?,
             arguments: regexes("arguments_regex", &f.arguments_regex)?,
             labels,
             policy_names: f.policy_names.clone(),
-            capabilities: f
-                .capabilities
-                .as_ref()
-                .map(CapMatcher::compile)
-                .transpose()?,
+            capabilities: f.capabilities.as_ref().map(CapMatcher::compile).transpose()?,
             parent_binary: regexes("parent_binary_regex", &f.parent_binary_regex)?,
             parent_arguments: regexes("parent_arguments_regex", &f.parent_arguments_regex)?,
             container_id: regexes("container_id", &f.container_id)?,
@@ -220,10 +185,7 @@ impl Compiled {
         }
         let parent_pid = subject::parent(event).and_then(|p| p.pid).map(|v| v.value);
         let in_tree = parent_pid.is_some_and(|pp| set.contains(&pp));
-        if in_tree
-            && matches!(event.event, Some(Event::ProcessExec(_)))
-            && set.len() < PID_SET_LIMIT
-        {
+        if in_tree && matches!(event.event, Some(Event::ProcessExec(_))) && set.len() < PID_SET_LIMIT {
             set.insert(pid);
         }
         in_tree
@@ -277,14 +239,8 @@ impl EventFilter {
 
     pub fn new(allow: &[Filter], deny: &[Filter]) -> Result<Self, FilterError> {
         Ok(EventFilter {
-            allow: allow
-                .iter()
-                .map(Compiled::compile)
-                .collect::<Result<_, _>>()?,
-            deny: deny
-                .iter()
-                .map(Compiled::compile)
-                .collect::<Result<_, _>>()?,
+            allow: allow.iter().map(Compiled::compile).collect::<Result<_, _>>()?,
+            deny: deny.iter().map(Compiled::compile).collect::<Result<_, _>>()?,
         })
     }
 
@@ -304,11 +260,7 @@ mod tests {
         let process = |binary: &str, pid: u32| Process {
             binary: binary.into(),
             pid: Some(pid.into()),
-            pod: ns.map(|n| Pod {
-                namespace: n.into(),
-                name: "p".into(),
-                ..Default::default()
-            }),
+            pod: ns.map(|n| Pod { namespace: n.into(), name: "p".into(), ..Default::default() }),
             ..Default::default()
         };
         GetEventsResponse {
@@ -324,61 +276,27 @@ mod tests {
 
     #[test]
     fn bad_fields_are_named() {
-        let f = Filter {
-            binary_regex: vec!["(".into()],
-            ..Default::default()
-        };
+        let f = Filter { binary_regex: vec!["(".into()], ..Default::default() };
         let e = EventFilter::new(&[f], &[]).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("invalid regular expression in binary_regex \"(\""),
-            "{e}"
-        );
-        let f = Filter {
-            event_set: vec![3],
-            ..Default::default()
-        };
-        assert_eq!(
-            EventFilter::new(&[f], &[]).unwrap_err(),
-            FilterError::EventType(3)
-        );
-        let f = Filter {
-            cel_expression: vec!["true".into()],
-            ..Default::default()
-        };
-        assert_eq!(
-            EventFilter::new(&[], &[f]).unwrap_err(),
-            FilterError::Unsupported("cel_expression")
-        );
+        assert!(e.to_string().starts_with("invalid regular expression in binary_regex \"(\""), "{e}");
+        let f = Filter { event_set: vec![3], ..Default::default() };
+        assert_eq!(EventFilter::new(&[f], &[]).unwrap_err(), FilterError::EventType(3));
+        let f = Filter { cel_expression: vec!["true".into()], ..Default::default() };
+        assert_eq!(EventFilter::new(&[], &[f]).unwrap_err(), FilterError::Unsupported("cel_expression"));
         let f = Filter {
             capabilities: Some(CapFilter {
-                effective: Some(CapFilterSet {
-                    any: vec![99],
-                    ..Default::default()
-                }),
+                effective: Some(CapFilterSet { any: vec![99], ..Default::default() }),
                 ..Default::default()
             }),
             ..Default::default()
         };
-        assert_eq!(
-            EventFilter::new(&[f], &[]).unwrap_err(),
-            FilterError::Capability {
-                set: "effective",
-                value: 99
-            }
-        );
+        assert_eq!(EventFilter::new(&[f], &[]).unwrap_err(), FilterError::Capability { set: "effective", value: 99 });
     }
 
     #[test]
     fn deny_wins_and_host_namespace_is_empty_string() {
-        let allow = Filter {
-            namespace: vec!["".into()],
-            ..Default::default()
-        };
-        let deny = Filter {
-            binary_regex: vec!["curl$".into()],
-            ..Default::default()
-        };
+        let allow = Filter { namespace: vec!["".into()], ..Default::default() };
+        let deny = Filter { binary_regex: vec!["curl$".into()], ..Default::default() };
         let f = EventFilter::new(&[allow], &[deny]).unwrap();
         assert!(f.matches(&exec("/bin/ls", None, 1, 0)));
         assert!(!f.matches(&exec("/bin/ls", Some("default"), 1, 0)));
@@ -387,20 +305,10 @@ mod tests {
 
     #[test]
     fn pid_set_follows_exec_descendants() {
-        let f = EventFilter::new(
-            &[Filter {
-                pid_set: vec![100],
-                ..Default::default()
-            }],
-            &[],
-        )
-        .unwrap();
+        let f = EventFilter::new(&[Filter { pid_set: vec![100], ..Default::default() }], &[]).unwrap();
         assert!(f.matches(&exec("/bin/a", None, 100, 1)));
         assert!(f.matches(&exec("/bin/b", None, 200, 100)));
-        assert!(
-            f.matches(&exec("/bin/c", None, 300, 200)),
-            "grandchild via the recorded child"
-        );
+        assert!(f.matches(&exec("/bin/c", None, 300, 200)), "grandchild via the recorded child");
         assert!(!f.matches(&exec("/bin/d", None, 400, 1)));
     }
 
@@ -409,20 +317,14 @@ mod tests {
         let mut ev = exec("/bin/a", None, 1, 0);
         if let Some(Event::ProcessExec(e)) = &mut ev.event {
             e.process.as_mut().unwrap().cap = Some(Capabilities {
-                effective: vec![
-                    CapabilitiesType::CapSysAdmin as i32,
-                    CapabilitiesType::CapNetRaw as i32,
-                ],
+                effective: vec![CapabilitiesType::CapSysAdmin as i32, CapabilitiesType::CapNetRaw as i32],
                 ..Default::default()
             });
         }
         let with = |set: CapFilterSet| {
             EventFilter::new(
                 &[Filter {
-                    capabilities: Some(CapFilter {
-                        effective: Some(set),
-                        ..Default::default()
-                    }),
+                    capabilities: Some(CapFilter { effective: Some(set), ..Default::default() }),
                     ..Default::default()
                 }],
                 &[],
@@ -433,29 +335,11 @@ mod tests {
         let admin = CapabilitiesType::CapSysAdmin as i32;
         let raw = CapabilitiesType::CapNetRaw as i32;
         let chown = CapabilitiesType::CapChown as i32;
-        assert!(with(CapFilterSet {
-            any: vec![admin, chown],
-            ..Default::default()
-        }));
-        assert!(!with(CapFilterSet {
-            all: vec![admin, chown],
-            ..Default::default()
-        }));
-        assert!(with(CapFilterSet {
-            exactly: vec![raw, admin],
-            ..Default::default()
-        }));
-        assert!(!with(CapFilterSet {
-            exactly: vec![admin],
-            ..Default::default()
-        }));
-        assert!(with(CapFilterSet {
-            none: vec![chown],
-            ..Default::default()
-        }));
-        assert!(!with(CapFilterSet {
-            none: vec![admin],
-            ..Default::default()
-        }));
+        assert!(with(CapFilterSet { any: vec![admin, chown], ..Default::default() }));
+        assert!(!with(CapFilterSet { all: vec![admin, chown], ..Default::default() }));
+        assert!(with(CapFilterSet { exactly: vec![raw, admin], ..Default::default() }));
+        assert!(!with(CapFilterSet { exactly: vec![admin], ..Default::default() }));
+        assert!(with(CapFilterSet { none: vec![chown], ..Default::default() }));
+        assert!(!with(CapFilterSet { none: vec![admin], ..Default::default() }));
     }
 }

@@ -20,14 +20,11 @@ pub struct LabelSelector(Vec<Requirement>);
 fn valid_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 317
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
 fn valid_value(v: &str) -> bool {
-    v.len() <= 63
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Splits on commas that are not inside parentheses.
@@ -124,19 +121,12 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     #[test]
     fn selector_forms() {
-        let l = labels(&[
-            ("app", "xwing"),
-            ("org", "alliance"),
-            ("app.kubernetes.io/name", "xwing"),
-        ]);
+        let l = labels(&[("app", "xwing"), ("org", "alliance"), ("app.kubernetes.io/name", "xwing")]);
         let yes = [
             "app=xwing",
             "app==xwing",
@@ -168,20 +158,8 @@ mod tests {
 
     #[test]
     fn bad_selectors_are_named() {
-        assert!(
-            LabelSelector::parse("a b=c")
-                .unwrap_err()
-                .contains("\"a b\"")
-        );
-        assert!(
-            LabelSelector::parse("app in xwing")
-                .unwrap_err()
-                .contains("parenthesised")
-        );
-        assert!(
-            LabelSelector::parse("app=x y")
-                .unwrap_err()
-                .contains("\"x y\"")
-        );
+        assert!(LabelSelector::parse("a b=c").unwrap_err().contains("\"a b\""));
+        assert!(LabelSelector::parse("app in xwing").unwrap_err().contains("parenthesised"));
+        assert!(LabelSelector::parse("app=x y").unwrap_err().contains("\"x y\""));
     }
 }

@@ -7,11 +7,8 @@ use proto::tetragon::GetEventsResponse;
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/compat/fixtures")
-        .join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/compat/fixtures").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 
@@ -42,10 +39,7 @@ fn without_caps(case: &Value) -> Value {
 /// trailer agrees with CAP_SYS_ADMIN being effective.
 fn expected_case(cases: &[Value], i: usize) -> &Value {
     let case = &cases[i];
-    let printed_trailer = case["compact"]
-        .as_str()
-        .unwrap()
-        .contains("🛑 CAP_SYS_ADMIN");
+    let printed_trailer = case["compact"].as_str().unwrap().contains("🛑 CAP_SYS_ADMIN");
     if printed_trailer == has_sys_admin(case) {
         return case;
     }
@@ -73,27 +67,9 @@ fn compact_output_is_byte_identical_in_every_mode() {
             quirk_cases += 1;
         }
         for (column, opts) in [
-            (
-                "compact",
-                CompactOptions {
-                    color: false,
-                    timestamps: false,
-                },
-            ),
-            (
-                "compact_color",
-                CompactOptions {
-                    color: true,
-                    timestamps: false,
-                },
-            ),
-            (
-                "compact_timestamps",
-                CompactOptions {
-                    color: false,
-                    timestamps: true,
-                },
-            ),
+            ("compact", CompactOptions { color: false, timestamps: false }),
+            ("compact_color", CompactOptions { color: true, timestamps: false }),
+            ("compact_timestamps", CompactOptions { color: false, timestamps: true }),
         ] {
             let mut want = want[column].as_str().unwrap().to_owned();
             if column == "compact_timestamps" && !std::ptr::eq(expected_case(cases, i), case) {
@@ -111,8 +87,7 @@ fn compact_output_is_byte_identical_in_every_mode() {
 
 #[test]
 fn seed_compact_text_matches() {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/compat/fixtures");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/compat/fixtures");
     let events = std::fs::read_to_string(path.join("seed-events.jsonl")).unwrap();
     let want = std::fs::read_to_string(path.join("seed-events.compact.txt")).unwrap();
     let got: String = events

@@ -160,15 +160,7 @@ const _: () = assert!(core::mem::size_of::<ExitRecord>() == 40);
 const _: () = assert!(core::mem::size_of::<CloneRecord>() == 40);
 const _: () = assert!(
     core::mem::size_of::<ExecRecord>()
-        == 16
-            + 8 * 4
-            + 3 * 8
-            + 6 * 4
-            + FILENAME_SIZE
-            + ARGS_SIZE
-            + CWD_SIZE
-            + NAME_READ
-            + CGROUP_NAME_SIZE
+        == 16 + 8 * 4 + 3 * 8 + 6 * 4 + FILENAME_SIZE + ARGS_SIZE + CWD_SIZE + NAME_READ + CGROUP_NAME_SIZE
 );
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 36 * 4);
 

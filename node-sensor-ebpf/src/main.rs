@@ -90,8 +90,7 @@ fn count(index: u32) {
 #[inline(always)]
 unsafe fn field<T>(base: *const u8, off: u32) -> Result<T, i64> {
     // SAFETY: bpf_probe_read_kernel checks the address.
-    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }
-        .map_err(|e| e as i64)
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(off as usize) as *const T) }.map_err(|e| e as i64)
 }
 
 #[inline(always)]
@@ -141,8 +140,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         match ptr_field(task, o.task_real_parent) {
             Ok(parent) => {
                 (*rec).ppid = field::<u32>(parent, o.task_tgid).unwrap_or(0);
-                (*rec).parent_start_boottime =
-                    field::<u64>(parent, o.task_start_boottime).unwrap_or(0);
+                (*rec).parent_start_boottime = field::<u64>(parent, o.task_start_boottime).unwrap_or(0);
             }
             Err(_) => {
                 (*rec).ppid = 0;
@@ -203,11 +201,7 @@ unsafe fn read_filename(bprm: *const u8, o: &KernelOffsets, rec: *mut ExecRecord
             return FLAG_ERROR_FILENAME;
         }
         (*rec).filename_len = (n - 1) as u32;
-        if n as usize >= FILENAME_SIZE {
-            FLAG_TRUNC_FILENAME
-        } else {
-            0
-        }
+        if n as usize >= FILENAME_SIZE { FLAG_TRUNC_FILENAME } else { 0 }
     }
 }
 
@@ -218,10 +212,7 @@ unsafe fn read_args(task: *const u8, o: &KernelOffsets, rec: *mut ExecRecord) ->
         let Ok(mm) = ptr_field(task, o.task_mm) else {
             return FLAG_ERROR_ARGS;
         };
-        let (Ok(start), Ok(end)) = (
-            field::<u64>(mm, o.mm_arg_start),
-            field::<u64>(mm, o.mm_arg_end),
-        ) else {
+        let (Ok(start), Ok(end)) = (field::<u64>(mm, o.mm_arg_start), field::<u64>(mm, o.mm_arg_end)) else {
             count(COUNTER_READ_ERRORS);
             return FLAG_ERROR_ARGS;
         };
@@ -229,11 +220,7 @@ unsafe fn read_args(task: *const u8, o: &KernelOffsets, rec: *mut ExecRecord) ->
             return 0;
         }
         let total = end - start;
-        let (len, flag) = if total > ARGS_SIZE as u64 {
-            (ARGS_SIZE as u64, FLAG_TRUNC_ARGS)
-        } else {
-            (total, 0)
-        };
+        let (len, flag) = if total > ARGS_SIZE as u64 { (ARGS_SIZE as u64, FLAG_TRUNC_ARGS) } else { (total, 0) };
         // Keep the length provably within the buffer for the verifier.
         let len = (len as u32) & (2 * ARGS_SIZE as u32 - 1);
         if len == 0 || len > ARGS_SIZE as u32 {
@@ -262,16 +249,11 @@ unsafe fn read_cwd(task: *const u8, o: &KernelOffsets, rec: *mut ExecRecord) -> 
         };
         let fs_root = fs.wrapping_add(o.fs_root as usize);
         let fs_pwd = fs.wrapping_add(o.fs_pwd as usize);
-        let (Ok(root_mnt), Ok(root_dentry)) = (
-            ptr_field(fs_root, o.path_mnt),
-            ptr_field(fs_root, o.path_dentry),
-        ) else {
+        let (Ok(root_mnt), Ok(root_dentry)) = (ptr_field(fs_root, o.path_mnt), ptr_field(fs_root, o.path_dentry))
+        else {
             return FLAG_ERROR_CWD;
         };
-        let (Ok(mut vfsmnt), Ok(mut dentry)) = (
-            ptr_field(fs_pwd, o.path_mnt),
-            ptr_field(fs_pwd, o.path_dentry),
-        ) else {
+        let (Ok(mut vfsmnt), Ok(mut dentry)) = (ptr_field(fs_pwd, o.path_mnt), ptr_field(fs_pwd, o.path_dentry)) else {
             return FLAG_ERROR_CWD;
         };
         // `struct mount` embeds the vfsmount at `mount_mnt`.
@@ -316,11 +298,7 @@ unsafe fn read_cwd(task: *const u8, o: &KernelOffsets, rec: *mut ExecRecord) -> 
                 return FLAG_TRUNC_CWD;
             }
             let at = (off as usize) & (CWD_SIZE - 1);
-            let n = bpf_probe_read_kernel_str(
-                base.add(at) as *mut c_void,
-                NAME_READ as u32,
-                name as *const c_void,
-            );
+            let n = bpf_probe_read_kernel_str(base.add(at) as *mut c_void, NAME_READ as u32, name as *const c_void);
             if n <= 0 {
                 return FLAG_ERROR_CWD;
             }
@@ -373,31 +351,19 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     let parent = ctx.arg::<*const c_void>(0) as *const u8;
     let child = ctx.arg::<*const c_void>(1) as *const u8;
     // SAFETY: reads go through bpf_probe_read_kernel.
-    let (pid, tgid) = unsafe {
-        (
-            field::<u32>(child, o.task_pid)?,
-            field::<u32>(child, o.task_tgid)?,
-        )
-    };
+    let (pid, tgid) = unsafe { (field::<u32>(child, o.task_pid)?, field::<u32>(child, o.task_tgid)?) };
     if pid != tgid {
         return Ok(()); // a new thread, not a new process
     }
     count(COUNTER_CLONES);
     let record = CloneRecord {
-        header: RecordHeader {
-            kind: KIND_CLONE,
-            flags: 0,
-            ktime: unsafe { bpf_ktime_get_boot_ns() },
-        },
+        header: RecordHeader { kind: KIND_CLONE, flags: 0, ktime: unsafe { bpf_ktime_get_boot_ns() } },
         pid: tgid,
         ppid: unsafe { field::<u32>(parent, o.task_tgid) }.unwrap_or(0),
         start_boottime: unsafe { field::<u64>(child, o.task_start_boottime) }.unwrap_or(0),
         parent_start_boottime: unsafe { field::<u64>(parent, o.task_start_boottime) }.unwrap_or(0),
     };
-    if EVENTS
-        .output::<CloneRecord>(&record, submit_flags())
-        .is_err()
-    {
+    if EVENTS.output::<CloneRecord>(&record, submit_flags()).is_err() {
         count(COUNTER_RINGBUF_FULL);
     }
     Ok(())
@@ -425,21 +391,14 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
         }
         count(COUNTER_EXITS);
         let record = ExitRecord {
-            header: RecordHeader {
-                kind: KIND_EXIT,
-                flags: 0,
-                ktime: bpf_ktime_get_boot_ns(),
-            },
+            header: RecordHeader { kind: KIND_EXIT, flags: 0, ktime: bpf_ktime_get_boot_ns() },
             pid: field::<u32>(task, o.task_tgid)?,
             tid: field::<u32>(task, o.task_pid)?,
             exit_code: field::<u32>(task, o.task_exit_code).unwrap_or(0),
             _pad: 0,
             start_boottime: field::<u64>(task, o.task_start_boottime).unwrap_or(0),
         };
-        if EVENTS
-            .output::<ExitRecord>(&record, submit_flags())
-            .is_err()
-        {
+        if EVENTS.output::<ExitRecord>(&record, submit_flags()).is_err() {
             count(COUNTER_RINGBUF_FULL);
         }
     }

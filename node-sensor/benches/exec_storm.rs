@@ -17,10 +17,7 @@ use proto::transport::ServerAddress;
 fn storm(n: usize, mark: &str) -> Duration {
     let start = Instant::now();
     for i in 0..n {
-        let status = Command::new("/bin/true")
-            .arg(format!("{mark}-{i}"))
-            .status()
-            .expect("spawn /bin/true");
+        let status = Command::new("/bin/true").arg(format!("{mark}-{i}")).status().expect("spawn /bin/true");
         assert!(status.success());
     }
     start.elapsed()
@@ -29,10 +26,7 @@ fn storm(n: usize, mark: &str) -> Duration {
 fn proc_stat_cpu(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
+    let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
     // utime, stime are fields 14 and 15 overall: indexes 11, 12 after comm.
     let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
     Duration::from_millis(ticks * 10)
@@ -52,8 +46,7 @@ fn bpf_stats() -> Vec<(String, u64, u64)> {
         .filter_map(Result::ok)
         .filter_map(|p| {
             let name = p.name_as_str()?.to_owned();
-            name.starts_with("vigil_")
-                .then(|| (name, p.run_time().as_nanos() as u64, p.run_count()))
+            name.starts_with("vigil_").then(|| (name, p.run_time().as_nanos() as u64, p.run_count()))
         })
         .collect()
 }
@@ -64,15 +57,8 @@ fn main() {
         eprintln!("exec_storm: SKIP, needs root to load BPF programs");
         return;
     }
-    let n: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(5000);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(5000);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
 
     // Warm the page cache and the dynamic loader.
@@ -99,28 +85,20 @@ fn main() {
             let mut client = loop {
                 if let Ok(ch) = address.connect().await {
                     let mut c = FineGuidanceSensorsClient::new(ch);
-                    if c.get_health(GetHealthStatusRequest::default())
-                        .await
-                        .is_ok()
-                    {
+                    if c.get_health(GetHealthStatusRequest::default()).await.is_ok() {
                         break c;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             };
             let req = GetEventsRequest {
-                allow_list: vec![Filter {
-                    arguments_regex: vec![format!("^{mark}-")],
-                    ..Default::default()
-                }],
+                allow_list: vec![Filter { arguments_regex: vec![format!("^{mark}-")], ..Default::default() }],
                 ..Default::default()
             };
             let mut stream = client.get_events(req).await.unwrap().into_inner();
             let _ = tx.send(());
             let (mut execs, mut exits, mut lost) = (0usize, 0usize, 0u64);
-            while let Ok(Ok(Some(e))) =
-                tokio::time::timeout(Duration::from_secs(5), stream.message()).await
-            {
+            while let Ok(Ok(Some(e))) = tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
                 match e.event {
                     Some(Event::ProcessExec(_)) => execs += 1,
                     Some(Event::ProcessExit(_)) => exits += 1,
@@ -131,8 +109,7 @@ fn main() {
             (execs, exits, lost)
         })
     };
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("sensor ready");
+    rx.recv_timeout(Duration::from_secs(30)).expect("sensor ready");
     let cpu_before = proc_stat_cpu(sensor_pid);
     let stats_before = bpf_stats();
     let with = storm(n, &mark);
@@ -150,21 +127,14 @@ fn main() {
     let base = (base1 + base2) / 2;
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     println!("exec_storm: {n} fork+exec+exit of /bin/true per phase");
-    println!(
-        "  without sensor: {:>9.0} execs/s  (runs: {:.0}, {:.0})",
-        rate(base),
-        rate(base1),
-        rate(base2)
-    );
+    println!("  without sensor: {:>9.0} execs/s  (runs: {:.0}, {:.0})", rate(base), rate(base1), rate(base2));
     println!("  with sensor:    {:>9.0} execs/s", rate(with));
     println!(
         "  overhead:       {:>+8.2}% per fork+exec+exit (with/without = {:.4})",
         (with.as_secs_f64() / base.as_secs_f64() - 1.0) * 100.0,
         with.as_secs_f64() / base.as_secs_f64()
     );
-    println!(
-        "  events:         {execs} exec + {exits} exit delivered of {n} + {n} expected; {lost} reported lost"
-    );
+    println!("  events:         {execs} exec + {exits} exit delivered of {n} + {n} expected; {lost} reported lost");
     println!(
         "  sensor:         {:.3} s CPU for the storm ({:.1} µs per exec), RSS {} KiB (peak {} KiB)",
         cpu_used.as_secs_f64(),
@@ -173,27 +143,16 @@ fn main() {
         hwm
     );
     for (name, t1, c1) in &stats_after {
-        let (t0, c0) = stats_before
-            .iter()
-            .find(|(n0, _, _)| n0 == name)
-            .map_or((0, 0), |(_, t, c)| (*t, *c));
+        let (t0, c0) = stats_before.iter().find(|(n0, _, _)| n0 == name).map_or((0, 0), |(_, t, c)| (*t, *c));
         let runs = c1.saturating_sub(c0);
         if runs > 0 {
-            println!(
-                "  bpf {name:<11} {:>7.0} ns/run over {runs} runs",
-                t1.saturating_sub(t0) as f64 / runs as f64
-            );
+            println!("  bpf {name:<11} {:>7.0} ns/run over {runs} runs", t1.saturating_sub(t0) as f64 / runs as f64);
         }
     }
     let exec_ns: f64 = stats_after
         .iter()
         .map(|(name, t1, _)| {
-            t1.saturating_sub(
-                stats_before
-                    .iter()
-                    .find(|(n0, _, _)| n0 == name)
-                    .map_or(0, |x| x.1),
-            ) as f64
+            t1.saturating_sub(stats_before.iter().find(|(n0, _, _)| n0 == name).map_or(0, |x| x.1)) as f64
         })
         .sum::<f64>()
         / n as f64;

@@ -15,21 +15,14 @@ pub enum OffsetError {
     #[error("kernel BTF has no struct `{0}`")]
     NoStruct(String),
     #[error("kernel BTF: struct `{strukt}` has no field `{field}` (needed for {needed_for})")]
-    NoField {
-        strukt: String,
-        field: String,
-        needed_for: &'static str,
-    },
+    NoField { strukt: String, field: String, needed_for: &'static str },
     #[error("kernel BTF: `{0}` is a bitfield; cannot read it")]
     Bitfield(String),
 }
 
 /// Opens BTF from `path`.
 pub fn open(path: &str) -> Result<Btf, OffsetError> {
-    Btf::from_file(path).map_err(|e| OffsetError::Unreadable {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })
+    Btf::from_file(path).map_err(|e| OffsetError::Unreadable { path: path.to_owned(), reason: e.to_string() })
 }
 
 /// Follows typedefs and qualifiers to the struct or union underneath.
@@ -49,9 +42,7 @@ fn underlying_struct(btf: &Btf, mut ty: Type) -> Option<btf_rs::Struct> {
 }
 
 fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, OffsetError> {
-    let types = btf
-        .resolve_types_by_name(name)
-        .map_err(|_| OffsetError::NoStruct(name.to_owned()))?;
+    let types = btf.resolve_types_by_name(name).map_err(|_| OffsetError::NoStruct(name.to_owned()))?;
     // A forward declaration shares the name; take the one with members.
     types
         .into_iter()
@@ -64,12 +55,7 @@ fn find_struct(btf: &Btf, name: &str) -> Result<btf_rs::Struct, OffsetError> {
 }
 
 /// Bit offset of `field` in `st`, searching anonymous members too.
-fn member_bits(
-    btf: &Btf,
-    st: &btf_rs::Struct,
-    field: &str,
-    depth: u32,
-) -> Option<(u32, btf_rs::Member)> {
+fn member_bits(btf: &Btf, st: &btf_rs::Struct, field: &str, depth: u32) -> Option<(u32, btf_rs::Member)> {
     if depth > 8 {
         return None;
     }
@@ -79,10 +65,7 @@ fn member_bits(
             return Some((m.bit_offset(), m.clone()));
         }
         if name.is_empty() {
-            let inner = btf
-                .resolve_chained_type(m)
-                .ok()
-                .and_then(|t| underlying_struct(btf, t));
+            let inner = btf.resolve_chained_type(m).ok().and_then(|t| underlying_struct(btf, t));
             if let Some(inner) = inner
                 && let Some((bits, found)) = member_bits(btf, &inner, field, depth + 1)
             {
@@ -102,12 +85,11 @@ pub fn field_offset(btf: &Btf, path: &str, needed_for: &'static str) -> Result<u
     let mut total_bits = 0u32;
     let mut rest = parts.peekable();
     while let Some(field) = rest.next() {
-        let (bits, member) =
-            member_bits(btf, &st, field, 0).ok_or_else(|| OffsetError::NoField {
-                strukt: strukt.clone(),
-                field: field.to_owned(),
-                needed_for,
-            })?;
+        let (bits, member) = member_bits(btf, &st, field, 0).ok_or_else(|| OffsetError::NoField {
+            strukt: strukt.clone(),
+            field: field.to_owned(),
+            needed_for,
+        })?;
         if member.bitfield_size().is_some_and(|s| s != 0) || bits % 8 != 0 {
             return Err(OffsetError::Bitfield(path.to_owned()));
         }
@@ -193,15 +175,7 @@ mod tests {
         let Some(btf) = machine_btf() else { return };
         let o = resolve(&btf).expect("all offsets");
         // Distinct task_struct fields cannot share an offset.
-        let task = [
-            o.task_pid,
-            o.task_tgid,
-            o.task_real_parent,
-            o.task_mm,
-            o.task_fs,
-            o.task_cgroups,
-            o.task_signal,
-        ];
+        let task = [o.task_pid, o.task_tgid, o.task_real_parent, o.task_mm, o.task_fs, o.task_cgroups, o.task_signal];
         for (i, a) in task.iter().enumerate() {
             for b in &task[i + 1..] {
                 assert_ne!(a, b, "{o:?}");
@@ -234,15 +208,9 @@ mod tests {
     fn missing_fields_are_named_errors() {
         let Some(btf) = machine_btf() else { return };
         let e = field_offset(&btf, "task_struct.no_such_field", "a test").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "kernel BTF: struct `task_struct` has no field `no_such_field` (needed for a test)"
-        );
+        assert_eq!(e.to_string(), "kernel BTF: struct `task_struct` has no field `no_such_field` (needed for a test)");
         let e = field_offset(&btf, "no_such_struct_xyz.a", "a test").unwrap_err();
         assert!(matches!(e, OffsetError::NoStruct(_)), "{e}");
-        assert!(matches!(
-            open("/nonexistent/btf"),
-            Err(OffsetError::Unreadable { .. })
-        ));
+        assert!(matches!(open("/nonexistent/btf"), Err(OffsetError::Unreadable { .. })));
     }
 }

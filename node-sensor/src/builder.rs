@@ -3,9 +3,7 @@
 //! status and signal decoding.
 
 use proto::Timestamp;
-use proto::tetragon::{
-    GetEventsResponse, Process, ProcessExec, ProcessExit, get_events_response::Event,
-};
+use proto::tetragon::{GetEventsResponse, Process, ProcessExec, ProcessExit, get_events_response::Event};
 
 use crate::cache::{Lineage, exec_id};
 use crate::cgroup;
@@ -21,10 +19,7 @@ pub struct Clock {
 }
 
 fn clock_ns(id: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid out-pointer.
     unsafe { libc::clock_gettime(id, &mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
@@ -34,9 +29,7 @@ impl Clock {
     pub fn from_system() -> Self {
         let boot = clock_ns(libc::CLOCK_BOOTTIME);
         let real = clock_ns(libc::CLOCK_REALTIME);
-        Clock {
-            boot_wall_ns: real - boot,
-        }
+        Clock { boot_wall_ns: real - boot }
     }
 
     pub fn fixed(boot_wall_ns: i128) -> Self {
@@ -59,11 +52,7 @@ pub fn join_args<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> String {
     args.into_iter()
         .map(|a| {
             let s = String::from_utf8_lossy(a);
-            if s.contains(' ') {
-                format!("\"{s}\"")
-            } else {
-                s.into_owned()
-            }
+            if s.contains(' ') { format!("\"{s}\"") } else { s.into_owned() }
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -97,11 +86,7 @@ fn binary_path(filename: &str, cwd: &str) -> String {
         return filename.to_owned();
     }
     let rel = filename.strip_prefix("./").unwrap_or(filename);
-    if cwd == "/" {
-        format!("/{rel}")
-    } else {
-        format!("{cwd}/{rel}")
-    }
+    if cwd == "/" { format!("/{rel}") } else { format!("{cwd}/{rel}") }
 }
 
 /// Builds the new image's `Process` (parent links are the cache's job).
@@ -115,11 +100,7 @@ pub fn exec_process(node: &str, clock: &Clock, e: &ExecData) -> Process {
         | kernel_flag(k::FLAG_ERROR_CWD, flags::ERROR_CWD)
         | kernel_flag(k::FLAG_TRUNC_CWD, flags::TRUNC_CWD)
         | kernel_flag(k::FLAG_ERROR_CGROUP, flags::ERROR_CGROUPS);
-    let cwd = if e.flags & k::FLAG_ERROR_CWD != 0 {
-        String::new()
-    } else {
-        cwd_path(e)
-    };
+    let cwd = if e.flags & k::FLAG_ERROR_CWD != 0 { String::new() } else { cwd_path(e) };
     if cwd == "/" {
         bits |= flags::ROOT_CWD;
     } else if cwd.is_empty() {
@@ -137,9 +118,7 @@ pub fn exec_process(node: &str, clock: &Clock, e: &ExecData) -> Process {
         flags: flags::to_string(bits),
         start_time: Some(clock.wall(e.ktime)),
         auid: Some(e.auid.into()),
-        docker: cgroup::container_id(&cgroup_name)
-            .map(|id| cgroup::docker_field(id).to_owned())
-            .unwrap_or_default(),
+        docker: cgroup::container_id(&cgroup_name).map(|id| cgroup::docker_field(id).to_owned()).unwrap_or_default(),
         tid: Some(e.tid.into()),
         ..Default::default()
     }
@@ -188,9 +167,7 @@ pub fn exit_status(code: u32) -> (u32, String) {
     if signal == 0 {
         return ((code >> 8) & 0xff, String::new());
     }
-    let name = SIGNALS
-        .get(signal as usize)
-        .map_or_else(|| format!("SIG{signal}"), |s| (*s).to_owned());
+    let name = SIGNALS.get(signal as usize).map_or_else(|| format!("SIG{signal}"), |s| (*s).to_owned());
     (0, name)
 }
 
@@ -207,12 +184,7 @@ pub fn exec_event(node: &str, time: Timestamp, lineage: Lineage) -> GetEventsRes
     }
 }
 
-pub fn exit_event(
-    node: &str,
-    time: Timestamp,
-    lineage: Lineage,
-    exit_code: u32,
-) -> GetEventsResponse {
+pub fn exit_event(node: &str, time: Timestamp, lineage: Lineage, exit_code: u32) -> GetEventsResponse {
     let (status, signal) = exit_status(exit_code);
     GetEventsResponse {
         event: Some(Event::ProcessExit(ProcessExit {
@@ -251,11 +223,7 @@ mod tests {
         assert_eq!(exit_status(3 << 8), (3, String::new()));
         assert_eq!(exit_status(0), (0, String::new()));
         assert_eq!(exit_status(9), (0, "SIGKILL".into()));
-        assert_eq!(
-            exit_status(11 | 0x80),
-            (0, "SIGSEGV".into()),
-            "core dump bit"
-        );
+        assert_eq!(exit_status(11 | 0x80), (0, "SIGSEGV".into()), "core dump bit");
         assert_eq!(exit_status(40), (0, "SIG40".into()));
     }
 
@@ -269,9 +237,6 @@ mod tests {
     #[test]
     fn clock_converts_boot_time() {
         let c = Clock::fixed(1_000_000_000_000_000_000);
-        assert_eq!(
-            c.wall(615_000_000).to_protojson(),
-            "2001-09-09T01:46:40.615Z"
-        );
+        assert_eq!(c.wall(615_000_000).to_protojson(), "2001-09-09T01:46:40.615Z");
     }
 }

@@ -47,9 +47,7 @@ impl Subscription {
     fn loss_notice(&self) -> Option<GetEventsResponse> {
         let n = self.dropped.swap(0, Ordering::Relaxed);
         (n > 0).then(|| GetEventsResponse {
-            event: Some(Event::RateLimitInfo(RateLimitInfo {
-                number_of_dropped_process_events: n,
-            })),
+            event: Some(Event::RateLimitInfo(RateLimitInfo { number_of_dropped_process_events: n })),
             node_name: self.node_name.to_string(),
             time: Some(proto::Timestamp::now()),
             ..Default::default()
@@ -90,19 +88,9 @@ impl EventBus {
         let (tx, rx) = mpsc::channel(self.queue_size);
         let dropped = Arc::new(AtomicU64::new(0));
         if let Ok(mut subs) = self.subscribers.lock() {
-            subs.push(Subscriber {
-                filter,
-                tx,
-                dropped: dropped.clone(),
-            });
+            subs.push(Subscriber { filter, tx, dropped: dropped.clone() });
         }
-        Subscription {
-            rx,
-            dropped,
-            fields,
-            node_name: self.node_name.clone(),
-            pending: None,
-        }
+        Subscription { rx, dropped, fields, node_name: self.node_name.clone(), pending: None }
     }
 
     pub fn subscriber_count(&self) -> usize {
@@ -144,10 +132,7 @@ mod tests {
     fn exec(binary: &str) -> GetEventsResponse {
         GetEventsResponse {
             event: Some(Event::ProcessExec(ProcessExec {
-                process: Some(Process {
-                    binary: binary.into(),
-                    ..Default::default()
-                }),
+                process: Some(Process { binary: binary.into(), ..Default::default() }),
                 ..Default::default()
             })),
             ..Default::default()
@@ -163,14 +148,7 @@ mod tests {
         let bus = EventBus::new("n", 2);
         let mut slow = bus.subscribe(EventFilter::default(), FieldFilters::default());
         let mut only_b = bus.subscribe(
-            EventFilter::new(
-                &[Filter {
-                    binary_regex: vec!["^/b".into()],
-                    ..Default::default()
-                }],
-                &[],
-            )
-            .unwrap(),
+            EventFilter::new(&[Filter { binary_regex: vec!["^/b".into()], ..Default::default() }], &[]).unwrap(),
             FieldFilters::default(),
         );
         for b in ["/a1", "/a2", "/a3", "/b1", "/a4"] {
@@ -180,12 +158,7 @@ mod tests {
         // before anything else it reads, then the queued events follow.
         let notice = slow.next().await.unwrap();
         assert!(
-            matches!(
-                notice.event,
-                Some(Event::RateLimitInfo(RateLimitInfo {
-                    number_of_dropped_process_events: 3
-                }))
-            ),
+            matches!(notice.event, Some(Event::RateLimitInfo(RateLimitInfo { number_of_dropped_process_events: 3 }))),
             "{notice:?}"
         );
         assert_eq!(notice.node_name, "n");
@@ -197,12 +170,7 @@ mod tests {
         bus.publish(exec("/a7"));
         let notice = slow.next().await.unwrap();
         assert!(
-            matches!(
-                notice.event,
-                Some(Event::RateLimitInfo(RateLimitInfo {
-                    number_of_dropped_process_events: 1
-                }))
-            ),
+            matches!(notice.event, Some(Event::RateLimitInfo(RateLimitInfo { number_of_dropped_process_events: 1 }))),
             "{notice:?}"
         );
         assert_eq!(binary(&slow.next().await.unwrap()), "/a5");

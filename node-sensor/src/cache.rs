@@ -67,10 +67,7 @@ impl ProcessCache {
     }
 
     pub fn stats(&self) -> CacheStats {
-        CacheStats {
-            entries: self.entries.len(),
-            ..self.stats
-        }
+        CacheStats { entries: self.entries.len(), ..self.stats }
     }
 
     pub fn len(&self) -> usize {
@@ -83,10 +80,7 @@ impl ProcessCache {
 
     /// The current image of `pid`.
     pub fn current(&self, pid: u32) -> Option<&Process> {
-        self.by_pid
-            .get(&pid)
-            .and_then(|id| self.entries.get(id))
-            .map(|e| &e.process)
+        self.by_pid.get(&pid).and_then(|id| self.entries.get(id)).map(|e| &e.process)
     }
 
     pub fn get(&self, exec_id: &str) -> Option<&Process> {
@@ -104,19 +98,13 @@ impl ProcessCache {
     }
 
     fn with_refcnt(&self, id: &str) -> Option<Process> {
-        self.entries.get(id).map(|e| Process {
-            refcnt: e.refcnt,
-            ..e.process.clone()
-        })
+        self.entries.get(id).map(|e| Process { refcnt: e.refcnt, ..e.process.clone() })
     }
 
     fn lineage(&mut self, id: &str) -> Option<Lineage> {
         let process = self.with_refcnt(id)?;
         let parent = self.with_refcnt(&process.parent_exec_id);
-        if parent.is_none()
-            && !process.parent_exec_id.is_empty()
-            && process.parent_exec_id != process.exec_id
-        {
+        if parent.is_none() && !process.parent_exec_id.is_empty() && process.parent_exec_id != process.exec_id {
             self.stats.misses += 1;
         }
         Some(Lineage { process, parent })
@@ -127,15 +115,7 @@ impl ProcessCache {
         let pid = process.pid.map_or(0, |p| p.value);
         self.tick += 1;
         let tick = self.tick;
-        if let Some(old) = self.entries.insert(
-            id.clone(),
-            Entry {
-                process,
-                fork_only,
-                refcnt: 1,
-                tick,
-            },
-        ) {
+        if let Some(old) = self.entries.insert(id.clone(), Entry { process, fork_only, refcnt: 1, tick }) {
             // Same exec_id seen twice (duplicate record): keep one count.
             self.lru.remove(&old.tick);
         }
@@ -201,22 +181,12 @@ impl ProcessCache {
         if parent != id {
             self.add_ref(&parent);
         }
-        self.lineage(&id).unwrap_or_else(|| Lineage {
-            process: Process::default(),
-            parent: None,
-        })
+        self.lineage(&id).unwrap_or_else(|| Lineage { process: Process::default(), parent: None })
     }
 
     /// A new thread group: the child starts as a copy of its parent's image.
     /// Returns false when the parent is unknown (counted as a miss).
-    pub fn on_clone(
-        &mut self,
-        node: &str,
-        pid: u32,
-        ppid: u32,
-        ktime: u64,
-        start: proto::Timestamp,
-    ) -> bool {
+    pub fn on_clone(&mut self, node: &str, pid: u32, ppid: u32, ktime: u64, start: proto::Timestamp) -> bool {
         let Some(parent_id) = self.by_pid.get(&ppid).cloned() else {
             self.stats.misses += 1;
             return false;
@@ -247,11 +217,10 @@ impl ProcessCache {
         let pid = process.pid.map_or(0, |p| p.value);
         let previous = self.by_pid.get(&pid).cloned();
         let mut flag_bits = flags::from_str(&process.flags);
-        match previous.as_ref().and_then(|id| {
-            self.entries
-                .get(id)
-                .map(|e| (id.clone(), e.fork_only, e.process.parent_exec_id.clone()))
-        }) {
+        match previous
+            .as_ref()
+            .and_then(|id| self.entries.get(id).map(|e| (id.clone(), e.fork_only, e.process.parent_exec_id.clone())))
+        {
             Some((prev_id, true, forker)) => {
                 // After fork: the forker is the parent; the fork entry goes.
                 flag_bits |= flags::CLONE;
@@ -277,10 +246,7 @@ impl ProcessCache {
         }
         process.flags = flags::to_string(flag_bits);
         let id = self.insert(process, false);
-        let lineage = self.lineage(&id).unwrap_or_else(|| Lineage {
-            process: Process::default(),
-            parent: None,
-        });
+        let lineage = self.lineage(&id).unwrap_or_else(|| Lineage { process: Process::default(), parent: None });
         if let Some(parent) = &lineage.parent {
             let parent_id = parent.exec_id.clone();
             self.touch(&parent_id);
@@ -318,10 +284,7 @@ mod tests {
     }
 
     fn procfs(node: &str, ktime: u64, pid: u32, binary: &str) -> Process {
-        Process {
-            flags: flags::to_string(flags::PROCFS),
-            ..image(node, ktime, pid, binary)
-        }
+        Process { flags: flags::to_string(flags::PROCFS), ..image(node, ktime, pid, binary) }
     }
 
     #[test]
@@ -374,11 +337,7 @@ mod tests {
         let mut c = ProcessCache::new(100);
         c.add_procfs(procfs("n", 1, 1, "/sbin/init"), 0);
         let sh = c.add_procfs(
-            Process {
-                arguments: "-c x".into(),
-                flags: "execve clone".into(),
-                ..image("n", 2, 30, "/bin/sh")
-            },
+            Process { arguments: "-c x".into(), flags: "execve clone".into(), ..image("n", 2, 30, "/bin/sh") },
             1,
         );
         assert!(c.on_clone("n", 31, 30, 9, proto::Timestamp::default()));
@@ -415,10 +374,7 @@ mod tests {
         }
         assert_eq!(c.len(), 3);
         assert_eq!(c.stats().evicted, 2);
-        assert!(
-            c.on_exit(1).is_none(),
-            "evicted first (least recently used)"
-        );
+        assert!(c.on_exit(1).is_none(), "evicted first (least recently used)");
         assert!(!c.on_clone("n", 99, 12345, 1, proto::Timestamp::default()));
         assert_eq!(c.stats().misses, 2);
     }

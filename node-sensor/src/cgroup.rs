@@ -3,13 +3,7 @@
 //! cgroupfs drivers; cgroup v1 and v2.
 
 /// Runtime prefixes the systemd driver puts before the id in a scope name.
-const SCOPE_PREFIXES: &[&str] = &[
-    "cri-containerd-",
-    "crio-",
-    "docker-",
-    "libpod-",
-    "containerd-",
-];
+const SCOPE_PREFIXES: &[&str] = &["cri-containerd-", "crio-", "docker-", "libpod-", "containerd-"];
 
 fn is_container_id(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
@@ -22,10 +16,7 @@ fn component_id(component: &str) -> Option<&str> {
     if name.starts_with("crio-conmon-") {
         return None;
     }
-    let name = SCOPE_PREFIXES
-        .iter()
-        .find_map(|p| name.strip_prefix(p))
-        .unwrap_or(name);
+    let name = SCOPE_PREFIXES.iter().find_map(|p| name.strip_prefix(p)).unwrap_or(name);
     is_container_id(name).then_some(name)
 }
 
@@ -58,8 +49,7 @@ pub fn path_from_proc_cgroup(text: &str) -> Option<&str> {
     let mut fallback = None;
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
-        let (Some(id), Some(_controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(id), Some(_controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
         if id == "0" {
@@ -124,9 +114,7 @@ mod tests {
 
     #[test]
     fn proc_cgroup_text() {
-        let hybrid = format!(
-            "12:memory:/kubepods/pod{UID}/{ID}\n1:name=systemd:/init.scope\n0::/user.slice\n"
-        );
+        let hybrid = format!("12:memory:/kubepods/pod{UID}/{ID}\n1:name=systemd:/init.scope\n0::/user.slice\n");
         assert_eq!(path_from_proc_cgroup(&hybrid), Some("/user.slice"));
         let v1 = format!("12:memory:/kubepods/pod{UID}/{ID}\n1:name=systemd:/init.scope\n");
         assert_eq!(path_from_proc_cgroup(&v1).and_then(container_id), Some(ID));

@@ -98,16 +98,11 @@ pub enum ConfigError {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
 fn read_file(path: &std::path::Path) -> Result<FileSettings, ConfigError> {
-    let err = |reason: String| ConfigError::File {
-        path: path.display().to_string(),
-        reason,
-    };
+    let err = |reason: String| ConfigError::File { path: path.display().to_string(), reason };
     if !path.exists() {
         return Err(err("no such file".into()));
     }
@@ -124,63 +119,31 @@ impl Settings {
             Some(p) => read_file(p)?,
             None => FileSettings::default(),
         };
-        let server_address = flags
-            .server_address
-            .or(file.server_address)
-            .unwrap_or_else(|| DEFAULT_SERVER_ADDRESS.to_owned());
         let server_address =
-            server_address
-                .parse()
-                .map_err(|e: proto::transport::AddressError| ConfigError::Value {
-                    key: "server-address",
-                    reason: e.to_string(),
-                })?;
+            flags.server_address.or(file.server_address).unwrap_or_else(|| DEFAULT_SERVER_ADDRESS.to_owned());
+        let server_address = server_address.parse().map_err(|e: proto::transport::AddressError| {
+            ConfigError::Value { key: "server-address", reason: e.to_string() }
+        })?;
         let positive = |key: &'static str, v: usize| {
-            if v == 0 {
-                Err(ConfigError::Value {
-                    key,
-                    reason: "must be at least 1".into(),
-                })
-            } else {
-                Ok(v)
-            }
+            if v == 0 { Err(ConfigError::Value { key, reason: "must be at least 1".into() }) } else { Ok(v) }
         };
-        let node_name = flags
-            .node_name
-            .or(file.node_name)
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(hostname);
+        let node_name = flags.node_name.or(file.node_name).filter(|n| !n.is_empty()).unwrap_or_else(hostname);
         Ok(Settings {
             node_name,
             server_address,
             process_cache_size: positive(
                 "process-cache-size",
-                flags
-                    .process_cache_size
-                    .or(file.process_cache_size)
-                    .unwrap_or(DEFAULT_PROCESS_CACHE_SIZE),
+                flags.process_cache_size.or(file.process_cache_size).unwrap_or(DEFAULT_PROCESS_CACHE_SIZE),
             )?,
             subscriber_queue_size: positive(
                 "subscriber-queue-size",
-                flags
-                    .subscriber_queue_size
-                    .or(file.subscriber_queue_size)
-                    .unwrap_or(DEFAULT_SUBSCRIBER_QUEUE),
+                flags.subscriber_queue_size.or(file.subscriber_queue_size).unwrap_or(DEFAULT_SUBSCRIBER_QUEUE),
             )?,
             export_filename: flags.export_filename.or(file.export_filename),
-            log_level: flags
-                .log_level
-                .or(file.log_level)
-                .unwrap_or_else(|| "info".into()),
+            log_level: flags.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
-            btf: flags
-                .btf
-                .or(file.btf)
-                .unwrap_or_else(|| crate::btf_offsets::VMLINUX_BTF.into()),
-            procfs: flags
-                .procfs
-                .or(file.procfs)
-                .unwrap_or_else(|| "/proc".into()),
+            btf: flags.btf.or(file.btf).unwrap_or_else(|| crate::btf_offsets::VMLINUX_BTF.into()),
+            procfs: flags.procfs.or(file.procfs).unwrap_or_else(|| "/proc".into()),
         })
     }
 }
@@ -199,58 +162,31 @@ mod tests {
 
     #[test]
     fn flags_override_file_override_defaults() {
-        let p = file(
-            "a.toml",
-            "node-name = \"from-file\"\nprocess-cache-size = 10\nlog-format = \"json\"\n",
-        );
-        let s = Settings::resolve(Flags {
-            config_file: Some(p.clone()),
-            ..Default::default()
-        })
-        .unwrap();
+        let p = file("a.toml", "node-name = \"from-file\"\nprocess-cache-size = 10\nlog-format = \"json\"\n");
+        let s = Settings::resolve(Flags { config_file: Some(p.clone()), ..Default::default() }).unwrap();
         assert_eq!(s.node_name, "from-file");
         assert_eq!(s.process_cache_size, 10);
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.server_address.to_string(), "localhost:54321");
-        let s = Settings::resolve(Flags {
-            config_file: Some(p),
-            node_name: Some("flag".into()),
-            ..Default::default()
-        })
-        .unwrap();
+        let s = Settings::resolve(Flags { config_file: Some(p), node_name: Some("flag".into()), ..Default::default() })
+            .unwrap();
         assert_eq!(s.node_name, "flag");
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let p = file("b.yaml", "node-name: x\nprocess-cahce-size: 5\n");
-        let e = Settings::resolve(Flags {
-            config_file: Some(p),
-            ..Default::default()
-        })
-        .unwrap_err()
-        .to_string();
+        let e = Settings::resolve(Flags { config_file: Some(p), ..Default::default() }).unwrap_err().to_string();
         assert!(e.contains("process-cahce-size"), "{e}");
-        let e = Settings::resolve(Flags {
-            server_address: Some("nope".into()),
-            ..Default::default()
-        })
-        .unwrap_err()
-        .to_string();
+        let e = Settings::resolve(Flags { server_address: Some("nope".into()), ..Default::default() })
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("server-address"), "{e}");
-        let e = Settings::resolve(Flags {
-            process_cache_size: Some(0),
-            ..Default::default()
-        })
-        .unwrap_err()
-        .to_string();
+        let e = Settings::resolve(Flags { process_cache_size: Some(0), ..Default::default() }).unwrap_err().to_string();
         assert!(e.contains("process-cache-size"), "{e}");
-        let e = Settings::resolve(Flags {
-            config_file: Some("/nonexistent.toml".into()),
-            ..Default::default()
-        })
-        .unwrap_err()
-        .to_string();
+        let e = Settings::resolve(Flags { config_file: Some("/nonexistent.toml".into()), ..Default::default() })
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent.toml: no such file"), "{e}");
     }
 

@@ -2,9 +2,7 @@
 //! kind and exact length are checked; anything else is an error the caller
 //! counts and skips.
 
-use node_sensor_common::{
-    CloneRecord, ExecRecord, ExitRecord, KIND_CLONE, KIND_EXEC, KIND_EXIT, RecordHeader,
-};
+use node_sensor_common::{CloneRecord, ExecRecord, ExitRecord, KIND_CLONE, KIND_EXEC, KIND_EXIT, RecordHeader};
 
 /// One decoded kernel record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,11 +51,7 @@ pub enum DecodeError {
 fn read_exact<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     let want = std::mem::size_of::<T>();
     if bytes.len() != want {
-        return Err(DecodeError::BadLength {
-            kind,
-            got: bytes.len(),
-            want,
-        });
+        return Err(DecodeError::BadLength { kind, got: bytes.len(), want });
     }
     // SAFETY: the length is exactly size_of::<T>(), T is a repr(C) record of
     // integers and byte arrays valid for any bit pattern, and
@@ -79,11 +73,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         KIND_EXEC => {
             let r: ExecRecord = read_exact(bytes, KIND_EXEC)?;
             let cwd = bounded(&r.cwd, r.cwd_len);
-            let cwd_components = cwd
-                .split(|b| *b == 0)
-                .filter(|c| !c.is_empty())
-                .map(<[u8]>::to_vec)
-                .collect();
+            let cwd_components = cwd.split(|b| *b == 0).filter(|c| !c.is_empty()).map(<[u8]>::to_vec).collect();
             Ok(Record::Exec(Box::new(ExecData {
                 flags: r.header.flags,
                 ktime: r.header.ktime,
@@ -117,20 +107,13 @@ mod tests {
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: test-only view of a plain repr(C) record.
-        unsafe {
-            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
-        }
-        .to_vec()
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
     }
 
     #[test]
     fn exit_and_clone_round_trip() {
         let exit = ExitRecord {
-            header: RecordHeader {
-                kind: KIND_EXIT,
-                flags: 0,
-                ktime: 7,
-            },
+            header: RecordHeader { kind: KIND_EXIT, flags: 0, ktime: 7 },
             pid: 10,
             tid: 11,
             exit_code: 3 << 8,
@@ -139,11 +122,7 @@ mod tests {
         };
         assert_eq!(decode(&bytes_of(&exit)), Ok(Record::Exit(exit)));
         let clone = CloneRecord {
-            header: RecordHeader {
-                kind: KIND_CLONE,
-                flags: 0,
-                ktime: 9,
-            },
+            header: RecordHeader { kind: KIND_CLONE, flags: 0, ktime: 9 },
             pid: 12,
             ppid: 10,
             start_boottime: 9,
@@ -164,9 +143,7 @@ mod tests {
         r.cwd[..8].copy_from_slice(b"tmp\0var\0");
         r.cwd_len = 8;
         r.cgroup_len = 100_000; // corrupt: must be clamped, not panic
-        let Ok(Record::Exec(e)) = decode(&bytes_of(&r)) else {
-            panic!("not an exec")
-        };
+        let Ok(Record::Exec(e)) = decode(&bytes_of(&r)) else { panic!("not an exec") };
         assert_eq!(e.filename, b"/bin/sh");
         assert_eq!(e.args, b"sh\0-c\0x\0");
         assert_eq!(e.cwd_components, vec![b"tmp".to_vec(), b"var".to_vec()]);
@@ -176,20 +153,9 @@ mod tests {
     #[test]
     fn short_and_unknown_records_are_errors() {
         assert_eq!(decode(&[1, 2, 3]), Err(DecodeError::Short(3)));
-        let mut h = bytes_of(&RecordHeader {
-            kind: 99,
-            flags: 0,
-            ktime: 0,
-        });
+        let mut h = bytes_of(&RecordHeader { kind: 99, flags: 0, ktime: 0 });
         assert_eq!(decode(&h), Err(DecodeError::UnknownKind(99)));
         h[0] = KIND_EXIT as u8;
-        assert_eq!(
-            decode(&h),
-            Err(DecodeError::BadLength {
-                kind: KIND_EXIT,
-                got: 16,
-                want: 40
-            })
-        );
+        assert_eq!(decode(&h), Err(DecodeError::BadLength { kind: KIND_EXIT, got: 16, want: 40 }));
     }
 }

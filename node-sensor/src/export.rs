@@ -12,10 +12,7 @@ use crate::bus::EventBus;
 
 /// Starts the writer task; errors opening the file are returned at once.
 pub fn start(bus: &EventBus, path: &Path) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
     let mut out = std::io::BufWriter::new(file);
     let mut sub = bus.subscribe(EventFilter::default(), FieldFilters::default());
     let path = path.display().to_string();

@@ -38,19 +38,12 @@ const NAMES: &[(u32, &str)] = &[
 
 /// The space-separated flag words.
 pub fn to_string(bits: u32) -> String {
-    NAMES
-        .iter()
-        .filter(|(b, _)| bits & b != 0)
-        .map(|(_, n)| *n)
-        .collect::<Vec<_>>()
-        .join(" ")
+    NAMES.iter().filter(|(b, _)| bits & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(" ")
 }
 
 /// Parses flag words back (for copying a parent's flags to a fork child).
 pub fn from_str(s: &str) -> u32 {
-    s.split_whitespace()
-        .filter_map(|w| NAMES.iter().find(|(_, n)| *n == w))
-        .fold(0, |acc, (b, _)| acc | b)
+    s.split_whitespace().filter_map(|w| NAMES.iter().find(|(_, n)| *n == w)).fold(0, |acc, (b, _)| acc | b)
 }
 
 #[cfg(test)]

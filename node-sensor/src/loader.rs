@@ -10,11 +10,8 @@ use crate::btf_offsets::{self, OffsetError};
 
 /// The programs and the raw tracepoints they attach to. Program names are
 /// short and distinct because the kernel keeps only 15 characters.
-pub const PROGRAMS: &[(&str, &str)] = &[
-    ("vigil_fork", "sched_process_fork"),
-    ("vigil_exec", "sched_process_exec"),
-    ("vigil_exit", "sched_process_exit"),
-];
+pub const PROGRAMS: &[(&str, &str)] =
+    &[("vigil_fork", "sched_process_fork"), ("vigil_exec", "sched_process_exec"), ("vigil_exit", "sched_process_exit")];
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/node-sensor"));
 
@@ -33,11 +30,7 @@ pub enum LoadError {
     )]
     Verifier { name: &'static str, reason: String },
     #[error("attaching `{name}` to raw tracepoint {tracepoint} failed: {source}")]
-    Attach {
-        name: &'static str,
-        tracepoint: &'static str,
-        source: aya::programs::ProgramError,
-    },
+    Attach { name: &'static str, tracepoint: &'static str, source: aya::programs::ProgramError },
     #[error("BPF map `{0}` is missing or has the wrong type")]
     Map(&'static str),
 }
@@ -70,12 +63,7 @@ impl Probes {
 
 /// Sums the per-CPU kernel counters.
 pub fn read_counters(counters: &PerCpuArray<MapData, u64>) -> KernelCounters {
-    let sum = |i: u32| {
-        counters
-            .get(&i, 0)
-            .map(|v| v.iter().sum::<u64>())
-            .unwrap_or(0)
-    };
+    let sum = |i: u32| counters.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
     {
         KernelCounters {
             ringbuf_full: sum(node_sensor_common::COUNTER_RINGBUF_FULL),
@@ -98,10 +86,8 @@ pub fn load(btf_path: &str) -> Result<Probes, LoadError> {
     let offsets = btf_offsets::resolve(&btf)?;
     tracing::debug!(?offsets, "resolved kernel struct offsets from BTF");
 
-    let mut ebpf = EbpfLoader::new()
-        .override_global("OFFSETS", &offsets, true)
-        .load(EBPF_OBJECT)
-        .map_err(LoadError::Object)?;
+    let mut ebpf =
+        EbpfLoader::new().override_global("OFFSETS", &offsets, true).load(EBPF_OBJECT).map_err(LoadError::Object)?;
     for &(name, tracepoint) in PROGRAMS {
         let program: &mut RawTracePoint = ebpf
             .program_mut(name)
@@ -112,31 +98,15 @@ pub fn load(btf_path: &str) -> Result<Probes, LoadError> {
             if let aya::programs::ProgramError::LoadError { verifier_log, .. } = &e {
                 tracing::debug!(program = name, log = %verifier_log, "verifier log");
             }
-            return Err(LoadError::Verifier {
-                name,
-                reason: e.to_string(),
-            });
+            return Err(LoadError::Verifier { name, reason: e.to_string() });
         }
-        program
-            .attach(tracepoint)
-            .map_err(|source| LoadError::Attach {
-                name,
-                tracepoint,
-                source,
-            })?;
+        program.attach(tracepoint).map_err(|source| LoadError::Attach { name, tracepoint, source })?;
     }
     let ring = ebpf.take_map("EVENTS").ok_or(LoadError::Map("EVENTS"))?;
     let ring = RingBuf::try_from(ring).map_err(|_| LoadError::Map("EVENTS"))?;
-    let counters = ebpf
-        .take_map("COUNTERS")
-        .ok_or(LoadError::Map("COUNTERS"))?;
+    let counters = ebpf.take_map("COUNTERS").ok_or(LoadError::Map("COUNTERS"))?;
     let counters: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(counters).map_err(|_| LoadError::Map("COUNTERS"))?;
     debug_assert_eq!(counters.len(), COUNTERS_LEN);
-    Ok(Probes {
-        _ebpf: ebpf,
-        ring,
-        counters,
-        offsets,
-    })
+    Ok(Probes { _ebpf: ebpf, ring, counters, offsets })
 }

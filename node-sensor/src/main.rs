@@ -14,11 +14,8 @@ use node_sensor::{export, loader, server};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(s: &Settings) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&s.log_level)
-        .with_context(|| format!("invalid --log-level {:?}", s.log_level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = EnvFilter::try_new(&s.log_level).with_context(|| format!("invalid --log-level {:?}", s.log_level))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match s.log_format {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -28,10 +25,7 @@ fn init_logging(s: &Settings) -> anyhow::Result<()> {
 
 async fn shutdown_signal(tx: tokio::sync::watch::Sender<bool>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
@@ -54,16 +48,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     let exporter = match &settings.export_filename {
-        Some(path) => Some(
-            export::start(&bus, path)
-                .with_context(|| format!("opening export file {}", path.display()))?,
-        ),
+        Some(path) => {
+            Some(export::start(&bus, path).with_context(|| format!("opening export file {}", path.display()))?)
+        }
         None => None,
     };
-    let service = server::Service {
-        bus: bus.clone(),
-        stats: stats.clone(),
-    };
+    let service = server::Service { bus: bus.clone(), stats: stats.clone() };
     let address = settings.server_address.clone();
     let server_stop = stop_rx.clone();
     let server = tokio::spawn(async move { server::serve(&address, service, server_stop).await });
@@ -107,11 +97,7 @@ fn main() -> std::process::ExitCode {
         eprintln!("vigil-sensor: {e:#}");
         return std::process::ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("vigil-sensor: cannot start the runtime: {e}");

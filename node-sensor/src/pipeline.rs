@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use crate::builder::{self, Clock};
@@ -31,20 +31,8 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(
-        node: &str,
-        clock: Clock,
-        cache_size: usize,
-        bus: EventBus,
-        stats: Arc<SensorStats>,
-    ) -> Self {
-        Pipeline {
-            node: node.to_owned(),
-            clock,
-            cache: ProcessCache::new(cache_size),
-            bus,
-            stats,
-        }
+    pub fn new(node: &str, clock: Clock, cache_size: usize, bus: EventBus, stats: Arc<SensorStats>) -> Self {
+        Pipeline { node: node.to_owned(), clock, cache: ProcessCache::new(cache_size), bus, stats }
     }
 
     /// Reports every process already running, parents first.
@@ -54,8 +42,7 @@ impl Pipeline {
         for e in entries {
             let time = e.process.start_time.unwrap_or_default();
             let lineage = self.cache.add_procfs(e.process, e.ppid);
-            self.bus
-                .publish(builder::exec_event(&self.node, time, lineage));
+            self.bus.publish(builder::exec_event(&self.node, time, lineage));
         }
         self.update_cache_stats();
         n
@@ -76,26 +63,18 @@ impl Pipeline {
         };
         match record {
             Record::Clone(c) => {
-                self.cache.on_clone(
-                    &self.node,
-                    c.pid,
-                    c.ppid,
-                    c.header.ktime,
-                    self.clock.wall(c.header.ktime),
-                );
+                self.cache.on_clone(&self.node, c.pid, c.ppid, c.header.ktime, self.clock.wall(c.header.ktime));
             }
             Record::Exec(e) => {
                 let process = builder::exec_process(&self.node, &self.clock, &e);
                 let time = self.clock.wall(e.ktime);
                 let lineage = self.cache.on_exec(process, e.ppid);
-                self.bus
-                    .publish(builder::exec_event(&self.node, time, lineage));
+                self.bus.publish(builder::exec_event(&self.node, time, lineage));
             }
             Record::Exit(x) => {
                 if let Some(lineage) = self.cache.on_exit(x.pid) {
                     let time = self.clock.wall(x.header.ktime);
-                    self.bus
-                        .publish(builder::exit_event(&self.node, time, lineage, x.exit_code));
+                    self.bus.publish(builder::exit_event(&self.node, time, lineage, x.exit_code));
                 }
             }
         }
@@ -103,11 +82,18 @@ impl Pipeline {
 
     fn update_cache_stats(&self) {
         let s = self.cache.stats();
-        self.stats
-            .cache_entries
-            .store(s.entries as u64, Ordering::Relaxed);
+        self.stats.cache_entries.store(s.entries as u64, Ordering::Relaxed);
         self.stats.cache_evicted.store(s.evicted, Ordering::Relaxed);
         self.stats.cache_misses.store(s.misses, Ordering::Relaxed);
+    }
+
+    /// Copies kernel and cache counters into the shared stats.
+    fn refresh_counters(&self, counters: &PerCpuArray<MapData, u64>) -> crate::loader::KernelCounters {
+        let k = crate::loader::read_counters(counters);
+        self.stats.ringbuf_full.store(k.ringbuf_full, Ordering::Relaxed);
+        self.stats.kernel_read_errors.store(k.read_errors, Ordering::Relaxed);
+        self.update_cache_stats();
+        k
     }
 
     /// Drains the ring buffer until `shutdown` fires.
@@ -116,12 +102,7 @@ impl Pipeline {
         probes: Probes,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> std::io::Result<()> {
-        let Probes {
-            ring,
-            counters,
-            _ebpf,
-            ..
-        } = probes;
+        let Probes { ring, counters, _ebpf, .. } = probes;
         // SAFETY: the ring buffer owns its map fd and keeps it open, returning
         // the same fd, for as long as the AsyncFd owns it.
         let mut ring: AsyncFd<RingBuf<MapData>> =
@@ -144,14 +125,7 @@ impl Pipeline {
             }
             if last_report.elapsed() >= REPORT_INTERVAL {
                 last_report = Instant::now();
-                let k = crate::loader::read_counters(&counters);
-                self.stats
-                    .ringbuf_full
-                    .store(k.ringbuf_full, Ordering::Relaxed);
-                self.stats
-                    .kernel_read_errors
-                    .store(k.read_errors, Ordering::Relaxed);
-                self.update_cache_stats();
+                let k = self.refresh_counters(&counters);
                 if k.ringbuf_full > reported.ringbuf_full {
                     tracing::warn!(
                         lost = k.ringbuf_full - reported.ringbuf_full,
@@ -163,14 +137,7 @@ impl Pipeline {
             }
         }
         // Final counters, so a last health read or log is exact.
-        let k = crate::loader::read_counters(&counters);
-        self.stats
-            .ringbuf_full
-            .store(k.ringbuf_full, Ordering::Relaxed);
-        self.stats
-            .kernel_read_errors
-            .store(k.read_errors, Ordering::Relaxed);
-        self.update_cache_stats();
+        self.refresh_counters(&counters);
         drop(_ebpf);
         Ok(())
     }

@@ -36,20 +36,11 @@ fn ticks_per_second() -> u64 {
 }
 
 fn status_ids(status: &str, key: &str) -> Option<u32> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+    status.lines().find_map(|l| l.strip_prefix(key)).and_then(|rest| rest.split_whitespace().next()?.parse().ok())
 }
 
 /// Reads one process; `None` for kernel threads and processes that vanished.
-pub fn read_process(
-    root: &Path,
-    pid: u32,
-    node: &str,
-    clock: &Clock,
-    tick_ns: u64,
-) -> Option<ProcEntry> {
+pub fn read_process(root: &Path, pid: u32, node: &str, clock: &Clock, tick_ns: u64) -> Option<ProcEntry> {
     let dir = root.join(pid.to_string());
     let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
     let fields = stat_fields(&stat)?;
@@ -58,26 +49,15 @@ pub fn read_process(
     let start_ticks: u64 = fields.get(19)?.parse().ok()?;
     let exe = std::fs::read_link(dir.join("exe")).ok()?;
     let binary = exe.to_string_lossy();
-    let binary = binary
-        .strip_suffix(" (deleted)")
-        .unwrap_or(&binary)
-        .to_owned();
+    let binary = binary.strip_suffix(" (deleted)").unwrap_or(&binary).to_owned();
     let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
     let cmdline = cmdline.strip_suffix(&[0]).unwrap_or(&cmdline);
-    let arguments = if cmdline.is_empty() {
-        String::new()
-    } else {
-        join_args(cmdline.split(|b| *b == 0).skip(1))
-    };
-    let cwd = std::fs::read_link(dir.join("cwd"))
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let arguments = if cmdline.is_empty() { String::new() } else { join_args(cmdline.split(|b| *b == 0).skip(1)) };
+    let cwd = std::fs::read_link(dir.join("cwd")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
     let uid = status_ids(&status, "Uid:").unwrap_or(u32::MAX);
-    let auid = std::fs::read_to_string(dir.join("loginuid"))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(u32::MAX);
+    let auid =
+        std::fs::read_to_string(dir.join("loginuid")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(u32::MAX);
     let cgroups = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
     let docker = cgroup::path_from_proc_cgroup(&cgroups)
         .and_then(cgroup::container_id)
@@ -139,11 +119,7 @@ pub fn walk(root: &Path, node: &str, clock: &Clock) -> Vec<ProcEntry> {
     let mut found: HashMap<u32, ProcEntry> = HashMap::new();
     if let Ok(dir) = std::fs::read_dir(root) {
         for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
             if let Some(p) = read_process(root, pid, node, clock, tick_ns) {
@@ -191,18 +167,12 @@ mod tests {
         let pos = |pid| all.iter().position(|p| p.pid == pid);
         let mine = pos(me).expect("this test process is found");
         let entry = &all[mine];
-        assert_eq!(
-            entry.process.binary,
-            std::env::current_exe().unwrap().to_string_lossy()
-        );
+        assert_eq!(entry.process.binary, std::env::current_exe().unwrap().to_string_lossy());
         assert!(entry.process.flags.starts_with("procFS"));
         if let Some(parent) = pos(entry.ppid) {
             assert!(parent < mine, "parent listed before child");
         }
         // Kernel threads have no executable and are skipped.
-        assert!(
-            all.iter()
-                .all(|p| p.pid == 0 || !p.process.binary.is_empty())
-        );
+        assert!(all.iter().all(|p| p.pid == 0 || !p.process.binary.is_empty()));
     }
 }

@@ -8,8 +8,8 @@ use events::fields::FieldFilters;
 use events::filter::EventFilter;
 use proto::tetragon::fine_guidance_sensors_server::FineGuidanceSensors;
 use proto::tetragon::{
-    GetEventsRequest, GetEventsResponse, GetHealthStatusRequest, GetHealthStatusResponse,
-    GetVersionRequest, GetVersionResponse, HealthStatus, HealthStatusResult, HealthStatusType,
+    GetEventsRequest, GetEventsResponse, GetHealthStatusRequest, GetHealthStatusResponse, GetVersionRequest,
+    GetVersionResponse, HealthStatus, HealthStatusResult, HealthStatusType,
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -30,20 +30,12 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<GetEventsResponse, Status>> 
 impl FineGuidanceSensors for Service {
     type GetEventsStream = EventStream;
 
-    async fn get_events(
-        &self,
-        request: Request<GetEventsRequest>,
-    ) -> Result<Response<Self::GetEventsStream>, Status> {
+    async fn get_events(&self, request: Request<GetEventsRequest>) -> Result<Response<Self::GetEventsStream>, Status> {
         let req = request.into_inner();
-        let filter =
-            EventFilter::from_request(&req).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let fields = FieldFilters::new(&req.field_filters)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let filter = EventFilter::from_request(&req).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let fields = FieldFilters::new(&req.field_filters).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let mut sub = self.bus.subscribe(filter, fields);
-        tracing::info!(
-            subscribers = self.bus.subscriber_count(),
-            "GetEvents subscriber connected"
-        );
+        tracing::info!(subscribers = self.bus.subscriber_count(), "GetEvents subscriber connected");
         let stream = async_stream(move |tx| async move {
             while let Some(event) = sub.next().await {
                 if tx.send(Ok(event)).await.is_err() {
@@ -68,13 +60,8 @@ impl FineGuidanceSensors for Service {
         }))
     }
 
-    async fn get_version(
-        &self,
-        _: Request<GetVersionRequest>,
-    ) -> Result<Response<GetVersionResponse>, Status> {
-        Ok(Response::new(GetVersionResponse {
-            version: VERSION.to_owned(),
-        }))
+    async fn get_version(&self, _: Request<GetVersionRequest>) -> Result<Response<GetVersionResponse>, Status> {
+        Ok(Response::new(GetVersionResponse { version: VERSION.to_owned() }))
     }
 }
 
@@ -100,10 +87,7 @@ pub async fn serve(
     use proto::tetragon::fine_guidance_sensors_server::FineGuidanceSensorsServer;
     use proto::transport::{AddressError, ServerAddress};
 
-    let listen_err = |source| AddressError::Listen {
-        address: address.to_string(),
-        source,
-    };
+    let listen_err = |source| AddressError::Listen { address: address.to_string(), source };
     let svc = FineGuidanceSensorsServer::new(service).max_decoding_message_size(4 << 20);
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
@@ -115,10 +99,7 @@ pub async fn serve(
         ServerAddress::Tcp(a) => {
             let listener = tokio::net::TcpListener::bind(a).await.map_err(listen_err)?;
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            router
-                .serve_with_incoming_shutdown(incoming, stop)
-                .await
-                .map_err(|e| listen_err(std::io::Error::other(e)))
+            router.serve_with_incoming_shutdown(incoming, stop).await.map_err(|e| listen_err(std::io::Error::other(e)))
         }
         ServerAddress::Unix(path) => {
             if path.exists() {
@@ -126,10 +107,7 @@ pub async fn serve(
             }
             let listener = tokio::net::UnixListener::bind(path).map_err(listen_err)?;
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            router
-                .serve_with_incoming_shutdown(incoming, stop)
-                .await
-                .map_err(|e| listen_err(std::io::Error::other(e)))
+            router.serve_with_incoming_shutdown(incoming, stop).await.map_err(|e| listen_err(std::io::Error::other(e)))
         }
     }
 }

@@ -11,14 +11,8 @@ use common::{Collector, Sensor, exec_of, nonce};
 use proto::tetragon::{Filter, GetEventsRequest};
 
 fn sensor(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vigil-sensor"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil-sensor")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]
@@ -44,17 +38,9 @@ fn bad_flags_are_named() {
 #[test]
 fn missing_btf_is_a_clear_startup_error() {
     require_kernel!();
-    let (code, err) = sensor(&[
-        "--btf",
-        "/nonexistent/vmlinux",
-        "--server-address",
-        "unix:///tmp/vigil-nobtf.sock",
-    ]);
+    let (code, err) = sensor(&["--btf", "/nonexistent/vmlinux", "--server-address", "unix:///tmp/vigil-nobtf.sock"]);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("cannot read kernel BTF at /nonexistent/vmlinux"),
-        "{err}"
-    );
+    assert!(err.contains("cannot read kernel BTF at /nonexistent/vmlinux"), "{err}");
 }
 
 #[test]
@@ -83,41 +69,23 @@ async fn invalid_requests_are_rejected_and_others_keep_streaming() {
     let mut good = Collector::subscribe(&sensor, GetEventsRequest::default()).await;
     let mut client = sensor.client().await;
     let bad_regex = GetEventsRequest {
-        allow_list: vec![Filter {
-            binary_regex: vec!["([".into()],
-            ..Default::default()
-        }],
+        allow_list: vec![Filter { binary_regex: vec!["([".into()], ..Default::default() }],
         ..Default::default()
     };
     let status = client.get_events(bad_regex).await.expect_err("rejected");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(
-        status.message().contains("binary_regex"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("binary_regex"), "{}", status.message());
     let bad_type = GetEventsRequest {
-        deny_list: vec![Filter {
-            event_set: vec![77],
-            ..Default::default()
-        }],
+        deny_list: vec![Filter { event_set: vec![77], ..Default::default() }],
         ..Default::default()
     };
     let status = client.get_events(bad_type).await.expect_err("rejected");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(
-        status.message().contains("event type 77"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("event type 77"), "{}", status.message());
 
     let mark = format!("vigil-still-{}", nonce());
     Command::new("/bin/true").arg(&mark).status().unwrap();
     assert!(
-        good.until(Duration::from_secs(10), |evs| evs
-            .iter()
-            .filter_map(exec_of)
-            .any(|p| p.arguments == mark))
-            .await
+        good.until(Duration::from_secs(10), |evs| evs.iter().filter_map(exec_of).any(|p| p.arguments == mark)).await
     );
 }

@@ -8,14 +8,11 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Collector, Sensor, exec_of, exit_of, nonce, parent_of, pid};
+use common::{Collector, Sensor, delivered_and_lost, exec_of, exit_of, nonce, parent_of, pid};
 use proto::tetragon::{EventType, Filter, GetEventsRequest};
 
 fn loginuid() -> u32 {
-    std::fs::read_to_string("/proc/self/loginuid")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(u32::MAX)
+    std::fs::read_to_string("/proc/self/loginuid").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(u32::MAX)
 }
 
 fn all_events() -> GetEventsRequest {
@@ -39,21 +36,11 @@ async fn exec_chain_as_uid_1000_with_cwd_parents_and_exit_codes() {
 
     let sh_args = format!("-c \"cd /tmp && /usr/bin/id -u; exit 3\" {mark}");
     let done = |evs: &[proto::tetragon::GetEventsResponse]| {
-        evs.iter()
-            .filter_map(exit_of)
-            .any(|(p, _, _)| p.arguments == sh_args)
+        evs.iter().filter_map(exit_of).any(|(p, _, _)| p.arguments == sh_args)
     };
-    assert!(
-        c.until(Duration::from_secs(10), done).await,
-        "no exit for sh; log:\n{}",
-        sensor.log()
-    );
+    assert!(c.until(Duration::from_secs(10), done).await, "no exit for sh; log:\n{}", sensor.log());
 
-    let sh_exec = c
-        .events
-        .iter()
-        .find(|e| exec_of(e).is_some_and(|p| p.arguments == sh_args))
-        .expect("sh exec");
+    let sh_exec = c.events.iter().find(|e| exec_of(e).is_some_and(|p| p.arguments == sh_args)).expect("sh exec");
     let sh = exec_of(sh_exec).unwrap();
     assert_eq!(sh.binary, "/bin/sh");
     assert_eq!(sh.uid.map(|u| u.value), Some(1000));
@@ -61,11 +48,7 @@ async fn exec_chain_as_uid_1000_with_cwd_parents_and_exit_codes() {
     assert_eq!(sh.cwd, std::env::current_dir().unwrap().to_string_lossy());
     assert_eq!(sh.flags, "execve clone");
     let sh_parent = parent_of(sh_exec).expect("sh parent");
-    assert_eq!(
-        pid(sh_parent),
-        std::process::id(),
-        "sh's parent is this test process"
-    );
+    assert_eq!(pid(sh_parent), std::process::id(), "sh's parent is this test process");
     assert_eq!(sh.parent_exec_id, sh_parent.exec_id);
 
     let id_exec = c
@@ -88,15 +71,9 @@ async fn exec_chain_as_uid_1000_with_cwd_parents_and_exit_codes() {
         .filter(|(p, _, _)| p.exec_id == id.exec_id || p.exec_id == sh.exec_id)
         .collect();
     assert_eq!(exits.len(), 2, "one exit each");
-    let id_exit = exits
-        .iter()
-        .find(|(p, _, _)| p.exec_id == id.exec_id)
-        .unwrap();
+    let id_exit = exits.iter().find(|(p, _, _)| p.exec_id == id.exec_id).unwrap();
     assert_eq!((id_exit.1, id_exit.2), (0, ""));
-    let sh_exit = exits
-        .iter()
-        .find(|(p, _, _)| p.exec_id == sh.exec_id)
-        .unwrap();
+    let sh_exit = exits.iter().find(|(p, _, _)| p.exec_id == sh.exec_id).unwrap();
     assert_eq!((sh_exit.1, sh_exit.2), (3, ""));
     assert_eq!(sh_exit.0.binary, "/bin/sh");
 }
@@ -110,28 +87,14 @@ async fn sigkill_is_reported_as_the_signal() {
     let mut child = Command::new("/bin/sleep").arg(&arg).spawn().unwrap();
     let child_pid = child.id();
     // Let the exec land before killing it.
-    assert!(
-        c.until(Duration::from_secs(10), |evs| evs
-            .iter()
-            .filter_map(exec_of)
-            .any(|p| p.arguments == arg))
-            .await
-    );
+    assert!(c.until(Duration::from_secs(10), |evs| evs.iter().filter_map(exec_of).any(|p| p.arguments == arg)).await);
     child.kill().unwrap();
     let _ = child.wait();
     assert!(
-        c.until(Duration::from_secs(10), |evs| evs
-            .iter()
-            .filter_map(exit_of)
-            .any(|(p, _, _)| p.arguments == arg))
+        c.until(Duration::from_secs(10), |evs| evs.iter().filter_map(exit_of).any(|(p, _, _)| p.arguments == arg))
             .await
     );
-    let (p, status, signal) = c
-        .events
-        .iter()
-        .filter_map(exit_of)
-        .find(|(p, _, _)| p.arguments == arg)
-        .unwrap();
+    let (p, status, signal) = c.events.iter().filter_map(exit_of).find(|(p, _, _)| p.arguments == arg).unwrap();
     assert_eq!(signal, "SIGKILL");
     assert_eq!(status, 0);
     assert_eq!(pid(p), child_pid);
@@ -142,11 +105,7 @@ async fn sigkill_is_reported_as_the_signal() {
 async fn process_started_before_the_sensor_carries_procfs() {
     require_kernel!();
     let arg = format!("61.{}", nonce());
-    let mut child = Command::new("/bin/sleep")
-        .arg(&arg)
-        .current_dir("/")
-        .spawn()
-        .unwrap();
+    let mut child = Command::new("/bin/sleep").arg(&arg).current_dir("/").spawn().unwrap();
     let child_pid = child.id();
     std::thread::sleep(Duration::from_millis(100));
     let sensor = Sensor::start(&[]).await;
@@ -154,18 +113,10 @@ async fn process_started_before_the_sensor_carries_procfs() {
     child.kill().unwrap();
     let _ = child.wait();
     assert!(
-        c.until(Duration::from_secs(10), |evs| evs
-            .iter()
-            .filter_map(exit_of)
-            .any(|(p, _, _)| pid(p) == child_pid))
+        c.until(Duration::from_secs(10), |evs| evs.iter().filter_map(exit_of).any(|(p, _, _)| pid(p) == child_pid))
             .await
     );
-    let (p, _, signal) = c
-        .events
-        .iter()
-        .filter_map(exit_of)
-        .find(|(p, _, _)| pid(p) == child_pid)
-        .unwrap();
+    let (p, _, signal) = c.events.iter().filter_map(exit_of).find(|(p, _, _)| pid(p) == child_pid).unwrap();
     assert_eq!(p.flags, "procFS rootcwd");
     assert_eq!(p.arguments, arg);
     assert_eq!(p.cwd, "/");
@@ -196,48 +147,28 @@ fn cgroup2_root() -> Option<String> {
 async fn kubelet_cgroup_gives_the_container_id() {
     require_kernel!();
     let Some(root) = cgroup2_root() else {
-        assert!(
-            std::env::var_os("VIGIL_REQUIRE_ALL").is_none(),
-            "no cgroup2 hierarchy mounted"
-        );
+        assert!(std::env::var_os("VIGIL_REQUIRE_ALL").is_none(), "no cgroup2 hierarchy mounted");
         eprintln!("SKIP kubelet_cgroup_gives_the_container_id: no cgroup2 hierarchy mounted");
         return;
     };
     let n = nonce();
-    let container = format!("{:0>64}", format!("{n}abcdef"))
-        .chars()
-        .rev()
-        .collect::<String>();
-    let pod_dir = format!(
-        "{root}/kubepods/besteffort/pod4f5e3a2b-1c2d-4e5f-8a9b-{:0>12}",
-        &n[n.len().saturating_sub(12)..]
-    );
+    let container = format!("{:0>64}", format!("{n}abcdef")).chars().rev().collect::<String>();
+    let pod_dir =
+        format!("{root}/kubepods/besteffort/pod4f5e3a2b-1c2d-4e5f-8a9b-{:0>12}", &n[n.len().saturating_sub(12)..]);
     let dir = format!("{pod_dir}/{container}");
     std::fs::create_dir_all(&dir).unwrap();
     let sensor = Sensor::start(&[]).await;
     let mut c = Collector::subscribe(&sensor, all_events()).await;
     let mark = format!("vigil-cgroup-{n}");
     let script = format!("echo $$ > {dir}/cgroup.procs && /bin/echo {mark}");
-    let status = Command::new("/bin/sh")
-        .args(["-c", &script])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
+    let status = Command::new("/bin/sh").args(["-c", &script]).stdout(std::process::Stdio::null()).status().unwrap();
     assert!(status.success());
-    let found = c
-        .until(Duration::from_secs(10), |evs| {
-            evs.iter().filter_map(exec_of).any(|p| p.arguments == mark)
-        })
-        .await;
+    let found =
+        c.until(Duration::from_secs(10), |evs| evs.iter().filter_map(exec_of).any(|p| p.arguments == mark)).await;
     let _ = std::fs::remove_dir(&dir);
     let _ = std::fs::remove_dir(&pod_dir);
     assert!(found, "no exec for {mark}");
-    let echo = c
-        .events
-        .iter()
-        .filter_map(exec_of)
-        .find(|p| p.arguments == mark)
-        .unwrap();
+    let echo = c.events.iter().filter_map(exec_of).find(|p| p.arguments == mark).unwrap();
     assert_eq!(echo.docker, &container[..31]);
     assert_eq!(echo.binary, "/bin/echo");
 }
@@ -251,28 +182,13 @@ async fn long_arguments_are_truncated_and_flagged() {
     let long: Vec<String> = (0..200).map(|i| format!("{mark}-{i:04}")).collect();
     Command::new("/bin/true").args(&long).status().unwrap();
     assert!(
-        c.until(Duration::from_secs(10), |evs| evs
-            .iter()
-            .filter_map(exec_of)
-            .any(|p| p.arguments.starts_with(&mark)))
+        c.until(Duration::from_secs(10), |evs| evs.iter().filter_map(exec_of).any(|p| p.arguments.starts_with(&mark)))
             .await
     );
-    let p = c
-        .events
-        .iter()
-        .filter_map(exec_of)
-        .find(|p| p.arguments.starts_with(&mark))
-        .unwrap();
-    assert!(
-        p.flags.split(' ').any(|f| f == "truncArgs"),
-        "flags {:?}",
-        p.flags
-    );
+    let p = c.events.iter().filter_map(exec_of).find(|p| p.arguments.starts_with(&mark)).unwrap();
+    assert!(p.flags.split(' ').any(|f| f == "truncArgs"), "flags {:?}", p.flags);
     let full = long.join(" ");
-    assert!(
-        full.starts_with(&p.arguments),
-        "a prefix of the real arguments"
-    );
+    assert!(full.starts_with(&p.arguments), "a prefix of the real arguments");
     // argv[0] "/bin/true\0" takes 10 of the 1024 bytes read.
     assert_eq!(p.arguments.len(), 1024 - "/bin/true".len() - 1);
 }
@@ -283,41 +199,19 @@ async fn burst_of_2000_execs_arrives_complete() {
     let sensor = Sensor::start(&[]).await;
     let mark = format!("vigil-burst-{}", nonce());
     let req = GetEventsRequest {
-        allow_list: vec![Filter {
-            arguments_regex: vec![format!("^{mark}-")],
-            ..Default::default()
-        }],
+        allow_list: vec![Filter { arguments_regex: vec![format!("^{mark}-")], ..Default::default() }],
         ..Default::default()
     };
     let mut c = Collector::subscribe(&sensor, req).await;
     let script = format!("i=0; while [ $i -lt 2000 ]; do /bin/true {mark}-$i; i=$((i+1)); done");
-    assert!(
-        Command::new("/bin/sh")
-            .args(["-c", &script])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("/bin/sh").args(["-c", &script]).status().unwrap().success());
     let complete = |evs: &[proto::tetragon::GetEventsResponse]| evs.len() >= 4000;
     let ok = c.until(Duration::from_secs(60), complete).await;
-    let execs: std::collections::BTreeSet<_> = c
-        .events
-        .iter()
-        .filter_map(exec_of)
-        .map(|p| p.arguments.clone())
-        .collect();
+    let execs: std::collections::BTreeSet<_> =
+        c.events.iter().filter_map(exec_of).map(|p| p.arguments.clone()).collect();
     let exits = c.events.iter().filter_map(exit_of).count();
-    let notices = c
-        .events
-        .iter()
-        .filter(|e| e.event_type() == EventType::RateLimitInfo)
-        .count();
-    assert!(
-        ok,
-        "got {} execs, {exits} exits, {notices} loss notices; log:\n{}",
-        execs.len(),
-        sensor.log()
-    );
+    let notices = c.events.iter().filter(|e| e.event_type() == EventType::RateLimitInfo).count();
+    assert!(ok, "got {} execs, {exits} exits, {notices} loss notices; log:\n{}", execs.len(), sensor.log());
     assert_eq!(execs.len(), 2000, "each marker exactly once");
     assert_eq!(exits, 2000);
     assert_eq!(notices, 0);
@@ -332,81 +226,31 @@ async fn slow_subscriber_gets_an_exact_loss_notice_and_others_lose_nothing() {
     let sensor = Sensor::start(&["--subscriber-queue-size", "256"]).await;
     let mark = format!("vigil-slow-{}", nonce());
     let req = GetEventsRequest {
-        allow_list: vec![Filter {
-            arguments_regex: vec![format!("^{mark}-")],
-            ..Default::default()
-        }],
+        allow_list: vec![Filter { arguments_regex: vec![format!("^{mark}-")], ..Default::default() }],
         ..Default::default()
     };
     let mut fast = Collector::subscribe(&sensor, req.clone()).await;
     // The slow client subscribes and then reads nothing while the workload runs.
     let mut slow = Collector::subscribe_slow(&sensor, req).await;
     let fast_reader = tokio::spawn(async move {
-        let ok = fast
-            .until(Duration::from_secs(60), |evs| evs.len() >= 4000)
-            .await;
+        let ok = fast.until(Duration::from_secs(60), |evs| evs.len() >= 4000).await;
         (ok, fast.events)
     });
     let script = format!("i=0; while [ $i -lt 2000 ]; do /bin/true {mark}-$i; i=$((i+1)); done");
-    assert!(
-        Command::new("/bin/sh")
-            .args(["-c", &script])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("/bin/sh").args(["-c", &script]).status().unwrap().success());
     let (fast_ok, fast_events) = fast_reader.await.unwrap();
     assert!(fast_ok, "fast subscriber got {} of 4000", fast_events.len());
-    assert!(
-        fast_events
-            .iter()
-            .all(|e| e.event_type() != EventType::RateLimitInfo),
-        "fast subscriber lost events"
-    );
+    assert!(fast_events.iter().all(|e| e.event_type() != EventType::RateLimitInfo), "fast subscriber lost events");
 
     // Now drain the slow one: what it got plus what it was told it lost is
     // exactly what happened.
     let drained = |evs: &[proto::tetragon::GetEventsResponse]| {
-        let got = evs
-            .iter()
-            .filter(|e| e.event_type() != EventType::RateLimitInfo)
-            .count() as u64;
-        let lost: u64 = evs
-            .iter()
-            .filter_map(|e| match &e.event {
-                Some(proto::tetragon::get_events_response::Event::RateLimitInfo(r)) => {
-                    Some(r.number_of_dropped_process_events)
-                }
-                _ => None,
-            })
-            .sum();
+        let (got, lost) = delivered_and_lost(evs);
         got + lost >= 4000
     };
-    assert!(
-        slow.until(Duration::from_secs(20), drained).await,
-        "slow subscriber accounting incomplete"
-    );
-    let got = slow
-        .events
-        .iter()
-        .filter(|e| e.event_type() != EventType::RateLimitInfo)
-        .count() as u64;
-    let notices: Vec<u64> = slow
-        .events
-        .iter()
-        .filter_map(|e| match &e.event {
-            Some(proto::tetragon::get_events_response::Event::RateLimitInfo(r)) => {
-                Some(r.number_of_dropped_process_events)
-            }
-            _ => None,
-        })
-        .collect();
-    let lost: u64 = notices.iter().sum();
+    assert!(slow.until(Duration::from_secs(20), drained).await, "slow subscriber accounting incomplete");
+    let (got, lost) = delivered_and_lost(&slow.events);
+    let notices = slow.events.iter().filter(|e| e.event_type() == EventType::RateLimitInfo).count();
     assert!(lost > 0, "the slow subscriber should have lost events");
-    assert_eq!(
-        got + lost,
-        4000,
-        "got {got}, told lost {lost} in {} notices",
-        notices.len()
-    );
+    assert_eq!(got + lost, 4000, "got {got}, told lost {lost} in {notices} notices");
 }

@@ -10,10 +10,7 @@ use common::{Sensor, nonce};
 
 fn python() -> Option<String> {
     let py = std::env::var("VIGIL_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py)
-        .args(["-c", "import grpc, grpc_tools"])
-        .status()
-        .is_ok_and(|s| s.success());
+    let ok = Command::new(&py).args(["-c", "import grpc, grpc_tools"]).status().is_ok_and(|s| s.success());
     if ok {
         return Some(py);
     }
@@ -60,29 +57,14 @@ async fn python_grpcio_client_receives_live_events() {
     assert_eq!(lines.next().unwrap().unwrap(), "subscribed");
     // Give the subscription a moment to reach the sensor, then run the command.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert!(
-        Command::new("/bin/echo")
-            .arg(&mark)
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success()
-    );
-    let got: Vec<serde_json::Value> = lines
-        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
-        .collect();
+    assert!(Command::new("/bin/echo").arg(&mark).stdout(Stdio::null()).status().unwrap().success());
+    let got: Vec<serde_json::Value> = lines.map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
     assert!(client.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&stubs);
     assert_eq!(got.len(), 2, "{got:?}");
     assert_eq!(got[0]["process_exec"]["process"]["binary"], "/bin/echo");
-    assert_eq!(
-        got[0]["process_exec"]["process"]["arguments"],
-        mark.as_str()
-    );
+    assert_eq!(got[0]["process_exec"]["process"]["arguments"], mark.as_str());
     assert_eq!(got[0]["node_name"], "kt-node");
     assert_eq!(got[1]["process_exit"]["process"]["binary"], "/bin/echo");
-    assert_eq!(
-        got[1]["process_exit"]["process"]["exec_id"],
-        got[0]["process_exec"]["process"]["exec_id"]
-    );
+    assert_eq!(got[1]["process_exit"]["process"]["exec_id"], got[0]["process_exec"]["process"]["exec_id"]);
 }

@@ -61,9 +61,7 @@ for_each_event_kind!(impl_event_kinds);
 impl GetEventsResponse {
     /// The event's type, `UNDEF` when the oneof is empty.
     pub fn event_type(&self) -> EventType {
-        self.event
-            .as_ref()
-            .map_or(EventType::Undef, Event::event_type)
+        self.event.as_ref().map_or(EventType::Undef, Event::event_type)
     }
 }
 
@@ -102,27 +100,19 @@ impl<'de> Deserialize<'de> for GetEventsResponse {
             }
             let field = |e: serde_json::Error| D::Error::custom(format!("field `{key}`: {e}"));
             match key.as_str() {
-                "node_name" | "nodeName" => {
-                    out.node_name = serde_json::from_value(value).map_err(field)?
-                }
+                "node_name" | "nodeName" => out.node_name = serde_json::from_value(value).map_err(field)?,
                 "time" => out.time = Some(serde_json::from_value(value).map_err(field)?),
                 "aggregation_info" | "aggregationInfo" => {
                     out.aggregation_info = Some(serde_json::from_value(value).map_err(field)?)
                 }
-                "cluster_name" | "clusterName" => {
-                    out.cluster_name = serde_json::from_value(value).map_err(field)?
-                }
-                "node_labels" | "nodeLabels" => {
-                    out.node_labels = serde_json::from_value(value).map_err(field)?
-                }
+                "cluster_name" | "clusterName" => out.cluster_name = serde_json::from_value(value).map_err(field)?,
+                "node_labels" | "nodeLabels" => out.node_labels = serde_json::from_value(value).map_err(field)?,
                 // Unknown keys are ignored, like protojson's DiscardUnknown,
                 // so newer Tetragon exports still decode.
                 other => {
                     if let Some(event) = deserialize_event(&snake_case(other), value) {
                         if out.event.is_some() {
-                            return Err(D::Error::custom(format!(
-                                "more than one event kind (`{other}`)"
-                            )));
+                            return Err(D::Error::custom(format!("more than one event kind (`{other}`)")));
                         }
                         out.event = Some(event.map_err(field)?);
                     }

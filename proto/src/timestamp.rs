@@ -20,10 +20,7 @@ pub struct Timestamp {
 impl Timestamp {
     /// From nanoseconds since the Unix epoch.
     pub fn from_unix_nanos(ns: i128) -> Self {
-        Timestamp {
-            seconds: ns.div_euclid(1_000_000_000) as i64,
-            nanos: ns.rem_euclid(1_000_000_000) as i32,
-        }
+        Timestamp { seconds: ns.div_euclid(1_000_000_000) as i64, nanos: ns.rem_euclid(1_000_000_000) as i32 }
     }
 
     /// Nanoseconds since the Unix epoch.
@@ -33,13 +30,8 @@ impl Timestamp {
 
     /// The current wall-clock time.
     pub fn now() -> Self {
-        let d = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        Timestamp {
-            seconds: d.as_secs() as i64,
-            nanos: d.subsec_nanos() as i32,
-        }
+        let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
     }
 
     fn to_datetime(self) -> Option<DateTime<Utc>> {
@@ -49,25 +41,18 @@ impl Timestamp {
     /// RFC 3339 in UTC with exactly nine fractional digits, as `tetra
     /// --timestamps` prints it.
     pub fn to_rfc3339_nanos(&self) -> String {
-        self.to_datetime()
-            .map(|t| t.to_rfc3339_opts(SecondsFormat::Nanos, true))
-            .unwrap_or_default()
+        self.to_datetime().map(|t| t.to_rfc3339_opts(SecondsFormat::Nanos, true)).unwrap_or_default()
     }
 
     /// protojson text: UTC, `Z`, 0/3/6/9 fractional digits.
     pub fn to_protojson(&self) -> String {
-        self.to_datetime()
-            .map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
-            .unwrap_or_default()
+        self.to_datetime().map(|t| t.to_rfc3339_opts(SecondsFormat::AutoSi, true)).unwrap_or_default()
     }
 
     /// Parses any RFC 3339 timestamp.
     pub fn parse_rfc3339(s: &str) -> Result<Self, chrono::ParseError> {
         let t = DateTime::parse_from_rfc3339(s)?.with_timezone(&Utc);
-        Ok(Timestamp {
-            seconds: t.timestamp(),
-            nanos: t.timestamp_subsec_nanos() as i32,
-        })
+        Ok(Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 })
     }
 }
 
@@ -75,10 +60,9 @@ impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self.to_datetime() {
             Some(t) => serializer.serialize_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
-            None => Err(serde::ser::Error::custom(format!(
-                "timestamp out of range: {}s {}ns",
-                self.seconds, self.nanos
-            ))),
+            None => {
+                Err(serde::ser::Error::custom(format!("timestamp out of range: {}s {}ns", self.seconds, self.nanos)))
+            }
         }
     }
 }
@@ -86,8 +70,7 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let s = String::deserialize(deserializer)?;
-        Timestamp::parse_rfc3339(&s)
-            .map_err(|e| D::Error::custom(format!("invalid timestamp {s:?}: {e}")))
+        Timestamp::parse_rfc3339(&s).map_err(|e| D::Error::custom(format!("invalid timestamp {s:?}: {e}")))
     }
 }
 
@@ -97,13 +80,7 @@ mod tests {
 
     #[test]
     fn protojson_uses_fewest_digit_groups() {
-        let t = |s, n| {
-            Timestamp {
-                seconds: s,
-                nanos: n,
-            }
-            .to_protojson()
-        };
+        let t = |s, n| Timestamp { seconds: s, nanos: n }.to_protojson();
         assert_eq!(t(1652273685, 615_000_000), "2022-05-11T12:54:45.615Z");
         assert_eq!(t(1652273685, 0), "2022-05-11T12:54:45Z");
         assert_eq!(t(1652273685, 615_100_000), "2022-05-11T12:54:45.615100Z");

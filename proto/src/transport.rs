@@ -19,15 +19,9 @@ pub enum AddressError {
     #[error("invalid server address {0:?}: expected host:port or unix:///path")]
     Invalid(String),
     #[error("cannot connect to {address}: {source}")]
-    Connect {
-        address: String,
-        source: tonic::transport::Error,
-    },
+    Connect { address: String, source: tonic::transport::Error },
     #[error("cannot listen on {address}: {source}")]
-    Listen {
-        address: String,
-        source: std::io::Error,
-    },
+    Listen { address: String, source: std::io::Error },
 }
 
 impl std::fmt::Display for ServerAddress {
@@ -51,9 +45,7 @@ impl std::str::FromStr for ServerAddress {
         }
         let hostport = s.strip_prefix("http://").unwrap_or(s);
         match hostport.rsplit_once(':') {
-            Some((_, port)) if port.parse::<u16>().is_ok() => {
-                Ok(ServerAddress::Tcp(hostport.to_owned()))
-            }
+            Some((_, port)) if port.parse::<u16>().is_ok() => Ok(ServerAddress::Tcp(hostport.to_owned())),
             _ => Err(AddressError::Invalid(s.to_owned())),
         }
     }
@@ -67,10 +59,7 @@ impl ServerAddress {
             ServerAddress::Tcp(a) => {
                 let host = a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h);
                 let host = host.trim_start_matches('[').trim_end_matches(']');
-                host == "localhost"
-                    || host
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
+                host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
             }
         }
     }
@@ -81,14 +70,8 @@ impl ServerAddress {
     }
 
     /// Opens a gRPC channel with endpoint settings (windows, timeouts…).
-    pub async fn connect_with(
-        &self,
-        configure: impl FnOnce(Endpoint) -> Endpoint,
-    ) -> Result<Channel, AddressError> {
-        let err = |source| AddressError::Connect {
-            address: self.to_string(),
-            source,
-        };
+    pub async fn connect_with(&self, configure: impl FnOnce(Endpoint) -> Endpoint) -> Result<Channel, AddressError> {
+        let err = |source| AddressError::Connect { address: self.to_string(), source };
         match self {
             ServerAddress::Tcp(a) => {
                 let endpoint = Endpoint::from_shared(format!("http://{a}")).map_err(err)?;
@@ -101,11 +84,7 @@ impl ServerAddress {
                 endpoint
                     .connect_with_connector(tower::service_fn(move |_: Uri| {
                         let path = path.clone();
-                        async move {
-                            tokio::net::UnixStream::connect(path)
-                                .await
-                                .map(TokioIo::new)
-                        }
+                        async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
                     }))
                     .await
                     .map_err(err)
@@ -120,26 +99,15 @@ mod tests {
 
     #[test]
     fn parses_tetra_forms() {
-        assert_eq!(
-            "localhost:54321".parse::<ServerAddress>().unwrap(),
-            ServerAddress::Tcp("localhost:54321".into())
-        );
-        assert_eq!(
-            "[::1]:54321".parse::<ServerAddress>().unwrap(),
-            ServerAddress::Tcp("[::1]:54321".into())
-        );
+        assert_eq!("localhost:54321".parse::<ServerAddress>().unwrap(), ServerAddress::Tcp("localhost:54321".into()));
+        assert_eq!("[::1]:54321".parse::<ServerAddress>().unwrap(), ServerAddress::Tcp("[::1]:54321".into()));
         assert_eq!(
             "unix:///var/run/t.sock".parse::<ServerAddress>().unwrap(),
             ServerAddress::Unix("/var/run/t.sock".into())
         );
         assert!("localhost".parse::<ServerAddress>().is_err());
         assert!("unix://".parse::<ServerAddress>().is_err());
-        assert!(
-            "localhost:54321"
-                .parse::<ServerAddress>()
-                .unwrap()
-                .is_local()
-        );
+        assert!("localhost:54321".parse::<ServerAddress>().unwrap().is_local());
         assert!("127.0.0.1:1".parse::<ServerAddress>().unwrap().is_local());
         assert!(!"10.0.0.1:1".parse::<ServerAddress>().unwrap().is_local());
     }

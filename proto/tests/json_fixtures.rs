@@ -4,16 +4,13 @@
 use proto::json::{from_json_line, to_json_line};
 
 fn shared_fixture(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/compat/fixtures")
-        .join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/compat/fixtures").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
 #[test]
 fn compact_case_json_round_trips_byte_for_byte() {
-    let cases: serde_json::Value =
-        serde_json::from_str(&shared_fixture("compact-cases.json")).unwrap();
+    let cases: serde_json::Value = serde_json::from_str(&shared_fixture("compact-cases.json")).unwrap();
     let cases = cases.as_array().unwrap();
     assert_eq!(cases.len(), 80);
     for (i, case) in cases.iter().enumerate() {
@@ -22,11 +19,7 @@ fn compact_case_json_round_trips_byte_for_byte() {
         let decoded = from_json_line(want).unwrap_or_else(|e| panic!("case {i}: {e}"));
         let got = to_json_line(&decoded);
         if got != want {
-            let at = got
-                .bytes()
-                .zip(want.bytes())
-                .position(|(a, b)| a != b)
-                .unwrap_or(got.len().min(want.len()));
+            let at = got.bytes().zip(want.bytes()).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
             panic!(
                 "case {i} differs at byte {at}:\n ours:   {}\n theirs: {}",
                 &got[at.saturating_sub(80)..(at + 80).min(got.len())],
@@ -55,7 +48,10 @@ fn vm_export_lines_round_trip() {
 
 #[test]
 fn unknown_fields_are_ignored_and_bad_json_is_an_error() {
-    let e = from_json_line(r#"{"process_exec":{"process":{"binary":"/bin/x","future_field":1}},"node_name":"n","whatever":2}"#).unwrap();
+    let e = from_json_line(
+        r#"{"process_exec":{"process":{"binary":"/bin/x","future_field":1}},"node_name":"n","whatever":2}"#,
+    )
+    .unwrap();
     assert_eq!(e.node_name, "n");
     assert!(from_json_line(r#"{"process_exec": 5}"#).is_err());
     assert!(from_json_line("not json").is_err());

@@ -12,10 +12,7 @@ const APT_PACKAGES: &[&str] = &["util-linux", "iproute2"];
 const BPF_LINKER_VERSION: &str = "^0.10";
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 fn tools_dir() -> PathBuf {
@@ -35,10 +32,7 @@ fn path_env() -> String {
 fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
     eprintln!("xtask: {shown}");
-    let status = cmd
-        .env("PATH", path_env())
-        .status()
-        .with_context(|| format!("starting {shown}"))?;
+    let status = cmd.env("PATH", path_env()).status().with_context(|| format!("starting {shown}"))?;
     if !status.success() {
         bail!("{shown} failed with {status}");
     }
@@ -46,27 +40,16 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn succeeds(cmd: &mut Command) -> bool {
-    cmd.env("PATH", path_env())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    cmd.env("PATH", path_env()).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn setup() -> Result<()> {
     // Debian packages the tests use (setpriv, ip netns, python venv).
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !dpkg_installed(p))
-        .collect();
+    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)).collect();
     if !missing.is_empty() {
         if !is_root() {
             bail!("missing Debian packages {missing:?}; run as root or install them");
@@ -81,47 +64,20 @@ fn setup() -> Result<()> {
     let has_src = Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", "nightly"])
         .output()
-        .is_ok_and(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.starts_with("rust-src"))
-        });
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.starts_with("rust-src")));
     if !has_src {
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
     // bpf-linker, into target/tools unless one is already on PATH.
     if !succeeds(Command::new("bpf-linker").arg("--version")) {
         run(Command::new("cargo")
-            .args([
-                "+nightly",
-                "install",
-                "bpf-linker",
-                "--version",
-                BPF_LINKER_VERSION,
-                "--locked",
-                "--root",
-            ])
+            .args(["+nightly", "install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--root"])
             .arg(tools_dir()))?;
     }
     // Python with grpcio, for the non-Vigil client test.
     if !succeeds(Command::new(venv_python()).args(["-c", "import grpc, grpc_tools"])) {
-        run(Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(root().join("target/venv")))?;
-        run(Command::new(venv_python()).args([
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "grpcio",
-            "grpcio-tools",
-        ]))?;
+        run(Command::new("python3").args(["-m", "venv"]).arg(root().join("target/venv")))?;
+        run(Command::new(venv_python()).args(["-m", "pip", "install", "-q", "grpcio", "grpcio-tools"]))?;
     }
     Ok(())
 }
@@ -169,14 +125,7 @@ fn run_sensor() -> Result<()> {
     if !is_root() {
         bail!("the sensor loads BPF programs: run `cargo xtask run` as root");
     }
-    run(cargo().args([
-        "build",
-        "--release",
-        "--bin",
-        "vigil-sensor",
-        "--bin",
-        "vigil",
-    ]))?;
+    run(cargo().args(["build", "--release", "--bin", "vigil-sensor", "--bin", "vigil"]))?;
     let bin = root().join("target/release");
     let socket = std::env::temp_dir().join("vigil-sensor.sock");
     let address = format!("unix://{}", socket.display());
@@ -186,8 +135,7 @@ fn run_sensor() -> Result<()> {
         .context("starting vigil-sensor")?;
     let mut ready = false;
     for _ in 0..100 {
-        if succeeds(Command::new(bin.join("vigil")).args(["--server-address", &address, "status"]))
-        {
+        if succeeds(Command::new(bin.join("vigil")).args(["--server-address", &address, "status"])) {
             ready = true;
             break;
         }
@@ -198,9 +146,8 @@ fn run_sensor() -> Result<()> {
         bail!("vigil-sensor did not become ready");
     }
     eprintln!("xtask: streaming compact events from {address}; Ctrl-C to stop");
-    let status = Command::new(bin.join("vigil"))
-        .args(["--server-address", &address, "getevents", "-o", "compact"])
-        .status();
+    let status =
+        Command::new(bin.join("vigil")).args(["--server-address", &address, "getevents", "-o", "compact"]).status();
     let _ = sensor.kill();
     let _ = sensor.wait();
     status?;
@@ -210,15 +157,7 @@ fn run_sensor() -> Result<()> {
 fn bench() -> Result<()> {
     setup()?;
     let execs = std::env::args().nth(2).unwrap_or_else(|| "5000".into());
-    run(cargo().args([
-        "bench",
-        "-p",
-        "node-sensor",
-        "--bench",
-        "exec_storm",
-        "--",
-        &execs,
-    ]))
+    run(cargo().args(["bench", "-p", "node-sensor", "--bench", "exec_storm", "--", &execs]))
 }
 
 fn main() -> Result<()> {

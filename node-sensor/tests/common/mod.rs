@@ -29,10 +29,7 @@ macro_rules! require_kernel {
     () => {
         if let Some(reason) = common::skip_reason() {
             // Under `cargo xtask test` (CI) nothing may be skipped.
-            assert!(
-                std::env::var_os("VIGIL_REQUIRE_ALL").is_none(),
-                "cannot run: {reason}"
-            );
+            assert!(std::env::var_os("VIGIL_REQUIRE_ALL").is_none(), "cannot run: {reason}");
             eprintln!("SKIP {}: {reason}", module_path!());
             return;
         }
@@ -41,9 +38,7 @@ macro_rules! require_kernel {
 
 /// A unique token for this test run, to find our own processes' events.
 pub fn nonce() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     format!("{}{:06}", std::process::id(), t.subsec_micros())
 }
 
@@ -73,12 +68,7 @@ impl Sensor {
             .stderr(log)
             .spawn()
             .expect("start vigil-sensor");
-        let sensor = Sensor {
-            child,
-            dir,
-            address: ServerAddress::Unix(socket),
-            export,
-        };
+        let sensor = Sensor { child, dir, address: ServerAddress::Unix(socket), export };
         sensor.wait_healthy().await;
         sensor
     }
@@ -91,27 +81,21 @@ impl Sensor {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let ok = match self.address.connect().await {
-                Ok(ch) => FineGuidanceSensorsClient::new(ch)
-                    .get_health(GetHealthStatusRequest::default())
-                    .await
-                    .is_ok(),
+                Ok(ch) => {
+                    FineGuidanceSensorsClient::new(ch).get_health(GetHealthStatusRequest::default()).await.is_ok()
+                }
                 Err(_) => false,
             };
             if ok {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "sensor did not become healthy; log:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "sensor did not become healthy; log:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     pub async fn client(&self) -> FineGuidanceSensorsClient<Channel> {
-        FineGuidanceSensorsClient::new(self.address.connect().await.unwrap())
-            .max_decoding_message_size(64 << 20)
+        FineGuidanceSensorsClient::new(self.address.connect().await.unwrap()).max_decoding_message_size(64 << 20)
     }
 }
 
@@ -140,47 +124,26 @@ pub struct Collector {
 
 impl Collector {
     pub async fn subscribe(sensor: &Sensor, req: GetEventsRequest) -> Collector {
-        let stream = sensor
-            .client()
-            .await
-            .get_events(req)
-            .await
-            .unwrap()
-            .into_inner();
-        Collector {
-            stream,
-            events: Vec::new(),
-        }
+        Self::subscribe_on(sensor.address.connect().await.unwrap(), req).await
     }
 
     /// A client whose HTTP/2 windows are small, so that not reading
     /// quickly backs up to the sensor instead of into client buffers.
     pub async fn subscribe_slow(sensor: &Sensor, req: GetEventsRequest) -> Collector {
-        let channel = sensor
-            .address
-            .connect_with(|e| {
-                e.initial_stream_window_size(16 * 1024)
-                    .initial_connection_window_size(16 * 1024)
-            })
-            .await
-            .unwrap();
-        let stream = FineGuidanceSensorsClient::new(channel)
-            .get_events(req)
-            .await
-            .unwrap()
-            .into_inner();
-        Collector {
-            stream,
-            events: Vec::new(),
-        }
+        let small = |e: tonic::transport::Endpoint| {
+            e.initial_stream_window_size(16 * 1024).initial_connection_window_size(16 * 1024)
+        };
+        Self::subscribe_on(sensor.address.connect_with(small).await.unwrap(), req).await
+    }
+
+    async fn subscribe_on(channel: Channel, req: GetEventsRequest) -> Collector {
+        let mut client = FineGuidanceSensorsClient::new(channel).max_decoding_message_size(64 << 20);
+        let stream = client.get_events(req).await.unwrap().into_inner();
+        Collector { stream, events: Vec::new() }
     }
 
     /// Reads until `done` holds over everything received, or the timeout.
-    pub async fn until(
-        &mut self,
-        timeout: Duration,
-        done: impl Fn(&[GetEventsResponse]) -> bool,
-    ) -> bool {
+    pub async fn until(&mut self, timeout: Duration, done: impl Fn(&[GetEventsResponse]) -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         while !done(&self.events) {
             match tokio::time::timeout_at(deadline, self.stream.message()).await {
@@ -208,6 +171,19 @@ pub fn exit_of(e: &GetEventsResponse) -> Option<(&Process, u32, &str)> {
 
 pub fn parent_of(e: &GetEventsResponse) -> Option<&Process> {
     events::subject::parent(e)
+}
+
+/// Events delivered (not loss notices) and the total loss they reported.
+pub fn delivered_and_lost(events: &[GetEventsResponse]) -> (u64, u64) {
+    let mut delivered = 0;
+    let mut lost = 0;
+    for e in events {
+        match &e.event {
+            Some(Event::RateLimitInfo(r)) => lost += r.number_of_dropped_process_events,
+            _ => delivered += 1,
+        }
+    }
+    (delivered, lost)
 }
 
 pub fn pid(p: &Process) -> u32 {
