@@ -78,6 +78,16 @@ pub struct GetEventsArgs {
     /// Fields to drop, comma separated.
     #[arg(short = 'F', long = "exclude-fields")]
     pub exclude_fields: Vec<String>,
+    /// Only processes with these capabilities effective (any of them;
+    /// repeatable or comma separated), e.g. CAP_SYS_ADMIN. Needs a sensor
+    /// started with --enable-process-cred.
+    #[arg(long = "cap", value_delimiter = ',')]
+    pub caps: Vec<String>,
+    /// Only processes in the host's namespace of any of these kinds
+    /// (net, pid, ipc, uts, mnt, user, cgroup, time, …; comma separated).
+    /// Needs a sensor started with --enable-process-ns.
+    #[arg(long = "host-ns", value_delimiter = ',')]
+    pub host_ns: Vec<String>,
     /// Prefix compact lines with the event time.
     #[arg(long)]
     pub timestamps: bool,

@@ -1,7 +1,9 @@
 //! `getevents` flags to a `GetEventsRequest`, as `tetra` builds it: one
 //! allow filter whose set fields must all match.
 
-use proto::tetragon::{EventType, FieldFilter, FieldFilterAction, Filter, GetEventsRequest};
+use proto::tetragon::{
+    CapFilter, CapFilterSet, CapabilitiesType, EventType, FieldFilter, FieldFilterAction, Filter, GetEventsRequest,
+};
 use proto::wkt::FieldMask;
 
 use crate::args::GetEventsArgs;
@@ -12,6 +14,19 @@ pub enum RequestError {
     SeveralEventTypes,
     #[error("invalid argument for -e: unknown event type {0:?}")]
     UnknownEventType(String),
+    #[error("invalid argument for --cap: unknown capability {0:?}")]
+    UnknownCapability(String),
+    #[error("invalid argument for --host-ns: unknown namespace {0:?} (expected one of {names})", names = events::filter::NAMESPACE_NAMES.join(", "))]
+    UnknownNamespace(String),
+}
+
+/// `CAP_SYS_ADMIN`, `cap_sys_admin` or `SYS_ADMIN`, as `CapabilitiesType`.
+fn capability(name: &str) -> Result<CapabilitiesType, RequestError> {
+    let upper = name.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    // The schema spells capability 1 without the prefix.
+    let canonical = if bare == "DAC_OVERRIDE" { bare.to_owned() } else { format!("CAP_{bare}") };
+    CapabilitiesType::from_str_name(&canonical).ok_or_else(|| RequestError::UnknownCapability(name.to_owned()))
 }
 
 fn event_type(name: &str) -> Result<EventType, RequestError> {
@@ -33,6 +48,10 @@ fn mask(action: FieldFilterAction, fields: &[String]) -> Option<FieldFilter> {
 /// Builds the request the flags describe.
 pub fn build(args: &GetEventsArgs) -> Result<GetEventsRequest, RequestError> {
     let event_set = args.event_types.iter().map(|e| event_type(e).map(|t| t as i32)).collect::<Result<Vec<_>, _>>()?;
+    let caps = args.caps.iter().map(|c| capability(c).map(|c| c as i32)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(bad) = args.host_ns.iter().find(|n| !events::filter::NAMESPACE_NAMES.contains(&n.as_str())) {
+        return Err(RequestError::UnknownNamespace(bad.clone()));
+    }
     let filter = Filter {
         binary_regex: args.processes.clone(),
         namespace: if args.host { vec![String::new()] } else { args.namespaces.clone() },
@@ -40,6 +59,11 @@ pub fn build(args: &GetEventsArgs) -> Result<GetEventsRequest, RequestError> {
         pod_regex: args.pods.clone(),
         event_set,
         policy_names: args.policy_names.clone(),
+        capabilities: (!caps.is_empty()).then(|| CapFilter {
+            effective: Some(CapFilterSet { any: caps, ..Default::default() }),
+            ..Default::default()
+        }),
+        host_namespaces: args.host_ns.clone(),
         ..Default::default()
     };
     let allow_list = if filter == Filter::default() { vec![] } else { vec![filter] };
@@ -51,4 +75,43 @@ pub fn build(args: &GetEventsArgs) -> Result<GetEventsRequest, RequestError> {
     .flatten()
     .collect();
     Ok(GetEventsRequest { allow_list, deny_list: vec![], aggregation_options: None, field_filters })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn build_from(flags: &[&str]) -> Result<GetEventsRequest, RequestError> {
+        let argv = ["vigil", "getevents"].into_iter().chain(flags.iter().copied());
+        let crate::args::Command::GetEvents(args) = crate::args::Cli::try_parse_from(argv).unwrap().command else {
+            panic!("not getevents")
+        };
+        build(&args)
+    }
+
+    #[test]
+    fn privilege_questions_are_one_flag_each() {
+        let r = build_from(&["--cap", "CAP_SYS_ADMIN,net_raw", "--cap", "DAC_OVERRIDE"]).unwrap();
+        let any = &r.allow_list[0].capabilities.as_ref().unwrap().effective.as_ref().unwrap().any;
+        assert_eq!(
+            any,
+            &vec![
+                CapabilitiesType::CapSysAdmin as i32,
+                CapabilitiesType::CapNetRaw as i32,
+                CapabilitiesType::DacOverride as i32
+            ]
+        );
+        let r = build_from(&["--host-ns", "net,pid"]).unwrap();
+        assert_eq!(r.allow_list[0].host_namespaces, vec!["net", "pid"]);
+    }
+
+    #[test]
+    fn unknown_names_are_named() {
+        assert_eq!(build_from(&["--cap", "CAP_FLY"]).unwrap_err(), RequestError::UnknownCapability("CAP_FLY".into()));
+        assert_eq!(
+            build_from(&["--host-ns", "network"]).unwrap_err(),
+            RequestError::UnknownNamespace("network".into())
+        );
+    }
 }

@@ -15,6 +15,29 @@ use regex::Regex;
 use crate::labels::LabelSelector;
 use crate::subject;
 
+/// Namespace kinds `host_namespaces` accepts, as `Namespaces` names them.
+pub const NAMESPACE_NAMES: [&str; 10] =
+    ["uts", "ipc", "mnt", "pid", "pid_for_children", "net", "time", "time_for_children", "cgroup", "user"];
+
+/// Whether the process's namespace of this kind is the host's.
+fn in_host_namespace(process: &Process, kind: &str) -> bool {
+    let Some(ns) = process.ns.as_ref() else { return false };
+    let n = match kind {
+        "uts" => ns.uts,
+        "ipc" => ns.ipc,
+        "mnt" => ns.mnt,
+        "pid" => ns.pid,
+        "pid_for_children" => ns.pid_for_children,
+        "net" => ns.net,
+        "time" => ns.time,
+        "time_for_children" => ns.time_for_children,
+        "cgroup" => ns.cgroup,
+        "user" => ns.user,
+        _ => None,
+    };
+    n.is_some_and(|n| n.is_host)
+}
+
 /// Most pids a `pid_set` filter follows (the given pids plus descendants
 /// seen being exec'd); past it, new children are not added.
 const PID_SET_LIMIT: usize = 65_536;
@@ -32,6 +55,8 @@ pub enum FilterError {
     Capability { set: &'static str, value: i32 },
     #[error("{0} is not supported by Vigil")]
     Unsupported(&'static str),
+    #[error("unknown namespace {0:?} in host_namespaces (expected one of {names})", names = NAMESPACE_NAMES.join(", "))]
+    Namespace(String),
 }
 
 fn regexes(field: &'static str, values: &[String]) -> Result<Vec<Regex>, FilterError> {
@@ -122,6 +147,7 @@ struct Compiled {
     container_name: Vec<Regex>,
     namespace_regex: Vec<Regex>,
     node_name: Vec<String>,
+    host_namespaces: Vec<String>,
 }
 
 fn pod_namespace(p: Option<&Process>) -> &str {
@@ -165,6 +191,17 @@ impl Compiled {
             container_name: regexes("container_name_regex", &f.container_name_regex)?,
             namespace_regex: regexes("namespace_regex", &f.namespace_regex)?,
             node_name: f.node_name.clone(),
+            host_namespaces: f
+                .host_namespaces
+                .iter()
+                .map(|n| {
+                    if NAMESPACE_NAMES.contains(&n.as_str()) {
+                        Ok(n.clone())
+                    } else {
+                        Err(FilterError::Namespace(n.clone()))
+                    }
+                })
+                .collect::<Result<_, _>>()?,
         })
     }
 
@@ -218,6 +255,8 @@ impl Compiled {
             && (self.container_name.is_empty() || container.is_some_and(|c| any_match(&self.container_name, &c.name)))
             && (self.namespace_regex.is_empty() || pod.is_some_and(|p| any_match(&self.namespace_regex, &p.namespace)))
             && (self.node_name.is_empty() || self.node_name.contains(&event.node_name))
+            && (self.host_namespaces.is_empty()
+                || process.is_some_and(|p| self.host_namespaces.iter().any(|k| in_host_namespace(p, k))))
             // Last: it records descendants, so only events that pass the
             // other fields may grow the set.
             && self.pid_set_matches(event, process)
@@ -310,6 +349,34 @@ mod tests {
         assert!(f.matches(&exec("/bin/b", None, 200, 100)));
         assert!(f.matches(&exec("/bin/c", None, 300, 200)), "grandchild via the recorded child");
         assert!(!f.matches(&exec("/bin/d", None, 400, 1)));
+    }
+
+    #[test]
+    fn host_namespaces_match_any_listed_kind() {
+        use proto::tetragon::{Namespace, Namespaces};
+        let with_ns = |net_host: bool, pid_host: bool| {
+            let mut ev = exec("/bin/a", None, 1, 0);
+            if let Some(Event::ProcessExec(e)) = &mut ev.event {
+                e.process.as_mut().unwrap().ns = Some(Namespaces {
+                    net: Some(Namespace { inum: 1, is_host: net_host }),
+                    pid: Some(Namespace { inum: 2, is_host: pid_host }),
+                    ..Default::default()
+                });
+            }
+            ev
+        };
+        let f = EventFilter::new(
+            &[Filter { host_namespaces: vec!["net".into(), "pid".into()], ..Default::default() }],
+            &[],
+        )
+        .unwrap();
+        assert!(f.matches(&with_ns(true, false)));
+        assert!(f.matches(&with_ns(false, true)));
+        assert!(!f.matches(&with_ns(false, false)));
+        assert!(!f.matches(&exec("/bin/no-ns-info", None, 1, 0)));
+        let e = EventFilter::new(&[Filter { host_namespaces: vec!["network".into()], ..Default::default() }], &[])
+            .unwrap_err();
+        assert!(e.to_string().starts_with("unknown namespace \"network\" in host_namespaces"), "{e}");
     }
 
     #[test]

@@ -33,6 +33,64 @@ pub const FLAG_ERROR_CWD: u32 = 1 << 4;
 pub const FLAG_TRUNC_CWD: u32 = 1 << 5;
 pub const FLAG_ERROR_CGROUP: u32 = 1 << 6;
 pub const FLAG_NO_AUID: u32 = 1 << 7;
+/// `creds` holds credentials (collection enabled and read succeeded).
+pub const FLAG_HAS_CREDS: u32 = 1 << 8;
+/// `namespaces` holds namespace inodes.
+pub const FLAG_HAS_NS: u32 = 1 << 9;
+/// `file` holds the executed file's inode.
+pub const FLAG_HAS_FILE: u32 = 1 << 10;
+
+/// Indexes into `NsInfo::inum`, in Tetragon's `Namespaces` field order.
+pub const NS_UTS: usize = 0;
+pub const NS_IPC: usize = 1;
+pub const NS_MNT: usize = 2;
+pub const NS_PID: usize = 3;
+pub const NS_PID_FOR_CHILDREN: usize = 4;
+pub const NS_NET: usize = 5;
+pub const NS_TIME: usize = 6;
+pub const NS_TIME_FOR_CHILDREN: usize = 7;
+pub const NS_CGROUP: usize = 8;
+pub const NS_USER: usize = 9;
+pub const NS_COUNT: usize = 10;
+
+/// Credentials beyond uid/gid/euid/egid (`--enable-process-cred`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CredInfo {
+    pub suid: u32,
+    pub sgid: u32,
+    pub fsuid: u32,
+    pub fsgid: u32,
+    pub securebits: u32,
+    pub user_ns_level: i32,
+    pub user_ns_owner: u32,
+    pub user_ns_group: u32,
+    pub user_ns_inum: u32,
+    pub _pad: u32,
+    /// `kernel_cap_t` sets as 64-bit masks (bit n = capability n).
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_inheritable: u64,
+    pub cap_ambient: u64,
+}
+
+/// Namespace inode numbers (`--enable-process-ns`); 0 = not available.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NsInfo {
+    pub inum: [u32; NS_COUNT],
+}
+
+/// The executed file (`bprm->file->f_inode`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileInfo {
+    pub ino: u64,
+    pub nlink: u32,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
 
 /// Indexes of the per-CPU `COUNTERS` map.
 pub const COUNTER_RINGBUF_FULL: u32 = 0;
@@ -80,6 +138,9 @@ pub struct ExecRecord {
     /// 1 when the walk reached the process root at once (cwd is `/`).
     pub cwd_is_root: u32,
     pub _pad: u32,
+    pub creds: CredInfo,
+    pub namespaces: NsInfo,
+    pub file: FileInfo,
     pub filename: [u8; FILENAME_SIZE],
     pub args: [u8; ARGS_SIZE],
     pub cwd: [u8; CWD_SIZE + NAME_READ],
@@ -152,17 +213,83 @@ pub struct KernelOffsets {
     pub binprm_filename: u32,
     /// 1 when `task_loginuid` is valid (CONFIG_AUDITSYSCALL).
     pub has_loginuid: u32,
-    pub _pad: u32,
+    /// Feature switches: collect credentials / namespaces.
+    pub collect_creds: u32,
+    pub collect_ns: u32,
+    /// 1 when the kernel has time namespaces (5.6+).
+    pub has_time_ns: u32,
+    pub cred_suid: u32,
+    pub cred_sgid: u32,
+    pub cred_fsuid: u32,
+    pub cred_fsgid: u32,
+    pub cred_securebits: u32,
+    pub cred_cap_inheritable: u32,
+    pub cred_cap_permitted: u32,
+    pub cred_cap_effective: u32,
+    pub cred_cap_ambient: u32,
+    pub cred_user_ns: u32,
+    pub user_ns_level: u32,
+    pub user_ns_owner: u32,
+    pub user_ns_group: u32,
+    pub user_ns_inum: u32,
+    pub task_nsproxy: u32,
+    pub task_thread_pid: u32,
+    pub nsproxy_uts: u32,
+    pub nsproxy_ipc: u32,
+    pub nsproxy_mnt: u32,
+    pub nsproxy_pid_for_children: u32,
+    pub nsproxy_net: u32,
+    pub nsproxy_time: u32,
+    pub nsproxy_time_for_children: u32,
+    pub nsproxy_cgroup: u32,
+    pub uts_inum: u32,
+    pub ipc_inum: u32,
+    pub mnt_inum: u32,
+    pub pid_ns_inum: u32,
+    pub net_inum: u32,
+    pub time_inum: u32,
+    pub cgroup_ns_inum: u32,
+    pub pid_level: u32,
+    pub pid_numbers: u32,
+    pub upid_size: u32,
+    pub upid_ns: u32,
+    pub binprm_file: u32,
+    pub file_inode: u32,
+    pub inode_mode: u32,
+    pub inode_uid: u32,
+    pub inode_gid: u32,
+    pub inode_ino: u32,
+    pub inode_nlink: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<ExitRecord>() == 40);
 const _: () = assert!(core::mem::size_of::<CloneRecord>() == 40);
+const _: () = assert!(core::mem::size_of::<CredInfo>() == 10 * 4 + 4 * 8);
+const _: () = assert!(core::mem::size_of::<NsInfo>() == NS_COUNT * 4);
+const _: () = assert!(core::mem::size_of::<FileInfo>() == 8 + 4 * 4);
 const _: () = assert!(
     core::mem::size_of::<ExecRecord>()
-        == 16 + 8 * 4 + 3 * 8 + 6 * 4 + FILENAME_SIZE + ARGS_SIZE + CWD_SIZE + NAME_READ + CGROUP_NAME_SIZE
+        == 16
+            + 8 * 4
+            + 3 * 8
+            + 6 * 4
+            + core::mem::size_of::<CredInfo>()
+            + core::mem::size_of::<NsInfo>()
+            + core::mem::size_of::<FileInfo>()
+            + FILENAME_SIZE
+            + ARGS_SIZE
+            + CWD_SIZE
+            + NAME_READ
+            + CGROUP_NAME_SIZE
 );
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 36 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80 * 4);
+
+impl KernelOffsets {
+    /// All zero: the placeholder the kernel object is built with.
+    // SAFETY: every field is a u32, for which zero is valid.
+    pub const ZERO: KernelOffsets = unsafe { core::mem::zeroed() };
+}
 
 #[cfg(feature = "user")]
 mod pod {

@@ -31,51 +31,20 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
 
 #[unsafe(no_mangle)]
-static OFFSETS: KernelOffsets = KernelOffsets {
-    task_pid: 0,
-    task_tgid: 0,
-    task_real_parent: 0,
-    task_start_boottime: 0,
-    task_real_cred: 0,
-    task_loginuid: 0,
-    task_mm: 0,
-    task_fs: 0,
-    task_cgroups: 0,
-    task_signal: 0,
-    task_exit_code: 0,
-    signal_live: 0,
-    cred_uid: 0,
-    cred_gid: 0,
-    cred_euid: 0,
-    cred_egid: 0,
-    mm_arg_start: 0,
-    mm_arg_end: 0,
-    fs_root: 0,
-    fs_pwd: 0,
-    path_mnt: 0,
-    path_dentry: 0,
-    dentry_parent: 0,
-    dentry_name: 0,
-    qstr_name: 0,
-    vfsmount_root: 0,
-    mount_parent: 0,
-    mount_mountpoint: 0,
-    mount_mnt: 0,
-    css_set_dfl_cgrp: 0,
-    cgroup_kn: 0,
-    kernfs_node_name: 0,
-    kernfs_node_id: 0,
-    binprm_filename: 0,
-    has_loginuid: 0,
-    _pad: 0,
-};
+static OFFSETS: KernelOffsets = KernelOffsets::ZERO;
 
-/// The offsets, read through a volatile load so the compiler cannot fold
-/// the zero initialiser into the code.
-#[inline(always)]
-fn offsets() -> KernelOffsets {
-    // SAFETY: OFFSETS is a plain static of integers.
-    unsafe { core::ptr::read_volatile(&OFFSETS) }
+/// One field of the offsets, read through a volatile load so the compiler
+/// cannot fold the all-zero initialiser into the code (the loader
+/// overwrites the global before load).
+macro_rules! off {
+    ($field:ident) => {{
+        // `allow`, not `expect`: the block is redundant only where the macro
+        // is used inside another unsafe block.
+        #[allow(unused_unsafe)]
+        // SAFETY: OFFSETS is a plain static of integers.
+        let value = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(OFFSETS.$field)) };
+        value
+    }};
 }
 
 #[inline(always)]
@@ -117,7 +86,6 @@ pub fn vigil_exec(ctx: RawTracePointContext) -> i32 {
 }
 
 fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let o = offsets();
     let task: *const u8 = ctx.arg::<*const c_void>(0) as *const u8;
     let bprm: *const u8 = ctx.arg::<*const c_void>(2) as *const u8;
     count(COUNTER_EXECS);
@@ -134,30 +102,40 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         let mut flags = 0u32;
         (*rec).header.kind = KIND_EXEC;
         (*rec).header.ktime = bpf_ktime_get_boot_ns();
-        (*rec).pid = field::<u32>(task, o.task_tgid).unwrap_or(0);
-        (*rec).tid = field::<u32>(task, o.task_pid).unwrap_or(0);
-        (*rec).start_boottime = field::<u64>(task, o.task_start_boottime).unwrap_or(0);
-        match ptr_field(task, o.task_real_parent) {
+        (*rec).pid = field::<u32>(task, off!(task_tgid)).unwrap_or(0);
+        (*rec).tid = field::<u32>(task, off!(task_pid)).unwrap_or(0);
+        (*rec).start_boottime = field::<u64>(task, off!(task_start_boottime)).unwrap_or(0);
+        match ptr_field(task, off!(task_real_parent)) {
             Ok(parent) => {
-                (*rec).ppid = field::<u32>(parent, o.task_tgid).unwrap_or(0);
-                (*rec).parent_start_boottime = field::<u64>(parent, o.task_start_boottime).unwrap_or(0);
+                (*rec).ppid = field::<u32>(parent, off!(task_tgid)).unwrap_or(0);
+                (*rec).parent_start_boottime = field::<u64>(parent, off!(task_start_boottime)).unwrap_or(0);
             }
             Err(_) => {
                 (*rec).ppid = 0;
                 (*rec).parent_start_boottime = 0;
             }
         }
-        read_creds(task, &o, rec);
-        if o.has_loginuid != 0 {
-            (*rec).auid = field::<u32>(task, o.task_loginuid).unwrap_or(u32::MAX);
+        read_creds(task, rec);
+        if off!(has_loginuid) != 0 {
+            (*rec).auid = field::<u32>(task, off!(task_loginuid)).unwrap_or(u32::MAX);
         } else {
             (*rec).auid = u32::MAX;
             flags |= FLAG_NO_AUID;
         }
-        flags |= read_filename(bprm, &o, rec);
-        flags |= read_args(task, &o, rec);
-        flags |= read_cwd(task, &o, rec);
-        flags |= read_cgroup(task, &o, rec);
+        (*rec).creds = CredInfo::default();
+        (*rec).namespaces = NsInfo::default();
+        (*rec).file = FileInfo::default();
+        if off!(collect_creds) != 0 {
+            flags |= read_cred_ext(task, rec);
+            flags |= read_file_info(bprm, rec);
+        }
+        if off!(collect_ns) != 0 {
+            flags |= read_namespaces(task, rec);
+        }
+        flags |= read_filename(bprm, rec);
+        flags |= read_args(task, rec);
+        flags |= read_cwd(task, rec);
+        flags |= read_cgroup(task, rec);
         (*rec)._pad = 0;
         (*rec).header.flags = flags;
     }
@@ -166,14 +144,14 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
 }
 
 #[inline(always)]
-unsafe fn read_creds(task: *const u8, o: &KernelOffsets, rec: *mut ExecRecord) {
+unsafe fn read_creds(task: *const u8, rec: *mut ExecRecord) {
     unsafe {
-        match ptr_field(task, o.task_real_cred) {
+        match ptr_field(task, off!(task_real_cred)) {
             Ok(cred) => {
-                (*rec).uid = field::<u32>(cred, o.cred_uid).unwrap_or(u32::MAX);
-                (*rec).gid = field::<u32>(cred, o.cred_gid).unwrap_or(u32::MAX);
-                (*rec).euid = field::<u32>(cred, o.cred_euid).unwrap_or(u32::MAX);
-                (*rec).egid = field::<u32>(cred, o.cred_egid).unwrap_or(u32::MAX);
+                (*rec).uid = field::<u32>(cred, off!(cred_uid)).unwrap_or(u32::MAX);
+                (*rec).gid = field::<u32>(cred, off!(cred_gid)).unwrap_or(u32::MAX);
+                (*rec).euid = field::<u32>(cred, off!(cred_euid)).unwrap_or(u32::MAX);
+                (*rec).egid = field::<u32>(cred, off!(cred_egid)).unwrap_or(u32::MAX);
             }
             Err(_) => {
                 count(COUNTER_READ_ERRORS);
@@ -186,11 +164,105 @@ unsafe fn read_creds(task: *const u8, o: &KernelOffsets, rec: *mut ExecRecord) {
     }
 }
 
+/// Credentials beyond the ids every event has, and the user namespace.
 #[inline(always)]
-unsafe fn read_filename(bprm: *const u8, o: &KernelOffsets, rec: *mut ExecRecord) -> u32 {
+unsafe fn read_cred_ext(task: *const u8, rec: *mut ExecRecord) -> u32 {
+    unsafe {
+        let Ok(cred) = ptr_field(task, off!(task_real_cred)) else {
+            return 0;
+        };
+        let c = &mut (*rec).creds;
+        c.suid = field(cred, off!(cred_suid)).unwrap_or(u32::MAX);
+        c.sgid = field(cred, off!(cred_sgid)).unwrap_or(u32::MAX);
+        c.fsuid = field(cred, off!(cred_fsuid)).unwrap_or(u32::MAX);
+        c.fsgid = field(cred, off!(cred_fsgid)).unwrap_or(u32::MAX);
+        c.securebits = field(cred, off!(cred_securebits)).unwrap_or(0);
+        c.cap_permitted = field(cred, off!(cred_cap_permitted)).unwrap_or(0);
+        c.cap_effective = field(cred, off!(cred_cap_effective)).unwrap_or(0);
+        c.cap_inheritable = field(cred, off!(cred_cap_inheritable)).unwrap_or(0);
+        c.cap_ambient = field(cred, off!(cred_cap_ambient)).unwrap_or(0);
+        if let Ok(user_ns) = ptr_field(cred, off!(cred_user_ns)) {
+            c.user_ns_level = field(user_ns, off!(user_ns_level)).unwrap_or(-1);
+            c.user_ns_owner = field(user_ns, off!(user_ns_owner)).unwrap_or(u32::MAX);
+            c.user_ns_group = field(user_ns, off!(user_ns_group)).unwrap_or(u32::MAX);
+            c.user_ns_inum = field(user_ns, off!(user_ns_inum)).unwrap_or(0);
+            (*rec).namespaces.inum[NS_USER] = c.user_ns_inum;
+        }
+        FLAG_HAS_CREDS
+    }
+}
+
+/// The executed file's inode: number, links, mode and owner, for setuid,
+/// setgid and deleted-binary detection.
+#[inline(always)]
+unsafe fn read_file_info(bprm: *const u8, rec: *mut ExecRecord) -> u32 {
+    unsafe {
+        let Ok(file) = ptr_field(bprm, off!(binprm_file)) else {
+            return 0;
+        };
+        let Ok(inode) = ptr_field(file, off!(file_inode)) else {
+            return 0;
+        };
+        let f = &mut (*rec).file;
+        f.ino = field(inode, off!(inode_ino)).unwrap_or(0);
+        f.nlink = field(inode, off!(inode_nlink)).unwrap_or(0);
+        f.mode = u32::from(field::<u16>(inode, off!(inode_mode)).unwrap_or(0));
+        f.uid = field(inode, off!(inode_uid)).unwrap_or(u32::MAX);
+        f.gid = field(inode, off!(inode_gid)).unwrap_or(u32::MAX);
+        FLAG_HAS_FILE
+    }
+}
+
+#[inline(always)]
+unsafe fn ns_inum(nsproxy: *const u8, slot: u32, inum_off: u32) -> u32 {
+    unsafe {
+        match ptr_field(nsproxy, slot) {
+            Ok(ns) => field(ns, inum_off).unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+}
+
+/// Namespace inode numbers from `task->nsproxy` and the task's pid.
+#[inline(always)]
+unsafe fn read_namespaces(task: *const u8, rec: *mut ExecRecord) -> u32 {
+    unsafe {
+        let Ok(nsproxy) = ptr_field(task, off!(task_nsproxy)) else {
+            return 0;
+        };
+        let n = &mut (*rec).namespaces.inum;
+        n[NS_UTS] = ns_inum(nsproxy, off!(nsproxy_uts), off!(uts_inum));
+        n[NS_IPC] = ns_inum(nsproxy, off!(nsproxy_ipc), off!(ipc_inum));
+        n[NS_MNT] = ns_inum(nsproxy, off!(nsproxy_mnt), off!(mnt_inum));
+        n[NS_PID_FOR_CHILDREN] = ns_inum(nsproxy, off!(nsproxy_pid_for_children), off!(pid_ns_inum));
+        n[NS_NET] = ns_inum(nsproxy, off!(nsproxy_net), off!(net_inum));
+        n[NS_CGROUP] = ns_inum(nsproxy, off!(nsproxy_cgroup), off!(cgroup_ns_inum));
+        if off!(has_time_ns) != 0 {
+            n[NS_TIME] = ns_inum(nsproxy, off!(nsproxy_time), off!(time_inum));
+            n[NS_TIME_FOR_CHILDREN] = ns_inum(nsproxy, off!(nsproxy_time_for_children), off!(time_inum));
+        }
+        // The task's own pid namespace: thread_pid->numbers[level].ns.
+        if let Ok(pid) = ptr_field(task, off!(task_thread_pid)) {
+            let level: u32 = field(pid, off!(pid_level)).unwrap_or(0);
+            // Nesting is at most 32 levels; keep the index bounded.
+            let level = level & 31;
+            let upid = off!(pid_numbers) + level * off!(upid_size) + off!(upid_ns);
+            n[NS_PID] = ns_inum(pid, upid, off!(pid_ns_inum));
+        }
+        if n[NS_USER] == 0 {
+            if let Ok(cred) = ptr_field(task, off!(task_real_cred)) {
+                n[NS_USER] = ns_inum(cred, off!(cred_user_ns), off!(user_ns_inum));
+            }
+        }
+        FLAG_HAS_NS
+    }
+}
+
+#[inline(always)]
+unsafe fn read_filename(bprm: *const u8, rec: *mut ExecRecord) -> u32 {
     unsafe {
         (*rec).filename_len = 0;
-        let Ok(name) = ptr_field(bprm, o.binprm_filename) else {
+        let Ok(name) = ptr_field(bprm, off!(binprm_filename)) else {
             count(COUNTER_READ_ERRORS);
             return FLAG_ERROR_FILENAME;
         };
@@ -206,13 +278,13 @@ unsafe fn read_filename(bprm: *const u8, o: &KernelOffsets, rec: *mut ExecRecord
 }
 
 #[inline(always)]
-unsafe fn read_args(task: *const u8, o: &KernelOffsets, rec: *mut ExecRecord) -> u32 {
+unsafe fn read_args(task: *const u8, rec: *mut ExecRecord) -> u32 {
     unsafe {
         (*rec).args_len = 0;
-        let Ok(mm) = ptr_field(task, o.task_mm) else {
+        let Ok(mm) = ptr_field(task, off!(task_mm)) else {
             return FLAG_ERROR_ARGS;
         };
-        let (Ok(start), Ok(end)) = (field::<u64>(mm, o.mm_arg_start), field::<u64>(mm, o.mm_arg_end)) else {
+        let (Ok(start), Ok(end)) = (field::<u64>(mm, off!(mm_arg_start)), field::<u64>(mm, off!(mm_arg_end))) else {
             count(COUNTER_READ_ERRORS);
             return FLAG_ERROR_ARGS;
         };
@@ -240,24 +312,27 @@ unsafe fn read_args(task: *const u8, o: &KernelOffsets, rec: *mut ExecRecord) ->
 /// storing each component leaf-first and NUL-terminated; user space
 /// reverses them into a path.
 #[inline(always)]
-unsafe fn read_cwd(task: *const u8, o: &KernelOffsets, rec: *mut ExecRecord) -> u32 {
+unsafe fn read_cwd(task: *const u8, rec: *mut ExecRecord) -> u32 {
     unsafe {
         (*rec).cwd_len = 0;
         (*rec).cwd_is_root = 0;
-        let Ok(fs) = ptr_field(task, o.task_fs) else {
+        let Ok(fs) = ptr_field(task, off!(task_fs)) else {
             return FLAG_ERROR_CWD;
         };
-        let fs_root = fs.wrapping_add(o.fs_root as usize);
-        let fs_pwd = fs.wrapping_add(o.fs_pwd as usize);
-        let (Ok(root_mnt), Ok(root_dentry)) = (ptr_field(fs_root, o.path_mnt), ptr_field(fs_root, o.path_dentry))
+        let fs_root = fs.wrapping_add(off!(fs_root) as usize);
+        let fs_pwd = fs.wrapping_add(off!(fs_pwd) as usize);
+        let (Ok(root_mnt), Ok(root_dentry)) =
+            (ptr_field(fs_root, off!(path_mnt)), ptr_field(fs_root, off!(path_dentry)))
         else {
             return FLAG_ERROR_CWD;
         };
-        let (Ok(mut vfsmnt), Ok(mut dentry)) = (ptr_field(fs_pwd, o.path_mnt), ptr_field(fs_pwd, o.path_dentry)) else {
+        let (Ok(mut vfsmnt), Ok(mut dentry)) =
+            (ptr_field(fs_pwd, off!(path_mnt)), ptr_field(fs_pwd, off!(path_dentry)))
+        else {
             return FLAG_ERROR_CWD;
         };
         // `struct mount` embeds the vfsmount at `mount_mnt`.
-        let mut mnt = vfsmnt.wrapping_sub(o.mount_mnt as usize);
+        let mut mnt = vfsmnt.wrapping_sub(off!(mount_mnt) as usize);
         let mut off: u32 = 0;
         let base = (*rec).cwd.as_mut_ptr();
         for _ in 0..CWD_MAX_DEPTH {
@@ -266,14 +341,14 @@ unsafe fn read_cwd(task: *const u8, o: &KernelOffsets, rec: *mut ExecRecord) -> 
                 (*rec).cwd_is_root = (off == 0) as u32;
                 return 0;
             }
-            let Ok(mnt_root) = ptr_field(vfsmnt, o.vfsmount_root) else {
+            let Ok(mnt_root) = ptr_field(vfsmnt, off!(vfsmount_root)) else {
                 return FLAG_ERROR_CWD;
             };
-            let Ok(parent) = ptr_field(dentry, o.dentry_parent) else {
+            let Ok(parent) = ptr_field(dentry, off!(dentry_parent)) else {
                 return FLAG_ERROR_CWD;
             };
             if dentry == mnt_root || dentry == parent {
-                let Ok(mnt_parent) = ptr_field(mnt, o.mount_parent) else {
+                let Ok(mnt_parent) = ptr_field(mnt, off!(mount_parent)) else {
                     return FLAG_ERROR_CWD;
                 };
                 if mnt_parent == mnt {
@@ -282,15 +357,15 @@ unsafe fn read_cwd(task: *const u8, o: &KernelOffsets, rec: *mut ExecRecord) -> 
                     (*rec).cwd_is_root = (off == 0) as u32;
                     return 0;
                 }
-                let Ok(mountpoint) = ptr_field(mnt, o.mount_mountpoint) else {
+                let Ok(mountpoint) = ptr_field(mnt, off!(mount_mountpoint)) else {
                     return FLAG_ERROR_CWD;
                 };
                 dentry = mountpoint;
                 mnt = mnt_parent;
-                vfsmnt = mnt_parent.wrapping_add(o.mount_mnt as usize);
+                vfsmnt = mnt_parent.wrapping_add(off!(mount_mnt) as usize);
                 continue;
             }
-            let Ok(name) = ptr_field(dentry, o.dentry_name + o.qstr_name) else {
+            let Ok(name) = ptr_field(dentry, off!(dentry_name) + off!(qstr_name)) else {
                 return FLAG_ERROR_CWD;
             };
             if off as usize >= CWD_SIZE {
@@ -311,21 +386,21 @@ unsafe fn read_cwd(task: *const u8, o: &KernelOffsets, rec: *mut ExecRecord) -> 
 }
 
 #[inline(always)]
-unsafe fn read_cgroup(task: *const u8, o: &KernelOffsets, rec: *mut ExecRecord) -> u32 {
+unsafe fn read_cgroup(task: *const u8, rec: *mut ExecRecord) -> u32 {
     unsafe {
         (*rec).cgroup_len = 0;
         (*rec).cgroup_id = 0;
-        let Ok(css_set) = ptr_field(task, o.task_cgroups) else {
+        let Ok(css_set) = ptr_field(task, off!(task_cgroups)) else {
             return FLAG_ERROR_CGROUP;
         };
-        let Ok(cgrp) = ptr_field(css_set, o.css_set_dfl_cgrp) else {
+        let Ok(cgrp) = ptr_field(css_set, off!(css_set_dfl_cgrp)) else {
             return FLAG_ERROR_CGROUP;
         };
-        let Ok(kn) = ptr_field(cgrp, o.cgroup_kn) else {
+        let Ok(kn) = ptr_field(cgrp, off!(cgroup_kn)) else {
             return FLAG_ERROR_CGROUP;
         };
-        (*rec).cgroup_id = field::<u64>(kn, o.kernfs_node_id).unwrap_or(0);
-        let Ok(name) = ptr_field(kn, o.kernfs_node_name) else {
+        (*rec).cgroup_id = field::<u64>(kn, off!(kernfs_node_id)).unwrap_or(0);
+        let Ok(name) = ptr_field(kn, off!(kernfs_node_name)) else {
             return FLAG_ERROR_CGROUP;
         };
         let dst = (*rec).cgroup.as_mut_ptr() as *mut c_void;
@@ -347,11 +422,10 @@ pub fn vigil_fork(ctx: RawTracePointContext) -> i32 {
 }
 
 fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let o = offsets();
     let parent = ctx.arg::<*const c_void>(0) as *const u8;
     let child = ctx.arg::<*const c_void>(1) as *const u8;
     // SAFETY: reads go through bpf_probe_read_kernel.
-    let (pid, tgid) = unsafe { (field::<u32>(child, o.task_pid)?, field::<u32>(child, o.task_tgid)?) };
+    let (pid, tgid) = unsafe { (field::<u32>(child, off!(task_pid))?, field::<u32>(child, off!(task_tgid))?) };
     if pid != tgid {
         return Ok(()); // a new thread, not a new process
     }
@@ -359,9 +433,9 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     let record = CloneRecord {
         header: RecordHeader { kind: KIND_CLONE, flags: 0, ktime: unsafe { bpf_ktime_get_boot_ns() } },
         pid: tgid,
-        ppid: unsafe { field::<u32>(parent, o.task_tgid) }.unwrap_or(0),
-        start_boottime: unsafe { field::<u64>(child, o.task_start_boottime) }.unwrap_or(0),
-        parent_start_boottime: unsafe { field::<u64>(parent, o.task_start_boottime) }.unwrap_or(0),
+        ppid: unsafe { field::<u32>(parent, off!(task_tgid)) }.unwrap_or(0),
+        start_boottime: unsafe { field::<u64>(child, off!(task_start_boottime)) }.unwrap_or(0),
+        parent_start_boottime: unsafe { field::<u64>(parent, off!(task_start_boottime)) }.unwrap_or(0),
     };
     if EVENTS.output::<CloneRecord>(&record, submit_flags()).is_err() {
         count(COUNTER_RINGBUF_FULL);
@@ -378,25 +452,24 @@ pub fn vigil_exit(ctx: RawTracePointContext) -> i32 {
 }
 
 fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let o = offsets();
     let task = ctx.arg::<*const c_void>(0) as *const u8;
     // SAFETY: reads go through bpf_probe_read_kernel.
     unsafe {
-        let signal = ptr_field(task, o.task_signal)?;
+        let signal = ptr_field(task, off!(task_signal))?;
         // do_exit() decrements signal->live before this tracepoint: only
         // the thread group's last thread sees zero.
-        let live: i32 = field(signal, o.signal_live)?;
+        let live: i32 = field(signal, off!(signal_live))?;
         if live != 0 {
             return Ok(());
         }
         count(COUNTER_EXITS);
         let record = ExitRecord {
             header: RecordHeader { kind: KIND_EXIT, flags: 0, ktime: bpf_ktime_get_boot_ns() },
-            pid: field::<u32>(task, o.task_tgid)?,
-            tid: field::<u32>(task, o.task_pid)?,
-            exit_code: field::<u32>(task, o.task_exit_code).unwrap_or(0),
+            pid: field::<u32>(task, off!(task_tgid))?,
+            tid: field::<u32>(task, off!(task_pid))?,
+            exit_code: field::<u32>(task, off!(task_exit_code)).unwrap_or(0),
             _pad: 0,
-            start_boottime: field::<u64>(task, o.task_start_boottime).unwrap_or(0),
+            start_boottime: field::<u64>(task, off!(task_start_boottime)).unwrap_or(0),
         };
         if EVENTS.output::<ExitRecord>(&record, submit_flags()).is_err() {
             count(COUNTER_RINGBUF_FULL);

@@ -111,11 +111,30 @@ fn optional(btf: &Btf, path: &str) -> Option<u32> {
     field_offset(btf, path, "optional").ok()
 }
 
+/// Which optional data the programs collect.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Features {
+    pub creds: bool,
+    pub ns: bool,
+}
+
+/// Offsets plus the features this kernel cannot provide, each named.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub offsets: KernelOffsets,
+    /// One line per degraded field, for a start-up warning.
+    pub degraded: Vec<String>,
+}
+
 /// Resolves the whole offset table for the exec/exit/fork programs.
-pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetError> {
+pub fn resolve(btf: &Btf, features: Features) -> Result<Resolved, OffsetError> {
     let f = |path, why| field_offset(btf, path, why);
+    let mut degraded = Vec::new();
     let loginuid = optional(btf, "task_struct.loginuid");
-    Ok(KernelOffsets {
+    if loginuid.is_none() {
+        degraded.push("task_struct.loginuid is missing (no CONFIG_AUDIT): auid is reported as 4294967295".to_owned());
+    }
+    let mut o = KernelOffsets {
         task_pid: f("task_struct.pid", "tid")?,
         task_tgid: f("task_struct.tgid", "pid")?,
         task_real_parent: f("task_struct.real_parent", "parent")?,
@@ -151,8 +170,80 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets, OffsetError> {
         kernfs_node_id: f("kernfs_node.id", "cgroup id")?,
         binprm_filename: f("linux_binprm.filename", "binary")?,
         has_loginuid: u32::from(loginuid.is_some()),
-        _pad: 0,
-    })
+        ..KernelOffsets::ZERO
+    };
+    if features.creds || features.ns {
+        // The user namespace is part of both the credentials and `ns.user`.
+        o.cred_user_ns = f("cred.user_ns", "user namespace")?;
+        o.user_ns_level = f("user_namespace.level", "user namespace")?;
+        o.user_ns_owner = f("user_namespace.owner", "user namespace")?;
+        o.user_ns_group = f("user_namespace.group", "user namespace")?;
+        o.user_ns_inum = f("user_namespace.ns.inum", "user namespace")?;
+    }
+    if features.creds {
+        let why = "--enable-process-cred";
+        o.collect_creds = 1;
+        o.cred_suid = f("cred.suid", why)?;
+        o.cred_sgid = f("cred.sgid", why)?;
+        o.cred_fsuid = f("cred.fsuid", why)?;
+        o.cred_fsgid = f("cred.fsgid", why)?;
+        o.cred_securebits = f("cred.securebits", why)?;
+        o.cred_cap_inheritable = f("cred.cap_inheritable", why)?;
+        o.cred_cap_permitted = f("cred.cap_permitted", why)?;
+        o.cred_cap_effective = f("cred.cap_effective", why)?;
+        o.cred_cap_ambient = f("cred.cap_ambient", why)?;
+        o.binprm_file = f("linux_binprm.file", why)?;
+        o.file_inode = f("file.f_inode", why)?;
+        o.inode_mode = f("inode.i_mode", why)?;
+        o.inode_uid = f("inode.i_uid", why)?;
+        o.inode_gid = f("inode.i_gid", why)?;
+        o.inode_ino = f("inode.i_ino", why)?;
+        o.inode_nlink = f("inode.__i_nlink", why).or_else(|_| f("inode.i_nlink", why))?;
+    }
+    if features.ns {
+        let why = "--enable-process-ns";
+        o.collect_ns = 1;
+        o.task_nsproxy = f("task_struct.nsproxy", why)?;
+        o.task_thread_pid = f("task_struct.thread_pid", why)?;
+        o.nsproxy_uts = f("nsproxy.uts_ns", why)?;
+        o.nsproxy_ipc = f("nsproxy.ipc_ns", why)?;
+        o.nsproxy_mnt = f("nsproxy.mnt_ns", why)?;
+        o.nsproxy_pid_for_children = f("nsproxy.pid_ns_for_children", why)?;
+        o.nsproxy_net = f("nsproxy.net_ns", why)?;
+        o.nsproxy_cgroup = f("nsproxy.cgroup_ns", why)?;
+        o.uts_inum = f("uts_namespace.ns.inum", why)?;
+        o.ipc_inum = f("ipc_namespace.ns.inum", why)?;
+        o.mnt_inum = f("mnt_namespace.ns.inum", why)?;
+        o.pid_ns_inum = f("pid_namespace.ns.inum", why)?;
+        o.net_inum = f("net.ns.inum", why)?;
+        o.cgroup_ns_inum = f("cgroup_namespace.ns.inum", why)?;
+        o.pid_level = f("pid.level", why)?;
+        o.pid_numbers = f("pid.numbers", why)?;
+        o.upid_ns = f("upid.ns", why)?;
+        o.upid_size = struct_size(btf, "upid")?;
+        match (
+            optional(btf, "nsproxy.time_ns"),
+            optional(btf, "nsproxy.time_ns_for_children"),
+            optional(btf, "time_namespace.ns.inum"),
+        ) {
+            (Some(t), Some(tc), Some(inum)) => {
+                o.has_time_ns = 1;
+                o.nsproxy_time = t;
+                o.nsproxy_time_for_children = tc;
+                o.time_inum = inum;
+            }
+            _ => degraded.push(
+                "nsproxy.time_ns is missing (kernel without time namespaces): ns.time and ns.time_for_children are left out"
+                    .to_owned(),
+            ),
+        }
+    }
+    Ok(Resolved { offsets: o, degraded })
+}
+
+/// Byte size of a struct.
+pub fn struct_size(btf: &Btf, name: &str) -> Result<u32, OffsetError> {
+    Ok(find_struct(btf, name)?.size() as u32)
 }
 
 #[cfg(test)]
@@ -173,7 +264,12 @@ mod tests {
     #[test]
     fn resolves_every_offset_on_this_kernel() {
         let Some(btf) = machine_btf() else { return };
-        let o = resolve(&btf).expect("all offsets");
+        let o = resolve(&btf, Features { creds: true, ns: true }).expect("all offsets");
+        assert!(o.degraded.is_empty(), "{:?}", o.degraded);
+        let o = o.offsets;
+        assert_eq!((o.collect_creds, o.collect_ns, o.has_time_ns), (1, 1, 1));
+        assert_eq!(o.upid_size, 16);
+        assert_eq!(o.cred_suid, o.cred_uid + 8, "uid gid suid sgid …");
         // Distinct task_struct fields cannot share an offset.
         let task = [o.task_pid, o.task_tgid, o.task_real_parent, o.task_mm, o.task_fs, o.task_cgroups, o.task_signal];
         for (i, a) in task.iter().enumerate() {

@@ -9,6 +9,7 @@ use crate::cache::{Lineage, exec_id};
 use crate::cgroup;
 use crate::decode::ExecData;
 use crate::flags;
+use crate::privileges::{self, HostNamespaces, Ids};
 use node_sensor_common as k;
 
 /// Converts kernel boot-time nanoseconds to wall-clock timestamps.
@@ -90,7 +91,7 @@ fn binary_path(filename: &str, cwd: &str) -> String {
 }
 
 /// Builds the new image's `Process` (parent links are the cache's job).
-pub fn exec_process(node: &str, clock: &Clock, e: &ExecData) -> Process {
+pub fn exec_process(node: &str, clock: &Clock, host: &HostNamespaces, e: &ExecData) -> Process {
     let mut bits = flags::EXECVE;
     let kernel_flag = |f: u32, ours: u32| if e.flags & f != 0 { ours } else { 0 };
     bits |= kernel_flag(k::FLAG_TRUNC_ARGS, flags::TRUNC_ARGS)
@@ -108,12 +109,21 @@ pub fn exec_process(node: &str, clock: &Clock, e: &ExecData) -> Process {
     }
     let filename = String::from_utf8_lossy(&e.filename).into_owned();
     let cgroup_name = String::from_utf8_lossy(&e.cgroup_name);
+    let binary = binary_path(&filename, &cwd);
+    let ids = Ids { uid: e.uid, gid: e.gid, euid: e.euid, egid: e.egid };
     Process {
         exec_id: exec_id(node, e.ktime, e.pid),
         pid: Some(e.pid.into()),
         uid: Some(e.uid.into()),
+        cap: e.creds.as_ref().map(privileges::capabilities),
+        process_credentials: e.creds.as_ref().map(|c| privileges::credentials(&ids, c, host)),
+        binary_properties: match (&e.creds, &e.file) {
+            (Some(c), Some(f)) => privileges::binary_properties(&ids, c, f, &binary),
+            _ => None,
+        },
+        ns: e.namespaces.as_ref().map(|n| privileges::namespaces(n, host)),
         cwd: cwd.clone(),
-        binary: binary_path(&filename, &cwd),
+        binary,
         arguments: arguments(&e.args),
         flags: flags::to_string(bits),
         start_time: Some(clock.wall(e.ktime)),

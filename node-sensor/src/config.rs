@@ -58,6 +58,13 @@ pub struct Flags {
     /// procfs mount used for the start-up process walk [default: /proc].
     #[arg(long)]
     pub procfs: Option<PathBuf>,
+    /// Add capabilities, full credentials and binary properties (setuid,
+    /// setgid, privileges raised by exec) to every process.
+    #[arg(long)]
+    pub enable_process_cred: bool,
+    /// Add namespace inodes, and whether each is the host's, to every process.
+    #[arg(long)]
+    pub enable_process_ns: bool,
 }
 
 /// The config file's keys: the flags' names.
@@ -73,6 +80,8 @@ struct FileSettings {
     log_format: Option<LogFormat>,
     btf: Option<String>,
     procfs: Option<PathBuf>,
+    enable_process_cred: Option<bool>,
+    enable_process_ns: Option<bool>,
 }
 
 /// Resolved settings.
@@ -87,6 +96,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub btf: String,
     pub procfs: PathBuf,
+    pub enable_process_cred: bool,
+    pub enable_process_ns: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +155,8 @@ impl Settings {
             log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
             btf: flags.btf.or(file.btf).unwrap_or_else(|| crate::btf_offsets::VMLINUX_BTF.into()),
             procfs: flags.procfs.or(file.procfs).unwrap_or_else(|| "/proc".into()),
+            enable_process_cred: flags.enable_process_cred || file.enable_process_cred.unwrap_or(false),
+            enable_process_ns: flags.enable_process_ns || file.enable_process_ns.unwrap_or(false),
         })
     }
 }
@@ -162,11 +175,15 @@ mod tests {
 
     #[test]
     fn flags_override_file_override_defaults() {
-        let p = file("a.toml", "node-name = \"from-file\"\nprocess-cache-size = 10\nlog-format = \"json\"\n");
+        let p = file(
+            "a.toml",
+            "node-name = \"from-file\"\nprocess-cache-size = 10\nlog-format = \"json\"\nenable-process-cred = true\n",
+        );
         let s = Settings::resolve(Flags { config_file: Some(p.clone()), ..Default::default() }).unwrap();
         assert_eq!(s.node_name, "from-file");
         assert_eq!(s.process_cache_size, 10);
         assert_eq!(s.log_format, LogFormat::Json);
+        assert!(s.enable_process_cred && !s.enable_process_ns);
         assert_eq!(s.server_address.to_string(), "localhost:54321");
         let s = Settings::resolve(Flags { config_file: Some(p), node_name: Some("flag".into()), ..Default::default() })
             .unwrap();

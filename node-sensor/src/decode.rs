@@ -2,7 +2,10 @@
 //! kind and exact length are checked; anything else is an error the caller
 //! counts and skips.
 
-use node_sensor_common::{CloneRecord, ExecRecord, ExitRecord, KIND_CLONE, KIND_EXEC, KIND_EXIT, RecordHeader};
+use node_sensor_common::{
+    CloneRecord, CredInfo, ExecRecord, ExitRecord, FLAG_HAS_CREDS, FLAG_HAS_FILE, FLAG_HAS_NS, FileInfo, KIND_CLONE,
+    KIND_EXEC, KIND_EXIT, NS_COUNT, RecordHeader,
+};
 
 /// One decoded kernel record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +38,11 @@ pub struct ExecData {
     pub cwd_components: Vec<Vec<u8>>,
     pub cwd_is_root: bool,
     pub cgroup_name: Vec<u8>,
+    /// Present when credential collection is on.
+    pub creds: Option<CredInfo>,
+    /// Present when namespace collection is on.
+    pub namespaces: Option<[u32; NS_COUNT]>,
+    pub file: Option<FileInfo>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -93,6 +101,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 cwd_components,
                 cwd_is_root: r.cwd_is_root != 0,
                 cgroup_name: bounded(&r.cgroup, r.cgroup_len).to_vec(),
+                creds: (r.header.flags & FLAG_HAS_CREDS != 0).then_some(r.creds),
+                namespaces: (r.header.flags & FLAG_HAS_NS != 0).then_some(r.namespaces.inum),
+                file: (r.header.flags & FLAG_HAS_FILE != 0).then_some(r.file),
             })))
         }
         KIND_EXIT => Ok(Record::Exit(read_exact(bytes, KIND_EXIT)?)),

@@ -18,6 +18,7 @@ pub mod export;
 pub mod flags;
 pub mod loader;
 pub mod pipeline;
+pub mod privileges;
 pub mod procfs;
 pub mod server;
 pub mod stats;

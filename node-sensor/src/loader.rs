@@ -76,14 +76,18 @@ pub fn read_counters(counters: &PerCpuArray<MapData, u64>) -> KernelCounters {
 }
 
 /// Resolves offsets from `btf_path`, loads and attaches every program.
-pub fn load(btf_path: &str) -> Result<Probes, LoadError> {
+pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, LoadError> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     if euid != 0 {
         return Err(LoadError::NotRoot(euid));
     }
     let btf = btf_offsets::open(btf_path)?;
-    let offsets = btf_offsets::resolve(&btf)?;
+    let resolved = btf_offsets::resolve(&btf, features)?;
+    for d in &resolved.degraded {
+        tracing::warn!(degraded = %d, "kernel lacks a field; that data is left out");
+    }
+    let offsets = resolved.offsets;
     tracing::debug!(?offsets, "resolved kernel struct offsets from BTF");
 
     let mut ebpf =

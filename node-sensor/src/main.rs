@@ -5,10 +5,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use node_sensor::btf_offsets::Features;
 use node_sensor::builder::Clock;
 use node_sensor::bus::EventBus;
 use node_sensor::config::{Flags, LogFormat, Settings};
 use node_sensor::pipeline::Pipeline;
+use node_sensor::privileges::{Collect, HostNamespaces};
 use node_sensor::stats::SensorStats;
 use node_sensor::{export, loader, server};
 use tracing_subscriber::EnvFilter;
@@ -38,7 +40,15 @@ async fn shutdown_signal(tx: tokio::sync::watch::Sender<bool>) {
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
-    let probes = loader::load(&settings.btf)?;
+    let features = Features { creds: settings.enable_process_cred, ns: settings.enable_process_ns };
+    let probes = loader::load(&settings.btf, features)?;
+    let (host, warnings) = HostNamespaces::read(&settings.procfs);
+    if features.ns {
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+    }
+    let collect = Collect { creds: features.creds, ns: features.ns, host };
     tracing::info!(node = %settings.node_name, programs = ?loader::PROGRAMS, "BPF programs loaded and attached");
     if !settings.server_address.is_local() {
         tracing::warn!(address = %settings.server_address, "serving plaintext gRPC off loopback; mTLS comes with the relay work");
@@ -61,6 +71,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut pipeline = Pipeline::new(
         &settings.node_name,
         Clock::from_system(),
+        collect,
         settings.process_cache_size,
         bus.clone(),
         stats.clone(),

@@ -13,6 +13,7 @@ use crate::bus::EventBus;
 use crate::cache::ProcessCache;
 use crate::decode::{self, Record};
 use crate::loader::Probes;
+use crate::privileges::Collect;
 use crate::procfs;
 use crate::stats::SensorStats;
 
@@ -25,19 +26,27 @@ const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 pub struct Pipeline {
     node: String,
     clock: Clock,
+    collect: Collect,
     cache: ProcessCache,
     bus: EventBus,
     stats: Arc<SensorStats>,
 }
 
 impl Pipeline {
-    pub fn new(node: &str, clock: Clock, cache_size: usize, bus: EventBus, stats: Arc<SensorStats>) -> Self {
-        Pipeline { node: node.to_owned(), clock, cache: ProcessCache::new(cache_size), bus, stats }
+    pub fn new(
+        node: &str,
+        clock: Clock,
+        collect: Collect,
+        cache_size: usize,
+        bus: EventBus,
+        stats: Arc<SensorStats>,
+    ) -> Self {
+        Pipeline { node: node.to_owned(), clock, collect, cache: ProcessCache::new(cache_size), bus, stats }
     }
 
     /// Reports every process already running, parents first.
     pub fn seed_from_procfs(&mut self, root: &std::path::Path) -> usize {
-        let entries = procfs::walk(root, &self.node, &self.clock);
+        let entries = procfs::walk(root, &self.node, &self.clock, &self.collect);
         let n = entries.len();
         for e in entries {
             let time = e.process.start_time.unwrap_or_default();
@@ -66,7 +75,7 @@ impl Pipeline {
                 self.cache.on_clone(&self.node, c.pid, c.ppid, c.header.ktime, self.clock.wall(c.header.ktime));
             }
             Record::Exec(e) => {
-                let process = builder::exec_process(&self.node, &self.clock, &e);
+                let process = builder::exec_process(&self.node, &self.clock, &self.collect.host, &e);
                 let time = self.clock.wall(e.ktime);
                 let lineage = self.cache.on_exec(process, e.ppid);
                 self.bus.publish(builder::exec_event(&self.node, time, lineage));

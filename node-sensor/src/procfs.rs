@@ -11,6 +11,7 @@ use crate::builder::{Clock, join_args};
 use crate::cache::exec_id;
 use crate::cgroup;
 use crate::flags;
+use crate::privileges::{self, Collect};
 
 /// One process as `/proc` describes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,7 +41,14 @@ fn status_ids(status: &str, key: &str) -> Option<u32> {
 }
 
 /// Reads one process; `None` for kernel threads and processes that vanished.
-pub fn read_process(root: &Path, pid: u32, node: &str, clock: &Clock, tick_ns: u64) -> Option<ProcEntry> {
+pub fn read_process(
+    root: &Path,
+    pid: u32,
+    node: &str,
+    clock: &Clock,
+    tick_ns: u64,
+    collect: &Collect,
+) -> Option<ProcEntry> {
     let dir = root.join(pid.to_string());
     let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
     let fields = stat_fields(&stat)?;
@@ -64,6 +72,12 @@ pub fn read_process(root: &Path, pid: u32, node: &str, clock: &Clock, tick_ns: u
         .map(|id| cgroup::docker_field(id).to_owned())
         .unwrap_or_default();
     let ktime = start_ticks.saturating_mul(tick_ns);
+    let ns_inums = (collect.ns || collect.creds).then(|| privileges::read_ns_inums(root, pid));
+    let creds = if collect.creds {
+        privileges::creds_from_status(&status, ns_inums.map_or(0, |n| n[node_sensor_common::NS_USER]))
+    } else {
+        None
+    };
     let mut bits = flags::PROCFS;
     if cwd == "/" {
         bits |= flags::ROOT_CWD;
@@ -86,6 +100,9 @@ pub fn read_process(root: &Path, pid: u32, node: &str, clock: &Clock, tick_ns: u
             auid: Some(auid.into()),
             docker,
             tid: Some(pid.into()),
+            cap: creds.as_ref().map(|(_, c)| privileges::capabilities(c)),
+            process_credentials: creds.as_ref().map(|(ids, c)| privileges::credentials(ids, c, &collect.host)),
+            ns: ns_inums.filter(|_| collect.ns).map(|n| privileges::namespaces(&n, &collect.host)),
             ..Default::default()
         },
     })
@@ -114,7 +131,7 @@ pub fn kernel_entry(node: &str, clock: &Clock) -> ProcEntry {
 }
 
 /// Every user-space process under `root`, parents before children.
-pub fn walk(root: &Path, node: &str, clock: &Clock) -> Vec<ProcEntry> {
+pub fn walk(root: &Path, node: &str, clock: &Clock, collect: &Collect) -> Vec<ProcEntry> {
     let tick_ns = 1_000_000_000 / ticks_per_second();
     let mut found: HashMap<u32, ProcEntry> = HashMap::new();
     if let Ok(dir) = std::fs::read_dir(root) {
@@ -122,7 +139,7 @@ pub fn walk(root: &Path, node: &str, clock: &Clock) -> Vec<ProcEntry> {
             let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if let Some(p) = read_process(root, pid, node, clock, tick_ns) {
+            if let Some(p) = read_process(root, pid, node, clock, tick_ns, collect) {
                 found.insert(pid, p);
             }
         }
@@ -161,7 +178,8 @@ mod tests {
     #[test]
     fn walks_this_machine_parents_first() {
         let clock = Clock::from_system();
-        let all = walk(Path::new("/proc"), "n", &clock);
+        let collect = Collect { creds: true, ns: true, host: privileges::HostNamespaces::read(Path::new("/proc")).0 };
+        let all = walk(Path::new("/proc"), "n", &clock, &collect);
         assert_eq!(all[0].process.binary, "<kernel>");
         let me = std::process::id();
         let pos = |pid| all.iter().position(|p| p.pid == pid);
@@ -169,6 +187,15 @@ mod tests {
         let entry = &all[mine];
         assert_eq!(entry.process.binary, std::env::current_exe().unwrap().to_string_lossy());
         assert!(entry.process.flags.starts_with("procFS"));
+        // Credentials and namespaces match what /proc says about us.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let (_, creds) = privileges::creds_from_status(&status, 0).unwrap();
+        let caps = entry.process.cap.as_ref().unwrap();
+        assert_eq!(caps.effective, privileges::cap_list(creds.cap_effective));
+        let ns = entry.process.ns.as_ref().unwrap();
+        let net =
+            std::fs::metadata("/proc/self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m) as u32).unwrap();
+        assert_eq!(ns.net.unwrap().inum, net);
         if let Some(parent) = pos(entry.ppid) {
             assert!(parent < mine, "parent listed before child");
         }
