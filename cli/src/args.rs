@@ -23,7 +23,7 @@ pub enum Command {
     /// Print events (from the server, or JSON lines on standard input when
     /// it is not a terminal and no --server-address is given).
     #[command(name = "getevents")]
-    GetEvents(GetEventsArgs),
+    GetEvents(Box<GetEventsArgs>),
     /// Print the server's health.
     Status,
     /// Print the client's and the server's version.
