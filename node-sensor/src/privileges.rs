@@ -103,9 +103,7 @@ pub fn cap_list(mask: u64) -> Vec<i32> {
 
 /// Bits of a mask that have no `CapabilitiesType` (a newer kernel's).
 pub fn unknown_caps(mask: u64) -> u64 {
-    (0..64)
-        .filter(|b| mask & (1u64 << b) != 0 && CapabilitiesType::try_from(*b).is_err())
-        .fold(0, |m, b| m | 1 << b)
+    (0..64).filter(|b| mask & (1u64 << b) != 0 && CapabilitiesType::try_from(*b).is_err()).fold(0, |m, b| m | 1 << b)
 }
 
 pub fn capabilities(c: &CredInfo) -> Capabilities {

@@ -1,0 +1,254 @@
+//! Privileged execution (root, real BPF): every event's capabilities,
+//! credentials, binary properties and namespace inodes are compared with
+//! `/proc/<pid>/status` and `/proc/<pid>/ns/*` read from the live process.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Collector, Sensor, exec_of, nonce, pid};
+use events::compact::{CompactOptions, render};
+use node_sensor::privileges::{NS_NAMES, cap_list, creds_from_status};
+use proto::tetragon::{
+    CapFilter, CapFilterSet, CapabilitiesType, Filter, GetEventsRequest, Process, ProcessPrivilegesChanged,
+};
+
+const FLAGS: &[&str] = &["--enable-process-cred", "--enable-process-ns"];
+
+/// What /proc says about a live process.
+struct Live {
+    status: String,
+    ns: Vec<(String, u32)>,
+}
+
+fn snapshot(pid: u32) -> Live {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ns = NS_NAMES
+        .iter()
+        .filter_map(|n| std::fs::metadata(format!("/proc/{pid}/ns/{n}")).ok().map(|m| (n.to_string(), m.ino() as u32)))
+        .collect();
+    Live { status, ns }
+}
+
+fn ns_of<'a>(p: &'a Process, name: &str) -> Option<&'a proto::tetragon::Namespace> {
+    let ns = p.ns.as_ref()?;
+    match name {
+        "uts" => ns.uts.as_ref(),
+        "ipc" => ns.ipc.as_ref(),
+        "mnt" => ns.mnt.as_ref(),
+        "pid" => ns.pid.as_ref(),
+        "pid_for_children" => ns.pid_for_children.as_ref(),
+        "net" => ns.net.as_ref(),
+        "time" => ns.time.as_ref(),
+        "time_for_children" => ns.time_for_children.as_ref(),
+        "cgroup" => ns.cgroup.as_ref(),
+        "user" => ns.user.as_ref(),
+        _ => None,
+    }
+}
+
+/// Asserts the event's credentials, capabilities and namespaces equal /proc's.
+fn assert_matches_proc(p: &Process, live: &Live) {
+    let (ids, creds) = creds_from_status(&live.status, 0).expect("status ids");
+    let pc = p.process_credentials.as_ref().expect("process_credentials");
+    let v = |x: Option<proto::wkt::UInt32Value>| x.map(|v| v.value);
+    assert_eq!(v(pc.uid), Some(ids.uid));
+    assert_eq!(v(pc.euid), Some(ids.euid));
+    assert_eq!(v(pc.suid), Some(creds.suid));
+    assert_eq!(v(pc.fsuid), Some(creds.fsuid));
+    assert_eq!(v(pc.gid), Some(ids.gid));
+    assert_eq!(v(pc.egid), Some(ids.egid));
+    assert_eq!(v(pc.sgid), Some(creds.sgid));
+    assert_eq!(v(pc.fsgid), Some(creds.fsgid));
+    let cap = p.cap.as_ref().expect("cap");
+    assert_eq!(cap.permitted, cap_list(creds.cap_permitted), "permitted");
+    assert_eq!(cap.effective, cap_list(creds.cap_effective), "effective");
+    assert_eq!(cap.inheritable, cap_list(creds.cap_inheritable), "inheritable");
+    for (name, inum) in &live.ns {
+        assert_eq!(ns_of(p, name).map(|n| n.inum), Some(*inum), "ns {name}");
+    }
+}
+
+/// Starts `cmd`, which ends by executing `binary` with the single argument
+/// `mark`; waits for that exec event, snapshots /proc of the live process,
+/// and returns both. (Wrappers such as setpriv or unshare carry the marker
+/// too, but not as their only argument.)
+async fn run_and_capture(c: &mut Collector, mut cmd: Command, binary: &str, mark: &str) -> (Process, Live, Child) {
+    let child = cmd.stdout(Stdio::null()).spawn().unwrap();
+    let target = |p: &&Process| p.arguments == mark && p.binary == binary;
+    let found = c.until(Duration::from_secs(10), |evs| evs.iter().filter_map(exec_of).any(|p| target(&p))).await;
+    assert!(found, "no exec event for {binary} {mark}");
+    let p = c.events.iter().filter_map(exec_of).find(target).unwrap().clone();
+    let live = snapshot(pid(&p));
+    (p, live, child)
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reduced_capabilities_match_proc() {
+    require_kernel!();
+    let sensor = Sensor::start(FLAGS).await;
+    let mut c = Collector::subscribe(&sensor, GetEventsRequest::default()).await;
+    let mark = format!("63.{}", nonce());
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--bounding-set=-sys_admin,-net_raw,-sys_module", "--inh-caps=+net_bind_service", "/bin/sleep", &mark]);
+    let (p, live, child) = run_and_capture(&mut c, cmd, "/bin/sleep", &mark).await;
+    stop(child);
+    assert_eq!(p.binary, "/bin/sleep");
+    assert_matches_proc(&p, &live);
+    let eff = &p.cap.as_ref().unwrap().effective;
+    assert!(!eff.contains(&(CapabilitiesType::CapSysAdmin as i32)));
+    assert!(eff.contains(&(CapabilitiesType::CapChown as i32)));
+    assert!(p.cap.as_ref().unwrap().inheritable.contains(&(CapabilitiesType::CapNetBindService as i32)));
+    // No CAP_SYS_ADMIN: no trailer in compact output.
+    let line = render(&exec_event(&c, &p), CompactOptions::default()).unwrap();
+    assert!(!line.contains("🛑"), "{line}");
+}
+
+fn exec_event(c: &Collector, p: &Process) -> proto::tetragon::GetEventsResponse {
+    c.events.iter().find(|e| exec_of(e).is_some_and(|x| x.exec_id == p.exec_id)).unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_root_user_has_no_capabilities() {
+    require_kernel!();
+    let sensor = Sensor::start(FLAGS).await;
+    let mut c = Collector::subscribe(&sensor, GetEventsRequest::default()).await;
+    let mark = format!("64.{}", nonce());
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=1000", "--regid=1000", "--clear-groups", "/bin/sleep", &mark]);
+    let (p, live, child) = run_and_capture(&mut c, cmd, "/bin/sleep", &mark).await;
+    stop(child);
+    assert_matches_proc(&p, &live);
+    assert_eq!(p.uid.map(|u| u.value), Some(1000));
+    assert!(p.cap.as_ref().unwrap().effective.is_empty());
+    assert!(p.binary_properties.is_none(), "nothing raised");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_namespaces_are_not_the_hosts() {
+    require_kernel!();
+    let sensor = Sensor::start(FLAGS).await;
+    let mut c = Collector::subscribe(&sensor, GetEventsRequest::default()).await;
+    let mark = format!("65.{}", nonce());
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--net", "--uts", "--user", "--map-root-user", "--fork", "/bin/sleep", &mark]);
+    let (p, live, child) = run_and_capture(&mut c, cmd, "/bin/sleep", &mark).await;
+    assert_matches_proc(&p, &live);
+    stop(child);
+    for name in ["net", "uts", "pid", "user"] {
+        assert!(!ns_of(&p, name).unwrap().is_host, "{name} must not be the host's");
+    }
+    for name in ["ipc", "cgroup"] {
+        assert!(ns_of(&p, name).unwrap().is_host, "{name} is still the host's");
+    }
+    let user_ns = p.process_credentials.as_ref().unwrap().user_ns.as_ref().expect("user_ns of a child namespace");
+    assert_eq!(user_ns.level.map(|l| l.value), Some(1));
+    assert_eq!(user_ns.uid.map(|u| u.value), Some(0), "owner: root created it");
+
+    // The same events through the --host-ns filter: the unshared sleep is
+    // neither in the host's net nor pid namespace.
+    let mut filtered = Collector::subscribe(
+        &sensor,
+        GetEventsRequest {
+            allow_list: vec![Filter {
+                host_namespaces: vec!["net".into(), "pid".into()],
+                arguments_regex: vec![format!("^6[56]\\.{}$", &mark[3..])],
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    let host_mark = format!("66.{}", &mark[3..]);
+    let host_child = Command::new("/bin/sleep").arg(&host_mark).spawn().unwrap();
+    let again = Command::new("unshare")
+        .args(["--net", "--pid", "--fork", "/bin/sleep", &format!("65.{}", &mark[3..])])
+        .spawn()
+        .unwrap();
+    assert!(
+        filtered
+            .until(Duration::from_secs(10), |evs| evs.iter().filter_map(exec_of).any(|p| p.arguments == host_mark))
+            .await
+    );
+    stop(host_child);
+    stop(again);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = filtered.until(Duration::from_millis(500), |_| false).await;
+    let args: Vec<_> = filtered.events.iter().filter_map(exec_of).map(|p| p.arguments.clone()).collect();
+    assert_eq!(args, vec![host_mark], "only the host-namespace process passes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setuid_root_binary_raises_privileges() {
+    require_kernel!();
+    let n = nonce();
+    let dir = std::env::temp_dir().join(format!("vigil-suid-{n}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let suid = dir.join("sleep");
+    std::fs::copy("/bin/sleep", &suid).unwrap();
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let ino = std::fs::metadata(&suid).unwrap().ino();
+
+    let sensor = Sensor::start(FLAGS).await;
+    let mut c = Collector::subscribe(&sensor, GetEventsRequest::default()).await;
+    let mark = format!("67.{n}");
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=1000", "--regid=1000", "--clear-groups"]).arg(&suid).arg(&mark);
+    let (p, live, child) = run_and_capture(&mut c, cmd, &suid.to_string_lossy(), &mark).await;
+    stop(child);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_matches_proc(&p, &live);
+    assert_eq!(p.uid.map(|u| u.value), Some(1000));
+    assert_eq!(p.process_credentials.as_ref().unwrap().euid.map(|u| u.value), Some(0));
+    let b = p.binary_properties.as_ref().expect("binary_properties");
+    assert_eq!(b.setuid.map(|v| v.value), Some(0));
+    assert_eq!(b.privileges_changed, vec![ProcessPrivilegesChanged::PrivilegesRaisedExecFileSetuid as i32]);
+    let file = b.file.as_ref().unwrap();
+    assert_eq!(file.path, suid.to_string_lossy());
+    assert_eq!(file.inode.as_ref().unwrap().number, ino);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cap_sys_admin_gets_the_compact_trailer_and_the_cap_filter() {
+    require_kernel!();
+    let sensor = Sensor::start(FLAGS).await;
+    let mark = nonce();
+    let admin_filter = GetEventsRequest {
+        allow_list: vec![Filter {
+            capabilities: Some(CapFilter {
+                effective: Some(CapFilterSet { any: vec![CapabilitiesType::CapSysAdmin as i32], ..Default::default() }),
+                ..Default::default()
+            }),
+            arguments_regex: vec![format!("^vigil-cap-.*-{mark}$")],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut c = Collector::subscribe(&sensor, admin_filter).await;
+    let with = format!("vigil-cap-admin-{mark}");
+    let without = format!("vigil-cap-user-{mark}");
+    Command::new("/bin/true").arg(&with).status().unwrap();
+    Command::new("setpriv").args(["--bounding-set=-sys_admin", "/bin/true", &without]).status().unwrap();
+    Command::new("/bin/echo").arg(&with).stdout(Stdio::null()).status().unwrap();
+    assert!(
+        c.until(Duration::from_secs(10), |evs| evs.iter().filter_map(exec_of).filter(|p| p.arguments == with).count()
+            == 2)
+            .await
+    );
+    let args: Vec<_> = c.events.iter().filter_map(exec_of).map(|p| p.arguments.clone()).collect();
+    assert!(!args.contains(&without), "the capability filter let a process without CAP_SYS_ADMIN through");
+    let line = render(&c.events[0], CompactOptions::default()).unwrap();
+    assert!(line.ends_with(" 🛑 CAP_SYS_ADMIN"), "{line}");
+    // Padded as tetra pads it: the line up to the trailer counts bytes to
+    // column 120, then the trailer (16 characters, 19 bytes) is right-aligned
+    // in the remaining width counted in characters: 120 + 1 - 16 + 19 bytes.
+    assert_eq!(line.len(), 124);
+}
