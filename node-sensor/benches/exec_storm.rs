@@ -65,6 +65,55 @@ fn main() {
     storm(200, "warm");
     let base1 = storm(n, "base1");
 
+    let plain = with_sensor(&rt, n, &[], "plain");
+    let full = with_sensor(&rt, n, &["--enable-process-cred", "--enable-process-ns"], "full");
+    let base2 = storm(n, "base2");
+
+    let base = (base1 + base2) / 2;
+    let rate = |d: Duration| n as f64 / d.as_secs_f64();
+    println!("exec_storm: {n} fork+exec+exit of /bin/true per phase");
+    println!("  without sensor: {:>9.0} execs/s  (runs: {:.0}, {:.0})", rate(base), rate(base1), rate(base2));
+    for (label, r) in [("sensor", &plain), ("sensor+cred+ns", &full)] {
+        println!("  with {label}:");
+        println!(
+            "    rate          {:>9.0} execs/s, overhead {:+.2}% per fork+exec+exit (ratio {:.4})",
+            rate(r.wall),
+            (r.wall.as_secs_f64() / base.as_secs_f64() - 1.0) * 100.0,
+            r.wall.as_secs_f64() / base.as_secs_f64()
+        );
+        println!(
+            "    events        {} exec + {} exit delivered of {n} + {n} expected; {} reported lost",
+            r.execs, r.exits, r.lost
+        );
+        println!(
+            "    sensor        {:.3} s CPU ({:.1} µs per exec), RSS {} KiB (peak {} KiB)",
+            r.cpu.as_secs_f64(),
+            r.cpu.as_secs_f64() * 1e6 / n as f64,
+            r.rss_kib,
+            r.hwm_kib
+        );
+        for (name, ns) in &r.bpf_ns_per_run {
+            println!("    bpf {name:<10} {ns:>6.0} ns/run");
+        }
+        println!("    bpf total     {:>6.0} ns per fork+exec+exit", r.bpf_ns_per_exec);
+    }
+}
+
+struct Phase {
+    wall: Duration,
+    execs: usize,
+    exits: usize,
+    lost: u64,
+    cpu: Duration,
+    rss_kib: u64,
+    hwm_kib: u64,
+    bpf_ns_per_run: Vec<(String, f64)>,
+    bpf_ns_per_exec: f64,
+}
+
+/// The storm with a sensor running (started with `flags`) and one
+/// subscriber counting the storm's events.
+fn with_sensor(rt: &tokio::runtime::Runtime, n: usize, flags: &[&str], label: &str) -> Phase {
     let dir = std::env::temp_dir().join(format!("vigil-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("s.sock");
@@ -72,11 +121,12 @@ fn main() {
     let mut sensor = Command::new(env!("CARGO_BIN_EXE_vigil-sensor"))
         .arg("--server-address")
         .arg(address.to_string())
+        .args(flags)
         .stderr(Stdio::null())
         .spawn()
         .expect("start sensor");
     let sensor_pid = sensor.id();
-    let mark = format!("storm{}", std::process::id());
+    let mark = format!("storm{label}{}", std::process::id());
     let (tx, rx) = std::sync::mpsc::channel();
     let counter = {
         let address = address.clone();
@@ -121,40 +171,27 @@ fn main() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(sensor_pid as i32, libc::SIGTERM) };
     let _ = sensor.wait();
-    let base2 = storm(n, "base2");
     let _ = std::fs::remove_dir_all(&dir);
-
-    let base = (base1 + base2) / 2;
-    let rate = |d: Duration| n as f64 / d.as_secs_f64();
-    println!("exec_storm: {n} fork+exec+exit of /bin/true per phase");
-    println!("  without sensor: {:>9.0} execs/s  (runs: {:.0}, {:.0})", rate(base), rate(base1), rate(base2));
-    println!("  with sensor:    {:>9.0} execs/s", rate(with));
-    println!(
-        "  overhead:       {:>+8.2}% per fork+exec+exit (with/without = {:.4})",
-        (with.as_secs_f64() / base.as_secs_f64() - 1.0) * 100.0,
-        with.as_secs_f64() / base.as_secs_f64()
-    );
-    println!("  events:         {execs} exec + {exits} exit delivered of {n} + {n} expected; {lost} reported lost");
-    println!(
-        "  sensor:         {:.3} s CPU for the storm ({:.1} µs per exec), RSS {} KiB (peak {} KiB)",
-        cpu_used.as_secs_f64(),
-        cpu_used.as_secs_f64() * 1e6 / n as f64,
-        rss,
-        hwm
-    );
+    let mut bpf_ns_per_run = Vec::new();
+    let mut total = 0.0;
     for (name, t1, c1) in &stats_after {
         let (t0, c0) = stats_before.iter().find(|(n0, _, _)| n0 == name).map_or((0, 0), |(_, t, c)| (*t, *c));
         let runs = c1.saturating_sub(c0);
+        let ns = t1.saturating_sub(t0) as f64;
+        total += ns;
         if runs > 0 {
-            println!("  bpf {name:<11} {:>7.0} ns/run over {runs} runs", t1.saturating_sub(t0) as f64 / runs as f64);
+            bpf_ns_per_run.push((name.clone(), ns / runs as f64));
         }
     }
-    let exec_ns: f64 = stats_after
-        .iter()
-        .map(|(name, t1, _)| {
-            t1.saturating_sub(stats_before.iter().find(|(n0, _, _)| n0 == name).map_or(0, |x| x.1)) as f64
-        })
-        .sum::<f64>()
-        / n as f64;
-    println!("  bpf total:      {exec_ns:.0} ns per exec (fork + exec + exit programs)");
+    Phase {
+        wall: with,
+        execs,
+        exits,
+        lost,
+        cpu: cpu_used,
+        rss_kib: rss,
+        hwm_kib: hwm,
+        bpf_ns_per_run,
+        bpf_ns_per_exec: total / n as f64,
+    }
 }

@@ -8,7 +8,10 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-const APT_PACKAGES: &[&str] = &["util-linux", "iproute2"];
+/// Debian packages the tests use: setpriv/unshare (util-linux), ip netns
+/// (iproute2), and for the kernel-matrix VM: qemu, a static busybox, cpio
+/// and objcopy (binutils).
+const APT_PACKAGES: &[&str] = &["util-linux", "iproute2", "qemu-system-x86", "busybox-static", "cpio", "binutils"];
 const BPF_LINKER_VERSION: &str = "^0.10";
 
 fn root() -> PathBuf {
@@ -160,6 +163,21 @@ fn bench() -> Result<()> {
     run(cargo().args(["bench", "-p", "node-sensor", "--bench", "exec_storm", "--", &execs]))
 }
 
+/// Boots a kernel under qemu with the sensor inside and checks its events
+/// against /proc in the VM: Debian's 6.1 cloud kernel by default, or the
+/// vmlinuz (or linux-image .deb) given.
+fn kernel_matrix() -> Result<()> {
+    setup()?;
+    let mut cmd = cargo();
+    cmd.args(["test", "-p", "node-sensor", "--test", "kernel_matrix", "--", "--nocapture"])
+        .env("VIGIL_REQUIRE_ALL", "1");
+    if let Some(image) = std::env::args().nth(2) {
+        let image = std::fs::canonicalize(&image).with_context(|| format!("kernel image {image}"))?;
+        cmd.env("VIGIL_KERNEL_IMAGE", image);
+    }
+    run(&mut cmd)
+}
+
 fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
     match task.as_str() {
@@ -167,6 +185,7 @@ fn main() -> Result<()> {
         "test" => test(),
         "run" => run_sensor(),
         "bench" => bench(),
-        _ => bail!("usage: cargo xtask setup|run|test|bench"),
+        "kernel-matrix" => kernel_matrix(),
+        _ => bail!("usage: cargo xtask setup | run | test | bench [EXECS] | kernel-matrix [KERNEL_IMAGE_OR_DEB]"),
     }
 }
