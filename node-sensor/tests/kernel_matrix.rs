@@ -65,10 +65,10 @@ fn parse_console(text: &str) -> (Vec<GetEventsResponse>, HashMap<String, Snapsho
                         s.status.push('\n');
                     }
                     "ns" => {
-                        if let Some((name, inum)) = rest.split_once(' ') {
-                            if let Ok(inum) = inum.parse() {
-                                s.ns.insert(name.to_owned(), inum);
-                            }
+                        if let Some((name, inum)) = rest.split_once(' ')
+                            && let Ok(inum) = inum.parse()
+                        {
+                            s.ns.insert(name.to_owned(), inum);
                         }
                     }
                     "cwd" => s.cwd = (*rest).to_owned(),
