@@ -249,10 +249,10 @@ unsafe fn read_namespaces(task: *const u8, rec: *mut ExecRecord) -> u32 {
             let upid = off!(pid_numbers) + level * off!(upid_size) + off!(upid_ns);
             n[NS_PID] = ns_inum(pid, upid, off!(pid_ns_inum));
         }
-        if n[NS_USER] == 0 {
-            if let Ok(cred) = ptr_field(task, off!(task_real_cred)) {
-                n[NS_USER] = ns_inum(cred, off!(cred_user_ns), off!(user_ns_inum));
-            }
+        if n[NS_USER] == 0
+            && let Ok(cred) = ptr_field(task, off!(task_real_cred))
+        {
+            n[NS_USER] = ns_inum(cred, off!(cred_user_ns), off!(user_ns_inum));
         }
         FLAG_HAS_NS
     }
