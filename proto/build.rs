@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "proto/tetragon/tetragon.proto",
     "proto/tetragon/events.proto",
     "proto/tetragon/sensors.proto",
+    "proto/vigil/relay.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,6 +38,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ignore_unknown_fields()
         .btree_map(["."])
         .exclude([".tetragon.GetEventsResponse"])
-        .build(&[".tetragon"])?;
+        .build(&[".tetragon", ".vigil"])?;
     Ok(())
 }

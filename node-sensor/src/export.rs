@@ -8,7 +8,7 @@ use std::path::Path;
 use events::fields::FieldFilters;
 use events::filter::EventFilter;
 
-use crate::bus::EventBus;
+use events::bus::EventBus;
 
 /// Starts the writer task; errors opening the file are returned at once.
 pub fn start(bus: &EventBus, path: &Path) -> std::io::Result<tokio::task::JoinHandle<()>> {

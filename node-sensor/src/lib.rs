@@ -9,7 +9,6 @@
 
 pub mod btf_offsets;
 pub mod builder;
-pub mod bus;
 pub mod cache;
 pub mod cgroup;
 pub mod config;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use events::bus::EventBus;
 use node_sensor::btf_offsets::Features;
 use node_sensor::builder::Clock;
-use node_sensor::bus::EventBus;
 use node_sensor::config::{Flags, LogFormat, Settings};
 use node_sensor::pipeline::Pipeline;
 use node_sensor::privileges::{Collect, HostNamespaces};

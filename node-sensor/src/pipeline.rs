@@ -9,13 +9,13 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 use tokio::io::unix::AsyncFd;
 
 use crate::builder::{self, Clock};
-use crate::bus::EventBus;
 use crate::cache::ProcessCache;
 use crate::decode::{self, Record};
 use crate::loader::Probes;
 use crate::privileges::Collect;
 use crate::procfs;
 use crate::stats::SensorStats;
+use events::bus::EventBus;
 
 /// How long records may wait in the ring buffer when the kernel side does
 /// not wake us (it wakes us only for large batches).

@@ -14,8 +14,8 @@ use proto::tetragon::{
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::bus::EventBus;
 use crate::stats::SensorStats;
+use events::bus::EventBus;
 
 pub const VERSION: &str = concat!("vigil-", env!("CARGO_PKG_VERSION"));
 

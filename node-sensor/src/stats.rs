@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::bus::EventBus;
+use events::bus::EventBus;
 
 #[derive(Debug, Default)]
 pub struct SensorStats {

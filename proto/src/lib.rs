@@ -18,6 +18,17 @@ pub mod tetragon {
     include!(concat!(env!("OUT_DIR"), "/tetragon.serde.rs"));
 }
 
+/// Vigil's own packages: sensor → relay ingest and relay admin.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod vigil {
+    pub mod relay {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/vigil.relay.v1.rs"));
+            include!(concat!(env!("OUT_DIR"), "/vigil.relay.v1.serde.rs"));
+        }
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every `.proto` file, for gRPC reflection
 /// and for tests that check field numbers.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptors.bin"));

@@ -116,11 +116,50 @@ fn test() -> Result<()> {
     ]))?;
     // Every test, kernel tests included; a test that cannot run its part
     // here fails instead of skipping.
-    run(cargo()
-        .args(["test", "--workspace", "--exclude", "node-sensor-ebpf"])
-        .env("VIGIL_REQUIRE_ALL", "1")
-        .env("VIGIL_PYTHON", venv_python()))?;
+    let (passed, failed) = run_counting_tests(
+        cargo()
+            .args(["test", "--workspace", "--exclude", "node-sensor-ebpf"])
+            .env("VIGIL_REQUIRE_ALL", "1")
+            .env("VIGIL_PYTHON", venv_python()),
+    )?;
+    // One closing line for the whole suite (cargo prints one per binary).
+    println!("tests: {passed} passed, {failed} failed");
+    if failed > 0 || passed == 0 {
+        bail!("{failed} tests failed, {passed} passed");
+    }
     Ok(())
+}
+
+/// Runs a `cargo test` command, echoing its output, and sums the counts of
+/// its per-binary `test result:` lines.
+fn run_counting_tests(cmd: &mut Command) -> Result<(u64, u64)> {
+    use std::io::{BufRead, BufReader, Write};
+    eprintln!("xtask: {cmd:?}");
+    let mut child = cmd.env("PATH", path_env()).stdout(Stdio::piped()).spawn().context("starting cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let (mut passed, mut failed) = (0, 0);
+    let mut out = std::io::stdout().lock();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        writeln!(out, "{line}")?;
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_in(rest, "passed");
+            failed += count_in(rest, "failed");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("cargo test failed with {status} ({passed} passed, {failed} failed)");
+    }
+    Ok((passed, failed))
+}
+
+/// The number before `word` in `ok. 3 passed; 0 failed; …`.
+fn count_in(summary: &str, word: &str) -> u64 {
+    summary
+        .split(';')
+        .find_map(|part| part.trim().strip_suffix(word)?.trim().rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn run_sensor() -> Result<()> {

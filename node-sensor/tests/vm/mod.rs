@@ -68,7 +68,12 @@ pub fn kernel() -> Result<PathBuf, String> {
     if let Ok(found) = vmlinuz_from_deb_cached(&dir) {
         return Ok(found);
     }
-    run(Command::new("apt-get").args(["download", "-qq", &package]).current_dir(&cache))?;
+    let download = || run(Command::new("apt-get").args(["download", "-qq", &package]).current_dir(&cache));
+    if download().is_err() {
+        // Stale package lists name versions the mirror no longer has.
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        download()?;
+    }
     let deb = std::fs::read_dir(&cache)
         .map_err(|e| e.to_string())?
         .flatten()

@@ -6,8 +6,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use events::fields::FieldFilters;
-use events::filter::EventFilter;
+use crate::fields::FieldFilters;
+use crate::filter::EventFilter;
 use proto::tetragon::{GetEventsResponse, RateLimitInfo, get_events_response::Event};
 use tokio::sync::mpsc;
 
@@ -140,7 +140,7 @@ mod tests {
     }
 
     fn binary(e: &GetEventsResponse) -> &str {
-        events::subject::process(e).map_or("", |p| p.binary.as_str())
+        crate::subject::process(e).map_or("", |p| p.binary.as_str())
     }
 
     #[tokio::test]

@@ -1,0 +1,227 @@
+//! Vigil's mTLS. Every certificate names a role (relay, sensor, client) in a
+//! URI subject-alternative name `urn:vigil:role:<role>`; the relay takes
+//! ingest only from sensor certificates and serves queries only to client
+//! certificates, and says which rule a refused peer broke.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+const ROLE_PREFIX: &str = "urn:vigil:role:";
+
+/// What a certificate may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Relay,
+    Sensor,
+    Client,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Relay => "relay",
+            Role::Sensor => "sensor",
+            Role::Client => "client",
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Role> {
+        match s {
+            "relay" => Some(Role::Relay),
+            "sensor" => Some(Role::Sensor),
+            "client" => Some(Role::Client),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("generating the {what} certificate: {source}")]
+    Generate { what: &'static str, source: rcgen::Error },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: no certificate in the file")]
+    Empty { path: String },
+}
+
+/// File names in a certificate directory.
+pub struct CertFiles;
+
+impl CertFiles {
+    pub const CA: &'static str = "ca.pem";
+    pub const CA_KEY: &'static str = "ca-key.pem";
+
+    pub fn cert(role: Role) -> String {
+        format!("{}.pem", role.name())
+    }
+
+    pub fn key(role: Role) -> String {
+        format!("{}-key.pem", role.name())
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io { path: path.display().to_string(), source }
+}
+
+fn validity(params: &mut CertificateParams, not_before: time::OffsetDateTime, days: i64) {
+    params.not_before = not_before;
+    params.not_after = not_before + time::Duration::days(days);
+}
+
+/// A leaf certificate for `role`, signed by the CA, valid from `not_before`
+/// for `days` days, with `dns` names (servers) in its SANs.
+pub fn leaf(
+    role: Role,
+    dns: &[String],
+    issuer: &Issuer<'_, KeyPair>,
+    not_before: time::OffsetDateTime,
+    days: i64,
+) -> Result<(String, String), TlsError> {
+    let gen_err = |source| TlsError::Generate { what: role.name(), source };
+    let mut params = CertificateParams::new(dns.to_vec()).map_err(gen_err)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("vigil-{}", role.name()));
+    dn.push(DnType::OrganizationalUnitName, role.name());
+    params.distinguished_name = dn;
+    let uri = format!("{ROLE_PREFIX}{}", role.name()).try_into().map_err(gen_err)?;
+    params.subject_alt_names.push(SanType::URI(uri));
+    if role == Role::Relay {
+        for ip in ["127.0.0.1", "::1"] {
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress(ip.parse().map_err(|_| gen_err(rcgen::Error::CouldNotParseCertificate))?));
+        }
+    }
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.extended_key_usages = match role {
+        Role::Relay => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        Role::Sensor | Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    validity(&mut params, not_before, days);
+    let key = KeyPair::generate().map_err(gen_err)?;
+    let cert = params.signed_by(&key, issuer).map_err(gen_err)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A new CA: (certificate PEM, key PEM, issuer for signing).
+pub fn ca(days: i64) -> Result<(String, String, Issuer<'static, KeyPair>), TlsError> {
+    let gen_err = |source| TlsError::Generate { what: "CA", source };
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "vigil CA");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    validity(&mut params, time::OffsetDateTime::now_utc() - time::Duration::hours(1), days);
+    let key = KeyPair::generate().map_err(gen_err)?;
+    let cert = params.self_signed(&key).map_err(gen_err)?;
+    let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+    Ok((cert_pem, key_pem, Issuer::new(params, key)))
+}
+
+/// `vigil certs generate`: a CA and relay, sensor and client certificates
+/// in `out`. Returns the files written.
+pub fn generate(out: &Path, relay_dns: &[String], days: i64) -> Result<Vec<PathBuf>, TlsError> {
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    let (ca_pem, ca_key, issuer) = ca(days)?;
+    let mut files = vec![(out.join(CertFiles::CA), ca_pem), (out.join(CertFiles::CA_KEY), ca_key)];
+    let mut dns: Vec<String> = relay_dns.to_vec();
+    if !dns.iter().any(|d| d == "localhost") {
+        dns.push("localhost".into());
+    }
+    let now = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    for role in [Role::Relay, Role::Sensor, Role::Client] {
+        let names = if role == Role::Relay { dns.clone() } else { vec![] };
+        let (cert, key) = leaf(role, &names, &issuer, now, days)?;
+        files.push((out.join(CertFiles::cert(role)), cert));
+        files.push((out.join(CertFiles::key(role)), key));
+    }
+    let mut written = Vec::new();
+    for (path, pem) in files {
+        std::fs::write(&path, pem).map_err(io_err(&path))?;
+        if path.to_string_lossy().ends_with("-key.pem") {
+            set_private(&path)?;
+        }
+        written.push(path);
+    }
+    Ok(written)
+}
+
+fn set_private(path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err(path))
+}
+
+/// The role a DER certificate claims, if any.
+pub fn role_of(der: &[u8]) -> Option<Role> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(uri) => uri.strip_prefix(ROLE_PREFIX).and_then(Role::from_name),
+        _ => None,
+    })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    if !String::from_utf8_lossy(&bytes).contains("-----BEGIN") {
+        return Err(TlsError::Empty { path: path.display().to_string() });
+    }
+    Ok(bytes)
+}
+
+/// Server settings: our identity and the CA that client certificates must
+/// chain to (mTLS: a client without a valid certificate is refused).
+pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<ServerTlsConfig, TlsError> {
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(cert)?, read(key)?))
+        .client_ca_root(Certificate::from_pem(read(ca)?)))
+}
+
+/// Client settings: the CA the server must chain to, our identity, and the
+/// name to check the server certificate against.
+pub fn client_config(ca: &Path, cert: &Path, key: &Path, server_name: &str) -> Result<ClientTlsConfig, TlsError> {
+    Ok(ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(ca)?))
+        .identity(Identity::from_pem(read(cert)?, read(key)?))
+        .domain_name(server_name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn der(pem: &str) -> Vec<u8> {
+        x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap().1.contents
+    }
+
+    #[test]
+    fn generated_certificates_carry_their_roles() {
+        let dir = std::env::temp_dir().join(format!("vigil-certs-{}", std::process::id()));
+        let files = generate(&dir, &["relay.local".into()], 30).unwrap();
+        assert_eq!(files.len(), 8);
+        for role in [Role::Relay, Role::Sensor, Role::Client] {
+            let pem = std::fs::read_to_string(dir.join(CertFiles::cert(role))).unwrap();
+            assert_eq!(role_of(&der(&pem)), Some(role));
+        }
+        let ca = std::fs::read_to_string(dir.join(CertFiles::CA)).unwrap();
+        assert_eq!(role_of(&der(&ca)), None);
+        let relay = std::fs::read_to_string(dir.join("relay.pem")).unwrap();
+        let relay_der = der(&relay);
+        let (_, cert) = x509_parser::parse_x509_certificate(&relay_der).unwrap();
+        let names = format!("{:?}", cert.subject_alternative_name().unwrap().unwrap().value.general_names);
+        assert!(names.contains("relay.local") && names.contains("localhost"), "{names}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("sensor-key.pem")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
