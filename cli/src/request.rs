@@ -74,7 +74,7 @@ pub fn build(args: &GetEventsArgs) -> Result<GetEventsRequest, RequestError> {
     .into_iter()
     .flatten()
     .collect();
-    Ok(GetEventsRequest { allow_list, deny_list: vec![], aggregation_options: None, field_filters })
+    Ok(GetEventsRequest { allow_list, field_filters, ..Default::default() })
 }
 
 #[cfg(test)]
