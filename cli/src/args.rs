@@ -14,6 +14,21 @@ pub struct Cli {
     /// Seconds to wait for the connection.
     #[arg(long, global = true, default_value_t = 10)]
     pub timeout: u64,
+    /// CA certificate(s) the server must chain to (PEM; enables mTLS).
+    #[arg(long, global = true)]
+    pub tls_ca_cert_files: Vec<std::path::PathBuf>,
+    /// Client certificate (PEM) for mTLS.
+    #[arg(long, global = true)]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// Client key (PEM) for mTLS.
+    #[arg(long, global = true)]
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// Name to check the server certificate against [default: the address's host].
+    #[arg(long, global = true)]
+    pub tls_server_name: Option<String>,
+    /// Directory from `vigil certs generate`: uses ca.pem, client.pem and client-key.pem.
+    #[arg(long, global = true)]
+    pub tls_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -28,6 +43,28 @@ pub enum Command {
     Status,
     /// Print the client's and the server's version.
     Version,
+    /// Per-node status from a relay: connected, last seen, events, lost, lag.
+    Nodes,
+    /// Certificates for mTLS between sensors, relays and clients.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Write a CA and relay, sensor and client certificates (PEM) to a directory.
+    Generate {
+        /// Output directory.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// DNS names the relay is reached by (repeatable); localhost,
+        /// 127.0.0.1 and ::1 are always included.
+        #[arg(long = "relay-dns")]
+        relay_dns: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -88,10 +125,47 @@ pub struct GetEventsArgs {
     /// Needs a sensor started with --enable-process-ns.
     #[arg(long = "host-ns", value_delimiter = ',')]
     pub host_ns: Vec<String>,
+    /// Only events from these nodes (repeatable; relay).
+    #[arg(long = "node")]
+    pub nodes: Vec<String>,
+    /// First replay the relay's history of this long (e.g. 30s, 5m, 2h, 1d), then live events.
+    #[arg(long, value_parser = parse_duration_secs)]
+    pub since: Option<u64>,
+    /// First replay the relay's last N matching events, then live events.
+    #[arg(long)]
+    pub last: Option<u64>,
     /// Prefix compact lines with the event time.
     #[arg(long)]
     pub timestamps: bool,
     /// Reconnect with backoff when the stream ends or fails.
     #[arg(long)]
     pub reconnect: bool,
+}
+
+/// `90`, `30s`, `5m`, `2h`, `1d` to seconds.
+pub fn parse_duration_secs(s: &str) -> Result<u64, String> {
+    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 5m, 2h, 1d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("invalid duration {s:?}: unit must be s, m, h or d")),
+    };
+    Ok(n * mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_secs("5m"), Ok(300));
+        assert_eq!(parse_duration_secs("90"), Ok(90));
+        assert_eq!(parse_duration_secs("1d"), Ok(86400));
+        assert!(parse_duration_secs("5 minutes").is_err());
+        assert!(parse_duration_secs("m").is_err());
+    }
 }

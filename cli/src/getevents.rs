@@ -11,9 +11,9 @@ use proto::json::{from_json_line, to_json_line};
 use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
 use proto::tetragon::get_events_response::Event;
 use proto::tetragon::{GetEventsRequest, GetEventsResponse};
-use proto::transport::ServerAddress;
 
 use crate::args::Output;
+use crate::target::Target;
 
 /// Formats events to a writer.
 pub struct Printer<W: Write> {
@@ -100,15 +100,15 @@ pub fn from_reader<R: BufRead, W: Write>(
 /// Streams from a server until it ends; with `reconnect`, retries with
 /// capped exponential backoff.
 pub async fn from_server<W: Write>(
-    address: &ServerAddress,
+    target: &Target,
     request: GetEventsRequest,
     printer: &mut Printer<W>,
     reconnect: bool,
-    timeout: Duration,
 ) -> anyhow::Result<()> {
+    let address = &target.address;
     let mut backoff = Duration::from_millis(500);
     loop {
-        let result = stream_once(address, request.clone(), printer, timeout).await;
+        let result = stream_once(target, request.clone(), printer).await;
         match result {
             Ok(()) if !reconnect => return Ok(()),
             Err(e) if !reconnect => return Err(e),
@@ -121,14 +121,11 @@ pub async fn from_server<W: Write>(
 }
 
 async fn stream_once<W: Write>(
-    address: &ServerAddress,
+    target: &Target,
     request: GetEventsRequest,
     printer: &mut Printer<W>,
-    timeout: Duration,
 ) -> anyhow::Result<()> {
-    let channel = tokio::time::timeout(timeout, address.connect())
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out after {timeout:?} connecting to {address}"))??;
+    let channel = target.channel().await?;
     let mut client = FineGuidanceSensorsClient::new(channel).max_decoding_message_size(64 << 20);
     let mut stream = client.get_events(request).await.map_err(status_error)?.into_inner();
     while let Some(event) = stream.message().await.map_err(status_error)? {

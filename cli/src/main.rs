@@ -1,30 +1,18 @@
 //! `vigil`: query Vigil sensors and relays.
 
 use std::io::IsTerminal;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use events::compact::CompactOptions;
 use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
 use proto::tetragon::{GetHealthStatusRequest, GetVersionRequest, HealthStatusResult};
-use proto::transport::ServerAddress;
-use vigil_cli::args::{Cli, ColorMode, Command, DEFAULT_SERVER, GetEventsArgs};
+use proto::vigil::relay::v1::ListNodesRequest;
+use proto::vigil::relay::v1::relay_admin_client::RelayAdminClient;
+use vigil_cli::args::{CertsCommand, Cli, ColorMode, Command, GetEventsArgs};
 use vigil_cli::getevents::{self, LocalFilter, Printer, status_error};
 use vigil_cli::request;
-
-fn address(cli: &Cli) -> anyhow::Result<ServerAddress> {
-    Ok(cli.server_address.as_deref().unwrap_or(DEFAULT_SERVER).parse()?)
-}
-
-async fn connect(cli: &Cli) -> anyhow::Result<FineGuidanceSensorsClient<tonic::transport::Channel>> {
-    let address = address(cli)?;
-    let timeout = Duration::from_secs(cli.timeout);
-    let channel = tokio::time::timeout(timeout, address.connect())
-        .await
-        .map_err(|_| anyhow::anyhow!("timed out after {timeout:?} connecting to {address}"))??;
-    Ok(FineGuidanceSensorsClient::new(channel))
-}
+use vigil_cli::target::Target;
 
 async fn get_events(cli: &Cli, args: &GetEventsArgs) -> anyhow::Result<()> {
     let request = request::build(args)?;
@@ -43,15 +31,33 @@ async fn get_events(cli: &Cli, args: &GetEventsArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    getevents::from_server(&address(cli)?, request, &mut printer, args.reconnect, Duration::from_secs(cli.timeout))
-        .await
+    getevents::from_server(&Target::from_cli(cli)?, request, &mut printer, args.reconnect).await
+}
+
+fn print_nodes(r: &proto::vigil::relay::v1::ListNodesResponse) {
+    println!(
+        "{:<24} {:<10} {:<31} {:>10} {:>8} {:>8} {:>8}",
+        "NODE", "STATE", "LAST SEEN", "EVENTS", "LOST", "DUPS", "LAG MS"
+    );
+    for n in &r.nodes {
+        let seen = n.last_seen.map(|t| t.to_protojson()).unwrap_or_else(|| "-".into());
+        let state = if n.connected { "connected" } else { "gone" };
+        println!(
+            "{:<24} {:<10} {:<31} {:>10} {:>8} {:>8} {:>8}",
+            n.node_name, state, seen, n.events, n.lost, n.duplicates, n.lag_ms
+        );
+    }
+    println!(
+        "clients: {}  events merged: {}  dropped for slow clients: {}",
+        r.clients, r.events_merged, r.client_dropped
+    );
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::GetEvents(args) => get_events(&cli, args).await,
         Command::Status => {
-            let mut client = connect(&cli).await?;
+            let mut client = FineGuidanceSensorsClient::new(Target::from_cli(&cli)?.channel().await?);
             let health = client.get_health(GetHealthStatusRequest::default()).await.map_err(status_error)?.into_inner();
             let mut ok = !health.health_status.is_empty();
             for h in &health.health_status {
@@ -66,9 +72,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Version => {
             println!("CLI version: {}", env!("CARGO_PKG_VERSION"));
-            let mut client = connect(&cli).await.context("asking the server for its version")?;
-            let v = client.get_version(GetVersionRequest {}).await.map_err(status_error)?.into_inner();
-            println!("Server version: {}", v.version);
+            let channel = Target::from_cli(&cli)?.channel().await.context("asking the server for its version")?;
+            let v = FineGuidanceSensorsClient::new(channel)
+                .get_version(GetVersionRequest {})
+                .await
+                .map_err(status_error)?;
+            println!("Server version: {}", v.into_inner().version);
+            Ok(())
+        }
+        Command::Nodes => {
+            let mut client = RelayAdminClient::new(Target::from_cli(&cli)?.channel().await?);
+            let r = client.list_nodes(ListNodesRequest {}).await.map_err(status_error)?.into_inner();
+            print_nodes(&r);
+            Ok(())
+        }
+        Command::Certs(CertsCommand::Generate { out, relay_dns, days }) => {
+            for f in tls::generate(out, relay_dns, *days)? {
+                println!("wrote {}", f.display());
+            }
             Ok(())
         }
     }

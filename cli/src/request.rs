@@ -64,6 +64,7 @@ pub fn build(args: &GetEventsArgs) -> Result<GetEventsRequest, RequestError> {
             ..Default::default()
         }),
         host_namespaces: args.host_ns.clone(),
+        node_name: args.nodes.clone(),
         ..Default::default()
     };
     let allow_list = if filter == Filter::default() { vec![] } else { vec![filter] };
@@ -74,7 +75,13 @@ pub fn build(args: &GetEventsArgs) -> Result<GetEventsRequest, RequestError> {
     .into_iter()
     .flatten()
     .collect();
-    Ok(GetEventsRequest { allow_list, field_filters, ..Default::default() })
+    Ok(GetEventsRequest {
+        allow_list,
+        field_filters,
+        since_seconds: args.since.unwrap_or(0),
+        last: args.last.unwrap_or(0),
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]

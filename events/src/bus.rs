@@ -104,8 +104,11 @@ impl EventBus {
         let Ok(mut subs) = self.subscribers.lock() else {
             return;
         };
+        // Loss notices reach every subscriber: filters select events, they
+        // must not hide that events were lost.
+        let notice = matches!(event.event, Some(Event::RateLimitInfo(_)));
         subs.retain(|s| {
-            if !s.filter.matches(&event) {
+            if !notice && !s.filter.matches(&event) {
                 return !s.tx.is_closed();
             }
             match s.tx.try_send(event.clone()) {

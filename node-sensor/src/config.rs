@@ -65,6 +65,23 @@ pub struct Flags {
     /// Add namespace inodes, and whether each is the host's, to every process.
     #[arg(long)]
     pub enable_process_ns: bool,
+    /// Relay to stream every event to (host:port; repeatable; a name with
+    /// several addresses streams to each).
+    #[arg(long = "relay-address")]
+    pub relay_address: Vec<String>,
+    /// Directory with ca.pem, sensor.pem and sensor-key.pem for mTLS to relays.
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
+    /// Stream to relays in plaintext (tests; logs a warning).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Events kept for resending to relays after a reconnect [default: 100000].
+    #[arg(long)]
+    pub replay_buffer_size: Option<usize>,
+    /// Report only processes in the sensor's own network namespace (to run
+    /// several sensors as separate "nodes" on one kernel, as the tests do).
+    #[arg(long)]
+    pub only_own_netns: bool,
 }
 
 /// The config file's keys: the flags' names.
@@ -82,6 +99,11 @@ struct FileSettings {
     procfs: Option<PathBuf>,
     enable_process_cred: Option<bool>,
     enable_process_ns: Option<bool>,
+    relay_address: Option<Vec<String>>,
+    tls_dir: Option<PathBuf>,
+    insecure: Option<bool>,
+    replay_buffer_size: Option<usize>,
+    only_own_netns: Option<bool>,
 }
 
 /// Resolved settings.
@@ -98,7 +120,14 @@ pub struct Settings {
     pub procfs: PathBuf,
     pub enable_process_cred: bool,
     pub enable_process_ns: bool,
+    pub relay_address: Vec<String>,
+    pub tls_dir: Option<PathBuf>,
+    pub insecure: bool,
+    pub replay_buffer_size: usize,
+    pub only_own_netns: bool,
 }
+
+pub const DEFAULT_REPLAY_BUFFER: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -139,6 +168,16 @@ impl Settings {
             if v == 0 { Err(ConfigError::Value { key, reason: "must be at least 1".into() }) } else { Ok(v) }
         };
         let node_name = flags.node_name.or(file.node_name).filter(|n| !n.is_empty()).unwrap_or_else(hostname);
+        let relays_given =
+            !flags.relay_address.is_empty() || file.relay_address.as_ref().is_some_and(|r| !r.is_empty());
+        let tls_given = flags.tls_dir.is_some() || file.tls_dir.is_some();
+        let insecure = flags.insecure || file.insecure.unwrap_or(false);
+        if relays_given && !tls_given && !insecure {
+            return Err(ConfigError::Value {
+                key: "relay-address",
+                reason: "streaming to a relay needs --tls-dir (mTLS), or --insecure for plaintext".into(),
+            });
+        }
         Ok(Settings {
             node_name,
             server_address,
@@ -157,6 +196,18 @@ impl Settings {
             procfs: flags.procfs.or(file.procfs).unwrap_or_else(|| "/proc".into()),
             enable_process_cred: flags.enable_process_cred || file.enable_process_cred.unwrap_or(false),
             enable_process_ns: flags.enable_process_ns || file.enable_process_ns.unwrap_or(false),
+            relay_address: if flags.relay_address.is_empty() {
+                file.relay_address.unwrap_or_default()
+            } else {
+                flags.relay_address
+            },
+            tls_dir: flags.tls_dir.or(file.tls_dir),
+            insecure: flags.insecure || file.insecure.unwrap_or(false),
+            replay_buffer_size: positive(
+                "replay-buffer-size",
+                flags.replay_buffer_size.or(file.replay_buffer_size).unwrap_or(DEFAULT_REPLAY_BUFFER),
+            )?,
+            only_own_netns: flags.only_own_netns || file.only_own_netns.unwrap_or(false),
         })
     }
 }

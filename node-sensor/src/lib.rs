@@ -21,3 +21,4 @@ pub mod privileges;
 pub mod procfs;
 pub mod server;
 pub mod stats;
+pub mod uplink;

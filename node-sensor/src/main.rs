@@ -12,6 +12,7 @@ use node_sensor::config::{Flags, LogFormat, Settings};
 use node_sensor::pipeline::Pipeline;
 use node_sensor::privileges::{Collect, HostNamespaces};
 use node_sensor::stats::SensorStats;
+use node_sensor::uplink::{self, UplinkSettings};
 use node_sensor::{export, loader, server};
 use tracing_subscriber::EnvFilter;
 
@@ -40,7 +41,9 @@ async fn shutdown_signal(tx: tokio::sync::watch::Sender<bool>) {
 }
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
-    let features = Features { creds: settings.enable_process_cred, ns: settings.enable_process_ns };
+    // --only-own-netns needs each process's network namespace.
+    let features =
+        Features { creds: settings.enable_process_cred, ns: settings.enable_process_ns || settings.only_own_netns };
     let probes = loader::load(&settings.btf, features)?;
     let (host, warnings) = HostNamespaces::read(&settings.procfs);
     if features.ns {
@@ -76,6 +79,24 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         bus.clone(),
         stats.clone(),
     );
+    if settings.only_own_netns {
+        let own =
+            node_sensor::privileges::read_ns_inums(&settings.procfs, std::process::id())[node_sensor_common::NS_NET];
+        tracing::info!(netns = own, "reporting only processes in the sensor's own network namespace");
+        pipeline = pipeline.only_netns(own);
+    }
+    if !settings.relay_address.is_empty() {
+        if settings.insecure {
+            tracing::warn!("--insecure: streaming to relays in plaintext");
+        }
+        let uplink = UplinkSettings {
+            node_name: settings.node_name.clone(),
+            relays: settings.relay_address.clone(),
+            tls_dir: if settings.insecure { None } else { settings.tls_dir.clone() },
+            buffer_size: settings.replay_buffer_size,
+        };
+        uplink::start(&bus, uplink).await.context("relay uplink")?;
+    }
     let seeded = pipeline.seed_from_procfs(&settings.procfs);
     tracing::info!(processes = seeded, address = %settings.server_address, "process cache seeded from procfs; serving");
 

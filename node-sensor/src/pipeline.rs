@@ -27,6 +27,8 @@ pub struct Pipeline {
     node: String,
     clock: Clock,
     collect: Collect,
+    /// Report only processes in this network namespace (`--only-own-netns`).
+    netns_only: Option<u32>,
     cache: ProcessCache,
     bus: EventBus,
     stats: Arc<SensorStats>,
@@ -41,7 +43,31 @@ impl Pipeline {
         bus: EventBus,
         stats: Arc<SensorStats>,
     ) -> Self {
-        Pipeline { node: node.to_owned(), clock, collect, cache: ProcessCache::new(cache_size), bus, stats }
+        Pipeline {
+            node: node.to_owned(),
+            clock,
+            collect,
+            netns_only: None,
+            cache: ProcessCache::new(cache_size),
+            bus,
+            stats,
+        }
+    }
+
+    /// Keeps only events of processes in network namespace `inum`.
+    pub fn only_netns(mut self, inum: u32) -> Self {
+        self.netns_only = Some(inum);
+        self
+    }
+
+    fn publish(&self, event: proto::tetragon::GetEventsResponse) {
+        if let Some(want) = self.netns_only {
+            let net = events::subject::process(&event).and_then(|p| p.ns.as_ref()).and_then(|n| n.net).map(|n| n.inum);
+            if net != Some(want) {
+                return;
+            }
+        }
+        self.bus.publish(event);
     }
 
     /// Reports every process already running, parents first.
@@ -51,7 +77,7 @@ impl Pipeline {
         for e in entries {
             let time = e.process.start_time.unwrap_or_default();
             let lineage = self.cache.add_procfs(e.process, e.ppid);
-            self.bus.publish(builder::exec_event(&self.node, time, lineage));
+            self.publish(builder::exec_event(&self.node, time, lineage));
         }
         self.update_cache_stats();
         n
@@ -78,12 +104,12 @@ impl Pipeline {
                 let process = builder::exec_process(&self.node, &self.clock, &self.collect.host, &e);
                 let time = self.clock.wall(e.ktime);
                 let lineage = self.cache.on_exec(process, e.ppid);
-                self.bus.publish(builder::exec_event(&self.node, time, lineage));
+                self.publish(builder::exec_event(&self.node, time, lineage));
             }
             Record::Exit(x) => {
                 if let Some(lineage) = self.cache.on_exit(x.pid) {
                     let time = self.clock.wall(x.header.ktime);
-                    self.bus.publish(builder::exit_event(&self.node, time, lineage, x.exit_code));
+                    self.publish(builder::exit_event(&self.node, time, lineage, x.exit_code));
                 }
             }
         }

@@ -69,6 +69,27 @@ impl ServerAddress {
         self.connect_with(|e| e).await
     }
 
+    /// Opens an mTLS gRPC channel (TCP addresses only).
+    pub async fn connect_tls(&self, tls: tonic::transport::ClientTlsConfig) -> Result<Channel, AddressError> {
+        let err = |source| AddressError::Connect { address: self.to_string(), source };
+        match self {
+            ServerAddress::Tcp(a) => {
+                let endpoint =
+                    Endpoint::from_shared(format!("https://{a}")).map_err(err)?.tls_config(tls).map_err(err)?;
+                endpoint.connect().await.map_err(err)
+            }
+            ServerAddress::Unix(_) => Err(AddressError::Invalid(format!("{self} (TLS needs a host:port address)"))),
+        }
+    }
+
+    /// The host part of a TCP address (for TLS name checks).
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            ServerAddress::Tcp(a) => a.rsplit_once(':').map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']')),
+            ServerAddress::Unix(_) => None,
+        }
+    }
+
     /// Opens a gRPC channel with endpoint settings (windows, timeouts…).
     pub async fn connect_with(&self, configure: impl FnOnce(Endpoint) -> Endpoint) -> Result<Channel, AddressError> {
         let err = |source| AddressError::Connect { address: self.to_string(), source };

@@ -1,0 +1,255 @@
+//! Streams every event to one or more relays: sequence numbers, a bounded
+//! replay buffer, acknowledged and resumable streams, capped exponential
+//! backoff with jitter. Anything the buffer had to drop shows up at the
+//! relay as a gap in the sequence, which the relay reports as a loss.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use events::bus::EventBus;
+use events::fields::FieldFilters;
+use events::filter::EventFilter;
+use proto::tetragon::GetEventsResponse;
+use proto::tetragon::get_events_response::Event;
+use proto::vigil::relay::v1::ingest_client::IngestClient;
+use proto::vigil::relay::v1::{Batch, Hello, IngestMessage, SequencedEvent, ingest_message, ingest_reply};
+use tokio::sync::{Notify, mpsc};
+use tonic::transport::Endpoint;
+
+/// Events sent per batch.
+const BATCH: usize = 512;
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How to reach relays.
+#[derive(Debug, Clone)]
+pub struct UplinkSettings {
+    pub node_name: String,
+    /// `host:port`, each resolving to one or more addresses.
+    pub relays: Vec<String>,
+    /// Directory with ca.pem, sensor.pem, sensor-key.pem; None = plaintext.
+    pub tls_dir: Option<PathBuf>,
+    pub buffer_size: usize,
+}
+
+#[derive(Default)]
+struct Buffer {
+    entries: VecDeque<(u64, Arc<GetEventsResponse>)>,
+    next_seq: u64,
+    evicted: u64,
+}
+
+/// The replay buffer shared by every relay connection.
+pub struct Replay {
+    inner: Mutex<Buffer>,
+    cap: usize,
+    notify: Notify,
+}
+
+impl Replay {
+    pub fn new(cap: usize) -> Self {
+        Replay {
+            inner: Mutex::new(Buffer { next_seq: 1, ..Default::default() }),
+            cap: cap.max(1),
+            notify: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buffer> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends an event with the next sequence number, evicting the oldest
+    /// past the bound.
+    pub fn push(&self, event: GetEventsResponse) {
+        let mut b = self.lock();
+        let seq = b.next_seq;
+        b.next_seq += 1;
+        b.entries.push_back((seq, Arc::new(event)));
+        if b.entries.len() > self.cap {
+            b.entries.pop_front();
+            b.evicted += 1;
+        }
+        drop(b);
+        self.notify.notify_waiters();
+    }
+
+    /// Events that never got into the buffer: their sequence numbers are
+    /// skipped so the relay sees (and reports) the gap.
+    pub fn skip(&self, n: u64) {
+        self.lock().next_seq += n;
+    }
+
+    /// Up to `max` events with sequence ≥ `from`.
+    pub fn from(&self, from: u64, max: usize) -> Vec<(u64, Arc<GetEventsResponse>)> {
+        let b = self.lock();
+        let start = b.entries.partition_point(|(s, _)| *s < from);
+        b.entries.range(start..).take(max).cloned().collect()
+    }
+
+    pub fn evicted(&self) -> u64 {
+        self.lock().evicted
+    }
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+/// Starts the collector and one connection task per relay address.
+pub async fn start(bus: &EventBus, settings: UplinkSettings) -> anyhow::Result<Arc<Replay>> {
+    let replay = Arc::new(Replay::new(settings.buffer_size));
+    // The collector must never fall behind the bus: its queue is as deep as
+    // the replay buffer, and whatever the bus still drops becomes a gap.
+    let mut sub = EventBus::subscribe(bus, EventFilter::default(), FieldFilters::default());
+    let r = replay.clone();
+    tokio::spawn(async move {
+        while let Some(e) = sub.next().await {
+            match &e.event {
+                Some(Event::RateLimitInfo(info)) => r.skip(info.number_of_dropped_process_events),
+                _ => r.push(e),
+            }
+        }
+    });
+    let instance = format!("{}-{}-{}", settings.node_name, std::process::id(), proto::Timestamp::now().unix_nanos());
+    let boot = boot_id();
+    for relay in &settings.relays {
+        let (host, _) = relay
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow::anyhow!("invalid --relay-address {relay:?}: expected host:port"))?;
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(relay)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot resolve --relay-address {relay}: {e}"))?
+            .collect();
+        if addrs.is_empty() {
+            anyhow::bail!("--relay-address {relay} resolves to no address");
+        }
+        let tls = match &settings.tls_dir {
+            Some(dir) => Some(tls::client_config(
+                &dir.join(tls::CertFiles::CA),
+                &dir.join(tls::CertFiles::cert(tls::Role::Sensor)),
+                &dir.join(tls::CertFiles::key(tls::Role::Sensor)),
+                host.trim_start_matches('[').trim_end_matches(']'),
+            )?),
+            None => None,
+        };
+        // A name with several addresses is several relay replicas: stream to each.
+        for addr in addrs {
+            let link = Link {
+                addr,
+                label: relay.clone(),
+                tls: tls.clone(),
+                hello: Hello {
+                    node_name: settings.node_name.clone(),
+                    boot_id: boot.clone(),
+                    sensor_version: env!("CARGO_PKG_VERSION").into(),
+                    instance_id: instance.clone(),
+                },
+                replay: replay.clone(),
+            };
+            tokio::spawn(link.run());
+        }
+    }
+    Ok(replay)
+}
+
+struct Link {
+    addr: SocketAddr,
+    label: String,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+    hello: Hello,
+    replay: Arc<Replay>,
+}
+
+fn jitter(d: Duration) -> Duration {
+    let n = u64::from(proto::Timestamp::now().nanos.unsigned_abs());
+    d + Duration::from_millis(n % (d.as_millis() as u64 / 2 + 1))
+}
+
+impl Link {
+    async fn run(self) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.session().await {
+                Ok(()) => {
+                    tracing::warn!(relay = %self.label, addr = %self.addr, "relay stream ended; reconnecting");
+                    backoff = Duration::from_millis(200);
+                }
+                Err(e) => {
+                    tracing::warn!(relay = %self.label, addr = %self.addr, error = %e, "relay stream failed; retrying")
+                }
+            }
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn session(&self) -> anyhow::Result<()> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.addr))?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10));
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        let channel = endpoint.connect().await?;
+        let mut client = IngestClient::new(channel).max_encoding_message_size(16 << 20);
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(IngestMessage { msg: Some(ingest_message::Msg::Hello(self.hello.clone())) }).await?;
+        let mut inbound = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+        let acked = match inbound.message().await?.and_then(|r| r.msg) {
+            Some(ingest_reply::Msg::Welcome(w)) => w.acked,
+            _ => anyhow::bail!("relay did not answer the hello"),
+        };
+        tracing::info!(relay = %self.label, addr = %self.addr, acked, "streaming to relay");
+        let mut cursor = acked + 1;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            let notified = self.replay.notify.notified();
+            let batch = self.replay.from(cursor, BATCH);
+            if let Some((last, _)) = batch.last() {
+                cursor = last + 1;
+                let events =
+                    batch.into_iter().map(|(seq, e)| SequencedEvent { seq, event: Some((*e).clone()) }).collect();
+                tx.send(IngestMessage { msg: Some(ingest_message::Msg::Batch(Batch { events, lost: 0 })) }).await?;
+                continue;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tick.tick() => {}
+                reply = inbound.message() => match reply? {
+                    Some(_) => {}
+                    None => return Ok(()),
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(n: &str) -> GetEventsResponse {
+        GetEventsResponse { node_name: n.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn bounded_with_gaps_for_what_it_lost() {
+        let r = Replay::new(3);
+        for n in ["a", "b", "c", "d"] {
+            r.push(ev(n));
+        }
+        assert_eq!(r.evicted(), 1);
+        let seqs: Vec<u64> = r.from(1, 10).iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, vec![2, 3, 4], "seq 1 was evicted: the relay will see the gap");
+        r.skip(5);
+        r.push(ev("e"));
+        let seqs: Vec<u64> = r.from(4, 10).iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, vec![4, 10]);
+        assert_eq!(r.from(11, 10).len(), 0);
+    }
+}

@@ -1,0 +1,30 @@
+//! Role checks: each listener serves one certificate role. The TLS layer
+//! has already verified the chain (CA, validity); this checks the role the
+//! certificate claims and says which rule a refused peer broke.
+
+use tls::Role;
+use tonic::{Request, Status};
+
+/// An interceptor admitting only peers whose certificate has `role`. With
+/// `enforce` off (`--insecure`) everyone is admitted.
+pub fn require(role: Role, enforce: bool) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |req: Request<()>| {
+        if !enforce {
+            return Ok(req);
+        }
+        let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
+        let leaf = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
+        match tls::role_of(leaf.as_ref()) {
+            Some(r) if r == role => Ok(req),
+            Some(r) => Err(Status::permission_denied(format!(
+                "certificate role {} may not use this listener; it needs the {} role",
+                r.name(),
+                role.name()
+            ))),
+            None => Err(Status::permission_denied(format!(
+                "certificate carries no vigil role; this listener needs the {} role",
+                role.name()
+            ))),
+        }
+    }
+}

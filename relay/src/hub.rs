@@ -1,0 +1,125 @@
+//! Where merged events go: a bounded history ring and the fan-out bus,
+//! updated together so a client that asks for history then live events
+//! misses nothing and sees nothing twice.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use events::bus::{EventBus, Subscription};
+use events::fields::FieldFilters;
+use events::filter::EventFilter;
+use proto::tetragon::GetEventsResponse;
+
+pub struct Hub {
+    history: Mutex<VecDeque<Arc<GetEventsResponse>>>,
+    capacity: usize,
+    pub bus: EventBus,
+}
+
+/// Which history a client asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replay {
+    /// Events of the last this many seconds (0: none by time).
+    pub since_seconds: u64,
+    /// At most the last this many matching events (0: no count limit).
+    pub last: u64,
+}
+
+impl Replay {
+    pub fn wanted(&self) -> bool {
+        self.since_seconds > 0 || self.last > 0
+    }
+}
+
+impl Hub {
+    pub fn new(bus: EventBus, capacity: usize) -> Self {
+        Hub { history: Mutex::new(VecDeque::with_capacity(capacity.min(1 << 16))), capacity: capacity.max(1), bus }
+    }
+
+    pub fn publish(&self, event: GetEventsResponse) {
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        if history.len() == self.capacity {
+            history.pop_front();
+        }
+        history.push_back(Arc::new(event.clone()));
+        self.bus.publish(event);
+    }
+
+    pub fn history_len(&self) -> usize {
+        self.history.lock().map(|h| h.len()).unwrap_or(0)
+    }
+
+    /// Matching history (as asked) and a live subscription starting right
+    /// after it.
+    pub fn subscribe(
+        &self,
+        filter: EventFilter,
+        fields: FieldFilters,
+        replay: Replay,
+        now_ns: i128,
+    ) -> (Vec<GetEventsResponse>, Subscription) {
+        let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let mut past = Vec::new();
+        if replay.wanted() {
+            let cutoff = now_ns - i128::from(replay.since_seconds) * 1_000_000_000;
+            let in_window =
+                |e: &GetEventsResponse| replay.since_seconds == 0 || e.time.is_some_and(|t| t.unix_nanos() >= cutoff);
+            past = history
+                .iter()
+                .rev()
+                .filter(|e| in_window(e) && filter.matches(e))
+                .take(if replay.last == 0 { usize::MAX } else { replay.last as usize })
+                .map(|e| fields.apply((**e).clone()))
+                .collect();
+            past.reverse();
+        }
+        let sub = self.bus.subscribe(filter, fields);
+        (past, sub)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::Timestamp;
+    use proto::tetragon::{Filter, Process, ProcessExec, get_events_response::Event};
+
+    fn exec(binary: &str, t_s: i64) -> GetEventsResponse {
+        GetEventsResponse {
+            event: Some(Event::ProcessExec(ProcessExec {
+                process: Some(Process { binary: binary.into(), ..Default::default() }),
+                ..Default::default()
+            })),
+            time: Some(Timestamp { seconds: t_s, nanos: 0 }),
+            ..Default::default()
+        }
+    }
+
+    fn binaries(v: &[GetEventsResponse]) -> Vec<String> {
+        v.iter().map(|e| events::subject::process(e).unwrap().binary.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn history_then_live_without_gap_or_repeat() {
+        let hub = Hub::new(EventBus::new("relay", 16), 3);
+        for (i, b) in ["/a", "/b", "/c", "/d"].iter().enumerate() {
+            hub.publish(exec(b, 100 + i as i64));
+        }
+        let now = 104 * 1_000_000_000;
+        let (past, mut sub) =
+            hub.subscribe(EventFilter::default(), FieldFilters::default(), Replay { since_seconds: 0, last: 2 }, now);
+        assert_eq!(binaries(&past), vec!["/c", "/d"], "bounded history keeps the newest 3; last 2 of them");
+        hub.publish(exec("/e", 105));
+        assert_eq!(binaries(&[sub.next().await.unwrap()]), vec!["/e"]);
+
+        let (past, _) =
+            hub.subscribe(EventFilter::default(), FieldFilters::default(), Replay { since_seconds: 3, last: 0 }, now);
+        assert_eq!(binaries(&past), vec!["/c", "/d", "/e"], "times 102, 103 and 105 are within 3 s of 104");
+        let only_d =
+            EventFilter::new(&[Filter { binary_regex: vec!["^/d$".into()], ..Default::default() }], &[]).unwrap();
+        let (past, _) = hub.subscribe(only_d, FieldFilters::default(), Replay { since_seconds: 3600, last: 0 }, now);
+        assert_eq!(binaries(&past), vec!["/d"]);
+        let (past, _) = hub.subscribe(EventFilter::default(), FieldFilters::default(), Replay::default(), now);
+        assert!(past.is_empty(), "plain clients get live events only");
+    }
+}

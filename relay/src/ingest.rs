@@ -1,0 +1,151 @@
+//! `vigil.relay.v1.Ingest`: one bidirectional stream per sensor. The first
+//! message is a hello; the relay answers with the last sequence it holds for
+//! that sensor instance, then acknowledges every batch. Replays are dropped
+//! by sequence, gaps become loss notices, and a malformed message ends only
+//! that sensor's stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use proto::Timestamp;
+use proto::tetragon::GetEventsResponse;
+use proto::vigil::relay::v1::ingest_server::Ingest;
+use proto::vigil::relay::v1::{Ack, IngestMessage, IngestReply, Welcome, ingest_message, ingest_reply};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::nodes::Nodes;
+
+/// What ingest hands the merge task.
+pub enum MergeInput {
+    Events {
+        boot_id: String,
+        events: Vec<GetEventsResponse>,
+    },
+    /// Events a node could not deliver.
+    Lost {
+        node: String,
+        count: u64,
+    },
+}
+
+pub struct IngestService {
+    pub nodes: Arc<Nodes>,
+    pub merge: mpsc::Sender<MergeInput>,
+    next_stream: AtomicU64,
+}
+
+impl IngestService {
+    pub fn new(nodes: Arc<Nodes>, merge: mpsc::Sender<MergeInput>) -> Self {
+        IngestService { nodes, merge, next_stream: AtomicU64::new(1) }
+    }
+}
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<IngestReply, Status>> + Send>>;
+
+fn reply(msg: ingest_reply::Msg) -> Result<IngestReply, Status> {
+    Ok(IngestReply { msg: Some(msg) })
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type StreamStream = ReplyStream;
+
+    async fn stream(&self, request: Request<Streaming<IngestMessage>>) -> Result<Response<ReplyStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??
+            .ok_or_else(|| Status::invalid_argument("stream ended before hello"))?;
+        let Some(ingest_message::Msg::Hello(hello)) = first.msg else {
+            return Err(Status::invalid_argument("the first message must be a hello"));
+        };
+        if hello.node_name.is_empty() || hello.instance_id.is_empty() {
+            return Err(Status::invalid_argument("hello needs node_name and instance_id"));
+        }
+        let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let acked = self
+            .nodes
+            .claim(&hello.node_name, &hello.boot_id, &hello.instance_id, stream_id)
+            .map_err(|e| Status::already_exists(e.to_string()))?;
+        tracing::info!(node = %hello.node_name, instance = %hello.instance_id, version = %hello.sensor_version, acked, "sensor connected");
+
+        let (tx, rx) = mpsc::channel(16);
+        let _ = tx.send(reply(ingest_reply::Msg::Welcome(Welcome { acked }))).await;
+        let nodes = self.nodes.clone();
+        let merge = self.merge.clone();
+        tokio::spawn(async move {
+            let node = hello.node_name.clone();
+            let result = serve_batches(&hello, &mut inbound, &nodes, &merge, &tx).await;
+            nodes.release(&node, stream_id);
+            match result {
+                Ok(()) => tracing::info!(node = %node, "sensor stream ended"),
+                Err(status) => {
+                    tracing::warn!(node = %node, error = %status.message(), "sensor stream refused");
+                    let _ = tx.send(Err(status)).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+async fn serve_batches(
+    hello: &proto::vigil::relay::v1::Hello,
+    inbound: &mut Streaming<IngestMessage>,
+    nodes: &Nodes,
+    merge: &mpsc::Sender<MergeInput>,
+    tx: &mpsc::Sender<Result<IngestReply, Status>>,
+) -> Result<(), Status> {
+    while let Some(msg) = inbound.message().await? {
+        let batch = match msg.msg {
+            Some(ingest_message::Msg::Batch(b)) => b,
+            Some(ingest_message::Msg::Hello(_)) => {
+                return Err(Status::invalid_argument("a second hello on one stream"));
+            }
+            None => return Err(Status::invalid_argument("empty ingest message")),
+        };
+        let seqs: Vec<u64> = batch.events.iter().map(|e| e.seq).collect();
+        if seqs.windows(2).any(|w| w[0] >= w[1]) || seqs.first() == Some(&0) {
+            return Err(Status::invalid_argument("sequence numbers in a batch must start at 1 or later and increase"));
+        }
+        if let Some(pos) = batch.events.iter().position(|e| e.event.is_none()) {
+            return Err(Status::invalid_argument(format!("batch entry {pos} (seq {}) has no event", seqs[pos])));
+        }
+        let now = Timestamp::now().unix_nanos();
+        let lag_ms = batch
+            .events
+            .last()
+            .and_then(|e| e.event.as_ref()?.time)
+            .map_or(0, |t| ((now - t.unix_nanos()).max(0) / 1_000_000) as u64);
+        let (keep, intake) = nodes.intake(&hello.node_name, &hello.instance_id, &seqs, batch.lost, lag_ms);
+        let events: Vec<GetEventsResponse> = batch
+            .events
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(e, k)| k.then_some(e.event).flatten())
+            .map(|mut e| {
+                // The authenticated stream names the node, not the payload.
+                e.node_name = hello.node_name.clone();
+                e
+            })
+            .collect();
+        let lost = intake.gap + batch.lost;
+        if lost > 0 {
+            tracing::warn!(node = %hello.node_name, lost, "sensor lost events before they reached the relay");
+            let _ = merge.send(MergeInput::Lost { node: hello.node_name.clone(), count: lost }).await;
+        }
+        if !events.is_empty()
+            && merge.send(MergeInput::Events { boot_id: hello.boot_id.clone(), events }).await.is_err()
+        {
+            return Err(Status::unavailable("relay is shutting down"));
+        }
+        if tx.send(reply(ingest_reply::Msg::Ack(Ack { seq: intake.last_seq }))).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}

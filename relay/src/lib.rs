@@ -1,0 +1,18 @@
+//! vigil-relay: one cluster-wide stream from every node's sensor.
+//!
+//! `ingest` takes sequence-numbered batches from sensors (mTLS, sensor
+//! role), acknowledges them and feeds `merge`, which orders events by time
+//! within a bounded window and drops duplicates (replays by sequence,
+//! shared-kernel copies by boot id, process start, pid and kind). Merged
+//! events go to `hub`: a bounded `history` ring and the shared bounded
+//! fan-out bus; `query` serves Tetragon's API and the admin API to clients
+//! (client role). `nodes` keeps per-node status.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod hub;
+pub mod ingest;
+pub mod merge;
+pub mod nodes;
+pub mod query;

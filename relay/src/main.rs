@@ -1,0 +1,175 @@
+//! `vigil-relay`: serves sensors on the ingest listener and clients on the
+//! client listener; merges, deduplicates and fans out.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use events::bus::EventBus;
+use proto::Timestamp;
+use proto::tetragon::fine_guidance_sensors_server::FineGuidanceSensorsServer;
+use proto::tetragon::{GetEventsResponse, RateLimitInfo, get_events_response::Event};
+use proto::vigil::relay::v1::ingest_server::IngestServer;
+use proto::vigil::relay::v1::relay_admin_server::RelayAdminServer;
+use relay::auth;
+use relay::config::{Flags, LogFormat};
+use relay::hub::Hub;
+use relay::ingest::{IngestService, MergeInput};
+use relay::merge::Merger;
+use relay::nodes::Nodes;
+use relay::query::QueryService;
+use tls::{CertFiles, Role};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Server;
+use tracing_subscriber::EnvFilter;
+
+/// Ingest batches waiting for the merge task; sensors wait when it is full.
+const MERGE_QUEUE: usize = 1024;
+const FLUSH_EVERY: Duration = Duration::from_millis(5);
+/// Copies of already-merged events remembered for deduplication.
+const RECENT_KEYS: usize = 1 << 20;
+
+async fn merge_task(
+    mut rx: mpsc::Receiver<MergeInput>,
+    hub: Arc<Hub>,
+    flags: Flags,
+    merged: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut merger = Merger::new(Duration::from_millis(flags.reorder_window_ms), flags.max_pending, RECENT_KEYS);
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    let publish = |events: Vec<GetEventsResponse>| {
+        merged.fetch_add(events.len() as u64, Ordering::Relaxed);
+        for e in events {
+            hub.publish(e);
+        }
+    };
+    loop {
+        tokio::select! {
+            input = rx.recv() => match input {
+                Some(MergeInput::Events { boot_id, events }) => {
+                    let now = Timestamp::now().unix_nanos();
+                    for e in events {
+                        publish(merger.push(&boot_id, e, now));
+                    }
+                }
+                Some(MergeInput::Lost { node, count }) => hub.publish(GetEventsResponse {
+                    event: Some(Event::RateLimitInfo(RateLimitInfo { number_of_dropped_process_events: count })),
+                    node_name: node,
+                    time: Some(Timestamp::now()),
+                    ..Default::default()
+                }),
+                None => break,
+            },
+            _ = tick.tick() => publish(merger.flush(Timestamp::now().unix_nanos())),
+            _ = stop.changed() => break,
+        }
+    }
+    publish(merger.drain());
+}
+
+fn server(flags: &Flags) -> anyhow::Result<Server> {
+    let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
+    if let Some(dir) = &flags.tls_dir {
+        let cfg = tls::server_config(
+            &dir.join(CertFiles::CA),
+            &dir.join(CertFiles::cert(Role::Relay)),
+            &dir.join(CertFiles::key(Role::Relay)),
+        )?;
+        builder = builder.tls_config(cfg).context("TLS settings")?;
+    }
+    Ok(builder)
+}
+
+async fn run(flags: Flags) -> anyhow::Result<()> {
+    flags.check()?;
+    if flags.insecure {
+        tracing::warn!("--insecure: plaintext, no client authentication; use only on loopback or in tests");
+    }
+    let enforce = flags.tls_dir.is_some();
+    let nodes = Arc::new(Nodes::default());
+    let hub = Arc::new(Hub::new(EventBus::new(&flags.name, flags.client_queue_size), flags.history_size));
+    let merged = Arc::new(AtomicU64::new(0));
+    let (merge_tx, merge_rx) = mpsc::channel(MERGE_QUEUE);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let ingest = tonic::service::interceptor::InterceptedService::new(
+        IngestServer::new(IngestService::new(nodes.clone(), merge_tx)).max_decoding_message_size(16 << 20),
+        auth::require(Role::Sensor, enforce),
+    );
+    let query = QueryService { hub: hub.clone(), nodes: nodes.clone(), merged: merged.clone() };
+    let admin = QueryService { hub: hub.clone(), nodes: nodes.clone(), merged: merged.clone() };
+    let client_auth = auth::require(Role::Client, enforce);
+    let clients = tonic::service::interceptor::InterceptedService::new(
+        FineGuidanceSensorsServer::new(query).max_decoding_message_size(4 << 20),
+        client_auth.clone(),
+    );
+    let admin = RelayAdminServer::with_interceptor(admin, client_auth);
+
+    let ingest_listener = tokio::net::TcpListener::bind(&flags.ingest_address)
+        .await
+        .with_context(|| format!("cannot listen on --ingest-address {}", flags.ingest_address))?;
+    let client_listener = tokio::net::TcpListener::bind(&flags.client_address)
+        .await
+        .with_context(|| format!("cannot listen on --client-address {}", flags.client_address))?;
+    tracing::info!(ingest = %flags.ingest_address, clients = %flags.client_address, mtls = enforce, "relay serving");
+
+    let stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let ingest_server = server(&flags)?.add_service(ingest).serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(ingest_listener),
+        stop(stop_rx.clone()),
+    );
+    let client_server = server(&flags)?.add_service(clients).add_service(admin).serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(client_listener),
+        stop(stop_rx.clone()),
+    );
+    let merge = tokio::spawn(merge_task(merge_rx, hub.clone(), flags.clone(), merged.clone(), stop_rx.clone()));
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            tracing::info!("shutting down");
+            let _ = stop_tx.send(true);
+        }
+    });
+    let (a, b) = tokio::join!(ingest_server, client_server);
+    a.context("ingest listener")?;
+    b.context("client listener")?;
+    let _ = merge.await;
+    tracing::info!(merged = merged.load(Ordering::Relaxed), "stopped");
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let flags = Flags::parse();
+    let filter = match EnvFilter::try_new(&flags.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("vigil-relay: invalid --log-level {:?}: {e}", flags.log_level);
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match flags.log_format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vigil-relay: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(flags)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vigil-relay: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

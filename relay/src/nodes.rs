@@ -1,0 +1,176 @@
+//! Per-node ingest state: which sensor instance holds the node name, the
+//! last sequence taken from it, and the counters `vigil nodes` shows.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use proto::Timestamp;
+use proto::vigil::relay::v1::NodeStatus;
+
+#[derive(Debug, Clone, Default)]
+struct Node {
+    boot_id: String,
+    instance_id: String,
+    /// Stream currently holding the node, if connected.
+    stream: Option<u64>,
+    /// Last sequence taken per sensor instance.
+    last_seq: HashMap<String, u64>,
+    last_seen: Option<Timestamp>,
+    events: u64,
+    lost: u64,
+    duplicates: u64,
+    lag_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ClaimError {
+    #[error(
+        "node name {node:?} is already connected from another sensor (instance {holder}); refusing instance {claimant}"
+    )]
+    Taken { node: String, holder: String, claimant: String },
+}
+
+/// What a batch amounted to.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Intake {
+    pub accepted: usize,
+    pub duplicates: u64,
+    /// Sequence numbers skipped (events the sensor could not keep).
+    pub gap: u64,
+    pub last_seq: u64,
+}
+
+#[derive(Default)]
+pub struct Nodes {
+    nodes: Mutex<HashMap<String, Node>>,
+}
+
+impl Nodes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Node>> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A stream claims a node name. A second sensor instance may not take a
+    /// name another connected instance holds; the same instance may (its
+    /// old stream is stale). Returns the last sequence held for the instance.
+    pub fn claim(&self, node: &str, boot_id: &str, instance: &str, stream: u64) -> Result<u64, ClaimError> {
+        let mut nodes = self.lock();
+        let n = nodes.entry(node.to_owned()).or_default();
+        if n.stream.is_some() && n.instance_id != instance {
+            return Err(ClaimError::Taken {
+                node: node.into(),
+                holder: n.instance_id.clone(),
+                claimant: instance.into(),
+            });
+        }
+        n.stream = Some(stream);
+        n.boot_id = boot_id.to_owned();
+        n.instance_id = instance.to_owned();
+        n.last_seen = Some(Timestamp::now());
+        Ok(n.last_seq.get(instance).copied().unwrap_or(0))
+    }
+
+    pub fn release(&self, node: &str, stream: u64) {
+        if let Some(n) = self.lock().get_mut(node)
+            && n.stream == Some(stream)
+        {
+            n.stream = None;
+            n.last_seen = Some(Timestamp::now());
+        }
+    }
+
+    /// Splits a batch's sequence numbers into new and replayed ones and
+    /// records gaps. `seqs` must be increasing; returns which to keep.
+    pub fn intake(
+        &self,
+        node: &str,
+        instance: &str,
+        seqs: &[u64],
+        extra_lost: u64,
+        lag_ms: u64,
+    ) -> (Vec<bool>, Intake) {
+        let mut nodes = self.lock();
+        let n = nodes.entry(node.to_owned()).or_default();
+        let last = n.last_seq.entry(instance.to_owned()).or_insert(0);
+        let mut keep = Vec::with_capacity(seqs.len());
+        let mut intake = Intake::default();
+        for &seq in seqs {
+            if seq <= *last {
+                intake.duplicates += 1;
+                keep.push(false);
+                continue;
+            }
+            intake.gap += seq - *last - 1;
+            *last = seq;
+            intake.accepted += 1;
+            keep.push(true);
+        }
+        intake.last_seq = *last;
+        n.events += intake.accepted as u64;
+        n.duplicates += intake.duplicates;
+        n.lost += intake.gap + extra_lost;
+        n.lag_ms = lag_ms;
+        n.last_seen = Some(Timestamp::now());
+        (keep, intake)
+    }
+
+    pub fn add_duplicates(&self, node: &str, n: u64) {
+        if let Some(x) = self.lock().get_mut(node) {
+            x.duplicates += n;
+        }
+    }
+
+    pub fn status(&self) -> Vec<NodeStatus> {
+        let nodes = self.lock();
+        let mut out: Vec<NodeStatus> = nodes
+            .iter()
+            .map(|(name, n)| NodeStatus {
+                node_name: name.clone(),
+                connected: n.stream.is_some(),
+                last_seen: n.last_seen,
+                events: n.events,
+                lost: n.lost,
+                lag_ms: n.lag_ms,
+                boot_id: n.boot_id.clone(),
+                last_seq: n.last_seq.get(&n.instance_id).copied().unwrap_or(0),
+                duplicates: n.duplicates,
+            })
+            .collect();
+        out.sort_by(|a, b| a.node_name.cmp(&b.node_name));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_instance_per_node_name() {
+        let nodes = Nodes::default();
+        assert_eq!(nodes.claim("n1", "boot", "inst-a", 1), Ok(0));
+        let err = nodes.claim("n1", "boot", "inst-b", 2).unwrap_err();
+        assert!(err.to_string().contains("already connected"), "{err}");
+        // the same instance reconnecting replaces its stale stream
+        assert_eq!(nodes.claim("n1", "boot", "inst-a", 3), Ok(0));
+        nodes.release("n1", 1); // stale release does nothing
+        assert!(nodes.status()[0].connected);
+        nodes.release("n1", 3);
+        assert!(!nodes.status()[0].connected);
+        assert!(nodes.claim("n1", "boot", "inst-b", 4).is_ok(), "free again");
+    }
+
+    #[test]
+    fn replays_are_dropped_and_gaps_counted() {
+        let nodes = Nodes::default();
+        nodes.claim("n", "b", "i", 1).unwrap();
+        let (keep, i) = nodes.intake("n", "i", &[1, 2, 3], 0, 0);
+        assert_eq!((keep, i.accepted, i.gap), (vec![true, true, true], 3, 0));
+        let (keep, i) = nodes.intake("n", "i", &[2, 3, 4, 7], 2, 0);
+        assert_eq!(keep, vec![false, false, true, true]);
+        assert_eq!((i.duplicates, i.gap, i.last_seq), (2, 2, 7));
+        let s = &nodes.status()[0];
+        assert_eq!((s.events, s.lost, s.duplicates, s.last_seq), (5, 4, 2, 7));
+        assert_eq!(nodes.claim("n", "b", "i", 2), Ok(7), "resume point");
+    }
+}

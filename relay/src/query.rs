@@ -1,0 +1,95 @@
+//! What clients get: `tetragon.FineGuidanceSensors` (GetEvents with Vigil's
+//! history extensions, GetHealth, GetVersion) and `vigil.relay.v1.RelayAdmin`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use events::fields::FieldFilters;
+use events::filter::EventFilter;
+use proto::Timestamp;
+use proto::tetragon::fine_guidance_sensors_server::FineGuidanceSensors;
+use proto::tetragon::{
+    GetEventsRequest, GetEventsResponse, GetHealthStatusRequest, GetHealthStatusResponse, GetVersionRequest,
+    GetVersionResponse, HealthStatus, HealthStatusResult, HealthStatusType,
+};
+use proto::vigil::relay::v1::relay_admin_server::RelayAdmin;
+use proto::vigil::relay::v1::{ListNodesRequest, ListNodesResponse};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::hub::{Hub, Replay};
+use crate::nodes::Nodes;
+
+pub const VERSION: &str = concat!("vigil-relay-", env!("CARGO_PKG_VERSION"));
+
+pub struct QueryService {
+    pub hub: Arc<Hub>,
+    pub nodes: Arc<Nodes>,
+    pub merged: Arc<std::sync::atomic::AtomicU64>,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<GetEventsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl FineGuidanceSensors for QueryService {
+    type GetEventsStream = EventStream;
+
+    async fn get_events(&self, request: Request<GetEventsRequest>) -> Result<Response<EventStream>, Status> {
+        let req = request.into_inner();
+        let filter = EventFilter::from_request(&req).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let fields = FieldFilters::new(&req.field_filters).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let replay = Replay { since_seconds: req.since_seconds, last: req.last };
+        let (past, mut sub) = self.hub.subscribe(filter, fields, replay, Timestamp::now().unix_nanos());
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            for e in past {
+                if tx.send(Ok(e)).await.is_err() {
+                    return;
+                }
+            }
+            while let Some(e) = sub.next().await {
+                if tx.send(Ok(e)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn get_health(
+        &self,
+        _: Request<GetHealthStatusRequest>,
+    ) -> Result<Response<GetHealthStatusResponse>, Status> {
+        let nodes = self.nodes.status();
+        let connected = nodes.iter().filter(|n| n.connected).count();
+        Ok(Response::new(GetHealthStatusResponse {
+            health_status: vec![HealthStatus {
+                event: HealthStatusType::Status as i32,
+                status: HealthStatusResult::HealthStatusRunning as i32,
+                details: format!(
+                    "running; nodes={} connected={connected} clients={} history={}",
+                    nodes.len(),
+                    self.hub.bus.subscriber_count(),
+                    self.hub.history_len()
+                ),
+            }],
+        }))
+    }
+
+    async fn get_version(&self, _: Request<GetVersionRequest>) -> Result<Response<GetVersionResponse>, Status> {
+        Ok(Response::new(GetVersionResponse { version: VERSION.to_owned() }))
+    }
+}
+
+#[tonic::async_trait]
+impl RelayAdmin for QueryService {
+    async fn list_nodes(&self, _: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+        Ok(Response::new(ListNodesResponse {
+            nodes: self.nodes.status(),
+            clients: self.hub.bus.subscriber_count() as u64,
+            events_merged: self.merged.load(Ordering::Relaxed),
+            client_dropped: self.hub.bus.stats.dropped.load(Ordering::Relaxed),
+        }))
+    }
+}
