@@ -137,7 +137,9 @@ pub struct ExecRecord {
     pub cgroup_len: u32,
     /// 1 when the walk reached the process root at once (cwd is `/`).
     pub cwd_is_root: u32,
-    pub _pad: u32,
+    /// `task->self_exec_id` after this exec: with `start_boottime` it names
+    /// the image identically for every sensor on the kernel.
+    pub exec_seq: u32,
     pub creds: CredInfo,
     pub namespaces: NsInfo,
     pub file: FileInfo,
@@ -169,6 +171,9 @@ pub struct CloneRecord {
     pub ppid: u32,
     pub start_boottime: u64,
     pub parent_start_boottime: u64,
+    /// The child's `self_exec_id` (inherited from the parent).
+    pub exec_seq: u32,
+    pub _pad: u32,
 }
 
 /// Byte offsets of every kernel struct field the programs read, resolved
@@ -260,11 +265,13 @@ pub struct KernelOffsets {
     pub inode_gid: u32,
     pub inode_ino: u32,
     pub inode_nlink: u32,
+    pub task_self_exec_id: u32,
+    pub _pad: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<ExitRecord>() == 40);
-const _: () = assert!(core::mem::size_of::<CloneRecord>() == 40);
+const _: () = assert!(core::mem::size_of::<CloneRecord>() == 48);
 const _: () = assert!(core::mem::size_of::<CredInfo>() == 10 * 4 + 4 * 8);
 const _: () = assert!(core::mem::size_of::<NsInfo>() == NS_COUNT * 4);
 const _: () = assert!(core::mem::size_of::<FileInfo>() == 8 + 4 * 4);
@@ -283,7 +290,7 @@ const _: () = assert!(
             + NAME_READ
             + CGROUP_NAME_SIZE
 );
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 82 * 4);
 
 impl KernelOffsets {
     /// All zero: the placeholder the kernel object is built with.

@@ -136,7 +136,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         flags |= read_args(task, rec);
         flags |= read_cwd(task, rec);
         flags |= read_cgroup(task, rec);
-        (*rec)._pad = 0;
+        (*rec).exec_seq = field::<u32>(task, off!(task_self_exec_id)).unwrap_or(0);
         (*rec).header.flags = flags;
     }
     entry.submit(submit_flags());
@@ -436,6 +436,8 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
         ppid: unsafe { field::<u32>(parent, off!(task_tgid)) }.unwrap_or(0),
         start_boottime: unsafe { field::<u64>(child, off!(task_start_boottime)) }.unwrap_or(0),
         parent_start_boottime: unsafe { field::<u64>(parent, off!(task_start_boottime)) }.unwrap_or(0),
+        exec_seq: unsafe { field::<u32>(child, off!(task_self_exec_id)) }.unwrap_or(0),
+        _pad: 0,
     };
     if EVENTS.output::<CloneRecord>(&record, submit_flags()).is_err() {
         count(COUNTER_RINGBUF_FULL);

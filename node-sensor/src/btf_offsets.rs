@@ -169,6 +169,7 @@ pub fn resolve(btf: &Btf, features: Features) -> Result<Resolved, OffsetError> {
         kernfs_node_name: f("kernfs_node.name", "container id")?,
         kernfs_node_id: f("kernfs_node.id", "cgroup id")?,
         binprm_filename: f("linux_binprm.filename", "binary")?,
+        task_self_exec_id: f("task_struct.self_exec_id", "exec_id shared by sensors on one kernel")?,
         has_loginuid: u32::from(loginuid.is_some()),
         ..KernelOffsets::ZERO
     };

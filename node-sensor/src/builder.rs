@@ -90,6 +90,13 @@ fn binary_path(filename: &str, cwd: &str) -> String {
     if cwd == "/" { format!("/{rel}") } else { format!("{cwd}/{rel}") }
 }
 
+/// The `ktime` in an image's exec_id: the process start plus the kernel's
+/// per-task exec counter. Every sensor on the kernel computes the same value
+/// (the relay deduplicates on it), and each exec without fork gets a new one.
+pub fn image_ktime(start_boottime: u64, exec_seq: u32) -> u64 {
+    start_boottime + u64::from(exec_seq)
+}
+
 /// Builds the new image's `Process` (parent links are the cache's job).
 pub fn exec_process(node: &str, clock: &Clock, host: &HostNamespaces, e: &ExecData) -> Process {
     let mut bits = flags::EXECVE;
@@ -112,7 +119,7 @@ pub fn exec_process(node: &str, clock: &Clock, host: &HostNamespaces, e: &ExecDa
     let binary = binary_path(&filename, &cwd);
     let ids = Ids { uid: e.uid, gid: e.gid, euid: e.euid, egid: e.egid };
     Process {
-        exec_id: exec_id(node, e.ktime, e.pid),
+        exec_id: exec_id(node, image_ktime(e.start_boottime, e.exec_seq), e.pid),
         pid: Some(e.pid.into()),
         uid: Some(e.uid.into()),
         cap: e.creds.as_ref().map(privileges::capabilities),
@@ -126,7 +133,7 @@ pub fn exec_process(node: &str, clock: &Clock, host: &HostNamespaces, e: &ExecDa
         binary,
         arguments: arguments(&e.args),
         flags: flags::to_string(bits),
-        start_time: Some(clock.wall(e.ktime)),
+        start_time: Some(clock.wall(image_ktime(e.start_boottime, e.exec_seq))),
         auid: Some(e.auid.into()),
         docker: cgroup::container_id(&cgroup_name).map(|id| cgroup::docker_field(id).to_owned()).unwrap_or_default(),
         tid: Some(e.tid.into()),

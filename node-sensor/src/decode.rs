@@ -37,6 +37,7 @@ pub struct ExecData {
     /// Path components, leaf first.
     pub cwd_components: Vec<Vec<u8>>,
     pub cwd_is_root: bool,
+    pub exec_seq: u32,
     pub cgroup_name: Vec<u8>,
     /// Present when credential collection is on.
     pub creds: Option<CredInfo>,
@@ -100,6 +101,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 args: bounded(&r.args, r.args_len).to_vec(),
                 cwd_components,
                 cwd_is_root: r.cwd_is_root != 0,
+                exec_seq: r.exec_seq,
                 cgroup_name: bounded(&r.cgroup, r.cgroup_len).to_vec(),
                 creds: (r.header.flags & FLAG_HAS_CREDS != 0).then_some(r.creds),
                 namespaces: (r.header.flags & FLAG_HAS_NS != 0).then_some(r.namespaces.inum),
@@ -138,6 +140,8 @@ mod tests {
             ppid: 10,
             start_boottime: 9,
             parent_start_boottime: 5,
+            exec_seq: 3,
+            _pad: 0,
         };
         assert_eq!(decode(&bytes_of(&clone)), Ok(Record::Clone(clone)));
     }

@@ -98,7 +98,8 @@ impl Pipeline {
         };
         match record {
             Record::Clone(c) => {
-                self.cache.on_clone(&self.node, c.pid, c.ppid, c.header.ktime, self.clock.wall(c.header.ktime));
+                let ktime = builder::image_ktime(c.start_boottime, c.exec_seq);
+                self.cache.on_clone(&self.node, c.pid, c.ppid, ktime, self.clock.wall(ktime));
             }
             Record::Exec(e) => {
                 let process = builder::exec_process(&self.node, &self.clock, &self.collect.host, &e);

@@ -49,6 +49,32 @@ pub enum TlsError {
     Io { path: String, source: std::io::Error },
     #[error("{path}: no certificate in the file")]
     Empty { path: String },
+    #[error("certificate {path} expired at {not_after}; peers will refuse it")]
+    Expired { path: String, not_after: String },
+    #[error("certificate {path} is not valid before {not_before}; peers will refuse it")]
+    NotYetValid { path: String, not_before: String },
+    #[error("certificate {path} cannot be parsed: {reason}")]
+    Unparsable { path: String, reason: String },
+}
+
+/// Refuses to present a certificate that is outside its validity period:
+/// the peer would reject it with a bare TLS alert, this names the reason.
+pub fn check_validity(path: &Path, pem: &[u8]) -> Result<(), TlsError> {
+    let bad = |reason: String| TlsError::Unparsable { path: path.display().to_string(), reason };
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| bad(e.to_string()))?;
+    let cert = pem.parse_x509().map_err(|e| bad(e.to_string()))?;
+    let validity = cert.validity();
+    let now = x509_parser::time::ASN1Time::now();
+    if now > validity.not_after {
+        return Err(TlsError::Expired { path: path.display().to_string(), not_after: validity.not_after.to_string() });
+    }
+    if now < validity.not_before {
+        return Err(TlsError::NotYetValid {
+            path: path.display().to_string(),
+            not_before: validity.not_before.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// File names in a certificate directory.
@@ -109,6 +135,22 @@ pub fn leaf(
     let key = KeyPair::generate().map_err(gen_err)?;
     let cert = params.signed_by(&key, issuer).map_err(gen_err)?;
     Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A leaf signed by an existing CA (PEM certificate and key), valid from
+/// `start_days` days from now (negative: in the past) for `days` days.
+pub fn leaf_from_ca(
+    ca_pem: &str,
+    ca_key_pem: &str,
+    role: Role,
+    start_days: i64,
+    days: i64,
+) -> Result<(String, String), TlsError> {
+    let gen_err = |source| TlsError::Generate { what: "CA", source };
+    let key = KeyPair::from_pem(ca_key_pem).map_err(gen_err)?;
+    let issuer = Issuer::from_ca_cert_pem(ca_pem, key).map_err(gen_err)?;
+    let start = time::OffsetDateTime::now_utc() + time::Duration::days(start_days);
+    leaf(role, &[], &issuer, start, days)
 }
 
 /// A new CA: (certificate PEM, key PEM, issuer for signing).
@@ -181,17 +223,21 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 /// Server settings: our identity and the CA that client certificates must
 /// chain to (mTLS: a client without a valid certificate is refused).
 pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<ServerTlsConfig, TlsError> {
+    let cert_pem = read(cert)?;
+    check_validity(cert, &cert_pem)?;
     Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(read(cert)?, read(key)?))
+        .identity(Identity::from_pem(cert_pem, read(key)?))
         .client_ca_root(Certificate::from_pem(read(ca)?)))
 }
 
 /// Client settings: the CA the server must chain to, our identity, and the
 /// name to check the server certificate against.
 pub fn client_config(ca: &Path, cert: &Path, key: &Path, server_name: &str) -> Result<ClientTlsConfig, TlsError> {
+    let cert_pem = read(cert)?;
+    check_validity(cert, &cert_pem)?;
     Ok(ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(ca)?))
-        .identity(Identity::from_pem(read(cert)?, read(key)?))
+        .identity(Identity::from_pem(cert_pem, read(key)?))
         .domain_name(server_name))
 }
 
@@ -201,6 +247,19 @@ mod tests {
 
     fn der(pem: &str) -> Vec<u8> {
         x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap().1.contents
+    }
+
+    #[test]
+    fn expired_and_future_certificates_are_named() {
+        let (ca_pem, ca_key, _) = ca(10).unwrap();
+        let (old, _) = leaf_from_ca(&ca_pem, &ca_key, Role::Client, -10, 9).unwrap();
+        let e = check_validity(Path::new("old.pem"), old.as_bytes()).unwrap_err().to_string();
+        assert!(e.starts_with("certificate old.pem expired at"), "{e}");
+        let (future, _) = leaf_from_ca(&ca_pem, &ca_key, Role::Client, 2, 9).unwrap();
+        let e = check_validity(Path::new("new.pem"), future.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("is not valid before"), "{e}");
+        let (ok, _) = leaf_from_ca(&ca_pem, &ca_key, Role::Client, -1, 9).unwrap();
+        assert!(check_validity(Path::new("ok.pem"), ok.as_bytes()).is_ok());
     }
 
     #[test]

@@ -1,0 +1,392 @@
+//! A cluster on one machine: a relay, sensors and clients, each in its own
+//! network namespace, joined by veth pairs to a bridge in a "switch"
+//! namespace, all speaking mTLS with certificates from `vigil certs`.
+//! Sensors run with --only-own-netns, so each reports its own "node".
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proto::json::from_json_line;
+use proto::tetragon::GetEventsResponse;
+
+pub const CLI: &str = env!("CARGO_BIN_EXE_vigil-relay");
+
+pub fn bin(name: &str) -> PathBuf {
+    // Workspace binaries live beside this test's relay binary.
+    Path::new(CLI).with_file_name(name)
+}
+
+pub fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("cluster tests need root (network namespaces, BPF)".into());
+    }
+    for b in ["vigil-sensor", "vigil"] {
+        if !bin(b).exists() {
+            return Some(format!("{} is not built (cargo build --workspace)", bin(b).display()));
+        }
+    }
+    None
+}
+
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if let Some(reason) = cluster::skip_reason() {
+            assert!(std::env::var_os("VIGIL_REQUIRE_ALL").is_none(), "cannot run: {reason}");
+            eprintln!("SKIP {}: {reason}", module_path!());
+            return;
+        }
+    };
+}
+
+pub fn nonce() -> u32 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (t.subsec_nanos() ^ std::process::id().rotate_left(16)) % 200_000
+}
+
+fn sh(cmd: &str) {
+    let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Network namespaces and their addresses; removed on drop.
+pub struct Net {
+    pub id: u32,
+    switch: String,
+    hosts: Mutex<Vec<String>>,
+    subnet: String,
+}
+
+impl Net {
+    pub fn new() -> Arc<Net> {
+        let id = nonce();
+        let switch = format!("vsw{id}");
+        sh(&format!(
+            "ip netns add {switch} && ip -n {switch} link add br0 type bridge && ip -n {switch} link set br0 up"
+        ));
+        // 10.200.0.0/16 split per cluster; addresses only inside our namespaces.
+        let subnet = format!("10.{}.{}", 200 + (id % 50), (id / 50) % 250);
+        Arc::new(Net { id, switch, hosts: Mutex::new(vec![]), subnet })
+    }
+
+    /// Adds a host namespace with address .`octet` and returns (netns, ip).
+    pub fn host(&self, name: &str, octet: u8) -> (String, String) {
+        let ns = format!("v{name}{}", self.id);
+        let ip = format!("{}.{octet}", self.subnet);
+        let (a, b) = (format!("va{octet}x{}", self.id % 10000), format!("vb{octet}x{}", self.id % 10000));
+        sh(&format!(
+            "ip netns add {ns} && ip link add {a} type veth peer name {b} && \
+             ip link set {a} netns {ns} && ip link set {b} netns {sw} && \
+             ip -n {sw} link set {b} master br0 && ip -n {sw} link set {b} up && \
+             ip -n {ns} link set lo up && ip -n {ns} link set {a} name eth0 && \
+             ip -n {ns} addr add {ip}/24 dev eth0 && ip -n {ns} link set eth0 up",
+            sw = self.switch
+        ));
+        self.hosts.lock().unwrap().push(ns.clone());
+        (ns, ip)
+    }
+
+    /// Cuts or restores a host's link (its port on the bridge).
+    pub fn link(&self, octet: u8, up: bool) {
+        let b = format!("vb{octet}x{}", self.id % 10000);
+        sh(&format!("ip -n {} link set {b} {}", self.switch, if up { "up" } else { "down" }));
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in self.hosts.lock().unwrap().iter().chain([&self.switch]) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A daemon in a namespace, killed on drop; its stderr goes to a log file.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(ns: &str, program: &Path, args: &[String], log: PathBuf) -> Daemon {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start daemon");
+        Daemon { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        // SIGKILL: a crash, not a clean stop.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub struct Cluster {
+    pub net: Arc<Net>,
+    pub dir: PathBuf,
+    pub certs: PathBuf,
+    pub relay_ns: String,
+    pub relay_ip: String,
+    pub relay: Option<Daemon>,
+    pub client_ns: String,
+    pub sensors: Vec<(String, Daemon)>,
+}
+
+impl Cluster {
+    pub fn new() -> Cluster {
+        let net = Net::new();
+        let dir = std::env::temp_dir().join(format!("vigil-cluster-{}", net.id));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (relay_ns, relay_ip) = net.host("r", 1);
+        let (client_ns, _) = net.host("c", 2);
+        let certs = dir.join("certs");
+        let out = Command::new(bin("vigil"))
+            .args(["certs", "generate", "--out"])
+            .arg(&certs)
+            .args(["--relay-dns", "relay.vigil.test", "--relay-dns", &relay_ip])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut c = Cluster { net, dir, certs, relay_ns, relay_ip, relay: None, client_ns, sensors: vec![] };
+        c.start_relay(&[]);
+        c
+    }
+
+    pub fn start_relay(&mut self, extra: &[&str]) {
+        let mut args: Vec<String> =
+            vec!["--tls-dir".into(), self.certs.display().to_string(), "--reorder-window-ms".into(), "50".into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let d = Daemon::start(&self.relay_ns, &bin("vigil-relay"), &args, self.dir.join("relay.log"));
+        self.relay = Some(d);
+        self.wait_relay();
+    }
+
+    fn wait_relay(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.cli(&["status"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("relay not ready: {}", self.relay.as_ref().map(Daemon::log_text).unwrap_or_default());
+    }
+
+    /// Adds a sensor node in its own namespace (address .`octet`).
+    pub fn add_node(&mut self, name: &str, octet: u8, extra: &[&str]) -> String {
+        let (ns, _) = self.net.host(name, octet);
+        self.start_sensor(&ns, name, extra);
+        ns
+    }
+
+    /// Starts a sensor in an existing namespace.
+    pub fn start_sensor(&mut self, ns: &str, name: &str, extra: &[&str]) {
+        let mut args: Vec<String> = vec![
+            "--node-name".into(),
+            name.into(),
+            "--server-address".into(),
+            format!("unix://{}", self.dir.join(format!("{name}.sock")).display()),
+            "--relay-address".into(),
+            format!("{}:54331", self.relay_ip),
+            "--tls-dir".into(),
+            self.certs.display().to_string(),
+            "--only-own-netns".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let d = Daemon::start(ns, &bin("vigil-sensor"), &args, self.dir.join(format!("{name}.log")));
+        self.sensors.push((name.into(), d));
+        self.wait_node(name);
+    }
+
+    /// Waits until the relay lists `name` as connected.
+    pub fn wait_node(&self, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let out = self.cli(&["nodes"]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            if text.lines().any(|l| l.starts_with(&format!("{name} ")) && l.contains("connected")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let log = self.sensors.iter().find(|(n, _)| n == name).map(|(_, d)| d.log_text()).unwrap_or_default();
+        panic!("node {name} never connected; sensor log:\n{log}");
+    }
+
+    fn cli_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.client_ns])
+            .arg(bin("vigil"))
+            .args(["--server-address", &format!("{}:54330", self.relay_ip), "--tls-dir"])
+            .arg(&self.certs)
+            .args(args);
+        c
+    }
+
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.cli_cmd(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// A `vigil getevents -o json` client collecting events in the background.
+    pub fn watch(&self, extra: &[&str]) -> Watcher {
+        let mut args = vec!["getevents", "-o", "json"];
+        args.extend_from_slice(extra);
+        let mut child =
+            self.cli_cmd(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(e) = from_json_line(&line) {
+                    sink.lock().unwrap().push(e);
+                }
+            }
+        });
+        Watcher { child, events }
+    }
+
+    /// Runs a shell script inside a node's namespace and waits for it.
+    pub fn run_in(&self, ns: &str, script: &str) {
+        let status = Command::new("ip").args(["netns", "exec", ns, "/bin/sh", "-c", script]).status().unwrap();
+        assert!(status.success(), "workload failed: {script}");
+    }
+
+    pub fn relay_log(&self) -> String {
+        self.relay.as_ref().map(Daemon::log_text).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.sensors.clear();
+        self.relay = None;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub struct Watcher {
+    child: Child,
+    pub events: Arc<Mutex<Vec<GetEventsResponse>>>,
+}
+
+impl Watcher {
+    pub fn snapshot(&self) -> Vec<GetEventsResponse> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits until `done` holds over the received events.
+    pub fn wait(&self, timeout: Duration, done: impl Fn(&[GetEventsResponse]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if done(&self.events.lock().unwrap()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        done(&self.events.lock().unwrap())
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (kind, arguments, node) of every exec/exit whose arguments start with `prefix`.
+pub fn marked(events: &[GetEventsResponse], prefix: &str) -> Vec<(i32, String, String)> {
+    events
+        .iter()
+        .filter_map(|e| {
+            let p = events::subject::process(e)?;
+            p.arguments.starts_with(prefix).then(|| (e.event_type() as i32, p.arguments.clone(), e.node_name.clone()))
+        })
+        .collect()
+}
+
+/// Total `rate_limit_info` losses reported for `node`.
+pub fn lost_for(events: &[GetEventsResponse], node: &str) -> u64 {
+    events
+        .iter()
+        .filter(|e| e.node_name == node)
+        .filter_map(|e| match &e.event {
+            Some(proto::tetragon::get_events_response::Event::RateLimitInfo(r)) => {
+                Some(r.number_of_dropped_process_events)
+            }
+            _ => None,
+        })
+        .sum()
+}
+
+impl Cluster {
+    /// Restarts the relay with tiny client queues (slow-client test).
+    pub fn start_relay_with_small_queues(&mut self) {
+        self.relay = None;
+        self.start_relay(&["--client-queue-size", "64"]);
+    }
+
+    /// A getevents client whose output nobody reads.
+    pub fn stalled_client(&self) -> Child {
+        self.cli_cmd(&["getevents", "-o", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Runs the CLI with explicit tetra-style TLS flags; returns stderr.
+    pub fn client_with(&self, ca: &Path, cert: &Path, key: &Path, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.client_ns])
+            .arg(bin("vigil"))
+            .args(["--server-address", &format!("{}:54330", self.relay_ip), "--timeout", "5"])
+            .arg("--tls-ca-cert-files")
+            .arg(ca)
+            .arg("--tls-cert-file")
+            .arg(cert)
+            .arg("--tls-key-file")
+            .arg(key)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "a bad certificate was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// A client certificate from the cluster's CA that expired yesterday.
+    pub fn expired_client(&self) -> (PathBuf, PathBuf) {
+        let ca_key = std::fs::read_to_string(self.certs.join("ca-key.pem")).unwrap();
+        let ca_pem = std::fs::read_to_string(self.certs.join("ca.pem")).unwrap();
+        let (cert, key) = tls::leaf_from_ca(&ca_pem, &ca_key, tls::Role::Client, -10, 9).unwrap();
+        let (c, k) = (self.dir.join("expired.pem"), self.dir.join("expired-key.pem"));
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        (c, k)
+    }
+}
