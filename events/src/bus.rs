@@ -99,8 +99,12 @@ impl EventBus {
 
     /// Offers the event to every subscriber whose filter passes it.
     pub fn publish(&self, event: GetEventsResponse) {
+        self.publish_shared(Arc::new(event));
+    }
+
+    /// Like `publish`, for an event the caller also keeps (no copy).
+    pub fn publish_shared(&self, event: Arc<GetEventsResponse>) {
         self.stats.published.fetch_add(1, Ordering::Relaxed);
-        let event = Arc::new(event);
         let Ok(mut subs) = self.subscribers.lock() else {
             return;
         };

@@ -41,8 +41,9 @@ impl Hub {
         if history.len() == self.capacity {
             history.pop_front();
         }
-        history.push_back(Arc::new(event.clone()));
-        self.bus.publish(event);
+        let event = Arc::new(event);
+        history.push_back(event.clone());
+        self.bus.publish_shared(event);
     }
 
     pub fn history_len(&self) -> usize {

@@ -1,0 +1,200 @@
+//! Relay throughput benchmark: synthetic sensors (8 nodes) stream over mTLS
+//! to a real `vigil-relay`, 4 mTLS clients receive everything. Prints
+//! events/s merged and delivered, end-to-end latency percentiles, relay
+//! CPU and RSS, and loss. Ratios and rates from one run, not a timed test.
+//!
+//! `cargo bench -p relay --bench relay_throughput [-- EVENTS_PER_NODE [RATE]]`
+//! With RATE (events/s over all nodes) the senders are paced, to measure
+//! latency and loss below capacity; without it they send flat out.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use proto::Timestamp;
+use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
+use proto::tetragon::get_events_response::Event;
+use proto::tetragon::{GetEventsRequest, GetEventsResponse, GetHealthStatusRequest, Process, ProcessExec};
+use proto::transport::ServerAddress;
+use proto::vigil::relay::v1::ingest_client::IngestClient;
+use proto::vigil::relay::v1::{Batch, Hello, IngestMessage, SequencedEvent, ingest_message};
+
+const NODES: usize = 8;
+const CLIENTS: usize = 4;
+const BATCH: usize = 512;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+fn event(node: &str, i: u64) -> GetEventsResponse {
+    let exec_id = base64::engine::general_purpose::STANDARD.encode(format!("{node}:{i}:{}", i % 4_000_000));
+    GetEventsResponse {
+        event: Some(Event::ProcessExec(ProcessExec {
+            process: Some(Process {
+                exec_id,
+                pid: Some(((i % 4_000_000) as u32).into()),
+                binary: "/usr/bin/bench".into(),
+                arguments: format!("--iteration {i}"),
+                cwd: "/tmp".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+        node_name: node.into(),
+        time: Some(Timestamp::now()),
+        ..Default::default()
+    }
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) as f64 / 100.0
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.split_whitespace().next()?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let per_node: u64 = args.first().copied().unwrap_or(100_000);
+    let rate: Option<u64> = args.get(1).copied().filter(|r| *r > 0);
+    let total = per_node * NODES as u64;
+    let dir = std::env::temp_dir().join(format!("vigil-relay-bench-{}", std::process::id()));
+    tls::generate(&dir, &[], 2).expect("certs");
+    let (client_port, ingest_port) = (free_port(), free_port());
+    let mut relay = std::process::Command::new(env!("CARGO_BIN_EXE_vigil-relay"))
+        .args(["--tls-dir", &dir.display().to_string()])
+        .args(["--client-address", &format!("127.0.0.1:{client_port}")])
+        .args(["--ingest-address", &format!("127.0.0.1:{ingest_port}")])
+        .args(["--client-queue-size", "200000", "--history-size", "100000", "--log-level", "warn"])
+        .spawn()
+        .expect("start vigil-relay");
+    let relay_pid = relay.id();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let client_tls = tls::client_config(&dir.join("ca.pem"), &dir.join("client.pem"), &dir.join("client-key.pem"), "localhost").unwrap();
+    let sensor_tls = tls::client_config(&dir.join("ca.pem"), &dir.join("sensor.pem"), &dir.join("sensor-key.pem"), "localhost").unwrap();
+    let client_addr: ServerAddress = format!("localhost:{client_port}").parse().unwrap();
+    let ingest_addr: ServerAddress = format!("localhost:{ingest_port}").parse().unwrap();
+
+    rt.block_on(async {
+        // Wait for the relay.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(ch) = client_addr.connect_tls(client_tls.clone()).await
+                && FineGuidanceSensorsClient::new(ch).get_health(GetHealthStatusRequest::default()).await.is_ok()
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "relay did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Clients first, so they see everything.
+        let received = Arc::new(AtomicU64::new(0));
+        let lost = Arc::new(AtomicU64::new(0));
+        let mut clients = Vec::new();
+        for _ in 0..CLIENTS {
+            let ch = client_addr.connect_tls(client_tls.clone()).await.unwrap();
+            let mut stream = FineGuidanceSensorsClient::new(ch)
+                .max_decoding_message_size(64 << 20)
+                .get_events(GetEventsRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            let (received, lost) = (received.clone(), lost.clone());
+            clients.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut n = 0u64;
+                while n < per_node * NODES as u64 {
+                    let Ok(Ok(Some(e))) = tokio::time::timeout(Duration::from_secs(10), stream.message()).await else { break };
+                    match &e.event {
+                        Some(Event::RateLimitInfo(r)) => {
+                            lost.fetch_add(r.number_of_dropped_process_events, Ordering::Relaxed);
+                            n += r.number_of_dropped_process_events;
+                        }
+                        _ => {
+                            n += 1;
+                            received.fetch_add(1, Ordering::Relaxed);
+                            if n % 64 == 0
+                                && let Some(t) = e.time
+                            {
+                                latencies.push(((Timestamp::now().unix_nanos() - t.unix_nanos()) / 1000) as u64);
+                            }
+                        }
+                    }
+                }
+                latencies
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let cpu_before = cpu_seconds(relay_pid);
+        let start = Instant::now();
+        let mut sensors = Vec::new();
+        for k in 0..NODES {
+            let ch = ingest_addr.connect_tls(sensor_tls.clone()).await.unwrap();
+            let rate = rate;
+            sensors.push(tokio::spawn(async move {
+                let node = format!("bench-node-{k}");
+                let mut client = IngestClient::new(ch).max_encoding_message_size(64 << 20);
+                let (tx, rx) = tokio::sync::mpsc::channel(8);
+                let hello = Hello { node_name: node.clone(), boot_id: format!("boot-{k}"), sensor_version: "bench".into(), instance_id: format!("bench-{k}") };
+                tx.send(IngestMessage { msg: Some(ingest_message::Msg::Hello(hello)) }).await.unwrap();
+                let mut replies = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+                let acks = tokio::spawn(async move { while let Ok(Some(_)) = replies.message().await {} });
+                let mut seq = 0;
+                let began = Instant::now();
+                while seq < per_node {
+                    if let Some(rate) = rate {
+                        // Pace: this node's share of `rate`.
+                        let due = Duration::from_secs_f64(seq as f64 * NODES as f64 / rate as f64);
+                        if let Some(wait) = due.checked_sub(began.elapsed()) {
+                            tokio::time::sleep(wait).await;
+                        }
+                    }
+                    let n = (per_node - seq).min(BATCH as u64);
+                    let events = (0..n)
+                        .map(|j| {
+                            let s = seq + j + 1;
+                            SequencedEvent { seq: s, event: Some(event(&node, s)) }
+                        })
+                        .collect();
+                    seq += n;
+                    tx.send(IngestMessage { msg: Some(ingest_message::Msg::Batch(Batch { events, lost: 0 })) }).await.unwrap();
+                }
+                drop(tx);
+                let _ = acks.await;
+            }));
+        }
+        let mut latencies = Vec::new();
+        for c in clients {
+            latencies.extend(c.await.unwrap());
+        }
+        let elapsed = start.elapsed();
+        for s in sensors {
+            s.abort();
+        }
+        let cpu = cpu_seconds(relay_pid) - cpu_before;
+        latencies.sort_unstable();
+        let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
+        let delivered = received.load(Ordering::Relaxed);
+        let pacing = rate.map_or("flat out".to_owned(), |r| format!("paced at {r} events/s"));
+        println!("relay_throughput: {NODES} synthetic sensors × {per_node} events over mTLS ({pacing}), {CLIENTS} mTLS clients, reorder window 100 ms");
+        println!("  merged:     {:>10.0} events/s ({total} events in {:.2} s)", total as f64 / elapsed.as_secs_f64(), elapsed.as_secs_f64());
+        println!("  delivered:  {:>10.0} events/s to all clients together ({delivered} of {} expected)", delivered as f64 / elapsed.as_secs_f64(), total * CLIENTS as u64);
+        println!("  lost:       {} (reported to clients as rate_limit_info)", lost.load(Ordering::Relaxed));
+        println!("  latency:    p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (event time to client)", pct(0.5) as f64 / 1000.0, pct(0.99) as f64 / 1000.0, latencies.last().copied().unwrap_or(0) as f64 / 1000.0);
+        println!("  relay:      {cpu:.2} s CPU ({:.2} µs per merged event), RSS {} KiB, peak {} KiB", cpu * 1e6 / total as f64, status_kib(relay_pid, "VmRSS:"), status_kib(relay_pid, "VmHWM:"));
+        println!("  (the benchmark's own 8 senders and 4 receivers share the machine's 2 cores with the relay)");
+    });
+    let _ = relay.kill();
+    let _ = relay.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
