@@ -127,12 +127,15 @@ pub async fn start(bus: &EventBus, settings: UplinkSettings) -> anyhow::Result<A
             anyhow::bail!("--relay-address {relay} resolves to no address");
         }
         let tls = match &settings.tls_dir {
-            Some(dir) => Some(tls::client_config(
-                &dir.join(tls::CertFiles::CA),
-                &dir.join(tls::CertFiles::cert(tls::Role::Sensor)),
-                &dir.join(tls::CertFiles::key(tls::Role::Sensor)),
-                host.trim_start_matches('[').trim_end_matches(']'),
-            )?),
+            Some(dir) => {
+                let tls = TlsFiles {
+                    dir: dir.clone(),
+                    server_name: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                };
+                // Fail at start-up on unusable certificates rather than in a retry loop.
+                tls.load()?;
+                Some(tls)
+            }
             None => None,
         };
         // A name with several addresses is several relay replicas: stream to each.
@@ -155,10 +158,29 @@ pub async fn start(bus: &EventBus, settings: UplinkSettings) -> anyhow::Result<A
     Ok(replay)
 }
 
+/// Certificate files, re-read at every (re)connect so replaced files take
+/// effect without a restart.
+#[derive(Clone)]
+struct TlsFiles {
+    dir: PathBuf,
+    server_name: String,
+}
+
+impl TlsFiles {
+    fn load(&self) -> Result<tonic::transport::ClientTlsConfig, tls::TlsError> {
+        tls::client_config(
+            &self.dir.join(tls::CertFiles::CA),
+            &self.dir.join(tls::CertFiles::cert(tls::Role::Sensor)),
+            &self.dir.join(tls::CertFiles::key(tls::Role::Sensor)),
+            &self.server_name,
+        )
+    }
+}
+
 struct Link {
     addr: SocketAddr,
     label: String,
-    tls: Option<tonic::transport::ClientTlsConfig>,
+    tls: Option<TlsFiles>,
     hello: Hello,
     replay: Arc<Replay>,
 }
@@ -193,7 +215,7 @@ impl Link {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10));
         if let Some(tls) = &self.tls {
-            endpoint = endpoint.tls_config(tls.clone())?;
+            endpoint = endpoint.tls_config(tls.load()?)?;
         }
         let channel = endpoint.connect().await?;
         let mut client = IngestClient::new(channel).max_encoding_message_size(16 << 20);

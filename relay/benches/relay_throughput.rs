@@ -80,8 +80,12 @@ fn main() {
         .expect("start vigil-relay");
     let relay_pid = relay.id();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let client_tls = tls::client_config(&dir.join("ca.pem"), &dir.join("client.pem"), &dir.join("client-key.pem"), "localhost").unwrap();
-    let sensor_tls = tls::client_config(&dir.join("ca.pem"), &dir.join("sensor.pem"), &dir.join("sensor-key.pem"), "localhost").unwrap();
+    let client_tls =
+        tls::client_config(&dir.join("ca.pem"), &dir.join("client.pem"), &dir.join("client-key.pem"), "localhost")
+            .unwrap();
+    let sensor_tls =
+        tls::client_config(&dir.join("ca.pem"), &dir.join("sensor.pem"), &dir.join("sensor-key.pem"), "localhost")
+            .unwrap();
     let client_addr: ServerAddress = format!("localhost:{client_port}").parse().unwrap();
     let ingest_addr: ServerAddress = format!("localhost:{ingest_port}").parse().unwrap();
 
@@ -123,7 +127,7 @@ fn main() {
                         _ => {
                             n += 1;
                             received.fetch_add(1, Ordering::Relaxed);
-                            if n % 64 == 0
+                            if n.is_multiple_of(64)
                                 && let Some(t) = e.time
                             {
                                 latencies.push(((Timestamp::now().unix_nanos() - t.unix_nanos()) / 1000) as u64);
@@ -140,7 +144,6 @@ fn main() {
         let mut sensors = Vec::new();
         for k in 0..NODES {
             let ch = ingest_addr.connect_tls(sensor_tls.clone()).await.unwrap();
-            let rate = rate;
             sensors.push(tokio::spawn(async move {
                 let node = format!("bench-node-{k}");
                 let mut client = IngestClient::new(ch).max_encoding_message_size(64 << 20);

@@ -30,6 +30,8 @@ const MERGE_QUEUE: usize = 1024;
 const FLUSH_EVERY: Duration = Duration::from_millis(5);
 /// Copies of already-merged events remembered for deduplication.
 const RECENT_KEYS: usize = 1 << 20;
+/// How often certificate files are checked for changes.
+const CERT_POLL: Duration = Duration::from_secs(2);
 
 async fn merge_task(
     mut rx: mpsc::Receiver<MergeInput>,
@@ -83,6 +85,54 @@ fn server(flags: &Flags) -> anyhow::Result<Server> {
     Ok(builder)
 }
 
+/// Binds a listener, retrying while a previous server generation releases it.
+async fn bind(address: &str, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot listen on {flag} {address}")),
+        }
+    }
+}
+
+/// Modification times of the relay's certificate files.
+fn cert_stamp(flags: &Flags) -> Vec<Option<std::time::SystemTime>> {
+    let Some(dir) = &flags.tls_dir else { return vec![] };
+    [CertFiles::CA.to_owned(), CertFiles::cert(Role::Relay), CertFiles::key(Role::Relay)]
+        .iter()
+        .map(|f| std::fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// Fires when the certificate files change and the new set loads; a set
+/// that does not load is logged and the old one kept.
+async fn watch_certs(flags: Flags, reload: watch::Sender<u64>) {
+    let mut seen = cert_stamp(&flags);
+    let mut generation = 0;
+    loop {
+        tokio::time::sleep(CERT_POLL).await;
+        let now = cert_stamp(&flags);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match server(&flags) {
+            Ok(_) => {
+                generation += 1;
+                tracing::info!(generation, "certificate files changed; re-reading them");
+                let _ = reload.send(generation);
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "certificate files changed but do not load; keeping the old ones")
+            }
+        }
+    }
+}
+
 async fn run(flags: Flags) -> anyhow::Result<()> {
     flags.check()?;
     if flags.insecure {
@@ -94,39 +144,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let merged = Arc::new(AtomicU64::new(0));
     let (merge_tx, merge_rx) = mpsc::channel(MERGE_QUEUE);
     let (stop_tx, stop_rx) = watch::channel(false);
-
-    let ingest = tonic::service::interceptor::InterceptedService::new(
-        IngestServer::new(IngestService::new(nodes.clone(), merge_tx)).max_decoding_message_size(16 << 20),
-        auth::require(Role::Sensor, enforce),
-    );
-    let query = QueryService { hub: hub.clone(), nodes: nodes.clone(), merged: merged.clone() };
-    let admin = QueryService { hub: hub.clone(), nodes: nodes.clone(), merged: merged.clone() };
-    let client_auth = auth::require(Role::Client, enforce);
-    let clients = tonic::service::interceptor::InterceptedService::new(
-        FineGuidanceSensorsServer::new(query).max_decoding_message_size(4 << 20),
-        client_auth.clone(),
-    );
-    let admin = RelayAdminServer::with_interceptor(admin, client_auth);
-
-    let ingest_listener = tokio::net::TcpListener::bind(&flags.ingest_address)
-        .await
-        .with_context(|| format!("cannot listen on --ingest-address {}", flags.ingest_address))?;
-    let client_listener = tokio::net::TcpListener::bind(&flags.client_address)
-        .await
-        .with_context(|| format!("cannot listen on --client-address {}", flags.client_address))?;
-    tracing::info!(ingest = %flags.ingest_address, clients = %flags.client_address, mtls = enforce, "relay serving");
-
-    let stop = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let ingest_server = server(&flags)?.add_service(ingest).serve_with_incoming_shutdown(
-        tokio_stream::wrappers::TcpListenerStream::new(ingest_listener),
-        stop(stop_rx.clone()),
-    );
-    let client_server = server(&flags)?.add_service(clients).add_service(admin).serve_with_incoming_shutdown(
-        tokio_stream::wrappers::TcpListenerStream::new(client_listener),
-        stop(stop_rx.clone()),
-    );
+    let (reload_tx, mut reload_rx) = watch::channel(0u64);
     let merge = tokio::spawn(merge_task(merge_rx, hub.clone(), flags.clone(), merged.clone(), stop_rx.clone()));
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -136,9 +154,62 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             let _ = stop_tx.send(true);
         }
     });
-    let (a, b) = tokio::join!(ingest_server, client_server);
-    a.context("ingest listener")?;
-    b.context("client listener")?;
+    if enforce {
+        tokio::spawn(watch_certs(flags.clone(), reload_tx));
+    }
+
+    // Serve until stopped; on a certificate change, serve again with the
+    // new certificates (state, history and clients' queues live on; open
+    // streams reconnect and resume).
+    loop {
+        let ingest = tonic::service::interceptor::InterceptedService::new(
+            IngestServer::new(IngestService::new(nodes.clone(), merge_tx.clone())).max_decoding_message_size(16 << 20),
+            auth::require(Role::Sensor, enforce),
+        );
+        let query = QueryService { hub: hub.clone(), nodes: nodes.clone(), merged: merged.clone() };
+        let admin = QueryService { hub: hub.clone(), nodes: nodes.clone(), merged: merged.clone() };
+        let client_auth = auth::require(Role::Client, enforce);
+        let clients = tonic::service::interceptor::InterceptedService::new(
+            FineGuidanceSensorsServer::new(query).max_decoding_message_size(4 << 20),
+            client_auth.clone(),
+        );
+        let admin = RelayAdminServer::with_interceptor(admin, client_auth);
+        let ingest_listener = bind(&flags.ingest_address, "--ingest-address").await?;
+        let client_listener = bind(&flags.client_address, "--client-address").await?;
+        tracing::info!(ingest = %flags.ingest_address, clients = %flags.client_address, mtls = enforce, "relay serving");
+        reload_rx.mark_unchanged();
+        let (done_tx, done_rx) = watch::channel(false);
+        let end = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let ingest_server = tokio::spawn(server(&flags)?.add_service(ingest).serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(ingest_listener),
+            end(done_rx.clone()),
+        ));
+        let client_server =
+            tokio::spawn(server(&flags)?.add_service(clients).add_service(admin).serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(client_listener),
+                end(done_rx.clone()),
+            ));
+        let mut stop = stop_rx.clone();
+        let reloading = tokio::select! {
+            _ = stop.wait_for(|s| *s) => false,
+            r = reload_rx.changed() => r.is_ok(),
+        };
+        // Stop accepting; connections already open keep their streams (and
+        // the certificates they were made with) until they end.
+        let _ = done_tx.send(true);
+        if !reloading {
+            // Streams never end on their own: give them a moment, then go.
+            let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                let _ = ingest_server.await;
+                let _ = client_server.await;
+            })
+            .await;
+            break;
+        }
+    }
+    drop(merge_tx);
     let _ = merge.await;
     tracing::info!(merged = merged.load(Ordering::Relaxed), "stopped");
     Ok(())

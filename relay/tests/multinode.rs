@@ -368,3 +368,29 @@ fn wrong_certificates_are_refused_with_reasons() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn relay_certificates_are_reread_without_a_restart() {
+    require_root!();
+    let mut c = Cluster::new();
+    let ns = c.add_node("rot", 10, &[]);
+    let pid = c.relay.as_ref().unwrap().child.id();
+    assert!(c.status_as("relay.vigil.test").status.success());
+    assert!(!c.status_as("rotated.vigil.test").status.success(), "the new name is not served yet");
+    c.rotate_relay_cert("rotated.vigil.test");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !c.status_as("rotated.vigil.test").status.success() {
+        assert!(std::time::Instant::now() < deadline, "new certificate not served; relay log:\n{}", c.relay_log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let old = c.status_as("relay.vigil.test");
+    assert!(!old.status.success(), "the old certificate is still served");
+    assert_eq!(c.relay.as_ref().unwrap().child.id(), pid);
+    assert!(c.relay.as_mut().unwrap().child.try_wait().unwrap().is_none(), "relay restarted");
+    // The sensor keeps streaming across the reload.
+    let watcher = c.watch(&["--tls-server-name", "rotated.vigil.test"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let prefix = format!("q{}", c.net.id);
+    c.run_in(&ns, &workload(&prefix, 5));
+    assert!(watcher.wait(Duration::from_secs(30), |e| full(e, &prefix, 5)), "relay log:\n{}", c.relay_log());
+}

@@ -143,6 +143,7 @@ pub fn leaf_from_ca(
     ca_pem: &str,
     ca_key_pem: &str,
     role: Role,
+    dns: &[String],
     start_days: i64,
     days: i64,
 ) -> Result<(String, String), TlsError> {
@@ -150,7 +151,7 @@ pub fn leaf_from_ca(
     let key = KeyPair::from_pem(ca_key_pem).map_err(gen_err)?;
     let issuer = Issuer::from_ca_cert_pem(ca_pem, key).map_err(gen_err)?;
     let start = time::OffsetDateTime::now_utc() + time::Duration::days(start_days);
-    leaf(role, &[], &issuer, start, days)
+    leaf(role, dns, &issuer, start, days)
 }
 
 /// A new CA: (certificate PEM, key PEM, issuer for signing).
@@ -252,13 +253,13 @@ mod tests {
     #[test]
     fn expired_and_future_certificates_are_named() {
         let (ca_pem, ca_key, _) = ca(10).unwrap();
-        let (old, _) = leaf_from_ca(&ca_pem, &ca_key, Role::Client, -10, 9).unwrap();
+        let (old, _) = leaf_from_ca(&ca_pem, &ca_key, Role::Client, &[], -10, 9).unwrap();
         let e = check_validity(Path::new("old.pem"), old.as_bytes()).unwrap_err().to_string();
         assert!(e.starts_with("certificate old.pem expired at"), "{e}");
-        let (future, _) = leaf_from_ca(&ca_pem, &ca_key, Role::Client, 2, 9).unwrap();
+        let (future, _) = leaf_from_ca(&ca_pem, &ca_key, Role::Client, &[], 2, 9).unwrap();
         let e = check_validity(Path::new("new.pem"), future.as_bytes()).unwrap_err().to_string();
         assert!(e.contains("is not valid before"), "{e}");
-        let (ok, _) = leaf_from_ca(&ca_pem, &ca_key, Role::Client, -1, 9).unwrap();
+        let (ok, _) = leaf_from_ca(&ca_pem, &ca_key, Role::Client, &[], -1, 9).unwrap();
         assert!(check_validity(Path::new("ok.pem"), ok.as_bytes()).is_ok());
     }
 

@@ -383,10 +383,27 @@ impl Cluster {
     pub fn expired_client(&self) -> (PathBuf, PathBuf) {
         let ca_key = std::fs::read_to_string(self.certs.join("ca-key.pem")).unwrap();
         let ca_pem = std::fs::read_to_string(self.certs.join("ca.pem")).unwrap();
-        let (cert, key) = tls::leaf_from_ca(&ca_pem, &ca_key, tls::Role::Client, -10, 9).unwrap();
+        let (cert, key) = tls::leaf_from_ca(&ca_pem, &ca_key, tls::Role::Client, &[], -10, 9).unwrap();
         let (c, k) = (self.dir.join("expired.pem"), self.dir.join("expired-key.pem"));
         std::fs::write(&c, cert).unwrap();
         std::fs::write(&k, key).unwrap();
         (c, k)
+    }
+}
+
+impl Cluster {
+    /// Replaces the relay's certificate in place with one (same CA) for `dns`.
+    pub fn rotate_relay_cert(&self, dns: &str) {
+        let ca_key = std::fs::read_to_string(self.certs.join("ca-key.pem")).unwrap();
+        let ca_pem = std::fs::read_to_string(self.certs.join("ca.pem")).unwrap();
+        let (cert, key) = tls::leaf_from_ca(&ca_pem, &ca_key, tls::Role::Relay, &[dns.to_owned()], -1, 30).unwrap();
+        // Key first: the relay reloads when both files are in place and valid.
+        std::fs::write(self.certs.join("relay-key.pem"), key).unwrap();
+        std::fs::write(self.certs.join("relay.pem"), cert).unwrap();
+    }
+
+    /// `vigil status` checking the relay certificate against `name`.
+    pub fn status_as(&self, name: &str) -> std::process::Output {
+        self.cli_cmd(&["--tls-server-name", name, "--timeout", "5", "status"]).stdin(Stdio::null()).output().unwrap()
     }
 }
