@@ -394,3 +394,56 @@ fn relay_certificates_are_reread_without_a_restart() {
     c.run_in(&ns, &workload(&prefix, 5));
     assert!(watcher.wait(Duration::from_secs(30), |e| full(e, &prefix, 5)), "relay log:\n{}", c.relay_log());
 }
+
+#[test]
+fn a_name_with_several_relays_streams_to_every_replica() {
+    require_root!();
+    let mut c = Cluster::new();
+    let (sensor_ns, _) = c.net.host("rep", 10);
+    let (_rns, second_ip, _second) = c.add_replica(3, &sensor_ns, "relays.vigil.test");
+    // Certificates name relay.vigil.test and the first relay's address; the
+    // replica shares them, so the sensor checks the name it dialled.
+    let ca = c.certs.join("ca.pem");
+    let ca_key = std::fs::read_to_string(c.certs.join("ca-key.pem")).unwrap();
+    let (cert, key) = tls::leaf_from_ca(
+        &std::fs::read_to_string(&ca).unwrap(),
+        &ca_key,
+        tls::Role::Relay,
+        &["relays.vigil.test".into(), "relay.vigil.test".into(), c.relay_ip.clone(), second_ip.clone()],
+        -1,
+        30,
+    )
+    .unwrap();
+    std::fs::write(c.certs.join("relay-key.pem"), key).unwrap();
+    std::fs::write(c.certs.join("relay.pem"), cert).unwrap();
+    std::thread::sleep(Duration::from_secs(3)); // both relays re-read them
+    let sock = format!("unix://{}", c.dir.join("rep.sock").display());
+    let args: Vec<String> = vec![
+        "--node-name".into(),
+        "rep".into(),
+        "--server-address".into(),
+        sock,
+        "--relay-address".into(),
+        "relays.vigil.test:54331".into(),
+        "--tls-dir".into(),
+        c.certs.display().to_string(),
+        "--only-own-netns".into(),
+    ];
+    let sensor = cluster::Daemon::start(&sensor_ns, &cluster::bin("vigil-sensor"), &args, c.dir.join("rep.log"));
+    c.wait_node("rep");
+    let first = c.watch(&[]);
+    let second = c.watch_at(&second_ip, &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    let prefix = format!("p{}", c.net.id);
+    c.run_in(&sensor_ns, &workload(&prefix, 10));
+    for (name, w) in [("first", &first), ("second", &second)] {
+        assert!(
+            w.wait(Duration::from_secs(30), |e| full(e, &prefix, 10)),
+            "{name} relay incomplete; sensor log:\n{}",
+            sensor.log_text()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_exactly_once(&first.snapshot(), &prefix, 10, "rep");
+    assert_exactly_once(&second.snapshot(), &prefix, 10, "rep");
+}

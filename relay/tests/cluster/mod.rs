@@ -152,6 +152,8 @@ pub struct Cluster {
     pub relay: Option<Daemon>,
     pub client_ns: String,
     pub sensors: Vec<(String, Daemon)>,
+    /// /etc/netns/<ns> directories written for name resolution, removed on drop.
+    pub hosts_dirs: Mutex<Vec<PathBuf>>,
 }
 
 impl Cluster {
@@ -169,7 +171,17 @@ impl Cluster {
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let mut c = Cluster { net, dir, certs, relay_ns, relay_ip, relay: None, client_ns, sensors: vec![] };
+        let mut c = Cluster {
+            net,
+            dir,
+            certs,
+            relay_ns,
+            relay_ip,
+            relay: None,
+            client_ns,
+            sensors: vec![],
+            hosts_dirs: Mutex::new(vec![]),
+        };
         c.start_relay(&[]);
         c
     }
@@ -253,19 +265,7 @@ impl Cluster {
     pub fn watch(&self, extra: &[&str]) -> Watcher {
         let mut args = vec!["getevents", "-o", "json"];
         args.extend_from_slice(extra);
-        let mut child =
-            self.cli_cmd(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let sink = events.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(e) = from_json_line(&line) {
-                    sink.lock().unwrap().push(e);
-                }
-            }
-        });
-        Watcher { child, events }
+        Watcher::spawn(self.cli_cmd(&args))
     }
 
     /// Runs a shell script inside a node's namespace and waits for it.
@@ -279,10 +279,31 @@ impl Cluster {
     }
 }
 
+impl Watcher {
+    /// Starts a `getevents -o json` command and collects its events.
+    pub fn spawn(mut cmd: Command) -> Watcher {
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(e) = from_json_line(&line) {
+                    sink.lock().unwrap().push(e);
+                }
+            }
+        });
+        Watcher { child, events }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.sensors.clear();
         self.relay = None;
+        for d in self.hosts_dirs.lock().unwrap().iter() {
+            let _ = std::fs::remove_dir_all(d);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -405,5 +426,37 @@ impl Cluster {
     /// `vigil status` checking the relay certificate against `name`.
     pub fn status_as(&self, name: &str) -> std::process::Output {
         self.cli_cmd(&["--tls-server-name", name, "--timeout", "5", "status"]).stdin(Stdio::null()).output().unwrap()
+    }
+}
+
+impl Cluster {
+    /// A second relay replica in its own namespace (address .`octet`), with
+    /// the same certificates, and a hosts file for `ns` resolving `name` to
+    /// both relays (what a headless Service's DNS name does).
+    pub fn add_replica(&mut self, octet: u8, ns_for_hosts: &str, name: &str) -> (String, String, Daemon) {
+        let (rns, rip) = self.net.host(&format!("r{octet}"), octet);
+        let args: Vec<String> =
+            vec!["--tls-dir".into(), self.certs.display().to_string(), "--reorder-window-ms".into(), "50".into()];
+        let d = Daemon::start(&rns, &bin("vigil-relay"), &args, self.dir.join(format!("relay{octet}.log")));
+        // `ip netns exec` bind-mounts /etc/netns/<ns>/hosts over /etc/hosts.
+        let etc = PathBuf::from("/etc/netns").join(ns_for_hosts);
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("hosts"), format!("127.0.0.1 localhost\n{} {name}\n{rip} {name}\n", self.relay_ip))
+            .unwrap();
+        self.hosts_dirs.lock().unwrap().push(etc);
+        (rns, rip, d)
+    }
+
+    /// `vigil getevents` against a given relay address.
+    pub fn watch_at(&self, relay_ip: &str, extra: &[&str]) -> Watcher {
+        let mut args = vec!["getevents", "-o", "json"];
+        args.extend_from_slice(extra);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.client_ns])
+            .arg(bin("vigil"))
+            .args(["--server-address", &format!("{relay_ip}:54330"), "--tls-dir"])
+            .arg(&self.certs)
+            .args(&args);
+        Watcher::spawn(cmd)
     }
 }
