@@ -153,6 +153,11 @@ fn read_file(path: &std::path::Path) -> Result<FileSettings, ConfigError> {
         .map_err(|e| err(e.to_string()))
 }
 
+/// Checks a config file's keys and values without starting anything.
+pub fn check_file(path: &std::path::Path) -> Result<(), ConfigError> {
+    read_file(path).map(|_| ())
+}
+
 impl Settings {
     pub fn resolve(flags: Flags) -> Result<Self, ConfigError> {
         let file = match &flags.config_file {

@@ -1,0 +1,218 @@
+//! Every manifest parses into the real Kubernetes types with no unknown
+//! field, and the manifests agree with each other and with the binaries.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use clap::Parser;
+use manifests::{Object, load_dir, pod_spec};
+
+fn objects() -> Vec<(String, Object)> {
+    load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn name_of(o: &Object) -> String {
+    let meta = match o {
+        Object::Namespace(x) => &x.metadata,
+        Object::ServiceAccount(x) => &x.metadata,
+        Object::ClusterRole(x) => &x.metadata,
+        Object::ClusterRoleBinding(x) => &x.metadata,
+        Object::Role(x) => &x.metadata,
+        Object::RoleBinding(x) => &x.metadata,
+        Object::ConfigMap(x) => &x.metadata,
+        Object::Job(x) => &x.metadata,
+        Object::DaemonSet(x) => &x.metadata,
+        Object::Deployment(x) => &x.metadata,
+        Object::Service(x) => &x.metadata,
+    };
+    meta.name.clone().unwrap_or_default()
+}
+
+fn template_labels(o: &Object) -> Option<BTreeMap<String, String>> {
+    match o {
+        Object::DaemonSet(d) => d.spec.template.metadata.as_ref()?.labels.clone(),
+        Object::Deployment(d) => d.spec.template.metadata.as_ref()?.labels.clone(),
+        _ => None,
+    }
+}
+
+/// Secrets the certificate job creates: vigil-<role>-tls for each role in its loop.
+fn secrets_created(objs: &[(String, Object)]) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (_, o) in objs {
+        let Object::Job(j) = o else { continue };
+        for c in &j.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers {
+            let script = c.command.clone().unwrap_or_default().join(" ");
+            if let Some(list) = script.split("for role in ").nth(1).and_then(|r| r.split(';').next()) {
+                assert!(script.contains("vigil-$role-tls"), "{script}");
+                out.extend(list.split_whitespace().map(|r| format!("vigil-{r}-tls")));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn all_parse_without_unknown_fields() {
+    let objs = objects();
+    let kinds: BTreeSet<String> =
+        objs.iter().map(|(_, o)| format!("{o:?}").split('(').next().unwrap().to_owned()).collect();
+    for k in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "Job",
+        "DaemonSet",
+        "Deployment",
+        "Service",
+    ] {
+        assert!(kinds.contains(k), "no {k} among {kinds:?}");
+    }
+}
+
+#[test]
+fn selectors_match_labels_and_services_find_pods() {
+    let objs = objects();
+    for (file, o) in &objs {
+        let selector = match o {
+            Object::DaemonSet(d) => d.spec.selector.match_labels.clone(),
+            Object::Deployment(d) => d.spec.selector.match_labels.clone(),
+            _ => continue,
+        };
+        let labels = template_labels(o).unwrap_or_default();
+        for (k, v) in selector.unwrap_or_default() {
+            assert_eq!(labels.get(&k), Some(&v), "{file}: selector {k}={v} does not match the pod template");
+        }
+    }
+    for (file, o) in &objs {
+        let Object::Service(s) = o else { continue };
+        let sel = s.spec.as_ref().unwrap().selector.clone().unwrap_or_default();
+        let target =
+            objs.iter().find(|(_, w)| template_labels(w).is_some_and(|l| sel.iter().all(|(k, v)| l.get(k) == Some(v))));
+        let (_, w) = target.unwrap_or_else(|| panic!("{file}: Service {} selects no workload", name_of(o)));
+        // Named target ports exist on the selected pods' containers.
+        let ports: BTreeSet<String> = pod_spec(w)
+            .unwrap()
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.clone().unwrap_or_default())
+            .filter_map(|p| p.name)
+            .collect();
+        for p in s.spec.as_ref().unwrap().ports.clone().unwrap_or_default() {
+            if let Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name)) = p.target_port {
+                assert!(ports.contains(&name), "{file}: targetPort {name} not on {}", name_of(w));
+            }
+        }
+    }
+}
+
+#[test]
+fn every_referenced_object_exists() {
+    let objs = objects();
+    let names = |f: fn(&Object) -> bool| -> BTreeSet<String> {
+        objs.iter().filter(|(_, o)| f(o)).map(|(_, o)| name_of(o)).collect()
+    };
+    let config_maps = names(|o| matches!(o, Object::ConfigMap(_)));
+    let accounts = names(|o| matches!(o, Object::ServiceAccount(_)));
+    let roles = names(|o| matches!(o, Object::Role(_)));
+    let cluster_roles = names(|o| matches!(o, Object::ClusterRole(_)));
+    let secrets = secrets_created(&objs);
+    assert_eq!(secrets, ["vigil-client-tls", "vigil-relay-tls", "vigil-sensor-tls"].map(String::from).into());
+    for (file, o) in &objs {
+        if let Some(spec) = pod_spec(o) {
+            let sa = spec.service_account_name.clone().unwrap_or_default();
+            assert!(accounts.contains(&sa), "{file}: service account {sa:?} does not exist");
+            for v in spec.volumes.clone().unwrap_or_default() {
+                if let Some(cm) = v.config_map {
+                    assert!(config_maps.contains(&cm.name), "{file}: ConfigMap {} does not exist", cm.name);
+                }
+                if let Some(s) = v.secret {
+                    let n = s.secret_name.unwrap_or_default();
+                    assert!(secrets.contains(&n), "{file}: Secret {n} is never created");
+                }
+            }
+        }
+        let (role_ref, subjects) = match o {
+            Object::RoleBinding(b) => (&b.role_ref, b.subjects.clone().unwrap_or_default()),
+            Object::ClusterRoleBinding(b) => (&b.role_ref, b.subjects.clone().unwrap_or_default()),
+            _ => continue,
+        };
+        let pool = if role_ref.kind == "Role" { &roles } else { &cluster_roles };
+        assert!(pool.contains(&role_ref.name), "{file}: {} {} does not exist", role_ref.kind, role_ref.name);
+        for s in subjects {
+            assert!(accounts.contains(&s.name), "{file}: subject {} does not exist", s.name);
+        }
+    }
+}
+
+#[test]
+fn ports_agree_with_the_binaries_defaults() {
+    let objs = objects();
+    let flags = relay::config::Flags::parse_from(["vigil-relay", "--insecure"]);
+    let port = |addr: &str| addr.rsplit(':').next().unwrap().parse::<i32>().unwrap();
+    let relay = objs.iter().find(|(_, o)| matches!(o, Object::Deployment(_))).map(|(_, o)| o).unwrap();
+    let ports: BTreeMap<String, i32> = pod_spec(relay).unwrap().containers[0]
+        .ports
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.name.unwrap_or_default(), p.container_port))
+        .collect();
+    assert_eq!(ports.get("clients"), Some(&port(&flags.client_address)));
+    assert_eq!(ports.get("ingest"), Some(&port(&flags.ingest_address)));
+    // The sensor's config points at the ingest Service and port, and its
+    // keys are ones vigil-sensor accepts.
+    let cm = objs
+        .iter()
+        .find_map(|(_, o)| match o {
+            Object::ConfigMap(c) if name_of(o) == "vigil-sensor-config" => Some(c.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let text = cm.data.unwrap()["config.yaml"].clone();
+    assert!(text.contains(&format!("vigil-relay-ingest.vigil.svc.cluster.local:{}", port(&flags.ingest_address))));
+    let tmp = std::env::temp_dir().join(format!("vigil-sensor-config-{}.yaml", std::process::id()));
+    std::fs::write(&tmp, &text).unwrap();
+    let checked = node_sensor::config::check_file(&tmp);
+    let _ = std::fs::remove_file(&tmp);
+    checked.unwrap_or_else(|e| panic!("sensor ConfigMap: {e}"));
+}
+
+#[test]
+fn sensor_gets_what_bpf_needs_and_rbac_is_least_privilege() {
+    let objs = objects();
+    let (_, ds) = objs.iter().find(|(_, o)| matches!(o, Object::DaemonSet(_))).unwrap();
+    let spec = pod_spec(ds).unwrap();
+    assert_eq!(spec.host_pid, Some(true));
+    let c = &spec.containers[0];
+    let env = c.env.clone().unwrap_or_default();
+    let node = env.iter().find(|e| e.name == "NODE_NAME").expect("NODE_NAME");
+    assert_eq!(node.value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path, "spec.nodeName");
+    let mounts: BTreeSet<String> =
+        c.volume_mounts.clone().unwrap_or_default().into_iter().map(|m| m.mount_path).collect();
+    for m in ["/sys/kernel/btf", "/sys/fs/cgroup", "/host/proc", "/etc/vigil/tls"] {
+        assert!(mounts.contains(m), "sensor lacks {m}");
+    }
+    assert!(c.liveness_probe.is_some() && c.readiness_probe.is_some());
+    let res = c.resources.as_ref().unwrap();
+    assert!(res.requests.is_some() && res.limits.is_some());
+    let sc = c.security_context.as_ref().unwrap();
+    assert_ne!(sc.privileged, Some(true), "no privileged mode: named capabilities only");
+    assert_eq!(sc.capabilities.as_ref().unwrap().drop, Some(vec!["ALL".to_owned()]));
+    // RBAC: the sensor may read pods, nothing more.
+    let (_, cr) =
+        objs.iter().find(|(_, o)| matches!(o, Object::ClusterRole(_)) && name_of(o) == "vigil-sensor").unwrap();
+    let Object::ClusterRole(cr) = cr else { unreachable!() };
+    let rules = cr.rules.clone().unwrap_or_default();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].resources, Some(vec!["pods".to_owned()]));
+    assert_eq!(rules[0].verbs, vec!["get", "list", "watch"]);
+    // The relay: two replicas, headless ingest Service.
+    let (_, d) = objs.iter().find(|(_, o)| matches!(o, Object::Deployment(_))).unwrap();
+    let Object::Deployment(d) = d else { unreachable!() };
+    assert_eq!(d.spec.replicas, Some(2));
+    let headless = objs.iter().any(|(_, o)| matches!(o, Object::Service(s) if name_of(o) == "vigil-relay-ingest" && s.spec.as_ref().unwrap().cluster_ip.as_deref() == Some("None")));
+    assert!(headless);
+}
