@@ -15,6 +15,7 @@ use serde_json::Value;
 
 /// One parsed manifest document.
 #[derive(Debug, Clone)]
+#[expect(clippy::large_enum_variant, reason = "a handful of parsed manifests; boxing buys nothing")]
 pub enum Object {
     Namespace(Namespace),
     ServiceAccount(ServiceAccount),
