@@ -216,3 +216,15 @@ fn sensor_gets_what_bpf_needs_and_rbac_is_least_privilege() {
     let headless = objs.iter().any(|(_, o)| matches!(o, Object::Service(s) if name_of(o) == "vigil-relay-ingest" && s.spec.as_ref().unwrap().cluster_ip.as_deref() == Some("None")));
     assert!(headless);
 }
+
+#[test]
+fn kind_script_is_shellcheck_clean() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/kind/run.sh");
+    match std::process::Command::new("shellcheck").arg(&script).output() {
+        Ok(out) => assert!(out.status.success(), "shellcheck:\n{}", String::from_utf8_lossy(&out.stdout)),
+        Err(e) => {
+            assert!(std::env::var_os("VIGIL_REQUIRE_ALL").is_none(), "shellcheck is not installed: {e}");
+            eprintln!("SKIP kind_script_is_shellcheck_clean: shellcheck not installed ({e})");
+        }
+    }
+}

@@ -10,8 +10,9 @@ use anyhow::{Context, Result, bail};
 
 /// Debian packages the tests use: setpriv/unshare (util-linux), ip netns
 /// (iproute2), and for the kernel-matrix VM: qemu, a static busybox, cpio
-/// and objcopy (binutils).
-const APT_PACKAGES: &[&str] = &["util-linux", "iproute2", "qemu-system-x86", "busybox-static", "cpio", "binutils"];
+/// and objcopy (binutils); shellcheck for the kind script.
+const APT_PACKAGES: &[&str] =
+    &["util-linux", "iproute2", "qemu-system-x86", "busybox-static", "cpio", "binutils", "shellcheck"];
 const BPF_LINKER_VERSION: &str = "^0.10";
 
 fn root() -> PathBuf {
