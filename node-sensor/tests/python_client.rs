@@ -2,45 +2,20 @@
 //! .proto files) receives a live command's events from the sensor.
 
 mod common;
+#[path = "../../test-support/python.rs"]
+mod pysupport;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use common::{Sensor, nonce};
 
-fn python() -> Option<String> {
-    let py = std::env::var("VIGIL_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&py).args(["-c", "import grpc, grpc_tools"]).status().is_ok_and(|s| s.success());
-    if ok {
-        return Some(py);
-    }
-    let reason = format!("{py} has no grpcio/grpcio-tools (cargo xtask setup installs them)");
-    assert!(std::env::var_os("VIGIL_REQUIRE_ALL").is_none(), "{reason}");
-    eprintln!("SKIP python_client: {reason}");
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_client_receives_live_events() {
     require_kernel!();
-    let Some(py) = python() else { return };
-    let stubs = std::env::temp_dir().join(format!("vigil-pystubs-{}", nonce()));
-    std::fs::create_dir_all(&stubs).unwrap();
-    let protos = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/proto");
-    let protoc = Command::new(&py)
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(&protos)
-        .arg(format!("--python_out={}", stubs.display()))
-        .arg(format!("--grpc_python_out={}", stubs.display()))
-        .args([
-            "tetragon/capabilities.proto",
-            "tetragon/tetragon.proto",
-            "tetragon/events.proto",
-            "tetragon/sensors.proto",
-        ])
-        .status()
-        .unwrap();
-    assert!(protoc.success(), "protoc on our .proto files");
+    let Some(py) = pysupport::python() else { return };
+    let stubs =
+        pysupport::stubs(&py, &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/proto"), "sensor");
 
     let sensor = Sensor::start(&[]).await;
     let mark = format!("vigil-py-{}", nonce());

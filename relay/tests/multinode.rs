@@ -3,6 +3,8 @@
 //! Everything is counted per unique marker.
 
 mod cluster;
+#[path = "../../test-support/python.rs"]
+mod pysupport;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -78,7 +80,7 @@ fn three_nodes_each_seen_exactly_once_by_two_kinds_of_client() {
     assert_exactly_once(&lines, &format!("m{tag}n2"), 30, "node2");
 
     // A client that is not ours: Python grpcio with a client certificate.
-    if let Some(py) = python() {
+    if let Some(py) = pysupport::python() {
         let script = format!(
             r#"
 import grpc, sys, json
@@ -95,7 +97,12 @@ for r in stub.GetEvents(req, timeout=30):
     n += 1
     if n == 10: break
 "#,
-            stubs = python_stubs(&py).display(),
+            stubs = pysupport::stubs(
+                &py,
+                &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/proto"),
+                "relay"
+            )
+            .display(),
             d = c.certs.display(),
             ip = c.relay_ip,
         );
@@ -113,39 +120,6 @@ for r in stub.GetEvents(req, timeout=30):
         assert_eq!(got.len(), 10);
         assert!(got.iter().all(|e| e["node_name"] == "node3"));
     }
-}
-
-fn python() -> Option<String> {
-    let py = std::env::var("VIGIL_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok =
-        std::process::Command::new(&py).args(["-c", "import grpc, grpc_tools"]).status().is_ok_and(|s| s.success());
-    if !ok {
-        assert!(std::env::var_os("VIGIL_REQUIRE_ALL").is_none(), "{py} lacks grpcio (cargo xtask setup)");
-        eprintln!("SKIP python part: {py} lacks grpcio");
-        return None;
-    }
-    Some(py)
-}
-
-fn python_stubs(py: &str) -> std::path::PathBuf {
-    let out = std::env::temp_dir().join(format!("vigil-relay-pystubs-{}", std::process::id()));
-    std::fs::create_dir_all(&out).unwrap();
-    let protos = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/proto");
-    let ok = std::process::Command::new(py)
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(&protos)
-        .arg(format!("--python_out={}", out.display()))
-        .arg(format!("--grpc_python_out={}", out.display()))
-        .args([
-            "tetragon/capabilities.proto",
-            "tetragon/tetragon.proto",
-            "tetragon/events.proto",
-            "tetragon/sensors.proto",
-        ])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    out
 }
 
 #[test]
