@@ -59,3 +59,18 @@ pub fn policy_name(event: &GetEventsResponse) -> Option<&str> {
         _ => None,
     }
 }
+
+/// Mutable access to the event's process and parent (enrichment).
+pub fn process_and_parent_mut(event: &mut GetEventsResponse) -> (Option<&mut Process>, Option<&mut Process>) {
+    match event.event.as_mut() {
+        Some(Event::ProcessExec(e)) => (e.process.as_mut(), e.parent.as_mut()),
+        Some(Event::ProcessExit(e)) => (e.process.as_mut(), e.parent.as_mut()),
+        Some(Event::ProcessKprobe(e)) => (e.process.as_mut(), e.parent.as_mut()),
+        Some(Event::ProcessTracepoint(e)) => (e.process.as_mut(), e.parent.as_mut()),
+        Some(Event::ProcessLoader(e)) => (e.process.as_mut(), e.parent.as_mut()),
+        Some(Event::ProcessUprobe(e)) => (e.process.as_mut(), e.parent.as_mut()),
+        Some(Event::ProcessLsm(e)) => (e.process.as_mut(), e.parent.as_mut()),
+        Some(Event::ProcessUsdt(e)) => (e.process.as_mut(), e.parent.as_mut()),
+        _ => (None, None),
+    }
+}

@@ -83,6 +83,14 @@ impl ProcessCache {
         self.by_pid.get(&pid).and_then(|id| self.entries.get(id)).map(|e| &e.process)
     }
 
+    /// Records the pod of a process (found after its exec), so its later
+    /// events carry it even once the pod is gone from the API.
+    pub fn set_pod(&mut self, exec_id: &str, pod: &proto::tetragon::Pod) {
+        if let Some(e) = self.entries.get_mut(exec_id) {
+            e.process.pod = Some(pod.clone());
+        }
+    }
+
     pub fn get(&self, exec_id: &str) -> Option<&Process> {
         self.entries.get(exec_id).map(|e| &e.process)
     }

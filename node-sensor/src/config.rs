@@ -82,6 +82,16 @@ pub struct Flags {
     /// several sensors as separate "nodes" on one kernel, as the tests do).
     #[arg(long)]
     pub only_own_netns: bool,
+    /// Add Kubernetes pod data to events, from a watch on this node's pods
+    /// (in-cluster credentials unless --kubeconfig is given).
+    #[arg(long)]
+    pub enable_k8s_api: bool,
+    /// Kubeconfig file for --enable-k8s-api (instead of in-cluster credentials).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Also copy pod annotations onto events (--enable-k8s-api).
+    #[arg(long)]
+    pub k8s_pod_annotations: bool,
 }
 
 /// The config file's keys: the flags' names.
@@ -104,6 +114,9 @@ struct FileSettings {
     insecure: Option<bool>,
     replay_buffer_size: Option<usize>,
     only_own_netns: Option<bool>,
+    enable_k8s_api: Option<bool>,
+    kubeconfig: Option<PathBuf>,
+    k8s_pod_annotations: Option<bool>,
 }
 
 /// Resolved settings.
@@ -125,6 +138,9 @@ pub struct Settings {
     pub insecure: bool,
     pub replay_buffer_size: usize,
     pub only_own_netns: bool,
+    pub enable_k8s_api: bool,
+    pub kubeconfig: Option<PathBuf>,
+    pub k8s_pod_annotations: bool,
 }
 
 pub const DEFAULT_REPLAY_BUFFER: usize = 100_000;
@@ -213,6 +229,9 @@ impl Settings {
                 flags.replay_buffer_size.or(file.replay_buffer_size).unwrap_or(DEFAULT_REPLAY_BUFFER),
             )?,
             only_own_netns: flags.only_own_netns || file.only_own_netns.unwrap_or(false),
+            enable_k8s_api: flags.enable_k8s_api || file.enable_k8s_api.unwrap_or(false),
+            kubeconfig: flags.kubeconfig.or(file.kubeconfig),
+            k8s_pod_annotations: flags.k8s_pod_annotations || file.k8s_pod_annotations.unwrap_or(false),
         })
     }
 }

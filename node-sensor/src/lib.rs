@@ -15,6 +15,7 @@ pub mod config;
 pub mod decode;
 pub mod export;
 pub mod flags;
+pub mod k8s;
 pub mod loader;
 pub mod pipeline;
 pub mod privileges;

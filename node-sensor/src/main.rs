@@ -9,6 +9,7 @@ use events::bus::EventBus;
 use node_sensor::btf_offsets::Features;
 use node_sensor::builder::Clock;
 use node_sensor::config::{Flags, LogFormat, Settings};
+use node_sensor::k8s::{self, ApiSource};
 use node_sensor::pipeline::Pipeline;
 use node_sensor::privileges::{Collect, HostNamespaces};
 use node_sensor::stats::SensorStats;
@@ -79,6 +80,17 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         bus.clone(),
         stats.clone(),
     );
+    if settings.enable_k8s_api {
+        let source = match &settings.kubeconfig {
+            Some(path) => ApiSource::Kubeconfig(path.clone()),
+            None => ApiSource::InCluster,
+        };
+        let pods = k8s::start(source, &settings.node_name, settings.k8s_pod_annotations)
+            .await
+            .context("Kubernetes API (--enable-k8s-api)")?;
+        tracing::info!(node = %settings.node_name, "watching this node's pods");
+        pipeline = pipeline.with_pods(pods, &settings.procfs);
+    }
     if settings.only_own_netns {
         let own =
             node_sensor::privileges::read_ns_inums(&settings.procfs, std::process::id())[node_sensor_common::NS_NET];

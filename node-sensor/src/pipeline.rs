@@ -1,16 +1,19 @@
 //! The sensor's one-way data flow: ring-buffer bytes → decode → process
 //! cache → event → bus. Runs on one task, so the cache needs no lock.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
+use proto::tetragon::GetEventsResponse;
 use tokio::io::unix::AsyncFd;
 
 use crate::builder::{self, Clock};
 use crate::cache::ProcessCache;
 use crate::decode::{self, Record};
+use crate::k8s::PodIndex;
 use crate::loader::Probes;
 use crate::privileges::Collect;
 use crate::procfs;
@@ -23,8 +26,17 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// How often kernel counters are read and losses logged.
 const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How long an event of a containerised process waits for its pod to show
+/// up in the watch (container start races the API) before it goes without.
+const POD_WAIT: Duration = Duration::from_secs(5);
+/// Most events held waiting for pods; past it the oldest goes without.
+const MAX_HELD: usize = 10_000;
+
 pub struct Pipeline {
     node: String,
+    pods: Option<Arc<PodIndex>>,
+    held: VecDeque<(Instant, GetEventsResponse)>,
+    procfs: std::path::PathBuf,
     clock: Clock,
     collect: Collect,
     /// Report only processes in this network namespace (`--only-own-netns`).
@@ -45,6 +57,9 @@ impl Pipeline {
     ) -> Self {
         Pipeline {
             node: node.to_owned(),
+            pods: None,
+            held: VecDeque::new(),
+            procfs: "/proc".into(),
             clock,
             collect,
             netns_only: None,
@@ -60,14 +75,83 @@ impl Pipeline {
         self
     }
 
-    fn publish(&self, event: proto::tetragon::GetEventsResponse) {
+    /// Puts pod data on events, from the Kubernetes watch (`--enable-k8s-api`).
+    pub fn with_pods(mut self, pods: Arc<PodIndex>, procfs: &std::path::Path) -> Self {
+        self.pods = Some(pods);
+        self.procfs = procfs.to_owned();
+        self
+    }
+
+    fn publish(&mut self, event: GetEventsResponse) {
         if let Some(want) = self.netns_only {
             let net = events::subject::process(&event).and_then(|p| p.ns.as_ref()).and_then(|n| n.net).map(|n| n.inum);
             if net != Some(want) {
                 return;
             }
         }
-        self.bus.publish(event);
+        if self.pods.is_none() {
+            self.bus.publish(event);
+            return;
+        }
+        // Events leave in order: once one waits for its pod, later ones
+        // queue behind it.
+        let mut event = event;
+        if self.held.is_empty() && !self.enrich(&mut event) {
+            self.bus.publish(event);
+            return;
+        }
+        if self.held.len() >= MAX_HELD
+            && let Some((_, mut oldest)) = self.held.pop_front()
+        {
+            if self.enrich(&mut oldest) {
+                self.stats.pod_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            self.bus.publish(oldest);
+        }
+        self.held.push_back((Instant::now(), event));
+        self.stats.pod_waiting.store(self.held.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Adds pod data to the event's process and parent where the watch knows
+    /// their container. Returns true if a container process still lacks its pod.
+    fn enrich(&mut self, event: &mut GetEventsResponse) -> bool {
+        let Some(pods) = self.pods.clone() else { return false };
+        let mut missing = false;
+        let (process, parent) = events::subject::process_and_parent_mut(event);
+        for (i, p) in [process, parent].into_iter().flatten().enumerate() {
+            if p.docker.is_empty() || p.pod.is_some() {
+                continue;
+            }
+            match pods.lookup(&p.docker) {
+                Some(mut pod) => {
+                    // The pid as the container sees it, while the process lives.
+                    if let (Some(c), Some(pid)) = (pod.container.as_mut(), p.pid) {
+                        c.pid = crate::k8s::pid_in_container(&self.procfs, pid.value).map(Into::into);
+                    }
+                    self.cache.set_pod(&p.exec_id, &pod);
+                    p.pod = Some(pod);
+                }
+                // Only the event's own process holds it back.
+                None => missing |= i == 0,
+            }
+        }
+        missing
+    }
+
+    /// Sends held events whose pod is now known, or that waited long enough.
+    fn drain_held(&mut self) {
+        while let Some((since, mut event)) = self.held.pop_front() {
+            let missing = self.enrich(&mut event);
+            if missing && since.elapsed() < POD_WAIT {
+                self.held.push_front((since, event));
+                break;
+            }
+            if missing {
+                self.stats.pod_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            self.bus.publish(event);
+        }
+        self.stats.pod_waiting.store(self.held.len() as u64, Ordering::Relaxed);
     }
 
     /// Reports every process already running, parents first.
@@ -157,6 +241,7 @@ impl Pipeline {
                     while let Some(item) = inner.next() {
                         self.handle(&item);
                     }
+                    self.drain_held();
                 }
             }
             if last_report.elapsed() >= REPORT_INTERVAL {

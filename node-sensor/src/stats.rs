@@ -21,6 +21,10 @@ pub struct SensorStats {
     pub cache_misses: AtomicU64,
     /// Export-file lines dropped because the writer fell behind.
     pub export_dropped: AtomicU64,
+    /// Events held waiting for their pod to appear in the Kubernetes watch.
+    pub pod_waiting: AtomicU64,
+    /// Events sent without pod data because their pod never appeared in time.
+    pub pod_timeouts: AtomicU64,
 }
 
 /// A point-in-time copy, printable on one line.
@@ -37,6 +41,8 @@ pub struct Snapshot {
     pub subscriber_dropped: u64,
     pub export_dropped: u64,
     pub subscribers: u64,
+    pub pod_waiting: u64,
+    pub pod_timeouts: u64,
 }
 
 impl SensorStats {
@@ -54,6 +60,8 @@ impl SensorStats {
             subscriber_dropped: r(&bus.stats.dropped),
             export_dropped: r(&self.export_dropped),
             subscribers: bus.subscriber_count() as u64,
+            pod_waiting: r(&self.pod_waiting),
+            pod_timeouts: r(&self.pod_timeouts),
         }
     }
 }
@@ -62,7 +70,7 @@ impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "records={} bad_records={} ringbuf_full={} kernel_read_errors={} cache_entries={} cache_evicted={} cache_misses={} events={} subscribers={} subscriber_dropped={} export_dropped={}",
+            "records={} bad_records={} ringbuf_full={} kernel_read_errors={} cache_entries={} cache_evicted={} cache_misses={} events={} subscribers={} subscriber_dropped={} export_dropped={} pod_waiting={} pod_timeouts={}",
             self.records,
             self.bad_records,
             self.ringbuf_full,
@@ -73,7 +81,9 @@ impl fmt::Display for Snapshot {
             self.published,
             self.subscribers,
             self.subscriber_dropped,
-            self.export_dropped
+            self.export_dropped,
+            self.pod_waiting,
+            self.pod_timeouts
         )
     }
 }
