@@ -16,14 +16,6 @@ use serde_json::json;
 
 const NODE: &str = "kt-node";
 
-fn cgroup2_root() -> Option<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_owned())
-    })
-}
-
 /// A kubelet-shaped cgroup for a container; removed on drop.
 struct PodCgroup {
     dirs: Vec<String>,
@@ -34,7 +26,7 @@ struct PodCgroup {
 
 impl PodCgroup {
     fn new(systemd: bool) -> Option<PodCgroup> {
-        let root = cgroup2_root()?;
+        let root = common::cgroup2_root()?;
         let n = nonce();
         let container_id: String = format!("{:0>64}", format!("{n}c0ffee")).chars().rev().collect();
         let uid = format!("4f5e3a2b-1c2d-4e5f-8a9b-{:0>12}", &n[n.len().saturating_sub(12)..]);

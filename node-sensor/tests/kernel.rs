@@ -135,18 +135,10 @@ async fn process_started_before_the_sensor_carries_procfs() {
     assert_eq!(exec_of(&seeded[0]).unwrap().exec_id, p.exec_id);
 }
 
-fn cgroup2_root() -> Option<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_owned())
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_cgroup_gives_the_container_id() {
     require_kernel!();
-    let Some(root) = cgroup2_root() else {
+    let Some(root) = common::cgroup2_root() else {
         assert!(std::env::var_os("VIGIL_REQUIRE_ALL").is_none(), "no cgroup2 hierarchy mounted");
         eprintln!("SKIP kubelet_cgroup_gives_the_container_id: no cgroup2 hierarchy mounted");
         return;

@@ -189,3 +189,12 @@ pub fn delivered_and_lost(events: &[GetEventsResponse]) -> (u64, u64) {
 pub fn pid(p: &Process) -> u32 {
     p.pid.map_or(0, |v| v.value)
 }
+
+/// Where the cgroup v2 hierarchy is mounted, if it is.
+pub fn cgroup2_root() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_owned())
+    })
+}
