@@ -140,6 +140,9 @@ pub struct ExecRecord {
     /// `task->self_exec_id` after this exec: with `start_boottime` it names
     /// the image identically for every sensor on the kernel.
     pub exec_seq: u32,
+    /// The pid as the process's own pid namespace numbers it (a container's view).
+    pub nspid: u32,
+    pub _pad: u32,
     pub creds: CredInfo,
     pub namespaces: NsInfo,
     pub file: FileInfo,
@@ -280,7 +283,7 @@ const _: () = assert!(
         == 16
             + 8 * 4
             + 3 * 8
-            + 6 * 4
+            + 8 * 4
             + core::mem::size_of::<CredInfo>()
             + core::mem::size_of::<NsInfo>()
             + core::mem::size_of::<FileInfo>()

@@ -137,6 +137,8 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         flags |= read_cwd(task, rec);
         flags |= read_cgroup(task, rec);
         (*rec).exec_seq = field::<u32>(task, off!(task_self_exec_id)).unwrap_or(0);
+        (*rec).nspid = read_nspid(task);
+        (*rec)._pad = 0;
         (*rec).header.flags = flags;
     }
     entry.submit(submit_flags());
@@ -220,6 +222,19 @@ unsafe fn ns_inum(nsproxy: *const u8, slot: u32, inum_off: u32) -> u32 {
             Ok(ns) => field(ns, inum_off).unwrap_or(0),
             Err(_) => 0,
         }
+    }
+}
+
+/// The task's pid in its own pid namespace: thread_pid->numbers[level].nr.
+#[inline(always)]
+unsafe fn read_nspid(task: *const u8) -> u32 {
+    unsafe {
+        let Ok(pid) = ptr_field(task, off!(task_thread_pid)) else {
+            return 0;
+        };
+        let level: u32 = field(pid, off!(pid_level)).unwrap_or(0) & 31;
+        // upid.nr is the first member of struct upid.
+        field::<u32>(pid, off!(pid_numbers) + level * off!(upid_size)).unwrap_or(0)
     }
 }
 

@@ -170,6 +170,10 @@ pub fn resolve(btf: &Btf, features: Features) -> Result<Resolved, OffsetError> {
         kernfs_node_id: f("kernfs_node.id", "cgroup id")?,
         binprm_filename: f("linux_binprm.filename", "binary")?,
         task_self_exec_id: f("task_struct.self_exec_id", "exec_id shared by sensors on one kernel")?,
+        task_thread_pid: f("task_struct.thread_pid", "pid inside the container")?,
+        pid_level: f("pid.level", "pid inside the container")?,
+        pid_numbers: f("pid.numbers", "pid inside the container")?,
+        upid_size: struct_size(btf, "upid")?,
         has_loginuid: u32::from(loginuid.is_some()),
         ..KernelOffsets::ZERO
     };
@@ -205,7 +209,6 @@ pub fn resolve(btf: &Btf, features: Features) -> Result<Resolved, OffsetError> {
         let why = "--enable-process-ns";
         o.collect_ns = 1;
         o.task_nsproxy = f("task_struct.nsproxy", why)?;
-        o.task_thread_pid = f("task_struct.thread_pid", why)?;
         o.nsproxy_uts = f("nsproxy.uts_ns", why)?;
         o.nsproxy_ipc = f("nsproxy.ipc_ns", why)?;
         o.nsproxy_mnt = f("nsproxy.mnt_ns", why)?;
@@ -218,10 +221,7 @@ pub fn resolve(btf: &Btf, features: Features) -> Result<Resolved, OffsetError> {
         o.pid_ns_inum = f("pid_namespace.ns.inum", why)?;
         o.net_inum = f("net.ns.inum", why)?;
         o.cgroup_ns_inum = f("cgroup_namespace.ns.inum", why)?;
-        o.pid_level = f("pid.level", why)?;
-        o.pid_numbers = f("pid.numbers", why)?;
         o.upid_ns = f("upid.ns", why)?;
-        o.upid_size = struct_size(btf, "upid")?;
         match (
             optional(btf, "nsproxy.time_ns"),
             optional(btf, "nsproxy.time_ns_for_children"),
@@ -238,6 +238,14 @@ pub fn resolve(btf: &Btf, features: Features) -> Result<Resolved, OffsetError> {
                     .to_owned(),
             ),
         }
+    }
+    // upid.nr must lead struct upid for read_nspid.
+    if f("upid.nr", "pid inside the container")? != 0 {
+        return Err(OffsetError::NoField {
+            strukt: "upid".into(),
+            field: "nr at offset 0".into(),
+            needed_for: "pid inside the container",
+        });
     }
     Ok(Resolved { offsets: o, degraded })
 }

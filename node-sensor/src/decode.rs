@@ -38,6 +38,7 @@ pub struct ExecData {
     pub cwd_components: Vec<Vec<u8>>,
     pub cwd_is_root: bool,
     pub exec_seq: u32,
+    pub nspid: u32,
     pub cgroup_name: Vec<u8>,
     /// Present when credential collection is on.
     pub creds: Option<CredInfo>,
@@ -102,6 +103,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 cwd_components,
                 cwd_is_root: r.cwd_is_root != 0,
                 exec_seq: r.exec_seq,
+                nspid: r.nspid,
                 cgroup_name: bounded(&r.cgroup, r.cgroup_len).to_vec(),
                 creds: (r.header.flags & FLAG_HAS_CREDS != 0).then_some(r.creds),
                 namespaces: (r.header.flags & FLAG_HAS_NS != 0).then_some(r.namespaces.inum),

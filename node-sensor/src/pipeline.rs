@@ -37,6 +37,8 @@ pub struct Pipeline {
     pods: Option<Arc<PodIndex>>,
     held: VecDeque<(Instant, GetEventsResponse)>,
     procfs: std::path::PathBuf,
+    /// Container-view pids of execs not yet given their pod, by exec_id.
+    nspids: std::collections::HashMap<String, u32>,
     clock: Clock,
     collect: Collect,
     /// Report only processes in this network namespace (`--only-own-netns`).
@@ -60,6 +62,7 @@ impl Pipeline {
             pods: None,
             held: VecDeque::new(),
             procfs: "/proc".into(),
+            nspids: std::collections::HashMap::new(),
             clock,
             collect,
             netns_only: None,
@@ -124,9 +127,12 @@ impl Pipeline {
             }
             match pods.lookup(&p.docker) {
                 Some(mut pod) => {
-                    // The pid as the container sees it, while the process lives.
-                    if let (Some(c), Some(pid)) = (pod.container.as_mut(), p.pid) {
-                        c.pid = crate::k8s::pid_in_container(&self.procfs, pid.value).map(Into::into);
+                    // The pid as the container sees it: from the kernel record,
+                    // else (processes found by the /proc walk) from /proc.
+                    if let Some(c) = pod.container.as_mut() {
+                        let from_kernel = self.nspids.remove(&p.exec_id);
+                        let from_proc = || p.pid.and_then(|pid| crate::k8s::pid_in_container(&self.procfs, pid.value));
+                        c.pid = from_kernel.or_else(from_proc).map(Into::into);
                     }
                     self.cache.set_pod(&p.exec_id, &pod);
                     p.pod = Some(pod);
@@ -187,6 +193,12 @@ impl Pipeline {
             }
             Record::Exec(e) => {
                 let process = builder::exec_process(&self.node, &self.clock, &self.collect.host, &e);
+                if self.pods.is_some() && !process.docker.is_empty() && e.nspid != 0 {
+                    if self.nspids.len() >= 2 * MAX_HELD {
+                        self.nspids.clear();
+                    }
+                    self.nspids.insert(process.exec_id.clone(), e.nspid);
+                }
                 let time = self.clock.wall(e.ktime);
                 let lineage = self.cache.on_exec(process, e.ppid);
                 self.publish(builder::exec_event(&self.node, time, lineage));

@@ -122,6 +122,9 @@ async fn seed_xwing_scenario_prints_as_the_seed_shows() {
     assert_eq!(container.name, "spaceship");
     assert_eq!(container.image.as_ref().unwrap().name, "docker.io/tgraf/netperf:latest");
     assert_eq!(p.docker, &cg.container_id[..31]);
+    // Known from the kernel even though whoami is long gone by now (no pid
+    // namespace was made, so it equals the host pid).
+    assert_eq!(container.pid.map(|v| v.value), Some(pid(p)), "pid inside the container");
     assert_eq!(render(whoami, CompactOptions::default()).unwrap(), "🚀 process default/xwing /usr/bin/whoami ");
     let exit =
         c.events.iter().find(|e| exit_of(e).is_some_and(|(x, _, _)| x.exec_id == p.exec_id)).expect("whoami exit");
