@@ -21,21 +21,7 @@ pub const NAMESPACE_NAMES: [&str; 10] =
 
 /// Whether the process's namespace of this kind is the host's.
 fn in_host_namespace(process: &Process, kind: &str) -> bool {
-    let Some(ns) = process.ns.as_ref() else { return false };
-    let n = match kind {
-        "uts" => ns.uts,
-        "ipc" => ns.ipc,
-        "mnt" => ns.mnt,
-        "pid" => ns.pid,
-        "pid_for_children" => ns.pid_for_children,
-        "net" => ns.net,
-        "time" => ns.time,
-        "time_for_children" => ns.time_for_children,
-        "cgroup" => ns.cgroup,
-        "user" => ns.user,
-        _ => None,
-    };
-    n.is_some_and(|n| n.is_host)
+    subject::namespace(process, kind).is_some_and(|n| n.is_host)
 }
 
 /// Most pids a `pid_set` filter follows (the given pids plus descendants

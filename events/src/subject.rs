@@ -74,3 +74,22 @@ pub fn process_and_parent_mut(event: &mut GetEventsResponse) -> (Option<&mut Pro
         _ => (None, None),
     }
 }
+
+/// The process's namespace of `kind` (`uts`, `net`, `pid_for_children`, …,
+/// as `Namespaces` names them), if recorded.
+pub fn namespace(process: &Process, kind: &str) -> Option<proto::tetragon::Namespace> {
+    let ns = process.ns.as_ref()?;
+    match kind {
+        "uts" => ns.uts,
+        "ipc" => ns.ipc,
+        "mnt" => ns.mnt,
+        "pid" => ns.pid,
+        "pid_for_children" => ns.pid_for_children,
+        "net" => ns.net,
+        "time" => ns.time,
+        "time_for_children" => ns.time_for_children,
+        "cgroup" => ns.cgroup,
+        "user" => ns.user,
+        _ => None,
+    }
+}

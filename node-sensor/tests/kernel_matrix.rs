@@ -96,21 +96,7 @@ fn exits(events: &[GetEventsResponse]) -> impl Iterator<Item = (&Process, u32, &
 }
 
 fn ns_inum(p: &Process, name: &str) -> Option<(u32, bool)> {
-    let ns = p.ns.as_ref()?;
-    let n = match name {
-        "uts" => ns.uts,
-        "ipc" => ns.ipc,
-        "mnt" => ns.mnt,
-        "pid" => ns.pid,
-        "pid_for_children" => ns.pid_for_children,
-        "net" => ns.net,
-        "time" => ns.time,
-        "time_for_children" => ns.time_for_children,
-        "cgroup" => ns.cgroup,
-        "user" => ns.user,
-        _ => None,
-    }?;
-    Some((n.inum, n.is_host))
+    events::subject::namespace(p, name).map(|n| (n.inum, n.is_host))
 }
 
 /// The live process's exec event matches its /proc snapshot.

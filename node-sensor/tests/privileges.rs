@@ -32,23 +32,6 @@ fn snapshot(pid: u32) -> Live {
     Live { status, ns }
 }
 
-fn ns_of<'a>(p: &'a Process, name: &str) -> Option<&'a proto::tetragon::Namespace> {
-    let ns = p.ns.as_ref()?;
-    match name {
-        "uts" => ns.uts.as_ref(),
-        "ipc" => ns.ipc.as_ref(),
-        "mnt" => ns.mnt.as_ref(),
-        "pid" => ns.pid.as_ref(),
-        "pid_for_children" => ns.pid_for_children.as_ref(),
-        "net" => ns.net.as_ref(),
-        "time" => ns.time.as_ref(),
-        "time_for_children" => ns.time_for_children.as_ref(),
-        "cgroup" => ns.cgroup.as_ref(),
-        "user" => ns.user.as_ref(),
-        _ => None,
-    }
-}
-
 /// Asserts the event's credentials, capabilities and namespaces equal /proc's.
 fn assert_matches_proc(p: &Process, live: &Live) {
     let (ids, creds) = creds_from_status(&live.status, 0).expect("status ids");
@@ -67,7 +50,7 @@ fn assert_matches_proc(p: &Process, live: &Live) {
     assert_eq!(cap.effective, cap_list(creds.cap_effective), "effective");
     assert_eq!(cap.inheritable, cap_list(creds.cap_inheritable), "inheritable");
     for (name, inum) in &live.ns {
-        assert_eq!(ns_of(p, name).map(|n| n.inum), Some(*inum), "ns {name}");
+        assert_eq!(events::subject::namespace(p, name).map(|n| n.inum), Some(*inum), "ns {name}");
     }
 }
 
@@ -143,10 +126,10 @@ async fn new_namespaces_are_not_the_hosts() {
     assert_matches_proc(&p, &live);
     stop(child);
     for name in ["net", "uts", "pid", "user"] {
-        assert!(!ns_of(&p, name).unwrap().is_host, "{name} must not be the host's");
+        assert!(!events::subject::namespace(&p, name).unwrap().is_host, "{name} must not be the host's");
     }
     for name in ["ipc", "cgroup"] {
-        assert!(ns_of(&p, name).unwrap().is_host, "{name} is still the host's");
+        assert!(events::subject::namespace(&p, name).unwrap().is_host, "{name} is still the host's");
     }
     let user_ns = p.process_credentials.as_ref().unwrap().user_ns.as_ref().expect("user_ns of a child namespace");
     assert_eq!(user_ns.level.map(|l| l.value), Some(1));
