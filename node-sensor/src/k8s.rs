@@ -17,6 +17,8 @@ use proto::tetragon::{Container, Image, Pod};
 
 use crate::cgroup;
 
+/// Longest start-up wait for the first complete pod list.
+const INITIAL_SYNC: Duration = Duration::from_secs(5);
 /// How often repeated watch errors are logged.
 const LOG_EVERY: Duration = Duration::from_secs(30);
 
@@ -168,6 +170,8 @@ pub async fn start(source: ApiSource, node: &str, annotations: bool) -> anyhow::
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let idx = index.clone();
     let node = node.to_owned();
+    let (synced_tx, synced_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut synced_tx = Some(synced_tx);
     tokio::spawn(async move {
         let mut stream = watcher(api, config).default_backoff().boxed();
         let mut last_log: Option<Instant> = None;
@@ -175,7 +179,12 @@ pub async fn start(source: ApiSource, node: &str, annotations: bool) -> anyhow::
             match event {
                 Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => idx.upsert(&pod),
                 Ok(watcher::Event::Delete(pod)) => idx.remove(&pod),
-                Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(tx) = synced_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(watcher::Event::Init) => {}
                 Err(e) => {
                     idx.watch_errors.fetch_add(1, Ordering::Relaxed);
                     if last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
@@ -187,6 +196,12 @@ pub async fn start(source: ApiSource, node: &str, annotations: bool) -> anyhow::
             }
         }
     });
+    // Start with the node's pods known, so processes of running containers
+    // are not held for their pods; a slow or absent API delays start-up by
+    // at most INITIAL_SYNC, after which the watch catches up in the background.
+    if tokio::time::timeout(INITIAL_SYNC, synced_rx).await.is_err() {
+        tracing::warn!("initial pod list not complete after {INITIAL_SYNC:?}; continuing, pod data will follow");
+    }
     Ok(index)
 }
 
