@@ -60,7 +60,8 @@ pub struct LocalFilter {
 
 impl LocalFilter {
     pub fn new(req: &GetEventsRequest) -> anyhow::Result<Self> {
-        Ok(LocalFilter { filter: EventFilter::from_request(req)?, fields: FieldFilters::new(&req.field_filters)? })
+        let (filter, fields) = events::request_filters(req).map_err(anyhow::Error::msg)?;
+        Ok(LocalFilter { filter, fields })
     }
 
     pub fn apply(&self, event: GetEventsResponse) -> Option<GetEventsResponse> {

@@ -44,6 +44,28 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// A stream of `first` (e.g. history), then this subscription's events,
+    /// fed by a task that ends when the stream's reader goes away.
+    pub fn into_stream(
+        mut self,
+        first: Vec<GetEventsResponse>,
+    ) -> tokio_stream::wrappers::ReceiverStream<GetEventsResponse> {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            for e in first {
+                if tx.send(e).await.is_err() {
+                    return;
+                }
+            }
+            while let Some(e) = self.next().await {
+                if tx.send(e).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+
     fn loss_notice(&self) -> Option<GetEventsResponse> {
         let n = self.dropped.swap(0, Ordering::Relaxed);
         (n > 0).then(|| GetEventsResponse {

@@ -12,3 +12,11 @@ pub mod labels;
 pub mod subject;
 
 pub use filter::{EventFilter, FilterError};
+
+/// A `GetEventsRequest`'s compiled filters and field filters; the error
+/// names the field at fault (servers answer it as INVALID_ARGUMENT).
+pub fn request_filters(req: &proto::tetragon::GetEventsRequest) -> Result<(EventFilter, fields::FieldFilters), String> {
+    let filter = EventFilter::from_request(req).map_err(|e| e.to_string())?;
+    let fields = fields::FieldFilters::new(&req.field_filters).map_err(|e| e.to_string())?;
+    Ok((filter, fields))
+}

@@ -4,14 +4,12 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use events::fields::FieldFilters;
-use events::filter::EventFilter;
 use proto::tetragon::fine_guidance_sensors_server::FineGuidanceSensors;
 use proto::tetragon::{
     GetEventsRequest, GetEventsResponse, GetHealthStatusRequest, GetHealthStatusResponse, GetVersionRequest,
     GetVersionResponse, HealthStatus, HealthStatusResult, HealthStatusType,
 };
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::stats::SensorStats;
@@ -32,18 +30,10 @@ impl FineGuidanceSensors for Service {
 
     async fn get_events(&self, request: Request<GetEventsRequest>) -> Result<Response<Self::GetEventsStream>, Status> {
         let req = request.into_inner();
-        let filter = EventFilter::from_request(&req).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let fields = FieldFilters::new(&req.field_filters).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let mut sub = self.bus.subscribe(filter, fields);
+        let (filter, fields) = events::request_filters(&req).map_err(Status::invalid_argument)?;
+        let sub = self.bus.subscribe(filter, fields);
         tracing::info!(subscribers = self.bus.subscriber_count(), "GetEvents subscriber connected");
-        let stream = async_stream(move |tx| async move {
-            while let Some(event) = sub.next().await {
-                if tx.send(Ok(event)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(stream))
+        Ok(Response::new(Box::pin(sub.into_stream(vec![]).map(Ok))))
     }
 
     async fn get_health(
@@ -63,18 +53,6 @@ impl FineGuidanceSensors for Service {
     async fn get_version(&self, _: Request<GetVersionRequest>) -> Result<Response<GetVersionResponse>, Status> {
         Ok(Response::new(GetVersionResponse { version: VERSION.to_owned() }))
     }
-}
-
-/// A stream fed by a task through a small channel; the task ends when the
-/// client goes away.
-fn async_stream<F, Fut>(body: F) -> EventStream
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<GetEventsResponse, Status>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(body(tx));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
 /// Serves the API on `address` until `shutdown` fires. A stale unix socket

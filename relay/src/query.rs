@@ -5,8 +5,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use events::fields::FieldFilters;
-use events::filter::EventFilter;
 use proto::Timestamp;
 use proto::tetragon::fine_guidance_sensors_server::FineGuidanceSensors;
 use proto::tetragon::{
@@ -15,7 +13,7 @@ use proto::tetragon::{
 };
 use proto::vigil::relay::v1::relay_admin_server::RelayAdmin;
 use proto::vigil::relay::v1::{ListNodesRequest, ListNodesResponse};
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::hub::{Hub, Replay};
@@ -37,24 +35,10 @@ impl FineGuidanceSensors for QueryService {
 
     async fn get_events(&self, request: Request<GetEventsRequest>) -> Result<Response<EventStream>, Status> {
         let req = request.into_inner();
-        let filter = EventFilter::from_request(&req).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let fields = FieldFilters::new(&req.field_filters).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (filter, fields) = events::request_filters(&req).map_err(Status::invalid_argument)?;
         let replay = Replay { since_seconds: req.since_seconds, last: req.last };
-        let (past, mut sub) = self.hub.subscribe(filter, fields, replay, Timestamp::now().unix_nanos());
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            for e in past {
-                if tx.send(Ok(e)).await.is_err() {
-                    return;
-                }
-            }
-            while let Some(e) = sub.next().await {
-                if tx.send(Ok(e)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        let (past, sub) = self.hub.subscribe(filter, fields, replay, Timestamp::now().unix_nanos());
+        Ok(Response::new(Box::pin(sub.into_stream(past).map(Ok))))
     }
 
     async fn get_health(
