@@ -269,7 +269,8 @@ pub struct KernelOffsets {
     pub inode_ino: u32,
     pub inode_nlink: u32,
     pub task_self_exec_id: u32,
-    pub _pad: u32,
+    /// 1 to read each exec's pid inside its own pid namespace (`nspid`).
+    pub collect_nspid: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == 16);

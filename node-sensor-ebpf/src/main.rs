@@ -137,7 +137,7 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         flags |= read_cwd(task, rec);
         flags |= read_cgroup(task, rec);
         (*rec).exec_seq = field::<u32>(task, off!(task_self_exec_id)).unwrap_or(0);
-        (*rec).nspid = read_nspid(task);
+        (*rec).nspid = if off!(collect_nspid) != 0 { read_nspid(task) } else { 0 };
         (*rec)._pad = 0;
         (*rec).header.flags = flags;
     }

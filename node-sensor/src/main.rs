@@ -43,8 +43,11 @@ async fn shutdown_signal(tx: tokio::sync::watch::Sender<bool>) {
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
     // --only-own-netns needs each process's network namespace.
-    let features =
-        Features { creds: settings.enable_process_cred, ns: settings.enable_process_ns || settings.only_own_netns };
+    let features = Features {
+        creds: settings.enable_process_cred,
+        ns: settings.enable_process_ns || settings.only_own_netns,
+        nspid: settings.enable_k8s_api,
+    };
     let probes = loader::load(&settings.btf, features)?;
     let (host, warnings) = HostNamespaces::read(&settings.procfs);
     if features.ns {

@@ -205,7 +205,7 @@ fn sensor_in_a_vm_with_another_kernel_matches_proc() {
     let vm_offsets = log.iter().find(|l| l.contains("resolved kernel struct offsets")).expect("offsets logged");
     let host = node_sensor::btf_offsets::resolve(
         &node_sensor::btf_offsets::open(node_sensor::btf_offsets::VMLINUX_BTF).unwrap(),
-        node_sensor::btf_offsets::Features { creds: true, ns: true },
+        node_sensor::btf_offsets::Features { creds: true, ns: true, nspid: true },
     )
     .unwrap()
     .offsets;
