@@ -184,7 +184,7 @@ async fn deleted_pod_keeps_identity_for_running_processes() {
     // same as the host's here, no pid namespace was made) is on the event.
     let exec = c.events.iter().filter_map(exec_of).find(|p| p.arguments == arg).unwrap();
     let container_pid = exec.pod.as_ref().and_then(|p| p.container.as_ref()).and_then(|c| c.pid).map(|v| v.value);
-    assert_eq!(container_pid, Some(pid(exec)));
+    assert_eq!(container_pid, Some(pid(exec)), "exec event: {exec:?}; sensor log:\n{}", s.log());
     api.delete(&cg.uid);
     tokio::time::sleep(Duration::from_millis(500)).await;
     child.kill().unwrap();

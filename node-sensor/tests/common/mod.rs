@@ -37,9 +37,13 @@ macro_rules! require_kernel {
 }
 
 /// A unique token for this test run, to find our own processes' events.
+/// Unique per call: tests run in parallel threads and may start within one
+/// microsecond, so a counter makes sure no two share markers, cgroups or files.
 pub fn nonce() -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    format!("{}{:06}", std::process::id(), t.subsec_micros())
+    format!("{}{:06}{n:02}", std::process::id(), t.subsec_micros())
 }
 
 pub struct Sensor {

@@ -44,9 +44,13 @@ macro_rules! require_root {
     };
 }
 
+/// Distinct per call within a run (parallel tests start together): a counter
+/// picks the block, the time and pid spread runs apart.
 pub fn nonce() -> u32 {
+    static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 20;
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    (t.subsec_nanos() ^ std::process::id().rotate_left(16)) % 200_000
+    ((t.subsec_nanos() ^ std::process::id().rotate_left(16)) % 10_000) * 20 + n
 }
 
 fn sh(cmd: &str) {
