@@ -374,9 +374,11 @@ fn a_name_with_several_relays_streams_to_every_replica() {
     require_root!();
     let mut c = Cluster::new();
     let (sensor_ns, _) = c.net.host("rep", 10);
-    let (_rns, second_ip, _second) = c.add_replica(3, &sensor_ns, "relays.vigil.test");
-    // Certificates name relay.vigil.test and the first relay's address; the
-    // replica shares them, so the sensor checks the name it dialled.
+    // The replica will sit at .3 of the cluster's subnet. Its certificate
+    // (shared with the first relay) is put in place before the replica
+    // starts, so it never reads a half-written pair; the sensor checks the
+    // name it dialled.
+    let second_ip = format!("{}.3", c.relay_ip.rsplit_once('.').unwrap().0);
     let ca = c.certs.join("ca.pem");
     let ca_key = std::fs::read_to_string(c.certs.join("ca-key.pem")).unwrap();
     let (cert, key) = tls::leaf_from_ca(
@@ -390,7 +392,9 @@ fn a_name_with_several_relays_streams_to_every_replica() {
     .unwrap();
     std::fs::write(c.certs.join("relay-key.pem"), key).unwrap();
     std::fs::write(c.certs.join("relay.pem"), cert).unwrap();
-    std::thread::sleep(Duration::from_secs(3)); // both relays re-read them
+    std::thread::sleep(Duration::from_secs(3)); // the first relay re-reads them
+    let (_rns, replica_ip, _second) = c.add_replica(3, &sensor_ns, "relays.vigil.test");
+    assert_eq!(replica_ip, second_ip);
     let sock = format!("unix://{}", c.dir.join("rep.sock").display());
     let args: Vec<String> = vec![
         "--node-name".into(),
