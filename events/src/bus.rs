@@ -3,17 +3,21 @@
 //! counted, and the count reaches it as a `rate_limit_info` event before the
 //! next event it gets. A slow subscriber never blocks the sensor or others.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use crate::fields::FieldFilters;
 use crate::filter::EventFilter;
+use proto::shared::{OutEvent, SharedEvent};
 use proto::tetragon::{GetEventsResponse, RateLimitInfo, get_events_response::Event};
 use tokio::sync::mpsc;
+use tokio_stream::Stream;
 
 struct Subscriber {
     filter: EventFilter,
-    tx: mpsc::Sender<Arc<GetEventsResponse>>,
+    tx: mpsc::Sender<Arc<SharedEvent>>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -33,66 +37,76 @@ pub struct EventBus {
     pub stats: Arc<BusStats>,
 }
 
-/// The receiving end handed to a gRPC stream.
+/// The receiving end handed to a gRPC stream. As a [`Stream`] it yields
+/// [`OutEvent`]s: events shared with the other subscribers (encoded once for
+/// all of them) unless this subscriber's field filters make its own copy.
 pub struct Subscription {
-    rx: mpsc::Receiver<Arc<GetEventsResponse>>,
+    rx: mpsc::Receiver<Arc<SharedEvent>>,
     dropped: Arc<AtomicU64>,
     fields: FieldFilters,
     node_name: Arc<str>,
     /// An event held back while its preceding loss notice is delivered.
-    pending: Option<Arc<GetEventsResponse>>,
+    pending: Option<Arc<SharedEvent>>,
 }
 
 impl Subscription {
-    /// A stream of `first` (e.g. history), then this subscription's events,
-    /// fed by a task that ends when the stream's reader goes away.
-    pub fn into_stream(
-        mut self,
-        first: Vec<GetEventsResponse>,
-    ) -> tokio_stream::wrappers::ReceiverStream<GetEventsResponse> {
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
-            for e in first {
-                if tx.send(e).await.is_err() {
-                    return;
-                }
-            }
-            while let Some(e) = self.next().await {
-                if tx.send(e).await.is_err() {
-                    return;
-                }
-            }
-        });
-        tokio_stream::wrappers::ReceiverStream::new(rx)
+    /// `first` (e.g. history), then this subscription's events.
+    pub fn into_stream(self, first: Vec<OutEvent>) -> impl Stream<Item = OutEvent> + Send + 'static {
+        use tokio_stream::StreamExt;
+        tokio_stream::iter(first).chain(self)
     }
 
-    fn loss_notice(&self) -> Option<GetEventsResponse> {
+    fn loss_notice(&self) -> Option<OutEvent> {
+        // A plain load first: the swap (a locked instruction) only when
+        // something was dropped.
+        if self.dropped.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
         let n = self.dropped.swap(0, Ordering::Relaxed);
-        (n > 0).then(|| GetEventsResponse {
-            event: Some(Event::RateLimitInfo(RateLimitInfo { number_of_dropped_process_events: n })),
-            node_name: self.node_name.to_string(),
-            time: Some(proto::Timestamp::now()),
-            ..Default::default()
+        (n > 0).then(|| {
+            OutEvent::from(GetEventsResponse {
+                event: Some(Event::RateLimitInfo(RateLimitInfo { number_of_dropped_process_events: n })),
+                node_name: self.node_name.to_string(),
+                time: Some(proto::Timestamp::now()),
+                ..Default::default()
+            })
         })
     }
 
-    /// The next event for this subscriber, a loss notice first if any of
-    /// its events were dropped since the last one. `None` when the bus is
-    /// gone.
+    fn out(&self, event: Arc<SharedEvent>) -> OutEvent {
+        self.fields.apply_shared(event)
+    }
+
+    /// The next event for this subscriber as its own value (for in-process
+    /// consumers), a loss notice first if any of its events were dropped
+    /// since the last one. `None` when the bus is gone.
     pub async fn next(&mut self) -> Option<GetEventsResponse> {
-        if let Some(notice) = self.loss_notice() {
-            return Some(notice);
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await.map(OutEvent::into_event)
+    }
+}
+
+impl Stream for Subscription {
+    type Item = OutEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<OutEvent>> {
+        let this = self.get_mut();
+        if let Some(notice) = this.loss_notice() {
+            return Poll::Ready(Some(notice));
         }
-        let event = match self.pending.take() {
-            Some(e) => return Some(self.fields.apply(Arc::unwrap_or_clone(e))),
-            None => self.rx.recv().await?,
+        let event = match this.pending.take() {
+            Some(e) => return Poll::Ready(Some(this.out(e))),
+            None => match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(e)) => e,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            },
         };
         // Drops that happened while we waited are reported first.
-        if let Some(notice) = self.loss_notice() {
-            self.pending = Some(event);
-            return Some(notice);
+        if let Some(notice) = this.loss_notice() {
+            this.pending = Some(event);
+            return Poll::Ready(Some(notice));
         }
-        Some(self.fields.apply(Arc::unwrap_or_clone(event)))
+        Poll::Ready(Some(this.out(event)))
     }
 }
 
@@ -121,35 +135,44 @@ impl EventBus {
 
     /// Offers the event to every subscriber whose filter passes it.
     pub fn publish(&self, event: GetEventsResponse) {
-        self.publish_shared(Arc::new(event));
+        self.publish_shared(Arc::new(SharedEvent::new(event)));
     }
 
     /// Like `publish`, for an event the caller also keeps (no copy).
-    pub fn publish_shared(&self, event: Arc<GetEventsResponse>) {
-        self.stats.published.fetch_add(1, Ordering::Relaxed);
+    pub fn publish_shared(&self, event: Arc<SharedEvent>) {
+        self.publish_all(std::iter::once(event));
+    }
+
+    /// Publishes several events in order, taking the subscriber list once.
+    pub fn publish_all(&self, events: impl IntoIterator<Item = Arc<SharedEvent>>) {
         let Ok(mut subs) = self.subscribers.lock() else {
             return;
         };
-        // Loss notices reach every subscriber: filters select events, they
-        // must not hide that events were lost.
-        let notice = matches!(event.event, Some(Event::RateLimitInfo(_)));
-        subs.retain(|s| {
-            if !notice && !s.filter.matches(&event) {
-                return !s.tx.is_closed();
-            }
-            match s.tx.try_send(event.clone()) {
-                Ok(()) => {
-                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    true
+        let (mut published, mut delivered, mut dropped) = (0, 0, 0);
+        for event in events {
+            published += 1;
+            // Loss notices reach every subscriber: filters select events,
+            // they must not hide that events were lost.
+            let notice = matches!(event.event().event, Some(Event::RateLimitInfo(_)));
+            for s in subs.iter() {
+                if !notice && !s.filter.matches(event.event()) {
+                    continue;
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    s.dropped.fetch_add(1, Ordering::Relaxed);
-                    self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                    true
+                match s.tx.try_send(event.clone()) {
+                    Ok(()) => delivered += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        s.dropped.fetch_add(1, Ordering::Relaxed);
+                        dropped += 1;
+                    }
+                    // Removed below.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
-        });
+        }
+        subs.retain(|s| !s.tx.is_closed());
+        self.stats.published.fetch_add(published, Ordering::Relaxed);
+        self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+        self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
     }
 }
 

@@ -61,6 +61,13 @@ impl FieldFilters {
         self.0.is_empty()
     }
 
+    /// What one subscriber sends of a shared event: the shared event itself
+    /// (encoded once for everyone) when there is nothing to apply, else its
+    /// own filtered copy.
+    pub fn apply_shared(&self, event: std::sync::Arc<proto::shared::SharedEvent>) -> proto::shared::OutEvent {
+        if self.is_empty() { proto::shared::OutEvent::Shared(event) } else { self.apply(event.event().clone()).into() }
+    }
+
     /// Applies every filter whose event set covers the event. Returns the
     /// event unchanged when none applies.
     pub fn apply(&self, event: GetEventsResponse) -> GetEventsResponse {

@@ -4,10 +4,11 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use proto::tetragon::fine_guidance_sensors_server::FineGuidanceSensors;
+use proto::shared::OutEvent;
+use proto::shared::fine_guidance_sensors_server::FineGuidanceSensors;
 use proto::tetragon::{
-    GetEventsRequest, GetEventsResponse, GetHealthStatusRequest, GetHealthStatusResponse, GetVersionRequest,
-    GetVersionResponse, HealthStatus, HealthStatusResult, HealthStatusType,
+    GetEventsRequest, GetHealthStatusRequest, GetHealthStatusResponse, GetVersionRequest, GetVersionResponse,
+    HealthStatus, HealthStatusResult, HealthStatusType,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -22,7 +23,7 @@ pub struct Service {
     pub stats: Arc<SensorStats>,
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<GetEventsResponse, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<OutEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl FineGuidanceSensors for Service {
@@ -33,7 +34,7 @@ impl FineGuidanceSensors for Service {
         let (filter, fields) = events::request_filters(&req).map_err(Status::invalid_argument)?;
         let sub = self.bus.subscribe(filter, fields);
         tracing::info!(subscribers = self.bus.subscriber_count(), "GetEvents subscriber connected");
-        Ok(Response::new(Box::pin(sub.into_stream(vec![]).map(Ok))))
+        Ok(Response::new(Box::pin(sub.map(Ok))))
     }
 
     async fn get_health(
@@ -62,7 +63,7 @@ pub async fn serve(
     service: Service,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), proto::transport::AddressError> {
-    use proto::tetragon::fine_guidance_sensors_server::FineGuidanceSensorsServer;
+    use proto::shared::fine_guidance_sensors_server::FineGuidanceSensorsServer;
     use proto::transport::{AddressError, ServerAddress};
 
     let listen_err = |source| AddressError::Listen { address: address.to_string(), source };

@@ -234,8 +234,10 @@ impl Link {
             let batch = self.replay.from(cursor, BATCH);
             if let Some((last, _)) = batch.last() {
                 cursor = last + 1;
-                let events =
-                    batch.into_iter().map(|(seq, e)| SequencedEvent { seq, event: Some((*e).clone()) }).collect();
+                let events = batch
+                    .into_iter()
+                    .map(|(seq, e)| SequencedEvent { seq, event: Some(Box::new((*e).clone())) })
+                    .collect();
                 tx.send(IngestMessage { msg: Some(ingest_message::Msg::Batch(Batch { events, lost: 0 })) }).await?;
                 continue;
             }

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod json;
+pub mod shared;
 mod timestamp;
 pub mod transport;
 

@@ -8,10 +8,11 @@ use std::sync::{Arc, Mutex};
 use events::bus::{EventBus, Subscription};
 use events::fields::FieldFilters;
 use events::filter::EventFilter;
+use proto::shared::{OutEvent, SharedEvent};
 use proto::tetragon::GetEventsResponse;
 
 pub struct Hub {
-    history: Mutex<VecDeque<Arc<GetEventsResponse>>>,
+    history: Mutex<VecDeque<Arc<SharedEvent>>>,
     capacity: usize,
     pub bus: EventBus,
 }
@@ -37,13 +38,23 @@ impl Hub {
     }
 
     pub fn publish(&self, event: GetEventsResponse) {
-        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
-        if history.len() == self.capacity {
-            history.pop_front();
+        self.publish_all(vec![Arc::new(SharedEvent::new(event))]);
+    }
+
+    /// Adds events to history and offers them to clients, in order.
+    pub fn publish_all(&self, events: Vec<Arc<SharedEvent>>) {
+        if events.is_empty() {
+            return;
         }
-        let event = Arc::new(event);
-        history.push_back(event.clone());
-        self.bus.publish_shared(event);
+        // History and bus change under one lock: see `subscribe`.
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        for e in &events {
+            if history.len() == self.capacity {
+                history.pop_front();
+            }
+            history.push_back(e.clone());
+        }
+        self.bus.publish_all(events);
     }
 
     pub fn history_len(&self) -> usize {
@@ -58,7 +69,7 @@ impl Hub {
         fields: FieldFilters,
         replay: Replay,
         now_ns: i128,
-    ) -> (Vec<GetEventsResponse>, Subscription) {
+    ) -> (Vec<OutEvent>, Subscription) {
         let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         let mut past = Vec::new();
         if replay.wanted() {
@@ -68,9 +79,9 @@ impl Hub {
             past = history
                 .iter()
                 .rev()
-                .filter(|e| in_window(e) && filter.matches(e))
+                .filter(|e| in_window(e.event()) && filter.matches(e.event()))
                 .take(if replay.last == 0 { usize::MAX } else { replay.last as usize })
-                .map(|e| fields.apply((**e).clone()))
+                .map(|e| fields.apply_shared(e.clone()))
                 .collect();
             past.reverse();
         }
@@ -96,8 +107,8 @@ mod tests {
         }
     }
 
-    fn binaries(v: &[GetEventsResponse]) -> Vec<String> {
-        v.iter().map(|e| events::subject::process(e).unwrap().binary.clone()).collect()
+    fn binaries(v: &[OutEvent]) -> Vec<String> {
+        v.iter().map(|e| events::subject::process(e.event()).unwrap().binary.clone()).collect()
     }
 
     #[tokio::test]
@@ -111,7 +122,7 @@ mod tests {
             hub.subscribe(EventFilter::default(), FieldFilters::default(), Replay { since_seconds: 0, last: 2 }, now);
         assert_eq!(binaries(&past), vec!["/c", "/d"], "bounded history keeps the newest 3; last 2 of them");
         hub.publish(exec("/e", 105));
-        assert_eq!(binaries(&[sub.next().await.unwrap()]), vec!["/e"]);
+        assert_eq!(binaries(&[sub.next().await.unwrap().into()]), vec!["/e"]);
 
         let (past, _) =
             hub.subscribe(EventFilter::default(), FieldFilters::default(), Replay { since_seconds: 3, last: 0 }, now);

@@ -10,21 +10,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use proto::Timestamp;
-use proto::tetragon::GetEventsResponse;
 use proto::vigil::relay::v1::ingest_server::Ingest;
 use proto::vigil::relay::v1::{Ack, IngestMessage, IngestReply, Welcome, ingest_message, ingest_reply};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::merge::Arrival;
 use crate::nodes::Nodes;
 
 /// What ingest hands the merge task.
 pub enum MergeInput {
-    Events {
-        boot_id: String,
-        events: Vec<GetEventsResponse>,
-    },
+    Events(Vec<Arrival>),
     /// Events a node could not deliver.
     Lost {
         node: String,
@@ -100,6 +97,7 @@ async fn serve_batches(
     merge: &mpsc::Sender<MergeInput>,
     tx: &mpsc::Sender<Result<IngestReply, Status>>,
 ) -> Result<(), Status> {
+    let boot = nodes.boot_number(&hello.boot_id);
     while let Some(msg) = inbound.message().await? {
         let batch = match msg.msg {
             Some(ingest_message::Msg::Batch(b)) => b,
@@ -122,15 +120,17 @@ async fn serve_batches(
             .and_then(|e| e.event.as_ref()?.time)
             .map_or(0, |t| ((now - t.unix_nanos()).max(0) / 1_000_000) as u64);
         let (keep, intake) = nodes.intake(&hello.node_name, &hello.instance_id, &seqs, batch.lost, lag_ms);
-        let events: Vec<GetEventsResponse> = batch
+        let events: Vec<Arrival> = batch
             .events
             .into_iter()
             .zip(keep)
             .filter_map(|(e, k)| k.then_some(e.event).flatten())
             .map(|mut e| {
                 // The authenticated stream names the node, not the payload.
-                e.node_name = hello.node_name.clone();
-                e
+                if e.node_name != hello.node_name {
+                    e.node_name.clone_from(&hello.node_name);
+                }
+                Arrival::new(boot, e)
             })
             .collect();
         let lost = intake.gap + batch.lost;
@@ -138,9 +138,7 @@ async fn serve_batches(
             tracing::warn!(node = %hello.node_name, lost, "sensor lost events before they reached the relay");
             let _ = merge.send(MergeInput::Lost { node: hello.node_name.clone(), count: lost }).await;
         }
-        if !events.is_empty()
-            && merge.send(MergeInput::Events { boot_id: hello.boot_id.clone(), events }).await.is_err()
-        {
+        if !events.is_empty() && merge.send(MergeInput::Events(events)).await.is_err() {
             return Err(Status::unavailable("relay is shutting down"));
         }
         if tx.send(reply(ingest_reply::Msg::Ack(Ack { seq: intake.last_seq }))).await.is_err() {

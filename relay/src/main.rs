@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Parser;
 use events::bus::EventBus;
 use proto::Timestamp;
-use proto::tetragon::fine_guidance_sensors_server::FineGuidanceSensorsServer;
+use proto::shared::fine_guidance_sensors_server::FineGuidanceSensorsServer;
 use proto::tetragon::{GetEventsResponse, RateLimitInfo, get_events_response::Event};
 use proto::vigil::relay::v1::ingest_server::IngestServer;
 use proto::vigil::relay::v1::relay_admin_server::RelayAdminServer;
@@ -28,8 +28,8 @@ use tracing_subscriber::EnvFilter;
 /// Ingest batches waiting for the merge task; sensors wait when it is full.
 const MERGE_QUEUE: usize = 1024;
 const FLUSH_EVERY: Duration = Duration::from_millis(5);
-/// Copies of already-merged events remembered for deduplication.
-const RECENT_KEYS: usize = 1 << 20;
+/// Dedup keys remembered (of waiting and already merged events).
+const SEEN_KEYS: usize = 1 << 20;
 /// How often certificate files are checked for changes.
 const CERT_POLL: Duration = Duration::from_secs(2);
 
@@ -40,22 +40,22 @@ async fn merge_task(
     merged: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut merger = Merger::new(Duration::from_millis(flags.reorder_window_ms), flags.max_pending, RECENT_KEYS);
+    let mut merger = Merger::new(Duration::from_millis(flags.reorder_window_ms), flags.max_pending, SEEN_KEYS);
     let mut tick = tokio::time::interval(FLUSH_EVERY);
-    let publish = |events: Vec<GetEventsResponse>| {
-        merged.fetch_add(events.len() as u64, Ordering::Relaxed);
-        for e in events {
-            hub.publish(e);
-        }
+    let mut out = Vec::new();
+    let publish = |out: &mut Vec<_>| {
+        merged.fetch_add(out.len() as u64, Ordering::Relaxed);
+        hub.publish_all(std::mem::take(out));
     };
     loop {
         tokio::select! {
             input = rx.recv() => match input {
-                Some(MergeInput::Events { boot_id, events }) => {
+                Some(MergeInput::Events(events)) => {
                     let now = Timestamp::now().unix_nanos();
                     for e in events {
-                        publish(merger.push(&boot_id, e, now));
+                        merger.push(e, now, &mut out);
                     }
+                    publish(&mut out);
                 }
                 Some(MergeInput::Lost { node, count }) => hub.publish(GetEventsResponse {
                     event: Some(Event::RateLimitInfo(RateLimitInfo { number_of_dropped_process_events: count })),
@@ -65,11 +65,15 @@ async fn merge_task(
                 }),
                 None => break,
             },
-            _ = tick.tick() => publish(merger.flush(Timestamp::now().unix_nanos())),
+            _ = tick.tick() => {
+                merger.flush(Timestamp::now().unix_nanos(), &mut out);
+                publish(&mut out);
+            }
             _ = stop.changed() => break,
         }
     }
-    publish(merger.drain());
+    merger.drain(&mut out);
+    publish(&mut out);
 }
 
 fn server(flags: &Flags) -> anyhow::Result<Server> {

@@ -4,37 +4,47 @@
 //! kind) collapse into the richest copy (pod metadata beats none); a copy
 //! arriving after its twin left is dropped by a bounded memory of keys.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::cmp::{Ordering, Reverse};
+use std::collections::hash_map::Entry;
+use std::collections::{BinaryHeap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use proto::shared::SharedEvent;
 use proto::tetragon::GetEventsResponse;
+use rustc_hash::FxHashMap;
 
-/// Identity of an event across sensors sharing one kernel.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Identity of an event across sensors sharing one kernel. `boot` is the
+/// relay's number for the kernel's boot id (see `Nodes::boot_number`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct DedupKey {
-    pub boot_id: String,
+    pub boot: u64,
     pub ktime: u64,
     pub pid: u32,
     pub kind: i32,
 }
 
+/// The longest exec_id decoded without allocating; longer ones (node names
+/// near DNS's 253-character limit) still fit.
+const EXEC_ID_MAX: usize = 384;
+
 /// (ktime, pid) from an exec_id (`base64("node:ktime:pid")`); the node part
 /// differs between sensors and is ignored.
 pub fn exec_id_parts(exec_id: &str) -> Option<(u64, u32)> {
-    let raw = base64::engine::general_purpose::STANDARD.decode(exec_id).ok()?;
-    let text = String::from_utf8(raw).ok()?;
+    let mut raw = [0u8; EXEC_ID_MAX];
+    let n = base64::engine::general_purpose::STANDARD.decode_slice(exec_id, &mut raw).ok()?;
+    let text = std::str::from_utf8(&raw[..n]).ok()?;
     let mut parts = text.rsplitn(3, ':');
     let pid = parts.next()?.parse().ok()?;
     let ktime = parts.next()?.parse().ok()?;
     Some((ktime, pid))
 }
 
-pub fn dedup_key(boot_id: &str, event: &GetEventsResponse) -> Option<DedupKey> {
+pub fn dedup_key(boot: u64, event: &GetEventsResponse) -> Option<DedupKey> {
     let process = events::subject::process(event)?;
     let (ktime, pid) = exec_id_parts(&process.exec_id)?;
-    Some(DedupKey { boot_id: boot_id.to_owned(), ktime, pid, kind: event.event_type() as i32 })
+    Some(DedupKey { boot, ktime, pid, kind: event.event_type() as i32 })
 }
 
 /// More metadata wins: a pod, then a container id.
@@ -42,14 +52,57 @@ fn richness(event: &GetEventsResponse) -> u8 {
     events::subject::process(event).map_or(0, |p| if p.pod.is_some() { 2 } else { u8::from(!p.docker.is_empty()) })
 }
 
-fn time_ns(event: &GetEventsResponse) -> i128 {
-    event.time.map_or(0, |t| t.unix_nanos())
+/// An event on its way into the merge, with what the merge needs worked out
+/// beforehand (by the ingest task that received it, off the merge's thread).
+pub struct Arrival {
+    pub event: Arc<SharedEvent>,
+    pub time_ns: i128,
+    pub key: Option<DedupKey>,
+    pub richness: u8,
 }
 
-struct Pending {
-    event: GetEventsResponse,
-    key: Option<DedupKey>,
+impl Arrival {
+    pub fn new(boot: u64, event: Box<GetEventsResponse>) -> Self {
+        let time_ns = event.time.map_or(0, |t| t.unix_nanos());
+        let key = dedup_key(boot, &event);
+        let richness = richness(&event);
+        Arrival { event: Arc::new(SharedEvent::from_box(event)), time_ns, key, richness }
+    }
+}
+
+/// An event waiting for its time, ordered by (event time, arrival number).
+struct Waiting {
+    time_ns: i128,
+    id: u64,
     arrived_ns: i128,
+    key: Option<DedupKey>,
+    event: Arc<SharedEvent>,
+}
+
+impl PartialEq for Waiting {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time_ns, self.id) == (other.time_ns, other.id)
+    }
+}
+impl Eq for Waiting {}
+impl PartialOrd for Waiting {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Waiting {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.time_ns, self.id).cmp(&(other.time_ns, other.id))
+    }
+}
+
+/// What the merge knows of a dedup key.
+#[derive(Debug, Clone, Copy)]
+enum Seen {
+    /// The copy with this arrival number waits; its richness.
+    Waiting { id: u64, richness: u8 },
+    /// Already sent: later copies are dropped.
+    Sent,
 }
 
 /// Counters for status and tests.
@@ -65,117 +118,112 @@ pub struct MergeStats {
 pub struct Merger {
     window_ns: i128,
     max_pending: usize,
-    heap: BinaryHeap<Reverse<(i128, u64)>>,
-    pending: HashMap<u64, Pending>,
-    by_key: HashMap<DedupKey, u64>,
-    recent: HashSet<DedupKey>,
-    recent_order: VecDeque<DedupKey>,
-    recent_cap: usize,
+    heap: BinaryHeap<Reverse<Waiting>>,
+    /// Richer copies that replace a waiting event when it leaves.
+    richer: FxHashMap<u64, Arc<SharedEvent>>,
+    seen: FxHashMap<DedupKey, Seen>,
+    /// Keys in `seen`, oldest first, so it stays bounded.
+    seen_order: VecDeque<DedupKey>,
+    seen_cap: usize,
     next_id: u64,
     pub stats: MergeStats,
 }
 
 impl Merger {
-    pub fn new(window: Duration, max_pending: usize, recent_cap: usize) -> Self {
+    /// `seen_cap` bounds the dedup keys remembered (waiting and sent).
+    pub fn new(window: Duration, max_pending: usize, seen_cap: usize) -> Self {
         Merger {
             window_ns: window.as_nanos() as i128,
             max_pending: max_pending.max(1),
             heap: BinaryHeap::new(),
-            pending: HashMap::new(),
-            by_key: HashMap::new(),
-            recent: HashSet::new(),
-            recent_order: VecDeque::new(),
-            recent_cap: recent_cap.max(1),
+            richer: FxHashMap::default(),
+            seen: FxHashMap::default(),
+            seen_order: VecDeque::new(),
+            seen_cap: seen_cap.max(1),
             next_id: 0,
             stats: MergeStats::default(),
         }
     }
 
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.heap.len()
     }
 
-    /// Takes one event from a node with `boot_id`, at wall time `now_ns`.
-    /// Returns events forced out because the pending set is full.
-    pub fn push(&mut self, boot_id: &str, event: GetEventsResponse, now_ns: i128) -> Vec<GetEventsResponse> {
-        let key = dedup_key(boot_id, &event);
-        if let Some(k) = &key {
-            if self.recent.contains(k) {
-                self.stats.duplicates += 1;
-                return vec![];
-            }
-            if let Some(id) = self.by_key.get(k) {
-                self.stats.duplicates += 1;
-                if let Some(p) = self.pending.get_mut(id)
-                    && richness(&event) > richness(&p.event)
-                {
-                    p.event = event;
+    /// Takes one event at wall time `now_ns`. Events forced out because the
+    /// pending set is full are appended to `out`.
+    pub fn push(&mut self, arrival: Arrival, now_ns: i128, out: &mut Vec<Arc<SharedEvent>>) {
+        let id = self.next_id;
+        if let Some(key) = arrival.key {
+            match self.seen.entry(key) {
+                Entry::Occupied(mut seen) => {
+                    self.stats.duplicates += 1;
+                    if let Seen::Waiting { id, richness } = seen.get_mut()
+                        && arrival.richness > *richness
+                    {
+                        *richness = arrival.richness;
+                        self.richer.insert(*id, arrival.event);
+                    }
+                    return;
                 }
-                return vec![];
+                Entry::Vacant(slot) => {
+                    slot.insert(Seen::Waiting { id, richness: arrival.richness });
+                    self.seen_order.push_back(key);
+                    while self.seen_order.len() > self.seen_cap {
+                        if let Some(old) = self.seen_order.pop_front() {
+                            self.seen.remove(&old);
+                        }
+                    }
+                }
             }
         }
         self.stats.accepted += 1;
-        let id = self.next_id;
         self.next_id += 1;
-        self.heap.push(Reverse((time_ns(&event), id)));
-        if let Some(k) = &key {
-            self.by_key.insert(k.clone(), id);
-        }
-        self.pending.insert(id, Pending { event, key, arrived_ns: now_ns });
-        let mut forced = Vec::new();
-        while self.pending.len() > self.max_pending {
+        self.heap.push(Reverse(Waiting {
+            time_ns: arrival.time_ns,
+            id,
+            arrived_ns: now_ns,
+            key: arrival.key,
+            event: arrival.event,
+        }));
+        while self.heap.len() > self.max_pending {
             match self.pop() {
                 Some(e) => {
                     self.stats.forced += 1;
-                    forced.push(e);
+                    out.push(e);
                 }
                 None => break,
             }
         }
-        forced
     }
 
-    fn remember(&mut self, key: DedupKey) {
-        if self.recent.insert(key.clone()) {
-            self.recent_order.push_back(key);
-            while self.recent_order.len() > self.recent_cap {
-                if let Some(old) = self.recent_order.pop_front() {
-                    self.recent.remove(&old);
-                }
-            }
-        }
-    }
-
-    fn pop(&mut self) -> Option<GetEventsResponse> {
-        let Reverse((_, id)) = self.heap.pop()?;
-        let p = self.pending.remove(&id)?;
-        if let Some(k) = p.key {
-            self.by_key.remove(&k);
-            self.remember(k);
+    fn pop(&mut self) -> Option<Arc<SharedEvent>> {
+        let Reverse(w) = self.heap.pop()?;
+        if let Some(seen) = w.key.and_then(|k| self.seen.get_mut(&k)) {
+            *seen = Seen::Sent;
         }
         self.stats.emitted += 1;
-        Some(p.event)
+        let event = if self.richer.is_empty() { None } else { self.richer.remove(&w.id) };
+        Some(event.unwrap_or(w.event))
     }
 
-    /// Events whose time is older than the window, or that waited a
-    /// whole window since arriving (a sensor clock behind ours), in time order.
-    pub fn flush(&mut self, now_ns: i128) -> Vec<GetEventsResponse> {
-        let mut out = Vec::new();
-        while let Some(Reverse((t, id))) = self.heap.peek().copied() {
-            let waited = self.pending.get(&id).is_none_or(|p| now_ns - p.arrived_ns >= self.window_ns);
-            if t > now_ns - self.window_ns && !waited {
+    /// Appends to `out` the events whose time is older than the window, or
+    /// that waited a whole window since arriving (a sensor clock ahead of
+    /// ours), in time order.
+    pub fn flush(&mut self, now_ns: i128, out: &mut Vec<Arc<SharedEvent>>) {
+        while let Some(Reverse(top)) = self.heap.peek() {
+            let waited = now_ns - top.arrived_ns >= self.window_ns;
+            if top.time_ns > now_ns - self.window_ns && !waited {
                 break;
             }
             if let Some(e) = self.pop() {
                 out.push(e);
             }
         }
-        out
     }
 
     /// Everything pending, in time order (shutdown).
-    pub fn drain(&mut self) -> Vec<GetEventsResponse> {
-        std::iter::from_fn(|| self.pop()).collect()
+    pub fn drain(&mut self, out: &mut Vec<Arc<SharedEvent>>) {
+        out.extend(std::iter::from_fn(|| self.pop()));
     }
 }
 
@@ -205,62 +253,86 @@ mod tests {
 
     const MS: i128 = 1_000_000;
 
+    fn arrival(boot: u64, event: GetEventsResponse) -> Arrival {
+        Arrival::new(boot, Box::new(event))
+    }
+
+    fn nodes(out: &[Arc<SharedEvent>]) -> Vec<String> {
+        out.iter().map(|e| e.event().node_name.clone()).collect()
+    }
+
     #[test]
     fn exec_id_node_part_is_ignored() {
         let a = exec("node-a", 77, 5, 0, false);
         let b = exec("node:with:colons", 77, 5, 0, false);
-        assert_eq!(dedup_key("boot", &a), dedup_key("boot", &b));
+        assert_eq!(dedup_key(1, &a), dedup_key(1, &b));
+        assert_eq!(dedup_key(1, &a), Some(DedupKey { boot: 1, ktime: 77, pid: 5, kind: 1 }));
         assert_eq!(exec_id_parts("not base64!"), None);
+        let long_node = "n".repeat(253);
+        let long = base64::engine::general_purpose::STANDARD.encode(format!("{long_node}:123:45"));
+        assert_eq!(exec_id_parts(&long), Some((123, 45)));
+        let too_long = base64::engine::general_purpose::STANDARD.encode("x".repeat(EXEC_ID_MAX + 1));
+        assert_eq!(exec_id_parts(&too_long), None);
     }
 
     #[test]
     fn orders_by_time_within_the_window() {
         let mut m = Merger::new(Duration::from_millis(100), 1000, 1000);
-        m.push("b", exec("n1", 1, 1, 1030, false), 1050 * MS);
-        m.push("b", exec("n2", 2, 2, 1010, false), 1050 * MS);
-        m.push("b", exec("n1", 3, 3, 1020, false), 1060 * MS);
-        assert!(m.flush(1100 * MS).is_empty(), "still inside the window");
-        let out: Vec<_> = m.flush(1200 * MS).iter().map(|e| e.node_name.clone()).collect();
-        assert_eq!(out, vec!["n2", "n1", "n1"]);
-        let times: Vec<_> = out.iter().collect();
-        assert_eq!(times.len(), 3);
+        let mut out = Vec::new();
+        m.push(arrival(1, exec("n1", 1, 1, 1030, false)), 1050 * MS, &mut out);
+        m.push(arrival(1, exec("n2", 2, 2, 1010, false)), 1050 * MS, &mut out);
+        m.push(arrival(1, exec("n3", 3, 3, 1020, false)), 1060 * MS, &mut out);
+        m.flush(1100 * MS, &mut out);
+        assert!(out.is_empty(), "still inside the window");
+        m.flush(1200 * MS, &mut out);
+        assert_eq!(nodes(&out), vec!["n2", "n3", "n1"]);
     }
 
     #[test]
     fn shared_kernel_copies_collapse_to_the_richest() {
         let mut m = Merger::new(Duration::from_millis(50), 1000, 1000);
-        m.push("boot", exec("plain", 9, 42, 0, false), 0);
-        m.push("boot", exec("with-pod", 9, 42, 0, true), 0);
+        let mut out = Vec::new();
+        m.push(arrival(1, exec("plain", 9, 42, 0, false)), 0, &mut out);
+        m.push(arrival(1, exec("with-pod", 9, 42, 0, true)), 0, &mut out);
+        // a poorer copy after a richer one does not replace it
+        m.push(arrival(1, exec("plain-again", 9, 42, 0, false)), 0, &mut out);
         // another kernel's process with the same ktime and pid is not a copy
-        m.push("other-boot", exec("elsewhere", 9, 42, 0, false), 0);
-        let out = m.flush(1000 * MS);
-        assert_eq!(out.len(), 2);
-        assert!(out.iter().any(|e| e.node_name == "with-pod"));
-        assert!(out.iter().any(|e| e.node_name == "elsewhere"));
+        m.push(arrival(2, exec("elsewhere", 9, 42, 0, false)), 0, &mut out);
+        m.flush(1000 * MS, &mut out);
+        assert_eq!(nodes(&out), vec!["with-pod", "elsewhere"]);
         // a late copy is dropped too
-        m.push("boot", exec("late", 9, 42, 0, false), 2000 * MS);
-        assert!(m.flush(4000 * MS).is_empty());
-        assert_eq!(m.stats.duplicates, 2);
+        out.clear();
+        m.push(arrival(1, exec("late", 9, 42, 0, false)), 2000 * MS, &mut out);
+        m.flush(4000 * MS, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(m.stats.duplicates, 3);
+        assert_eq!(m.stats.emitted, 2);
     }
 
     #[test]
     fn bounded_pending_forces_the_oldest_out() {
         let mut m = Merger::new(Duration::from_secs(10), 2, 10);
-        assert!(m.push("b", exec("n", 1, 1, 1, false), 0).is_empty());
-        assert!(m.push("b", exec("n", 2, 2, 2, false), 0).is_empty());
-        let forced = m.push("b", exec("n", 3, 3, 0, false), 0);
-        assert_eq!(forced.len(), 1);
+        let mut out = Vec::new();
+        m.push(arrival(1, exec("a", 1, 1, 1, false)), 0, &mut out);
+        m.push(arrival(1, exec("b", 2, 2, 2, false)), 0, &mut out);
+        assert!(out.is_empty());
+        m.push(arrival(1, exec("c", 3, 3, 0, false)), 0, &mut out);
+        assert_eq!(nodes(&out), vec!["c"], "the oldest by event time leaves");
         assert_eq!(m.pending(), 2);
         assert_eq!(m.stats.forced, 1);
-        assert_eq!(m.drain().len(), 2);
+        m.drain(&mut out);
+        assert_eq!(nodes(&out), vec!["c", "a", "b"]);
     }
 
     #[test]
     fn late_clock_events_wait_at_most_one_window_after_arrival() {
         let mut m = Merger::new(Duration::from_millis(100), 100, 100);
         // event time far in the future (sensor clock ahead)
-        m.push("b", exec("n", 1, 1, 10_000, false), 1000 * MS);
-        assert!(m.flush(1050 * MS).is_empty());
-        assert_eq!(m.flush(1100 * MS).len(), 1);
+        let mut out = Vec::new();
+        m.push(arrival(1, exec("n", 1, 1, 10_000, false)), 1000 * MS, &mut out);
+        m.flush(1050 * MS, &mut out);
+        assert!(out.is_empty());
+        m.flush(1100 * MS, &mut out);
+        assert_eq!(out.len(), 1);
     }
 }

@@ -40,9 +40,16 @@ pub struct Intake {
     pub last_seq: u64,
 }
 
+/// Boot ids numbered at most this many at once; past it, the numbers of
+/// boot ids no node holds are forgotten.
+const MAX_BOOTS: usize = 65_536;
+
 #[derive(Default)]
 pub struct Nodes {
     nodes: Mutex<HashMap<String, Node>>,
+    /// A number per kernel boot id, so the merge compares and hashes a
+    /// number instead of a string per event. Numbers are never reused.
+    boots: Mutex<(HashMap<String, u64>, u64)>,
 }
 
 impl Nodes {
@@ -114,10 +121,20 @@ impl Nodes {
         (keep, intake)
     }
 
-    pub fn add_duplicates(&self, node: &str, n: u64) {
-        if let Some(x) = self.lock().get_mut(node) {
-            x.duplicates += n;
+    /// The relay's number for a kernel boot id: equal ids, equal numbers.
+    pub fn boot_number(&self, boot_id: &str) -> u64 {
+        let mut guard = self.boots.lock().unwrap_or_else(|e| e.into_inner());
+        let (numbers, next) = &mut *guard;
+        if let Some(n) = numbers.get(boot_id) {
+            return *n;
         }
+        if numbers.len() >= MAX_BOOTS {
+            let held: std::collections::HashSet<String> = self.lock().values().map(|n| n.boot_id.clone()).collect();
+            numbers.retain(|id, _| held.contains(id));
+        }
+        *next += 1;
+        numbers.insert(boot_id.to_owned(), *next);
+        *next
     }
 
     pub fn status(&self) -> Vec<NodeStatus> {
@@ -172,5 +189,14 @@ mod tests {
         let s = &nodes.status()[0];
         assert_eq!((s.events, s.lost, s.duplicates, s.last_seq), (5, 4, 2, 7));
         assert_eq!(nodes.claim("n", "b", "i", 2), Ok(7), "resume point");
+    }
+
+    #[test]
+    fn boot_ids_get_stable_distinct_numbers() {
+        let nodes = Nodes::default();
+        let a = nodes.boot_number("boot-a");
+        let b = nodes.boot_number("boot-b");
+        assert_ne!(a, b);
+        assert_eq!(nodes.boot_number("boot-a"), a);
     }
 }

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use proto::Timestamp;
-use proto::tetragon::fine_guidance_sensors_server::FineGuidanceSensors;
+use proto::shared::OutEvent;
+use proto::shared::fine_guidance_sensors_server::FineGuidanceSensors;
 use proto::tetragon::{
-    GetEventsRequest, GetEventsResponse, GetHealthStatusRequest, GetHealthStatusResponse, GetVersionRequest,
-    GetVersionResponse, HealthStatus, HealthStatusResult, HealthStatusType,
+    GetEventsRequest, GetHealthStatusRequest, GetHealthStatusResponse, GetVersionRequest, GetVersionResponse,
+    HealthStatus, HealthStatusResult, HealthStatusType,
 };
 use proto::vigil::relay::v1::relay_admin_server::RelayAdmin;
 use proto::vigil::relay::v1::{ListNodesRequest, ListNodesResponse};
@@ -27,7 +28,7 @@ pub struct QueryService {
     pub merged: Arc<std::sync::atomic::AtomicU64>,
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<GetEventsResponse, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<OutEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl FineGuidanceSensors for QueryService {

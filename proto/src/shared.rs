@@ -1,0 +1,179 @@
+//! Events fanned out to many `GetEvents` streams, encoded once.
+//!
+//! A relay with hundreds of clients would otherwise clone and protobuf-encode
+//! every event once per client. A [`SharedEvent`] keeps the decoded event
+//! (for filters) and, from the first stream that sends it on, its encoded
+//! bytes; every other stream copies those bytes. The `GetEvents` server in
+//! [`fine_guidance_sensors_server`] streams [`OutEvent`]s, whose wire form
+//! is exactly a `tetragon.GetEventsResponse`.
+
+use std::sync::{Arc, OnceLock};
+
+use prost::bytes::{Buf, BufMut, Bytes};
+use prost::encoding::{DecodeContext, WireType};
+use prost::{DecodeError, Message};
+
+use crate::tetragon::GetEventsResponse;
+
+/// An event and, once some stream has needed them, its encoded bytes.
+#[derive(Debug, Default)]
+pub struct SharedEvent {
+    event: Box<GetEventsResponse>,
+    encoded: OnceLock<Bytes>,
+}
+
+impl SharedEvent {
+    pub fn new(event: GetEventsResponse) -> Self {
+        Self::from_box(Box::new(event))
+    }
+
+    /// Without moving the event out of its allocation.
+    pub fn from_box(event: Box<GetEventsResponse>) -> Self {
+        SharedEvent { event, encoded: OnceLock::new() }
+    }
+
+    pub fn event(&self) -> &GetEventsResponse {
+        &self.event
+    }
+
+    /// The protobuf encoding, computed on first use and then shared.
+    pub fn encoded(&self) -> &Bytes {
+        self.encoded.get_or_init(|| Bytes::from(self.event.encode_to_vec()))
+    }
+
+    pub fn into_event(self) -> GetEventsResponse {
+        *self.event
+    }
+}
+
+/// One message of a `GetEvents` stream: an event shared with other streams,
+/// or one of this stream's own (history, a field-filtered copy, a loss
+/// notice).
+#[derive(Debug, Clone)]
+pub enum OutEvent {
+    Shared(Arc<SharedEvent>),
+    Own(Box<GetEventsResponse>),
+}
+
+impl Default for OutEvent {
+    fn default() -> Self {
+        OutEvent::Own(Box::default())
+    }
+}
+
+impl From<GetEventsResponse> for OutEvent {
+    fn from(event: GetEventsResponse) -> Self {
+        OutEvent::Own(Box::new(event))
+    }
+}
+
+impl From<Arc<SharedEvent>> for OutEvent {
+    fn from(event: Arc<SharedEvent>) -> Self {
+        OutEvent::Shared(event)
+    }
+}
+
+impl OutEvent {
+    pub fn event(&self) -> &GetEventsResponse {
+        match self {
+            OutEvent::Shared(s) => s.event(),
+            OutEvent::Own(e) => e,
+        }
+    }
+
+    pub fn into_event(self) -> GetEventsResponse {
+        match self {
+            OutEvent::Shared(s) => Arc::try_unwrap(s).map_or_else(|s| s.event().clone(), SharedEvent::into_event),
+            OutEvent::Own(e) => *e,
+        }
+    }
+
+    /// This stream's own copy, to modify.
+    fn own_mut(&mut self) -> &mut GetEventsResponse {
+        if let OutEvent::Shared(s) = self {
+            *self = OutEvent::Own(Box::new(s.event().clone()));
+        }
+        match self {
+            OutEvent::Own(e) => e,
+            OutEvent::Shared(_) => unreachable!("made own above"),
+        }
+    }
+}
+
+impl Message for OutEvent {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        match self {
+            OutEvent::Shared(s) => buf.put_slice(s.encoded()),
+            OutEvent::Own(e) => e.encode_raw(buf),
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        self.own_mut().merge_field(tag, wire_type, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            OutEvent::Shared(s) => s.encoded().len(),
+            OutEvent::Own(e) => e.encoded_len(),
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = OutEvent::default();
+    }
+}
+
+/// `tetragon.FineGuidanceSensors`' server, with `GetEvents` streaming
+/// [`OutEvent`]s (wire-identical to `GetEventsResponse`).
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/shared/tetragon.rs"));
+}
+pub use generated::fine_guidance_sensors_server;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tetragon::{Process, ProcessExec, get_events_response::Event};
+
+    fn exec(binary: &str) -> GetEventsResponse {
+        GetEventsResponse {
+            event: Some(Event::ProcessExec(ProcessExec {
+                process: Some(Process { binary: binary.into(), ..Default::default() }),
+                ..Default::default()
+            })),
+            node_name: "n".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn shared_and_own_encode_as_the_event_itself() {
+        let e = exec("/bin/true");
+        let shared = OutEvent::from(Arc::new(SharedEvent::new(e.clone())));
+        let own = OutEvent::from(e.clone());
+        assert_eq!(shared.encode_to_vec(), e.encode_to_vec());
+        assert_eq!(own.encode_to_vec(), e.encode_to_vec());
+        assert_eq!(shared.encoded_len(), e.encoded_len());
+        let decoded = OutEvent::decode(e.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(decoded.event(), &e);
+        assert_eq!(shared.into_event(), e);
+    }
+
+    #[test]
+    fn decoding_into_a_shared_event_makes_an_own_copy() {
+        let shared_event = Arc::new(SharedEvent::new(exec("/a")));
+        let mut out = OutEvent::Shared(shared_event.clone());
+        out.merge(exec("/b").encode_to_vec().as_slice()).unwrap();
+        assert!(matches!(out, OutEvent::Own(_)));
+        assert_eq!(out.event(), &exec("/b"), "fields merged over the copy: the later binary wins");
+        assert_eq!(shared_event.event(), &exec("/a"), "the shared event is untouched");
+    }
+}
