@@ -3,9 +3,10 @@
 //! events/s merged and delivered, end-to-end latency percentiles, relay
 //! CPU and RSS, and loss. Ratios and rates from one run, not a timed test.
 //!
-//! `cargo bench -p relay --bench relay_throughput [-- EVENTS_PER_NODE [RATE]]`
-//! With RATE (events/s over all nodes) the senders are paced, to measure
-//! latency and loss below capacity; without it they send flat out.
+//! `cargo bench -p relay --bench relay_throughput [-- EVENTS_PER_NODE [RATE [CLIENTS]]]`
+//! With RATE (events/s over all nodes; 0 for none) the senders are paced,
+//! to measure latency and loss below capacity; without it they send flat
+//! out. CLIENTS defaults to 4.
 //!
 //! The load generator shares the 2 cores with the relay, so it is kept
 //! cheap: each event's static part is encoded before the clock starts and a
@@ -31,7 +32,7 @@ use proto::transport::ServerAddress;
 use proto::vigil::relay::v1::{Batch, Hello, IngestMessage, IngestReply, SequencedEvent, ingest_message};
 
 const NODES: usize = 8;
-const CLIENTS: usize = 4;
+const DEFAULT_CLIENTS: u64 = 4;
 const BATCH: usize = 512;
 
 fn free_port() -> u16 {
@@ -144,6 +145,7 @@ fn main() {
     let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let per_node: u64 = args.first().copied().unwrap_or(100_000);
     let rate: Option<u64> = args.get(1).copied().filter(|r| *r > 0);
+    let clients_n = args.get(2).copied().unwrap_or(DEFAULT_CLIENTS).max(1);
     let total = per_node * NODES as u64;
     let dir = std::env::temp_dir().join(format!("vigil-relay-bench-{}", std::process::id()));
     tls::generate(&dir, &[], 2).expect("certs");
@@ -182,7 +184,7 @@ fn main() {
         let received = Arc::new(AtomicU64::new(0));
         let lost = Arc::new(AtomicU64::new(0));
         let mut clients = Vec::new();
-        for _ in 0..CLIENTS {
+        for _ in 0..clients_n {
             let ch = client_addr.connect_tls(client_tls.clone()).await.unwrap();
             let mut grpc = tonic::client::Grpc::new(ch);
             grpc.ready().await.unwrap();
@@ -243,6 +245,7 @@ fn main() {
         assert_eq!(IngestMessage::decode(check).unwrap(), expect, "batch encoding");
         tokio::time::sleep(Duration::from_millis(300)).await;
         let cpu_before = cpu_seconds(relay_pid);
+        let own_cpu_before = cpu_seconds(std::process::id());
         let start = Instant::now();
         let mut sensors = Vec::new();
         for (k, events) in prepared.into_iter().enumerate() {
@@ -288,17 +291,18 @@ fn main() {
             s.abort();
         }
         let cpu = cpu_seconds(relay_pid) - cpu_before;
+        let own_cpu = cpu_seconds(std::process::id()) - own_cpu_before;
         latencies.sort_unstable();
         let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
         let delivered = received.load(Ordering::Relaxed);
         let pacing = rate.map_or("flat out".to_owned(), |r| format!("paced at {r} events/s"));
-        println!("relay_throughput: {NODES} synthetic sensors × {per_node} events over mTLS ({pacing}), {CLIENTS} mTLS clients, reorder window 100 ms");
+        println!("relay_throughput: {NODES} synthetic sensors × {per_node} events over mTLS ({pacing}), {clients_n} mTLS clients, reorder window 100 ms");
         println!("  merged:     {:>10.0} events/s ({total} events in {:.2} s)", total as f64 / elapsed.as_secs_f64(), elapsed.as_secs_f64());
-        println!("  delivered:  {:>10.0} events/s to all clients together ({delivered} of {} expected)", delivered as f64 / elapsed.as_secs_f64(), total * CLIENTS as u64);
+        println!("  delivered:  {:>10.0} events/s to all clients together ({delivered} of {} expected)", delivered as f64 / elapsed.as_secs_f64(), total * clients_n);
         println!("  lost:       {} (reported to clients as rate_limit_info)", lost.load(Ordering::Relaxed));
         println!("  latency:    p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (event time to client)", pct(0.5) as f64 / 1000.0, pct(0.99) as f64 / 1000.0, latencies.last().copied().unwrap_or(0) as f64 / 1000.0);
         println!("  relay:      {cpu:.2} s CPU ({:.2} µs per merged event), RSS {} KiB, peak {} KiB", cpu * 1e6 / total as f64, status_kib(relay_pid, "VmRSS:"), status_kib(relay_pid, "VmHWM:"));
-        println!("  (the benchmark's own 8 senders and 4 receivers share the machine's 2 cores with the relay)");
+        println!("  load:       {own_cpu:.2} s CPU for the benchmark's own {NODES} senders and {clients_n} receivers, on the same 2 cores as the relay");
     });
     let _ = relay.kill();
     let _ = relay.wait();

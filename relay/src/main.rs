@@ -25,6 +25,12 @@ use tokio::sync::{mpsc, watch};
 use tonic::transport::Server;
 use tracing_subscriber::EnvFilter;
 
+/// Every event is a few allocations made on one thread and freed on another
+/// (ingest decodes, a client stream sends last); glibc's allocator spent
+/// ~30% of the relay's CPU on that, mimalloc far less (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Ingest batches waiting for the merge task; sensors wait when it is full.
 const MERGE_QUEUE: usize = 1024;
 const FLUSH_EVERY: Duration = Duration::from_millis(5);
