@@ -78,6 +78,10 @@ pub struct Flags {
     /// Events kept for resending to relays after a reconnect [default: 100000].
     #[arg(long)]
     pub replay_buffer_size: Option<usize>,
+    /// Seconds between DNS lookups of each --relay-address, to follow relay
+    /// replicas as they come and go [default: 30].
+    #[arg(long)]
+    pub relay_resolve_interval: Option<u64>,
     /// Report only processes in the sensor's own network namespace (to run
     /// several sensors as separate "nodes" on one kernel, as the tests do).
     #[arg(long)]
@@ -113,6 +117,7 @@ struct FileSettings {
     tls_dir: Option<PathBuf>,
     insecure: Option<bool>,
     replay_buffer_size: Option<usize>,
+    relay_resolve_interval: Option<u64>,
     only_own_netns: Option<bool>,
     enable_k8s_api: Option<bool>,
     kubeconfig: Option<PathBuf>,
@@ -137,6 +142,7 @@ pub struct Settings {
     pub tls_dir: Option<PathBuf>,
     pub insecure: bool,
     pub replay_buffer_size: usize,
+    pub relay_resolve_interval: std::time::Duration,
     pub only_own_netns: bool,
     pub enable_k8s_api: bool,
     pub kubeconfig: Option<PathBuf>,
@@ -144,6 +150,7 @@ pub struct Settings {
 }
 
 pub const DEFAULT_REPLAY_BUFFER: usize = 100_000;
+pub const DEFAULT_RELAY_RESOLVE_SECONDS: u64 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -185,9 +192,9 @@ impl Settings {
         let server_address = server_address.parse().map_err(|e: proto::transport::AddressError| {
             ConfigError::Value { key: "server-address", reason: e.to_string() }
         })?;
-        let positive = |key: &'static str, v: usize| {
-            if v == 0 { Err(ConfigError::Value { key, reason: "must be at least 1".into() }) } else { Ok(v) }
-        };
+        fn positive<T: PartialEq + Default>(key: &'static str, v: T) -> Result<T, ConfigError> {
+            if v == T::default() { Err(ConfigError::Value { key, reason: "must be at least 1".into() }) } else { Ok(v) }
+        }
         let node_name = flags.node_name.or(file.node_name).filter(|n| !n.is_empty()).unwrap_or_else(hostname);
         let relays_given =
             !flags.relay_address.is_empty() || file.relay_address.as_ref().is_some_and(|r| !r.is_empty());
@@ -228,6 +235,10 @@ impl Settings {
                 "replay-buffer-size",
                 flags.replay_buffer_size.or(file.replay_buffer_size).unwrap_or(DEFAULT_REPLAY_BUFFER),
             )?,
+            relay_resolve_interval: std::time::Duration::from_secs(positive(
+                "relay-resolve-interval",
+                flags.relay_resolve_interval.or(file.relay_resolve_interval).unwrap_or(DEFAULT_RELAY_RESOLVE_SECONDS),
+            )?),
             only_own_netns: flags.only_own_netns || file.only_own_netns.unwrap_or(false),
             enable_k8s_api: flags.enable_k8s_api || file.enable_k8s_api.unwrap_or(false),
             kubeconfig: flags.kubeconfig.or(file.kubeconfig),

@@ -109,6 +109,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             relays: settings.relay_address.clone(),
             tls_dir: if settings.insecure { None } else { settings.tls_dir.clone() },
             buffer_size: settings.replay_buffer_size,
+            resolve_interval: settings.relay_resolve_interval,
         };
         uplink::start(&bus, uplink).await.context("relay uplink")?;
     }

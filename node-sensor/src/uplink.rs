@@ -3,7 +3,7 @@
 //! backoff with jitter. Anything the buffer had to drop shows up at the
 //! relay as a gap in the sequence, which the relay reports as a loss.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -32,6 +32,8 @@ pub struct UplinkSettings {
     /// Directory with ca.pem, sensor.pem, sensor-key.pem; None = plaintext.
     pub tls_dir: Option<PathBuf>,
     pub buffer_size: usize,
+    /// How often each relay name is looked up again.
+    pub resolve_interval: Duration,
 }
 
 #[derive(Default)]
@@ -138,24 +140,63 @@ pub async fn start(bus: &EventBus, settings: UplinkSettings) -> anyhow::Result<A
             }
             None => None,
         };
-        // A name with several addresses is several relay replicas: stream to each.
-        for addr in addrs {
-            let link = Link {
-                addr,
-                label: relay.clone(),
-                tls: tls.clone(),
-                hello: Hello {
-                    node_name: settings.node_name.clone(),
-                    boot_id: boot.clone(),
-                    sensor_version: env!("CARGO_PKG_VERSION").into(),
-                    instance_id: instance.clone(),
-                },
-                replay: replay.clone(),
-            };
-            tokio::spawn(link.run());
-        }
+        let hello = Hello {
+            node_name: settings.node_name.clone(),
+            boot_id: boot.clone(),
+            sensor_version: env!("CARGO_PKG_VERSION").into(),
+            instance_id: instance.clone(),
+        };
+        let link = Link { addr: addrs[0], label: relay.clone(), tls, hello, replay: replay.clone() };
+        tokio::spawn(follow(link, addrs, settings.resolve_interval));
     }
     Ok(replay)
+}
+
+/// Which links to open and close so the open ones match what a relay name
+/// resolves to now.
+fn link_changes(open: &BTreeSet<SocketAddr>, resolved: &[SocketAddr]) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+    let now: BTreeSet<SocketAddr> = resolved.iter().copied().collect();
+    (now.difference(open).copied().collect(), open.difference(&now).copied().collect())
+}
+
+/// Streams to every address a relay name resolves to (each is a replica),
+/// looking the name up again every `interval`: a new replica gets a link
+/// (and, resuming from its acknowledgement, everything still buffered); a
+/// replica no longer in the answer loses its link. A failed or empty lookup
+/// changes nothing.
+async fn follow(template: Link, first: Vec<SocketAddr>, interval: Duration) {
+    let mut links: BTreeMap<SocketAddr, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    let mut resolved = first;
+    loop {
+        let open: BTreeSet<SocketAddr> = links.keys().copied().collect();
+        let (add, remove) = link_changes(&open, &resolved);
+        for addr in remove {
+            tracing::info!(relay = %template.label, %addr, "relay address no longer resolves; closing its stream");
+            if let Some(task) = links.remove(&addr) {
+                task.abort();
+            }
+        }
+        for addr in add {
+            if !open.is_empty() {
+                tracing::info!(relay = %template.label, %addr, "new relay address; streaming to it too");
+            }
+            links.insert(addr, tokio::spawn(Link { addr, ..template.clone() }.run()));
+        }
+        tokio::time::sleep(interval).await;
+        match tokio::net::lookup_host(&template.label).await {
+            Ok(found) => {
+                let found: Vec<SocketAddr> = found.collect();
+                if found.is_empty() {
+                    tracing::warn!(relay = %template.label, "relay name resolves to no address; keeping the current streams");
+                } else {
+                    resolved = found;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(relay = %template.label, error = %e, "cannot resolve the relay name; keeping the current streams")
+            }
+        }
+    }
 }
 
 /// Certificate files, re-read at every (re)connect so replaced files take
@@ -177,6 +218,7 @@ impl TlsFiles {
     }
 }
 
+#[derive(Clone)]
 struct Link {
     addr: SocketAddr,
     label: String,
@@ -259,6 +301,17 @@ mod tests {
 
     fn ev(n: &str) -> GetEventsResponse {
         GetEventsResponse { node_name: n.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn links_follow_what_the_name_resolves_to() {
+        let a: SocketAddr = "10.0.0.1:54331".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:54331".parse().unwrap();
+        let c: SocketAddr = "10.0.0.3:54331".parse().unwrap();
+        assert_eq!(link_changes(&BTreeSet::new(), &[a, b]), (vec![a, b], vec![]));
+        let open: BTreeSet<SocketAddr> = [a, b].into();
+        assert_eq!(link_changes(&open, &[b, a]), (vec![], vec![]), "order does not matter");
+        assert_eq!(link_changes(&open, &[b, c, c]), (vec![c], vec![a]));
     }
 
     #[test]

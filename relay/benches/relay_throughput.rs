@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use prost::Message;
-use prost::bytes::{Buf, BufMut, Bytes};
-use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint};
+use prost::bytes::Bytes;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use proto::Timestamp;
 use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
 use proto::tetragon::get_events_response::Event;
@@ -29,7 +29,11 @@ use proto::tetragon::{
     GetEventsRequest, GetEventsResponse, GetHealthStatusRequest, Process, ProcessExec, RateLimitInfo,
 };
 use proto::transport::ServerAddress;
-use proto::vigil::relay::v1::{Batch, Hello, IngestMessage, IngestReply, SequencedEvent, ingest_message};
+use proto::vigil::relay::v1::{Batch, Hello, IngestMessage, SequencedEvent, ingest_message};
+
+#[path = "../tests/support/raw.rs"]
+mod raw;
+use raw::Preencoded;
 
 const NODES: usize = 8;
 const DEFAULT_CLIENTS: u64 = 4;
@@ -39,39 +43,13 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
 
-/// An already-encoded message, sent as is.
-#[derive(Debug, Clone, Default)]
-struct Preencoded(Bytes);
-
-impl Message for Preencoded {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.0);
-    }
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        // Only ever sent.
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
-    fn encoded_len(&self) -> usize {
-        self.0.len()
-    }
-    fn clear(&mut self) {
-        self.0.clear();
-    }
-}
-
 /// What a client reads of each event: its time and a loss notice's count.
 #[derive(Clone, PartialEq, prost::Message)]
-struct Probe {
+pub struct Probe {
     #[prost(message, optional, tag = "1001")]
-    time: Option<Timestamp>,
+    pub time: Option<Timestamp>,
     #[prost(message, optional, tag = "40001")]
-    rate_limit_info: Option<RateLimitInfo>,
+    pub rate_limit_info: Option<RateLimitInfo>,
 }
 
 /// `IngestMessage { batch: Batch { events: [SequencedEvent { seq, event }] } }`
@@ -251,21 +229,11 @@ fn main() {
         for (k, events) in prepared.into_iter().enumerate() {
             let ch = ingest_addr.connect_tls(sensor_tls.clone()).await.unwrap();
             sensors.push(tokio::spawn(async move {
-                let mut grpc = tonic::client::Grpc::new(ch).max_encoding_message_size(64 << 20);
-                grpc.ready().await.unwrap();
                 let (tx, rx) = tokio::sync::mpsc::channel(8);
                 let hello = Hello { node_name: format!("bench-node-{k}"), boot_id: format!("boot-{k}"), sensor_version: "bench".into(), instance_id: format!("bench-{k}") };
                 let hello = IngestMessage { msg: Some(ingest_message::Msg::Hello(hello)) };
                 tx.send(Preencoded(hello.encode_to_vec().into())).await.unwrap();
-                let mut replies = grpc
-                    .streaming(
-                        tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
-                        "/vigil.relay.v1.Ingest/Stream".parse().unwrap(),
-                        tonic_prost::ProstCodec::<Preencoded, IngestReply>::default(),
-                    )
-                    .await
-                    .unwrap()
-                    .into_inner();
+                let mut replies = raw::raw_ingest(ch, rx).await.unwrap();
                 let acks = tokio::spawn(async move { while let Ok(Some(_)) = replies.message().await {} });
                 let began = Instant::now();
                 for (b, chunk) in events.chunks(BATCH).enumerate() {

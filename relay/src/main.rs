@@ -38,6 +38,8 @@ const FLUSH_EVERY: Duration = Duration::from_millis(5);
 const SEEN_KEYS: usize = 1 << 20;
 /// How often certificate files are checked for changes.
 const CERT_POLL: Duration = Duration::from_secs(2);
+/// How long start-up waits for certificate files that exist but do not load.
+const START_CERT_WAIT: Duration = Duration::from_secs(10);
 
 async fn merge_task(
     mut rx: mpsc::Receiver<MergeInput>,
@@ -85,14 +87,41 @@ async fn merge_task(
 fn server(flags: &Flags) -> anyhow::Result<Server> {
     let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
     if let Some(dir) = &flags.tls_dir {
-        let cfg = tls::server_config(
-            &dir.join(CertFiles::CA),
-            &dir.join(CertFiles::cert(Role::Relay)),
-            &dir.join(CertFiles::key(Role::Relay)),
-        )?;
-        builder = builder.tls_config(cfg).context("TLS settings")?;
+        let (cert, key) = (dir.join(CertFiles::cert(Role::Relay)), dir.join(CertFiles::key(Role::Relay)));
+        let cfg = tls::server_config(&dir.join(CertFiles::CA), &cert, &key)?;
+        builder = builder
+            .tls_config(cfg)
+            .with_context(|| format!("TLS settings from {} and {}", cert.display(), key.display()))?;
     }
     Ok(builder)
+}
+
+/// The two listeners' servers (ingest, clients), with the certificates as
+/// they are on disk now.
+fn servers(flags: &Flags) -> anyhow::Result<(Server, Server)> {
+    Ok((server(flags)?, server(flags)?))
+}
+
+/// The servers at start-up. A certificate rotation caught half-written (a
+/// new key beside the old certificate) does not load: while every file is
+/// there, retry for a few seconds before giving up. A missing file fails at
+/// once.
+async fn first_servers(flags: &Flags) -> anyhow::Result<(Server, Server)> {
+    let deadline = tokio::time::Instant::now() + START_CERT_WAIT;
+    let mut warned = false;
+    loop {
+        match servers(flags) {
+            Ok(s) => return Ok(s),
+            Err(e) if cert_stamp(flags).iter().all(Option::is_some) && tokio::time::Instant::now() < deadline => {
+                if !warned {
+                    tracing::warn!(error = %format!("{e:#}"), "certificates do not load; retrying in case they are being rewritten");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Binds a listener, retrying while a previous server generation releases it.
@@ -164,6 +193,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             let _ = stop_tx.send(true);
         }
     });
+    let mut next_servers = first_servers(&flags).await?;
     if enforce {
         tokio::spawn(watch_certs(flags.clone(), reload_tx));
     }
@@ -192,24 +222,38 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         let end = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let ingest_server = tokio::spawn(server(&flags)?.add_service(ingest).serve_with_incoming_shutdown(
+        let (mut ingest_builder, mut client_builder) = next_servers;
+        let ingest_server = tokio::spawn(ingest_builder.add_service(ingest).serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(ingest_listener),
             end(done_rx.clone()),
         ));
         let client_server =
-            tokio::spawn(server(&flags)?.add_service(clients).add_service(admin).serve_with_incoming_shutdown(
+            tokio::spawn(client_builder.add_service(clients).add_service(admin).serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(client_listener),
                 end(done_rx.clone()),
             ));
-        let mut stop = stop_rx.clone();
-        let reloading = tokio::select! {
-            _ = stop.wait_for(|s| *s) => false,
-            r = reload_rx.changed() => r.is_ok(),
+        // Until stopped, or until changed certificates load (the old
+        // listeners keep serving if they do not).
+        let reloaded = loop {
+            let mut stop = stop_rx.clone();
+            let changed = tokio::select! {
+                _ = stop.wait_for(|s| *s) => false,
+                r = reload_rx.changed() => r.is_ok(),
+            };
+            if !changed {
+                break None;
+            }
+            match servers(&flags) {
+                Ok(s) => break Some(s),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "certificates changed again and do not load; keeping the old ones")
+                }
+            }
         };
         // Stop accepting; connections already open keep their streams (and
         // the certificates they were made with) until they end.
         let _ = done_tx.send(true);
-        if !reloading {
+        let Some(servers) = reloaded else {
             // Streams never end on their own: give them a moment, then go.
             let _ = tokio::time::timeout(Duration::from_secs(3), async {
                 let _ = ingest_server.await;
@@ -217,7 +261,8 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             })
             .await;
             break;
-        }
+        };
+        next_servers = servers;
     }
     drop(merge_tx);
     let _ = merge.await;
@@ -239,7 +284,7 @@ fn main() -> std::process::ExitCode {
         LogFormat::Plain => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("vigil-relay: cannot start the runtime: {e}");

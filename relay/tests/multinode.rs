@@ -374,40 +374,10 @@ fn a_name_with_several_relays_streams_to_every_replica() {
     require_root!();
     let mut c = Cluster::new();
     let (sensor_ns, _) = c.net.host("rep", 10);
-    // The replica will sit at .3 of the cluster's subnet. Its certificate
-    // (shared with the first relay) is put in place before the replica
-    // starts, so it never reads a half-written pair; the sensor checks the
-    // name it dialled.
-    let second_ip = format!("{}.3", c.relay_ip.rsplit_once('.').unwrap().0);
-    let ca = c.certs.join("ca.pem");
-    let ca_key = std::fs::read_to_string(c.certs.join("ca-key.pem")).unwrap();
-    let (cert, key) = tls::leaf_from_ca(
-        &std::fs::read_to_string(&ca).unwrap(),
-        &ca_key,
-        tls::Role::Relay,
-        &["relays.vigil.test".into(), "relay.vigil.test".into(), c.relay_ip.clone(), second_ip.clone()],
-        -1,
-        30,
-    )
-    .unwrap();
-    std::fs::write(c.certs.join("relay-key.pem"), key).unwrap();
-    std::fs::write(c.certs.join("relay.pem"), cert).unwrap();
-    std::thread::sleep(Duration::from_secs(3)); // the first relay re-reads them
+    let second_ip = replica_certificate(&c, "relays.vigil.test");
     let (_rns, replica_ip, _second) = c.add_replica(3, &sensor_ns, "relays.vigil.test");
     assert_eq!(replica_ip, second_ip);
-    let sock = format!("unix://{}", c.dir.join("rep.sock").display());
-    let args: Vec<String> = vec![
-        "--node-name".into(),
-        "rep".into(),
-        "--server-address".into(),
-        sock,
-        "--relay-address".into(),
-        "relays.vigil.test:54331".into(),
-        "--tls-dir".into(),
-        c.certs.display().to_string(),
-        "--only-own-netns".into(),
-    ];
-    let sensor = cluster::Daemon::start(&sensor_ns, &cluster::bin("vigil-sensor"), &args, c.dir.join("rep.log"));
+    let sensor = start_replicated_sensor(&c, &sensor_ns, "rep", &[]);
     c.wait_node("rep");
     let first = c.watch(&[]);
     let second = c.watch_at(&second_ip, &[]);
@@ -424,4 +394,83 @@ fn a_name_with_several_relays_streams_to_every_replica() {
     std::thread::sleep(Duration::from_millis(300));
     assert_exactly_once(&first.snapshot(), &prefix, 10, "rep");
     assert_exactly_once(&second.snapshot(), &prefix, 10, "rep");
+}
+
+#[test]
+fn a_replica_added_later_is_found_by_looking_the_name_up_again() {
+    require_root!();
+    let mut c = Cluster::new();
+    let (sensor_ns, _) = c.net.host("late", 11);
+    let second_ip = replica_certificate(&c, "relays.vigil.test");
+    // At first the name resolves to the first relay only.
+    c.set_hosts(&sensor_ns, "relays.vigil.test", &[c.relay_ip.clone()]);
+    let sensor = start_replicated_sensor(&c, &sensor_ns, "late", &["--relay-resolve-interval", "1"]);
+    c.wait_node("late");
+    let first = c.watch(&[]);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = format!("b{}", c.net.id);
+    c.run_in(&sensor_ns, &workload(&before, 10));
+    assert!(first.wait(Duration::from_secs(30), |e| full(e, &before, 10)), "first relay incomplete");
+    // A replica appears behind the name: the sensor finds it within a
+    // lookup interval and sends it everything still buffered, then live.
+    let (_rns, replica_ip, _second) = c.add_replica(3, &sensor_ns, "relays.vigil.test");
+    assert_eq!(replica_ip, second_ip);
+    c.wait_node_at(&second_ip, "late");
+    let second = c.watch_at(&second_ip, &["--since", "10m"]);
+    assert!(
+        second.wait(Duration::from_secs(30), |e| full(e, &before, 10)),
+        "the replica did not get the events from before it existed; sensor log:\n{}",
+        sensor.log_text()
+    );
+    let after = format!("a{}", c.net.id);
+    c.run_in(&sensor_ns, &workload(&after, 10));
+    for (name, w) in [("first", &first), ("second", &second)] {
+        assert!(w.wait(Duration::from_secs(30), |e| full(e, &after, 10)), "{name} relay incomplete");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for prefix in [&before, &after] {
+        assert_exactly_once(&first.snapshot(), prefix, 10, "late");
+        assert_exactly_once(&second.snapshot(), prefix, 10, "late");
+    }
+    assert!(sensor.log_text().contains("new relay address; streaming to it too"), "{}", sensor.log_text());
+}
+
+/// Re-issues the shared relay certificate for `name`, the first relay's
+/// address and a replica's (at .3 of the cluster's subnet, returned), and
+/// lets the first relay re-read it. Done before the replica starts, so it
+/// never reads a half-written pair; sensors check the name they dialled.
+fn replica_certificate(c: &Cluster, name: &str) -> String {
+    let second_ip = format!("{}.3", c.relay_ip.rsplit_once('.').unwrap().0);
+    let ca = c.certs.join("ca.pem");
+    let ca_key = std::fs::read_to_string(c.certs.join("ca-key.pem")).unwrap();
+    let (cert, key) = tls::leaf_from_ca(
+        &std::fs::read_to_string(&ca).unwrap(),
+        &ca_key,
+        tls::Role::Relay,
+        &[name.into(), "relay.vigil.test".into(), c.relay_ip.clone(), second_ip.clone()],
+        -1,
+        30,
+    )
+    .unwrap();
+    std::fs::write(c.certs.join("relay-key.pem"), key).unwrap();
+    std::fs::write(c.certs.join("relay.pem"), cert).unwrap();
+    std::thread::sleep(Duration::from_secs(3)); // the first relay re-reads them
+    second_ip
+}
+
+fn start_replicated_sensor(c: &Cluster, ns: &str, node: &str, extra: &[&str]) -> cluster::Daemon {
+    let sock = format!("unix://{}", c.dir.join(format!("{node}.sock")).display());
+    let mut args: Vec<String> = vec![
+        "--node-name".into(),
+        node.into(),
+        "--server-address".into(),
+        sock,
+        "--relay-address".into(),
+        "relays.vigil.test:54331".into(),
+        "--tls-dir".into(),
+        c.certs.display().to_string(),
+        "--only-own-netns".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    cluster::Daemon::start(ns, &cluster::bin("vigil-sensor"), &args, c.dir.join(format!("{node}.log")))
 }

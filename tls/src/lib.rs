@@ -43,10 +43,12 @@ impl Role {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("generating the {what} certificate: {source}")]
-    Generate { what: &'static str, source: rcgen::Error },
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    // The causes are in the messages, not `source`s, so a report that
+    // prints the chain does not print them twice.
+    #[error("generating the {what} certificate: {error}")]
+    Generate { what: &'static str, error: rcgen::Error },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path}: no certificate in the file")]
     Empty { path: String },
     #[error("certificate {path} expired at {not_after}; peers will refuse it")]
@@ -94,7 +96,7 @@ impl CertFiles {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io { path: path.display().to_string(), source }
+    move |error| TlsError::Io { path: path.display().to_string(), error }
 }
 
 fn validity(params: &mut CertificateParams, not_before: time::OffsetDateTime, days: i64) {
@@ -111,7 +113,7 @@ pub fn leaf(
     not_before: time::OffsetDateTime,
     days: i64,
 ) -> Result<(String, String), TlsError> {
-    let gen_err = |source| TlsError::Generate { what: role.name(), source };
+    let gen_err = |error| TlsError::Generate { what: role.name(), error };
     let mut params = CertificateParams::new(dns.to_vec()).map_err(gen_err)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, format!("vigil-{}", role.name()));
@@ -147,7 +149,7 @@ pub fn leaf_from_ca(
     start_days: i64,
     days: i64,
 ) -> Result<(String, String), TlsError> {
-    let gen_err = |source| TlsError::Generate { what: "CA", source };
+    let gen_err = |error| TlsError::Generate { what: "CA", error };
     let key = KeyPair::from_pem(ca_key_pem).map_err(gen_err)?;
     let issuer = Issuer::from_ca_cert_pem(ca_pem, key).map_err(gen_err)?;
     let start = time::OffsetDateTime::now_utc() + time::Duration::days(start_days);
@@ -156,7 +158,7 @@ pub fn leaf_from_ca(
 
 /// A new CA: (certificate PEM, key PEM, issuer for signing).
 pub fn ca(days: i64) -> Result<(String, String, Issuer<'static, KeyPair>), TlsError> {
-    let gen_err = |source| TlsError::Generate { what: "CA", source };
+    let gen_err = |error| TlsError::Generate { what: "CA", error };
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "vigil CA");

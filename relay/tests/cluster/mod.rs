@@ -238,9 +238,14 @@ impl Cluster {
 
     /// Waits until the relay lists `name` as connected.
     pub fn wait_node(&self, name: &str) {
+        self.wait_node_at(&self.relay_ip, name);
+    }
+
+    /// Waits until the relay at `relay_ip` lists node `name` as connected.
+    pub fn wait_node_at(&self, relay_ip: &str, name: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            let out = self.cli(&["nodes"]);
+            let out = self.cli_cmd_at(relay_ip, &["nodes"]).stdin(Stdio::null()).output().unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
             if text.lines().any(|l| l.starts_with(&format!("{name} ")) && l.contains("connected")) {
                 return;
@@ -252,10 +257,15 @@ impl Cluster {
     }
 
     fn cli_cmd(&self, args: &[&str]) -> Command {
+        self.cli_cmd_at(&self.relay_ip, args)
+    }
+
+    /// `vigil` from the client namespace against the relay at `relay_ip`.
+    fn cli_cmd_at(&self, relay_ip: &str, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.client_ns])
             .arg(bin("vigil"))
-            .args(["--server-address", &format!("{}:54330", self.relay_ip), "--tls-dir"])
+            .args(["--server-address", &format!("{relay_ip}:54330"), "--tls-dir"])
             .arg(&self.certs)
             .args(args);
         c
@@ -442,25 +452,28 @@ impl Cluster {
         let args: Vec<String> =
             vec!["--tls-dir".into(), self.certs.display().to_string(), "--reorder-window-ms".into(), "50".into()];
         let d = Daemon::start(&rns, &bin("vigil-relay"), &args, self.dir.join(format!("relay{octet}.log")));
-        // `ip netns exec` bind-mounts /etc/netns/<ns>/hosts over /etc/hosts.
-        let etc = PathBuf::from("/etc/netns").join(ns_for_hosts);
-        std::fs::create_dir_all(&etc).unwrap();
-        std::fs::write(etc.join("hosts"), format!("127.0.0.1 localhost\n{} {name}\n{rip} {name}\n", self.relay_ip))
-            .unwrap();
-        self.hosts_dirs.lock().unwrap().push(etc);
+        self.set_hosts(ns_for_hosts, name, &[self.relay_ip.clone(), rip.clone()]);
         (rns, rip, d)
+    }
+
+    /// Makes `name` resolve to `ips` inside namespace `ns`. `ip netns exec`
+    /// bind-mounts /etc/netns/<ns>/hosts over /etc/hosts; the file is
+    /// rewritten in place, so processes already running see the change.
+    pub fn set_hosts(&self, ns: &str, name: &str, ips: &[String]) {
+        let etc = PathBuf::from("/etc/netns").join(ns);
+        std::fs::create_dir_all(&etc).unwrap();
+        let lines: String = ips.iter().map(|ip| format!("{ip} {name}\n")).collect();
+        std::fs::write(etc.join("hosts"), format!("127.0.0.1 localhost\n{lines}")).unwrap();
+        let mut dirs = self.hosts_dirs.lock().unwrap();
+        if !dirs.contains(&etc) {
+            dirs.push(etc);
+        }
     }
 
     /// `vigil getevents` against a given relay address.
     pub fn watch_at(&self, relay_ip: &str, extra: &[&str]) -> Watcher {
         let mut args = vec!["getevents", "-o", "json"];
         args.extend_from_slice(extra);
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.client_ns])
-            .arg(bin("vigil"))
-            .args(["--server-address", &format!("{relay_ip}:54330"), "--tls-dir"])
-            .arg(&self.certs)
-            .args(&args);
-        Watcher::spawn(cmd)
+        Watcher::spawn(self.cli_cmd_at(relay_ip, &args))
     }
 }

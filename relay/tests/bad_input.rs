@@ -1,0 +1,205 @@
+//! Bad input reaching a real relay over mTLS: a malformed ingest message, a
+//! second sensor claiming a connected node's name, a stream that does not
+//! start with a hello, out-of-order sequence numbers, an entry without an
+//! event, garbage bytes, an oversized message and invalid filters. Each gets
+//! an error that names the problem, sent to that peer only; a well-behaved
+//! sensor and client on the same relay lose nothing and see nothing twice.
+//! Needs no root: everything is on loopback.
+
+#[path = "support/local.rs"]
+mod local;
+#[path = "support/raw.rs"]
+mod raw;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine as _;
+use local::Relay;
+use prost::Message;
+use proto::Timestamp;
+use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
+use proto::tetragon::get_events_response::Event;
+use proto::tetragon::{Filter, GetEventsRequest, GetEventsResponse, Process, ProcessExec};
+use proto::vigil::relay::v1::ingest_client::IngestClient;
+use proto::vigil::relay::v1::relay_admin_client::RelayAdminClient;
+use proto::vigil::relay::v1::{
+    Batch, Hello, IngestMessage, IngestReply, ListNodesRequest, SequencedEvent, ingest_message, ingest_reply,
+};
+use raw::Preencoded;
+use tokio::sync::mpsc;
+use tonic::Code;
+
+fn marker_event(i: u64) -> GetEventsResponse {
+    GetEventsResponse {
+        event: Some(Event::ProcessExec(ProcessExec {
+            process: Some(Process {
+                exec_id: base64::engine::general_purpose::STANDARD.encode(format!("good-node:{i}:{i}")),
+                pid: Some((i as u32).into()),
+                binary: "/bin/good".into(),
+                arguments: format!("marker-{i}"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+        node_name: "good-node".into(),
+        time: Some(Timestamp::now()),
+        ..Default::default()
+    }
+}
+
+fn hello(node: &str, instance: &str) -> IngestMessage {
+    IngestMessage {
+        msg: Some(ingest_message::Msg::Hello(Hello {
+            node_name: node.into(),
+            boot_id: format!("boot-{instance}"),
+            sensor_version: "test".into(),
+            instance_id: instance.into(),
+        })),
+    }
+}
+
+fn batch(events: Vec<SequencedEvent>) -> IngestMessage {
+    IngestMessage { msg: Some(ingest_message::Msg::Batch(Batch { events, lost: 0 })) }
+}
+
+fn markers(range: std::ops::RangeInclusive<u64>) -> IngestMessage {
+    batch(range.map(|seq| SequencedEvent { seq, event: Some(Box::new(marker_event(seq))) }).collect())
+}
+
+/// Opens an ingest stream, sends `messages`, and returns the error the
+/// relay ends it with.
+async fn refused(relay: &Relay, messages: Vec<Preencoded>) -> tonic::Status {
+    let (tx, rx) = mpsc::channel(messages.len().max(1));
+    for m in messages {
+        tx.send(m).await.expect("queue message");
+    }
+    let result = async {
+        let mut replies = raw::raw_ingest(relay.sensor().await, rx).await?;
+        while replies.message().await?.is_some() {}
+        Ok::<_, tonic::Status>(())
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(15), result).await.expect("relay answered");
+    drop(tx);
+    outcome.expect_err("the relay must refuse this stream")
+}
+
+fn encoded(m: &IngestMessage) -> Preencoded {
+    Preencoded(m.encode_to_vec().into())
+}
+
+fn assert_refused(status: &tonic::Status, code: Code, text: &str) {
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(status.message().contains(text), "expected {text:?} in {:?}", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error_and_harms_no_one_else() {
+    let relay = Relay::start("bad-input", &["--reorder-window-ms", "20"]).await;
+
+    // A well-behaved client and sensor.
+    let mut client_events = FineGuidanceSensorsClient::new(relay.client().await)
+        .get_events(GetEventsRequest::default())
+        .await
+        .expect("GetEvents")
+        .into_inner();
+    let collector = tokio::spawn(async move {
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        let mut notices = 0;
+        while seen.len() < 200 {
+            match tokio::time::timeout(Duration::from_secs(20), client_events.message()).await {
+                Ok(Ok(Some(e))) => match &e.event {
+                    Some(Event::ProcessExec(x)) => {
+                        let p = x.process.as_ref().expect("process");
+                        assert_eq!((p.binary.as_str(), e.node_name.as_str()), ("/bin/good", "good-node"));
+                        *seen.entry(p.arguments.clone()).or_default() += 1;
+                    }
+                    Some(Event::RateLimitInfo(_)) => notices += 1,
+                    other => panic!("unexpected event {other:?}"),
+                },
+                other => panic!("good client's stream ended or stalled with {} events: {other:?}", seen.len()),
+            }
+        }
+        (seen, notices)
+    });
+    let (good_tx, good_rx) = mpsc::channel(8);
+    good_tx.send(hello("good-node", "good-1")).await.unwrap();
+    let mut good_replies = IngestClient::new(relay.sensor().await)
+        .stream(tokio_stream::wrappers::ReceiverStream::new(good_rx))
+        .await
+        .expect("good sensor stream")
+        .into_inner();
+    let welcome = good_replies.message().await.expect("welcome").expect("welcome");
+    assert!(matches!(welcome.msg, Some(ingest_reply::Msg::Welcome(_))), "{welcome:?}");
+    good_tx.send(markers(1..=100)).await.unwrap();
+    let ack = |r: Option<IngestReply>| match r.and_then(|r| r.msg) {
+        Some(ingest_reply::Msg::Ack(a)) => a.seq,
+        other => panic!("expected an ack, got {other:?}"),
+    };
+    assert_eq!(ack(good_replies.message().await.expect("ack")), 100);
+
+    // Another sensor claiming the connected node's name.
+    let status = refused(&relay, vec![encoded(&hello("good-node", "impostor"))]).await;
+    assert_refused(&status, Code::AlreadyExists, "node name \"good-node\" is already connected");
+    assert!(status.message().contains("refusing instance impostor"), "{status:?}");
+
+    // A stream that does not start with a hello.
+    let status = refused(&relay, vec![encoded(&markers(1..=1))]).await;
+    assert_refused(&status, Code::InvalidArgument, "the first message must be a hello");
+
+    // Sequence numbers going backwards, then an entry without an event, then a second hello.
+    let backwards = batch(
+        vec![3, 2].into_iter().map(|seq| SequencedEvent { seq, event: Some(Box::new(marker_event(seq))) }).collect(),
+    );
+    let status = refused(&relay, vec![encoded(&hello("bad-seq", "b1")), encoded(&backwards)]).await;
+    assert_refused(&status, Code::InvalidArgument, "sequence numbers in a batch must start at 1 or later and increase");
+    let empty_entry = batch(vec![SequencedEvent { seq: 1, event: None }]);
+    let status = refused(&relay, vec![encoded(&hello("bad-entry", "b2")), encoded(&empty_entry)]).await;
+    assert_refused(&status, Code::InvalidArgument, "batch entry 0 (seq 1) has no event");
+    let status = refused(&relay, vec![encoded(&hello("twice", "b3")), encoded(&hello("twice", "b3"))]).await;
+    assert_refused(&status, Code::InvalidArgument, "a second hello on one stream");
+
+    // Bytes that are not protobuf: field 2 claims 1000 bytes and has 3.
+    let garbage = Preencoded(vec![0x12, 0xe8, 0x07, 1, 2, 3].into());
+    let status = refused(&relay, vec![encoded(&hello("garbage", "b4")), garbage]).await;
+    assert_refused(&status, Code::Internal, "failed to decode Protobuf message");
+
+    // A message over the ingest limit (16 MiB).
+    let oversized = Preencoded(vec![0u8; 17 << 20].into());
+    let status = refused(&relay, vec![encoded(&hello("big", "b5")), oversized]).await;
+    assert_refused(&status, Code::OutOfRange, "decoded message length too large");
+
+    // Invalid filters on the client side.
+    let mut fgs = FineGuidanceSensorsClient::new(relay.client().await);
+    let bad_regex = GetEventsRequest {
+        allow_list: vec![Filter { binary_regex: vec!["(unclosed".into()], ..Default::default() }],
+        ..Default::default()
+    };
+    let status = fgs.get_events(bad_regex).await.expect_err("invalid regex refused");
+    assert_refused(&status, Code::InvalidArgument, "(unclosed");
+    let cel = GetEventsRequest {
+        allow_list: vec![Filter { cel_expression: vec!["true".into()], ..Default::default() }],
+        ..Default::default()
+    };
+    let status = fgs.get_events(cel).await.expect_err("CEL refused");
+    assert_refused(&status, Code::InvalidArgument, "cel_expression");
+
+    // The good sensor carries on; its client got everything exactly once.
+    good_tx.send(markers(101..=200)).await.unwrap();
+    assert_eq!(ack(good_replies.message().await.expect("ack")), 200);
+    let (seen, notices) = tokio::time::timeout(Duration::from_secs(30), collector).await.expect("collected").unwrap();
+    let expected: BTreeMap<String, usize> = (1..=200).map(|i| (format!("marker-{i}"), 1)).collect();
+    assert_eq!(seen, expected, "every marker exactly once");
+    assert_eq!(notices, 0, "nothing lost");
+
+    // The relay reports the good node as connected with its 200 events, and
+    // no refused stream left a node behind holding events.
+    let nodes = RelayAdminClient::new(relay.client().await).list_nodes(ListNodesRequest {}).await.unwrap().into_inner();
+    let good = nodes.nodes.iter().find(|n| n.node_name == "good-node").expect("good-node listed");
+    assert!(good.connected);
+    assert_eq!((good.events, good.lost, good.last_seq), (200, 0, 200));
+    assert_eq!(nodes.events_merged, 200);
+    for n in nodes.nodes.iter().filter(|n| n.node_name != "good-node") {
+        assert!(!n.connected && n.events == 0, "{n:?}");
+    }
+}

@@ -1,0 +1,60 @@
+//! The relay's certificates at start-up: a rotation caught half-written (a
+//! key that belongs to another certificate) is waited for; a pair that never
+//! loads, or a missing file, stops the relay with an error naming the file
+//! and the reason. Loopback only, no root.
+
+#[path = "support/local.rs"]
+mod local;
+
+use std::time::{Duration, Instant};
+
+use local::{Relay, cert_dir};
+
+/// Replaces the relay's key with the sensor's: a pair that does not match.
+fn mismatch_key(dir: &std::path::Path) -> Vec<u8> {
+    let good = std::fs::read(dir.join("relay-key.pem")).expect("relay key");
+    std::fs::copy(dir.join("sensor-key.pem"), dir.join("relay-key.pem")).expect("copy key");
+    good
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_written_pair_at_start_is_waited_for() {
+    let dir = cert_dir("half-written");
+    let good = mismatch_key(&dir);
+    let mut relay = Relay::spawn(dir.clone(), &[]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(relay.child.try_wait().expect("relay status").is_none(), "the relay gave up on a pair being rewritten");
+    std::fs::write(dir.join("relay-key.pem"), good).expect("finish the rotation");
+    assert!(relay.serving_within(Duration::from_secs(10)).await, "the relay did not start once the pair matched");
+}
+
+#[test]
+fn a_pair_that_never_loads_stops_the_relay_with_the_reason() {
+    let dir = cert_dir("never-loads");
+    mismatch_key(&dir);
+    let started = Instant::now();
+    let mut relay = Relay::spawn(dir, &[]);
+    let (status, stderr) = relay.exit_within(Duration::from_secs(30)).expect("relay exits");
+    assert!(!status.success());
+    assert!(started.elapsed() >= Duration::from_secs(9), "gave up after {:?}, not ~10 s", started.elapsed());
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("vigil-relay: TLS settings from "), "{stderr}");
+    assert!(
+        last.contains("relay.pem and ") && last.contains("relay-key.pem") && last.contains("KeyMismatch"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_missing_key_stops_the_relay_at_once_naming_the_file() {
+    let dir = cert_dir("missing-key");
+    std::fs::remove_file(dir.join("relay-key.pem")).expect("remove key");
+    let started = Instant::now();
+    let mut relay = Relay::spawn(dir.clone(), &[]);
+    let (status, stderr) = relay.exit_within(Duration::from_secs(10)).expect("relay exits");
+    assert!(!status.success());
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    let expected =
+        format!("vigil-relay: {}: No such file or directory (os error 2)", dir.join("relay-key.pem").display());
+    assert_eq!(stderr.lines().last(), Some(expected.as_str()), "{stderr}");
+}
