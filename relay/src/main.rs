@@ -270,9 +270,21 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refused TLS handshakes (unknown CA, expired or not yet valid, no
+/// certificate) are security events, but tonic logs them at debug level:
+/// they are shown whenever the relay logs at info or more.
+fn log_filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    let filter = EnvFilter::try_new(level)?;
+    Ok(if matches!(level, "info" | "debug" | "trace") {
+        filter.add_directive("tonic::transport::server::io_stream=debug".parse()?)
+    } else {
+        filter
+    })
+}
+
 fn main() -> std::process::ExitCode {
     let flags = Flags::parse();
-    let filter = match EnvFilter::try_new(&flags.log_level) {
+    let filter = match log_filter(&flags.log_level) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("vigil-relay: invalid --log-level {:?}: {e}", flags.log_level);

@@ -11,12 +11,14 @@
 #[path = "support/local.rs"]
 mod local;
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use local::Relay;
 
-fn s_client(relay: &Relay, with_client_cert: bool) -> String {
+/// `s_client` against the relay, with a client certificate and key if given.
+fn s_client(relay: &Relay, client: Option<(&Path, &Path)>) -> String {
     let dir = &relay.dir;
     let port = relay.clients.to_string().rsplit_once(':').map(|(_, p)| p.to_owned()).expect("port");
     let mut cmd = Command::new("openssl");
@@ -24,8 +26,8 @@ fn s_client(relay: &Relay, with_client_cert: bool) -> String {
         .args(["-verify_hostname", "relay.local", "-verify_return_error", "-alpn", "h2"])
         .arg("-CAfile")
         .arg(dir.join("ca.pem"));
-    if with_client_cert {
-        cmd.arg("-cert").arg(dir.join("client.pem")).arg("-key").arg(dir.join("client-key.pem"));
+    if let Some((cert, key)) = client {
+        cmd.arg("-cert").arg(cert).arg("-key").arg(key);
     }
     // An HTTP/2 preface, so a refused client certificate shows in the reply.
     let out = cmd
@@ -50,20 +52,48 @@ async fn the_handshake_gives_go_clients_what_they_need() {
     let dir = std::env::temp_dir().join(format!("vigil-relay-foreign-tls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     tls::generate(&dir, &["relay.local".into()], 2).expect("certificates");
-    let relay = Relay::spawn(dir, &[]);
+    let mut relay = Relay::spawn(dir.clone(), &["--log-level", "info"]);
     assert!(relay.serving_within(Duration::from_secs(20)).await, "relay did not start");
 
-    let text = s_client(&relay, true);
+    let text = s_client(&relay, Some((&dir.join("client.pem"), &dir.join("client-key.pem"))));
     let section = |heading: &str| {
         text.split_once(heading).map(|(_, rest)| rest.lines().nth(1).unwrap_or_default().trim().to_owned())
     };
     assert!(text.contains("ALPN protocol: h2"), "{text}");
-    assert_eq!(section("Acceptable client certificate CA names").as_deref(), Some("CN = vigil CA"), "{text}");
+    let ca_name = section("Acceptable client certificate CA names").unwrap_or_default();
+    assert!(ca_name.starts_with("CN = vigil CA "), "{text}");
+    assert!(text.contains(&format!("issuer={ca_name}")), "the relay's issuer is the CA it names: {text}");
     let sigalgs = text.lines().find_map(|l| l.strip_prefix("Requested Signature Algorithms: ")).unwrap_or_default();
     assert!(sigalgs.split(':').any(|a| a == "ECDSA+SHA256"), "{text}");
     assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
     assert!(text.contains("subject=CN = vigil-relay, OU = relay"), "{text}");
 
-    let refused = s_client(&relay, false);
-    assert!(refused.contains("alert certificate required") || refused.contains("alert handshake failure"), "{refused}");
+    // Refusals: the alert names the reason, and the relay logs it.
+    let refused = s_client(&relay, None);
+    assert!(refused.contains("alert certificate required"), "{refused}");
+    let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+    let ca_key = std::fs::read_to_string(dir.join("ca-key.pem")).unwrap();
+    let leaf = |name: &str, start_days: i64, days: i64| -> (PathBuf, PathBuf) {
+        let (cert, key) = tls::leaf_from_ca(&ca_pem, &ca_key, tls::Role::Client, &[], start_days, days).unwrap();
+        let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")));
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        (c, k)
+    };
+    let (expired, expired_key) = leaf("expired", -10, 9);
+    let refused = s_client(&relay, Some((&expired, &expired_key)));
+    assert!(refused.contains("alert certificate expired"), "{refused}");
+    let (future, future_key) = leaf("future", 5, 30);
+    let refused = s_client(&relay, Some((&future, &future_key)));
+    assert!(refused.contains("alert certificate expired"), "TLS has one alert for both: {refused}");
+    let other = dir.join("other-ca");
+    tls::generate(&other, &[], 2).unwrap();
+    let refused = s_client(&relay, Some((&other.join("client.pem"), &other.join("client-key.pem"))));
+    assert!(refused.contains("alert unknown ca"), "{refused}");
+
+    let log = relay.stop();
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("tls accept error")).collect();
+    for reason in ["expired", "not valid", "UnknownIssuer", "no certificate"] {
+        assert!(refusals.iter().any(|l| l.contains(reason)), "no refusal logged for {reason:?}:\n{log}");
+    }
 }

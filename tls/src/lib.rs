@@ -156,17 +156,27 @@ pub fn leaf_from_ca(
     leaf(role, dns, &issuer, start, days)
 }
 
+/// A CA's name, distinct per CA: with one shared name, a certificate from
+/// another cluster's CA would look issued by ours and fail as a bad
+/// signature instead of an unknown CA, and TLS clients that pick their
+/// certificate by the server's acceptable CA names (Go's) would offer it.
+fn ca_name(key: &KeyPair) -> String {
+    // An EC public key's raw form is 0x04 || X || Y; X is random.
+    let id: String = key.public_key_raw().iter().skip(1).take(6).map(|b| format!("{b:02x}")).collect();
+    format!("vigil CA {id}")
+}
+
 /// A new CA: (certificate PEM, key PEM, issuer for signing).
 pub fn ca(days: i64) -> Result<(String, String, Issuer<'static, KeyPair>), TlsError> {
     let gen_err = |error| TlsError::Generate { what: "CA", error };
+    let key = KeyPair::generate().map_err(gen_err)?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "vigil CA");
+    dn.push(DnType::CommonName, ca_name(&key));
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     validity(&mut params, time::OffsetDateTime::now_utc() - time::Duration::hours(1), days);
-    let key = KeyPair::generate().map_err(gen_err)?;
     let cert = params.self_signed(&key).map_err(gen_err)?;
     let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
     Ok((cert_pem, key_pem, Issuer::new(params, key)))
@@ -276,6 +286,14 @@ mod tests {
         }
         let ca = std::fs::read_to_string(dir.join(CertFiles::CA)).unwrap();
         assert_eq!(role_of(&der(&ca)), None);
+        let (_, other_key, _) = super::ca(1).unwrap();
+        let name = |pem: &str| {
+            let der = der(pem);
+            x509_parser::parse_x509_certificate(&der).unwrap().1.subject().to_string()
+        };
+        let key = KeyPair::from_pem(&other_key).unwrap();
+        assert!(name(&ca).starts_with("CN=vigil CA "), "{}", name(&ca));
+        assert_ne!(name(&ca), format!("CN={}", ca_name(&key)), "each CA has its own name");
         let relay = std::fs::read_to_string(dir.join("relay.pem")).unwrap();
         let relay_der = der(&relay);
         let (_, cert) = x509_parser::parse_x509_certificate(&relay_der).unwrap();

@@ -39,7 +39,7 @@ impl Relay {
             .args(["--tls-dir", &dir.display().to_string()])
             .args(["--client-address", &format!("127.0.0.1:{client_port}")])
             .args(["--ingest-address", &format!("127.0.0.1:{ingest_port}")])
-            .args(["--log-level", "warn"])
+            .args(if extra.contains(&"--log-level") { &[][..] } else { &["--log-level", "warn"][..] })
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()
@@ -84,6 +84,12 @@ impl Relay {
 
     pub async fn sensor(&self) -> Channel {
         self.ingest.connect_tls(self.tls("sensor")).await.expect("sensor connection")
+    }
+
+    /// Stops the relay; what it logged.
+    pub fn stop(&mut self) -> String {
+        let _ = self.child.kill();
+        self.exit_within(Duration::from_secs(10)).map(|(_, log)| log).unwrap_or_default()
     }
 
     /// Waits (at most `limit`) for the relay to exit; its status and stderr.
