@@ -48,8 +48,9 @@ fn print_nodes(r: &proto::vigil::relay::v1::ListNodesResponse) {
         );
     }
     println!(
-        "clients: {}  events merged: {}  dropped for slow clients: {}",
-        r.clients, r.events_merged, r.client_dropped
+        "clients: {}  events merged: {}  shared-kernel copies merged: {}  sent early (pending full): {}  \
+         pending: {}  dropped for slow clients: {}",
+        r.clients, r.events_merged, r.shared_kernel_copies, r.sent_early, r.pending, r.client_dropped
     );
 }
 

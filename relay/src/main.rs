@@ -2,7 +2,7 @@
 //! client listener; merges, deduplicates and fans out.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,7 +17,7 @@ use relay::auth;
 use relay::config::{Flags, LogFormat};
 use relay::hub::Hub;
 use relay::ingest::{IngestService, MergeInput};
-use relay::merge::Merger;
+use relay::merge::{MergeCounters, Merger};
 use relay::nodes::Nodes;
 use relay::query::QueryService;
 use tls::{CertFiles, Role};
@@ -32,7 +32,7 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Ingest batches waiting for the merge task; sensors wait when it is full.
-const MERGE_QUEUE: usize = 1024;
+const MERGE_QUEUE: usize = 64;
 const FLUSH_EVERY: Duration = Duration::from_millis(5);
 /// Dedup keys remembered (of waiting and already merged events).
 const SEEN_KEYS: usize = 1 << 20;
@@ -45,14 +45,14 @@ async fn merge_task(
     mut rx: mpsc::Receiver<MergeInput>,
     hub: Arc<Hub>,
     flags: Flags,
-    merged: Arc<AtomicU64>,
+    counters: Arc<MergeCounters>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut merger = Merger::new(Duration::from_millis(flags.reorder_window_ms), flags.max_pending, SEEN_KEYS);
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     let mut out = Vec::new();
-    let publish = |out: &mut Vec<_>| {
-        merged.fetch_add(out.len() as u64, Ordering::Relaxed);
+    let publish = |out: &mut Vec<_>, merger: &Merger| {
+        counters.record(merger);
         hub.publish_all(std::mem::take(out));
     };
     loop {
@@ -63,7 +63,7 @@ async fn merge_task(
                     for e in events {
                         merger.push(e, now, &mut out);
                     }
-                    publish(&mut out);
+                    publish(&mut out, &merger);
                 }
                 Some(MergeInput::Lost { node, count }) => hub.publish(GetEventsResponse {
                     event: Some(Event::RateLimitInfo(RateLimitInfo { number_of_dropped_process_events: count })),
@@ -75,13 +75,13 @@ async fn merge_task(
             },
             _ = tick.tick() => {
                 merger.flush(Timestamp::now().unix_nanos(), &mut out);
-                publish(&mut out);
+                publish(&mut out, &merger);
             }
             _ = stop.changed() => break,
         }
     }
     merger.drain(&mut out);
-    publish(&mut out);
+    publish(&mut out, &merger);
 }
 
 fn server(flags: &Flags) -> anyhow::Result<Server> {
@@ -180,11 +180,11 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let enforce = flags.tls_dir.is_some();
     let nodes = Arc::new(Nodes::default());
     let hub = Arc::new(Hub::new(EventBus::new(&flags.name, flags.client_queue_size), flags.history_size));
-    let merged = Arc::new(AtomicU64::new(0));
+    let counters = Arc::new(MergeCounters::default());
     let (merge_tx, merge_rx) = mpsc::channel(MERGE_QUEUE);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (reload_tx, mut reload_rx) = watch::channel(0u64);
-    let merge = tokio::spawn(merge_task(merge_rx, hub.clone(), flags.clone(), merged.clone(), stop_rx.clone()));
+    let merge = tokio::spawn(merge_task(merge_rx, hub.clone(), flags.clone(), counters.clone(), stop_rx.clone()));
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
@@ -206,8 +206,8 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             IngestServer::new(IngestService::new(nodes.clone(), merge_tx.clone())).max_decoding_message_size(16 << 20),
             auth::require(Role::Sensor, enforce),
         );
-        let query = QueryService { hub: hub.clone(), nodes: nodes.clone(), merged: merged.clone() };
-        let admin = QueryService { hub: hub.clone(), nodes: nodes.clone(), merged: merged.clone() };
+        let query = QueryService { hub: hub.clone(), nodes: nodes.clone(), merge: counters.clone() };
+        let admin = QueryService { hub: hub.clone(), nodes: nodes.clone(), merge: counters.clone() };
         let client_auth = auth::require(Role::Client, enforce);
         let clients = tonic::service::interceptor::InterceptedService::new(
             FineGuidanceSensorsServer::new(query).max_decoding_message_size(4 << 20),
@@ -266,7 +266,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     }
     drop(merge_tx);
     let _ = merge.await;
-    tracing::info!(merged = merged.load(Ordering::Relaxed), "stopped");
+    tracing::info!(merged = counters.merged.load(Ordering::Relaxed), "stopped");
     Ok(())
 }
 

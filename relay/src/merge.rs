@@ -8,6 +8,7 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -113,6 +114,25 @@ pub struct MergeStats {
     pub duplicates: u64,
     /// Events emitted early because the pending set was full.
     pub forced: u64,
+}
+
+/// The merge's counters as the rest of the relay reads them.
+#[derive(Debug, Default)]
+pub struct MergeCounters {
+    pub merged: AtomicU64,
+    pub copies: AtomicU64,
+    pub sent_early: AtomicU64,
+    pub pending: AtomicU64,
+}
+
+impl MergeCounters {
+    /// Publishes the merger's current totals.
+    pub fn record(&self, m: &Merger) {
+        self.merged.store(m.stats.emitted, AtomicOrdering::Relaxed);
+        self.copies.store(m.stats.duplicates, AtomicOrdering::Relaxed);
+        self.sent_early.store(m.stats.forced, AtomicOrdering::Relaxed);
+        self.pending.store(m.pending() as u64, AtomicOrdering::Relaxed);
+    }
 }
 
 pub struct Merger {

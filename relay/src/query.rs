@@ -18,6 +18,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::hub::{Hub, Replay};
+use crate::merge::MergeCounters;
 use crate::nodes::Nodes;
 
 pub const VERSION: &str = concat!("vigil-relay-", env!("CARGO_PKG_VERSION"));
@@ -25,7 +26,7 @@ pub const VERSION: &str = concat!("vigil-relay-", env!("CARGO_PKG_VERSION"));
 pub struct QueryService {
     pub hub: Arc<Hub>,
     pub nodes: Arc<Nodes>,
-    pub merged: Arc<std::sync::atomic::AtomicU64>,
+    pub merge: Arc<MergeCounters>,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<OutEvent, Status>> + Send>>;
@@ -53,10 +54,16 @@ impl FineGuidanceSensors for QueryService {
                 event: HealthStatusType::Status as i32,
                 status: HealthStatusResult::HealthStatusRunning as i32,
                 details: format!(
-                    "running; nodes={} connected={connected} clients={} history={}",
+                    "running; nodes={} connected={connected} clients={} history={} merged={} shared_kernel_copies={} \
+                     sent_early={} pending={} client_dropped={}",
                     nodes.len(),
                     self.hub.bus.subscriber_count(),
-                    self.hub.history_len()
+                    self.hub.history_len(),
+                    self.merge.merged.load(Ordering::Relaxed),
+                    self.merge.copies.load(Ordering::Relaxed),
+                    self.merge.sent_early.load(Ordering::Relaxed),
+                    self.merge.pending.load(Ordering::Relaxed),
+                    self.hub.bus.stats.dropped.load(Ordering::Relaxed),
                 ),
             }],
         }))
@@ -73,8 +80,11 @@ impl RelayAdmin for QueryService {
         Ok(Response::new(ListNodesResponse {
             nodes: self.nodes.status(),
             clients: self.hub.bus.subscriber_count() as u64,
-            events_merged: self.merged.load(Ordering::Relaxed),
+            events_merged: self.merge.merged.load(Ordering::Relaxed),
             client_dropped: self.hub.bus.stats.dropped.load(Ordering::Relaxed),
+            shared_kernel_copies: self.merge.copies.load(Ordering::Relaxed),
+            sent_early: self.merge.sent_early.load(Ordering::Relaxed),
+            pending: self.merge.pending.load(Ordering::Relaxed),
         }))
     }
 }

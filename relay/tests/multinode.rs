@@ -143,6 +143,13 @@ fn two_sensors_on_one_kernel_produce_one_copy() {
     assert!(counts.values().all(|c| *c == 1), "duplicates reached the client: {counts:?}");
     let nodes = String::from_utf8_lossy(&c.cli(&["nodes"]).stdout).to_string();
     assert!(nodes.contains("twin-a") && nodes.contains("twin-b"), "{nodes}");
+    // Both sensors saw every process: each marker's exec and exit was a copy.
+    let copies: u64 = nodes
+        .split("shared-kernel copies merged: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no copy count in {nodes}"));
+    assert!(copies >= 80, "{copies} copies counted: {nodes}");
 }
 
 #[test]
