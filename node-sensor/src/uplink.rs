@@ -12,15 +12,18 @@ use std::time::Duration;
 use events::bus::EventBus;
 use events::fields::FieldFilters;
 use events::filter::EventFilter;
-use proto::tetragon::GetEventsResponse;
+use proto::ingest::BatchEncoder;
+use proto::shared::{OutEvent, SharedEvent};
 use proto::tetragon::get_events_response::Event;
-use proto::vigil::relay::v1::ingest_client::IngestClient;
-use proto::vigil::relay::v1::{Batch, Hello, IngestMessage, SequencedEvent, ingest_message, ingest_reply};
+use proto::vigil::relay::v1::{Hello, ingest_reply};
 use tokio::sync::{Notify, mpsc};
+use tokio_stream::StreamExt;
 use tonic::transport::Endpoint;
 
 /// Events sent per batch.
 const BATCH: usize = 512;
+/// Largest message sent; the relay accepts up to 16 MiB.
+const MAX_MESSAGE: usize = 16 << 20;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// How to reach relays.
@@ -36,9 +39,11 @@ pub struct UplinkSettings {
     pub resolve_interval: Duration,
 }
 
+/// Events as the bus shares them: encoded once, for local clients and every
+/// relay link alike.
 #[derive(Default)]
 struct Buffer {
-    entries: VecDeque<(u64, Arc<GetEventsResponse>)>,
+    entries: VecDeque<(u64, Arc<SharedEvent>)>,
     next_seq: u64,
     evicted: u64,
 }
@@ -65,11 +70,11 @@ impl Replay {
 
     /// Appends an event with the next sequence number, evicting the oldest
     /// past the bound.
-    pub fn push(&self, event: GetEventsResponse) {
+    pub fn push(&self, event: Arc<SharedEvent>) {
         let mut b = self.lock();
         let seq = b.next_seq;
         b.next_seq += 1;
-        b.entries.push_back((seq, Arc::new(event)));
+        b.entries.push_back((seq, event));
         if b.entries.len() > self.cap {
             b.entries.pop_front();
             b.evicted += 1;
@@ -85,7 +90,7 @@ impl Replay {
     }
 
     /// Up to `max` events with sequence ≥ `from`.
-    pub fn from(&self, from: u64, max: usize) -> Vec<(u64, Arc<GetEventsResponse>)> {
+    pub fn from(&self, from: u64, max: usize) -> Vec<(u64, Arc<SharedEvent>)> {
         let b = self.lock();
         let start = b.entries.partition_point(|(s, _)| *s < from);
         b.entries.range(start..).take(max).cloned().collect()
@@ -108,10 +113,13 @@ pub async fn start(bus: &EventBus, settings: UplinkSettings) -> anyhow::Result<A
     let mut sub = EventBus::subscribe(bus, EventFilter::default(), FieldFilters::default());
     let r = replay.clone();
     tokio::spawn(async move {
-        while let Some(e) = sub.next().await {
-            match &e.event {
-                Some(Event::RateLimitInfo(info)) => r.skip(info.number_of_dropped_process_events),
-                _ => r.push(e),
+        while let Some(out) = StreamExt::next(&mut sub).await {
+            match out {
+                OutEvent::Shared(e) => r.push(e),
+                OutEvent::Own(e) => match &e.event {
+                    Some(Event::RateLimitInfo(info)) => r.skip(info.number_of_dropped_process_events),
+                    _ => r.push(Arc::new(SharedEvent::from_box(e))),
+                },
             }
         }
     });
@@ -260,10 +268,10 @@ impl Link {
             endpoint = endpoint.tls_config(tls.load()?)?;
         }
         let channel = endpoint.connect().await?;
-        let mut client = IngestClient::new(channel).max_encoding_message_size(16 << 20);
         let (tx, rx) = mpsc::channel(4);
-        tx.send(IngestMessage { msg: Some(ingest_message::Msg::Hello(self.hello.clone())) }).await?;
-        let mut inbound = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+        tx.send(proto::ingest::hello(self.hello.clone())).await?;
+        let mut inbound =
+            proto::ingest::stream(channel, tokio_stream::wrappers::ReceiverStream::new(rx), MAX_MESSAGE).await?;
         let acked = match inbound.message().await?.and_then(|r| r.msg) {
             Some(ingest_reply::Msg::Welcome(w)) => w.acked,
             _ => anyhow::bail!("relay did not answer the hello"),
@@ -276,11 +284,11 @@ impl Link {
             let batch = self.replay.from(cursor, BATCH);
             if let Some((last, _)) = batch.last() {
                 cursor = last + 1;
-                let events = batch
-                    .into_iter()
-                    .map(|(seq, e)| SequencedEvent { seq, event: Some(Box::new((*e).clone())) })
-                    .collect();
-                tx.send(IngestMessage { msg: Some(ingest_message::Msg::Batch(Batch { events, lost: 0 })) }).await?;
+                let mut message = BatchEncoder::new();
+                for (seq, e) in &batch {
+                    message.push(*seq, &[e.encoded()]);
+                }
+                tx.send(message.finish(0)).await?;
                 continue;
             }
             tokio::select! {
@@ -299,8 +307,8 @@ impl Link {
 mod tests {
     use super::*;
 
-    fn ev(n: &str) -> GetEventsResponse {
-        GetEventsResponse { node_name: n.into(), ..Default::default() }
+    fn ev(n: &str) -> Arc<SharedEvent> {
+        Arc::new(SharedEvent::new(proto::tetragon::GetEventsResponse { node_name: n.into(), ..Default::default() }))
     }
 
     #[test]

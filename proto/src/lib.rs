@@ -5,6 +5,7 @@
 //! format and the protojson rendering match what Tetragon clients expect.
 #![forbid(unsafe_code)]
 
+pub mod ingest;
 pub mod json;
 pub mod shared;
 mod timestamp;

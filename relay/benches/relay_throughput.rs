@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use prost::Message;
 use prost::bytes::Bytes;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use prost::encoding::{WireType, encode_key};
 use proto::Timestamp;
+use proto::ingest::BatchEncoder;
 use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
 use proto::tetragon::get_events_response::Event;
 use proto::tetragon::{
@@ -30,10 +31,6 @@ use proto::tetragon::{
 };
 use proto::transport::ServerAddress;
 use proto::vigil::relay::v1::{Batch, Hello, IngestMessage, SequencedEvent, ingest_message};
-
-#[path = "../tests/support/raw.rs"]
-mod raw;
-use raw::Preencoded;
 
 const NODES: usize = 8;
 const DEFAULT_CLIENTS: u64 = 4;
@@ -52,37 +49,17 @@ pub struct Probe {
     pub rate_limit_info: Option<RateLimitInfo>,
 }
 
-/// `IngestMessage { batch: Batch { events: [SequencedEvent { seq, event }] } }`
-/// with each event's static bytes followed by its `time` field (1001).
+/// A batch of events encoded but for their time, each followed by its
+/// `time` field (1001).
 fn batch_message(events: &[(u64, Vec<u8>)], time: Timestamp) -> Bytes {
     let mut time_field = Vec::new();
     encode_key(1001, WireType::LengthDelimited, &mut time_field);
     time.encode_length_delimited(&mut time_field).unwrap();
-    let event_len = |stat: &[u8]| stat.len() + time_field.len();
-    let seq_event_len = |seq: u64, stat: &[u8]| {
-        1 + encoded_len_varint(seq) + 1 + encoded_len_varint(event_len(stat) as u64) + event_len(stat)
-    };
-    let batch_len: usize = events
-        .iter()
-        .map(|(q, e)| {
-            let l = seq_event_len(*q, e);
-            1 + encoded_len_varint(l as u64) + l
-        })
-        .sum();
-    let mut buf = Vec::with_capacity(batch_len + 16);
-    encode_key(2, WireType::LengthDelimited, &mut buf);
-    encode_varint(batch_len as u64, &mut buf);
+    let mut batch = BatchEncoder::new();
     for (seq, stat) in events {
-        encode_key(1, WireType::LengthDelimited, &mut buf);
-        encode_varint(seq_event_len(*seq, stat) as u64, &mut buf);
-        encode_key(1, WireType::Varint, &mut buf);
-        encode_varint(*seq, &mut buf);
-        encode_key(2, WireType::LengthDelimited, &mut buf);
-        encode_varint(event_len(stat) as u64, &mut buf);
-        buf.extend_from_slice(stat);
-        buf.extend_from_slice(&time_field);
+        batch.push(*seq, &[stat, &time_field]);
     }
-    Bytes::from(buf)
+    batch.finish(0)
 }
 
 fn event(node: &str, i: u64) -> GetEventsResponse {
@@ -204,7 +181,7 @@ fn main() {
         let prepared: Vec<Vec<(u64, Vec<u8>)>> = (0..NODES)
             .map(|k| (1..=per_node).map(|s| (s, event(&format!("bench-node-{k}"), s).encode_to_vec())).collect())
             .collect();
-        // The hand-made encoding is what prost would make.
+        // The assembled encoding is what prost would make.
         let check = batch_message(&prepared[0][..2], Timestamp { seconds: 7, nanos: 9 });
         let expect = IngestMessage {
             msg: Some(ingest_message::Msg::Batch(Batch {
@@ -231,9 +208,9 @@ fn main() {
             sensors.push(tokio::spawn(async move {
                 let (tx, rx) = tokio::sync::mpsc::channel(8);
                 let hello = Hello { node_name: format!("bench-node-{k}"), boot_id: format!("boot-{k}"), sensor_version: "bench".into(), instance_id: format!("bench-{k}") };
-                let hello = IngestMessage { msg: Some(ingest_message::Msg::Hello(hello)) };
-                tx.send(Preencoded(hello.encode_to_vec().into())).await.unwrap();
-                let mut replies = raw::raw_ingest(ch, rx).await.unwrap();
+                tx.send(proto::ingest::hello(hello)).await.unwrap();
+                let rx = tokio_stream::wrappers::ReceiverStream::new(rx);
+                let mut replies = proto::ingest::stream(ch, rx, 64 << 20).await.unwrap();
                 let acks = tokio::spawn(async move { while let Ok(Some(_)) = replies.message().await {} });
                 let began = Instant::now();
                 for (b, chunk) in events.chunks(BATCH).enumerate() {
@@ -244,7 +221,7 @@ fn main() {
                             tokio::time::sleep(wait).await;
                         }
                     }
-                    tx.send(Preencoded(batch_message(chunk, Timestamp::now()))).await.unwrap();
+                    tx.send(batch_message(chunk, Timestamp::now())).await.unwrap();
                 }
                 drop(tx);
                 let _ = acks.await;

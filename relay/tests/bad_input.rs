@@ -8,8 +8,6 @@
 
 #[path = "support/local.rs"]
 mod local;
-#[path = "support/raw.rs"]
-mod raw;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,6 +15,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use local::Relay;
 use prost::Message;
+use prost::bytes::Bytes;
 use proto::Timestamp;
 use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
 use proto::tetragon::get_events_response::Event;
@@ -26,7 +25,6 @@ use proto::vigil::relay::v1::relay_admin_client::RelayAdminClient;
 use proto::vigil::relay::v1::{
     Batch, Hello, IngestMessage, IngestReply, ListNodesRequest, SequencedEvent, ingest_message, ingest_reply,
 };
-use raw::Preencoded;
 use tokio::sync::mpsc;
 use tonic::Code;
 
@@ -69,13 +67,14 @@ fn markers(range: std::ops::RangeInclusive<u64>) -> IngestMessage {
 
 /// Opens an ingest stream, sends `messages`, and returns the error the
 /// relay ends it with.
-async fn refused(relay: &Relay, messages: Vec<Preencoded>) -> tonic::Status {
+async fn refused(relay: &Relay, messages: Vec<Bytes>) -> tonic::Status {
     let (tx, rx) = mpsc::channel(messages.len().max(1));
     for m in messages {
         tx.send(m).await.expect("queue message");
     }
     let result = async {
-        let mut replies = raw::raw_ingest(relay.sensor().await, rx).await?;
+        let rx = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut replies = proto::ingest::stream(relay.sensor().await, rx, usize::MAX).await?;
         while replies.message().await?.is_some() {}
         Ok::<_, tonic::Status>(())
     };
@@ -84,8 +83,8 @@ async fn refused(relay: &Relay, messages: Vec<Preencoded>) -> tonic::Status {
     outcome.expect_err("the relay must refuse this stream")
 }
 
-fn encoded(m: &IngestMessage) -> Preencoded {
-    Preencoded(m.encode_to_vec().into())
+fn encoded(m: &IngestMessage) -> Bytes {
+    m.encode_to_vec().into()
 }
 
 fn assert_refused(status: &tonic::Status, code: Code, text: &str) {
@@ -160,12 +159,12 @@ async fn bad_input_gets_a_clear_error_and_harms_no_one_else() {
     assert_refused(&status, Code::InvalidArgument, "a second hello on one stream");
 
     // Bytes that are not protobuf: field 2 claims 1000 bytes and has 3.
-    let garbage = Preencoded(vec![0x12, 0xe8, 0x07, 1, 2, 3].into());
+    let garbage = Bytes::from_static(&[0x12, 0xe8, 0x07, 1, 2, 3]);
     let status = refused(&relay, vec![encoded(&hello("garbage", "b4")), garbage]).await;
     assert_refused(&status, Code::Internal, "failed to decode Protobuf message");
 
     // A message over the ingest limit (16 MiB).
-    let oversized = Preencoded(vec![0u8; 17 << 20].into());
+    let oversized = Bytes::from(vec![0u8; 17 << 20]);
     let status = refused(&relay, vec![encoded(&hello("big", "b5")), oversized]).await;
     assert_refused(&status, Code::OutOfRange, "decoded message length too large");
 
