@@ -1,10 +1,11 @@
 //! Time-ordered merge with deduplication. Events wait up to the reorder
-//! window, then leave in event-time order. Copies of one event from
+//! window, then leave in event-time order (an event stamped in the future
+//! counts from its arrival instead). Copies of one event from
 //! sensors sharing a kernel (same boot id, process start time, pid and
 //! kind) collapse into the richest copy (pod metadata beats none); a copy
 //! arriving after its twin left is dropped by a bounded memory of keys.
 
-use std::cmp::{Ordering, Reverse};
+use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
@@ -71,30 +72,10 @@ impl Arrival {
     }
 }
 
-/// An event waiting for its time, ordered by (event time, arrival number).
-struct Waiting {
-    time_ns: i128,
-    id: u64,
-    arrived_ns: i128,
-    key: Option<DedupKey>,
+/// A waiting event, found by its arrival number.
+struct Slot {
     event: Arc<SharedEvent>,
-}
-
-impl PartialEq for Waiting {
-    fn eq(&self, other: &Self) -> bool {
-        (self.time_ns, self.id) == (other.time_ns, other.id)
-    }
-}
-impl Eq for Waiting {}
-impl PartialOrd for Waiting {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Waiting {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self.time_ns, self.id).cmp(&(other.time_ns, other.id))
-    }
+    key: Option<DedupKey>,
 }
 
 /// What the merge knows of a dedup key.
@@ -136,11 +117,15 @@ impl MergeCounters {
 }
 
 pub struct Merger {
-    window_ns: i128,
+    window_ns: i64,
     max_pending: usize,
-    heap: BinaryHeap<Reverse<Waiting>>,
-    /// Richer copies that replace a waiting event when it leaves.
-    richer: FxHashMap<u64, Arc<SharedEvent>>,
+    /// (order time, arrival number) of every waiting event, earliest first.
+    /// Small entries: the heap moves them on every push and pop.
+    heap: BinaryHeap<Reverse<(i64, u64)>>,
+    /// Waiting events by arrival number: `slots[i]` is arrival `base + i`;
+    /// sent ones are `None` until the front catches up.
+    slots: VecDeque<Option<Slot>>,
+    base: u64,
     seen: FxHashMap<DedupKey, Seen>,
     /// Keys in `seen`, oldest first, so it stays bounded.
     seen_order: VecDeque<DedupKey>,
@@ -153,10 +138,11 @@ impl Merger {
     /// `seen_cap` bounds the dedup keys remembered (waiting and sent).
     pub fn new(window: Duration, max_pending: usize, seen_cap: usize) -> Self {
         Merger {
-            window_ns: window.as_nanos() as i128,
+            window_ns: i64::try_from(window.as_nanos()).unwrap_or(i64::MAX),
             max_pending: max_pending.max(1),
             heap: BinaryHeap::new(),
-            richer: FxHashMap::default(),
+            slots: VecDeque::new(),
+            base: 0,
             seen: FxHashMap::default(),
             seen_order: VecDeque::new(),
             seen_cap: seen_cap.max(1),
@@ -169,19 +155,31 @@ impl Merger {
         self.heap.len()
     }
 
+    fn slot(&mut self, id: u64) -> Option<&mut Option<Slot>> {
+        let index = usize::try_from(id.checked_sub(self.base)?).ok()?;
+        self.slots.get_mut(index)
+    }
+
     /// Takes one event at wall time `now_ns`. Events forced out because the
     /// pending set is full are appended to `out`.
+    ///
+    /// Events are ordered by their time, or by their arrival if that is
+    /// earlier: an event stamped in the future (a sensor clock ahead of
+    /// ours) waits one window from its arrival like any other, instead of
+    /// until our clock reaches its stamp.
     pub fn push(&mut self, arrival: Arrival, now_ns: i128, out: &mut Vec<Arc<SharedEvent>>) {
         let id = self.next_id;
         if let Some(key) = arrival.key {
             match self.seen.entry(key) {
                 Entry::Occupied(mut seen) => {
                     self.stats.duplicates += 1;
-                    if let Seen::Waiting { id, richness } = seen.get_mut()
-                        && arrival.richness > *richness
+                    if let Seen::Waiting { id, richness } = *seen.get()
+                        && arrival.richness > richness
                     {
-                        *richness = arrival.richness;
-                        self.richer.insert(*id, arrival.event);
+                        seen.insert(Seen::Waiting { id, richness: arrival.richness });
+                        if let Some(Some(slot)) = self.slot(id) {
+                            slot.event = arrival.event;
+                        }
                     }
                     return;
                 }
@@ -198,13 +196,9 @@ impl Merger {
         }
         self.stats.accepted += 1;
         self.next_id += 1;
-        self.heap.push(Reverse(Waiting {
-            time_ns: arrival.time_ns,
-            id,
-            arrived_ns: now_ns,
-            key: arrival.key,
-            event: arrival.event,
-        }));
+        let order = clamp_ns(arrival.time_ns.min(now_ns));
+        self.heap.push(Reverse((order, id)));
+        self.slots.push_back(Some(Slot { event: arrival.event, key: arrival.key }));
         while self.heap.len() > self.max_pending {
             match self.pop() {
                 Some(e) => {
@@ -217,22 +211,26 @@ impl Merger {
     }
 
     fn pop(&mut self) -> Option<Arc<SharedEvent>> {
-        let Reverse(w) = self.heap.pop()?;
-        if let Some(seen) = w.key.and_then(|k| self.seen.get_mut(&k)) {
+        let Reverse((_, id)) = self.heap.pop()?;
+        let slot = self.slot(id).and_then(Option::take);
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        let slot = slot?;
+        if let Some(seen) = slot.key.and_then(|k| self.seen.get_mut(&k)) {
             *seen = Seen::Sent;
         }
         self.stats.emitted += 1;
-        let event = if self.richer.is_empty() { None } else { self.richer.remove(&w.id) };
-        Some(event.unwrap_or(w.event))
+        Some(slot.event)
     }
 
-    /// Appends to `out` the events whose time is older than the window, or
-    /// that waited a whole window since arriving (a sensor clock ahead of
-    /// ours), in time order.
+    /// Appends to `out`, in order, the events whose order time is a whole
+    /// window old.
     pub fn flush(&mut self, now_ns: i128, out: &mut Vec<Arc<SharedEvent>>) {
-        while let Some(Reverse(top)) = self.heap.peek() {
-            let waited = now_ns - top.arrived_ns >= self.window_ns;
-            if top.time_ns > now_ns - self.window_ns && !waited {
+        let ready = clamp_ns(now_ns).saturating_sub(self.window_ns);
+        while let Some(Reverse((order, _))) = self.heap.peek() {
+            if *order > ready {
                 break;
             }
             if let Some(e) = self.pop() {
@@ -241,10 +239,16 @@ impl Merger {
         }
     }
 
-    /// Everything pending, in time order (shutdown).
+    /// Everything pending, in order (shutdown).
     pub fn drain(&mut self, out: &mut Vec<Arc<SharedEvent>>) {
         out.extend(std::iter::from_fn(|| self.pop()));
     }
+}
+
+/// Nanoseconds since the epoch as i64 (good until 2262; a stamp outside
+/// that is a broken clock and is ordered at the limit).
+fn clamp_ns(ns: i128) -> i64 {
+    ns.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 #[cfg(test)]
@@ -333,15 +337,32 @@ mod tests {
     fn bounded_pending_forces_the_oldest_out() {
         let mut m = Merger::new(Duration::from_secs(10), 2, 10);
         let mut out = Vec::new();
-        m.push(arrival(1, exec("a", 1, 1, 1, false)), 0, &mut out);
-        m.push(arrival(1, exec("b", 2, 2, 2, false)), 0, &mut out);
+        m.push(arrival(1, exec("a", 1, 1, 1, false)), 10 * MS, &mut out);
+        m.push(arrival(1, exec("b", 2, 2, 2, false)), 10 * MS, &mut out);
         assert!(out.is_empty());
-        m.push(arrival(1, exec("c", 3, 3, 0, false)), 0, &mut out);
+        m.push(arrival(1, exec("c", 3, 3, 0, false)), 10 * MS, &mut out);
         assert_eq!(nodes(&out), vec!["c"], "the oldest by event time leaves");
         assert_eq!(m.pending(), 2);
         assert_eq!(m.stats.forced, 1);
         m.drain(&mut out);
         assert_eq!(nodes(&out), vec!["c", "a", "b"]);
+    }
+
+    #[test]
+    fn a_clock_ahead_does_not_hold_events_back_under_steady_traffic() {
+        let mut m = Merger::new(Duration::from_millis(100), 10_000, 10_000);
+        let mut out = Vec::new();
+        // One event stamped an hour ahead, among on-time events arriving
+        // every 10 ms for a second.
+        m.push(arrival(1, exec("ahead", 1, 1, 1000 + 3_600_000, false)), 1000 * MS, &mut out);
+        for i in 0..100 {
+            let t = 1000 + 10 * i;
+            m.push(arrival(1, exec("on-time", 10 + i as u64, 2, t, false)), t * MS, &mut out);
+            m.flush(t * MS, &mut out);
+        }
+        let sent = nodes(&out);
+        assert_eq!(sent.first().map(String::as_str), Some("ahead"), "ordered by its arrival: {sent:?}");
+        assert_eq!(sent.len(), 91, "everything a window old has left");
     }
 
     #[test]
