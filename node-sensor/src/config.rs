@@ -291,6 +291,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("/nonexistent.toml: no such file"), "{e}");
+        let e =
+            Settings::resolve(Flags { relay_resolve_interval: Some(0), ..Default::default() }).unwrap_err().to_string();
+        assert!(e.contains("relay-resolve-interval") && e.contains("at least 1"), "{e}");
+    }
+
+    #[test]
+    fn relay_resolve_interval_from_file_and_default() {
+        let s = Settings::resolve(Flags::default()).unwrap();
+        assert_eq!(s.relay_resolve_interval, std::time::Duration::from_secs(DEFAULT_RELAY_RESOLVE_SECONDS));
+        let p = file("c.toml", "relay-resolve-interval = 5\n");
+        let s = Settings::resolve(Flags { config_file: Some(p), ..Default::default() }).unwrap();
+        assert_eq!(s.relay_resolve_interval, std::time::Duration::from_secs(5));
     }
 
     #[test]
@@ -308,6 +320,9 @@ mod tests {
             "--log-format",
             "--btf",
             "--procfs",
+            "--relay-address",
+            "--replay-buffer-size",
+            "--relay-resolve-interval",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }
