@@ -61,6 +61,11 @@ pub enum CertsCommand {
         /// 127.0.0.1 and ::1 are always included.
         #[arg(long = "relay-dns")]
         relay_dns: Vec<String>,
+        /// Names (or addresses) sensors are reached by when they serve
+        /// their API off loopback with mTLS (repeatable); localhost,
+        /// 127.0.0.1 and ::1 are always included.
+        #[arg(long = "sensor-dns")]
+        sensor_dns: Vec<String>,
         /// Validity in days.
         #[arg(long, default_value_t = 365)]
         days: i64,

@@ -87,8 +87,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_nodes(&r);
             Ok(())
         }
-        Command::Certs(CertsCommand::Generate { out, relay_dns, days }) => {
-            for f in tls::generate(out, relay_dns, *days)? {
+        Command::Certs(CertsCommand::Generate { out, relay_dns, sensor_dns, days }) => {
+            for f in tls::generate_for(out, relay_dns, sensor_dns, *days)? {
                 println!("wrote {}", f.display());
             }
             Ok(())

@@ -189,9 +189,11 @@ impl Settings {
         };
         let server_address =
             flags.server_address.or(file.server_address).unwrap_or_else(|| DEFAULT_SERVER_ADDRESS.to_owned());
-        let server_address = server_address.parse().map_err(|e: proto::transport::AddressError| {
-            ConfigError::Value { key: "server-address", reason: e.to_string() }
-        })?;
+        let server_address: proto::transport::ServerAddress =
+            server_address.parse().map_err(|e: proto::transport::AddressError| ConfigError::Value {
+                key: "server-address",
+                reason: e.to_string(),
+            })?;
         fn positive<T: PartialEq + Default>(key: &'static str, v: T) -> Result<T, ConfigError> {
             if v == T::default() { Err(ConfigError::Value { key, reason: "must be at least 1".into() }) } else { Ok(v) }
         }
@@ -204,6 +206,15 @@ impl Settings {
             return Err(ConfigError::Value {
                 key: "relay-address",
                 reason: "streaming to a relay needs --tls-dir (mTLS), or --insecure for plaintext".into(),
+            });
+        }
+        if !server_address.is_local() && !tls_given && !insecure {
+            return Err(ConfigError::Value {
+                key: "server-address",
+                reason: format!(
+                    "{server_address} is reachable from other hosts: serve with mTLS (--tls-dir; clients then need \
+                     client certificates) or pass --insecure for plaintext"
+                ),
             });
         }
         Ok(Settings {

@@ -41,6 +41,32 @@ async fn shutdown_signal(tx: tokio::sync::watch::Sender<bool>) {
     let _ = tx.send(true);
 }
 
+/// TLS for the sensor's own API: none on a unix socket or loopback (as
+/// Tetragon serves `localhost:54321`); off loopback, mTLS with the sensor
+/// certificate from --tls-dir and client certificates required, unless
+/// --insecure (config resolution refuses neither).
+fn serving_tls(settings: &Settings) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    if settings.server_address.is_local() {
+        return Ok(None);
+    }
+    match (&settings.tls_dir, settings.insecure) {
+        (Some(dir), false) => {
+            let (ca, cert, key) = (
+                dir.join(tls::CertFiles::CA),
+                dir.join(tls::CertFiles::cert(tls::Role::Sensor)),
+                dir.join(tls::CertFiles::key(tls::Role::Sensor)),
+            );
+            let cfg = tls::server_config(&ca, &cert, &key).context("TLS for --server-address")?;
+            tracing::info!(address = %settings.server_address, "serving the API with mTLS (client certificates required)");
+            Ok(Some(cfg))
+        }
+        _ => {
+            tracing::warn!(address = %settings.server_address, "--insecure: serving the API in plaintext, without client authentication, off loopback");
+            Ok(None)
+        }
+    }
+}
+
 async fn run(settings: Settings) -> anyhow::Result<()> {
     // --only-own-netns needs each process's network namespace.
     let features = Features {
@@ -57,9 +83,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let collect = Collect { creds: features.creds, ns: features.ns, host };
     tracing::info!(node = %settings.node_name, programs = ?loader::PROGRAMS, "BPF programs loaded and attached");
-    if !settings.server_address.is_local() {
-        tracing::warn!(address = %settings.server_address, "serving plaintext gRPC off loopback; mTLS comes with the relay work");
-    }
+    let serving_tls = serving_tls(&settings)?;
     let stats = Arc::new(SensorStats::default());
     let bus = EventBus::new(&settings.node_name, settings.subscriber_queue_size);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -73,7 +97,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let service = server::Service { bus: bus.clone(), stats: stats.clone() };
     let address = settings.server_address.clone();
     let server_stop = stop_rx.clone();
-    let server = tokio::spawn(async move { server::serve(&address, service, server_stop).await });
+    let server = tokio::spawn(async move { server::serve(&address, service, serving_tls, server_stop).await });
 
     let mut pipeline = Pipeline::new(
         &settings.node_name,

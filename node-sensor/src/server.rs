@@ -58,19 +58,29 @@ impl FineGuidanceSensors for Service {
 
 /// Serves the API on `address` until `shutdown` fires. A stale unix socket
 /// file is replaced.
+///
+/// With `tls`, clients must present a certificate of the client role (the
+/// relay's rule for its client listener).
 pub async fn serve(
     address: &proto::transport::ServerAddress,
     service: Service,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), proto::transport::AddressError> {
     use proto::shared::fine_guidance_sensors_server::FineGuidanceSensorsServer;
     use proto::transport::{AddressError, ServerAddress};
 
     let listen_err = |source| AddressError::Listen { address: address.to_string(), source };
-    let svc = FineGuidanceSensorsServer::new(service).max_decoding_message_size(4 << 20);
-    let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .add_service(svc);
+    let svc = tonic::service::interceptor::InterceptedService::new(
+        FineGuidanceSensorsServer::new(service).max_decoding_message_size(4 << 20),
+        tls::auth::require(tls::Role::Client, tls.is_some()),
+    );
+    let mut builder =
+        tonic::transport::Server::builder().http2_keepalive_interval(Some(std::time::Duration::from_secs(30)));
+    if let Some(cfg) = tls {
+        builder = builder.tls_config(cfg).map_err(|e| listen_err(std::io::Error::other(e)))?;
+    }
+    let router = builder.add_service(svc);
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };

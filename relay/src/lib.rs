@@ -9,7 +9,6 @@
 //! (client role). `nodes` keeps per-node status.
 #![forbid(unsafe_code)]
 
-pub mod auth;
 pub mod config;
 pub mod hub;
 pub mod ingest;

@@ -4,6 +4,8 @@
 //! certificates, and says which rule a refused peer broke.
 #![forbid(unsafe_code)]
 
+pub mod auth;
+
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -121,7 +123,9 @@ pub fn leaf(
     params.distinguished_name = dn;
     let uri = format!("{ROLE_PREFIX}{}", role.name()).try_into().map_err(gen_err)?;
     params.subject_alt_names.push(SanType::URI(uri));
-    if role == Role::Relay {
+    // Relays and sensors also serve (a sensor its own Tetragon API off
+    // loopback); clients only connect.
+    if role != Role::Client {
         for ip in ["127.0.0.1", "::1"] {
             params
                 .subject_alt_names
@@ -130,8 +134,8 @@ pub fn leaf(
     }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.extended_key_usages = match role {
-        Role::Relay => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
-        Role::Sensor | Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Role::Relay | Role::Sensor => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
     };
     validity(&mut params, not_before, days);
     let key = KeyPair::generate().map_err(gen_err)?;
@@ -185,16 +189,34 @@ pub fn ca(days: i64) -> Result<(String, String, Issuer<'static, KeyPair>), TlsEr
 /// `vigil certs generate`: a CA and relay, sensor and client certificates
 /// in `out`. Returns the files written.
 pub fn generate(out: &Path, relay_dns: &[String], days: i64) -> Result<Vec<PathBuf>, TlsError> {
+    generate_for(out, relay_dns, &[], days)
+}
+
+/// `generate`, with `sensor_dns` names (and addresses) the sensor
+/// certificate is valid for when a sensor serves its API off loopback.
+pub fn generate_for(
+    out: &Path,
+    relay_dns: &[String],
+    sensor_dns: &[String],
+    days: i64,
+) -> Result<Vec<PathBuf>, TlsError> {
     std::fs::create_dir_all(out).map_err(io_err(out))?;
     let (ca_pem, ca_key, issuer) = ca(days)?;
     let mut files = vec![(out.join(CertFiles::CA), ca_pem), (out.join(CertFiles::CA_KEY), ca_key)];
-    let mut dns: Vec<String> = relay_dns.to_vec();
-    if !dns.iter().any(|d| d == "localhost") {
-        dns.push("localhost".into());
-    }
+    let with_localhost = |names: &[String]| {
+        let mut names = names.to_vec();
+        if !names.iter().any(|d| d == "localhost") {
+            names.push("localhost".into());
+        }
+        names
+    };
     let now = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
     for role in [Role::Relay, Role::Sensor, Role::Client] {
-        let names = if role == Role::Relay { dns.clone() } else { vec![] };
+        let names = match role {
+            Role::Relay => with_localhost(relay_dns),
+            Role::Sensor => with_localhost(sensor_dns),
+            Role::Client => vec![],
+        };
         let (cert, key) = leaf(role, &names, &issuer, now, days)?;
         files.push((out.join(CertFiles::cert(role)), cert));
         files.push((out.join(CertFiles::key(role)), key));

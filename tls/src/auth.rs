@@ -2,8 +2,9 @@
 //! has already verified the chain (CA, validity); this checks the role the
 //! certificate claims and says which rule a refused peer broke.
 
-use tls::Role;
 use tonic::{Request, Status};
+
+use crate::Role;
 
 /// An interceptor admitting only peers whose certificate has `role`. With
 /// `enforce` off (`--insecure`) everyone is admitted.
@@ -14,7 +15,7 @@ pub fn require(role: Role, enforce: bool) -> impl Fn(Request<()>) -> Result<Requ
         }
         let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
         let leaf = certs.first().ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
-        match tls::role_of(leaf.as_ref()) {
+        match crate::role_of(leaf.as_ref()) {
             Some(r) if r == role => Ok(req),
             Some(r) => Err(Status::permission_denied(format!(
                 "certificate role {} may not use this listener; it needs the {} role",

@@ -1,0 +1,138 @@
+//! The sensor's own API off loopback: refused without mTLS or an explicit
+//! --insecure; with --tls-dir it is served with the sensor certificate and
+//! only client-role certificates get in (the relay's rule), and events flow
+//! over it. Real sensor, real BPF, real TLS; root.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
+use proto::tetragon::get_events_response::Event;
+use proto::tetragon::{GetEventsRequest, GetHealthStatusRequest};
+use proto::transport::ServerAddress;
+use tonic::Code;
+
+struct Running {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Running {
+    fn start(args: &[&str], log: std::path::PathBuf) -> Running {
+        let child = Command::new(env!("CARGO_BIN_EXE_vigil-sensor"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start vigil-sensor");
+        Running { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+async fn health(address: &ServerAddress, tls: Option<tonic::transport::ClientTlsConfig>) -> Result<(), tonic::Status> {
+    let channel = match tls {
+        Some(tls) => address.connect_tls(tls).await,
+        None => address.connect().await,
+    }
+    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    FineGuidanceSensorsClient::new(channel).get_health(GetHealthStatusRequest::default()).await.map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_the_api_needs_mtls_and_a_client_certificate() {
+    require_kernel!();
+    let dir = std::env::temp_dir().join(format!("vigil-serving-tls-{}", common::nonce()));
+    tls::generate(&dir, &[], 2).expect("certificates");
+    let certs = dir.display().to_string();
+    let tls_as = |role: &str| {
+        let (cert, key) = (dir.join(format!("{role}.pem")), dir.join(format!("{role}-key.pem")));
+        tls::client_config(&dir.join("ca.pem"), &cert, &key, "localhost").expect("client TLS config")
+    };
+
+    // Neither mTLS nor --insecure: refused at start, naming the choice.
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil-sensor"))
+        .args(["--server-address", &format!("0.0.0.0:{}", free_port())])
+        .output()
+        .expect("run vigil-sensor");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("server-address") && err.contains("--tls-dir") && err.contains("--insecure"), "{err}");
+
+    // mTLS with the sensor certificate.
+    let port = free_port();
+    let listen = format!("0.0.0.0:{port}");
+    let sensor = Running::start(
+        &["--server-address", &listen, "--tls-dir", &certs, "--node-name", "tls-node"],
+        dir.join("sensor.log"),
+    );
+    let address: ServerAddress = format!("localhost:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health(&address, Some(tls_as("client"))).await.is_err() {
+        assert!(Instant::now() < deadline, "sensor never served over mTLS; log:\n{}", sensor.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sensor.log().contains("serving the API with mTLS"), "{}", sensor.log());
+
+    // Events flow to a client-role certificate.
+    let channel = address.connect_tls(tls_as("client")).await.unwrap();
+    let mut events = FineGuidanceSensorsClient::new(channel)
+        .get_events(GetEventsRequest::default())
+        .await
+        .expect("GetEvents over mTLS")
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let marker = format!("tls-marker-{}", common::nonce());
+    assert!(Command::new("/bin/true").arg(&marker).status().unwrap().success());
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(e) = events.message().await.expect("stream") {
+            if let Some(Event::ProcessExec(x)) = &e.event
+                && x.process.as_ref().is_some_and(|p| p.binary == "/bin/true" && p.arguments == marker)
+            {
+                return e.node_name;
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("marker exec arrived over mTLS");
+    assert_eq!(found, "tls-node");
+
+    // A sensor-role certificate is not a client; no certificate, no TLS.
+    let refused = health(&address, Some(tls_as("sensor"))).await.expect_err("sensor role refused");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("certificate role sensor may not use this listener; it needs the client role"));
+    assert!(health(&address, None).await.is_err(), "plaintext must not get in");
+
+    // --insecure: plaintext off loopback, with a warning.
+    let port = free_port();
+    let plain = Running::start(
+        &["--server-address", &format!("0.0.0.0:{port}"), "--insecure", "--node-name", "plain-node"],
+        dir.join("plain.log"),
+    );
+    let address: ServerAddress = format!("localhost:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health(&address, None).await.is_err() {
+        assert!(Instant::now() < deadline, "--insecure sensor never served; log:\n{}", plain.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(plain.log().contains("--insecure: serving the API in plaintext"), "{}", plain.log());
+    drop((sensor, plain));
+    let _ = std::fs::remove_dir_all(&dir);
+}
