@@ -193,7 +193,7 @@ pub fn exec_event(node: &str, time: Timestamp, lineage: Lineage) -> GetEventsRes
         event: Some(Event::ProcessExec(ProcessExec {
             process: Some(lineage.process),
             parent: lineage.parent,
-            ancestors: vec![],
+            ancestors: lineage.ancestors,
         })),
         node_name: node.to_owned(),
         time: Some(time),
@@ -210,7 +210,7 @@ pub fn exit_event(node: &str, time: Timestamp, lineage: Lineage, exit_code: u32)
             signal,
             status,
             time: Some(time),
-            ancestors: vec![],
+            ancestors: lineage.ancestors,
         })),
         node_name: node.to_owned(),
         time: Some(time),

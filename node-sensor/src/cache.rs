@@ -37,12 +37,28 @@ pub struct CacheStats {
     pub misses: u64,
 }
 
-/// What an event needs: the process and its parent as they are now.
+/// What an event needs: the process and its parent as they are now, and
+/// with `--enable-ancestors` the ancestors beyond the parent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lineage {
     pub process: Process,
     pub parent: Option<Process>,
+    /// The parent's parent first, up to init (pid 1) or kthreadd (pid 2);
+    /// the `<kernel>` entry (pid 0) is left out, as Tetragon does.
+    pub ancestors: Vec<Process>,
 }
+
+impl Lineage {
+    fn unknown() -> Lineage {
+        Lineage { process: Process::default(), parent: None, ancestors: vec![] }
+    }
+}
+
+/// Ancestors listed at most; a longer chain (or a cycle left by pid reuse
+/// in a damaged table) is cut.
+pub const MAX_ANCESTORS: usize = 256;
+/// The walk stops once it reaches a pid this low (init, kthreadd).
+const OLDEST_ANCESTOR_PID: u32 = 2;
 
 #[derive(Debug)]
 pub struct ProcessCache {
@@ -52,6 +68,8 @@ pub struct ProcessCache {
     tick: u64,
     capacity: usize,
     stats: CacheStats,
+    /// Whether lineages carry ancestors (`--enable-ancestors`).
+    ancestors: bool,
 }
 
 impl ProcessCache {
@@ -63,7 +81,13 @@ impl ProcessCache {
             tick: 0,
             capacity: capacity.max(1),
             stats: CacheStats::default(),
+            ancestors: false,
         }
+    }
+
+    /// Lineages carry the ancestors beyond the parent from now on.
+    pub fn enable_ancestors(&mut self) {
+        self.ancestors = true;
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -115,7 +139,28 @@ impl ProcessCache {
         if parent.is_none() && !process.parent_exec_id.is_empty() && process.parent_exec_id != process.exec_id {
             self.stats.misses += 1;
         }
-        Some(Lineage { process, parent })
+        let ancestors = match &parent {
+            Some(p) if self.ancestors => self.ancestors_of(p),
+            _ => vec![],
+        };
+        Some(Lineage { process, parent, ancestors })
+    }
+
+    /// The ancestors beyond `parent`, nearest first.
+    fn ancestors_of(&self, parent: &Process) -> Vec<Process> {
+        let mut out: Vec<Process> = Vec::new();
+        let mut current = parent;
+        while current.pid.map_or(0, |p| p.value) > OLDEST_ANCESTOR_PID && out.len() < MAX_ANCESTORS {
+            let Some(next) = self.entries.get(&current.parent_exec_id) else {
+                break;
+            };
+            if next.process.pid.map_or(0, |p| p.value) == 0 || next.process.exec_id == current.exec_id {
+                break; // <kernel>, or an entry that is its own parent
+            }
+            out.push(Process { refcnt: next.refcnt, ..next.process.clone() });
+            current = &next.process;
+        }
+        out
     }
 
     fn insert(&mut self, process: Process, fork_only: bool) -> String {
@@ -189,7 +234,7 @@ impl ProcessCache {
         if parent != id {
             self.add_ref(&parent);
         }
-        self.lineage(&id).unwrap_or_else(|| Lineage { process: Process::default(), parent: None })
+        self.lineage(&id).unwrap_or_else(Lineage::unknown)
     }
 
     /// A new thread group: the child starts as a copy of its parent's image.
@@ -254,7 +299,7 @@ impl ProcessCache {
         }
         process.flags = flags::to_string(flag_bits);
         let id = self.insert(process, false);
-        let lineage = self.lineage(&id).unwrap_or_else(|| Lineage { process: Process::default(), parent: None });
+        let lineage = self.lineage(&id).unwrap_or_else(Lineage::unknown);
         if let Some(parent) = &lineage.parent {
             let parent_id = parent.exec_id.clone();
             self.touch(&parent_id);
@@ -322,6 +367,45 @@ mod tests {
         assert_eq!(exit.parent.unwrap().exec_id, sh.process.exec_id);
         assert!(c.get(&id.process.exec_id).is_none(), "gone at refcnt 0");
         assert!(c.get(&sh.process.exec_id).is_some());
+    }
+
+    #[test]
+    fn ancestors_go_up_to_init_nearest_first_when_enabled() {
+        let build = |c: &mut ProcessCache| {
+            c.add_procfs(procfs("n", 0, 0, "<kernel>"), 0);
+            c.add_procfs(procfs("n", 1, 1, "/sbin/init"), 0);
+            c.add_procfs(procfs("n", 2, 10, "/usr/sbin/sshd"), 1);
+            c.add_procfs(procfs("n", 3, 20, "/bin/bash"), 10);
+            assert!(c.on_clone("n", 30, 20, 40, proto::Timestamp::default()));
+            c.on_exec(image("n", 41, 30, "/bin/sh"), 20);
+            c.on_exec(image("n", 42, 30, "/bin/true"), 20)
+        };
+        let plain = build(&mut ProcessCache::new(100));
+        assert_eq!(plain.parent.as_ref().unwrap().binary, "/bin/sh");
+        assert!(plain.ancestors.is_empty(), "off unless enabled");
+
+        let mut c = ProcessCache::new(100);
+        c.enable_ancestors();
+        let lineage = build(&mut c);
+        let names: Vec<&str> = lineage.ancestors.iter().map(|a| a.binary.as_str()).collect();
+        assert_eq!(names, ["/bin/bash", "/usr/sbin/sshd", "/sbin/init"], "beyond the parent, <kernel> left out");
+        let mut expected_id = lineage.parent.as_ref().unwrap().parent_exec_id.clone();
+        for a in &lineage.ancestors {
+            assert_eq!(a.exec_id, expected_id, "a continuous chain");
+            expected_id = a.parent_exec_id.clone();
+        }
+        assert_eq!(lineage.ancestors[0].refcnt, 2, "bash: itself and its live child");
+        let exit = c.on_exit(30).unwrap();
+        assert_eq!(exit.ancestors.len(), 3, "exit events carry them too");
+
+        // A broken chain stops at the gap.
+        let mut c = ProcessCache::new(100);
+        c.enable_ancestors();
+        c.add_procfs(procfs("n", 5, 500, "/orphan/parent"), 499);
+        c.add_procfs(procfs("n", 6, 501, "/bin/sh"), 500);
+        let l = c.on_exec(image("n", 7, 502, "/bin/true"), 501);
+        assert_eq!(l.parent.unwrap().binary, "/bin/sh");
+        assert_eq!(l.ancestors.iter().map(|a| a.binary.as_str()).collect::<Vec<_>>(), ["/orphan/parent"]);
     }
 
     #[test]

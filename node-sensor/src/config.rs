@@ -65,6 +65,11 @@ pub struct Flags {
     /// Add namespace inodes, and whether each is the host's, to every process.
     #[arg(long)]
     pub enable_process_ns: bool,
+    /// Add every ancestor beyond the parent (up to init) to the events of
+    /// these types, as Tetragon's flag does; Vigil's events are all `base`
+    /// (process_exec, process_exit), so `--enable-ancestors base`.
+    #[arg(long, value_delimiter = ',')]
+    pub enable_ancestors: Vec<String>,
     /// Relay to stream every event to (host:port; repeatable; a name with
     /// several addresses streams to each).
     #[arg(long = "relay-address")]
@@ -113,6 +118,7 @@ struct FileSettings {
     procfs: Option<PathBuf>,
     enable_process_cred: Option<bool>,
     enable_process_ns: Option<bool>,
+    enable_ancestors: Option<Vec<String>>,
     relay_address: Option<Vec<String>>,
     tls_dir: Option<PathBuf>,
     insecure: Option<bool>,
@@ -122,6 +128,21 @@ struct FileSettings {
     enable_k8s_api: Option<bool>,
     kubeconfig: Option<PathBuf>,
     k8s_pod_annotations: Option<bool>,
+}
+
+/// `--enable-ancestors` types: only `base` exists here (exec and exit).
+fn ancestors_for_base(types: Vec<String>) -> Result<bool, ConfigError> {
+    for t in &types {
+        if t != "base" {
+            return Err(ConfigError::Value {
+                key: "enable-ancestors",
+                reason: format!(
+                    "{t:?} is not an event type Vigil produces; the only one is \"base\" (process_exec, process_exit)"
+                ),
+            });
+        }
+    }
+    Ok(!types.is_empty())
 }
 
 /// Resolved settings.
@@ -138,6 +159,7 @@ pub struct Settings {
     pub procfs: PathBuf,
     pub enable_process_cred: bool,
     pub enable_process_ns: bool,
+    pub enable_ancestors: bool,
     pub relay_address: Vec<String>,
     pub tls_dir: Option<PathBuf>,
     pub insecure: bool,
@@ -235,6 +257,11 @@ impl Settings {
             procfs: flags.procfs.or(file.procfs).unwrap_or_else(|| "/proc".into()),
             enable_process_cred: flags.enable_process_cred || file.enable_process_cred.unwrap_or(false),
             enable_process_ns: flags.enable_process_ns || file.enable_process_ns.unwrap_or(false),
+            enable_ancestors: ancestors_for_base(if flags.enable_ancestors.is_empty() {
+                file.enable_ancestors.unwrap_or_default()
+            } else {
+                flags.enable_ancestors
+            })?,
             relay_address: if flags.relay_address.is_empty() {
                 file.relay_address.unwrap_or_default()
             } else {
@@ -308,6 +335,18 @@ mod tests {
     }
 
     #[test]
+    fn enable_ancestors_takes_tetragons_base_only() {
+        assert!(!Settings::resolve(Flags::default()).unwrap().enable_ancestors);
+        let on = Flags { enable_ancestors: vec!["base".into()], ..Default::default() };
+        assert!(Settings::resolve(on).unwrap().enable_ancestors);
+        let p = file("d.yaml", "enable-ancestors: [base]\n");
+        assert!(Settings::resolve(Flags { config_file: Some(p), ..Default::default() }).unwrap().enable_ancestors);
+        let kprobe = Flags { enable_ancestors: vec!["base".into(), "kprobe".into()], ..Default::default() };
+        let e = Settings::resolve(kprobe).unwrap_err().to_string();
+        assert!(e.contains("enable-ancestors") && e.contains("\"kprobe\""), "{e}");
+    }
+
+    #[test]
     fn relay_resolve_interval_from_file_and_default() {
         let s = Settings::resolve(Flags::default()).unwrap();
         assert_eq!(s.relay_resolve_interval, std::time::Duration::from_secs(DEFAULT_RELAY_RESOLVE_SECONDS));
@@ -334,6 +373,7 @@ mod tests {
             "--relay-address",
             "--replay-buffer-size",
             "--relay-resolve-interval",
+            "--enable-ancestors",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }

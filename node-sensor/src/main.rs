@@ -118,6 +118,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::info!(node = %settings.node_name, "watching this node's pods");
         pipeline = pipeline.with_pods(pods, &settings.procfs);
     }
+    if settings.enable_ancestors {
+        pipeline = pipeline.with_ancestors();
+    }
     if settings.only_own_netns {
         let own =
             node_sensor::privileges::read_ns_inums(&settings.procfs, std::process::id())[node_sensor_common::NS_NET];

@@ -72,6 +72,12 @@ impl Pipeline {
         }
     }
 
+    /// Exec and exit events carry the ancestors beyond the parent.
+    pub fn with_ancestors(mut self) -> Self {
+        self.cache.enable_ancestors();
+        self
+    }
+
     /// Keeps only events of processes in network namespace `inum`.
     pub fn only_netns(mut self, inum: u32) -> Self {
         self.netns_only = Some(inum);

@@ -30,6 +30,14 @@ fn stat_fields(stat: &str) -> Option<Vec<&str>> {
     Some(stat.get(close + 1..)?.split_whitespace().collect())
 }
 
+/// `task->flags` bit of kernel threads (stat field 9).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// The command name between the parentheses of `/proc/<pid>/stat`.
+fn comm(stat: &str) -> Option<&str> {
+    Some(&stat[stat.find('(')? + 1..stat.rfind(')')?])
+}
+
 fn ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -54,12 +62,29 @@ pub fn read_process(
     let fields = stat_fields(&stat)?;
     // After comm: state(0) ppid(1) … starttime is field 22 overall, index 19 here.
     let ppid: u32 = fields.get(1)?.parse().ok()?;
+    let task_flags: u64 = fields.get(6)?.parse().ok()?;
+    if task_flags & PF_KTHREAD != 0 {
+        return None;
+    }
     let start_ticks: u64 = fields.get(19)?.parse().ok()?;
-    let exe = std::fs::read_link(dir.join("exe")).ok()?;
-    let binary = exe.to_string_lossy();
-    let binary = binary.strip_suffix(" (deleted)").unwrap_or(&binary).to_owned();
     let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
     let cmdline = cmdline.strip_suffix(&[0]).unwrap_or(&cmdline);
+    // The executable's path; where the link cannot be read (a sandbox's
+    // init, say) the command line names it, else the command name. Such a
+    // process still belongs in the table: its descendants' chains lead to it.
+    let binary = match std::fs::read_link(dir.join("exe")) {
+        Ok(exe) => {
+            let exe = exe.to_string_lossy();
+            exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_owned()
+        }
+        Err(_) => {
+            let argv0 = cmdline.split(|b| *b == 0).next().filter(|a| !a.is_empty());
+            match argv0 {
+                Some(a) => String::from_utf8_lossy(a).into_owned(),
+                None => comm(&stat)?.to_owned(),
+            }
+        }
+    };
     let arguments = if cmdline.is_empty() { String::new() } else { join_args(cmdline.split(|b| *b == 0).skip(1)) };
     let cwd = std::fs::read_link(dir.join("cwd")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
     let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
@@ -199,7 +224,12 @@ mod tests {
         if let Some(parent) = pos(entry.ppid) {
             assert!(parent < mine, "parent listed before child");
         }
-        // Kernel threads have no executable and are skipped.
+        // Kernel threads are skipped (kthreadd is pid 2 where the kernel's
+        // pid namespace is ours); every process listed has a binary.
         assert!(all.iter().all(|p| p.pid == 0 || !p.process.binary.is_empty()));
+        let kthreadd = std::fs::read_to_string("/proc/2/stat").is_ok_and(|s| s.contains("(kthreadd)"));
+        assert!(!kthreadd || pos(2).is_none(), "kthreadd is a kernel thread");
+        // Pid 1 is there even where its executable link is unreadable.
+        assert!(pos(1).is_some_and(|i| i < mine), "init is listed first");
     }
 }

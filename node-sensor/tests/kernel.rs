@@ -246,3 +246,54 @@ async fn slow_subscriber_gets_an_exact_loss_notice_and_others_lose_nothing() {
     assert!(lost > 0, "the slow subscriber should have lost events");
     assert_eq!(got + lost, 4000, "got {got}, told lost {lost} in {notices} notices");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ancestors_reach_init_and_serve_the_ancestor_filter() {
+    require_kernel!();
+    let sensor = Sensor::start(&["--enable-ancestors", "base"]).await;
+    // A shell under a unique path, so a filter can name it.
+    let dir = std::env::temp_dir().join(format!("vigil-anc-{}", nonce()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let outer = dir.join("outer-sh");
+    std::fs::copy("/bin/sh", &outer).unwrap();
+    let outer_path = outer.display().to_string();
+    let by_grandparent = GetEventsRequest {
+        allow_list: vec![Filter {
+            ancestor_binary_regex: vec![format!("^{}$", regex::escape(&outer_path))],
+            event_set: vec![EventType::ProcessExec as i32],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut only = Collector::subscribe(&sensor, by_grandparent).await;
+    let mut all = Collector::subscribe(&sensor, all_events()).await;
+    let mark = format!("vigil-anc-{}", nonce());
+    // Neither command is a shell's last, so each runs in a forked child:
+    // true ← sh ← outer-sh ← this test ← … ← init.
+    let script = format!("/bin/sh -c '/bin/true {mark}; :'; :");
+    assert!(Command::new(&outer).args(["-c", &script]).status().unwrap().success());
+
+    let is_true = |p: &proto::tetragon::Process| p.binary == "/bin/true" && p.arguments == mark;
+    let seen = |evs: &[proto::tetragon::GetEventsResponse]| evs.iter().filter_map(exec_of).any(is_true);
+    assert!(all.until(Duration::from_secs(10), seen).await, "no exec of true; log:\n{}", sensor.log());
+    let event = all.events.iter().find(|e| exec_of(e).is_some_and(is_true)).unwrap();
+    let Some(proto::tetragon::get_events_response::Event::ProcessExec(exec)) = &event.event else { unreachable!() };
+    assert_eq!(parent_of(event).unwrap().binary, "/bin/sh");
+    let names: Vec<&str> = exec.ancestors.iter().map(|a| a.binary.as_str()).collect();
+    assert_eq!(names.first(), Some(&outer_path.as_str()), "the grandparent comes first: {names:?}");
+    assert_eq!(exec.ancestors.get(1).map(pid), Some(std::process::id()), "then this test process: {names:?}");
+    let mut expected = parent_of(event).unwrap().parent_exec_id.clone();
+    for a in &exec.ancestors {
+        assert_eq!(a.exec_id, expected, "a continuous chain: {names:?}");
+        expected = a.parent_exec_id.clone();
+    }
+    assert_eq!(exec.ancestors.last().map(pid), Some(1), "up to init: {names:?}");
+
+    // The filter matched through the ancestors: true (grandchild) and the
+    // inner sh (child) of outer-sh, but not outer-sh itself.
+    assert!(only.until(Duration::from_secs(10), seen).await, "ancestor filter did not pass true's exec");
+    let passed: Vec<String> = only.events.iter().filter_map(exec_of).map(|p| p.binary.clone()).collect();
+    assert!(!passed.contains(&outer_path), "outer-sh is no ancestor of itself: {passed:?}");
+    assert!(passed.iter().all(|b| b == "/bin/sh" || b == "/bin/true"), "{passed:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
