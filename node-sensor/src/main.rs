@@ -45,24 +45,18 @@ async fn shutdown_signal(tx: tokio::sync::watch::Sender<bool>) {
 /// Tetragon serves `localhost:54321`); off loopback, mTLS with the sensor
 /// certificate from --tls-dir and client certificates required, unless
 /// --insecure (config resolution refuses neither).
-fn serving_tls(settings: &Settings) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+fn serving_tls(settings: &Settings) -> Option<tls::reload::ServerFiles> {
     if settings.server_address.is_local() {
-        return Ok(None);
+        return None;
     }
     match (&settings.tls_dir, settings.insecure) {
         (Some(dir), false) => {
-            let (ca, cert, key) = (
-                dir.join(tls::CertFiles::CA),
-                dir.join(tls::CertFiles::cert(tls::Role::Sensor)),
-                dir.join(tls::CertFiles::key(tls::Role::Sensor)),
-            );
-            let cfg = tls::server_config(&ca, &cert, &key).context("TLS for --server-address")?;
             tracing::info!(address = %settings.server_address, "serving the API with mTLS (client certificates required)");
-            Ok(Some(cfg))
+            Some(tls::reload::ServerFiles::in_dir(dir, tls::Role::Sensor))
         }
         _ => {
             tracing::warn!(address = %settings.server_address, "--insecure: serving the API in plaintext, without client authentication, off loopback");
-            Ok(None)
+            None
         }
     }
 }
@@ -83,7 +77,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let collect = Collect { creds: features.creds, ns: features.ns, host };
     tracing::info!(node = %settings.node_name, programs = ?loader::PROGRAMS, "BPF programs loaded and attached");
-    let serving_tls = serving_tls(&settings)?;
+    let serving_tls = serving_tls(&settings);
     let stats = Arc::new(SensorStats::default());
     let bus = EventBus::new(&settings.node_name, settings.subscriber_queue_size);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -78,7 +78,7 @@ async fn off_loopback_the_api_needs_mtls_and_a_client_certificate() {
     // mTLS with the sensor certificate.
     let port = free_port();
     let listen = format!("0.0.0.0:{port}");
-    let sensor = Running::start(
+    let mut sensor = Running::start(
         &["--server-address", &listen, "--tls-dir", &certs, "--node-name", "tls-node"],
         dir.join("sensor.log"),
     );
@@ -119,6 +119,27 @@ async fn off_loopback_the_api_needs_mtls_and_a_client_certificate() {
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("certificate role sensor may not use this listener; it needs the client role"));
     assert!(health(&address, None).await.is_err(), "plaintext must not get in");
+
+    // Replaced certificate files are taken without a restart: a new name
+    // (same CA) works once the sensor has re-read them.
+    let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+    let ca_key = std::fs::read_to_string(dir.join("ca-key.pem")).unwrap();
+    let rotated = "sensor-rotated.vigil.test";
+    let (cert, key) = tls::leaf_from_ca(&ca_pem, &ca_key, tls::Role::Sensor, &[rotated.into()], -1, 2).unwrap();
+    // Key first: the half-written pair in between must not take effect.
+    std::fs::write(dir.join("sensor-key.pem"), key).unwrap();
+    std::fs::write(dir.join("sensor.pem"), cert).unwrap();
+    let client_for = |name: &str| {
+        tls::client_config(&dir.join("ca.pem"), &dir.join("client.pem"), &dir.join("client-key.pem"), name).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while health(&address, Some(client_for(rotated))).await.is_err() {
+        assert!(Instant::now() < deadline, "rotated certificate not served; log:\n{}", sensor.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(health(&address, Some(client_for("localhost"))).await.is_err(), "the old name is gone");
+    assert!(sensor.log().contains("certificate files changed; serving with the new ones"), "{}", sensor.log());
+    assert!(sensor.child.try_wait().unwrap().is_none(), "same process, no restart");
 
     // --insecure: plaintext off loopback, with a warning.
     let port = free_port();

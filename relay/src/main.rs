@@ -19,9 +19,10 @@ use relay::ingest::{IngestService, MergeInput};
 use relay::merge::{MergeCounters, Merger};
 use relay::nodes::Nodes;
 use relay::query::QueryService;
-use tls::{CertFiles, Role, auth};
+use tls::reload::ServerFiles;
+use tls::{Role, auth};
 use tokio::sync::{mpsc, watch};
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
 use tracing_subscriber::EnvFilter;
 
 /// Every event is a few allocations made on one thread and freed on another
@@ -83,92 +84,21 @@ async fn merge_task(
     publish(&mut out, &merger);
 }
 
-fn server(flags: &Flags) -> anyhow::Result<Server> {
+/// A server with `tls` (None: plaintext, `--insecure`).
+fn server(tls: Option<&ServerTlsConfig>) -> anyhow::Result<Server> {
     let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(30)));
-    if let Some(dir) = &flags.tls_dir {
-        let (cert, key) = (dir.join(CertFiles::cert(Role::Relay)), dir.join(CertFiles::key(Role::Relay)));
-        let cfg = tls::server_config(&dir.join(CertFiles::CA), &cert, &key)?;
-        builder = builder
-            .tls_config(cfg)
-            .with_context(|| format!("TLS settings from {} and {}", cert.display(), key.display()))?;
+    if let Some(cfg) = tls {
+        // Checked when loaded (ServerFiles::load): cannot fail here.
+        builder = builder.tls_config(cfg.clone()).context("TLS settings")?;
     }
     Ok(builder)
 }
 
-/// The two listeners' servers (ingest, clients), with the certificates as
-/// they are on disk now.
-fn servers(flags: &Flags) -> anyhow::Result<(Server, Server)> {
-    Ok((server(flags)?, server(flags)?))
-}
-
-/// The servers at start-up. A certificate rotation caught half-written (a
-/// new key beside the old certificate) does not load: while every file is
-/// there, retry for a few seconds before giving up. A missing file fails at
-/// once.
-async fn first_servers(flags: &Flags) -> anyhow::Result<(Server, Server)> {
-    let deadline = tokio::time::Instant::now() + START_CERT_WAIT;
-    let mut warned = false;
-    loop {
-        match servers(flags) {
-            Ok(s) => return Ok(s),
-            Err(e) if cert_stamp(flags).iter().all(Option::is_some) && tokio::time::Instant::now() < deadline => {
-                if !warned {
-                    tracing::warn!(error = %format!("{e:#}"), "certificates do not load; retrying in case they are being rewritten");
-                    warned = true;
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// Binds a listener, retrying while a previous server generation releases it.
 async fn bind(address: &str, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match tokio::net::TcpListener::bind(address).await {
-            Ok(l) => return Ok(l),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(e).with_context(|| format!("cannot listen on {flag} {address}")),
-        }
-    }
-}
-
-/// Modification times of the relay's certificate files.
-fn cert_stamp(flags: &Flags) -> Vec<Option<std::time::SystemTime>> {
-    let Some(dir) = &flags.tls_dir else { return vec![] };
-    [CertFiles::CA.to_owned(), CertFiles::cert(Role::Relay), CertFiles::key(Role::Relay)]
-        .iter()
-        .map(|f| std::fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok())
-        .collect()
-}
-
-/// Fires when the certificate files change and the new set loads; a set
-/// that does not load is logged and the old one kept.
-async fn watch_certs(flags: Flags, reload: watch::Sender<u64>) {
-    let mut seen = cert_stamp(&flags);
-    let mut generation = 0;
-    loop {
-        tokio::time::sleep(CERT_POLL).await;
-        let now = cert_stamp(&flags);
-        if now == seen {
-            continue;
-        }
-        seen = now;
-        match server(&flags) {
-            Ok(_) => {
-                generation += 1;
-                tracing::info!(generation, "certificate files changed; re-reading them");
-                let _ = reload.send(generation);
-            }
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "certificate files changed but do not load; keeping the old ones")
-            }
-        }
-    }
+    proto::transport::bind_tcp(address, Duration::from_secs(10))
+        .await
+        .with_context(|| format!("cannot listen on {flag} {address}"))
 }
 
 async fn run(flags: Flags) -> anyhow::Result<()> {
@@ -182,7 +112,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let counters = Arc::new(MergeCounters::default());
     let (merge_tx, merge_rx) = mpsc::channel(MERGE_QUEUE);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (reload_tx, mut reload_rx) = watch::channel(0u64);
+    let (reload_tx, mut reload_rx) = watch::channel(None);
     let merge = tokio::spawn(merge_task(merge_rx, hub.clone(), flags.clone(), counters.clone(), stop_rx.clone()));
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -192,9 +122,15 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             let _ = stop_tx.send(true);
         }
     });
-    let mut next_servers = first_servers(&flags).await?;
-    if enforce {
-        tokio::spawn(watch_certs(flags.clone(), reload_tx));
+    // The relay's certificates: loaded (a half-written rotation is waited
+    // for), then watched; a changed set that loads arrives on `reload_rx`.
+    let files = flags.tls_dir.as_deref().map(|dir| ServerFiles::in_dir(dir, Role::Relay));
+    let mut tls = match &files {
+        Some(f) => Some(f.load_at_start(START_CERT_WAIT).await?),
+        None => None,
+    };
+    if let Some(f) = files {
+        tokio::spawn(f.watch(CERT_POLL, reload_tx));
     }
 
     // Serve until stopped; on a certificate change, serve again with the
@@ -221,7 +157,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
         let end = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let (mut ingest_builder, mut client_builder) = next_servers;
+        let (mut ingest_builder, mut client_builder) = (server(tls.as_ref())?, server(tls.as_ref())?);
         let ingest_server = tokio::spawn(ingest_builder.add_service(ingest).serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(ingest_listener),
             end(done_rx.clone()),
@@ -232,27 +168,16 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
                 end(done_rx.clone()),
             ));
         // Until stopped, or until changed certificates load (the old
-        // listeners keep serving if they do not).
-        let reloaded = loop {
-            let mut stop = stop_rx.clone();
-            let changed = tokio::select! {
-                _ = stop.wait_for(|s| *s) => false,
-                r = reload_rx.changed() => r.is_ok(),
-            };
-            if !changed {
-                break None;
-            }
-            match servers(&flags) {
-                Ok(s) => break Some(s),
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "certificates changed again and do not load; keeping the old ones")
-                }
-            }
+        // listeners keep serving if they do not: see ServerFiles::watch).
+        let mut stop = stop_rx.clone();
+        let reloaded = tokio::select! {
+            _ = stop.wait_for(|s| *s) => None,
+            r = reload_rx.changed() => r.ok().and_then(|()| reload_rx.borrow_and_update().clone()),
         };
         // Stop accepting; connections already open keep their streams (and
         // the certificates they were made with) until they end.
         let _ = done_tx.send(true);
-        let Some(servers) = reloaded else {
+        let Some(new_tls) = reloaded else {
             // Streams never end on their own: give them a moment, then go.
             let _ = tokio::time::timeout(Duration::from_secs(3), async {
                 let _ = ingest_server.await;
@@ -261,7 +186,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
             .await;
             break;
         };
-        next_servers = servers;
+        tls = Some(new_tls);
     }
     drop(merge_tx);
     let _ = merge.await;

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod reload;
 
 use std::path::{Path, PathBuf};
 
@@ -59,6 +60,8 @@ pub enum TlsError {
     NotYetValid { path: String, not_before: String },
     #[error("certificate {path} cannot be parsed: {reason}")]
     Unparsable { path: String, reason: String },
+    #[error("TLS settings from {cert} and {key}: {reason}")]
+    Unusable { cert: String, key: String, reason: String },
 }
 
 /// Refuses to present a certificate that is outside its validity period:
