@@ -81,7 +81,8 @@ impl Ingest for IngestService {
             match result {
                 Ok(()) => tracing::info!(node = %node, "sensor stream ended"),
                 Err(status) => {
-                    tracing::warn!(node = %node, error = %status.message(), "sensor stream refused");
+                    // A refusal (the peer is told why) or a broken connection.
+                    tracing::warn!(node = %node, code = ?status.code(), error = %status.message(), "sensor stream ended with an error");
                     let _ = tx.send(Err(status)).await;
                 }
             }
