@@ -10,9 +10,9 @@ use std::marker::PhantomData;
 
 use prost::Message;
 use prost::bytes::{BufMut, Bytes};
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tonic::Status;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
 
 use crate::vigil::relay::v1::{IngestMessage, IngestReply, ingest_message};
 
@@ -83,16 +83,13 @@ impl BatchEncoder {
     }
 }
 
-fn key_len(tag: u32) -> usize {
-    prost::encoding::key_len(tag)
-}
-
 /// `IngestMessage { hello }`, encoded.
 pub fn hello(hello: crate::vigil::relay::v1::Hello) -> Bytes {
     IngestMessage { msg: Some(ingest_message::Msg::Hello(hello)) }.encode_to_vec().into()
 }
 
-/// Sends already-encoded messages as they are; decodes replies with prost.
+/// Sends already-encoded messages as they are; decodes replies with
+/// tonic-prost's own decoder.
 pub struct RawCodec<D>(PhantomData<D>);
 
 impl<D> Default for RawCodec<D> {
@@ -113,33 +110,18 @@ impl Encoder for RawEncoder {
     }
 }
 
-pub struct ProstReplyDecoder<D>(PhantomData<D>);
-
-impl<D: Message + Default> Decoder for ProstReplyDecoder<D> {
-    type Item = D;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
-        D::decode(src).map(Some).map_err(|e| Status::internal(format!("failed to decode Protobuf message: {e}")))
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
-    }
-}
-
 impl<D: Message + Default + Send + 'static> Codec for RawCodec<D> {
     type Encode = Bytes;
     type Decode = D;
     type Encoder = RawEncoder;
-    type Decoder = ProstReplyDecoder<D>;
+    type Decoder = tonic_prost::ProstDecoder<D>;
 
     fn encoder(&mut self) -> RawEncoder {
         RawEncoder
     }
 
-    fn decoder(&mut self) -> ProstReplyDecoder<D> {
-        ProstReplyDecoder(PhantomData)
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstCodec::<D, D>::raw_decoder(BufferSettings::default())
     }
 }
 

@@ -90,7 +90,6 @@ enum Seen {
 /// Counters for status and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MergeStats {
-    pub accepted: u64,
     pub emitted: u64,
     pub duplicates: u64,
     /// Events emitted early because the pending set was full.
@@ -194,7 +193,6 @@ impl Merger {
                 }
             }
         }
-        self.stats.accepted += 1;
         self.next_id += 1;
         let order = clamp_ns(arrival.time_ns.min(now_ns));
         self.heap.push(Reverse((order, id)));
