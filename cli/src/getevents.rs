@@ -60,7 +60,7 @@ pub struct LocalFilter {
 
 impl LocalFilter {
     pub fn new(req: &GetEventsRequest) -> anyhow::Result<Self> {
-        let (filter, fields) = events::request_filters(req).map_err(anyhow::Error::msg)?;
+        let events::RequestFilters { filter, fields } = events::RequestFilters::compile(req)?;
         Ok(LocalFilter { filter, fields })
     }
 

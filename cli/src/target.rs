@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use proto::transport::ServerAddress;
+use serving::address::ServerAddress;
 use tonic::transport::{Channel, ClientTlsConfig};
 
 use crate::args::{Cli, DEFAULT_SERVER};

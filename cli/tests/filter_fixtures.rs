@@ -1,5 +1,5 @@
 //! `vigil getevents` flags pass exactly the events the real `tetra` passed
-//! (`shared/compat/fixtures/filter-cases.json`), and stdin mode behaves.
+//! (`tests/compat/fixtures/filter-cases.json`), and stdin mode behaves.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -12,7 +12,7 @@ use vigil_cli::getevents::LocalFilter;
 use vigil_cli::request;
 
 fn fixtures_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/compat/fixtures")
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/compat/fixtures")
 }
 
 #[test]

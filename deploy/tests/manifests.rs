@@ -160,8 +160,8 @@ fn ports_agree_with_the_binaries_defaults() {
         .into_iter()
         .map(|p| (p.name.unwrap_or_default(), p.container_port))
         .collect();
-    assert_eq!(ports.get("clients"), Some(&port(&flags.client_address)));
-    assert_eq!(ports.get("ingest"), Some(&port(&flags.ingest_address)));
+    assert_eq!(ports.get("clients"), Some(&port(&flags.client_address.to_string())));
+    assert_eq!(ports.get("ingest"), Some(&port(&flags.ingest_address.to_string())));
     // The sensor's config points at the ingest Service and port, and its
     // keys are ones vigil-sensor accepts.
     let cm = objs
@@ -172,7 +172,12 @@ fn ports_agree_with_the_binaries_defaults() {
         })
         .unwrap();
     let text = cm.data.unwrap()["config.yaml"].clone();
-    assert!(text.contains(&format!("vigil-relay-ingest.vigil.svc.cluster.local:{}", port(&flags.ingest_address))));
+    assert!(
+        text.contains(&format!(
+            "vigil-relay-ingest.vigil.svc.cluster.local:{}",
+            port(&flags.ingest_address.to_string())
+        ))
+    );
     let tmp = std::env::temp_dir().join(format!("vigil-sensor-config-{}.yaml", std::process::id()));
     std::fs::write(&tmp, &text).unwrap();
     let checked = node_sensor::config::check_file(&tmp);

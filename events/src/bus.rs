@@ -4,8 +4,10 @@
 //! next event it gets. A slow subscriber never blocks the sensor or others.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::task::{Context, Poll};
 
 use crate::fields::FieldFilters;
@@ -120,17 +122,16 @@ impl EventBus {
         }
     }
 
-    pub fn subscribe(&self, filter: EventFilter, fields: FieldFilters) -> Subscription {
+    pub fn subscribe(&self, filters: crate::RequestFilters) -> Subscription {
+        let crate::RequestFilters { filter, fields } = filters;
         let (tx, rx) = mpsc::channel(self.queue_size);
         let dropped = Arc::new(AtomicU64::new(0));
-        if let Ok(mut subs) = self.subscribers.lock() {
-            subs.push(Subscriber { filter, tx, dropped: dropped.clone() });
-        }
+        self.subscribers.lock().push(Subscriber { filter, tx, dropped: dropped.clone() });
         Subscription { rx, dropped, fields, node_name: self.node_name.clone(), pending: None }
     }
 
     pub fn subscriber_count(&self) -> usize {
-        self.subscribers.lock().map(|s| s.len()).unwrap_or(0)
+        self.subscribers.lock().len()
     }
 
     /// Offers the event to every subscriber whose filter passes it.
@@ -145,9 +146,9 @@ impl EventBus {
 
     /// Publishes several events in order, taking the subscriber list once.
     pub fn publish_all(&self, events: impl IntoIterator<Item = Arc<SharedEvent>>) {
-        let Ok(mut subs) = self.subscribers.lock() else {
-            return;
-        };
+        // parking_lot: no poisoning, so a panic elsewhere cannot make the
+        // bus drop every event or register subscribers that never receive.
+        let mut subs = self.subscribers.lock();
         let (mut published, mut delivered, mut dropped) = (0, 0, 0);
         for event in events {
             published += 1;
@@ -198,11 +199,12 @@ mod tests {
     #[tokio::test]
     async fn slow_subscriber_loses_counted_events_and_others_do_not() {
         let bus = EventBus::new("n", 2);
-        let mut slow = bus.subscribe(EventFilter::default(), FieldFilters::default());
-        let mut only_b = bus.subscribe(
-            EventFilter::new(&[Filter { binary_regex: vec!["^/b".into()], ..Default::default() }], &[]).unwrap(),
-            FieldFilters::default(),
-        );
+        let mut slow = bus.subscribe(crate::RequestFilters::default());
+        let mut only_b = bus.subscribe(crate::RequestFilters {
+            filter: EventFilter::new(&[Filter { binary_regex: vec!["^/b".into()], ..Default::default() }], &[])
+                .unwrap(),
+            fields: FieldFilters::default(),
+        });
         for b in ["/a1", "/a2", "/a3", "/b1", "/a4"] {
             bus.publish(exec(b));
         }
@@ -236,7 +238,7 @@ mod tests {
     #[tokio::test]
     async fn closed_subscribers_are_removed() {
         let bus = EventBus::new("n", 4);
-        let sub = bus.subscribe(EventFilter::default(), FieldFilters::default());
+        let sub = bus.subscribe(crate::RequestFilters::default());
         assert_eq!(bus.subscriber_count(), 1);
         drop(sub);
         bus.publish(exec("/x"));

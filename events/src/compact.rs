@@ -1,5 +1,5 @@
 //! `tetra getevents -o compact`: one line per event, byte-identical to the
-//! real `tetra` (see `shared/compat/fixtures/compact-cases.json`), except
+//! real `tetra` (see `tests/compat/fixtures/compact-cases.json`), except
 //! that the `🛑 CAP_SYS_ADMIN` trailer is printed exactly when
 //! CAP_SYS_ADMIN is effective (tetra tests list positions, not values).
 

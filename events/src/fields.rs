@@ -13,6 +13,122 @@ pub enum FieldFilterError {
     Action(i32),
     #[error("empty path in field_filters.fields")]
     EmptyPath,
+    #[error("field_filters.fields path {0:?} names no field of the events it applies to")]
+    UnknownPath(String),
+}
+
+/// The longest path quoted back in an error.
+const QUOTED_PATH: usize = 100;
+
+/// The event schema, for checking paths: message name → its fields (name,
+/// message type if any, whether it is a map).
+mod schema {
+    use std::collections::HashMap;
+    use std::sync::OnceLock;
+
+    use prost::Message;
+    use prost_types::field_descriptor_proto::Type;
+
+    pub struct Field {
+        pub name: String,
+        pub number: i32,
+        pub message: Option<String>,
+    }
+
+    pub struct Schema {
+        pub messages: HashMap<String, Vec<Field>>,
+        pub maps: std::collections::HashSet<String>,
+    }
+
+    pub fn get() -> &'static Schema {
+        static SCHEMA: OnceLock<Schema> = OnceLock::new();
+        SCHEMA.get_or_init(|| {
+            let mut messages = HashMap::new();
+            let mut maps = std::collections::HashSet::new();
+            // Compiled into the binary by proto's build script: it decodes.
+            let set = prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET).unwrap_or_default();
+            fn walk(
+                prefix: &str,
+                m: &prost_types::DescriptorProto,
+                messages: &mut HashMap<String, Vec<Field>>,
+                maps: &mut std::collections::HashSet<String>,
+            ) {
+                let name = format!("{prefix}.{}", m.name());
+                if m.options.as_ref().is_some_and(|o| o.map_entry()) {
+                    maps.insert(name.clone());
+                }
+                let fields = m
+                    .field
+                    .iter()
+                    .map(|f| Field {
+                        name: f.name().to_owned(),
+                        number: f.number(),
+                        message: (f.r#type() == Type::Message).then(|| f.type_name().to_owned()),
+                    })
+                    .collect();
+                for nested in &m.nested_type {
+                    walk(&name, nested, messages, maps);
+                }
+                messages.insert(name, fields);
+            }
+            for file in &set.file {
+                let prefix = format!(".{}", file.package());
+                for m in &file.message_type {
+                    walk(&prefix, m, &mut messages, &mut maps);
+                }
+            }
+            Schema { messages, maps }
+        })
+    }
+
+    impl Schema {
+        /// The inner message of each event kind: `GetEventsResponse`'s
+        /// oneof field numbered as the `EventType`.
+        pub fn event_message(&self, kind: i32) -> Option<&str> {
+            self.messages
+                .get(".tetragon.GetEventsResponse")?
+                .iter()
+                .find(|f| f.number == kind)
+                .and_then(|f| f.message.as_deref())
+        }
+
+        /// The inner message of every event kind.
+        pub fn event_messages(&self) -> impl Iterator<Item = &str> {
+            self.messages
+                .get(".tetragon.GetEventsResponse")
+                .into_iter()
+                .flatten()
+                .filter(|f| f.number != 0 && proto::tetragon::EventType::try_from(f.number).is_ok())
+                .filter_map(|f| f.message.as_deref())
+        }
+
+        /// Whether `path` names a field below `message`.
+        pub fn resolves(&self, message: &str, path: &[String]) -> bool {
+            let Some((first, rest)) = path.split_first() else { return true };
+            if self.maps.contains(message) {
+                // Map keys are data, not schema.
+                return true;
+            }
+            let Some(field) = self.messages.get(message).and_then(|fs| fs.iter().find(|f| &f.name == first)) else {
+                return false;
+            };
+            match &field.message {
+                _ if rest.is_empty() => true,
+                Some(inner) => self.resolves(inner, rest),
+                None => false,
+            }
+        }
+    }
+}
+
+/// Whether `path` exists in at least one of the event kinds a filter
+/// covers (every kind when its set is empty or inverted).
+fn path_exists(path: &[String], event_set: &[i32], invert: bool) -> bool {
+    let schema = schema::get();
+    if event_set.is_empty() || invert {
+        return schema.event_messages().any(|m| schema.resolves(m, path));
+    }
+    event_set.iter().filter_map(|k| schema.event_message(*k)).any(|m| schema.resolves(m, path))
 }
 
 #[derive(Debug, Clone)]
@@ -44,7 +160,13 @@ impl FieldFilters {
                     if p.is_empty() {
                         return Err(FieldFilterError::EmptyPath);
                     }
-                    paths.push(p.split('.').map(str::to_owned).collect());
+                    let path: Vec<String> = p.split('.').map(str::to_owned).collect();
+                    // A path naming nothing would filter nothing: refused,
+                    // not silently passed.
+                    if !path_exists(&path, &f.event_set, f.invert_event_set.is_some_and(|b| b.value)) {
+                        return Err(FieldFilterError::UnknownPath(p.chars().take(QUOTED_PATH).collect()));
+                    }
+                    paths.push(path);
                 }
             }
             out.push(Compiled {
@@ -186,5 +308,15 @@ mod tests {
         assert_eq!(FieldFilters::new(&[m]).unwrap_err(), FieldFilterError::Action(7));
         let m = mask(&["process,"], FieldFilterAction::Include, &[]);
         assert_eq!(FieldFilters::new(&[m]).unwrap_err(), FieldFilterError::EmptyPath);
+        let m = mask(&["process.binray"], FieldFilterAction::Include, &[]);
+        assert_eq!(FieldFilters::new(&[m]).unwrap_err(), FieldFilterError::UnknownPath("process.binray".into()));
+        let m = mask(&["process.binary.x"], FieldFilterAction::Exclude, &[]);
+        assert!(FieldFilters::new(&[m]).is_err(), "a string has no fields");
+        // `status` exists on exits only: fine for all kinds, not for execs.
+        assert!(FieldFilters::new(&[mask(&["status"], FieldFilterAction::Exclude, &[])]).is_ok());
+        let m = mask(&["status"], FieldFilterAction::Exclude, &[EventType::ProcessExec]);
+        assert_eq!(FieldFilters::new(&[m]).unwrap_err(), FieldFilterError::UnknownPath("status".into()));
+        // Map keys are data.
+        assert!(FieldFilters::new(&[mask(&["process.pod.pod_labels.app"], FieldFilterAction::Exclude, &[])]).is_ok());
     }
 }

@@ -13,10 +13,33 @@ pub mod subject;
 
 pub use filter::{EventFilter, FilterError};
 
-/// A `GetEventsRequest`'s compiled filters and field filters; the error
-/// names the field at fault (servers answer it as INVALID_ARGUMENT).
-pub fn request_filters(req: &proto::tetragon::GetEventsRequest) -> Result<(EventFilter, fields::FieldFilters), String> {
-    let filter = EventFilter::from_request(req).map_err(|e| e.to_string())?;
-    let fields = fields::FieldFilters::new(&req.field_filters).map_err(|e| e.to_string())?;
-    Ok((filter, fields))
+/// A `GetEventsRequest`'s compiled filters and field filters.
+#[derive(Debug, Default)]
+pub struct RequestFilters {
+    pub filter: EventFilter,
+    pub fields: fields::FieldFilters,
+}
+
+/// Why a request's filters were refused; names the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error(transparent)]
+    Fields(#[from] fields::FieldFilterError),
+}
+
+impl From<RequestError> for tonic::Status {
+    fn from(e: RequestError) -> Self {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
+impl RequestFilters {
+    pub fn compile(req: &proto::tetragon::GetEventsRequest) -> Result<Self, RequestError> {
+        Ok(RequestFilters {
+            filter: EventFilter::from_request(req)?,
+            fields: fields::FieldFilters::new(&req.field_filters)?,
+        })
+    }
 }

@@ -1,5 +1,5 @@
 //! The compact formatter and the filters against what the real `tetra`
-//! printed and passed (`shared/compat/fixtures`).
+//! printed and passed (`tests/compat/fixtures`).
 
 use events::compact::{CompactOptions, render};
 use proto::json::from_json_line;
@@ -7,7 +7,7 @@ use proto::tetragon::GetEventsResponse;
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/compat/fixtures").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/compat/fixtures").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
@@ -87,7 +87,7 @@ fn compact_output_is_byte_identical_in_every_mode() {
 
 #[test]
 fn seed_compact_text_matches() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/compat/fixtures");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/compat/fixtures");
     let events = std::fs::read_to_string(path.join("seed-events.jsonl")).unwrap();
     let want = std::fs::read_to_string(path.join("seed-events.compact.txt")).unwrap();
     let got: String = events

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
 use proto::tetragon::get_events_response::Event;
 use proto::tetragon::{Filter, GetEventsRequest, GetHealthStatusRequest};
-use proto::transport::ServerAddress;
+use serving::address::ServerAddress;
 
 /// Runs `n` fork+exec+exit of /bin/true, each with a marker argument.
 fn storm(n: usize, mark: &str) -> Duration {

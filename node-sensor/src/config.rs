@@ -4,20 +4,14 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use serde::Deserialize;
 
 pub const DEFAULT_SERVER_ADDRESS: &str = "localhost:54321";
 pub const DEFAULT_PROCESS_CACHE_SIZE: usize = 65_536;
 pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 10_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Plain,
-    Json,
-}
+pub use serving::daemon::LogFormat;
 
 /// Command-line flags; every one may also be set in the config file.
 #[derive(Debug, Parser, Default)]
@@ -149,7 +143,7 @@ fn ancestors_for_base(types: Vec<String>) -> Result<bool, ConfigError> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub node_name: String,
-    pub server_address: proto::transport::ServerAddress,
+    pub server_address: serving::address::ServerAddress,
     pub process_cache_size: usize,
     pub subscriber_queue_size: usize,
     pub export_filename: Option<PathBuf>,
@@ -211,8 +205,8 @@ impl Settings {
         };
         let server_address =
             flags.server_address.or(file.server_address).unwrap_or_else(|| DEFAULT_SERVER_ADDRESS.to_owned());
-        let server_address: proto::transport::ServerAddress =
-            server_address.parse().map_err(|e: proto::transport::AddressError| ConfigError::Value {
+        let server_address: serving::address::ServerAddress =
+            server_address.parse().map_err(|e: serving::address::AddressError| ConfigError::Value {
                 key: "server-address",
                 reason: e.to_string(),
             })?;

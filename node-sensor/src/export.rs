@@ -4,24 +4,42 @@
 
 use std::io::Write;
 use std::path::Path;
-
-use events::fields::FieldFilters;
-use events::filter::EventFilter;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use events::bus::EventBus;
+use proto::tetragon::get_events_response::Event;
+use serving::log_limit::LogLimit;
+
+use crate::stats::SensorStats;
+
+/// How often a failing export logs that it fails.
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Starts the writer task; errors opening the file are returned at once.
-pub fn start(bus: &EventBus, path: &Path) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    let mut out = std::io::BufWriter::new(file);
-    let mut sub = bus.subscribe(EventFilter::default(), FieldFilters::default());
+///
+/// Every event the file does not get is counted in `export_dropped`: those
+/// the bus dropped because the writer fell behind (the file gets the
+/// `rate_limit_info` line saying how many), and those whose write failed
+/// (logged once per interval; writing goes on with the next event).
+pub fn start(bus: &EventBus, path: &Path, stats: Arc<SensorStats>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let mut sub = bus.subscribe(events::RequestFilters::default());
     let path = path.display().to_string();
+    let failing = LogLimit::new(LOG_EVERY);
     Ok(tokio::spawn(async move {
         while let Some(event) = sub.next().await {
-            let line = proto::json::to_json_line(&event);
-            if let Err(e) = writeln!(out, "{line}").and_then(|_| out.flush()) {
-                tracing::error!(path = %path, error = %e, "export file write failed; export stopped");
-                return;
+            if let Some(Event::RateLimitInfo(info)) = &event.event {
+                stats.export_dropped.fetch_add(info.number_of_dropped_process_events, Ordering::Relaxed);
+            }
+            let mut line = proto::json::to_json_line(&event);
+            line.push('\n');
+            // One write per line: a failed write loses that line only.
+            if let Err(e) = file.write_all(line.as_bytes()) {
+                stats.export_dropped.fetch_add(1, Ordering::Relaxed);
+                if let Some(n) = failing.hit() {
+                    tracing::error!(path = %path, error = %e, failed = n, "export file writes failing; events lost");
+                }
             }
         }
     }))

@@ -8,38 +8,15 @@ use clap::Parser;
 use events::bus::EventBus;
 use node_sensor::btf_offsets::Features;
 use node_sensor::builder::Clock;
-use node_sensor::config::{Flags, LogFormat, Settings};
+use node_sensor::config::{Flags, Settings};
 use node_sensor::k8s::{self, ApiSource};
 use node_sensor::pipeline::Pipeline;
 use node_sensor::privileges::{Collect, HostNamespaces};
 use node_sensor::stats::SensorStats;
 use node_sensor::uplink::{self, UplinkSettings};
 use node_sensor::{export, loader, server};
-use tracing_subscriber::EnvFilter;
-
-fn init_logging(s: &Settings) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(&s.log_level).with_context(|| format!("invalid --log-level {:?}", s.log_level))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match s.log_format {
-        LogFormat::Plain => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
-}
-
-async fn shutdown_signal(tx: tokio::sync::watch::Sender<bool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutting down");
-    let _ = tx.send(true);
-}
+use serving::daemon;
+use serving::listen::{Certificates, Listener};
 
 /// TLS for the sensor's own API: none on a unix socket or loopback (as
 /// Tetragon serves `localhost:54321`); off loopback, mTLS with the sensor
@@ -77,21 +54,24 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     let collect = Collect { creds: features.creds, ns: features.ns, host };
     tracing::info!(node = %settings.node_name, programs = ?loader::PROGRAMS, "BPF programs loaded and attached");
-    let serving_tls = serving_tls(&settings);
-    let stats = Arc::new(SensorStats::default());
-    let bus = EventBus::new(&settings.node_name, settings.subscriber_queue_size);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-
-    let exporter = match &settings.export_filename {
-        Some(path) => {
-            Some(export::start(&bus, path).with_context(|| format!("opening export file {}", path.display()))?)
-        }
+    let certificates = match serving_tls(&settings) {
+        Some(files) => Some(Certificates::load(files).await?),
         None => None,
     };
-    let service = server::Service { bus: bus.clone(), stats: stats.clone() };
-    let address = settings.server_address.clone();
-    let server_stop = stop_rx.clone();
-    let server = tokio::spawn(async move { server::serve(&address, service, serving_tls, server_stop).await });
+    let listener = Listener::bind("api", &settings.server_address, certificates).await?;
+    let stats = Arc::new(SensorStats::default());
+    let bus = EventBus::new(&settings.node_name, settings.subscriber_queue_size);
+    let stop = daemon::stop_on_signal();
+
+    let exporter = match &settings.export_filename {
+        Some(path) => Some(
+            export::start(&bus, path, stats.clone())
+                .with_context(|| format!("opening export file {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let api = server::SensorApi { bus: bus.clone(), stats: stats.clone() };
+    let server = tokio::spawn(server::serve(listener, api, stop.clone()));
 
     let mut pipeline = Pipeline::new(
         &settings.node_name,
@@ -137,8 +117,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let seeded = pipeline.seed_from_procfs(&settings.procfs);
     tracing::info!(processes = seeded, address = %settings.server_address, "process cache seeded from procfs; serving");
 
-    tokio::spawn(shutdown_signal(stop_tx));
-    let pipe = tokio::spawn(pipeline.run(probes, stop_rx));
+    let pipe = tokio::spawn(pipeline.run(probes, stop));
     // The server ends on shutdown or on a listen error; either way stop.
     match server.await {
         Ok(Ok(())) => {}
@@ -154,30 +133,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    let flags = Flags::parse();
-    let settings = match Settings::resolve(flags) {
+    let settings = match Settings::resolve(Flags::parse()) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("vigil-sensor: {e}");
-            return std::process::ExitCode::from(2);
-        }
+        Err(e) => return daemon::config_error("vigil-sensor", &e),
     };
-    if let Err(e) = init_logging(&settings) {
-        eprintln!("vigil-sensor: {e:#}");
-        return std::process::ExitCode::from(2);
+    if let Err(e) = daemon::init_logging(&settings.log_level, settings.log_format) {
+        return daemon::config_error("vigil-sensor", &e);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("vigil-sensor: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(settings)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vigil-sensor: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    daemon::run("vigil-sensor", Some(2), || run(settings))
 }

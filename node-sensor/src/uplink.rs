@@ -6,12 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use events::bus::EventBus;
-use events::fields::FieldFilters;
-use events::filter::EventFilter;
+use parking_lot::Mutex;
 use proto::ingest::BatchEncoder;
 use proto::shared::{OutEvent, SharedEvent};
 use proto::tetragon::get_events_response::Event;
@@ -64,8 +63,8 @@ impl Replay {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Buffer> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Buffer> {
+        self.inner.lock()
     }
 
     /// Appends an event with the next sequence number, evicting the oldest
@@ -110,7 +109,7 @@ pub async fn start(bus: &EventBus, settings: UplinkSettings) -> anyhow::Result<A
     let replay = Arc::new(Replay::new(settings.buffer_size));
     // The collector must never fall behind the bus: its queue is as deep as
     // the replay buffer, and whatever the bus still drops becomes a gap.
-    let mut sub = EventBus::subscribe(bus, EventFilter::default(), FieldFilters::default());
+    let mut sub = bus.subscribe(events::RequestFilters::default());
     let r = replay.clone();
     tokio::spawn(async move {
         while let Some(out) = StreamExt::next(&mut sub).await {

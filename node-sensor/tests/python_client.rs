@@ -2,8 +2,7 @@
 //! .proto files) receives a live command's events from the sensor.
 
 mod common;
-#[path = "../../test-support/python.rs"]
-mod pysupport;
+use test_support::python as pysupport;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

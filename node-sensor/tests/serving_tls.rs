@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
 use proto::tetragon::get_events_response::Event;
 use proto::tetragon::{GetEventsRequest, GetHealthStatusRequest};
-use proto::transport::ServerAddress;
+use serving::address::ServerAddress;
 use tonic::Code;
 
 struct Running {
@@ -42,8 +42,23 @@ impl Drop for Running {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+impl Running {
+    /// The port the API listener bound (the sensor is given port 0 and
+    /// logs what it got).
+    fn port(&self) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = self.log();
+            let port = log.lines().filter(|l| l.contains("listening") && l.contains("listener=api ")).find_map(|l| {
+                l.split_whitespace().find_map(|w| w.strip_prefix("address=")?.parse::<std::net::SocketAddr>().ok())
+            });
+            if let Some(a) = port {
+                return a.port();
+            }
+            assert!(Instant::now() < deadline, "the API listener never came up; log:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 async fn health(address: &ServerAddress, tls: Option<tonic::transport::ClientTlsConfig>) -> Result<(), tonic::Status> {
@@ -68,7 +83,7 @@ async fn off_loopback_the_api_needs_mtls_and_a_client_certificate() {
 
     // Neither mTLS nor --insecure: refused at start, naming the choice.
     let out = Command::new(env!("CARGO_BIN_EXE_vigil-sensor"))
-        .args(["--server-address", &format!("0.0.0.0:{}", free_port())])
+        .args(["--server-address", "0.0.0.0:0"])
         .output()
         .expect("run vigil-sensor");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -76,12 +91,11 @@ async fn off_loopback_the_api_needs_mtls_and_a_client_certificate() {
     assert!(err.contains("server-address") && err.contains("--tls-dir") && err.contains("--insecure"), "{err}");
 
     // mTLS with the sensor certificate.
-    let port = free_port();
-    let listen = format!("0.0.0.0:{port}");
     let mut sensor = Running::start(
-        &["--server-address", &listen, "--tls-dir", &certs, "--node-name", "tls-node"],
+        &["--server-address", "0.0.0.0:0", "--tls-dir", &certs, "--node-name", "tls-node"],
         dir.join("sensor.log"),
     );
+    let port = sensor.port();
     let address: ServerAddress = format!("localhost:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while health(&address, Some(tls_as("client"))).await.is_err() {
@@ -97,7 +111,7 @@ async fn off_loopback_the_api_needs_mtls_and_a_client_certificate() {
         .await
         .expect("GetEvents over mTLS")
         .into_inner();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The response came once the subscription was registered: no wait.
     let marker = format!("tls-marker-{}", common::nonce());
     assert!(Command::new("/bin/true").arg(&marker).status().unwrap().success());
     let found = tokio::time::timeout(Duration::from_secs(20), async {
@@ -142,11 +156,11 @@ async fn off_loopback_the_api_needs_mtls_and_a_client_certificate() {
     assert!(sensor.child.try_wait().unwrap().is_none(), "same process, no restart");
 
     // --insecure: plaintext off loopback, with a warning.
-    let port = free_port();
     let plain = Running::start(
-        &["--server-address", &format!("0.0.0.0:{port}"), "--insecure", "--node-name", "plain-node"],
+        &["--server-address", "0.0.0.0:0", "--insecure", "--node-name", "plain-node"],
         dir.join("plain.log"),
     );
+    let port = plain.port();
     let address: ServerAddress = format!("localhost:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while health(&address, None).await.is_err() {

@@ -9,7 +9,6 @@ pub mod ingest;
 pub mod json;
 pub mod shared;
 mod timestamp;
-pub mod transport;
 
 pub use timestamp::Timestamp;
 

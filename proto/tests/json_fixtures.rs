@@ -4,7 +4,7 @@
 use proto::json::{from_json_line, to_json_line};
 
 fn shared_fixture(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/compat/fixtures").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/compat/fixtures").join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 

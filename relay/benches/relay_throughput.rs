@@ -29,8 +29,8 @@ use proto::tetragon::get_events_response::Event;
 use proto::tetragon::{
     GetEventsRequest, GetEventsResponse, GetHealthStatusRequest, Process, ProcessExec, RateLimitInfo,
 };
-use proto::transport::ServerAddress;
 use proto::vigil::relay::v1::{Batch, Hello, IngestMessage, SequencedEvent, ingest_message};
+use serving::address::ServerAddress;
 
 const NODES: usize = 8;
 const DEFAULT_CLIENTS: u64 = 4;

@@ -2,24 +2,19 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum LogFormat {
-    #[default]
-    Plain,
-    Json,
-}
+use clap::Parser;
+use serving::ServerAddress;
+use serving::daemon::LogFormat;
 
 #[derive(Debug, Parser, Clone)]
 #[command(name = "vigil-relay", version, about = "Vigil relay: one cluster-wide stream from every node's sensor")]
 pub struct Flags {
     /// Listen address for clients (tetragon.FineGuidanceSensors and the admin API).
     #[arg(long, default_value = "0.0.0.0:54330")]
-    pub client_address: String,
+    pub client_address: ServerAddress,
     /// Listen address for sensors (vigil.relay.v1.Ingest).
     #[arg(long, default_value = "0.0.0.0:54331")]
-    pub ingest_address: String,
+    pub ingest_address: ServerAddress,
     /// Directory with ca.pem, relay.pem and relay-key.pem (`vigil certs generate`).
     /// Clients must present client certificates, sensors sensor certificates.
     #[arg(long)]

@@ -3,11 +3,11 @@
 //! misses nothing and sees nothing twice.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use events::RequestFilters;
 use events::bus::{EventBus, Subscription};
-use events::fields::FieldFilters;
-use events::filter::EventFilter;
+use parking_lot::Mutex;
 use proto::shared::{OutEvent, SharedEvent};
 use proto::tetragon::GetEventsResponse;
 
@@ -47,7 +47,7 @@ impl Hub {
             return;
         }
         // History and bus change under one lock: see `subscribe`.
-        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let mut history = self.history.lock();
         for e in &events {
             if history.len() == self.capacity {
                 history.pop_front();
@@ -58,19 +58,14 @@ impl Hub {
     }
 
     pub fn history_len(&self) -> usize {
-        self.history.lock().map(|h| h.len()).unwrap_or(0)
+        self.history.lock().len()
     }
 
     /// Matching history (as asked) and a live subscription starting right
     /// after it.
-    pub fn subscribe(
-        &self,
-        filter: EventFilter,
-        fields: FieldFilters,
-        replay: Replay,
-        now_ns: i128,
-    ) -> (Vec<OutEvent>, Subscription) {
-        let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn subscribe(&self, filters: RequestFilters, replay: Replay, now_ns: i128) -> (Vec<OutEvent>, Subscription) {
+        let RequestFilters { filter, fields } = &filters;
+        let history = self.history.lock();
         let mut past = Vec::new();
         if replay.wanted() {
             let cutoff = now_ns - i128::from(replay.since_seconds) * 1_000_000_000;
@@ -85,7 +80,7 @@ impl Hub {
                 .collect();
             past.reverse();
         }
-        let sub = self.bus.subscribe(filter, fields);
+        let sub = self.bus.subscribe(filters);
         (past, sub)
     }
 }
@@ -118,20 +113,24 @@ mod tests {
             hub.publish(exec(b, 100 + i as i64));
         }
         let now = 104 * 1_000_000_000;
-        let (past, mut sub) =
-            hub.subscribe(EventFilter::default(), FieldFilters::default(), Replay { since_seconds: 0, last: 2 }, now);
+        let (past, mut sub) = hub.subscribe(RequestFilters::default(), Replay { since_seconds: 0, last: 2 }, now);
         assert_eq!(binaries(&past), vec!["/c", "/d"], "bounded history keeps the newest 3; last 2 of them");
         hub.publish(exec("/e", 105));
         assert_eq!(binaries(&[sub.next().await.unwrap().into()]), vec!["/e"]);
 
-        let (past, _) =
-            hub.subscribe(EventFilter::default(), FieldFilters::default(), Replay { since_seconds: 3, last: 0 }, now);
+        let (past, _) = hub.subscribe(RequestFilters::default(), Replay { since_seconds: 3, last: 0 }, now);
         assert_eq!(binaries(&past), vec!["/c", "/d", "/e"], "times 102, 103 and 105 are within 3 s of 104");
-        let only_d =
-            EventFilter::new(&[Filter { binary_regex: vec!["^/d$".into()], ..Default::default() }], &[]).unwrap();
-        let (past, _) = hub.subscribe(only_d, FieldFilters::default(), Replay { since_seconds: 3600, last: 0 }, now);
+        let only_d = RequestFilters {
+            filter: events::EventFilter::new(
+                &[Filter { binary_regex: vec!["^/d$".into()], ..Default::default() }],
+                &[],
+            )
+            .unwrap(),
+            ..Default::default()
+        };
+        let (past, _) = hub.subscribe(only_d, Replay { since_seconds: 3600, last: 0 }, now);
         assert_eq!(binaries(&past), vec!["/d"]);
-        let (past, _) = hub.subscribe(EventFilter::default(), FieldFilters::default(), Replay::default(), now);
+        let (past, _) = hub.subscribe(RequestFilters::default(), Replay::default(), now);
         assert!(past.is_empty(), "plain clients get live events only");
     }
 }

@@ -1,8 +1,8 @@
 //! Per-node ingest state: which sensor instance holds the node name, the
 //! last sequence taken from it, and the counters `vigil nodes` shows.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use proto::Timestamp;
 use proto::vigil::relay::v1::NodeStatus;
@@ -53,8 +53,8 @@ pub struct Nodes {
 }
 
 impl Nodes {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Node>> {
-        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Node>> {
+        self.nodes.lock()
     }
 
     /// A stream claims a node name. A second sensor instance may not take a
@@ -123,7 +123,7 @@ impl Nodes {
 
     /// The relay's number for a kernel boot id: equal ids, equal numbers.
     pub fn boot_number(&self, boot_id: &str) -> u64 {
-        let mut guard = self.boots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.boots.lock();
         let (numbers, next) = &mut *guard;
         if let Some(n) = numbers.get(boot_id) {
             return *n;

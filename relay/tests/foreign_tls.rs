@@ -20,7 +20,7 @@ use local::Relay;
 /// `s_client` against the relay, with a client certificate and key if given.
 fn s_client(relay: &Relay, client: Option<(&Path, &Path)>) -> String {
     let dir = &relay.dir;
-    let port = relay.clients.to_string().rsplit_once(':').map(|(_, p)| p.to_owned()).expect("port");
+    let port = relay.clients().to_string().rsplit_once(':').map(|(_, p)| p.to_owned()).expect("port");
     let mut cmd = Command::new("openssl");
     cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "relay.local"])
         .args(["-verify_hostname", "relay.local", "-verify_return_error", "-alpn", "h2"])
@@ -52,7 +52,7 @@ async fn the_handshake_gives_go_clients_what_they_need() {
     let dir = std::env::temp_dir().join(format!("vigil-relay-foreign-tls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     tls::generate(&dir, &["relay.local".into()], 2).expect("certificates");
-    let mut relay = Relay::spawn(dir.clone(), &["--log-level", "info"]);
+    let relay = Relay::spawn(dir.clone(), &["--log-level", "info"]);
     assert!(relay.serving_within(Duration::from_secs(20)).await, "relay did not start");
 
     let text = s_client(&relay, Some((&dir.join("client.pem"), &dir.join("client-key.pem"))));
@@ -92,7 +92,7 @@ async fn the_handshake_gives_go_clients_what_they_need() {
     assert!(refused.contains("alert unknown ca"), "{refused}");
 
     let log = relay.stop();
-    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("tls accept error")).collect();
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("TLS handshake refused")).collect();
     for reason in ["expired", "not valid", "UnknownIssuer", "no certificate"] {
         assert!(refusals.iter().any(|l| l.contains(reason)), "no refusal logged for {reason:?}:\n{log}");
     }

@@ -3,13 +3,12 @@
 //! Everything is counted per unique marker.
 
 mod cluster;
-#[path = "../../test-support/python.rs"]
-mod pysupport;
+use test_support::python as pysupport;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cluster::{Cluster, lost_for, marked};
+use cluster::{Cluster, Watcher, lost_for, marked};
 use proto::tetragon::EventType;
 
 const EXEC: i32 = EventType::ProcessExec as i32;
@@ -46,7 +45,7 @@ fn three_nodes_each_seen_exactly_once_by_two_kinds_of_client() {
     let mut c = Cluster::new();
     let nodes: Vec<String> = (1..=3).map(|k| c.add_node(&format!("node{k}"), 10 + k as u8, &[])).collect();
     let watcher = c.watch(&[]);
-    std::thread::sleep(Duration::from_millis(500));
+    c.wait_clients(1);
     let tag = c.net.id;
     for (k, ns) in nodes.iter().enumerate() {
         c.run_in(ns, &workload(&format!("m{tag}n{}", k + 1), 30));
@@ -59,7 +58,9 @@ fn three_nodes_each_seen_exactly_once_by_two_kinds_of_client() {
             c.relay_log()
         );
     }
-    std::thread::sleep(Duration::from_millis(500));
+    for (k, ns) in nodes.iter().enumerate() {
+        c.settle(ns, &format!("z{tag}n{}", k + 1), &[&watcher]);
+    }
     let events = watcher.snapshot();
     for k in 1..=3 {
         assert_exactly_once(&events, &format!("m{tag}n{k}"), 30, &format!("node{k}"));
@@ -111,7 +112,7 @@ for r in stub.GetEvents(req, timeout=30):
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_secs(2));
+        c.wait_clients(2); // the watcher and the Python client
         c.run_in(&nodes[2], &workload(&format!("m{tag}n3"), 5));
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "python client failed");
@@ -129,11 +130,11 @@ fn two_sensors_on_one_kernel_produce_one_copy() {
     let ns = c.add_node("twin-a", 10, &[]);
     c.start_sensor(&ns, "twin-b", &[]);
     let watcher = c.watch(&[]);
-    std::thread::sleep(Duration::from_millis(500));
+    c.wait_clients(1);
     let prefix = format!("t{}", c.net.id);
     c.run_in(&ns, &workload(&prefix, 40));
     assert!(watcher.wait(Duration::from_secs(30), |e| full(e, &prefix, 40)));
-    std::thread::sleep(Duration::from_millis(800));
+    c.settle(&ns, &format!("z{prefix}"), &[&watcher]);
     let events = watcher.snapshot();
     let mut counts: BTreeMap<(i32, String), usize> = BTreeMap::new();
     for (kind, args, _) in marked(&events, &format!("{prefix}-")) {
@@ -159,11 +160,14 @@ fn relay_killed_and_restarted_mid_workload_loses_nothing() {
     let ns = c.add_node("rn", 10, &[]);
     let prefix = format!("r{}", c.net.id);
     let script = format!("i=0; while [ $i -lt 60 ]; do /bin/true {prefix}-$i; sleep 0.05; i=$((i+1)); done");
+    let early = c.watch(&[]);
+    c.wait_clients(1);
     let mut work =
         std::process::Command::new("ip").args(["netns", "exec", &ns, "/bin/sh", "-c", &script]).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
+    // Mid-workload: some markers have reached the relay.
+    assert!(early.wait(Duration::from_secs(30), |e| marked(e, &format!("{prefix}-")).len() >= 10));
+    drop(early);
     c.relay.as_mut().unwrap().kill();
-    std::thread::sleep(Duration::from_millis(800));
     c.start_relay(&[]);
     assert!(work.wait().unwrap().success());
     c.wait_node("rn");
@@ -171,7 +175,7 @@ fn relay_killed_and_restarted_mid_workload_loses_nothing() {
     // relay's history exactly once.
     let watcher = c.watch(&["--since", "1h"]);
     assert!(watcher.wait(Duration::from_secs(30), |e| full(e, &prefix, 60)), "relay log:\n{}", c.relay_log());
-    std::thread::sleep(Duration::from_millis(500));
+    c.settle(&ns, &format!("z{prefix}"), &[&watcher]);
     assert_exactly_once(&watcher.snapshot(), &prefix, 60, "rn");
 }
 
@@ -181,11 +185,15 @@ fn cut_link_heals_with_nothing_lost_or_duplicated() {
     let mut c = Cluster::new();
     let ns = c.add_node("cut", 10, &[]);
     let watcher = c.watch(&[]);
-    std::thread::sleep(Duration::from_millis(500));
+    c.wait_clients(1);
+    // The node's own API (a unix socket, reachable across namespaces)
+    // shows when the sensor has the workload's events.
+    let local = Watcher::spawn(c.local_cmd("cut", &["getevents", "-o", "json"]));
+    c.wait_local_subscribers("cut", 2); // this watcher and the relay uplink
     let prefix = format!("k{}", c.net.id);
     c.net.link(10, false);
     c.run_in(&ns, &workload(&prefix, 50));
-    std::thread::sleep(Duration::from_secs(10));
+    assert!(local.wait(Duration::from_secs(30), |e| full(e, &prefix, 50)), "the sensor did not see the workload");
     assert!(marked(&watcher.snapshot(), &format!("{prefix}-")).is_empty(), "events crossed a cut link");
     c.net.link(10, true);
     assert!(
@@ -193,7 +201,7 @@ fn cut_link_heals_with_nothing_lost_or_duplicated() {
         "not delivered after heal; sensor log:\n{}",
         c.sensors[0].1.log_text()
     );
-    std::thread::sleep(Duration::from_millis(500));
+    c.settle(&ns, &format!("z{prefix}"), &[&watcher]);
     let events = watcher.snapshot();
     assert_exactly_once(&events, &prefix, 50, "cut");
     assert_eq!(lost_for(&events, "cut"), 0);
@@ -205,7 +213,7 @@ fn replay_buffer_overflow_is_reported_with_the_exact_count() {
     let mut c = Cluster::new();
     let ns = c.add_node("small", 10, &["--replay-buffer-size", "50"]);
     let watcher = c.watch(&[]);
-    std::thread::sleep(Duration::from_millis(500));
+    c.wait_clients(1);
     let prefix = format!("o{}", c.net.id);
     let from_small = |e: &[proto::tetragon::GetEventsResponse]| -> Vec<proto::tetragon::GetEventsResponse> {
         e.iter().filter(|x| x.node_name == "small" && x.event_type() != EventType::RateLimitInfo).cloned().collect()
@@ -214,14 +222,24 @@ fn replay_buffer_overflow_is_reported_with_the_exact_count() {
     let before = from_small(&watcher.snapshot()).len();
     c.net.link(10, false);
     // Wait for the sensor's stream to notice the cut (keepalive) so events
-    // pile up in its buffer rather than in TCP buffers.
-    std::thread::sleep(Duration::from_secs(25));
+    // pile up in its buffer rather than in TCP buffers: it says so.
+    let sensor = &c.sensors[0].1;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    while !sensor.log_text().contains("relay stream") {
+        assert!(std::time::Instant::now() < deadline, "the sensor never noticed the cut:\n{}", sensor.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     c.run_in(&ns, &workload(&prefix, 200));
     c.net.link(10, true);
     let total = 2 * 200 + 2; // the workload shell's own exec and exit too
     let accounted = |e: &[proto::tetragon::GetEventsResponse]| lost_for(e, "small") > 0 && from_small(e).len() > before;
     assert!(watcher.wait(Duration::from_secs(60), accounted), "no loss notice; relay log:\n{}", c.relay_log());
-    std::thread::sleep(Duration::from_secs(2));
+    // Observed, not timed: wait until every event is delivered or reported
+    // lost (the equality below then also catches extras that came first).
+    let settled = |e: &[proto::tetragon::GetEventsResponse]| {
+        from_small(e).len().saturating_sub(before) as u64 + lost_for(e, "small") >= total
+    };
+    watcher.wait(Duration::from_secs(60), settled);
     let events = watcher.snapshot();
     let delivered = &from_small(&events)[before..];
     let lost = lost_for(&events, "small");
@@ -250,12 +268,18 @@ fn a_client_that_stops_reading_does_not_delay_another() {
     // The stalled client: its stdout is a pipe nobody reads.
     let mut stalled = c.stalled_client();
     let fast = c.watch(&[]);
-    std::thread::sleep(Duration::from_millis(500));
+    c.wait_clients(2);
     let prefix = format!("s{}", c.net.id);
     let started = std::time::Instant::now();
     c.run_in(&ns, &workload(&prefix, 1500));
     let ran = started.elapsed();
-    assert!(fast.wait(Duration::from_secs(30), |e| full(e, &prefix, 1500)), "fast client incomplete");
+    assert!(
+        fast.wait(Duration::from_secs(60), |e| full(e, &prefix, 1500)),
+        "fast client incomplete: {} of {} markers; relay log:\n{}",
+        marked(&fast.snapshot(), &format!("{prefix}-")).len(),
+        2 * 1500,
+        c.relay_log()
+    );
     let behind = started.elapsed().saturating_sub(ran);
     let events = fast.snapshot();
     assert_exactly_once(&events, &prefix, 1500, "busy");
@@ -275,13 +299,15 @@ fn since_and_last_replay_history_then_continue_live() {
     let mut c = Cluster::new();
     let ns = c.add_node("hist", 10, &[]);
     let prefix = format!("h{}", c.net.id);
+    // The workload is in the relay's history once a live client has it.
+    let live = c.watch(&[]);
+    c.wait_clients(1);
     c.run_in(&ns, &workload(&prefix, 10));
-    std::thread::sleep(Duration::from_millis(800));
-    let filter = format!("^{prefix}-");
-    let _ = filter;
+    assert!(live.wait(Duration::from_secs(30), |e| full(e, &prefix, 10)), "workload not merged");
     let watcher = c.watch(&["--last", "4", "--process", "true$"]);
-    assert!(watcher.wait(Duration::from_secs(10), |e| e.len() >= 4));
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(watcher.wait(Duration::from_secs(30), |e| e.len() >= 4));
+    // A closing /bin/true marker comes after the history, live.
+    c.settle(&ns, &format!("z{prefix}"), &[&watcher]);
     let first: Vec<_> =
         marked(&watcher.snapshot(), &format!("{prefix}-")).into_iter().map(|(k, a, _)| (k, a)).collect();
     assert_eq!(
@@ -382,7 +408,7 @@ fn relay_certificates_are_reread_without_a_restart() {
     assert!(c.relay.as_mut().unwrap().child.try_wait().unwrap().is_none(), "relay restarted");
     // The sensor keeps streaming across the reload.
     let watcher = c.watch(&["--tls-server-name", "rotated.vigil.test"]);
-    std::thread::sleep(Duration::from_millis(500));
+    c.wait_clients(1);
     let prefix = format!("q{}", c.net.id);
     c.run_in(&ns, &workload(&prefix, 5));
     assert!(watcher.wait(Duration::from_secs(30), |e| full(e, &prefix, 5)), "relay log:\n{}", c.relay_log());
@@ -400,7 +426,8 @@ fn a_name_with_several_relays_streams_to_every_replica() {
     c.wait_node("rep");
     let first = c.watch(&[]);
     let second = c.watch_at(&second_ip, &[]);
-    std::thread::sleep(Duration::from_secs(1));
+    c.wait_clients(1);
+    c.wait_clients_at(&second_ip, 1);
     let prefix = format!("p{}", c.net.id);
     c.run_in(&sensor_ns, &workload(&prefix, 10));
     for (name, w) in [("first", &first), ("second", &second)] {
@@ -410,7 +437,7 @@ fn a_name_with_several_relays_streams_to_every_replica() {
             sensor.log_text()
         );
     }
-    std::thread::sleep(Duration::from_millis(300));
+    c.settle(&sensor_ns, &format!("z{prefix}"), &[&first, &second]);
     assert_exactly_once(&first.snapshot(), &prefix, 10, "rep");
     assert_exactly_once(&second.snapshot(), &prefix, 10, "rep");
 }
@@ -426,7 +453,7 @@ fn a_replica_added_later_is_found_by_looking_the_name_up_again() {
     let sensor = start_replicated_sensor(&c, &sensor_ns, "late", &["--relay-resolve-interval", "1"]);
     c.wait_node("late");
     let first = c.watch(&[]);
-    std::thread::sleep(Duration::from_secs(1));
+    c.wait_clients(1);
     let before = format!("b{}", c.net.id);
     c.run_in(&sensor_ns, &workload(&before, 10));
     assert!(first.wait(Duration::from_secs(30), |e| full(e, &before, 10)), "first relay incomplete");
@@ -446,7 +473,7 @@ fn a_replica_added_later_is_found_by_looking_the_name_up_again() {
     for (name, w) in [("first", &first), ("second", &second)] {
         assert!(w.wait(Duration::from_secs(30), |e| full(e, &after, 10)), "{name} relay incomplete");
     }
-    std::thread::sleep(Duration::from_millis(300));
+    c.settle(&sensor_ns, &format!("z{after}"), &[&first, &second]);
     for prefix in [&before, &after] {
         assert_exactly_once(&first.snapshot(), prefix, 10, "late");
         assert_exactly_once(&second.snapshot(), prefix, 10, "late");
@@ -473,7 +500,12 @@ fn replica_certificate(c: &Cluster, name: &str) -> String {
     .unwrap();
     std::fs::write(c.certs.join("relay-key.pem"), key).unwrap();
     std::fs::write(c.certs.join("relay.pem"), cert).unwrap();
-    std::thread::sleep(Duration::from_secs(3)); // the first relay re-reads them
+    // The first relay has re-read them once it serves the new name.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !c.status_as(name).status.success() {
+        assert!(std::time::Instant::now() < deadline, "relay never served {name}:\n{}", c.relay_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     second_ip
 }
 

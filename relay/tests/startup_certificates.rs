@@ -21,9 +21,11 @@ fn mismatch_key(dir: &std::path::Path) -> Vec<u8> {
 async fn a_half_written_pair_at_start_is_waited_for() {
     let dir = cert_dir("half-written");
     let good = mismatch_key(&dir);
-    let mut relay = Relay::spawn(dir.clone(), &[]);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(relay.child.try_wait().expect("relay status").is_none(), "the relay gave up on a pair being rewritten");
+    let relay = Relay::spawn(dir.clone(), &[]);
+    // Observed, not timed: the relay has found the pair unusable and waits.
+    let retrying = relay.daemon.wait_for(Duration::from_secs(30), |l| l.contains("retrying in case").then_some(()));
+    assert!(retrying.is_some(), "the relay did not wait for the pair:\n{}", relay.log());
+    assert!(relay.daemon.exited().is_none(), "the relay gave up on a pair being rewritten");
     std::fs::write(dir.join("relay-key.pem"), good).expect("finish the rotation");
     assert!(relay.serving_within(Duration::from_secs(10)).await, "the relay did not start once the pair matched");
 }
@@ -33,7 +35,7 @@ fn a_pair_that_never_loads_stops_the_relay_with_the_reason() {
     let dir = cert_dir("never-loads");
     mismatch_key(&dir);
     let started = Instant::now();
-    let mut relay = Relay::spawn(dir, &[]);
+    let relay = Relay::spawn(dir, &[]);
     let (status, stderr) = relay.exit_within(Duration::from_secs(30)).expect("relay exits");
     assert!(!status.success());
     assert!(started.elapsed() >= Duration::from_secs(9), "gave up after {:?}, not ~10 s", started.elapsed());
@@ -49,11 +51,11 @@ fn a_pair_that_never_loads_stops_the_relay_with_the_reason() {
 fn a_missing_key_stops_the_relay_at_once_naming_the_file() {
     let dir = cert_dir("missing-key");
     std::fs::remove_file(dir.join("relay-key.pem")).expect("remove key");
-    let started = Instant::now();
-    let mut relay = Relay::spawn(dir.clone(), &[]);
-    let (status, stderr) = relay.exit_within(Duration::from_secs(10)).expect("relay exits");
+    let relay = Relay::spawn(dir.clone(), &[]);
+    let (status, stderr) = relay.exit_within(Duration::from_secs(60)).expect("relay exits");
     assert!(!status.success());
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    // At once: a missing file is not a rotation in progress.
+    assert!(!stderr.contains("retrying in case"), "{stderr}");
     let expected =
         format!("vigil-relay: {}: No such file or directory (os error 2)", dir.join("relay-key.pem").display());
     assert_eq!(stderr.lines().last(), Some(expected.as_str()), "{stderr}");

@@ -8,12 +8,13 @@ pub mod auth;
 pub mod reload;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 const ROLE_PREFIX: &str = "urn:vigil:role:";
 
@@ -259,13 +260,46 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 /// Server settings: our identity and the CA that client certificates must
-/// chain to (mTLS: a client without a valid certificate is refused).
-pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<ServerTlsConfig, TlsError> {
+/// chain to (mTLS: a client without a valid certificate is refused), as a
+/// rustls configuration the serving layer swaps in without closing its
+/// listener. ALPN offers h2 (grpc-go 1.67+ requires it), and the CA's name
+/// is sent as a hint (Go's client sends no certificate without it).
+pub fn server_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let cert_pem = read(cert)?;
     check_validity(cert, &cert_pem)?;
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert_pem, read(key)?))
-        .client_ca_root(Certificate::from_pem(read(ca)?)))
+    let unusable = |reason: String| TlsError::Unusable {
+        cert: cert.display().to_string(),
+        key: key.display().to_string(),
+        reason,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Unparsable { path: cert.display().to_string(), reason: e.to_string() })?;
+    let key_der = PrivateKeyDer::from_pem_slice(&read(key)?)
+        .map_err(|e| TlsError::Unparsable { path: key.display().to_string(), reason: e.to_string() })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca_cert in CertificateDer::pem_slice_iter(&read(ca)?) {
+        let ca_cert =
+            ca_cert.map_err(|e| TlsError::Unparsable { path: ca.display().to_string(), reason: e.to_string() })?;
+        roots
+            .add(ca_cert)
+            .map_err(|e| TlsError::Unparsable { path: ca.display().to_string(), reason: e.to_string() })?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| TlsError::Unparsable { path: ca.display().to_string(), reason: e.to_string() })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| unusable(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        // Checks that the key belongs to the certificate.
+        .with_single_cert(chain, key_der)
+        .map_err(|e| unusable(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Client settings: the CA the server must chain to, our identity, and the

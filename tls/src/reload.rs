@@ -1,25 +1,22 @@
 //! A server's certificate files, loaded with every check TLS will make,
-//! and watched so servers take replaced files without a restart.
+//! and watched so servers take replaced files without a restart: the new
+//! settings are handed to the listener, which uses them for every handshake
+//! after that (the listener itself is never closed).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use rustls::ServerConfig;
 use tokio::sync::watch;
-use tonic::transport::ServerTlsConfig;
 
 use crate::{CertFiles, Role, TlsError, server_config};
 
-/// An error and its causes, `a: b: c` (tonic's says only "transport error").
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
-}
+/// How often certificate files are checked for changes.
+pub const POLL: Duration = Duration::from_secs(2);
+/// How long start-up waits for certificate files that exist but do not load
+/// (a rotation caught half-written).
+pub const START_WAIT: Duration = Duration::from_secs(10);
 
 /// The CA, certificate and key a server of one role presents.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,14 +39,8 @@ impl ServerFiles {
     /// The server settings, checked as the TLS layer will check them: a
     /// key that does not belong to the certificate is an error here, not a
     /// failed handshake later.
-    pub fn load(&self) -> Result<ServerTlsConfig, TlsError> {
-        let cfg = server_config(&self.ca, &self.cert, &self.key)?;
-        tonic::transport::Server::builder().tls_config(cfg.clone()).map_err(|e| TlsError::Unusable {
-            cert: self.cert.display().to_string(),
-            key: self.key.display().to_string(),
-            reason: with_causes(&e),
-        })?;
-        Ok(cfg)
+    pub fn load(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        server_config(&self.ca, &self.cert, &self.key)
     }
 
     /// Modification times (None for a missing file).
@@ -65,7 +56,7 @@ impl ServerFiles {
     /// Loads at start-up, allowing for a rotation caught half-written:
     /// while every file exists, retries for up to `wait` before giving up.
     /// A missing file fails at once.
-    pub async fn load_at_start(&self, wait: Duration) -> Result<ServerTlsConfig, TlsError> {
+    pub async fn load_at_start(&self, wait: Duration) -> Result<Arc<ServerConfig>, TlsError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut warned = false;
         loop {
@@ -86,7 +77,7 @@ impl ServerFiles {
     /// Polls the files every `poll`; when they change and load, sends the
     /// new settings on `reload`. A changed set that does not load is logged
     /// and the server keeps the old one. Ends when `reload` has no receiver.
-    pub async fn watch(self, poll: Duration, reload: watch::Sender<Option<ServerTlsConfig>>) {
+    pub async fn watch(self, poll: Duration, reload: watch::Sender<Arc<ServerConfig>>) {
         let mut seen = self.stamp();
         loop {
             tokio::time::sleep(poll).await;
@@ -101,7 +92,7 @@ impl ServerFiles {
             match self.load() {
                 Ok(cfg) => {
                     tracing::info!(cert = %self.cert.display(), "certificate files changed; serving with the new ones");
-                    let _ = reload.send(Some(cfg));
+                    let _ = reload.send(cfg);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "certificate files changed but do not load; keeping the old ones")

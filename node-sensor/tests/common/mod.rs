@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
 use proto::tetragon::get_events_response::Event;
 use proto::tetragon::{GetEventsRequest, GetEventsResponse, GetHealthStatusRequest, Process};
-use proto::transport::ServerAddress;
+use serving::address::ServerAddress;
 use tonic::transport::Channel;
 
 /// Why kernel tests cannot run here, if they cannot (printed, never silent).

@@ -271,6 +271,30 @@ impl Cluster {
         c
     }
 
+    /// `vigil` against node `name`'s own sensor API (its unix socket).
+    pub fn local_cmd(&self, name: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("vigil"));
+        c.args(["--server-address", &format!("unix://{}", self.dir.join(format!("{name}.sock")).display())]).args(args);
+        c
+    }
+
+    /// Waits until node `name`'s sensor has `n` bus subscribers (the relay
+    /// uplink is one).
+    pub fn wait_local_subscribers(&self, name: &str, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let out = self.local_cmd(name, &["status"]).stdin(Stdio::null()).output().unwrap();
+            last = String::from_utf8_lossy(&out.stdout).into_owned();
+            let subs = last.split("subscribers=").nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok());
+            if subs == Some(n) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("node {name} never had {n} subscribers: {last}");
+    }
+
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         self.cli_cmd(args).stdin(Stdio::null()).output().unwrap()
     }
@@ -286,6 +310,41 @@ impl Cluster {
     pub fn run_in(&self, ns: &str, script: &str) {
         let status = Command::new("ip").args(["netns", "exec", ns, "/bin/sh", "-c", script]).status().unwrap();
         assert!(status.success(), "workload failed: {script}");
+    }
+
+    /// Waits until the relay at `relay_ip` has `n` GetEvents clients
+    /// attached: a watcher started before a workload sees all of it.
+    pub fn wait_clients_at(&self, relay_ip: &str, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let out = self.cli_cmd_at(relay_ip, &["nodes"]).stdin(Stdio::null()).output().unwrap();
+            last = String::from_utf8_lossy(&out.stdout).into_owned();
+            let clients = last.split("clients: ").nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok());
+            if clients == Some(n) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the relay at {relay_ip} never had {n} clients: {last}");
+    }
+
+    pub fn wait_clients(&self, n: u64) {
+        self.wait_clients_at(&self.relay_ip, n);
+    }
+
+    /// Runs a last marker (`/bin/true <tag>`) in `ns` and waits until every
+    /// watcher got it: whatever the node sent before, copies and replays
+    /// included, has reached them too (one node's events stay in order).
+    pub fn settle(&self, ns: &str, tag: &str, watchers: &[&Watcher]) {
+        self.run_in(ns, &format!("/bin/true {tag}"));
+        for w in watchers {
+            assert!(
+                w.wait(Duration::from_secs(30), |e| !marked(e, tag).is_empty()),
+                "the closing marker {tag} never arrived; relay log:\n{}",
+                self.relay_log()
+            );
+        }
     }
 
     pub fn relay_log(&self) -> String {

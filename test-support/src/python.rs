@@ -1,6 +1,6 @@
 //! Python grpcio for tests that need a client which is not Vigil's: finds
 //! an interpreter with grpcio and generates stubs from Vigil's .proto files.
-//! Shared by the sensor's and the relay's tests through `#[path]`.
+//! Shared by the sensor's and the relay's tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

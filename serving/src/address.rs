@@ -114,21 +114,6 @@ impl ServerAddress {
     }
 }
 
-/// Binds `address`, retrying for up to `wait` while it is still in use (a
-/// server being replaced, e.g. to take new certificates, releases it).
-pub async fn bind_tcp(address: &str, wait: std::time::Duration) -> std::io::Result<tokio::net::TcpListener> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        match tokio::net::TcpListener::bind(address).await {
-            Ok(l) => return Ok(l),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

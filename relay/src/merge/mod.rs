@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::Duration;
 
+pub mod stage;
+
 use base64::Engine as _;
 use proto::shared::SharedEvent;
 use proto::tetragon::GetEventsResponse;

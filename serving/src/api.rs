@@ -1,0 +1,79 @@
+//! `tetragon.FineGuidanceSensors` over any event source: the sensor serves
+//! its bus, the relay its merged history and bus; request checking, the
+//! stream type, health and version answers are the same code for both.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use proto::shared::OutEvent;
+use proto::shared::fine_guidance_sensors_server::{FineGuidanceSensors, FineGuidanceSensorsServer};
+use proto::tetragon::{
+    GetEventsRequest, GetHealthStatusRequest, GetHealthStatusResponse, GetVersionRequest, GetVersionResponse,
+    HealthStatus, HealthStatusResult, HealthStatusType,
+};
+use tokio_stream::{Stream, StreamExt};
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status};
+
+/// Largest request accepted from a client (requests are filters; events
+/// flow the other way).
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// A stream of events as a server sends it.
+pub type EventStream = Pin<Box<dyn Stream<Item = OutEvent> + Send>>;
+
+/// What a daemon serves through Tetragon's API.
+pub trait EventSource: Send + Sync + 'static {
+    /// `GetVersion`'s answer.
+    fn version(&self) -> &'static str;
+    /// The events for a subscriber with these (already compiled) filters.
+    fn subscribe(&self, request: &GetEventsRequest, filters: events::RequestFilters) -> EventStream;
+    /// `GetHealth`'s details: counters, `key=value` separated by spaces.
+    fn health(&self) -> String;
+}
+
+/// The generated service's implementation over an [`EventSource`].
+pub struct TetragonApi<S>(pub Arc<S>);
+
+type GrpcStream = Pin<Box<dyn Stream<Item = Result<OutEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
+    type GetEventsStream = GrpcStream;
+
+    async fn get_events(&self, request: Request<GetEventsRequest>) -> Result<Response<GrpcStream>, Status> {
+        let request = request.into_inner();
+        let filters = events::RequestFilters::compile(&request)?;
+        let stream = self.0.subscribe(&request, filters);
+        Ok(Response::new(Box::pin(stream.map(Ok))))
+    }
+
+    async fn get_health(
+        &self,
+        _: Request<GetHealthStatusRequest>,
+    ) -> Result<Response<GetHealthStatusResponse>, Status> {
+        Ok(Response::new(GetHealthStatusResponse {
+            health_status: vec![HealthStatus {
+                event: HealthStatusType::Status as i32,
+                status: HealthStatusResult::HealthStatusRunning as i32,
+                details: format!("running; {}", self.0.health()),
+            }],
+        }))
+    }
+
+    async fn get_version(&self, _: Request<GetVersionRequest>) -> Result<Response<GetVersionResponse>, Status> {
+        Ok(Response::new(GetVersionResponse { version: self.0.version().to_owned() }))
+    }
+}
+
+/// The service, ready to add to a router: requests bounded, and with
+/// `require_role`, only peers with a client-role certificate admitted.
+pub fn tetragon_service<S: EventSource>(
+    source: Arc<S>,
+    require_role: bool,
+) -> InterceptedService<FineGuidanceSensorsServer<TetragonApi<S>>, tls::auth::RoleCheck> {
+    InterceptedService::new(
+        FineGuidanceSensorsServer::new(TetragonApi(source)).max_decoding_message_size(MAX_REQUEST_BYTES),
+        tls::auth::RoleCheck::new(tls::Role::Client, require_role),
+    )
+}

@@ -1,0 +1,95 @@
+//! The process around a daemon: logging, the stop signal, the runtime and
+//! exit codes, the same for the sensor and the relay.
+
+use std::future::Future;
+use std::process::ExitCode;
+
+use tokio::sync::watch;
+
+/// Exit code for bad configuration (flags, config file, environment).
+pub const EXIT_CONFIG: u8 = 2;
+
+/// Log output format (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Plain,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid log level {level:?}: {reason}")]
+pub struct LogLevelError {
+    level: String,
+    reason: String,
+}
+
+/// Logs to stderr at `level` (a level or `tracing` directives).
+pub fn init_logging(level: &str, format: LogFormat) -> Result<(), LogLevelError> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| LogLevelError { level: level.to_owned(), reason: e.to_string() })?;
+    // Colours only on a terminal: a log file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Plain => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+/// A receiver that turns true on SIGTERM or SIGINT. Call inside the runtime.
+pub fn stop_on_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+        // Keep the sender so receivers see `true`, not a closed channel.
+        std::future::pending::<()>().await;
+    });
+    rx
+}
+
+/// Runs `body` on a multi-threaded runtime (`threads` workers, or one per
+/// core) and turns its outcome into the exit code: success, or the error
+/// with its causes on stderr, prefixed with `name`, and exit 1.
+pub fn run<E, F>(name: &str, threads: Option<usize>, body: impl FnOnce() -> F) -> ExitCode
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(body()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A configuration error: printed, and the config exit code.
+pub fn config_error(name: &str, error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("{name}: {error}");
+    ExitCode::from(EXIT_CONFIG)
+}

@@ -1,0 +1,14 @@
+//! Serving, once, for both daemons: where they listen and how (TCP, unix
+//! socket, or mTLS whose certificates rotate without closing the listener),
+//! Tetragon's `GetEvents`/`GetHealth`/`GetVersion` over any event source,
+//! and the process around them (logging, signals, runtime, exit codes).
+//! The sensor's and the relay's `main.rs` only wire their stages to it.
+#![forbid(unsafe_code)]
+
+pub mod address;
+pub mod api;
+pub mod daemon;
+pub mod listen;
+pub mod log_limit;
+
+pub use address::{AddressError, ServerAddress};

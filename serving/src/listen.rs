@@ -1,0 +1,219 @@
+//! Listeners: a unix socket, plain TCP, or TCP with mTLS. With mTLS, this
+//! layer does the handshake itself (rustls), so that replaced certificate
+//! files take effect for the next handshake while the listener stays open
+//! (no rebind, no window in which connections are refused), a handshake
+//! that never finishes is dropped after [`HANDSHAKE_TIMEOUT`], and refused
+//! handshakes are logged here, rate-limited, with their reason.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tonic::transport::server::{Router, TcpIncoming};
+
+use crate::address::ServerAddress;
+use crate::log_limit::{LogLimit, LogLimits};
+
+/// HTTP/2 keepalive pings on every connection, so dead peers are noticed.
+pub const KEEPALIVE: Duration = Duration::from_secs(30);
+/// A TLS handshake not finished by then is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After shutdown, open streams get this long to end (event streams never
+/// end by themselves).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// TLS handshakes in progress at once; further connections wait in the
+/// kernel's backlog.
+const MAX_HANDSHAKES: usize = 1024;
+/// Interval of the rate-limited log lines.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind { address: String, source: std::io::Error },
+    #[error(transparent)]
+    Certificates(#[from] tls::TlsError),
+    #[error("serving on {address}: {reason}")]
+    Serve { address: String, reason: String },
+}
+
+/// A gRPC server builder with the settings every Vigil listener uses.
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder().http2_keepalive_interval(Some(KEEPALIVE))
+}
+
+enum Kind {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+    Tls(TcpListener, watch::Receiver<Arc<ServerConfig>>),
+}
+
+/// A server's certificates, loaded and from then on watched: listeners
+/// given a clone use the newest for every handshake.
+#[derive(Clone)]
+pub struct Certificates(watch::Receiver<Arc<ServerConfig>>);
+
+impl Certificates {
+    /// Loads `files` (waiting out a half-written rotation, see
+    /// [`tls::reload::ServerFiles`]) and watches them from then on.
+    pub async fn load(files: tls::reload::ServerFiles) -> Result<Self, tls::TlsError> {
+        let config = files.load_at_start(tls::reload::START_WAIT).await?;
+        let (tx, rx) = watch::channel(config);
+        tokio::spawn(files.watch(tls::reload::POLL, tx));
+        Ok(Certificates(rx))
+    }
+}
+
+/// A bound listener, not yet serving.
+pub struct Listener {
+    address: String,
+    kind: Kind,
+}
+
+impl Listener {
+    /// Binds `address`, with mTLS when `tls` is given (TCP only: a unix
+    /// socket is local and its file permissions guard it). A stale unix
+    /// socket file is replaced.
+    ///
+    /// Logs `listening` at info with `label` and the bound address, so a
+    /// caller that asked for port 0 learns the port.
+    pub async fn bind(
+        label: &'static str,
+        address: &ServerAddress,
+        tls: Option<Certificates>,
+    ) -> Result<Self, ListenError> {
+        let shown = address.to_string();
+        let bind_err = |source| ListenError::Bind { address: shown.clone(), source };
+        let kind = match (address, tls) {
+            (ServerAddress::Unix(path), _) => {
+                if path.exists() {
+                    std::fs::remove_file(path).map_err(bind_err)?;
+                }
+                Kind::Unix(UnixListener::bind(path).map_err(bind_err)?)
+            }
+            (ServerAddress::Tcp(a), None) => Kind::Tcp(TcpListener::bind(a).await.map_err(bind_err)?),
+            (ServerAddress::Tcp(a), Some(Certificates(rx))) => {
+                Kind::Tls(TcpListener::bind(a).await.map_err(bind_err)?, rx)
+            }
+        };
+        let listener = Listener { address: shown, kind };
+        match listener.local_addr() {
+            Some(bound) => tracing::info!(listener = %label, address = %bound, tls = listener.is_tls(), "listening"),
+            None => tracing::info!(listener = %label, address = %listener.address, "listening"),
+        }
+        Ok(listener)
+    }
+
+    /// The bound TCP address (the port chosen for `:0`).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match &self.kind {
+            Kind::Tcp(l) | Kind::Tls(l, _) => l.local_addr().ok(),
+            Kind::Unix(_) => None,
+        }
+    }
+
+    /// Whether peers are authenticated by certificate.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.kind, Kind::Tls(..))
+    }
+
+    /// Serves `router` until `shutdown` turns true; open streams then get
+    /// [`SHUTDOWN_GRACE`] to end.
+    pub async fn serve(self, router: Router, shutdown: watch::Receiver<bool>) -> Result<(), ListenError> {
+        let address = self.address;
+        let stop = stopped(shutdown.clone());
+        let served: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match self.kind {
+                Kind::Unix(l) => Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stop)),
+                Kind::Tcp(l) => {
+                    Box::pin(router.serve_with_incoming_shutdown(TcpIncoming::from(l).with_nodelay(Some(true)), stop))
+                }
+                Kind::Tls(l, config) => Box::pin(router.serve_with_incoming_shutdown(tls_incoming(l, config), stop)),
+            };
+        let grace = async {
+            stopped(shutdown).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            r = served => r.map_err(|e| ListenError::Serve { address, reason: with_causes(&e) }),
+            () = grace => Ok(()),
+        }
+    }
+}
+
+/// Resolves once `rx` holds true (or its sender is gone).
+pub async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// An error and its causes, `a: b: c` (tonic's own says "transport error").
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// Accepted connections, handshaken with the settings current at accept
+/// time. Ends when the server stops taking connections.
+fn tls_incoming(
+    listener: TcpListener,
+    config: watch::Receiver<Arc<ServerConfig>>,
+) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let refused = Arc::new(LogLimits::new(LOG_EVERY));
+        let accept_failed = LogLimit::new(LOG_EVERY);
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                () = tx.closed() => return,
+            };
+            let (tcp, _) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // E.g. EMFILE: retrying at once would spin and flood
+                    // the log; connections wait in the backlog meanwhile.
+                    if let Some(n) = accept_failed.hit() {
+                        tracing::warn!(error = %e, times = n, "cannot accept connections");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = TlsAcceptor::from(config.borrow().clone());
+            let (tx, refused) = (tx.clone(), refused.clone());
+            tokio::spawn(async move {
+                let reason = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        drop(slot);
+                        let _ = tx.send(Ok(stream)).await;
+                        return;
+                    }
+                    Ok(Err(e)) => with_causes(&e),
+                    Err(_) => format!("not finished within {HANDSHAKE_TIMEOUT:?}"),
+                };
+                // Refusals are security events: logged at info, once per
+                // interval and reason.
+                if let Some(n) = refused.hit(&reason) {
+                    tracing::info!(%reason, times = n, "TLS handshake refused");
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}

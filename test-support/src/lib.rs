@@ -1,0 +1,36 @@
+//! What Vigil's tests share: unique markers, the rule for skipping, daemons
+//! started as child processes whose log and listening addresses are read
+//! back (port 0, no bind-drop-reuse race), and the Python gRPC client.
+//! A dev-dependency only.
+
+pub mod daemon;
+pub mod python;
+
+/// A token unique to this call: tests run in parallel threads and may start
+/// within one microsecond, so a counter keeps markers, cgroups and files
+/// apart, and the pid and time keep runs apart.
+pub fn nonce() -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{}{:06}{n:02}", std::process::id(), t.subsec_micros())
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Skips the calling test with `reason` printed, unless `VIGIL_REQUIRE_ALL`
+/// is set (CI), where a test that cannot run is a failure.
+#[macro_export]
+macro_rules! skip_if {
+    ($reason:expr) => {
+        if let Some(reason) = $reason {
+            assert!(std::env::var_os("VIGIL_REQUIRE_ALL").is_none(), "cannot run: {reason}");
+            eprintln!("SKIP {}: {reason}", module_path!());
+            return;
+        }
+    };
+}
