@@ -131,7 +131,8 @@ impl EventBus {
     }
 
     pub fn subscriber_count(&self) -> usize {
-        self.subscribers.lock().len()
+        // Closed ones are removed on the next publish; not counted meanwhile.
+        self.subscribers.lock().iter().filter(|s| !s.tx.is_closed()).count()
     }
 
     /// Offers the event to every subscriber whose filter passes it.
@@ -241,7 +242,8 @@ mod tests {
         let sub = bus.subscribe(crate::RequestFilters::default());
         assert_eq!(bus.subscriber_count(), 1);
         drop(sub);
+        assert_eq!(bus.subscriber_count(), 0, "a closed subscriber is not counted");
         bus.publish(exec("/x"));
-        assert_eq!(bus.subscriber_count(), 0);
+        assert_eq!(bus.subscribers.lock().len(), 0, "and removed on the next publish");
     }
 }

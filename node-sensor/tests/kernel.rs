@@ -107,7 +107,11 @@ async fn process_started_before_the_sensor_carries_procfs() {
     let arg = format!("61.{}", nonce());
     let mut child = Command::new("/bin/sleep").arg(&arg).current_dir("/").spawn().unwrap();
     let child_pid = child.id();
-    std::thread::sleep(Duration::from_millis(100));
+    // Started once it runs /bin/sleep (not still the forked test binary).
+    let exe = std::fs::canonicalize("/bin/sleep").unwrap();
+    while std::fs::read_link(format!("/proc/{child_pid}/exe")).ok() != Some(exe.clone()) {
+        std::thread::yield_now();
+    }
     let sensor = Sensor::start(&[]).await;
     let mut c = Collector::subscribe(&sensor, all_events()).await;
     child.kill().unwrap();

@@ -29,8 +29,8 @@ async fn python_grpcio_client_receives_live_events() {
         .unwrap();
     let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "subscribed");
-    // Give the subscription a moment to reach the sensor, then run the command.
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // The client prints "subscribed" once GetEvents has answered, which the
+    // sensor does after registering the subscription: run the command now.
     assert!(Command::new("/bin/echo").arg(&mark).stdout(Stdio::null()).status().unwrap().success());
     let got: Vec<serde_json::Value> = lines.map(|l| serde_json::from_str(&l.unwrap()).unwrap()).collect();
     assert!(client.wait().unwrap().success());

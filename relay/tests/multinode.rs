@@ -408,7 +408,7 @@ fn relay_certificates_are_reread_without_a_restart() {
     assert!(c.relay.as_mut().unwrap().child.try_wait().unwrap().is_none(), "relay restarted");
     // The sensor keeps streaming across the reload.
     let watcher = c.watch(&["--tls-server-name", "rotated.vigil.test"]);
-    c.wait_clients(1);
+    c.wait_clients_with(&c.relay_ip, &["--tls-server-name", "rotated.vigil.test"], 1);
     let prefix = format!("q{}", c.net.id);
     c.run_in(&ns, &workload(&prefix, 5));
     assert!(watcher.wait(Duration::from_secs(30), |e| full(e, &prefix, 5)), "relay log:\n{}", c.relay_log());

@@ -19,9 +19,12 @@ stub = sensors_pb2_grpc.FineGuidanceSensorsStub(channel)
 request = events_pb2.GetEventsRequest(
     allow_list=[events_pb2.Filter(arguments_regex=[marker])]
 )
+responses = stub.GetEvents(request, timeout=30)
+# The server's headers come once it has registered the subscription.
+responses.initial_metadata()
 print("subscribed", flush=True)
 seen = 0
-for response in stub.GetEvents(request, timeout=30):
+for response in responses:
     print(json.dumps(MessageToDict(response, preserving_proto_field_name=True)), flush=True)
     seen += 1
     if seen >= count:

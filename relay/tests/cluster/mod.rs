@@ -315,10 +315,16 @@ impl Cluster {
     /// Waits until the relay at `relay_ip` has `n` GetEvents clients
     /// attached: a watcher started before a workload sees all of it.
     pub fn wait_clients_at(&self, relay_ip: &str, n: u64) {
+        self.wait_clients_with(relay_ip, &[], n);
+    }
+
+    /// [`Self::wait_clients_at`] with extra CLI flags (e.g. the TLS name).
+    pub fn wait_clients_with(&self, relay_ip: &str, flags: &[&str], n: u64) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut last = String::new();
+        let args: Vec<&str> = flags.iter().copied().chain(["nodes"]).collect();
         while Instant::now() < deadline {
-            let out = self.cli_cmd_at(relay_ip, &["nodes"]).stdin(Stdio::null()).output().unwrap();
+            let out = self.cli_cmd_at(relay_ip, &args).stdin(Stdio::null()).output().unwrap();
             last = String::from_utf8_lossy(&out.stdout).into_owned();
             let clients = last.split("clients: ").nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok());
             if clients == Some(n) {
