@@ -70,8 +70,6 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let api = server::SensorApi { bus: bus.clone(), stats: stats.clone() };
-    let server = tokio::spawn(server::serve(listener, api, stop.clone()));
 
     let mut pipeline = Pipeline::new(
         &settings.node_name,
@@ -115,6 +113,11 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         uplink::start(&bus, uplink).await.context("relay uplink")?;
     }
     let seeded = pipeline.seed_from_procfs(&settings.procfs);
+    // Served only now: a client that sees the sensor healthy sees events
+    // of processes started after the /proc walk as execs, not as `procFS`.
+    // (The listener was bound earlier, so connections wait in its backlog.)
+    let api = server::SensorApi { bus: bus.clone(), stats: stats.clone() };
+    let server = tokio::spawn(server::serve(listener, api, stop.clone()));
     tracing::info!(processes = seeded, address = %settings.server_address, "process cache seeded from procfs; serving");
 
     let pipe = tokio::spawn(pipeline.run(probes, stop));
