@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use clap::Parser;
 use manifests::{Object, load_dir, pod_spec};
 
 fn objects() -> Vec<(String, Object)> {
@@ -150,7 +149,7 @@ fn every_referenced_object_exists() {
 #[test]
 fn ports_agree_with_the_binaries_defaults() {
     let objs = objects();
-    let flags = relay::config::Flags::parse_from(["vigil-relay", "--insecure"]);
+    let flags = relay::config::Layered::default();
     let port = |addr: &str| addr.rsplit(':').next().unwrap().parse::<i32>().unwrap();
     let relay = objs.iter().find(|(_, o)| matches!(o, Object::Deployment(_))).map(|(_, o)| o).unwrap();
     let ports: BTreeMap<String, i32> = pod_spec(relay).unwrap().containers[0]
@@ -183,6 +182,23 @@ fn ports_agree_with_the_binaries_defaults() {
     let checked = node_sensor::config::check_file(&tmp);
     let _ = std::fs::remove_file(&tmp);
     checked.unwrap_or_else(|e| panic!("sensor ConfigMap: {e}"));
+    // The relay's config: keys it accepts, the ports its Service names.
+    let cm = objs
+        .iter()
+        .find_map(|(_, o)| match o {
+            Object::ConfigMap(c) if name_of(o) == "vigil-relay-config" => Some(c.clone()),
+            _ => None,
+        })
+        .expect("vigil-relay-config");
+    let text = cm.data.unwrap()["config.yaml"].clone();
+    for (name, p) in &ports {
+        assert!(text.contains(&format!(":{p}")), "relay config does not listen on the {name} port {p}: {text}");
+    }
+    let tmp = std::env::temp_dir().join(format!("vigil-relay-config-{}.yaml", std::process::id()));
+    std::fs::write(&tmp, &text).unwrap();
+    let checked = relay::config::check_file(&tmp);
+    let _ = std::fs::remove_file(&tmp);
+    checked.unwrap_or_else(|e| panic!("relay ConfigMap: {e}"));
 }
 
 #[test]

@@ -1,11 +1,13 @@
-//! The sensor's settings: flags, then a config file (`--config-file`,
-//! TOML/YAML/JSON with the flags' names as keys), then defaults. An
-//! unknown key or a bad value stops start-up with the key named.
+//! The sensor's settings, layered by `serving::settings`: defaults, then a
+//! config file (`--config-file`, TOML/YAML/JSON with the flags' names as
+//! keys), then `VIGIL_*` environment variables, then flags. Every unknown
+//! key and bad value stops start-up, all of them named at once.
 
 use std::path::PathBuf;
 
 use clap::Parser;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serving::settings::{ConfigErrors, ConfigProblem, FlagLayer};
 
 pub const DEFAULT_SERVER_ADDRESS: &str = "localhost:54321";
 pub const DEFAULT_PROCESS_CACHE_SIZE: usize = 65_536;
@@ -13,8 +15,10 @@ pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 10_000;
 
 pub use serving::daemon::LogFormat;
 
-/// Command-line flags; every one may also be set in the config file.
-#[derive(Debug, Parser, Default)]
+/// Command-line flags; every one may also be set in the config file or as
+/// `VIGIL_<FLAG>` (e.g. `VIGIL_PROCESS_CACHE_SIZE`).
+#[derive(Debug, Parser, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
 #[command(
     name = "vigil-sensor",
     version,
@@ -97,46 +101,60 @@ pub struct Flags {
     pub k8s_pod_annotations: bool,
 }
 
-/// The config file's keys: the flags' names.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileSettings {
-    node_name: Option<String>,
-    server_address: Option<String>,
-    process_cache_size: Option<usize>,
-    subscriber_queue_size: Option<usize>,
-    export_filename: Option<PathBuf>,
-    log_level: Option<String>,
-    log_format: Option<LogFormat>,
-    btf: Option<String>,
-    procfs: Option<PathBuf>,
-    enable_process_cred: Option<bool>,
-    enable_process_ns: Option<bool>,
-    enable_ancestors: Option<Vec<String>>,
-    relay_address: Option<Vec<String>>,
-    tls_dir: Option<PathBuf>,
-    insecure: Option<bool>,
-    replay_buffer_size: Option<usize>,
-    relay_resolve_interval: Option<u64>,
-    only_own_netns: Option<bool>,
-    enable_k8s_api: Option<bool>,
-    kubeconfig: Option<PathBuf>,
-    k8s_pod_annotations: Option<bool>,
+/// Every setting with its default: the layers' common shape. Keys are the
+/// flags' names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Layered {
+    pub node_name: Option<String>,
+    pub server_address: String,
+    pub process_cache_size: usize,
+    pub subscriber_queue_size: usize,
+    pub export_filename: Option<PathBuf>,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub btf: String,
+    pub procfs: PathBuf,
+    pub enable_process_cred: bool,
+    pub enable_process_ns: bool,
+    pub enable_ancestors: Vec<String>,
+    pub relay_address: Vec<String>,
+    pub tls_dir: Option<PathBuf>,
+    pub insecure: bool,
+    pub replay_buffer_size: usize,
+    pub relay_resolve_interval: u64,
+    pub only_own_netns: bool,
+    pub enable_k8s_api: bool,
+    pub kubeconfig: Option<PathBuf>,
+    pub k8s_pod_annotations: bool,
 }
 
-/// `--enable-ancestors` types: only `base` exists here (exec and exit).
-fn ancestors_for_base(types: Vec<String>) -> Result<bool, ConfigError> {
-    for t in &types {
-        if t != "base" {
-            return Err(ConfigError::Value {
-                key: "enable-ancestors",
-                reason: format!(
-                    "{t:?} is not an event type Vigil produces; the only one is \"base\" (process_exec, process_exit)"
-                ),
-            });
+impl Default for Layered {
+    fn default() -> Self {
+        Layered {
+            node_name: None,
+            server_address: DEFAULT_SERVER_ADDRESS.into(),
+            process_cache_size: DEFAULT_PROCESS_CACHE_SIZE,
+            subscriber_queue_size: DEFAULT_SUBSCRIBER_QUEUE,
+            export_filename: None,
+            log_level: "info".into(),
+            log_format: LogFormat::Plain,
+            btf: crate::btf_offsets::VMLINUX_BTF.into(),
+            procfs: "/proc".into(),
+            enable_process_cred: false,
+            enable_process_ns: false,
+            enable_ancestors: Vec::new(),
+            relay_address: Vec::new(),
+            tls_dir: None,
+            insecure: false,
+            replay_buffer_size: DEFAULT_REPLAY_BUFFER,
+            relay_resolve_interval: DEFAULT_RELAY_RESOLVE_SECONDS,
+            only_own_netns: false,
+            enable_k8s_api: false,
+            kubeconfig: None,
+            k8s_pod_annotations: false,
         }
     }
-    Ok(!types.is_empty())
 }
 
 /// Resolved settings.
@@ -168,113 +186,104 @@ pub struct Settings {
 pub const DEFAULT_REPLAY_BUFFER: usize = 100_000;
 pub const DEFAULT_RELAY_RESOLVE_SECONDS: u64 = 30;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config file {path}: {reason}")]
-    File { path: String, reason: String },
-    #[error("invalid {key}: {reason}")]
-    Value { key: &'static str, reason: String },
-}
-
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
-fn read_file(path: &std::path::Path) -> Result<FileSettings, ConfigError> {
-    let err = |reason: String| ConfigError::File { path: path.display().to_string(), reason };
-    if !path.exists() {
-        return Err(err("no such file".into()));
-    }
-    config::Config::builder()
-        .add_source(config::File::from(path))
-        .build()
-        .and_then(|c| c.try_deserialize::<FileSettings>())
-        .map_err(|e| err(e.to_string()))
+/// Checks a config file's keys and values without starting anything.
+pub fn check_file(path: &std::path::Path) -> Result<(), ConfigErrors> {
+    serving::settings::layered::<Layered>(Some(path), |_| None, &FlagLayer::new()).map(|_| ())
 }
 
-/// Checks a config file's keys and values without starting anything.
-pub fn check_file(path: &std::path::Path) -> Result<(), ConfigError> {
-    read_file(path).map(|_| ())
+/// Collects the problems of resolving, to report them all.
+#[derive(Default)]
+struct Problems(Vec<ConfigProblem>);
+
+impl Problems {
+    fn add(&mut self, key: &str, reason: impl Into<String>) {
+        self.0.push(ConfigProblem { key: key.into(), source: "value".into(), reason: reason.into() });
+    }
+
+    fn positive(&mut self, key: &str, v: u64) {
+        if v == 0 {
+            self.add(key, "must be at least 1");
+        }
+    }
 }
 
 impl Settings {
-    pub fn resolve(flags: Flags) -> Result<Self, ConfigError> {
-        let file = match &flags.config_file {
-            Some(p) => read_file(p)?,
-            None => FileSettings::default(),
+    pub fn resolve(flags: Flags) -> Result<Self, ConfigErrors> {
+        Self::resolve_with_env(flags, |var| std::env::var(var).ok())
+    }
+
+    /// [`Settings::resolve`] with the environment given (tests).
+    pub fn resolve_with_env(flags: Flags, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+        let layer = serving::settings::flags_given(&flags, &["config-file"]);
+        let l: Layered = serving::settings::layered(flags.config_file.as_deref(), env, &layer)?;
+        let mut p = Problems::default();
+        let server_address = match l.server_address.parse::<serving::address::ServerAddress>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                p.add("server-address", e.to_string());
+                None
+            }
         };
-        let server_address =
-            flags.server_address.or(file.server_address).unwrap_or_else(|| DEFAULT_SERVER_ADDRESS.to_owned());
-        let server_address: serving::address::ServerAddress =
-            server_address.parse().map_err(|e: serving::address::AddressError| ConfigError::Value {
-                key: "server-address",
-                reason: e.to_string(),
-            })?;
-        fn positive<T: PartialEq + Default>(key: &'static str, v: T) -> Result<T, ConfigError> {
-            if v == T::default() { Err(ConfigError::Value { key, reason: "must be at least 1".into() }) } else { Ok(v) }
+        p.positive("process-cache-size", l.process_cache_size as u64);
+        p.positive("subscriber-queue-size", l.subscriber_queue_size as u64);
+        p.positive("replay-buffer-size", l.replay_buffer_size as u64);
+        p.positive("relay-resolve-interval", l.relay_resolve_interval);
+        for t in &l.enable_ancestors {
+            if t != "base" {
+                p.add(
+                    "enable-ancestors",
+                    format!(
+                        "{t:?} is not an event type Vigil produces; the only one is \"base\" (process_exec, process_exit)"
+                    ),
+                );
+            }
         }
-        let node_name = flags.node_name.or(file.node_name).filter(|n| !n.is_empty()).unwrap_or_else(hostname);
-        let relays_given =
-            !flags.relay_address.is_empty() || file.relay_address.as_ref().is_some_and(|r| !r.is_empty());
-        let tls_given = flags.tls_dir.is_some() || file.tls_dir.is_some();
-        let insecure = flags.insecure || file.insecure.unwrap_or(false);
-        if relays_given && !tls_given && !insecure {
-            return Err(ConfigError::Value {
-                key: "relay-address",
-                reason: "streaming to a relay needs --tls-dir (mTLS), or --insecure for plaintext".into(),
-            });
+        let tls_given = l.tls_dir.is_some();
+        if !l.relay_address.is_empty() && !tls_given && !l.insecure {
+            p.add("relay-address", "streaming to a relay needs --tls-dir (mTLS), or --insecure for plaintext");
         }
-        if !server_address.is_local() && !tls_given && !insecure {
-            return Err(ConfigError::Value {
-                key: "server-address",
-                reason: format!(
-                    "{server_address} is reachable from other hosts: serve with mTLS (--tls-dir; clients then need \
-                     client certificates) or pass --insecure for plaintext"
+        if let Some(a) = &server_address
+            && !a.is_local()
+            && !tls_given
+            && !l.insecure
+        {
+            p.add(
+                "server-address",
+                format!(
+                    "{a} is reachable from other hosts: serve with mTLS (--tls-dir; clients then need client \
+                     certificates) or pass --insecure for plaintext"
                 ),
-            });
+            );
         }
+        let Some(server_address) = server_address.filter(|_| p.0.is_empty()) else {
+            return Err(ConfigErrors(p.0));
+        };
         Ok(Settings {
-            node_name,
+            node_name: l.node_name.filter(|n| !n.is_empty()).unwrap_or_else(hostname),
             server_address,
-            process_cache_size: positive(
-                "process-cache-size",
-                flags.process_cache_size.or(file.process_cache_size).unwrap_or(DEFAULT_PROCESS_CACHE_SIZE),
-            )?,
-            subscriber_queue_size: positive(
-                "subscriber-queue-size",
-                flags.subscriber_queue_size.or(file.subscriber_queue_size).unwrap_or(DEFAULT_SUBSCRIBER_QUEUE),
-            )?,
-            export_filename: flags.export_filename.or(file.export_filename),
-            log_level: flags.log_level.or(file.log_level).unwrap_or_else(|| "info".into()),
-            log_format: flags.log_format.or(file.log_format).unwrap_or_default(),
-            btf: flags.btf.or(file.btf).unwrap_or_else(|| crate::btf_offsets::VMLINUX_BTF.into()),
-            procfs: flags.procfs.or(file.procfs).unwrap_or_else(|| "/proc".into()),
-            enable_process_cred: flags.enable_process_cred || file.enable_process_cred.unwrap_or(false),
-            enable_process_ns: flags.enable_process_ns || file.enable_process_ns.unwrap_or(false),
-            enable_ancestors: ancestors_for_base(if flags.enable_ancestors.is_empty() {
-                file.enable_ancestors.unwrap_or_default()
-            } else {
-                flags.enable_ancestors
-            })?,
-            relay_address: if flags.relay_address.is_empty() {
-                file.relay_address.unwrap_or_default()
-            } else {
-                flags.relay_address
-            },
-            tls_dir: flags.tls_dir.or(file.tls_dir),
-            insecure: flags.insecure || file.insecure.unwrap_or(false),
-            replay_buffer_size: positive(
-                "replay-buffer-size",
-                flags.replay_buffer_size.or(file.replay_buffer_size).unwrap_or(DEFAULT_REPLAY_BUFFER),
-            )?,
-            relay_resolve_interval: std::time::Duration::from_secs(positive(
-                "relay-resolve-interval",
-                flags.relay_resolve_interval.or(file.relay_resolve_interval).unwrap_or(DEFAULT_RELAY_RESOLVE_SECONDS),
-            )?),
-            only_own_netns: flags.only_own_netns || file.only_own_netns.unwrap_or(false),
-            enable_k8s_api: flags.enable_k8s_api || file.enable_k8s_api.unwrap_or(false),
-            kubeconfig: flags.kubeconfig.or(file.kubeconfig),
-            k8s_pod_annotations: flags.k8s_pod_annotations || file.k8s_pod_annotations.unwrap_or(false),
+            process_cache_size: l.process_cache_size,
+            subscriber_queue_size: l.subscriber_queue_size,
+            export_filename: l.export_filename,
+            log_level: l.log_level,
+            log_format: l.log_format,
+            btf: l.btf,
+            procfs: l.procfs,
+            enable_process_cred: l.enable_process_cred,
+            enable_process_ns: l.enable_process_ns,
+            enable_ancestors: !l.enable_ancestors.is_empty(),
+            relay_address: l.relay_address,
+            tls_dir: l.tls_dir,
+            insecure: l.insecure,
+            replay_buffer_size: l.replay_buffer_size,
+            relay_resolve_interval: std::time::Duration::from_secs(l.relay_resolve_interval),
+            only_own_netns: l.only_own_netns,
+            enable_k8s_api: l.enable_k8s_api,
+            kubeconfig: l.kubeconfig,
+            k8s_pod_annotations: l.k8s_pod_annotations,
         })
     }
 }
@@ -306,6 +315,41 @@ mod tests {
         let s = Settings::resolve(Flags { config_file: Some(p), node_name: Some("flag".into()), ..Default::default() })
             .unwrap();
         assert_eq!(s.node_name, "flag");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let p = file("e.yaml", "process-cahce-size: 5\nreplay-buffer-size: lots\nsubscriber-queue-size: 0\n");
+        let flags = Flags { config_file: Some(p), server_address: Some("nope".into()), ..Default::default() };
+        let e = Settings::resolve_with_env(flags, |_| None).unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, vec!["process-cahce-size", "replay-buffer-size"], "{e}");
+        // Once the layers parse, the values are checked, again all of them.
+        let p = file("f.yaml", "subscriber-queue-size: 0\n");
+        let flags = Flags { config_file: Some(p), server_address: Some("nope".into()), ..Default::default() };
+        let e = Settings::resolve_with_env(flags, |_| None).unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, vec!["server-address", "subscriber-queue-size"], "{e}");
+    }
+
+    #[test]
+    fn environment_sits_between_file_and_flags() {
+        let p = file("g.toml", "process-cache-size = 10\n");
+        let env = |v: &str| match v {
+            "VIGIL_PROCESS_CACHE_SIZE" => Some("20".to_owned()),
+            "VIGIL_RELAY_ADDRESS" => Some("r1:54331,r2:54331".to_owned()),
+            "VIGIL_INSECURE" => Some("true".to_owned()),
+            _ => None,
+        };
+        let s = Settings::resolve_with_env(Flags { config_file: Some(p.clone()), ..Default::default() }, env).unwrap();
+        assert_eq!(s.process_cache_size, 20);
+        assert_eq!(s.relay_address, vec!["r1:54331".to_owned(), "r2:54331".to_owned()]);
+        let flags = Flags { config_file: Some(p), process_cache_size: Some(30), ..Default::default() };
+        assert_eq!(Settings::resolve_with_env(flags, env).unwrap().process_cache_size, 30);
+        let e = Settings::resolve_with_env(Flags::default(), |v| (v == "VIGIL_PROCESS_CACHE_SIZE").then(|| "x".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid process-cache-size (environment VIGIL_PROCESS_CACHE_SIZE)"), "{e}");
     }
 
     #[test]

@@ -5,8 +5,10 @@
 //! the sensor keeps producing events (without pod data) meanwhile.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+
+use parking_lot::RwLock;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -110,13 +112,13 @@ pub fn pod_entries(pod: &K8sPod, annotations: bool) -> Vec<(String, Pod)> {
 
 impl PodIndex {
     pub fn lookup(&self, docker: &str) -> Option<Pod> {
-        self.by_container.read().ok()?.get(docker).cloned()
+        self.by_container.read().get(docker).cloned()
     }
 
     pub fn upsert(&self, pod: &K8sPod) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let entries = pod_entries(pod, self.annotations);
-        let (Ok(mut by_c), Ok(mut by_p)) = (self.by_container.write(), self.by_pod.write()) else { return };
+        let (mut by_c, mut by_p) = (self.by_container.write(), self.by_pod.write());
         for old in by_p.remove(&uid).unwrap_or_default() {
             by_c.remove(&old);
         }
@@ -130,7 +132,7 @@ impl PodIndex {
     /// identity the cache recorded for them.
     pub fn remove(&self, pod: &K8sPod) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let (Ok(mut by_c), Ok(mut by_p)) = (self.by_container.write(), self.by_pod.write()) else { return };
+        let (mut by_c, mut by_p) = (self.by_container.write(), self.by_pod.write());
         for old in by_p.remove(&uid).unwrap_or_default() {
             by_c.remove(&old);
         }

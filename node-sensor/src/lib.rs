@@ -1,23 +1,31 @@
 //! vigil-sensor: eBPF process-lifecycle sensor.
 //!
-//! Data flows one way through the modules: `loader` (BPF programs and ring
-//! buffer) → `decode` (bytes to records) → `cache` (process table,
-//! exec_id/parent links) → `builder` (records to Tetragon events, with
-//! `cgroup` for container ids) → `bus` (bounded per-subscriber fan-out) →
-//! `server` (gRPC). `procfs` seeds the cache with processes that predate
-//! the sensor.
+//! Data flows one way, one module per stage:
+//!
+//! `loader` (BPF programs and ring buffer; offsets from `btf_offsets`) →
+//! `decode` (bytes to records) → `cache` (process table, exec_id and
+//! parent links) → `convert` (records to Tetragon events, with `cgroup` for
+//! container ids, `flags`, `privileges`, `clock`) → `netns_filter`
+//! (`--only-own-netns`) → `pod_stage` (pod data from the `k8s` watch) →
+//! the bus → `server` (Tetragon's gRPC API), `export` (JSON lines file) and
+//! `uplink` (relays). `pipeline` runs the stages from decode to the bus;
+//! `procfs` seeds the cache with processes that predate the sensor;
+//! `stats` holds every counter; `config` the settings.
 
 pub mod btf_offsets;
-pub mod builder;
 pub mod cache;
 pub mod cgroup;
+pub mod clock;
 pub mod config;
+pub mod convert;
 pub mod decode;
 pub mod export;
 pub mod flags;
 pub mod k8s;
 pub mod loader;
+pub mod netns_filter;
 pub mod pipeline;
+pub mod pod_stage;
 pub mod privileges;
 pub mod procfs;
 pub mod server;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use events::bus::EventBus;
 use node_sensor::btf_offsets::Features;
-use node_sensor::builder::Clock;
+use node_sensor::clock::Clock;
 use node_sensor::config::{Flags, Settings};
 use node_sensor::k8s::{self, ApiSource};
 use node_sensor::pipeline::Pipeline;

@@ -1,7 +1,8 @@
-//! The sensor's one-way data flow: ring-buffer bytes → decode → process
-//! cache → event → bus. Runs on one task, so the cache needs no lock.
+//! The sensor's one-way data flow, stage by stage: ring-buffer bytes →
+//! `decode` → process `cache` → `convert` (records to events) →
+//! `netns_filter` → `pod_stage` → bus. Runs on one task, so the cache
+//! needs no lock.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -10,11 +11,14 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 use proto::tetragon::GetEventsResponse;
 use tokio::io::unix::AsyncFd;
 
-use crate::builder::{self, Clock};
 use crate::cache::ProcessCache;
+use crate::clock::Clock;
+use crate::convert;
 use crate::decode::{self, Record};
 use crate::k8s::PodIndex;
 use crate::loader::Probes;
+use crate::netns_filter::NetnsFilter;
+use crate::pod_stage::PodStage;
 use crate::privileges::Collect;
 use crate::procfs;
 use crate::stats::SensorStats;
@@ -26,24 +30,15 @@ const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// How often kernel counters are read and losses logged.
 const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
-/// How long an event of a containerised process waits for its pod to show
-/// up in the watch (container start races the API) before it goes without.
-const POD_WAIT: Duration = Duration::from_secs(5);
-/// Most events held waiting for pods; past it the oldest goes without.
-const MAX_HELD: usize = 10_000;
-
 pub struct Pipeline {
     node: String,
-    pods: Option<Arc<PodIndex>>,
-    held: VecDeque<(Instant, GetEventsResponse)>,
-    procfs: std::path::PathBuf,
-    /// Container-view pids of execs not yet given their pod, by exec_id.
-    nspids: std::collections::HashMap<String, u32>,
     clock: Clock,
     collect: Collect,
-    /// Report only processes in this network namespace (`--only-own-netns`).
-    netns_only: Option<u32>,
     cache: ProcessCache,
+    netns: Option<NetnsFilter>,
+    pods: Option<PodStage>,
+    /// Events leaving the pod stage, reused between calls.
+    out: Vec<GetEventsResponse>,
     bus: EventBus,
     stats: Arc<SensorStats>,
 }
@@ -59,14 +54,12 @@ impl Pipeline {
     ) -> Self {
         Pipeline {
             node: node.to_owned(),
-            pods: None,
-            held: VecDeque::new(),
-            procfs: "/proc".into(),
-            nspids: std::collections::HashMap::new(),
             clock,
             collect,
-            netns_only: None,
             cache: ProcessCache::new(cache_size),
+            netns: None,
+            pods: None,
+            out: Vec::new(),
             bus,
             stats,
         }
@@ -80,90 +73,42 @@ impl Pipeline {
 
     /// Keeps only events of processes in network namespace `inum`.
     pub fn only_netns(mut self, inum: u32) -> Self {
-        self.netns_only = Some(inum);
+        self.netns = Some(NetnsFilter::new(inum));
         self
     }
 
     /// Puts pod data on events, from the Kubernetes watch (`--enable-k8s-api`).
     pub fn with_pods(mut self, pods: Arc<PodIndex>, procfs: &std::path::Path) -> Self {
-        self.pods = Some(pods);
-        self.procfs = procfs.to_owned();
+        self.pods = Some(PodStage::new(pods, procfs.to_owned(), self.stats.clone()));
         self
     }
 
+    /// An event from `convert`, through the filter and pod stages, to the bus.
     fn publish(&mut self, event: GetEventsResponse) {
-        if let Some(want) = self.netns_only {
-            let net = events::subject::process(&event).and_then(|p| p.ns.as_ref()).and_then(|n| n.net).map(|n| n.inum);
-            if net != Some(want) {
-                return;
-            }
-        }
-        if self.pods.is_none() {
-            self.bus.publish(event);
+        if self.netns.is_some_and(|f| !f.passes(&event)) {
             return;
         }
-        // Events leave in order: once one waits for its pod, later ones
-        // queue behind it.
-        let mut event = event;
-        if self.held.is_empty() && !self.enrich(&mut event) {
-            self.bus.publish(event);
-            return;
-        }
-        if self.held.len() >= MAX_HELD
-            && let Some((_, mut oldest)) = self.held.pop_front()
-        {
-            if self.enrich(&mut oldest) {
-                self.stats.pod_timeouts.fetch_add(1, Ordering::Relaxed);
+        match self.pods.as_mut() {
+            None => self.bus.publish(event),
+            Some(pods) => {
+                pods.push(event, &mut self.cache, &mut self.out);
+                self.flush_out();
             }
-            self.bus.publish(oldest);
         }
-        self.held.push_back((Instant::now(), event));
-        self.stats.pod_waiting.store(self.held.len() as u64, Ordering::Relaxed);
     }
 
-    /// Adds pod data to the event's process and parent where the watch knows
-    /// their container. Returns true if a container process still lacks its pod.
-    fn enrich(&mut self, event: &mut GetEventsResponse) -> bool {
-        let Some(pods) = self.pods.clone() else { return false };
-        let mut missing = false;
-        let (process, parent) = events::subject::process_and_parent_mut(event);
-        for (i, p) in [process, parent].into_iter().flatten().enumerate() {
-            if p.docker.is_empty() || p.pod.is_some() {
-                continue;
-            }
-            match pods.lookup(&p.docker) {
-                Some(mut pod) => {
-                    // The pid as the container sees it: from the kernel record,
-                    // else (processes found by the /proc walk) from /proc.
-                    if let Some(c) = pod.container.as_mut() {
-                        let from_kernel = self.nspids.remove(&p.exec_id);
-                        let from_proc = || p.pid.and_then(|pid| crate::k8s::pid_in_container(&self.procfs, pid.value));
-                        c.pid = from_kernel.or_else(from_proc).map(Into::into);
-                    }
-                    self.cache.set_pod(&p.exec_id, &pod);
-                    p.pod = Some(pod);
-                }
-                // Only the event's own process holds it back.
-                None => missing |= i == 0,
-            }
-        }
-        missing
-    }
-
-    /// Sends held events whose pod is now known, or that waited long enough.
+    /// Lets the pod stage release what has waited long enough.
     fn drain_held(&mut self) {
-        while let Some((since, mut event)) = self.held.pop_front() {
-            let missing = self.enrich(&mut event);
-            if missing && since.elapsed() < POD_WAIT {
-                self.held.push_front((since, event));
-                break;
-            }
-            if missing {
-                self.stats.pod_timeouts.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(pods) = self.pods.as_mut() {
+            pods.drain(&mut self.cache, &mut self.out);
+            self.flush_out();
+        }
+    }
+
+    fn flush_out(&mut self) {
+        for event in self.out.drain(..) {
             self.bus.publish(event);
         }
-        self.stats.pod_waiting.store(self.held.len() as u64, Ordering::Relaxed);
     }
 
     /// Reports every process already running, parents first.
@@ -173,7 +118,7 @@ impl Pipeline {
         for e in entries {
             let time = e.process.start_time.unwrap_or_default();
             let lineage = self.cache.add_procfs(e.process, e.ppid);
-            self.publish(builder::exec_event(&self.node, time, lineage));
+            self.publish(convert::exec_event(&self.node, time, lineage));
         }
         self.update_cache_stats();
         n
@@ -194,25 +139,25 @@ impl Pipeline {
         };
         match record {
             Record::Clone(c) => {
-                let ktime = builder::image_ktime(c.start_boottime, c.exec_seq);
+                let ktime = convert::image_ktime(c.start_boottime, c.exec_seq);
                 self.cache.on_clone(&self.node, c.pid, c.ppid, ktime, self.clock.wall(ktime));
             }
             Record::Exec(e) => {
-                let process = builder::exec_process(&self.node, &self.clock, &self.collect.host, &e);
-                if self.pods.is_some() && !process.docker.is_empty() && e.nspid != 0 {
-                    if self.nspids.len() >= 2 * MAX_HELD {
-                        self.nspids.clear();
-                    }
-                    self.nspids.insert(process.exec_id.clone(), e.nspid);
+                let process = convert::exec_process(&self.node, &self.clock, &self.collect.host, &e);
+                if let Some(pods) = self.pods.as_mut()
+                    && !process.docker.is_empty()
+                    && e.nspid != 0
+                {
+                    pods.note_container_pid(&process.exec_id, e.nspid);
                 }
                 let time = self.clock.wall(e.ktime);
                 let lineage = self.cache.on_exec(process, e.ppid);
-                self.publish(builder::exec_event(&self.node, time, lineage));
+                self.publish(convert::exec_event(&self.node, time, lineage));
             }
             Record::Exit(x) => {
                 if let Some(lineage) = self.cache.on_exit(x.pid) {
                     let time = self.clock.wall(x.header.ktime);
-                    self.publish(builder::exit_event(&self.node, time, lineage, x.exit_code));
+                    self.publish(convert::exit_event(&self.node, time, lineage, x.exit_code));
                 }
             }
         }

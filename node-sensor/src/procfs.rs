@@ -7,9 +7,10 @@ use std::path::Path;
 
 use proto::tetragon::Process;
 
-use crate::builder::{Clock, join_args};
 use crate::cache::exec_id;
 use crate::cgroup;
+use crate::clock::Clock;
+use crate::convert::join_args;
 use crate::flags;
 use crate::privileges::{self, Collect};
 

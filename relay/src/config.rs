@@ -1,20 +1,31 @@
-//! vigil-relay flags.
+//! vigil-relay's settings, layered by `serving::settings` as the sensor's
+//! are: defaults, then a config file (`--config-file`, the flags' names as
+//! keys), then `VIGIL_*` environment variables, then flags. Every unknown
+//! key and bad value is reported at once.
 
 use std::path::PathBuf;
 
 use clap::Parser;
+use serde::{Deserialize, Serialize};
 use serving::ServerAddress;
 use serving::daemon::LogFormat;
+use serving::settings::{ConfigErrors, ConfigProblem, FlagLayer};
 
-#[derive(Debug, Parser, Clone)]
+pub const DEFAULT_CLIENT_ADDRESS: &str = "0.0.0.0:54330";
+pub const DEFAULT_INGEST_ADDRESS: &str = "0.0.0.0:54331";
+
+/// Command-line flags; every one may also be set in the config file or as
+/// `VIGIL_<FLAG>` (e.g. `VIGIL_HISTORY_SIZE`).
+#[derive(Debug, Parser, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
 #[command(name = "vigil-relay", version, about = "Vigil relay: one cluster-wide stream from every node's sensor")]
 pub struct Flags {
-    /// Listen address for clients (tetragon.FineGuidanceSensors and the admin API).
-    #[arg(long, default_value = "0.0.0.0:54330")]
-    pub client_address: ServerAddress,
-    /// Listen address for sensors (vigil.relay.v1.Ingest).
-    #[arg(long, default_value = "0.0.0.0:54331")]
-    pub ingest_address: ServerAddress,
+    /// Listen address for clients (tetragon.FineGuidanceSensors and the admin API) [default: 0.0.0.0:54330].
+    #[arg(long)]
+    pub client_address: Option<String>,
+    /// Listen address for sensors (vigil.relay.v1.Ingest) [default: 0.0.0.0:54331].
+    #[arg(long)]
+    pub ingest_address: Option<String>,
     /// Directory with ca.pem, relay.pem and relay-key.pem (`vigil certs generate`).
     /// Clients must present client certificates, sensors sensor certificates.
     #[arg(long)]
@@ -22,46 +33,187 @@ pub struct Flags {
     /// Serve plaintext without client authentication (tests, loopback only).
     #[arg(long)]
     pub insecure: bool,
-    /// How long events wait to be put in time order across nodes.
-    #[arg(long, default_value_t = 100)]
-    pub reorder_window_ms: u64,
+    /// How long events wait to be put in time order across nodes [default: 100].
+    #[arg(long)]
+    pub reorder_window_ms: Option<u64>,
     /// Most events held for reordering; past it the oldest leave early
     /// (counted as sent early). A 100 ms window at 300,000 events/s holds
-    /// about 30,000; each held event costs about 2 KB.
-    #[arg(long, default_value_t = 200_000)]
-    pub max_pending: usize,
-    /// Recent events kept for --since/--last queries.
-    #[arg(long, default_value_t = 100_000)]
-    pub history_size: usize,
+    /// about 30,000; each held event costs about 2 KB [default: 200000].
+    #[arg(long)]
+    pub max_pending: Option<usize>,
+    /// Recent events kept for --since/--last queries [default: 100000].
+    #[arg(long)]
+    pub history_size: Option<usize>,
     /// Events queued per client before its events are dropped and reported
     /// to it (about 0.2 s at 300,000 events/s; a queued event is a shared
-    /// pointer, the event itself is not copied per client).
-    #[arg(long, default_value_t = 65_536)]
+    /// pointer, the event itself is not copied per client) [default: 65536].
+    #[arg(long)]
+    pub client_queue_size: Option<usize>,
+    /// Name on the relay's own notices [default: vigil-relay].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Log filter [default: info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Log output format [default: plain].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Config file (TOML, YAML or JSON) with the same keys as the flags.
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
+}
+
+/// Every setting with its default. Keys are the flags' names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Layered {
+    pub client_address: String,
+    pub ingest_address: String,
+    pub tls_dir: Option<PathBuf>,
+    pub insecure: bool,
+    pub reorder_window_ms: u64,
+    pub max_pending: usize,
+    pub history_size: usize,
     pub client_queue_size: usize,
-    /// Name on the relay's own notices.
-    #[arg(long, default_value = "vigil-relay")]
     pub name: String,
-    /// Log filter.
-    #[arg(long, default_value = "info")]
     pub log_level: String,
-    #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("mTLS is required: pass --tls-dir (see `vigil certs generate`), or --insecure for plaintext")]
-    NoTls,
-    #[error("--tls-dir and --insecure exclude each other")]
-    Both,
+impl Default for Layered {
+    fn default() -> Self {
+        Layered {
+            client_address: DEFAULT_CLIENT_ADDRESS.into(),
+            ingest_address: DEFAULT_INGEST_ADDRESS.into(),
+            tls_dir: None,
+            insecure: false,
+            reorder_window_ms: 100,
+            max_pending: 200_000,
+            history_size: 100_000,
+            client_queue_size: 65_536,
+            name: "vigil-relay".into(),
+            log_level: "info".into(),
+            log_format: LogFormat::Plain,
+        }
+    }
 }
 
-impl Flags {
-    pub fn check(&self) -> Result<(), ConfigError> {
-        match (&self.tls_dir, self.insecure) {
-            (None, false) => Err(ConfigError::NoTls),
-            (Some(_), true) => Err(ConfigError::Both),
-            _ => Ok(()),
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub client_address: ServerAddress,
+    pub ingest_address: ServerAddress,
+    pub tls_dir: Option<PathBuf>,
+    pub insecure: bool,
+    pub reorder_window: std::time::Duration,
+    pub max_pending: usize,
+    pub history_size: usize,
+    pub client_queue_size: usize,
+    pub name: String,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+/// Checks a config file's keys and values without starting anything.
+pub fn check_file(path: &std::path::Path) -> Result<(), ConfigErrors> {
+    serving::settings::layered::<Layered>(Some(path), |_| None, &FlagLayer::new()).map(|_| ())
+}
+
+impl Settings {
+    pub fn resolve(flags: Flags) -> Result<Self, ConfigErrors> {
+        Self::resolve_with_env(flags, |var| std::env::var(var).ok())
+    }
+
+    /// [`Settings::resolve`] with the environment given (tests).
+    pub fn resolve_with_env(flags: Flags, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+        let layer = serving::settings::flags_given(&flags, &["config-file"]);
+        let l: Layered = serving::settings::layered(flags.config_file.as_deref(), env, &layer)?;
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, reason: String| {
+            problems.push(ConfigProblem { key: key.into(), source: "value".into(), reason });
+        };
+        let mut address = |key: &str, text: &str| match text.parse::<ServerAddress>() {
+            Ok(a @ ServerAddress::Tcp(_)) => Some(a),
+            Ok(ServerAddress::Unix(_)) => {
+                problem(key, "the relay listens on TCP (host:port)".into());
+                None
+            }
+            Err(e) => {
+                problem(key, e.to_string());
+                None
+            }
+        };
+        let client_address = address("client-address", &l.client_address);
+        let ingest_address = address("ingest-address", &l.ingest_address);
+        match (&l.tls_dir, l.insecure) {
+            (None, false) => problem(
+                "tls-dir",
+                "mTLS is required: pass --tls-dir (see `vigil certs generate`), or --insecure for plaintext".into(),
+            ),
+            (Some(_), true) => problem("insecure", "--tls-dir and --insecure exclude each other".into()),
+            _ => {}
         }
+        for (key, v) in [
+            ("max-pending", l.max_pending),
+            ("history-size", l.history_size),
+            ("client-queue-size", l.client_queue_size),
+        ] {
+            if v == 0 {
+                problem(key, "must be at least 1".into());
+            }
+        }
+        let (Some(client_address), Some(ingest_address), true) = (client_address, ingest_address, problems.is_empty())
+        else {
+            return Err(ConfigErrors(problems));
+        };
+        Ok(Settings {
+            client_address,
+            ingest_address,
+            tls_dir: l.tls_dir,
+            insecure: l.insecure,
+            reorder_window: std::time::Duration::from_millis(l.reorder_window_ms),
+            max_pending: l.max_pending,
+            history_size: l.history_size,
+            client_queue_size: l.client_queue_size,
+            name: l.name,
+            log_level: l.log_level,
+            log_format: l.log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(args: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigErrors> {
+        let flags = Flags::parse_from(std::iter::once("vigil-relay").chain(args.iter().copied()));
+        Settings::resolve_with_env(flags, |v| env.iter().find(|(k, _)| *k == v).map(|(_, x)| (*x).to_owned()))
+    }
+
+    #[test]
+    fn defaults_file_environment_flags() {
+        let s = resolve(&["--insecure"], &[]).unwrap();
+        assert_eq!(s.client_address.to_string(), DEFAULT_CLIENT_ADDRESS);
+        assert_eq!(s.history_size, 100_000);
+        let dir = std::env::temp_dir().join(format!("vigil-relay-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("relay.yaml");
+        std::fs::write(&file, "insecure: true\nhistory-size: 10\nreorder-window-ms: 20\n").unwrap();
+        let f = file.display().to_string();
+        let s = resolve(&["--config-file", &f], &[("VIGIL_HISTORY_SIZE", "11")]).unwrap();
+        assert_eq!((s.history_size, s.reorder_window.as_millis()), (11, 20));
+        let s = resolve(&["--config-file", &f, "--history-size", "12"], &[("VIGIL_HISTORY_SIZE", "11")]).unwrap();
+        assert_eq!(s.history_size, 12);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let e = resolve(&["--client-address", "nope", "--history-size", "0"], &[]).unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, vec!["client-address", "tls-dir", "history-size"], "{e}");
+        let e = resolve(&["--insecure"], &[("VIGIL_MAX_PENDING", "many")]).unwrap_err().to_string();
+        assert!(e.contains("invalid max-pending (environment VIGIL_MAX_PENDING)"), "{e}");
     }
 }

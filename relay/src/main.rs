@@ -10,7 +10,7 @@ use clap::Parser;
 use events::bus::EventBus;
 use proto::vigil::relay::v1::ingest_server::IngestServer;
 use proto::vigil::relay::v1::relay_admin_server::RelayAdminServer;
-use relay::config::Flags;
+use relay::config::{Flags, Settings};
 use relay::hub::Hub;
 use relay::ingest::IngestService;
 use relay::merge::MergeCounters;
@@ -34,7 +34,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Largest ingest message: a batch of events.
 const MAX_BATCH_BYTES: usize = 16 << 20;
 
-async fn run(flags: Flags) -> anyhow::Result<()> {
+async fn run(flags: Settings) -> anyhow::Result<()> {
     if flags.insecure {
         tracing::warn!("--insecure: plaintext, no client authentication; use only on loopback or in tests");
     }
@@ -51,10 +51,7 @@ async fn run(flags: Flags) -> anyhow::Result<()> {
     let hub = Arc::new(Hub::new(EventBus::new(&flags.name, flags.client_queue_size), flags.history_size));
     let counters = Arc::new(MergeCounters::default());
     let (merge_tx, merge_rx) = mpsc::channel(merge_stage::QUEUE);
-    let settings = MergeSettings {
-        reorder_window: std::time::Duration::from_millis(flags.reorder_window_ms),
-        max_pending: flags.max_pending,
-    };
+    let settings = MergeSettings { reorder_window: flags.reorder_window, max_pending: flags.max_pending };
     let merge = tokio::spawn(merge_stage::run(merge_rx, hub.clone(), settings, counters.clone(), stop.clone()));
 
     let ingest = InterceptedService::new(
@@ -83,12 +80,12 @@ async fn joined(
 }
 
 fn main() -> std::process::ExitCode {
-    let flags = Flags::parse();
-    if let Err(e) = flags.check() {
+    let settings = match Settings::resolve(Flags::parse()) {
+        Ok(s) => s,
+        Err(e) => return daemon::config_error("vigil-relay", &e),
+    };
+    if let Err(e) = daemon::init_logging(&settings.log_level, settings.log_format) {
         return daemon::config_error("vigil-relay", &e);
     }
-    if let Err(e) = daemon::init_logging(&flags.log_level, flags.log_format) {
-        return daemon::config_error("vigil-relay", &e);
-    }
-    daemon::run("vigil-relay", None, || run(flags))
+    daemon::run("vigil-relay", None, || run(settings))
 }

@@ -10,5 +10,6 @@ pub mod api;
 pub mod daemon;
 pub mod listen;
 pub mod log_limit;
+pub mod settings;
 
 pub use address::{AddressError, ServerAddress};

@@ -98,6 +98,25 @@ impl Sensor {
         }
     }
 
+    /// The value of `key` in the health details (`key=value` counters).
+    pub async fn health_counter(&self, key: &str) -> Option<u64> {
+        let details = self.client().await.get_health(GetHealthStatusRequest::default()).await.ok()?.into_inner();
+        let text = details.health_status.first()?.details.clone();
+        text.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    }
+
+    /// Waits until the health counter `key` satisfies `ok`.
+    pub async fn wait_counter(&self, key: &str, ok: impl Fn(u64) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.health_counter(key).await.is_some_and(&ok) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "health counter {key} never got there; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn client(&self) -> FineGuidanceSensorsClient<Channel> {
         FineGuidanceSensorsClient::new(self.address.connect().await.unwrap()).max_decoding_message_size(64 << 20)
     }
