@@ -1,5 +1,6 @@
 //! `vigil getevents` flags pass exactly the events the real `tetra` passed
 //! (`tests/compat/fixtures/filter-cases.json`), and stdin mode behaves.
+#![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 use std::io::Write;
 use std::process::{Command, Stdio};

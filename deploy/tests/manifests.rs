@@ -1,5 +1,6 @@
 //! Every manifest parses into the real Kubernetes types with no unknown
 //! field, and the manifests agree with each other and with the binaries.
+#![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

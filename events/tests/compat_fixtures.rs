@@ -1,5 +1,6 @@
 //! The compact formatter and the filters against what the real `tetra`
 //! printed and passed (`tests/compat/fixtures`).
+#![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 use events::compact::{CompactOptions, render};
 use proto::json::from_json_line;

@@ -38,9 +38,11 @@ static OFFSETS: KernelOffsets = KernelOffsets::ZERO;
 /// overwrites the global before load).
 macro_rules! off {
     ($field:ident) => {{
-        // `allow`, not `expect`: the block is redundant only where the macro
-        // is used inside another unsafe block.
-        #[allow(unused_unsafe)]
+        #[allow(
+            unused_unsafe,
+            reason = "`allow`, not `expect`: the block is redundant only where the macro is used inside another \
+                      unsafe block"
+        )]
         // SAFETY: OFFSETS is a plain static of integers.
         let value = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(OFFSETS.$field)) };
         value
@@ -64,6 +66,7 @@ unsafe fn field<T>(base: *const u8, off: u32) -> Result<T, i64> {
 
 #[inline(always)]
 unsafe fn ptr_field(base: *const u8, off: u32) -> Result<*const u8, i64> {
+    // SAFETY: `field` reads through bpf_probe_read_kernel, which checks the address.
     let p: *const u8 = unsafe { field(base, off) }?;
     if p.is_null() { Err(-14) } else { Ok(p) }
 }
@@ -98,6 +101,8 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     // SAFETY: `rec` points at a reserved ring-buffer slot of ExecRecord size;
     // every field is written below before submit (integers) or written up to
     // the recorded length (buffers).
+    // SAFETY: kernel memory is read only through bpf_probe_read_kernel, which checks each
+    // address; nothing is written.
     unsafe {
         let mut flags = 0u32;
         (*rec).header.kind = KIND_EXEC;
@@ -147,6 +152,9 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
 
 #[inline(always)]
 unsafe fn read_creds(task: *const u8, rec: *mut ExecRecord) {
+    // SAFETY: kernel memory is read only through bpf_probe_read_kernel(_str), which checks
+    // each address; `rec` is the caller's ring-buffer reservation of ExecRecord size, and
+    // buffer writes are bounded by (or masked to) their array sizes.
     unsafe {
         match ptr_field(task, off!(task_real_cred)) {
             Ok(cred) => {
@@ -169,6 +177,9 @@ unsafe fn read_creds(task: *const u8, rec: *mut ExecRecord) {
 /// Credentials beyond the ids every event has, and the user namespace.
 #[inline(always)]
 unsafe fn read_cred_ext(task: *const u8, rec: *mut ExecRecord) -> u32 {
+    // SAFETY: kernel memory is read only through bpf_probe_read_kernel(_str), which checks
+    // each address; `rec` is the caller's ring-buffer reservation of ExecRecord size, and
+    // buffer writes are bounded by (or masked to) their array sizes.
     unsafe {
         let Ok(cred) = ptr_field(task, off!(task_real_cred)) else {
             return 0;
@@ -198,6 +209,9 @@ unsafe fn read_cred_ext(task: *const u8, rec: *mut ExecRecord) -> u32 {
 /// setgid and deleted-binary detection.
 #[inline(always)]
 unsafe fn read_file_info(bprm: *const u8, rec: *mut ExecRecord) -> u32 {
+    // SAFETY: kernel memory is read only through bpf_probe_read_kernel(_str), which checks
+    // each address; `rec` is the caller's ring-buffer reservation of ExecRecord size, and
+    // buffer writes are bounded by (or masked to) their array sizes.
     unsafe {
         let Ok(file) = ptr_field(bprm, off!(binprm_file)) else {
             return 0;
@@ -217,6 +231,8 @@ unsafe fn read_file_info(bprm: *const u8, rec: *mut ExecRecord) -> u32 {
 
 #[inline(always)]
 unsafe fn ns_inum(nsproxy: *const u8, slot: u32, inum_off: u32) -> u32 {
+    // SAFETY: kernel memory is read only through bpf_probe_read_kernel, which checks each
+    // address; nothing is written.
     unsafe {
         match ptr_field(nsproxy, slot) {
             Ok(ns) => field(ns, inum_off).unwrap_or(0),
@@ -228,6 +244,8 @@ unsafe fn ns_inum(nsproxy: *const u8, slot: u32, inum_off: u32) -> u32 {
 /// The task's pid in its own pid namespace: thread_pid->numbers[level].nr.
 #[inline(always)]
 unsafe fn read_nspid(task: *const u8) -> u32 {
+    // SAFETY: kernel memory is read only through bpf_probe_read_kernel, which checks each
+    // address; nothing is written.
     unsafe {
         let Ok(pid) = ptr_field(task, off!(task_thread_pid)) else {
             return 0;
@@ -241,6 +259,9 @@ unsafe fn read_nspid(task: *const u8) -> u32 {
 /// Namespace inode numbers from `task->nsproxy` and the task's pid.
 #[inline(always)]
 unsafe fn read_namespaces(task: *const u8, rec: *mut ExecRecord) -> u32 {
+    // SAFETY: kernel memory is read only through bpf_probe_read_kernel(_str), which checks
+    // each address; `rec` is the caller's ring-buffer reservation of ExecRecord size, and
+    // buffer writes are bounded by (or masked to) their array sizes.
     unsafe {
         let Ok(nsproxy) = ptr_field(task, off!(task_nsproxy)) else {
             return 0;
@@ -275,6 +296,9 @@ unsafe fn read_namespaces(task: *const u8, rec: *mut ExecRecord) -> u32 {
 
 #[inline(always)]
 unsafe fn read_filename(bprm: *const u8, rec: *mut ExecRecord) -> u32 {
+    // SAFETY: kernel memory is read only through bpf_probe_read_kernel(_str), which checks
+    // each address; `rec` is the caller's ring-buffer reservation of ExecRecord size, and
+    // buffer writes are bounded by (or masked to) their array sizes.
     unsafe {
         (*rec).filename_len = 0;
         let Ok(name) = ptr_field(bprm, off!(binprm_filename)) else {
@@ -294,6 +318,9 @@ unsafe fn read_filename(bprm: *const u8, rec: *mut ExecRecord) -> u32 {
 
 #[inline(always)]
 unsafe fn read_args(task: *const u8, rec: *mut ExecRecord) -> u32 {
+    // SAFETY: kernel memory is read only through bpf_probe_read_kernel(_str), which checks
+    // each address; `rec` is the caller's ring-buffer reservation of ExecRecord size, and
+    // buffer writes are bounded by (or masked to) their array sizes.
     unsafe {
         (*rec).args_len = 0;
         let Ok(mm) = ptr_field(task, off!(task_mm)) else {
@@ -328,6 +355,9 @@ unsafe fn read_args(task: *const u8, rec: *mut ExecRecord) -> u32 {
 /// reverses them into a path.
 #[inline(always)]
 unsafe fn read_cwd(task: *const u8, rec: *mut ExecRecord) -> u32 {
+    // SAFETY: kernel memory is read only through bpf_probe_read_kernel(_str), which checks
+    // each address; `rec` is the caller's ring-buffer reservation of ExecRecord size, and
+    // buffer writes are bounded by (or masked to) their array sizes.
     unsafe {
         (*rec).cwd_len = 0;
         (*rec).cwd_is_root = 0;
@@ -402,6 +432,9 @@ unsafe fn read_cwd(task: *const u8, rec: *mut ExecRecord) -> u32 {
 
 #[inline(always)]
 unsafe fn read_cgroup(task: *const u8, rec: *mut ExecRecord) -> u32 {
+    // SAFETY: kernel memory is read only through bpf_probe_read_kernel(_str), which checks
+    // each address; `rec` is the caller's ring-buffer reservation of ExecRecord size, and
+    // buffer writes are bounded by (or masked to) their array sizes.
     unsafe {
         (*rec).cgroup_len = 0;
         (*rec).cgroup_id = 0;
@@ -445,13 +478,24 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(()); // a new thread, not a new process
     }
     count(COUNTER_CLONES);
+    // SAFETY: bpf_ktime_get_boot_ns has no preconditions; the reads go
+    // through bpf_probe_read_kernel, which checks each address.
+    let (ktime, ppid, start_boottime, parent_start_boottime, exec_seq) = unsafe {
+        (
+            bpf_ktime_get_boot_ns(),
+            field::<u32>(parent, off!(task_tgid)).unwrap_or(0),
+            field::<u64>(child, off!(task_start_boottime)).unwrap_or(0),
+            field::<u64>(parent, off!(task_start_boottime)).unwrap_or(0),
+            field::<u32>(child, off!(task_self_exec_id)).unwrap_or(0),
+        )
+    };
     let record = CloneRecord {
-        header: RecordHeader { kind: KIND_CLONE, flags: 0, ktime: unsafe { bpf_ktime_get_boot_ns() } },
+        header: RecordHeader { kind: KIND_CLONE, flags: 0, ktime },
         pid: tgid,
-        ppid: unsafe { field::<u32>(parent, off!(task_tgid)) }.unwrap_or(0),
-        start_boottime: unsafe { field::<u64>(child, off!(task_start_boottime)) }.unwrap_or(0),
-        parent_start_boottime: unsafe { field::<u64>(parent, off!(task_start_boottime)) }.unwrap_or(0),
-        exec_seq: unsafe { field::<u32>(child, off!(task_self_exec_id)) }.unwrap_or(0),
+        ppid,
+        start_boottime,
+        parent_start_boottime,
+        exec_seq,
         _pad: 0,
     };
     if EVENTS.output::<CloneRecord>(&record, submit_flags()).is_err() {

@@ -4,6 +4,7 @@
 //! average BPF run time per program (kernel.bpf_stats_enabled).
 //!
 //! `cargo bench -p node-sensor --bench exec_storm [-- EXECS]`
+#![allow(clippy::unwrap_used, reason = "a benchmark: a panic ends the run with its reason")]
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

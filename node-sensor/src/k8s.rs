@@ -152,20 +152,34 @@ pub enum ApiSource {
     Kubeconfig(std::path::PathBuf),
 }
 
-async fn client(source: &ApiSource) -> anyhow::Result<Client> {
+/// Why the pod watch could not start. Each cause is in the message once
+/// (not also as a `source`, so a printed chain does not repeat it).
+#[derive(Debug, thiserror::Error)]
+pub enum K8sError {
+    #[error("in-cluster Kubernetes credentials: {0}")]
+    InCluster(String),
+    #[error("--kubeconfig {path}: {reason}")]
+    Kubeconfig { path: String, reason: String },
+    #[error("Kubernetes client: {0}")]
+    Client(String),
+}
+
+async fn client(source: &ApiSource) -> Result<Client, K8sError> {
     let config = match source {
-        ApiSource::InCluster => kube::Config::incluster()?,
+        ApiSource::InCluster => kube::Config::incluster().map_err(|e| K8sError::InCluster(e.to_string()))?,
         ApiSource::Kubeconfig(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await?
+            let bad = |reason: String| K8sError::Kubeconfig { path: path.display().to_string(), reason };
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| bad(e.to_string()))?
         }
     };
-    Ok(Client::try_from(config)?)
+    Client::try_from(config).map_err(|e| K8sError::Client(e.to_string()))
 }
 
 /// Starts watching the pods of `node`; returns the index it keeps.
-pub async fn start(source: ApiSource, node: &str, annotations: bool) -> anyhow::Result<Arc<PodIndex>> {
+pub async fn start(source: ApiSource, node: &str, annotations: bool) -> Result<Arc<PodIndex>, K8sError> {
     let client = client(&source).await?;
     let index = Arc::new(PodIndex { annotations, ..Default::default() });
     let api: Api<K8sPod> = Api::all(client);

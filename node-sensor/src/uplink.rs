@@ -100,12 +100,46 @@ impl Replay {
     }
 }
 
+/// Why the uplink could not start: a `--relay-address` that is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("invalid --relay-address {0:?}: expected host:port")]
+    Address(String),
+    #[error("cannot resolve --relay-address {relay}: {reason}")]
+    Resolve { relay: String, reason: String },
+    #[error("--relay-address {0} resolves to no address")]
+    NoAddress(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Why one stream to a relay ended (it is retried).
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{0}")]
+    Transport(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("relay refused the stream: {}", .0.message())]
+    Status(#[from] tonic::Status),
+    #[error("relay did not answer the hello")]
+    NoWelcome,
+    #[error("stream closed")]
+    Closed,
+}
+
+impl From<tonic::transport::Error> for SessionError {
+    fn from(e: tonic::transport::Error) -> Self {
+        SessionError::Transport(serving::listen::with_causes(&e))
+    }
+}
+
 fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
 /// Starts the collector and one connection task per relay address.
-pub async fn start(bus: &EventBus, settings: UplinkSettings) -> anyhow::Result<Arc<Replay>> {
+pub async fn start(bus: &EventBus, settings: UplinkSettings) -> Result<Arc<Replay>, UplinkError> {
     let replay = Arc::new(Replay::new(settings.buffer_size));
     // The collector must never fall behind the bus: its queue is as deep as
     // the replay buffer, and whatever the bus still drops becomes a gap.
@@ -125,15 +159,13 @@ pub async fn start(bus: &EventBus, settings: UplinkSettings) -> anyhow::Result<A
     let instance = format!("{}-{}-{}", settings.node_name, std::process::id(), proto::Timestamp::now().unix_nanos());
     let boot = boot_id();
     for relay in &settings.relays {
-        let (host, _) = relay
-            .rsplit_once(':')
-            .ok_or_else(|| anyhow::anyhow!("invalid --relay-address {relay:?}: expected host:port"))?;
+        let (host, _) = relay.rsplit_once(':').ok_or_else(|| UplinkError::Address(relay.clone()))?;
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host(relay)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot resolve --relay-address {relay}: {e}"))?
+            .map_err(|e| UplinkError::Resolve { relay: relay.clone(), reason: e.to_string() })?
             .collect();
         if addrs.is_empty() {
-            anyhow::bail!("--relay-address {relay} resolves to no address");
+            return Err(UplinkError::NoAddress(relay.clone()));
         }
         let tls = match &settings.tls_dir {
             Some(dir) => {
@@ -257,7 +289,7 @@ impl Link {
         }
     }
 
-    async fn session(&self) -> anyhow::Result<()> {
+    async fn session(&self) -> Result<(), SessionError> {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", self.addr))?
             .connect_timeout(Duration::from_secs(5))
@@ -268,12 +300,12 @@ impl Link {
         }
         let channel = endpoint.connect().await?;
         let (tx, rx) = mpsc::channel(4);
-        tx.send(proto::ingest::hello(self.hello.clone())).await?;
+        tx.send(proto::ingest::hello(self.hello.clone())).await.map_err(|_| SessionError::Closed)?;
         let mut inbound =
             proto::ingest::stream(channel, tokio_stream::wrappers::ReceiverStream::new(rx), MAX_MESSAGE).await?;
         let acked = match inbound.message().await?.and_then(|r| r.msg) {
             Some(ingest_reply::Msg::Welcome(w)) => w.acked,
-            _ => anyhow::bail!("relay did not answer the hello"),
+            _ => return Err(SessionError::NoWelcome),
         };
         tracing::info!(relay = %self.label, addr = %self.addr, acked, "streaming to relay");
         let mut cursor = acked + 1;
@@ -287,7 +319,7 @@ impl Link {
                 for (seq, e) in &batch {
                     message.push(*seq, &[e.encoded()]);
                 }
-                tx.send(message.finish(0)).await?;
+                tx.send(message.finish(0)).await.map_err(|_| SessionError::Closed)?;
                 continue;
             }
             tokio::select! {

@@ -1,6 +1,7 @@
 //! Bad input gets one clear error naming the problem: at start-up (not
 //! root, missing BTF, unknown config key, bad flag) and over gRPC (invalid
 //! regex, unknown event type) without disturbing other subscribers.
+#![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Kernel tests: the real sensor, real BPF on this machine's kernel, real
 //! processes; every assertion is about content (binaries, arguments, cwd,
 //! ids, parents, exit codes, counts per marker).
+#![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! inside the VM: binaries, arguments, cwd, exit codes, credentials and
 //! namespaces. Struct layouts differ between 6.1 and this machine's kernel,
 //! so this proves offsets come from the running kernel's BTF.
+#![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 mod vm;
 

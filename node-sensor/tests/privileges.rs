@@ -1,6 +1,7 @@
 //! Privileged execution (root, real BPF): every event's capabilities,
 //! credentials, binary properties and namespace inodes are compared with
 //! `/proc/<pid>/status` and `/proc/<pid>/ns/*` read from the live process.
+#![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 mod common;
 

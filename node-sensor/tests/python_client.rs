@@ -1,5 +1,6 @@
 //! A client that is not our CLI (Python grpcio stubs generated from our
 //! .proto files) receives a live command's events from the sensor.
+#![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 mod common;
 use test_support::python as pysupport;

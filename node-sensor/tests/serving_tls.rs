@@ -2,6 +2,7 @@
 //! --insecure; with --tls-dir it is served with the sensor certificate and
 //! only client-role certificates get in (the relay's rule), and events flow
 //! over it. Real sensor, real BPF, real TLS; root.
+#![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 mod common;
 

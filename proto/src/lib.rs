@@ -13,14 +13,28 @@ mod timestamp;
 pub use timestamp::Timestamp;
 
 /// Generated messages, enums and gRPC stubs of package `tetragon`.
-#[allow(clippy::all, clippy::pedantic, missing_docs)]
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::allow_attributes_without_reason,
+    clippy::unwrap_used,
+    missing_docs,
+    reason = "generated code"
+)]
 pub mod tetragon {
     include!(concat!(env!("OUT_DIR"), "/tetragon.rs"));
     include!(concat!(env!("OUT_DIR"), "/tetragon.serde.rs"));
 }
 
 /// Vigil's own packages: sensor → relay ingest and relay admin.
-#[allow(clippy::all, clippy::pedantic, missing_docs)]
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::allow_attributes_without_reason,
+    clippy::unwrap_used,
+    missing_docs,
+    reason = "generated code"
+)]
 pub mod vigil {
     pub mod relay {
         pub mod v1 {

@@ -132,7 +132,14 @@ impl Message for OutEvent {
 
 /// `tetragon.FineGuidanceSensors`' server, with `GetEvents` streaming
 /// [`OutEvent`]s (wire-identical to `GetEventsResponse`).
-#[allow(clippy::all, clippy::pedantic, missing_docs)]
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::allow_attributes_without_reason,
+    clippy::unwrap_used,
+    missing_docs,
+    reason = "generated code"
+)]
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/shared/tetragon.rs"));
 }

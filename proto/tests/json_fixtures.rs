@@ -1,5 +1,6 @@
 //! Our protojson decodes and re-encodes every fixture event byte for byte
 //! as Tetragon's Go protojson wrote it.
+#![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 use proto::json::{from_json_line, to_json_line};
 

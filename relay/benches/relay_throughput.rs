@@ -13,6 +13,7 @@
 //! batch is assembled by appending the send time; clients decode only the
 //! fields they measure (time, loss notices) and skip the rest. The relay
 //! does its full work: decode, validate, merge, encode, per-client TLS.
+#![allow(clippy::unwrap_used, reason = "a benchmark: a panic ends the run with its reason")]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -5,6 +5,7 @@
 //! an error that names the problem, sent to that peer only; a well-behaved
 //! sensor and client on the same relay lose nothing and see nothing twice.
 //! Needs no root: everything is on loopback.
+#![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 #[path = "support/local.rs"]
 mod local;

@@ -7,6 +7,7 @@
 //! use, must be among the requested signature algorithms; the server
 //! certificate must verify for the name given to `--relay-dns`. A client
 //! without a certificate is refused. Loopback only, no root.
+#![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 #[path = "support/local.rs"]
 mod local;

@@ -1,6 +1,7 @@
 //! Cluster tests (root): sensors in their own network namespaces streaming
 //! over mTLS to a relay; real clients; links cut and daemons killed.
 //! Everything is counted per unique marker.
+#![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 mod cluster;
 use test_support::python as pysupport;

@@ -2,6 +2,7 @@
 //! key that belongs to another certificate) is waited for; a pair that never
 //! loads, or a missing file, stops the relay with an error naming the file
 //! and the reason. Loopback only, no root.
+#![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 #[path = "support/local.rs"]
 mod local;

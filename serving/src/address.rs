@@ -18,10 +18,10 @@ pub enum ServerAddress {
 pub enum AddressError {
     #[error("invalid server address {0:?}: expected host:port or unix:///path")]
     Invalid(String),
-    #[error("cannot connect to {address}: {source}")]
-    Connect { address: String, source: tonic::transport::Error },
-    #[error("cannot listen on {address}: {source}")]
-    Listen { address: String, source: std::io::Error },
+    // The cause is in the message, with its own causes, and not also a
+    // `source`: a printed chain would repeat it.
+    #[error("cannot connect to {address}: {reason}")]
+    Connect { address: String, reason: String },
 }
 
 impl std::fmt::Display for ServerAddress {
@@ -71,7 +71,10 @@ impl ServerAddress {
 
     /// Opens an mTLS gRPC channel (TCP addresses only).
     pub async fn connect_tls(&self, tls: tonic::transport::ClientTlsConfig) -> Result<Channel, AddressError> {
-        let err = |source| AddressError::Connect { address: self.to_string(), source };
+        let err = |e: tonic::transport::Error| AddressError::Connect {
+            address: self.to_string(),
+            reason: crate::listen::with_causes(&e),
+        };
         match self {
             ServerAddress::Tcp(a) => {
                 let endpoint =
@@ -92,7 +95,10 @@ impl ServerAddress {
 
     /// Opens a gRPC channel with endpoint settings (windows, timeouts…).
     pub async fn connect_with(&self, configure: impl FnOnce(Endpoint) -> Endpoint) -> Result<Channel, AddressError> {
-        let err = |source| AddressError::Connect { address: self.to_string(), source };
+        let err = |e: tonic::transport::Error| AddressError::Connect {
+            address: self.to_string(),
+            reason: crate::listen::with_causes(&e),
+        };
         match self {
             ServerAddress::Tcp(a) => {
                 let endpoint = Endpoint::from_shared(format!("http://{a}")).map_err(err)?;

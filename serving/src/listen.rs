@@ -36,8 +36,9 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
-    #[error("cannot listen on {address}: {source}")]
-    Bind { address: String, source: std::io::Error },
+    // Not a `source`: the cause would print twice in a chain.
+    #[error("cannot listen on {address}: {error}")]
+    Bind { address: String, error: std::io::Error },
     #[error(transparent)]
     Certificates(#[from] tls::TlsError),
     #[error("serving on {address}: {reason}")]
@@ -90,7 +91,7 @@ impl Listener {
         tls: Option<Certificates>,
     ) -> Result<Self, ListenError> {
         let shown = address.to_string();
-        let bind_err = |source| ListenError::Bind { address: shown.clone(), source };
+        let bind_err = |error| ListenError::Bind { address: shown.clone(), error };
         let kind = match (address, tls) {
             (ServerAddress::Unix(path), _) => {
                 if path.exists() {
@@ -216,4 +217,20 @@ fn tls_incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bind_error_names_its_cause_once() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address: ServerAddress = taken.local_addr().unwrap().to_string().parse().unwrap();
+        let Err(e) = Listener::bind("test", &address, None).await else { panic!("bound a taken port") };
+        assert!(std::error::Error::source(&e).is_none(), "a chain would print the cause again");
+        let text = e.to_string();
+        assert!(text.starts_with(&format!("cannot listen on {address}: ")), "{text}");
+        assert_eq!(text.matches("in use").count(), 1, "{text}");
+    }
 }

@@ -3,6 +3,8 @@
 //! back (port 0, no bind-drop-reuse race), and the Python gRPC client.
 //! A dev-dependency only.
 
+#![allow(clippy::unwrap_used, reason = "test helpers: a panic here is a failed test")]
+
 pub mod daemon;
 pub mod python;
 

@@ -1,6 +1,6 @@
 //! Harness for kernel tests: starts the real `vigil-sensor` binary as root
 //! on a unix socket, connects a real gRPC client, collects events.
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses part of this module")]
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

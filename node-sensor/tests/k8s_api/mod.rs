@@ -3,7 +3,7 @@
 //! streams of ADDED/MODIFIED/DELETED/BOOKMARK lines, `410 Gone` (an ERROR
 //! event with a Status) when asked, and 503 while "down". Written from the
 //! API's documented behaviour; only what a pod watcher uses is served.
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses part of this module")]
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};

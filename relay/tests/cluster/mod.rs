@@ -2,7 +2,7 @@
 //! network namespace, joined by veth pairs to a bridge in a "switch"
 //! namespace, all speaking mTLS with certificates from `vigil certs`.
 //! Sensors run with --only-own-netns, so each reports its own "node".
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses part of this module")]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
