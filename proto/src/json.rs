@@ -9,40 +9,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::tetragon::get_events_response::Event;
 use crate::tetragon::{EventType, GetEventsResponse};
 
-/// One row per oneof member: variant, protojson name, and the `EventType`
-/// it corresponds to.
-macro_rules! for_each_event_kind {
-    ($m:ident) => {
-        $m! {
-            ProcessExec, "process_exec", ProcessExec;
-            ProcessExit, "process_exit", ProcessExit;
-            ProcessKprobe, "process_kprobe", ProcessKprobe;
-            ProcessTracepoint, "process_tracepoint", ProcessTracepoint;
-            ProcessLoader, "process_loader", ProcessLoader;
-            ProcessUprobe, "process_uprobe", ProcessUprobe;
-            ProcessThrottle, "process_throttle", ProcessThrottle;
-            ProcessLsm, "process_lsm", ProcessLsm;
-            ProcessUsdt, "process_usdt", ProcessUsdt;
-            Test, "test", Test;
-            RateLimitInfo, "rate_limit_info", RateLimitInfo;
-        }
-    };
-}
-
-macro_rules! impl_event_kinds {
-    ($($variant:ident, $name:literal, $ty:ident;)*) => {
-        impl Event {
-            /// The protojson key of this event kind (`process_exec`, …).
-            pub fn json_name(&self) -> &'static str {
-                match self { $(Event::$variant(_) => $name,)* }
-            }
-
-            /// The `EventType` that filters and field filters compare against.
-            pub fn event_type(&self) -> EventType {
-                match self { $(Event::$variant(_) => EventType::$ty,)* }
-            }
-        }
-
+macro_rules! impl_json {
+    ($($variant:ident, $name:literal, $ty:ident, $class:ident;)*) => {
         fn serialize_event<M: SerializeMap>(map: &mut M, event: &Event) -> Result<(), M::Error> {
             match event { $(Event::$variant(v) => map.serialize_entry($name, v),)* }
         }
@@ -56,7 +24,7 @@ macro_rules! impl_event_kinds {
     };
 }
 
-for_each_event_kind!(impl_event_kinds);
+crate::kinds::for_each_event_kind!(impl_json);
 
 impl GetEventsResponse {
     /// The event's type, `UNDEF` when the oneof is empty.

@@ -7,6 +7,7 @@
 
 pub mod ingest;
 pub mod json;
+pub mod kinds;
 pub mod shared;
 mod timestamp;
 
