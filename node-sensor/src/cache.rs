@@ -5,8 +5,14 @@
 //! fork) as its parent. Entries are reference counted (the process itself
 //! plus each live child) and removed when the count reaches zero; the
 //! table is bounded, and live entries evicted past the bound are counted.
+//!
+//! The table holds a small domain type, [`Image`]: typed ids, the pid and
+//! flag bits it reasons about, and the rest of the wire `Process` shared
+//! (`Arc`) between an image and its fork children. The wire `Process` is
+//! made at the edge, by `From`, when an event needs it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use proto::tetragon::Process;
@@ -18,9 +24,72 @@ pub fn exec_id(node: &str, ktime: u64, pid: u32) -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{node}:{ktime}:{pid}"))
 }
 
+/// A process image's id. Shared, so the table's indexes copy a pointer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExecId(Arc<str>);
+
+impl ExecId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for ExecId {
+    fn from(s: &str) -> Self {
+        ExecId(s.into())
+    }
+}
+
+impl std::borrow::Borrow<str> for ExecId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One process image as the table keeps it.
 #[derive(Debug, Clone)]
-struct Entry {
-    process: Process,
+pub struct Image {
+    pub exec_id: ExecId,
+    /// The parent image; empty when unknown.
+    pub parent: ExecId,
+    pub pid: u32,
+    /// `flags` bits (see [`crate::flags`]).
+    pub flags: u32,
+    /// Everything else of the wire `Process` (binary, arguments, cwd,
+    /// credentials, pod, …), which the table does not interpret.
+    pub details: Arc<Process>,
+}
+
+impl From<Process> for Image {
+    fn from(mut p: Process) -> Self {
+        let exec_id = ExecId::from(std::mem::take(&mut p.exec_id).as_str());
+        let parent = ExecId::from(std::mem::take(&mut p.parent_exec_id).as_str());
+        let flags = flags::from_str(&std::mem::take(&mut p.flags));
+        Image { exec_id, parent, pid: p.pid.map_or(0, |v| v.value), flags, details: Arc::new(p) }
+    }
+}
+
+/// The wire form of an entry: the image with its reference count.
+impl From<&Entry> for Process {
+    fn from(e: &Entry) -> Self {
+        Process {
+            exec_id: e.image.exec_id.as_str().to_owned(),
+            parent_exec_id: e.image.parent.as_str().to_owned(),
+            pid: Some(e.image.pid.into()),
+            flags: flags::to_string(e.image.flags),
+            refcnt: e.refcnt,
+            ..Process::clone(&e.image.details)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    image: Image,
     /// Created by a fork and not (yet) replaced by an exec.
     fork_only: bool,
     refcnt: u32,
@@ -62,9 +131,9 @@ const OLDEST_ANCESTOR_PID: u32 = 2;
 
 #[derive(Debug)]
 pub struct ProcessCache {
-    entries: HashMap<String, Entry>,
-    by_pid: HashMap<u32, String>,
-    lru: BTreeMap<u64, String>,
+    entries: HashMap<ExecId, Entry>,
+    by_pid: HashMap<u32, ExecId>,
+    lru: BTreeMap<u64, ExecId>,
     tick: u64,
     capacity: usize,
     stats: CacheStats,
@@ -102,44 +171,44 @@ impl ProcessCache {
         self.entries.is_empty()
     }
 
-    /// The current image of `pid`.
-    pub fn current(&self, pid: u32) -> Option<&Process> {
-        self.by_pid.get(&pid).and_then(|id| self.entries.get(id)).map(|e| &e.process)
+    /// The current image of `pid`, in wire form.
+    pub fn current(&self, pid: u32) -> Option<Process> {
+        self.by_pid.get(&pid).and_then(|id| self.entries.get(id)).map(Process::from)
     }
 
     /// Records the pod of a process (found after its exec), so its later
     /// events carry it even once the pod is gone from the API.
     pub fn set_pod(&mut self, exec_id: &str, pod: &proto::tetragon::Pod) {
         if let Some(e) = self.entries.get_mut(exec_id) {
-            e.process.pod = Some(pod.clone());
+            Arc::make_mut(&mut e.image.details).pod = Some(pod.clone());
         }
     }
 
-    pub fn get(&self, exec_id: &str) -> Option<&Process> {
-        self.entries.get(exec_id).map(|e| &e.process)
+    /// An image in wire form.
+    pub fn get(&self, exec_id: &str) -> Option<Process> {
+        self.entries.get(exec_id).map(Process::from)
     }
 
-    fn touch(&mut self, id: &str) {
+    fn touch(&mut self, id: &ExecId) {
         self.tick += 1;
         let tick = self.tick;
         if let Some(e) = self.entries.get_mut(id) {
             self.lru.remove(&e.tick);
             e.tick = tick;
-            self.lru.insert(tick, id.to_owned());
+            self.lru.insert(tick, id.clone());
         }
     }
 
-    fn with_refcnt(&self, id: &str) -> Option<Process> {
-        self.entries.get(id).map(|e| Process { refcnt: e.refcnt, ..e.process.clone() })
-    }
-
-    fn lineage(&mut self, id: &str) -> Option<Lineage> {
-        let process = self.with_refcnt(id)?;
-        let parent = self.with_refcnt(&process.parent_exec_id);
-        if parent.is_none() && !process.parent_exec_id.is_empty() && process.parent_exec_id != process.exec_id {
+    fn lineage(&mut self, id: &ExecId) -> Option<Lineage> {
+        let entry = self.entries.get(id)?;
+        let parent_id = entry.image.parent.clone();
+        let process = Process::from(entry);
+        let parent_entry = self.entries.get(&parent_id);
+        if parent_entry.is_none() && !parent_id.is_empty() && parent_id != *id {
             self.stats.misses += 1;
         }
-        let ancestors = match &parent {
+        let parent = parent_entry.map(Process::from);
+        let ancestors = match parent_entry {
             Some(p) if self.ancestors => self.ancestors_of(p),
             _ => vec![],
         };
@@ -147,28 +216,28 @@ impl ProcessCache {
     }
 
     /// The ancestors beyond `parent`, nearest first.
-    fn ancestors_of(&self, parent: &Process) -> Vec<Process> {
+    fn ancestors_of(&self, parent: &Entry) -> Vec<Process> {
         let mut out: Vec<Process> = Vec::new();
         let mut current = parent;
-        while current.pid.map_or(0, |p| p.value) > OLDEST_ANCESTOR_PID && out.len() < MAX_ANCESTORS {
-            let Some(next) = self.entries.get(&current.parent_exec_id) else {
+        while current.image.pid > OLDEST_ANCESTOR_PID && out.len() < MAX_ANCESTORS {
+            let Some(next) = self.entries.get(&current.image.parent) else {
                 break;
             };
-            if next.process.pid.map_or(0, |p| p.value) == 0 || next.process.exec_id == current.exec_id {
+            if next.image.pid == 0 || next.image.exec_id == current.image.exec_id {
                 break; // <kernel>, or an entry that is its own parent
             }
-            out.push(Process { refcnt: next.refcnt, ..next.process.clone() });
-            current = &next.process;
+            out.push(Process::from(next));
+            current = next;
         }
         out
     }
 
-    fn insert(&mut self, process: Process, fork_only: bool) -> String {
-        let id = process.exec_id.clone();
-        let pid = process.pid.map_or(0, |p| p.value);
+    fn insert(&mut self, image: Image, fork_only: bool) -> ExecId {
+        let id = image.exec_id.clone();
+        let pid = image.pid;
         self.tick += 1;
         let tick = self.tick;
-        if let Some(old) = self.entries.insert(id.clone(), Entry { process, fork_only, refcnt: 1, tick }) {
+        if let Some(old) = self.entries.insert(id.clone(), Entry { image, fork_only, refcnt: 1, tick }) {
             // Same exec_id seen twice (duplicate record): keep one count.
             self.lru.remove(&old.tick);
         }
@@ -185,23 +254,22 @@ impl ProcessCache {
             };
             if let Some(e) = self.entries.remove(&id) {
                 self.stats.evicted += 1;
-                let pid = e.process.pid.map_or(0, |p| p.value);
-                if self.by_pid.get(&pid) == Some(&id) {
-                    self.by_pid.remove(&pid);
+                if self.by_pid.get(&e.image.pid) == Some(&id) {
+                    self.by_pid.remove(&e.image.pid);
                 }
             }
         }
     }
 
-    fn add_ref(&mut self, id: &str) {
+    fn add_ref(&mut self, id: &ExecId) {
         if let Some(e) = self.entries.get_mut(id) {
             e.refcnt += 1;
         }
     }
 
     /// Drops one reference; an entry at zero goes, releasing its parent.
-    fn release(&mut self, id: &str) {
-        let mut next = Some(id.to_owned());
+    fn release(&mut self, id: &ExecId) {
+        let mut next = Some(id.clone());
         // Bounded: each step removes an entry.
         while let Some(id) = next.take() {
             let Some(e) = self.entries.get_mut(&id) else {
@@ -213,24 +281,24 @@ impl ProcessCache {
             }
             if let Some(e) = self.entries.remove(&id) {
                 self.lru.remove(&e.tick);
-                let pid = e.process.pid.map_or(0, |p| p.value);
-                if self.by_pid.get(&pid) == Some(&id) {
-                    self.by_pid.remove(&pid);
+                if self.by_pid.get(&e.image.pid) == Some(&id) {
+                    self.by_pid.remove(&e.image.pid);
                 }
-                if e.process.parent_exec_id != id && !e.process.parent_exec_id.is_empty() {
-                    next = Some(e.process.parent_exec_id);
+                if e.image.parent != id && !e.image.parent.is_empty() {
+                    next = Some(e.image.parent);
                 }
             }
         }
     }
 
     /// A process found by the `/proc` walk (parents must come first).
-    pub fn add_procfs(&mut self, mut process: Process, ppid: u32) -> Lineage {
-        if process.parent_exec_id.is_empty() {
-            process.parent_exec_id = self.by_pid.get(&ppid).cloned().unwrap_or_default();
+    pub fn add_procfs(&mut self, process: Process, ppid: u32) -> Lineage {
+        let mut image = Image::from(process);
+        if image.parent.is_empty() {
+            image.parent = self.by_pid.get(&ppid).cloned().unwrap_or_default();
         }
-        let parent = process.parent_exec_id.clone();
-        let id = self.insert(process, false);
+        let parent = image.parent.clone();
+        let id = self.insert(image, false);
         if parent != id {
             self.add_ref(&parent);
         }
@@ -244,19 +312,21 @@ impl ProcessCache {
             self.stats.misses += 1;
             return false;
         };
-        let Some(parent) = self.entries.get(&parent_id).map(|e| e.process.clone()) else {
+        let Some(parent) = self.entries.get(&parent_id).map(|e| e.image.clone()) else {
             self.stats.misses += 1;
             return false;
         };
-        let child = Process {
-            exec_id: exec_id(node, ktime, pid),
-            pid: Some(pid.into()),
-            tid: Some(pid.into()),
-            start_time: Some(start),
-            parent_exec_id: parent_id.clone(),
-            flags: flags::to_string(flags::from_str(&parent.flags) & !flags::CLONE),
-            refcnt: 0,
-            ..parent
+        // The child's own fields; the rest is shared with the parent's image.
+        let mut details = parent.details;
+        let d = Arc::make_mut(&mut details);
+        d.tid = Some(pid.into());
+        d.start_time = Some(start);
+        let child = Image {
+            exec_id: ExecId::from(exec_id(node, ktime, pid).as_str()),
+            parent: parent_id.clone(),
+            pid,
+            flags: parent.flags & !flags::CLONE,
+            details,
         };
         self.insert(child, true);
         self.add_ref(&parent_id);
@@ -266,42 +336,40 @@ impl ProcessCache {
 
     /// An exec: `process` carries the new image (exec_id, binary, …) and
     /// `ppid` the kernel's parent, used when the pid was never seen.
-    pub fn on_exec(&mut self, mut process: Process, ppid: u32) -> Lineage {
-        let pid = process.pid.map_or(0, |p| p.value);
-        let previous = self.by_pid.get(&pid).cloned();
-        let mut flag_bits = flags::from_str(&process.flags);
+    pub fn on_exec(&mut self, process: Process, ppid: u32) -> Lineage {
+        let mut image = Image::from(process);
+        let previous = self.by_pid.get(&image.pid).cloned();
         match previous
             .as_ref()
-            .and_then(|id| self.entries.get(id).map(|e| (id.clone(), e.fork_only, e.process.parent_exec_id.clone())))
+            .and_then(|id| self.entries.get(id).map(|e| (id.clone(), e.fork_only, e.image.parent.clone())))
         {
             Some((prev_id, true, forker)) => {
                 // After fork: the forker is the parent; the fork entry goes.
-                flag_bits |= flags::CLONE;
-                process.parent_exec_id = forker.clone();
+                image.flags |= flags::CLONE;
+                image.parent = forker.clone();
                 self.add_ref(&forker);
                 self.release(&prev_id);
             }
             Some((prev_id, false, _)) => {
                 // Exec without fork: the previous image is the parent. It
                 // loses its own reference and gains the child's.
-                process.parent_exec_id = prev_id;
+                image.parent = prev_id;
             }
             None => {
                 let parent = self.by_pid.get(&ppid).cloned();
                 if parent.is_none() {
                     self.stats.misses += 1;
                 }
-                process.parent_exec_id = parent.clone().unwrap_or_default();
+                image.parent = parent.clone().unwrap_or_default();
                 if let Some(p) = parent {
                     self.add_ref(&p);
                 }
             }
         }
-        process.flags = flags::to_string(flag_bits);
-        let id = self.insert(process, false);
+        let id = self.insert(image, false);
         let lineage = self.lineage(&id).unwrap_or_else(Lineage::unknown);
-        if let Some(parent) = &lineage.parent {
-            let parent_id = parent.exec_id.clone();
+        if lineage.parent.is_some() {
+            let parent_id = self.entries.get(&id).map(|e| e.image.parent.clone()).unwrap_or_default();
             self.touch(&parent_id);
         }
         lineage
