@@ -150,7 +150,7 @@ fn every_referenced_object_exists() {
 #[test]
 fn ports_agree_with_the_binaries_defaults() {
     let objs = objects();
-    let flags = relay::config::Layered::default();
+    let flags = relay::config::Flags::default();
     let port = |addr: &str| addr.rsplit(':').next().unwrap().parse::<i32>().unwrap();
     let relay = objs.iter().find(|(_, o)| matches!(o, Object::Deployment(_))).map(|(_, o)| o).unwrap();
     let ports: BTreeMap<String, i32> = pod_spec(relay).unwrap().containers[0]

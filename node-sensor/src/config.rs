@@ -5,20 +5,23 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use serde::{Deserialize, Serialize};
 use serving::settings::{ConfigErrors, ConfigProblem, FlagLayer};
 
 pub const DEFAULT_SERVER_ADDRESS: &str = "localhost:54321";
 pub const DEFAULT_PROCESS_CACHE_SIZE: usize = 65_536;
 pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 10_000;
+pub const DEFAULT_REPLAY_BUFFER: usize = 100_000;
+pub const DEFAULT_RELAY_RESOLVE_SECONDS: u64 = 30;
 
 pub use serving::daemon::LogFormat;
 
-/// Command-line flags; every one may also be set in the config file or as
-/// `VIGIL_<FLAG>` (e.g. `VIGIL_PROCESS_CACHE_SIZE`).
-#[derive(Debug, Parser, Default, Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// The sensor's one settings type: its flags (clap, with the defaults),
+/// and the keys of the config file and of `VIGIL_<KEY>` variables (serde),
+/// all named alike (`process-cache-size`, `VIGIL_PROCESS_CACHE_SIZE`).
+#[derive(Debug, Clone, Parser, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 #[command(
     name = "vigil-sensor",
     version,
@@ -28,34 +31,35 @@ pub struct Flags {
     /// Node name on every event [default: $NODE_NAME, then the hostname].
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
-    /// gRPC listen address: host:port or unix:///path [default: localhost:54321].
-    #[arg(long)]
-    pub server_address: Option<String>,
-    /// Most processes kept in the process cache [default: 65536].
-    #[arg(long)]
-    pub process_cache_size: Option<usize>,
+    /// gRPC listen address: host:port or unix:///path.
+    #[arg(long, default_value = DEFAULT_SERVER_ADDRESS)]
+    pub server_address: String,
+    /// Most processes kept in the process cache.
+    #[arg(long, default_value_t = DEFAULT_PROCESS_CACHE_SIZE)]
+    pub process_cache_size: usize,
     /// Events queued per GetEvents subscriber before its events are
-    /// dropped and reported to it [default: 10000].
-    #[arg(long)]
-    pub subscriber_queue_size: Option<usize>,
+    /// dropped and reported to it.
+    #[arg(long, default_value_t = DEFAULT_SUBSCRIBER_QUEUE)]
+    pub subscriber_queue_size: usize,
     /// Also write every event as a JSON line to this file.
     #[arg(long)]
     pub export_filename: Option<PathBuf>,
     /// Config file (TOML, YAML or JSON) with the same keys as the flags.
     #[arg(long)]
+    #[serde(skip)]
     pub config_file: Option<PathBuf>,
-    /// Log filter: error, warn, info, debug, trace, or a tracing directive [default: info].
-    #[arg(long)]
-    pub log_level: Option<String>,
-    /// Log output format [default: plain].
-    #[arg(long, value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Kernel BTF to resolve struct offsets from [default: /sys/kernel/btf/vmlinux].
-    #[arg(long)]
-    pub btf: Option<String>,
-    /// procfs mount used for the start-up process walk [default: /proc].
-    #[arg(long)]
-    pub procfs: Option<PathBuf>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+    /// Kernel BTF to resolve struct offsets from.
+    #[arg(long, default_value = crate::btf_offsets::VMLINUX_BTF)]
+    pub btf: String,
+    /// procfs mount used for the start-up process walk.
+    #[arg(long, default_value = "/proc")]
+    pub procfs: PathBuf,
     /// Add capabilities, full credentials and binary properties (setuid,
     /// setgid, privileges raised by exec) to every process.
     #[arg(long)]
@@ -78,13 +82,13 @@ pub struct Flags {
     /// Stream to relays in plaintext (tests; logs a warning).
     #[arg(long)]
     pub insecure: bool,
-    /// Events kept for resending to relays after a reconnect [default: 100000].
-    #[arg(long)]
-    pub replay_buffer_size: Option<usize>,
+    /// Events kept for resending to relays after a reconnect.
+    #[arg(long, default_value_t = DEFAULT_REPLAY_BUFFER)]
+    pub replay_buffer_size: usize,
     /// Seconds between DNS lookups of each --relay-address, to follow relay
-    /// replicas as they come and go [default: 30].
-    #[arg(long)]
-    pub relay_resolve_interval: Option<u64>,
+    /// replicas as they come and go.
+    #[arg(long, default_value_t = DEFAULT_RELAY_RESOLVE_SECONDS)]
+    pub relay_resolve_interval: u64,
     /// Report only processes in the sensor's own network namespace (to run
     /// several sensors as separate "nodes" on one kernel, as the tests do).
     #[arg(long)]
@@ -101,59 +105,37 @@ pub struct Flags {
     pub k8s_pod_annotations: bool,
 }
 
-/// Every setting with its default: the layers' common shape. Keys are the
-/// flags' names.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Layered {
-    pub node_name: Option<String>,
-    pub server_address: String,
-    pub process_cache_size: usize,
-    pub subscriber_queue_size: usize,
-    pub export_filename: Option<PathBuf>,
-    pub log_level: String,
-    pub log_format: LogFormat,
-    pub btf: String,
-    pub procfs: PathBuf,
-    pub enable_process_cred: bool,
-    pub enable_process_ns: bool,
-    pub enable_ancestors: Vec<String>,
-    pub relay_address: Vec<String>,
-    pub tls_dir: Option<PathBuf>,
-    pub insecure: bool,
-    pub replay_buffer_size: usize,
-    pub relay_resolve_interval: u64,
-    pub only_own_netns: bool,
-    pub enable_k8s_api: bool,
-    pub kubeconfig: Option<PathBuf>,
-    pub k8s_pod_annotations: bool,
+/// The defaults are the flags' (one place states them).
+impl Default for Flags {
+    fn default() -> Self {
+        Flags::parse_from(["vigil-sensor"])
+    }
 }
 
-impl Default for Layered {
-    fn default() -> Self {
-        Layered {
-            node_name: None,
-            server_address: DEFAULT_SERVER_ADDRESS.into(),
-            process_cache_size: DEFAULT_PROCESS_CACHE_SIZE,
-            subscriber_queue_size: DEFAULT_SUBSCRIBER_QUEUE,
-            export_filename: None,
-            log_level: "info".into(),
-            log_format: LogFormat::Plain,
-            btf: crate::btf_offsets::VMLINUX_BTF.into(),
-            procfs: "/proc".into(),
-            enable_process_cred: false,
-            enable_process_ns: false,
-            enable_ancestors: Vec::new(),
-            relay_address: Vec::new(),
-            tls_dir: None,
-            insecure: false,
-            replay_buffer_size: DEFAULT_REPLAY_BUFFER,
-            relay_resolve_interval: DEFAULT_RELAY_RESOLVE_SECONDS,
-            only_own_netns: false,
-            enable_k8s_api: false,
-            kubeconfig: None,
-            k8s_pod_annotations: false,
-        }
+/// Parsed command line: the values, and which of them the user gave.
+pub struct CommandLine {
+    pub flags: Flags,
+    pub given: FlagLayer,
+}
+
+impl CommandLine {
+    /// Parses `args` (clap prints usage and exits on a malformed command line).
+    pub fn parse_from<I, T>(args: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Flags::command().get_matches_from(args);
+        let flags = match Flags::from_arg_matches(&matches) {
+            Ok(f) => f,
+            Err(e) => e.exit(),
+        };
+        let given = serving::settings::flags_given(&flags, &matches);
+        CommandLine { flags, given }
+    }
+
+    pub fn parse() -> Self {
+        Self::parse_from(std::env::args_os())
     }
 }
 
@@ -183,16 +165,13 @@ pub struct Settings {
     pub k8s_pod_annotations: bool,
 }
 
-pub const DEFAULT_REPLAY_BUFFER: usize = 100_000;
-pub const DEFAULT_RELAY_RESOLVE_SECONDS: u64 = 30;
-
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
 /// Checks a config file's keys and values without starting anything.
 pub fn check_file(path: &std::path::Path) -> Result<(), ConfigErrors> {
-    serving::settings::layered::<Layered>(Some(path), |_| None, &FlagLayer::new()).map(|_| ())
+    serving::settings::layered::<Flags>(Some(path), |_| None, &FlagLayer::new()).map(|_| ())
 }
 
 /// Collects the problems of resolving, to report them all.
@@ -212,14 +191,13 @@ impl Problems {
 }
 
 impl Settings {
-    pub fn resolve(flags: Flags) -> Result<Self, ConfigErrors> {
-        Self::resolve_with_env(flags, |var| std::env::var(var).ok())
+    pub fn resolve(cli: CommandLine) -> Result<Self, ConfigErrors> {
+        Self::resolve_with_env(cli, |var| std::env::var(var).ok())
     }
 
     /// [`Settings::resolve`] with the environment given (tests).
-    pub fn resolve_with_env(flags: Flags, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
-        let layer = serving::settings::flags_given(&flags, &["config-file"]);
-        let l: Layered = serving::settings::layered(flags.config_file.as_deref(), env, &layer)?;
+    pub fn resolve_with_env(cli: CommandLine, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+        let l: Flags = serving::settings::layered(cli.flags.config_file.as_deref(), env, &cli.given)?;
         let mut p = Problems::default();
         let server_address = match l.server_address.parse::<serving::address::ServerAddress>() {
             Ok(a) => Some(a),
@@ -292,12 +270,23 @@ impl Settings {
 mod tests {
     use super::*;
 
-    fn file(name: &str, text: &str) -> PathBuf {
+    fn file(name: &str, text: &str) -> String {
         let dir = std::env::temp_dir().join(format!("vigil-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
-        p
+        p.display().to_string()
+    }
+
+    fn with_env(args: &[&str], env: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigErrors> {
+        Settings::resolve_with_env(
+            CommandLine::parse_from(std::iter::once("vigil-sensor").chain(args.iter().copied())),
+            env,
+        )
+    }
+
+    fn resolve(args: &[&str]) -> Result<Settings, ConfigErrors> {
+        with_env(args, |_| None)
     }
 
     #[test]
@@ -306,28 +295,28 @@ mod tests {
             "a.toml",
             "node-name = \"from-file\"\nprocess-cache-size = 10\nlog-format = \"json\"\nenable-process-cred = true\n",
         );
-        let s = Settings::resolve(Flags { config_file: Some(p.clone()), ..Default::default() }).unwrap();
+        let s = resolve(&["--config-file", &p]).unwrap();
         assert_eq!(s.node_name, "from-file");
         assert_eq!(s.process_cache_size, 10);
         assert_eq!(s.log_format, LogFormat::Json);
         assert!(s.enable_process_cred && !s.enable_process_ns);
         assert_eq!(s.server_address.to_string(), "localhost:54321");
-        let s = Settings::resolve(Flags { config_file: Some(p), node_name: Some("flag".into()), ..Default::default() })
-            .unwrap();
+        let s = resolve(&["--config-file", &p, "--node-name", "flag"]).unwrap();
         assert_eq!(s.node_name, "flag");
+        // A flag given with its default value still wins over the file.
+        let s = resolve(&["--config-file", &p, "--process-cache-size", "65536"]).unwrap();
+        assert_eq!(s.process_cache_size, 65536);
     }
 
     #[test]
     fn every_problem_is_reported_at_once() {
         let p = file("e.yaml", "process-cahce-size: 5\nreplay-buffer-size: lots\nsubscriber-queue-size: 0\n");
-        let flags = Flags { config_file: Some(p), server_address: Some("nope".into()), ..Default::default() };
-        let e = Settings::resolve_with_env(flags, |_| None).unwrap_err();
+        let e = resolve(&["--config-file", &p, "--server-address", "nope"]).unwrap_err();
         let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, vec!["process-cahce-size", "replay-buffer-size"], "{e}");
         // Once the layers parse, the values are checked, again all of them.
         let p = file("f.yaml", "subscriber-queue-size: 0\n");
-        let flags = Flags { config_file: Some(p), server_address: Some("nope".into()), ..Default::default() };
-        let e = Settings::resolve_with_env(flags, |_| None).unwrap_err();
+        let e = resolve(&["--config-file", &p, "--server-address", "nope"]).unwrap_err();
         let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, vec!["server-address", "subscriber-queue-size"], "{e}");
     }
@@ -341,61 +330,50 @@ mod tests {
             "VIGIL_INSECURE" => Some("true".to_owned()),
             _ => None,
         };
-        let s = Settings::resolve_with_env(Flags { config_file: Some(p.clone()), ..Default::default() }, env).unwrap();
+        let s = with_env(&["--config-file", &p], env).unwrap();
         assert_eq!(s.process_cache_size, 20);
         assert_eq!(s.relay_address, vec!["r1:54331".to_owned(), "r2:54331".to_owned()]);
-        let flags = Flags { config_file: Some(p), process_cache_size: Some(30), ..Default::default() };
-        assert_eq!(Settings::resolve_with_env(flags, env).unwrap().process_cache_size, 30);
-        let e = Settings::resolve_with_env(Flags::default(), |v| (v == "VIGIL_PROCESS_CACHE_SIZE").then(|| "x".into()))
-            .unwrap_err()
-            .to_string();
+        assert_eq!(with_env(&["--config-file", &p, "--process-cache-size", "30"], env).unwrap().process_cache_size, 30);
+        let e = with_env(&[], |v| (v == "VIGIL_PROCESS_CACHE_SIZE").then(|| "x".into())).unwrap_err().to_string();
         assert!(e.contains("invalid process-cache-size (environment VIGIL_PROCESS_CACHE_SIZE)"), "{e}");
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_named() {
         let p = file("b.yaml", "node-name: x\nprocess-cahce-size: 5\n");
-        let e = Settings::resolve(Flags { config_file: Some(p), ..Default::default() }).unwrap_err().to_string();
+        let e = resolve(&["--config-file", &p]).unwrap_err().to_string();
         assert!(e.contains("process-cahce-size"), "{e}");
-        let e = Settings::resolve(Flags { server_address: Some("nope".into()), ..Default::default() })
-            .unwrap_err()
-            .to_string();
+        let e = resolve(&["--server-address", "nope"]).unwrap_err().to_string();
         assert!(e.contains("server-address"), "{e}");
-        let e = Settings::resolve(Flags { process_cache_size: Some(0), ..Default::default() }).unwrap_err().to_string();
+        let e = resolve(&["--process-cache-size", "0"]).unwrap_err().to_string();
         assert!(e.contains("process-cache-size"), "{e}");
-        let e = Settings::resolve(Flags { config_file: Some("/nonexistent.toml".into()), ..Default::default() })
-            .unwrap_err()
-            .to_string();
+        let e = resolve(&["--config-file", "/nonexistent.toml"]).unwrap_err().to_string();
         assert!(e.contains("/nonexistent.toml: no such file"), "{e}");
-        let e =
-            Settings::resolve(Flags { relay_resolve_interval: Some(0), ..Default::default() }).unwrap_err().to_string();
+        let e = resolve(&["--relay-resolve-interval", "0"]).unwrap_err().to_string();
         assert!(e.contains("relay-resolve-interval") && e.contains("at least 1"), "{e}");
     }
 
     #[test]
     fn enable_ancestors_takes_tetragons_base_only() {
-        assert!(!Settings::resolve(Flags::default()).unwrap().enable_ancestors);
-        let on = Flags { enable_ancestors: vec!["base".into()], ..Default::default() };
-        assert!(Settings::resolve(on).unwrap().enable_ancestors);
+        assert!(!resolve(&[]).unwrap().enable_ancestors);
+        assert!(resolve(&["--enable-ancestors", "base"]).unwrap().enable_ancestors);
         let p = file("d.yaml", "enable-ancestors: [base]\n");
-        assert!(Settings::resolve(Flags { config_file: Some(p), ..Default::default() }).unwrap().enable_ancestors);
-        let kprobe = Flags { enable_ancestors: vec!["base".into(), "kprobe".into()], ..Default::default() };
-        let e = Settings::resolve(kprobe).unwrap_err().to_string();
+        assert!(resolve(&["--config-file", &p]).unwrap().enable_ancestors);
+        let e = resolve(&["--enable-ancestors", "base,kprobe"]).unwrap_err().to_string();
         assert!(e.contains("enable-ancestors") && e.contains("\"kprobe\""), "{e}");
     }
 
     #[test]
     fn relay_resolve_interval_from_file_and_default() {
-        let s = Settings::resolve(Flags::default()).unwrap();
+        let s = resolve(&[]).unwrap();
         assert_eq!(s.relay_resolve_interval, std::time::Duration::from_secs(DEFAULT_RELAY_RESOLVE_SECONDS));
         let p = file("c.toml", "relay-resolve-interval = 5\n");
-        let s = Settings::resolve(Flags { config_file: Some(p), ..Default::default() }).unwrap();
+        let s = resolve(&["--config-file", &p]).unwrap();
         assert_eq!(s.relay_resolve_interval, std::time::Duration::from_secs(5));
     }
 
     #[test]
     fn help_documents_every_flag() {
-        use clap::CommandFactory;
         let help = Flags::command().render_long_help().to_string();
         for flag in [
             "--node-name",

@@ -4,11 +4,10 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
 use events::bus::EventBus;
 use node_sensor::btf_offsets::Features;
 use node_sensor::clock::Clock;
-use node_sensor::config::{Flags, Settings};
+use node_sensor::config::{CommandLine, Settings};
 use node_sensor::k8s::{self, ApiSource};
 use node_sensor::pipeline::Pipeline;
 use node_sensor::privileges::{Collect, HostNamespaces};
@@ -136,7 +135,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    let settings = match Settings::resolve(Flags::parse()) {
+    let settings = match Settings::resolve(CommandLine::parse()) {
         Ok(s) => s,
         Err(e) => return daemon::config_error("vigil-sensor", &e),
     };

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use serde::{Deserialize, Serialize};
 use serving::ServerAddress;
 use serving::daemon::LogFormat;
@@ -14,18 +14,19 @@ use serving::settings::{ConfigErrors, ConfigProblem, FlagLayer};
 pub const DEFAULT_CLIENT_ADDRESS: &str = "0.0.0.0:54330";
 pub const DEFAULT_INGEST_ADDRESS: &str = "0.0.0.0:54331";
 
-/// Command-line flags; every one may also be set in the config file or as
-/// `VIGIL_<FLAG>` (e.g. `VIGIL_HISTORY_SIZE`).
-#[derive(Debug, Parser, Default, Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// The relay's one settings type: its flags (clap, with the defaults), and
+/// the keys of the config file and of `VIGIL_<KEY>` variables (serde), all
+/// named alike (`history-size`, `VIGIL_HISTORY_SIZE`).
+#[derive(Debug, Clone, Parser, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 #[command(name = "vigil-relay", version, about = "Vigil relay: one cluster-wide stream from every node's sensor")]
 pub struct Flags {
-    /// Listen address for clients (tetragon.FineGuidanceSensors and the admin API) [default: 0.0.0.0:54330].
-    #[arg(long)]
-    pub client_address: Option<String>,
-    /// Listen address for sensors (vigil.relay.v1.Ingest) [default: 0.0.0.0:54331].
-    #[arg(long)]
-    pub ingest_address: Option<String>,
+    /// Listen address for clients (tetragon.FineGuidanceSensors and the admin API).
+    #[arg(long, default_value = DEFAULT_CLIENT_ADDRESS)]
+    pub client_address: String,
+    /// Listen address for sensors (vigil.relay.v1.Ingest).
+    #[arg(long, default_value = DEFAULT_INGEST_ADDRESS)]
+    pub ingest_address: String,
     /// Directory with ca.pem, relay.pem and relay-key.pem (`vigil certs generate`).
     /// Clients must present client certificates, sensors sensor certificates.
     #[arg(long)]
@@ -33,68 +34,68 @@ pub struct Flags {
     /// Serve plaintext without client authentication (tests, loopback only).
     #[arg(long)]
     pub insecure: bool,
-    /// How long events wait to be put in time order across nodes [default: 100].
-    #[arg(long)]
-    pub reorder_window_ms: Option<u64>,
+    /// How long events wait to be put in time order across nodes.
+    #[arg(long, default_value_t = 100)]
+    pub reorder_window_ms: u64,
     /// Most events held for reordering; past it the oldest leave early
     /// (counted as sent early). A 100 ms window at 300,000 events/s holds
-    /// about 30,000; each held event costs about 2 KB [default: 200000].
-    #[arg(long)]
-    pub max_pending: Option<usize>,
-    /// Recent events kept for --since/--last queries [default: 100000].
-    #[arg(long)]
-    pub history_size: Option<usize>,
+    /// about 30,000; each held event costs about 2 KB.
+    #[arg(long, default_value_t = 200_000)]
+    pub max_pending: usize,
+    /// Recent events kept for --since/--last queries.
+    #[arg(long, default_value_t = 100_000)]
+    pub history_size: usize,
     /// Events queued per client before its events are dropped and reported
     /// to it (about 0.2 s at 300,000 events/s; a queued event is a shared
-    /// pointer, the event itself is not copied per client) [default: 65536].
-    #[arg(long)]
-    pub client_queue_size: Option<usize>,
-    /// Name on the relay's own notices [default: vigil-relay].
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Log filter [default: info].
-    #[arg(long)]
-    pub log_level: Option<String>,
-    /// Log output format [default: plain].
-    #[arg(long, value_enum)]
-    pub log_format: Option<LogFormat>,
+    /// pointer, the event itself is not copied per client).
+    #[arg(long, default_value_t = 65_536)]
+    pub client_queue_size: usize,
+    /// Name on the relay's own notices.
+    #[arg(long, default_value = "vigil-relay")]
+    pub name: String,
+    /// Log filter.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
     /// Config file (TOML, YAML or JSON) with the same keys as the flags.
     #[arg(long)]
+    #[serde(skip)]
     pub config_file: Option<PathBuf>,
 }
 
-/// Every setting with its default. Keys are the flags' names.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Layered {
-    pub client_address: String,
-    pub ingest_address: String,
-    pub tls_dir: Option<PathBuf>,
-    pub insecure: bool,
-    pub reorder_window_ms: u64,
-    pub max_pending: usize,
-    pub history_size: usize,
-    pub client_queue_size: usize,
-    pub name: String,
-    pub log_level: String,
-    pub log_format: LogFormat,
+/// The defaults are the flags' (one place states them).
+impl Default for Flags {
+    fn default() -> Self {
+        Flags::parse_from(["vigil-relay"])
+    }
 }
 
-impl Default for Layered {
-    fn default() -> Self {
-        Layered {
-            client_address: DEFAULT_CLIENT_ADDRESS.into(),
-            ingest_address: DEFAULT_INGEST_ADDRESS.into(),
-            tls_dir: None,
-            insecure: false,
-            reorder_window_ms: 100,
-            max_pending: 200_000,
-            history_size: 100_000,
-            client_queue_size: 65_536,
-            name: "vigil-relay".into(),
-            log_level: "info".into(),
-            log_format: LogFormat::Plain,
-        }
+/// Parsed command line: the values, and which of them the user gave.
+pub struct CommandLine {
+    pub flags: Flags,
+    pub given: FlagLayer,
+}
+
+impl CommandLine {
+    /// Parses `args` (clap prints usage and exits on a malformed command line).
+    pub fn parse_from<I, T>(args: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Flags::command().get_matches_from(args);
+        let flags = match Flags::from_arg_matches(&matches) {
+            Ok(f) => f,
+            Err(e) => e.exit(),
+        };
+        let given = serving::settings::flags_given(&flags, &matches);
+        CommandLine { flags, given }
+    }
+
+    pub fn parse() -> Self {
+        Self::parse_from(std::env::args_os())
     }
 }
 
@@ -116,18 +117,17 @@ pub struct Settings {
 
 /// Checks a config file's keys and values without starting anything.
 pub fn check_file(path: &std::path::Path) -> Result<(), ConfigErrors> {
-    serving::settings::layered::<Layered>(Some(path), |_| None, &FlagLayer::new()).map(|_| ())
+    serving::settings::layered::<Flags>(Some(path), |_| None, &FlagLayer::new()).map(|_| ())
 }
 
 impl Settings {
-    pub fn resolve(flags: Flags) -> Result<Self, ConfigErrors> {
-        Self::resolve_with_env(flags, |var| std::env::var(var).ok())
+    pub fn resolve(cli: CommandLine) -> Result<Self, ConfigErrors> {
+        Self::resolve_with_env(cli, |var| std::env::var(var).ok())
     }
 
     /// [`Settings::resolve`] with the environment given (tests).
-    pub fn resolve_with_env(flags: Flags, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
-        let layer = serving::settings::flags_given(&flags, &["config-file"]);
-        let l: Layered = serving::settings::layered(flags.config_file.as_deref(), env, &layer)?;
+    pub fn resolve_with_env(cli: CommandLine, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+        let l: Flags = serving::settings::layered(cli.flags.config_file.as_deref(), env, &cli.given)?;
         let mut problems = Vec::new();
         let mut problem = |key: &str, reason: String| {
             problems.push(ConfigProblem { key: key.into(), source: "value".into(), reason });
@@ -187,8 +187,8 @@ mod tests {
     use super::*;
 
     fn resolve(args: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigErrors> {
-        let flags = Flags::parse_from(std::iter::once("vigil-relay").chain(args.iter().copied()));
-        Settings::resolve_with_env(flags, |v| env.iter().find(|(k, _)| *k == v).map(|(_, x)| (*x).to_owned()))
+        let cli = CommandLine::parse_from(std::iter::once("vigil-relay").chain(args.iter().copied()));
+        Settings::resolve_with_env(cli, |v| env.iter().find(|(k, _)| *k == v).map(|(_, x)| (*x).to_owned()))
     }
 
     #[test]

@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context;
-use clap::Parser;
 use events::bus::EventBus;
 use proto::vigil::relay::v1::ingest_server::IngestServer;
 use proto::vigil::relay::v1::relay_admin_server::RelayAdminServer;
-use relay::config::{Flags, Settings};
+use relay::config::{CommandLine, Settings};
 use relay::hub::Hub;
 use relay::ingest::IngestService;
 use relay::merge::MergeCounters;
@@ -80,7 +79,7 @@ async fn joined(
 }
 
 fn main() -> std::process::ExitCode {
-    let settings = match Settings::resolve(Flags::parse()) {
+    let settings = match Settings::resolve(CommandLine::parse()) {
         Ok(s) => s,
         Err(e) => return daemon::config_error("vigil-relay", &e),
     };

@@ -56,19 +56,21 @@ pub fn env_name(key: &str) -> String {
 /// Keys set on the command line, by flag name (kebab-case), as JSON values.
 pub type FlagLayer = serde_json::Map<String, serde_json::Value>;
 
-/// The flags a user actually gave: `Option`s that are `Some`, `true`
-/// switches and non-empty lists, from a `Serialize` flags struct whose
-/// fields are kebab-cased keys. `skip` names flags that are not settings.
-pub fn flags_given<F: Serialize>(flags: &F, skip: &[&str]) -> FlagLayer {
-    let Ok(serde_json::Value::Object(all)) = serde_json::to_value(flags) else { return FlagLayer::new() };
-    all.into_iter()
-        .filter(|(k, v)| {
-            !skip.contains(&k.as_str())
-                && match v {
-                    serde_json::Value::Null | serde_json::Value::Bool(false) => false,
-                    serde_json::Value::Array(a) => !a.is_empty(),
-                    _ => true,
-                }
+/// The flags a user actually gave (on the command line, or through a
+/// variable clap reads itself such as `NODE_NAME`), with their parsed
+/// values, keyed as the settings are. Flags that are not settings (marked
+/// `#[serde(skip)]`, like `--config-file`) are left out.
+pub fn flags_given<F: Serialize>(parsed: &F, matches: &clap::ArgMatches) -> FlagLayer {
+    use clap::parser::ValueSource;
+    let Ok(serde_json::Value::Object(values)) = serde_json::to_value(parsed) else { return FlagLayer::new() };
+    matches
+        .ids()
+        .filter(|id| {
+            matches!(matches.value_source(id.as_str()), Some(ValueSource::CommandLine | ValueSource::EnvVariable))
+        })
+        .filter_map(|id| {
+            let key = id.as_str().replace('_', "-");
+            values.get(&key).map(|v| (key, v.clone()))
         })
         .collect()
 }
@@ -237,16 +239,23 @@ mod tests {
 
     #[test]
     fn only_given_flags_are_a_layer() {
-        #[derive(Serialize)]
+        use clap::{CommandFactory, FromArgMatches, Parser};
+        #[derive(Parser, Serialize)]
         #[serde(rename_all = "kebab-case")]
         struct F {
-            name: Option<String>,
+            #[arg(long, default_value = "d")]
+            name: String,
+            #[arg(long)]
             on: bool,
+            #[arg(long)]
             peers: Vec<String>,
+            #[arg(long)]
+            #[serde(skip)]
             config_file: Option<String>,
         }
-        let f = F { name: Some("n".into()), on: false, peers: vec![], config_file: Some("x".into()) };
-        let layer = flags_given(&f, &["config-file"]);
-        assert_eq!(layer.keys().collect::<Vec<_>>(), vec!["name"]);
+        let matches = F::command().get_matches_from(["f", "--on", "--config-file", "x"]);
+        let f = F::from_arg_matches(&matches).unwrap();
+        let layer = flags_given(&f, &matches);
+        assert_eq!(layer.keys().collect::<Vec<_>>(), vec!["on"], "defaults and non-settings are not given");
     }
 }
