@@ -5,6 +5,22 @@
 //! format and the protojson rendering match what Tetragon clients expect.
 #![forbid(unsafe_code)]
 
+/// A module of generated code, with its lint waivers stated once.
+macro_rules! generated {
+    ($(#[$doc:meta])* $vis:vis mod $name:ident { $($body:tt)* }) => {
+        $(#[$doc])*
+        #[allow(
+            clippy::all,
+            clippy::pedantic,
+            clippy::allow_attributes_without_reason,
+            clippy::unwrap_used,
+            missing_docs,
+            reason = "generated code"
+        )]
+        $vis mod $name { $($body)* }
+    };
+}
+
 pub mod ingest;
 pub mod json;
 pub mod kinds;
@@ -13,34 +29,22 @@ mod timestamp;
 
 pub use timestamp::Timestamp;
 
-/// Generated messages, enums and gRPC stubs of package `tetragon`.
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::allow_attributes_without_reason,
-    clippy::unwrap_used,
-    missing_docs,
-    reason = "generated code"
-)]
-pub mod tetragon {
-    include!(concat!(env!("OUT_DIR"), "/tetragon.rs"));
-    include!(concat!(env!("OUT_DIR"), "/tetragon.serde.rs"));
+generated! {
+    /// Generated messages, enums and gRPC stubs of package `tetragon`.
+    pub mod tetragon {
+        include!(concat!(env!("OUT_DIR"), "/tetragon.rs"));
+        include!(concat!(env!("OUT_DIR"), "/tetragon.serde.rs"));
+    }
 }
 
-/// Vigil's own packages: sensor → relay ingest and relay admin.
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::allow_attributes_without_reason,
-    clippy::unwrap_used,
-    missing_docs,
-    reason = "generated code"
-)]
-pub mod vigil {
-    pub mod relay {
-        pub mod v1 {
-            include!(concat!(env!("OUT_DIR"), "/vigil.relay.v1.rs"));
-            include!(concat!(env!("OUT_DIR"), "/vigil.relay.v1.serde.rs"));
+generated! {
+    /// Vigil's own packages: sensor → relay ingest and relay admin.
+    pub mod vigil {
+        pub mod relay {
+            pub mod v1 {
+                include!(concat!(env!("OUT_DIR"), "/vigil.relay.v1.rs"));
+                include!(concat!(env!("OUT_DIR"), "/vigil.relay.v1.serde.rs"));
+            }
         }
     }
 }

@@ -130,18 +130,12 @@ impl Message for OutEvent {
     }
 }
 
-/// `tetragon.FineGuidanceSensors`' server, with `GetEvents` streaming
-/// [`OutEvent`]s (wire-identical to `GetEventsResponse`).
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::allow_attributes_without_reason,
-    clippy::unwrap_used,
-    missing_docs,
-    reason = "generated code"
-)]
-mod generated {
-    include!(concat!(env!("OUT_DIR"), "/shared/tetragon.rs"));
+generated! {
+    /// `tetragon.FineGuidanceSensors`' server, with `GetEvents` streaming
+    /// [`OutEvent`]s (wire-identical to `GetEventsResponse`).
+    mod generated {
+        include!(concat!(env!("OUT_DIR"), "/shared/tetragon.rs"));
+    }
 }
 pub use generated::fine_guidance_sensors_server;
 

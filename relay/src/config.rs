@@ -5,11 +5,11 @@
 
 use std::path::PathBuf;
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::Parser;
 use serde::{Deserialize, Serialize};
 use serving::ServerAddress;
 use serving::daemon::LogFormat;
-use serving::settings::{ConfigErrors, ConfigProblem, FlagLayer};
+use serving::settings::{ConfigErrors, ConfigProblem};
 
 pub const DEFAULT_CLIENT_ADDRESS: &str = "0.0.0.0:54330";
 pub const DEFAULT_INGEST_ADDRESS: &str = "0.0.0.0:54331";
@@ -72,32 +72,8 @@ impl Default for Flags {
     }
 }
 
-/// Parsed command line: the values, and which of them the user gave.
-pub struct CommandLine {
-    pub flags: Flags,
-    pub given: FlagLayer,
-}
-
-impl CommandLine {
-    /// Parses `args` (clap prints usage and exits on a malformed command line).
-    pub fn parse_from<I, T>(args: I) -> Self
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        let matches = Flags::command().get_matches_from(args);
-        let flags = match Flags::from_arg_matches(&matches) {
-            Ok(f) => f,
-            Err(e) => e.exit(),
-        };
-        let given = serving::settings::flags_given(&flags, &matches);
-        CommandLine { flags, given }
-    }
-
-    pub fn parse() -> Self {
-        Self::parse_from(std::env::args_os())
-    }
-}
+/// The parsed command line.
+pub type CommandLine = serving::settings::CommandLine<Flags>;
 
 /// Resolved settings.
 #[derive(Debug, Clone)]
@@ -117,7 +93,7 @@ pub struct Settings {
 
 /// Checks a config file's keys and values without starting anything.
 pub fn check_file(path: &std::path::Path) -> Result<(), ConfigErrors> {
-    serving::settings::layered::<Flags>(Some(path), |_| None, &FlagLayer::new()).map(|_| ())
+    serving::settings::check_file::<Flags>(path)
 }
 
 impl Settings {

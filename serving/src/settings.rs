@@ -75,6 +75,41 @@ pub fn flags_given<F: Serialize>(parsed: &F, matches: &clap::ArgMatches) -> Flag
         .collect()
 }
 
+/// A parsed command line: the flags' values, and which of them the user gave.
+pub struct CommandLine<F> {
+    pub flags: F,
+    pub given: FlagLayer,
+}
+
+impl<F: clap::Parser + Serialize> CommandLine<F> {
+    /// Parses `args` (clap prints usage and exits on a malformed command line).
+    pub fn parse_from<I, T>(args: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = F::command().get_matches_from(args);
+        let flags = match F::from_arg_matches(&matches) {
+            Ok(f) => f,
+            Err(e) => e.exit(),
+        };
+        let given = flags_given(&flags, &matches);
+        CommandLine { flags, given }
+    }
+
+    pub fn parse() -> Self {
+        Self::parse_from(std::env::args_os())
+    }
+}
+
+/// Checks a config file's keys and values for settings `S`, starting nothing.
+pub fn check_file<S>(path: &Path) -> Result<(), ConfigErrors>
+where
+    S: Serialize + DeserializeOwned + Default,
+{
+    layered::<S>(Some(path), |_| None, &FlagLayer::new()).map(|_| ())
+}
+
 /// Fills `S` from its defaults, `file`, the environment (`env` looks a
 /// variable up, so tests need not touch the process's) and `flags`.
 pub fn layered<S>(
