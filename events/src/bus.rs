@@ -181,16 +181,10 @@ impl EventBus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::tetragon::{Filter, Process, ProcessExec};
+    use proto::tetragon::Filter;
 
     fn exec(binary: &str) -> GetEventsResponse {
-        GetEventsResponse {
-            event: Some(Event::ProcessExec(ProcessExec {
-                process: Some(Process { binary: binary.into(), ..Default::default() }),
-                ..Default::default()
-            })),
-            ..Default::default()
-        }
+        test_support::events::exec(binary).build()
     }
 
     fn binary(e: &GetEventsResponse) -> &str {

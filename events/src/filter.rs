@@ -279,24 +279,15 @@ impl EventFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::tetragon::{Capabilities, Pod, ProcessExec};
+    use proto::tetragon::Capabilities;
 
     fn exec(binary: &str, ns: Option<&str>, pid: u32, ppid: u32) -> GetEventsResponse {
-        let process = |binary: &str, pid: u32| Process {
-            binary: binary.into(),
-            pid: Some(pid.into()),
-            pod: ns.map(|n| Pod { namespace: n.into(), name: "p".into(), ..Default::default() }),
-            ..Default::default()
+        let e = test_support::events::exec(binary).pid(pid).node("n1");
+        let e = match ns {
+            Some(n) => e.pod(n, "p"),
+            None => e,
         };
-        GetEventsResponse {
-            event: Some(Event::ProcessExec(ProcessExec {
-                process: Some(process(binary, pid)),
-                parent: Some(process("/bin/sh", ppid)),
-                ancestors: vec![],
-            })),
-            node_name: "n1".into(),
-            ..Default::default()
-        }
+        e.parent("/bin/sh", ppid).build()
     }
 
     #[test]

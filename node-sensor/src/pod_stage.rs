@@ -131,24 +131,11 @@ impl PodStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::tetragon::get_events_response::Event;
-    use proto::tetragon::{Process, ProcessExec};
 
     const CONTAINER: &str = "0123456789abcdef0123456789abcde";
 
     fn exec(arg: &str, docker: &str) -> GetEventsResponse {
-        GetEventsResponse {
-            event: Some(Event::ProcessExec(ProcessExec {
-                process: Some(Process {
-                    exec_id: format!("id-{arg}"),
-                    arguments: arg.into(),
-                    docker: docker.into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })),
-            ..Default::default()
-        }
+        test_support::events::exec("/bin/x").arguments(arg).exec_id(&format!("id-{arg}")).container(docker).build()
     }
 
     fn pod_json() -> k8s_openapi::api::core::v1::Pod {

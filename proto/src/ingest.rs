@@ -146,19 +146,11 @@ fn http_path(path: &'static str) -> tonic::codegen::http::uri::PathAndQuery {
 mod tests {
     use super::*;
     use crate::Timestamp;
-    use crate::tetragon::{GetEventsResponse, Process, ProcessExec, get_events_response::Event};
+    use crate::tetragon::GetEventsResponse;
     use crate::vigil::relay::v1::{Batch, SequencedEvent};
 
     fn exec(binary: &str, seconds: i64) -> GetEventsResponse {
-        GetEventsResponse {
-            event: Some(Event::ProcessExec(ProcessExec {
-                process: Some(Process { binary: binary.into(), ..Default::default() }),
-                ..Default::default()
-            })),
-            node_name: "n".into(),
-            time: Some(Timestamp { seconds, nanos: 5 }),
-            ..Default::default()
-        }
+        GetEventsResponse { time: Some(Timestamp { seconds, nanos: 5 }), ..crate::test_exec(binary) }
     }
 
     #[test]

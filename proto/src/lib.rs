@@ -29,6 +29,21 @@ mod timestamp;
 
 pub use timestamp::Timestamp;
 
+/// The event proto's own unit tests build (test-support depends on proto,
+/// so it cannot serve proto's tests).
+#[cfg(test)]
+pub(crate) fn test_exec(binary: &str) -> tetragon::GetEventsResponse {
+    use tetragon::{GetEventsResponse, Process, ProcessExec, get_events_response::Event};
+    GetEventsResponse {
+        event: Some(Event::ProcessExec(ProcessExec {
+            process: Some(Process { binary: binary.into(), ..Default::default() }),
+            ..Default::default()
+        })),
+        node_name: "n".into(),
+        ..Default::default()
+    }
+}
+
 generated! {
     /// Generated messages, enums and gRPC stubs of package `tetragon`.
     pub mod tetragon {

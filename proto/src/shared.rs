@@ -142,18 +142,7 @@ pub use generated::fine_guidance_sensors_server;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tetragon::{Process, ProcessExec, get_events_response::Event};
-
-    fn exec(binary: &str) -> GetEventsResponse {
-        GetEventsResponse {
-            event: Some(Event::ProcessExec(ProcessExec {
-                process: Some(Process { binary: binary.into(), ..Default::default() }),
-                ..Default::default()
-            })),
-            node_name: "n".into(),
-            ..Default::default()
-        }
-    }
+    use crate::test_exec as exec;
 
     #[test]
     fn shared_and_own_encode_as_the_event_itself() {

@@ -37,10 +37,6 @@ const NODES: usize = 8;
 const DEFAULT_CLIENTS: u64 = 4;
 const BATCH: usize = 512;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
-}
-
 /// What a client reads of each event: its time and a loss notice's count.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Probe {
@@ -105,15 +101,15 @@ fn main() {
     let total = per_node * NODES as u64;
     let dir = std::env::temp_dir().join(format!("vigil-relay-bench-{}", std::process::id()));
     tls::generate(&dir, &[], 2).expect("certs");
-    let (client_port, ingest_port) = (free_port(), free_port());
-    let mut relay = std::process::Command::new(env!("CARGO_BIN_EXE_vigil-relay"))
-        .args(["--tls-dir", &dir.display().to_string()])
-        .args(["--client-address", &format!("127.0.0.1:{client_port}")])
-        .args(["--ingest-address", &format!("127.0.0.1:{ingest_port}")])
-        .args(["--log-level", "warn"])
-        .spawn()
-        .expect("start vigil-relay");
+    // Port 0: the relay logs the ports it bound.
+    let relay = test_support::daemon::Daemon::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_vigil-relay"))
+            .args(["--tls-dir", &dir.display().to_string()])
+            .args(["--client-address", "127.0.0.1:0", "--ingest-address", "127.0.0.1:0"])
+            .args(["--log-level", "warn,serving::listen=info"]),
+    );
     let relay_pid = relay.id();
+    let (client_port, ingest_port) = (relay.listening("clients").port(), relay.listening("ingest").port());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let client_tls =
         tls::client_config(&dir.join("ca.pem"), &dir.join("client.pem"), &dir.join("client-key.pem"), "localhost")
@@ -250,7 +246,6 @@ fn main() {
         println!("  relay:      {cpu:.2} s CPU ({:.2} µs per merged event), RSS {} KiB, peak {} KiB", cpu * 1e6 / total as f64, status_kib(relay_pid, "VmRSS:"), status_kib(relay_pid, "VmHWM:"));
         println!("  load:       {own_cpu:.2} s CPU for the benchmark's own {NODES} senders and {clients_n} receivers, on the same 2 cores as the relay");
     });
-    let _ = relay.kill();
-    let _ = relay.wait();
+    relay.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }

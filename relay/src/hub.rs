@@ -88,18 +88,10 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::Timestamp;
-    use proto::tetragon::{Filter, Process, ProcessExec, get_events_response::Event};
+    use proto::tetragon::Filter;
 
     fn exec(binary: &str, t_s: i64) -> GetEventsResponse {
-        GetEventsResponse {
-            event: Some(Event::ProcessExec(ProcessExec {
-                process: Some(Process { binary: binary.into(), ..Default::default() }),
-                ..Default::default()
-            })),
-            time: Some(Timestamp { seconds: t_s, nanos: 0 }),
-            ..Default::default()
-        }
+        test_support::events::exec(binary).at_seconds(t_s).build()
     }
 
     fn binaries(v: &[OutEvent]) -> Vec<String> {

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, reason = "test helpers: a panic here is a failed test")]
 
 pub mod daemon;
+pub mod events;
 pub mod python;
 
 /// A token unique to this call: tests run in parallel threads and may start

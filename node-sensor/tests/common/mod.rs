@@ -14,8 +14,7 @@ use tonic::transport::Channel;
 
 /// Why kernel tests cannot run here, if they cannot (printed, never silent).
 pub fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !test_support::is_root() {
         return Some("kernel tests need root (they load BPF programs)".into());
     }
     if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
@@ -27,24 +26,11 @@ pub fn skip_reason() -> Option<String> {
 #[macro_export]
 macro_rules! require_kernel {
     () => {
-        if let Some(reason) = common::skip_reason() {
-            // Under `cargo xtask test` (CI) nothing may be skipped.
-            assert!(std::env::var_os("VIGIL_REQUIRE_ALL").is_none(), "cannot run: {reason}");
-            eprintln!("SKIP {}: {reason}", module_path!());
-            return;
-        }
+        test_support::skip_if!(common::skip_reason());
     };
 }
 
-/// A unique token for this test run, to find our own processes' events.
-/// Unique per call: tests run in parallel threads and may start within one
-/// microsecond, so a counter makes sure no two share markers, cgroups or files.
-pub fn nonce() -> String {
-    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    format!("{}{:06}{n:02}", std::process::id(), t.subsec_micros())
-}
+pub use test_support::nonce;
 
 pub struct Sensor {
     child: Child,

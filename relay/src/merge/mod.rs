@@ -254,25 +254,10 @@ fn clamp_ns(ns: i128) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::Timestamp;
-    use proto::tetragon::{Pod, Process, ProcessExec, get_events_response::Event};
 
     fn exec(node: &str, ktime: u64, pid: u32, t_ms: i128, pod: bool) -> GetEventsResponse {
-        let exec_id = base64::engine::general_purpose::STANDARD.encode(format!("{node}:{ktime}:{pid}"));
-        GetEventsResponse {
-            event: Some(Event::ProcessExec(ProcessExec {
-                process: Some(Process {
-                    exec_id,
-                    pid: Some(pid.into()),
-                    pod: pod.then(|| Pod { name: "p".into(), ..Default::default() }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })),
-            node_name: node.into(),
-            time: Some(Timestamp::from_unix_nanos(t_ms * 1_000_000)),
-            ..Default::default()
-        }
+        let e = test_support::events::exec("").exec_id_of(node, ktime, pid).node(node).at_nanos(t_ms * MS);
+        if pod { e.pod("", "p") } else { e }.build()
     }
 
     const MS: i128 = 1_000_000;

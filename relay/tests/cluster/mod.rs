@@ -15,20 +15,46 @@ use proto::tetragon::GetEventsResponse;
 
 pub const CLI: &str = env!("CARGO_BIN_EXE_vigil-relay");
 
+/// A workspace binary. Cargo builds this package's own (`vigil-relay`) for
+/// its tests; the sensor and the CLI are other packages', so the tests
+/// build them (once per test binary, same profile, same target directory)
+/// instead of trusting whatever lies beside the relay.
 pub fn bin(name: &str) -> PathBuf {
-    // Workspace binaries live beside this test's relay binary.
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release = Path::new(CLI).parent().and_then(|d| d.file_name()).is_some_and(|d| d == "release");
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("..")).args([
+            "build",
+            "--quiet",
+            "-p",
+            "node-sensor",
+            "--bin",
+            "vigil-sensor",
+            "-p",
+            "cli",
+            "--bin",
+            "vigil",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        match cmd.status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("building vigil-sensor and vigil: cargo {s}")),
+            Err(e) => Err(format!("running cargo to build vigil-sensor and vigil: {e}")),
+        }
+    });
+    if let Err(e) = built {
+        panic!("{e}");
+    }
     Path::new(CLI).with_file_name(name)
 }
 
 pub fn skip_reason() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !test_support::is_root() {
         return Some("cluster tests need root (network namespaces, BPF)".into());
-    }
-    for b in ["vigil-sensor", "vigil"] {
-        if !bin(b).exists() {
-            return Some(format!("{} is not built (cargo build --workspace)", bin(b).display()));
-        }
     }
     None
 }
@@ -36,17 +62,14 @@ pub fn skip_reason() -> Option<String> {
 #[macro_export]
 macro_rules! require_root {
     () => {
-        if let Some(reason) = cluster::skip_reason() {
-            assert!(std::env::var_os("VIGIL_REQUIRE_ALL").is_none(), "cannot run: {reason}");
-            eprintln!("SKIP {}: {reason}", module_path!());
-            return;
-        }
+        test_support::skip_if!(cluster::skip_reason());
     };
 }
 
-/// Distinct per call within a run (parallel tests start together): a counter
-/// picks the block, the time and pid spread runs apart.
-pub fn nonce() -> u32 {
+/// A number for a test's own subnet, distinct per call within a run
+/// (parallel tests start together): a counter picks the block, the time and
+/// pid spread runs apart. (Markers and files use `test_support::nonce`.)
+pub fn subnet_id() -> u32 {
     static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 20;
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -68,7 +91,7 @@ pub struct Net {
 
 impl Net {
     pub fn new() -> Arc<Net> {
-        let id = nonce();
+        let id = subnet_id();
         let switch = format!("vsw{id}");
         sh(&format!(
             "ip netns add {switch} && ip -n {switch} link add br0 type bridge && ip -n {switch} link set br0 up"
