@@ -179,7 +179,12 @@ async fn client(source: &ApiSource) -> Result<Client, K8sError> {
 }
 
 /// Starts watching the pods of `node`; returns the index it keeps.
-pub async fn start(source: ApiSource, node: &str, annotations: bool) -> Result<Arc<PodIndex>, K8sError> {
+pub async fn start(
+    source: ApiSource,
+    node: &str,
+    annotations: bool,
+    stats: Arc<crate::stats::SensorStats>,
+) -> Result<Arc<PodIndex>, K8sError> {
     let client = client(&source).await?;
     let index = Arc::new(PodIndex { annotations, ..Default::default() });
     let api: Api<K8sPod> = Api::all(client);
@@ -192,6 +197,7 @@ pub async fn start(source: ApiSource, node: &str, annotations: bool) -> Result<A
         let mut stream = watcher(api, config).default_backoff().boxed();
         let mut last_log: Option<Instant> = None;
         while let Some(event) = stream.next().await {
+            let failed = event.is_err();
             match event {
                 Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => idx.upsert(&pod),
                 Ok(watcher::Event::Delete(pod)) => idx.remove(&pod),
@@ -209,6 +215,11 @@ pub async fn start(source: ApiSource, node: &str, annotations: bool) -> Result<A
                             "Kubernetes pod watch failing; events go out without pod data until it recovers");
                     }
                 }
+            }
+            // The index's counts, where health and logs read them.
+            stats.k8s_pods.store(idx.pods.load(Ordering::Relaxed), Ordering::Relaxed);
+            if failed {
+                stats.k8s_watch_errors.store(idx.watch_errors.load(Ordering::Relaxed), Ordering::Relaxed);
             }
         }
     });

@@ -83,7 +83,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             Some(path) => ApiSource::Kubeconfig(path.clone()),
             None => ApiSource::InCluster,
         };
-        let pods = k8s::start(source, &settings.node_name, settings.k8s_pod_annotations)
+        let pods = k8s::start(source, &settings.node_name, settings.k8s_pod_annotations, stats.clone())
             .await
             .context("Kubernetes API (--enable-k8s-api)")?;
         tracing::info!(node = %settings.node_name, "watching this node's pods");

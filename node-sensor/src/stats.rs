@@ -25,6 +25,10 @@ pub struct SensorStats {
     pub pod_waiting: AtomicU64,
     /// Events sent without pod data because their pod never appeared in time.
     pub pod_timeouts: AtomicU64,
+    /// Pods of this node the Kubernetes watch knows (`--enable-k8s-api`).
+    pub k8s_pods: AtomicU64,
+    /// Errors of the Kubernetes pod watch (it retries with backoff).
+    pub k8s_watch_errors: AtomicU64,
 }
 
 /// A point-in-time copy, printable on one line.
@@ -43,6 +47,8 @@ pub struct Snapshot {
     pub subscribers: u64,
     pub pod_waiting: u64,
     pub pod_timeouts: u64,
+    pub k8s_pods: u64,
+    pub k8s_watch_errors: u64,
 }
 
 impl SensorStats {
@@ -62,6 +68,8 @@ impl SensorStats {
             subscribers: bus.subscriber_count() as u64,
             pod_waiting: r(&self.pod_waiting),
             pod_timeouts: r(&self.pod_timeouts),
+            k8s_pods: r(&self.k8s_pods),
+            k8s_watch_errors: r(&self.k8s_watch_errors),
         }
     }
 }
@@ -70,7 +78,7 @@ impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "records={} bad_records={} ringbuf_full={} kernel_read_errors={} cache_entries={} cache_evicted={} cache_misses={} events={} subscribers={} subscriber_dropped={} export_dropped={} pod_waiting={} pod_timeouts={}",
+            "records={} bad_records={} ringbuf_full={} kernel_read_errors={} cache_entries={} cache_evicted={} cache_misses={} events={} subscribers={} subscriber_dropped={} export_dropped={} pod_waiting={} pod_timeouts={} k8s_pods={} k8s_watch_errors={}",
             self.records,
             self.bad_records,
             self.ringbuf_full,
@@ -83,7 +91,9 @@ impl fmt::Display for Snapshot {
             self.subscriber_dropped,
             self.export_dropped,
             self.pod_waiting,
-            self.pod_timeouts
+            self.pod_timeouts,
+            self.k8s_pods,
+            self.k8s_watch_errors
         )
     }
 }

@@ -189,7 +189,8 @@ async fn deleted_pod_keeps_identity_for_running_processes() {
     let container_pid = exec.pod.as_ref().and_then(|p| p.container.as_ref()).and_then(|c| c.pid).map(|v| v.value);
     assert_eq!(container_pid, Some(pid(exec)), "exec event: {exec:?}; sensor log:\n{}", s.log());
     api.delete(&cg.uid);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The watch has seen the deletion once the sensor knows no pods.
+    s.wait_counter("k8s_pods", |n| n == 0).await;
     child.kill().unwrap();
     let _ = child.wait();
     assert!(

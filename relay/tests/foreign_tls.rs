@@ -19,18 +19,26 @@ use std::time::Duration;
 use local::Relay;
 
 /// `s_client` against the relay, with a client certificate and key if given.
-fn s_client(relay: &Relay, client: Option<(&Path, &Path)>) -> String {
+///
+/// Accepted: stdin is closed at once, and s_client prints the session and
+/// ends. Refused: the certificate goes with the client's second flight
+/// (TLS 1.3), so s_client sends an HTTP/2 preface and, with `-ign_eof`,
+/// reads until the relay's alert closes the connection. `timeout` bounds a
+/// relay that wrongly accepts.
+fn s_client(relay: &Relay, client: Option<(&Path, &Path)>, refused: bool) -> String {
     let dir = &relay.dir;
     let port = relay.clients().to_string().rsplit_once(':').map(|(_, p)| p.to_owned()).expect("port");
-    let mut cmd = Command::new("openssl");
-    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "relay.local"])
+    let mut cmd = Command::new("timeout");
+    cmd.args(["30", "openssl", "s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "relay.local"])
         .args(["-verify_hostname", "relay.local", "-verify_return_error", "-alpn", "h2"])
         .arg("-CAfile")
         .arg(dir.join("ca.pem"));
     if let Some((cert, key)) = client {
         cmd.arg("-cert").arg(cert).arg("-key").arg(key);
     }
-    // An HTTP/2 preface, so a refused client certificate shows in the reply.
+    if refused {
+        cmd.arg("-ign_eof");
+    }
     let out = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -38,9 +46,10 @@ fn s_client(relay: &Relay, client: Option<(&Path, &Path)>) -> String {
         .spawn()
         .and_then(|mut child| {
             use std::io::Write;
-            if let Some(mut stdin) = child.stdin.take() {
+            if let Some(mut stdin) = child.stdin.take()
+                && refused
+            {
                 let _ = stdin.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-                std::thread::sleep(Duration::from_millis(500));
             }
             child.wait_with_output()
         })
@@ -56,7 +65,7 @@ async fn the_handshake_gives_go_clients_what_they_need() {
     let relay = Relay::spawn(dir.clone(), &["--log-level", "info"]);
     assert!(relay.serving_within(Duration::from_secs(20)).await, "relay did not start");
 
-    let text = s_client(&relay, Some((&dir.join("client.pem"), &dir.join("client-key.pem"))));
+    let text = s_client(&relay, Some((&dir.join("client.pem"), &dir.join("client-key.pem"))), false);
     let section = |heading: &str| {
         text.split_once(heading).map(|(_, rest)| rest.lines().nth(1).unwrap_or_default().trim().to_owned())
     };
@@ -70,7 +79,7 @@ async fn the_handshake_gives_go_clients_what_they_need() {
     assert!(text.contains("subject=CN = vigil-relay, OU = relay"), "{text}");
 
     // Refusals: the alert names the reason, and the relay logs it.
-    let refused = s_client(&relay, None);
+    let refused = s_client(&relay, None, true);
     assert!(refused.contains("alert certificate required"), "{refused}");
     let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
     let ca_key = std::fs::read_to_string(dir.join("ca-key.pem")).unwrap();
@@ -82,14 +91,14 @@ async fn the_handshake_gives_go_clients_what_they_need() {
         (c, k)
     };
     let (expired, expired_key) = leaf("expired", -10, 9);
-    let refused = s_client(&relay, Some((&expired, &expired_key)));
+    let refused = s_client(&relay, Some((&expired, &expired_key)), true);
     assert!(refused.contains("alert certificate expired"), "{refused}");
     let (future, future_key) = leaf("future", 5, 30);
-    let refused = s_client(&relay, Some((&future, &future_key)));
+    let refused = s_client(&relay, Some((&future, &future_key)), true);
     assert!(refused.contains("alert certificate expired"), "TLS has one alert for both: {refused}");
     let other = dir.join("other-ca");
     tls::generate(&other, &[], 2).unwrap();
-    let refused = s_client(&relay, Some((&other.join("client.pem"), &other.join("client-key.pem"))));
+    let refused = s_client(&relay, Some((&other.join("client.pem"), &other.join("client-key.pem"))), true);
     assert!(refused.contains("alert unknown ca"), "{refused}");
 
     let log = relay.stop();
