@@ -43,6 +43,53 @@ impl IngestService {
 
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<IngestReply, Status>> + Send>>;
 
+/// Why an ingest stream is refused or ended; each maps to one gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("no hello within 10 s")]
+    NoHello,
+    #[error("stream ended before hello")]
+    EndedBeforeHello,
+    #[error("the first message must be a hello")]
+    HelloFirst,
+    #[error("hello needs node_name and instance_id")]
+    IncompleteHello,
+    #[error(transparent)]
+    Claim(#[from] crate::nodes::ClaimError),
+    #[error("a second hello on one stream")]
+    SecondHello,
+    #[error("empty ingest message")]
+    EmptyMessage,
+    #[error("sequence numbers in a batch must start at 1 or later and increase")]
+    Sequence,
+    #[error("batch entry {pos} (seq {seq}) has no event")]
+    NoEvent { pos: usize, seq: u64 },
+    #[error("relay is shutting down")]
+    ShuttingDown,
+    /// The stream itself failed (decode error, reset): its status as is.
+    #[error("{}", .0.message())]
+    Stream(#[from] Status),
+}
+
+impl From<IngestError> for Status {
+    fn from(e: IngestError) -> Self {
+        use IngestError::*;
+        match e {
+            Stream(status) => status,
+            NoHello => Status::deadline_exceeded(e.to_string()),
+            Claim(_) => Status::already_exists(e.to_string()),
+            ShuttingDown => Status::unavailable(e.to_string()),
+            EndedBeforeHello
+            | HelloFirst
+            | IncompleteHello
+            | SecondHello
+            | EmptyMessage
+            | Sequence
+            | NoEvent { .. } => Status::invalid_argument(e.to_string()),
+        }
+    }
+}
+
 fn reply(msg: ingest_reply::Msg) -> Result<IngestReply, Status> {
     Ok(IngestReply { msg: Some(msg) })
 }
@@ -55,19 +102,20 @@ impl Ingest for IngestService {
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??
-            .ok_or_else(|| Status::invalid_argument("stream ended before hello"))?;
+            .map_err(|_| IngestError::NoHello)?
+            .map_err(IngestError::Stream)?
+            .ok_or(IngestError::EndedBeforeHello)?;
         let Some(ingest_message::Msg::Hello(hello)) = first.msg else {
-            return Err(Status::invalid_argument("the first message must be a hello"));
+            return Err(IngestError::HelloFirst.into());
         };
         if hello.node_name.is_empty() || hello.instance_id.is_empty() {
-            return Err(Status::invalid_argument("hello needs node_name and instance_id"));
+            return Err(IngestError::IncompleteHello.into());
         }
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let acked = self
             .nodes
             .claim(&hello.node_name, &hello.boot_id, &hello.instance_id, stream_id)
-            .map_err(|e| Status::already_exists(e.to_string()))?;
+            .map_err(IngestError::Claim)?;
         tracing::info!(node = %hello.node_name, instance = %hello.instance_id, version = %hello.sensor_version, acked, "sensor connected");
 
         let (tx, rx) = mpsc::channel(16);
@@ -80,8 +128,9 @@ impl Ingest for IngestService {
             nodes.release(&node, stream_id);
             match result {
                 Ok(()) => tracing::info!(node = %node, "sensor stream ended"),
-                Err(status) => {
+                Err(e) => {
                     // A refusal (the peer is told why) or a broken connection.
+                    let status = Status::from(e);
                     tracing::warn!(node = %node, code = ?status.code(), error = %status.message(), "sensor stream ended with an error");
                     let _ = tx.send(Err(status)).await;
                 }
@@ -97,22 +146,22 @@ async fn serve_batches(
     nodes: &Nodes,
     merge: &mpsc::Sender<MergeInput>,
     tx: &mpsc::Sender<Result<IngestReply, Status>>,
-) -> Result<(), Status> {
+) -> Result<(), IngestError> {
     let boot = nodes.boot_number(&hello.boot_id);
     while let Some(msg) = inbound.message().await? {
         let batch = match msg.msg {
             Some(ingest_message::Msg::Batch(b)) => b,
             Some(ingest_message::Msg::Hello(_)) => {
-                return Err(Status::invalid_argument("a second hello on one stream"));
+                return Err(IngestError::SecondHello);
             }
-            None => return Err(Status::invalid_argument("empty ingest message")),
+            None => return Err(IngestError::EmptyMessage),
         };
         let seqs: Vec<u64> = batch.events.iter().map(|e| e.seq).collect();
         if seqs.windows(2).any(|w| w[0] >= w[1]) || seqs.first() == Some(&0) {
-            return Err(Status::invalid_argument("sequence numbers in a batch must start at 1 or later and increase"));
+            return Err(IngestError::Sequence);
         }
         if let Some(pos) = batch.events.iter().position(|e| e.event.is_none()) {
-            return Err(Status::invalid_argument(format!("batch entry {pos} (seq {}) has no event", seqs[pos])));
+            return Err(IngestError::NoEvent { pos, seq: seqs[pos] });
         }
         let now = Timestamp::now().unix_nanos();
         let lag_ms = batch
@@ -140,7 +189,7 @@ async fn serve_batches(
             let _ = merge.send(MergeInput::Lost { node: hello.node_name.clone(), count: lost }).await;
         }
         if !events.is_empty() && merge.send(MergeInput::Events(events)).await.is_err() {
-            return Err(Status::unavailable("relay is shutting down"));
+            return Err(IngestError::ShuttingDown);
         }
         if tx.send(reply(ingest_reply::Msg::Ack(Ack { seq: intake.last_seq }))).await.is_err() {
             break;
