@@ -21,16 +21,18 @@ pub enum LoadError {
     NotRoot(u32),
     #[error(transparent)]
     Offsets(#[from] OffsetError),
+    // Causes are in the messages and not also `source`s, so a report that
+    // prints the chain names each once.
     #[error("loading the BPF object failed: {0}")]
-    Object(#[source] aya::EbpfError),
+    Object(aya::EbpfError),
     #[error("BPF program `{0}` is missing from the object")]
     MissingProgram(&'static str),
     #[error(
         "the kernel verifier rejected BPF program `{name}`: {reason} (run with --log-level debug for the verifier log)"
     )]
     Verifier { name: &'static str, reason: String },
-    #[error("attaching `{name}` to raw tracepoint {tracepoint} failed: {source}")]
-    Attach { name: &'static str, tracepoint: &'static str, source: aya::programs::ProgramError },
+    #[error("attaching `{name}` to raw tracepoint {tracepoint} failed: {error}")]
+    Attach { name: &'static str, tracepoint: &'static str, error: aya::programs::ProgramError },
     #[error("BPF map `{0}` is missing or has the wrong type")]
     Map(&'static str),
 }
@@ -104,7 +106,7 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
             }
             return Err(LoadError::Verifier { name, reason: e.to_string() });
         }
-        program.attach(tracepoint).map_err(|source| LoadError::Attach { name, tracepoint, source })?;
+        program.attach(tracepoint).map_err(|error| LoadError::Attach { name, tracepoint, error })?;
     }
     let ring = ebpf.take_map("EVENTS").ok_or(LoadError::Map("EVENTS"))?;
     let ring = RingBuf::try_from(ring).map_err(|_| LoadError::Map("EVENTS"))?;
@@ -113,4 +115,18 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
         PerCpuArray::try_from(counters).map_err(|_| LoadError::Map("COUNTERS"))?;
     debug_assert_eq!(counters.len(), COUNTERS_LEN);
     Ok(Probes { _ebpf: ebpf, ring, counters, offsets })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aya::programs::ProgramError;
+
+    #[test]
+    fn causes_are_named_once() {
+        let e =
+            LoadError::Attach { name: "vigil_exec", tracepoint: "sched_process_exec", error: ProgramError::NotLoaded };
+        assert!(std::error::Error::source(&e).is_none(), "a printed chain would repeat the cause");
+        assert!(e.to_string().ends_with(&ProgramError::NotLoaded.to_string()), "{e}");
+    }
 }

@@ -121,11 +121,17 @@ enum SessionError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("relay refused the stream: {}", .0.message())]
-    Status(#[from] tonic::Status),
+    Status(tonic::Status),
     #[error("relay did not answer the hello")]
     NoWelcome,
     #[error("stream closed")]
     Closed,
+}
+
+impl From<tonic::Status> for SessionError {
+    fn from(s: tonic::Status) -> Self {
+        SessionError::Status(s)
+    }
 }
 
 impl From<tonic::transport::Error> for SessionError {
