@@ -304,18 +304,7 @@ impl Cluster {
     /// Waits until node `name`'s sensor has `n` bus subscribers (the relay
     /// uplink is one).
     pub fn wait_local_subscribers(&self, name: &str, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            let out = self.local_cmd(name, &["status"]).stdin(Stdio::null()).output().unwrap();
-            last = String::from_utf8_lossy(&out.stdout).into_owned();
-            let subs = last.split("subscribers=").nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok());
-            if subs == Some(n) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("node {name} never had {n} subscribers: {last}");
+        wait_count(|| self.local_cmd(name, &["status"]), "subscribers=", n, &format!("node {name}"));
     }
 
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
@@ -343,19 +332,8 @@ impl Cluster {
 
     /// [`Self::wait_clients_at`] with extra CLI flags (e.g. the TLS name).
     pub fn wait_clients_with(&self, relay_ip: &str, flags: &[&str], n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut last = String::new();
         let args: Vec<&str> = flags.iter().copied().chain(["nodes"]).collect();
-        while Instant::now() < deadline {
-            let out = self.cli_cmd_at(relay_ip, &args).stdin(Stdio::null()).output().unwrap();
-            last = String::from_utf8_lossy(&out.stdout).into_owned();
-            let clients = last.split("clients: ").nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok());
-            if clients == Some(n) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the relay at {relay_ip} never had {n} clients: {last}");
+        wait_count(|| self.cli_cmd_at(relay_ip, &args), "clients: ", n, &format!("the relay at {relay_ip}"));
     }
 
     pub fn wait_clients(&self, n: u64) {
@@ -438,6 +416,22 @@ impl Drop for Watcher {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `cmd` until the number after `key` in its output is `n`.
+fn wait_count(cmd: impl Fn() -> Command, key: &str, n: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let out = cmd().stdin(Stdio::null()).output().unwrap();
+        last = String::from_utf8_lossy(&out.stdout).into_owned();
+        let count = last.split(key).nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok());
+        if count == Some(n) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} never showed {key}{n}: {last}");
 }
 
 /// (kind, arguments, node) of every exec/exit whose arguments start with `prefix`.
