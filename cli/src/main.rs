@@ -102,19 +102,5 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("vigil: cannot start: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vigil: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    serving::daemon::run_as("vigil", serving::daemon::Threads::Current, || run(cli), is_broken_pipe)
 }

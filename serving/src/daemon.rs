@@ -60,6 +60,15 @@ pub fn stop_on_signal() -> watch::Receiver<bool> {
     rx
 }
 
+/// The runtime a program runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// One thread (a short-lived client).
+    Current,
+    /// A worker pool: this many workers, or one per core.
+    Workers(Option<usize>),
+}
+
 /// Runs `body` on a multi-threaded runtime (`threads` workers, or one per
 /// core) and turns its outcome into the exit code: success, or the error
 /// with its causes on stderr, prefixed with `name`, and exit 1.
@@ -68,10 +77,26 @@ where
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = threads {
-        builder.worker_threads(n);
-    }
+    run_as(name, Threads::Workers(threads), body, |_| false)
+}
+
+/// [`run`] with the runtime chosen, and errors for which `quiet` holds
+/// ending with success and nothing printed (a CLI whose reader went away).
+pub fn run_as<E, F>(name: &str, threads: Threads, body: impl FnOnce() -> F, quiet: impl Fn(&E) -> bool) -> ExitCode
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut builder = match threads {
+        Threads::Current => tokio::runtime::Builder::new_current_thread(),
+        Threads::Workers(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = n {
+                b.worker_threads(n);
+            }
+            b
+        }
+    };
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -81,6 +106,7 @@ where
     };
     match runtime.block_on(body()) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if quiet(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{name}: {e:#}");
             ExitCode::FAILURE
