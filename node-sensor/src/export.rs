@@ -44,3 +44,37 @@ pub fn start(bus: &EventBus, path: &Path, stats: Arc<SensorStats>) -> std::io::R
         }
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn drops_are_counted_and_the_file_says_so() {
+        // A bus queue of 4: the export subscriber cannot keep up with 10
+        // events published before it runs.
+        let bus = EventBus::new("n", 4);
+        let stats = Arc::new(SensorStats::default());
+        let dir = std::env::temp_dir().join(format!("vigil-export-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.jsonl");
+        let task = start(&bus, &path, stats.clone()).unwrap();
+        for i in 0..10 {
+            bus.publish(test_support::events::exec(&format!("/bin/{i}")).build());
+        }
+        // The notice comes before the next event after the drops: publish
+        // one more once the queue has room, then wait for the count.
+        while stats.export_dropped.load(Ordering::Relaxed) == 0 {
+            tokio::task::yield_now().await;
+            bus.publish(test_support::events::exec("/bin/last").build());
+        }
+        assert_eq!(stats.export_dropped.load(Ordering::Relaxed), 6, "10 published into a queue of 4");
+        task.abort();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.lines().any(|l| l.contains(r#""rate_limit_info":{"number_of_dropped_process_events":"6"}"#)),
+            "{text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

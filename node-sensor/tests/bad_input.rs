@@ -83,6 +83,18 @@ async fn invalid_requests_are_rejected_and_others_keep_streaming() {
     let status = client.get_events(bad_type).await.expect_err("rejected");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("event type 77"), "{}", status.message());
+    // A field filter naming no field would filter nothing: refused too.
+    let bad_field = GetEventsRequest {
+        field_filters: vec![proto::tetragon::FieldFilter {
+            fields: Some(proto::wkt::FieldMask { paths: vec!["process.binray".into()] }),
+            action: proto::tetragon::FieldFilterAction::Include as i32,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let status = client.get_events(bad_field).await.expect_err("rejected");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("process.binray"), "{}", status.message());
 
     let mark = format!("vigil-still-{}", nonce());
     Command::new("/bin/true").arg(&mark).status().unwrap();
