@@ -77,13 +77,28 @@ pub fn from_reader<R: BufRead, W: Write>(
     printer: &mut Printer<W>,
     errors: &mut dyn Write,
 ) -> std::io::Result<usize> {
+    let mut input = input;
     let mut bad = 0;
-    for (i, line) in input.lines().enumerate() {
-        let line = line?;
+    let mut raw = Vec::new();
+    for number in 1.. {
+        raw.clear();
+        // Bytes, not `lines()`: a line that is not UTF-8 is one bad line,
+        // not the end of the input.
+        if input.read_until(b'\n', &mut raw)? == 0 {
+            break;
+        }
+        let line = match std::str::from_utf8(&raw) {
+            Ok(l) => l,
+            Err(e) => {
+                bad += 1;
+                writeln!(errors, "vigil: line {number}: not valid UTF-8 (at byte {})", e.valid_up_to())?;
+                continue;
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
-        match from_json_line(&line) {
+        match from_json_line(line) {
             Ok(event) => {
                 if let Some(event) = filter.apply(event) {
                     printer.print(&event)?;
@@ -91,7 +106,7 @@ pub fn from_reader<R: BufRead, W: Write>(
             }
             Err(e) => {
                 bad += 1;
-                writeln!(errors, "vigil: line {}: invalid event JSON: {e}", i + 1)?;
+                writeln!(errors, "vigil: line {number}: invalid event JSON: {e}")?;
             }
         }
     }

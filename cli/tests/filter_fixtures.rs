@@ -48,6 +48,10 @@ fn flags_pass_exactly_what_tetra_passed() {
 }
 
 fn run_cli(args: &[&str], stdin: &str) -> (String, String, bool) {
+    run_cli_bytes(args, stdin.as_bytes())
+}
+
+fn run_cli_bytes(args: &[&str], stdin: &[u8]) -> (String, String, bool) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(args)
         .stdin(Stdio::piped())
@@ -55,7 +59,7 @@ fn run_cli(args: &[&str], stdin: &str) -> (String, String, bool) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
     let out = child.wait_with_output().unwrap();
     (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap(), out.status.success())
 }
@@ -71,6 +75,23 @@ fn stdin_seed_events_print_as_the_seed_shows() {
     let (out, _, ok) = run_cli(&["getevents", "-o", "compact", "--namespace", "default", "--pod", "xwing"], &events);
     assert!(ok);
     assert_eq!(out.lines().count(), 3);
+}
+
+#[test]
+fn a_line_of_invalid_utf8_is_named_and_the_rest_still_print() {
+    let events = std::fs::read_to_string(fixtures_dir().join("seed-events.jsonl")).unwrap();
+    let lines: Vec<&str> = events.lines().collect();
+    let mut input = Vec::new();
+    input.extend_from_slice(lines[0].as_bytes());
+    input.extend_from_slice(b"\n{\"node_name\":\"\xff\xfe\"}\n");
+    for l in &lines[1..] {
+        input.extend_from_slice(l.as_bytes());
+        input.push(b'\n');
+    }
+    let (out, err, ok) = run_cli_bytes(&["getevents", "-o", "json"], &input);
+    assert!(!ok, "bad input must make the exit status non-zero");
+    assert!(err.contains("line 2: not valid UTF-8 (at byte 14)"), "{err}");
+    assert_eq!(out.lines().count(), lines.len(), "every other line still prints: {out}");
 }
 
 #[test]
