@@ -31,10 +31,12 @@ const PID_SET_LIMIT: usize = 65_536;
 /// Why a request's filter cannot be used. Each names the field at fault.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FilterError {
-    #[error("invalid regular expression in {field} {value:?}: {reason}")]
-    Regex { field: &'static str, value: String, reason: String },
-    #[error("invalid label selector in labels {value:?}: {reason}")]
-    Labels { value: String, reason: String },
+    // The offending input is named by its place, never quoted back: a
+    // client's 1 MB regex must not come back in its error status.
+    #[error("invalid regular expression in {field}[{index}]: {reason}")]
+    Regex { field: &'static str, index: usize, reason: String },
+    #[error("invalid label selector in labels[{index}]: {reason}")]
+    Labels { index: usize, reason: String },
     #[error("unknown event type {0} in event_set")]
     EventType(i32),
     #[error("unknown capability {value} in capabilities.{set}")]
@@ -45,10 +47,22 @@ pub enum FilterError {
     Namespace(String),
 }
 
+/// The longest reason put in an error.
+const REASON_MAX: usize = 200;
+
+/// What is wrong with a regex, without the regex: the regex crate prints the
+/// pattern with a caret, then `error: …` on the last line.
+fn regex_reason(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    last.trim().trim_start_matches("error: ").chars().take(REASON_MAX).collect()
+}
+
 fn regexes(field: &'static str, values: &[String]) -> Result<Vec<Regex>, FilterError> {
     values
         .iter()
-        .map(|v| Regex::new(v).map_err(|e| FilterError::Regex { field, value: v.clone(), reason: e.to_string() }))
+        .enumerate()
+        .map(|(index, v)| Regex::new(v).map_err(|e| FilterError::Regex { field, index, reason: regex_reason(&e) }))
         .collect()
 }
 
@@ -155,7 +169,11 @@ impl Compiled {
         let labels = f
             .labels
             .iter()
-            .map(|l| LabelSelector::parse(l).map_err(|reason| FilterError::Labels { value: l.clone(), reason }))
+            .enumerate()
+            .map(|(index, l)| {
+                LabelSelector::parse(l)
+                    .map_err(|reason| FilterError::Labels { index, reason: reason.chars().take(REASON_MAX).collect() })
+            })
             .collect::<Result<_, _>>()?;
         Ok(Compiled {
             binary: regexes("binary_regex", &f.binary_regex)?,
@@ -294,7 +312,16 @@ mod tests {
     fn bad_fields_are_named() {
         let f = Filter { binary_regex: vec!["(".into()], ..Default::default() };
         let e = EventFilter::new(&[f], &[]).unwrap_err();
-        assert!(e.to_string().starts_with("invalid regular expression in binary_regex \"(\""), "{e}");
+        assert_eq!(e.to_string(), "invalid regular expression in binary_regex[0]: unclosed group");
+        // A long bad pattern is not quoted back.
+        let long = format!("({}", "x".repeat(100_000));
+        let f = Filter { binary_regex: vec!["ok".into(), long], ..Default::default() };
+        let e = EventFilter::new(&[f], &[]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("invalid regular expression in binary_regex[1]: ") && e.len() < 300,
+            "{}",
+            &e[..300.min(e.len())]
+        );
         let f = Filter { event_set: vec![3], ..Default::default() };
         assert_eq!(EventFilter::new(&[f], &[]).unwrap_err(), FilterError::EventType(3));
         let f = Filter { cel_expression: vec!["true".into()], ..Default::default() };
