@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use proto::json::from_json_line;
@@ -364,12 +364,13 @@ impl Watcher {
     pub fn spawn(mut cmd: Command) -> Watcher {
         let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
-        let events = Arc::new(Mutex::new(Vec::new()));
+        let events = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let sink = events.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Ok(e) = from_json_line(&line) {
-                    sink.lock().unwrap().push(e);
+                    sink.0.lock().unwrap().push(e);
+                    sink.1.notify_all();
                 }
             }
         });
@@ -390,24 +391,22 @@ impl Drop for Cluster {
 
 pub struct Watcher {
     child: Child,
-    pub events: Arc<Mutex<Vec<GetEventsResponse>>>,
+    /// The events received so far, and a signal for each new one.
+    events: Arc<(Mutex<Vec<GetEventsResponse>>, Condvar)>,
 }
 
 impl Watcher {
     pub fn snapshot(&self) -> Vec<GetEventsResponse> {
-        self.events.lock().unwrap().clone()
+        self.events.0.lock().unwrap().clone()
     }
 
-    /// Waits until `done` holds over the received events.
+    /// Waits until `done` holds over the received events, checking as each
+    /// one arrives (at most `timeout`).
     pub fn wait(&self, timeout: Duration, done: impl Fn(&[GetEventsResponse]) -> bool) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if done(&self.events.lock().unwrap()) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        done(&self.events.lock().unwrap())
+        let (events, arrived) = &*self.events;
+        let guard = events.lock().unwrap();
+        let (guard, _) = arrived.wait_timeout_while(guard, timeout, |e| !done(e)).unwrap();
+        done(&guard)
     }
 }
 
