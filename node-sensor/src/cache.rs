@@ -366,10 +366,10 @@ impl ProcessCache {
                 }
             }
         }
+        let parent_id = image.parent.clone();
         let id = self.insert(image, false);
         let lineage = self.lineage(&id).unwrap_or_else(Lineage::unknown);
         if lineage.parent.is_some() {
-            let parent_id = self.entries.get(&id).map(|e| e.image.parent.clone()).unwrap_or_default();
             self.touch(&parent_id);
         }
         lineage
