@@ -106,7 +106,10 @@ pub const COUNTERS_LEN: u32 = 5;
 pub struct RecordHeader {
     pub kind: u32,
     pub flags: u32,
-    /// Boot-time nanoseconds when the kernel saw the event.
+    /// Boot-time nanoseconds when the kernel saw the event. For an exec,
+    /// the time of the exec as the first sensor on this kernel saw it
+    /// (shared through the exec-time map), so every sensor names the image
+    /// alike.
     pub ktime: u64,
 }
 
@@ -140,7 +143,8 @@ pub struct ExecRecord {
     /// `task->self_exec_id` after this exec: with `start_boottime` it names
     /// the image identically for every sensor on the kernel.
     pub exec_seq: u32,
-    /// The pid as the process's own pid namespace numbers it (a container's view).
+    /// The pid as the process's own pid namespace numbers it (a container's
+    /// view; 1 for a pid namespace's init).
     pub nspid: u32,
     pub _pad: u32,
     pub creds: CredInfo,
@@ -176,8 +180,25 @@ pub struct CloneRecord {
     pub parent_start_boottime: u64,
     /// The child's `self_exec_id` (inherited from the parent).
     pub exec_seq: u32,
-    pub _pad: u32,
+    /// The child's pid in its own pid namespace (1 for the first process
+    /// of a new pid namespace: a container's init).
+    pub nspid: u32,
 }
+
+/// Key of the exec-time map: one process image on this kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecTimeKey {
+    pub pid: u32,
+    /// `task->self_exec_id` after the exec.
+    pub exec_seq: u32,
+    pub start_boottime: u64,
+}
+
+/// Entries of the exec-time map. It only has to carry a time from the
+/// first sensor's program to the others' within one exec, so a small LRU
+/// suffices.
+pub const EXEC_TIMES_ENTRIES: u32 = 4096;
 
 /// Byte offsets of every kernel struct field the programs read, resolved
 /// from the running kernel's BTF at start-up and passed in as a read-only
@@ -269,13 +290,12 @@ pub struct KernelOffsets {
     pub inode_ino: u32,
     pub inode_nlink: u32,
     pub task_self_exec_id: u32,
-    /// 1 to read each exec's pid inside its own pid namespace (`nspid`).
-    pub collect_nspid: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<ExitRecord>() == 40);
 const _: () = assert!(core::mem::size_of::<CloneRecord>() == 48);
+const _: () = assert!(core::mem::size_of::<ExecTimeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<CredInfo>() == 10 * 4 + 4 * 8);
 const _: () = assert!(core::mem::size_of::<NsInfo>() == NS_COUNT * 4);
 const _: () = assert!(core::mem::size_of::<FileInfo>() == 8 + 4 * 4);
@@ -294,7 +314,7 @@ const _: () = assert!(
             + NAME_READ
             + CGROUP_NAME_SIZE
 );
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 82 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 81 * 4);
 
 impl KernelOffsets {
     /// All zero: the placeholder the kernel object is built with.

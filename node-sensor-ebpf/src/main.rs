@@ -13,7 +13,7 @@ use aya_ebpf::{
         generated::{bpf_probe_read_kernel_str, bpf_probe_read_user},
     },
     macros::{map, raw_tracepoint},
-    maps::{PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
 use node_sensor_common::*;
@@ -29,6 +29,14 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+
+/// The time of each exec, keyed by image. Shared by every sensor on this
+/// kernel (the loader finds it by name and reuses it): the first program to
+/// run for an exec records the time, the others read it, and all compute
+/// the same exec_id (the relay deduplicates their copies on it). The name
+/// carries the layout's version.
+#[map(name = "VIGIL_EXECT_V1")]
+static EXEC_TIMES: LruHashMap<ExecTimeKey, u64> = LruHashMap::with_max_entries(EXEC_TIMES_ENTRIES, 0);
 
 #[unsafe(no_mangle)]
 static OFFSETS: KernelOffsets = KernelOffsets::ZERO;
@@ -106,10 +114,15 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     unsafe {
         let mut flags = 0u32;
         (*rec).header.kind = KIND_EXEC;
-        (*rec).header.ktime = bpf_ktime_get_boot_ns();
         (*rec).pid = field::<u32>(task, off!(task_tgid)).unwrap_or(0);
         (*rec).tid = field::<u32>(task, off!(task_pid)).unwrap_or(0);
         (*rec).start_boottime = field::<u64>(task, off!(task_start_boottime)).unwrap_or(0);
+        (*rec).exec_seq = field::<u32>(task, off!(task_self_exec_id)).unwrap_or(0);
+        (*rec).header.ktime = shared_exec_time(ExecTimeKey {
+            pid: (*rec).pid,
+            exec_seq: (*rec).exec_seq,
+            start_boottime: (*rec).start_boottime,
+        });
         match ptr_field(task, off!(task_real_parent)) {
             Ok(parent) => {
                 (*rec).ppid = field::<u32>(parent, off!(task_tgid)).unwrap_or(0);
@@ -141,13 +154,33 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         flags |= read_args(task, rec);
         flags |= read_cwd(task, rec);
         flags |= read_cgroup(task, rec);
-        (*rec).exec_seq = field::<u32>(task, off!(task_self_exec_id)).unwrap_or(0);
-        (*rec).nspid = if off!(collect_nspid) != 0 { read_nspid(task) } else { 0 };
+        (*rec).nspid = read_nspid(task);
         (*rec)._pad = 0;
         (*rec).header.flags = flags;
     }
     entry.submit(submit_flags());
     Ok(())
+}
+
+/// This exec's time: the one another sensor's program recorded for the same
+/// image, else now (recorded for the others).
+#[inline(always)]
+fn shared_exec_time(key: ExecTimeKey) -> u64 {
+    // SAFETY: the value is a plain u64 copied out at once; an LRU entry
+    // replaced meanwhile yields another valid u64 at worst.
+    if let Some(t) = unsafe { EXEC_TIMES.get(key) } {
+        return *t;
+    }
+    // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // BPF_NOEXIST: if another program raced us in, keep its time and read it.
+    if EXEC_TIMES.insert(key, now, aya_ebpf::bindings::BPF_NOEXIST as u64).is_err() {
+        // SAFETY: as above.
+        if let Some(t) = unsafe { EXEC_TIMES.get(key) } {
+            return *t;
+        }
+    }
+    now
 }
 
 #[inline(always)]
@@ -480,13 +513,14 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
     count(COUNTER_CLONES);
     // SAFETY: bpf_ktime_get_boot_ns has no preconditions; the reads go
     // through bpf_probe_read_kernel, which checks each address.
-    let (ktime, ppid, start_boottime, parent_start_boottime, exec_seq) = unsafe {
+    let (ktime, ppid, start_boottime, parent_start_boottime, exec_seq, nspid) = unsafe {
         (
             bpf_ktime_get_boot_ns(),
             field::<u32>(parent, off!(task_tgid)).unwrap_or(0),
             field::<u64>(child, off!(task_start_boottime)).unwrap_or(0),
             field::<u64>(parent, off!(task_start_boottime)).unwrap_or(0),
             field::<u32>(child, off!(task_self_exec_id)).unwrap_or(0),
+            read_nspid(child),
         )
     };
     let record = CloneRecord {
@@ -496,7 +530,7 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
         start_boottime,
         parent_start_boottime,
         exec_seq,
-        _pad: 0,
+        nspid,
     };
     if EVENTS.output::<CloneRecord>(&record, submit_flags()).is_err() {
         count(COUNTER_RINGBUF_FULL);

@@ -116,8 +116,6 @@ fn optional(btf: &Btf, path: &str) -> Option<u32> {
 pub struct Features {
     pub creds: bool,
     pub ns: bool,
-    /// Each exec's pid inside its pid namespace (container pid, for Kubernetes).
-    pub nspid: bool,
 }
 
 /// Offsets plus the features this kernel cannot provide, each named.
@@ -241,7 +239,6 @@ pub fn resolve(btf: &Btf, features: Features) -> Result<Resolved, OffsetError> {
             ),
         }
     }
-    o.collect_nspid = u32::from(features.nspid);
     // upid.nr must lead struct upid for read_nspid.
     if f("upid.nr", "pid inside the container")? != 0 {
         return Err(OffsetError::NoField {
@@ -276,7 +273,7 @@ mod tests {
     #[test]
     fn resolves_every_offset_on_this_kernel() {
         let Some(btf) = machine_btf() else { return };
-        let o = resolve(&btf, Features { creds: true, ns: true, nspid: true }).expect("all offsets");
+        let o = resolve(&btf, Features { creds: true, ns: true }).expect("all offsets");
         assert!(o.degraded.is_empty(), "{:?}", o.degraded);
         let o = o.offsets;
         assert_eq!((o.collect_creds, o.collect_ns, o.has_time_ns), (1, 1, 1));

@@ -82,9 +82,22 @@ impl From<&Entry> for Process {
             pid: Some(e.image.pid.into()),
             flags: flags::to_string(e.image.flags),
             refcnt: e.refcnt,
+            // Tetragon writes it on every process, true or false.
+            in_init_tree: Some((e.image.flags & flags::IN_INIT_TREE != 0).into()),
             ..Process::clone(&e.image.details)
         }
     }
+}
+
+/// A new thread group as the kernel reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fork {
+    pub pid: u32,
+    pub ppid: u32,
+    /// The exec_id's time: the fork's (`task->start_boottime`).
+    pub ktime: u64,
+    /// The pid in the child's own pid namespace.
+    pub nspid: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -181,6 +194,15 @@ impl ProcessCache {
     pub fn set_pod(&mut self, exec_id: &str, pod: &proto::tetragon::Pod) {
         if let Some(e) = self.entries.get_mut(exec_id) {
             Arc::make_mut(&mut e.image.details).pod = Some(pod.clone());
+        }
+    }
+
+    /// Marks the current entry of `pid` as a fork copy of its parent (the
+    /// `/proc` walk read it after the fork and before the exec), so the
+    /// next exec names the forker as its parent.
+    pub fn mark_fork_copy(&mut self, pid: u32) {
+        if let Some(e) = self.by_pid.get(&pid).and_then(|id| self.entries.get_mut(id)) {
+            e.fork_only = true;
         }
     }
 
@@ -306,9 +328,11 @@ impl ProcessCache {
     }
 
     /// A new thread group: the child starts as a copy of its parent's image.
-    /// Returns false when the parent is unknown (counted as a miss).
-    pub fn on_clone(&mut self, node: &str, pid: u32, ppid: u32, ktime: u64, start: proto::Timestamp) -> bool {
-        let Some(parent_id) = self.by_pid.get(&ppid).cloned() else {
+    /// `nspid` is the child's pid in its own pid namespace (1 when it is a
+    /// new namespace's init). Returns false when the parent is unknown
+    /// (counted as a miss).
+    pub fn on_clone(&mut self, node: &str, child: Fork, start: proto::Timestamp) -> bool {
+        let Some(parent_id) = self.by_pid.get(&child.ppid).cloned() else {
             self.stats.misses += 1;
             return false;
         };
@@ -319,16 +343,22 @@ impl ProcessCache {
         // The child's own fields; the rest is shared with the parent's image.
         let mut details = parent.details;
         let d = Arc::make_mut(&mut details);
-        d.tid = Some(pid.into());
+        d.tid = Some(child.pid.into());
         d.start_time = Some(start);
-        let child = Image {
-            exec_id: ExecId::from(exec_id(node, ktime, pid).as_str()),
+        // A child that never execs shows its parent's binary and arguments
+        // but the flags `execve` whatever its parent's were: Tetragon's clone
+        // carries only its kernel-side clone marker (bit 0), which its flag
+        // decoder reads as `execve`, plus the init-tree bit.
+        let in_init_tree =
+            if parent.flags & flags::IN_INIT_TREE != 0 || child.nspid == 1 { flags::IN_INIT_TREE } else { 0 };
+        let image = Image {
+            exec_id: ExecId::from(exec_id(node, child.ktime, child.pid).as_str()),
             parent: parent_id.clone(),
-            pid,
-            flags: parent.flags & !flags::CLONE,
+            pid: child.pid,
+            flags: flags::EXECVE | in_init_tree,
             details,
         };
-        self.insert(child, true);
+        self.insert(image, true);
         self.add_ref(&parent_id);
         self.touch(&parent_id);
         true
@@ -339,10 +369,17 @@ impl ProcessCache {
     pub fn on_exec(&mut self, process: Process, ppid: u32) -> Lineage {
         let mut image = Image::from(process);
         let previous = self.by_pid.get(&image.pid).cloned();
-        match previous
-            .as_ref()
-            .and_then(|id| self.entries.get(id).map(|e| (id.clone(), e.fork_only, e.image.parent.clone())))
-        {
+        let previous = previous.as_ref().and_then(|id| {
+            self.entries.get(id).map(|e| (id.clone(), e.fork_only, e.image.parent.clone(), e.image.flags))
+        });
+        // The init tree is inherited from the image this one replaces (or,
+        // unseen, from the parent); an exec never leaves it.
+        let inherited = match &previous {
+            Some((_, _, _, bits)) => *bits,
+            None => self.by_pid.get(&ppid).and_then(|id| self.entries.get(id)).map_or(0, |e| e.image.flags),
+        };
+        image.flags |= inherited & flags::IN_INIT_TREE;
+        match previous.map(|(id, fork_only, forker, _)| (id, fork_only, forker)) {
             Some((prev_id, true, forker)) => {
                 // After fork: the forker is the parent; the fork entry goes.
                 image.flags |= flags::CLONE;
@@ -404,6 +441,10 @@ mod tests {
         }
     }
 
+    fn fork(pid: u32, ppid: u32, ktime: u64) -> Fork {
+        Fork { pid, ppid, ktime, nspid: pid }
+    }
+
     fn procfs(node: &str, ktime: u64, pid: u32, binary: &str) -> Process {
         Process { flags: flags::to_string(flags::PROCFS), ..image(node, ktime, pid, binary) }
     }
@@ -424,7 +465,7 @@ mod tests {
         assert_eq!(sh.parent.as_ref().unwrap().exec_id, init.process.exec_id);
 
         // sh forks 11, which execs id
-        assert!(c.on_clone("n", 11, 10, 50, proto::Timestamp::default()));
+        assert!(c.on_clone("n", fork(11, 10, 50), proto::Timestamp::default()));
         let id = c.on_exec(image("n", 60, 11, "/usr/bin/id"), 10);
         assert_eq!(id.process.parent_exec_id, sh.process.exec_id);
         assert_eq!(id.process.flags, "execve clone");
@@ -444,7 +485,7 @@ mod tests {
             c.add_procfs(procfs("n", 1, 1, "/sbin/init"), 0);
             c.add_procfs(procfs("n", 2, 10, "/usr/sbin/sshd"), 1);
             c.add_procfs(procfs("n", 3, 20, "/bin/bash"), 10);
-            assert!(c.on_clone("n", 30, 20, 40, proto::Timestamp::default()));
+            assert!(c.on_clone("n", fork(30, 20, 40), proto::Timestamp::default()));
             c.on_exec(image("n", 41, 30, "/bin/sh"), 20);
             c.on_exec(image("n", 42, 30, "/bin/true"), 20)
         };
@@ -480,7 +521,7 @@ mod tests {
     fn exec_without_fork_names_the_previous_image() {
         let mut c = ProcessCache::new(100);
         c.add_procfs(procfs("n", 1, 1, "/sbin/init"), 0);
-        assert!(c.on_clone("n", 20, 1, 5, proto::Timestamp::default()));
+        assert!(c.on_clone("n", fork(20, 1, 5), proto::Timestamp::default()));
         let sh = c.on_exec(image("n", 6, 20, "/bin/sh"), 1);
         let env = c.on_exec(image("n", 7, 20, "/usr/bin/env"), 1);
         assert_eq!(env.process.parent_exec_id, sh.process.exec_id);
@@ -500,7 +541,7 @@ mod tests {
             Process { arguments: "-c x".into(), flags: "execve clone".into(), ..image("n", 2, 30, "/bin/sh") },
             1,
         );
-        assert!(c.on_clone("n", 31, 30, 9, proto::Timestamp::default()));
+        assert!(c.on_clone("n", fork(31, 30, 9), proto::Timestamp::default()));
         let exit = c.on_exit(31).unwrap();
         assert_eq!(exit.process.binary, "/bin/sh");
         assert_eq!(exit.process.arguments, "-c x");
@@ -510,12 +551,38 @@ mod tests {
     }
 
     #[test]
+    fn init_tree_starts_at_a_namespace_init_and_is_inherited() {
+        let mut c = ProcessCache::new(100);
+        let host = c.add_procfs(procfs("n", 1, 1, "/sbin/init"), 0);
+        assert_eq!(host.process.in_init_tree.map(|b| b.value), Some(false), "written even when false");
+        // runc forks the container's init: pid 1 in its new namespace.
+        assert!(c.on_clone("n", Fork { pid: 50, ppid: 1, ktime: 5, nspid: 1 }, proto::Timestamp::default()));
+        let init = c.on_exec(image("n", 6, 50, "/bin/sh"), 1);
+        assert_eq!(init.process.in_init_tree.map(|b| b.value), Some(true));
+        assert_eq!(init.process.flags, "execve clone inInitTree");
+        // Its children, forked and exec'd, and the fork-only ones.
+        assert!(c.on_clone("n", Fork { pid: 51, ppid: 50, ktime: 7, nspid: 2 }, proto::Timestamp::default()));
+        let child = c.on_exec(image("n", 8, 51, "/bin/ls"), 50);
+        assert_eq!(child.process.in_init_tree.map(|b| b.value), Some(true));
+        assert!(c.on_clone("n", Fork { pid: 52, ppid: 50, ktime: 9, nspid: 3 }, proto::Timestamp::default()));
+        let fork_only = c.on_exit(52).unwrap();
+        assert_eq!(
+            (fork_only.process.flags.as_str(), fork_only.process.in_init_tree.map(|b| b.value)),
+            ("execve inInitTree", Some(true))
+        );
+        // A host process is not in one.
+        assert!(c.on_clone("n", Fork { pid: 60, ppid: 1, ktime: 10, nspid: 60 }, proto::Timestamp::default()));
+        let host_child = c.on_exec(image("n", 11, 60, "/bin/true"), 1);
+        assert_eq!(host_child.process.in_init_tree.map(|b| b.value), Some(false));
+    }
+
+    #[test]
     fn refcount_keeps_parents_of_live_children() {
         let mut c = ProcessCache::new(100);
         c.add_procfs(procfs("n", 1, 1, "/sbin/init"), 0);
-        assert!(c.on_clone("n", 40, 1, 5, proto::Timestamp::default()));
+        assert!(c.on_clone("n", fork(40, 1, 5), proto::Timestamp::default()));
         let parent = c.on_exec(image("n", 6, 40, "/bin/bash"), 1);
-        assert!(c.on_clone("n", 41, 40, 7, proto::Timestamp::default()));
+        assert!(c.on_clone("n", fork(41, 40, 7), proto::Timestamp::default()));
         c.on_exec(image("n", 8, 41, "/bin/sleep"), 40);
         // The parent exits first: its entry stays for the child's events.
         let exit = c.on_exit(40).unwrap();
@@ -535,7 +602,7 @@ mod tests {
         assert_eq!(c.len(), 3);
         assert_eq!(c.stats().evicted, 2);
         assert!(c.on_exit(1).is_none(), "evicted first (least recently used)");
-        assert!(!c.on_clone("n", 99, 12345, 1, proto::Timestamp::default()));
+        assert!(!c.on_clone("n", fork(99, 12345, 1), proto::Timestamp::default()));
         assert_eq!(c.stats().misses, 2);
     }
 }

@@ -47,20 +47,31 @@ fn cwd_path(e: &ExecData) -> String {
     path
 }
 
-/// The binary as executed, made absolute against the cwd when relative.
+/// The binary as executed. A relative name is joined to the cwd and
+/// cleaned lexically (`.`, `..`, repeated `/`), as Tetragon's
+/// `filepath.Join(cwd, name)` does; an absolute one is kept as given.
 fn binary_path(filename: &str, cwd: &str) -> String {
     if filename.starts_with('/') || cwd.is_empty() {
         return filename.to_owned();
     }
-    let rel = filename.strip_prefix("./").unwrap_or(filename);
-    if cwd == "/" { format!("/{rel}") } else { format!("{cwd}/{rel}") }
+    clean_path(&format!("{cwd}/{filename}"))
 }
 
-/// The `ktime` in an image's exec_id: the process start plus the kernel's
-/// per-task exec counter. Every sensor on the kernel computes the same value
-/// (the relay deduplicates on it), and each exec without fork gets a new one.
-pub fn image_ktime(start_boottime: u64, exec_seq: u32) -> u64 {
-    start_boottime + u64::from(exec_seq)
+/// Lexical path cleaning with Go's `path.Clean` rules for an absolute
+/// path: no empty or `.` components, `..` removes the one before it and
+/// stops at the root.
+fn clean_path(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    format!("/{}", parts.join("/"))
 }
 
 /// Builds the new image's `Process` (parent links are the cache's job).
@@ -80,18 +91,27 @@ pub fn exec_process(node: &str, clock: &Clock, host: &HostNamespaces, e: &ExecDa
     } else if cwd.is_empty() {
         bits |= flags::NO_CWD;
     }
+    // A pid namespace's first process starts an init tree (the cache adds
+    // the bit inherited from the previous image or the parent).
+    if e.nspid == 1 {
+        bits |= flags::IN_INIT_TREE;
+    }
     let filename = String::from_utf8_lossy(&e.filename).into_owned();
     let cgroup_name = String::from_utf8_lossy(&e.cgroup_name);
     let binary = binary_path(&filename, &cwd);
     let ids = Ids { uid: e.uid, gid: e.gid, euid: e.euid, egid: e.egid };
     Process {
-        exec_id: exec_id(node, image_ktime(e.start_boottime, e.exec_seq), e.pid),
+        // The exec's own time (shared by every sensor on the kernel), not
+        // the fork's: a process that execs twice has two images, two times.
+        exec_id: exec_id(node, e.ktime, e.pid),
         pid: Some(e.pid.into()),
-        uid: Some(e.uid.into()),
+        // The effective uid, like `ps` and Tetragon; the real one is in
+        // process_credentials.
+        uid: Some(e.euid.into()),
         cap: e.creds.as_ref().map(privileges::capabilities),
         process_credentials: e.creds.as_ref().map(|c| privileges::credentials(&ids, c, host)),
         binary_properties: match (&e.creds, &e.file) {
-            (Some(c), Some(f)) => privileges::binary_properties(&ids, c, f, &binary),
+            (Some(c), Some(f)) => privileges::binary_properties(&ids, c, f),
             _ => None,
         },
         ns: e.namespaces.as_ref().map(|n| privileges::namespaces(n, host)),
@@ -99,7 +119,7 @@ pub fn exec_process(node: &str, clock: &Clock, host: &HostNamespaces, e: &ExecDa
         binary,
         arguments: arguments(&e.args),
         flags: flags::to_string(bits),
-        start_time: Some(clock.wall(image_ktime(e.start_boottime, e.exec_seq))),
+        start_time: Some(clock.wall(e.ktime)),
         auid: Some(e.auid.into()),
         docker: cgroup::container_id(&cgroup_name).map(|id| cgroup::docker_field(id).to_owned()).unwrap_or_default(),
         tid: Some(e.tid.into()),
@@ -215,6 +235,10 @@ mod tests {
         assert_eq!(binary_path("/bin/ls", "/tmp"), "/bin/ls");
         assert_eq!(binary_path("./run.sh", "/tmp"), "/tmp/run.sh");
         assert_eq!(binary_path("run.sh", "/"), "/run.sh");
+        assert_eq!(binary_path("../script.sh", "/tmp/sub"), "/tmp/script.sh");
+        assert_eq!(binary_path("./a/./b//../c", "/x/"), "/x/a/c");
+        assert_eq!(binary_path("../../../../x", "/tmp"), "/x", "stops at the root");
+        assert_eq!(binary_path("/usr/bin/../bin/id", "/tmp"), "/usr/bin/../bin/id", "absolute: as given");
     }
 
     #[test]

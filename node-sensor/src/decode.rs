@@ -143,7 +143,7 @@ mod tests {
             start_boottime: 9,
             parent_start_boottime: 5,
             exec_seq: 3,
-            _pad: 0,
+            nspid: 1,
         };
         assert_eq!(decode(&bytes_of(&clone)), Ok(Record::Clone(clone)));
     }

@@ -14,6 +14,9 @@ pub const ROOT_CWD: u32 = 1 << 11;
 pub const ERROR_CWD: u32 = 1 << 12;
 pub const CLONE: u32 = 1 << 13;
 pub const ERROR_CGROUPS: u32 = 1 << 18;
+/// A process of a container's init tree: the first process of a new pid
+/// namespace and its descendants.
+pub const IN_INIT_TREE: u32 = 1 << 25;
 /// Vigil: the cwd was deeper than the kernel walk and is cut at the top.
 pub const TRUNC_CWD: u32 = 1 << 24;
 
@@ -33,6 +36,7 @@ const NAMES: &[(u32, &str)] = &[
     (ERROR_CWD, "errorCWD"),
     (CLONE, "clone"),
     (ERROR_CGROUPS, "errorCgroups"),
+    (IN_INIT_TREE, "inInitTree"),
     (TRUNC_CWD, "truncCWD"),
 ];
 
@@ -56,5 +60,6 @@ mod tests {
         assert_eq!(to_string(PROCFS | ROOT_CWD), "procFS rootcwd");
         assert_eq!(from_str("execve rootcwd clone"), CLONE | ROOT_CWD | EXECVE);
         assert_eq!(to_string(0), "");
+        assert_eq!(to_string(IN_INIT_TREE | TRUNC_CWD | CLONE | EXECVE), "execve clone inInitTree truncCWD");
     }
 }

@@ -9,7 +9,8 @@
 //! (`--only-own-netns`) → `pod_stage` (pod data from the `k8s` watch) →
 //! the bus → `server` (Tetragon's gRPC API), `export` (JSON lines file) and
 //! `uplink` (relays). `pipeline` runs the stages from decode to the bus;
-//! `procfs` seeds the cache with processes that predate the sensor;
+//! `procfs` seeds the cache with processes that predate the sensor, and
+//! `startup` keeps records queued during that walk from repeating it;
 //! `stats` holds every counter; `config` the settings.
 
 pub mod btf_offsets;
@@ -19,6 +20,7 @@ pub mod clock;
 pub mod config;
 pub mod convert;
 pub mod decode;
+pub mod exec_times;
 pub mod export;
 pub mod flags;
 pub mod k8s;
@@ -29,5 +31,6 @@ pub mod pod_stage;
 pub mod privileges;
 pub mod procfs;
 pub mod server;
+pub mod startup;
 pub mod stats;
 pub mod uplink;

@@ -1,17 +1,27 @@
 //! Loads the lifecycle programs with the running kernel's offsets, attaches
 //! them, and hands out the ring buffer and the kernel-side counters.
 
+use std::path::Path;
+
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::RawTracePoint;
 use aya::{Ebpf, EbpfLoader};
 use node_sensor_common::{COUNTERS_LEN, KernelOffsets};
 
 use crate::btf_offsets::{self, OffsetError};
+use crate::exec_times;
 
-/// The programs and the raw tracepoints they attach to. Program names are
-/// short and distinct because the kernel keeps only 15 characters.
+/// The programs and the raw tracepoints they attach to, in attach order.
+/// Program names are short and distinct because the kernel keeps only 15
+/// characters. Exit first, fork last: a process whose fork is recorded
+/// then always has its exec and exit recorded too (attached the other way
+/// round, a child forked between two attaches would exit as a fork copy of
+/// its parent, its exec and exit unseen).
 pub const PROGRAMS: &[(&str, &str)] =
-    &[("vigil_fork", "sched_process_fork"), ("vigil_exec", "sched_process_exec"), ("vigil_exit", "sched_process_exit")];
+    &[("vigil_exit", "sched_process_exit"), ("vigil_exec", "sched_process_exec"), ("vigil_fork", "sched_process_fork")];
+
+/// Where this sensor pins the kernel's exec-time map (see `exec_times`).
+pub const EXEC_TIMES_PIN: &str = "/sys/fs/bpf/vigil/exec_times_v1";
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/node-sensor"));
 
@@ -33,6 +43,8 @@ pub enum LoadError {
     Verifier { name: &'static str, reason: String },
     #[error("attaching `{name}` to raw tracepoint {tracepoint} failed: {error}")]
     Attach { name: &'static str, tracepoint: &'static str, error: aya::programs::ProgramError },
+    #[error("sharing the exec-time map: {0}")]
+    ExecTimes(String),
     #[error("BPF map `{0}` is missing or has the wrong type")]
     Map(&'static str),
 }
@@ -92,21 +104,46 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
     let offsets = resolved.offsets;
     tracing::debug!(?offsets, "resolved kernel struct offsets from BTF");
 
-    let mut ebpf =
-        EbpfLoader::new().override_global("OFFSETS", &offsets, true).load(EBPF_OBJECT).map_err(LoadError::Object)?;
-    for &(name, tracepoint) in PROGRAMS {
-        let program: &mut RawTracePoint = ebpf
-            .program_mut(name)
-            .ok_or(LoadError::MissingProgram(name))?
-            .try_into()
-            .map_err(|_| LoadError::MissingProgram(name))?;
-        if let Err(e) = program.load() {
+    let pin = Path::new(EXEC_TIMES_PIN);
+    let mut ebpf = match exec_times::prepare(pin) {
+        Ok(()) => {
+            let mut ebpf = load_object(&offsets, Some(pin)).map_err(LoadError::Object)?;
+            // Sensors starting together may each have made a map: all settle
+            // on the oldest.
+            if let Some(oldest) = exec_times::oldest()
+                && exec_times::pinned_id(pin) != Some(oldest)
+            {
+                drop(ebpf);
+                exec_times::prepare(pin).map_err(LoadError::ExecTimes)?;
+                ebpf = load_object(&offsets, Some(pin)).map_err(LoadError::Object)?;
+            }
+            ebpf
+        }
+        Err(why) => {
+            tracing::warn!(
+                pin = EXEC_TIMES_PIN,
+                reason = %why,
+                "exec times are not shared: another sensor on this kernel would name the same images differently"
+            );
+            load_object(&offsets, None).map_err(LoadError::Object)?
+        }
+    };
+    // Every program is verified before any is attached, so the attaches
+    // follow each other closely, in PROGRAMS order.
+    for &(name, _) in PROGRAMS {
+        if let Err(e) = raw_tracepoint(&mut ebpf, name)?.load() {
             if let aya::programs::ProgramError::LoadError { verifier_log, .. } = &e {
                 tracing::debug!(program = name, log = %verifier_log, "verifier log");
             }
             return Err(LoadError::Verifier { name, reason: e.to_string() });
         }
-        program.attach(tracepoint).map_err(|error| LoadError::Attach { name, tracepoint, error })?;
+    }
+    for &(name, tracepoint) in PROGRAMS {
+        raw_tracepoint(&mut ebpf, name)?.attach(tracepoint).map_err(|error| LoadError::Attach {
+            name,
+            tracepoint,
+            error,
+        })?;
     }
     let ring = ebpf.take_map("EVENTS").ok_or(LoadError::Map("EVENTS"))?;
     let ring = RingBuf::try_from(ring).map_err(|_| LoadError::Map("EVENTS"))?;
@@ -115,6 +152,22 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
         PerCpuArray::try_from(counters).map_err(|_| LoadError::Map("COUNTERS"))?;
     debug_assert_eq!(counters.len(), COUNTERS_LEN);
     Ok(Probes { _ebpf: ebpf, ring, counters, offsets })
+}
+
+fn raw_tracepoint<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut RawTracePoint, LoadError> {
+    ebpf.program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?
+        .try_into()
+        .map_err(|_| LoadError::MissingProgram(name))
+}
+
+fn load_object(offsets: &KernelOffsets, pin: Option<&Path>) -> Result<Ebpf, aya::EbpfError> {
+    let mut loader = EbpfLoader::new();
+    loader.override_global("OFFSETS", offsets, true);
+    if let Some(path) = pin {
+        loader.map_pin_path(exec_times::MAP_NAME, path);
+    }
+    loader.load(EBPF_OBJECT)
 }
 
 #[cfg(test)]

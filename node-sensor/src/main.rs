@@ -39,11 +39,8 @@ fn serving_tls(settings: &Settings) -> Option<tls::reload::ServerFiles> {
 
 async fn run(settings: Settings) -> anyhow::Result<()> {
     // --only-own-netns needs each process's network namespace.
-    let features = Features {
-        creds: settings.enable_process_cred,
-        ns: settings.enable_process_ns || settings.only_own_netns,
-        nspid: settings.enable_k8s_api,
-    };
+    let features =
+        Features { creds: settings.enable_process_cred, ns: settings.enable_process_ns || settings.only_own_netns };
     let probes = loader::load(&settings.btf, features)?;
     let (host, warnings) = HostNamespaces::read(&settings.procfs);
     if features.ns {

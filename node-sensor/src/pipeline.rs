@@ -11,7 +11,7 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 use proto::tetragon::GetEventsResponse;
 use tokio::io::unix::AsyncFd;
 
-use crate::cache::ProcessCache;
+use crate::cache::{Fork, ProcessCache};
 use crate::clock::Clock;
 use crate::convert;
 use crate::decode::{self, Record};
@@ -21,6 +21,7 @@ use crate::netns_filter::NetnsFilter;
 use crate::pod_stage::PodStage;
 use crate::privileges::Collect;
 use crate::procfs;
+use crate::startup::{StartupGate, Verdict};
 use crate::stats::SensorStats;
 use events::bus::EventBus;
 
@@ -37,6 +38,8 @@ pub struct Pipeline {
     cache: ProcessCache,
     netns: Option<NetnsFilter>,
     pods: Option<PodStage>,
+    /// Open from the `/proc` walk until records are past it.
+    gate: Option<StartupGate>,
     /// Events leaving the pod stage, reused between calls.
     out: Vec<GetEventsResponse>,
     bus: EventBus,
@@ -59,6 +62,7 @@ impl Pipeline {
             cache: ProcessCache::new(cache_size),
             netns: None,
             pods: None,
+            gate: None,
             out: Vec::new(),
             bus,
             stats,
@@ -111,17 +115,58 @@ impl Pipeline {
         }
     }
 
-    /// Reports every process already running, parents first.
+    /// Reports every process already running, parents first. Call after
+    /// the programs are attached: records queued meanwhile then pass the
+    /// start-up gate.
     pub fn seed_from_procfs(&mut self, root: &std::path::Path) -> usize {
-        let entries = procfs::walk(root, &self.node, &self.clock, &self.collect);
-        let n = entries.len();
-        for e in entries {
+        let walk = procfs::walk(root, &self.node, &self.clock, &self.collect);
+        let n = walk.entries.len();
+        for e in walk.entries {
             let time = e.process.start_time.unwrap_or_default();
             let lineage = self.cache.add_procfs(e.process, e.ppid);
             self.publish(convert::exec_event(&self.node, time, lineage));
         }
+        self.gate = Some(StartupGate::new(walk.reads, walk.end));
         self.update_cache_stats();
         n
+    }
+
+    /// The start-up gate's verdict on a record; the gate closes once records
+    /// are well past the walk, and goes once nothing it remembers is open.
+    fn admit(&mut self, record: &Record) -> Verdict {
+        let Some(gate) = self.gate.as_mut() else {
+            return Verdict::Apply;
+        };
+        let (pid, ktime) = match record {
+            Record::Clone(c) => (c.pid, c.header.ktime),
+            Record::Exec(e) => (e.pid, e.ktime),
+            Record::Exit(x) => (x.pid, x.header.ktime),
+        };
+        if gate.close_at(ktime) {
+            tracing::info!(
+                skipped = gate.skipped(),
+                "start-up: records queued during the /proc walk are reconciled; those it already showed were skipped"
+            );
+        }
+        let verdict = match record {
+            Record::Clone(c) => gate.clone_verdict(pid, ktime, c.exec_seq),
+            Record::Exec(e) => {
+                let verdict = if gate.is_open() {
+                    gate.exec_verdict(pid, ktime, &convert::arguments(&e.args))
+                } else {
+                    Verdict::Apply
+                };
+                if verdict == Verdict::Apply && gate.first_exec_after_skipped_fork(pid, e.exec_seq) {
+                    self.cache.mark_fork_copy(pid);
+                }
+                verdict
+            }
+            Record::Exit(_) => gate.exit_verdict(pid, ktime),
+        };
+        if gate.is_done() {
+            self.gate = None;
+        }
+        verdict
     }
 
     /// Handles one ring-buffer record; bad records are counted and skipped.
@@ -137,10 +182,17 @@ impl Pipeline {
                 return;
             }
         };
+        if self.admit(&record) == Verdict::Skip {
+            self.stats.startup_skipped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(?record, "start-up: skipped a record the /proc walk already showed");
+            return;
+        }
         match record {
             Record::Clone(c) => {
-                let ktime = convert::image_ktime(c.start_boottime, c.exec_seq);
-                self.cache.on_clone(&self.node, c.pid, c.ppid, ktime, self.clock.wall(ktime));
+                // A fork child is named by its fork time, which the kernel
+                // keeps (every sensor on the kernel reads the same value).
+                let child = Fork { pid: c.pid, ppid: c.ppid, ktime: c.start_boottime, nspid: c.nspid };
+                self.cache.on_clone(&self.node, child, self.clock.wall(c.start_boottime));
             }
             Record::Exec(e) => {
                 let process = convert::exec_process(&self.node, &self.clock, &self.collect.host, &e);
@@ -205,6 +257,8 @@ impl Pipeline {
                         self.handle(&item);
                     }
                     self.drain_held();
+                    // Cheap (three stores), and keeps `vigil status` current.
+                    self.update_cache_stats();
                 }
             }
             if last_report.elapsed() >= REPORT_INTERVAL {

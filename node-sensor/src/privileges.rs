@@ -188,9 +188,11 @@ const S_ISGID: u32 = 0o2000;
 /// new credentials: a set-user-ID file whose owner became the effective uid
 /// (and differs from the real uid) raised privileges; likewise set-group-ID;
 /// and a non-root process holding permitted capabilities that are not
-/// ambient got them from file capabilities. `None` when nothing changed and
-/// the file is not deleted.
-pub fn binary_properties(ids: &Ids, c: &CredInfo, file: &FileInfo, path: &str) -> Option<BinaryProperties> {
+/// ambient got them from file capabilities. `file` is set only for a binary
+/// with no links left (deleted, or a memfd: a fileless execution), with its
+/// inode and link count and no path, as Tetragon sets it. `None` when
+/// nothing changed and the file has links.
+pub fn binary_properties(ids: &Ids, c: &CredInfo, file: &FileInfo) -> Option<BinaryProperties> {
     let mut changed = Vec::new();
     let setuid = (file.mode & S_ISUID != 0 && ids.euid == file.uid && ids.euid != ids.uid).then_some(file.uid);
     let setgid = (file.mode & S_ISGID != 0 && ids.egid == file.gid && ids.egid != ids.gid).then_some(file.gid);
@@ -211,9 +213,9 @@ pub fn binary_properties(ids: &Ids, c: &CredInfo, file: &FileInfo, path: &str) -
         setuid: setuid.map(Into::into),
         setgid: setgid.map(Into::into),
         privileges_changed: changed,
-        file: Some(FileProperties {
+        file: deleted.then(|| FileProperties {
             inode: Some(InodeProperties { number: file.ino, links: Some(file.nlink.into()) }),
-            path: path.to_owned(),
+            path: String::new(),
         }),
     })
 }
@@ -252,34 +254,44 @@ mod tests {
     fn setuid_root_binary_run_by_a_user() {
         let file = FileInfo { ino: 42, nlink: 1, mode: 0o104755, uid: 0, gid: 0 };
         let c = CredInfo { cap_permitted: 0x1ff_ffff_ffff, ..Default::default() };
-        let b = binary_properties(&ids(1000, 0), &c, &file, "/tmp/suid-id").unwrap();
+        let b = binary_properties(&ids(1000, 0), &c, &file).unwrap();
         assert_eq!(b.setuid.map(|v| v.value), Some(0));
         assert_eq!(b.setgid, None);
         assert_eq!(b.privileges_changed, vec![ProcessPrivilegesChanged::PrivilegesRaisedExecFileSetuid as i32]);
-        assert_eq!(b.file.unwrap().inode.unwrap().number, 42);
+        assert_eq!(b.file, None, "the file is named only when it has no links");
     }
 
     #[test]
     fn nothing_changed_for_plain_execs() {
         let file = FileInfo { ino: 7, nlink: 1, mode: 0o100755, uid: 0, gid: 0 };
-        assert!(binary_properties(&ids(1000, 1000), &CredInfo::default(), &file, "/bin/true").is_none());
+        assert!(binary_properties(&ids(1000, 1000), &CredInfo::default(), &file).is_none());
         // root keeps full capabilities without file capabilities
         let root = CredInfo { cap_permitted: 0x1ff_ffff_ffff, ..Default::default() };
-        assert!(binary_properties(&ids(0, 0), &root, &file, "/bin/true").is_none());
+        assert!(binary_properties(&ids(0, 0), &root, &file).is_none());
         // a setuid file run by its owner changes nothing
         let suid = FileInfo { mode: 0o104755, uid: 1000, ..file };
-        assert!(binary_properties(&ids(1000, 1000), &CredInfo::default(), &suid, "/x").is_none());
+        assert!(binary_properties(&ids(1000, 1000), &CredInfo::default(), &suid).is_none());
+    }
+
+    #[test]
+    fn deleted_binary_is_named_by_inode_only() {
+        let gone = FileInfo { ino: 77, nlink: 0, mode: 0o100755, uid: 0, gid: 0 };
+        let b = binary_properties(&ids(0, 0), &CredInfo::default(), &gone).unwrap();
+        assert!(b.privileges_changed.is_empty() && b.setuid.is_none());
+        let f = b.file.unwrap();
+        assert_eq!((f.inode.unwrap().number, f.inode.unwrap().links.map(|l| l.value)), (77, Some(0)));
+        assert_eq!(f.path, "", "Tetragon leaves the path empty");
     }
 
     #[test]
     fn file_caps_for_a_user() {
         let file = FileInfo { ino: 9, nlink: 1, mode: 0o100755, uid: 0, gid: 0 };
         let c = CredInfo { cap_permitted: 1 << 13, cap_effective: 1 << 13, ..Default::default() };
-        let b = binary_properties(&ids(1000, 1000), &c, &file, "/usr/bin/ping").unwrap();
+        let b = binary_properties(&ids(1000, 1000), &c, &file).unwrap();
         assert_eq!(b.privileges_changed, vec![ProcessPrivilegesChanged::PrivilegesRaisedExecFileCap as i32]);
         // ambient capabilities are inherited, not raised by the file
         let amb = CredInfo { cap_ambient: 1 << 13, ..c };
-        assert!(binary_properties(&ids(1000, 1000), &amb, &file, "/usr/bin/ping").is_none());
+        assert!(binary_properties(&ids(1000, 1000), &amb, &file).is_none());
     }
 
     #[test]

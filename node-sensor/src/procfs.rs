@@ -19,6 +19,9 @@ use crate::privileges::{self, Collect};
 pub struct ProcEntry {
     pub pid: u32,
     pub ppid: u32,
+    /// The pid inside the process's own pid namespace, for processes in a
+    /// container (else 0, as Tetragon's walk has it).
+    pub nspid: u32,
     /// Start in boot-time nanoseconds (clock-tick resolution).
     pub ktime: u64,
     pub process: Process,
@@ -33,6 +36,9 @@ fn stat_fields(stat: &str) -> Option<Vec<&str>> {
 
 /// `task->flags` bit of kernel threads (stat field 9).
 const PF_KTHREAD: u64 = 0x0020_0000;
+/// `task->flags` bit of a task in `do_exit`: its memory may already be gone
+/// and its exit is about to be (or was just) recorded.
+const PF_EXITING: u64 = 0x0000_0004;
 
 /// The command name between the parentheses of `/proc/<pid>/stat`.
 fn comm(stat: &str) -> Option<&str> {
@@ -49,7 +55,16 @@ fn status_ids(status: &str, key: &str) -> Option<u32> {
     status.lines().find_map(|l| l.strip_prefix(key)).and_then(|rest| rest.split_whitespace().next()?.parse().ok())
 }
 
-/// Reads one process; `None` for kernel threads and processes that vanished.
+/// The last value of a `key:` line of `/proc/<pid>/status` (`NSpid:` lists
+/// the pid in each nested namespace, the process's own last).
+fn status_last(status: &str, key: &str) -> Option<u32> {
+    status.lines().find_map(|l| l.strip_prefix(key)).and_then(|rest| rest.split_whitespace().last()?.parse().ok())
+}
+
+/// Reads one process; `None` for kernel threads, processes that vanished,
+/// and those dead or dying (zombies, or in `do_exit`): their exit is
+/// recorded by the kernel side, and registering them would let the walk
+/// report a half-torn-down process with no arguments.
 pub fn read_process(
     root: &Path,
     pid: u32,
@@ -65,6 +80,14 @@ pub fn read_process(
     let ppid: u32 = fields.get(1)?.parse().ok()?;
     let task_flags: u64 = fields.get(6)?.parse().ok()?;
     if task_flags & PF_KTHREAD != 0 {
+        return None;
+    }
+    let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+    // Dead or dying: a zombie, or a task inside do_exit. (A leader whose
+    // other threads still run is a live process.)
+    let dying = matches!(fields.first(), Some(&"Z" | &"X")) || task_flags & PF_EXITING != 0;
+    let dead = dying && status_ids(&status, "Threads:").is_none_or(|n| n <= 1);
+    if dead {
         return None;
     }
     let start_ticks: u64 = fields.get(19)?.parse().ok()?;
@@ -88,8 +111,12 @@ pub fn read_process(
     };
     let arguments = if cmdline.is_empty() { String::new() } else { join_args(cmdline.split(|b| *b == 0).skip(1)) };
     let cwd = std::fs::read_link(dir.join("cwd")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-    let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-    let uid = status_ids(&status, "Uid:").unwrap_or(u32::MAX);
+    // The effective uid (second on the line), like `ps` and Tetragon.
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(u32::MAX);
     let auid =
         std::fs::read_to_string(dir.join("loginuid")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(u32::MAX);
     let cgroups = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
@@ -113,6 +140,7 @@ pub fn read_process(
     Some(ProcEntry {
         pid,
         ppid,
+        nspid: if docker.is_empty() { 0 } else { status_last(&status, "NSpid:").unwrap_or(0) },
         ktime,
         process: Process {
             exec_id: exec_id(node, ktime, pid),
@@ -140,6 +168,7 @@ pub fn kernel_entry(node: &str, clock: &Clock) -> ProcEntry {
     ProcEntry {
         pid: 0,
         ppid: 0,
+        nspid: 0,
         ktime: 1,
         process: Process {
             exec_id: id.clone(),
@@ -156,20 +185,47 @@ pub fn kernel_entry(node: &str, clock: &Clock) -> ProcEntry {
     }
 }
 
-/// Every user-space process under `root`, parents before children.
-pub fn walk(root: &Path, node: &str, clock: &Clock, collect: &Collect) -> Vec<ProcEntry> {
+/// What the walk found, and when it read each pid.
+#[derive(Debug, Clone, Default)]
+pub struct Walk {
+    /// `<kernel>` first, then every user-space process, parents first.
+    pub entries: Vec<ProcEntry>,
+    pub reads: HashMap<u32, ReadWindow>,
+    /// Boot-time nanoseconds when the last read ended.
+    pub end: u64,
+}
+
+/// When the walk read one pid (boot-time nanoseconds) and what it found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadWindow {
+    pub start: u64,
+    pub end: u64,
+    /// The arguments of the image registered; `None` when the walk
+    /// registered nothing (gone, a zombie, a kernel thread).
+    pub arguments: Option<String>,
+}
+
+/// Every user-space process under `root`, parents before children, with
+/// the time each was read.
+pub fn walk(root: &Path, node: &str, clock: &Clock, collect: &Collect) -> Walk {
     let tick_ns = 1_000_000_000 / ticks_per_second();
     let mut found: HashMap<u32, ProcEntry> = HashMap::new();
+    let mut reads = HashMap::new();
     if let Ok(dir) = std::fs::read_dir(root) {
         for entry in dir.flatten() {
             let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if let Some(p) = read_process(root, pid, node, clock, tick_ns, collect) {
+            let start = clock.boot_now();
+            let read = read_process(root, pid, node, clock, tick_ns, collect);
+            let arguments = read.as_ref().map(|p| p.process.arguments.clone());
+            reads.insert(pid, ReadWindow { start, end: clock.boot_now(), arguments });
+            if let Some(p) = read {
                 found.insert(pid, p);
             }
         }
     }
+    let end = clock.boot_now();
     // Parents first: order by depth in the tree, then by start time.
     let mut depth: BTreeMap<(usize, u64, u32), u32> = BTreeMap::new();
     for (&pid, p) in &found {
@@ -184,9 +240,23 @@ pub fn walk(root: &Path, node: &str, clock: &Clock, collect: &Collect) -> Vec<Pr
         }
         depth.insert((d, p.ktime, pid), pid);
     }
-    let mut out = vec![kernel_entry(node, clock)];
-    out.extend(depth.into_values().filter_map(|pid| found.remove(&pid)));
-    out
+    let mut entries = vec![kernel_entry(node, clock)];
+    entries.extend(depth.into_values().filter_map(|pid| found.remove(&pid)));
+    mark_init_trees(&mut entries);
+    Walk { entries, reads, end }
+}
+
+/// A container's init (pid 1 in its namespace) and its descendants are an
+/// init tree, as Tetragon's walk decides it. `entries` lists parents first.
+fn mark_init_trees(entries: &mut [ProcEntry]) {
+    let mut in_tree: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    for e in entries.iter_mut() {
+        if e.nspid == 1 || in_tree.contains(&e.ppid) {
+            in_tree.insert(e.pid);
+            let bits = flags::from_str(&e.process.flags) | flags::IN_INIT_TREE;
+            e.process.flags = flags::to_string(bits);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -202,10 +272,36 @@ mod tests {
     }
 
     #[test]
+    fn init_trees_start_at_a_container_init() {
+        let e = |pid, ppid, nspid| ProcEntry {
+            pid,
+            ppid,
+            nspid,
+            ktime: 0,
+            process: Process { flags: "procFS".into(), ..Default::default() },
+        };
+        let mut entries = vec![e(1, 0, 0), e(10, 1, 0), e(20, 10, 1), e(21, 20, 5), e(30, 1, 0)];
+        mark_init_trees(&mut entries);
+        let flags: Vec<&str> = entries.iter().map(|e| e.process.flags.as_str()).collect();
+        assert_eq!(flags, ["procFS", "procFS", "procFS inInitTree", "procFS inInitTree", "procFS"]);
+    }
+
+    #[test]
+    fn status_values() {
+        let status = "Name:\tsh\nUid:\t1000\t0\t0\t0\nNSpid:\t4242\t17\t1\nThreads:\t3\n";
+        assert_eq!(status_last(status, "NSpid:"), Some(1));
+        assert_eq!(status_ids(status, "Threads:"), Some(3));
+    }
+
+    #[test]
     fn walks_this_machine_parents_first() {
         let clock = Clock::from_system();
         let collect = Collect { creds: true, ns: true, host: privileges::HostNamespaces::read(Path::new("/proc")).0 };
-        let all = walk(Path::new("/proc"), "n", &clock, &collect);
+        let walk = walk(Path::new("/proc"), "n", &clock, &collect);
+        let all = &walk.entries;
+        let me_read = &walk.reads[&std::process::id()];
+        assert!(me_read.start <= me_read.end && me_read.end <= walk.end);
+        assert!(me_read.arguments.is_some(), "this process was registered");
         assert_eq!(all[0].process.binary, "<kernel>");
         let me = std::process::id();
         let pos = |pid| all.iter().position(|p| p.pid == pid);

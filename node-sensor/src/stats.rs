@@ -19,6 +19,9 @@ pub struct SensorStats {
     pub cache_entries: AtomicU64,
     pub cache_evicted: AtomicU64,
     pub cache_misses: AtomicU64,
+    /// Records queued while `/proc` was walked that the walk already showed
+    /// (skipped so no image is reported twice).
+    pub startup_skipped: AtomicU64,
     /// Export-file lines dropped because the writer fell behind.
     pub export_dropped: AtomicU64,
     /// Events held waiting for their pod to appear in the Kubernetes watch.
@@ -41,6 +44,7 @@ pub struct Snapshot {
     pub cache_entries: u64,
     pub cache_evicted: u64,
     pub cache_misses: u64,
+    pub startup_skipped: u64,
     pub published: u64,
     pub subscriber_dropped: u64,
     pub export_dropped: u64,
@@ -62,6 +66,7 @@ impl SensorStats {
             cache_entries: r(&self.cache_entries),
             cache_evicted: r(&self.cache_evicted),
             cache_misses: r(&self.cache_misses),
+            startup_skipped: r(&self.startup_skipped),
             published: r(&bus.stats.published),
             subscriber_dropped: r(&bus.stats.dropped),
             export_dropped: r(&self.export_dropped),
@@ -78,7 +83,7 @@ impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "records={} bad_records={} ringbuf_full={} kernel_read_errors={} cache_entries={} cache_evicted={} cache_misses={} events={} subscribers={} subscriber_dropped={} export_dropped={} pod_waiting={} pod_timeouts={} k8s_pods={} k8s_watch_errors={}",
+            "records={} bad_records={} ringbuf_full={} kernel_read_errors={} cache_entries={} cache_evicted={} cache_misses={} startup_skipped={} events={} subscribers={} subscriber_dropped={} export_dropped={} pod_waiting={} pod_timeouts={} k8s_pods={} k8s_watch_errors={}",
             self.records,
             self.bad_records,
             self.ringbuf_full,
@@ -86,6 +91,7 @@ impl fmt::Display for Snapshot {
             self.cache_entries,
             self.cache_evicted,
             self.cache_misses,
+            self.startup_skipped,
             self.published,
             self.subscribers,
             self.subscriber_dropped,

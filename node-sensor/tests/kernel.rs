@@ -302,3 +302,134 @@ async fn ancestors_reach_init_and_serve_the_ancestor_filter() {
     assert!(passed.iter().all(|b| b == "/bin/sh" || b == "/bin/true"), "{passed:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `base64("node:ktime:pid")` → (ktime, pid).
+fn exec_id_parts(exec_id: &str) -> (u64, u32) {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD.decode(exec_id).unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let mut parts = text.rsplitn(3, ':');
+    let pid = parts.next().unwrap().parse().unwrap();
+    let ktime = parts.next().unwrap().parse().unwrap();
+    (ktime, pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_without_fork_gets_the_time_of_its_own_exec() {
+    require_kernel!();
+    let sensor = Sensor::start(&[]).await;
+    let mut c = Collector::subscribe(&sensor, all_events()).await;
+    let mark = format!("vigil-exectime-{}", nonce());
+    // The shell waits for a line, then replaces itself with /bin/true.
+    let mut sh = Command::new("/bin/sh")
+        .args(["-c", "read line; exec /bin/true \"$0\"", &mark])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Joined as Tetragon joins them: quoted for the space, inner quotes kept.
+    let sh_args = format!("-c \"read line; exec /bin/true \"$0\"\" {mark}");
+    assert!(
+        c.until(Duration::from_secs(10), |evs| evs.iter().filter_map(exec_of).any(|p| p.arguments == sh_args)).await,
+        "no sh exec; log:\n{}",
+        sensor.log()
+    );
+    let released = proto::Timestamp::now();
+    std::io::Write::write_all(sh.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    assert!(sh.wait().unwrap().success());
+    assert!(
+        c.until(Duration::from_secs(10), |evs| evs.iter().filter_map(exit_of).any(|(p, _, _)| p.arguments == mark))
+            .await
+    );
+    let sh_image = c.events.iter().filter_map(exec_of).find(|p| p.arguments == sh_args).unwrap();
+    let true_image = c.events.iter().filter_map(exec_of).find(|p| p.arguments == mark).unwrap();
+    assert_eq!(true_image.flags, "execve", "an exec without fork");
+    assert_eq!(true_image.parent_exec_id, sh_image.exec_id, "the previous image is the parent");
+    let ns = |p: &proto::tetragon::Process| p.start_time.unwrap().unix_nanos();
+    assert!(ns(sh_image) < released.unix_nanos(), "sh started before the line was written");
+    assert!(
+        ns(true_image) >= released.unix_nanos(),
+        "the second image's start_time is its exec's, after the line was written (not the fork's)"
+    );
+    // The exec_id names the same time: one per image.
+    let (sh_ktime, sh_pid) = exec_id_parts(&sh_image.exec_id);
+    let (true_ktime, true_pid) = exec_id_parts(&true_image.exec_id);
+    assert_eq!(sh_pid, true_pid);
+    assert_eq!(
+        i128::from(true_ktime - sh_ktime),
+        ns(true_image) - ns(sh_image),
+        "exec_id times and start times advance alike"
+    );
+    let (exit, status, _) = c.events.iter().filter_map(exit_of).find(|(p, _, _)| p.arguments == mark).unwrap();
+    assert_eq!((exit.exec_id.as_str(), status), (true_image.exec_id.as_str(), 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_binary_paths_are_cleaned() {
+    require_kernel!();
+    let n = nonce();
+    let dir = std::env::temp_dir().join(format!("vigil-rel-{n}"));
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::copy("/bin/true", dir.join("rel-true")).unwrap();
+    let sensor = Sensor::start(&[]).await;
+    let mut c = Collector::subscribe(&sensor, all_events()).await;
+    let mark = format!("vigil-rel-{n}");
+    let script = format!("cd {}/sub && ../rel-true {mark} && ./../sub/../rel-true {mark}", dir.display());
+    assert!(Command::new("/bin/sh").args(["-c", &script]).status().unwrap().success());
+    let found = |evs: &[proto::tetragon::GetEventsResponse]| {
+        evs.iter().filter_map(exec_of).filter(|p| p.arguments == mark).count() == 2
+    };
+    assert!(c.until(Duration::from_secs(10), found).await, "log:\n{}", sensor.log());
+    let _ = std::fs::remove_dir_all(&dir);
+    for p in c.events.iter().filter_map(exec_of).filter(|p| p.arguments == mark) {
+        assert_eq!(p.binary, dir.join("rel-true").to_string_lossy(), "cleaned, as Tetragon joins paths");
+        assert_eq!(p.cwd, dir.join("sub").to_string_lossy());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_pid_namespace_starts_an_init_tree() {
+    require_kernel!();
+    let sensor = Sensor::start(&[]).await;
+    let mark = format!("vigil-pidns-{}", nonce());
+    let mut all = Collector::subscribe(&sensor, all_events()).await;
+    let in_tree = GetEventsRequest {
+        allow_list: vec![Filter {
+            in_init_tree: Some(true.into()),
+            arguments_regex: vec![format!("{mark}")],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let mut only_tree = Collector::subscribe(&sensor, in_tree).await;
+    // unshare forks the namespace's init (pid 1 there), which runs sh,
+    // which runs true: both in the init tree; unshare itself is not.
+    let status = Command::new("unshare")
+        .args(["--pid", "--fork", "/bin/sh", "-c", &format!("/bin/true {mark}; exit 0"), &mark])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let sh_args = format!("-c \"/bin/true {mark}; exit 0\" {mark}");
+    let unshare_args = format!("--pid --fork /bin/sh {sh_args}");
+    let done = |evs: &[proto::tetragon::GetEventsResponse]| {
+        evs.iter().filter_map(exit_of).any(|(p, _, _)| p.arguments == unshare_args)
+    };
+    assert!(all.until(Duration::from_secs(10), done).await, "log:\n{}", sensor.log());
+    let exec = |args: &str| all.events.iter().filter_map(exec_of).find(|p| p.arguments == args).unwrap().clone();
+    let tree = |p: &proto::tetragon::Process| p.in_init_tree.map(|b| b.value);
+    let unshare = exec(&unshare_args);
+    let sh = exec(&sh_args);
+    let t = exec(&mark);
+    assert_eq!(tree(&unshare), Some(false), "written when false too");
+    assert_eq!((tree(&sh), sh.flags.as_str()), (Some(true), "execve clone inInitTree"));
+    assert_eq!((tree(&t), t.flags.as_str()), (Some(true), "execve clone inInitTree"));
+    assert_eq!(t.parent_exec_id, sh.exec_id);
+
+    // Tetragon's in_init_tree filter: sh and true pass, unshare does not.
+    let filtered = |evs: &[proto::tetragon::GetEventsResponse]| evs.iter().filter_map(exec_of).count() >= 2;
+    assert!(only_tree.until(Duration::from_secs(10), filtered).await);
+    let mut passed: Vec<_> = only_tree.events.iter().filter_map(exec_of).map(|p| p.arguments.clone()).collect();
+    passed.sort();
+    let mut want = vec![sh_args.clone(), mark.clone()];
+    want.sort();
+    assert_eq!(passed, want);
+}

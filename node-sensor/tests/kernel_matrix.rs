@@ -195,8 +195,9 @@ fn sensor_in_a_vm_with_another_kernel_matches_proc() {
     // The setuid-root busybox run by uid 1000 raised privileges at exec.
     let suid = execs(&events).find(|p| p.arguments == "true vigil-vm-suid").expect("suid exec");
     assert_eq!(suid.binary, "/tmp/suid-bb");
-    assert_eq!(suid.uid.map(|u| u.value), Some(1000));
-    assert_eq!(suid.process_credentials.as_ref().unwrap().euid.map(|u| u.value), Some(0));
+    assert_eq!(suid.uid.map(|u| u.value), Some(0), "the effective uid, as ps and Tetragon show it");
+    let creds = suid.process_credentials.as_ref().unwrap();
+    assert_eq!((creds.uid.map(|u| u.value), creds.euid.map(|u| u.value)), (Some(1000), Some(0)));
     let b = suid.binary_properties.as_ref().expect("binary_properties");
     assert_eq!(b.setuid.map(|v| v.value), Some(0));
     assert_eq!(b.privileges_changed, vec![ProcessPrivilegesChanged::PrivilegesRaisedExecFileSetuid as i32]);
@@ -206,7 +207,7 @@ fn sensor_in_a_vm_with_another_kernel_matches_proc() {
     let vm_offsets = log.iter().find(|l| l.contains("resolved kernel struct offsets")).expect("offsets logged");
     let host = node_sensor::btf_offsets::resolve(
         &node_sensor::btf_offsets::open(node_sensor::btf_offsets::VMLINUX_BTF).unwrap(),
-        node_sensor::btf_offsets::Features { creds: true, ns: true, nspid: true },
+        node_sensor::btf_offsets::Features { creds: true, ns: true },
     )
     .unwrap()
     .offsets;

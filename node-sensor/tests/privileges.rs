@@ -186,25 +186,83 @@ async fn setuid_root_binary_raises_privileges() {
     let suid = dir.join("sleep");
     std::fs::copy("/bin/sleep", &suid).unwrap();
     std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
-    let ino = std::fs::metadata(&suid).unwrap().ino();
 
     let sensor = Sensor::start(FLAGS).await;
     let mut c = Collector::subscribe(&sensor, GetEventsRequest::default()).await;
     let mark = format!("67.{n}");
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=1000", "--regid=1000", "--clear-groups"]).arg(&suid).arg(&mark);
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(&suid).arg(&mark);
     let (p, live, child) = run_and_capture(&mut c, cmd, &suid.to_string_lossy(), &mark).await;
     stop(child);
     let _ = std::fs::remove_dir_all(&dir);
     assert_matches_proc(&p, &live);
-    assert_eq!(p.uid.map(|u| u.value), Some(1000));
-    assert_eq!(p.process_credentials.as_ref().unwrap().euid.map(|u| u.value), Some(0));
+    // `uid` is the effective uid, as `ps` and Tetragon show it; the real
+    // one stays in process_credentials.
+    assert_eq!(p.uid.map(|u| u.value), Some(0));
+    let creds = p.process_credentials.as_ref().unwrap();
+    assert_eq!((creds.uid.map(|u| u.value), creds.euid.map(|u| u.value)), (Some(65534), Some(0)));
     let b = p.binary_properties.as_ref().expect("binary_properties");
     assert_eq!(b.setuid.map(|v| v.value), Some(0));
     assert_eq!(b.privileges_changed, vec![ProcessPrivilegesChanged::PrivilegesRaisedExecFileSetuid as i32]);
-    let file = b.file.as_ref().unwrap();
-    assert_eq!(file.path, suid.to_string_lossy());
-    assert_eq!(file.inode.as_ref().unwrap().number, ino);
+    assert_eq!(b.file, None, "the file is named only for a binary without links");
+}
+
+/// Runs `/proc/self/fd/<fd>` (an `fexecve`) with `mark` as its argument.
+fn exec_fd(fd: i32, mark: &str) {
+    let status = Command::new(format!("/proc/self/fd/{fd}")).arg(mark).status().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_and_memfd_binaries_are_named_by_inode() {
+    require_kernel!();
+    let n = nonce();
+    let sensor = Sensor::start(FLAGS).await;
+    let mut c = Collector::subscribe(&sensor, GetEventsRequest::default()).await;
+    let true_bin = std::fs::read("/bin/true").unwrap();
+
+    // A binary deleted before it runs: run through its open descriptor.
+    let path = std::env::temp_dir().join(format!("vigil-deleted-{n}"));
+    std::fs::write(&path, &true_bin).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let deleted = std::fs::File::open(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let deleted_ino = deleted.metadata().unwrap().ino();
+    let deleted_mark = format!("vigil-deleted-{n}");
+    exec_fd(std::os::fd::AsRawFd::as_raw_fd(&deleted), &deleted_mark);
+
+    // A memfd: never had a name in any directory.
+    // SAFETY: a valid NUL-terminated name; the returned fd is owned below.
+    let memfd = unsafe { libc::memfd_create(c"vigil-memfd".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(memfd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: memfd_create returned a fresh descriptor nothing else owns.
+    let memfd = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(memfd) };
+    std::io::Write::write_all(&mut &memfd, &true_bin).unwrap();
+    let memfd_ino = memfd.metadata().unwrap().ino();
+    let memfd_mark = format!("vigil-memfd-{n}");
+    exec_fd(std::os::fd::AsRawFd::as_raw_fd(&memfd), &memfd_mark);
+
+    // And an ordinary binary, for contrast.
+    let plain_mark = format!("vigil-plain-{n}");
+    Command::new("/bin/true").arg(&plain_mark).status().unwrap();
+
+    let marks = [&deleted_mark, &memfd_mark, &plain_mark];
+    let all_seen = |evs: &[proto::tetragon::GetEventsResponse]| {
+        marks.iter().all(|m| evs.iter().filter_map(exec_of).any(|p| &&p.arguments == m))
+    };
+    assert!(c.until(Duration::from_secs(10), all_seen).await, "missing exec events; log:\n{}", sensor.log());
+    let exec = |mark: &str| c.events.iter().filter_map(exec_of).find(|p| p.arguments == mark).unwrap().clone();
+    for (mark, ino) in [(&deleted_mark, deleted_ino), (&memfd_mark, memfd_ino)] {
+        let p = exec(mark);
+        assert!(p.binary.starts_with("/proc/self/fd/"), "{mark}: binary {}", p.binary);
+        let b = p.binary_properties.as_ref().unwrap_or_else(|| panic!("{mark}: no binary_properties"));
+        let file = b.file.as_ref().unwrap_or_else(|| panic!("{mark}: no file"));
+        let inode = file.inode.as_ref().unwrap();
+        assert_eq!((inode.number, inode.links.map(|l| l.value)), (ino, Some(0)), "{mark}");
+        assert_eq!(file.path, "", "{mark}: Tetragon leaves the path empty");
+        assert!(b.privileges_changed.is_empty() && b.setuid.is_none() && b.setgid.is_none(), "{mark}: {b:?}");
+    }
+    assert_eq!(exec(&plain_mark).binary_properties, None, "an ordinary exec has none");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

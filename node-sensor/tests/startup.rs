@@ -1,0 +1,222 @@
+//! The sensor started in the middle of a fork/exec/exit storm. Records
+//! queued while `/proc` is walked must not repeat what the walk found: from
+//! the first event on, every process has one exec event per image and one
+//! exit, no exit comes without its exec, and once the storm is over the
+//! process cache holds exactly the live processes. One test in its own
+//! binary, so no other test's processes come and go meanwhile.
+#![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Sensor, exec_of, exit_of, nonce};
+use proto::json::from_json_line;
+use proto::tetragon::GetEventsResponse;
+
+/// User-space processes now, counted as the sensor's walk counts them:
+/// kernel threads and dead or dying processes left out.
+fn live_processes() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let Some(close) = stat.rfind(')') else {
+                return false;
+            };
+            let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let kthread = fields.get(6).and_then(|f| f.parse::<u64>().ok()).is_some_and(|f| f & 0x0020_0000 != 0);
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let threads = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse::<u32>().ok())
+                .unwrap_or(1);
+            let exiting = fields.get(6).and_then(|f| f.parse::<u64>().ok()).is_some_and(|f| f & 0x4 != 0);
+            let dead = (matches!(fields.first(), Some(&"Z" | &"X")) || exiting) && threads <= 1;
+            !kthread && !dead
+        })
+        .count()
+}
+
+/// The pid in an exec_id (`base64("node:ktime:pid")`).
+fn exec_id_pid(exec_id: &str) -> u32 {
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD.decode(exec_id).unwrap_or_default();
+    String::from_utf8_lossy(&raw).rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0)
+}
+
+fn read_export(sensor: &Sensor) -> Vec<GetEventsResponse> {
+    std::fs::read_to_string(&sensor.export)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.ends_with('}'))
+        .map(|l| from_json_line(l).unwrap_or_else(|e| panic!("bad export line {l:?}: {e}")))
+        .collect()
+}
+
+/// Polls the export file (the sensor writes it as events come) until `done`.
+async fn wait_export(
+    sensor: &Sensor,
+    what: &str,
+    done: impl Fn(&[GetEventsResponse]) -> bool,
+) -> Vec<GetEventsResponse> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events = read_export(sensor);
+        if done(&events) {
+            return events;
+        }
+        assert!(Instant::now() < deadline, "{what} never showed in the export; log:\n{}", sensor.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_during_a_storm_every_process_has_one_exec_and_one_exit() {
+    require_kernel!();
+    let n = nonce();
+    let go = std::env::temp_dir().join(format!("vigil-storm-{n}"));
+    std::fs::write(&go, b"").unwrap();
+    // Two loops (one per core): each iteration forks and execs /bin/true
+    // with a unique marker, and forks a child that exits without exec.
+    let storm = |lane: &str| {
+        let script = format!(
+            "i=0; while [ -e {go} ]; do /bin/true storm-{n}-{lane}-$i; (exit 7); i=$((i+1)); done",
+            go = go.display()
+        );
+        Command::new("/bin/sh").args(["-c", &script]).spawn().unwrap()
+    };
+    let mut lanes = vec![storm("a"), storm("b")];
+    // Running before the sensor starts (it is a procFS process then).
+    while std::fs::read_to_string(format!("/proc/{}/cmdline", lanes[1].id())).is_ok_and(|c| !c.contains("storm")) {
+        std::thread::yield_now();
+    }
+
+    let sensor = Sensor::start(&["--log-level", "info,node_sensor::pipeline=debug"]).await;
+    // Let the storm run on under the sensor: 200 more execs per lane.
+    let marker = |e: &GetEventsResponse| exec_of(e).map(|p| p.arguments.clone()).filter(|a| a.starts_with("storm-"));
+    let enough = |evs: &[GetEventsResponse]| {
+        ["a", "b"].iter().all(|lane| {
+            let prefix = format!("storm-{n}-{lane}-");
+            evs.iter().filter_map(marker).filter(|a| a.starts_with(&prefix)).count() >= 200
+        })
+    };
+    wait_export(&sensor, "200 storm execs per lane", enough).await;
+    std::fs::remove_file(&go).unwrap();
+    let lane_pids: Vec<u32> = lanes.iter().map(|c| c.id()).collect();
+    for lane in &mut lanes {
+        assert!(lane.wait().unwrap().success());
+    }
+    let lanes_exited = |evs: &[GetEventsResponse]| {
+        lane_pids.iter().all(|pid| evs.iter().filter_map(exit_of).any(|(p, _, _)| common::pid(p) == *pid))
+    };
+    let events = wait_export(&sensor, "the storm loops' exits", lanes_exited).await;
+    for counter in ["ringbuf_full", "export_dropped", "subscriber_dropped", "bad_records"] {
+        assert_eq!(sensor.health_counter(counter).await, Some(0), "{counter}: the test needs every event");
+    }
+
+    // Every image reported once; every exit follows its exec.
+    let mut execs: HashMap<&str, usize> = HashMap::new();
+    for p in events.iter().filter_map(exec_of) {
+        *execs.entry(p.exec_id.as_str()).or_default() += 1;
+    }
+    let repeated: Vec<_> = execs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "images with more than one exec event: {repeated:?}");
+    let mut exits: HashMap<&str, usize> = HashMap::new();
+    for (p, _, _) in events.iter().filter_map(exit_of) {
+        *exits.entry(p.exec_id.as_str()).or_default() += 1;
+    }
+    let repeated: Vec<_> = exits.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "processes with more than one exit: {repeated:?}");
+    // A fork child that never execs exits under an id of its own, which no
+    // exec carried; its parent's exec must be there.
+    for e in &events {
+        let Some((p, status, _)) = exit_of(e) else { continue };
+        if execs.contains_key(p.exec_id.as_str()) {
+            continue;
+        }
+        assert_eq!(p.flags, "execve", "an exit without an exec that is not a fork child: {p:?}");
+        assert!(execs.contains_key(p.parent_exec_id.as_str()), "a fork child of an unreported parent: {p:?}");
+        if p.arguments.contains(&format!("storm-{n}")) {
+            let of_pid: Vec<String> = events
+                .iter()
+                .filter(|e| events::subject::process(e).is_some_and(|q| q.pid == p.pid))
+                .map(proto::json::to_json_line)
+                .collect();
+            assert_eq!(status, 7, "the storm's fork-only child: {p:?}; events of its pid:\n{}", of_pid.join("\n"));
+        }
+    }
+
+    // Per storm marker: after the first one seen, exactly one exec (a fork
+    // and exec, or a procFS one where the walk read it after its exec) and
+    // one exit with the same exec_id.
+    for lane in ["a", "b"] {
+        let prefix = format!("storm-{n}-{lane}-");
+        let mut per_marker: BTreeMap<u64, (Vec<String>, Vec<String>)> = BTreeMap::new();
+        for e in &events {
+            if let Some(p) = exec_of(e).filter(|p| p.arguments.starts_with(&prefix)) {
+                let i = p.arguments[prefix.len()..].parse().unwrap();
+                per_marker.entry(i).or_default().0.push(format!("{} {}", p.exec_id, p.flags));
+            }
+            if let Some((p, _, _)) = exit_of(e).filter(|(p, _, _)| p.arguments.starts_with(&prefix)) {
+                let i = p.arguments[prefix.len()..].parse().unwrap();
+                per_marker.entry(i).or_default().1.push(format!("{} {}", p.exec_id, p.flags));
+            }
+        }
+        let of_pid = |pid: u32| -> String {
+            events
+                .iter()
+                .filter(|e| events::subject::process(e).is_some_and(|q| common::pid(q) == pid))
+                .map(proto::json::to_json_line)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let first = *per_marker.keys().next().unwrap();
+        let last = *per_marker.keys().last().unwrap();
+        assert!(last - first >= 199, "lane {lane}: markers {first}..={last}");
+        for i in first + 1..=last {
+            let (ex, ends) = per_marker.get(&i).unwrap_or_else(|| {
+                let around: Vec<_> = per_marker.range(i.saturating_sub(2)..i + 3).collect();
+                panic!("lane {lane}: marker {i} has no events; around it: {around:?}; log:\n{}", sensor.log())
+            });
+            assert_eq!(ex.len(), 1, "lane {lane} marker {i}: execs {ex:?}");
+            let pid_of = |x: &str| exec_id_pid(x.split(' ').next().unwrap_or_default());
+            assert!(
+                ex[0].ends_with(" execve clone") || ex[0].ends_with(" procFS"),
+                "lane {lane} marker {i}: {ex:?}; events of its pid:\n{}\nlog:\n{}",
+                of_pid(pid_of(&ex[0])),
+                sensor.log()
+            );
+            let id = ex[0].split(' ').next().unwrap();
+            let exit_ids: HashSet<&str> = ends.iter().map(|x| x.split(' ').next().unwrap()).collect();
+            assert_eq!(exit_ids, HashSet::from([id]), "lane {lane} marker {i}: exits {ends:?}");
+            assert_eq!(ends.len(), 1, "lane {lane} marker {i}: exits {ends:?}");
+        }
+    }
+
+    // The cache now holds exactly the live processes plus `<kernel>`: the
+    // storm's processes are all gone from it, and nothing leaked.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let live = live_processes();
+        let cached = sensor.health_counter("cache_entries").await.unwrap();
+        if cached == live as u64 + 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cache holds {cached} entries, {live} processes live (+1 <kernel>); log:\n{}",
+            sensor.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let skipped = sensor.health_counter("startup_skipped").await.unwrap();
+    eprintln!("records the walk already showed, skipped: {skipped}");
+}
