@@ -130,6 +130,13 @@ impl EventBus {
         Subscription { rx, dropped, fields, node_name: self.node_name.clone(), pending: None }
     }
 
+    /// Ends every subscription once it has taken what is queued for it (at
+    /// shutdown, so writers such as the export file finish their queue).
+    /// Later subscribers are served as usual.
+    pub fn close(&self) {
+        self.subscribers.lock().clear();
+    }
+
     pub fn subscriber_count(&self) -> usize {
         // Closed ones are removed on the next publish; not counted meanwhile.
         self.subscribers.lock().iter().filter(|s| !s.tx.is_closed()).count()
@@ -189,6 +196,19 @@ mod tests {
 
     fn binary(e: &GetEventsResponse) -> &str {
         crate::subject::process(e).map_or("", |p| p.binary.as_str())
+    }
+
+    #[tokio::test]
+    async fn close_ends_subscriptions_after_their_queue() {
+        let bus = EventBus::new("n", 8);
+        let mut sub = bus.subscribe(crate::RequestFilters::default());
+        bus.publish(exec("/a"));
+        bus.publish(exec("/b"));
+        bus.close();
+        bus.publish(exec("/after"));
+        assert_eq!(binary(&sub.next().await.unwrap()), "/a");
+        assert_eq!(binary(&sub.next().await.unwrap()), "/b");
+        assert!(sub.next().await.is_none(), "ended once its queue was taken");
     }
 
     #[tokio::test]

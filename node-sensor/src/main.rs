@@ -37,6 +37,9 @@ fn serving_tls(settings: &Settings) -> Option<tls::reload::ServerFiles> {
     }
 }
 
+/// How long the export file may take to write its queue at shutdown.
+const EXPORT_FINISH: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn run(settings: Settings) -> anyhow::Result<()> {
     // --only-own-netns needs each process's network namespace.
     let features =
@@ -124,10 +127,14 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         Err(e) => anyhow::bail!("server task failed: {e}"),
     }
     pipe.await.context("pipeline task")??;
-    tracing::info!(stats = %stats.snapshot(&bus), "stopped");
-    if let Some(x) = exporter {
-        x.abort();
+    // The export writes what is queued for it, then ends.
+    bus.close();
+    if let Some(x) = exporter
+        && tokio::time::timeout(EXPORT_FINISH, x).await.is_err()
+    {
+        tracing::warn!(after = ?EXPORT_FINISH, "the export file did not finish writing its queue; the rest is lost");
     }
+    tracing::info!(stats = %stats.snapshot(&bus), "stopped");
     Ok(())
 }
 

@@ -274,6 +274,13 @@ impl Pipeline {
                 reported = k;
             }
         }
+        // What the kernel queued before the stop is still reported, so the
+        // export and the final counters cover everything up to it.
+        let inner = ring.get_mut();
+        while let Some(item) = inner.next() {
+            self.handle(&item);
+        }
+        self.drain_held();
         // Final counters, so a last health read or log is exact.
         self.refresh_counters(&counters);
         drop(_ebpf);

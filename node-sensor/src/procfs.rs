@@ -311,7 +311,8 @@ mod tests {
         assert!(entry.process.flags.starts_with("procFS"));
         // Credentials and namespaces match what /proc says about us.
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let (_, creds) = privileges::creds_from_status(&status, 0).unwrap();
+        let (ids, creds) = privileges::creds_from_status(&status, 0).unwrap();
+        assert_eq!(entry.process.uid.map(|u| u.value), Some(ids.euid), "the effective uid, as ps shows it");
         let caps = entry.process.cap.as_ref().unwrap();
         assert_eq!(caps.effective, privileges::cap_list(creds.cap_effective));
         let ns = entry.process.ns.as_ref().unwrap();

@@ -8,7 +8,7 @@
 
 mod vm;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use node_sensor::privileges::{cap_list, creds_from_status};
@@ -248,4 +248,224 @@ fn common_skip() -> Option<String> {
         return Some("/bin/busybox (busybox-static) is not installed".into());
     }
     None
+}
+
+/// The recorded workload's shell command, as Tetragon joined its arguments.
+const PARITY_SH_ARGS: &str = "-c \"/usr/bin/env VIGIL_MARK=tvm-1 /bin/true; exit 3\"";
+
+/// Which workload event this is: kind, binary, arguments, and whether the
+/// process is a fork child that never exec'd (its exec_id no exec carried).
+/// Harness processes (the agent itself, its readiness polls) differ between
+/// the two recordings and are left out.
+fn workload_key(e: &GetEventsResponse, exec_ids: &HashSet<String>) -> Option<(String, String, String, bool)> {
+    let (kind, p) = match &e.event {
+        Some(Event::ProcessExec(x)) => ("exec", x.process.as_ref()?),
+        Some(Event::ProcessExit(x)) => ("exit", x.process.as_ref()?),
+        _ => return None,
+    };
+    let wanted = matches!(
+        (kind, p.binary.as_str(), p.arguments.as_str()),
+        ("exec", "<kernel>", "")
+            | ("exec", "/bin/busybox", "/init")
+            | (_, "/bin/sleep", "30")
+            | (_, "/proc/self/exe", "1")
+    ) || (p.binary == "/bin/sh" && p.arguments == PARITY_SH_ARGS);
+    wanted.then(|| (kind.to_owned(), p.binary.clone(), p.arguments.clone(), !exec_ids.contains(&p.exec_id)))
+}
+
+fn exec_ids(events: &[GetEventsResponse]) -> HashSet<String> {
+    execs(events).map(|p| p.exec_id.clone()).collect()
+}
+
+/// An event as JSON without what differs by design between two runs (ids,
+/// times, pids) or between Vigil and Tetragon on purpose (see the README's
+/// compatibility section): `refcnt`, `process_credentials.user_ns`, and the
+/// `<kernel>` entry's placeholder capabilities, namespaces and credentials.
+fn comparable(e: &GetEventsResponse) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_str(&proto::json::to_json_line(e)).unwrap();
+    let obj = v.as_object_mut().unwrap();
+    obj.remove("time");
+    for body in obj.values_mut().filter_map(|b| b.as_object_mut()) {
+        body.remove("time");
+        for role in ["process", "parent"] {
+            let Some(p) = body.get_mut(role).and_then(|p| p.as_object_mut()) else { continue };
+            for field in ["exec_id", "parent_exec_id", "pid", "tid", "start_time", "refcnt"] {
+                p.remove(field);
+            }
+            if let Some(c) = p.get_mut("process_credentials").and_then(|c| c.as_object_mut()) {
+                c.remove("user_ns");
+            }
+            if p.get("binary").and_then(|b| b.as_str()) == Some("<kernel>") {
+                for field in ["cap", "ns", "process_credentials"] {
+                    p.remove(field);
+                }
+            }
+        }
+    }
+    v
+}
+
+/// `path = value` for every leaf, for a field-by-field diff.
+fn leaves(v: &serde_json::Value, path: String, out: &mut BTreeMap<String, String>) {
+    match v {
+        serde_json::Value::Object(m) => m.iter().for_each(|(k, x)| leaves(x, format!("{path}.{k}"), out)),
+        serde_json::Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| leaves(x, format!("{path}[{i}]"), out)),
+        other => {
+            out.insert(path, other.to_string());
+        }
+    }
+}
+
+fn field_diff(tetragon: &serde_json::Value, vigil: &serde_json::Value) -> Vec<String> {
+    let (mut t, mut v) = (BTreeMap::new(), BTreeMap::new());
+    leaves(tetragon, String::new(), &mut t);
+    leaves(vigil, String::new(), &mut v);
+    let paths: std::collections::BTreeSet<&String> = t.keys().chain(v.keys()).collect();
+    paths
+        .into_iter()
+        .filter(|p| t.get(*p) != v.get(*p))
+        .map(|p| format!("{p}: tetragon {} / vigil {}", t.get(p).map_or("-", |s| s), v.get(p).map_or("-", |s| s)))
+        .collect()
+}
+
+/// Ids and times are not compared but must be well formed and consistent:
+/// an exec_id is base64 of `node:ktime:pid` naming the event's node and the
+/// process's pid, the parent's exec_id is the process's parent_exec_id, and
+/// a parent started no later than its child.
+fn check_ids_and_times(who: &str, events: &[GetEventsResponse]) {
+    use base64::Engine as _;
+    for e in events {
+        let Some(p) = events::subject::process(e) else { continue };
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&p.exec_id)
+            .unwrap_or_else(|err| panic!("{who}: exec_id {:?} is not base64: {err}", p.exec_id));
+        let text = String::from_utf8(raw).unwrap();
+        let mut parts = text.rsplitn(3, ':');
+        let (pid, ktime, node) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap_or_default());
+        assert_eq!(node, e.node_name, "{who}: exec_id {text} names another node");
+        assert_eq!(pid.parse::<u32>().ok(), p.pid.map(|v| v.value), "{who}: exec_id {text} names another pid");
+        assert!(ktime.parse::<u64>().is_ok_and(|k| k > 0), "{who}: exec_id {text} has no ktime");
+        if let Some(parent) = events::subject::parent(e) {
+            assert_eq!(parent.exec_id, p.parent_exec_id, "{who}: parent of {text}");
+            let t = |x: &Process| x.start_time.map(|t| t.unix_nanos()).unwrap_or_default();
+            assert!(t(parent) <= t(p), "{who}: {text} started before its parent");
+        }
+    }
+}
+
+/// The workload's events, one per key (two of the same are an error).
+fn workload(who: &str, events: &[GetEventsResponse]) -> BTreeMap<(String, String, String, bool), serde_json::Value> {
+    let ids = exec_ids(events);
+    let mut out = BTreeMap::new();
+    for e in events {
+        if let Some(key) = workload_key(e, &ids) {
+            let previous = out.insert(key.clone(), comparable(e));
+            assert!(previous.is_none(), "{who}: two events for {key:?}");
+        }
+    }
+    out
+}
+
+#[test]
+fn vm_events_equal_tetragons_field_by_field() {
+    if let Some(reason) = common_skip() {
+        skip_or_fail(&reason);
+        return;
+    }
+    let kernel = match vm::kernel() {
+        Ok(k) => k,
+        Err(e) => return skip_or_fail(&format!("no kernel image: {e}")),
+    };
+    let initrd = vm::initramfs(std::path::Path::new(env!("CARGO_BIN_EXE_vigil-sensor")), include_str!("vm/parity.sh"))
+        .expect("initramfs");
+    let console = vm::boot(&kernel, &initrd, Duration::from_secs(600)).expect("VM run");
+    let _ = std::fs::remove_dir_all(initrd.parent().unwrap());
+    let _ = std::fs::write(vm::cache_dir().join("last-parity-console.log"), &console);
+    assert!(console.contains("VIGIL-DONE"), "workload did not finish; console:\n{console}");
+    let (events, _, statuses, _) = parse_console(&console);
+    let log: Vec<&str> = console.lines().filter(|l| l.contains("VIGIL-SENSOR-LOG")).collect();
+    assert_eq!(statuses.get("chain"), Some(&3));
+
+    // Start-up under a storm: one exec per image, no exit without its exec
+    // (a fork child's exit names an exec'd parent), and per storm marker
+    // after the first: one exec and one exit of the same image.
+    let ids = exec_ids(&events);
+    assert_eq!(ids.len(), execs(&events).count(), "an image with two exec events");
+    let mut exits_per_id: HashMap<&str, usize> = HashMap::new();
+    for (p, _, _) in exits(&events) {
+        *exits_per_id.entry(p.exec_id.as_str()).or_default() += 1;
+        if !ids.contains(&p.exec_id) {
+            assert_eq!(p.flags, "execve", "an exit without an exec: {p:?}");
+            assert!(ids.contains(&p.parent_exec_id), "a fork child of an unreported parent: {p:?}");
+        }
+    }
+    assert!(exits_per_id.values().all(|n| *n == 1), "a process with two exits");
+    let marker = |p: &Process| p.arguments.strip_prefix("vm-storm-").and_then(|i| i.parse::<u64>().ok());
+    let storm_execs: BTreeMap<u64, &Process> = execs(&events).filter_map(|p| Some((marker(p)?, p))).collect();
+    let storm_exits: HashMap<u64, &Process> = exits(&events).filter_map(|(p, _, _)| Some((marker(p)?, p))).collect();
+    let first = *storm_execs.keys().next().expect("storm execs");
+    let last = *storm_execs.keys().last().unwrap();
+    assert!(last > first + 10, "the storm ran under the sensor: markers {first}..={last}");
+    for i in first + 1..=last {
+        let exec = storm_execs.get(&i).unwrap_or_else(|| panic!("storm marker {i}: no exec"));
+        let exit = storm_exits.get(&i).unwrap_or_else(|| panic!("storm marker {i}: no exit"));
+        assert_eq!(exec.exec_id, exit.exec_id, "storm marker {i}");
+    }
+    // The cache holds the live processes and `<kernel>`, no more.
+    let live: u64 = console
+        .lines()
+        .find_map(|l| l.find("VIGIL-LIVE ").map(|i| l[i + 11..].trim().parse().unwrap()))
+        .expect("live count");
+    let stopped = log.iter().find(|l| l.contains("stopped stats=")).expect("final stats");
+    let cached: u64 = stopped.split("cache_entries=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert_eq!(cached, live + 1, "cache entries at the end vs live processes + <kernel>");
+
+    // Parity with the recorded Tetragon, field by field.
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/compat/fixtures/tetragon-vm-events.jsonl");
+    let tetragon: Vec<GetEventsResponse> =
+        std::fs::read_to_string(fixture).unwrap().lines().map(|l| from_json_line(l).unwrap()).collect();
+    check_ids_and_times("tetragon", &tetragon);
+    check_ids_and_times("vigil", &events);
+    let want = workload("tetragon", &tetragon);
+    let got = workload("vigil", &events);
+    assert_eq!(want.len(), 9, "the fixture's workload events: {:?}", want.keys());
+    let keys = |m: &BTreeMap<_, _>| m.keys().cloned().collect::<Vec<(String, String, String, bool)>>();
+    assert_eq!(keys(&got), keys(&want), "the same events, by kind, binary, arguments and fork-only");
+    let mut diffs = Vec::new();
+    for (key, t) in &want {
+        for d in field_diff(t, &got[key]) {
+            diffs.push(format!("{key:?} {d}"));
+        }
+    }
+    assert!(diffs.is_empty(), "fields that differ from Tetragon's:\n{}", diffs.join("\n"));
+}
+
+#[test]
+fn field_diff_names_each_difference() {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/compat/fixtures/tetragon-vm-events.jsonl");
+    let tetragon: Vec<GetEventsResponse> =
+        std::fs::read_to_string(fixture).unwrap().lines().map(|l| from_json_line(l).unwrap()).collect();
+    let sh = tetragon.iter().find(|e| exec_of_args(e) == Some(PARITY_SH_ARGS)).unwrap();
+    let mut changed = sh.clone();
+    let Some(Event::ProcessExec(x)) = changed.event.as_mut() else { panic!("not an exec") };
+    let p = x.process.as_mut().unwrap();
+    p.flags = "execve".into();
+    p.uid = Some(1000.into());
+    p.start_time = None; // a time: not compared
+    p.refcnt = 7; // a deliberate difference: not compared
+    let diff = field_diff(&comparable(sh), &comparable(&changed));
+    assert_eq!(
+        diff,
+        [
+            ".process_exec.process.flags: tetragon \"execve clone\" / vigil \"execve\"",
+            ".process_exec.process.uid: tetragon 0 / vigil 1000"
+        ]
+    );
+}
+
+fn exec_of_args(e: &GetEventsResponse) -> Option<&str> {
+    match &e.event {
+        Some(Event::ProcessExec(x)) => x.process.as_ref().map(|p| p.arguments.as_str()),
+        _ => None,
+    }
 }

@@ -111,6 +111,8 @@ pub fn initramfs(sensor: &Path, init_script: &str) -> Result<PathBuf, String> {
         std::fs::create_dir_all(root.join(d)).map_err(|e| e.to_string())?;
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).map_err(|e| format!("busybox: {e}"))?;
+    // For an init script that starts `#!/bin/sh`, as the recorded Tetragon VM's did.
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh")).map_err(|e| format!("bin/sh: {e}"))?;
     run(Command::new("objcopy").arg("--strip-debug").arg(sensor).arg(root.join("vigil-sensor")))?;
     let ldd = run(Command::new("ldd").arg(sensor))?;
     for lib in ldd.lines().filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/'))) {
