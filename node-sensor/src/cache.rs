@@ -206,6 +206,19 @@ impl ProcessCache {
         }
     }
 
+    /// Every entry with its reference count, for `GetDebug`.
+    pub fn dump(&self, skip_zero_refcnt: bool) -> Vec<proto::tetragon::ProcessInternal> {
+        self.entries
+            .values()
+            .filter(|e| !skip_zero_refcnt || e.refcnt > 0)
+            .map(|e| proto::tetragon::ProcessInternal {
+                process: Some(Process::from(e)),
+                refcnt: Some(e.refcnt.into()),
+                ..Default::default()
+            })
+            .collect()
+    }
+
     /// An image in wire form.
     pub fn get(&self, exec_id: &str) -> Option<Process> {
         self.entries.get(exec_id).map(Process::from)

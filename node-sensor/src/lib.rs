@@ -11,7 +11,8 @@
 //! `uplink` (relays). `pipeline` runs the stages from decode to the bus;
 //! `procfs` seeds the cache with processes that predate the sensor, and
 //! `startup` keeps records queued during that walk from repeating it;
-//! `stats` holds every counter; `config` the settings.
+//! `stats` holds every counter; `config` the settings; `dump` carries
+//! `GetDebug`'s process-cache dumps from the API to the pipeline.
 
 pub mod btf_offsets;
 pub mod cache;
@@ -20,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod convert;
 pub mod decode;
+pub mod dump;
 pub mod exec_times;
 pub mod export;
 pub mod flags;

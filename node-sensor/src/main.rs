@@ -115,11 +115,12 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     // Served only now: a client that sees the sensor healthy sees events
     // of processes started after the /proc walk as execs, not as `procFS`.
     // (The listener was bound earlier, so connections wait in its backlog.)
-    let api = server::SensorApi { bus: bus.clone(), stats: stats.clone() };
+    let (dumps, dump_requests) = node_sensor::dump::channel();
+    let api = server::SensorApi { bus: bus.clone(), stats: stats.clone(), dumps };
     let server = tokio::spawn(server::serve(listener, api, stop.clone()));
     tracing::info!(processes = seeded, address = %settings.server_address, "process cache seeded from procfs; serving");
 
-    let pipe = tokio::spawn(pipeline.run(probes, stop));
+    let pipe = tokio::spawn(pipeline.run(probes, dump_requests, stop));
     // The server ends on shutdown or on a listen error; either way stop.
     match server.await {
         Ok(Ok(())) => {}

@@ -231,10 +231,12 @@ impl Pipeline {
         k
     }
 
-    /// Drains the ring buffer until `shutdown` fires.
+    /// Drains the ring buffer until `shutdown` fires, answering process-cache
+    /// dumps between batches.
     pub async fn run(
         mut self,
         probes: Probes,
+        mut dumps: crate::dump::DumpRequests,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> std::io::Result<()> {
         let Probes { ring, counters, _ebpf, .. } = probes;
@@ -248,6 +250,10 @@ impl Pipeline {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
+                Some(request) = dumps.recv() => {
+                    // The asker may have gone; nothing to do then.
+                    let _ = request.reply.send(self.cache.dump(request.args.skip_zero_refcnt));
+                }
                 ready = tokio::time::timeout(POLL_INTERVAL, ring.readable_mut()) => {
                     if let Ok(Ok(mut guard)) = ready {
                         guard.clear_ready();

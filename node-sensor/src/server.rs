@@ -3,11 +3,12 @@
 use std::sync::Arc;
 
 use events::bus::EventBus;
-use proto::tetragon::GetEventsRequest;
-use serving::api::{EventSource, EventStream};
+use proto::tetragon::{DumpProcessCacheReqArgs, GetEventsRequest};
+use serving::api::{DumpFuture, EventSource, EventStream};
 use serving::listen::{ListenError, Listener};
 use tokio::sync::watch;
 
+use crate::dump::Dumps;
 use crate::stats::SensorStats;
 
 pub const VERSION: &str = concat!("vigil-", env!("CARGO_PKG_VERSION"));
@@ -15,6 +16,7 @@ pub const VERSION: &str = concat!("vigil-", env!("CARGO_PKG_VERSION"));
 pub struct SensorApi {
     pub bus: EventBus,
     pub stats: Arc<SensorStats>,
+    pub dumps: Dumps,
 }
 
 impl EventSource for SensorApi {
@@ -30,6 +32,10 @@ impl EventSource for SensorApi {
 
     fn health(&self) -> String {
         self.stats.snapshot(&self.bus).to_string()
+    }
+
+    fn dump_process_cache(&self, args: DumpProcessCacheReqArgs) -> Option<DumpFuture> {
+        Some(self.dumps.request(args))
     }
 }
 

@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use common::{Sensor, exec_of, exit_of, nonce};
 use proto::json::from_json_line;
-use proto::tetragon::GetEventsResponse;
+use proto::tetragon::{
+    ConfigFlag, DumpProcessCacheReqArgs, GetDebugRequest, GetEventsResponse, ProcessInternal, get_debug_request,
+    get_debug_response,
+};
 
 /// User-space processes now, counted as the sensor's walk counts them:
 /// kernel threads and dead or dying processes left out.
@@ -50,6 +53,46 @@ fn exec_id_pid(exec_id: &str) -> u32 {
     use base64::Engine as _;
     let raw = base64::engine::general_purpose::STANDARD.decode(exec_id).unwrap_or_default();
     String::from_utf8_lossy(&raw).rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0)
+}
+
+/// Each entry's refcount equals its own liveness (the current image of a
+/// live process, or `<kernel>`) plus the entries naming it as their parent.
+/// Of two entries for one live pid that are not an exec chain (a dead
+/// parent kept for its children, and a new process under its reused pid),
+/// the later is the live one.
+fn check_refcounts(entries: &[ProcessInternal]) {
+    let procs: Vec<&proto::tetragon::Process> = entries.iter().filter_map(|e| e.process.as_ref()).collect();
+    let mut children: HashMap<&str, u32> = HashMap::new();
+    for p in &procs {
+        if p.parent_exec_id != p.exec_id {
+            *children.entry(p.parent_exec_id.as_str()).or_default() += 1;
+        }
+    }
+    let replaced: HashSet<&str> = procs
+        .iter()
+        .filter_map(|p| {
+            procs.iter().find(|q| q.exec_id == p.parent_exec_id && q.pid == p.pid && q.exec_id != p.exec_id)
+        })
+        .map(|q| q.exec_id.as_str())
+        .collect();
+    let mut current: HashMap<u32, &proto::tetragon::Process> = HashMap::new();
+    for p in procs.iter().filter(|p| !replaced.contains(p.exec_id.as_str())) {
+        let pid = common::pid(p);
+        let start = |x: &proto::tetragon::Process| x.start_time.map(|t| t.unix_nanos()).unwrap_or_default();
+        if current.get(&pid).is_none_or(|c| start(c) < start(p)) {
+            current.insert(pid, p);
+        }
+    }
+    for e in entries {
+        let p = e.process.as_ref().unwrap();
+        let pid = common::pid(p);
+        let alive = pid == 0
+            || (current.get(&pid).is_some_and(|c| c.exec_id == p.exec_id)
+                && std::path::Path::new(&format!("/proc/{pid}")).exists());
+        let want = u32::from(alive) + children.get(p.exec_id.as_str()).copied().unwrap_or(0);
+        assert_eq!(e.refcnt.map(|r| r.value), Some(want), "refcount of {} {} (pid {pid})", p.binary, p.arguments);
+        assert_eq!(p.refcnt, want, "the process's own refcnt field agrees");
+    }
 }
 
 fn read_export(sensor: &Sensor) -> Vec<GetEventsResponse> {
@@ -243,6 +286,20 @@ async fn started_during_a_storm_every_process_has_one_exec_and_one_exit() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Every refcount is the entry's own liveness plus its children in the
+    // cache (Tetragon's GetDebug dump shows both).
+    let dump = sensor
+        .client()
+        .await
+        .get_debug(GetDebugRequest {
+            flag: ConfigFlag::DumpProcessCache as i32,
+            arg: Some(get_debug_request::Arg::Dump(DumpProcessCacheReqArgs::default())),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(get_debug_response::Arg::Processes(dump)) = dump.arg else { panic!("no dump: {dump:?}") };
+    check_refcounts(&dump.processes);
     let skipped = sensor.health_counter("startup_skipped").await.unwrap();
     eprintln!("records the walk already showed, skipped: {skipped}");
 }

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use proto::shared::OutEvent;
 use proto::shared::fine_guidance_sensors_server::{FineGuidanceSensors, FineGuidanceSensorsServer};
 use proto::tetragon::{
-    GetEventsRequest, GetHealthStatusRequest, GetHealthStatusResponse, GetVersionRequest, GetVersionResponse,
-    HealthStatus, HealthStatusResult, HealthStatusType,
+    ConfigFlag, DumpProcessCacheReqArgs, DumpProcessCacheResArgs, GetDebugRequest, GetDebugResponse, GetEventsRequest,
+    GetHealthStatusRequest, GetHealthStatusResponse, GetVersionRequest, GetVersionResponse, HealthStatus,
+    HealthStatusResult, HealthStatusType, LogLevel, ProcessInternal, get_debug_request, get_debug_response,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::service::interceptor::InterceptedService;
@@ -22,6 +23,9 @@ pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 /// A stream of events as a server sends it.
 pub type EventStream = Pin<Box<dyn Stream<Item = OutEvent> + Send>>;
 
+/// A process-cache dump on its way.
+pub type DumpFuture = Pin<Box<dyn std::future::Future<Output = Result<Vec<ProcessInternal>, Status>> + Send>>;
+
 /// What a daemon serves through Tetragon's API.
 pub trait EventSource: Send + Sync + 'static {
     /// `GetVersion`'s answer.
@@ -30,6 +34,23 @@ pub trait EventSource: Send + Sync + 'static {
     fn subscribe(&self, request: &GetEventsRequest, filters: events::RequestFilters) -> EventStream;
     /// `GetHealth`'s details: counters, `key=value` separated by spaces.
     fn health(&self) -> String;
+    /// `GetDebug`'s process-cache dump; `None` where the daemon keeps no
+    /// process cache.
+    fn dump_process_cache(&self, _args: DumpProcessCacheReqArgs) -> Option<DumpFuture> {
+        None
+    }
+}
+
+/// The log level in force, as Tetragon names it.
+fn current_log_level() -> LogLevel {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::OFF | LevelFilter::ERROR => LogLevel::Error,
+        LevelFilter::WARN => LogLevel::Warn,
+        LevelFilter::INFO => LogLevel::Info,
+        LevelFilter::DEBUG => LogLevel::Debug,
+        LevelFilter::TRACE => LogLevel::Trace,
+    }
 }
 
 /// The generated service's implementation over an [`EventSource`].
@@ -63,6 +84,26 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
 
     async fn get_version(&self, _: Request<GetVersionRequest>) -> Result<Response<GetVersionResponse>, Status> {
         Ok(Response::new(GetVersionResponse { version: self.0.version().to_owned() }))
+    }
+
+    async fn get_debug(&self, request: Request<GetDebugRequest>) -> Result<Response<GetDebugResponse>, Status> {
+        let request = request.into_inner();
+        let arg = match ConfigFlag::try_from(request.flag) {
+            Ok(ConfigFlag::LogLevel) => get_debug_response::Arg::Level(current_log_level() as i32),
+            Ok(ConfigFlag::DumpProcessCache) => {
+                let args = match request.arg {
+                    Some(get_debug_request::Arg::Dump(args)) => args,
+                    None => DumpProcessCacheReqArgs::default(),
+                };
+                let dump = self
+                    .0
+                    .dump_process_cache(args)
+                    .ok_or_else(|| Status::unimplemented("this server keeps no process cache to dump"))?;
+                get_debug_response::Arg::Processes(DumpProcessCacheResArgs { processes: dump.await? })
+            }
+            Err(_) => return Err(Status::invalid_argument(format!("unknown GetDebug flag {}", request.flag))),
+        };
+        Ok(Response::new(GetDebugResponse { flag: request.flag, arg: Some(arg) }))
     }
 }
 
