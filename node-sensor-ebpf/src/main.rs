@@ -30,6 +30,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(RINGBUF_BYTES, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
 
+/// Per-CPU scratch for measuring argv[0] (too large for the BPF stack).
+#[map]
+static SCRATCH: PerCpuArray<[u8; SCRATCH_SIZE]> = PerCpuArray::with_max_entries(1, 0);
+
 /// The time of each exec, keyed by image. Shared by every sensor on this
 /// kernel (the loader finds it by name and reuses it): the first program to
 /// run for an exec records the time, the others read it, and all compute
@@ -151,11 +155,18 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
             flags |= read_namespaces(task, rec);
         }
         flags |= read_filename(bprm, rec);
-        flags |= read_args(task, rec);
-        flags |= read_cwd(task, rec);
-        flags |= read_cgroup(task, rec);
+        let cwd = read_cwd(task, rec);
+        let cgroup = read_cgroup(task, rec);
+        if (cwd & FLAG_ERROR_CWD) | (cgroup & FLAG_ERROR_CGROUP) != 0 {
+            count(COUNTER_READ_ERRORS);
+        }
+        flags |= cwd | cgroup;
         (*rec).nspid = read_nspid(task);
         (*rec)._pad = 0;
+        // Last: finding argv[0]'s end is a loop whose every exit the verifier
+        // follows to the end of the program, so little may come after it
+        // (older kernels' verifiers take minutes otherwise).
+        flags |= read_args(task, rec);
         (*rec).header.flags = flags;
     }
     entry.submit(submit_flags());
@@ -345,8 +356,48 @@ unsafe fn read_filename(bprm: *const u8, rec: *mut ExecRecord) -> u32 {
             return FLAG_ERROR_FILENAME;
         }
         (*rec).filename_len = (n - 1) as u32;
-        if n as usize >= FILENAME_SIZE { FLAG_TRUNC_FILENAME } else { 0 }
+        if (n as usize) < FILENAME_SIZE {
+            return 0;
+        }
+        // A full buffer: cut only if the name goes on past the last byte
+        // kept (a name of exactly FILENAME_SIZE - 1 bytes fits).
+        match bpf_probe_read_kernel::<u8>(name.wrapping_add(FILENAME_SIZE - 1)) {
+            Ok(0) => 0,
+            _ => FLAG_TRUNC_FILENAME,
+        }
     }
+}
+
+/// Where argv[0] ends (past its NUL) in user memory, or `None` where it
+/// cannot be read or does not end within `ARGV0_STEPS` scratch buffers.
+#[inline(always)]
+unsafe fn after_argv0(start: u64, end: u64) -> Option<u64> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    let mut pos = start;
+    for _ in 0..ARGV0_STEPS {
+        if pos >= end {
+            return Some(end);
+        }
+        // SAFETY: the scratch slot is this CPU's, SCRATCH_SIZE bytes; user
+        // memory is read through bpf_probe_read_user_str, which checks it.
+        let n = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_user_str(
+                scratch as *mut c_void,
+                SCRATCH_SIZE as u32,
+                pos as *const c_void,
+            )
+        };
+        if n <= 0 {
+            return None;
+        }
+        if (n as usize) < SCRATCH_SIZE {
+            return Some(pos + n as u64);
+        }
+        // A full buffer is a NUL-terminated prefix: the byte where the NUL
+        // went may be the string's own end or more of it; read on from it.
+        pos += SCRATCH_SIZE as u64 - 1;
+    }
+    None
 }
 
 #[inline(always)]
@@ -357,9 +408,17 @@ unsafe fn read_args(task: *const u8, rec: *mut ExecRecord) -> u32 {
     unsafe {
         (*rec).args_len = 0;
         let Ok(mm) = ptr_field(task, off!(task_mm)) else {
+            count(COUNTER_READ_ERRORS);
             return FLAG_ERROR_ARGS;
         };
         let (Ok(start), Ok(end)) = (field::<u64>(mm, off!(mm_arg_start)), field::<u64>(mm, off!(mm_arg_end))) else {
+            count(COUNTER_READ_ERRORS);
+            return FLAG_ERROR_ARGS;
+        };
+        if end <= start {
+            return 0;
+        }
+        let Some(start) = after_argv0(start, end) else {
             count(COUNTER_READ_ERRORS);
             return FLAG_ERROR_ARGS;
         };
@@ -498,7 +557,11 @@ unsafe fn read_cgroup(task: *const u8, rec: *mut ExecRecord) -> u32 {
 pub fn vigil_fork(ctx: RawTracePointContext) -> i32 {
     match try_fork(&ctx) {
         Ok(()) => 0,
-        Err(_) => 1,
+        Err(_) => {
+            // The child's ids were unreadable: no record, but counted.
+            count(COUNTER_READ_ERRORS);
+            1
+        }
     }
 }
 
@@ -542,7 +605,11 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
 pub fn vigil_exit(ctx: RawTracePointContext) -> i32 {
     match try_exit(&ctx) {
         Ok(()) => 0,
-        Err(_) => 1,
+        Err(_) => {
+            // The task's ids or thread count were unreadable: counted.
+            count(COUNTER_READ_ERRORS);
+            1
+        }
     }
 }
 

@@ -25,13 +25,14 @@ pub fn join_args<'a>(args: impl IntoIterator<Item = &'a [u8]>) -> String {
         .join(" ")
 }
 
-/// Splits the kernel's NUL-separated argv, dropping argv[0].
+/// Joins the kernel's NUL-separated arguments (argv[0] already left out
+/// by the kernel side).
 pub fn arguments(raw: &[u8]) -> String {
     let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
     if raw.is_empty() {
         return String::new();
     }
-    join_args(raw.split(|b| *b == 0).skip(1))
+    join_args(raw.split(|b| *b == 0))
 }
 
 /// `/a/b` from leaf-first components.
@@ -95,6 +96,10 @@ pub fn exec_process(node: &str, clock: &Clock, host: &HostNamespaces, e: &ExecDa
     // the bit inherited from the previous image or the parent).
     if e.nspid == 1 {
         bits |= flags::IN_INIT_TREE;
+    }
+    let utf8 = |b: &[u8]| std::str::from_utf8(b).is_ok();
+    if !utf8(&e.filename) || !utf8(&e.args) || !e.cwd_components.iter().all(|c| utf8(c)) {
+        bits |= flags::INVALID_UTF8;
     }
     let filename = String::from_utf8_lossy(&e.filename).into_owned();
     let cgroup_name = String::from_utf8_lossy(&e.cgroup_name);
@@ -211,14 +216,15 @@ mod tests {
     #[test]
     fn arguments_join_and_quote_like_tetragon() {
         assert_eq!(
-            arguments(b"sh\0-c\0/usr/bin/env VIGIL_MARK=tvm-1 /bin/true; exit 3\0"),
+            arguments(b"-c\0/usr/bin/env VIGIL_MARK=tvm-1 /bin/true; exit 3\0"),
             "-c \"/usr/bin/env VIGIL_MARK=tvm-1 /bin/true; exit 3\""
         );
-        assert_eq!(arguments(b"/usr/bin/id\0-u\0"), "-u");
-        assert_eq!(arguments(b"/bin/true\0"), "");
+        assert_eq!(arguments(b"-u\0"), "-u");
         assert_eq!(arguments(b""), "");
         // cut mid-argument (truncArgs): the partial tail is kept
-        assert_eq!(arguments(b"x\0aaa\0bb"), "aaa bb");
+        assert_eq!(arguments(b"aaa\0bb"), "aaa bb");
+        // an empty argument in the middle stays a place
+        assert_eq!(arguments(b"a\0\0b\0"), "a  b");
     }
 
     #[test]

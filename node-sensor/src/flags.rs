@@ -19,6 +19,9 @@ pub const ERROR_CGROUPS: u32 = 1 << 18;
 pub const IN_INIT_TREE: u32 = 1 << 25;
 /// Vigil: the cwd was deeper than the kernel walk and is cut at the top.
 pub const TRUNC_CWD: u32 = 1 << 24;
+/// Vigil: the binary, arguments or cwd held bytes that are not UTF-8; they
+/// are shown as U+FFFD (Tetragon has no flag for this).
+pub const INVALID_UTF8: u32 = 1 << 26;
 
 const NAMES: &[(u32, &str)] = &[
     (EXECVE, "execve"),
@@ -38,6 +41,7 @@ const NAMES: &[(u32, &str)] = &[
     (ERROR_CGROUPS, "errorCgroups"),
     (IN_INIT_TREE, "inInitTree"),
     (TRUNC_CWD, "truncCWD"),
+    (INVALID_UTF8, "invalidUTF8"),
 ];
 
 /// The space-separated flag words.

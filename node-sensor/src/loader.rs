@@ -131,11 +131,16 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
     // Every program is verified before any is attached, so the attaches
     // follow each other closely, in PROGRAMS order.
     for &(name, _) in PROGRAMS {
-        if let Err(e) = raw_tracepoint(&mut ebpf, name)?.load() {
+        let program = raw_tracepoint(&mut ebpf, name)?;
+        if let Err(e) = program.load() {
             if let aya::programs::ProgramError::LoadError { verifier_log, .. } = &e {
                 tracing::debug!(program = name, log = %verifier_log, "verifier log");
             }
             return Err(LoadError::Verifier { name, reason: e.to_string() });
+        }
+        // What the verifier walked: the cost of loading on slow hosts.
+        if let Some(n) = program.info().ok().and_then(|i| i.verified_instruction_count()) {
+            tracing::debug!(program = name, verified_instructions = n, "verified");
         }
     }
     for &(name, tracepoint) in PROGRAMS {

@@ -96,9 +96,13 @@ pub fn read_process(
     // The executable's path; where the link cannot be read (a sandbox's
     // init, say) the command line names it, else the command name. Such a
     // process still belongs in the table: its descendants' chains lead to it.
-    let binary = match std::fs::read_link(dir.join("exe")) {
+    let link = |name: &str| std::fs::read_link(dir.join(name)).map(|p| p.into_os_string().into_encoded_bytes());
+    let (exe, cwd) = (link("exe"), link("cwd"));
+    let utf8 = |b: &[u8]| std::str::from_utf8(b).is_ok();
+    let invalid_utf8 = !utf8(cmdline) || [&exe, &cwd].iter().any(|l| l.as_ref().is_ok_and(|b| !utf8(b)));
+    let binary = match &exe {
         Ok(exe) => {
-            let exe = exe.to_string_lossy();
+            let exe = String::from_utf8_lossy(exe);
             exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_owned()
         }
         Err(_) => {
@@ -110,7 +114,7 @@ pub fn read_process(
         }
     };
     let arguments = if cmdline.is_empty() { String::new() } else { join_args(cmdline.split(|b| *b == 0).skip(1)) };
-    let cwd = std::fs::read_link(dir.join("cwd")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let cwd = cwd.map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     // The effective uid (second on the line), like `ps` and Tetragon.
     let uid = status
         .lines()
@@ -132,6 +136,9 @@ pub fn read_process(
         None
     };
     let mut bits = flags::PROCFS;
+    if invalid_utf8 {
+        bits |= flags::INVALID_UTF8;
+    }
     if cwd == "/" {
         bits |= flags::ROOT_CWD;
     } else if cwd.is_empty() {

@@ -186,8 +186,8 @@ async fn long_arguments_are_truncated_and_flagged() {
     assert!(p.flags.split(' ').any(|f| f == "truncArgs"), "flags {:?}", p.flags);
     let full = long.join(" ");
     assert!(full.starts_with(&p.arguments), "a prefix of the real arguments");
-    // argv[0] "/bin/true\0" takes 10 of the 1024 bytes read.
-    assert_eq!(p.arguments.len(), 1024 - "/bin/true".len() - 1);
+    // argv[0] is skipped in the kernel: all 1024 bytes read are arguments.
+    assert_eq!(p.arguments.len(), node_sensor_common::ARGS_SIZE);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,7 +104,10 @@ fn copy_with_parents(src: &Path, root: &Path) -> Result<(), String> {
 /// Builds the initramfs: busybox, the (debug-stripped) sensor with the
 /// shared libraries `ldd` names, users, and `init`.
 pub fn initramfs(sensor: &Path, init_script: &str) -> Result<PathBuf, String> {
-    let work = cache_dir().join(format!("initramfs-{}", std::process::id()));
+    // One directory per image: tests in one process build theirs at once.
+    static BUILT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let work = cache_dir().join(format!("initramfs-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let root = work.join("root");
     for d in ["bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "lib", "lib64", "usr/bin", "usr/sbin"] {
