@@ -54,6 +54,10 @@ pub enum IngestError {
     HelloFirst,
     #[error("hello needs node_name and instance_id")]
     IncompleteHello,
+    #[error("hello {field} is {len} bytes; the limit is {limit}")]
+    HelloFieldTooLong { field: &'static str, len: usize, limit: usize },
+    #[error("hello {field} holds control characters or white space")]
+    HelloFieldCharacters { field: &'static str },
     #[error(transparent)]
     Claim(#[from] crate::nodes::ClaimError),
     #[error("a second hello on one stream")]
@@ -82,12 +86,39 @@ impl From<IngestError> for Status {
             EndedBeforeHello
             | HelloFirst
             | IncompleteHello
+            | HelloFieldTooLong { .. }
+            | HelloFieldCharacters { .. }
             | SecondHello
             | EmptyMessage
             | Sequence
             | NoEvent { .. } => Status::invalid_argument(e.to_string()),
         }
     }
+}
+
+/// Bytes a hello field may hold: a node name is a DNS name at most (as a
+/// Kubernetes node's is); the ids and the version are short tokens (a boot
+/// id is a 36-character UUID).
+const HELLO_LIMITS: [(&str, usize); 4] =
+    [("node_name", 253), ("instance_id", 64), ("boot_id", 64), ("sensor_version", 64)];
+
+/// Checks every hello field against its limit before anything is kept, so
+/// an oversized or odd name never reaches the node table, the logs or
+/// `vigil nodes`. Errors name the field and the limit, not the value.
+fn check_hello(hello: &proto::vigil::relay::v1::Hello) -> Result<(), IngestError> {
+    if hello.node_name.is_empty() || hello.instance_id.is_empty() {
+        return Err(IngestError::IncompleteHello);
+    }
+    let values = [&hello.node_name, &hello.instance_id, &hello.boot_id, &hello.sensor_version];
+    for ((field, limit), value) in HELLO_LIMITS.into_iter().zip(values) {
+        if value.len() > limit {
+            return Err(IngestError::HelloFieldTooLong { field, len: value.len(), limit });
+        }
+        if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(IngestError::HelloFieldCharacters { field });
+        }
+    }
+    Ok(())
 }
 
 fn reply(msg: ingest_reply::Msg) -> Result<IngestReply, Status> {
@@ -108,9 +139,7 @@ impl Ingest for IngestService {
         let Some(ingest_message::Msg::Hello(hello)) = first.msg else {
             return Err(IngestError::HelloFirst.into());
         };
-        if hello.node_name.is_empty() || hello.instance_id.is_empty() {
-            return Err(IngestError::IncompleteHello.into());
-        }
+        check_hello(&hello)?;
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let acked = self
             .nodes

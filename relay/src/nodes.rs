@@ -22,12 +22,13 @@ struct Node {
     lag_ms: u64,
 }
 
+/// Why a hello may not claim a node. Neither sensor's instance id is ever
+/// named: knowing the connected sensor's id is what a second stream needs to
+/// pass for it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ClaimError {
-    #[error(
-        "node name {node:?} is already connected from another sensor (instance {holder}); refusing instance {claimant}"
-    )]
-    Taken { node: String, holder: String, claimant: String },
+    #[error("node name {node:?} is already connected from another sensor instance; refusing this one")]
+    Taken { node: String },
 }
 
 /// What a batch amounted to.
@@ -64,11 +65,7 @@ impl Nodes {
         let mut nodes = self.lock();
         let n = nodes.entry(node.to_owned()).or_default();
         if n.stream.is_some() && n.instance_id != instance {
-            return Err(ClaimError::Taken {
-                node: node.into(),
-                holder: n.instance_id.clone(),
-                claimant: instance.into(),
-            });
+            return Err(ClaimError::Taken { node: node.into() });
         }
         n.stream = Some(stream);
         n.boot_id = boot_id.to_owned();

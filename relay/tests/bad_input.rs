@@ -139,9 +139,22 @@ async fn bad_input_gets_a_clear_error_and_harms_no_one_else() {
     assert_eq!(ack(good_replies.message().await.expect("ack")), 100);
 
     // Another sensor claiming the connected node's name.
+    // The refusal names neither instance: the connected one's id is what a
+    // second stream would need to pass for it.
     let status = refused(&relay, vec![encoded(&hello("good-node", "impostor"))]).await;
     assert_refused(&status, Code::AlreadyExists, "node name \"good-node\" is already connected");
-    assert!(status.message().contains("refusing instance impostor"), "{status:?}");
+    assert!(!status.message().contains("good-1") && !status.message().contains("impostor"), "{status:?}");
+
+    // Hello fields past their limits, refused by name and limit, never
+    // echoed; none reaches the node table.
+    let huge = "n".repeat(10 << 20);
+    let status = refused(&relay, vec![encoded(&hello(&huge, "h1"))]).await;
+    assert_refused(&status, Code::InvalidArgument, "hello node_name is 10485760 bytes; the limit is 253");
+    assert!(status.message().len() < 200, "the name is not echoed");
+    let status = refused(&relay, vec![encoded(&hello("h2-node", &"i".repeat(65)))]).await;
+    assert_refused(&status, Code::InvalidArgument, "hello instance_id is 65 bytes; the limit is 64");
+    let status = refused(&relay, vec![encoded(&hello("bad\nname", "h3"))]).await;
+    assert_refused(&status, Code::InvalidArgument, "hello node_name holds control characters or white space");
 
     // A stream that does not start with a hello.
     let status = refused(&relay, vec![encoded(&markers(1..=1))]).await;
