@@ -52,7 +52,9 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
-    /// Write a CA and relay, sensor and client certificates (PEM) to a directory.
+    /// Write a CA, relay and client certificates and sensor credentials
+    /// (PEM) to a directory: one per --sensor-node in nodes/NAME/, and an
+    /// any-node sensor.pem only with --any-node-sensor.
     Generate {
         /// Output directory.
         #[arg(long)]
@@ -64,6 +66,31 @@ pub enum CertsCommand {
         /// Names (or addresses) sensors are reached by when they serve
         /// their API off loopback with mTLS (repeatable); localhost,
         /// 127.0.0.1 and ::1 are always included.
+        #[arg(long = "sensor-dns")]
+        sensor_dns: Vec<String>,
+        /// A node to issue a sensor credential for, bound to that node name
+        /// (repeatable): nodes/NAME/ holds ca.pem, sensor.pem and
+        /// sensor-key.pem, a ready --tls-dir for that node's sensor.
+        #[arg(long = "sensor-node")]
+        sensor_nodes: Vec<String>,
+        /// Also write sensor.pem, a sensor credential valid for any node
+        /// name. The relay accepts it, logs it and flags its nodes in
+        /// `vigil nodes`; per-node credentials are the safe choice.
+        #[arg(long)]
+        any_node_sensor: bool,
+        /// Validity in days.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+    /// Issue one node's sensor credential from an existing CA (ca.pem and
+    /// ca-key.pem in --ca-dir) into CA_DIR/nodes/NODE/.
+    Sensor {
+        #[arg(long)]
+        ca_dir: std::path::PathBuf,
+        /// The node name the credential is bound to.
+        #[arg(long)]
+        node: String,
+        /// Names (or addresses) the sensor is reached by (repeatable).
         #[arg(long = "sensor-dns")]
         sensor_dns: Vec<String>,
         /// Validity in days.

@@ -36,14 +36,16 @@ async fn get_events(cli: &Cli, args: &GetEventsArgs) -> anyhow::Result<()> {
 
 fn print_nodes(r: &proto::vigil::relay::v1::ListNodesResponse) {
     println!(
-        "{:<24} {:<10} {:<31} {:>10} {:>8} {:>8} {:>8}",
+        "{:<24} {:<10} {:<31} {:>10} {:>8} {:>8} {:>8}  CREDENTIAL",
         "NODE", "STATE", "LAST SEEN", "EVENTS", "LOST", "DUPS", "LAG MS"
     );
     for n in &r.nodes {
         let seen = n.last_seen.map(|t| t.to_protojson()).unwrap_or_else(|| "-".into());
         let state = if n.connected { "connected" } else { "gone" };
+        // An any-node credential could speak for any node: say so.
+        let credential = if n.any_node_credential { "ANY NODE" } else { "this node" };
         println!(
-            "{:<24} {:<10} {:<31} {:>10} {:>8} {:>8} {:>8}",
+            "{:<24} {:<10} {:<31} {:>10} {:>8} {:>8} {:>8}  {credential}",
             n.node_name, state, seen, n.events, n.lost, n.duplicates, n.lag_ms
         );
     }
@@ -87,8 +89,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print_nodes(&r);
             Ok(())
         }
-        Command::Certs(CertsCommand::Generate { out, relay_dns, sensor_dns, days }) => {
-            for f in tls::generate_for(out, relay_dns, sensor_dns, *days)? {
+        Command::Certs(CertsCommand::Generate { out, relay_dns, sensor_dns, sensor_nodes, any_node_sensor, days }) => {
+            let plan = tls::Plan {
+                relay_dns: relay_dns.clone(),
+                sensor_dns: sensor_dns.clone(),
+                sensor_nodes: sensor_nodes.clone(),
+                any_node_sensor: *any_node_sensor,
+                days: *days,
+            };
+            if sensor_nodes.is_empty() && !any_node_sensor {
+                eprintln!("note: no sensor credential written; add --sensor-node NAME per node (or --any-node-sensor)");
+            }
+            for f in tls::generate_for(out, &plan)? {
+                println!("wrote {}", f.display());
+            }
+            Ok(())
+        }
+        Command::Certs(CertsCommand::Sensor { ca_dir, node, sensor_dns, days }) => {
+            for f in tls::issue_node(ca_dir, node, sensor_dns, *days)? {
                 println!("wrote {}", f.display());
             }
             Ok(())

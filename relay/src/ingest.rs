@@ -60,6 +60,13 @@ pub enum IngestError {
     HelloFieldCharacters { field: &'static str },
     #[error(transparent)]
     Claim(#[from] crate::nodes::ClaimError),
+    #[error("this sensor certificate is bound to node {bound:?}; its hello claims node {claimed:?}")]
+    NodeMismatch { bound: String, claimed: String },
+    #[error(
+        "this sensor certificate is bound to no node; issue one per node (vigil certs generate --sensor-node NAME, \
+         or vigil certs sensor) or, deliberately, an any-node one (--any-node-sensor)"
+    )]
+    NoNodeBinding,
     #[error("a second hello on one stream")]
     SecondHello,
     #[error("empty ingest message")]
@@ -82,6 +89,7 @@ impl From<IngestError> for Status {
             Stream(status) => status,
             NoHello => Status::deadline_exceeded(e.to_string()),
             Claim(_) => Status::already_exists(e.to_string()),
+            NodeMismatch { .. } | NoNodeBinding => Status::permission_denied(e.to_string()),
             ShuttingDown => Status::unavailable(e.to_string()),
             EndedBeforeHello
             | HelloFirst
@@ -121,6 +129,21 @@ fn check_hello(hello: &proto::vigil::relay::v1::Hello) -> Result<(), IngestError
     Ok(())
 }
 
+/// May the stream's credential speak for `node`? `Ok(true)` for an
+/// any-node credential, `Ok(false)` for one bound to this node or a
+/// plaintext relay (`--insecure`: no credentials at all, warned at start).
+fn may_speak_for(certs: Option<&[tonic::transport::CertificateDer<'static>]>, node: &str) -> Result<bool, IngestError> {
+    let Some(leaf) = certs.and_then(<[_]>::first) else {
+        return Ok(false);
+    };
+    match tls::node::binding_of(leaf.as_ref()) {
+        tls::node::NodeBinding::Node(bound) if bound == node => Ok(false),
+        tls::node::NodeBinding::Node(bound) => Err(IngestError::NodeMismatch { bound, claimed: node.to_owned() }),
+        tls::node::NodeBinding::AnyNode => Ok(true),
+        tls::node::NodeBinding::Unbound => Err(IngestError::NoNodeBinding),
+    }
+}
+
 fn reply(msg: ingest_reply::Msg) -> Result<IngestReply, Status> {
     Ok(IngestReply { msg: Some(msg) })
 }
@@ -130,6 +153,7 @@ impl Ingest for IngestService {
     type StreamStream = ReplyStream;
 
     async fn stream(&self, request: Request<Streaming<IngestMessage>>) -> Result<Response<ReplyStream>, Status> {
+        let certs = request.peer_certs();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
@@ -140,12 +164,22 @@ impl Ingest for IngestService {
             return Err(IngestError::HelloFirst.into());
         };
         check_hello(&hello)?;
+        let any_node = match may_speak_for(certs.as_deref().map(Vec::as_slice), &hello.node_name) {
+            Ok(any_node) => any_node,
+            Err(e) => {
+                tracing::warn!(error = %e, "sensor stream refused");
+                return Err(e.into());
+            }
+        };
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let acked = self
             .nodes
-            .claim(&hello.node_name, &hello.boot_id, &hello.instance_id, stream_id)
+            .claim(&hello.node_name, &hello.boot_id, &hello.instance_id, stream_id, any_node)
             .map_err(IngestError::Claim)?;
-        tracing::info!(node = %hello.node_name, instance = %hello.instance_id, version = %hello.sensor_version, acked, "sensor connected");
+        if any_node {
+            tracing::warn!(node = %hello.node_name, "sensor connected with an any-node credential: it is trusted to name its own node");
+        }
+        tracing::info!(node = %hello.node_name, version = %hello.sensor_version, acked, "sensor connected");
 
         let (tx, rx) = mpsc::channel(16);
         let _ = tx.send(reply(ingest_reply::Msg::Welcome(Welcome { acked }))).await;

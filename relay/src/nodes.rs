@@ -20,6 +20,8 @@ struct Node {
     lost: u64,
     duplicates: u64,
     lag_ms: u64,
+    /// The connected (or last) sensor's credential is valid for any node.
+    any_node: bool,
 }
 
 /// Why a hello may not claim a node. Neither sensor's instance id is ever
@@ -61,13 +63,21 @@ impl Nodes {
     /// A stream claims a node name. A second sensor instance may not take a
     /// name another connected instance holds; the same instance may (its
     /// old stream is stale). Returns the last sequence held for the instance.
-    pub fn claim(&self, node: &str, boot_id: &str, instance: &str, stream: u64) -> Result<u64, ClaimError> {
+    pub fn claim(
+        &self,
+        node: &str,
+        boot_id: &str,
+        instance: &str,
+        stream: u64,
+        any_node: bool,
+    ) -> Result<u64, ClaimError> {
         let mut nodes = self.lock();
         let n = nodes.entry(node.to_owned()).or_default();
         if n.stream.is_some() && n.instance_id != instance {
             return Err(ClaimError::Taken { node: node.into() });
         }
         n.stream = Some(stream);
+        n.any_node = any_node;
         n.boot_id = boot_id.to_owned();
         n.instance_id = instance.to_owned();
         n.last_seen = Some(Timestamp::now());
@@ -148,6 +158,7 @@ impl Nodes {
                 boot_id: n.boot_id.clone(),
                 last_seq: n.last_seq.get(&n.instance_id).copied().unwrap_or(0),
                 duplicates: n.duplicates,
+                any_node_credential: n.any_node,
             })
             .collect();
         out.sort_by(|a, b| a.node_name.cmp(&b.node_name));
@@ -162,22 +173,22 @@ mod tests {
     #[test]
     fn one_instance_per_node_name() {
         let nodes = Nodes::default();
-        assert_eq!(nodes.claim("n1", "boot", "inst-a", 1), Ok(0));
-        let err = nodes.claim("n1", "boot", "inst-b", 2).unwrap_err();
+        assert_eq!(nodes.claim("n1", "boot", "inst-a", 1, false), Ok(0));
+        let err = nodes.claim("n1", "boot", "inst-b", 2, false).unwrap_err();
         assert!(err.to_string().contains("already connected"), "{err}");
         // the same instance reconnecting replaces its stale stream
-        assert_eq!(nodes.claim("n1", "boot", "inst-a", 3), Ok(0));
+        assert_eq!(nodes.claim("n1", "boot", "inst-a", 3, false), Ok(0));
         nodes.release("n1", 1); // stale release does nothing
         assert!(nodes.status()[0].connected);
         nodes.release("n1", 3);
         assert!(!nodes.status()[0].connected);
-        assert!(nodes.claim("n1", "boot", "inst-b", 4).is_ok(), "free again");
+        assert!(nodes.claim("n1", "boot", "inst-b", 4, false).is_ok(), "free again");
     }
 
     #[test]
     fn replays_are_dropped_and_gaps_counted() {
         let nodes = Nodes::default();
-        nodes.claim("n", "b", "i", 1).unwrap();
+        nodes.claim("n", "b", "i", 1, false).unwrap();
         let (keep, i) = nodes.intake("n", "i", &[1, 2, 3], 0, 0);
         assert_eq!((keep, i.accepted, i.gap), (vec![true, true, true], 3, 0));
         let (keep, i) = nodes.intake("n", "i", &[2, 3, 4, 7], 2, 0);
@@ -185,7 +196,7 @@ mod tests {
         assert_eq!((i.duplicates, i.gap, i.last_seq), (2, 2, 7));
         let s = &nodes.status()[0];
         assert_eq!((s.events, s.lost, s.duplicates, s.last_seq), (5, 4, 2, 7));
-        assert_eq!(nodes.claim("n", "b", "i", 2), Ok(7), "resume point");
+        assert_eq!(nodes.claim("n", "b", "i", 2, false), Ok(7), "resume point");
     }
 
     #[test]

@@ -145,6 +145,31 @@ async fn bad_input_gets_a_clear_error_and_harms_no_one_else() {
     assert_refused(&status, Code::AlreadyExists, "node name \"good-node\" is already connected");
     assert!(!status.message().contains("good-1") && !status.message().contains("impostor"), "{status:?}");
 
+    // A credential bound to another node: refused, naming both.
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(hello("good-node", "borrowed")).await.unwrap();
+    let status = IngestClient::new(relay.sensor_of("node-a").await)
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect_err("a node's credential speaks for that node only");
+    assert_refused(
+        &status,
+        Code::PermissionDenied,
+        "this sensor certificate is bound to node \"node-a\"; its hello claims node \"good-node\"",
+    );
+    // Its own node is fine.
+    let (tx_a, rx_a) = mpsc::channel(1);
+    tx_a.send(hello("node-a", "a-1")).await.unwrap();
+    let mut a_replies = IngestClient::new(relay.sensor_of("node-a").await)
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx_a))
+        .await
+        .expect("node-a's own stream")
+        .into_inner();
+    assert!(matches!(a_replies.message().await.unwrap().and_then(|r| r.msg), Some(ingest_reply::Msg::Welcome(_))));
+    drop(tx_a);
+    // Its stream ends once the relay has released the node.
+    while let Ok(Some(_)) = a_replies.message().await {}
+
     // Hello fields past their limits, refused by name and limit, never
     // echoed; none reaches the node table.
     let huge = "n".repeat(10 << 20);
@@ -216,4 +241,7 @@ async fn bad_input_gets_a_clear_error_and_harms_no_one_else() {
     for n in nodes.nodes.iter().filter(|n| n.node_name != "good-node") {
         assert!(!n.connected && n.events == 0, "{n:?}");
     }
+    // The good sensor used the any-node credential: flagged; node-a's is bound.
+    assert!(good.any_node_credential);
+    assert!(nodes.nodes.iter().any(|n| n.node_name == "node-a" && !n.any_node_credential));
 }

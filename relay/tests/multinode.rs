@@ -349,12 +349,9 @@ fn wrong_certificates_are_refused_with_reasons() {
     // The relay's certificate does not chain to the other CA.
     assert!(err.contains("invalid peer certificate"), "wrong CA: {err}");
     // A sensor certificate on the client listener.
-    let err = c.client_with(
-        &c.certs.join("ca.pem"),
-        &c.certs.join("sensor.pem"),
-        &c.certs.join("sensor-key.pem"),
-        &["status"],
-    );
+    let sensor = c.node_tls("probe");
+    let err =
+        c.client_with(&c.certs.join("ca.pem"), &sensor.join("sensor.pem"), &sensor.join("sensor-key.pem"), &["status"]);
     assert!(err.contains("certificate role sensor may not use this listener; it needs the client role"), "{err}");
     // An expired client certificate.
     let (cert, key) = c.expired_client();
@@ -525,4 +522,85 @@ fn start_replicated_sensor(c: &Cluster, ns: &str, node: &str, extra: &[&str]) ->
     ];
     args.extend(extra.iter().map(|a| a.to_string()));
     cluster::Daemon::start(ns, &cluster::bin("vigil-sensor"), &args, c.dir.join(format!("{node}.log")))
+}
+
+#[test]
+fn a_node_speaks_only_for_itself() {
+    require_root!();
+    let mut c = Cluster::new();
+    let victim = c.add_node("victim", 10, &[]);
+    let watcher = c.watch(&[]);
+    c.wait_clients(1);
+
+    // A sensor holding node "attacker"'s credential, claiming to be "victim".
+    let stolen = c.node_tls("attacker");
+    let (ns, _) = c.net.host("attacker", 21);
+    let hostile = cluster::Daemon::start(
+        &ns,
+        &cluster::bin("vigil-sensor"),
+        &[
+            "--node-name".into(),
+            "victim".into(),
+            "--server-address".into(),
+            format!("unix://{}", c.dir.join("attacker.sock").display()),
+            "--relay-address".into(),
+            format!("{}:54331", c.relay_ip),
+            "--tls-dir".into(),
+            stolen.display().to_string(),
+            "--only-own-netns".into(),
+        ],
+        c.dir.join("attacker.log"),
+    );
+    // Refused, naming both nodes; the refused sensor says why in its log.
+    let why = "this sensor certificate is bound to node \"attacker\"; its hello claims node \"victim\"";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !hostile.log_text().contains(why) {
+        assert!(std::time::Instant::now() < deadline, "hostile sensor log:\n{}", hostile.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The hostile sensor's own processes never reach clients as "victim"'s,
+    // and the real sensor keeps delivering, exactly once, while it retries.
+    let prefix = format!("v{}", c.net.id);
+    c.run_in(&ns, &workload(&format!("{prefix}x"), 5));
+    c.run_in(&victim, &workload(&prefix, 20));
+    c.settle(&victim, &format!("z{prefix}"), &[&watcher]);
+    let events = watcher.snapshot();
+    assert_exactly_once(&events, &prefix, 20, "victim");
+    assert!(marked(&events, &format!("{prefix}x-")).is_empty(), "the impostor's events reached clients");
+    assert!(hostile.log_text().contains(why), "still refused");
+
+    // An any-node credential is accepted only because it was asked for, and
+    // the relay says so: in its log and in `vigil nodes`.
+    let any = c.dir.join("any-node");
+    std::fs::create_dir_all(&any).unwrap();
+    let ca_pem = std::fs::read_to_string(c.certs.join("ca.pem")).unwrap();
+    let ca_key = std::fs::read_to_string(c.certs.join("ca-key.pem")).unwrap();
+    let (cert, key) = tls::leaf_from_ca(&ca_pem, &ca_key, tls::Role::Sensor, &["localhost".into()], -1, 2).unwrap();
+    std::fs::write(any.join("ca.pem"), &ca_pem).unwrap();
+    std::fs::write(any.join("sensor.pem"), cert).unwrap();
+    std::fs::write(any.join("sensor-key.pem"), key).unwrap();
+    let (loose_ns, _) = c.net.host("loose", 22);
+    let _loose = cluster::Daemon::start(
+        &loose_ns,
+        &cluster::bin("vigil-sensor"),
+        &[
+            "--node-name".into(),
+            "loose".into(),
+            "--server-address".into(),
+            format!("unix://{}", c.dir.join("loose.sock").display()),
+            "--relay-address".into(),
+            format!("{}:54331", c.relay_ip),
+            "--tls-dir".into(),
+            any.display().to_string(),
+            "--only-own-netns".into(),
+        ],
+        c.dir.join("loose.log"),
+    );
+    c.wait_node("loose");
+    let nodes = String::from_utf8_lossy(&c.cli(&["nodes"]).stdout).to_string();
+    let line = |name: &str| nodes.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_default().to_owned();
+    assert!(line("loose").ends_with("ANY NODE"), "{nodes}");
+    assert!(line("victim").ends_with("this node"), "{nodes}");
+    let relay_log = c.relay.as_ref().unwrap().log_text();
+    assert!(relay_log.contains("sensor connected with an any-node credential"), "{relay_log}");
 }

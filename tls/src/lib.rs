@@ -1,10 +1,12 @@
 //! Vigil's mTLS. Every certificate names a role (relay, sensor, client) in a
 //! URI subject-alternative name `urn:vigil:role:<role>`; the relay takes
 //! ingest only from sensor certificates and serves queries only to client
-//! certificates, and says which rule a refused peer broke.
+//! certificates, and says which rule a refused peer broke. A sensor
+//! certificate also names the node it may speak for (see `node`).
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod node;
 pub mod reload;
 
 use std::path::{Path, PathBuf};
@@ -63,6 +65,8 @@ pub enum TlsError {
     Unparsable { path: String, reason: String },
     #[error("TLS settings from {cert} and {key}: {reason}")]
     Unusable { cert: String, key: String, reason: String },
+    #[error("invalid node name for a sensor credential: {0}")]
+    NodeName(String),
 }
 
 /// Refuses to present a certificate that is outside its validity period:
@@ -111,9 +115,33 @@ fn validity(params: &mut CertificateParams, not_before: time::OffsetDateTime, da
 }
 
 /// A leaf certificate for `role`, signed by the CA, valid from `not_before`
-/// for `days` days, with `dns` names (servers) in its SANs.
+/// for `days` days, with `dns` names (servers) in its SANs. A sensor
+/// certificate made here is an any-node one; see [`sensor_leaf`].
 pub fn leaf(
     role: Role,
+    dns: &[String],
+    issuer: &Issuer<'_, KeyPair>,
+    not_before: time::OffsetDateTime,
+    days: i64,
+) -> Result<(String, String), TlsError> {
+    let node = (role == Role::Sensor).then_some(node::ANY_NODE);
+    leaf_bound(role, node, dns, issuer, not_before, days)
+}
+
+/// A sensor certificate bound to `node` (a name, or [`node::ANY_NODE`]).
+pub fn sensor_leaf(
+    node: &str,
+    dns: &[String],
+    issuer: &Issuer<'_, KeyPair>,
+    not_before: time::OffsetDateTime,
+    days: i64,
+) -> Result<(String, String), TlsError> {
+    leaf_bound(Role::Sensor, Some(node), dns, issuer, not_before, days)
+}
+
+fn leaf_bound(
+    role: Role,
+    node: Option<&str>,
     dns: &[String],
     issuer: &Issuer<'_, KeyPair>,
     not_before: time::OffsetDateTime,
@@ -127,6 +155,10 @@ pub fn leaf(
     params.distinguished_name = dn;
     let uri = format!("{ROLE_PREFIX}{}", role.name()).try_into().map_err(gen_err)?;
     params.subject_alt_names.push(SanType::URI(uri));
+    if let Some(node) = node {
+        let uri = format!("{}{node}", node::NODE_PREFIX).try_into().map_err(gen_err)?;
+        params.subject_alt_names.push(SanType::URI(uri));
+    }
     // Relays and sensors also serve (a sensor its own Tetragon API off
     // loopback); clients only connect.
     if role != Role::Client {
@@ -190,41 +222,97 @@ pub fn ca(days: i64) -> Result<(String, String, Issuer<'static, KeyPair>), TlsEr
     Ok((cert_pem, key_pem, Issuer::new(params, key)))
 }
 
-/// `vigil certs generate`: a CA and relay, sensor and client certificates
-/// in `out`. Returns the files written.
+/// A CA and relay, any-node sensor and client certificates in `out`, for
+/// tests and benchmarks. Returns the files written.
 pub fn generate(out: &Path, relay_dns: &[String], days: i64) -> Result<Vec<PathBuf>, TlsError> {
-    generate_for(out, relay_dns, &[], days)
+    let plan = Plan { relay_dns: relay_dns.to_vec(), any_node_sensor: true, days, ..Plan::default() };
+    generate_for(out, &plan)
 }
 
-/// `generate`, with `sensor_dns` names (and addresses) the sensor
-/// certificate is valid for when a sensor serves its API off loopback.
-pub fn generate_for(
-    out: &Path,
-    relay_dns: &[String],
-    sensor_dns: &[String],
-    days: i64,
-) -> Result<Vec<PathBuf>, TlsError> {
+/// What `vigil certs generate` writes.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub relay_dns: Vec<String>,
+    /// Names (and addresses) sensors are reached by when they serve their
+    /// API off loopback with mTLS.
+    pub sensor_dns: Vec<String>,
+    /// One sensor credential per node, each bound to its node.
+    pub sensor_nodes: Vec<String>,
+    /// Also a sensor credential valid for any node (`sensor.pem`).
+    pub any_node_sensor: bool,
+    pub days: i64,
+}
+
+fn with_localhost(names: &[String]) -> Vec<String> {
+    let mut names = names.to_vec();
+    if !names.iter().any(|d| d == "localhost") {
+        names.push("localhost".into());
+    }
+    names
+}
+
+/// `vigil certs generate`: a CA, relay and client certificates, and the
+/// sensor credentials the plan asks for: `nodes/<name>/` per node (a
+/// ready `--tls-dir`: ca.pem, sensor.pem, sensor-key.pem) and, only when
+/// asked, an any-node `sensor.pem`. Returns the files written.
+pub fn generate_for(out: &Path, plan: &Plan) -> Result<Vec<PathBuf>, TlsError> {
     std::fs::create_dir_all(out).map_err(io_err(out))?;
-    let (ca_pem, ca_key, issuer) = ca(days)?;
-    let mut files = vec![(out.join(CertFiles::CA), ca_pem), (out.join(CertFiles::CA_KEY), ca_key)];
-    let with_localhost = |names: &[String]| {
-        let mut names = names.to_vec();
-        if !names.iter().any(|d| d == "localhost") {
-            names.push("localhost".into());
-        }
-        names
-    };
+    let (ca_pem, ca_key, issuer) = ca(plan.days)?;
+    let mut files = vec![(out.join(CertFiles::CA), ca_pem.clone()), (out.join(CertFiles::CA_KEY), ca_key)];
     let now = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-    for role in [Role::Relay, Role::Sensor, Role::Client] {
-        let names = match role {
-            Role::Relay => with_localhost(relay_dns),
-            Role::Sensor => with_localhost(sensor_dns),
-            Role::Client => vec![],
-        };
-        let (cert, key) = leaf(role, &names, &issuer, now, days)?;
+    for role in [Role::Relay, Role::Client] {
+        let names = if role == Role::Relay { with_localhost(&plan.relay_dns) } else { vec![] };
+        let (cert, key) = leaf(role, &names, &issuer, now, plan.days)?;
         files.push((out.join(CertFiles::cert(role)), cert));
         files.push((out.join(CertFiles::key(role)), key));
     }
+    let sensor_dns = with_localhost(&plan.sensor_dns);
+    if plan.any_node_sensor {
+        let (cert, key) = sensor_leaf(node::ANY_NODE, &sensor_dns, &issuer, now, plan.days)?;
+        files.push((out.join(CertFiles::cert(Role::Sensor)), cert));
+        files.push((out.join(CertFiles::key(Role::Sensor)), key));
+    }
+    for name in &plan.sensor_nodes {
+        files.extend(node_credential(out, name, &ca_pem, &issuer, &sensor_dns, now, plan.days)?);
+    }
+    write_all(files)
+}
+
+/// `vigil certs sensor`: one more node's credential from the CA in `dir`
+/// (ca.pem, ca-key.pem), into `dir/nodes/<node>/`.
+pub fn issue_node(dir: &Path, node: &str, sensor_dns: &[String], days: i64) -> Result<Vec<PathBuf>, TlsError> {
+    let ca_path = dir.join(CertFiles::CA);
+    let key_path = dir.join(CertFiles::CA_KEY);
+    let ca_pem = std::fs::read_to_string(&ca_path).map_err(io_err(&ca_path))?;
+    let ca_key = std::fs::read_to_string(&key_path).map_err(io_err(&key_path))?;
+    let gen_err = |error| TlsError::Generate { what: "CA", error };
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key).map_err(gen_err)?).map_err(gen_err)?;
+    let now = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    write_all(node_credential(dir, node, &ca_pem, &issuer, &with_localhost(sensor_dns), now, days)?)
+}
+
+/// The files of one node's credential directory.
+fn node_credential(
+    out: &Path,
+    node: &str,
+    ca_pem: &str,
+    issuer: &Issuer<'_, KeyPair>,
+    sensor_dns: &[String],
+    now: time::OffsetDateTime,
+    days: i64,
+) -> Result<Vec<(PathBuf, String)>, TlsError> {
+    node::check_node_name(node).map_err(TlsError::NodeName)?;
+    let dir = out.join("nodes").join(node);
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let (cert, key) = sensor_leaf(node, sensor_dns, issuer, now, days)?;
+    Ok(vec![
+        (dir.join(CertFiles::CA), ca_pem.to_owned()),
+        (dir.join(CertFiles::cert(Role::Sensor)), cert),
+        (dir.join(CertFiles::key(Role::Sensor)), key),
+    ])
+}
+
+fn write_all(files: Vec<(PathBuf, String)>) -> Result<Vec<PathBuf>, TlsError> {
     let mut written = Vec::new();
     for (path, pem) in files {
         std::fs::write(&path, pem).map_err(io_err(&path))?;
@@ -339,6 +427,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("vigil-certs-{}", std::process::id()));
         let files = generate(&dir, &["relay.local".into()], 30).unwrap();
         assert_eq!(files.len(), 8);
+        let sensor = std::fs::read_to_string(dir.join("sensor.pem")).unwrap();
+        assert_eq!(node::binding_of(&der(&sensor)), node::NodeBinding::AnyNode, "generate() is for tests: any node");
         for role in [Role::Relay, Role::Sensor, Role::Client] {
             let pem = std::fs::read_to_string(dir.join(CertFiles::cert(role))).unwrap();
             assert_eq!(role_of(&der(&pem)), Some(role));
@@ -361,6 +451,27 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.join("sensor-key.pem")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn per_node_credentials_are_bound_and_any_node_only_on_request() {
+        let dir = std::env::temp_dir().join(format!("vigil-node-certs-{}", std::process::id()));
+        let plan = Plan { sensor_nodes: vec!["node-a".into()], days: 30, ..Plan::default() };
+        generate_for(&dir, &plan).unwrap();
+        assert!(!dir.join("sensor.pem").exists(), "no any-node credential unless asked");
+        let a = std::fs::read_to_string(dir.join("nodes/node-a/sensor.pem")).unwrap();
+        assert_eq!(node::binding_of(&der(&a)), node::NodeBinding::Node("node-a".into()));
+        assert_eq!(role_of(&der(&a)), Some(Role::Sensor));
+        assert!(dir.join("nodes/node-a/ca.pem").exists() && dir.join("nodes/node-a/sensor-key.pem").exists());
+        // A node added later, from the same CA.
+        issue_node(&dir, "node-b", &[], 30).unwrap();
+        let b = std::fs::read_to_string(dir.join("nodes/node-b/sensor.pem")).unwrap();
+        assert_eq!(node::binding_of(&der(&b)), node::NodeBinding::Node("node-b".into()));
+        let e = issue_node(&dir, "../escape", &[], 30).unwrap_err().to_string();
+        assert!(e.contains("invalid node name"), "{e}");
+        let client = std::fs::read_to_string(dir.join("client.pem")).unwrap();
+        assert_eq!(node::binding_of(&der(&client)), node::NodeBinding::Unbound);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -240,8 +240,25 @@ impl Cluster {
         ns
     }
 
-    /// Starts a sensor in an existing namespace.
+    /// The `--tls-dir` of node `name`: a sensor credential bound to that
+    /// node, issued from the cluster's CA the first time it is asked for.
+    pub fn node_tls(&self, name: &str) -> PathBuf {
+        let dir = self.certs.join("nodes").join(name);
+        if !dir.join("sensor.pem").exists() {
+            let out = Command::new(bin("vigil"))
+                .args(["certs", "sensor", "--ca-dir"])
+                .arg(&self.certs)
+                .args(["--node", name])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        dir
+    }
+
+    /// Starts a sensor in an existing namespace, with its node's credential.
     pub fn start_sensor(&mut self, ns: &str, name: &str, extra: &[&str]) {
+        let tls_dir = self.node_tls(name);
         let mut args: Vec<String> = vec![
             "--node-name".into(),
             name.into(),
@@ -250,7 +267,7 @@ impl Cluster {
             "--relay-address".into(),
             format!("{}:54331", self.relay_ip),
             "--tls-dir".into(),
-            self.certs.display().to_string(),
+            tls_dir.display().to_string(),
             "--only-own-netns".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));

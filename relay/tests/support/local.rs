@@ -102,9 +102,22 @@ impl Relay {
         clients.connect_tls(self.tls("client")).await.expect("client connection")
     }
 
+    /// An ingest connection with the any-node sensor credential.
     pub async fn sensor(&self) -> Channel {
         let ingest = self.ingest();
         ingest.connect_tls(self.tls("sensor")).await.expect("sensor connection")
+    }
+
+    /// An ingest connection with a credential bound to `node`.
+    pub async fn sensor_of(&self, node: &str) -> Channel {
+        let dir = self.dir.join("nodes").join(node);
+        if !dir.exists() {
+            tls::issue_node(&self.dir, node, &[], 2).expect("node credential");
+        }
+        let config =
+            tls::client_config(&dir.join("ca.pem"), &dir.join("sensor.pem"), &dir.join("sensor-key.pem"), "localhost")
+                .expect("node TLS config");
+        self.ingest().connect_tls(config).await.expect("sensor connection")
     }
 
     pub fn log(&self) -> String {
