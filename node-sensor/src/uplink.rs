@@ -190,6 +190,7 @@ pub async fn start(bus: &EventBus, settings: UplinkSettings) -> Result<Arc<Repla
             boot_id: boot.clone(),
             sensor_version: env!("CARGO_PKG_VERSION").into(),
             instance_id: instance.clone(),
+            replay_buffer_size: settings.buffer_size as u64,
         };
         let link = Link { addr: addrs[0], label: relay.clone(), tls, hello, replay: replay.clone() };
         tokio::spawn(follow(link, addrs, settings.resolve_interval));
@@ -316,16 +317,33 @@ impl Link {
         tracing::info!(relay = %self.label, addr = %self.addr, acked, "streaming to relay");
         let mut cursor = acked + 1;
         let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let overflow = serving::log_limit::LogLimit::new(Duration::from_secs(10));
+        let mut skipped_unlogged = 0u64;
         loop {
             let notified = self.replay.notify.notified();
             let batch = self.replay.from(cursor, BATCH);
             if let Some((last, _)) = batch.last() {
+                // Numbers between the cursor and the batch's end that it does
+                // not carry: evicted before this relay got them, or never
+                // buffered. Declared, so the relay can tell them from a jump.
+                let skipped = (last + 1 - cursor).saturating_sub(batch.len() as u64);
                 cursor = last + 1;
                 let mut message = BatchEncoder::new();
                 for (seq, e) in &batch {
                     message.push(*seq, &[e.encoded()]);
                 }
-                tx.send(message.finish(0)).await.map_err(|_| SessionError::Closed)?;
+                if skipped > 0 {
+                    skipped_unlogged += skipped;
+                    if overflow.hit().is_some() {
+                        tracing::warn!(
+                            relay = %self.label,
+                            lost = skipped_unlogged,
+                            "events left the replay buffer before this relay took them; it reports them as lost"
+                        );
+                        skipped_unlogged = 0;
+                    }
+                }
+                tx.send(message.finish(0, skipped)).await.map_err(|_| SessionError::Closed)?;
                 continue;
             }
             tokio::select! {

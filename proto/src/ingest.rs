@@ -20,6 +20,7 @@ use crate::vigil::relay::v1::{IngestMessage, IngestReply, ingest_message};
 const INGEST_MESSAGE_BATCH: u32 = 2;
 const BATCH_EVENTS: u32 = 1;
 const BATCH_LOST: u32 = 2;
+const BATCH_SKIPPED: u32 = 3;
 const SEQUENCED_SEQ: u32 = 1;
 const SEQUENCED_EVENT: u32 = 2;
 
@@ -66,18 +67,21 @@ impl BatchEncoder {
         self.count == 0
     }
 
-    /// The encoded message, with `lost` events reported beside the batch.
-    pub fn finish(self, lost: u64) -> Bytes {
-        let lost_len = if lost > 0 { key_len(BATCH_LOST) + encoded_len_varint(lost) } else { 0 };
-        let batch_len = self.body.len() + lost_len;
+    /// The encoded message, with `lost` events reported beside the batch
+    /// and the `skipped` sequence numbers it declares.
+    pub fn finish(self, lost: u64, skipped: u64) -> Bytes {
+        let varint_len = |field: u32, v: u64| if v > 0 { key_len(field) + encoded_len_varint(v) } else { 0 };
+        let batch_len = self.body.len() + varint_len(BATCH_LOST, lost) + varint_len(BATCH_SKIPPED, skipped);
         let mut out =
             Vec::with_capacity(key_len(INGEST_MESSAGE_BATCH) + encoded_len_varint(batch_len as u64) + batch_len);
         encode_key(INGEST_MESSAGE_BATCH, WireType::LengthDelimited, &mut out);
         encode_varint(batch_len as u64, &mut out);
         out.extend_from_slice(&self.body);
-        if lost > 0 {
-            encode_key(BATCH_LOST, WireType::Varint, &mut out);
-            encode_varint(lost, &mut out);
+        for (field, v) in [(BATCH_LOST, lost), (BATCH_SKIPPED, skipped)] {
+            if v > 0 {
+                encode_key(field, WireType::Varint, &mut out);
+                encode_varint(v, &mut out);
+            }
         }
         Bytes::from(out)
     }
@@ -172,17 +176,18 @@ mod tests {
                         .map(|(seq, e)| SequencedEvent { seq: *seq, event: Some(Box::new(e.clone())) })
                         .collect(),
                     lost,
+                    skipped: lost / 2,
                 })),
             };
-            let bytes = b.finish(lost);
+            let bytes = b.finish(lost, lost / 2);
             assert_eq!(IngestMessage::decode(bytes.clone()).unwrap(), expected);
             assert_eq!(bytes.to_vec(), expected.encode_to_vec(), "byte for byte what prost writes");
         }
         let empty = BatchEncoder::new();
         assert!(empty.is_empty());
         assert_eq!(
-            IngestMessage::decode(empty.finish(3)).unwrap().msg,
-            Some(ingest_message::Msg::Batch(Batch { events: vec![], lost: 3 }))
+            IngestMessage::decode(empty.finish(3, 0)).unwrap().msg,
+            Some(ingest_message::Msg::Batch(Batch { events: vec![], lost: 3, skipped: 0 }))
         );
     }
 }

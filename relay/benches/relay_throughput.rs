@@ -56,7 +56,7 @@ fn batch_message(events: &[(u64, Vec<u8>)], time: Timestamp) -> Bytes {
     for (seq, stat) in events {
         batch.push(*seq, &[stat, &time_field]);
     }
-    batch.finish(0)
+    batch.finish(0, 0)
 }
 
 fn event(node: &str, i: u64) -> GetEventsResponse {
@@ -192,6 +192,7 @@ fn main() {
                     })
                     .collect(),
                 lost: 0,
+                skipped: 0,
             })),
         };
         assert_eq!(IngestMessage::decode(check).unwrap(), expect, "batch encoding");
@@ -204,7 +205,7 @@ fn main() {
             let ch = ingest_addr.connect_tls(sensor_tls.clone()).await.unwrap();
             sensors.push(tokio::spawn(async move {
                 let (tx, rx) = tokio::sync::mpsc::channel(8);
-                let hello = Hello { node_name: format!("bench-node-{k}"), boot_id: format!("boot-{k}"), sensor_version: "bench".into(), instance_id: format!("bench-{k}") };
+                let hello = Hello { node_name: format!("bench-node-{k}"), boot_id: format!("boot-{k}"), sensor_version: "bench".into(), instance_id: format!("bench-{k}"), replay_buffer_size: 0 };
                 tx.send(proto::ingest::hello(hello)).await.unwrap();
                 let rx = tokio_stream::wrappers::ReceiverStream::new(rx);
                 let mut replies = proto::ingest::stream(ch, rx, 64 << 20).await.unwrap();

@@ -73,6 +73,11 @@ pub enum IngestError {
     EmptyMessage,
     #[error("sequence numbers in a batch must start at 1 or later and increase")]
     Sequence,
+    #[error(
+        "sequence jumped over {undeclared} numbers the batch does not declare skipped, more than the announced \
+         replay buffer of {buffer}"
+    )]
+    SequenceJump { undeclared: u64, buffer: u64 },
     #[error("batch entry {pos} (seq {seq}) has no event")]
     NoEvent { pos: usize, seq: u64 },
     #[error("relay is shutting down")]
@@ -99,6 +104,7 @@ impl From<IngestError> for Status {
             | SecondHello
             | EmptyMessage
             | Sequence
+            | SequenceJump { .. }
             | NoEvent { .. } => Status::invalid_argument(e.to_string()),
         }
     }
@@ -232,6 +238,15 @@ async fn serve_batches(
             .last()
             .and_then(|e| e.event.as_ref()?.time)
             .map_or(0, |t| ((now - t.unix_nanos()).max(0) / 1_000_000) as u64);
+        // A sequence number advances only by what the sensor can have
+        // produced and not sent: what it declares skipped, or at most its
+        // replay buffer. Checked before anything is taken, so a jump cannot
+        // make the node's later events look like replays.
+        let gap = nodes.gap(&hello.node_name, &hello.instance_id, &seqs);
+        let undeclared = gap.saturating_sub(batch.skipped);
+        if undeclared > hello.replay_buffer_size {
+            return Err(IngestError::SequenceJump { undeclared, buffer: hello.replay_buffer_size });
+        }
         let (keep, intake) = nodes.intake(&hello.node_name, &hello.instance_id, &seqs, batch.lost, lag_ms);
         let events: Vec<Arrival> = batch
             .events

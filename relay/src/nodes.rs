@@ -93,6 +93,21 @@ impl Nodes {
         }
     }
 
+    /// The sequence numbers `seqs` (increasing) would jump over, from the
+    /// last one taken for the instance.
+    pub fn gap(&self, node: &str, instance: &str, seqs: &[u64]) -> u64 {
+        let nodes = self.lock();
+        let mut last = nodes.get(node).and_then(|n| n.last_seq.get(instance)).copied().unwrap_or(0);
+        let mut gap = 0u64;
+        for &seq in seqs {
+            if seq > last {
+                gap = gap.saturating_add(seq - last - 1);
+                last = seq;
+            }
+        }
+        gap
+    }
+
     /// Splits a batch's sequence numbers into new and replayed ones and
     /// records gaps. `seqs` must be increasing; returns which to keep.
     pub fn intake(
@@ -197,6 +212,8 @@ mod tests {
         let s = &nodes.status()[0];
         assert_eq!((s.events, s.lost, s.duplicates, s.last_seq), (5, 4, 2, 7));
         assert_eq!(nodes.claim("n", "b", "i", 2, false), Ok(7), "resume point");
+        assert_eq!(nodes.gap("n", "i", &[5, 8, 10]), 1, "from 7: 9 is jumped over; 5 is a replay");
+        assert_eq!(nodes.gap("other", "i", &[3]), 2, "a new instance starts after 0");
     }
 
     #[test]

@@ -54,12 +54,13 @@ fn hello(node: &str, instance: &str) -> IngestMessage {
             boot_id: format!("boot-{instance}"),
             sensor_version: "test".into(),
             instance_id: instance.into(),
+            replay_buffer_size: 10,
         })),
     }
 }
 
 fn batch(events: Vec<SequencedEvent>) -> IngestMessage {
-    IngestMessage { msg: Some(ingest_message::Msg::Batch(Batch { events, lost: 0 })) }
+    IngestMessage { msg: Some(ingest_message::Msg::Batch(Batch { events, lost: 0, skipped: 0 })) }
 }
 
 fn markers(range: std::ops::RangeInclusive<u64>) -> IngestMessage {
@@ -108,6 +109,9 @@ async fn bad_input_gets_a_clear_error_and_harms_no_one_else() {
         let mut notices = 0;
         while seen.len() < 200 {
             match tokio::time::timeout(Duration::from_secs(20), client_events.message()).await {
+                // Streams refused part-way (jumper) or declaring a loss
+                // (skipper) reach the client too; only good-node's count here.
+                Ok(Ok(Some(e))) if ["jumper", "skipper"].contains(&e.node_name.as_str()) => {}
                 Ok(Ok(Some(e))) => match &e.event {
                     Some(Event::ProcessExec(x)) => {
                         let p = x.process.as_ref().expect("process");
@@ -169,6 +173,39 @@ async fn bad_input_gets_a_clear_error_and_harms_no_one_else() {
     drop(tx_a);
     // Its stream ends once the relay has released the node.
     while let Ok(Some(_)) = a_replies.message().await {}
+
+    // A jump in sequence numbers past what the batch declares skipped and
+    // the announced replay buffer (10) ends the stream before anything is
+    // taken: the node's later events are not silenced as replays.
+    let jump = batch(vec![SequencedEvent { seq: 1_000_000, event: Some(Box::new(marker_event(1))) }]);
+    let status = refused(&relay, vec![encoded(&hello("jumper", "j1")), encoded(&markers(1..=5)), encoded(&jump)]).await;
+    assert_refused(
+        &status,
+        Code::InvalidArgument,
+        "sequence jumped over 999994 numbers the batch does not declare skipped, more than the announced replay \
+         buffer of 10",
+    );
+    // A declared skip (events the sensor's buffer lost) is accepted and
+    // counted as lost.
+    let (tx_s, rx_s) = mpsc::channel(4);
+    tx_s.send(hello("skipper", "s1")).await.unwrap();
+    let mut s_replies = IngestClient::new(relay.sensor().await)
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx_s))
+        .await
+        .expect("skipper stream")
+        .into_inner();
+    assert!(matches!(s_replies.message().await.unwrap().and_then(|r| r.msg), Some(ingest_reply::Msg::Welcome(_))));
+    let declared = IngestMessage {
+        msg: Some(ingest_message::Msg::Batch(Batch {
+            events: vec![SequencedEvent { seq: 101, event: Some(Box::new(marker_event(101))) }],
+            lost: 0,
+            skipped: 100,
+        })),
+    };
+    tx_s.send(declared).await.unwrap();
+    assert_eq!(ack(s_replies.message().await.expect("ack")), 101);
+    drop(tx_s);
+    while let Ok(Some(_)) = s_replies.message().await {}
 
     // Hello fields past their limits, refused by name and limit, never
     // echoed; none reaches the node table.
@@ -237,8 +274,13 @@ async fn bad_input_gets_a_clear_error_and_harms_no_one_else() {
     let good = nodes.nodes.iter().find(|n| n.node_name == "good-node").expect("good-node listed");
     assert!(good.connected);
     assert_eq!((good.events, good.lost, good.last_seq), (200, 0, 200));
-    assert_eq!(nodes.events_merged, 200);
-    for n in nodes.nodes.iter().filter(|n| n.node_name != "good-node") {
+    assert_eq!(nodes.events_merged, 206, "200 good, 5 from jumper before its jump, 1 from skipper");
+    let node = |name: &str| nodes.nodes.iter().find(|n| n.node_name == name).unwrap_or_else(|| panic!("{name}"));
+    let jumper = node("jumper");
+    assert_eq!((jumper.last_seq, jumper.events, jumper.lost), (5, 5, 0), "the jump took nothing");
+    let skipper = node("skipper");
+    assert_eq!((skipper.last_seq, skipper.events, skipper.lost), (101, 1, 100));
+    for n in nodes.nodes.iter().filter(|n| !["good-node", "jumper", "skipper"].contains(&n.node_name.as_str())) {
         assert!(!n.connected && n.events == 0, "{n:?}");
     }
     // The good sensor used the any-node credential: flagged; node-a's is bound.

@@ -517,7 +517,7 @@ fn start_replicated_sensor(c: &Cluster, ns: &str, node: &str, extra: &[&str]) ->
         "--relay-address".into(),
         "relays.vigil.test:54331".into(),
         "--tls-dir".into(),
-        c.certs.display().to_string(),
+        c.node_tls(node).display().to_string(),
         "--only-own-netns".into(),
     ];
     args.extend(extra.iter().map(|a| a.to_string()));
