@@ -43,9 +43,25 @@ pub enum FilterError {
     Capability { set: &'static str, value: i32 },
     #[error("{0} is not supported by Vigil")]
     Unsupported(&'static str),
-    #[error("unknown namespace {0:?} in host_namespaces (expected one of {names})", names = NAMESPACE_NAMES.join(", "))]
-    Namespace(String),
+    #[error("unknown namespace in host_namespaces[{0}] (expected one of {names})", names = NAMESPACE_NAMES.join(", "))]
+    Namespace(usize),
+    #[error("{list} has {count} filters; the limit is {MAX_FILTERS}")]
+    TooManyFilters { list: &'static str, count: usize },
+    #[error("{field} has {count} entries; the limit is {MAX_ENTRIES}")]
+    TooManyEntries { field: &'static str, count: usize },
+    #[error("{field}[{index}] is {len} bytes; the limit is {MAX_PATTERN_BYTES}")]
+    PatternTooLong { field: &'static str, index: usize, len: usize },
 }
+
+/// Filters in an allow or deny list at most.
+pub const MAX_FILTERS: usize = 64;
+/// Entries in one repeated field of a filter at most.
+pub const MAX_ENTRIES: usize = 256;
+/// Bytes of one regex or label selector at most.
+pub const MAX_PATTERN_BYTES: usize = 4096;
+/// Memory one compiled regex may take (the regex crate's own bound, made
+/// explicit and smaller than its 10 MiB default).
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// The longest reason put in an error.
 const REASON_MAX: usize = 200;
@@ -58,11 +74,30 @@ fn regex_reason(e: &regex::Error) -> String {
     last.trim().trim_start_matches("error: ").chars().take(REASON_MAX).collect()
 }
 
+/// Refuses a repeated field past [`MAX_ENTRIES`] or an entry past
+/// [`MAX_PATTERN_BYTES`], naming the place and the limit.
+fn bounded(field: &'static str, values: &[String]) -> Result<(), FilterError> {
+    if values.len() > MAX_ENTRIES {
+        return Err(FilterError::TooManyEntries { field, count: values.len() });
+    }
+    match values.iter().position(|v| v.len() > MAX_PATTERN_BYTES) {
+        Some(index) => Err(FilterError::PatternTooLong { field, index, len: values[index].len() }),
+        None => Ok(()),
+    }
+}
+
 fn regexes(field: &'static str, values: &[String]) -> Result<Vec<Regex>, FilterError> {
+    bounded(field, values)?;
     values
         .iter()
         .enumerate()
-        .map(|(index, v)| Regex::new(v).map_err(|e| FilterError::Regex { field, index, reason: regex_reason(&e) }))
+        .map(|(index, v)| {
+            regex::RegexBuilder::new(v).size_limit(REGEX_SIZE_LIMIT).build().map_err(|e| FilterError::Regex {
+                field,
+                index,
+                reason: regex_reason(&e),
+            })
+        })
         .collect()
 }
 
@@ -166,6 +201,16 @@ impl Compiled {
         for e in &f.event_set {
             EventType::try_from(*e).map_err(|_| FilterError::EventType(*e))?;
         }
+        // Every repeated field is bounded, in entries and in bytes.
+        bounded("labels", &f.labels)?;
+        bounded("namespace", &f.namespace)?;
+        bounded("host_namespaces", &f.host_namespaces)?;
+        bounded("node_name", &f.node_name)?;
+        for (field, count) in [("pid", f.pid.len()), ("pid_set", f.pid_set.len()), ("event_set", f.event_set.len())] {
+            if count > MAX_ENTRIES {
+                return Err(FilterError::TooManyEntries { field, count });
+            }
+        }
         let labels = f
             .labels
             .iter()
@@ -198,11 +243,12 @@ impl Compiled {
             host_namespaces: f
                 .host_namespaces
                 .iter()
-                .map(|n| {
+                .enumerate()
+                .map(|(index, n)| {
                     if NAMESPACE_NAMES.contains(&n.as_str()) {
                         Ok(n.clone())
                     } else {
-                        Err(FilterError::Namespace(n.clone()))
+                        Err(FilterError::Namespace(index))
                     }
                 })
                 .collect::<Result<_, _>>()?,
@@ -281,6 +327,11 @@ impl EventFilter {
     }
 
     pub fn new(allow: &[Filter], deny: &[Filter]) -> Result<Self, FilterError> {
+        for (list, filters) in [("allow_list", allow), ("deny_list", deny)] {
+            if filters.len() > MAX_FILTERS {
+                return Err(FilterError::TooManyFilters { list, count: filters.len() });
+            }
+        }
         Ok(EventFilter {
             allow: allow.iter().map(Compiled::compile).collect::<Result<_, _>>()?,
             deny: deny.iter().map(Compiled::compile).collect::<Result<_, _>>()?,
@@ -313,8 +364,8 @@ mod tests {
         let f = Filter { binary_regex: vec!["(".into()], ..Default::default() };
         let e = EventFilter::new(&[f], &[]).unwrap_err();
         assert_eq!(e.to_string(), "invalid regular expression in binary_regex[0]: unclosed group");
-        // A long bad pattern is not quoted back.
-        let long = format!("({}", "x".repeat(100_000));
+        // A long bad pattern (within the size bound) is not quoted back.
+        let long = format!("({}", "x".repeat(4000));
         let f = Filter { binary_regex: vec!["ok".into(), long], ..Default::default() };
         let e = EventFilter::new(&[f], &[]).unwrap_err().to_string();
         assert!(
@@ -380,7 +431,20 @@ mod tests {
         assert!(!f.matches(&exec("/bin/no-ns-info", None, 1, 0)));
         let e = EventFilter::new(&[Filter { host_namespaces: vec!["network".into()], ..Default::default() }], &[])
             .unwrap_err();
-        assert!(e.to_string().starts_with("unknown namespace \"network\" in host_namespaces"), "{e}");
+        assert!(e.to_string().starts_with("unknown namespace in host_namespaces[0]"), "{e}");
+        // Bounds, named without the input.
+        let long = Filter { binary_regex: vec!["a".into(), "x".repeat(5000)], ..Default::default() };
+        let e = EventFilter::new(&[long], &[]).unwrap_err().to_string();
+        assert_eq!(e, "binary_regex[1] is 5000 bytes; the limit is 4096");
+        let many = Filter { pod_regex: vec!["p".into(); 300], ..Default::default() };
+        let e = EventFilter::new(&[many], &[]).unwrap_err().to_string();
+        assert_eq!(e, "pod_regex has 300 entries; the limit is 256");
+        let e = EventFilter::new(&vec![Filter::default(); 65], &[]).unwrap_err().to_string();
+        assert_eq!(e, "allow_list has 65 filters; the limit is 64");
+        // A pattern that fits in bytes but compiles too large is refused too.
+        let huge = Filter { binary_regex: vec!["\\w{1000}\\w{1000}".into()], ..Default::default() };
+        let e = EventFilter::new(&[huge], &[]).unwrap_err().to_string();
+        assert!(e.starts_with("invalid regular expression in binary_regex[0]"), "{e}");
     }
 
     #[test]
