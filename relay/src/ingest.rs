@@ -110,6 +110,14 @@ impl From<IngestError> for Status {
     }
 }
 
+/// Largest event (encoded) the relay takes from a sensor: well under the
+/// 4 MiB a default Go or Python gRPC client accepts in one message.
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// Rate limit of the oversized-event warning.
+static OVERSIZED_LOG: std::sync::LazyLock<serving::log_limit::LogLimit> =
+    std::sync::LazyLock::new(|| serving::log_limit::LogLimit::new(Duration::from_secs(10)));
+
 /// Bytes a hello field may hold: a node name is a DNS name at most (as a
 /// Kubernetes node's is); the ids and the version are short tokens (a boot
 /// id is a 36-character UUID).
@@ -248,6 +256,7 @@ async fn serve_batches(
             return Err(IngestError::SequenceJump { undeclared, buffer: hello.replay_buffer_size });
         }
         let (keep, intake) = nodes.intake(&hello.node_name, &hello.instance_id, &seqs, batch.lost, lag_ms);
+        let mut oversized = 0u64;
         let events: Vec<Arrival> = batch
             .events
             .into_iter()
@@ -260,8 +269,23 @@ async fn serve_batches(
                 }
                 Arrival::new(boot, e)
             })
+            .filter(|a| {
+                // Larger than a default gRPC client takes once wrapped: refused
+                // here, counted, and reported to clients as lost. The encoding
+                // is the one clients are sent (made once, here instead of in
+                // the fan-out).
+                let fits = a.event.encoded().len() <= MAX_EVENT_BYTES;
+                oversized += u64::from(!fits);
+                fits
+            })
             .collect();
-        let lost = intake.gap + batch.lost;
+        if oversized > 0 {
+            nodes.oversized(&hello.node_name, oversized);
+            if let Some(n) = OVERSIZED_LOG.hit() {
+                tracing::warn!(node = %hello.node_name, oversized, lines_since = n, limit = MAX_EVENT_BYTES, "refused events larger than the limit");
+            }
+        }
+        let lost = intake.gap + batch.lost + oversized;
         if lost > 0 {
             tracing::warn!(node = %hello.node_name, lost, "sensor lost events before they reached the relay");
             let _ = merge.send(MergeInput::Lost { node: hello.node_name.clone(), count: lost }).await;

@@ -22,6 +22,7 @@ struct Node {
     lag_ms: u64,
     /// The connected (or last) sensor's credential is valid for any node.
     any_node: bool,
+    oversized: u64,
 }
 
 /// Why a hello may not claim a node. Neither sensor's instance id is ever
@@ -143,6 +144,13 @@ impl Nodes {
         (keep, intake)
     }
 
+    /// Counts events of `node` refused for their size.
+    pub fn oversized(&self, node: &str, count: u64) {
+        if let Some(n) = self.lock().get_mut(node) {
+            n.oversized += count;
+        }
+    }
+
     /// The relay's number for a kernel boot id: equal ids, equal numbers.
     pub fn boot_number(&self, boot_id: &str) -> u64 {
         let mut guard = self.boots.lock();
@@ -174,6 +182,7 @@ impl Nodes {
                 last_seq: n.last_seq.get(&n.instance_id).copied().unwrap_or(0),
                 duplicates: n.duplicates,
                 any_node_credential: n.any_node,
+                oversized: n.oversized,
             })
             .collect();
         out.sort_by(|a, b| a.node_name.cmp(&b.node_name));

@@ -111,7 +111,7 @@ async fn bad_input_gets_a_clear_error_and_harms_no_one_else() {
             match tokio::time::timeout(Duration::from_secs(20), client_events.message()).await {
                 // Streams refused part-way (jumper) or declaring a loss
                 // (skipper) reach the client too; only good-node's count here.
-                Ok(Ok(Some(e))) if ["jumper", "skipper"].contains(&e.node_name.as_str()) => {}
+                Ok(Ok(Some(e))) if ["jumper", "skipper", "big-node"].contains(&e.node_name.as_str()) => {}
                 Ok(Ok(Some(e))) => match &e.event {
                     Some(Event::ProcessExec(x)) => {
                         let p = x.process.as_ref().expect("process");
@@ -207,6 +207,29 @@ async fn bad_input_gets_a_clear_error_and_harms_no_one_else() {
     drop(tx_s);
     while let Ok(Some(_)) = s_replies.message().await {}
 
+    // An event larger than the relay takes (1 MiB) is refused, counted and
+    // reported as lost; the rest of its batch goes through.
+    let (tx_b, rx_b) = mpsc::channel(4);
+    tx_b.send(hello("big-node", "big-1")).await.unwrap();
+    let mut b_replies = IngestClient::new(relay.sensor().await)
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx_b))
+        .await
+        .expect("big-node stream")
+        .into_inner();
+    assert!(matches!(b_replies.message().await.unwrap().and_then(|r| r.msg), Some(ingest_reply::Msg::Welcome(_))));
+    let mut huge = marker_event(1);
+    if let Some(Event::ProcessExec(x)) = huge.event.as_mut() {
+        x.process.as_mut().unwrap().arguments = "a".repeat(2 << 20);
+    }
+    let big = batch(vec![
+        SequencedEvent { seq: 1, event: Some(Box::new(huge)) },
+        SequencedEvent { seq: 2, event: Some(Box::new(marker_event(2))) },
+    ]);
+    tx_b.send(big).await.unwrap();
+    assert_eq!(ack(b_replies.message().await.expect("ack")), 2);
+    drop(tx_b);
+    while let Ok(Some(_)) = b_replies.message().await {}
+
     // Hello fields past their limits, refused by name and limit, never
     // echoed; none reaches the node table.
     let huge = "n".repeat(10 << 20);
@@ -274,13 +297,17 @@ async fn bad_input_gets_a_clear_error_and_harms_no_one_else() {
     let good = nodes.nodes.iter().find(|n| n.node_name == "good-node").expect("good-node listed");
     assert!(good.connected);
     assert_eq!((good.events, good.lost, good.last_seq), (200, 0, 200));
-    assert_eq!(nodes.events_merged, 206, "200 good, 5 from jumper before its jump, 1 from skipper");
+    assert_eq!(nodes.events_merged, 207, "200 good, 5 from jumper before its jump, 1 from skipper, 1 from big-node");
     let node = |name: &str| nodes.nodes.iter().find(|n| n.node_name == name).unwrap_or_else(|| panic!("{name}"));
     let jumper = node("jumper");
     assert_eq!((jumper.last_seq, jumper.events, jumper.lost), (5, 5, 0), "the jump took nothing");
+    let big = node("big-node");
+    assert_eq!((big.oversized, big.lost, big.last_seq), (1, 0, 2), "refused and counted apart from sensor-side losses");
     let skipper = node("skipper");
     assert_eq!((skipper.last_seq, skipper.events, skipper.lost), (101, 1, 100));
-    for n in nodes.nodes.iter().filter(|n| !["good-node", "jumper", "skipper"].contains(&n.node_name.as_str())) {
+    for n in
+        nodes.nodes.iter().filter(|n| !["good-node", "jumper", "skipper", "big-node"].contains(&n.node_name.as_str()))
+    {
         assert!(!n.connected && n.events == 0, "{n:?}");
     }
     // The good sensor used the any-node credential: flagged; node-a's is bound.
