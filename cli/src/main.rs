@@ -51,8 +51,15 @@ fn print_nodes(r: &proto::vigil::relay::v1::ListNodesResponse) {
     }
     println!(
         "clients: {}  events merged: {}  shared-kernel copies merged: {}  sent early (pending full): {}  \
-         pending: {}  dropped for slow clients: {}",
-        r.clients, r.events_merged, r.shared_kernel_copies, r.sent_early, r.pending, r.client_dropped
+         pending: {}  dropped for slow clients: {}  history: {} events, {} MiB",
+        r.clients,
+        r.events_merged,
+        r.shared_kernel_copies,
+        r.sent_early,
+        r.pending,
+        r.client_dropped,
+        r.history_events,
+        r.history_bytes >> 20
     );
 }
 

@@ -45,6 +45,10 @@ pub struct Flags {
     /// Recent events kept for --since/--last queries.
     #[arg(long, default_value_t = 100_000)]
     pub history_size: usize,
+    /// Memory the history may take, in MiB (each event is charged twice its
+    /// encoded size plus 512 bytes); past it the oldest events go first.
+    #[arg(long, default_value_t = 512)]
+    pub history_mib: usize,
     /// Events queued per client before its events are dropped and reported
     /// to it (about 0.2 s at 300,000 events/s; a queued event is a shared
     /// pointer, the event itself is not copied per client).
@@ -85,6 +89,7 @@ pub struct Settings {
     pub reorder_window: std::time::Duration,
     pub max_pending: usize,
     pub history_size: usize,
+    pub history_bytes: usize,
     pub client_queue_size: usize,
     pub name: String,
     pub log_level: String,
@@ -132,6 +137,7 @@ impl Settings {
         for (key, v) in [
             ("max-pending", l.max_pending),
             ("history-size", l.history_size),
+            ("history-mib", l.history_mib),
             ("client-queue-size", l.client_queue_size),
         ] {
             if v == 0 {
@@ -150,6 +156,7 @@ impl Settings {
             reorder_window: std::time::Duration::from_millis(l.reorder_window_ms),
             max_pending: l.max_pending,
             history_size: l.history_size,
+            history_bytes: l.history_mib.saturating_mul(1 << 20),
             client_queue_size: l.client_queue_size,
             name: l.name,
             log_level: l.log_level,

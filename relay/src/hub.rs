@@ -12,9 +12,36 @@ use proto::shared::{OutEvent, SharedEvent};
 use proto::tetragon::GetEventsResponse;
 
 pub struct Hub {
-    history: Mutex<VecDeque<Arc<SharedEvent>>>,
-    capacity: usize,
+    history: Mutex<History>,
     pub bus: EventBus,
+}
+
+/// The newest events, bounded in count and in bytes.
+struct History {
+    events: VecDeque<(Arc<SharedEvent>, usize)>,
+    bytes: usize,
+    capacity: usize,
+    max_bytes: usize,
+}
+
+/// What one event is charged against the byte bound: its encoding, which
+/// is kept for sending, as much again for the decoded copy, and the fixed
+/// overhead of the decoded message.
+pub fn charge(event: &SharedEvent) -> usize {
+    2 * event.encoded().len() + 512
+}
+
+impl History {
+    fn push(&mut self, event: Arc<SharedEvent>) {
+        let cost = charge(&event);
+        while !self.events.is_empty() && (self.events.len() >= self.capacity || self.bytes + cost > self.max_bytes) {
+            if let Some((_, c)) = self.events.pop_front() {
+                self.bytes -= c;
+            }
+        }
+        self.bytes += cost;
+        self.events.push_back((event, cost));
+    }
 }
 
 /// Which history a client asked for.
@@ -33,8 +60,16 @@ impl Replay {
 }
 
 impl Hub {
-    pub fn new(bus: EventBus, capacity: usize) -> Self {
-        Hub { history: Mutex::new(VecDeque::with_capacity(capacity.min(1 << 16))), capacity: capacity.max(1), bus }
+    /// A hub keeping at most `capacity` events and `max_bytes` of them (see
+    /// [`charge`]) for history.
+    pub fn new(bus: EventBus, capacity: usize, max_bytes: usize) -> Self {
+        let history = History {
+            events: VecDeque::with_capacity(capacity.min(1 << 16)),
+            bytes: 0,
+            capacity: capacity.max(1),
+            max_bytes,
+        };
+        Hub { history: Mutex::new(history), bus }
     }
 
     pub fn publish(&self, event: GetEventsResponse) {
@@ -49,16 +84,18 @@ impl Hub {
         // History and bus change under one lock: see `subscribe`.
         let mut history = self.history.lock();
         for e in &events {
-            if history.len() == self.capacity {
-                history.pop_front();
-            }
-            history.push_back(e.clone());
+            history.push(e.clone());
         }
         self.bus.publish_all(events);
     }
 
     pub fn history_len(&self) -> usize {
-        self.history.lock().len()
+        self.history.lock().events.len()
+    }
+
+    /// What the history is charged now (see [`charge`]).
+    pub fn history_bytes(&self) -> usize {
+        self.history.lock().bytes
     }
 
     /// Matching history (as asked) and a live subscription starting right
@@ -72,7 +109,9 @@ impl Hub {
             let in_window =
                 |e: &GetEventsResponse| replay.since_seconds == 0 || e.time.is_some_and(|t| t.unix_nanos() >= cutoff);
             past = history
+                .events
                 .iter()
+                .map(|(e, _)| e)
                 .rev()
                 .filter(|e| in_window(e.event()) && filter.matches(e.event()))
                 .take(if replay.last == 0 { usize::MAX } else { replay.last as usize })
@@ -100,7 +139,7 @@ mod tests {
 
     #[tokio::test]
     async fn history_then_live_without_gap_or_repeat() {
-        let hub = Hub::new(EventBus::new("relay", 16), 3);
+        let hub = Hub::new(EventBus::new("relay", 16), 3, usize::MAX);
         for (i, b) in ["/a", "/b", "/c", "/d"].iter().enumerate() {
             hub.publish(exec(b, 100 + i as i64));
         }
@@ -124,5 +163,23 @@ mod tests {
         assert_eq!(binaries(&past), vec!["/d"]);
         let (past, _) = hub.subscribe(RequestFilters::default(), Replay::default(), now);
         assert!(past.is_empty(), "plain clients get live events only");
+    }
+
+    #[test]
+    fn history_is_bounded_in_bytes_too() {
+        let one = charge(&SharedEvent::new(exec("/a", 1)));
+        let hub = Hub::new(EventBus::new("relay", 16), 1000, 3 * one);
+        for (i, b) in ["/a", "/b", "/c", "/d"].iter().enumerate() {
+            hub.publish(exec(b, i as i64));
+        }
+        assert_eq!((hub.history_len(), hub.history_bytes()), (3, 3 * one), "the oldest left for the bytes");
+        // A large event pushes out as many as it needs.
+        let mut big = exec("/big", 9);
+        if let Some(proto::tetragon::get_events_response::Event::ProcessExec(x)) = big.event.as_mut() {
+            x.process.as_mut().unwrap().arguments = "x".repeat(one);
+        }
+        hub.publish(big);
+        assert_eq!(hub.history_len(), 1, "only the big one fits");
+        assert!(hub.history_bytes() > 2 * one);
     }
 }

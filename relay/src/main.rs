@@ -47,7 +47,11 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
     let enforce = ingest_listener.is_tls();
 
     let nodes = Arc::new(Nodes::default());
-    let hub = Arc::new(Hub::new(EventBus::new(&flags.name, flags.client_queue_size), flags.history_size));
+    let hub = Arc::new(Hub::new(
+        EventBus::new(&flags.name, flags.client_queue_size),
+        flags.history_size,
+        flags.history_bytes,
+    ));
     let counters = Arc::new(MergeCounters::default());
     let (merge_tx, merge_rx) = mpsc::channel(merge_stage::QUEUE);
     let settings = MergeSettings { reorder_window: flags.reorder_window, max_pending: flags.max_pending };

@@ -67,6 +67,8 @@ impl RelayAdmin for AdminService {
             shared_kernel_copies: q.merge.copies.load(Ordering::Relaxed),
             sent_early: q.merge.sent_early.load(Ordering::Relaxed),
             pending: q.merge.pending.load(Ordering::Relaxed),
+            history_events: q.hub.history_len() as u64,
+            history_bytes: q.hub.history_bytes() as u64,
         }))
     }
 }
