@@ -45,6 +45,10 @@ pub struct Flags {
     /// Recent events kept for --since/--last queries.
     #[arg(long, default_value_t = 100_000)]
     pub history_size: usize,
+    /// Seconds a node that went away stays in `vigil nodes` (with where its
+    /// sensor's numbering stood) before it is forgotten.
+    #[arg(long, default_value_t = 86_400)]
+    pub forget_nodes_after: u64,
     /// Memory the history may take, in MiB (each event is charged twice its
     /// encoded size plus 512 bytes); past it the oldest events go first.
     #[arg(long, default_value_t = 512)]
@@ -90,6 +94,7 @@ pub struct Settings {
     pub max_pending: usize,
     pub history_size: usize,
     pub history_bytes: usize,
+    pub forget_nodes_after: std::time::Duration,
     pub client_queue_size: usize,
     pub name: String,
     pub log_level: String,
@@ -157,6 +162,7 @@ impl Settings {
             max_pending: l.max_pending,
             history_size: l.history_size,
             history_bytes: l.history_mib.saturating_mul(1 << 20),
+            forget_nodes_after: std::time::Duration::from_secs(l.forget_nodes_after),
             client_queue_size: l.client_queue_size,
             name: l.name,
             log_level: l.log_level,

@@ -46,7 +46,7 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
     let client_listener = Listener::bind("clients", &flags.client_address, certificates).await?;
     let enforce = ingest_listener.is_tls();
 
-    let nodes = Arc::new(Nodes::default());
+    let nodes = Arc::new(Nodes::new(flags.forget_nodes_after));
     let hub = Arc::new(Hub::new(
         EventBus::new(&flags.name, flags.client_queue_size),
         flags.history_size,

@@ -23,6 +23,8 @@ struct Node {
     /// The connected (or last) sensor's credential is valid for any node.
     any_node: bool,
     oversized: u64,
+    /// When its last stream ended (none while connected).
+    gone_since: Option<std::time::Instant>,
 }
 
 /// Why a hello may not claim a node. Neither sensor's instance id is ever
@@ -48,17 +50,41 @@ pub struct Intake {
 /// boot ids no node holds are forgotten.
 const MAX_BOOTS: usize = 65_536;
 
-#[derive(Default)]
+/// How long a node that went away is remembered by default (its counters
+/// in `vigil nodes`, and where its sensor's numbering stood).
+pub const DEFAULT_FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 pub struct Nodes {
     nodes: Mutex<HashMap<String, Node>>,
     /// A number per kernel boot id, so the merge compares and hashes a
     /// number instead of a string per event. Numbers are never reused.
     boots: Mutex<(HashMap<String, u64>, u64)>,
+    forget_after: std::time::Duration,
+}
+
+impl Default for Nodes {
+    fn default() -> Self {
+        Nodes::new(DEFAULT_FORGET_AFTER)
+    }
 }
 
 impl Nodes {
+    /// Nodes gone longer than `forget_after` are forgotten.
+    pub fn new(forget_after: std::time::Duration) -> Self {
+        Nodes { nodes: Mutex::default(), boots: Mutex::default(), forget_after }
+    }
+
     fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Node>> {
         self.nodes.lock()
+    }
+
+    /// The table with nodes gone too long removed: on the paths that add or
+    /// list nodes, not on the per-batch one.
+    fn lock_forgetting(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Node>> {
+        let mut nodes = self.nodes.lock();
+        let after = self.forget_after;
+        nodes.retain(|_, n| n.stream.is_some() || n.gone_since.is_none_or(|t| t.elapsed() < after));
+        nodes
     }
 
     /// A stream claims a node name. A second sensor instance may not take a
@@ -72,12 +98,13 @@ impl Nodes {
         stream: u64,
         any_node: bool,
     ) -> Result<u64, ClaimError> {
-        let mut nodes = self.lock();
+        let mut nodes = self.lock_forgetting();
         let n = nodes.entry(node.to_owned()).or_default();
         if n.stream.is_some() && n.instance_id != instance {
             return Err(ClaimError::Taken { node: node.into() });
         }
         n.stream = Some(stream);
+        n.gone_since = None;
         n.any_node = any_node;
         n.boot_id = boot_id.to_owned();
         n.instance_id = instance.to_owned();
@@ -90,6 +117,7 @@ impl Nodes {
             && n.stream == Some(stream)
         {
             n.stream = None;
+            n.gone_since = Some(std::time::Instant::now());
             n.last_seen = Some(Timestamp::now());
         }
     }
@@ -168,7 +196,7 @@ impl Nodes {
     }
 
     pub fn status(&self) -> Vec<NodeStatus> {
-        let nodes = self.lock();
+        let nodes = self.lock_forgetting();
         let mut out: Vec<NodeStatus> = nodes
             .iter()
             .map(|(name, n)| NodeStatus {
@@ -223,6 +251,22 @@ mod tests {
         assert_eq!(nodes.claim("n", "b", "i", 2, false), Ok(7), "resume point");
         assert_eq!(nodes.gap("n", "i", &[5, 8, 10]), 1, "from 7: 9 is jumped over; 5 is a replay");
         assert_eq!(nodes.gap("other", "i", &[3]), 2, "a new instance starts after 0");
+    }
+
+    #[test]
+    fn nodes_gone_long_are_forgotten() {
+        let nodes = Nodes::new(std::time::Duration::from_millis(50));
+        nodes.claim("stays", "b", "i", 1, false).unwrap();
+        nodes.claim("goes", "b", "j", 2, false).unwrap();
+        nodes.release("goes", 2);
+        assert_eq!(nodes.status().len(), 2, "remembered for a while");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while nodes.status().len() == 2 {
+            assert!(std::time::Instant::now() < deadline, "never forgotten");
+            std::thread::yield_now();
+        }
+        let names: Vec<String> = nodes.status().into_iter().map(|n| n.node_name).collect();
+        assert_eq!(names, ["stays"], "a connected node is never forgotten");
     }
 
     #[test]
