@@ -286,8 +286,11 @@ fn a_client_that_stops_reading_does_not_delay_another() {
     assert_exactly_once(&events, &prefix, 1500, "busy");
     assert_eq!(lost_for(&events, "vigil-relay"), 0, "the fast client lost nothing");
     let nodes = String::from_utf8_lossy(&c.cli(&["nodes"]).stdout).to_string();
-    let dropped: u64 =
-        nodes.lines().last().and_then(|l| l.rsplit(' ').next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let dropped: u64 = nodes
+        .split("dropped for slow clients: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
     assert!(dropped > 0, "the stalled client should have lost events: {nodes}");
     eprintln!("fast client complete {behind:?} after the workload ended; stalled client dropped {dropped}");
     let _ = stalled.kill();
