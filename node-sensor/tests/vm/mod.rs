@@ -53,6 +53,10 @@ fn vmlinuz_from_deb(deb: &Path, into: &Path) -> Result<PathBuf, String> {
 /// The kernel to boot: `VIGIL_KERNEL_IMAGE`, else Debian's newest 6.1 cloud
 /// kernel (downloaded once into the cache).
 pub fn kernel() -> Result<PathBuf, String> {
+    // Tests in one process ask at once: one downloads and unpacks, the
+    // others wait for it instead of reading a half-written package.
+    static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = FETCH.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let cache = cache_dir();
     std::fs::create_dir_all(&cache).map_err(|e| e.to_string())?;
     if let Ok(image) = std::env::var("VIGIL_KERNEL_IMAGE") {
