@@ -250,12 +250,13 @@ async fn serve_batches(
         // produced and not sent: what it declares skipped, or at most its
         // replay buffer. Checked before anything is taken, so a jump cannot
         // make the node's later events look like replays.
-        let gap = nodes.gap(&hello.node_name, &hello.instance_id, &seqs);
-        let undeclared = gap.saturating_sub(batch.skipped);
-        if undeclared > hello.replay_buffer_size {
-            return Err(IngestError::SequenceJump { undeclared, buffer: hello.replay_buffer_size });
-        }
-        let (keep, intake) = nodes.intake(&hello.node_name, &hello.instance_id, &seqs, batch.lost, lag_ms);
+        let allowed = batch.skipped.saturating_add(hello.replay_buffer_size);
+        let (keep, intake) = nodes
+            .intake(&hello.node_name, &hello.instance_id, &seqs, allowed, batch.lost, lag_ms)
+            .map_err(|gap| IngestError::SequenceJump {
+                undeclared: gap.saturating_sub(batch.skipped),
+                buffer: hello.replay_buffer_size,
+            })?;
         let mut oversized = 0u64;
         let events: Vec<Arrival> = batch
             .events

@@ -122,34 +122,26 @@ impl Nodes {
         }
     }
 
-    /// The sequence numbers `seqs` (increasing) would jump over, from the
-    /// last one taken for the instance.
-    pub fn gap(&self, node: &str, instance: &str, seqs: &[u64]) -> u64 {
-        let nodes = self.lock();
-        let mut last = nodes.get(node).and_then(|n| n.last_seq.get(instance)).copied().unwrap_or(0);
-        let mut gap = 0u64;
-        for &seq in seqs {
-            if seq > last {
-                gap = gap.saturating_add(seq - last - 1);
-                last = seq;
-            }
-        }
-        gap
-    }
-
     /// Splits a batch's sequence numbers into new and replayed ones and
-    /// records gaps. `seqs` must be increasing; returns which to keep.
+    /// records gaps. `seqs` must be increasing; returns which to keep. A
+    /// batch that would jump over more than `allowed_gap` numbers is taken
+    /// not at all: `Err` with the gap it would make.
     pub fn intake(
         &self,
         node: &str,
         instance: &str,
         seqs: &[u64],
+        allowed_gap: u64,
         extra_lost: u64,
         lag_ms: u64,
-    ) -> (Vec<bool>, Intake) {
+    ) -> Result<(Vec<bool>, Intake), u64> {
         let mut nodes = self.lock();
         let n = nodes.entry(node.to_owned()).or_default();
         let last = n.last_seq.entry(instance.to_owned()).or_insert(0);
+        let gap = gap_after(*last, seqs);
+        if gap > allowed_gap {
+            return Err(gap);
+        }
         let mut keep = Vec::with_capacity(seqs.len());
         let mut intake = Intake::default();
         for &seq in seqs {
@@ -169,7 +161,7 @@ impl Nodes {
         n.lost += intake.gap + extra_lost;
         n.lag_ms = lag_ms;
         n.last_seen = Some(Timestamp::now());
-        (keep, intake)
+        Ok((keep, intake))
     }
 
     /// Counts events of `node` refused for their size.
@@ -218,6 +210,18 @@ impl Nodes {
     }
 }
 
+/// The numbers increasing `seqs` jump over after `last` (replays skipped).
+fn gap_after(mut last: u64, seqs: &[u64]) -> u64 {
+    let mut gap = 0u64;
+    for &seq in seqs {
+        if seq > last {
+            gap = gap.saturating_add(seq - last - 1);
+            last = seq;
+        }
+    }
+    gap
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,16 +245,17 @@ mod tests {
     fn replays_are_dropped_and_gaps_counted() {
         let nodes = Nodes::default();
         nodes.claim("n", "b", "i", 1, false).unwrap();
-        let (keep, i) = nodes.intake("n", "i", &[1, 2, 3], 0, 0);
+        let (keep, i) = nodes.intake("n", "i", &[1, 2, 3], 0, 0, 0).unwrap();
         assert_eq!((keep, i.accepted, i.gap), (vec![true, true, true], 3, 0));
-        let (keep, i) = nodes.intake("n", "i", &[2, 3, 4, 7], 2, 0);
+        let (keep, i) = nodes.intake("n", "i", &[2, 3, 4, 7], 2, 2, 0).unwrap();
         assert_eq!(keep, vec![false, false, true, true]);
         assert_eq!((i.duplicates, i.gap, i.last_seq), (2, 2, 7));
         let s = &nodes.status()[0];
         assert_eq!((s.events, s.lost, s.duplicates, s.last_seq), (5, 4, 2, 7));
         assert_eq!(nodes.claim("n", "b", "i", 2, false), Ok(7), "resume point");
-        assert_eq!(nodes.gap("n", "i", &[5, 8, 10]), 1, "from 7: 9 is jumped over; 5 is a replay");
-        assert_eq!(nodes.gap("other", "i", &[3]), 2, "a new instance starts after 0");
+        assert_eq!(gap_after(7, &[5, 8, 10]), 1, "from 7: 9 is jumped over; 5 is a replay");
+        assert_eq!(nodes.intake("n", "i", &[5, 8, 10], 0, 0, 0), Err(1), "past the allowed gap: taken not at all");
+        assert_eq!(nodes.status()[0].last_seq, 7);
     }
 
     #[test]
