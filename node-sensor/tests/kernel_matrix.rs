@@ -133,23 +133,32 @@ fn check_against_proc<'a>(events: &'a [GetEventsResponse], tag: &str, snap: &Sna
     p
 }
 
-#[test]
-fn sensor_in_a_vm_with_another_kernel_matches_proc() {
+/// Boots the VM with `init` as PID 1 and returns its console, kept in the
+/// cache as `log` for reading after a failure; `None` when it cannot run
+/// here (said, or failed under VIGIL_REQUIRE_ALL).
+fn run_vm(init: &str, log: &str) -> Option<String> {
     if let Some(reason) = common_skip() {
         skip_or_fail(&reason);
-        return;
+        return None;
     }
     let kernel = match vm::kernel() {
         Ok(k) => k,
-        Err(e) => return skip_or_fail(&format!("no kernel image: {e}")),
+        Err(e) => {
+            skip_or_fail(&format!("no kernel image: {e}"));
+            return None;
+        }
     };
-    let init = include_str!("vm/init.sh");
     let initrd = vm::initramfs(std::path::Path::new(env!("CARGO_BIN_EXE_vigil-sensor")), init).expect("initramfs");
     let console = vm::boot(&kernel, &initrd, Duration::from_secs(600)).expect("VM run");
     let _ = std::fs::remove_dir_all(initrd.parent().unwrap());
-    // Kept for reading after a failure.
-    let _ = std::fs::write(vm::cache_dir().join("last-console.log"), &console);
+    let _ = std::fs::write(vm::cache_dir().join(log), &console);
     assert!(console.contains("VIGIL-DONE"), "workload did not finish; console:\n{console}");
+    Some(console)
+}
+
+#[test]
+fn sensor_in_a_vm_with_another_kernel_matches_proc() {
+    let Some(console) = run_vm(include_str!("vm/init.sh"), "last-console.log") else { return };
     let (events, snaps, statuses, release) = parse_console(&console);
     let log: Vec<&str> = console.lines().filter(|l| l.starts_with("VIGIL-SENSOR-LOG")).collect();
     if std::env::var_os("VIGIL_KERNEL_IMAGE").is_none() {
@@ -368,20 +377,7 @@ fn workload(who: &str, events: &[GetEventsResponse]) -> BTreeMap<(String, String
 
 #[test]
 fn vm_events_equal_tetragons_field_by_field() {
-    if let Some(reason) = common_skip() {
-        skip_or_fail(&reason);
-        return;
-    }
-    let kernel = match vm::kernel() {
-        Ok(k) => k,
-        Err(e) => return skip_or_fail(&format!("no kernel image: {e}")),
-    };
-    let initrd = vm::initramfs(std::path::Path::new(env!("CARGO_BIN_EXE_vigil-sensor")), include_str!("vm/parity.sh"))
-        .expect("initramfs");
-    let console = vm::boot(&kernel, &initrd, Duration::from_secs(600)).expect("VM run");
-    let _ = std::fs::remove_dir_all(initrd.parent().unwrap());
-    let _ = std::fs::write(vm::cache_dir().join("last-parity-console.log"), &console);
-    assert!(console.contains("VIGIL-DONE"), "workload did not finish; console:\n{console}");
+    let Some(console) = run_vm(include_str!("vm/parity.sh"), "last-parity-console.log") else { return };
     let (events, _, statuses, _) = parse_console(&console);
     let log: Vec<&str> = console.lines().filter(|l| l.contains("VIGIL-SENSOR-LOG")).collect();
     assert_eq!(statuses.get("chain"), Some(&3));
