@@ -7,6 +7,7 @@ use std::time::Duration;
 use events::compact::{self, CompactOptions};
 use events::fields::FieldFilters;
 use events::filter::EventFilter;
+use events::resume::ResumeTracker;
 use proto::json::{from_json_line, to_json_line};
 use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
 use proto::tetragon::get_events_response::Event;
@@ -60,7 +61,7 @@ pub struct LocalFilter {
 
 impl LocalFilter {
     pub fn new(req: &GetEventsRequest) -> anyhow::Result<Self> {
-        let events::RequestFilters { filter, fields } = events::RequestFilters::compile(req)?;
+        let events::RequestFilters { filter, fields, .. } = events::RequestFilters::compile(req)?;
         Ok(LocalFilter { filter, fields })
     }
 
@@ -114,7 +115,8 @@ pub fn from_reader<R: BufRead, W: Write>(
 }
 
 /// Streams from a server until it ends; with `reconnect`, retries with
-/// capped exponential backoff.
+/// capped exponential backoff, resuming exactly after the last event
+/// received (see [`events::resume`]): nothing twice, nothing skipped.
 pub async fn from_server<W: Write>(
     target: &Target,
     request: GetEventsRequest,
@@ -123,8 +125,13 @@ pub async fn from_server<W: Write>(
 ) -> anyhow::Result<()> {
     let address = &target.address;
     let mut backoff = Duration::from_millis(500);
+    let mut received = ResumeTracker::default();
     loop {
-        let result = stream_once(target, request.clone(), printer).await;
+        let mut this_time = request.clone();
+        if !received.is_empty() {
+            this_time.resume = Some(received.resume_from());
+        }
+        let result = stream_once(target, this_time, printer, &mut received).await;
         match result {
             Ok(()) if !reconnect => return Ok(()),
             Err(e) if !reconnect => return Err(e),
@@ -140,12 +147,14 @@ async fn stream_once<W: Write>(
     target: &Target,
     request: GetEventsRequest,
     printer: &mut Printer<W>,
+    received: &mut ResumeTracker,
 ) -> anyhow::Result<()> {
     let channel = target.channel().await?;
     let mut client = FineGuidanceSensorsClient::new(channel).max_decoding_message_size(64 << 20);
     let mut stream = client.get_events(request).await.map_err(status_error)?.into_inner();
     while let Some(event) = stream.message().await.map_err(status_error)? {
         printer.print(&event)?;
+        received.record(&event);
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 
 use crate::fields::FieldFilters;
 use crate::filter::EventFilter;
+use crate::resume::ResumeGate;
 use proto::shared::{OutEvent, SharedEvent};
 use proto::tetragon::{GetEventsResponse, RateLimitInfo, get_events_response::Event};
 use tokio::sync::mpsc;
@@ -19,6 +20,8 @@ use tokio_stream::Stream;
 
 struct Subscriber {
     filter: EventFilter,
+    /// For a resuming client: what it already has, not sent again.
+    resume: Option<ResumeGate>,
     tx: mpsc::Sender<Arc<SharedEvent>>,
     dropped: Arc<AtomicU64>,
 }
@@ -123,10 +126,10 @@ impl EventBus {
     }
 
     pub fn subscribe(&self, filters: crate::RequestFilters) -> Subscription {
-        let crate::RequestFilters { filter, fields } = filters;
+        let crate::RequestFilters { filter, fields, resume } = filters;
         let (tx, rx) = mpsc::channel(self.queue_size);
         let dropped = Arc::new(AtomicU64::new(0));
-        self.subscribers.lock().push(Subscriber { filter, tx, dropped: dropped.clone() });
+        self.subscribers.lock().push(Subscriber { filter, resume, tx, dropped: dropped.clone() });
         Subscription { rx, dropped, fields, node_name: self.node_name.clone(), pending: None }
     }
 
@@ -165,6 +168,9 @@ impl EventBus {
             let notice = matches!(event.event().event, Some(Event::RateLimitInfo(_)));
             for s in subs.iter() {
                 if !notice && !s.filter.matches(event.event()) {
+                    continue;
+                }
+                if s.resume.as_ref().is_some_and(|g| !g.wants(event.resume(), event.event())) {
                     continue;
                 }
                 match s.tx.try_send(event.clone()) {
@@ -219,6 +225,7 @@ mod tests {
             filter: EventFilter::new(&[Filter { binary_regex: vec!["^/b".into()], ..Default::default() }], &[])
                 .unwrap(),
             fields: FieldFilters::default(),
+            resume: None,
         });
         for b in ["/a1", "/a2", "/a3", "/b1", "/a4"] {
             bus.publish(exec(b));

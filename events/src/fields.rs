@@ -187,7 +187,13 @@ impl FieldFilters {
     /// (encoded once for everyone) when there is nothing to apply, else its
     /// own filtered copy.
     pub fn apply_shared(&self, event: std::sync::Arc<proto::shared::SharedEvent>) -> proto::shared::OutEvent {
-        if self.is_empty() { proto::shared::OutEvent::Shared(event) } else { self.apply(event.event().clone()).into() }
+        if self.is_empty() {
+            return proto::shared::OutEvent::Shared(event);
+        }
+        // Field filters go through JSON, which has no resume positions.
+        let mut own = self.apply(event.event().clone());
+        own.resume = event.resume().to_vec();
+        own.into()
     }
 
     /// Applies every filter whose event set covers the event. Returns the

@@ -9,6 +9,7 @@ pub mod compact;
 pub mod fields;
 pub mod filter;
 pub mod labels;
+pub mod resume;
 pub mod subject;
 
 pub use filter::{EventFilter, FilterError};
@@ -18,6 +19,8 @@ pub use filter::{EventFilter, FilterError};
 pub struct RequestFilters {
     pub filter: EventFilter,
     pub fields: fields::FieldFilters,
+    /// What a resuming client already has (see [`resume`]).
+    pub resume: Option<resume::ResumeGate>,
 }
 
 /// Why a request's filters were refused; names the field at fault.
@@ -27,6 +30,8 @@ pub enum RequestError {
     Filter(#[from] FilterError),
     #[error(transparent)]
     Fields(#[from] fields::FieldFilterError),
+    #[error(transparent)]
+    Resume(#[from] resume::ResumeError),
 }
 
 impl From<RequestError> for tonic::Status {
@@ -40,6 +45,7 @@ impl RequestFilters {
         Ok(RequestFilters {
             filter: EventFilter::from_request(req)?,
             fields: fields::FieldFilters::new(&req.field_filters)?,
+            resume: resume::ResumeGate::compile(req.resume.as_ref())?,
         })
     }
 }

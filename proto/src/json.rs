@@ -54,6 +54,9 @@ impl Serialize for GetEventsResponse {
         if !self.node_labels.is_empty() {
             map.serialize_entry("node_labels", &self.node_labels)?;
         }
+        // `resume` (Vigil's relay positions) is transport state for gRPC
+        // clients that reconnect, not part of the event: JSON stays exactly
+        // Tetragon's shape.
         map.end()
     }
 }

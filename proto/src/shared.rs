@@ -13,13 +13,17 @@ use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
-use crate::tetragon::GetEventsResponse;
+use crate::tetragon::{GetEventsResponse, ResumePosition};
 
 /// An event and, once some stream has needed them, its encoded bytes.
 #[derive(Debug, Default)]
 pub struct SharedEvent {
     event: Box<GetEventsResponse>,
     encoded: OnceLock<Bytes>,
+    /// The relay's resume positions, set once when the event leaves the
+    /// merge, after `encoded` was made: kept apart, with their own
+    /// encoding, which is appended on the wire (protobuf concatenates).
+    resume: OnceLock<(Vec<ResumePosition>, Bytes)>,
 }
 
 impl SharedEvent {
@@ -29,7 +33,7 @@ impl SharedEvent {
 
     /// Without moving the event out of its allocation.
     pub fn from_box(event: Box<GetEventsResponse>) -> Self {
-        SharedEvent { event, encoded: OnceLock::new() }
+        SharedEvent { event, encoded: OnceLock::new(), resume: OnceLock::new() }
     }
 
     pub fn event(&self) -> &GetEventsResponse {
@@ -41,8 +45,38 @@ impl SharedEvent {
         self.encoded.get_or_init(|| Bytes::from(self.event.encode_to_vec()))
     }
 
+    /// Sets the event's resume positions (`GetEventsResponse.resume`),
+    /// once; a second call changes nothing.
+    pub fn set_resume(&self, positions: Vec<ResumePosition>) {
+        let _ = self.resume.get_or_init(|| {
+            let probe = GetEventsResponse { resume: positions, ..Default::default() };
+            let bytes = Bytes::from(probe.encode_to_vec());
+            (probe.resume, bytes)
+        });
+    }
+
+    /// The resume positions set by [`Self::set_resume`].
+    pub fn resume(&self) -> &[ResumePosition] {
+        self.resume.get().map_or(&[], |(p, _)| p)
+    }
+
+    fn resume_bytes(&self) -> &[u8] {
+        self.resume.get().map_or(&[], |(_, b)| b)
+    }
+
+    /// The event as sent: with its resume positions.
+    pub fn to_event(&self) -> GetEventsResponse {
+        let mut event = (*self.event).clone();
+        event.resume = self.resume().to_vec();
+        event
+    }
+
     pub fn into_event(self) -> GetEventsResponse {
-        *self.event
+        let mut event = *self.event;
+        if let Some((positions, _)) = self.resume.into_inner() {
+            event.resume = positions;
+        }
+        event
     }
 }
 
@@ -83,7 +117,7 @@ impl OutEvent {
 
     pub fn into_event(self) -> GetEventsResponse {
         match self {
-            OutEvent::Shared(s) => Arc::try_unwrap(s).map_or_else(|s| s.event().clone(), SharedEvent::into_event),
+            OutEvent::Shared(s) => Arc::try_unwrap(s).map_or_else(|s| s.to_event(), SharedEvent::into_event),
             OutEvent::Own(e) => *e,
         }
     }
@@ -91,7 +125,7 @@ impl OutEvent {
     /// This stream's own copy, to modify.
     fn own_mut(&mut self) -> &mut GetEventsResponse {
         if let OutEvent::Shared(s) = self {
-            *self = OutEvent::Own(Box::new(s.event().clone()));
+            *self = OutEvent::Own(Box::new(s.to_event()));
         }
         match self {
             OutEvent::Own(e) => e,
@@ -103,7 +137,10 @@ impl OutEvent {
 impl Message for OutEvent {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         match self {
-            OutEvent::Shared(s) => buf.put_slice(s.encoded()),
+            OutEvent::Shared(s) => {
+                buf.put_slice(s.encoded());
+                buf.put_slice(s.resume_bytes());
+            }
             OutEvent::Own(e) => e.encode_raw(buf),
         }
     }
@@ -120,7 +157,7 @@ impl Message for OutEvent {
 
     fn encoded_len(&self) -> usize {
         match self {
-            OutEvent::Shared(s) => s.encoded().len(),
+            OutEvent::Shared(s) => s.encoded().len() + s.resume_bytes().len(),
             OutEvent::Own(e) => e.encoded_len(),
         }
     }
@@ -155,6 +192,27 @@ mod tests {
         let decoded = OutEvent::decode(e.encode_to_vec().as_slice()).unwrap();
         assert_eq!(decoded.event(), &e);
         assert_eq!(shared.into_event(), e);
+    }
+
+    #[test]
+    fn resume_positions_set_after_encoding_go_out_with_the_event() {
+        let e = exec("/bin/true");
+        let shared = Arc::new(SharedEvent::new(e.clone()));
+        let _ = shared.encoded();
+        let positions = vec![ResumePosition { source: 7, seq: 9, done_through: 8 }];
+        shared.set_resume(positions.clone());
+        shared.set_resume(vec![]);
+        let mut expected = e.clone();
+        expected.resume = positions.clone();
+        let out = OutEvent::from(shared.clone());
+        assert_eq!(out.encode_to_vec(), expected.encode_to_vec(), "the first positions, appended");
+        assert_eq!(out.encoded_len(), expected.encoded_len());
+        assert_eq!(GetEventsResponse::decode(out.encode_to_vec().as_slice()).unwrap(), expected);
+        assert_eq!(shared.event(), &e, "filters see the event without positions");
+        assert_eq!(shared.to_event(), expected);
+        assert_eq!(out.into_event(), expected);
+        let json = serde_json::to_string(&expected).unwrap();
+        assert!(!json.contains("resume"), "JSON keeps Tetragon's shape: {json}");
     }
 
     #[test]

@@ -99,12 +99,21 @@ impl Hub {
     }
 
     /// Matching history (as asked) and a live subscription starting right
-    /// after it.
+    /// after it. A resuming client gets, instead of the history it asked
+    /// for, every event in history that it has not had.
     pub fn subscribe(&self, filters: RequestFilters, replay: Replay, now_ns: i128) -> (Vec<OutEvent>, Subscription) {
-        let RequestFilters { filter, fields } = &filters;
+        let RequestFilters { filter, fields, resume } = &filters;
         let history = self.history.lock();
         let mut past = Vec::new();
-        if replay.wanted() {
+        if let Some(gate) = resume {
+            past = history
+                .events
+                .iter()
+                .map(|(e, _)| e)
+                .filter(|e| filter.matches(e.event()) && gate.wants(e.resume(), e.event()))
+                .map(|e| fields.apply_shared(e.clone()))
+                .collect();
+        } else if replay.wanted() {
             let cutoff = now_ns - i128::from(replay.since_seconds) * 1_000_000_000;
             let in_window =
                 |e: &GetEventsResponse| replay.since_seconds == 0 || e.time.is_some_and(|t| t.unix_nanos() >= cutoff);
@@ -163,6 +172,32 @@ mod tests {
         assert_eq!(binaries(&past), vec!["/d"]);
         let (past, _) = hub.subscribe(RequestFilters::default(), Replay::default(), now);
         assert!(past.is_empty(), "plain clients get live events only");
+    }
+
+    #[tokio::test]
+    async fn a_resuming_client_gets_from_history_and_live_only_what_it_lacks() {
+        use proto::tetragon::{ResumeFrom, ResumePosition, ResumeSource};
+        let hub = Hub::new(EventBus::new("relay", 16), 100, usize::MAX);
+        let numbered = |binary: &str, seq: u64| {
+            let e = Arc::new(SharedEvent::new(exec(binary, 100 + seq as i64)));
+            e.set_resume(vec![ResumePosition { source: 1, seq, done_through: seq }]);
+            e
+        };
+        hub.publish_all((1..=4).map(|s| numbered(&format!("/h{s}"), s)).collect());
+        let resume = ResumeFrom {
+            sources: vec![ResumeSource { source: 1, done_through: 2, also: vec![] }],
+            after: Some(proto::Timestamp::from_unix_nanos(102 * 1_000_000_000)),
+        };
+        let filters = RequestFilters {
+            resume: events::resume::ResumeGate::compile(Some(&resume)).unwrap(),
+            ..Default::default()
+        };
+        // since/last are ignored when resuming.
+        let (past, mut sub) = hub.subscribe(filters, Replay { since_seconds: 0, last: 1 }, 0);
+        assert_eq!(binaries(&past), vec!["/h3", "/h4"]);
+        // Live: a re-sent copy of what it had is not sent again.
+        hub.publish_all(vec![numbered("/again", 2), numbered("/h5", 5)]);
+        assert_eq!(binaries(&[sub.next().await.unwrap().into()]), vec!["/h5"]);
     }
 
     #[test]

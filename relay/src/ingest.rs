@@ -225,6 +225,7 @@ async fn serve_batches(
     tx: &mpsc::Sender<Result<IngestReply, Status>>,
 ) -> Result<(), IngestError> {
     let boot = nodes.boot_number(&hello.boot_id);
+    let source = events::resume::source_id(&hello.node_name, &hello.instance_id);
     while let Some(msg) = inbound.message().await? {
         let batch = match msg.msg {
             Some(ingest_message::Msg::Batch(b)) => b,
@@ -262,13 +263,13 @@ async fn serve_batches(
             .events
             .into_iter()
             .zip(keep)
-            .filter_map(|(e, k)| k.then_some(e.event).flatten())
-            .map(|mut e| {
+            .filter_map(|(e, k)| Some((e.seq, k.then_some(e.event).flatten()?)))
+            .map(|(seq, mut e)| {
                 // The authenticated stream names the node, not the payload.
                 if e.node_name != hello.node_name {
                     e.node_name.clone_from(&hello.node_name);
                 }
-                Arrival::new(boot, e)
+                Arrival::new(boot, source, seq, e)
             })
             .filter(|a| {
                 // Larger than a default gRPC client takes once wrapped: refused

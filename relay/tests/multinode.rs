@@ -9,36 +9,11 @@ use test_support::python as pysupport;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cluster::{Cluster, Watcher, lost_for, marked};
+use cluster::{
+    Cluster, EXEC, EXIT, Watcher, assert_exactly_once, full, lost_for, marked, replica_certificate,
+    start_replicated_sensor, workload,
+};
 use proto::tetragon::EventType;
-
-const EXEC: i32 = EventType::ProcessExec as i32;
-const EXIT: i32 = EventType::ProcessExit as i32;
-
-fn workload(prefix: &str, n: u32) -> String {
-    format!("i=0; while [ $i -lt {n} ]; do /bin/true {prefix}-$i; i=$((i+1)); done")
-}
-
-/// Asserts every marker `prefix-0..n` arrived exactly once as exec and
-/// once as exit, from `node`.
-fn assert_exactly_once(events: &[proto::tetragon::GetEventsResponse], prefix: &str, n: u32, node: &str) {
-    let mut counts: BTreeMap<(i32, String), usize> = BTreeMap::new();
-    for (kind, args, from) in marked(events, &format!("{prefix}-")) {
-        assert_eq!(from, node, "{args} came from {from}, expected {node}");
-        *counts.entry((kind, args)).or_default() += 1;
-    }
-    for i in 0..n {
-        for kind in [EXEC, EXIT] {
-            let c = counts.get(&(kind, format!("{prefix}-{i}"))).copied().unwrap_or(0);
-            assert_eq!(c, 1, "{prefix}-{i} kind {kind}: {c} copies");
-        }
-    }
-    assert_eq!(counts.len(), 2 * n as usize, "no other markers with {prefix}");
-}
-
-fn full(events: &[proto::tetragon::GetEventsResponse], prefix: &str, n: u32) -> bool {
-    marked(events, &format!("{prefix}-")).len() >= 2 * n as usize
-}
 
 #[test]
 fn three_nodes_each_seen_exactly_once_by_two_kinds_of_client() {
@@ -480,51 +455,6 @@ fn a_replica_added_later_is_found_by_looking_the_name_up_again() {
         assert_exactly_once(&second.snapshot(), prefix, 10, "late");
     }
     assert!(sensor.log_text().contains("new relay address; streaming to it too"), "{}", sensor.log_text());
-}
-
-/// Re-issues the shared relay certificate for `name`, the first relay's
-/// address and a replica's (at .3 of the cluster's subnet, returned), and
-/// lets the first relay re-read it. Done before the replica starts, so it
-/// never reads a half-written pair; sensors check the name they dialled.
-fn replica_certificate(c: &Cluster, name: &str) -> String {
-    let second_ip = format!("{}.3", c.relay_ip.rsplit_once('.').unwrap().0);
-    let ca = c.certs.join("ca.pem");
-    let ca_key = std::fs::read_to_string(c.certs.join("ca-key.pem")).unwrap();
-    let (cert, key) = tls::leaf_from_ca(
-        &std::fs::read_to_string(&ca).unwrap(),
-        &ca_key,
-        tls::Role::Relay,
-        &[name.into(), "relay.vigil.test".into(), c.relay_ip.clone(), second_ip.clone()],
-        -1,
-        30,
-    )
-    .unwrap();
-    std::fs::write(c.certs.join("relay-key.pem"), key).unwrap();
-    std::fs::write(c.certs.join("relay.pem"), cert).unwrap();
-    // The first relay has re-read them once it serves the new name.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !c.status_as(name).status.success() {
-        assert!(std::time::Instant::now() < deadline, "relay never served {name}:\n{}", c.relay_log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    second_ip
-}
-
-fn start_replicated_sensor(c: &Cluster, ns: &str, node: &str, extra: &[&str]) -> cluster::Daemon {
-    let sock = format!("unix://{}", c.dir.join(format!("{node}.sock")).display());
-    let mut args: Vec<String> = vec![
-        "--node-name".into(),
-        node.into(),
-        "--server-address".into(),
-        sock,
-        "--relay-address".into(),
-        "relays.vigil.test:54331".into(),
-        "--tls-dir".into(),
-        c.node_tls(node).display().to_string(),
-        "--only-own-netns".into(),
-    ];
-    args.extend(extra.iter().map(|a| a.to_string()));
-    cluster::Daemon::start(ns, &cluster::bin("vigil-sensor"), &args, c.dir.join(format!("{node}.log")))
 }
 
 #[test]

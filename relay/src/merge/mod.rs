@@ -16,7 +16,7 @@ pub mod stage;
 
 use base64::Engine as _;
 use proto::shared::SharedEvent;
-use proto::tetragon::GetEventsResponse;
+use proto::tetragon::{GetEventsResponse, ResumePosition};
 use rustc_hash::FxHashMap;
 
 /// Identity of an event across sensors sharing one kernel. `boot` is the
@@ -63,14 +63,20 @@ pub struct Arrival {
     pub time_ns: i128,
     pub key: Option<DedupKey>,
     pub richness: u8,
+    /// The sensor stream (see [`events::resume::source_id`]) and the
+    /// event's sequence number in it.
+    pub source: u64,
+    pub seq: u64,
 }
 
 impl Arrival {
-    pub fn new(boot: u64, event: Box<GetEventsResponse>) -> Self {
+    pub fn new(boot: u64, source: u64, seq: u64, mut event: Box<GetEventsResponse>) -> Self {
+        // Positions are the relay's to set, when the event leaves the merge.
+        event.resume.clear();
         let time_ns = event.time.map_or(0, |t| t.unix_nanos());
         let key = dedup_key(boot, &event);
         let richness = richness(&event);
-        Arrival { event: Arc::new(SharedEvent::from_box(event)), time_ns, key, richness }
+        Arrival { event: Arc::new(SharedEvent::from_box(event)), time_ns, key, richness, source, seq }
     }
 }
 
@@ -78,6 +84,28 @@ impl Arrival {
 struct Slot {
     event: Arc<SharedEvent>,
     key: Option<DedupKey>,
+    source: u64,
+    seq: u64,
+    /// (source, seq) of copies collapsed into this event (`event` may be
+    /// one of them, the richest; `source` and `seq` are the first's).
+    copies: Vec<(u64, u64)>,
+}
+
+/// One sensor stream's events in the merge, for the `done_through` of
+/// resume positions: every event of the stream up to that number has left.
+#[derive(Debug, Default)]
+struct StreamProgress {
+    /// Sequence numbers waiting, in arrival (= sequence) order, and whether
+    /// each has left already (events leave in time order, not number order).
+    waiting: VecDeque<(u64, bool)>,
+    /// The highest number taken (waiting, or dropped as a copy).
+    taken: u64,
+}
+
+impl StreamProgress {
+    fn done_through(&self) -> u64 {
+        self.waiting.front().map_or(self.taken, |(seq, _)| seq.saturating_sub(1))
+    }
 }
 
 /// What the merge knows of a dedup key.
@@ -132,6 +160,8 @@ pub struct Merger {
     seen_order: VecDeque<DedupKey>,
     seen_cap: usize,
     next_id: u64,
+    /// Streams with events waiting; an entry goes when its last one leaves.
+    streams: FxHashMap<u64, StreamProgress>,
     pub stats: MergeStats,
 }
 
@@ -148,6 +178,7 @@ impl Merger {
             seen_order: VecDeque::new(),
             seen_cap: seen_cap.max(1),
             next_id: 0,
+            streams: FxHashMap::default(),
             stats: MergeStats::default(),
         }
     }
@@ -174,12 +205,21 @@ impl Merger {
             match self.seen.entry(key) {
                 Entry::Occupied(mut seen) => {
                     self.stats.duplicates += 1;
-                    if let Seen::Waiting { id, richness } = *seen.get()
-                        && arrival.richness > richness
-                    {
-                        seen.insert(Seen::Waiting { id, richness: arrival.richness });
+                    if let Some(stream) = self.streams.get_mut(&arrival.source) {
+                        stream.taken = stream.taken.max(arrival.seq);
+                    }
+                    if let Seen::Waiting { id, richness } = *seen.get() {
+                        let richer = arrival.richness > richness;
+                        if richer {
+                            seen.insert(Seen::Waiting { id, richness: arrival.richness });
+                        }
                         if let Some(Some(slot)) = self.slot(id) {
-                            slot.event = arrival.event;
+                            // The copy sent stands for all: a client that
+                            // had any of them has the event.
+                            slot.copies.push((arrival.source, arrival.seq));
+                            if richer {
+                                slot.event = arrival.event;
+                            }
                         }
                     }
                     return;
@@ -198,7 +238,16 @@ impl Merger {
         self.next_id += 1;
         let order = clamp_ns(arrival.time_ns.min(now_ns));
         self.heap.push(Reverse((order, id)));
-        self.slots.push_back(Some(Slot { event: arrival.event, key: arrival.key }));
+        let stream = self.streams.entry(arrival.source).or_default();
+        stream.waiting.push_back((arrival.seq, false));
+        stream.taken = stream.taken.max(arrival.seq);
+        self.slots.push_back(Some(Slot {
+            event: arrival.event,
+            key: arrival.key,
+            source: arrival.source,
+            seq: arrival.seq,
+            copies: Vec::new(),
+        }));
         while self.heap.len() > self.max_pending {
             match self.pop() {
                 Some(e) => {
@@ -222,7 +271,37 @@ impl Merger {
             *seen = Seen::Sent;
         }
         self.stats.emitted += 1;
+        let mut positions = Vec::with_capacity(1 + slot.copies.len());
+        positions.push(ResumePosition {
+            source: slot.source,
+            seq: slot.seq,
+            done_through: self.leave(slot.source, slot.seq),
+        });
+        for (source, seq) in slot.copies {
+            let done_through = self.streams.get(&source).map_or(seq, StreamProgress::done_through);
+            positions.push(ResumePosition { source, seq, done_through });
+        }
+        slot.event.set_resume(positions);
         Some(slot.event)
+    }
+
+    /// Marks `seq` of `source` as left; the stream's `done_through` after.
+    fn leave(&mut self, source: u64, seq: u64) -> u64 {
+        let Some(stream) = self.streams.get_mut(&source) else { return seq };
+        // In sequence order as ingest delivers them; searched linearly
+        // should a stream ever not be.
+        let found = stream.waiting.binary_search_by_key(&seq, |(s, _)| *s).ok();
+        if let Some(i) = found.or_else(|| stream.waiting.iter().position(|(s, _)| *s == seq)) {
+            stream.waiting[i].1 = true;
+        }
+        while stream.waiting.front().is_some_and(|(_, left)| *left) {
+            stream.waiting.pop_front();
+        }
+        let done = stream.done_through();
+        if stream.waiting.is_empty() {
+            self.streams.remove(&source);
+        }
+        done
     }
 
     /// Appends to `out`, in order, the events whose order time is a whole
@@ -262,8 +341,40 @@ mod tests {
 
     const MS: i128 = 1_000_000;
 
+    /// An arrival from stream `boot` (one stream per kernel in these
+    /// tests), numbered in the order the tests make them.
     fn arrival(boot: u64, event: GetEventsResponse) -> Arrival {
-        Arrival::new(boot, Box::new(event))
+        static SEQ: AtomicU64 = AtomicU64::new(1);
+        Arrival::new(boot, boot, SEQ.fetch_add(1, AtomicOrdering::Relaxed), Box::new(event))
+    }
+
+    fn numbered(source: u64, seq: u64, event: GetEventsResponse) -> Arrival {
+        Arrival::new(1, source, seq, Box::new(event))
+    }
+
+    fn positions(out: &[Arc<SharedEvent>]) -> Vec<Vec<(u64, u64, u64)>> {
+        out.iter().map(|e| e.resume().iter().map(|p| (p.source, p.seq, p.done_through)).collect()).collect()
+    }
+
+    #[test]
+    fn every_event_leaves_with_its_stream_position() {
+        let mut m = Merger::new(Duration::from_millis(100), 1000, 1000);
+        let mut out = Vec::new();
+        // Stream 7: seq 1 at t=30, seq 2 at t=10, seq 3 at t=20. They leave
+        // in time order: 2, 3, 1; only once 1 has left is 3 done.
+        m.push(numbered(7, 1, exec("n", 1, 1, 30, false)), 100 * MS, &mut out);
+        m.push(numbered(7, 2, exec("n", 2, 2, 10, false)), 100 * MS, &mut out);
+        m.push(numbered(7, 3, exec("n", 3, 3, 20, false)), 100 * MS, &mut out);
+        // A copy of seq 2's event from stream 8 (same kernel), richer.
+        m.push(numbered(8, 5, exec("m", 2, 2, 10, true)), 100 * MS, &mut out);
+        m.flush(1000 * MS, &mut out);
+        assert_eq!(nodes(&out), vec!["m", "n", "n"]);
+        assert_eq!(
+            positions(&out),
+            vec![vec![(7, 2, 0), (8, 5, 5)], vec![(7, 3, 0)], vec![(7, 1, 3)]],
+            "the richer copy is sent and names both streams"
+        );
+        assert!(m.streams.is_empty(), "nothing waits: no stream kept");
     }
 
     fn nodes(out: &[Arc<SharedEvent>]) -> Vec<String> {

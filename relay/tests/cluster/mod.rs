@@ -4,6 +4,7 @@
 //! Sensors run with --only-own-netns, so each reports its own "node".
 #![allow(dead_code, reason = "each test binary uses part of this module")]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,7 +12,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use proto::json::from_json_line;
-use proto::tetragon::GetEventsResponse;
+use proto::tetragon::{EventType, GetEventsResponse};
+
+pub const EXEC: i32 = EventType::ProcessExec as i32;
+pub const EXIT: i32 = EventType::ProcessExit as i32;
 
 pub const CLI: &str = env!("CARGO_BIN_EXE_vigil-relay");
 
@@ -574,4 +578,79 @@ impl Cluster {
         args.extend_from_slice(extra);
         Watcher::spawn(self.cli_cmd_at(relay_ip, &args))
     }
+}
+
+// Workloads, assertions and replica set-up shared by the cluster tests.
+
+/// A shell loop running `/bin/true PREFIX-i` for i in 0..n.
+pub fn workload(prefix: &str, n: u32) -> String {
+    format!("i=0; while [ $i -lt {n} ]; do /bin/true {prefix}-$i; i=$((i+1)); done")
+}
+
+/// Asserts every marker `prefix-0..n` arrived exactly once as exec and
+/// once as exit, from `node`.
+pub fn assert_exactly_once(events: &[GetEventsResponse], prefix: &str, n: u32, node: &str) {
+    let mut counts: BTreeMap<(i32, String), usize> = BTreeMap::new();
+    for (kind, args, from) in marked(events, &format!("{prefix}-")) {
+        assert_eq!(from, node, "{args} came from {from}, expected {node}");
+        *counts.entry((kind, args)).or_default() += 1;
+    }
+    for i in 0..n {
+        for kind in [EXEC, EXIT] {
+            let c = counts.get(&(kind, format!("{prefix}-{i}"))).copied().unwrap_or(0);
+            assert_eq!(c, 1, "{prefix}-{i} kind {kind}: {c} copies");
+        }
+    }
+    assert_eq!(counts.len(), 2 * n as usize, "no other markers with {prefix}");
+}
+
+/// Whether every marker's exec and exit arrived.
+pub fn full(events: &[GetEventsResponse], prefix: &str, n: u32) -> bool {
+    marked(events, &format!("{prefix}-")).len() >= 2 * n as usize
+}
+
+/// Re-issues the shared relay certificate for `name`, the first relay's
+/// address and a replica's (at .3 of the cluster's subnet, returned), and
+/// lets the first relay re-read it. Done before the replica starts, so it
+/// never reads a half-written pair; sensors check the name they dialled.
+pub fn replica_certificate(c: &Cluster, name: &str) -> String {
+    let second_ip = format!("{}.3", c.relay_ip.rsplit_once('.').unwrap().0);
+    let ca = c.certs.join("ca.pem");
+    let ca_key = std::fs::read_to_string(c.certs.join("ca-key.pem")).unwrap();
+    let (cert, key) = tls::leaf_from_ca(
+        &std::fs::read_to_string(&ca).unwrap(),
+        &ca_key,
+        tls::Role::Relay,
+        &[name.into(), "relay.vigil.test".into(), c.relay_ip.clone(), second_ip.clone()],
+        -1,
+        30,
+    )
+    .unwrap();
+    std::fs::write(c.certs.join("relay-key.pem"), key).unwrap();
+    std::fs::write(c.certs.join("relay.pem"), cert).unwrap();
+    // The first relay has re-read them once it serves the new name.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !c.status_as(name).status.success() {
+        assert!(std::time::Instant::now() < deadline, "relay never served {name}:\n{}", c.relay_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    second_ip
+}
+
+/// A sensor streaming to every relay behind `relays.vigil.test`.
+pub fn start_replicated_sensor(c: &Cluster, ns: &str, node: &str, extra: &[&str]) -> Daemon {
+    let sock = format!("unix://{}", c.dir.join(format!("{node}.sock")).display());
+    let mut args: Vec<String> = vec![
+        "--node-name".into(),
+        node.into(),
+        "--server-address".into(),
+        sock,
+        "--relay-address".into(),
+        "relays.vigil.test:54331".into(),
+        "--tls-dir".into(),
+        c.node_tls(node).display().to_string(),
+        "--only-own-netns".into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Daemon::start(ns, &bin("vigil-sensor"), &args, c.dir.join(format!("{node}.log")))
 }
