@@ -58,6 +58,20 @@ pub struct Flags {
     /// pointer, the event itself is not copied per client).
     #[arg(long, default_value_t = 65_536)]
     pub client_queue_size: usize,
+    /// Seconds a TLS handshake may take before the connection is dropped.
+    #[arg(long, default_value_t = 10)]
+    pub handshake_timeout_seconds: u64,
+    /// Seconds a connection may stay open with no stream (call) in progress.
+    #[arg(long, default_value_t = 120)]
+    pub idle_timeout_seconds: u64,
+    /// Connections one peer address may hold on each listener; past it, new
+    /// ones are closed at once (before TLS).
+    #[arg(long, default_value_t = 256)]
+    pub max_connections_per_peer: usize,
+    /// Streams (calls in progress) one peer address may hold on each
+    /// listener; past it, calls fail with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 1024)]
+    pub max_streams_per_peer: usize,
     /// Name on the relay's own notices.
     #[arg(long, default_value = "vigil-relay")]
     pub name: String,
@@ -96,6 +110,7 @@ pub struct Settings {
     pub history_bytes: usize,
     pub forget_nodes_after: std::time::Duration,
     pub client_queue_size: usize,
+    pub connections: serving::connections::ConnectionLimits,
     pub name: String,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -144,6 +159,10 @@ impl Settings {
             ("history-size", l.history_size),
             ("history-mib", l.history_mib),
             ("client-queue-size", l.client_queue_size),
+            ("handshake-timeout-seconds", l.handshake_timeout_seconds as usize),
+            ("idle-timeout-seconds", l.idle_timeout_seconds as usize),
+            ("max-connections-per-peer", l.max_connections_per_peer),
+            ("max-streams-per-peer", l.max_streams_per_peer),
         ] {
             if v == 0 {
                 problem(key, "must be at least 1".into());
@@ -164,6 +183,12 @@ impl Settings {
             history_bytes: l.history_mib.saturating_mul(1 << 20),
             forget_nodes_after: std::time::Duration::from_secs(l.forget_nodes_after),
             client_queue_size: l.client_queue_size,
+            connections: serving::connections::ConnectionLimits {
+                handshake_timeout: std::time::Duration::from_secs(l.handshake_timeout_seconds),
+                idle_timeout: std::time::Duration::from_secs(l.idle_timeout_seconds),
+                max_connections_per_peer: l.max_connections_per_peer,
+                max_streams_per_peer: l.max_streams_per_peer,
+            },
             name: l.name,
             log_level: l.log_level,
             log_format: l.log_format,

@@ -42,8 +42,10 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
         Some(dir) => Some(Certificates::load(ServerFiles::in_dir(dir, Role::Relay)).await?),
         None => None,
     };
-    let ingest_listener = Listener::bind("ingest", &flags.ingest_address, certificates.clone()).await?;
-    let client_listener = Listener::bind("clients", &flags.client_address, certificates).await?;
+    let ingest_listener =
+        Listener::bind("ingest", &flags.ingest_address, certificates.clone()).await?.with_limits(flags.connections);
+    let client_listener =
+        Listener::bind("clients", &flags.client_address, certificates).await?.with_limits(flags.connections);
     let enforce = ingest_listener.is_tls();
 
     let nodes = Arc::new(Nodes::new(flags.forget_nodes_after));

@@ -27,7 +27,7 @@ pub struct LogLevelError {
 
 /// Logs to stderr at `level` (a level or `tracing` directives).
 pub fn init_logging(level: &str, format: LogFormat) -> Result<(), LogLevelError> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+    let filter = tracing_subscriber::EnvFilter::try_new(with_quiet_libraries(level))
         .map_err(|e| LogLevelError { level: level.to_owned(), reason: e.to_string() })?;
     // Colours only on a terminal: a log file or a pipe gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -37,6 +37,44 @@ pub fn init_logging(level: &str, format: LogFormat) -> Result<(), LogLevelError>
         LogFormat::Json => builder.json().init(),
     }
     Ok(())
+}
+
+/// Libraries whose debug output is per connection, frame or request.
+const CHATTY_LIBRARIES: &[&str] = &[
+    "h2",
+    "hyper",
+    "hyper_util",
+    "rustls",
+    "tokio_rustls",
+    "tonic",
+    "tower",
+    "kube_client",
+    "kube_runtime",
+    "aya",
+    "aya_obj",
+    "mio",
+    "want",
+];
+
+/// `level` with the chatty libraries held at `warn` unless it names them:
+/// `--log-level debug` is Vigil's own debug output (refused handshakes and
+/// streams are Vigil's lines, at info), not every HTTP/2 frame; a user who
+/// wants a library's says so (`debug,h2=debug`).
+pub fn with_quiet_libraries(level: &str) -> String {
+    let named: Vec<&str> =
+        level.split(',').filter_map(|d| d.split_once('=').map(|(target, _)| target.trim())).collect();
+    // Never louder than the level asked for everything.
+    let quiet = match level.split(',').map(str::trim).find(|d| !d.contains('=')) {
+        Some(l) if l.eq_ignore_ascii_case("error") || l.eq_ignore_ascii_case("off") => l,
+        _ => "warn",
+    };
+    let mut out = level.to_owned();
+    for lib in CHATTY_LIBRARIES {
+        if !named.iter().any(|t| t == lib || t.starts_with(&format!("{lib}::"))) {
+            out.push_str(&format!(",{lib}={quiet}"));
+        }
+    }
+    out
 }
 
 /// A receiver that turns true on SIGTERM or SIGINT. Call inside the runtime.
@@ -118,4 +156,19 @@ where
 pub fn config_error(name: &str, error: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("{name}: {error}");
     ExitCode::from(EXIT_CONFIG)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libraries_stay_quiet_unless_named() {
+        let debug = with_quiet_libraries("debug");
+        assert!(debug.starts_with("debug,") && debug.contains(",h2=warn") && debug.contains(",rustls=warn"), "{debug}");
+        let named = with_quiet_libraries("debug,h2=trace");
+        assert!(!named.contains("h2=warn") && named.contains("hyper=warn"), "{named}");
+        assert!(with_quiet_libraries("error").contains(",tonic=error"), "never louder than asked");
+        tracing_subscriber::EnvFilter::try_new(with_quiet_libraries("info,serving::listen=debug")).unwrap();
+    }
 }

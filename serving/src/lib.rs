@@ -7,6 +7,7 @@
 
 pub mod address;
 pub mod api;
+pub mod connections;
 pub mod daemon;
 pub mod listen;
 pub mod log_limit;

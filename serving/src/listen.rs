@@ -2,8 +2,10 @@
 //! layer does the handshake itself (rustls), so that replaced certificate
 //! files take effect for the next handshake while the listener stays open
 //! (no rebind, no window in which connections are refused), a handshake
-//! that never finishes is dropped after [`HANDSHAKE_TIMEOUT`], and refused
-//! handshakes are logged here, rate-limited, with their reason.
+//! that never finishes is dropped after the handshake timeout, and refused
+//! handshakes are logged here, rate-limited, with their reason. TCP
+//! connections (with or without TLS) are bounded per peer and closed when
+//! idle (see [`crate::connections`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,15 +18,17 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
-use tonic::transport::server::{Router, TcpIncoming};
+use tower::layer::util::{Identity, Stack};
 
 use crate::address::ServerAddress;
+use crate::connections::{Bounded, ConnectionLimits, Peers, StreamLimitLayer};
 use crate::log_limit::{LogLimit, LogLimits};
+
+/// A Vigil server's routes, with streams counted per peer.
+pub type Router = tonic::transport::server::Router<Stack<StreamLimitLayer, Identity>>;
 
 /// HTTP/2 keepalive pings on every connection, so dead peers are noticed.
 pub const KEEPALIVE: Duration = Duration::from_secs(30);
-/// A TLS handshake not finished by then is dropped.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After shutdown, open streams get this long to end (event streams never
 /// end by themselves).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -46,8 +50,8 @@ pub enum ListenError {
 }
 
 /// A gRPC server builder with the settings every Vigil listener uses.
-pub fn server() -> tonic::transport::Server {
-    tonic::transport::Server::builder().http2_keepalive_interval(Some(KEEPALIVE))
+pub fn server() -> tonic::transport::Server<Stack<StreamLimitLayer, Identity>> {
+    tonic::transport::Server::builder().http2_keepalive_interval(Some(KEEPALIVE)).layer(StreamLimitLayer)
 }
 
 enum Kind {
@@ -76,6 +80,7 @@ impl Certificates {
 pub struct Listener {
     address: String,
     kind: Kind,
+    limits: ConnectionLimits,
 }
 
 impl Listener {
@@ -104,12 +109,18 @@ impl Listener {
                 Kind::Tls(TcpListener::bind(a).await.map_err(bind_err)?, rx)
             }
         };
-        let listener = Listener { address: shown, kind };
+        let listener = Listener { address: shown, kind, limits: ConnectionLimits::default() };
         match listener.local_addr() {
             Some(bound) => tracing::info!(listener = %label, address = %bound, tls = listener.is_tls(), "listening"),
             None => tracing::info!(listener = %label, address = %listener.address, "listening"),
         }
         Ok(listener)
+    }
+
+    /// Bounds TCP connections with `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The bound TCP address (the port chosen for `:0`).
@@ -133,10 +144,10 @@ impl Listener {
         let served: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
             match self.kind {
                 Kind::Unix(l) => Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stop)),
-                Kind::Tcp(l) => {
-                    Box::pin(router.serve_with_incoming_shutdown(TcpIncoming::from(l).with_nodelay(Some(true)), stop))
+                Kind::Tcp(l) => Box::pin(router.serve_with_incoming_shutdown(tcp_incoming(l, self.limits), stop)),
+                Kind::Tls(l, config) => {
+                    Box::pin(router.serve_with_incoming_shutdown(tls_incoming(l, config, self.limits), stop))
                 }
-                Kind::Tls(l, config) => Box::pin(router.serve_with_incoming_shutdown(tls_incoming(l, config), stop)),
             };
         let grace = async {
             stopped(shutdown).await;
@@ -166,47 +177,95 @@ pub fn with_causes(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Accepted connections, handshaken with the settings current at accept
-/// time. Ends when the server stops taking connections.
+/// Accepts TCP connections within the peers' bounds, and hands each (with
+/// its place in its peer's count) to `admitted`. Ends when the server stops
+/// taking connections (`to_server` closes) or `admitted` says it has.
+async fn accept_bounded<T, F, Fut>(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+    to_server: mpsc::Sender<Result<T, std::io::Error>>,
+    mut admitted: F,
+) where
+    F: FnMut(TcpStream, crate::connections::ConnectionGuard, mpsc::Sender<Result<T, std::io::Error>>) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let peers = Peers::new(limits);
+    let accept_failed = LogLimit::new(LOG_EVERY);
+    let refused = LogLimits::new(LOG_EVERY);
+    let local = listener.local_addr().ok();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = to_server.closed() => return,
+        };
+        let (tcp, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // E.g. EMFILE: retrying at once would spin and flood
+                // the log; connections wait in the backlog meanwhile.
+                if let Some(n) = accept_failed.hit() {
+                    tracing::warn!(error = %e, times = n, "cannot accept connections");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(local) = local else { continue };
+        let guard = match peers.admit(local, remote) {
+            Ok(g) => g,
+            Err(reason) => {
+                // Closed at once: no TLS work for a peer over its cap.
+                let reason = reason.to_string();
+                if let Some(n) = refused.hit(&reason) {
+                    tracing::warn!(peer = %remote.ip(), %reason, times = n, "connection refused");
+                }
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        if !admitted(tcp, guard, to_server.clone()).await {
+            return;
+        }
+    }
+}
+
+/// Accepted plaintext connections (`--insecure`), bounded per peer.
+fn tcp_incoming(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+) -> ReceiverStream<Result<Bounded<TcpStream>, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(accept_bounded(listener, limits, tx, |tcp, guard, tx| async move {
+        tx.send(Ok(Bounded::new(tcp, guard))).await.is_ok()
+    }));
+    ReceiverStream::new(rx)
+}
+
+/// Accepted connections, bounded per peer and handshaken with the settings
+/// current at accept time. Ends when the server stops taking connections.
 fn tls_incoming(
     listener: TcpListener,
     config: watch::Receiver<Arc<ServerConfig>>,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+    limits: ConnectionLimits,
+) -> ReceiverStream<Result<Bounded<TlsStream<TcpStream>>, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-        let refused = Arc::new(LogLimits::new(LOG_EVERY));
-        let accept_failed = LogLimit::new(LOG_EVERY);
-        loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else { return };
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                () = tx.closed() => return,
-            };
-            let (tcp, _) = match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // E.g. EMFILE: retrying at once would spin and flood
-                    // the log; connections wait in the backlog meanwhile.
-                    if let Some(n) = accept_failed.hit() {
-                        tracing::warn!(error = %e, times = n, "cannot accept connections");
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = TlsAcceptor::from(config.borrow().clone());
-            let (tx, refused) = (tx.clone(), refused.clone());
+    let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let refused = Arc::new(LogLimits::new(LOG_EVERY));
+    let timeout = limits.handshake_timeout;
+    tokio::spawn(accept_bounded(listener, limits, tx, move |tcp, guard, tx| {
+        let (refused, slots) = (refused.clone(), slots.clone());
+        let acceptor = TlsAcceptor::from(config.borrow().clone());
+        async move {
+            let Ok(slot) = slots.acquire_owned().await else { return false };
             tokio::spawn(async move {
-                let reason = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let reason = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         drop(slot);
-                        let _ = tx.send(Ok(stream)).await;
+                        let _ = tx.send(Ok(Bounded::new(stream, guard))).await;
                         return;
                     }
                     Ok(Err(e)) => with_causes(&e),
-                    Err(_) => format!("not finished within {HANDSHAKE_TIMEOUT:?}"),
+                    Err(_) => format!("not finished within {timeout:?}"),
                 };
                 // Refusals are security events: logged at info, once per
                 // interval and reason.
@@ -214,8 +273,9 @@ fn tls_incoming(
                     tracing::info!(%reason, times = n, "TLS handshake refused");
                 }
             });
+            true
         }
-    });
+    }));
     ReceiverStream::new(rx)
 }
 
