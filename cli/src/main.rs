@@ -51,12 +51,14 @@ fn print_nodes(r: &proto::vigil::relay::v1::ListNodesResponse) {
     }
     println!(
         "clients: {}  events merged: {}  shared-kernel copies merged: {}  sent early (pending full): {}  \
-         pending: {}  dropped for slow clients: {}  history: {} events, {} MiB",
+         pending: {} ({} MiB)  client queues: {} MiB  dropped for slow clients: {}  history: {} events, {} MiB",
         r.clients,
         r.events_merged,
         r.shared_kernel_copies,
         r.sent_early,
         r.pending,
+        r.pending_bytes >> 20,
+        r.client_queue_bytes >> 20,
         r.client_dropped,
         r.history_events,
         r.history_bytes >> 20
@@ -127,5 +129,5 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    serving::daemon::run_as("vigil", serving::daemon::Threads::Current, || run(cli), is_broken_pipe)
+    serving::daemon::run_as("vigil", serving::daemon::Threads::Current, None, || run(cli), is_broken_pipe)
 }

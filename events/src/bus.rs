@@ -5,7 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use std::task::{Context, Poll};
@@ -24,6 +24,23 @@ struct Subscriber {
     resume: Option<ResumeGate>,
     tx: mpsc::Sender<Arc<SharedEvent>>,
     dropped: Arc<AtomicU64>,
+    /// Bytes its queue holds, for a client bounded in bytes.
+    queued: Option<Arc<AtomicUsize>>,
+}
+
+/// How many bytes client queues may hold: each one, and all together. Past
+/// the total, only clients that are behind (a queue not empty) lose events,
+/// so one that keeps up is never cut for others' backlog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBytes {
+    pub per_client: usize,
+    pub total: usize,
+}
+
+/// What a queued event is charged: the bytes it is sent as, and the queue
+/// slot and bookkeeping around it.
+pub fn queue_charge(event: &SharedEvent) -> usize {
+    event.wire_len() + 256
 }
 
 /// Totals across subscribers, for health and logs.
@@ -38,6 +55,7 @@ pub struct BusStats {
 pub struct EventBus {
     subscribers: Arc<Mutex<Vec<Subscriber>>>,
     queue_size: usize,
+    queue_bytes: Option<QueueBytes>,
     node_name: Arc<str>,
     pub stats: Arc<BusStats>,
 }
@@ -52,6 +70,9 @@ pub struct Subscription {
     node_name: Arc<str>,
     /// An event held back while its preceding loss notice is delivered.
     pending: Option<Arc<SharedEvent>>,
+    /// The bytes this queue holds, given back as events are taken. (The
+    /// bus sums them for the total: no counter shared by every client.)
+    queued: Option<Arc<AtomicUsize>>,
 }
 
 impl Subscription {
@@ -79,6 +100,9 @@ impl Subscription {
     }
 
     fn out(&self, event: Arc<SharedEvent>) -> OutEvent {
+        if let Some(mine) = &self.queued {
+            mine.fetch_sub(queue_charge(&event), Ordering::Relaxed);
+        }
         self.fields.apply_shared(event)
     }
 
@@ -120,17 +144,54 @@ impl EventBus {
         EventBus {
             subscribers: Arc::default(),
             queue_size: queue_size.max(1),
+            queue_bytes: None,
             node_name: node_name.into(),
             stats: Arc::default(),
         }
     }
 
+    /// Bounds the queues of clients ([`Self::subscribe`]) in bytes too.
+    pub fn with_queue_bytes(mut self, limits: QueueBytes) -> Self {
+        self.queue_bytes = Some(limits);
+        self
+    }
+
+    /// A client's subscription: its queue bounded in events and, if the bus
+    /// says so, in bytes.
     pub fn subscribe(&self, filters: crate::RequestFilters) -> Subscription {
+        self.add(filters, self.queue_bytes.is_some())
+    }
+
+    /// An in-process consumer's subscription (export file, relay uplink),
+    /// bounded in events only: it costs no encoding to count.
+    pub fn subscribe_internal(&self, filters: crate::RequestFilters) -> Subscription {
+        self.add(filters, false)
+    }
+
+    fn add(&self, filters: crate::RequestFilters, bytes: bool) -> Subscription {
         let crate::RequestFilters { filter, fields, resume } = filters;
         let (tx, rx) = mpsc::channel(self.queue_size);
         let dropped = Arc::new(AtomicU64::new(0));
-        self.subscribers.lock().push(Subscriber { filter, resume, tx, dropped: dropped.clone() });
-        Subscription { rx, dropped, fields, node_name: self.node_name.clone(), pending: None }
+        let queued = bytes.then(|| Arc::new(AtomicUsize::new(0)));
+        self.subscribers.lock().push(Subscriber {
+            filter,
+            resume,
+            tx,
+            dropped: dropped.clone(),
+            queued: queued.clone(),
+        });
+        Subscription { rx, dropped, fields, node_name: self.node_name.clone(), pending: None, queued }
+    }
+
+    /// Bytes queued for byte-bounded subscribers now (see [`queue_charge`]).
+    pub fn queued_bytes(&self) -> usize {
+        let subs = self.subscribers.lock();
+        // A gone client's bytes are freed with it on the next publish.
+        subs.iter()
+            .filter(|s| !s.tx.is_closed())
+            .filter_map(|s| s.queued.as_ref())
+            .map(|q| q.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Ends every subscription once it has taken what is queued for it (at
@@ -161,6 +222,17 @@ impl EventBus {
         // bus drop every event or register subscribers that never receive.
         let mut subs = self.subscribers.lock();
         let (mut published, mut delivered, mut dropped) = (0, 0, 0);
+        // All byte-bounded queues together, kept up to date below as events
+        // are queued (clients only ever take some out meanwhile).
+        let mut all: usize = match self.queue_bytes {
+            Some(_) => subs
+                .iter()
+                .filter(|s| !s.tx.is_closed())
+                .filter_map(|s| s.queued.as_ref())
+                .map(|q| q.load(Ordering::Relaxed))
+                .sum(),
+            None => 0,
+        };
         for event in events {
             published += 1;
             // Loss notices reach every subscriber: filters select events,
@@ -173,7 +245,30 @@ impl EventBus {
                 if s.resume.as_ref().is_some_and(|g| !g.wants(event.resume(), event.event())) {
                     continue;
                 }
-                match s.tx.try_send(event.clone()) {
+                let charged = match (&s.queued, self.queue_bytes) {
+                    (Some(mine), Some(limits)) => {
+                        let c = queue_charge(&event);
+                        let held = mine.load(Ordering::Relaxed);
+                        if held + c > limits.per_client || (held > 0 && all + c > limits.total) {
+                            s.dropped.fetch_add(1, Ordering::Relaxed);
+                            dropped += 1;
+                            continue;
+                        }
+                        // Charged before it can be taken (and given back).
+                        mine.fetch_add(c, Ordering::Relaxed);
+                        all += c;
+                        Some((mine, c))
+                    }
+                    _ => None,
+                };
+                let sent = s.tx.try_send(event.clone());
+                if sent.is_err()
+                    && let Some((mine, c)) = charged
+                {
+                    mine.fetch_sub(c, Ordering::Relaxed);
+                    all -= c;
+                }
+                match sent {
                     Ok(()) => delivered += 1,
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         s.dropped.fetch_add(1, Ordering::Relaxed);
@@ -255,6 +350,39 @@ mod tests {
         assert_eq!(binary(&only_b.next().await.unwrap()), "/b1");
         assert_eq!(bus.stats.dropped.load(Ordering::Relaxed), 4);
         assert_eq!(bus.stats.delivered.load(Ordering::Relaxed), 5);
+    }
+
+    #[tokio::test]
+    async fn client_queues_are_bounded_in_bytes_and_give_them_back() {
+        let one = queue_charge(&SharedEvent::new(exec("/a0")));
+        let bus = EventBus::new("n", 1000).with_queue_bytes(QueueBytes { per_client: 2 * one, total: 3 * one });
+        let mut slow = bus.subscribe(crate::RequestFilters::default());
+        let mut other = bus.subscribe(crate::RequestFilters::default());
+        let internal = bus.subscribe_internal(crate::RequestFilters::default());
+        for i in 0..3 {
+            bus.publish(exec(&format!("/a{i}")));
+        }
+        // slow: /a0 and /a1 (its own bound), /a2 lost; other: /a0, then
+        // the total is reached and other, being behind, lost /a1 and /a2.
+        // The internal subscription is bounded in events only.
+        assert_eq!(bus.queued_bytes(), 3 * one);
+        assert_eq!(bus.stats.dropped.load(Ordering::Relaxed), 3);
+        assert!(matches!(other.next().await.unwrap().event, Some(Event::RateLimitInfo(_))));
+        assert_eq!(binary(&other.next().await.unwrap()), "/a0");
+        assert_eq!(bus.queued_bytes(), 2 * one, "taken events give their bytes back");
+        // Past the total, a client that keeps up (its queue empty) still
+        // gets events; only one that is behind loses them.
+        bus.publish(exec("/a3"));
+        bus.publish(exec("/a4"));
+        // /a4 came when other was behind again (holding /a3): cut, and
+        // the loss is reported first.
+        assert!(matches!(other.next().await.unwrap().event, Some(Event::RateLimitInfo(_))));
+        assert_eq!(binary(&other.next().await.unwrap()), "/a3");
+        assert!(matches!(slow.next().await.unwrap().event, Some(Event::RateLimitInfo(_))));
+        assert_eq!(binary(&slow.next().await.unwrap()), "/a0");
+        drop(slow);
+        assert_eq!(bus.queued_bytes(), 0, "a client that goes gives its bytes back");
+        drop(internal);
     }
 
     #[tokio::test]

@@ -41,6 +41,14 @@ pub struct Flags {
     /// dropped and reported to it.
     #[arg(long, default_value_t = DEFAULT_SUBSCRIBER_QUEUE)]
     pub subscriber_queue_size: usize,
+    /// Bytes one GetEvents subscriber's queue may hold, in MiB (each event
+    /// charged its encoded size plus 256 bytes).
+    #[arg(long, default_value_t = 16)]
+    pub subscriber_queue_mib: usize,
+    /// Bytes all subscribers' queues together may hold, in MiB; past it
+    /// subscribers that are behind lose events (one keeping up never does).
+    #[arg(long, default_value_t = 256)]
+    pub subscriber_queues_total_mib: usize,
     /// Also write every event as a JSON line to this file.
     #[arg(long)]
     pub export_filename: Option<PathBuf>,
@@ -122,6 +130,7 @@ pub struct Settings {
     pub server_address: serving::address::ServerAddress,
     pub process_cache_size: usize,
     pub subscriber_queue_size: usize,
+    pub subscriber_queue_bytes: events::bus::QueueBytes,
     pub export_filename: Option<PathBuf>,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -184,6 +193,8 @@ impl Settings {
         };
         p.positive("process-cache-size", l.process_cache_size as u64);
         p.positive("subscriber-queue-size", l.subscriber_queue_size as u64);
+        p.positive("subscriber-queue-mib", l.subscriber_queue_mib as u64);
+        p.positive("subscriber-queues-total-mib", l.subscriber_queues_total_mib as u64);
         p.positive("replay-buffer-size", l.replay_buffer_size as u64);
         p.positive("relay-resolve-interval", l.relay_resolve_interval);
         for t in &l.enable_ancestors {
@@ -221,6 +232,10 @@ impl Settings {
             server_address,
             process_cache_size: l.process_cache_size,
             subscriber_queue_size: l.subscriber_queue_size,
+            subscriber_queue_bytes: events::bus::QueueBytes {
+                per_client: l.subscriber_queue_mib.saturating_mul(1 << 20),
+                total: l.subscriber_queues_total_mib.saturating_mul(1 << 20),
+            },
             export_filename: l.export_filename,
             log_level: l.log_level,
             log_format: l.log_format,

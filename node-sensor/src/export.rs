@@ -24,7 +24,7 @@ const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// (logged once per interval; writing goes on with the next event).
 pub fn start(bus: &EventBus, path: &Path, stats: Arc<SensorStats>) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-    let mut sub = bus.subscribe(events::RequestFilters::default());
+    let mut sub = bus.subscribe_internal(events::RequestFilters::default());
     let path = path.display().to_string();
     let failing = LogLimit::new(LOG_EVERY);
     Ok(tokio::spawn(async move {

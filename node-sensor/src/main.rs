@@ -59,7 +59,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let listener = Listener::bind("api", &settings.server_address, certificates).await?;
     let stats = Arc::new(SensorStats::default());
-    let bus = EventBus::new(&settings.node_name, settings.subscriber_queue_size);
+    let bus = EventBus::new(&settings.node_name, settings.subscriber_queue_size)
+        .with_queue_bytes(settings.subscriber_queue_bytes);
     let stop = daemon::stop_on_signal();
 
     let exporter = match &settings.export_filename {

@@ -149,7 +149,7 @@ pub async fn start(bus: &EventBus, settings: UplinkSettings) -> Result<Arc<Repla
     let replay = Arc::new(Replay::new(settings.buffer_size));
     // The collector must never fall behind the bus: its queue is as deep as
     // the replay buffer, and whatever the bus still drops becomes a gap.
-    let mut sub = bus.subscribe(events::RequestFilters::default());
+    let mut sub = bus.subscribe_internal(events::RequestFilters::default());
     let r = replay.clone();
     tokio::spawn(async move {
         while let Some(out) = StreamExt::next(&mut sub).await {

@@ -15,15 +15,18 @@ use prost::{DecodeError, Message};
 
 use crate::tetragon::{GetEventsResponse, ResumePosition};
 
+/// `GetEventsResponse.resume`'s field number.
+const RESUME_FIELD: u32 = 2000;
+
 /// An event and, once some stream has needed them, its encoded bytes.
 #[derive(Debug, Default)]
 pub struct SharedEvent {
     event: Box<GetEventsResponse>,
     encoded: OnceLock<Bytes>,
     /// The relay's resume positions, set once when the event leaves the
-    /// merge, after `encoded` was made: kept apart, with their own
-    /// encoding, which is appended on the wire (protobuf concatenates).
-    resume: OnceLock<(Vec<ResumePosition>, Bytes)>,
+    /// merge, after `encoded` was made: kept apart, and appended on the
+    /// wire (protobuf concatenates fields), encoded as each stream sends.
+    resume: OnceLock<Vec<ResumePosition>>,
 }
 
 impl SharedEvent {
@@ -48,20 +51,27 @@ impl SharedEvent {
     /// Sets the event's resume positions (`GetEventsResponse.resume`),
     /// once; a second call changes nothing.
     pub fn set_resume(&self, positions: Vec<ResumePosition>) {
-        let _ = self.resume.get_or_init(|| {
-            let probe = GetEventsResponse { resume: positions, ..Default::default() };
-            let bytes = Bytes::from(probe.encode_to_vec());
-            (probe.resume, bytes)
-        });
+        let _ = self.resume.set(positions);
     }
 
     /// The resume positions set by [`Self::set_resume`].
     pub fn resume(&self) -> &[ResumePosition] {
-        self.resume.get().map_or(&[], |(p, _)| p)
+        self.resume.get().map_or(&[], Vec::as_slice)
     }
 
-    fn resume_bytes(&self) -> &[u8] {
-        self.resume.get().map_or(&[], |(_, b)| b)
+    /// The bytes it is sent as: its encoding and its resume positions.
+    pub fn wire_len(&self) -> usize {
+        self.encoded().len() + self.resume_len()
+    }
+
+    fn resume_len(&self) -> usize {
+        prost::encoding::message::encoded_len_repeated(RESUME_FIELD, self.resume())
+    }
+
+    fn encode_resume(&self, buf: &mut impl BufMut) {
+        for p in self.resume() {
+            prost::encoding::message::encode(RESUME_FIELD, p, buf);
+        }
     }
 
     /// The event as sent: with its resume positions.
@@ -73,7 +83,7 @@ impl SharedEvent {
 
     pub fn into_event(self) -> GetEventsResponse {
         let mut event = *self.event;
-        if let Some((positions, _)) = self.resume.into_inner() {
+        if let Some(positions) = self.resume.into_inner() {
             event.resume = positions;
         }
         event
@@ -139,7 +149,7 @@ impl Message for OutEvent {
         match self {
             OutEvent::Shared(s) => {
                 buf.put_slice(s.encoded());
-                buf.put_slice(s.resume_bytes());
+                s.encode_resume(buf);
             }
             OutEvent::Own(e) => e.encode_raw(buf),
         }
@@ -157,7 +167,7 @@ impl Message for OutEvent {
 
     fn encoded_len(&self) -> usize {
         match self {
-            OutEvent::Shared(s) => s.encoded().len() + s.resume_bytes().len(),
+            OutEvent::Shared(s) => s.wire_len(),
             OutEvent::Own(e) => e.encoded_len(),
         }
     }

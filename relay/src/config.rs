@@ -42,6 +42,10 @@ pub struct Flags {
     /// about 30,000; each held event costs about 2 KB.
     #[arg(long, default_value_t = 200_000)]
     pub max_pending: usize,
+    /// Memory the events held for reordering may take, in MiB (charged as
+    /// history's are); past it the oldest leave early.
+    #[arg(long, default_value_t = 256)]
+    pub max_pending_mib: usize,
     /// Recent events kept for --since/--last queries.
     #[arg(long, default_value_t = 100_000)]
     pub history_size: usize,
@@ -58,6 +62,15 @@ pub struct Flags {
     /// pointer, the event itself is not copied per client).
     #[arg(long, default_value_t = 65_536)]
     pub client_queue_size: usize,
+    /// Bytes one client's queue may hold, in MiB (each event charged its
+    /// encoded size plus 256 bytes); past it its events are dropped and
+    /// reported to it.
+    #[arg(long, default_value_t = 64)]
+    pub client_queue_mib: usize,
+    /// Bytes all client queues together may hold, in MiB; past it clients
+    /// that are behind lose events (a client keeping up never does).
+    #[arg(long, default_value_t = 1024)]
+    pub client_queues_total_mib: usize,
     /// Seconds a TLS handshake may take before the connection is dropped.
     #[arg(long, default_value_t = 10)]
     pub handshake_timeout_seconds: u64,
@@ -106,10 +119,12 @@ pub struct Settings {
     pub insecure: bool,
     pub reorder_window: std::time::Duration,
     pub max_pending: usize,
+    pub max_pending_bytes: usize,
     pub history_size: usize,
     pub history_bytes: usize,
     pub forget_nodes_after: std::time::Duration,
     pub client_queue_size: usize,
+    pub client_queue_bytes: events::bus::QueueBytes,
     pub connections: serving::connections::ConnectionLimits,
     pub name: String,
     pub log_level: String,
@@ -159,6 +174,9 @@ impl Settings {
             ("history-size", l.history_size),
             ("history-mib", l.history_mib),
             ("client-queue-size", l.client_queue_size),
+            ("max-pending-mib", l.max_pending_mib),
+            ("client-queue-mib", l.client_queue_mib),
+            ("client-queues-total-mib", l.client_queues_total_mib),
             ("handshake-timeout-seconds", l.handshake_timeout_seconds as usize),
             ("idle-timeout-seconds", l.idle_timeout_seconds as usize),
             ("max-connections-per-peer", l.max_connections_per_peer),
@@ -179,10 +197,15 @@ impl Settings {
             insecure: l.insecure,
             reorder_window: std::time::Duration::from_millis(l.reorder_window_ms),
             max_pending: l.max_pending,
+            max_pending_bytes: l.max_pending_mib.saturating_mul(1 << 20),
             history_size: l.history_size,
             history_bytes: l.history_mib.saturating_mul(1 << 20),
             forget_nodes_after: std::time::Duration::from_secs(l.forget_nodes_after),
             client_queue_size: l.client_queue_size,
+            client_queue_bytes: events::bus::QueueBytes {
+                per_client: l.client_queue_mib.saturating_mul(1 << 20),
+                total: l.client_queues_total_mib.saturating_mul(1 << 20),
+            },
             connections: serving::connections::ConnectionLimits {
                 handshake_timeout: std::time::Duration::from_secs(l.handshake_timeout_seconds),
                 idle_timeout: std::time::Duration::from_secs(l.idle_timeout_seconds),

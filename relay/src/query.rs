@@ -69,6 +69,8 @@ impl RelayAdmin for AdminService {
             pending: q.merge.pending.load(Ordering::Relaxed),
             history_events: q.hub.history_len() as u64,
             history_bytes: q.hub.history_bytes() as u64,
+            pending_bytes: q.merge.pending_bytes.load(Ordering::Relaxed),
+            client_queue_bytes: q.hub.bus.queued_bytes() as u64,
         }))
     }
 }

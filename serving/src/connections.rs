@@ -207,12 +207,15 @@ pub struct Bounded<IO> {
     guard: ConnectionGuard,
     idle: Pin<Box<Sleep>>,
     timeout: Duration,
+    /// The reader's waker is with the connection (for its last stream's
+    /// end to wake): stored once per busy spell, not on every read.
+    waker_stored: bool,
 }
 
 impl<IO> Bounded<IO> {
     pub fn new(inner: IO, guard: ConnectionGuard) -> Self {
         let timeout = guard.connection.peers.limits.idle_timeout;
-        Bounded { inner, guard, idle: Box::pin(tokio::time::sleep(timeout)), timeout }
+        Bounded { inner, guard, idle: Box::pin(tokio::time::sleep(timeout)), timeout, waker_stored: false }
     }
 
     /// Ready with an error once the connection has been idle too long;
@@ -220,12 +223,17 @@ impl<IO> Bounded<IO> {
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         let connection = &self.guard.connection;
         if !connection.is_idle() {
-            let mut reader = connection.reader.lock();
-            if !reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *reader = Some(cx.waker().clone());
+            if !self.waker_stored {
+                *connection.reader.lock() = Some(cx.waker().clone());
+                self.waker_stored = true;
+                // The last stream may have ended just before the store.
+                if connection.is_idle() {
+                    cx.waker().wake_by_ref();
+                }
             }
             return Poll::Pending;
         }
+        self.waker_stored = false;
         let deadline = *connection.idle_since.lock() + self.timeout;
         if Instant::now() >= deadline {
             return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "no stream opened within the idle timeout"));

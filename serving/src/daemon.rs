@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -115,12 +116,47 @@ where
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    run_as(name, Threads::Workers(threads), body, |_| false)
+    run_as(name, Threads::Workers(threads), None, body, |_| false)
+}
+
+/// How often, at most, a worker going idle calls the release hook.
+pub const RELEASE_EVERY: Duration = Duration::from_secs(1);
+
+/// [`run`], with `release` called on a worker thread when it goes idle (at
+/// most once per [`RELEASE_EVERY`] per thread): the allocator's hook for
+/// giving memory freed on that thread back to the system. An allocator
+/// such as mimalloc returns memory only when the thread that owns it runs
+/// allocator code; a thread idle after a burst (clients gone) otherwise
+/// keeps what the burst took.
+pub fn run_releasing<E, F>(name: &str, threads: Option<usize>, release: fn(), body: impl FnOnce() -> F) -> ExitCode
+where
+    F: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    run_as(name, Threads::Workers(threads), Some(release), body, |_| false)
+}
+
+fn release_when_idle(release: fn()) {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let now = Instant::now();
+    if LAST.get().is_some_and(|t| now.duration_since(t) < RELEASE_EVERY) {
+        return;
+    }
+    LAST.set(Some(now));
+    release();
 }
 
 /// [`run`] with the runtime chosen, and errors for which `quiet` holds
 /// ending with success and nothing printed (a CLI whose reader went away).
-pub fn run_as<E, F>(name: &str, threads: Threads, body: impl FnOnce() -> F, quiet: impl Fn(&E) -> bool) -> ExitCode
+pub fn run_as<E, F>(
+    name: &str,
+    threads: Threads,
+    release: Option<fn()>,
+    body: impl FnOnce() -> F,
+    quiet: impl Fn(&E) -> bool,
+) -> ExitCode
 where
     F: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -135,6 +171,9 @@ where
             b
         }
     };
+    if let Some(release) = release {
+        builder.on_thread_park(move || release_when_idle(release));
+    }
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -83,6 +83,8 @@ impl Arrival {
 /// A waiting event, found by its arrival number.
 struct Slot {
     event: Arc<SharedEvent>,
+    /// What it is charged against the pending bytes.
+    charge: usize,
     key: Option<DedupKey>,
     source: u64,
     seq: u64,
@@ -133,6 +135,7 @@ pub struct MergeCounters {
     pub copies: AtomicU64,
     pub sent_early: AtomicU64,
     pub pending: AtomicU64,
+    pub pending_bytes: AtomicU64,
 }
 
 impl MergeCounters {
@@ -142,12 +145,16 @@ impl MergeCounters {
         self.copies.store(m.stats.duplicates, AtomicOrdering::Relaxed);
         self.sent_early.store(m.stats.forced, AtomicOrdering::Relaxed);
         self.pending.store(m.pending() as u64, AtomicOrdering::Relaxed);
+        self.pending_bytes.store(m.pending_bytes() as u64, AtomicOrdering::Relaxed);
     }
 }
 
 pub struct Merger {
     window_ns: i64,
     max_pending: usize,
+    max_pending_bytes: usize,
+    /// What the waiting events are charged (see [`crate::hub::charge`]).
+    pending_bytes: usize,
     /// (order time, arrival number) of every waiting event, earliest first.
     /// Small entries: the heap moves them on every push and pop.
     heap: BinaryHeap<Reverse<(i64, u64)>>,
@@ -166,11 +173,14 @@ pub struct Merger {
 }
 
 impl Merger {
-    /// `seen_cap` bounds the dedup keys remembered (waiting and sent).
-    pub fn new(window: Duration, max_pending: usize, seen_cap: usize) -> Self {
+    /// `seen_cap` bounds the dedup keys remembered (waiting and sent);
+    /// `max_pending` and `max_pending_bytes` the events waiting.
+    pub fn new(window: Duration, max_pending: usize, max_pending_bytes: usize, seen_cap: usize) -> Self {
         Merger {
             window_ns: i64::try_from(window.as_nanos()).unwrap_or(i64::MAX),
             max_pending: max_pending.max(1),
+            max_pending_bytes,
+            pending_bytes: 0,
             heap: BinaryHeap::new(),
             slots: VecDeque::new(),
             base: 0,
@@ -185,6 +195,10 @@ impl Merger {
 
     pub fn pending(&self) -> usize {
         self.heap.len()
+    }
+
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
     }
 
     fn slot(&mut self, id: u64) -> Option<&mut Option<Slot>> {
@@ -213,13 +227,20 @@ impl Merger {
                         if richer {
                             seen.insert(Seen::Waiting { id, richness: arrival.richness });
                         }
+                        let mut was = None;
                         if let Some(Some(slot)) = self.slot(id) {
                             // The copy sent stands for all: a client that
                             // had any of them has the event.
                             slot.copies.push((arrival.source, arrival.seq));
                             if richer {
+                                let charge = crate::hub::charge(&arrival.event);
+                                was = Some((slot.charge, charge));
+                                slot.charge = charge;
                                 slot.event = arrival.event;
                             }
+                        }
+                        if let Some((old, new)) = was {
+                            self.pending_bytes = self.pending_bytes - old + new;
                         }
                     }
                     return;
@@ -241,14 +262,18 @@ impl Merger {
         let stream = self.streams.entry(arrival.source).or_default();
         stream.waiting.push_back((arrival.seq, false));
         stream.taken = stream.taken.max(arrival.seq);
+        let charge = crate::hub::charge(&arrival.event);
+        self.pending_bytes += charge;
         self.slots.push_back(Some(Slot {
+            charge,
             event: arrival.event,
             key: arrival.key,
             source: arrival.source,
             seq: arrival.seq,
             copies: Vec::new(),
         }));
-        while self.heap.len() > self.max_pending {
+        while self.heap.len() > self.max_pending || (self.pending_bytes > self.max_pending_bytes && self.heap.len() > 1)
+        {
             match self.pop() {
                 Some(e) => {
                     self.stats.forced += 1;
@@ -267,6 +292,7 @@ impl Merger {
             self.base += 1;
         }
         let slot = slot?;
+        self.pending_bytes -= slot.charge;
         if let Some(seen) = slot.key.and_then(|k| self.seen.get_mut(&k)) {
             *seen = Seen::Sent;
         }
@@ -358,7 +384,7 @@ mod tests {
 
     #[test]
     fn every_event_leaves_with_its_stream_position() {
-        let mut m = Merger::new(Duration::from_millis(100), 1000, 1000);
+        let mut m = Merger::new(Duration::from_millis(100), 1000, usize::MAX, 1000);
         let mut out = Vec::new();
         // Stream 7: seq 1 at t=30, seq 2 at t=10, seq 3 at t=20. They leave
         // in time order: 2, 3, 1; only once 1 has left is 3 done.
@@ -397,7 +423,7 @@ mod tests {
 
     #[test]
     fn orders_by_time_within_the_window() {
-        let mut m = Merger::new(Duration::from_millis(100), 1000, 1000);
+        let mut m = Merger::new(Duration::from_millis(100), 1000, usize::MAX, 1000);
         let mut out = Vec::new();
         m.push(arrival(1, exec("n1", 1, 1, 1030, false)), 1050 * MS, &mut out);
         m.push(arrival(1, exec("n2", 2, 2, 1010, false)), 1050 * MS, &mut out);
@@ -410,7 +436,7 @@ mod tests {
 
     #[test]
     fn shared_kernel_copies_collapse_to_the_richest() {
-        let mut m = Merger::new(Duration::from_millis(50), 1000, 1000);
+        let mut m = Merger::new(Duration::from_millis(50), 1000, usize::MAX, 1000);
         let mut out = Vec::new();
         m.push(arrival(1, exec("plain", 9, 42, 0, false)), 0, &mut out);
         m.push(arrival(1, exec("with-pod", 9, 42, 0, true)), 0, &mut out);
@@ -431,7 +457,7 @@ mod tests {
 
     #[test]
     fn bounded_pending_forces_the_oldest_out() {
-        let mut m = Merger::new(Duration::from_secs(10), 2, 10);
+        let mut m = Merger::new(Duration::from_secs(10), 2, usize::MAX, 10);
         let mut out = Vec::new();
         m.push(arrival(1, exec("a", 1, 1, 1, false)), 10 * MS, &mut out);
         m.push(arrival(1, exec("b", 2, 2, 2, false)), 10 * MS, &mut out);
@@ -445,8 +471,25 @@ mod tests {
     }
 
     #[test]
+    fn bounded_pending_bytes_force_the_oldest_out() {
+        let one = crate::hub::charge(&arrival(1, exec("a", 1, 1, 1, false)).event);
+        let mut m = Merger::new(Duration::from_secs(10), 1000, 2 * one + one / 2, 10);
+        let mut out = Vec::new();
+        m.push(arrival(1, exec("a", 1, 1, 1, false)), 10 * MS, &mut out);
+        m.push(arrival(1, exec("b", 2, 2, 2, false)), 10 * MS, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(m.pending_bytes(), 2 * one);
+        m.push(arrival(1, exec("c", 3, 3, 3, false)), 10 * MS, &mut out);
+        assert_eq!(nodes(&out), vec!["a"], "the oldest leaves for the bytes");
+        assert_eq!((m.pending(), m.stats.forced), (2, 1));
+        assert!(m.pending_bytes() <= 2 * one + one / 2, "{} > the bound", m.pending_bytes());
+        m.drain(&mut out);
+        assert_eq!(m.pending_bytes(), 0);
+    }
+
+    #[test]
     fn a_clock_ahead_does_not_hold_events_back_under_steady_traffic() {
-        let mut m = Merger::new(Duration::from_millis(100), 10_000, 10_000);
+        let mut m = Merger::new(Duration::from_millis(100), 10_000, usize::MAX, 10_000);
         let mut out = Vec::new();
         // One event stamped an hour ahead, among on-time events arriving
         // every 10 ms for a second.
@@ -463,7 +506,7 @@ mod tests {
 
     #[test]
     fn late_clock_events_wait_at_most_one_window_after_arrival() {
-        let mut m = Merger::new(Duration::from_millis(100), 100, 100);
+        let mut m = Merger::new(Duration::from_millis(100), 100, usize::MAX, 100);
         // event time far in the future (sensor clock ahead)
         let mut out = Vec::new();
         m.push(arrival(1, exec("n", 1, 1, 10_000, false)), 1000 * MS, &mut out);

@@ -25,6 +25,7 @@ const SEEN_KEYS: usize = 1 << 20;
 pub struct MergeSettings {
     pub reorder_window: Duration,
     pub max_pending: usize,
+    pub max_pending_bytes: usize,
 }
 
 /// Runs until `rx` closes or `stop` turns true, then sends what still waits.
@@ -35,7 +36,7 @@ pub async fn run(
     counters: Arc<MergeCounters>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut merger = Merger::new(settings.reorder_window, settings.max_pending, SEEN_KEYS);
+    let mut merger = Merger::new(settings.reorder_window, settings.max_pending, settings.max_pending_bytes, SEEN_KEYS);
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     let mut out = Vec::new();
     let publish = |out: &mut Vec<_>, merger: &Merger| {
