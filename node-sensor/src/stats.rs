@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub subscriber_dropped: u64,
     pub export_dropped: u64,
     pub subscribers: u64,
+    /// Bytes queued for GetEvents subscribers now.
+    pub subscriber_queue_bytes: u64,
     pub pod_waiting: u64,
     pub pod_timeouts: u64,
     pub k8s_pods: u64,
@@ -71,6 +73,7 @@ impl SensorStats {
             subscriber_dropped: r(&bus.stats.dropped),
             export_dropped: r(&self.export_dropped),
             subscribers: bus.subscriber_count() as u64,
+            subscriber_queue_bytes: bus.queued_bytes() as u64,
             pod_waiting: r(&self.pod_waiting),
             pod_timeouts: r(&self.pod_timeouts),
             k8s_pods: r(&self.k8s_pods),
@@ -83,7 +86,7 @@ impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "records={} bad_records={} ringbuf_full={} kernel_read_errors={} cache_entries={} cache_evicted={} cache_misses={} startup_skipped={} events={} subscribers={} subscriber_dropped={} export_dropped={} pod_waiting={} pod_timeouts={} k8s_pods={} k8s_watch_errors={}",
+            "records={} bad_records={} ringbuf_full={} kernel_read_errors={} cache_entries={} cache_evicted={} cache_misses={} startup_skipped={} events={} subscribers={} subscriber_queue_bytes={} subscriber_dropped={} export_dropped={} pod_waiting={} pod_timeouts={} k8s_pods={} k8s_watch_errors={}",
             self.records,
             self.bad_records,
             self.ringbuf_full,
@@ -94,6 +97,7 @@ impl fmt::Display for Snapshot {
             self.startup_skipped,
             self.published,
             self.subscribers,
+            self.subscriber_queue_bytes,
             self.subscriber_dropped,
             self.export_dropped,
             self.pod_waiting,

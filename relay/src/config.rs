@@ -53,6 +53,11 @@ pub struct Flags {
     /// sensor's numbering stood) before it is forgotten.
     #[arg(long, default_value_t = 86_400)]
     pub forget_nodes_after: u64,
+    /// Nodes the relay tracks; a gone one makes room for a new one, and
+    /// with all connected a new one is refused (RESOURCE_EXHAUSTED). The
+    /// default keeps `vigil nodes`' reply under 4 MiB.
+    #[arg(long, default_value_t = crate::nodes::DEFAULT_MAX_NODES)]
+    pub max_nodes: usize,
     /// Memory the history may take, in MiB (each event is charged twice its
     /// encoded size plus 512 bytes); past it the oldest events go first.
     #[arg(long, default_value_t = 512)]
@@ -123,6 +128,7 @@ pub struct Settings {
     pub history_size: usize,
     pub history_bytes: usize,
     pub forget_nodes_after: std::time::Duration,
+    pub max_nodes: usize,
     pub client_queue_size: usize,
     pub client_queue_bytes: events::bus::QueueBytes,
     pub connections: serving::connections::ConnectionLimits,
@@ -175,6 +181,7 @@ impl Settings {
             ("history-mib", l.history_mib),
             ("client-queue-size", l.client_queue_size),
             ("max-pending-mib", l.max_pending_mib),
+            ("max-nodes", l.max_nodes),
             ("client-queue-mib", l.client_queue_mib),
             ("client-queues-total-mib", l.client_queues_total_mib),
             ("handshake-timeout-seconds", l.handshake_timeout_seconds as usize),
@@ -201,6 +208,7 @@ impl Settings {
             history_size: l.history_size,
             history_bytes: l.history_mib.saturating_mul(1 << 20),
             forget_nodes_after: std::time::Duration::from_secs(l.forget_nodes_after),
+            max_nodes: l.max_nodes,
             client_queue_size: l.client_queue_size,
             client_queue_bytes: events::bus::QueueBytes {
                 per_client: l.client_queue_mib.saturating_mul(1 << 20),

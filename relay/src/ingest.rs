@@ -93,7 +93,8 @@ impl From<IngestError> for Status {
         match e {
             Stream(status) => status,
             NoHello => Status::deadline_exceeded(e.to_string()),
-            Claim(_) => Status::already_exists(e.to_string()),
+            Claim(crate::nodes::ClaimError::Taken { .. }) => Status::already_exists(e.to_string()),
+            Claim(crate::nodes::ClaimError::Full { .. }) => Status::resource_exhausted(e.to_string()),
             NodeMismatch { .. } | NoNodeBinding => Status::permission_denied(e.to_string()),
             ShuttingDown => Status::unavailable(e.to_string()),
             EndedBeforeHello

@@ -57,7 +57,7 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
         Listener::bind("clients", &flags.client_address, certificates).await?.with_limits(flags.connections);
     let enforce = ingest_listener.is_tls();
 
-    let nodes = Arc::new(Nodes::new(flags.forget_nodes_after));
+    let nodes = Arc::new(Nodes::new(flags.forget_nodes_after, flags.max_nodes));
     let hub = Arc::new(Hub::new(
         EventBus::new(&flags.name, flags.client_queue_size).with_queue_bytes(flags.client_queue_bytes),
         flags.history_size,

@@ -34,6 +34,8 @@ struct Node {
 pub enum ClaimError {
     #[error("node name {node:?} is already connected from another sensor instance; refusing this one")]
     Taken { node: String },
+    #[error("the relay holds {limit} connected nodes, its limit (--max-nodes); refusing a new one")]
+    Full { limit: usize },
 }
 
 /// What a batch amounted to.
@@ -54,8 +56,17 @@ const MAX_BOOTS: usize = 65_536;
 /// in `vigil nodes`, and where its sensor's numbering stood).
 pub const DEFAULT_FORGET_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
+/// Sensor instances whose numbering a node remembers (sensor restarts);
+/// past it only the connected one is kept.
+const MAX_INSTANCES: usize = 16;
+
+/// Nodes tracked by default: with every field at its limit, the admin
+/// reply for them stays under the 4 MiB a default gRPC client accepts.
+pub const DEFAULT_MAX_NODES: usize = 5000;
+
 pub struct Nodes {
     nodes: Mutex<HashMap<String, Node>>,
+    max_nodes: usize,
     /// A number per kernel boot id, so the merge compares and hashes a
     /// number instead of a string per event. Numbers are never reused.
     boots: Mutex<(HashMap<String, u64>, u64)>,
@@ -64,14 +75,15 @@ pub struct Nodes {
 
 impl Default for Nodes {
     fn default() -> Self {
-        Nodes::new(DEFAULT_FORGET_AFTER)
+        Nodes::new(DEFAULT_FORGET_AFTER, DEFAULT_MAX_NODES)
     }
 }
 
 impl Nodes {
-    /// Nodes gone longer than `forget_after` are forgotten.
-    pub fn new(forget_after: std::time::Duration) -> Self {
-        Nodes { nodes: Mutex::default(), boots: Mutex::default(), forget_after }
+    /// Nodes gone longer than `forget_after` are forgotten; at most
+    /// `max_nodes` are tracked (a gone one makes room for a new one).
+    pub fn new(forget_after: std::time::Duration, max_nodes: usize) -> Self {
+        Nodes { nodes: Mutex::default(), max_nodes: max_nodes.max(1), boots: Mutex::default(), forget_after }
     }
 
     fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<String, Node>> {
@@ -99,9 +111,23 @@ impl Nodes {
         any_node: bool,
     ) -> Result<u64, ClaimError> {
         let mut nodes = self.lock_forgetting();
+        if !nodes.contains_key(node) && nodes.len() >= self.max_nodes {
+            // The node gone longest makes room; with every node connected,
+            // a new one is refused.
+            let oldest = nodes
+                .iter()
+                .filter_map(|(name, n)| Some((n.gone_since?, name.clone())))
+                .min()
+                .map(|(_, name)| name)
+                .ok_or(ClaimError::Full { limit: self.max_nodes })?;
+            nodes.remove(&oldest);
+        }
         let n = nodes.entry(node.to_owned()).or_default();
         if n.stream.is_some() && n.instance_id != instance {
             return Err(ClaimError::Taken { node: node.into() });
+        }
+        if n.last_seq.len() >= MAX_INSTANCES && !n.last_seq.contains_key(instance) {
+            n.last_seq.retain(|i, _| *i == n.instance_id);
         }
         n.stream = Some(stream);
         n.gone_since = None;
@@ -242,6 +268,61 @@ mod tests {
     }
 
     #[test]
+    fn the_node_table_is_bounded() {
+        let nodes = Nodes::new(DEFAULT_FORGET_AFTER, 2);
+        nodes.claim("a", "b", "i", 1, false).unwrap();
+        nodes.claim("b", "b", "j", 2, false).unwrap();
+        assert_eq!(nodes.claim("c", "b", "k", 3, false), Err(ClaimError::Full { limit: 2 }), "all connected");
+        nodes.release("a", 1);
+        assert_eq!(nodes.claim("c", "b", "k", 4, false), Ok(0), "a gone node makes room");
+        let mut names: Vec<String> = nodes.status().into_iter().map(|n| n.node_name).collect();
+        names.sort();
+        assert_eq!(names, ["b", "c"]);
+        // A node's sensor restarting again and again: its numberings are
+        // bounded too.
+        nodes.release("b", 2);
+        for k in 0..100u64 {
+            let instance = format!("r{k}");
+            nodes.claim("b", "b", &instance, 10 + k, false).unwrap();
+            nodes.intake("b", &instance, &[1], 0, 0, 0).unwrap();
+            nodes.release("b", 10 + k);
+        }
+        assert!(nodes.lock().get("b").unwrap().last_seq.len() <= MAX_INSTANCES);
+    }
+
+    #[test]
+    fn the_admin_reply_for_the_most_nodes_fits_a_default_client() {
+        use prost::Message;
+        let widest = NodeStatus {
+            node_name: "n".repeat(253),
+            connected: true,
+            last_seen: Some(Timestamp { seconds: i64::MAX, nanos: 999_999_999 }),
+            events: u64::MAX,
+            lost: u64::MAX,
+            lag_ms: u64::MAX,
+            boot_id: "b".repeat(64),
+            last_seq: u64::MAX,
+            duplicates: u64::MAX,
+            any_node_credential: true,
+            oversized: u64::MAX,
+        };
+        let reply = proto::vigil::relay::v1::ListNodesResponse {
+            nodes: vec![widest; DEFAULT_MAX_NODES],
+            clients: u64::MAX,
+            events_merged: u64::MAX,
+            client_dropped: u64::MAX,
+            shared_kernel_copies: u64::MAX,
+            sent_early: u64::MAX,
+            pending: u64::MAX,
+            history_events: u64::MAX,
+            history_bytes: u64::MAX,
+            pending_bytes: u64::MAX,
+            client_queue_bytes: u64::MAX,
+        };
+        assert!(reply.encoded_len() < 4 << 20, "{} bytes", reply.encoded_len());
+    }
+
+    #[test]
     fn replays_are_dropped_and_gaps_counted() {
         let nodes = Nodes::default();
         nodes.claim("n", "b", "i", 1, false).unwrap();
@@ -260,7 +341,7 @@ mod tests {
 
     #[test]
     fn nodes_gone_long_are_forgotten() {
-        let nodes = Nodes::new(std::time::Duration::from_millis(50));
+        let nodes = Nodes::new(std::time::Duration::from_millis(50), DEFAULT_MAX_NODES);
         nodes.claim("stays", "b", "i", 1, false).unwrap();
         nodes.claim("goes", "b", "j", 2, false).unwrap();
         nodes.release("goes", 2);

@@ -67,6 +67,10 @@ impl Sensor {
         std::fs::read_to_string(self.dir.join("sensor.log")).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     async fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
