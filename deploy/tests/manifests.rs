@@ -140,7 +140,14 @@ fn every_referenced_object_exists() {
             _ => continue,
         };
         let pool = if role_ref.kind == "Role" { &roles } else { &cluster_roles };
-        assert!(pool.contains(&role_ref.name), "{file}: {} {} does not exist", role_ref.kind, role_ref.name);
+        // Kubernetes' own default roles exist in every cluster.
+        let built_in = role_ref.kind == "ClusterRole" && role_ref.name.starts_with("system:");
+        assert!(
+            built_in || pool.contains(&role_ref.name),
+            "{file}: {} {} does not exist",
+            role_ref.kind,
+            role_ref.name
+        );
         for s in subjects {
             assert!(accounts.contains(&s.name), "{file}: subject {} does not exist", s.name);
         }
@@ -231,6 +238,26 @@ fn sensor_gets_what_bpf_needs_and_rbac_is_least_privilege() {
     assert_eq!(rules.len(), 1);
     assert_eq!(rules[0].resources, Some(vec!["pods".to_owned()]));
     assert_eq!(rules[0].verbs, vec!["get", "list", "watch"]);
+    // Node identity: the sensor's projected token for the relay's audience,
+    // and the relay allowed to review tokens.
+    assert!(mounts.contains("/var/run/secrets/vigil"), "sensor lacks its relay token");
+    let projected = spec
+        .volumes
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|v| v.projected)
+        .and_then(|p| p.sources)
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|s| s.service_account_token)
+        .expect("a projected service-account token");
+    assert_eq!((projected.audience.as_deref(), projected.path.as_str()), (Some("vigil-relay"), "relay-token"));
+    let delegated = objs.iter().any(|(_, o)| {
+        matches!(o, Object::ClusterRoleBinding(b) if b.role_ref.name == "system:auth-delegator"
+            && b.subjects.iter().flatten().any(|s| s.name == "vigil-relay"))
+    });
+    assert!(delegated, "the relay may not review tokens");
     // The relay: two replicas, headless ingest Service.
     let (_, d) = objs.iter().find(|(_, o)| matches!(o, Object::Deployment(_))).unwrap();
     let Object::Deployment(d) = d else { unreachable!() };

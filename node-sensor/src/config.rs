@@ -90,6 +90,12 @@ pub struct Flags {
     /// Stream to relays in plaintext (tests; logs a warning).
     #[arg(long)]
     pub insecure: bool,
+    /// A file holding a token that names this node to relays (on
+    /// Kubernetes, the pod's projected service-account token for audience
+    /// vigil-relay); read again for every connection, as the kubelet
+    /// rotates it.
+    #[arg(long)]
+    pub relay_token_file: Option<PathBuf>,
     /// Events kept for resending to relays after a reconnect.
     #[arg(long, default_value_t = DEFAULT_REPLAY_BUFFER)]
     pub replay_buffer_size: usize,
@@ -144,6 +150,7 @@ pub struct Settings {
     pub insecure: bool,
     pub replay_buffer_size: usize,
     pub relay_resolve_interval: std::time::Duration,
+    pub relay_token_file: Option<PathBuf>,
     pub only_own_netns: bool,
     pub enable_k8s_api: bool,
     pub kubeconfig: Option<PathBuf>,
@@ -249,6 +256,7 @@ impl Settings {
             insecure: l.insecure,
             replay_buffer_size: l.replay_buffer_size,
             relay_resolve_interval: std::time::Duration::from_secs(l.relay_resolve_interval),
+            relay_token_file: l.relay_token_file,
             only_own_netns: l.only_own_netns,
             enable_k8s_api: l.enable_k8s_api,
             kubeconfig: l.kubeconfig,

@@ -109,6 +109,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             tls_dir: if settings.insecure { None } else { settings.tls_dir.clone() },
             buffer_size: settings.replay_buffer_size,
             resolve_interval: settings.relay_resolve_interval,
+            token_file: settings.relay_token_file.clone(),
         };
         uplink::start(&bus, uplink).await.context("relay uplink")?;
     }

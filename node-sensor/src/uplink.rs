@@ -36,6 +36,29 @@ pub struct UplinkSettings {
     pub buffer_size: usize,
     /// How often each relay name is looked up again.
     pub resolve_interval: Duration,
+    /// A token naming this node to relays, read for each connection.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Largest relay token read (a service-account token is about 1 KiB).
+const MAX_TOKEN_BYTES: u64 = 16 << 10;
+
+/// The token in `path`, trimmed; refused if empty or oversized.
+fn read_token(path: &std::path::Path) -> Result<String, SessionError> {
+    use std::io::Read;
+    let bad = |reason: String| SessionError::Token { path: path.display().to_string(), reason };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_TOKEN_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| bad(e.to_string()))?;
+    if text.len() as u64 > MAX_TOKEN_BYTES {
+        return Err(bad(format!("longer than {MAX_TOKEN_BYTES} bytes")));
+    }
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(bad("empty".into()));
+    }
+    Ok(token.to_owned())
 }
 
 /// Events as the bus shares them: encoded once, for local clients and every
@@ -126,6 +149,8 @@ enum SessionError {
     NoWelcome,
     #[error("stream closed")]
     Closed,
+    #[error("--relay-token-file {path}: {reason}")]
+    Token { path: String, reason: String },
 }
 
 impl From<tonic::Status> for SessionError {
@@ -192,7 +217,14 @@ pub async fn start(bus: &EventBus, settings: UplinkSettings) -> Result<Arc<Repla
             instance_id: instance.clone(),
             replay_buffer_size: settings.buffer_size as u64,
         };
-        let link = Link { addr: addrs[0], label: relay.clone(), tls, hello, replay: replay.clone() };
+        let link = Link {
+            addr: addrs[0],
+            label: relay.clone(),
+            tls,
+            token_file: settings.token_file.clone(),
+            hello,
+            replay: replay.clone(),
+        };
         tokio::spawn(follow(link, addrs, settings.resolve_interval));
     }
     Ok(replay)
@@ -269,6 +301,7 @@ struct Link {
     addr: SocketAddr,
     label: String,
     tls: Option<TlsFiles>,
+    token_file: Option<PathBuf>,
     hello: Hello,
     replay: Arc<Replay>,
 }
@@ -305,11 +338,12 @@ impl Link {
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.load()?)?;
         }
+        let token = self.token_file.as_deref().map(read_token).transpose()?;
         let channel = endpoint.connect().await?;
         let (tx, rx) = mpsc::channel(4);
         tx.send(proto::ingest::hello(self.hello.clone())).await.map_err(|_| SessionError::Closed)?;
-        let mut inbound =
-            proto::ingest::stream(channel, tokio_stream::wrappers::ReceiverStream::new(rx), MAX_MESSAGE).await?;
+        let messages = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut inbound = proto::ingest::stream(channel, messages, MAX_MESSAGE, token.as_deref()).await?;
         let acked = match inbound.message().await?.and_then(|r| r.msg) {
             Some(ingest_reply::Msg::Welcome(w)) => w.acked,
             _ => return Err(SessionError::NoWelcome),

@@ -130,16 +130,25 @@ impl<D: Message + Default + Send + 'static> Codec for RawCodec<D> {
 }
 
 /// Opens `vigil.relay.v1.Ingest/Stream` on `channel`, sending `messages`
-/// (each an encoded `IngestMessage`) as they are.
+/// (each an encoded `IngestMessage`) as they are, with `token` (a
+/// Kubernetes service-account token naming the node) as a bearer token.
 pub async fn stream(
     channel: tonic::transport::Channel,
     messages: impl tokio_stream::Stream<Item = Bytes> + Send + 'static,
     max_message_size: usize,
+    token: Option<&str>,
 ) -> Result<tonic::Streaming<IngestReply>, Status> {
     let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(max_message_size);
     grpc.ready().await.map_err(|e| Status::unavailable(format!("relay connection not ready: {e}")))?;
     let path = http_path("/vigil.relay.v1.Ingest/Stream");
-    Ok(grpc.streaming(tonic::Request::new(messages), path, RawCodec::<IngestReply>::default()).await?.into_inner())
+    let mut request = tonic::Request::new(messages);
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Status::invalid_argument("the relay token holds characters a header cannot carry"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(grpc.streaming(request, path, RawCodec::<IngestReply>::default()).await?.into_inner())
 }
 
 fn http_path(path: &'static str) -> tonic::codegen::http::uri::PathAndQuery {

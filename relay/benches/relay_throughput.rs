@@ -208,7 +208,7 @@ fn main() {
                 let hello = Hello { node_name: format!("bench-node-{k}"), boot_id: format!("boot-{k}"), sensor_version: "bench".into(), instance_id: format!("bench-{k}"), replay_buffer_size: 0 };
                 tx.send(proto::ingest::hello(hello)).await.unwrap();
                 let rx = tokio_stream::wrappers::ReceiverStream::new(rx);
-                let mut replies = proto::ingest::stream(ch, rx, 64 << 20).await.unwrap();
+                let mut replies = proto::ingest::stream(ch, rx, 64 << 20, None).await.unwrap();
                 let acks = tokio::spawn(async move { while let Ok(Some(_)) = replies.message().await {} });
                 let began = Instant::now();
                 for (b, chunk) in events.chunks(BATCH).enumerate() {

@@ -14,6 +14,14 @@ use serving::settings::{ConfigErrors, ConfigProblem};
 pub const DEFAULT_CLIENT_ADDRESS: &str = "0.0.0.0:54330";
 pub const DEFAULT_INGEST_ADDRESS: &str = "0.0.0.0:54331";
 
+/// Where sensors' node names come from (`--sensor-identity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SensorIdentity {
+    Certificate,
+    Kubernetes,
+}
+
 /// The relay's one settings type: its flags (clap, with the defaults), and
 /// the keys of the config file and of `VIGIL_<KEY>` variables (serde), all
 /// named alike (`history-size`, `VIGIL_HISTORY_SIZE`).
@@ -90,6 +98,20 @@ pub struct Flags {
     /// listener; past it, calls fail with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 1024)]
     pub max_streams_per_peer: usize,
+    /// Where a sensor's node name comes from: its certificate (issued per
+    /// node, `vigil certs generate --sensor-node`), or on Kubernetes its
+    /// pod's service-account token, checked with TokenReview.
+    #[arg(long, value_enum, default_value_t = SensorIdentity::Certificate)]
+    pub sensor_identity: SensorIdentity,
+    /// Kubeconfig for TokenReview (in-cluster credentials without it).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The audience sensor tokens must be issued for.
+    #[arg(long, default_value = "vigil-relay")]
+    pub token_audience: String,
+    /// The user a sensor token must belong to.
+    #[arg(long, default_value = "system:serviceaccount:vigil:vigil-sensor")]
+    pub sensor_service_account: String,
     /// Name on the relay's own notices.
     #[arg(long, default_value = "vigil-relay")]
     pub name: String,
@@ -132,6 +154,10 @@ pub struct Settings {
     pub client_queue_size: usize,
     pub client_queue_bytes: events::bus::QueueBytes,
     pub connections: serving::connections::ConnectionLimits,
+    pub sensor_identity: SensorIdentity,
+    pub kubeconfig: Option<PathBuf>,
+    pub token_audience: String,
+    pub sensor_service_account: String,
     pub name: String,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -220,6 +246,10 @@ impl Settings {
                 max_connections_per_peer: l.max_connections_per_peer,
                 max_streams_per_peer: l.max_streams_per_peer,
             },
+            sensor_identity: l.sensor_identity,
+            kubeconfig: l.kubeconfig,
+            token_audience: l.token_audience,
+            sensor_service_account: l.sensor_service_account,
             name: l.name,
             log_level: l.log_level,
             log_format: l.log_format,

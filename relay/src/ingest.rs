@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::merge::Arrival;
 use crate::nodes::Nodes;
+use crate::token_review::TokenReviewer;
 
 /// What ingest hands the merge task.
 pub enum MergeInput {
@@ -33,11 +34,19 @@ pub struct IngestService {
     pub nodes: Arc<Nodes>,
     pub merge: mpsc::Sender<MergeInput>,
     next_stream: AtomicU64,
+    /// With `--sensor-identity kubernetes`: node names come from tokens.
+    tokens: Option<Arc<TokenReviewer>>,
 }
 
 impl IngestService {
     pub fn new(nodes: Arc<Nodes>, merge: mpsc::Sender<MergeInput>) -> Self {
-        IngestService { nodes, merge, next_stream: AtomicU64::new(1) }
+        IngestService { nodes, merge, next_stream: AtomicU64::new(1), tokens: None }
+    }
+
+    /// Takes node names from service-account tokens (see [`crate::token_review`]).
+    pub fn with_token_review(mut self, reviewer: TokenReviewer) -> Self {
+        self.tokens = Some(Arc::new(reviewer));
+        self
     }
 }
 
@@ -67,6 +76,8 @@ pub enum IngestError {
          or vigil certs sensor) or, deliberately, an any-node one (--any-node-sensor)"
     )]
     NoNodeBinding,
+    #[error(transparent)]
+    Token(#[from] crate::token_review::TokenError),
     #[error("a second hello on one stream")]
     SecondHello,
     #[error("empty ingest message")]
@@ -96,6 +107,8 @@ impl From<IngestError> for Status {
             Claim(crate::nodes::ClaimError::Taken { .. }) => Status::already_exists(e.to_string()),
             Claim(crate::nodes::ClaimError::Full { .. }) => Status::resource_exhausted(e.to_string()),
             NodeMismatch { .. } | NoNodeBinding => Status::permission_denied(e.to_string()),
+            Token(crate::token_review::TokenError::Api(_)) => Status::unavailable(e.to_string()),
+            Token(_) => Status::permission_denied(e.to_string()),
             ShuttingDown => Status::unavailable(e.to_string()),
             EndedBeforeHello
             | HelloFirst
@@ -169,6 +182,7 @@ impl Ingest for IngestService {
 
     async fn stream(&self, request: Request<Streaming<IngestMessage>>) -> Result<Response<ReplyStream>, Status> {
         let certs = request.peer_certs();
+        let token = crate::token_review::bearer(request.metadata());
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
@@ -179,7 +193,20 @@ impl Ingest for IngestService {
             return Err(IngestError::HelloFirst.into());
         };
         check_hello(&hello)?;
-        let any_node = match may_speak_for(certs.as_deref().map(Vec::as_slice), &hello.node_name) {
+        let cert = may_speak_for(certs.as_deref().map(Vec::as_slice), &hello.node_name);
+        let identified = match &self.tokens {
+            None => cert,
+            // The certificate proves the sensor role, the token the node: a
+            // certificate bound to no node or to any node is fine, one
+            // bound to another node is not.
+            Some(reviewer) => match cert {
+                Ok(_) | Err(IngestError::NoNodeBinding) => {
+                    reviewer.check(token.as_deref(), &hello.node_name).await.map(|()| false).map_err(IngestError::from)
+                }
+                Err(e) => Err(e),
+            },
+        };
+        let any_node = match identified {
             Ok(any_node) => any_node,
             Err(e) => {
                 tracing::warn!(error = %e, "sensor stream refused");

@@ -15,3 +15,4 @@ pub mod ingest;
 pub mod merge;
 pub mod nodes;
 pub mod query;
+pub mod token_review;

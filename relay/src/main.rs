@@ -9,13 +9,14 @@ use anyhow::Context;
 use events::bus::EventBus;
 use proto::vigil::relay::v1::ingest_server::IngestServer;
 use proto::vigil::relay::v1::relay_admin_server::RelayAdminServer;
-use relay::config::{CommandLine, Settings};
+use relay::config::{CommandLine, SensorIdentity, Settings};
 use relay::hub::Hub;
 use relay::ingest::IngestService;
 use relay::merge::MergeCounters;
 use relay::merge::stage::{self as merge_stage, MergeSettings};
 use relay::nodes::Nodes;
 use relay::query::{AdminService, QueryService};
+use relay::token_review::TokenReviewer;
 use serving::daemon;
 use serving::listen::{self, Certificates, Listener};
 use tls::Role;
@@ -72,8 +73,18 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
     };
     let merge = tokio::spawn(merge_stage::run(merge_rx, hub.clone(), settings, counters.clone(), stop.clone()));
 
+    let mut ingest_service = IngestService::new(nodes.clone(), merge_tx);
+    if flags.sensor_identity == SensorIdentity::Kubernetes {
+        let client = kube_client(flags.kubeconfig.as_deref()).await?;
+        tracing::info!(audience = %flags.token_audience, account = %flags.sensor_service_account, "sensor node names come from service-account tokens (TokenReview)");
+        ingest_service = ingest_service.with_token_review(TokenReviewer::new(
+            client,
+            flags.token_audience.clone(),
+            flags.sensor_service_account.clone(),
+        ));
+    }
     let ingest = InterceptedService::new(
-        IngestServer::new(IngestService::new(nodes.clone(), merge_tx)).max_decoding_message_size(MAX_BATCH_BYTES),
+        IngestServer::new(ingest_service).max_decoding_message_size(MAX_BATCH_BYTES),
         RoleCheck::new(Role::Sensor, enforce),
     );
     let query = Arc::new(QueryService { hub, nodes, merge: counters.clone() });
@@ -88,6 +99,21 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
     let _ = merge.await;
     tracing::info!(merged = counters.merged.load(Ordering::Relaxed), "stopped");
     Ok(())
+}
+
+/// A Kubernetes client: from `kubeconfig`, or the pod's in-cluster credentials.
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("--kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::incluster().context("in-cluster Kubernetes credentials (or pass --kubeconfig)")?,
+    };
+    kube::Client::try_from(config).context("Kubernetes client")
 }
 
 async fn joined(

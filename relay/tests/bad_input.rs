@@ -76,7 +76,7 @@ async fn refused(relay: &Relay, messages: Vec<Bytes>) -> tonic::Status {
     }
     let result = async {
         let rx = tokio_stream::wrappers::ReceiverStream::new(rx);
-        let mut replies = proto::ingest::stream(relay.sensor().await, rx, usize::MAX).await?;
+        let mut replies = proto::ingest::stream(relay.sensor().await, rx, usize::MAX, None).await?;
         while replies.message().await?.is_some() {}
         Ok::<_, tonic::Status>(())
     };

@@ -157,6 +157,13 @@ impl Daemon {
         Daemon { child, log }
     }
 
+    /// A daemon in the test's own network namespace.
+    pub fn start_here(program: &Path, args: &[String], log: PathBuf) -> Daemon {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(program).args(args).stdout(Stdio::null()).stderr(file).spawn().expect("start daemon");
+        Daemon { child, log }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
