@@ -207,16 +207,29 @@ impl ProcessCache {
     }
 
     /// Every entry with its reference count, for `GetDebug`.
-    pub fn dump(&self, skip_zero_refcnt: bool) -> Vec<proto::tetragon::ProcessInternal> {
-        self.entries
-            .values()
-            .filter(|e| !skip_zero_refcnt || e.refcnt > 0)
-            .map(|e| proto::tetragon::ProcessInternal {
+    /// The cache's entries as `GetDebug` sends them, at most `max_bytes`
+    /// of them encoded (a reply a default gRPC client accepts); the number
+    /// left out is returned with them.
+    pub fn dump(&self, skip_zero_refcnt: bool, max_bytes: usize) -> (Vec<proto::tetragon::ProcessInternal>, usize) {
+        use prost::Message;
+        let mut out = Vec::new();
+        let (mut bytes, mut left_out) = (0usize, 0usize);
+        for e in self.entries.values().filter(|e| !skip_zero_refcnt || e.refcnt > 0) {
+            let p = proto::tetragon::ProcessInternal {
                 process: Some(Process::from(e)),
                 refcnt: Some(e.refcnt.into()),
                 ..Default::default()
-            })
-            .collect()
+            };
+            // Each entry costs its encoding and a tag and length.
+            let cost = p.encoded_len() + 8;
+            if bytes + cost > max_bytes {
+                left_out += 1;
+                continue;
+            }
+            bytes += cost;
+            out.push(p);
+        }
+        (out, left_out)
     }
 
     /// An image in wire form.
@@ -468,6 +481,20 @@ mod tests {
             exec_id("kind-control-plane", 11428615636901, 51583),
             "a2luZC1jb250cm9sLXBsYW5lOjExNDI4NjE1NjM2OTAxOjUxNTgz"
         );
+    }
+
+    #[test]
+    fn a_dump_fits_its_byte_budget_and_says_what_it_left_out() {
+        use prost::Message;
+        let mut c = ProcessCache::new(100);
+        for pid in 1..=10 {
+            c.add_procfs(procfs("n", u64::from(pid), pid, &format!("/bin/p{pid}")), 0);
+        }
+        let (all, left_out) = c.dump(false, usize::MAX);
+        assert_eq!((all.len(), left_out), (10, 0));
+        let one = all[0].encoded_len() + 8;
+        let (some, left_out) = c.dump(false, 3 * one + one / 2);
+        assert_eq!((some.len(), left_out), (3, 7));
     }
 
     #[test]

@@ -11,6 +11,10 @@ use tonic::Status;
 /// Dumps waiting at most.
 const PENDING: usize = 2;
 
+/// Largest dump sent: under the 4 MiB a default Go or Python gRPC client
+/// takes in one message (what does not fit is left out, and logged).
+pub const MAX_REPLY_BYTES: usize = (4 << 20) - (64 << 10);
+
 pub struct DumpRequest {
     pub args: DumpProcessCacheReqArgs,
     pub reply: oneshot::Sender<Vec<ProcessInternal>>,

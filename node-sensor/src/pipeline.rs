@@ -252,7 +252,11 @@ impl Pipeline {
                 _ = shutdown.changed() => break,
                 Some(request) = dumps.recv() => {
                     // The asker may have gone; nothing to do then.
-                    let _ = request.reply.send(self.cache.dump(request.args.skip_zero_refcnt));
+                    let (dump, left_out) = self.cache.dump(request.args.skip_zero_refcnt, crate::dump::MAX_REPLY_BYTES);
+                    if left_out > 0 {
+                        tracing::warn!(sent = dump.len(), left_out, limit = crate::dump::MAX_REPLY_BYTES, "process-cache dump cut to fit a default gRPC client");
+                    }
+                    let _ = request.reply.send(dump);
                 }
                 ready = tokio::time::timeout(POLL_INTERVAL, ring.readable_mut()) => {
                     if let Ok(Ok(mut guard)) = ready {
