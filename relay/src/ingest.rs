@@ -128,6 +128,10 @@ impl From<IngestError> for Status {
 /// 4 MiB a default Go or Python gRPC client accepts in one message.
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
 
+/// Rate limit of the refused-stream warning, per reason.
+static REFUSED_LOG: std::sync::LazyLock<serving::log_limit::LogLimits> =
+    std::sync::LazyLock::new(|| serving::log_limit::LogLimits::new(Duration::from_secs(10)));
+
 /// Rate limit of the oversized-event warning.
 static OVERSIZED_LOG: std::sync::LazyLock<serving::log_limit::LogLimit> =
     std::sync::LazyLock::new(|| serving::log_limit::LogLimit::new(Duration::from_secs(10)));
@@ -209,7 +213,12 @@ impl Ingest for IngestService {
         let any_node = match identified {
             Ok(any_node) => any_node,
             Err(e) => {
-                tracing::warn!(error = %e, "sensor stream refused");
+                // A hostile peer can repeat a refused hello as fast as it
+                // likes: one line per reason and interval, with a count.
+                let reason = e.to_string();
+                if let Some(n) = REFUSED_LOG.hit(&reason) {
+                    tracing::warn!(error = %reason, times = n, "sensor stream refused");
+                }
                 return Err(e.into());
             }
         };
