@@ -52,7 +52,13 @@ pub fn prepare(pin: &Path) -> Result<(), String> {
     }
     if let Some(id) = oldest() {
         let map = MapData::from_id(id).map_err(|e| format!("opening exec-time map {id}: {e}"))?;
-        map.pin(pin).map_err(|e| format!("pinning exec-time map {id} at {}: {e}", pin.display()))?;
+        if let Err(e) = map.pin(pin) {
+            // A sensor starting at the same moment pinned first: fine,
+            // whichever map it pinned (the loader settles on the oldest).
+            if pinned_id(pin).is_none() {
+                return Err(format!("pinning exec-time map {id} at {}: {e}", pin.display()));
+            }
+        }
     }
     Ok(())
 }

@@ -107,7 +107,7 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
     let pin = Path::new(EXEC_TIMES_PIN);
     let mut ebpf = match exec_times::prepare(pin) {
         Ok(()) => {
-            let mut ebpf = load_object(&offsets, Some(pin)).map_err(LoadError::Object)?;
+            let mut ebpf = load_pinned(&offsets, pin)?;
             // Sensors starting together may each have made a map: all settle
             // on the oldest.
             if let Some(oldest) = exec_times::oldest()
@@ -115,7 +115,7 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
             {
                 drop(ebpf);
                 exec_times::prepare(pin).map_err(LoadError::ExecTimes)?;
-                ebpf = load_object(&offsets, Some(pin)).map_err(LoadError::Object)?;
+                ebpf = load_pinned(&offsets, pin)?;
             }
             ebpf
         }
@@ -164,6 +164,24 @@ fn raw_tracepoint<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut 
         .ok_or(LoadError::MissingProgram(name))?
         .try_into()
         .map_err(|_| LoadError::MissingProgram(name))
+}
+
+/// Loads the object with the exec-time map at `pin`. Sensors starting
+/// together race for the pin: one that finds none creates a map and pins
+/// it, and fails if another pinned one meanwhile; it then takes that one.
+fn load_pinned(offsets: &KernelOffsets, pin: &Path) -> Result<Ebpf, LoadError> {
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    loop {
+        match load_object(offsets, Some(pin)) {
+            Err(aya::EbpfError::MapError(aya::maps::MapError::PinError { .. })) if attempt < ATTEMPTS => {
+                tracing::debug!(attempt, "another sensor pinned the exec-time map first; taking it");
+                attempt += 1;
+                exec_times::prepare(pin).map_err(LoadError::ExecTimes)?;
+            }
+            loaded => return loaded.map_err(LoadError::Object),
+        }
+    }
 }
 
 fn load_object(offsets: &KernelOffsets, pin: Option<&Path>) -> Result<Ebpf, aya::EbpfError> {

@@ -319,3 +319,18 @@ async fn started_during_a_storm_every_process_has_one_exec_and_one_exit() {
     let skipped = sensor.health_counter("startup_skipped").await.unwrap();
     eprintln!("records the walk already showed, skipped: {skipped}");
 }
+
+/// Sensors started at the same moment race to create and pin the shared
+/// exec-time map; every one of them loads (the loser takes the winner's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensors_started_together_all_load() {
+    require_kernel!();
+    // Without a pin, sensors find the map by name if one is alive, and
+    // otherwise create it: the race on a fresh boot.
+    let _ = std::fs::remove_file("/sys/fs/bpf/vigil/exec_times_v1");
+    let sensors = futures::future::join_all((0..4).map(|_| Sensor::start(&[]))).await;
+    for s in &sensors {
+        assert!(!s.log().contains("pinning failed"), "{}", s.log());
+        assert!(!s.log().contains("exec times are not shared"), "{}", s.log());
+    }
+}
