@@ -48,6 +48,20 @@ pub enum Command {
     /// Certificates for mTLS between sensors, relays and clients.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// TracingPolicy files (Tetragon's format).
+    #[command(name = "tracingpolicy", subcommand)]
+    TracingPolicy(TracingPolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TracingPolicyCommand {
+    /// Check policy files as the sensor would before loading them: every
+    /// problem named by its path in the YAML. Exits 1 if any is refused.
+    Validate {
+        /// Policy files.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,7 +9,7 @@ use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
 use proto::tetragon::{GetHealthStatusRequest, GetVersionRequest, HealthStatusResult};
 use proto::vigil::relay::v1::ListNodesRequest;
 use proto::vigil::relay::v1::relay_admin_client::RelayAdminClient;
-use vigil_cli::args::{CertsCommand, Cli, ColorMode, Command, GetEventsArgs};
+use vigil_cli::args::{CertsCommand, Cli, ColorMode, Command, GetEventsArgs, TracingPolicyCommand};
 use vigil_cli::getevents::{self, LocalFilter, Printer, status_error};
 use vigil_cli::request;
 use vigil_cli::target::Target;
@@ -120,7 +120,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::TracingPolicy(TracingPolicyCommand::Validate { files }) => validate_policies(files),
     }
+}
+
+/// `vigil tracingpolicy validate`: one line per file, all files checked.
+fn validate_policies(files: &[std::path::PathBuf]) -> anyhow::Result<()> {
+    let mut refused = 0;
+    for file in files {
+        let checked = std::fs::read_to_string(file)
+            .map_err(|e| e.to_string())
+            .and_then(|text| policy::parse(&text).map_err(|e| e.to_string()));
+        match checked {
+            Ok(p) => println!("{}: ok ({} {:?})", file.display(), p.metadata.name, p.kind),
+            Err(e) => {
+                refused += 1;
+                eprintln!("{}: {e}", file.display());
+            }
+        }
+    }
+    if refused > 0 {
+        anyhow::bail!("{refused} of {} policies refused", files.len());
+    }
+    Ok(())
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
