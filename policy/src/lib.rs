@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod schema;
+pub mod tracefs;
 mod validate;
 
 pub use schema::TracingPolicy;
