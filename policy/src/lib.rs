@@ -9,6 +9,7 @@
 //! kernel (a function in BTF, a tracepoint's format) are the sensor's.
 #![forbid(unsafe_code)]
 
+pub mod compile;
 pub mod schema;
 pub mod tracefs;
 mod validate;

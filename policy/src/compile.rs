@@ -1,0 +1,166 @@
+//! A checked policy against one kernel: what each hook's program reads.
+//! The kernel is asked through [`KernelView`] (the sensor implements it
+//! over tracefs and BTF; tests over captured files), so this stays free of
+//! I/O. Refusals name the field's path, as parsing does.
+//!
+//! Tracepoints: the event must exist, each `args[].index` must be one of
+//! its format's fields (common fields counted), `type: auto` resolves from
+//! the field, and an explicit type must fit the field (a string or buffer
+//! needs a pointer, `__data_loc` or array field; a number needs a scalar).
+
+use crate::PolicyError;
+use crate::schema::{ArgType, TracingPolicy};
+use crate::tracefs::{Field, Format};
+
+/// What the compiler needs to know of the kernel it compiles for.
+pub trait KernelView {
+    /// The format of tracepoint `subsystem/event`; `Ok(None)` when the
+    /// kernel has no such tracepoint, `Err` when it cannot be read.
+    fn tracepoint_format(&self, subsystem: &str, event: &str) -> Result<Option<Format>, String>;
+}
+
+/// How a program reads one argument out of a tracepoint's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// An integer of the field's size, sign-extended when `signed`.
+    Scalar { signed: bool },
+    /// A user-space string the field points to.
+    UserString,
+    /// A string stored in the record (`__data_loc`).
+    RecordString,
+    /// A user-space buffer the field points to, its length from another
+    /// argument (`sizeArgIndex`, 1-based, as in the policy).
+    UserBuffer { size_arg: u32 },
+    /// `count` integers of `size / count` bytes each, in the record.
+    Array { count: u32 },
+    /// A file descriptor number, resolved to its path through the task's
+    /// file table.
+    Fd,
+    /// A syscall number (`syscall64`), with the ABI.
+    SyscallId,
+    /// Nothing (`nop`).
+    Nothing,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracepointArg {
+    /// The policy's `index` (format field number).
+    pub index: u32,
+    pub field: String,
+    pub offset: u32,
+    pub size: u32,
+    /// The policy's type, `auto` resolved.
+    pub arg_type: ArgType,
+    pub read: Read,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracepointHook {
+    pub subsystem: String,
+    pub event: String,
+    pub args: Vec<TracepointArg>,
+}
+
+/// What a policy asks of this kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compiled {
+    pub tracepoints: Vec<TracepointHook>,
+}
+
+/// Compiles `policy` (already checked by [`crate::parse`]) for `kernel`.
+pub fn compile(policy: &TracingPolicy, kernel: &dyn KernelView) -> Result<Compiled, PolicyError> {
+    let mut tracepoints = Vec::with_capacity(policy.spec.tracepoints.len());
+    for (i, t) in policy.spec.tracepoints.iter().enumerate() {
+        let at = format!("spec.tracepoints[{i}]");
+        if t.raw {
+            return Err(PolicyError::at(format!("{at}.raw"), "raw tracepoints are not supported by Vigil yet"));
+        }
+        let format = kernel
+            .tracepoint_format(&t.subsystem, &t.event)
+            .map_err(|e| PolicyError::at(format!("{at}.event"), format!("cannot read the tracepoint's format: {e}")))?
+            .ok_or_else(|| PolicyError::at(format!("{at}.event"), "this kernel has no such tracepoint"))?;
+        let mut args = Vec::with_capacity(t.args.len());
+        for (j, a) in t.args.iter().enumerate() {
+            let here = format!("{at}.args[{j}]");
+            let field = format.fields.get(a.index as usize).ok_or_else(|| {
+                PolicyError::at(
+                    format!("{here}.index"),
+                    format!(
+                        "the tracepoint has {} fields (0..{})",
+                        format.fields.len(),
+                        format.fields.len().saturating_sub(1)
+                    ),
+                )
+            })?;
+            let arg_type = match a.arg_type {
+                ArgType::Auto => {
+                    field.auto_type().map_err(|e| PolicyError::at(format!("{here}.type"), e.to_string()))?
+                }
+                given => given,
+            };
+            let read = read_for(arg_type, field, a.size_arg_index)
+                .map_err(|reason| PolicyError::at(format!("{here}.type"), reason))?;
+            if let Read::UserBuffer { size_arg } = read
+                && !t.args.iter().any(|s| (s.index as usize) + 1 == size_arg as usize)
+            {
+                return Err(PolicyError::at(format!("{here}.sizeArgIndex"), "names no argument of this hook"));
+            }
+            args.push(TracepointArg {
+                index: a.index,
+                field: field.name.clone(),
+                offset: field.offset,
+                size: field.size,
+                arg_type,
+                read,
+            });
+        }
+        tracepoints.push(TracepointHook { subsystem: t.subsystem.clone(), event: t.event.clone(), args });
+    }
+    Ok(Compiled { tracepoints })
+}
+
+/// How `arg_type` is read from `field`, or why it does not fit.
+fn read_for(arg_type: ArgType, field: &Field, size_arg_index: u32) -> Result<Read, String> {
+    let pointer = field.c_type.trim_end().ends_with('*');
+    let data_loc = field.c_type.starts_with("__data_loc");
+    let scalar = !pointer && !data_loc && field.array.is_none();
+    let fits = |ok: bool, what: &str, read: Read| {
+        if ok { Ok(read) } else { Err(format!("{what}; field {} is {}", field.name, shape(field))) }
+    };
+    use ArgType::*;
+    match arg_type {
+        Int | Sint32 | Int32 | Sint16 | Int16 | Sint8 | Int8 | Long | Sint64 | Int64 => {
+            fits(scalar, "a signed number needs a scalar field", Read::Scalar { signed: true })
+        }
+        Uint32 | Uint16 | Uint8 | Uint64 | Ulong | SizeT => {
+            fits(scalar || pointer, "an unsigned number needs a scalar field", Read::Scalar { signed: false })
+        }
+        String | Filename if data_loc => Ok(Read::RecordString),
+        String | Filename => fits(pointer, "a string needs a pointer or __data_loc field", Read::UserString),
+        CharBuf if size_arg_index > 0 => {
+            fits(pointer, "a buffer needs a pointer field", Read::UserBuffer { size_arg: size_arg_index })
+        }
+        CharBuf => {
+            Err(format!("char_buf needs sizeArgIndex (or type string); field {} is {}", field.name, shape(field)))
+        }
+        ConstBuf => match field.array {
+            Some(count) if count > 0 => Ok(Read::Array { count }),
+            _ => Err(format!("const_buf needs an array field; field {} is {}", field.name, shape(field))),
+        },
+        Fd => fits(scalar, "fd needs a scalar field (the descriptor number)", Read::Fd),
+        Syscall64 => fits(scalar && field.size == 8, "syscall64 needs an 8-byte scalar field", Read::SyscallId),
+        Nop => Ok(Read::Nothing),
+        _ => Err(format!(
+            "this type is not supported on tracepoints by Vigil yet (field {} is {})",
+            field.name,
+            shape(field)
+        )),
+    }
+}
+
+fn shape(field: &Field) -> String {
+    match field.array {
+        Some(n) => format!("{} [{n}]", field.c_type),
+        None => field.c_type.clone(),
+    }
+}

@@ -1,0 +1,111 @@
+//! Tracepoint policies compiled against this machine's kernel (6.18) as
+//! captured in tests/formats: what each argument is read as, and every
+//! refusal by path.
+#![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
+
+use std::path::PathBuf;
+
+use policy::compile::{KernelView, Read, compile};
+use policy::schema::ArgType;
+use policy::tracefs::Format;
+
+/// The captured format files, by `subsystem-event`.
+struct Captured(PathBuf);
+
+impl KernelView for Captured {
+    fn tracepoint_format(&self, subsystem: &str, event: &str) -> Result<Option<Format>, String> {
+        match std::fs::read_to_string(self.0.join(format!("{subsystem}-{event}"))) {
+            Ok(text) => Format::parse(&text).map(Some).map_err(|e| e.to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+fn kernel() -> Captured {
+    Captured(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/formats"))
+}
+
+fn tracepoint(subsystem: &str, event: &str, args: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: t\nspec:\n  tracepoints:\n  - subsystem: {subsystem}\n    event: {event}\n    args:\n{args}"
+    )
+}
+
+fn compiled(text: &str) -> Result<policy::compile::Compiled, String> {
+    let p = policy::parse(text).map_err(|e| e.to_string())?;
+    compile(&p, &kernel()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_recorded_tracepoint_policy_compiles_as_tetragon_reads_it() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/compat/fixtures/tetragon-vm-policies");
+    let text = std::fs::read_to_string(dir.join("d-tracepoints.yaml")).unwrap();
+    let p = policy::parse(&text).unwrap();
+    let c = compile(&p, &kernel()).unwrap();
+    let openat = &c.tracepoints[0];
+    let got: Vec<(&str, ArgType, Read)> = openat.args.iter().map(|a| (a.field.as_str(), a.arg_type, a.read)).collect();
+    assert_eq!(
+        got,
+        [
+            ("__syscall_nr", ArgType::Int32, Read::Scalar { signed: true }),
+            ("dfd", ArgType::Int32, Read::Scalar { signed: true }),
+            ("filename", ArgType::String, Read::UserString),
+            ("flags", ArgType::Int32, Read::Scalar { signed: true }),
+            ("mode", ArgType::Uint64, Read::Scalar { signed: false }),
+        ]
+    );
+    assert_eq!((openat.args[2].offset, openat.args[2].size), (24, 8));
+    let raw = &c.tracepoints[1];
+    assert_eq!((raw.args[0].field.as_str(), raw.args[0].read), ("id", Read::SyscallId));
+}
+
+#[test]
+fn what_does_not_fit_this_kernel_is_refused_by_path() {
+    let cases = [
+        (
+            tracepoint("syscalls", "sys_enter_nonesuch", "    - index: 4\n"),
+            "spec.tracepoints[0].event: this kernel has no such tracepoint",
+        ),
+        (
+            tracepoint("syscalls", "sys_enter_openat", "    - index: 9\n"),
+            "spec.tracepoints[0].args[0].index: the tracepoint has 9 fields (0..8)",
+        ),
+        (
+            tracepoint("syscalls", "sys_enter_openat", "    - index: 4\n    - index: 8\n"),
+            "spec.tracepoints[0].args[1].type: unknown type:umode_t",
+        ),
+        (
+            tracepoint("syscalls", "sys_enter_openat", "    - index: 5\n      type: string\n"),
+            "spec.tracepoints[0].args[0].type: a string needs a pointer or __data_loc field; field dfd is int",
+        ),
+        (
+            tracepoint("syscalls", "sys_enter_openat", "    - index: 6\n      type: int\n"),
+            "spec.tracepoints[0].args[0].type: a signed number needs a scalar field; field filename is const char *",
+        ),
+        (
+            tracepoint("syscalls", "sys_enter_openat", "    - index: 6\n      type: char_buf\n      sizeArgIndex: 3\n"),
+            "spec.tracepoints[0].args[0].sizeArgIndex: names no argument of this hook",
+        ),
+        (
+            tracepoint("syscalls", "sys_enter_openat", "    - index: 6\n      type: file\n"),
+            "spec.tracepoints[0].args[0].type: this type is not supported on tracepoints by Vigil yet",
+        ),
+    ];
+    for (text, want) in cases {
+        let got = compiled(&text).unwrap_err();
+        assert!(got.starts_with(want), "expected {want:?}, got {got:?}");
+    }
+    // Fitting ones.
+    let ok = compiled(&tracepoint("sched", "sched_process_exec", "    - index: 4\n    - index: 5\n")).unwrap();
+    assert_eq!(ok.tracepoints[0].args[0].read, Read::RecordString);
+    let ok = compiled(&tracepoint(
+        "syscalls",
+        "sys_enter_unlinkat",
+        "    - index: 5\n      type: fd\n    - index: 6\n      type: string\n",
+    ))
+    .unwrap();
+    assert_eq!(ok.tracepoints[0].args.iter().map(|a| a.read).collect::<Vec<_>>(), [Read::Fd, Read::UserString]);
+    let ok = compiled(&tracepoint("raw_syscalls", "sys_enter", "    - index: 5\n")).unwrap();
+    assert_eq!(ok.tracepoints[0].args[0].read, Read::Array { count: 6 });
+}
