@@ -64,30 +64,10 @@ pub fn prepare(pin: &Path) -> Result<(), String> {
 }
 
 fn is_bpf_fs(path: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: an all-zero statfs is a valid out-buffer.
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is NUL-terminated and `fs` a valid out-pointer.
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut fs) };
-    rc == 0 && fs.f_type as i64 == BPF_FS_MAGIC
+    crate::mounts::fs_type(path) == Some(BPF_FS_MAGIC)
 }
 
 /// Mounts a BPF filesystem at `at`, as Tetragon does where none is mounted.
 fn mount_bpf_fs(at: &Path) -> Result<(), String> {
-    let target =
-        std::ffi::CString::new(at.as_os_str().as_encoded_bytes()).map_err(|_| "the pin path holds a NUL byte")?;
-    let bpf = c"bpf";
-    // SAFETY: every argument is a valid NUL-terminated string; no data.
-    let rc = unsafe { libc::mount(bpf.as_ptr(), target.as_ptr(), bpf.as_ptr(), 0, std::ptr::null()) };
-    if rc != 0 {
-        return Err(format!(
-            "{} is not a BPF filesystem and mounting one there failed: {}",
-            at.display(),
-            std::io::Error::last_os_error()
-        ));
-    }
-    tracing::info!(at = %at.display(), "mounted a BPF filesystem");
-    Ok(())
+    crate::mounts::mount(c"bpf", at)
 }
