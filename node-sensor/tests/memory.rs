@@ -45,16 +45,17 @@ async fn stalled_clients_are_bounded_in_bytes_and_give_their_memory_back() {
             .status()
             .unwrap();
         assert!(status.success());
+        // Full: the queues hold most of their bound and events are cut.
         let queued = sensor.health_counter("subscriber_queue_bytes").await.unwrap();
-        if queued >= STALLED as u64 * 3 * MIB {
+        let dropped = sensor.health_counter("subscriber_dropped").await.unwrap();
+        if queued >= STALLED as u64 * 3 * MIB && dropped > 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "queues never filled: {queued} bytes");
+        assert!(Instant::now() < deadline, "queues never filled: {queued} bytes, {dropped} dropped");
     }
     let peak = rss_bytes(pid);
     let queued = sensor.health_counter("subscriber_queue_bytes").await.unwrap();
     assert!(queued <= STALLED as u64 * 4 * MIB, "{queued} bytes queued past the bound");
-    assert!(sensor.health_counter("subscriber_dropped").await.unwrap() > 0);
 
     drop(stalled);
     sensor.wait_counter("subscribers", |n| n == 1).await;
