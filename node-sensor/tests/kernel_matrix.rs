@@ -153,6 +153,7 @@ fn run_vm(init: &str, log: &str) -> Option<String> {
     let _ = std::fs::remove_dir_all(initrd.parent().unwrap());
     let _ = std::fs::write(vm::cache_dir().join(log), &console);
     assert!(console.contains("VIGIL-DONE"), "workload did not finish; console:\n{console}");
+    assert!(!console.contains("VIGIL-WAIT-FAILED"), "a wait in the VM ran out; console:\n{console}");
     Some(console)
 }
 

@@ -13,22 +13,12 @@ use proto::tetragon::GetEventsRequest;
 const MIB: u64 = 1 << 20;
 const STALLED: usize = 20;
 
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    kib * 1024
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_clients_are_bounded_in_bytes_and_give_their_memory_back() {
     require_kernel!();
     let sensor = Sensor::start(&["--subscriber-queue-mib", "4"]).await;
     let pid = sensor.pid();
-    let baseline = rss_bytes(pid);
+    let baseline = test_support::rss_bytes(pid);
     let mut stalled = Vec::new();
     for _ in 0..STALLED {
         stalled.push(sensor.client().await.get_events(GetEventsRequest::default()).await.unwrap().into_inner());
@@ -53,17 +43,17 @@ async fn stalled_clients_are_bounded_in_bytes_and_give_their_memory_back() {
         }
         assert!(Instant::now() < deadline, "queues never filled: {queued} bytes, {dropped} dropped");
     }
-    let peak = rss_bytes(pid);
+    let peak = test_support::rss_bytes(pid);
     let queued = sensor.health_counter("subscriber_queue_bytes").await.unwrap();
     assert!(queued <= STALLED as u64 * 4 * MIB, "{queued} bytes queued past the bound");
 
     drop(stalled);
     sensor.wait_counter("subscribers", |n| n == 1).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut after = rss_bytes(pid);
+    let mut after = test_support::rss_bytes(pid);
     while after > baseline + 32 * MIB && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        after = rss_bytes(pid);
+        after = test_support::rss_bytes(pid);
     }
     eprintln!(
         "sensor RSS: {} MiB at start, {} MiB with {STALLED} stalled clients, {} MiB after they left",

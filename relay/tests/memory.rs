@@ -26,16 +26,6 @@ const STALLED: usize = 50;
 /// Events sent, each with 32 KiB of arguments: 128 MiB in all.
 const EVENTS: u64 = 4000;
 
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    kib * 1024
-}
-
 fn big_event(i: u64) -> GetEventsResponse {
     GetEventsResponse {
         event: Some(Event::ProcessExec(ProcessExec {
@@ -87,7 +77,7 @@ async fn stalled_clients_are_bounded_in_bytes_and_give_their_memory_back() {
     )
     .await;
     let pid = relay.daemon.id();
-    let baseline = rss_bytes(pid);
+    let baseline = test_support::rss_bytes(pid);
 
     // Clients that never read, each on its own connection.
     let mut stalled = Vec::new();
@@ -122,7 +112,7 @@ async fn stalled_clients_are_bounded_in_bytes_and_give_their_memory_back() {
         assert!(matches!(ack, Some(ingest_reply::Msg::Ack(a)) if a.seq == first + 99), "{ack:?}");
     }
     let full = until(&relay, "merged everything", |n| n.events_merged == EVENTS).await;
-    let peak = rss_bytes(pid);
+    let peak = test_support::rss_bytes(pid);
     // Every stalled queue stopped at its 8 MiB; the rest was dropped for it,
     // counted.
     assert!(full.client_queue_bytes <= STALLED as u64 * 8 * MIB, "{full:?}");
@@ -133,10 +123,10 @@ async fn stalled_clients_are_bounded_in_bytes_and_give_their_memory_back() {
     until(&relay, "let the clients go", |n| n.clients == 0 && n.client_queue_bytes == 0).await;
     // What they held is given back to the system, not kept by the allocator.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut after = rss_bytes(pid);
+    let mut after = test_support::rss_bytes(pid);
     while after > baseline + 48 * MIB && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        after = rss_bytes(pid);
+        after = test_support::rss_bytes(pid);
     }
     eprintln!(
         "relay RSS: {} MiB at start, {} MiB with {STALLED} stalled clients, {} MiB after they left",

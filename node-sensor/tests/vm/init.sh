@@ -3,24 +3,14 @@
 # runs the workload, snapshots /proc of live processes, prints everything
 # between markers on the console, and powers off.
 /bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-mount -t tmpfs tmp /tmp
-mkdir -p /sys/fs/cgroup /sys/fs/bpf
-mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null
-mount -t bpf bpf /sys/fs/bpf 2>/dev/null
-mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
+. /vigil-lib.sh
 echo "VIGIL-KERNEL $(uname -r)"
 
 /vigil-sensor --server-address unix:///tmp/s.sock --export-filename /tmp/events.jsonl \
   --enable-process-cred --enable-process-ns --node-name vigil-vm \
   --log-level info,node_sensor::loader=debug > /tmp/sensor.log 2>&1 &
 SENSOR=$!
-i=0
-while [ ! -S /tmp/s.sock ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
-sleep 1
-echo "VIGIL-SENSOR-READY $i"
+await_sensor
 
 snap() {
   tag=$1; pid=$2
@@ -40,15 +30,16 @@ cd /tmp
 echo "VIGIL-STATUS chain $?"
 
 # Live processes, each compared with /proc by the host.
-/bin/sleep 31 & P=$!; sleep 1; snap root $P; kill -9 $P; wait $P; echo "VIGIL-STATUS root $?"
-su vigil -s /bin/sh -c 'exec /bin/sleep 32' & P=$!; sleep 1; snap user $P; kill -9 $P; wait $P
-unshare -n -u /bin/sleep 33 & P=$!; sleep 1; snap netuts $P; kill -9 $P; wait $P
-unshare -U -r /bin/sleep 34 & P=$!; sleep 1; snap userns $P; kill -9 $P; wait $P
-setpriv --inh-caps +net_bind_service /bin/sleep 36 & P=$!; sleep 1; snap inh $P; kill -9 $P; wait $P
+/bin/sleep 31 & P=$!; await_comm $P sleep; snap root $P; kill -9 $P; wait $P; echo "VIGIL-STATUS root $?"
+su vigil -s /bin/sh -c 'exec /bin/sleep 32' & P=$!; await_comm $P sleep; snap user $P; kill -9 $P; wait $P
+unshare -n -u /bin/sleep 33 & P=$!; await_comm $P sleep; snap netuts $P; kill -9 $P; wait $P
+unshare -U -r /bin/sleep 34 & P=$!; await_comm $P sleep; snap userns $P; kill -9 $P; wait $P
+setpriv --inh-caps +net_bind_service /bin/sleep 36 & P=$!; await_comm $P sleep; snap inh $P; kill -9 $P; wait $P
 cp /bin/busybox /tmp/suid-bb && chmod 4755 /tmp/suid-bb
 su vigil -s /bin/sh -c 'exec /tmp/suid-bb true vigil-vm-suid'
 
-sleep 2
+# The last workload event is exported: everything before it is too.
+await_export '^{"process_exit".*"arguments":"true vigil-vm-suid"' 1
 kill $SENSOR
 wait $SENSOR
 echo "VIGIL-EVENTS-BEGIN"

@@ -128,6 +128,8 @@ pub fn initramfs(sensor: &Path, init_script: &str) -> Result<PathBuf, String> {
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nvigil:x:1000:1000:vigil:/tmp:/bin/sh\n")
         .map_err(|e| e.to_string())?;
     std::fs::write(root.join("etc/group"), "root:x:0:\nvigil:x:1000:\n").map_err(|e| e.to_string())?;
+    // What both init scripts source: mounts and waits.
+    std::fs::write(root.join("vigil-lib.sh"), include_str!("lib.sh")).map_err(|e| e.to_string())?;
     let init = root.join("init");
     std::fs::write(&init, init_script).map_err(|e| e.to_string())?;
     run(Command::new("chmod").arg("755").arg(&init))?;

@@ -5,13 +5,7 @@
 # events, the live-process count and the sensor's log are printed between
 # markers on the console.
 /bin/busybox --install -s /bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-mount -t tmpfs tmp /tmp
-mkdir -p /sys/fs/cgroup /sys/fs/bpf
-mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null
-mount -t bpf bpf /sys/fs/bpf 2>/dev/null
+. /vigil-lib.sh
 echo "VIGIL-KERNEL $(uname -r)"
 
 # The storm: each iteration forks and execs /bin/true with a marker, and
@@ -23,11 +17,9 @@ STORM=$!
 /vigil-sensor --server-address unix:///tmp/s.sock --export-filename /tmp/events.jsonl \
   --enable-process-cred --enable-process-ns > /tmp/sensor.log 2>&1 &
 SENSOR=$!
-i=0
-while [ ! -S /tmp/s.sock ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done
-echo "VIGIL-SENSOR-READY $i"
-# The storm runs on under the sensor for a while.
-sleep 2
+await_sensor
+# The storm runs on under the sensor until it has exported 40 storm execs.
+await_export '^{"process_exec".*"arguments":"vm-storm-' 40
 rm /tmp/storm-on
 wait $STORM
 
@@ -35,6 +27,8 @@ wait $STORM
 cd /tmp
 /bin/sh -c '/usr/bin/env VIGIL_MARK=tvm-1 /bin/true; exit 3'
 echo "VIGIL-STATUS chain $?"
+# `sleep 1` is part of the recorded workload (busybox runs it as
+# /proc/self/exe 1, an event the parity check compares), not a wait.
 /bin/sleep 30 & P=$!; sleep 1; kill -9 $P; wait $P
 echo "VIGIL-STATUS sleep $?"
 
