@@ -238,6 +238,8 @@ impl EventBus {
             // Loss notices reach every subscriber: filters select events,
             // they must not hide that events were lost.
             let notice = matches!(event.event().event, Some(Event::RateLimitInfo(_)));
+            // Its charge, worked out once for all byte-bounded subscribers.
+            let mut charge = None;
             for s in subs.iter() {
                 if !notice && !s.filter.matches(event.event()) {
                     continue;
@@ -247,7 +249,7 @@ impl EventBus {
                 }
                 let charged = match (&s.queued, self.queue_bytes) {
                     (Some(mine), Some(limits)) => {
-                        let c = queue_charge(&event);
+                        let c = *charge.get_or_insert_with(|| queue_charge(&event));
                         let held = mine.load(Ordering::Relaxed);
                         if held + c > limits.per_client || (held > 0 && all + c > limits.total) {
                             s.dropped.fetch_add(1, Ordering::Relaxed);
