@@ -33,6 +33,8 @@ pub const CGROUP_NAME_SIZE: usize = 128;
 pub const KIND_EXEC: u32 = 1;
 pub const KIND_EXIT: u32 = 2;
 pub const KIND_CLONE: u32 = 3;
+/// A policy hook fired: a [`HookRecord`] followed by its arguments.
+pub const KIND_HOOK: u32 = 4;
 
 /// Record flags set by the kernel side.
 pub const FLAG_TRUNC_ARGS: u32 = 1 << 0;
@@ -108,7 +110,9 @@ pub const COUNTER_READ_ERRORS: u32 = 1;
 pub const COUNTER_EXECS: u32 = 2;
 pub const COUNTER_EXITS: u32 = 3;
 pub const COUNTER_CLONES: u32 = 4;
-pub const COUNTERS_LEN: u32 = 5;
+/// Policy hooks that fired and were sent (or lost to a full ring buffer).
+pub const COUNTER_HOOKS: u32 = 5;
+pub const COUNTERS_LEN: u32 = 6;
 
 /// Common first 16 bytes of every record.
 #[repr(C)]
@@ -193,6 +197,87 @@ pub struct CloneRecord {
     /// The child's pid in its own pid namespace (1 for the first process
     /// of a new pid namespace: a container's init).
     pub nspid: u32,
+}
+
+/// Arguments a hook reads at most (Tetragon's limit for a tracepoint).
+pub const HOOK_MAX_ARGS: usize = 5;
+/// Policies hooked to one tracepoint at most.
+pub const HOOKS_PER_TRACEPOINT: usize = 4;
+/// Bytes of one string or buffer argument kept; longer ones are cut and
+/// flagged `ARG_TRUNCATED`.
+pub const HOOK_STRING_MAX: usize = 1024;
+/// Bytes of a hook record's argument area (a power of two; every argument
+/// fits: `HOOK_MAX_ARGS * (8 + HOOK_STRING_MAX)` is less).
+pub const HOOK_DATA_SIZE: usize = 8192;
+/// Tracepoints hooked at once at most (entries of the hook map).
+pub const HOOK_TRACEPOINTS_MAX: u32 = 1024;
+
+/// How a program reads one argument (`ArgSpec::read`).
+pub const READ_NOTHING: u8 = 0;
+/// `size` bytes at `offset` of the tracepoint record: an integer.
+pub const READ_SCALAR: u8 = 1;
+/// A NUL-terminated user-space string the pointer at `offset` names.
+pub const READ_USER_STRING: u8 = 2;
+/// A string stored in the record, named by the `__data_loc` word at `offset`.
+pub const READ_RECORD_STRING: u8 = 3;
+/// User-space bytes the pointer at `offset` names, as many as the integer
+/// of `len_size` bytes at `len_offset` says.
+pub const READ_USER_BUFFER: u8 = 4;
+/// `size` bytes of the record at `offset` (an array field).
+pub const READ_RECORD_BYTES: u8 = 5;
+
+/// One argument of a hook, as the program reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArgSpec {
+    pub offset: u16,
+    pub size: u16,
+    /// `READ_*`.
+    pub read: u8,
+    /// Bytes of the length field (`READ_USER_BUFFER`).
+    pub len_size: u8,
+    pub len_offset: u16,
+}
+
+/// One policy's hook on a tracepoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookSpec {
+    /// The sensor's number for this hook, sent back in every record.
+    pub hook_id: u32,
+    pub nargs: u32,
+    pub args: [ArgSpec; HOOK_MAX_ARGS],
+}
+
+/// Value of the hook map, keyed by tracepoint id (the record's
+/// `common_type`): the hooks of every policy on that tracepoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TracepointHooks {
+    pub count: u32,
+    pub _pad: u32,
+    pub hooks: [HookSpec; HOOKS_PER_TRACEPOINT],
+}
+
+/// Argument flag (in its length word): the value was cut.
+pub const ARG_TRUNCATED: u32 = 1 << 31;
+/// Argument flag: the value could not be read.
+pub const ARG_ERROR: u32 = 1 << 30;
+/// The length bits of an argument's length word.
+pub const ARG_LEN_MASK: u32 = 0xffff;
+
+/// A hook's record. `data_len` bytes of arguments follow, each an 8-byte
+/// word (length in the low bits, `ARG_*` flags in the high ones) and its
+/// bytes padded to 8; integers are 8 bytes, as read (`size` bytes of them
+/// meaningful), sign extension is user space's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HookRecord {
+    pub header: RecordHeader,
+    pub hook_id: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub data_len: u32,
 }
 
 /// Key of the exec-time map: one process image on this kernel.
@@ -306,6 +391,12 @@ const _: () = assert!(core::mem::size_of::<RecordHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<ExitRecord>() == 40);
 const _: () = assert!(core::mem::size_of::<CloneRecord>() == 48);
 const _: () = assert!(core::mem::size_of::<ExecTimeKey>() == 16);
+const _: () = assert!(core::mem::size_of::<ArgSpec>() == 8);
+const _: () = assert!(core::mem::size_of::<HookSpec>() == 8 + 8 * HOOK_MAX_ARGS);
+const _: () = assert!(core::mem::size_of::<TracepointHooks>() == 8 + 48 * HOOKS_PER_TRACEPOINT);
+const _: () = assert!(core::mem::size_of::<HookRecord>() == 32);
+const _: () = assert!(HOOK_DATA_SIZE.is_power_of_two());
+const _: () = assert!(HOOK_MAX_ARGS * (8 + HOOK_STRING_MAX) < HOOK_DATA_SIZE - (8 + HOOK_STRING_MAX));
 const _: () = assert!(core::mem::size_of::<CredInfo>() == 10 * 4 + 4 * 8);
 const _: () = assert!(core::mem::size_of::<NsInfo>() == NS_COUNT * 4);
 const _: () = assert!(core::mem::size_of::<FileInfo>() == 8 + 4 * 4);
@@ -337,4 +428,6 @@ mod pod {
     // SAFETY: all are repr(C), Copy, made of integers and byte arrays with
     // no padding (checked by the size asserts above); any bit pattern is valid.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::TracepointHooks {}
 }

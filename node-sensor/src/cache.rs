@@ -134,6 +134,11 @@ impl Lineage {
     fn unknown() -> Lineage {
         Lineage { process: Process::default(), parent: None, ancestors: vec![] }
     }
+
+    /// A process known only by its pid.
+    pub fn pid_only(pid: u32) -> Lineage {
+        Lineage { process: Process { pid: Some(pid.into()), ..Default::default() }, parent: None, ancestors: vec![] }
+    }
 }
 
 /// Ancestors listed at most; a longer chain (or a cycle left by pid reuse
@@ -187,6 +192,16 @@ impl ProcessCache {
     /// The current image of `pid`, in wire form.
     pub fn current(&self, pid: u32) -> Option<Process> {
         self.by_pid.get(&pid).and_then(|id| self.entries.get(id)).map(Process::from)
+    }
+
+    /// The lineage of `pid`'s current image, for an event it caused (a
+    /// policy hook's hit); a miss is counted.
+    pub fn of_pid(&mut self, pid: u32) -> Option<Lineage> {
+        let Some(id) = self.by_pid.get(&pid).cloned() else {
+            self.stats.misses += 1;
+            return None;
+        };
+        self.lineage(&id)
     }
 
     /// Records the pod of a process (found after its exec), so its later

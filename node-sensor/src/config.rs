@@ -117,6 +117,13 @@ pub struct Flags {
     /// Also copy pod annotations onto events (--enable-k8s-api).
     #[arg(long)]
     pub k8s_pod_annotations: bool,
+    /// A TracingPolicy file to load at start (repeatable); a policy that
+    /// does not load stops start-up.
+    #[arg(long = "tracing-policy")]
+    pub tracing_policy: Vec<PathBuf>,
+    /// A directory whose *.yaml and *.yml TracingPolicy files load at start.
+    #[arg(long)]
+    pub tracing_policy_dir: Option<PathBuf>,
 }
 
 /// The defaults are the flags' (one place states them).
@@ -155,6 +162,8 @@ pub struct Settings {
     pub enable_k8s_api: bool,
     pub kubeconfig: Option<PathBuf>,
     pub k8s_pod_annotations: bool,
+    pub tracing_policy: Vec<PathBuf>,
+    pub tracing_policy_dir: Option<PathBuf>,
 }
 
 fn hostname() -> String {
@@ -261,6 +270,8 @@ impl Settings {
             enable_k8s_api: l.enable_k8s_api,
             kubeconfig: l.kubeconfig,
             k8s_pod_annotations: l.k8s_pod_annotations,
+            tracing_policy: l.tracing_policy,
+            tracing_policy_dir: l.tracing_policy_dir,
         })
     }
 }

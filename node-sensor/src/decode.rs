@@ -3,8 +3,9 @@
 //! counts and skips.
 
 use node_sensor_common::{
-    CloneRecord, CredInfo, ExecRecord, ExitRecord, FLAG_HAS_CREDS, FLAG_HAS_FILE, FLAG_HAS_NS, FileInfo, KIND_CLONE,
-    KIND_EXEC, KIND_EXIT, NS_COUNT, RecordHeader,
+    ARG_ERROR, ARG_LEN_MASK, ARG_TRUNCATED, CloneRecord, CredInfo, ExecRecord, ExitRecord, FLAG_HAS_CREDS,
+    FLAG_HAS_FILE, FLAG_HAS_NS, FileInfo, HOOK_DATA_SIZE, HOOK_MAX_ARGS, HookRecord, KIND_CLONE, KIND_EXEC, KIND_EXIT,
+    KIND_HOOK, NS_COUNT, RecordHeader,
 };
 
 /// One decoded kernel record.
@@ -13,6 +14,27 @@ pub enum Record {
     Exec(Box<ExecData>),
     Exit(ExitRecord),
     Clone(CloneRecord),
+    Hook(HookData),
+}
+
+/// A policy hook's hit with its arguments as the kernel read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookData {
+    pub ktime: u64,
+    pub hook_id: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub args: Vec<RawArg>,
+}
+
+/// One argument's bytes (an integer: 8 bytes, little-endian, as read).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RawArg {
+    pub bytes: Vec<u8>,
+    /// The kernel kept only the first part.
+    pub truncated: bool,
+    /// The kernel could not read it.
+    pub error: bool,
 }
 
 /// An exec with its variable-length parts copied out of the ring buffer.
@@ -55,6 +77,8 @@ pub enum DecodeError {
     BadLength { kind: u32, got: usize, want: usize },
     #[error("unknown record kind {0}")]
     UnknownKind(u32),
+    #[error("hook record's arguments overrun it at argument {0}")]
+    BadArgument(usize),
 }
 
 /// Copies a `T` out of `bytes` after checking the length.
@@ -112,8 +136,41 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         }
         KIND_EXIT => Ok(Record::Exit(read_exact(bytes, KIND_EXIT)?)),
         KIND_CLONE => Ok(Record::Clone(read_exact(bytes, KIND_CLONE)?)),
+        KIND_HOOK => decode_hook(bytes).map(Record::Hook),
         other => Err(DecodeError::UnknownKind(other)),
     }
+}
+
+/// A hook record: the fixed part, then each argument's length word and
+/// bytes (padded to 8) until `data_len` is used up.
+fn decode_hook(bytes: &[u8]) -> Result<HookData, DecodeError> {
+    let fixed = std::mem::size_of::<HookRecord>();
+    let head = bytes.get(..fixed).ok_or(DecodeError::BadLength { kind: KIND_HOOK, got: bytes.len(), want: fixed })?;
+    let r: HookRecord = read_exact(head, KIND_HOOK)?;
+    let data_len = r.data_len as usize;
+    if data_len > HOOK_DATA_SIZE || bytes.len() != fixed + data_len {
+        return Err(DecodeError::BadLength { kind: KIND_HOOK, got: bytes.len(), want: fixed + data_len });
+    }
+    let mut data = &bytes[fixed..];
+    let mut args = Vec::new();
+    while !data.is_empty() {
+        let i = args.len();
+        if i == HOOK_MAX_ARGS {
+            return Err(DecodeError::BadArgument(i));
+        }
+        let word = data.get(..8).ok_or(DecodeError::BadArgument(i))?;
+        let word = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+        let len = (word & ARG_LEN_MASK) as usize;
+        let padded = (len + 7) & !7;
+        let body = data.get(8..8 + padded).ok_or(DecodeError::BadArgument(i))?;
+        args.push(RawArg {
+            bytes: body[..len].to_vec(),
+            truncated: word & ARG_TRUNCATED != 0,
+            error: word & ARG_ERROR != 0,
+        });
+        data = &data[8 + padded..];
+    }
+    Ok(HookData { ktime: r.header.ktime, hook_id: r.hook_id, pid: r.pid, tid: r.tid, args })
 }
 
 #[cfg(test)]
@@ -123,6 +180,58 @@ mod tests {
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: test-only view of a plain repr(C) record.
         unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+    }
+
+    fn hook_bytes(args: &[(u32, &[u8])]) -> Vec<u8> {
+        let mut data = Vec::new();
+        for (word, body) in args {
+            data.extend_from_slice(&u64::from(*word).to_le_bytes());
+            data.extend_from_slice(body);
+            data.resize(data.len().next_multiple_of(8), 0);
+        }
+        let head = HookRecord {
+            header: RecordHeader { kind: KIND_HOOK, flags: 0, ktime: 42 },
+            hook_id: 7,
+            pid: 100,
+            tid: 101,
+            data_len: data.len() as u32,
+        };
+        let mut out = bytes_of(&head);
+        out.extend_from_slice(&data);
+        out
+    }
+
+    #[test]
+    fn hook_records_decode_their_arguments() {
+        let bytes = hook_bytes(&[(8, &257u64.to_le_bytes()), (5 | ARG_TRUNCATED, b"/tmp/"), (ARG_ERROR, b"")]);
+        let Ok(Record::Hook(h)) = decode(&bytes) else { panic!("not a hook: {:?}", decode(&bytes)) };
+        assert_eq!((h.ktime, h.hook_id, h.pid, h.tid), (42, 7, 100, 101));
+        assert_eq!(
+            h.args,
+            [
+                RawArg { bytes: 257u64.to_le_bytes().to_vec(), truncated: false, error: false },
+                RawArg { bytes: b"/tmp/".to_vec(), truncated: true, error: false },
+                RawArg { bytes: vec![], truncated: false, error: true },
+            ]
+        );
+    }
+
+    #[test]
+    fn hook_records_that_overrun_are_refused() {
+        // A length word claiming more bytes than the record holds.
+        let mut bytes = hook_bytes(&[(4, b"abcd")]);
+        let at = std::mem::size_of::<HookRecord>();
+        bytes[at] = 200;
+        assert_eq!(decode(&bytes), Err(DecodeError::BadArgument(0)));
+        // data_len not matching the record's size.
+        let mut bytes = hook_bytes(&[(4, b"abcd")]);
+        bytes.push(0);
+        assert!(matches!(decode(&bytes), Err(DecodeError::BadLength { kind: KIND_HOOK, .. })));
+        // More arguments than a hook has.
+        let six: Vec<(u32, &[u8])> = (0..6).map(|_| (0, &b""[..])).collect();
+        assert_eq!(decode(&hook_bytes(&six)), Err(DecodeError::BadArgument(HOOK_MAX_ARGS)));
+        // Shorter than the fixed part.
+        assert!(decode(&hook_bytes(&[])[..20]).is_err());
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod mounts;
 pub mod netns_filter;
 pub mod pipeline;
 pub mod pod_stage;
+pub mod policies;
 pub mod privileges;
 pub mod procfs;
 pub mod server;

@@ -20,6 +20,10 @@ use crate::exec_times;
 pub const PROGRAMS: &[(&str, &str)] =
     &[("vigil_exit", "sched_process_exit"), ("vigil_exec", "sched_process_exec"), ("vigil_fork", "sched_process_fork")];
 
+/// The generic tracepoint program every policy's tracepoints share; loaded
+/// at start, attached as policies name tracepoints (see `policies`).
+pub const TRACEPOINT_PROGRAM: &str = "vigil_tp";
+
 /// Where this sensor pins the kernel's exec-time map (see `exec_times`).
 pub const EXEC_TIMES_PIN: &str = "/sys/fs/bpf/vigil/exec_times_v1";
 
@@ -49,13 +53,23 @@ pub enum LoadError {
     Map(&'static str),
 }
 
-/// Loaded, attached programs. Dropping this detaches them.
+/// Loaded, attached programs. Dropping `ebpf` detaches them.
 pub struct Probes {
-    /// Owns the programs and links; dropping it detaches them.
-    pub _ebpf: Ebpf,
+    /// Owns the programs, links and the maps not taken out; the policy
+    /// host keeps it, attaching the tracepoint program as policies come.
+    pub ebpf: Ebpf,
+    pub feed: KernelFeed,
+    pub offsets: KernelOffsets,
+    /// Whether the generic tracepoint program passed the verifier, and why
+    /// not: policies with tracepoints are refused with this reason, and
+    /// the lifecycle sensor works either way.
+    pub tracepoint_program: Result<(), String>,
+}
+
+/// What the pipeline reads: the ring buffer and the kernel's counters.
+pub struct KernelFeed {
     pub ring: RingBuf<MapData>,
     pub counters: PerCpuArray<MapData, u64>,
-    pub offsets: KernelOffsets,
 }
 
 /// Kernel-side counters summed over CPUs.
@@ -66,9 +80,10 @@ pub struct KernelCounters {
     pub execs: u64,
     pub exits: u64,
     pub clones: u64,
+    pub hooks: u64,
 }
 
-impl Probes {
+impl KernelFeed {
     /// Sums the per-CPU counters.
     pub fn counters(&self) -> KernelCounters {
         read_counters(&self.counters)
@@ -85,6 +100,7 @@ pub fn read_counters(counters: &PerCpuArray<MapData, u64>) -> KernelCounters {
             execs: sum(node_sensor_common::COUNTER_EXECS),
             exits: sum(node_sensor_common::COUNTER_EXITS),
             clones: sum(node_sensor_common::COUNTER_CLONES),
+            hooks: sum(node_sensor_common::COUNTER_HOOKS),
         }
     }
 }
@@ -143,6 +159,10 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
             tracing::debug!(program = name, verified_instructions = n, "verified");
         }
     }
+    let tracepoint_program = load_tracepoint_program(&mut ebpf);
+    if let Err(why) = &tracepoint_program {
+        tracing::warn!(program = TRACEPOINT_PROGRAM, reason = %why, "tracing policies with tracepoints cannot load");
+    }
     for &(name, tracepoint) in PROGRAMS {
         raw_tracepoint(&mut ebpf, name)?.attach(tracepoint).map_err(|error| LoadError::Attach {
             name,
@@ -156,7 +176,25 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
     let counters: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(counters).map_err(|_| LoadError::Map("COUNTERS"))?;
     debug_assert_eq!(counters.len(), COUNTERS_LEN);
-    Ok(Probes { _ebpf: ebpf, ring, counters, offsets })
+    Ok(Probes { ebpf, feed: KernelFeed { ring, counters }, offsets, tracepoint_program })
+}
+
+/// Verifies the generic tracepoint program (attached later, per policy).
+fn load_tracepoint_program(ebpf: &mut Ebpf) -> Result<(), String> {
+    let program: &mut aya::programs::TracePoint = ebpf
+        .program_mut(TRACEPOINT_PROGRAM)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| format!("BPF program `{TRACEPOINT_PROGRAM}` is missing from the object"))?;
+    program.load().map_err(|e| {
+        if let aya::programs::ProgramError::LoadError { verifier_log, .. } = &e {
+            tracing::debug!(program = TRACEPOINT_PROGRAM, log = %verifier_log, "verifier log");
+        }
+        format!("the kernel verifier rejected it: {e}")
+    })?;
+    if let Some(n) = program.info().ok().and_then(|i| i.verified_instruction_count()) {
+        tracing::debug!(program = TRACEPOINT_PROGRAM, verified_instructions = n, "verified");
+    }
+    Ok(())
 }
 
 fn raw_tracepoint<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut RawTracePoint, LoadError> {

@@ -10,6 +10,7 @@ use node_sensor::clock::Clock;
 use node_sensor::config::{CommandLine, Settings};
 use node_sensor::k8s::{self, ApiSource};
 use node_sensor::pipeline::Pipeline;
+use node_sensor::policies::PolicyHost;
 use node_sensor::privileges::{Collect, HostNamespaces};
 use node_sensor::stats::SensorStats;
 use node_sensor::uplink::{self, UplinkSettings};
@@ -44,7 +45,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     // --only-own-netns needs each process's network namespace.
     let features =
         Features { creds: settings.enable_process_cred, ns: settings.enable_process_ns || settings.only_own_netns };
-    let probes = loader::load(&settings.btf, features)?;
+    let loader::Probes { ebpf, feed, tracepoint_program, .. } = loader::load(&settings.btf, features)?;
     let (host, warnings) = HostNamespaces::read(&settings.procfs);
     if features.ns {
         for w in warnings {
@@ -93,6 +94,17 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     if settings.enable_ancestors {
         pipeline = pipeline.with_ancestors();
     }
+    let mut policies = PolicyHost::new(ebpf, tracepoint_program);
+    pipeline = pipeline.with_policies(policies.table());
+    let policy_files =
+        node_sensor::policies::startup_files(&settings.tracing_policy, settings.tracing_policy_dir.as_deref())
+            .map_err(anyhow::Error::msg)?;
+    for path in policy_files {
+        let text = node_sensor::policies::read_file(&path).map_err(anyhow::Error::msg)?;
+        policies.add_yaml(&text).with_context(|| format!("tracing policy {}", path.display()))?;
+        tracing::info!(file = %path.display(), "tracing policy loaded");
+    }
+    let policies = Arc::new(parking_lot::Mutex::new(policies));
     if settings.only_own_netns {
         let own =
             node_sensor::privileges::read_ns_inums(&settings.procfs, std::process::id())[node_sensor_common::NS_NET];
@@ -122,7 +134,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let server = tokio::spawn(server::serve(listener, api, stop.clone()));
     tracing::info!(processes = seeded, address = %settings.server_address, "process cache seeded from procfs; serving");
 
-    let pipe = tokio::spawn(pipeline.run(probes, dump_requests, stop));
+    let pipe = tokio::spawn(pipeline.run(feed, dump_requests, stop));
     // The server ends on shutdown or on a listen error; either way stop.
     match server.await {
         Ok(Ok(())) => {}

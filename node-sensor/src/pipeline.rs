@@ -11,14 +11,15 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 use proto::tetragon::GetEventsResponse;
 use tokio::io::unix::AsyncFd;
 
-use crate::cache::{Fork, ProcessCache};
+use crate::cache::{Fork, Lineage, ProcessCache};
 use crate::clock::Clock;
 use crate::convert;
-use crate::decode::{self, Record};
+use crate::decode::{self, HookData, Record};
 use crate::k8s::PodIndex;
-use crate::loader::Probes;
+use crate::loader::KernelFeed;
 use crate::netns_filter::NetnsFilter;
 use crate::pod_stage::PodStage;
+use crate::policies::hooks::HookTable;
 use crate::privileges::Collect;
 use crate::procfs;
 use crate::startup::{StartupGate, Verdict};
@@ -44,6 +45,8 @@ pub struct Pipeline {
     out: Vec<GetEventsResponse>,
     bus: EventBus,
     stats: Arc<SensorStats>,
+    /// What policy hooks' records mean (`policies`).
+    hooks: Option<Arc<HookTable>>,
 }
 
 impl Pipeline {
@@ -66,7 +69,14 @@ impl Pipeline {
             out: Vec::new(),
             bus,
             stats,
+            hooks: None,
         }
+    }
+
+    /// Reports policy hooks' records, read through `hooks`.
+    pub fn with_policies(mut self, hooks: Arc<HookTable>) -> Self {
+        self.hooks = Some(hooks);
+        self
     }
 
     /// Exec and exit events carry the ancestors beyond the parent.
@@ -141,6 +151,8 @@ impl Pipeline {
             Record::Clone(c) => (c.pid, c.header.ktime),
             Record::Exec(e) => (e.pid, e.ktime),
             Record::Exit(x) => (x.pid, x.header.ktime),
+            // A hook's hit is no part of what the walk saw.
+            Record::Hook(_) => return Verdict::Apply,
         };
         if gate.close_at(ktime) {
             tracing::info!(
@@ -162,6 +174,7 @@ impl Pipeline {
                 verdict
             }
             Record::Exit(_) => gate.exit_verdict(pid, ktime),
+            Record::Hook(_) => Verdict::Apply,
         };
         if gate.is_done() {
             self.gate = None;
@@ -212,7 +225,26 @@ impl Pipeline {
                     self.publish(convert::exit_event(&self.node, time, lineage, x.exit_code));
                 }
             }
+            Record::Hook(h) => self.hook_hit(&h),
         }
+    }
+
+    /// A policy hook's hit, reported with its process as the cache has it.
+    fn hook_hit(&mut self, hit: &HookData) {
+        let Some(info) = self.hooks.as_ref().and_then(|t| t.get(hit.hook_id)) else {
+            let n = self.stats.hooks_unknown.fetch_add(1, Ordering::Relaxed);
+            if n.is_power_of_two() {
+                tracing::warn!(hook = hit.hook_id, total = n + 1, "skipping a record of a hook no policy has");
+            }
+            return;
+        };
+        // A process the cache does not know (a kernel thread the walk
+        // missed, or one evicted) is still reported, by its pid.
+        let lineage = self.cache.of_pid(hit.pid).unwrap_or_else(|| Lineage::pid_only(hit.pid));
+        info.events.fetch_add(1, Ordering::Relaxed);
+        self.stats.policy_events.fetch_add(1, Ordering::Relaxed);
+        let time = self.clock.wall(hit.ktime);
+        self.publish(crate::policies::events::hook_event(&self.node, time, hit, &info, lineage));
     }
 
     fn update_cache_stats(&self) {
@@ -235,11 +267,11 @@ impl Pipeline {
     /// dumps between batches.
     pub async fn run(
         mut self,
-        probes: Probes,
+        feed: KernelFeed,
         mut dumps: crate::dump::DumpRequests,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> std::io::Result<()> {
-        let Probes { ring, counters, _ebpf, .. } = probes;
+        let KernelFeed { ring, counters } = feed;
         // SAFETY: the ring buffer owns its map fd and keeps it open, returning
         // the same fd, for as long as the AsyncFd owns it.
         let mut ring: AsyncFd<RingBuf<MapData>> =
@@ -293,7 +325,6 @@ impl Pipeline {
         self.drain_held();
         // Final counters, so a last health read or log is exact.
         self.refresh_counters(&counters);
-        drop(_ebpf);
         Ok(())
     }
 }

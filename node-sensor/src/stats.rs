@@ -32,6 +32,10 @@ pub struct SensorStats {
     pub k8s_pods: AtomicU64,
     /// Errors of the Kubernetes pod watch (it retries with backoff).
     pub k8s_watch_errors: AtomicU64,
+    /// Events tracing policies' hooks produced.
+    pub policy_events: AtomicU64,
+    /// Hook records of no known hook (skipped).
+    pub hooks_unknown: AtomicU64,
 }
 
 /// A point-in-time copy, printable on one line.
@@ -55,6 +59,8 @@ pub struct Snapshot {
     pub pod_timeouts: u64,
     pub k8s_pods: u64,
     pub k8s_watch_errors: u64,
+    pub policy_events: u64,
+    pub hooks_unknown: u64,
 }
 
 impl SensorStats {
@@ -78,6 +84,8 @@ impl SensorStats {
             pod_timeouts: r(&self.pod_timeouts),
             k8s_pods: r(&self.k8s_pods),
             k8s_watch_errors: r(&self.k8s_watch_errors),
+            policy_events: r(&self.policy_events),
+            hooks_unknown: r(&self.hooks_unknown),
         }
     }
 }
@@ -86,7 +94,7 @@ impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "records={} bad_records={} ringbuf_full={} kernel_read_errors={} cache_entries={} cache_evicted={} cache_misses={} startup_skipped={} events={} subscribers={} subscriber_queue_bytes={} subscriber_dropped={} export_dropped={} pod_waiting={} pod_timeouts={} k8s_pods={} k8s_watch_errors={}",
+            "records={} bad_records={} ringbuf_full={} kernel_read_errors={} cache_entries={} cache_evicted={} cache_misses={} startup_skipped={} events={} subscribers={} subscriber_queue_bytes={} subscriber_dropped={} export_dropped={} pod_waiting={} pod_timeouts={} k8s_pods={} k8s_watch_errors={} policy_events={} hooks_unknown={}",
             self.records,
             self.bad_records,
             self.ringbuf_full,
@@ -103,7 +111,9 @@ impl fmt::Display for Snapshot {
             self.pod_waiting,
             self.pod_timeouts,
             self.k8s_pods,
-            self.k8s_watch_errors
+            self.k8s_watch_errors,
+            self.policy_events,
+            self.hooks_unknown
         )
     }
 }

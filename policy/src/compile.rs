@@ -8,6 +8,11 @@
 //! the field, and an explicit type must fit the field (a string or buffer
 //! needs a pointer, `__data_loc` or array field; a number needs a scalar).
 
+use node_sensor_common::{
+    ArgSpec, HOOK_MAX_ARGS, HookSpec, READ_NOTHING, READ_RECORD_BYTES, READ_RECORD_STRING, READ_SCALAR,
+    READ_USER_BUFFER, READ_USER_STRING,
+};
+
 use crate::PolicyError;
 use crate::schema::{ArgType, TracingPolicy};
 use crate::tracefs::{Field, Format};
@@ -28,9 +33,9 @@ pub enum Read {
     UserString,
     /// A string stored in the record (`__data_loc`).
     RecordString,
-    /// A user-space buffer the field points to, its length from another
-    /// argument (`sizeArgIndex`, 1-based, as in the policy).
-    UserBuffer { size_arg: u32 },
+    /// A user-space buffer the field points to, its length the integer
+    /// field `sizeArgIndex` names (1-based field number, as in the policy).
+    UserBuffer { len_offset: u32, len_size: u32 },
     /// `count` integers of `size / count` bytes each, in the record.
     Array { count: u32 },
     /// A file descriptor number, resolved to its path through the task's
@@ -58,7 +63,36 @@ pub struct TracepointArg {
 pub struct TracepointHook {
     pub subsystem: String,
     pub event: String,
+    /// The tracepoint's id on this kernel (its records' `common_type`).
+    pub id: u32,
     pub args: Vec<TracepointArg>,
+}
+
+impl TracepointHook {
+    /// What the generic tracepoint program reads for this hook, which the
+    /// sensor numbers `hook_id`.
+    pub fn spec(&self, hook_id: u32) -> HookSpec {
+        let mut spec = HookSpec { hook_id, nargs: self.args.len().min(HOOK_MAX_ARGS) as u32, ..Default::default() };
+        for (slot, a) in spec.args.iter_mut().zip(&self.args) {
+            // `compile` checked that offsets and sizes fit.
+            let (read, len_offset, len_size) = match a.read {
+                Read::Scalar { .. } | Read::SyscallId | Read::Fd => (READ_SCALAR, 0, 0),
+                Read::UserString => (READ_USER_STRING, 0, 0),
+                Read::RecordString => (READ_RECORD_STRING, 0, 0),
+                Read::UserBuffer { len_offset, len_size } => (READ_USER_BUFFER, len_offset, len_size),
+                Read::Array { .. } => (READ_RECORD_BYTES, 0, 0),
+                Read::Nothing => (READ_NOTHING, 0, 0),
+            };
+            *slot = ArgSpec {
+                offset: a.offset as u16,
+                size: a.size as u16,
+                read,
+                len_size: len_size as u8,
+                len_offset: len_offset as u16,
+            };
+        }
+        spec
+    }
 }
 
 /// What a policy asks of this kernel.
@@ -79,6 +113,12 @@ pub fn compile(policy: &TracingPolicy, kernel: &dyn KernelView) -> Result<Compil
             .tracepoint_format(&t.subsystem, &t.event)
             .map_err(|e| PolicyError::at(format!("{at}.event"), format!("cannot read the tracepoint's format: {e}")))?
             .ok_or_else(|| PolicyError::at(format!("{at}.event"), "this kernel has no such tracepoint"))?;
+        if t.args.len() > HOOK_MAX_ARGS {
+            return Err(PolicyError::at(
+                format!("{at}.args"),
+                format!("at most {HOOK_MAX_ARGS} arguments on a tracepoint"),
+            ));
+        }
         let mut args = Vec::with_capacity(t.args.len());
         for (j, a) in t.args.iter().enumerate() {
             let here = format!("{at}.args[{j}]");
@@ -98,12 +138,30 @@ pub fn compile(policy: &TracingPolicy, kernel: &dyn KernelView) -> Result<Compil
                 }
                 given => given,
             };
-            let read = read_for(arg_type, field, a.size_arg_index)
+            let mut read = read_for(arg_type, field, a.size_arg_index)
                 .map_err(|reason| PolicyError::at(format!("{here}.type"), reason))?;
-            if let Read::UserBuffer { size_arg } = read
-                && !t.args.iter().any(|s| (s.index as usize) + 1 == size_arg as usize)
-            {
-                return Err(PolicyError::at(format!("{here}.sizeArgIndex"), "names no argument of this hook"));
+            if let Read::UserBuffer { .. } = read {
+                let length = (a.size_arg_index as usize)
+                    .checked_sub(1)
+                    .filter(|_| t.args.iter().any(|s| s.index + 1 == a.size_arg_index))
+                    .and_then(|i| format.fields.get(i))
+                    .ok_or_else(|| PolicyError::at(format!("{here}.sizeArgIndex"), "names no argument of this hook"))?;
+                if !length.is_scalar() || ![1, 2, 4, 8].contains(&length.size) {
+                    return Err(PolicyError::at(
+                        format!("{here}.sizeArgIndex"),
+                        format!("the size must be an integer field; field {} is {}", length.name, shape(length)),
+                    ));
+                }
+                read = Read::UserBuffer { len_offset: length.offset, len_size: length.size };
+            }
+            if matches!(read, Read::Scalar { .. } | Read::SyscallId | Read::Fd) && ![1, 2, 4, 8].contains(&field.size) {
+                return Err(PolicyError::at(
+                    format!("{here}.type"),
+                    format!("an integer must be 1, 2, 4 or 8 bytes; field {} has {}", field.name, field.size),
+                ));
+            }
+            if field.offset + field.size > u32::from(u16::MAX) {
+                return Err(PolicyError::at(format!("{here}.index"), "the field lies past 64 KiB of the record"));
             }
             args.push(TracepointArg {
                 index: a.index,
@@ -114,16 +172,21 @@ pub fn compile(policy: &TracingPolicy, kernel: &dyn KernelView) -> Result<Compil
                 read,
             });
         }
-        tracepoints.push(TracepointHook { subsystem: t.subsystem.clone(), event: t.event.clone(), args });
+        tracepoints.push(TracepointHook {
+            subsystem: t.subsystem.clone(),
+            event: t.event.clone(),
+            id: format.id,
+            args,
+        });
     }
     Ok(Compiled { tracepoints })
 }
 
 /// How `arg_type` is read from `field`, or why it does not fit.
 fn read_for(arg_type: ArgType, field: &Field, size_arg_index: u32) -> Result<Read, String> {
-    let pointer = field.c_type.trim_end().ends_with('*');
+    let pointer = field.is_pointer();
     let data_loc = field.c_type.starts_with("__data_loc");
-    let scalar = !pointer && !data_loc && field.array.is_none();
+    let scalar = field.is_scalar();
     let fits = |ok: bool, what: &str, read: Read| {
         if ok { Ok(read) } else { Err(format!("{what}; field {} is {}", field.name, shape(field))) }
     };
@@ -138,7 +201,7 @@ fn read_for(arg_type: ArgType, field: &Field, size_arg_index: u32) -> Result<Rea
         String | Filename if data_loc => Ok(Read::RecordString),
         String | Filename => fits(pointer, "a string needs a pointer or __data_loc field", Read::UserString),
         CharBuf if size_arg_index > 0 => {
-            fits(pointer, "a buffer needs a pointer field", Read::UserBuffer { size_arg: size_arg_index })
+            fits(pointer, "a buffer needs a pointer field", Read::UserBuffer { len_offset: 0, len_size: 0 })
         }
         CharBuf => {
             Err(format!("char_buf needs sizeArgIndex (or type string); field {} is {}", field.name, shape(field)))

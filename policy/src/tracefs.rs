@@ -144,6 +144,16 @@ const INTEGERS: &[&str] = &[
 ];
 
 impl Field {
+    /// A pointer (`const char *`): what it points to is read.
+    pub fn is_pointer(&self) -> bool {
+        self.c_type.trim_end().ends_with('*')
+    }
+
+    /// A plain integer of the record (no pointer, array or `__data_loc`).
+    pub fn is_scalar(&self) -> bool {
+        !self.is_pointer() && !self.c_type.starts_with("__data_loc") && self.array.is_none()
+    }
+
     /// The type `type: auto` reads this field as.
     pub fn auto_type(&self) -> Result<ArgType, FormatError> {
         let base = self.c_type.trim_start_matches("const ").trim();

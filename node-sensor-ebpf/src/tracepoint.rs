@@ -1,0 +1,79 @@
+//! The generic tracepoint program: one program, attached to every
+//! tracepoint a policy names. It finds the policies' hooks by the attach
+//! cookie, which the sensor sets to the tracepoint's id (the record's own
+//! `common_type` is not there to read: syscall tracepoints hand BPF a
+//! register pointer over it), so one attach serves every policy on that
+//! tracepoint; it sends one record per hook with the arguments each asks
+//! for.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use node_sensor_common::*;
+
+use crate::args::{AREA, read_tracepoint_arg};
+use crate::{EVENTS, HOOK_SCRATCH, TP_HOOKS, count, submit_flags};
+
+/// A hook record as it is built: the record, then its argument area.
+#[repr(C)]
+pub struct HookScratch {
+    pub record: HookRecord,
+    pub data: [u8; AREA],
+}
+
+#[tracepoint]
+pub fn vigil_tp(ctx: TracePointContext) -> u32 {
+    // A failure is counted where it happens; the traced code goes on.
+    let _ = try_tracepoint(&ctx);
+    0
+}
+
+fn try_tracepoint(ctx: &TracePointContext) -> Result<(), i64> {
+    let record = ctx.as_ptr() as *const u8;
+    // SAFETY: the helper only reads the running program's attach cookie.
+    let id = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    // SAFETY: the value is only read, and the sensor replaces whole values.
+    let Some(hooks) = (unsafe { TP_HOOKS.get(id) }) else {
+        return Ok(());
+    };
+    let scratch = HOOK_SCRATCH.get_ptr_mut(0).ok_or(-12i64)?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
+    let ktime = unsafe { bpf_ktime_get_boot_ns() };
+    for h in 0..HOOKS_PER_TRACEPOINT {
+        if h as u32 >= hooks.count {
+            break;
+        }
+        let hook = &hooks.hooks[h];
+        count(COUNTER_HOOKS);
+        // SAFETY: the scratch slot is this CPU's and of HookScratch size;
+        // argument writes stay inside its area (see `args`).
+        unsafe {
+            let data = (*scratch).data.as_mut_ptr();
+            let mut pos = 0usize;
+            for a in 0..HOOK_MAX_ARGS {
+                if a as u32 >= hook.nargs {
+                    break;
+                }
+                pos = read_tracepoint_arg(record, &hook.args[a], data, pos);
+            }
+            let data_len = pos & (HOOK_DATA_SIZE - 1);
+            (*scratch).record = HookRecord {
+                header: RecordHeader { kind: KIND_HOOK, flags: 0, ktime },
+                hook_id: hook.hook_id,
+                pid: (pid_tgid >> 32) as u32,
+                tid: pid_tgid as u32,
+                data_len: data_len as u32,
+            };
+            let bytes =
+                core::slice::from_raw_parts(scratch as *const u8, core::mem::size_of::<HookRecord>() + data_len);
+            if EVENTS.output::<[u8]>(bytes, submit_flags()).is_err() {
+                count(COUNTER_RINGBUF_FULL);
+            }
+        }
+    }
+    Ok(())
+}

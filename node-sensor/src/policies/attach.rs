@@ -1,0 +1,66 @@
+//! Attaches the generic tracepoint program to one tracepoint with a BPF
+//! cookie, which aya's tracepoint attach does not offer: a perf event on
+//! the tracepoint, then a perf link carrying the cookie (Linux 5.15+). The
+//! program reads the cookie to find its hooks; it cannot read the
+//! tracepoint's id from the record, as the kernel puts a register pointer
+//! over the first bytes of syscall tracepoints' records. The link's fd is
+//! the attachment: closing it detaches.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// `PERF_TYPE_TRACEPOINT`.
+const PERF_TYPE_TRACEPOINT: u32 = 2;
+/// `PERF_FLAG_FD_CLOEXEC`.
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 1 << 3;
+/// Bytes of `struct perf_event_attr` as of `PERF_ATTR_SIZE_VER8`.
+const PERF_ATTR_SIZE: usize = 136;
+/// `BPF_LINK_CREATE`.
+const BPF_LINK_CREATE: libc::c_long = 28;
+/// `BPF_PERF_EVENT` of `enum bpf_attach_type`.
+const BPF_PERF_EVENT: u32 = 41;
+
+/// Attaches `program` to tracepoint `id` (its tracefs `id`), its runs
+/// seeing `cookie` through `bpf_get_attach_cookie`.
+pub fn tracepoint(program: BorrowedFd<'_>, id: u32, cookie: u64) -> io::Result<OwnedFd> {
+    // struct perf_event_attr: type, size, config; the rest zero.
+    let mut attr = [0u8; PERF_ATTR_SIZE];
+    attr[0..4].copy_from_slice(&PERF_TYPE_TRACEPOINT.to_ne_bytes());
+    attr[4..8].copy_from_slice(&(PERF_ATTR_SIZE as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&u64::from(id).to_ne_bytes());
+    // SAFETY: perf_event_open reads `size` bytes of `attr`, which has them;
+    // pid -1 with cpu 0 is the system-wide event a BPF program attaches to
+    // (it then runs for the tracepoint on every CPU).
+    let perf = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            attr.as_ptr(),
+            -1 as libc::c_int,
+            0 as libc::c_int,
+            -1 as libc::c_int,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if perf < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd, and nothing else owns it.
+    let perf = unsafe { OwnedFd::from_raw_fd(perf as i32) };
+
+    // union bpf_attr, link_create: prog_fd, target_fd, attach_type, flags,
+    // then perf_event.bpf_cookie at offset 16; the rest zero.
+    let mut link_attr = [0u8; 64];
+    link_attr[0..4].copy_from_slice(&(program.as_raw_fd() as u32).to_ne_bytes());
+    link_attr[4..8].copy_from_slice(&(perf.as_raw_fd() as u32).to_ne_bytes());
+    link_attr[8..12].copy_from_slice(&BPF_PERF_EVENT.to_ne_bytes());
+    link_attr[16..24].copy_from_slice(&cookie.to_ne_bytes());
+    // SAFETY: bpf(2) reads `size` bytes of the attribute union, which
+    // `link_attr` has; both fds are open for the call.
+    let link =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, link_attr.as_ptr(), link_attr.len() as libc::c_uint) };
+    if link < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above. The link holds the perf event; ours can close.
+    Ok(unsafe { OwnedFd::from_raw_fd(link as i32) })
+}

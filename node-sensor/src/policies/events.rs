@@ -1,0 +1,115 @@
+//! A hook's record, with its process from the cache, to the event Tetragon
+//! sends for it (`process_tracepoint`), arguments typed as Tetragon types
+//! them: `nop` arguments left out, and no labels on tracepoint arguments.
+
+use proto::Timestamp;
+use proto::tetragon::kprobe_argument::Arg;
+use proto::tetragon::{
+    GetEventsResponse, KprobeAction, KprobeArgument, ProcessTracepoint, SyscallId, get_events_response::Event,
+};
+
+use super::hooks::{HookInfo, HookPoint, Shown};
+use crate::cache::Lineage;
+use crate::decode::{HookData, RawArg};
+
+/// The ABI name of a 64-bit syscall number on this architecture.
+#[cfg(target_arch = "aarch64")]
+const ABI: &str = "arm64";
+#[cfg(not(target_arch = "aarch64"))]
+const ABI: &str = "x64";
+
+/// The low `size` bytes of an integer argument, zero-extended.
+fn unsigned(raw: &RawArg, size: u8) -> u64 {
+    let mut word = [0u8; 8];
+    let n = raw.bytes.len().min(8);
+    word[..n].copy_from_slice(&raw.bytes[..n]);
+    let v = u64::from_le_bytes(word);
+    match size {
+        1..=7 => v & ((1u64 << (8 * u32::from(size))) - 1),
+        _ => v,
+    }
+}
+
+/// The same, sign-extended from `size` bytes.
+fn signed(raw: &RawArg, size: u8) -> i64 {
+    let v = unsigned(raw, size);
+    match size {
+        1..=7 => {
+            let shift = 64 - 8 * u32::from(size);
+            ((v << shift) as i64) >> shift
+        }
+        _ => v as i64,
+    }
+}
+
+/// One argument as Tetragon shows it; `None` for one left out.
+pub fn argument(shown: Shown, raw: &RawArg) -> Option<KprobeArgument> {
+    let arg = match shown {
+        Shown::Int { size } => Arg::IntArg(signed(raw, size) as i32),
+        Shown::Uint { size } => Arg::UintArg(unsigned(raw, size) as u32),
+        Shown::Long { size } => Arg::LongArg(signed(raw, size)),
+        Shown::Size { size } => Arg::SizeArg(unsigned(raw, size)),
+        Shown::String => Arg::StringArg(String::from_utf8_lossy(&raw.bytes).into_owned()),
+        Shown::Bytes => Arg::BytesArg(raw.bytes.clone()),
+        Shown::SyscallId => Arg::SyscallId(SyscallId { id: unsigned(raw, 8) as u32, abi: ABI.to_owned() }),
+        Shown::Hidden => return None,
+    };
+    Some(KprobeArgument { arg: Some(arg), label: String::new() })
+}
+
+/// The event for one hit. `lineage` is the process's as the cache has it
+/// now; the hit's thread is put on the process, as Tetragon does.
+pub fn hook_event(node: &str, time: Timestamp, hit: &HookData, info: &HookInfo, lineage: Lineage) -> GetEventsResponse {
+    let mut process = lineage.process;
+    process.tid = Some(hit.tid.into());
+    let args = info.args.iter().zip(&hit.args).filter_map(|(shown, raw)| argument(*shown, raw)).collect();
+    let event = match &info.point {
+        HookPoint::Tracepoint { subsystem, event } => Event::ProcessTracepoint(ProcessTracepoint {
+            process: Some(process),
+            parent: lineage.parent,
+            subsys: subsystem.clone(),
+            event: event.clone(),
+            args,
+            policy_name: info.policy.clone(),
+            action: KprobeAction::Post as i32,
+            message: info.message.clone(),
+            tags: info.tags.clone(),
+            ancestors: lineage.ancestors,
+        }),
+    };
+    GetEventsResponse { event: Some(event), node_name: node.to_owned(), time: Some(time), ..Default::default() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(v: u64) -> RawArg {
+        RawArg { bytes: v.to_le_bytes().to_vec(), ..Default::default() }
+    }
+
+    #[test]
+    fn integers_are_typed_as_tetragon_types_them() {
+        // dfd = AT_FDCWD in an 8-byte field, read as int32.
+        let dfd = raw((-100i64) as u64);
+        assert_eq!(argument(Shown::Int { size: 8 }, &dfd).and_then(|a| a.arg), Some(Arg::IntArg(-100)));
+        // A 4-byte int's upper bytes are not the value's.
+        let small = raw(0xdead_beef_ffff_fff6);
+        assert_eq!(argument(Shown::Int { size: 4 }, &small).and_then(|a| a.arg), Some(Arg::IntArg(-10)));
+        assert_eq!(argument(Shown::Uint { size: 2 }, &small).and_then(|a| a.arg), Some(Arg::UintArg(0xfff6)));
+        assert_eq!(argument(Shown::Size { size: 8 }, &raw(438)).and_then(|a| a.arg), Some(Arg::SizeArg(438)));
+        assert_eq!(argument(Shown::Long { size: 4 }, &small).and_then(|a| a.arg), Some(Arg::LongArg(-10)));
+        assert_eq!(
+            argument(Shown::SyscallId, &raw(12)).and_then(|a| a.arg),
+            Some(Arg::SyscallId(SyscallId { id: 12, abi: ABI.into() }))
+        );
+        assert_eq!(argument(Shown::Hidden, &raw(1)), None, "nop is left out");
+    }
+
+    #[test]
+    fn short_or_failed_reads_give_zero_not_a_panic() {
+        let empty = RawArg { error: true, ..Default::default() };
+        assert_eq!(argument(Shown::Int { size: 4 }, &empty).and_then(|a| a.arg), Some(Arg::IntArg(0)));
+        assert_eq!(argument(Shown::String, &empty).and_then(|a| a.arg), Some(Arg::StringArg(String::new())));
+    }
+}
