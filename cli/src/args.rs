@@ -62,6 +62,39 @@ pub enum TracingPolicyCommand {
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
     },
+    /// Load a policy file into the server (checked here first).
+    Add {
+        /// The policy file.
+        file: std::path::PathBuf,
+    },
+    /// Unload a policy and forget it.
+    Delete(PolicyName),
+    /// Put a disabled policy's hooks back into the kernel.
+    Enable(PolicyName),
+    /// Take a policy's hooks out of the kernel, keeping the policy.
+    Disable(PolicyName),
+    /// The server's policies: state, hooks, kernel memory, events.
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = ListFormat::Text)]
+        output: ListFormat,
+    },
+}
+
+/// A loaded policy, by name.
+#[derive(Debug, clap::Args)]
+pub struct PolicyName {
+    /// The policy's metadata.name.
+    pub name: String,
+    /// The namespace of a TracingPolicyNamespaced.
+    #[arg(long, default_value = "")]
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

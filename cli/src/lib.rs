@@ -6,3 +6,4 @@ pub mod args;
 pub mod getevents;
 pub mod request;
 pub mod target;
+pub mod tracingpolicy;

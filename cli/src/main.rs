@@ -121,6 +121,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::TracingPolicy(TracingPolicyCommand::Validate { files }) => validate_policies(files),
+        Command::TracingPolicy(command) => vigil_cli::tracingpolicy::run(&Target::from_cli(&cli)?, command).await,
     }
 }
 

@@ -53,14 +53,21 @@ fn try_tracepoint(ctx: &TracePointContext) -> Result<(), i64> {
         // argument writes stay inside its area (see `args`).
         unsafe {
             let data = (*scratch).data.as_mut_ptr();
-            let mut pos = 0usize;
+            // The position lives in the scratch map between arguments, so
+            // the verifier sees one unknown (masked) position at each
+            // argument instead of one per earlier argument's outcome: the
+            // paths converge, and verification stays linear in arguments.
+            let pos = core::ptr::addr_of_mut!((*scratch).record.data_len);
+            core::ptr::write_volatile(pos, 0);
             for a in 0..HOOK_MAX_ARGS {
                 if a as u32 >= hook.nargs {
                     break;
                 }
-                pos = read_tracepoint_arg(record, &hook.args[a], data, pos);
+                let at = core::ptr::read_volatile(pos) as usize;
+                let next = read_tracepoint_arg(record, &hook.args[a], data, at);
+                core::ptr::write_volatile(pos, next as u32);
             }
-            let data_len = pos & (HOOK_DATA_SIZE - 1);
+            let data_len = core::ptr::read_volatile(pos) as usize & (HOOK_DATA_SIZE - 1);
             (*scratch).record = HookRecord {
                 header: RecordHeader { kind: KIND_HOOK, flags: 0, ktime },
                 hook_id: hook.hook_id,

@@ -11,6 +11,7 @@ use node_sensor::config::{CommandLine, Settings};
 use node_sensor::k8s::{self, ApiSource};
 use node_sensor::pipeline::Pipeline;
 use node_sensor::policies::PolicyHost;
+use node_sensor::policies::api::SharedPolicies;
 use node_sensor::privileges::{Collect, HostNamespaces};
 use node_sensor::stats::SensorStats;
 use node_sensor::uplink::{self, UplinkSettings};
@@ -104,7 +105,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         policies.add_yaml(&text).with_context(|| format!("tracing policy {}", path.display()))?;
         tracing::info!(file = %path.display(), "tracing policy loaded");
     }
-    let policies = Arc::new(parking_lot::Mutex::new(policies));
+    let policies = SharedPolicies(Arc::new(parking_lot::Mutex::new(policies)));
     if settings.only_own_netns {
         let own =
             node_sensor::privileges::read_ns_inums(&settings.procfs, std::process::id())[node_sensor_common::NS_NET];
@@ -130,7 +131,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     // of processes started after the /proc walk as execs, not as `procFS`.
     // (The listener was bound earlier, so connections wait in its backlog.)
     let (dumps, dump_requests) = node_sensor::dump::channel();
-    let api = server::SensorApi { bus: bus.clone(), stats: stats.clone(), dumps };
+    let api = server::SensorApi { bus: bus.clone(), stats: stats.clone(), dumps, policies };
     let server = tokio::spawn(server::serve(listener, api, stop.clone()));
     tracing::info!(processes = seeded, address = %settings.server_address, "process cache seeded from procfs; serving");
 

@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use events::bus::EventBus;
 use proto::tetragon::{DumpProcessCacheReqArgs, GetEventsRequest};
-use serving::api::{DumpFuture, EventSource, EventStream};
+use serving::api::{DumpFuture, EventSource, EventStream, PolicyControl};
 use serving::listen::{ListenError, Listener};
 use tokio::sync::watch;
 
 use crate::dump::Dumps;
+use crate::policies::api::SharedPolicies;
 use crate::stats::SensorStats;
 
 pub const VERSION: &str = concat!("vigil-", env!("CARGO_PKG_VERSION"));
@@ -17,6 +18,7 @@ pub struct SensorApi {
     pub bus: EventBus,
     pub stats: Arc<SensorStats>,
     pub dumps: Dumps,
+    pub policies: SharedPolicies,
 }
 
 impl EventSource for SensorApi {
@@ -36,6 +38,10 @@ impl EventSource for SensorApi {
 
     fn dump_process_cache(&self, args: DumpProcessCacheReqArgs) -> Option<DumpFuture> {
         Some(self.dumps.request(args))
+    }
+
+    fn policies(&self) -> Option<&dyn PolicyControl> {
+        Some(&self.policies)
     }
 }
 

@@ -12,7 +12,11 @@ use std::time::Duration;
 use common::{Collector, Sensor, exec_of, nonce, parent_of, pid};
 use proto::tetragon::get_events_response::Event;
 use proto::tetragon::kprobe_argument::Arg;
-use proto::tetragon::{EventType, Filter, GetEventsRequest, GetEventsResponse, KprobeAction, ProcessTracepoint};
+use proto::tetragon::{
+    AddTracingPolicyRequest, DeleteTracingPolicyRequest, DisableTracingPolicyRequest, EnableTracingPolicyRequest,
+    EventType, Filter, GetEventsRequest, GetEventsResponse, KprobeAction, ListTracingPoliciesRequest,
+    ListTracingPoliciesResponse, ProcessTracepoint, TracingPolicyState,
+};
 
 /// `syscalls/sys_enter_unlinkat`: fields 4..7 are __syscall_nr, dfd,
 /// pathname, flag.
@@ -218,5 +222,214 @@ fn a_bad_policy_at_start_is_refused_by_path() {
         assert!(stderr.contains(expected), "case {i}: expected {expected:?} in:\n{stderr}");
         assert!(stderr.contains(&file), "case {i}: names the file:\n{stderr}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The sensor's attached BPF links (its lifecycle programs' and one per
+/// hooked tracepoint).
+fn bpf_links(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .filter(|target| target.as_os_str() == "anon_inode:bpf_link")
+        .count()
+}
+
+/// Unlinks `path` with `rm`, then runs `/bin/true FENCE`: once the fence's
+/// exec arrives, every record before it has been handled (the ring buffer
+/// keeps order), so an unlink event that has not come by then never will.
+async fn unlink_then_fence(c: &mut Collector, path: &str) {
+    std::fs::write(path, b"x").unwrap();
+    assert!(Command::new("/bin/rm").arg(path).status().unwrap().success());
+    let fence = format!("fence-{}", nonce());
+    assert!(Command::new("/bin/true").arg(&fence).status().unwrap().success());
+    let fenced = |events: &[GetEventsResponse]| events.iter().filter_map(exec_of).any(|p| p.arguments == fence);
+    assert!(c.until(Duration::from_secs(20), fenced).await, "the fence exec never came");
+}
+
+fn unlinks_of(c: &Collector, path: &str) -> usize {
+    c.events.iter().filter(|e| tracepoint_of(e).and_then(path_arg) == Some(path)).count()
+}
+
+fn state_of(list: &ListTracingPoliciesResponse, name: &str) -> Option<(TracingPolicyState, String)> {
+    list.policies
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| (TracingPolicyState::try_from(p.state).unwrap(), p.error.clone()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_disable_enable_delete_through_the_api_start_and_stop_events() {
+    require_kernel!();
+    let run = nonce();
+    let dir = std::env::temp_dir().join(format!("vigil-tpapi-{run}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sensor = Sensor::start(&[]).await;
+    let mut c = Collector::subscribe(&sensor, request()).await;
+    let mut client = sensor.client().await;
+    let links = bpf_links(sensor.pid());
+    let name = format!("api-{run}");
+    let list = || async {
+        sensor.client().await.list_tracing_policies(ListTracingPoliciesRequest::default()).await.unwrap().into_inner()
+    };
+    assert!(list().await.policies.is_empty());
+
+    client
+        .add_tracing_policy(AddTracingPolicyRequest { yaml: unlinkat_policy(&name), ..Default::default() })
+        .await
+        .unwrap();
+    let listed = list().await;
+    assert_eq!(state_of(&listed, &name), Some((TracingPolicyState::TpStateEnabled, String::new())));
+    assert_eq!(listed.policies[0].sensors, ["generic_tracepoint"]);
+    assert!(listed.policies[0].kernel_memory_bytes > 0);
+    assert_eq!(bpf_links(sensor.pid()), links + 1, "one attach for the policy's tracepoint");
+    let phase = |n: u32| dir.join(format!("marked-phase-{n}")).display().to_string();
+    unlink_then_fence(&mut c, &phase(1)).await;
+    assert_eq!(unlinks_of(&c, &phase(1)), 1, "enabled: seen");
+
+    let by_name = || DisableTracingPolicyRequest { name: name.clone(), ..Default::default() };
+    client.disable_tracing_policy(by_name()).await.unwrap();
+    assert_eq!(state_of(&list().await, &name).map(|s| s.0), Some(TracingPolicyState::TpStateDisabled));
+    assert_eq!(bpf_links(sensor.pid()), links, "disabled: detached");
+    unlink_then_fence(&mut c, &phase(2)).await;
+    assert_eq!(unlinks_of(&c, &phase(2)), 0, "disabled: not seen");
+
+    client
+        .enable_tracing_policy(EnableTracingPolicyRequest { name: name.clone(), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(state_of(&list().await, &name).map(|s| s.0), Some(TracingPolicyState::TpStateEnabled));
+    unlink_then_fence(&mut c, &phase(3)).await;
+    assert_eq!(unlinks_of(&c, &phase(3)), 1, "enabled again: seen");
+    let posted = list().await.policies[0].stats.clone().unwrap().action_counters.unwrap().post;
+    assert!(posted >= 2, "the policy's event count ({posted}) covers both phases it saw");
+
+    let delete = || DeleteTracingPolicyRequest { name: name.clone(), ..Default::default() };
+    client.delete_tracing_policy(delete()).await.unwrap();
+    assert!(list().await.policies.is_empty());
+    assert_eq!(bpf_links(sensor.pid()), links, "deleted: detached");
+    unlink_then_fence(&mut c, &phase(4)).await;
+    assert_eq!(unlinks_of(&c, &phase(4)), 0, "deleted: not seen");
+
+    // Bad requests: codes and paths, and nothing changes.
+    let e = client.delete_tracing_policy(delete()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+    let bad = unlinkat_policy("bad").replace("index: 6", "index: 12");
+    let e = client.add_tracing_policy(AddTracingPolicyRequest { yaml: bad, ..Default::default() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("spec.tracepoints[0].args[2].index: the tracepoint has 8 fields"), "{e:?}");
+    let e = client
+        .add_tracing_policy(AddTracingPolicyRequest { yaml: "kind: [".into(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let twice = format!("twice-{run}");
+    client
+        .add_tracing_policy(AddTracingPolicyRequest { yaml: unlinkat_policy(&twice), ..Default::default() })
+        .await
+        .unwrap();
+    let e = client
+        .add_tracing_policy(AddTracingPolicyRequest { yaml: unlinkat_policy(&twice), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+    assert_eq!(list().await.policies.len(), 1);
+    assert_eq!(bpf_links(sensor.pid()), links + 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A policy the kernel side refuses part-way (a fifth hook on one
+/// tracepoint) leaves nothing attached, is listed with the reason, and
+/// another policy on the same tracepoint still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_that_fails_part_way_leaves_nothing_attached() {
+    require_kernel!();
+    let run = nonce();
+    let sensor = Sensor::start(&[]).await;
+    let mut client = sensor.client().await;
+    let links = bpf_links(sensor.pid());
+    let name = format!("five-{run}");
+    let hook =
+        "  - subsystem: syscalls\n    event: sys_enter_unlinkat\n    args:\n    - index: 6\n      type: string\n";
+    let yaml = format!(
+        "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n  tracepoints:\n{}",
+        hook.repeat(5)
+    );
+    let e = client.add_tracing_policy(AddTracingPolicyRequest { yaml, ..Default::default() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("already serves 4 policy hooks"), "{e:?}");
+    assert_eq!(bpf_links(sensor.pid()), links, "the four hooks that went in came out");
+    let listed = client.list_tracing_policies(ListTracingPoliciesRequest::default()).await.unwrap().into_inner();
+    let (state, error) = state_of(&listed, &name).unwrap();
+    assert_eq!(state, TracingPolicyState::TpStateLoadError);
+    assert!(error.contains("already serves 4 policy hooks"), "{error}");
+    assert_eq!(listed.policies[0].kernel_memory_bytes, 0);
+
+    // The same tracepoint serves a new policy: nothing of the failed one
+    // holds its places.
+    let mut c = Collector::subscribe(&sensor, request()).await;
+    let ok = format!("after-{run}");
+    client
+        .add_tracing_policy(AddTracingPolicyRequest { yaml: unlinkat_policy(&ok), ..Default::default() })
+        .await
+        .unwrap();
+    let path = std::env::temp_dir().join(format!("vigil-tp-after-{run}")).display().to_string();
+    unlink_then_fence(&mut c, &path).await;
+    let hits: Vec<&ProcessTracepoint> =
+        c.events.iter().filter_map(tracepoint_of).filter(|t| path_arg(t) == Some(path.as_str())).collect();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].policy_name, ok, "no event from the failed policy's hooks");
+    client.delete_tracing_policy(DeleteTracingPolicyRequest { name, ..Default::default() }).await.unwrap();
+}
+
+/// `vigil tracingpolicy …` against the sensor, as a user runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_adds_lists_disables_and_deletes() {
+    require_kernel!();
+    let run = nonce();
+    let dir = std::env::temp_dir().join(format!("vigil-tpcli-{run}"));
+    let name = format!("cli-{run}");
+    let file = write_policy(&dir, &name, &unlinkat_policy(&name));
+    let sensor = Sensor::start(&[]).await;
+    let vigil = test_support::workspace_bin(env!("CARGO_BIN_EXE_vigil-sensor"), "vigil");
+    let address = format!(
+        "unix://{}",
+        match &sensor.address {
+            serving::address::ServerAddress::Unix(p) => p.display().to_string(),
+            other => panic!("{other}"),
+        }
+    );
+    let cli = |args: &[&str]| {
+        let out =
+            Command::new(&vigil).args(["--server-address", &address, "tracingpolicy"]).args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&["add", &file]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out, format!("tracing policy {name:?} added\n"));
+    let (ok, out, _) = cli(&["list"]);
+    assert!(ok);
+    let row = out.lines().find(|l| l.contains(&name)).unwrap_or_else(|| panic!("{out}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cells[1..5], [name.as_str(), "enabled", "(global)", "generic_tracepoint"], "{row}");
+    let (ok, _, err) = cli(&["disable", &name]);
+    assert!(ok, "{err}");
+    let (_, out, _) = cli(&["list", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["policies"][0]["state"], "TP_STATE_DISABLED", "{out}");
+    let (ok, _, err) = cli(&["delete", &name]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&["delete", &name]);
+    assert!(!ok);
+    assert!(err.contains("NotFound") && err.contains(&format!("no policy named {name} is loaded")), "{err}");
+    // A bad file is named by path before anything is sent.
+    let bad = write_policy(&dir, "bad", &unlinkat_policy("bad").replace("type: int32", "type: int33"));
+    let (ok, _, err) = cli(&["add", &bad]);
+    assert!(!ok);
+    assert!(err.contains("spec.tracepoints[0].args[1].type"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

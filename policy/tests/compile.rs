@@ -109,3 +109,39 @@ fn what_does_not_fit_this_kernel_is_refused_by_path() {
     let ok = compiled(&tracepoint("raw_syscalls", "sys_enter", "    - index: 5\n")).unwrap();
     assert_eq!(ok.tracepoints[0].args[0].read, Read::Array { count: 6 });
 }
+
+/// What the kernel program is handed for the recorded policy: per
+/// argument, where the field lies and how it is read.
+#[test]
+fn the_kernel_spec_names_each_fields_place_and_reading() {
+    use node_sensor_common::{ArgSpec, READ_SCALAR, READ_USER_STRING};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/compat/fixtures/tetragon-vm-policies");
+    let p = policy::parse(&std::fs::read_to_string(dir.join("d-tracepoints.yaml")).unwrap()).unwrap();
+    let c = compile(&p, &kernel()).unwrap();
+    let spec = c.tracepoints[0].spec(7);
+    assert_eq!((spec.hook_id, spec.nargs), (7, 5));
+    let scalar = |offset, size| ArgSpec { offset, size, read: READ_SCALAR, len_size: 0, len_offset: 0 };
+    assert_eq!(
+        spec.args,
+        [
+            scalar(8, 4),
+            scalar(16, 8),
+            ArgSpec { offset: 24, size: 8, read: READ_USER_STRING, len_size: 0, len_offset: 0 },
+            scalar(32, 8),
+            scalar(40, 8),
+        ]
+    );
+    assert_eq!(
+        c.tracepoints[0].id,
+        Format::parse(&std::fs::read_to_string(kernel().0.join("syscalls-sys_enter_openat")).unwrap()).unwrap().id
+    );
+}
+
+#[test]
+fn more_arguments_than_the_kernel_program_reads_are_refused() {
+    let six = "    - index: 4\n".repeat(6);
+    assert_eq!(
+        compiled(&tracepoint("syscalls", "sys_enter_openat", &six)).unwrap_err(),
+        "spec.tracepoints[0].args: at most 5 arguments on a tracepoint"
+    );
+}

@@ -8,9 +8,13 @@ use std::sync::Arc;
 use proto::shared::OutEvent;
 use proto::shared::fine_guidance_sensors_server::{FineGuidanceSensors, FineGuidanceSensorsServer};
 use proto::tetragon::{
-    ConfigFlag, DumpProcessCacheReqArgs, DumpProcessCacheResArgs, GetDebugRequest, GetDebugResponse, GetEventsRequest,
+    AddTracingPolicyRequest, AddTracingPolicyResponse, ConfigFlag, ConfigureTracingPolicyRequest,
+    ConfigureTracingPolicyResponse, DeleteTracingPolicyRequest, DeleteTracingPolicyResponse,
+    DisableTracingPolicyRequest, DisableTracingPolicyResponse, DumpProcessCacheReqArgs, DumpProcessCacheResArgs,
+    EnableTracingPolicyRequest, EnableTracingPolicyResponse, GetDebugRequest, GetDebugResponse, GetEventsRequest,
     GetHealthStatusRequest, GetHealthStatusResponse, GetVersionRequest, GetVersionResponse, HealthStatus,
-    HealthStatusResult, HealthStatusType, LogLevel, ProcessInternal, get_debug_request, get_debug_response,
+    HealthStatusResult, HealthStatusType, ListTracingPoliciesRequest, ListTracingPoliciesResponse, LogLevel,
+    ProcessInternal, TracingPolicyStatus, get_debug_request, get_debug_response,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::service::interceptor::InterceptedService;
@@ -39,7 +43,23 @@ pub trait EventSource: Send + Sync + 'static {
     fn dump_process_cache(&self, _args: DumpProcessCacheReqArgs) -> Option<DumpFuture> {
         None
     }
+    /// The tracing policies this daemon loads; `None` where it loads none.
+    fn policies(&self) -> Option<&dyn PolicyControl> {
+        None
+    }
 }
+
+/// Tetragon's tracing-policy RPCs, as a daemon that loads policies serves
+/// them. Errors are already the gRPC status the client gets.
+pub trait PolicyControl: Send + Sync {
+    fn add(&self, yaml: &str) -> Result<(), Status>;
+    fn delete(&self, name: &str, namespace: &str) -> Result<(), Status>;
+    fn set_enabled(&self, name: &str, namespace: &str, enabled: bool) -> Result<(), Status>;
+    fn list(&self) -> Vec<TracingPolicyStatus>;
+}
+
+/// Largest policy document taken by `AddTracingPolicy`.
+pub const MAX_POLICY_BYTES: usize = policy::MAX_POLICY_BYTES;
 
 /// The log level in force, as Tetragon names it.
 fn current_log_level() -> LogLevel {
@@ -55,6 +75,14 @@ fn current_log_level() -> LogLevel {
 
 /// The generated service's implementation over an [`EventSource`].
 pub struct TetragonApi<S>(pub Arc<S>);
+
+impl<S: EventSource> TetragonApi<S> {
+    fn policy_control(&self) -> Result<&dyn PolicyControl, Status> {
+        self.0.policies().ok_or_else(|| {
+            Status::unimplemented("this server loads no tracing policies; add them to each sensor (vigil-sensor's API)")
+        })
+    }
+}
 
 type GrpcStream = Pin<Box<dyn Stream<Item = Result<OutEvent, Status>> + Send>>;
 
@@ -80,6 +108,70 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
                 details: format!("running; {}", self.0.health()),
             }],
         }))
+    }
+
+    async fn add_tracing_policy(
+        &self,
+        request: Request<AddTracingPolicyRequest>,
+    ) -> Result<Response<AddTracingPolicyResponse>, Status> {
+        let yaml = request.into_inner().yaml;
+        if yaml.len() > MAX_POLICY_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "the policy has {} bytes; the limit is {MAX_POLICY_BYTES}",
+                yaml.len()
+            )));
+        }
+        self.policy_control()?.add(&yaml)?;
+        Ok(Response::new(AddTracingPolicyResponse {}))
+    }
+
+    async fn delete_tracing_policy(
+        &self,
+        request: Request<DeleteTracingPolicyRequest>,
+    ) -> Result<Response<DeleteTracingPolicyResponse>, Status> {
+        let r = request.into_inner();
+        self.policy_control()?.delete(&r.name, &r.namespace)?;
+        Ok(Response::new(DeleteTracingPolicyResponse {}))
+    }
+
+    async fn list_tracing_policies(
+        &self,
+        _: Request<ListTracingPoliciesRequest>,
+    ) -> Result<Response<ListTracingPoliciesResponse>, Status> {
+        Ok(Response::new(ListTracingPoliciesResponse { policies: self.policy_control()?.list() }))
+    }
+
+    async fn configure_tracing_policy(
+        &self,
+        request: Request<ConfigureTracingPolicyRequest>,
+    ) -> Result<Response<ConfigureTracingPolicyResponse>, Status> {
+        let r = request.into_inner();
+        let control = self.policy_control()?;
+        if r.mode.is_some() {
+            return Err(Status::unimplemented("policy modes (enforce, monitor) are not supported by Vigil yet"));
+        }
+        if let Some(enable) = r.enable {
+            control.set_enabled(&r.name, &r.namespace, enable)?;
+        }
+        Ok(Response::new(ConfigureTracingPolicyResponse {}))
+    }
+
+    async fn enable_tracing_policy(
+        &self,
+        request: Request<EnableTracingPolicyRequest>,
+    ) -> Result<Response<EnableTracingPolicyResponse>, Status> {
+        let r = request.into_inner();
+        self.policy_control()?.set_enabled(&r.name, &r.namespace, true)?;
+        Ok(Response::new(EnableTracingPolicyResponse {}))
+    }
+
+    async fn disable_tracing_policy(
+        &self,
+        request: Request<DisableTracingPolicyRequest>,
+    ) -> Result<Response<DisableTracingPolicyResponse>, Status> {
+        let r = request.into_inner();
+        self.policy_control()?.set_enabled(&r.name, &r.namespace, false)?;
+        Ok(Response::new(DisableTracingPolicyResponse {}))
     }
 
     async fn get_version(&self, _: Request<GetVersionRequest>) -> Result<Response<GetVersionResponse>, Status> {

@@ -48,3 +48,42 @@ macro_rules! skip_if {
         }
     };
 }
+
+/// A binary of this workspace (`vigil-sensor` or `vigil`) beside
+/// `own_binary` (a `CARGO_BIN_EXE_*` of the calling test's package). Cargo
+/// builds only a package's own binaries for its tests, so the others are
+/// built here (once per test binary, same profile, same target directory)
+/// instead of trusting whatever lies there.
+pub fn workspace_bin(own_binary: &str, name: &str) -> std::path::PathBuf {
+    use std::path::Path;
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release = Path::new(own_binary).parent().and_then(|d| d.file_name()).is_some_and(|d| d == "release");
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("..")).args([
+            "build",
+            "--quiet",
+            "-p",
+            "node-sensor",
+            "--bin",
+            "vigil-sensor",
+            "-p",
+            "cli",
+            "--bin",
+            "vigil",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        match cmd.status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("building vigil-sensor and vigil: cargo {s}")),
+            Err(e) => Err(format!("running cargo to build vigil-sensor and vigil: {e}")),
+        }
+    });
+    if let Err(e) = built {
+        panic!("{e}");
+    }
+    Path::new(own_binary).with_file_name(name)
+}

@@ -8,6 +8,7 @@
 //! `hooks` holds what the pipeline needs to read a hook's records;
 //! `events` turns those records into Tetragon's events.
 
+pub mod api;
 mod attach;
 pub mod events;
 pub mod hooks;

@@ -19,41 +19,9 @@ pub const EXIT: i32 = EventType::ProcessExit as i32;
 
 pub const CLI: &str = env!("CARGO_BIN_EXE_vigil-relay");
 
-/// A workspace binary. Cargo builds this package's own (`vigil-relay`) for
-/// its tests; the sensor and the CLI are other packages', so the tests
-/// build them (once per test binary, same profile, same target directory)
-/// instead of trusting whatever lies beside the relay.
+/// A workspace binary (the sensor and the CLI are other packages').
 pub fn bin(name: &str) -> PathBuf {
-    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let release = Path::new(CLI).parent().and_then(|d| d.file_name()).is_some_and(|d| d == "release");
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("..")).args([
-            "build",
-            "--quiet",
-            "-p",
-            "node-sensor",
-            "--bin",
-            "vigil-sensor",
-            "-p",
-            "cli",
-            "--bin",
-            "vigil",
-        ]);
-        if release {
-            cmd.arg("--release");
-        }
-        match cmd.status() {
-            Ok(s) if s.success() => Ok(()),
-            Ok(s) => Err(format!("building vigil-sensor and vigil: cargo {s}")),
-            Err(e) => Err(format!("running cargo to build vigil-sensor and vigil: {e}")),
-        }
-    });
-    if let Err(e) = built {
-        panic!("{e}");
-    }
-    Path::new(CLI).with_file_name(name)
+    test_support::workspace_bin(CLI, name)
 }
 
 pub fn skip_reason() -> Option<String> {

@@ -1,0 +1,80 @@
+//! The policy host behind Tetragon's tracing-policy RPCs: the one place
+//! its errors become gRPC codes, and its statuses Tetragon's messages.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use proto::tetragon::{
+    TracingPolicyActionCounters, TracingPolicyMode, TracingPolicyState, TracingPolicyStats, TracingPolicyStatus,
+};
+use serving::api::PolicyControl;
+use tonic::Status;
+
+use super::{HostError, PolicyHost, State};
+
+/// The sensor's policies, shared by start-up and the API.
+#[derive(Clone)]
+pub struct SharedPolicies(pub Arc<Mutex<PolicyHost>>);
+
+fn status_of(e: HostError) -> Status {
+    match &e {
+        HostError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        HostError::Unsupported(_) => Status::unimplemented(e.to_string()),
+        HostError::Exists(_) => Status::already_exists(e.to_string()),
+        HostError::NotFound(_) => Status::not_found(e.to_string()),
+        HostError::Full => Status::resource_exhausted(e.to_string()),
+        HostError::Kernel { .. } => Status::failed_precondition(e.to_string()),
+    }
+}
+
+impl PolicyControl for SharedPolicies {
+    fn add(&self, yaml: &str) -> Result<(), Status> {
+        let result = self.0.lock().add_yaml(yaml);
+        match &result {
+            Ok(()) => tracing::info!("tracing policy added"),
+            Err(e) => tracing::warn!(error = %e, "tracing policy refused"),
+        }
+        result.map_err(status_of)
+    }
+
+    fn delete(&self, name: &str, namespace: &str) -> Result<(), Status> {
+        self.0.lock().delete(name, namespace).map_err(status_of)
+    }
+
+    fn set_enabled(&self, name: &str, namespace: &str, enabled: bool) -> Result<(), Status> {
+        let mut host = self.0.lock();
+        if enabled { host.enable(name, namespace) } else { host.disable(name, namespace) }.map_err(status_of)
+    }
+
+    fn list(&self) -> Vec<TracingPolicyStatus> {
+        self.0
+            .lock()
+            .list()
+            .into_iter()
+            .map(|p| {
+                let (state, error) = match p.state {
+                    State::Enabled => (TracingPolicyState::TpStateEnabled, String::new()),
+                    State::Disabled => (TracingPolicyState::TpStateDisabled, String::new()),
+                    State::Error(why) => (TracingPolicyState::TpStateLoadError, why),
+                };
+                #[allow(deprecated, reason = "Tetragon still fills `enabled`, and tetra reads it")]
+                TracingPolicyStatus {
+                    id: p.id,
+                    name: p.name,
+                    namespace: p.namespace,
+                    sensors: p.sensors,
+                    enabled: state == TracingPolicyState::TpStateEnabled,
+                    error,
+                    state: state as i32,
+                    kernel_memory_bytes: p.kernel_memory_bytes,
+                    mode: TracingPolicyMode::TpModeEnforce as i32,
+                    stats: Some(TracingPolicyStats {
+                        action_counters: Some(TracingPolicyActionCounters { post: p.events, ..Default::default() }),
+                        selector_action_counters: vec![],
+                    }),
+                    ..Default::default()
+                }
+            })
+            .collect()
+    }
+}
