@@ -15,7 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in PROTOS {
         println!("cargo:rerun-if-changed={p}");
     }
-    let fds = protox::compile(PROTOS, ["proto"])?;
+    let mut fds = protox::compile(PROTOS, ["proto"])?;
+    fds.file.push(kprobe_argument_value(&fds)?);
     let descriptor_bytes = fds.encode_to_vec();
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("descriptors.bin"), &descriptor_bytes)?;
@@ -47,16 +48,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".tetragon.GetEventsResponse", "crate::shared::OutEvent")
         .compile_fds(service_only)?;
 
-    // GetEventsResponse gets a hand-written serde impl (see `json.rs`): Go's
-    // protojson writes fields in declaration order, which puts the `event`
-    // oneof before `node_name`/`time`; pbjson would write the oneof last.
+    // GetEventsResponse and KprobeArgument get hand-written serde impls
+    // (see `json.rs`): Go's protojson writes fields in declaration order,
+    // which puts their oneofs before the fields declared after them
+    // (`node_name`/`time`, `label`); pbjson would write the oneof last.
     pbjson_build::Builder::new()
         .register_descriptors(&descriptor_bytes)?
         .extern_path(".google.protobuf.Timestamp", "crate::Timestamp")
         .preserve_proto_field_names()
         .ignore_unknown_fields()
         .btree_map(["."])
-        .exclude([".tetragon.GetEventsResponse"])
+        .exclude([".tetragon.GetEventsResponse", ".tetragon.KprobeArgument"])
         .build(&[".tetragon", ".vigil"])?;
     Ok(())
+}
+
+/// `vigil.json.KprobeArgumentValue`: `tetragon.KprobeArgument`'s oneof
+/// alone, made from its descriptor (so the two cannot drift apart). Its
+/// pbjson impl writes the oneof member; `json.rs` adds `label` after it.
+fn kprobe_argument_value(
+    fds: &prost_types::FileDescriptorSet,
+) -> Result<prost_types::FileDescriptorProto, Box<dyn std::error::Error>> {
+    let tetragon =
+        fds.file.iter().find(|f| f.name() == "tetragon/tetragon.proto").ok_or("tetragon/tetragon.proto is missing")?;
+    let mut message = tetragon
+        .message_type
+        .iter()
+        .find(|m| m.name() == "KprobeArgument")
+        .cloned()
+        .ok_or("tetragon.KprobeArgument is missing")?;
+    message.name = Some("KprobeArgumentValue".into());
+    message.field.retain(|f| f.oneof_index.is_some());
+    Ok(prost_types::FileDescriptorProto {
+        name: Some("vigil/json_shadow.proto".into()),
+        package: Some("vigil.json".into()),
+        dependency: fds.file.iter().filter(|f| f.package() == "tetragon").map(|f| f.name().to_owned()).collect(),
+        message_type: vec![message],
+        syntax: Some("proto3".into()),
+        ..Default::default()
+    })
 }

@@ -223,6 +223,39 @@ fn kprobe_line(l: &Line<'_>, k: &ProcessKprobe, process: &Process) -> String {
             };
             format!("{} {info} {ns}", l.head("🔧", "setns"))
         }
+        // As tetra: with two arguments, the first's file path (empty if it
+        // is no file) and the mask or protection from the second.
+        "security_file_permission" if k.args.len() > 1 => {
+            let (icon, word) = match int_arg(&k.args, 1) {
+                0x02 => ("📝", "write"),
+                0x04 => ("📚", "read"),
+                _ => ("❓", "security_file_permission"),
+            };
+            format!("{} {info} {}", l.head(icon, word), cyan(file_path(&k.args, 0).unwrap_or_default()))
+        }
+        "security_mmap_file" if k.args.len() > 1 => {
+            let prot = match arg(&k.args, 1) {
+                Some(Arg::UintArg(p)) => *p,
+                _ => 0,
+            };
+            let mut tag = "mmap-".to_owned();
+            for (bit, c) in [(0x01, 'r'), (0x02, 'w'), (0x04, 'x')] {
+                if prot & bit != 0 {
+                    tag.push(c);
+                }
+            }
+            format!("{} {info} {}", l.head("📝", &tag), cyan(file_path(&k.args, 0).unwrap_or_default()))
+        }
+        "security_path_truncate" if !k.args.is_empty() => {
+            let path = match arg(&k.args, 0) {
+                Some(Arg::PathArg(p)) => p.path.as_str(),
+                _ => "",
+            };
+            format!("{} {info} {}", l.head("📝", "truncate"), cyan(path))
+        }
+        "security_file_permission" | "security_mmap_file" | "security_path_truncate" => {
+            format!("{} {info} ", l.head("❓", cut_syscall_prefix(&k.function_name)))
+        }
         "tcp_connect" => format!("{} {info} {}", l.head("🔌", "connect"), sock(0)),
         "tcp_close" => format!("{} {info} {}", l.head("\u{1F9F9}", "close"), sock(0)),
         "tcp_sendmsg" => {
@@ -233,17 +266,45 @@ fn kprobe_line(l: &Line<'_>, k: &ProcessKprobe, process: &Process) -> String {
     cap_trailer(line, &caps)
 }
 
+/// The ABI a syscall number belongs to when the event does not say.
+const DEFAULT_ABI: &str = "x64";
+
+/// A raw syscall as tetra prints it: the name from the first argument's
+/// number (a `long_arg`, or a `syscall_id` with its ABI), then each of the
+/// syscall's declared arguments with the event's value for it, `?` where
+/// the event has none; `unknown` for a number the table does not know
+/// (only x86-64's is built in).
+fn raw_syscall(args: &[KprobeArgument]) -> String {
+    let (id, abi) = match arg(args, 0) {
+        Some(Arg::LongArg(id)) => (*id, DEFAULT_ABI),
+        Some(Arg::SyscallId(s)) => (i64::from(s.id), s.abi.as_str()),
+        _ => (-1, DEFAULT_ABI),
+    };
+    let Some((_, name, decls)) = (abi == DEFAULT_ABI)
+        .then(|| crate::syscalls_x64::SYSCALLS_X64.iter().find(|(nr, _, _)| i64::from(*nr) == id))
+        .flatten()
+    else {
+        return "unknown".to_owned();
+    };
+    if decls.is_empty() {
+        return (*name).to_owned();
+    }
+    let shown: Vec<String> = decls
+        .iter()
+        .enumerate()
+        .map(|(j, (ctype, pname))| match arg(args, j + 1) {
+            Some(Arg::SizeArg(v)) if ctype.ends_with('*') => format!("{ctype}{pname}=0x{v:x}"),
+            Some(Arg::SizeArg(v)) => format!("{ctype} {pname}={v}"),
+            _ => format!("{ctype} {pname}=?"),
+        })
+        .collect();
+    format!("{name}({})", shown.join(", "))
+}
+
 fn tracepoint_line(l: &Line<'_>, t: &ProcessTracepoint, process: &Process) -> String {
     let (info, caps) = l.process_info(process);
     let line = if t.subsys == "raw_syscalls" && t.event == "sys_enter" {
-        // tetra names the syscall from a long first argument; Vigil has no
-        // syscall table yet, so it prints the number, or `unknown` as tetra
-        // does when the id is missing.
-        let name = match arg(&t.args, 0) {
-            Some(Arg::LongArg(id)) => format!("syscall_{id}"),
-            _ => "unknown".to_owned(),
-        };
-        format!("{} {info} {name}", l.head("☎ ", "syscall"))
+        format!("{} {info} {}", l.head("☎ ", "syscall"), raw_syscall(&t.args))
     } else {
         format!("{} {info} {} {}", l.head("⁉️", "tracepoint"), t.subsys, t.event)
     };

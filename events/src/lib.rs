@@ -11,6 +11,7 @@ pub mod filter;
 pub mod labels;
 pub mod resume;
 pub mod subject;
+mod syscalls_x64;
 
 pub use filter::{EventFilter, FilterError};
 

@@ -119,3 +119,40 @@ pub fn to_json_line(event: &GetEventsResponse) -> String {
 pub fn from_json_line(line: &str) -> Result<GetEventsResponse, serde_json::Error> {
     serde_json::from_str(line)
 }
+
+/// `KprobeArgument` as Go's protojson writes it: the oneof member, then
+/// `label` (declaration order), and `label` only when set.
+impl Serialize for crate::tetragon::KprobeArgument {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Ordered<'a> {
+            #[serde(flatten)]
+            value: &'a crate::vigil::json::KprobeArgumentValue,
+            #[serde(skip_serializing_if = "str::is_empty")]
+            label: &'a str,
+        }
+        use prost::Message;
+        // Same field numbers: the oneof re-decodes as the shadow message.
+        let value = crate::vigil::json::KprobeArgumentValue::decode(self.encode_to_vec().as_slice())
+            .map_err(serde::ser::Error::custom)?;
+        Ordered { value: &value, label: &self.label }.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for crate::tetragon::KprobeArgument {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use prost::Message;
+        let mut map = serde_json::Map::deserialize(deserializer)?;
+        let label = match map.remove("label") {
+            None | Some(serde_json::Value::Null) => String::new(),
+            Some(serde_json::Value::String(s)) => s,
+            Some(_) => return Err(D::Error::custom("KprobeArgument.label must be a string")),
+        };
+        let value: crate::vigil::json::KprobeArgumentValue =
+            serde_json::from_value(serde_json::Value::Object(map)).map_err(D::Error::custom)?;
+        let mut arg =
+            crate::tetragon::KprobeArgument::decode(value.encode_to_vec().as_slice()).map_err(D::Error::custom)?;
+        arg.label = label;
+        Ok(arg)
+    }
+}

@@ -55,6 +55,11 @@ generated! {
 generated! {
     /// Vigil's own packages: sensor → relay ingest and relay admin.
     pub mod vigil {
+        /// `tetragon.KprobeArgument`'s oneof alone, for its protojson (see `json`).
+        pub(crate) mod json {
+            include!(concat!(env!("OUT_DIR"), "/vigil.json.rs"));
+            include!(concat!(env!("OUT_DIR"), "/vigil.json.serde.rs"));
+        }
         pub mod relay {
             pub mod v1 {
                 include!(concat!(env!("OUT_DIR"), "/vigil.relay.v1.rs"));

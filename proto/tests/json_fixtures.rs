@@ -57,3 +57,38 @@ fn unknown_fields_are_ignored_and_bad_json_is_an_error() {
     assert!(from_json_line(r#"{"process_exec": 5}"#).is_err());
     assert!(from_json_line("not json").is_err());
 }
+
+/// Real Tetragon's policy events (kprobe, tracepoint, uprobe, LSM) in
+/// Debian's 6.1 kernel: every line decodes and re-encodes byte for byte.
+#[test]
+fn vm_policy_event_lines_round_trip_byte_for_byte() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/compat/fixtures/tetragon-vm-policies");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".events.jsonl"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 9);
+    let mut policy_events = 0;
+    for file in &files {
+        let name = file.file_name().unwrap().to_string_lossy();
+        for (i, want) in std::fs::read_to_string(file).unwrap().lines().enumerate() {
+            let decoded = from_json_line(want).unwrap_or_else(|e| panic!("{name} line {}: {e}", i + 1));
+            let got = to_json_line(&decoded);
+            if got != want {
+                let at = got.bytes().zip(want.bytes()).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+                panic!(
+                    "{name} line {} differs at byte {at}:\n ours:   {}\n theirs: {}",
+                    i + 1,
+                    &got[at.saturating_sub(80)..(at + 80).min(got.len())],
+                    &want[at.saturating_sub(80)..(at + 80).min(want.len())]
+                );
+            }
+            if !want.starts_with(r#"{"process_exec""#) && !want.starts_with(r#"{"process_exit""#) {
+                policy_events += 1;
+            }
+        }
+    }
+    assert!(policy_events > 30, "only {policy_events} policy events");
+}
