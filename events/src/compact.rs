@@ -280,16 +280,20 @@ fn raw_syscall(args: &[KprobeArgument]) -> String {
         Some(Arg::SyscallId(s)) => (i64::from(s.id), s.abi.as_str()),
         _ => (-1, DEFAULT_ABI),
     };
-    let Some((_, name, decls)) = (abi == DEFAULT_ABI)
-        .then(|| crate::syscalls_x64::SYSCALLS_X64.iter().find(|(nr, _, _)| i64::from(*nr) == id))
-        .flatten()
-    else {
+    let table = crate::syscalls_x64::SYSCALLS_X64;
+    let found = match u32::try_from(id) {
+        Ok(id) if abi == DEFAULT_ABI => table.binary_search_by_key(&id, |s| s.nr).ok().map(|i| &table[i]),
+        _ => None,
+    };
+    let Some(syscall) = found else {
         return "unknown".to_owned();
     };
-    if decls.is_empty() {
-        return (*name).to_owned();
+    if syscall.args.is_empty() {
+        return syscall.name.to_owned();
     }
-    let shown: Vec<String> = decls
+    let name = syscall.name;
+    let shown: Vec<String> = syscall
+        .args
         .iter()
         .enumerate()
         .map(|(j, (ctype, pname))| match arg(args, j + 1) {
@@ -374,6 +378,38 @@ pub fn render(event: &GetEventsResponse, opts: CompactOptions) -> Option<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_syscall_table_is_ordered_for_its_search() {
+        let t = crate::syscalls_x64::SYSCALLS_X64;
+        assert!(t.windows(2).all(|w| w[0].nr < w[1].nr));
+        assert_eq!(t.iter().find(|s| s.name == "openat").map(|s| s.nr), Some(257));
+    }
+
+    #[test]
+    fn raw_syscalls_name_their_arguments_as_tetra_does() {
+        use proto::tetragon::SyscallId;
+        let id = |n| KprobeArgument {
+            arg: Some(Arg::SyscallId(SyscallId { id: n, abi: "x64".into() })),
+            label: String::new(),
+        };
+        let size = |v| KprobeArgument { arg: Some(Arg::SizeArg(v)), label: String::new() };
+        assert_eq!(raw_syscall(&[id(12)]), "brk(unsigned long brk=?)");
+        assert_eq!(raw_syscall(&[id(12), size(4096)]), "brk(unsigned long brk=4096)");
+        assert_eq!(
+            raw_syscall(&[id(218), size(255)]),
+            "set_tid_address(int *tidptr=0xff)",
+            "a pointer in hex, no space"
+        );
+        assert_eq!(raw_syscall(&[id(102)]), "getuid");
+        assert_eq!(raw_syscall(&[id(9999)]), "unknown");
+        let i386 = KprobeArgument {
+            arg: Some(Arg::SyscallId(SyscallId { id: 12, abi: "i386".into() })),
+            label: String::new(),
+        };
+        assert_eq!(raw_syscall(&[i386]), "unknown", "only x86-64's table is built in");
+        assert_eq!(raw_syscall(&[]), "unknown");
+    }
 
     #[test]
     fn quoting_matches_go() {
