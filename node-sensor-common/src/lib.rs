@@ -201,16 +201,20 @@ pub struct CloneRecord {
 
 /// Arguments a hook reads at most (Tetragon's limit for a tracepoint).
 pub const HOOK_MAX_ARGS: usize = 5;
-/// Policies hooked to one tracepoint at most.
-pub const HOOKS_PER_TRACEPOINT: usize = 4;
+/// Policy hooks one attach point serves at most (several policies may
+/// name the same tracepoint; a uprobe attach serves one hook).
+pub const HOOKS_PER_ATTACH: usize = 4;
 /// Bytes of one string or buffer argument kept; longer ones are cut and
 /// flagged `ARG_TRUNCATED`.
 pub const HOOK_STRING_MAX: usize = 1024;
 /// Bytes of a hook record's argument area (a power of two; every argument
 /// fits: `HOOK_MAX_ARGS * (8 + HOOK_STRING_MAX)` is less).
 pub const HOOK_DATA_SIZE: usize = 8192;
-/// Tracepoints hooked at once at most (entries of the hook map).
-pub const HOOK_TRACEPOINTS_MAX: u32 = 1024;
+/// Attach points at once at most (entries of the hook map).
+pub const HOOK_ATTACH_MAX: u32 = 4096;
+/// Cookies of uprobe attaches have this bit (tracepoints' are their ids,
+/// below 2^32), so the two kinds never share a hook-map key.
+pub const UPROBE_COOKIE: u64 = 1 << 32;
 
 /// How a program reads one argument (`ArgSpec::read`).
 pub const READ_NOTHING: u8 = 0;
@@ -239,7 +243,7 @@ pub struct ArgSpec {
     pub len_offset: u16,
 }
 
-/// One policy's hook on a tracepoint.
+/// One policy's hook at an attach point.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HookSpec {
@@ -249,14 +253,14 @@ pub struct HookSpec {
     pub args: [ArgSpec; HOOK_MAX_ARGS],
 }
 
-/// Value of the hook map, keyed by tracepoint id (the record's
-/// `common_type`): the hooks of every policy on that tracepoint.
+/// Value of the hook map, keyed by the attach cookie (a tracepoint's id,
+/// or `UPROBE_COOKIE` with a uprobe's hook number): the hooks it serves.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TracepointHooks {
+pub struct HookSet {
     pub count: u32,
     pub _pad: u32,
-    pub hooks: [HookSpec; HOOKS_PER_TRACEPOINT],
+    pub hooks: [HookSpec; HOOKS_PER_ATTACH],
 }
 
 /// Argument flag (in its length word): the value was cut.
@@ -393,7 +397,7 @@ const _: () = assert!(core::mem::size_of::<CloneRecord>() == 48);
 const _: () = assert!(core::mem::size_of::<ExecTimeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<ArgSpec>() == 8);
 const _: () = assert!(core::mem::size_of::<HookSpec>() == 8 + 8 * HOOK_MAX_ARGS);
-const _: () = assert!(core::mem::size_of::<TracepointHooks>() == 8 + 48 * HOOKS_PER_TRACEPOINT);
+const _: () = assert!(core::mem::size_of::<HookSet>() == 8 + 48 * HOOKS_PER_ATTACH);
 const _: () = assert!(core::mem::size_of::<HookRecord>() == 32);
 const _: () = assert!(HOOK_DATA_SIZE.is_power_of_two());
 const _: () = assert!(HOOK_MAX_ARGS * (8 + HOOK_STRING_MAX) < HOOK_DATA_SIZE - (8 + HOOK_STRING_MAX));
@@ -429,5 +433,5 @@ mod pod {
     // no padding (checked by the size asserts above); any bit pattern is valid.
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::TracepointHooks {}
+    unsafe impl aya::Pod for super::HookSet {}
 }

@@ -31,13 +31,14 @@ unsafe fn scalar(at: *const u8, size: u16) -> Result<u64, i64> {
     }
 }
 
-/// Appends the argument `spec` describes, read from the tracepoint record
-/// at `record`, to the area `data` at `pos`; returns the next position.
+/// Appends the argument `spec` describes, read from `record` (a
+/// tracepoint's record, or a probe's saved registers), to the area `data`
+/// at `pos`; returns the next position.
 ///
 /// # Safety
 /// `data` must point at an area of `AREA` bytes this CPU owns.
 #[inline(always)]
-pub(crate) unsafe fn read_tracepoint_arg(record: *const u8, spec: &ArgSpec, data: *mut u8, pos: usize) -> usize {
+pub(crate) unsafe fn read_arg(record: *const u8, spec: &ArgSpec, data: *mut u8, pos: usize) -> usize {
     let at = pos & (HOOK_DATA_SIZE - 1);
     // SAFETY: `at + 8 + HOOK_STRING_MAX <= AREA`, so the word and every
     // body write below (each at most HOOK_STRING_MAX bytes) stay inside

@@ -1,6 +1,6 @@
 //! Vigil's kernel programs, one module per hook family: `lifecycle` (three
-//! raw tracepoints: exec, fork, exit) and `tracepoint` (the one generic
-//! program every tracing policy's tracepoints share), with `args` reading
+//! raw tracepoints: exec, fork, exit) and `hooks` (the generic tracepoint
+//! and uprobe programs every tracing policy shares), with `args` reading
 //! policy arguments. All feed one ring buffer. Struct offsets come from the
 //! `OFFSETS` global, filled in by the sensor from the running kernel's BTF
 //! before load.
@@ -39,15 +39,15 @@ static SCRATCH: PerCpuArray<[u8; SCRATCH_SIZE]> = PerCpuArray::with_max_entries(
 #[map(name = "VIGIL_EXECT_V1")]
 static EXEC_TIMES: LruHashMap<ExecTimeKey, u64> = LruHashMap::with_max_entries(EXEC_TIMES_ENTRIES, 0);
 
-/// Policy hooks on tracepoints, keyed by tracepoint id; the sensor fills
-/// it as policies come and go.
+/// Policy hooks, keyed by attach cookie; the sensor fills it as policies
+/// come and go.
 #[map]
-static TP_HOOKS: HashMap<u32, TracepointHooks> = HashMap::with_max_entries(HOOK_TRACEPOINTS_MAX, 0);
+static HOOKS: HashMap<u64, HookSet> = HashMap::with_max_entries(HOOK_ATTACH_MAX, 0);
 
 /// Per-CPU room a hook record is built in before it is sent (it is larger
 /// than the BPF stack, and its length is only known at the end).
 #[map]
-static HOOK_SCRATCH: PerCpuArray<tracepoint::HookScratch> = PerCpuArray::with_max_entries(1, 0);
+static HOOK_SCRATCH: PerCpuArray<hooks::HookScratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[unsafe(no_mangle)]
 static OFFSETS: KernelOffsets = KernelOffsets::ZERO;
@@ -100,8 +100,8 @@ pub(crate) fn submit_flags() -> u64 {
 }
 
 mod args;
+mod hooks;
 mod lifecycle;
-mod tracepoint;
 
 #[cfg(not(test))]
 #[panic_handler]

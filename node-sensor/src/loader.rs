@@ -23,6 +23,8 @@ pub const PROGRAMS: &[(&str, &str)] =
 /// The generic tracepoint program every policy's tracepoints share; loaded
 /// at start, attached as policies name tracepoints (see `policies`).
 pub const TRACEPOINT_PROGRAM: &str = "vigil_tp";
+/// The generic uprobe program, likewise for user functions.
+pub const UPROBE_PROGRAM: &str = "vigil_up";
 
 /// Where this sensor pins the kernel's exec-time map (see `exec_times`).
 pub const EXEC_TIMES_PIN: &str = "/sys/fs/bpf/vigil/exec_times_v1";
@@ -60,10 +62,17 @@ pub struct Probes {
     pub ebpf: Ebpf,
     pub feed: KernelFeed,
     pub offsets: KernelOffsets,
-    /// Whether the generic tracepoint program passed the verifier, and why
-    /// not: policies with tracepoints are refused with this reason, and
-    /// the lifecycle sensor works either way.
-    pub tracepoint_program: Result<(), String>,
+    /// Whether the generic hook programs passed the verifier.
+    pub hook_programs: HookPrograms,
+}
+
+/// Whether each generic hook program passed the verifier, and why not:
+/// policies with those hooks are refused with this reason, and the
+/// lifecycle sensor works either way.
+#[derive(Debug, Clone)]
+pub struct HookPrograms {
+    pub tracepoint: Result<(), String>,
+    pub uprobe: Result<(), String>,
 }
 
 /// What the pipeline reads: the ring buffer and the kernel's counters.
@@ -159,9 +168,15 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
             tracing::debug!(program = name, verified_instructions = n, "verified");
         }
     }
-    let tracepoint_program = load_tracepoint_program(&mut ebpf);
-    if let Err(why) = &tracepoint_program {
-        tracing::warn!(program = TRACEPOINT_PROGRAM, reason = %why, "tracing policies with tracepoints cannot load");
+    let hook_programs = HookPrograms {
+        tracepoint: load_hook_program::<aya::programs::TracePoint>(&mut ebpf, TRACEPOINT_PROGRAM),
+        uprobe: load_hook_program::<aya::programs::UProbe>(&mut ebpf, UPROBE_PROGRAM),
+    };
+    for (program, verdict) in [(TRACEPOINT_PROGRAM, &hook_programs.tracepoint), (UPROBE_PROGRAM, &hook_programs.uprobe)]
+    {
+        if let Err(why) = verdict {
+            tracing::warn!(program, reason = %why, "tracing policies with these hooks cannot load");
+        }
     }
     for &(name, tracepoint) in PROGRAMS {
         raw_tracepoint(&mut ebpf, name)?.attach(tracepoint).map_err(|error| LoadError::Attach {
@@ -176,23 +191,46 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
     let counters: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(counters).map_err(|_| LoadError::Map("COUNTERS"))?;
     debug_assert_eq!(counters.len(), COUNTERS_LEN);
-    Ok(Probes { ebpf, feed: KernelFeed { ring, counters }, offsets, tracepoint_program })
+    Ok(Probes { ebpf, feed: KernelFeed { ring, counters }, offsets, hook_programs })
 }
 
-/// Verifies the generic tracepoint program (attached later, per policy).
-fn load_tracepoint_program(ebpf: &mut Ebpf) -> Result<(), String> {
-    let program: &mut aya::programs::TracePoint = ebpf
-        .program_mut(TRACEPOINT_PROGRAM)
+/// A generic hook program as the loader handles it.
+trait HookProgram {
+    fn load(&mut self) -> Result<(), aya::programs::ProgramError>;
+    fn info(&self) -> Result<aya::programs::ProgramInfo, aya::programs::ProgramError>;
+}
+
+macro_rules! hook_program {
+    ($($ty:ty),*) => {$(
+        impl HookProgram for $ty {
+            fn load(&mut self) -> Result<(), aya::programs::ProgramError> {
+                <$ty>::load(self)
+            }
+            fn info(&self) -> Result<aya::programs::ProgramInfo, aya::programs::ProgramError> {
+                <$ty>::info(self)
+            }
+        }
+    )*};
+}
+hook_program!(aya::programs::TracePoint, aya::programs::UProbe);
+
+/// Verifies a generic hook program (attached later, per policy).
+fn load_hook_program<P: HookProgram>(ebpf: &mut Ebpf, name: &str) -> Result<(), String>
+where
+    for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program>,
+{
+    let program: &mut P = ebpf
+        .program_mut(name)
         .and_then(|p| p.try_into().ok())
-        .ok_or_else(|| format!("BPF program `{TRACEPOINT_PROGRAM}` is missing from the object"))?;
+        .ok_or_else(|| format!("BPF program `{name}` is missing from the object"))?;
     program.load().map_err(|e| {
         if let aya::programs::ProgramError::LoadError { verifier_log, .. } = &e {
-            tracing::debug!(program = TRACEPOINT_PROGRAM, log = %verifier_log, "verifier log");
+            tracing::debug!(program = name, log = %verifier_log, "verifier log");
         }
         format!("the kernel verifier rejected it: {e}")
     })?;
     if let Some(n) = program.info().ok().and_then(|i| i.verified_instruction_count()) {
-        tracing::debug!(program = TRACEPOINT_PROGRAM, verified_instructions = n, "verified");
+        tracing::debug!(program = name, verified_instructions = n, "verified");
     }
     Ok(())
 }

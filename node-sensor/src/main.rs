@@ -46,7 +46,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     // --only-own-netns needs each process's network namespace.
     let features =
         Features { creds: settings.enable_process_cred, ns: settings.enable_process_ns || settings.only_own_netns };
-    let loader::Probes { ebpf, feed, tracepoint_program, .. } = loader::load(&settings.btf, features)?;
+    let loader::Probes { ebpf, feed, hook_programs, .. } = loader::load(&settings.btf, features)?;
     let (host, warnings) = HostNamespaces::read(&settings.procfs);
     if features.ns {
         for w in warnings {
@@ -95,7 +95,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     if settings.enable_ancestors {
         pipeline = pipeline.with_ancestors();
     }
-    let mut policies = PolicyHost::new(ebpf, tracepoint_program);
+    let mut policies = PolicyHost::new(ebpf, hook_programs);
     pipeline = pipeline.with_policies(policies.table());
     let policy_files =
         node_sensor::policies::startup_files(&settings.tracing_policy, settings.tracing_policy_dir.as_deref())

@@ -433,3 +433,117 @@ async fn the_cli_adds_lists_disables_and_deletes() {
     assert!(err.contains("spec.tracepoints[0].args[1].type"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Builds the uprobe test's program (tests/data/uprobe_target.rs) into `dir`.
+fn build_uprobe_target(dir: &std::path::Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = dir.join("uprobe-target");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/uprobe_target.rs");
+    let status = Command::new("rustc")
+        .args(["--edition", "2024", "-C", "opt-level=1", "-g", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("running rustc to build the uprobe target");
+    assert!(status.success(), "rustc failed on {}", src.display());
+    out.display().to_string()
+}
+
+fn uprobe_policy(name: &str, path: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: {name}
+spec:
+  uprobes:
+  - path: {path}
+    symbols: [vigil_marked_call]
+    message: marked call
+    tags: [vigil.test]
+    args:
+    - index: 0
+      type: int
+      label: n
+    - index: 1
+      type: string
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uprobe_on_a_built_binary_gives_each_call_with_its_arguments() {
+    require_kernel!();
+    let run = nonce();
+    let dir = std::env::temp_dir().join(format!("vigil-up-{run}"));
+    let target = build_uprobe_target(&dir);
+    let name = format!("uprobe-{run}");
+    let file = write_policy(&dir, &name, &uprobe_policy(&name, &target));
+    let sensor = Sensor::start(&["--tracing-policy", &file]).await;
+    let mut request = request();
+    request.allow_list[0].event_set.push(EventType::ProcessUprobe as i32);
+    let mut c = Collector::subscribe(&sensor, request).await;
+    let marker = format!("marked-{run}");
+    assert!(Command::new(&target).arg(&marker).status().unwrap().success());
+
+    let uprobe_of = |e: &GetEventsResponse| match &e.event {
+        Some(Event::ProcessUprobe(u))
+            if u.args.get(1).and_then(|a| a.arg.as_ref()) == Some(&Arg::StringArg(marker.clone())) =>
+        {
+            Some(u.clone())
+        }
+        _ => None,
+    };
+    let three = |events: &[GetEventsResponse]| events.iter().filter_map(uprobe_of).count() >= 3;
+    assert!(c.until(Duration::from_secs(20), three).await, "missing uprobe events; log:\n{}", sensor.log());
+    unlink_then_fence(&mut c, &dir.join("fence").display().to_string()).await;
+    let hits: Vec<_> = c.events.iter().filter_map(uprobe_of).collect();
+    assert_eq!(hits.len(), 3, "one event per call");
+    let exec = c
+        .events
+        .iter()
+        .filter_map(exec_of)
+        .find(|p| p.binary == target && p.arguments == marker)
+        .unwrap_or_else(|| panic!("no exec of the target"));
+    for (n, u) in (-1..=1).zip(&hits) {
+        assert_eq!((u.path.as_str(), u.symbol.as_str(), u.offset), (target.as_str(), "vigil_marked_call", 0));
+        assert_eq!(u.policy_name, name);
+        assert_eq!(u.action, KprobeAction::Post as i32);
+        assert_eq!((u.message.as_str(), u.tags.as_slice()), ("marked call", &["vigil.test".to_owned()][..]));
+        let args: Vec<(Option<Arg>, &str)> = u.args.iter().map(|a| (a.arg.clone(), a.label.as_str())).collect();
+        assert_eq!(args, [(Some(Arg::IntArg(n)), "n"), (Some(Arg::StringArg(marker.clone())), "")]);
+        let process = u.process.as_ref().unwrap();
+        assert_eq!(process.exec_id, exec.exec_id, "the call's process is the target's exec");
+        assert_eq!(u.parent.as_ref().map(|p| &p.exec_id), Some(&exec.parent_exec_id));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A uprobe on a symbol the binary lacks, or on a binary that is not
+/// there, is refused by path and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uprobe_on_what_is_not_there_is_refused_by_path() {
+    require_kernel!();
+    let run = nonce();
+    let dir = std::env::temp_dir().join(format!("vigil-upbad-{run}"));
+    let target = build_uprobe_target(&dir);
+    let sensor = Sensor::start(&[]).await;
+    let mut client = sensor.client().await;
+    let links = bpf_links(sensor.pid());
+    let two_symbols = uprobe_policy("nosym", &target).replace("[vigil_marked_call]", "[vigil_marked_call, no_such_fn]");
+    let e = client
+        .add_tracing_policy(AddTracingPolicyRequest { yaml: two_symbols, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert_eq!(e.message(), "spec.uprobes[0].symbols[1]: the binary has no such function symbol");
+    let missing = uprobe_policy("nofile", &format!("{}/absent", dir.display()));
+    let e =
+        client.add_tracing_policy(AddTracingPolicyRequest { yaml: missing, ..Default::default() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().starts_with("spec.uprobes[0].path: "), "{e:?}");
+    let listed = client.list_tracing_policies(ListTracingPoliciesRequest::default()).await.unwrap().into_inner();
+    assert!(listed.policies.is_empty(), "refused policies are not kept");
+    assert_eq!(bpf_links(sensor.pid()), links, "the first symbol's attach was undone");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -48,9 +48,11 @@ pub enum Read {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TracepointArg {
-    /// The policy's `index` (format field number).
+pub struct HookArg {
+    /// The policy's `index` (a tracepoint's format field number, a user
+    /// function's argument number).
     pub index: u32,
+    /// The tracepoint field, or the register the argument arrives in.
     pub field: String,
     pub offset: u32,
     pub size: u32,
@@ -65,15 +67,21 @@ pub struct TracepointHook {
     pub event: String,
     /// The tracepoint's id on this kernel (its records' `common_type`).
     pub id: u32,
-    pub args: Vec<TracepointArg>,
+    pub args: Vec<HookArg>,
 }
 
 impl TracepointHook {
     /// What the generic tracepoint program reads for this hook, which the
     /// sensor numbers `hook_id`.
     pub fn spec(&self, hook_id: u32) -> HookSpec {
-        let mut spec = HookSpec { hook_id, nargs: self.args.len().min(HOOK_MAX_ARGS) as u32, ..Default::default() };
-        for (slot, a) in spec.args.iter_mut().zip(&self.args) {
+        spec_of(&self.args, hook_id)
+    }
+}
+
+fn spec_of(args: &[HookArg], hook_id: u32) -> HookSpec {
+    {
+        let mut spec = HookSpec { hook_id, nargs: args.len().min(HOOK_MAX_ARGS) as u32, ..Default::default() };
+        for (slot, a) in spec.args.iter_mut().zip(args) {
             // `compile` checked that offsets and sizes fit.
             let (read, len_offset, len_size) = match a.read {
                 Read::Scalar { .. } | Read::SyscallId | Read::Fd => (READ_SCALAR, 0, 0),
@@ -95,10 +103,32 @@ impl TracepointHook {
     }
 }
 
+/// One attach point of a user function: the binary, the symbol (or a raw
+/// offset into the file), and each argument's register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UprobeHook {
+    pub path: String,
+    /// `None` for a hook at `offset` without a symbol.
+    pub symbol: Option<String>,
+    pub offset: u64,
+    /// Where in the policy: `spec.uprobes[i]`, and `.symbols[j]` or
+    /// `.offsets[j]` for this attach point.
+    pub at: String,
+    pub args: Vec<HookArg>,
+}
+
+impl UprobeHook {
+    /// What the generic uprobe program reads for this hook.
+    pub fn spec(&self, hook_id: u32) -> HookSpec {
+        spec_of(&self.args, hook_id)
+    }
+}
+
 /// What a policy asks of this kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compiled {
     pub tracepoints: Vec<TracepointHook>,
+    pub uprobes: Vec<UprobeHook>,
 }
 
 /// Compiles `policy` (already checked by [`crate::parse`]) for `kernel`.
@@ -163,7 +193,7 @@ pub fn compile(policy: &TracingPolicy, kernel: &dyn KernelView) -> Result<Compil
             if field.offset + field.size > u32::from(u16::MAX) {
                 return Err(PolicyError::at(format!("{here}.index"), "the field lies past 64 KiB of the record"));
             }
-            args.push(TracepointArg {
+            args.push(HookArg {
                 index: a.index,
                 field: field.name.clone(),
                 offset: field.offset,
@@ -179,7 +209,108 @@ pub fn compile(policy: &TracingPolicy, kernel: &dyn KernelView) -> Result<Compil
             args,
         });
     }
-    Ok(Compiled { tracepoints })
+    let uprobes = compile_uprobes(policy)?;
+    Ok(Compiled { tracepoints, uprobes })
+}
+
+/// Where a user function's first arguments arrive: `pt_regs` offsets of
+/// the argument registers, by the C calling convention.
+#[cfg(target_arch = "x86_64")]
+const ARG_REGISTERS: &[(&str, u32)] = &[("di", 112), ("si", 104), ("dx", 96), ("cx", 88), ("r8", 72), ("r9", 64)];
+#[cfg(target_arch = "aarch64")]
+const ARG_REGISTERS: &[(&str, u32)] =
+    &[("x0", 0), ("x1", 8), ("x2", 16), ("x3", 24), ("x4", 32), ("x5", 40), ("x6", 48), ("x7", 56)];
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const ARG_REGISTERS: &[(&str, u32)] = &[];
+
+/// The C size of an integer type (what of its register is the value).
+fn int_size(arg_type: ArgType) -> Option<u32> {
+    use ArgType::*;
+    Some(match arg_type {
+        Int8 | Sint8 | Uint8 => 1,
+        Int16 | Sint16 | Uint16 => 2,
+        Int | Int32 | Sint32 | Uint32 => 4,
+        Long | Int64 | Sint64 | Uint64 | Ulong | SizeT => 8,
+        _ => return None,
+    })
+}
+
+fn compile_uprobes(policy: &TracingPolicy) -> Result<Vec<UprobeHook>, PolicyError> {
+    let mut hooks = Vec::new();
+    for (i, u) in policy.spec.uprobes.iter().enumerate() {
+        let at = format!("spec.uprobes[{i}]");
+        let unsupported = [
+            ("addrs", !u.addrs.is_empty()),
+            ("refCtrOffsets", !u.ref_ctr_offsets.is_empty()),
+            ("return", u.is_return),
+            ("returnArg", u.return_arg.is_some()),
+            ("data", !u.data.is_empty()),
+            ("btfPath", u.btf_path.is_some()),
+        ];
+        if let Some((field, _)) = unsupported.iter().find(|(_, given)| *given) {
+            return Err(PolicyError::at(format!("{at}.{field}"), "not supported on uprobes by Vigil yet"));
+        }
+        if !u.path.starts_with('/') {
+            return Err(PolicyError::at(format!("{at}.path"), "must be an absolute path"));
+        }
+        if u.args.len() > HOOK_MAX_ARGS {
+            return Err(PolicyError::at(format!("{at}.args"), format!("at most {HOOK_MAX_ARGS} arguments")));
+        }
+        let mut args = Vec::with_capacity(u.args.len());
+        for (j, a) in u.args.iter().enumerate() {
+            let here = format!("{at}.args[{j}]");
+            let register = |index: u32, what: &str| {
+                ARG_REGISTERS.get(index as usize).copied().ok_or_else(|| {
+                    PolicyError::at(
+                        format!("{here}.{what}"),
+                        format!(
+                            "a uprobe reads the first {} arguments (those passed in registers)",
+                            ARG_REGISTERS.len()
+                        ),
+                    )
+                })
+            };
+            let (name, offset) = register(a.index, "index")?;
+            let (read, size) = match a.arg_type {
+                t if int_size(t).is_some() => (Read::Scalar { signed: false }, int_size(t).unwrap_or(8)),
+                ArgType::String | ArgType::Filename => (Read::UserString, 8),
+                ArgType::CharBuf if a.size_arg_index > 0 => {
+                    let (_, len_offset) = register(a.size_arg_index - 1, "sizeArgIndex")?;
+                    (Read::UserBuffer { len_offset, len_size: 8 }, 8)
+                }
+                ArgType::CharBuf => {
+                    return Err(PolicyError::at(format!("{here}.sizeArgIndex"), "char_buf needs sizeArgIndex"));
+                }
+                ArgType::Nop => (Read::Nothing, 0),
+                _ => {
+                    return Err(PolicyError::at(
+                        format!("{here}.type"),
+                        "this type is not supported on uprobes by Vigil yet",
+                    ));
+                }
+            };
+            args.push(HookArg { index: a.index, field: name.to_owned(), offset, size, arg_type: a.arg_type, read });
+        }
+        for (j, symbol) in u.symbols.iter().enumerate() {
+            hooks.push(UprobeHook {
+                path: u.path.clone(),
+                symbol: Some(symbol.clone()),
+                offset: 0,
+                at: format!("{at}.symbols[{j}]"),
+                args: args.clone(),
+            });
+        }
+        for (j, &offset) in u.offsets.iter().enumerate() {
+            hooks.push(UprobeHook {
+                path: u.path.clone(),
+                symbol: None,
+                offset,
+                at: format!("{at}.offsets[{j}]"),
+                args: args.clone(),
+            });
+        }
+    }
+    Ok(hooks)
 }
 
 /// How `arg_type` is read from `field`, or why it does not fit.

@@ -1,11 +1,13 @@
 //! A hook's record, with its process from the cache, to the event Tetragon
-//! sends for it (`process_tracepoint`), arguments typed as Tetragon types
-//! them: `nop` arguments left out, and no labels on tracepoint arguments.
+//! sends for it (`process_tracepoint`, `process_uprobe`), arguments typed
+//! as Tetragon types them: `nop` arguments left out, labels only where the
+//! policy gave them (never on tracepoint arguments).
 
 use proto::Timestamp;
 use proto::tetragon::kprobe_argument::Arg;
 use proto::tetragon::{
-    GetEventsResponse, KprobeAction, KprobeArgument, ProcessTracepoint, SyscallId, get_events_response::Event,
+    GetEventsResponse, KprobeAction, KprobeArgument, ProcessTracepoint, ProcessUprobe, SyscallId,
+    get_events_response::Event,
 };
 
 use super::hooks::{HookInfo, HookPoint, Shown};
@@ -62,7 +64,12 @@ pub fn argument(shown: Shown, raw: &RawArg) -> Option<KprobeArgument> {
 pub fn hook_event(node: &str, time: Timestamp, hit: &HookData, info: &HookInfo, lineage: Lineage) -> GetEventsResponse {
     let mut process = lineage.process;
     process.tid = Some(hit.tid.into());
-    let args = info.args.iter().zip(&hit.args).filter_map(|(shown, raw)| argument(*shown, raw)).collect();
+    let args = info
+        .args
+        .iter()
+        .zip(&hit.args)
+        .filter_map(|(a, raw)| argument(a.shown, raw).map(|arg| KprobeArgument { label: a.label.clone(), ..arg }))
+        .collect();
     let event = match &info.point {
         HookPoint::Tracepoint { subsystem, event } => Event::ProcessTracepoint(ProcessTracepoint {
             process: Some(process),
@@ -75,6 +82,20 @@ pub fn hook_event(node: &str, time: Timestamp, hit: &HookData, info: &HookInfo, 
             message: info.message.clone(),
             tags: info.tags.clone(),
             ancestors: lineage.ancestors,
+        }),
+        HookPoint::Uprobe { path, symbol, offset } => Event::ProcessUprobe(ProcessUprobe {
+            process: Some(process),
+            parent: lineage.parent,
+            path: path.clone(),
+            symbol: symbol.clone(),
+            policy_name: info.policy.clone(),
+            message: info.message.clone(),
+            args,
+            tags: info.tags.clone(),
+            ancestors: lineage.ancestors,
+            offset: *offset,
+            action: KprobeAction::Post as i32,
+            ..Default::default()
         }),
     };
     GetEventsResponse { event: Some(event), node_name: node.to_owned(), time: Some(time), ..Default::default() }

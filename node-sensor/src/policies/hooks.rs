@@ -57,7 +57,25 @@ impl Shown {
 /// Where a hook sits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HookPoint {
-    Tracepoint { subsystem: String, event: String },
+    Tracepoint {
+        subsystem: String,
+        event: String,
+    },
+    /// A user function: its binary, and its symbol (empty for a raw
+    /// offset) or offset.
+    Uprobe {
+        path: String,
+        symbol: String,
+        offset: u64,
+    },
+}
+
+/// One argument as events show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShownArg {
+    pub shown: Shown,
+    /// The policy's `label`; tracepoint arguments carry none, as in Tetragon.
+    pub label: String,
 }
 
 /// One policy hook as events report it.
@@ -68,7 +86,7 @@ pub struct HookInfo {
     pub message: String,
     pub tags: Vec<String>,
     /// One per argument the kernel sends, in order.
-    pub args: Vec<Shown>,
+    pub args: Vec<ShownArg>,
     /// Events this hook produced.
     pub events: AtomicU64,
 }

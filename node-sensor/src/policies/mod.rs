@@ -1,34 +1,36 @@
 //! Tracing policies in this sensor: the host that compiles each policy
-//! (with the `policy` crate) against this kernel, fills the generic
-//! tracepoint program's hook map and attaches it, and takes it all back
+//! (with the `policy` crate) against this kernel and puts its hooks into
+//! the kernel (`kernel`: the hook map and the generic programs' attaches;
+//! `attach`: tracepoint attaches with a cookie), and takes them back out
 //! when a policy is disabled or deleted. A policy loads whole or not at
 //! all: a failure part-way undoes what the load had done, so no map entry
 //! or attach stays behind.
 //!
 //! `hooks` holds what the pipeline needs to read a hook's records;
-//! `events` turns those records into Tetragon's events.
+//! `events` turns those records into Tetragon's events; `api` serves
+//! Tetragon's policy RPCs.
 
 pub mod api;
 mod attach;
 pub mod events;
 pub mod hooks;
+mod kernel;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aya::Ebpf;
-use aya::maps::{HashMap as BpfHashMap, MapData};
-use std::os::fd::{AsFd, OwnedFd};
-
-use aya::programs::TracePoint;
-use node_sensor_common::{HOOKS_PER_TRACEPOINT, HookSpec, TracepointHooks};
-use policy::compile::{self, TracepointHook};
+use node_sensor_common::HookSpec;
+use policy::compile::{self, HookArg, KernelView};
+use policy::schema::Arg;
+use policy::tracefs::Format;
 use policy::{PolicyError, TracingPolicy};
 
-use crate::loader::TRACEPOINT_PROGRAM;
+use crate::loader::HookPrograms;
 use crate::tracefs::Tracefs;
-use hooks::{HookInfo, HookPoint, HookTable, Shown};
+use hooks::{HookInfo, HookPoint, HookTable, Shown, ShownArg};
+use kernel::{AttachError, Attachments, Point};
 
 /// Policies loaded at once at most (each holds its compiled hooks).
 pub const MAX_POLICIES: usize = 256;
@@ -68,7 +70,7 @@ pub struct PolicyStatus {
     pub name: String,
     pub namespace: String,
     pub state: State,
-    /// Hook points, Tetragon's sensor names (`generic_tracepoint`).
+    /// Hook kinds, by Tetragon's sensor names (`generic_tracepoint`).
     pub sensors: Vec<String>,
     /// Events its hooks produced.
     pub events: u64,
@@ -79,7 +81,7 @@ pub struct PolicyStatus {
 /// One compiled hook of a loaded policy.
 struct Hook {
     id: u32,
-    tracepoint: TracepointHook,
+    point: Point,
     info: Arc<HookInfo>,
 }
 
@@ -91,45 +93,34 @@ struct Loaded {
     state: State,
 }
 
-/// One tracepoint the program is attached to, and the hooks it serves.
-struct Attached {
-    /// Closing it detaches the program from the tracepoint.
-    _link: OwnedFd,
-    hooks: TracepointHooks,
-}
-
 /// Owns the BPF object (after the loader) and every policy in it.
 pub struct PolicyHost {
-    ebpf: Ebpf,
-    hook_map: Option<BpfHashMap<MapData, u32, TracepointHooks>>,
-    /// Why the tracepoint program cannot be used, if it cannot.
-    unusable: Option<String>,
+    kernel: Attachments,
     tracefs: Option<Tracefs>,
     table: Arc<HookTable>,
-    attached: HashMap<u32, Attached>,
     /// By (namespace, name).
     policies: BTreeMap<(String, String), Loaded>,
     next_hook: u32,
     next_policy: u64,
 }
 
+/// The kernel view of a policy without tracepoints (nothing to look up).
+struct NoTracepoints;
+
+impl KernelView for NoTracepoints {
+    fn tracepoint_format(&self, _: &str, _: &str) -> Result<Option<Format>, String> {
+        Err("tracefs was not opened".into())
+    }
+}
+
 impl PolicyHost {
-    /// Takes the BPF object; `tracepoint_program` is the loader's verdict
-    /// on the generic program.
-    pub fn new(mut ebpf: Ebpf, tracepoint_program: Result<(), String>) -> PolicyHost {
-        let hook_map = ebpf.take_map("TP_HOOKS").and_then(|m| BpfHashMap::try_from(m).ok());
-        let unusable = match (&tracepoint_program, &hook_map) {
-            (Err(why), _) => Some(why.clone()),
-            (Ok(()), None) => Some("BPF map `TP_HOOKS` is missing or has the wrong type".to_owned()),
-            (Ok(()), Some(_)) => None,
-        };
+    /// Takes the BPF object; `programs` is the loader's verdict on the
+    /// generic hook programs.
+    pub fn new(ebpf: Ebpf, programs: HookPrograms) -> PolicyHost {
         PolicyHost {
-            ebpf,
-            hook_map,
-            unusable,
+            kernel: Attachments::new(ebpf, programs),
             tracefs: None,
             table: Arc::new(HookTable::default()),
-            attached: HashMap::new(),
             policies: BTreeMap::new(),
             next_hook: 1,
             next_policy: 1,
@@ -147,7 +138,8 @@ impl PolicyHost {
     }
 
     /// Compiles and loads `policy`, enabled. A policy the kernel refuses is
-    /// kept in the error state (as Tetragon lists it) and the error returned.
+    /// kept in the error state (as Tetragon lists it) and the error
+    /// returned; one naming what is not there is refused and not kept.
     pub fn add(&mut self, policy: TracingPolicy) -> Result<(), HostError> {
         let key = key_of(&policy);
         if self.policies.contains_key(&key) {
@@ -158,44 +150,53 @@ impl PolicyHost {
         }
         refuse_unsupported(&policy)?;
         let compiled = self.compile(&policy)?;
-        let hooks = compiled
-            .tracepoints
-            .into_iter()
-            .zip(&policy.spec.tracepoints)
-            .map(|(tracepoint, spec)| {
-                let id = self.next_hook;
-                self.next_hook = self.next_hook.wrapping_add(1).max(1);
-                let info = Arc::new(HookInfo {
-                    policy: key.1.clone(),
-                    point: HookPoint::Tracepoint {
-                        subsystem: tracepoint.subsystem.clone(),
-                        event: tracepoint.event.clone(),
-                    },
-                    message: spec.message.clone().unwrap_or_default(),
-                    tags: spec.tags.clone(),
-                    // `compile` resolved every type; `refuse_unsupported`
-                    // left only those `Shown` knows.
-                    args: tracepoint
-                        .args
-                        .iter()
-                        .map(|a| Shown::of(a.arg_type, a.size).unwrap_or(Shown::Hidden))
-                        .collect(),
-                    events: AtomicU64::new(0),
-                });
-                Hook { id, tracepoint, info }
-            })
-            .collect();
+        let mut hooks = Vec::with_capacity(compiled.tracepoints.len() + compiled.uprobes.len());
+        for (tracepoint, spec) in compiled.tracepoints.into_iter().zip(&policy.spec.tracepoints) {
+            let point =
+                HookPoint::Tracepoint { subsystem: tracepoint.subsystem.clone(), event: tracepoint.event.clone() };
+            // Tetragon drops labels on tracepoint arguments.
+            let args = shown_args(&tracepoint.args, &[]);
+            let info = hook_info(&key.1, point, spec.message.as_deref(), &spec.tags, args);
+            hooks.push(Hook { id: self.hook_id(), point: Point::Tracepoint(tracepoint), info });
+        }
+        for uprobe in compiled.uprobes {
+            // `compile` names each hook's place: spec.uprobes[i].symbols[j].
+            let spec = uprobe_index(&uprobe.at).and_then(|i| policy.spec.uprobes.get(i));
+            let point = HookPoint::Uprobe {
+                path: uprobe.path.clone(),
+                symbol: uprobe.symbol.clone().unwrap_or_default(),
+                offset: uprobe.offset,
+            };
+            let args = shown_args(&uprobe.args, spec.map_or(&[][..], |s| &s.args));
+            let info = hook_info(
+                &key.1,
+                point,
+                spec.and_then(|s| s.message.as_deref()),
+                spec.map_or(&[][..], |s| &s.tags),
+                args,
+            );
+            hooks.push(Hook { id: self.hook_id(), point: Point::Uprobe(uprobe), info });
+        }
         let id = self.next_policy;
-        self.next_policy += 1;
-        let mut loaded = Loaded { id, name: key.1.clone(), namespace: key.0.clone(), hooks, state: State::Disabled };
-        let result = self.enable_hooks(&loaded.hooks);
-        loaded.state = match &result {
+        let state = match self.enable_hooks(&hooks) {
             Ok(()) => State::Enabled,
-            Err(reason) => State::Error(reason.clone()),
+            Err(AttachError::Invalid(e)) => return Err(HostError::Invalid(e)),
+            Err(AttachError::Kernel(reason)) => State::Error(reason),
         };
-        let name = loaded.name.clone();
+        self.next_policy += 1;
+        let result = match &state {
+            State::Error(reason) => Err(HostError::Kernel { name: key.1.clone(), reason: reason.clone() }),
+            _ => Ok(()),
+        };
+        let loaded = Loaded { id, name: key.1.clone(), namespace: key.0.clone(), hooks, state };
         self.policies.insert(key, loaded);
-        result.map_err(|reason| HostError::Kernel { name, reason })
+        result
+    }
+
+    fn hook_id(&mut self) -> u32 {
+        let id = self.next_hook;
+        self.next_hook = self.next_hook.wrapping_add(1).max(1);
+        id
     }
 
     /// Takes a policy out of the kernel and forgets it.
@@ -204,9 +205,6 @@ impl PolicyHost {
         let loaded = self.policies.remove(&key).ok_or_else(|| HostError::NotFound(display_name(&key)))?;
         if loaded.state == State::Enabled {
             self.disable_hooks(&loaded.hooks);
-        }
-        for hook in &loaded.hooks {
-            self.table.retire(hook.id);
         }
         Ok(())
     }
@@ -235,7 +233,10 @@ impl PolicyHost {
             return Ok(());
         }
         let hooks = std::mem::take(&mut loaded.hooks);
-        let result = self.enable_hooks(&hooks);
+        let result = self.enable_hooks(&hooks).map_err(|e| match e {
+            AttachError::Invalid(e) => e.to_string(),
+            AttachError::Kernel(reason) => reason,
+        });
         if let Some(loaded) = self.policies.get_mut(&key) {
             loaded.hooks = hooks;
             loaded.state = match &result {
@@ -250,25 +251,36 @@ impl PolicyHost {
     pub fn list(&self) -> Vec<PolicyStatus> {
         self.policies
             .values()
-            .map(|p| PolicyStatus {
-                id: p.id,
-                name: p.name.clone(),
-                namespace: p.namespace.clone(),
-                state: p.state.clone(),
-                sensors: if p.hooks.is_empty() { vec![] } else { vec!["generic_tracepoint".to_owned()] },
-                events: p.hooks.iter().map(|h| h.info.events.load(Ordering::Relaxed)).sum(),
-                kernel_memory_bytes: if p.state == State::Enabled {
-                    (p.hooks.len() * std::mem::size_of::<HookSpec>()) as u64
-                } else {
-                    0
-                },
+            .map(|p| {
+                let mut sensors: Vec<String> = p
+                    .hooks
+                    .iter()
+                    .map(|h| match h.point {
+                        Point::Tracepoint(_) => "generic_tracepoint".to_owned(),
+                        Point::Uprobe(_) => "generic_uprobe".to_owned(),
+                    })
+                    .collect();
+                sensors.dedup();
+                PolicyStatus {
+                    id: p.id,
+                    name: p.name.clone(),
+                    namespace: p.namespace.clone(),
+                    state: p.state.clone(),
+                    sensors,
+                    events: p.hooks.iter().map(|h| h.info.events.load(Ordering::Relaxed)).sum(),
+                    kernel_memory_bytes: if p.state == State::Enabled {
+                        (p.hooks.len() * std::mem::size_of::<HookSpec>()) as u64
+                    } else {
+                        0
+                    },
+                }
             })
             .collect()
     }
 
     fn compile(&mut self, policy: &TracingPolicy) -> Result<compile::Compiled, HostError> {
         if policy.spec.tracepoints.is_empty() {
-            return Ok(compile::Compiled { tracepoints: vec![] });
+            return Ok(compile::compile(policy, &NoTracepoints)?);
         }
         if self.tracefs.is_none() {
             let tracefs = Tracefs::open().map_err(|reason| HostError::Kernel {
@@ -283,122 +295,67 @@ impl PolicyHost {
         Ok(compile::compile(policy, tracefs)?)
     }
 
-    /// Puts `hooks` into the kernel: each in its tracepoint's map entry,
-    /// the program attached where it was not. On a failure, what was done
-    /// is undone, in reverse.
-    fn enable_hooks(&mut self, hooks: &[Hook]) -> Result<(), String> {
-        if let Some(why) = &self.unusable
-            && !hooks.is_empty()
-        {
-            return Err(format!("the tracepoint program is not available: {why}"));
-        }
-        let mut done: Vec<u32> = Vec::with_capacity(hooks.len());
-        for hook in hooks {
-            if let Err(why) = self.enable_hook(hook) {
-                for id in done.into_iter().rev() {
-                    if let Some(h) = hooks.iter().find(|h| h.id == id) {
-                        self.disable_hook(h);
-                    }
+    /// Puts `hooks` into the kernel. On a failure, what was done is
+    /// undone, in reverse, and the error returned.
+    fn enable_hooks(&mut self, hooks: &[Hook]) -> Result<(), AttachError> {
+        for (done, hook) in hooks.iter().enumerate() {
+            // The table first, so the first hit finds its hook.
+            self.table.insert(hook.id, hook.info.clone());
+            if let Err(e) = self.kernel.attach(hook.id, &hook.point) {
+                for h in hooks[..done].iter().rev() {
+                    self.kernel.detach(h.id, &h.point);
                 }
-                for h in hooks {
+                for h in &hooks[..=done] {
                     self.table.remove(h.id);
                 }
-                return Err(why);
+                return Err(e);
             }
-            self.table.insert(hook.id, hook.info.clone());
-            done.push(hook.id);
         }
         Ok(())
     }
 
-    fn enable_hook(&mut self, hook: &Hook) -> Result<(), String> {
-        let tp = &hook.tracepoint;
-        let where_ = format!("tracepoint {}/{}", tp.subsystem, tp.event);
-        let mut value = self.attached.get(&tp.id).map(|a| a.hooks).unwrap_or_default();
-        let count = value.count as usize;
-        if count >= HOOKS_PER_TRACEPOINT {
-            return Err(format!("{where_} already serves {HOOKS_PER_TRACEPOINT} policy hooks"));
-        }
-        value.hooks[count] = tp.spec(hook.id);
-        value.count += 1;
-        // The table first, so the first hit finds its hook.
-        self.table.insert(hook.id, hook.info.clone());
-        let map = self.hook_map.as_mut().ok_or("the hook map is missing")?;
-        map.insert(tp.id, value, 0).map_err(|e| format!("{where_}: updating the hook map: {e}"))?;
-        if let Some(a) = self.attached.get_mut(&tp.id) {
-            a.hooks = value;
-            return Ok(());
-        }
-        let attached = tracepoint_program(&mut self.ebpf).and_then(|p| {
-            let fd = p.fd().map_err(|e| e.to_string())?;
-            attach::tracepoint(fd.as_fd(), tp.id, u64::from(tp.id)).map_err(|e| {
-                if e.raw_os_error() == Some(libc::EINVAL) {
-                    format!("attaching to {where_}: {e} (BPF cookies on tracepoints need Linux 5.15 or later)")
-                } else {
-                    format!("attaching to {where_}: {e}")
-                }
-            })
-        });
-        match attached {
-            Ok(link) => {
-                self.attached.insert(tp.id, Attached { _link: link, hooks: value });
-                Ok(())
-            }
-            Err(why) => {
-                if let Some(map) = self.hook_map.as_mut() {
-                    let _ = map.remove(&tp.id);
-                }
-                Err(why)
-            }
-        }
-    }
-
     fn disable_hooks(&mut self, hooks: &[Hook]) {
         for hook in hooks {
-            self.disable_hook(hook);
+            self.kernel.detach(hook.id, &hook.point);
             self.table.retire(hook.id);
         }
     }
-
-    /// Takes one hook out; detaches the program once its tracepoint serves
-    /// no hook.
-    fn disable_hook(&mut self, hook: &Hook) {
-        let tp_id = hook.tracepoint.id;
-        let Some(attached) = self.attached.get_mut(&tp_id) else {
-            return;
-        };
-        let mut value = TracepointHooks::default();
-        for spec in attached.hooks.hooks.iter().take(attached.hooks.count as usize) {
-            if spec.hook_id != hook.id {
-                value.hooks[value.count as usize] = *spec;
-                value.count += 1;
-            }
-        }
-        attached.hooks = value;
-        let empty = value.count == 0;
-        if let Some(map) = self.hook_map.as_mut() {
-            let result = if empty { map.remove(&tp_id) } else { map.insert(tp_id, value, 0) };
-            if let Err(e) = result {
-                tracing::warn!(tracepoint = tp_id, error = %e, "updating the hook map failed");
-            }
-        }
-        if empty {
-            // Dropping the link detaches.
-            self.attached.remove(&tp_id);
-        }
-    }
-
-    /// Tracepoints the program is attached to now (tests: nothing stays
-    /// attached after a failed load).
-    pub fn attached_tracepoints(&self) -> usize {
-        self.attached.len()
-    }
 }
 
-fn tracepoint_program(ebpf: &mut Ebpf) -> Result<&mut TracePoint, String> {
-    ebpf.program_mut(TRACEPOINT_PROGRAM)
-        .and_then(|p| p.try_into().ok())
-        .ok_or_else(|| format!("BPF program `{TRACEPOINT_PROGRAM}` is missing"))
+/// The `i` of `spec.uprobes[i]…`.
+fn uprobe_index(at: &str) -> Option<usize> {
+    at.strip_prefix("spec.uprobes[")?.split(']').next()?.parse().ok()
+}
+
+/// How each compiled argument is shown, with the policy's labels (none
+/// given: none shown).
+fn shown_args(args: &[HookArg], spec: &[Arg]) -> Vec<ShownArg> {
+    args.iter()
+        .enumerate()
+        .map(|(i, a)| ShownArg {
+            // `compile` resolved every type; `refuse_unsupported` and
+            // `compile` left only types `Shown` knows.
+            shown: Shown::of(a.arg_type, a.size).unwrap_or(Shown::Hidden),
+            label: spec.get(i).and_then(|s| s.label.clone()).unwrap_or_default(),
+        })
+        .collect()
+}
+
+fn hook_info(
+    policy: &str,
+    point: HookPoint,
+    message: Option<&str>,
+    tags: &[String],
+    args: Vec<ShownArg>,
+) -> Arc<HookInfo> {
+    Arc::new(HookInfo {
+        policy: policy.to_owned(),
+        point,
+        message: message.unwrap_or_default().to_owned(),
+        tags: tags.to_vec(),
+        args,
+        events: AtomicU64::new(0),
+    })
 }
 
 fn key_of(policy: &TracingPolicy) -> (String, String) {
@@ -418,13 +375,21 @@ fn refuse_unsupported(policy: &TracingPolicy) -> Result<(), HostError> {
     if !policy.spec.kprobes.is_empty() {
         return no("spec.kprobes".into(), "kprobe hooks");
     }
-    if !policy.spec.uprobes.is_empty() {
-        return no("spec.uprobes".into(), "uprobe hooks");
+    let selectors = policy
+        .spec
+        .tracepoints
+        .iter()
+        .map(|t| &t.selectors)
+        .enumerate()
+        .map(|(i, s)| (format!("spec.tracepoints[{i}]"), s));
+    let uprobe_selectors =
+        policy.spec.uprobes.iter().map(|u| &u.selectors).enumerate().map(|(i, s)| (format!("spec.uprobes[{i}]"), s));
+    for (at, s) in selectors.chain(uprobe_selectors) {
+        if !s.is_empty() {
+            return no(format!("{at}.selectors"), "selectors (in-kernel filters and actions)");
+        }
     }
     for (i, t) in policy.spec.tracepoints.iter().enumerate() {
-        if !t.selectors.is_empty() {
-            return no(format!("spec.tracepoints[{i}].selectors"), "selectors (in-kernel filters and actions)");
-        }
         for (j, a) in t.args.iter().enumerate() {
             if a.arg_type == policy::schema::ArgType::Fd {
                 return no(format!("spec.tracepoints[{i}].args[{j}].type"), "fd arguments on tracepoints");

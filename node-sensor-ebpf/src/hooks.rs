@@ -1,21 +1,25 @@
-//! The generic tracepoint program: one program, attached to every
-//! tracepoint a policy names. It finds the policies' hooks by the attach
-//! cookie, which the sensor sets to the tracepoint's id (the record's own
-//! `common_type` is not there to read: syscall tracepoints hand BPF a
-//! register pointer over it), so one attach serves every policy on that
-//! tracepoint; it sends one record per hook with the arguments each asks
-//! for.
+//! The generic hook programs: one tracepoint program, attached to every
+//! tracepoint a policy names, and one uprobe program, attached to every
+//! user function. Each finds its hooks by the attach cookie: for a
+//! tracepoint its id (the record's own `common_type` is not there to read:
+//! syscall tracepoints hand BPF a register pointer over it), so one attach
+//! serves every policy on it; for a uprobe its hook's number. One record
+//! goes out per hook, with the arguments it asks for, read from the
+//! tracepoint's record or from the probed function's registers (the
+//! sensor gives register arguments as offsets into `pt_regs`).
+
+use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{tracepoint, uprobe},
+    programs::{ProbeContext, TracePointContext},
 };
 use node_sensor_common::*;
 
-use crate::args::{AREA, read_tracepoint_arg};
-use crate::{EVENTS, HOOK_SCRATCH, TP_HOOKS, count, submit_flags};
+use crate::args::{AREA, read_arg};
+use crate::{EVENTS, HOOK_SCRATCH, HOOKS, count, submit_flags};
 
 /// A hook record as it is built: the record, then its argument area.
 #[repr(C)]
@@ -27,23 +31,32 @@ pub struct HookScratch {
 #[tracepoint]
 pub fn vigil_tp(ctx: TracePointContext) -> u32 {
     // A failure is counted where it happens; the traced code goes on.
-    let _ = try_tracepoint(&ctx);
+    let _ = run_hooks(ctx.as_ptr());
     0
 }
 
-fn try_tracepoint(ctx: &TracePointContext) -> Result<(), i64> {
-    let record = ctx.as_ptr() as *const u8;
+#[uprobe]
+pub fn vigil_up(ctx: ProbeContext) -> u32 {
+    let _ = run_hooks(ctx.as_ptr());
+    0
+}
+
+/// Sends a record for each hook of this attach, its arguments read from
+/// `ctx` (a tracepoint's record, or a probe's `pt_regs`).
+#[inline(always)]
+fn run_hooks(ctx: *mut c_void) -> Result<(), i64> {
+    let record = ctx as *const u8;
     // SAFETY: the helper only reads the running program's attach cookie.
-    let id = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let cookie = unsafe { bpf_get_attach_cookie(ctx) };
     // SAFETY: the value is only read, and the sensor replaces whole values.
-    let Some(hooks) = (unsafe { TP_HOOKS.get(id) }) else {
+    let Some(hooks) = (unsafe { HOOKS.get(cookie) }) else {
         return Ok(());
     };
     let scratch = HOOK_SCRATCH.get_ptr_mut(0).ok_or(-12i64)?;
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
     let ktime = unsafe { bpf_ktime_get_boot_ns() };
-    for h in 0..HOOKS_PER_TRACEPOINT {
+    for h in 0..HOOKS_PER_ATTACH {
         if h as u32 >= hooks.count {
             break;
         }
@@ -64,7 +77,7 @@ fn try_tracepoint(ctx: &TracePointContext) -> Result<(), i64> {
                     break;
                 }
                 let at = core::ptr::read_volatile(pos) as usize;
-                let next = read_tracepoint_arg(record, &hook.args[a], data, at);
+                let next = read_arg(record, &hook.args[a], data, at);
                 core::ptr::write_volatile(pos, next as u32);
             }
             let data_len = core::ptr::read_volatile(pos) as usize & (HOOK_DATA_SIZE - 1);

@@ -1,0 +1,224 @@
+//! The kernel side of policies: the hook map and the generic programs'
+//! attachments. A tracepoint is attached once, its map entry listing the
+//! hooks of every policy on it; a uprobe is attached per hook. Each call
+//! either does all it says or leaves the kernel as it found it.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+
+use aya::Ebpf;
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeError, UProbeLinkId, UProbeScope};
+use aya::programs::{ProgramError, TracePoint, UProbe};
+use node_sensor_common::{HOOKS_PER_ATTACH, HookSet, UPROBE_COOKIE};
+use policy::PolicyError;
+use policy::compile::{TracepointHook, UprobeHook};
+
+use super::attach;
+use crate::loader::{HookPrograms, TRACEPOINT_PROGRAM, UPROBE_PROGRAM};
+
+/// Why an attach failed: the policy names what is not there (refused like
+/// bad input), or the kernel said no (the policy is kept, in error).
+#[derive(Debug)]
+pub enum AttachError {
+    Invalid(PolicyError),
+    Kernel(String),
+}
+
+/// One hook, where it attaches.
+#[derive(Debug, Clone)]
+pub enum Point {
+    Tracepoint(TracepointHook),
+    Uprobe(UprobeHook),
+}
+
+/// A tracepoint the program is attached to, and the hooks it serves.
+struct AttachedTracepoint {
+    /// Closing it detaches the program from the tracepoint.
+    _link: OwnedFd,
+    hooks: HookSet,
+}
+
+pub struct Attachments {
+    ebpf: Ebpf,
+    hook_map: Option<BpfHashMap<MapData, u64, HookSet>>,
+    programs: HookPrograms,
+    tracepoints: HashMap<u32, AttachedTracepoint>,
+    uprobes: HashMap<u32, UProbeLinkId>,
+}
+
+impl Attachments {
+    pub fn new(mut ebpf: Ebpf, programs: HookPrograms) -> Attachments {
+        let hook_map = ebpf.take_map("HOOKS").and_then(|m| BpfHashMap::try_from(m).ok());
+        Attachments { ebpf, hook_map, programs, tracepoints: HashMap::new(), uprobes: HashMap::new() }
+    }
+
+    fn map(&mut self) -> Result<&mut BpfHashMap<MapData, u64, HookSet>, AttachError> {
+        self.hook_map.as_mut().ok_or_else(|| AttachError::Kernel("BPF map `HOOKS` is missing".into()))
+    }
+
+    /// Puts hook `id` into the kernel.
+    pub fn attach(&mut self, id: u32, point: &Point) -> Result<(), AttachError> {
+        match point {
+            Point::Tracepoint(tp) => self.attach_tracepoint(id, tp),
+            Point::Uprobe(up) => self.attach_uprobe(id, up),
+        }
+    }
+
+    /// Takes hook `id` out of the kernel (a hook not in it is a no-op).
+    pub fn detach(&mut self, id: u32, point: &Point) {
+        match point {
+            Point::Tracepoint(tp) => self.detach_tracepoint(id, tp.id),
+            Point::Uprobe(_) => self.detach_uprobe(id),
+        }
+    }
+
+    fn attach_tracepoint(&mut self, id: u32, tp: &TracepointHook) -> Result<(), AttachError> {
+        if let Err(why) = &self.programs.tracepoint {
+            return Err(AttachError::Kernel(format!("the tracepoint program is not available: {why}")));
+        }
+        let where_ = format!("tracepoint {}/{}", tp.subsystem, tp.event);
+        let mut value = self.tracepoints.get(&tp.id).map(|a| a.hooks).unwrap_or_default();
+        let count = value.count as usize;
+        if count >= HOOKS_PER_ATTACH {
+            return Err(AttachError::Kernel(format!("{where_} already serves {HOOKS_PER_ATTACH} policy hooks")));
+        }
+        value.hooks[count] = tp.spec(id);
+        value.count += 1;
+        let key = u64::from(tp.id);
+        self.map()?
+            .insert(key, value, 0)
+            .map_err(|e| AttachError::Kernel(format!("{where_}: updating the hook map: {e}")))?;
+        if let Some(a) = self.tracepoints.get_mut(&tp.id) {
+            a.hooks = value;
+            return Ok(());
+        }
+        let attached = program::<TracePoint>(&mut self.ebpf, TRACEPOINT_PROGRAM).and_then(|p| {
+            let fd = p.fd().map_err(|e| e.to_string())?;
+            attach::tracepoint(fd.as_fd(), tp.id, key).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    format!("attaching to {where_}: {e} (BPF cookies on tracepoints need Linux 5.15 or later)")
+                } else {
+                    format!("attaching to {where_}: {e}")
+                }
+            })
+        });
+        match attached {
+            Ok(link) => {
+                self.tracepoints.insert(tp.id, AttachedTracepoint { _link: link, hooks: value });
+                Ok(())
+            }
+            Err(why) => {
+                let _ = self.map().map(|m| m.remove(&key));
+                Err(AttachError::Kernel(why))
+            }
+        }
+    }
+
+    fn detach_tracepoint(&mut self, id: u32, tp_id: u32) {
+        let Some(attached) = self.tracepoints.get_mut(&tp_id) else {
+            return;
+        };
+        let mut value = HookSet::default();
+        for spec in attached.hooks.hooks.iter().take(attached.hooks.count as usize) {
+            if spec.hook_id != id {
+                value.hooks[value.count as usize] = *spec;
+                value.count += 1;
+            }
+        }
+        attached.hooks = value;
+        let key = u64::from(tp_id);
+        let result = match self.map() {
+            Ok(map) if value.count == 0 => map.remove(&key).map_err(|e| e.to_string()),
+            Ok(map) => map.insert(key, value, 0).map_err(|e| e.to_string()),
+            Err(_) => Err("the hook map is missing".into()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(tracepoint = tp_id, error = %e, "updating the hook map failed");
+        }
+        if value.count == 0 {
+            // Dropping the link detaches.
+            self.tracepoints.remove(&tp_id);
+        }
+    }
+
+    fn attach_uprobe(&mut self, id: u32, up: &UprobeHook) -> Result<(), AttachError> {
+        if let Err(why) = &self.programs.uprobe {
+            return Err(AttachError::Kernel(format!("the uprobe program is not available: {why}")));
+        }
+        // The binary first: aya reports a missing one as a symbol error.
+        match std::fs::metadata(&up.path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Err(invalid_path(up, "not a regular file".into())),
+            Err(e) => return Err(invalid_path(up, format!("cannot read the binary: {}", e.kind()))),
+        }
+        let key = UPROBE_COOKIE | u64::from(id);
+        let value = HookSet { count: 1, hooks: [up.spec(id); HOOKS_PER_ATTACH], ..Default::default() };
+        self.map()?.insert(key, value, 0).map_err(|e| AttachError::Kernel(format!("updating the hook map: {e}")))?;
+        let location = match &up.symbol {
+            Some(symbol) => UProbeAttachLocation::Symbol(symbol),
+            None => UProbeAttachLocation::AbsoluteOffset(up.offset),
+        };
+        let attached = match program::<UProbe>(&mut self.ebpf, UPROBE_PROGRAM) {
+            Ok(p) => p
+                .attach(UProbeAttachPoint { location, cookie: Some(key) }, &up.path, UProbeScope::AllProcesses)
+                .map_err(|e| uprobe_error(up, e)),
+            Err(why) => Err(AttachError::Kernel(why)),
+        };
+        match attached {
+            Ok(link) => {
+                self.uprobes.insert(id, link);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.map().map(|m| m.remove(&key));
+                Err(e)
+            }
+        }
+    }
+
+    fn detach_uprobe(&mut self, id: u32) {
+        let Some(link) = self.uprobes.remove(&id) else {
+            return;
+        };
+        if let Ok(p) = program::<UProbe>(&mut self.ebpf, UPROBE_PROGRAM)
+            && let Err(e) = p.detach(link)
+        {
+            tracing::warn!(hook = id, error = %e, "detaching a uprobe failed");
+        }
+        if let Ok(map) = self.map()
+            && let Err(e) = map.remove(&(UPROBE_COOKIE | u64::from(id)))
+        {
+            tracing::warn!(hook = id, error = %e, "updating the hook map failed");
+        }
+    }
+}
+
+/// A uprobe attach's failure: a binary or symbol that is not there is the
+/// policy's fault, named by its path; anything else the kernel's.
+fn uprobe_error(up: &UprobeHook, e: ProgramError) -> AttachError {
+    match &e {
+        ProgramError::UProbeError(UProbeError::SymbolError { .. }) => AttachError::Invalid(PolicyError {
+            path: up.at.clone(),
+            reason: "the binary has no such function symbol".into(),
+        }),
+        ProgramError::UProbeError(UProbeError::FileError { io_error, .. }) => {
+            invalid_path(up, format!("cannot read the binary: {}", io_error.kind()))
+        }
+        ProgramError::UProbeError(UProbeError::InvalidTarget { .. }) => invalid_path(up, "no such binary".into()),
+        _ => AttachError::Kernel(format!("attaching the uprobe: {e}")),
+    }
+}
+
+/// A refusal of the hook's `path` (`spec.uprobes[i].path`).
+fn invalid_path(up: &UprobeHook, reason: String) -> AttachError {
+    let at = up.at.rsplit_once('.').map_or(up.at.as_str(), |(hook, _)| hook);
+    AttachError::Invalid(PolicyError { path: format!("{at}.path"), reason })
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, String>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program>,
+{
+    ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or_else(|| format!("BPF program `{name}` is missing"))
+}
