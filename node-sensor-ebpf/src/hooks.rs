@@ -19,7 +19,7 @@ use aya_ebpf::{
 use node_sensor_common::*;
 
 use crate::args::{AREA, read_arg};
-use crate::{EVENTS, HOOK_SCRATCH, HOOKS, count, submit_flags};
+use crate::{EVENTS, HOOK_SCRATCH, HOOKS, count, queued, submit_flags};
 
 /// A hook record as it is built: the record, then its argument area.
 #[repr(C)]
@@ -90,7 +90,8 @@ fn run_hooks(ctx: *mut c_void) -> Result<(), i64> {
             };
             let bytes =
                 core::slice::from_raw_parts(scratch as *const u8, core::mem::size_of::<HookRecord>() + data_len);
-            if EVENTS.output::<[u8]>(bytes, submit_flags()).is_err() {
+            let len = bytes.len() as u64;
+            if EVENTS.output::<[u8]>(bytes, submit_flags(queued() + len, len)).is_err() {
                 count(COUNTER_RINGBUF_FULL);
             }
         }

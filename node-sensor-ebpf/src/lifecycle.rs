@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use node_sensor_common::*;
 
-use crate::{EVENTS, EXEC_TIMES, SCRATCH, count, field, ptr_field, submit_flags};
+use crate::{EVENTS, EXEC_TIMES, SCRATCH, count, field, ptr_field, queued, submit_flags};
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn vigil_exec(ctx: RawTracePointContext) -> i32 {
@@ -92,7 +92,8 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         flags |= read_args(task, rec);
         (*rec).header.flags = flags;
     }
-    entry.submit(submit_flags());
+    let len = core::mem::size_of::<ExecRecord>() as u64;
+    entry.submit(submit_flags(queued(), len));
     Ok(())
 }
 
@@ -518,7 +519,8 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
         exec_seq,
         nspid,
     };
-    if EVENTS.output::<CloneRecord>(&record, submit_flags()).is_err() {
+    let len = core::mem::size_of::<CloneRecord>() as u64;
+    if EVENTS.output::<CloneRecord>(&record, submit_flags(queued() + len, len)).is_err() {
         count(COUNTER_RINGBUF_FULL);
     }
     Ok(())
@@ -556,7 +558,8 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
             _pad: 0,
             start_boottime: field::<u64>(task, off!(task_start_boottime)).unwrap_or(0),
         };
-        if EVENTS.output::<ExitRecord>(&record, submit_flags()).is_err() {
+        let len = core::mem::size_of::<ExitRecord>() as u64;
+        if EVENTS.output::<ExitRecord>(&record, submit_flags(queued() + len, len)).is_err() {
             count(COUNTER_RINGBUF_FULL);
         }
     }

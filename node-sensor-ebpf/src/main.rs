@@ -90,13 +90,25 @@ pub(crate) unsafe fn ptr_field(base: *const u8, off: u32) -> Result<*const u8, i
     if p.is_null() { Err(-14) } else { Ok(p) }
 }
 
+/// Wake the consumer only for the record that takes the backlog across
+/// `WAKEUP_BYTES`: `queued` is the backlog this record counts in (before an
+/// `output`, plus its length; after a `reserve`, as queried). Waking for
+/// every record above the mark, as a consumer that falls behind keeps the
+/// backlog there, cost about a microsecond each; the consumer's timer
+/// covers a crossing two CPUs race past.
 #[inline(always)]
-pub(crate) fn submit_flags() -> u64 {
-    if EVENTS.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+pub(crate) fn submit_flags(queued: u64, len: u64) -> u64 {
+    if queued >= WAKEUP_BYTES && queued.saturating_sub(len) < WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
     }
+}
+
+/// What is queued in the ring buffer now.
+#[inline(always)]
+pub(crate) fn queued() -> u64 {
+    EVENTS.query(aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64)
 }
 
 mod args;
