@@ -208,8 +208,11 @@ pub const HOOKS_PER_ATTACH: usize = 4;
 /// flagged `ARG_TRUNCATED`.
 pub const HOOK_STRING_MAX: usize = 1024;
 /// Bytes of a hook record's argument area (a power of two; every argument
-/// fits: `HOOK_MAX_ARGS * (8 + HOOK_STRING_MAX)` is less).
+/// fits: `HOOK_MAX_ARGS * (8 + HOOK_ARG_BYTES)` is less).
 pub const HOOK_DATA_SIZE: usize = 8192;
+/// Most bytes one argument takes after its length word: a path's head and
+/// components (`CWD_SIZE` plus one component read past it).
+pub const HOOK_ARG_BYTES: usize = 8 + CWD_SIZE + NAME_READ;
 /// Attach points at once at most (entries of the hook map).
 pub const HOOK_ATTACH_MAX: u32 = 4096;
 /// Cookies of uprobe attaches have this bit (tracepoints' are their ids,
@@ -229,18 +232,56 @@ pub const READ_RECORD_STRING: u8 = 3;
 pub const READ_USER_BUFFER: u8 = 4;
 /// `size` bytes of the record at `offset` (an array field).
 pub const READ_RECORD_BYTES: u8 = 5;
+/// A NUL-terminated kernel string the pointer at `offset` names.
+pub const READ_KERNEL_STRING: u8 = 6;
+/// Kernel bytes the pointer at `offset` names, as many as the integer at
+/// `len_offset` says.
+pub const READ_KERNEL_BUFFER: u8 = 7;
+/// The path of the `struct file *` at `offset`: a [`PathHead`], then the
+/// components leaf first, each NUL-terminated.
+pub const READ_FILE: u8 = 8;
+/// The same, of a `struct path *`.
+pub const READ_PATH: u8 = 9;
+/// The same, of a `struct linux_binprm *`'s file.
+pub const READ_BPRM: u8 = 10;
+
+/// `ArgSpec::indirect` when the argument is read from the record itself.
+pub const NO_INDIRECT: u16 = u16::MAX;
+/// Cookies of kprobe attaches have this bit (with the hook's number).
+pub const KPROBE_COOKIE: u64 = 1 << 33;
+
+/// What a path argument's bytes start with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathHead {
+    /// The inode's `i_mode` (type and permission bits).
+    pub mode: u32,
+    /// 1 when the walk reached the task's root at once (the path is `/`).
+    pub is_root: u32,
+}
 
 /// One argument of a hook, as the program reads it.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ArgSpec {
     pub offset: u16,
     pub size: u16,
     /// `READ_*`.
     pub read: u8,
-    /// Bytes of the length field (`READ_USER_BUFFER`).
+    /// Bytes of the length field (`READ_*_BUFFER`).
     pub len_size: u8,
     pub len_offset: u16,
+    /// Where in the record a pointer to the real record lies (a syscall
+    /// wrapper's `struct pt_regs *`), or `NO_INDIRECT`; `offset` and
+    /// `len_offset` then count in what it points to.
+    pub indirect: u16,
+    pub _pad: u16,
+}
+
+impl Default for ArgSpec {
+    fn default() -> Self {
+        ArgSpec { offset: 0, size: 0, read: READ_NOTHING, len_size: 0, len_offset: 0, indirect: NO_INDIRECT, _pad: 0 }
+    }
 }
 
 /// One policy's hook at an attach point.
@@ -265,6 +306,8 @@ pub struct HookSet {
 
 /// Argument flag (in its length word): the value was cut.
 pub const ARG_TRUNCATED: u32 = 1 << 31;
+/// Argument flag: a path's walk stopped before the root (too deep).
+pub const ARG_PATH_CUT: u32 = 1 << 29;
 /// Argument flag: the value could not be read.
 pub const ARG_ERROR: u32 = 1 << 30;
 /// The length bits of an argument's length word.
@@ -389,18 +432,27 @@ pub struct KernelOffsets {
     pub inode_ino: u32,
     pub inode_nlink: u32,
     pub task_self_exec_id: u32,
+    /// For policy path arguments.
+    pub file_f_path: u32,
+    pub dentry_inode: u32,
+    pub policy_inode_mode: u32,
+    /// The sensor's own pid: policy hooks skip its threads, so a policy on
+    /// writes or sends cannot feed on the sensor's own output.
+    pub own_tgid: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<ExitRecord>() == 40);
 const _: () = assert!(core::mem::size_of::<CloneRecord>() == 48);
 const _: () = assert!(core::mem::size_of::<ExecTimeKey>() == 16);
-const _: () = assert!(core::mem::size_of::<ArgSpec>() == 8);
-const _: () = assert!(core::mem::size_of::<HookSpec>() == 8 + 8 * HOOK_MAX_ARGS);
-const _: () = assert!(core::mem::size_of::<HookSet>() == 8 + 48 * HOOKS_PER_ATTACH);
+const _: () = assert!(core::mem::size_of::<ArgSpec>() == 12);
+const _: () = assert!(core::mem::size_of::<HookSpec>() == 8 + 12 * HOOK_MAX_ARGS);
+const _: () = assert!(core::mem::size_of::<HookSet>() == 8 + 68 * HOOKS_PER_ATTACH);
+const _: () = assert!(core::mem::size_of::<PathHead>() == 8);
 const _: () = assert!(core::mem::size_of::<HookRecord>() == 32);
 const _: () = assert!(HOOK_DATA_SIZE.is_power_of_two());
-const _: () = assert!(HOOK_MAX_ARGS * (8 + HOOK_STRING_MAX) < HOOK_DATA_SIZE - (8 + HOOK_STRING_MAX));
+const _: () = assert!(HOOK_MAX_ARGS * (8 + HOOK_ARG_BYTES) < HOOK_DATA_SIZE);
+const _: () = assert!(HOOK_STRING_MAX <= HOOK_ARG_BYTES);
 const _: () = assert!(core::mem::size_of::<CredInfo>() == 10 * 4 + 4 * 8);
 const _: () = assert!(core::mem::size_of::<NsInfo>() == NS_COUNT * 4);
 const _: () = assert!(core::mem::size_of::<FileInfo>() == 8 + 4 * 4);
@@ -419,7 +471,7 @@ const _: () = assert!(
             + NAME_READ
             + CGROUP_NAME_SIZE
 );
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 81 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 85 * 4);
 
 impl KernelOffsets {
     /// All zero: the placeholder the kernel object is built with.

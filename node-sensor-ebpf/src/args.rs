@@ -5,15 +5,16 @@
 
 use core::ffi::c_void;
 
+use aya_ebpf::helpers::bpf_get_current_task;
 use aya_ebpf::helpers::generated::{
     bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_probe_read_user, bpf_probe_read_user_str,
 };
 use node_sensor_common::*;
 
-use crate::field;
+use crate::{field, paths, ptr_field};
 
 /// Bytes of the argument area: room for one more argument past the mask.
-pub(crate) const AREA: usize = HOOK_DATA_SIZE + 8 + HOOK_STRING_MAX;
+pub(crate) const AREA: usize = HOOK_DATA_SIZE + 8 + HOOK_ARG_BYTES;
 
 /// The integer of `size` bytes at `at` of kernel memory, zero-extended
 /// (user space sign-extends by the argument's type).
@@ -36,16 +37,32 @@ unsafe fn scalar(at: *const u8, size: u16) -> Result<u64, i64> {
 /// at `pos`; returns the next position.
 ///
 /// # Safety
-/// `data` must point at an area of `AREA` bytes this CPU owns.
+/// `data` must point at an area of `AREA` bytes this CPU owns. `PATHS`
+/// builds the path readers in (kprobes only: they cost the verifier).
 #[inline(always)]
-pub(crate) unsafe fn read_arg(record: *const u8, spec: &ArgSpec, data: *mut u8, pos: usize) -> usize {
+pub(crate) unsafe fn read_arg<const PATHS: bool>(
+    record: *const u8,
+    spec: &ArgSpec,
+    data: *mut u8,
+    pos: usize,
+) -> usize {
     let at = pos & (HOOK_DATA_SIZE - 1);
-    // SAFETY: `at + 8 + HOOK_STRING_MAX <= AREA`, so the word and every
-    // body write below (each at most HOOK_STRING_MAX bytes) stay inside
-    // the caller's area; kernel and user memory are read only through
-    // the probe-read helpers, which check each address.
+    // SAFETY: `at + 8 + HOOK_ARG_BYTES <= AREA`, so the word and every
+    // body write below (each at most HOOK_ARG_BYTES) stay inside the
+    // caller's area; kernel and user memory are read only through the
+    // probe-read helpers, which check each address.
     unsafe {
         let body = data.add(at + 8);
+        // A syscall wrapper's arguments lie in the pt_regs its first
+        // argument points to.
+        let record = if spec.indirect == NO_INDIRECT {
+            record
+        } else {
+            match field::<u64>(record, u32::from(spec.indirect)) {
+                Ok(p) => p as *const u8,
+                Err(_) => core::ptr::null(),
+            }
+        };
         let field_at = record.wrapping_add(spec.offset as usize);
         let (len, flags): (u32, u32) = match spec.read {
             READ_SCALAR => match scalar(field_at, spec.size) {
@@ -91,6 +108,38 @@ pub(crate) unsafe fn read_arg(record: *const u8, spec: &ArgSpec, data: *mut u8, 
                     _ => (0, ARG_ERROR),
                 }
             }
+            READ_KERNEL_STRING => match field::<u64>(field_at, 0) {
+                Ok(ptr) if ptr != 0 => {
+                    let n =
+                        bpf_probe_read_kernel_str(body as *mut c_void, HOOK_STRING_MAX as u32, ptr as *const c_void);
+                    string_result(n)
+                }
+                _ => (0, ARG_ERROR),
+            },
+            READ_KERNEL_BUFFER => {
+                let want = scalar(record.wrapping_add(spec.len_offset as usize), spec.len_size as u16);
+                match (field::<u64>(field_at, 0), want) {
+                    (Ok(ptr), Ok(want)) if ptr != 0 => {
+                        let (n, cut) = if want > HOOK_STRING_MAX as u64 {
+                            (HOOK_STRING_MAX as u32, ARG_TRUNCATED)
+                        } else {
+                            (want as u32, 0)
+                        };
+                        if n == 0 {
+                            (0, 0)
+                        } else if bpf_probe_read_kernel(body as *mut c_void, n, ptr as *const c_void) == 0 {
+                            (n, cut)
+                        } else {
+                            (0, ARG_ERROR)
+                        }
+                    }
+                    _ => (0, ARG_ERROR),
+                }
+            }
+            READ_FILE | READ_PATH | READ_BPRM if PATHS => match field::<u64>(field_at, 0) {
+                Ok(ptr) if ptr != 0 => read_path_arg(spec.read, ptr as *const u8, body),
+                _ => (0, ARG_ERROR),
+            },
             READ_RECORD_BYTES => {
                 let n = if spec.size as usize > HOOK_STRING_MAX { HOOK_STRING_MAX as u32 } else { spec.size as u32 };
                 if n > 0 && bpf_probe_read_kernel(body as *mut c_void, n, field_at as *const c_void) == 0 {
@@ -116,5 +165,45 @@ fn string_result(n: i64) -> (u32, u32) {
         (HOOK_STRING_MAX as u32 - 1, ARG_TRUNCATED)
     } else {
         (n as u32 - 1, 0)
+    }
+}
+
+/// A file's, path's or binprm's path into `body`: a `PathHead`, then the
+/// components leaf first.
+///
+/// # Safety
+/// `body` must have `HOOK_ARG_BYTES` bytes this CPU owns.
+#[inline(always)]
+unsafe fn read_path_arg(read: u8, ptr: *const u8, body: *mut u8) -> (u32, u32) {
+    // SAFETY: kernel memory is read through the helpers; `walk` writes at
+    // most CWD_SIZE + NAME_READ bytes past the 8-byte head.
+    unsafe {
+        let path = match read {
+            READ_PATH => ptr,
+            READ_FILE => ptr.wrapping_add(off!(file_f_path) as usize),
+            _ => match ptr_field(ptr, off!(binprm_file)) {
+                Ok(file) => file.wrapping_add(off!(file_f_path) as usize),
+                Err(_) => return (0, ARG_ERROR),
+            },
+        };
+        let (Ok(vfsmnt), Ok(dentry)) = (ptr_field(path, off!(path_mnt)), ptr_field(path, off!(path_dentry))) else {
+            return (0, ARG_ERROR);
+        };
+        let mode = match ptr_field(dentry, off!(dentry_inode)) {
+            Ok(inode) => field::<u16>(inode, off!(policy_inode_mode)).map_or(0, u32::from),
+            Err(_) => 0,
+        };
+        let task = bpf_get_current_task() as *const u8;
+        let Ok(root) = paths::task_root(task) else {
+            return (0, ARG_ERROR);
+        };
+        let walked = paths::walk(vfsmnt, dentry, root, body.add(8));
+        core::ptr::write_unaligned(body as *mut PathHead, PathHead { mode, is_root: u32::from(walked.at_root) });
+        let flags = match walked.flags {
+            0 => 0,
+            FLAG_TRUNC_CWD => ARG_PATH_CUT,
+            _ => ARG_ERROR,
+        };
+        (8 + walked.len, flags)
     }
 }

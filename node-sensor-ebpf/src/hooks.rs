@@ -13,7 +13,7 @@ use core::ffi::c_void;
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
-    macros::{tracepoint, uprobe},
+    macros::{kprobe, tracepoint, uprobe},
     programs::{ProbeContext, TracePointContext},
 };
 use node_sensor_common::*;
@@ -31,20 +31,30 @@ pub struct HookScratch {
 #[tracepoint]
 pub fn vigil_tp(ctx: TracePointContext) -> u32 {
     // A failure is counted where it happens; the traced code goes on.
-    let _ = run_hooks(ctx.as_ptr());
+    let _ = run_hooks::<false, HOOKS_PER_ATTACH>(ctx.as_ptr());
     0
 }
 
+/// A uprobe or kprobe attach serves one hook (policies on the same
+/// function attach each their own).
 #[uprobe]
 pub fn vigil_up(ctx: ProbeContext) -> u32 {
-    let _ = run_hooks(ctx.as_ptr());
+    let _ = run_hooks::<false, 1>(ctx.as_ptr());
+    0
+}
+
+/// Kernel functions: the only hooks whose arguments may be files, paths or
+/// a binprm (their readers cost the verifier; the others go without).
+#[kprobe]
+pub fn vigil_kp(ctx: ProbeContext) -> u32 {
+    let _ = run_hooks::<true, 1>(ctx.as_ptr());
     0
 }
 
 /// Sends a record for each hook of this attach, its arguments read from
 /// `ctx` (a tracepoint's record, or a probe's `pt_regs`).
 #[inline(always)]
-fn run_hooks(ctx: *mut c_void) -> Result<(), i64> {
+fn run_hooks<const PATHS: bool, const MAX_HOOKS: usize>(ctx: *mut c_void) -> Result<(), i64> {
     let record = ctx as *const u8;
     // SAFETY: the helper only reads the running program's attach cookie.
     let cookie = unsafe { bpf_get_attach_cookie(ctx) };
@@ -52,11 +62,16 @@ fn run_hooks(ctx: *mut c_void) -> Result<(), i64> {
     let Some(hooks) = (unsafe { HOOKS.get(cookie) }) else {
         return Ok(());
     };
-    let scratch = HOOK_SCRATCH.get_ptr_mut(0).ok_or(-12i64)?;
     let pid_tgid = bpf_get_current_pid_tgid();
+    // The sensor does not watch itself (its export writes would feed a
+    // policy on writes without end).
+    if (pid_tgid >> 32) as u32 == off!(own_tgid) {
+        return Ok(());
+    }
+    let scratch = HOOK_SCRATCH.get_ptr_mut(0).ok_or(-12i64)?;
     // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
     let ktime = unsafe { bpf_ktime_get_boot_ns() };
-    for h in 0..HOOKS_PER_ATTACH {
+    for h in 0..MAX_HOOKS.min(HOOKS_PER_ATTACH) {
         if h as u32 >= hooks.count {
             break;
         }
@@ -77,7 +92,7 @@ fn run_hooks(ctx: *mut c_void) -> Result<(), i64> {
                     break;
                 }
                 let at = core::ptr::read_volatile(pos) as usize;
-                let next = read_arg(record, &hook.args[a], data, at);
+                let next = read_arg::<PATHS>(record, &hook.args[a], data, at);
                 core::ptr::write_volatile(pos, next as u32);
             }
             let data_len = core::ptr::read_volatile(pos) as usize & (HOOK_DATA_SIZE - 1);

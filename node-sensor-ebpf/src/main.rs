@@ -114,6 +114,7 @@ pub(crate) fn queued() -> u64 {
 mod args;
 mod hooks;
 mod lifecycle;
+mod paths;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -174,6 +174,10 @@ pub fn resolve(btf: &Btf, features: Features) -> Result<Resolved, OffsetError> {
         pid_level: f("pid.level", "pid inside the container")?,
         pid_numbers: f("pid.numbers", "pid inside the container")?,
         upid_size: struct_size(btf, "upid")?,
+        file_f_path: f("file.f_path", "policy file arguments")?,
+        binprm_file: f("linux_binprm.file", "policy linux_binprm arguments")?,
+        dentry_inode: f("dentry.d_inode", "policy path arguments")?,
+        policy_inode_mode: f("inode.i_mode", "policy path arguments")?,
         has_loginuid: u32::from(loginuid.is_some()),
         ..KernelOffsets::ZERO
     };

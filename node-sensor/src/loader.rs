@@ -25,6 +25,8 @@ pub const PROGRAMS: &[(&str, &str)] =
 pub const TRACEPOINT_PROGRAM: &str = "vigil_tp";
 /// The generic uprobe program, likewise for user functions.
 pub const UPROBE_PROGRAM: &str = "vigil_up";
+/// The generic kprobe program, likewise for kernel functions.
+pub const KPROBE_PROGRAM: &str = "vigil_kp";
 
 /// Where this sensor pins the kernel's exec-time map (see `exec_times`).
 pub const EXEC_TIMES_PIN: &str = "/sys/fs/bpf/vigil/exec_times_v1";
@@ -73,6 +75,7 @@ pub struct Probes {
 pub struct HookPrograms {
     pub tracepoint: Result<(), String>,
     pub uprobe: Result<(), String>,
+    pub kprobe: Result<(), String>,
 }
 
 /// What the pipeline reads: the ring buffer and the kernel's counters.
@@ -126,7 +129,7 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
     for d in &resolved.degraded {
         tracing::warn!(degraded = %d, "kernel lacks a field; that data is left out");
     }
-    let offsets = resolved.offsets;
+    let offsets = KernelOffsets { own_tgid: std::process::id(), ..resolved.offsets };
     tracing::debug!(?offsets, "resolved kernel struct offsets from BTF");
 
     let pin = Path::new(EXEC_TIMES_PIN);
@@ -171,9 +174,13 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
     let hook_programs = HookPrograms {
         tracepoint: load_hook_program::<aya::programs::TracePoint>(&mut ebpf, TRACEPOINT_PROGRAM),
         uprobe: load_hook_program::<aya::programs::UProbe>(&mut ebpf, UPROBE_PROGRAM),
+        kprobe: load_hook_program::<aya::programs::KProbe>(&mut ebpf, KPROBE_PROGRAM),
     };
-    for (program, verdict) in [(TRACEPOINT_PROGRAM, &hook_programs.tracepoint), (UPROBE_PROGRAM, &hook_programs.uprobe)]
-    {
+    for (program, verdict) in [
+        (TRACEPOINT_PROGRAM, &hook_programs.tracepoint),
+        (UPROBE_PROGRAM, &hook_programs.uprobe),
+        (KPROBE_PROGRAM, &hook_programs.kprobe),
+    ] {
         if let Err(why) = verdict {
             tracing::warn!(program, reason = %why, "tracing policies with these hooks cannot load");
         }
@@ -212,7 +219,7 @@ macro_rules! hook_program {
         }
     )*};
 }
-hook_program!(aya::programs::TracePoint, aya::programs::UProbe);
+hook_program!(aya::programs::TracePoint, aya::programs::UProbe, aya::programs::KProbe);
 
 /// Verifies a generic hook program (attached later, per policy).
 fn load_hook_program<P: HookProgram>(ebpf: &mut Ebpf, name: &str) -> Result<(), String>

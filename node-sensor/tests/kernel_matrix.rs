@@ -466,3 +466,89 @@ fn exec_of_args(e: &GetEventsResponse) -> Option<&str> {
         _ => None,
     }
 }
+
+/// The kprobe policies in the 6.1 VM: the seed's `process-exec-elf-begin`
+/// (a `file` on `security_bprm_creds_from_file`) names the file that
+/// really runs, the interpreter for a script, before the exec event; a
+/// `security_file_permission` (file, int) policy names each access with
+/// its mask. What Tetragon recorded for the same workloads is in
+/// tests/compat/fixtures/tetragon-vm-policies (cases a and b).
+#[test]
+fn kprobe_policies_in_a_vm_report_what_runs_and_what_is_read() {
+    let Some(console) = run_vm(include_str!("vm/policies.sh"), "last-policies-console.log") else { return };
+    let (events, _, _, _) = parse_console(&console);
+    let log: Vec<&str> = console.lines().filter(|l| l.starts_with("VIGIL-SENSOR-LOG")).collect();
+    let kprobes: Vec<(usize, &proto::tetragon::ProcessKprobe)> = events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| match &e.event {
+            Some(Event::ProcessKprobe(k)) => Some((i, k)),
+            _ => None,
+        })
+        .collect();
+    let file_of = |k: &proto::tetragon::ProcessKprobe, i: usize| match k.args.get(i).and_then(|a| a.arg.as_ref()) {
+        Some(proto::tetragon::kprobe_argument::Arg::FileArg(f)) => Some((f.path.clone(), f.permission.clone())),
+        _ => None,
+    };
+    // The seed policy: for each marked exec, one event naming the file
+    // that runs, before that exec's own event, from the same pid.
+    for (args, file) in [("true marked-a1", "/bin/busybox-copy"), ("/tmp/marked-script.sh marked-a2", "/bin/busybox")] {
+        let (exec_at, exec) = events
+            .iter()
+            .enumerate()
+            .find_map(|(i, e)| match &e.event {
+                Some(Event::ProcessExec(x)) => x.process.as_ref().filter(|p| p.arguments == args).map(|p| (i, p)),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no exec of {args}; log:\n{}", log.join("\n")));
+        let seed: Vec<_> = kprobes
+            .iter()
+            .filter(|(_, k)| k.function_name == "security_bprm_creds_from_file")
+            .filter(|(_, k)| k.process.as_ref().and_then(|p| p.pid) == exec.pid)
+            .collect();
+        assert_eq!(seed.len(), 1, "{args}: one seed event for its pid");
+        let (at, k) = seed[0];
+        assert!(*at < exec_at, "{args}: the hook runs inside execve, before the exec event");
+        assert_eq!(k.policy_name, "process-exec-elf-begin");
+        assert_eq!(k.args.len(), 1, "the nop argument is left out");
+        assert_eq!(file_of(k, 0), Some((file.to_owned(), "-rwxr-xr-x".to_owned())), "{args}");
+        assert_eq!(k.action, proto::tetragon::KprobeAction::Post as i32);
+        assert_eq!(k.return_action, proto::tetragon::KprobeAction::Post as i32, "on every kprobe event");
+        let process = k.process.as_ref().unwrap();
+        // As Tetragon: the forked child before its exec, with its own
+        // (fork-time) exec_id, and the same parent as the exec that follows.
+        assert_ne!(process.exec_id, exec.exec_id, "{args}: the process is the image being replaced");
+        assert_eq!(process.parent_exec_id, exec.parent_exec_id, "{args}: forked by the same shell");
+    }
+    // The permission policy: the shell's write of the marked file (mask 2)
+    // and cat's read of it (mask 4), each by its process.
+    let cat = events
+        .iter()
+        .find_map(|e| match &e.event {
+            Some(Event::ProcessExec(x)) => x.process.as_ref().filter(|p| p.binary == "/bin/cat"),
+            _ => None,
+        })
+        .expect("the exec of cat");
+    let marked: Vec<_> = kprobes
+        .iter()
+        .filter(|(_, k)| k.function_name == "security_file_permission")
+        .filter(|(_, k)| file_of(k, 0).is_some_and(|(p, _)| p == "/tmp/marked-file"))
+        .map(|(_, k)| {
+            let mask = match k.args.get(1).and_then(|a| a.arg.as_ref()) {
+                Some(proto::tetragon::kprobe_argument::Arg::IntArg(m)) => *m,
+                _ => -1,
+            };
+            (k.process.as_ref().map(|p| p.exec_id.clone()).unwrap_or_default(), mask, k)
+        })
+        .collect();
+    let writes = marked.iter().filter(|(_, m, _)| *m == 2).count();
+    let reads_by_cat = marked.iter().filter(|(id, m, _)| *m == 4 && *id == cat.exec_id).count();
+    assert!(writes >= 1, "the shell's write; events: {}", marked.len());
+    assert!(reads_by_cat >= 1, "cat's reads");
+    assert_eq!(marked.iter().filter(|(_, m, _)| *m != 2 && *m != 4).count(), 0, "only reads and writes");
+    let k = marked[0].2;
+    assert_eq!((k.message.as_str(), k.tags.as_slice()), ("file access", &["observability.filesystem".to_owned()][..]));
+    assert_eq!(file_of(k, 0).map(|f| f.1), Some("-rw-r--r--".to_owned()));
+    // The sensor's own export writes are not reported.
+    assert!(!kprobes.iter().any(|(_, k)| file_of(k, 0).is_some_and(|(p, _)| p == "/tmp/events.jsonl")));
+}

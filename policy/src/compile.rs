@@ -9,8 +9,8 @@
 //! needs a pointer, `__data_loc` or array field; a number needs a scalar).
 
 use node_sensor_common::{
-    ArgSpec, HOOK_MAX_ARGS, HookSpec, READ_NOTHING, READ_RECORD_BYTES, READ_RECORD_STRING, READ_SCALAR,
-    READ_USER_BUFFER, READ_USER_STRING,
+    ArgSpec, HOOK_MAX_ARGS, HookSpec, NO_INDIRECT, READ_BPRM, READ_FILE, READ_KERNEL_BUFFER, READ_KERNEL_STRING,
+    READ_NOTHING, READ_PATH, READ_RECORD_BYTES, READ_RECORD_STRING, READ_SCALAR, READ_USER_BUFFER, READ_USER_STRING,
 };
 
 use crate::PolicyError;
@@ -22,22 +22,75 @@ pub trait KernelView {
     /// The format of tracepoint `subsystem/event`; `Ok(None)` when the
     /// kernel has no such tracepoint, `Err` when it cannot be read.
     fn tracepoint_format(&self, subsystem: &str, event: &str) -> Result<Option<Format>, String>;
+    /// Kernel function `name` as its BTF declares it; `Ok(None)` when the
+    /// kernel's BTF has no such function.
+    fn function(&self, _name: &str) -> Result<Option<Function>, String> {
+        Err("no kernel BTF to look functions up in".into())
+    }
+}
+
+/// A kernel function's parameters, from BTF.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Function {
+    pub params: Vec<Param>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Param {
+    pub name: String,
+    /// The C type as BTF spells it (`const struct file *`).
+    pub c_type: String,
+    pub kind: ParamKind,
+}
+
+/// What a parameter is, as far as argument types care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamKind {
+    /// An integer (or enum or bool) of this many bytes.
+    Int {
+        size: u32,
+    },
+    /// A pointer to `to` (`struct file`, `char`, `void`; typedefs and
+    /// qualifiers stripped).
+    Pointer {
+        to: String,
+    },
+    Other,
 }
 
 /// How a program reads one argument out of a tracepoint's record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Read {
     /// An integer of the field's size, sign-extended when `signed`.
-    Scalar { signed: bool },
+    Scalar {
+        signed: bool,
+    },
     /// A user-space string the field points to.
     UserString,
+    /// A kernel string the field points to.
+    KernelString,
+    /// Kernel bytes the field points to, as many as an integer says.
+    KernelBuffer {
+        len_offset: u32,
+        len_size: u32,
+    },
+    /// The path of the `struct file *`, `struct path *` or
+    /// `struct linux_binprm *` (its file) the field points to.
+    File,
+    Path,
+    Bprm,
     /// A string stored in the record (`__data_loc`).
     RecordString,
     /// A user-space buffer the field points to, its length the integer
     /// field `sizeArgIndex` names (1-based field number, as in the policy).
-    UserBuffer { len_offset: u32, len_size: u32 },
+    UserBuffer {
+        len_offset: u32,
+        len_size: u32,
+    },
     /// `count` integers of `size / count` bytes each, in the record.
-    Array { count: u32 },
+    Array {
+        count: u32,
+    },
     /// A file descriptor number, resolved to its path through the task's
     /// file table.
     Fd,
@@ -54,6 +107,9 @@ pub struct HookArg {
     pub index: u32,
     /// The tracepoint field, or the register the argument arrives in.
     pub field: String,
+    /// For a syscall's arguments: where the pointer to the syscall's saved
+    /// registers lies (the wrapper's first argument); `offset` counts there.
+    pub indirect: Option<u32>,
     pub offset: u32,
     pub size: u32,
     /// The policy's type, `auto` resolved.
@@ -87,8 +143,13 @@ fn spec_of(args: &[HookArg], hook_id: u32) -> HookSpec {
                 Read::Scalar { .. } | Read::SyscallId | Read::Fd => (READ_SCALAR, 0, 0),
                 Read::UserString => (READ_USER_STRING, 0, 0),
                 Read::RecordString => (READ_RECORD_STRING, 0, 0),
+                Read::KernelString => (READ_KERNEL_STRING, 0, 0),
                 Read::UserBuffer { len_offset, len_size } => (READ_USER_BUFFER, len_offset, len_size),
+                Read::KernelBuffer { len_offset, len_size } => (READ_KERNEL_BUFFER, len_offset, len_size),
                 Read::Array { .. } => (READ_RECORD_BYTES, 0, 0),
+                Read::File => (READ_FILE, 0, 0),
+                Read::Path => (READ_PATH, 0, 0),
+                Read::Bprm => (READ_BPRM, 0, 0),
                 Read::Nothing => (READ_NOTHING, 0, 0),
             };
             *slot = ArgSpec {
@@ -97,6 +158,8 @@ fn spec_of(args: &[HookArg], hook_id: u32) -> HookSpec {
                 read,
                 len_size: len_size as u8,
                 len_offset: len_offset as u16,
+                indirect: a.indirect.map_or(NO_INDIRECT, |i| i as u16),
+                _pad: 0,
             };
         }
         spec
@@ -124,11 +187,30 @@ impl UprobeHook {
     }
 }
 
+/// A kernel function's hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KprobeHook {
+    /// The function as policies and events name it (`call`).
+    pub call: String,
+    /// The symbol attached to (`__x64_sys_openat` for `sys_openat` with
+    /// `syscall: true`).
+    pub symbol: String,
+    pub args: Vec<HookArg>,
+}
+
+impl KprobeHook {
+    /// What the generic kprobe program reads for this hook.
+    pub fn spec(&self, hook_id: u32) -> HookSpec {
+        spec_of(&self.args, hook_id)
+    }
+}
+
 /// What a policy asks of this kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compiled {
     pub tracepoints: Vec<TracepointHook>,
     pub uprobes: Vec<UprobeHook>,
+    pub kprobes: Vec<KprobeHook>,
 }
 
 /// Compiles `policy` (already checked by [`crate::parse`]) for `kernel`.
@@ -195,6 +277,7 @@ pub fn compile(policy: &TracingPolicy, kernel: &dyn KernelView) -> Result<Compil
             }
             args.push(HookArg {
                 index: a.index,
+                indirect: None,
                 field: field.name.clone(),
                 offset: field.offset,
                 size: field.size,
@@ -210,7 +293,156 @@ pub fn compile(policy: &TracingPolicy, kernel: &dyn KernelView) -> Result<Compil
         });
     }
     let uprobes = compile_uprobes(policy)?;
-    Ok(Compiled { tracepoints, uprobes })
+    let kprobes = compile_kprobes(policy, kernel)?;
+    Ok(Compiled { tracepoints, uprobes, kprobes })
+}
+
+/// The prefix the architecture's syscall wrappers carry.
+#[cfg(target_arch = "aarch64")]
+const SYSCALL_PREFIX: &str = "__arm64_";
+#[cfg(not(target_arch = "aarch64"))]
+const SYSCALL_PREFIX: &str = "__x64_";
+
+/// Where a syscall's arguments lie in its saved registers (`pt_regs`).
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_REGISTERS: &[(&str, u32)] = &[("di", 112), ("si", 104), ("dx", 96), ("r10", 56), ("r8", 72), ("r9", 64)];
+#[cfg(not(target_arch = "x86_64"))]
+const SYSCALL_REGISTERS: &[(&str, u32)] = ARG_REGISTERS;
+
+fn compile_kprobes(policy: &TracingPolicy, kernel: &dyn KernelView) -> Result<Vec<KprobeHook>, PolicyError> {
+    let mut hooks = Vec::with_capacity(policy.spec.kprobes.len());
+    for (i, k) in policy.spec.kprobes.iter().enumerate() {
+        let at = format!("spec.kprobes[{i}]");
+        let unsupported = [
+            ("return", k.is_return),
+            ("returnArg", k.return_arg.is_some()),
+            ("returnArgAction", k.return_arg_action.is_some()),
+            ("data", !k.data.is_empty()),
+        ];
+        if let Some((field, _)) = unsupported.iter().find(|(_, given)| *given) {
+            return Err(PolicyError::at(format!("{at}.{field}"), "not supported on kprobes by Vigil yet"));
+        }
+        if k.args.len() > HOOK_MAX_ARGS {
+            return Err(PolicyError::at(format!("{at}.args"), format!("at most {HOOK_MAX_ARGS} arguments")));
+        }
+        let symbol = if k.syscall && !k.call.starts_with(SYSCALL_PREFIX) {
+            format!("{SYSCALL_PREFIX}{}", k.call)
+        } else {
+            k.call.clone()
+        };
+        let function = kernel
+            .function(&symbol)
+            .map_err(|e| PolicyError::at(format!("{at}.call"), format!("cannot look the function up: {e}")))?
+            .ok_or_else(|| {
+                let hint = if k.syscall { " (with syscall: true, the syscall wrapper)" } else { "" };
+                PolicyError::at(format!("{at}.call"), format!("the kernel's BTF has no such function{hint}"))
+            })?;
+        let mut args = Vec::with_capacity(k.args.len());
+        for (j, a) in k.args.iter().enumerate() {
+            let here = format!("{at}.args[{j}]");
+            let arg = if k.syscall { syscall_arg(&here, a)? } else { function_arg(&here, a, &function, &k.args)? };
+            args.push(arg);
+        }
+        hooks.push(KprobeHook { call: k.call.clone(), symbol, args });
+    }
+    Ok(hooks)
+}
+
+/// A syscall's argument: in its saved registers (the wrapper's first
+/// argument points to them), read from user memory where it is a pointer.
+fn syscall_arg(here: &str, a: &crate::schema::Arg) -> Result<HookArg, PolicyError> {
+    let (name, offset) = SYSCALL_REGISTERS.get(a.index as usize).copied().ok_or_else(|| {
+        PolicyError::at(format!("{here}.index"), format!("a syscall has at most {} arguments", SYSCALL_REGISTERS.len()))
+    })?;
+    let (read, size) = match a.arg_type {
+        t if int_size(t).is_some() => (Read::Scalar { signed: false }, int_size(t).unwrap_or(8)),
+        ArgType::String | ArgType::Filename => (Read::UserString, 8),
+        ArgType::CharBuf if a.size_arg_index > 0 => {
+            let (_, len_offset) = SYSCALL_REGISTERS
+                .get(a.size_arg_index as usize - 1)
+                .copied()
+                .ok_or_else(|| PolicyError::at(format!("{here}.sizeArgIndex"), "names no argument of the syscall"))?;
+            (Read::UserBuffer { len_offset, len_size: 8 }, 8)
+        }
+        ArgType::Nop => (Read::Nothing, 0),
+        _ => {
+            return Err(PolicyError::at(
+                format!("{here}.type"),
+                "this type is not supported on syscall arguments by Vigil yet",
+            ));
+        }
+    };
+    let (_, first) = ARG_REGISTERS.first().copied().unwrap_or(("", 0));
+    Ok(HookArg {
+        index: a.index,
+        field: name.to_owned(),
+        indirect: Some(first),
+        offset,
+        size,
+        arg_type: a.arg_type,
+        read,
+    })
+}
+
+/// A kernel function's argument, checked against its BTF parameter.
+fn function_arg(
+    here: &str,
+    a: &crate::schema::Arg,
+    function: &Function,
+    all: &[crate::schema::Arg],
+) -> Result<HookArg, PolicyError> {
+    let param = function.params.get(a.index as usize).ok_or_else(|| {
+        PolicyError::at(
+            format!("{here}.index"),
+            format!(
+                "the function has {} parameters (0..{})",
+                function.params.len(),
+                function.params.len().saturating_sub(1)
+            ),
+        )
+    })?;
+    let (name, offset) = ARG_REGISTERS.get(a.index as usize).copied().ok_or_else(|| {
+        PolicyError::at(
+            format!("{here}.index"),
+            format!("a kprobe reads the first {} parameters (those passed in registers)", ARG_REGISTERS.len()),
+        )
+    })?;
+    let pointer_to = |want: &str| matches!(&param.kind, ParamKind::Pointer { to } if to == want);
+    let misfit = |what: &str| {
+        Err(PolicyError::at(format!("{here}.type"), format!("{what}; parameter {} is {}", param.name, param.c_type)))
+    };
+    let (read, size) = match a.arg_type {
+        ArgType::Nop => (Read::Nothing, 0),
+        t if int_size(t).is_some() => match (&param.kind, t) {
+            (ParamKind::Int { .. }, _) => (Read::Scalar { signed: false }, int_size(t).unwrap_or(8)),
+            (ParamKind::Pointer { .. }, ArgType::Uint64 | ArgType::Ulong | ArgType::SizeT) => {
+                (Read::Scalar { signed: false }, 8)
+            }
+            _ => return misfit("a number needs an integer parameter"),
+        },
+        ArgType::String | ArgType::Filename if pointer_to("char") => (Read::KernelString, 8),
+        ArgType::String | ArgType::Filename => return misfit("a string needs a char pointer"),
+        ArgType::CharBuf if a.size_arg_index > 0 && matches!(param.kind, ParamKind::Pointer { .. }) => {
+            let n = a.size_arg_index as usize - 1;
+            let (_, len_offset) = ARG_REGISTERS
+                .get(n)
+                .copied()
+                .filter(|_| all.iter().any(|s| s.index as usize == n) || function.params.get(n).is_some())
+                .ok_or_else(|| PolicyError::at(format!("{here}.sizeArgIndex"), "names no parameter of the function"))?;
+            (Read::KernelBuffer { len_offset, len_size: 8 }, 8)
+        }
+        ArgType::CharBuf => return misfit("char_buf needs a pointer and sizeArgIndex"),
+        ArgType::File if pointer_to("file") => (Read::File, 8),
+        ArgType::File => return misfit("file needs a struct file pointer"),
+        ArgType::Path if pointer_to("path") => (Read::Path, 8),
+        ArgType::Path => return misfit("path needs a struct path pointer"),
+        ArgType::LinuxBinprm if pointer_to("linux_binprm") => (Read::Bprm, 8),
+        ArgType::LinuxBinprm => return misfit("linux_binprm needs a struct linux_binprm pointer"),
+        _ => {
+            return Err(PolicyError::at(format!("{here}.type"), "this type is not supported on kprobes by Vigil yet"));
+        }
+    };
+    Ok(HookArg { index: a.index, field: name.to_owned(), indirect: None, offset, size, arg_type: a.arg_type, read })
 }
 
 /// Where a user function's first arguments arrive: `pt_regs` offsets of
@@ -289,7 +521,15 @@ fn compile_uprobes(policy: &TracingPolicy) -> Result<Vec<UprobeHook>, PolicyErro
                     ));
                 }
             };
-            args.push(HookArg { index: a.index, field: name.to_owned(), offset, size, arg_type: a.arg_type, read });
+            args.push(HookArg {
+                index: a.index,
+                field: name.to_owned(),
+                indirect: None,
+                offset,
+                size,
+                arg_type: a.arg_type,
+                read,
+            });
         }
         for (j, symbol) in u.symbols.iter().enumerate() {
             hooks.push(UprobeHook {

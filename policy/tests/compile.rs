@@ -120,13 +120,13 @@ fn the_kernel_spec_names_each_fields_place_and_reading() {
     let c = compile(&p, &kernel()).unwrap();
     let spec = c.tracepoints[0].spec(7);
     assert_eq!((spec.hook_id, spec.nargs), (7, 5));
-    let scalar = |offset, size| ArgSpec { offset, size, read: READ_SCALAR, len_size: 0, len_offset: 0 };
+    let scalar = |offset, size| ArgSpec { offset, size, read: READ_SCALAR, ..Default::default() };
     assert_eq!(
         spec.args,
         [
             scalar(8, 4),
             scalar(16, 8),
-            ArgSpec { offset: 24, size: 8, read: READ_USER_STRING, len_size: 0, len_offset: 0 },
+            ArgSpec { offset: 24, size: 8, read: READ_USER_STRING, ..Default::default() },
             scalar(32, 8),
             scalar(40, 8),
         ]
@@ -143,5 +143,97 @@ fn more_arguments_than_the_kernel_program_reads_are_refused() {
     assert_eq!(
         compiled(&tracepoint("syscalls", "sys_enter_openat", &six)).unwrap_err(),
         "spec.tracepoints[0].args: at most 5 arguments on a tracepoint"
+    );
+}
+
+/// A kernel whose BTF has two functions: `security_bprm_creds_from_file`
+/// and the openat syscall wrapper.
+struct Functions;
+
+impl KernelView for Functions {
+    fn tracepoint_format(&self, _: &str, _: &str) -> Result<Option<Format>, String> {
+        Ok(None)
+    }
+
+    fn function(&self, name: &str) -> Result<Option<policy::compile::Function>, String> {
+        use policy::compile::{Function, Param, ParamKind};
+        let param = |name: &str, c_type: &str, kind| Param { name: name.into(), c_type: c_type.into(), kind };
+        Ok(match name {
+            "security_bprm_creds_from_file" => Some(Function {
+                params: vec![
+                    param("bprm", "struct linux_binprm *", ParamKind::Pointer { to: "linux_binprm".into() }),
+                    param("file", "const struct file *", ParamKind::Pointer { to: "file".into() }),
+                ],
+            }),
+            "__x64_sys_openat" => Some(Function {
+                params: vec![param("regs", "const struct pt_regs *", ParamKind::Pointer { to: "pt_regs".into() })],
+            }),
+            _ => None,
+        })
+    }
+}
+
+#[test]
+fn kprobes_read_registers_and_syscalls_read_their_saved_registers() {
+    use node_sensor_common::{NO_INDIRECT, READ_BPRM, READ_FILE, READ_NOTHING, READ_SCALAR, READ_USER_STRING};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/compat/fixtures/tetragon-vm-policies");
+    let seed = policy::parse(&std::fs::read_to_string(dir.join("a-exec-elf-begin.yaml")).unwrap()).unwrap();
+    let c = compile(&seed, &Functions).unwrap();
+    let k = &c.kprobes[0];
+    assert_eq!(
+        (k.call.as_str(), k.symbol.as_str()),
+        ("security_bprm_creds_from_file", "security_bprm_creds_from_file")
+    );
+    let spec = k.spec(3);
+    assert_eq!((spec.args[0].read, spec.args[1].read), (READ_NOTHING, READ_FILE));
+    assert_eq!((spec.args[1].offset, spec.args[1].indirect), (104, NO_INDIRECT), "the second argument: rsi");
+    let bprm = seed_with(&seed_text(), "type: \"nop\"", "type: \"linux_binprm\"");
+    assert_eq!(compile(&bprm, &Functions).unwrap().kprobes[0].spec(1).args[0].read, READ_BPRM);
+
+    // syscall: true (the default): the arch wrapper, its arguments in the
+    // pt_regs its first argument points to; the fourth in r10, not rcx.
+    let openat = policy::parse(
+        "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: o\nspec:\n  kprobes:\n  - call: sys_openat\n    args:\n    - index: 1\n      type: string\n    - index: 3\n      type: uint32\n",
+    )
+    .unwrap();
+    let k = &compile(&openat, &Functions).unwrap().kprobes[0];
+    assert_eq!(k.symbol, "__x64_sys_openat");
+    let spec = k.spec(1);
+    assert_eq!((spec.args[0].read, spec.args[0].offset, spec.args[0].indirect), (READ_USER_STRING, 104, 112));
+    assert_eq!((spec.args[1].read, spec.args[1].offset, spec.args[1].size), (READ_SCALAR, 56, 4));
+}
+
+fn seed_text() -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/compat/fixtures/tetragon-vm-policies");
+    std::fs::read_to_string(dir.join("a-exec-elf-begin.yaml")).unwrap()
+}
+
+fn seed_with(text: &str, from: &str, to: &str) -> policy::TracingPolicy {
+    policy::parse(&text.replace(from, to)).unwrap()
+}
+
+#[test]
+fn kprobes_that_do_not_fit_the_function_are_refused_by_path() {
+    let text = seed_text();
+    let refused = |from: &str, to: &str| compile(&seed_with(&text, from, to), &Functions).unwrap_err().to_string();
+    assert_eq!(
+        refused("security_bprm_creds_from_file", "security_nonesuch"),
+        "spec.kprobes[0].call: the kernel's BTF has no such function"
+    );
+    assert_eq!(refused("index: 1", "index: 2"), "spec.kprobes[0].args[1].index: the function has 2 parameters (0..1)");
+    assert_eq!(
+        refused("type: \"file\"", "type: \"path\""),
+        "spec.kprobes[0].args[1].type: path needs a struct path pointer; parameter file is const struct file *"
+    );
+    assert_eq!(
+        refused("type: \"file\"", "type: \"sock\""),
+        "spec.kprobes[0].args[1].type: this type is not supported on kprobes by Vigil yet"
+    );
+    assert_eq!(
+        refused(
+            "    syscall: false\n",
+            "    syscall: false\n    return: true\n    returnArg:\n      index: 0\n      type: int\n"
+        ),
+        "spec.kprobes[0].return: not supported on kprobes by Vigil yet"
     );
 }

@@ -1,10 +1,10 @@
-//! Attaches the generic tracepoint program to one tracepoint with a BPF
-//! cookie, which aya's tracepoint attach does not offer: a perf event on
-//! the tracepoint, then a perf link carrying the cookie (Linux 5.15+). The
-//! program reads the cookie to find its hooks; it cannot read the
-//! tracepoint's id from the record, as the kernel puts a register pointer
-//! over the first bytes of syscall tracepoints' records. The link's fd is
-//! the attachment: closing it detaches.
+//! Attaches the generic tracepoint and kprobe programs with a BPF cookie,
+//! which aya's tracepoint and kprobe attaches do not offer: a perf event
+//! on the tracepoint or function, then a perf link carrying the cookie
+//! (Linux 5.15+). The program reads the cookie to find its hooks (it cannot
+//! read a tracepoint's id from the record, as the kernel puts a register
+//! pointer over the first bytes of syscall tracepoints' records). The
+//! link's fd is the attachment: closing it detaches.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -46,7 +46,11 @@ pub fn tracepoint(program: BorrowedFd<'_>, id: u32, cookie: u64) -> io::Result<O
     }
     // SAFETY: the kernel just returned this fd, and nothing else owns it.
     let perf = unsafe { OwnedFd::from_raw_fd(perf as i32) };
+    link(program, &perf, cookie)
+}
 
+/// A perf link from `program` to the perf event `perf`, with `cookie`.
+fn link(program: BorrowedFd<'_>, perf: &OwnedFd, cookie: u64) -> io::Result<OwnedFd> {
     // union bpf_attr, link_create: prog_fd, target_fd, attach_type, flags,
     // then perf_event.bpf_cookie at offset 16; the rest zero.
     let mut link_attr = [0u8; 64];
@@ -63,4 +67,45 @@ pub fn tracepoint(program: BorrowedFd<'_>, id: u32, cookie: u64) -> io::Result<O
     }
     // SAFETY: as above. The link holds the perf event; ours can close.
     Ok(unsafe { OwnedFd::from_raw_fd(link as i32) })
+}
+
+/// Where the kernel publishes its kprobe PMU's type.
+const KPROBE_PMU_TYPE: &str = "/sys/bus/event_source/devices/kprobe/type";
+
+/// Attaches `program` to kernel function `symbol` with a kprobe perf
+/// event (the kprobe PMU, Linux 4.17+) and a perf link carrying `cookie`.
+/// A kernel without kprobes has no kprobe PMU: that is the error then.
+pub fn kprobe(program: BorrowedFd<'_>, symbol: &str, cookie: u64) -> Result<OwnedFd, String> {
+    let pmu = std::fs::read_to_string(KPROBE_PMU_TYPE)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .ok_or_else(|| format!("this kernel has no kprobes ({KPROBE_PMU_TYPE} is missing: CONFIG_KPROBES is off)"))?;
+    let name = std::ffi::CString::new(symbol).map_err(|_| "the function name holds a NUL byte".to_owned())?;
+    let mut attr = [0u8; PERF_ATTR_SIZE];
+    attr[0..4].copy_from_slice(&pmu.to_ne_bytes());
+    attr[4..8].copy_from_slice(&(PERF_ATTR_SIZE as u32).to_ne_bytes());
+    // config1 is kprobe_func (a pointer to the name), config2 the offset.
+    attr[56..64].copy_from_slice(&(name.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: perf_event_open reads `size` bytes of `attr`, and the name
+    // it points to, which lives until after the call.
+    let perf = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            attr.as_ptr(),
+            -1 as libc::c_int,
+            0 as libc::c_int,
+            -1 as libc::c_int,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if perf < 0 {
+        let e = io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::EINVAL) => format!("the kernel cannot probe this function ({e})"),
+            _ => format!("creating the kprobe: {e}"),
+        });
+    }
+    // SAFETY: the kernel just returned this fd, and nothing else owns it.
+    let perf = unsafe { OwnedFd::from_raw_fd(perf as i32) };
+    link(program, &perf, cookie).map_err(|e| format!("attaching the kprobe: {e}"))
 }

@@ -6,8 +6,8 @@
 use proto::Timestamp;
 use proto::tetragon::kprobe_argument::Arg;
 use proto::tetragon::{
-    GetEventsResponse, KprobeAction, KprobeArgument, ProcessTracepoint, ProcessUprobe, SyscallId,
-    get_events_response::Event,
+    GetEventsResponse, KprobeAction, KprobeArgument, KprobeFile, KprobeLinuxBinprm, KprobePath, ProcessKprobe,
+    ProcessTracepoint, ProcessUprobe, SyscallId, get_events_response::Event,
 };
 
 use super::hooks::{HookInfo, HookPoint, Shown};
@@ -44,6 +44,56 @@ fn signed(raw: &RawArg, size: u8) -> i64 {
     }
 }
 
+/// A path argument's bytes (a `PathHead`, then components leaf first) as
+/// the path and its `ls -l` permission string.
+fn path_of(raw: &RawArg) -> (String, String) {
+    let Some((head, names)) = raw.bytes.split_at_checked(8) else {
+        return (String::new(), String::new());
+    };
+    let mode = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    let at_root = head[4] != 0;
+    let mut path = String::new();
+    for c in names.split(|b| *b == 0).filter(|c| !c.is_empty()).collect::<Vec<_>>().iter().rev() {
+        path.push('/');
+        path.push_str(&String::from_utf8_lossy(c));
+    }
+    if path.is_empty() && at_root {
+        path.push('/');
+    }
+    (path, permission(mode))
+}
+
+/// `i_mode` as `ls -l` prints it (`-rwxr-xr-x`), as Tetragon reports it.
+pub fn permission(mode: u32) -> String {
+    if mode == 0 {
+        return String::new();
+    }
+    let kind = match mode & 0o170000 {
+        0o040000 => 'd',
+        0o120000 => 'l',
+        0o020000 => 'c',
+        0o060000 => 'b',
+        0o010000 => 'p',
+        0o140000 => 's',
+        _ => '-',
+    };
+    let mut s = String::with_capacity(10);
+    s.push(kind);
+    for (shift, special, set_char) in [(6, 0o4000, 's'), (3, 0o2000, 's'), (0, 0o1000, 't')] {
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        let x = bits & 1 != 0;
+        s.push(match (mode & special != 0, x) {
+            (true, true) => set_char,
+            (true, false) => set_char.to_ascii_uppercase(),
+            (false, true) => 'x',
+            (false, false) => '-',
+        });
+    }
+    s
+}
+
 /// One argument as Tetragon shows it; `None` for one left out.
 pub fn argument(shown: Shown, raw: &RawArg) -> Option<KprobeArgument> {
     let arg = match shown {
@@ -54,6 +104,18 @@ pub fn argument(shown: Shown, raw: &RawArg) -> Option<KprobeArgument> {
         Shown::String => Arg::StringArg(String::from_utf8_lossy(&raw.bytes).into_owned()),
         Shown::Bytes => Arg::BytesArg(raw.bytes.clone()),
         Shown::SyscallId => Arg::SyscallId(SyscallId { id: unsigned(raw, 8) as u32, abi: ABI.to_owned() }),
+        Shown::File => {
+            let (path, permission) = path_of(raw);
+            Arg::FileArg(KprobeFile { path, permission, ..Default::default() })
+        }
+        Shown::Path => {
+            let (path, permission) = path_of(raw);
+            Arg::PathArg(KprobePath { path, permission, ..Default::default() })
+        }
+        Shown::Bprm => {
+            let (path, permission) = path_of(raw);
+            Arg::LinuxBinprmArg(KprobeLinuxBinprm { path, permission, ..Default::default() })
+        }
         Shown::Hidden => return None,
     };
     Some(KprobeArgument { arg: Some(arg), label: String::new() })
@@ -82,6 +144,20 @@ pub fn hook_event(node: &str, time: Timestamp, hit: &HookData, info: &HookInfo, 
             message: info.message.clone(),
             tags: info.tags.clone(),
             ancestors: lineage.ancestors,
+        }),
+        HookPoint::Kprobe { function } => Event::ProcessKprobe(ProcessKprobe {
+            process: Some(process),
+            parent: lineage.parent,
+            function_name: function.clone(),
+            args,
+            action: KprobeAction::Post as i32,
+            policy_name: info.policy.clone(),
+            // Tetragon sets it on every kprobe event, return probe or not.
+            return_action: KprobeAction::Post as i32,
+            message: info.message.clone(),
+            tags: info.tags.clone(),
+            ancestors: lineage.ancestors,
+            ..Default::default()
         }),
         HookPoint::Uprobe { path, symbol, offset } => Event::ProcessUprobe(ProcessUprobe {
             process: Some(process),
@@ -125,6 +201,28 @@ mod tests {
             Some(Arg::SyscallId(SyscallId { id: 12, abi: ABI.into() }))
         );
         assert_eq!(argument(Shown::Hidden, &raw(1)), None, "nop is left out");
+    }
+
+    #[test]
+    fn paths_come_back_root_first_with_their_permission() {
+        let mut bytes = 0o100755u32.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 4]);
+        bytes.extend_from_slice(b"busybox-copy\0bin\0");
+        let raw = RawArg { bytes, ..Default::default() };
+        assert_eq!(
+            argument(Shown::File, &raw).and_then(|a| a.arg),
+            Some(Arg::FileArg(KprobeFile {
+                path: "/bin/busybox-copy".into(),
+                permission: "-rwxr-xr-x".into(),
+                ..Default::default()
+            }))
+        );
+        assert_eq!(permission(0o104755), "-rwsr-xr-x");
+        assert_eq!(permission(0o041777), "drwxrwxrwt");
+        assert_eq!(permission(0o100644), "-rw-r--r--");
+        let root = RawArg { bytes: [0o040755u32.to_le_bytes(), 1u32.to_le_bytes()].concat(), ..Default::default() };
+        assert_eq!(path_of(&root), ("/".to_owned(), "drwxr-xr-x".to_owned()));
+        assert_eq!(path_of(&RawArg { bytes: vec![1, 2], ..Default::default() }), (String::new(), String::new()));
     }
 
     #[test]

@@ -18,19 +18,31 @@ const RETIRED_KEPT: usize = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shown {
     /// `int_arg`: sign-extended from the field's `size` bytes.
-    Int { size: u8 },
+    Int {
+        size: u8,
+    },
     /// `uint_arg`.
-    Uint { size: u8 },
+    Uint {
+        size: u8,
+    },
     /// `long_arg`.
-    Long { size: u8 },
+    Long {
+        size: u8,
+    },
     /// `size_arg` (an unsigned 64-bit number).
-    Size { size: u8 },
+    Size {
+        size: u8,
+    },
     /// `string_arg`.
     String,
     /// `bytes_arg`.
     Bytes,
     /// `syscall_id` with the ABI.
     SyscallId,
+    /// `file_arg`, `path_arg`, `linux_binprm_arg`: a path with its permission.
+    File,
+    Path,
+    Bprm,
     /// Read and left out of the event (`nop`).
     Hidden,
 }
@@ -48,6 +60,9 @@ impl Shown {
             String | Filename => Shown::String,
             CharBuf | ConstBuf => Shown::Bytes,
             Syscall64 => Shown::SyscallId,
+            File => Shown::File,
+            Path => Shown::Path,
+            LinuxBinprm => Shown::Bprm,
             Nop => Shown::Hidden,
             _ => return None,
         })
@@ -67,6 +82,10 @@ pub enum HookPoint {
         path: String,
         symbol: String,
         offset: u64,
+    },
+    /// A kernel function, by the symbol probed.
+    Kprobe {
+        function: String,
     },
 }
 

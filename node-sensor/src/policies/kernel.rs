@@ -8,14 +8,15 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use aya::Ebpf;
 use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::programs::KProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeError, UProbeLinkId, UProbeScope};
 use aya::programs::{ProgramError, TracePoint, UProbe};
-use node_sensor_common::{HOOKS_PER_ATTACH, HookSet, UPROBE_COOKIE};
+use node_sensor_common::{HOOKS_PER_ATTACH, HookSet, KPROBE_COOKIE, UPROBE_COOKIE};
 use policy::PolicyError;
-use policy::compile::{TracepointHook, UprobeHook};
+use policy::compile::{KprobeHook, TracepointHook, UprobeHook};
 
 use super::attach;
-use crate::loader::{HookPrograms, TRACEPOINT_PROGRAM, UPROBE_PROGRAM};
+use crate::loader::{HookPrograms, KPROBE_PROGRAM, TRACEPOINT_PROGRAM, UPROBE_PROGRAM};
 
 /// Why an attach failed: the policy names what is not there (refused like
 /// bad input), or the kernel said no (the policy is kept, in error).
@@ -30,6 +31,7 @@ pub enum AttachError {
 pub enum Point {
     Tracepoint(TracepointHook),
     Uprobe(UprobeHook),
+    Kprobe(KprobeHook),
 }
 
 /// A tracepoint the program is attached to, and the hooks it serves.
@@ -45,12 +47,21 @@ pub struct Attachments {
     programs: HookPrograms,
     tracepoints: HashMap<u32, AttachedTracepoint>,
     uprobes: HashMap<u32, UProbeLinkId>,
+    /// Per hook; closing the link detaches.
+    kprobes: HashMap<u32, OwnedFd>,
 }
 
 impl Attachments {
     pub fn new(mut ebpf: Ebpf, programs: HookPrograms) -> Attachments {
         let hook_map = ebpf.take_map("HOOKS").and_then(|m| BpfHashMap::try_from(m).ok());
-        Attachments { ebpf, hook_map, programs, tracepoints: HashMap::new(), uprobes: HashMap::new() }
+        Attachments {
+            ebpf,
+            hook_map,
+            programs,
+            tracepoints: HashMap::new(),
+            uprobes: HashMap::new(),
+            kprobes: HashMap::new(),
+        }
     }
 
     fn map(&mut self) -> Result<&mut BpfHashMap<MapData, u64, HookSet>, AttachError> {
@@ -62,6 +73,7 @@ impl Attachments {
         match point {
             Point::Tracepoint(tp) => self.attach_tracepoint(id, tp),
             Point::Uprobe(up) => self.attach_uprobe(id, up),
+            Point::Kprobe(kp) => self.attach_kprobe(id, kp),
         }
     }
 
@@ -70,6 +82,7 @@ impl Attachments {
         match point {
             Point::Tracepoint(tp) => self.detach_tracepoint(id, tp.id),
             Point::Uprobe(_) => self.detach_uprobe(id),
+            Point::Kprobe(_) => self.detach_kprobe(id),
         }
     }
 
@@ -188,6 +201,41 @@ impl Attachments {
         }
         if let Ok(map) = self.map()
             && let Err(e) = map.remove(&(UPROBE_COOKIE | u64::from(id)))
+        {
+            tracing::warn!(hook = id, error = %e, "updating the hook map failed");
+        }
+    }
+}
+
+impl Attachments {
+    fn attach_kprobe(&mut self, id: u32, kp: &KprobeHook) -> Result<(), AttachError> {
+        if let Err(why) = &self.programs.kprobe {
+            return Err(AttachError::Kernel(format!("the kprobe program is not available: {why}")));
+        }
+        let key = KPROBE_COOKIE | u64::from(id);
+        let value = HookSet { count: 1, hooks: [kp.spec(id); HOOKS_PER_ATTACH], ..Default::default() };
+        self.map()?.insert(key, value, 0).map_err(|e| AttachError::Kernel(format!("updating the hook map: {e}")))?;
+        let attached = program::<KProbe>(&mut self.ebpf, KPROBE_PROGRAM).and_then(|p| {
+            let fd = p.fd().map_err(|e| e.to_string())?;
+            attach::kprobe(fd.as_fd(), &kp.symbol, key).map_err(|e| format!("{}: {e}", kp.symbol))
+        });
+        match attached {
+            Ok(link) => {
+                self.kprobes.insert(id, link);
+                Ok(())
+            }
+            Err(why) => {
+                let _ = self.map().map(|m| m.remove(&key));
+                Err(AttachError::Kernel(why))
+            }
+        }
+    }
+
+    fn detach_kprobe(&mut self, id: u32) {
+        // Dropping the link detaches.
+        if self.kprobes.remove(&id).is_some()
+            && let Ok(map) = self.map()
+            && let Err(e) = map.remove(&(KPROBE_COOKIE | u64::from(id)))
         {
             tracing::warn!(hook = id, error = %e, "updating the hook map failed");
         }

@@ -15,6 +15,7 @@ mod attach;
 pub mod events;
 pub mod hooks;
 mod kernel;
+mod view;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,15 +23,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use aya::Ebpf;
 use node_sensor_common::HookSpec;
-use policy::compile::{self, HookArg, KernelView};
+use policy::compile::{self, HookArg};
 use policy::schema::Arg;
-use policy::tracefs::Format;
 use policy::{PolicyError, TracingPolicy};
 
 use crate::loader::HookPrograms;
 use crate::tracefs::Tracefs;
 use hooks::{HookInfo, HookPoint, HookTable, Shown, ShownArg};
 use kernel::{AttachError, Attachments, Point};
+use view::KernelInfo;
 
 /// Policies loaded at once at most (each holds its compiled hooks).
 pub const MAX_POLICIES: usize = 256;
@@ -96,21 +97,13 @@ struct Loaded {
 /// Owns the BPF object (after the loader) and every policy in it.
 pub struct PolicyHost {
     kernel: Attachments,
-    tracefs: Option<Tracefs>,
+    /// Tracefs and BTF, opened by the first policy that needs each.
+    view: KernelInfo,
     table: Arc<HookTable>,
     /// By (namespace, name).
     policies: BTreeMap<(String, String), Loaded>,
     next_hook: u32,
     next_policy: u64,
-}
-
-/// The kernel view of a policy without tracepoints (nothing to look up).
-struct NoTracepoints;
-
-impl KernelView for NoTracepoints {
-    fn tracepoint_format(&self, _: &str, _: &str) -> Result<Option<Format>, String> {
-        Err("tracefs was not opened".into())
-    }
 }
 
 impl PolicyHost {
@@ -119,7 +112,7 @@ impl PolicyHost {
     pub fn new(ebpf: Ebpf, programs: HookPrograms) -> PolicyHost {
         PolicyHost {
             kernel: Attachments::new(ebpf, programs),
-            tracefs: None,
+            view: KernelInfo { tracefs: None, btf: None },
             table: Arc::new(HookTable::default()),
             policies: BTreeMap::new(),
             next_hook: 1,
@@ -150,7 +143,14 @@ impl PolicyHost {
         }
         refuse_unsupported(&policy)?;
         let compiled = self.compile(&policy)?;
-        let mut hooks = Vec::with_capacity(compiled.tracepoints.len() + compiled.uprobes.len());
+        let mut hooks =
+            Vec::with_capacity(compiled.tracepoints.len() + compiled.uprobes.len() + compiled.kprobes.len());
+        for (kprobe, spec) in compiled.kprobes.into_iter().zip(&policy.spec.kprobes) {
+            let point = HookPoint::Kprobe { function: kprobe.symbol.clone() };
+            let args = shown_args(&kprobe.args, &spec.args);
+            let info = hook_info(&key.1, point, spec.message.as_deref(), &spec.tags, args);
+            hooks.push(Hook { id: self.hook_id(), point: Point::Kprobe(kprobe), info });
+        }
         for (tracepoint, spec) in compiled.tracepoints.into_iter().zip(&policy.spec.tracepoints) {
             let point =
                 HookPoint::Tracepoint { subsystem: tracepoint.subsystem.clone(), event: tracepoint.event.clone() };
@@ -258,6 +258,7 @@ impl PolicyHost {
                     .map(|h| match h.point {
                         Point::Tracepoint(_) => "generic_tracepoint".to_owned(),
                         Point::Uprobe(_) => "generic_uprobe".to_owned(),
+                        Point::Kprobe(_) => "generic_kprobe".to_owned(),
                     })
                     .collect();
                 sensors.dedup();
@@ -279,20 +280,23 @@ impl PolicyHost {
     }
 
     fn compile(&mut self, policy: &TracingPolicy) -> Result<compile::Compiled, HostError> {
-        if policy.spec.tracepoints.is_empty() {
-            return Ok(compile::compile(policy, &NoTracepoints)?);
-        }
-        if self.tracefs.is_none() {
-            let tracefs = Tracefs::open().map_err(|reason| HostError::Kernel {
-                name: policy.metadata.name.clone(),
-                reason: format!("tracefs is not available: {reason}"),
-            })?;
-            self.tracefs = Some(tracefs);
-        }
-        let Some(tracefs) = self.tracefs.as_ref() else {
-            return Err(HostError::Kernel { name: policy.metadata.name.clone(), reason: "tracefs is gone".into() });
+        let unavailable = |what: &str, reason: String| HostError::Kernel {
+            name: policy.metadata.name.clone(),
+            reason: format!("{what} is not available: {reason}"),
         };
-        Ok(compile::compile(policy, tracefs)?)
+        if !policy.spec.tracepoints.is_empty() && self.view.tracefs.is_none() {
+            self.view.tracefs = Some(Tracefs::open().map_err(|r| unavailable("tracefs", r))?);
+        }
+        // BTF is parsed for the policy and let go after: kept, it would
+        // hold about 40 MiB for the sensor's life.
+        if !policy.spec.kprobes.is_empty() {
+            let btf = crate::btf_offsets::open(crate::btf_offsets::VMLINUX_BTF)
+                .map_err(|e| unavailable("kernel BTF", e.to_string()))?;
+            self.view.btf = Some(btf);
+        }
+        let compiled = compile::compile(policy, &self.view);
+        self.view.btf = None;
+        Ok(compiled?)
     }
 
     /// Puts `hooks` into the kernel. On a failure, what was done is
@@ -372,9 +376,8 @@ fn refuse_unsupported(policy: &TracingPolicy) -> Result<(), HostError> {
     let no = |path: String, what: &str| {
         Err(HostError::Unsupported(PolicyError { path, reason: format!("{what} are not supported by Vigil yet") }))
     };
-    if !policy.spec.kprobes.is_empty() {
-        return no("spec.kprobes".into(), "kprobe hooks");
-    }
+    let kprobe_selectors =
+        policy.spec.kprobes.iter().map(|k| &k.selectors).enumerate().map(|(i, s)| (format!("spec.kprobes[{i}]"), s));
     let selectors = policy
         .spec
         .tracepoints
@@ -384,7 +387,7 @@ fn refuse_unsupported(policy: &TracingPolicy) -> Result<(), HostError> {
         .map(|(i, s)| (format!("spec.tracepoints[{i}]"), s));
     let uprobe_selectors =
         policy.spec.uprobes.iter().map(|u| &u.selectors).enumerate().map(|(i, s)| (format!("spec.uprobes[{i}]"), s));
-    for (at, s) in selectors.chain(uprobe_selectors) {
+    for (at, s) in kprobe_selectors.chain(selectors).chain(uprobe_selectors) {
         if !s.is_empty() {
             return no(format!("{at}.selectors"), "selectors (in-kernel filters and actions)");
         }
