@@ -88,23 +88,10 @@ pub(crate) unsafe fn read_arg<const PATHS: bool>(
                 }
                 Err(_) => (0, ARG_ERROR),
             },
-            READ_USER_BUFFER => {
+            READ_USER_BUFFER | READ_KERNEL_BUFFER => {
                 let want = scalar(record.wrapping_add(spec.len_offset as usize), spec.len_size as u16);
                 match (field::<u64>(field_at, 0), want) {
-                    (Ok(ptr), Ok(want)) if ptr != 0 => {
-                        let (n, cut) = if want > HOOK_STRING_MAX as u64 {
-                            (HOOK_STRING_MAX as u32, ARG_TRUNCATED)
-                        } else {
-                            (want as u32, 0)
-                        };
-                        if n == 0 {
-                            (0, 0)
-                        } else if bpf_probe_read_user(body as *mut c_void, n, ptr as *const c_void) == 0 {
-                            (n, cut)
-                        } else {
-                            (0, ARG_ERROR)
-                        }
-                    }
+                    (Ok(ptr), Ok(want)) if ptr != 0 => read_buffer(spec.read == READ_USER_BUFFER, ptr, want, body),
                     _ => (0, ARG_ERROR),
                 }
             }
@@ -116,26 +103,6 @@ pub(crate) unsafe fn read_arg<const PATHS: bool>(
                 }
                 _ => (0, ARG_ERROR),
             },
-            READ_KERNEL_BUFFER => {
-                let want = scalar(record.wrapping_add(spec.len_offset as usize), spec.len_size as u16);
-                match (field::<u64>(field_at, 0), want) {
-                    (Ok(ptr), Ok(want)) if ptr != 0 => {
-                        let (n, cut) = if want > HOOK_STRING_MAX as u64 {
-                            (HOOK_STRING_MAX as u32, ARG_TRUNCATED)
-                        } else {
-                            (want as u32, 0)
-                        };
-                        if n == 0 {
-                            (0, 0)
-                        } else if bpf_probe_read_kernel(body as *mut c_void, n, ptr as *const c_void) == 0 {
-                            (n, cut)
-                        } else {
-                            (0, ARG_ERROR)
-                        }
-                    }
-                    _ => (0, ARG_ERROR),
-                }
-            }
             READ_FILE | READ_PATH | READ_BPRM if PATHS => match field::<u64>(field_at, 0) {
                 Ok(ptr) if ptr != 0 => read_path_arg(spec.read, ptr as *const u8, body),
                 _ => (0, ARG_ERROR),
@@ -153,6 +120,29 @@ pub(crate) unsafe fn read_arg<const PATHS: bool>(
         core::ptr::write_unaligned(data.add(at) as *mut u64, u64::from(len | flags));
         at + 8 + ((len as usize + 7) & !7)
     }
+}
+
+/// `want` bytes (at most a string's worth; more are cut and flagged) of
+/// user or kernel memory at `ptr` into `body`.
+///
+/// # Safety
+/// `body` must have `HOOK_STRING_MAX` bytes this CPU owns.
+#[inline(always)]
+unsafe fn read_buffer(user: bool, ptr: u64, want: u64, body: *mut u8) -> (u32, u32) {
+    let (n, cut) =
+        if want > HOOK_STRING_MAX as u64 { (HOOK_STRING_MAX as u32, ARG_TRUNCATED) } else { (want as u32, 0) };
+    if n == 0 {
+        return (0, 0);
+    }
+    // SAFETY: the helpers check the source address; `n` fits `body`.
+    let failed = unsafe {
+        if user {
+            bpf_probe_read_user(body as *mut c_void, n, ptr as *const c_void)
+        } else {
+            bpf_probe_read_kernel(body as *mut c_void, n, ptr as *const c_void)
+        }
+    };
+    if failed == 0 { (n, cut) } else { (0, ARG_ERROR) }
 }
 
 /// A `*_str` helper's result as (length without the NUL, flags): a string
@@ -194,16 +184,18 @@ unsafe fn read_path_arg(read: u8, ptr: *const u8, body: *mut u8) -> (u32, u32) {
             Err(_) => 0,
         };
         let task = bpf_get_current_task() as *const u8;
-        let Ok(root) = paths::task_root(task) else {
+        let Ok(root) = ptr_field(task, off!(task_fs)).and_then(|fs| paths::fs_root(fs)) else {
             return (0, ARG_ERROR);
         };
-        let walked = paths::walk(vfsmnt, dentry, root, body.add(8));
-        core::ptr::write_unaligned(body as *mut PathHead, PathHead { mode, is_root: u32::from(walked.at_root) });
-        let flags = match walked.flags {
+        let head = body as *mut PathHead;
+        core::ptr::write_unaligned(head, PathHead { mode, is_root: 0 });
+        let mut len = 0u32;
+        let walked = paths::walk(vfsmnt, dentry, root, body.add(8), &mut len, core::ptr::addr_of_mut!((*head).is_root));
+        let flags = match walked {
             0 => 0,
             FLAG_TRUNC_CWD => ARG_PATH_CUT,
             _ => ARG_ERROR,
         };
-        (8 + walked.len, flags)
+        (8 + len, flags)
     }
 }

@@ -23,14 +23,22 @@ const BPF_PERF_EVENT: u32 = 41;
 /// Attaches `program` to tracepoint `id` (its tracefs `id`), its runs
 /// seeing `cookie` through `bpf_get_attach_cookie`.
 pub fn tracepoint(program: BorrowedFd<'_>, id: u32, cookie: u64) -> io::Result<OwnedFd> {
-    // struct perf_event_attr: type, size, config; the rest zero.
+    let perf = perf_event(PERF_TYPE_TRACEPOINT, u64::from(id), 0)?;
+    link(program, &perf, cookie)
+}
+
+/// A system-wide perf event of PMU `pmu` with `config` and `config1` (a
+/// `struct perf_event_attr` with those, its size, and the rest zero).
+fn perf_event(pmu: u32, config: u64, config1: u64) -> io::Result<OwnedFd> {
     let mut attr = [0u8; PERF_ATTR_SIZE];
-    attr[0..4].copy_from_slice(&PERF_TYPE_TRACEPOINT.to_ne_bytes());
+    attr[0..4].copy_from_slice(&pmu.to_ne_bytes());
     attr[4..8].copy_from_slice(&(PERF_ATTR_SIZE as u32).to_ne_bytes());
-    attr[8..16].copy_from_slice(&u64::from(id).to_ne_bytes());
-    // SAFETY: perf_event_open reads `size` bytes of `attr`, which has them;
-    // pid -1 with cpu 0 is the system-wide event a BPF program attaches to
-    // (it then runs for the tracepoint on every CPU).
+    attr[8..16].copy_from_slice(&config.to_ne_bytes());
+    attr[56..64].copy_from_slice(&config1.to_ne_bytes());
+    // SAFETY: perf_event_open reads `size` bytes of `attr`, which has them
+    // (and what config1 may point to, which the caller keeps alive); pid -1
+    // with cpu 0 is the system-wide event a BPF program attaches to (it then
+    // runs on every CPU).
     let perf = unsafe {
         libc::syscall(
             libc::SYS_perf_event_open,
@@ -45,8 +53,7 @@ pub fn tracepoint(program: BorrowedFd<'_>, id: u32, cookie: u64) -> io::Result<O
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel just returned this fd, and nothing else owns it.
-    let perf = unsafe { OwnedFd::from_raw_fd(perf as i32) };
-    link(program, &perf, cookie)
+    Ok(unsafe { OwnedFd::from_raw_fd(perf as i32) })
 }
 
 /// A perf link from `program` to the perf event `perf`, with `cookie`.
@@ -81,31 +88,10 @@ pub fn kprobe(program: BorrowedFd<'_>, symbol: &str, cookie: u64) -> Result<Owne
         .and_then(|t| t.trim().parse::<u32>().ok())
         .ok_or_else(|| format!("this kernel has no kprobes ({KPROBE_PMU_TYPE} is missing: CONFIG_KPROBES is off)"))?;
     let name = std::ffi::CString::new(symbol).map_err(|_| "the function name holds a NUL byte".to_owned())?;
-    let mut attr = [0u8; PERF_ATTR_SIZE];
-    attr[0..4].copy_from_slice(&pmu.to_ne_bytes());
-    attr[4..8].copy_from_slice(&(PERF_ATTR_SIZE as u32).to_ne_bytes());
-    // config1 is kprobe_func (a pointer to the name), config2 the offset.
-    attr[56..64].copy_from_slice(&(name.as_ptr() as u64).to_ne_bytes());
-    // SAFETY: perf_event_open reads `size` bytes of `attr`, and the name
-    // it points to, which lives until after the call.
-    let perf = unsafe {
-        libc::syscall(
-            libc::SYS_perf_event_open,
-            attr.as_ptr(),
-            -1 as libc::c_int,
-            0 as libc::c_int,
-            -1 as libc::c_int,
-            PERF_FLAG_FD_CLOEXEC,
-        )
-    };
-    if perf < 0 {
-        let e = io::Error::last_os_error();
-        return Err(match e.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::EINVAL) => format!("the kernel cannot probe this function ({e})"),
-            _ => format!("creating the kprobe: {e}"),
-        });
-    }
-    // SAFETY: the kernel just returned this fd, and nothing else owns it.
-    let perf = unsafe { OwnedFd::from_raw_fd(perf as i32) };
+    // config1 is kprobe_func: a pointer to the name, alive through the call.
+    let perf = perf_event(pmu, 0, name.as_ptr() as u64).map_err(|e| match e.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::EINVAL) => format!("the kernel cannot probe this function ({e})"),
+        _ => format!("creating the kprobe: {e}"),
+    })?;
     link(program, &perf, cookie).map_err(|e| format!("attaching the kprobe: {e}"))
 }
