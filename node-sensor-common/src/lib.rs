@@ -112,7 +112,9 @@ pub const COUNTER_EXITS: u32 = 3;
 pub const COUNTER_CLONES: u32 = 4;
 /// Policy hooks that fired and were sent (or lost to a full ring buffer).
 pub const COUNTER_HOOKS: u32 = 5;
-pub const COUNTERS_LEN: u32 = 6;
+/// Returns whose entry was not kept (the pending map was full).
+pub const COUNTER_RETURNS_LOST: u32 = 6;
+pub const COUNTERS_LEN: u32 = 7;
 
 /// Common first 16 bytes of every record.
 #[repr(C)]
@@ -292,6 +294,36 @@ pub struct HookSpec {
     pub hook_id: u32,
     pub nargs: u32,
     pub args: [ArgSpec; HOOK_MAX_ARGS],
+    /// The return value's reading (`HOOK_RETURN`): from the registers the
+    /// return probe sees.
+    pub ret: ArgSpec,
+    /// `HOOK_*`.
+    pub flags: u32,
+}
+
+/// `HookSpec::flags`: a return probe reports this hook, with the return
+/// value: the entry program keeps the arguments for it.
+pub const HOOK_RETURN: u32 = 1 << 0;
+/// Cookies of kretprobe attaches have this bit (with the hook's number).
+pub const KRETPROBE_COOKIE: u64 = 1 << 34;
+/// `RecordHeader::flags` of a hook record: its last argument is the
+/// function's return value.
+pub const RECORD_HAS_RETURN: u32 = 1 << 0;
+/// Bytes of arguments a return-probe hook keeps from entry to return:
+/// all a record can hold.
+pub const RETURN_DATA_MAX: usize = HOOK_DATA_SIZE;
+/// Calls in flight return probes can hold at once (an LRU map of 8 KiB
+/// entries, 2 MiB in all: past it the oldest call's event is lost, and
+/// counted as `COUNTER_RETURNS_LOST`).
+pub const RETURN_PENDING_MAX: u32 = 256;
+
+/// What the entry program keeps for the return probe: the record built so
+/// far.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ReturnPending {
+    pub record: HookRecord,
+    pub data: [u8; RETURN_DATA_MAX],
 }
 
 /// Value of the hook map, keyed by the attach cookie (a tracepoint's id,
@@ -446,8 +478,9 @@ const _: () = assert!(core::mem::size_of::<ExitRecord>() == 40);
 const _: () = assert!(core::mem::size_of::<CloneRecord>() == 48);
 const _: () = assert!(core::mem::size_of::<ExecTimeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<ArgSpec>() == 12);
-const _: () = assert!(core::mem::size_of::<HookSpec>() == 8 + 12 * HOOK_MAX_ARGS);
-const _: () = assert!(core::mem::size_of::<HookSet>() == 8 + 68 * HOOKS_PER_ATTACH);
+const _: () = assert!(core::mem::size_of::<HookSpec>() == 8 + 12 * HOOK_MAX_ARGS + 12 + 4);
+const _: () = assert!(core::mem::size_of::<HookSet>() == 8 + 84 * HOOKS_PER_ATTACH);
+const _: () = assert!(core::mem::size_of::<ReturnPending>() == 32 + RETURN_DATA_MAX);
 const _: () = assert!(core::mem::size_of::<PathHead>() == 8);
 const _: () = assert!(core::mem::size_of::<HookRecord>() == 32);
 const _: () = assert!(HOOK_DATA_SIZE.is_power_of_two());

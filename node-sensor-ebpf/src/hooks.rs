@@ -13,13 +13,13 @@ use core::ffi::c_void;
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
-    macros::{kprobe, tracepoint, uprobe},
-    programs::{ProbeContext, TracePointContext},
+    macros::{kprobe, kretprobe, tracepoint, uprobe},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use node_sensor_common::*;
 
 use crate::args::{AREA, read_arg};
-use crate::{EVENTS, HOOK_SCRATCH, HOOKS, count, queued, submit_flags};
+use crate::{EVENTS, HOOK_SCRATCH, HOOKS, RETURN_PENDING, count, queued, submit_flags};
 
 /// A hook record as it is built: the record, then its argument area.
 #[repr(C)]
@@ -103,13 +103,103 @@ fn run_hooks<const PATHS: bool, const MAX_HOOKS: usize>(ctx: *mut c_void) -> Res
                 tid: pid_tgid as u32,
                 data_len: data_len as u32,
             };
-            let bytes =
-                core::slice::from_raw_parts(scratch as *const u8, core::mem::size_of::<HookRecord>() + data_len);
-            let len = bytes.len() as u64;
-            if EVENTS.output::<[u8]>(bytes, submit_flags(queued() + len, len)).is_err() {
-                count(COUNTER_RINGBUF_FULL);
+            if PATHS && hook.flags & HOOK_RETURN != 0 {
+                // The return probe sends it, with the return value.
+                keep_for_return(scratch, pid_tgid, hook.hook_id);
+                continue;
             }
+            send(scratch as *const u8, data_len);
         }
+    }
+    Ok(())
+}
+
+/// Sends the record built in `scratch` with `data_len` bytes of arguments.
+///
+/// # Safety
+/// `scratch` must hold a record and `data_len` bytes after it.
+#[inline(always)]
+unsafe fn send(scratch: *const u8, data_len: usize) {
+    // SAFETY: as the caller promises.
+    let bytes = unsafe { core::slice::from_raw_parts(scratch, core::mem::size_of::<HookRecord>() + data_len) };
+    let len = bytes.len() as u64;
+    if EVENTS.output::<[u8]>(bytes, submit_flags(queued() + len, len)).is_err() {
+        count(COUNTER_RINGBUF_FULL);
+    }
+}
+
+/// The key of a call in flight: its thread and hook.
+#[inline(always)]
+fn pending_key(pid_tgid: u64, hook_id: u32) -> u64 {
+    ((pid_tgid & 0xffff_ffff) << 32) | u64::from(hook_id)
+}
+
+/// Keeps the record built so far for the return probe. An entry pushed
+/// out of the full map loses its call's event (counted by the return
+/// probe's miss); one that cannot go in is counted here.
+///
+/// # Safety
+/// `scratch` must be this CPU's hook scratch.
+#[inline(always)]
+unsafe fn keep_for_return(scratch: *mut HookScratch, pid_tgid: u64, hook_id: u32) {
+    // SAFETY: the scratch is at least a ReturnPending in size and layout
+    // (a record, then RETURN_DATA_MAX = HOOK_DATA_SIZE bytes); the map
+    // copies that many.
+    unsafe {
+        let pending = &*(scratch as *const ReturnPending);
+        if RETURN_PENDING.insert(pending_key(pid_tgid, hook_id), pending, 0).is_err() {
+            count(COUNTER_RETURNS_LOST);
+        }
+    }
+}
+
+/// The return of a kernel function a return-probe hook names: the kept
+/// record, its return value appended, goes out.
+#[kretprobe]
+pub fn vigil_kr(ctx: RetProbeContext) -> u32 {
+    let _ = run_return(ctx.as_ptr());
+    0
+}
+
+#[inline(always)]
+fn run_return(ctx: *mut c_void) -> Result<(), i64> {
+    // SAFETY: the helper only reads the running program's attach cookie.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx) };
+    // SAFETY: read only; the sensor replaces whole values.
+    let Some(hooks) = (unsafe { HOOKS.get(cookie) }) else {
+        return Ok(());
+    };
+    let hook = &hooks.hooks[0];
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = pending_key(pid_tgid, hook.hook_id);
+    // SAFETY: read once, then removed; a racing update by the same thread
+    // cannot happen (the thread is here).
+    let Some(pending) = (unsafe { RETURN_PENDING.get(key) }) else {
+        // Entered before the policy, or its entry was pushed out.
+        count(COUNTER_RETURNS_LOST);
+        return Ok(());
+    };
+    let scratch = HOOK_SCRATCH.get_ptr_mut(0).ok_or(-12i64)?;
+    // SAFETY: the scratch is this CPU's, larger than a ReturnPending; the
+    // copy is of one ReturnPending; the return value goes at the kept
+    // length, within the area (see `args`).
+    unsafe {
+        let copied = aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            scratch as *mut c_void,
+            core::mem::size_of::<ReturnPending>() as u32,
+            pending as *const ReturnPending as *const c_void,
+        );
+        let _ = RETURN_PENDING.remove(key);
+        if copied != 0 {
+            return Ok(());
+        }
+        let at = (*scratch).record.data_len as usize & (HOOK_DATA_SIZE - 1);
+        let next = read_arg::<false>(ctx as *const u8, &hook.ret, (*scratch).data.as_mut_ptr(), at);
+        let data_len = next & (HOOK_DATA_SIZE - 1);
+        (*scratch).record.data_len = data_len as u32;
+        (*scratch).record.header.flags |= RECORD_HAS_RETURN;
+        (*scratch).record.header.ktime = bpf_ktime_get_boot_ns();
+        send(scratch as *const u8, data_len);
     }
     Ok(())
 }

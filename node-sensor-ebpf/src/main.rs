@@ -49,6 +49,11 @@ static HOOKS: HashMap<u64, HookSet> = HashMap::with_max_entries(HOOK_ATTACH_MAX,
 #[map]
 static HOOK_SCRATCH: PerCpuArray<hooks::HookScratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// Calls in flight of return-probe hooks: the entry's record, by thread
+/// and hook, until the return probe sends it.
+#[map]
+static RETURN_PENDING: LruHashMap<u64, ReturnPending> = LruHashMap::with_max_entries(RETURN_PENDING_MAX, 0);
+
 #[unsafe(no_mangle)]
 static OFFSETS: KernelOffsets = KernelOffsets::ZERO;
 

@@ -20,6 +20,9 @@ pub enum Record {
 /// A policy hook's hit with its arguments as the kernel read them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HookData {
+    /// `RECORD_*` flags (`RECORD_HAS_RETURN`: the last argument is the
+    /// function's return value).
+    pub flags: u32,
     pub ktime: u64,
     pub hook_id: u32,
     pub pid: u32,
@@ -155,7 +158,8 @@ fn decode_hook(bytes: &[u8]) -> Result<HookData, DecodeError> {
     let mut args = Vec::new();
     while !data.is_empty() {
         let i = args.len();
-        if i == HOOK_MAX_ARGS {
+        // One more for a return value.
+        if i == HOOK_MAX_ARGS + 1 {
             return Err(DecodeError::BadArgument(i));
         }
         let word = data.get(..8).ok_or(DecodeError::BadArgument(i))?;
@@ -170,7 +174,7 @@ fn decode_hook(bytes: &[u8]) -> Result<HookData, DecodeError> {
         });
         data = &data[8 + padded..];
     }
-    Ok(HookData { ktime: r.header.ktime, hook_id: r.hook_id, pid: r.pid, tid: r.tid, args })
+    Ok(HookData { flags: r.header.flags, ktime: r.header.ktime, hook_id: r.hook_id, pid: r.pid, tid: r.tid, args })
 }
 
 #[cfg(test)]
@@ -228,8 +232,8 @@ mod tests {
         bytes.push(0);
         assert!(matches!(decode(&bytes), Err(DecodeError::BadLength { kind: KIND_HOOK, .. })));
         // More arguments than a hook has.
-        let six: Vec<(u32, &[u8])> = (0..6).map(|_| (0, &b""[..])).collect();
-        assert_eq!(decode(&hook_bytes(&six)), Err(DecodeError::BadArgument(HOOK_MAX_ARGS)));
+        let seven: Vec<(u32, &[u8])> = (0..7).map(|_| (0, &b""[..])).collect();
+        assert_eq!(decode(&hook_bytes(&seven)), Err(DecodeError::BadArgument(HOOK_MAX_ARGS + 1)));
         // Shorter than the fixed part.
         assert!(decode(&hook_bytes(&[])[..20]).is_err());
     }

@@ -27,6 +27,8 @@ pub const TRACEPOINT_PROGRAM: &str = "vigil_tp";
 pub const UPROBE_PROGRAM: &str = "vigil_up";
 /// The generic kprobe program, likewise for kernel functions.
 pub const KPROBE_PROGRAM: &str = "vigil_kp";
+/// The generic return probe, for kprobes with `return: true`.
+pub const KRETPROBE_PROGRAM: &str = "vigil_kr";
 
 /// Where this sensor pins the kernel's exec-time map (see `exec_times`).
 pub const EXEC_TIMES_PIN: &str = "/sys/fs/bpf/vigil/exec_times_v1";
@@ -76,6 +78,7 @@ pub struct HookPrograms {
     pub tracepoint: Result<(), String>,
     pub uprobe: Result<(), String>,
     pub kprobe: Result<(), String>,
+    pub kretprobe: Result<(), String>,
 }
 
 /// What the pipeline reads: the ring buffer and the kernel's counters.
@@ -93,6 +96,9 @@ pub struct KernelCounters {
     pub exits: u64,
     pub clones: u64,
     pub hooks: u64,
+    /// Return probes that found no kept entry (their call began before the
+    /// policy, or the pending map was full).
+    pub returns_lost: u64,
 }
 
 impl KernelFeed {
@@ -112,6 +118,7 @@ pub fn read_counters(counters: &PerCpuArray<MapData, u64>) -> KernelCounters {
             execs: sum(node_sensor_common::COUNTER_EXECS),
             exits: sum(node_sensor_common::COUNTER_EXITS),
             clones: sum(node_sensor_common::COUNTER_CLONES),
+            returns_lost: sum(node_sensor_common::COUNTER_RETURNS_LOST),
             hooks: sum(node_sensor_common::COUNTER_HOOKS),
         }
     }
@@ -175,11 +182,13 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
         tracepoint: load_hook_program::<aya::programs::TracePoint>(&mut ebpf, TRACEPOINT_PROGRAM),
         uprobe: load_hook_program::<aya::programs::UProbe>(&mut ebpf, UPROBE_PROGRAM),
         kprobe: load_hook_program::<aya::programs::KProbe>(&mut ebpf, KPROBE_PROGRAM),
+        kretprobe: load_hook_program::<aya::programs::KProbe>(&mut ebpf, KRETPROBE_PROGRAM),
     };
     for (program, verdict) in [
         (TRACEPOINT_PROGRAM, &hook_programs.tracepoint),
         (UPROBE_PROGRAM, &hook_programs.uprobe),
         (KPROBE_PROGRAM, &hook_programs.kprobe),
+        (KRETPROBE_PROGRAM, &hook_programs.kretprobe),
     ] {
         if let Err(why) = verdict {
             tracing::warn!(program, reason = %why, "tracing policies with these hooks cannot load");

@@ -470,8 +470,8 @@ fn exec_of_args(e: &GetEventsResponse) -> Option<&str> {
 /// The kprobe policies in the 6.1 VM: the seed's `process-exec-elf-begin`
 /// (a `file` on `security_bprm_creds_from_file`) names the file that
 /// really runs, the interpreter for a script, before the exec event; a
-/// `security_file_permission` (file, int) policy names each access with
-/// its mask. What Tetragon recorded for the same workloads is in
+/// `security_file_permission` (file, int) return probe names each access
+/// with its mask and the permission check's result. What Tetragon recorded for the same workloads is in
 /// tests/compat/fixtures/tetragon-vm-policies (cases a and b).
 #[test]
 fn kprobe_policies_in_a_vm_report_what_runs_and_what_is_read() {
@@ -548,6 +548,14 @@ fn kprobe_policies_in_a_vm_report_what_runs_and_what_is_read() {
     assert_eq!(marked.iter().filter(|(_, m, _)| *m != 2 && *m != 4).count(), 0, "only reads and writes");
     let k = marked[0].2;
     assert_eq!((k.message.as_str(), k.tags.as_slice()), ("file access", &["observability.filesystem".to_owned()][..]));
+    // A return probe: one event per call, with the return value (0:
+    // allowed) and no label on it, and return_action.
+    for (_, _, k) in &marked {
+        let ret = k.r#return.as_ref().and_then(|r| r.arg.clone());
+        assert_eq!(ret, Some(proto::tetragon::kprobe_argument::Arg::IntArg(0)));
+        assert!(k.r#return.as_ref().is_some_and(|r| r.label.is_empty()));
+        assert_eq!(k.return_action, proto::tetragon::KprobeAction::Post as i32);
+    }
     assert_eq!(file_of(k, 0).map(|f| f.1), Some("-rw-r--r--".to_owned()));
     // The sensor's own export writes are not reported.
     assert!(!kprobes.iter().any(|(_, k)| file_of(k, 0).is_some_and(|(p, _)| p == "/tmp/events.jsonl")));

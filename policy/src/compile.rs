@@ -9,8 +9,9 @@
 //! needs a pointer, `__data_loc` or array field; a number needs a scalar).
 
 use node_sensor_common::{
-    ArgSpec, HOOK_MAX_ARGS, HookSpec, NO_INDIRECT, READ_BPRM, READ_FILE, READ_KERNEL_BUFFER, READ_KERNEL_STRING,
-    READ_NOTHING, READ_PATH, READ_RECORD_BYTES, READ_RECORD_STRING, READ_SCALAR, READ_USER_BUFFER, READ_USER_STRING,
+    ArgSpec, HOOK_MAX_ARGS, HOOK_RETURN, HookSpec, NO_INDIRECT, READ_BPRM, READ_FILE, READ_KERNEL_BUFFER,
+    READ_KERNEL_STRING, READ_NOTHING, READ_PATH, READ_RECORD_BYTES, READ_RECORD_STRING, READ_SCALAR, READ_USER_BUFFER,
+    READ_USER_STRING,
 };
 
 use crate::PolicyError;
@@ -196,14 +197,28 @@ pub struct KprobeHook {
     /// `syscall: true`).
     pub symbol: String,
     pub args: Vec<HookArg>,
+    /// With `return: true`: how the return value is read (its register,
+    /// `returnArg`'s type).
+    pub ret: Option<HookArg>,
 }
 
 impl KprobeHook {
-    /// What the generic kprobe program reads for this hook.
+    /// What the generic kprobe programs read for this hook.
     pub fn spec(&self, hook_id: u32) -> HookSpec {
-        spec_of(&self.args, hook_id)
+        let mut spec = spec_of(&self.args, hook_id);
+        if let Some(ret) = &self.ret {
+            spec.flags |= HOOK_RETURN;
+            spec.ret = spec_of(std::slice::from_ref(ret), hook_id).args[0];
+        }
+        spec
     }
 }
+
+/// Where a function's return value is (`pt_regs` offset).
+#[cfg(target_arch = "x86_64")]
+const RETURN_REGISTER: (&str, u32) = ("ax", 80);
+#[cfg(not(target_arch = "x86_64"))]
+const RETURN_REGISTER: (&str, u32) = ("x0", 0);
 
 /// What a policy asks of this kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -313,12 +328,7 @@ fn compile_kprobes(policy: &TracingPolicy, kernel: &dyn KernelView) -> Result<Ve
     let mut hooks = Vec::with_capacity(policy.spec.kprobes.len());
     for (i, k) in policy.spec.kprobes.iter().enumerate() {
         let at = format!("spec.kprobes[{i}]");
-        let unsupported = [
-            ("return", k.is_return),
-            ("returnArg", k.return_arg.is_some()),
-            ("returnArgAction", k.return_arg_action.is_some()),
-            ("data", !k.data.is_empty()),
-        ];
+        let unsupported = [("returnArgAction", k.return_arg_action.is_some()), ("data", !k.data.is_empty())];
         if let Some((field, _)) = unsupported.iter().find(|(_, given)| *given) {
             return Err(PolicyError::at(format!("{at}.{field}"), "not supported on kprobes by Vigil yet"));
         }
@@ -343,7 +353,28 @@ fn compile_kprobes(policy: &TracingPolicy, kernel: &dyn KernelView) -> Result<Ve
             let arg = if k.syscall { syscall_arg(&here, a)? } else { function_arg(&here, a, &function, &k.args)? };
             args.push(arg);
         }
-        hooks.push(KprobeHook { call: k.call.clone(), symbol, args });
+        let ret = match (&k.return_arg, k.is_return) {
+            (Some(r), true) => {
+                let size = int_size(r.arg_type).ok_or_else(|| {
+                    PolicyError::at(
+                        format!("{at}.returnArg.type"),
+                        "only integer return values are supported by Vigil yet",
+                    )
+                })?;
+                let (name, offset) = RETURN_REGISTER;
+                Some(HookArg {
+                    index: r.index,
+                    field: name.to_owned(),
+                    indirect: None,
+                    offset,
+                    size,
+                    arg_type: r.arg_type,
+                    read: Read::Scalar { signed: false },
+                })
+            }
+            _ => None,
+        };
+        hooks.push(KprobeHook { call: k.call.clone(), symbol, args, ret });
     }
     Ok(hooks)
 }

@@ -229,11 +229,16 @@ fn kprobes_that_do_not_fit_the_function_are_refused_by_path() {
         refused("type: \"file\"", "type: \"sock\""),
         "spec.kprobes[0].args[1].type: this type is not supported on kprobes by Vigil yet"
     );
+    let returning =
+        |ty: &str| format!("    syscall: false\n    return: true\n    returnArg:\n      index: 0\n      type: {ty}\n");
     assert_eq!(
-        refused(
-            "    syscall: false\n",
-            "    syscall: false\n    return: true\n    returnArg:\n      index: 0\n      type: int\n"
-        ),
-        "spec.kprobes[0].return: not supported on kprobes by Vigil yet"
+        refused("    syscall: false\n", &returning("string")),
+        "spec.kprobes[0].returnArg.type: only integer return values are supported by Vigil yet"
     );
+    // An integer return value: read from the return register, the hook
+    // flagged for the return probe.
+    let ret = seed_with(&text, "    syscall: false\n", &returning("int"));
+    let spec = compile(&ret, &Functions).unwrap().kprobes[0].spec(9);
+    assert_eq!(spec.flags, node_sensor_common::HOOK_RETURN);
+    assert_eq!((spec.ret.read, spec.ret.offset, spec.ret.size), (node_sensor_common::READ_SCALAR, 80, 4));
 }

@@ -79,17 +79,32 @@ fn link(program: BorrowedFd<'_>, perf: &OwnedFd, cookie: u64) -> io::Result<Owne
 /// Where the kernel publishes its kprobe PMU's type.
 const KPROBE_PMU_TYPE: &str = "/sys/bus/event_source/devices/kprobe/type";
 
-/// Attaches `program` to kernel function `symbol` with a kprobe perf
-/// event (the kprobe PMU, Linux 4.17+) and a perf link carrying `cookie`.
-/// A kernel without kprobes has no kprobe PMU: that is the error then.
-pub fn kprobe(program: BorrowedFd<'_>, symbol: &str, cookie: u64) -> Result<OwnedFd, String> {
+/// Where the kprobe PMU says which config bit makes a return probe.
+const KPROBE_RETPROBE_FORMAT: &str = "/sys/bus/event_source/devices/kprobe/format/retprobe";
+
+/// Attaches `program` to kernel function `symbol` (its return with
+/// `ret`) with a kprobe perf event (the kprobe PMU, Linux 4.17+) and a
+/// perf link carrying `cookie`. A kernel without kprobes has no kprobe
+/// PMU: that is the error then.
+pub fn kprobe(program: BorrowedFd<'_>, symbol: &str, ret: bool, cookie: u64) -> Result<OwnedFd, String> {
     let pmu = std::fs::read_to_string(KPROBE_PMU_TYPE)
         .ok()
         .and_then(|t| t.trim().parse::<u32>().ok())
         .ok_or_else(|| format!("this kernel has no kprobes ({KPROBE_PMU_TYPE} is missing: CONFIG_KPROBES is off)"))?;
     let name = std::ffi::CString::new(symbol).map_err(|_| "the function name holds a NUL byte".to_owned())?;
+    let config = if ret {
+        // "config:N"
+        let bit = std::fs::read_to_string(KPROBE_RETPROBE_FORMAT)
+            .ok()
+            .and_then(|f| f.trim().strip_prefix("config:")?.parse::<u32>().ok())
+            .filter(|b| *b < 64)
+            .ok_or_else(|| format!("this kernel's kprobe PMU has no return probes ({KPROBE_RETPROBE_FORMAT})"))?;
+        1u64 << bit
+    } else {
+        0
+    };
     // config1 is kprobe_func: a pointer to the name, alive through the call.
-    let perf = perf_event(pmu, 0, name.as_ptr() as u64).map_err(|e| match e.raw_os_error() {
+    let perf = perf_event(pmu, config, name.as_ptr() as u64).map_err(|e| match e.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::EINVAL) => format!("the kernel cannot probe this function ({e})"),
         _ => format!("creating the kprobe: {e}"),
     })?;

@@ -126,10 +126,15 @@ pub fn argument(shown: Shown, raw: &RawArg) -> Option<KprobeArgument> {
 pub fn hook_event(node: &str, time: Timestamp, hit: &HookData, info: &HookInfo, lineage: Lineage) -> GetEventsResponse {
     let mut process = lineage.process;
     process.tid = Some(hit.tid.into());
+    let (raw_args, raw_ret) = match hit.args.split_last() {
+        Some((ret, args)) if hit.flags & node_sensor_common::RECORD_HAS_RETURN != 0 => (args, Some(ret)),
+        _ => (&hit.args[..], None),
+    };
+    let ret = info.ret.zip(raw_ret).and_then(|(shown, raw)| argument(shown, raw));
     let args = info
         .args
         .iter()
-        .zip(&hit.args)
+        .zip(raw_args)
         .filter_map(|(a, raw)| argument(a.shown, raw).map(|arg| KprobeArgument { label: a.label.clone(), ..arg }))
         .collect();
     let event = match &info.point {
@@ -150,6 +155,7 @@ pub fn hook_event(node: &str, time: Timestamp, hit: &HookData, info: &HookInfo, 
             parent: lineage.parent,
             function_name: function.clone(),
             args,
+            r#return: ret,
             action: KprobeAction::Post as i32,
             policy_name: info.policy.clone(),
             // Tetragon sets it on every kprobe event, return probe or not.

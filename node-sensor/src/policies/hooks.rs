@@ -106,6 +106,8 @@ pub struct HookInfo {
     pub tags: Vec<String>,
     /// One per argument the kernel sends, in order.
     pub args: Vec<ShownArg>,
+    /// The return value, for a return probe (Tetragon gives it no label).
+    pub ret: Option<Shown>,
     /// Events this hook produced.
     pub events: AtomicU64,
 }

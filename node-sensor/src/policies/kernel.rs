@@ -11,12 +11,12 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::programs::KProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeError, UProbeLinkId, UProbeScope};
 use aya::programs::{ProgramError, TracePoint, UProbe};
-use node_sensor_common::{HOOKS_PER_ATTACH, HookSet, KPROBE_COOKIE, UPROBE_COOKIE};
+use node_sensor_common::{HOOKS_PER_ATTACH, HookSet, KPROBE_COOKIE, KRETPROBE_COOKIE, UPROBE_COOKIE};
 use policy::PolicyError;
 use policy::compile::{KprobeHook, TracepointHook, UprobeHook};
 
 use super::attach;
-use crate::loader::{HookPrograms, KPROBE_PROGRAM, TRACEPOINT_PROGRAM, UPROBE_PROGRAM};
+use crate::loader::{HookPrograms, KPROBE_PROGRAM, KRETPROBE_PROGRAM, TRACEPOINT_PROGRAM, UPROBE_PROGRAM};
 
 /// Why an attach failed: the policy names what is not there (refused like
 /// bad input), or the kernel said no (the policy is kept, in error).
@@ -47,8 +47,8 @@ pub struct Attachments {
     programs: HookPrograms,
     tracepoints: HashMap<u32, AttachedTracepoint>,
     uprobes: HashMap<u32, UProbeLinkId>,
-    /// Per hook; closing the link detaches.
-    kprobes: HashMap<u32, OwnedFd>,
+    /// Per hook, the entry's link and the return's; closing them detaches.
+    kprobes: HashMap<u32, (OwnedFd, Option<OwnedFd>)>,
 }
 
 impl Attachments {
@@ -212,32 +212,63 @@ impl Attachments {
         if let Err(why) = &self.programs.kprobe {
             return Err(AttachError::Kernel(format!("the kprobe program is not available: {why}")));
         }
-        let key = KPROBE_COOKIE | u64::from(id);
+        if kp.ret.is_some()
+            && let Err(why) = &self.programs.kretprobe
+        {
+            return Err(AttachError::Kernel(format!("the return-probe program is not available: {why}")));
+        }
         let value = HookSet { count: 1, hooks: [kp.spec(id); HOOKS_PER_ATTACH], ..Default::default() };
-        self.map()?.insert(key, value, 0).map_err(|e| AttachError::Kernel(format!("updating the hook map: {e}")))?;
-        let attached = program::<KProbe>(&mut self.ebpf, KPROBE_PROGRAM).and_then(|p| {
-            let fd = p.fd().map_err(|e| e.to_string())?;
-            attach::kprobe(fd.as_fd(), &kp.symbol, key).map_err(|e| format!("{}: {e}", kp.symbol))
-        });
+        let keys = [KPROBE_COOKIE | u64::from(id), KRETPROBE_COOKIE | u64::from(id)];
+        for key in keys {
+            self.map()?
+                .insert(key, value, 0)
+                .map_err(|e| AttachError::Kernel(format!("updating the hook map: {e}")))?;
+        }
+        // The return probe first: an entry kept with no return probe yet
+        // would wait in the pending map for nothing.
+        let ret = match &kp.ret {
+            Some(_) => self.link_kprobe(KRETPROBE_PROGRAM, &kp.symbol, true, keys[1]).map(Some),
+            None => Ok(None),
+        };
+        let attached = ret.and_then(|ret| Ok((self.link_kprobe(KPROBE_PROGRAM, &kp.symbol, false, keys[0])?, ret)));
         match attached {
-            Ok(link) => {
-                self.kprobes.insert(id, link);
+            Ok(links) => {
+                self.kprobes.insert(id, links);
                 Ok(())
             }
             Err(why) => {
-                let _ = self.map().map(|m| m.remove(&key));
+                if let Ok(map) = self.map() {
+                    for key in keys {
+                        let _ = map.remove(&key);
+                    }
+                }
                 Err(AttachError::Kernel(why))
             }
         }
     }
 
+    fn link_kprobe(&mut self, program_name: &str, symbol: &str, ret: bool, cookie: u64) -> Result<OwnedFd, String> {
+        let p = program::<KProbe>(&mut self.ebpf, program_name)?;
+        let fd = p.fd().map_err(|e| e.to_string())?;
+        attach::kprobe(fd.as_fd(), symbol, ret, cookie).map_err(|e| format!("{symbol}: {e}"))
+    }
+
     fn detach_kprobe(&mut self, id: u32) {
-        // Dropping the link detaches.
-        if self.kprobes.remove(&id).is_some()
-            && let Ok(map) = self.map()
-            && let Err(e) = map.remove(&(KPROBE_COOKIE | u64::from(id)))
-        {
-            tracing::warn!(hook = id, error = %e, "updating the hook map failed");
+        // Dropping the links detaches, entry first.
+        let Some((entry, ret)) = self.kprobes.remove(&id) else {
+            return;
+        };
+        drop(entry);
+        drop(ret);
+        if let Ok(map) = self.map() {
+            for key in [KPROBE_COOKIE | u64::from(id), KRETPROBE_COOKIE | u64::from(id)] {
+                if let Err(e) = map.remove(&key) {
+                    // The return key exists only for return probes.
+                    if key & KPROBE_COOKIE != 0 {
+                        tracing::warn!(hook = id, error = %e, "updating the hook map failed");
+                    }
+                }
+            }
         }
     }
 }

@@ -148,7 +148,8 @@ impl PolicyHost {
         for (kprobe, spec) in compiled.kprobes.into_iter().zip(&policy.spec.kprobes) {
             let point = HookPoint::Kprobe { function: kprobe.symbol.clone() };
             let args = shown_args(&kprobe.args, &spec.args);
-            let info = hook_info(&key.1, point, spec.message.as_deref(), &spec.tags, args);
+            let ret = kprobe.ret.as_ref().and_then(|r| Shown::of(r.arg_type, r.size));
+            let info = hook_info(&key.1, point, spec.message.as_deref(), &spec.tags, args, ret);
             hooks.push(Hook { id: self.hook_id(), point: Point::Kprobe(kprobe), info });
         }
         for (tracepoint, spec) in compiled.tracepoints.into_iter().zip(&policy.spec.tracepoints) {
@@ -156,7 +157,7 @@ impl PolicyHost {
                 HookPoint::Tracepoint { subsystem: tracepoint.subsystem.clone(), event: tracepoint.event.clone() };
             // Tetragon drops labels on tracepoint arguments.
             let args = shown_args(&tracepoint.args, &[]);
-            let info = hook_info(&key.1, point, spec.message.as_deref(), &spec.tags, args);
+            let info = hook_info(&key.1, point, spec.message.as_deref(), &spec.tags, args, None);
             hooks.push(Hook { id: self.hook_id(), point: Point::Tracepoint(tracepoint), info });
         }
         for uprobe in compiled.uprobes {
@@ -174,6 +175,7 @@ impl PolicyHost {
                 spec.and_then(|s| s.message.as_deref()),
                 spec.map_or(&[][..], |s| &s.tags),
                 args,
+                None,
             );
             hooks.push(Hook { id: self.hook_id(), point: Point::Uprobe(uprobe), info });
         }
@@ -351,6 +353,7 @@ fn hook_info(
     message: Option<&str>,
     tags: &[String],
     args: Vec<ShownArg>,
+    ret: Option<Shown>,
 ) -> Arc<HookInfo> {
     Arc::new(HookInfo {
         policy: policy.to_owned(),
@@ -358,6 +361,7 @@ fn hook_info(
         message: message.unwrap_or_default().to_owned(),
         tags: tags.to_vec(),
         args,
+        ret,
         events: AtomicU64::new(0),
     })
 }

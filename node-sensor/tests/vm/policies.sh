@@ -1,7 +1,7 @@
 #!/bin/busybox sh
 # PID 1 of the policies VM: kprobe policies on Debian's 6.1 kernel (this
 # machine's has none). The seed's process-exec-elf-begin policy and a
-# security_file_permission (file, int) policy, with the workloads of the
+# security_file_permission (file, int) return probe, with the workloads of the
 # recorded Tetragon cases a and b (tests/compat/fixtures/tetragon-vm-policies).
 /bin/busybox --install -s /bin
 . /vigil-lib.sh
@@ -31,12 +31,16 @@ spec:
   kprobes:
   - call: "security_file_permission"
     syscall: false
+    return: true
     message: "file access"
     tags: ["observability.filesystem"]
     args:
     - index: 0
       type: "file"
     - index: 1
+      type: "int"
+    returnArg:
+      index: 0
       type: "int"
 PERM
 
