@@ -247,6 +247,35 @@ pub const READ_PATH: u8 = 9;
 /// The same, of a `struct linux_binprm *`'s file.
 pub const READ_BPRM: u8 = 10;
 
+/// A `struct sock *`'s addresses, ports and state: a [`SockInfo`].
+pub const READ_SOCK: u8 = 11;
+
+/// What a `sock` argument's bytes hold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockInfo {
+    pub family: u16,
+    /// `sk_type` (SOCK_STREAM, …).
+    pub kind: u16,
+    pub protocol: u16,
+    /// The local port, host order (`skc_num`).
+    pub sport: u16,
+    /// The remote port, network order (`skc_dport`).
+    pub dport_be: u16,
+    pub state: u8,
+    pub _pad: u8,
+    pub mark: u32,
+    pub priority: u32,
+    /// IPv4 addresses, network order.
+    pub saddr: u32,
+    pub daddr: u32,
+    pub _pad2: u32,
+    pub saddr6: [u8; 16],
+    pub daddr6: [u8; 16],
+    /// The socket's address, Tetragon's `cookie`.
+    pub cookie: u64,
+}
+
 /// `ArgSpec::indirect` when the argument is read from the record itself.
 pub const NO_INDIRECT: u16 = u16::MAX;
 /// Cookies of kprobe attaches have this bit (with the hook's number).
@@ -471,6 +500,22 @@ pub struct KernelOffsets {
     /// The sensor's own pid: policy hooks skip its threads, so a policy on
     /// writes or sends cannot feed on the sensor's own output.
     pub own_tgid: u32,
+    /// For `sock` arguments (`struct sock`, its `sock_common`); 0 where the
+    /// kernel lacks the field (`has_sock_v6` 0: no IPv6 addresses).
+    pub sock_family: u32,
+    pub sock_state: u32,
+    pub sock_sport: u32,
+    pub sock_dport: u32,
+    pub sock_saddr: u32,
+    pub sock_daddr: u32,
+    pub sock_saddr6: u32,
+    pub sock_daddr6: u32,
+    pub has_sock_v6: u32,
+    pub sock_type: u32,
+    pub sock_protocol: u32,
+    pub sock_mark: u32,
+    pub sock_priority: u32,
+    pub _pad_sock: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == 16);
@@ -482,6 +527,7 @@ const _: () = assert!(core::mem::size_of::<HookSpec>() == 8 + 12 * HOOK_MAX_ARGS
 const _: () = assert!(core::mem::size_of::<HookSet>() == 8 + 84 * HOOKS_PER_ATTACH);
 const _: () = assert!(core::mem::size_of::<ReturnPending>() == 32 + RETURN_DATA_MAX);
 const _: () = assert!(core::mem::size_of::<PathHead>() == 8);
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 72);
 const _: () = assert!(core::mem::size_of::<HookRecord>() == 32);
 const _: () = assert!(HOOK_DATA_SIZE.is_power_of_two());
 const _: () = assert!(HOOK_MAX_ARGS * (8 + HOOK_ARG_BYTES) < HOOK_DATA_SIZE);
@@ -504,7 +550,7 @@ const _: () = assert!(
             + NAME_READ
             + CGROUP_NAME_SIZE
 );
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 85 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 99 * 4);
 
 impl KernelOffsets {
     /// All zero: the placeholder the kernel object is built with.

@@ -13,6 +13,12 @@ use node_sensor_common::*;
 
 use crate::{field, paths, ptr_field};
 
+/// Argument readers a program has: plain (tracepoints, uprobes, the
+/// return value), plus paths, or plus sockets (the two kprobe programs).
+pub(crate) const ARGS_PLAIN: u8 = 0;
+pub(crate) const ARGS_PATHS: u8 = 1;
+pub(crate) const ARGS_SOCK: u8 = 2;
+
 /// Bytes of the argument area: room for one more argument past the mask.
 pub(crate) const AREA: usize = HOOK_DATA_SIZE + 8 + HOOK_ARG_BYTES;
 
@@ -37,15 +43,11 @@ unsafe fn scalar(at: *const u8, size: u16) -> Result<u64, i64> {
 /// at `pos`; returns the next position.
 ///
 /// # Safety
-/// `data` must point at an area of `AREA` bytes this CPU owns. `PATHS`
-/// builds the path readers in (kprobes only: they cost the verifier).
+/// `data` must point at an area of `AREA` bytes this CPU owns. `KIND`
+/// says which kernel-object readers are built in (`ARGS_*`: kprobes only,
+/// and one kind per program, as each costs the verifier dearly).
 #[inline(always)]
-pub(crate) unsafe fn read_arg<const PATHS: bool>(
-    record: *const u8,
-    spec: &ArgSpec,
-    data: *mut u8,
-    pos: usize,
-) -> usize {
+pub(crate) unsafe fn read_arg<const KIND: u8>(record: *const u8, spec: &ArgSpec, data: *mut u8, pos: usize) -> usize {
     let at = pos & (HOOK_DATA_SIZE - 1);
     // SAFETY: `at + 8 + HOOK_ARG_BYTES <= AREA`, so the word and every
     // body write below (each at most HOOK_ARG_BYTES) stay inside the
@@ -103,8 +105,15 @@ pub(crate) unsafe fn read_arg<const PATHS: bool>(
                 }
                 _ => (0, ARG_ERROR),
             },
-            READ_FILE | READ_PATH | READ_BPRM if PATHS => match field::<u64>(field_at, 0) {
+            READ_FILE | READ_PATH | READ_BPRM if KIND == ARGS_PATHS => match field::<u64>(field_at, 0) {
                 Ok(ptr) if ptr != 0 => read_path_arg(spec.read, ptr as *const u8, body),
+                _ => (0, ARG_ERROR),
+            },
+            READ_SOCK if KIND == ARGS_SOCK => match field::<u64>(field_at, 0) {
+                Ok(ptr) if ptr != 0 => {
+                    read_sock(ptr as *const u8, body as *mut SockInfo);
+                    (core::mem::size_of::<SockInfo>() as u32, 0)
+                }
                 _ => (0, ARG_ERROR),
             },
             READ_RECORD_BYTES => {
@@ -197,5 +206,45 @@ unsafe fn read_path_arg(read: u8, ptr: *const u8, body: *mut u8) -> (u32, u32) {
             _ => ARG_ERROR,
         };
         (8 + len, flags)
+    }
+}
+
+/// A socket's family, type, protocol, addresses, ports and state, into
+/// `info`. Each field is copied by the helper straight into place, with no
+/// branch on its result (a failed read leaves zeros, which Tetragon leaves
+/// out): one branch per field made 2^fields paths for Linux 6.1's verifier.
+///
+/// # Safety
+/// `info` must be writable for a `SockInfo`; reads go through the helper.
+#[inline(always)]
+unsafe fn read_sock(sk: *const u8, info: *mut SockInfo) {
+    // SAFETY: each destination is a field of `*info`, each size its own;
+    // the helper checks the source address and zeroes on failure.
+    unsafe {
+        macro_rules! copy {
+            ($field:ident, $offset:ident) => {
+                bpf_probe_read_kernel(
+                    core::ptr::addr_of_mut!((*info).$field) as *mut c_void,
+                    core::mem::size_of_val(&(*info).$field) as u32,
+                    sk.wrapping_add(off!($offset) as usize) as *const c_void,
+                );
+            };
+        }
+        core::ptr::write_bytes(info, 0, 1);
+        copy!(family, sock_family);
+        copy!(kind, sock_type);
+        copy!(protocol, sock_protocol);
+        copy!(sport, sock_sport);
+        copy!(dport_be, sock_dport);
+        copy!(state, sock_state);
+        copy!(mark, sock_mark);
+        copy!(priority, sock_priority);
+        copy!(saddr, sock_saddr);
+        copy!(daddr, sock_daddr);
+        if off!(has_sock_v6) != 0 {
+            copy!(saddr6, sock_saddr6);
+            copy!(daddr6, sock_daddr6);
+        }
+        (*info).cookie = sk as u64;
     }
 }

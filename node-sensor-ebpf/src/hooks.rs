@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use node_sensor_common::*;
 
-use crate::args::{AREA, read_arg};
+use crate::args::{AREA, ARGS_PATHS, ARGS_PLAIN, ARGS_SOCK, read_arg};
 use crate::{EVENTS, HOOK_SCRATCH, HOOKS, RETURN_PENDING, count, queued, submit_flags};
 
 /// A hook record as it is built: the record, then its argument area.
@@ -31,7 +31,7 @@ pub struct HookScratch {
 #[tracepoint]
 pub fn vigil_tp(ctx: TracePointContext) -> u32 {
     // A failure is counted where it happens; the traced code goes on.
-    let _ = run_hooks::<false, HOOKS_PER_ATTACH>(ctx.as_ptr());
+    let _ = run_hooks::<ARGS_PLAIN, HOOKS_PER_ATTACH>(ctx.as_ptr());
     0
 }
 
@@ -39,22 +39,30 @@ pub fn vigil_tp(ctx: TracePointContext) -> u32 {
 /// function attach each their own).
 #[uprobe]
 pub fn vigil_up(ctx: ProbeContext) -> u32 {
-    let _ = run_hooks::<false, 1>(ctx.as_ptr());
+    let _ = run_hooks::<ARGS_PLAIN, 1>(ctx.as_ptr());
     0
 }
 
-/// Kernel functions: the only hooks whose arguments may be files, paths or
-/// a binprm (their readers cost the verifier; the others go without).
+/// Kernel functions: the only hooks whose arguments may be kernel objects.
+/// This program reads files, paths and a binprm; `vigil_ks` sockets. (One
+/// program with both readers is past the verifier's million instructions
+/// on Linux 6.1.)
 #[kprobe]
 pub fn vigil_kp(ctx: ProbeContext) -> u32 {
-    let _ = run_hooks::<true, 1>(ctx.as_ptr());
+    let _ = run_hooks::<ARGS_PATHS, 1>(ctx.as_ptr());
+    0
+}
+
+#[kprobe]
+pub fn vigil_ks(ctx: ProbeContext) -> u32 {
+    let _ = run_hooks::<ARGS_SOCK, 1>(ctx.as_ptr());
     0
 }
 
 /// Sends a record for each hook of this attach, its arguments read from
 /// `ctx` (a tracepoint's record, or a probe's `pt_regs`).
 #[inline(always)]
-fn run_hooks<const PATHS: bool, const MAX_HOOKS: usize>(ctx: *mut c_void) -> Result<(), i64> {
+fn run_hooks<const KIND: u8, const MAX_HOOKS: usize>(ctx: *mut c_void) -> Result<(), i64> {
     let record = ctx as *const u8;
     // SAFETY: the helper only reads the running program's attach cookie.
     let cookie = unsafe { bpf_get_attach_cookie(ctx) };
@@ -92,7 +100,7 @@ fn run_hooks<const PATHS: bool, const MAX_HOOKS: usize>(ctx: *mut c_void) -> Res
                     break;
                 }
                 let at = core::ptr::read_volatile(pos) as usize;
-                let next = read_arg::<PATHS>(record, &hook.args[a], data, at);
+                let next = read_arg::<KIND>(record, &hook.args[a], data, at);
                 core::ptr::write_volatile(pos, next as u32);
             }
             let data_len = core::ptr::read_volatile(pos) as usize & (HOOK_DATA_SIZE - 1);
@@ -103,7 +111,7 @@ fn run_hooks<const PATHS: bool, const MAX_HOOKS: usize>(ctx: *mut c_void) -> Res
                 tid: pid_tgid as u32,
                 data_len: data_len as u32,
             };
-            if PATHS && hook.flags & HOOK_RETURN != 0 {
+            if KIND != ARGS_PLAIN && hook.flags & HOOK_RETURN != 0 {
                 // The return probe sends it, with the return value.
                 keep_for_return(scratch, pid_tgid, hook.hook_id);
                 continue;
@@ -194,7 +202,7 @@ fn run_return(ctx: *mut c_void) -> Result<(), i64> {
             return Ok(());
         }
         let at = (*scratch).record.data_len as usize & (HOOK_DATA_SIZE - 1);
-        let next = read_arg::<false>(ctx as *const u8, &hook.ret, (*scratch).data.as_mut_ptr(), at);
+        let next = read_arg::<ARGS_PLAIN>(ctx as *const u8, &hook.ret, (*scratch).data.as_mut_ptr(), at);
         let data_len = next & (HOOK_DATA_SIZE - 1);
         (*scratch).record.data_len = data_len as u32;
         (*scratch).record.header.flags |= RECORD_HAS_RETURN;

@@ -176,11 +176,29 @@ pub fn resolve(btf: &Btf, features: Features) -> Result<Resolved, OffsetError> {
         upid_size: struct_size(btf, "upid")?,
         file_f_path: f("file.f_path", "policy file arguments")?,
         binprm_file: f("linux_binprm.file", "policy linux_binprm arguments")?,
+        sock_family: optional(btf, "sock.__sk_common.skc_family").unwrap_or(0),
+        sock_state: optional(btf, "sock.__sk_common.skc_state").unwrap_or(0),
+        sock_sport: optional(btf, "sock.__sk_common.skc_num").unwrap_or(0),
+        sock_dport: optional(btf, "sock.__sk_common.skc_dport").unwrap_or(0),
+        sock_saddr: optional(btf, "sock.__sk_common.skc_rcv_saddr").unwrap_or(0),
+        sock_daddr: optional(btf, "sock.__sk_common.skc_daddr").unwrap_or(0),
+        sock_type: optional(btf, "sock.sk_type").unwrap_or(0),
+        sock_protocol: optional(btf, "sock.sk_protocol").unwrap_or(0),
+        sock_mark: optional(btf, "sock.sk_mark").unwrap_or(0),
+        sock_priority: optional(btf, "sock.sk_priority").unwrap_or(0),
         dentry_inode: f("dentry.d_inode", "policy path arguments")?,
         policy_inode_mode: f("inode.i_mode", "policy path arguments")?,
         has_loginuid: u32::from(loginuid.is_some()),
         ..KernelOffsets::ZERO
     };
+    // IPv6 addresses exist only with CONFIG_IPV6.
+    if let (Some(s6), Some(d6)) =
+        (optional(btf, "sock.__sk_common.skc_v6_rcv_saddr"), optional(btf, "sock.__sk_common.skc_v6_daddr"))
+    {
+        o.sock_saddr6 = s6;
+        o.sock_daddr6 = d6;
+        o.has_sock_v6 = 1;
+    }
     if features.creds || features.ns {
         // The user namespace is part of both the credentials and `ns.user`.
         o.cred_user_ns = f("cred.user_ns", "user namespace")?;

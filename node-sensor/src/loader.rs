@@ -29,6 +29,9 @@ pub const UPROBE_PROGRAM: &str = "vigil_up";
 pub const KPROBE_PROGRAM: &str = "vigil_kp";
 /// The generic return probe, for kprobes with `return: true`.
 pub const KRETPROBE_PROGRAM: &str = "vigil_kr";
+/// The generic kprobe program for hooks with socket arguments (the path
+/// readers and the socket reader do not fit one program).
+pub const KPROBE_SOCK_PROGRAM: &str = "vigil_ks";
 
 /// Where this sensor pins the kernel's exec-time map (see `exec_times`).
 pub const EXEC_TIMES_PIN: &str = "/sys/fs/bpf/vigil/exec_times_v1";
@@ -78,6 +81,7 @@ pub struct HookPrograms {
     pub tracepoint: Result<(), String>,
     pub uprobe: Result<(), String>,
     pub kprobe: Result<(), String>,
+    pub kprobe_sock: Result<(), String>,
     pub kretprobe: Result<(), String>,
 }
 
@@ -182,12 +186,14 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
         tracepoint: load_hook_program::<aya::programs::TracePoint>(&mut ebpf, TRACEPOINT_PROGRAM),
         uprobe: load_hook_program::<aya::programs::UProbe>(&mut ebpf, UPROBE_PROGRAM),
         kprobe: load_hook_program::<aya::programs::KProbe>(&mut ebpf, KPROBE_PROGRAM),
+        kprobe_sock: load_hook_program::<aya::programs::KProbe>(&mut ebpf, KPROBE_SOCK_PROGRAM),
         kretprobe: load_hook_program::<aya::programs::KProbe>(&mut ebpf, KRETPROBE_PROGRAM),
     };
     for (program, verdict) in [
         (TRACEPOINT_PROGRAM, &hook_programs.tracepoint),
         (UPROBE_PROGRAM, &hook_programs.uprobe),
         (KPROBE_PROGRAM, &hook_programs.kprobe),
+        (KPROBE_SOCK_PROGRAM, &hook_programs.kprobe_sock),
         (KRETPROBE_PROGRAM, &hook_programs.kretprobe),
     ] {
         if let Err(why) = verdict {

@@ -559,4 +559,33 @@ fn kprobe_policies_in_a_vm_report_what_runs_and_what_is_read() {
     assert_eq!(file_of(k, 0).map(|f| f.1), Some("-rw-r--r--".to_owned()));
     // The sensor's own export writes are not reported.
     assert!(!kprobes.iter().any(|(_, k)| file_of(k, 0).is_some_and(|(p, _)| p == "/tmp/events.jsonl")));
+
+    // The connection: tcp_connect from the client, in SYN_SENT, with both
+    // ends; its 9 bytes through tcp_sendmsg once established; closes.
+    let sock_of = |k: &proto::tetragon::ProcessKprobe| match k.args.first().and_then(|a| a.arg.as_ref()) {
+        Some(proto::tetragon::kprobe_argument::Arg::SockArg(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let calls = |f: &str| -> Vec<&proto::tetragon::ProcessKprobe> {
+        kprobes.iter().filter(|(_, k)| k.function_name == f && k.policy_name == "connect").map(|(_, k)| *k).collect()
+    };
+    let connects = calls("tcp_connect");
+    assert_eq!(connects.len(), 1, "one connect; log:\n{}", log.join("\n"));
+    let s = sock_of(connects[0]).expect("a sock argument");
+    assert_eq!(
+        (s.family.as_str(), s.r#type.as_str(), s.protocol.as_str(), s.state.as_str()),
+        ("AF_INET", "SOCK_STREAM", "IPPROTO_TCP", "TCP_SYN_SENT")
+    );
+    assert_eq!((s.saddr.as_str(), s.daddr.as_str(), s.dport), ("127.0.0.1", "127.0.0.1", 8765));
+    assert!(s.sport > 0 && s.cookie != 0, "{s:?}");
+    assert_eq!(connects[0].process.as_ref().map(|p| p.binary.as_str()), Some("/bin/nc"));
+    let sent: Vec<_> =
+        calls("tcp_sendmsg").into_iter().filter(|k| sock_of(k).is_some_and(|x| x.cookie == s.cookie)).collect();
+    assert_eq!(sent.len(), 1, "one send on the connection");
+    assert_eq!(sock_of(sent[0]).map(|x| x.state), Some("TCP_ESTABLISHED".to_owned()));
+    assert_eq!(sent[0].args.get(1).and_then(|a| a.arg.clone()), Some(proto::tetragon::kprobe_argument::Arg::IntArg(9)));
+    assert!(
+        calls("tcp_close").iter().any(|k| sock_of(k).is_some_and(|x| x.cookie == s.cookie)),
+        "the client socket's close"
+    );
 }

@@ -10,8 +10,8 @@
 
 use node_sensor_common::{
     ArgSpec, HOOK_MAX_ARGS, HOOK_RETURN, HookSpec, NO_INDIRECT, READ_BPRM, READ_FILE, READ_KERNEL_BUFFER,
-    READ_KERNEL_STRING, READ_NOTHING, READ_PATH, READ_RECORD_BYTES, READ_RECORD_STRING, READ_SCALAR, READ_USER_BUFFER,
-    READ_USER_STRING,
+    READ_KERNEL_STRING, READ_NOTHING, READ_PATH, READ_RECORD_BYTES, READ_RECORD_STRING, READ_SCALAR, READ_SOCK,
+    READ_USER_BUFFER, READ_USER_STRING,
 };
 
 use crate::PolicyError;
@@ -80,6 +80,8 @@ pub enum Read {
     File,
     Path,
     Bprm,
+    /// A `struct sock *`'s addresses, ports and state.
+    Sock,
     /// A string stored in the record (`__data_loc`).
     RecordString,
     /// A user-space buffer the field points to, its length the integer
@@ -151,6 +153,7 @@ fn spec_of(args: &[HookArg], hook_id: u32) -> HookSpec {
                 Read::File => (READ_FILE, 0, 0),
                 Read::Path => (READ_PATH, 0, 0),
                 Read::Bprm => (READ_BPRM, 0, 0),
+                Read::Sock => (READ_SOCK, 0, 0),
                 Read::Nothing => (READ_NOTHING, 0, 0),
             };
             *slot = ArgSpec {
@@ -353,6 +356,13 @@ fn compile_kprobes(policy: &TracingPolicy, kernel: &dyn KernelView) -> Result<Ve
             let arg = if k.syscall { syscall_arg(&here, a)? } else { function_arg(&here, a, &function, &k.args)? };
             args.push(arg);
         }
+        let paths = args.iter().any(|a| matches!(a.read, Read::File | Read::Path | Read::Bprm));
+        if paths && args.iter().any(|a| a.read == Read::Sock) {
+            return Err(PolicyError::at(
+                format!("{at}.args"),
+                "a kprobe reads either sockets or files and paths in Vigil yet, not both",
+            ));
+        }
         let ret = match (&k.return_arg, k.is_return) {
             (Some(r), true) => {
                 let size = int_size(r.arg_type).ok_or_else(|| {
@@ -469,6 +479,8 @@ fn function_arg(
         ArgType::Path => return misfit("path needs a struct path pointer"),
         ArgType::LinuxBinprm if pointer_to("linux_binprm") => (Read::Bprm, 8),
         ArgType::LinuxBinprm => return misfit("linux_binprm needs a struct linux_binprm pointer"),
+        ArgType::Sock if pointer_to("sock") => (Read::Sock, 8),
+        ArgType::Sock => return misfit("sock needs a struct sock pointer"),
         _ => {
             return Err(PolicyError::at(format!("{here}.type"), "this type is not supported on kprobes by Vigil yet"));
         }

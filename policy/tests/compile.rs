@@ -227,6 +227,10 @@ fn kprobes_that_do_not_fit_the_function_are_refused_by_path() {
     );
     assert_eq!(
         refused("type: \"file\"", "type: \"sock\""),
+        "spec.kprobes[0].args[1].type: sock needs a struct sock pointer; parameter file is const struct file *"
+    );
+    assert_eq!(
+        refused("type: \"file\"", "type: \"skb\""),
         "spec.kprobes[0].args[1].type: this type is not supported on kprobes by Vigil yet"
     );
     let returning =

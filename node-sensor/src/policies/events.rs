@@ -116,6 +116,7 @@ pub fn argument(shown: Shown, raw: &RawArg) -> Option<KprobeArgument> {
             let (path, permission) = path_of(raw);
             Arg::LinuxBinprmArg(KprobeLinuxBinprm { path, permission, ..Default::default() })
         }
+        Shown::Sock => Arg::SockArg(super::sock::sock_arg(&raw.bytes)),
         Shown::Hidden => return None,
     };
     Some(KprobeArgument { arg: Some(arg), label: String::new() })

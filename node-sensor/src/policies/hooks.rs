@@ -43,6 +43,8 @@ pub enum Shown {
     File,
     Path,
     Bprm,
+    /// `sock_arg`.
+    Sock,
     /// Read and left out of the event (`nop`).
     Hidden,
 }
@@ -63,6 +65,7 @@ impl Shown {
             File => Shown::File,
             Path => Shown::Path,
             LinuxBinprm => Shown::Bprm,
+            Sock => Shown::Sock,
             Nop => Shown::Hidden,
             _ => return None,
         })

@@ -13,10 +13,12 @@ use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeError
 use aya::programs::{ProgramError, TracePoint, UProbe};
 use node_sensor_common::{HOOKS_PER_ATTACH, HookSet, KPROBE_COOKIE, KRETPROBE_COOKIE, UPROBE_COOKIE};
 use policy::PolicyError;
-use policy::compile::{KprobeHook, TracepointHook, UprobeHook};
+use policy::compile::{KprobeHook, Read, TracepointHook, UprobeHook};
 
 use super::attach;
-use crate::loader::{HookPrograms, KPROBE_PROGRAM, KRETPROBE_PROGRAM, TRACEPOINT_PROGRAM, UPROBE_PROGRAM};
+use crate::loader::{
+    HookPrograms, KPROBE_PROGRAM, KPROBE_SOCK_PROGRAM, KRETPROBE_PROGRAM, TRACEPOINT_PROGRAM, UPROBE_PROGRAM,
+};
 
 /// Why an attach failed: the policy names what is not there (refused like
 /// bad input), or the kernel said no (the policy is kept, in error).
@@ -209,7 +211,13 @@ impl Attachments {
 
 impl Attachments {
     fn attach_kprobe(&mut self, id: u32, kp: &KprobeHook) -> Result<(), AttachError> {
-        if let Err(why) = &self.programs.kprobe {
+        let sock = kp.args.iter().any(|a| a.read == Read::Sock);
+        let (entry_program, verdict) = if sock {
+            (KPROBE_SOCK_PROGRAM, &self.programs.kprobe_sock)
+        } else {
+            (KPROBE_PROGRAM, &self.programs.kprobe)
+        };
+        if let Err(why) = verdict {
             return Err(AttachError::Kernel(format!("the kprobe program is not available: {why}")));
         }
         if kp.ret.is_some()
@@ -230,7 +238,7 @@ impl Attachments {
             Some(_) => self.link_kprobe(KRETPROBE_PROGRAM, &kp.symbol, true, keys[1]).map(Some),
             None => Ok(None),
         };
-        let attached = ret.and_then(|ret| Ok((self.link_kprobe(KPROBE_PROGRAM, &kp.symbol, false, keys[0])?, ret)));
+        let attached = ret.and_then(|ret| Ok((self.link_kprobe(entry_program, &kp.symbol, false, keys[0])?, ret)));
         match attached {
             Ok(links) => {
                 self.kprobes.insert(id, links);

@@ -15,6 +15,7 @@ mod attach;
 pub mod events;
 pub mod hooks;
 mod kernel;
+mod sock;
 mod view;
 
 use std::collections::BTreeMap;
