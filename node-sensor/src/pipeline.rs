@@ -259,6 +259,7 @@ impl Pipeline {
         let k = crate::loader::read_counters(counters);
         self.stats.ringbuf_full.store(k.ringbuf_full, Ordering::Relaxed);
         self.stats.kernel_read_errors.store(k.read_errors, Ordering::Relaxed);
+        self.stats.returns_lost.store(k.returns_lost, Ordering::Relaxed);
         self.update_cache_stats();
         k
     }

@@ -36,6 +36,9 @@ pub struct SensorStats {
     pub policy_events: AtomicU64,
     /// Hook records of no known hook (skipped).
     pub hooks_unknown: AtomicU64,
+    /// Kernel: return probes that found no kept entry (the call began
+    /// before its policy, or the pending map was full): no event.
+    pub returns_lost: AtomicU64,
 }
 
 /// A point-in-time copy, printable on one line.
@@ -61,6 +64,7 @@ pub struct Snapshot {
     pub k8s_watch_errors: u64,
     pub policy_events: u64,
     pub hooks_unknown: u64,
+    pub returns_lost: u64,
 }
 
 impl SensorStats {
@@ -86,6 +90,7 @@ impl SensorStats {
             k8s_watch_errors: r(&self.k8s_watch_errors),
             policy_events: r(&self.policy_events),
             hooks_unknown: r(&self.hooks_unknown),
+            returns_lost: r(&self.returns_lost),
         }
     }
 }
@@ -94,7 +99,7 @@ impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "records={} bad_records={} ringbuf_full={} kernel_read_errors={} cache_entries={} cache_evicted={} cache_misses={} startup_skipped={} events={} subscribers={} subscriber_queue_bytes={} subscriber_dropped={} export_dropped={} pod_waiting={} pod_timeouts={} k8s_pods={} k8s_watch_errors={} policy_events={} hooks_unknown={}",
+            "records={} bad_records={} ringbuf_full={} kernel_read_errors={} cache_entries={} cache_evicted={} cache_misses={} startup_skipped={} events={} subscribers={} subscriber_queue_bytes={} subscriber_dropped={} export_dropped={} pod_waiting={} pod_timeouts={} k8s_pods={} k8s_watch_errors={} policy_events={} hooks_unknown={} returns_lost={}",
             self.records,
             self.bad_records,
             self.ringbuf_full,
@@ -113,7 +118,8 @@ impl fmt::Display for Snapshot {
             self.k8s_pods,
             self.k8s_watch_errors,
             self.policy_events,
-            self.hooks_unknown
+            self.hooks_unknown,
+            self.returns_lost
         )
     }
 }
