@@ -250,6 +250,23 @@ pub const READ_BPRM: u8 = 10;
 /// A `struct sock *`'s addresses, ports and state: a [`SockInfo`].
 pub const READ_SOCK: u8 = 11;
 
+/// A descriptor number (an integer of `size` bytes at `offset`), resolved
+/// through the task's file table to its file's path, as [`READ_FILE`].
+pub const READ_FD: u8 = 12;
+/// A `struct cred *`'s ids, capabilities and user namespace: a [`CredArg`].
+pub const READ_CRED: u8 = 13;
+
+/// What a `cred` argument's bytes hold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CredArg {
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: u32,
+    pub egid: u32,
+    pub more: CredInfo,
+}
+
 /// What a `sock` argument's bytes hold.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -335,6 +352,9 @@ pub struct HookSpec {
 pub const HOOK_RETURN: u32 = 1 << 0;
 /// Cookies of kretprobe attaches have this bit (with the hook's number).
 pub const KRETPROBE_COOKIE: u64 = 1 << 34;
+/// Cookies of tracepoint attaches of the program that reads file
+/// descriptors (one attach per hook, as a kprobe's), with the hook's number.
+pub const TRACEPOINT_FD_COOKIE: u64 = 1 << 35;
 /// `RecordHeader::flags` of a hook record: its last argument is the
 /// function's return value.
 pub const RECORD_HAS_RETURN: u32 = 1 << 0;
@@ -515,7 +535,13 @@ pub struct KernelOffsets {
     pub sock_protocol: u32,
     pub sock_mark: u32,
     pub sock_priority: u32,
-    pub _pad_sock: u32,
+    /// For `fd` arguments: `task->files`, `files->fdt`, `fdt->max_fds`,
+    /// `fdt->fd`.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub _pad_fd: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == 16);
@@ -528,6 +554,7 @@ const _: () = assert!(core::mem::size_of::<HookSet>() == 8 + 84 * HOOKS_PER_ATTA
 const _: () = assert!(core::mem::size_of::<ReturnPending>() == 32 + RETURN_DATA_MAX);
 const _: () = assert!(core::mem::size_of::<PathHead>() == 8);
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 72);
+const _: () = assert!(core::mem::size_of::<CredArg>() == 16 + core::mem::size_of::<CredInfo>());
 const _: () = assert!(core::mem::size_of::<HookRecord>() == 32);
 const _: () = assert!(HOOK_DATA_SIZE.is_power_of_two());
 const _: () = assert!(HOOK_MAX_ARGS * (8 + HOOK_ARG_BYTES) < HOOK_DATA_SIZE);
@@ -550,7 +577,7 @@ const _: () = assert!(
             + NAME_READ
             + CGROUP_NAME_SIZE
 );
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 99 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 103 * 4);
 
 impl KernelOffsets {
     /// All zero: the placeholder the kernel object is built with.

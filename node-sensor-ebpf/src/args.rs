@@ -14,7 +14,9 @@ use node_sensor_common::*;
 use crate::{field, paths, ptr_field};
 
 /// Argument readers a program has: plain (tracepoints, uprobes, the
-/// return value), plus paths, or plus sockets (the two kprobe programs).
+/// return value), plus paths and descriptors (a kprobe program, and the
+/// tracepoint program for descriptors), or plus sockets and credentials
+/// (the other kprobe program).
 pub(crate) const ARGS_PLAIN: u8 = 0;
 pub(crate) const ARGS_PATHS: u8 = 1;
 pub(crate) const ARGS_SOCK: u8 = 2;
@@ -105,8 +107,24 @@ pub(crate) unsafe fn read_arg<const KIND: u8>(record: *const u8, spec: &ArgSpec,
                 }
                 _ => (0, ARG_ERROR),
             },
-            READ_FILE | READ_PATH | READ_BPRM if KIND == ARGS_PATHS => match field::<u64>(field_at, 0) {
-                Ok(ptr) if ptr != 0 => read_path_arg(spec.read, ptr as *const u8, body),
+            // One path reader for all four (two copies of the walk cost the
+            // verifier twice): a descriptor is first looked up to its file.
+            READ_FILE | READ_PATH | READ_BPRM | READ_FD if KIND == ARGS_PATHS => {
+                let (read, object) = if spec.read == READ_FD {
+                    (READ_FILE, scalar(field_at, spec.size).and_then(|fd| fd_file(fd as u32)))
+                } else {
+                    (spec.read, field::<u64>(field_at, 0).map(|p| p as *const u8))
+                };
+                match object {
+                    Ok(ptr) if !ptr.is_null() => read_path_arg(read, ptr, body),
+                    _ => (0, ARG_ERROR),
+                }
+            }
+            READ_CRED if KIND == ARGS_SOCK => match field::<u64>(field_at, 0) {
+                Ok(ptr) if ptr != 0 => {
+                    read_cred(ptr as *const u8, body as *mut CredArg);
+                    (core::mem::size_of::<CredArg>() as u32, 0)
+                }
                 _ => (0, ARG_ERROR),
             },
             READ_SOCK if KIND == ARGS_SOCK => match field::<u64>(field_at, 0) {
@@ -206,6 +224,74 @@ unsafe fn read_path_arg(read: u8, ptr: *const u8, body: *mut u8) -> (u32, u32) {
             _ => ARG_ERROR,
         };
         (8 + len, flags)
+    }
+}
+
+/// The `struct file *` descriptor `fd` of the current task names.
+///
+/// # Safety
+/// Kernel memory is read only through the helper.
+#[inline(always)]
+unsafe fn fd_file(fd: u32) -> Result<*const u8, i64> {
+    // SAFETY: each read goes through bpf_probe_read_kernel.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let fdt = ptr_field(ptr_field(task, off!(task_files))?, off!(files_fdt))?;
+        let max = field::<u32>(fdt, off!(fdtable_max_fds))?;
+        if fd >= max {
+            return Err(-9);
+        }
+        let table = ptr_field(fdt, off!(fdtable_fd))?;
+        // A closed slot is null, which `ptr_field` refuses.
+        ptr_field(table, fd.wrapping_mul(8))
+    }
+}
+
+/// A credential's ids, capabilities and user namespace into `out`, each
+/// field copied by the helper straight into place, with no branch on its
+/// result (as the socket's, for the verifier).
+///
+/// # Safety
+/// `out` must be writable for a `CredArg`; reads go through the helper.
+#[inline(always)]
+unsafe fn read_cred(cred: *const u8, out: *mut CredArg) {
+    // SAFETY: each destination is a field of `*out`, each size its own;
+    // the helper checks the source address and zeroes on failure.
+    unsafe {
+        macro_rules! copy {
+            ($from:expr, ($($field:tt)+), $offset:ident) => {
+                bpf_probe_read_kernel(
+                    core::ptr::addr_of_mut!((*out).$($field)+) as *mut c_void,
+                    core::mem::size_of_val(&(*out).$($field)+) as u32,
+                    $from.wrapping_add(off!($offset) as usize) as *const c_void,
+                );
+            };
+        }
+        core::ptr::write_bytes(out, 0, 1);
+        copy!(cred, (uid), cred_uid);
+        copy!(cred, (gid), cred_gid);
+        copy!(cred, (euid), cred_euid);
+        copy!(cred, (egid), cred_egid);
+        copy!(cred, (more.suid), cred_suid);
+        copy!(cred, (more.sgid), cred_sgid);
+        copy!(cred, (more.fsuid), cred_fsuid);
+        copy!(cred, (more.fsgid), cred_fsgid);
+        copy!(cred, (more.securebits), cred_securebits);
+        copy!(cred, (more.cap_permitted), cred_cap_permitted);
+        copy!(cred, (more.cap_effective), cred_cap_effective);
+        copy!(cred, (more.cap_inheritable), cred_cap_inheritable);
+        copy!(cred, (more.cap_ambient), cred_cap_ambient);
+        let mut user_ns: u64 = 0;
+        bpf_probe_read_kernel(
+            core::ptr::addr_of_mut!(user_ns) as *mut c_void,
+            8,
+            cred.wrapping_add(off!(cred_user_ns) as usize) as *const c_void,
+        );
+        let ns = user_ns as *const u8;
+        copy!(ns, (more.user_ns_level), user_ns_level);
+        copy!(ns, (more.user_ns_owner), user_ns_owner);
+        copy!(ns, (more.user_ns_group), user_ns_group);
+        copy!(ns, (more.user_ns_inum), user_ns_inum);
     }
 }
 

@@ -35,6 +35,15 @@ pub fn vigil_tp(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Tracepoint hooks with a file descriptor argument: its path is read as
+/// a kprobe's file is, which costs the verifier as much, so each such hook
+/// has an attach of its own (cookie `TRACEPOINT_FD_COOKIE` with its number).
+#[tracepoint]
+pub fn vigil_tf(ctx: TracePointContext) -> u32 {
+    let _ = run_hooks::<ARGS_PATHS, 1>(ctx.as_ptr());
+    0
+}
+
 /// A uprobe or kprobe attach serves one hook (policies on the same
 /// function attach each their own).
 #[uprobe]
@@ -44,7 +53,8 @@ pub fn vigil_up(ctx: ProbeContext) -> u32 {
 }
 
 /// Kernel functions: the only hooks whose arguments may be kernel objects.
-/// This program reads files, paths and a binprm; `vigil_ks` sockets. (One
+/// This program reads files, paths, a binprm and descriptors; `vigil_ks`
+/// sockets and credentials. (One
 /// program with both readers is past the verifier's million instructions
 /// on Linux 6.1.)
 #[kprobe]

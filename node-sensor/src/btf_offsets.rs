@@ -187,6 +187,10 @@ pub fn resolve(btf: &Btf, features: Features) -> Result<Resolved, OffsetError> {
         sock_mark: optional(btf, "sock.sk_mark").unwrap_or(0),
         sock_priority: optional(btf, "sock.sk_priority").unwrap_or(0),
         dentry_inode: f("dentry.d_inode", "policy path arguments")?,
+        task_files: f("task_struct.files", "policy fd arguments")?,
+        files_fdt: f("files_struct.fdt", "policy fd arguments")?,
+        fdtable_max_fds: f("fdtable.max_fds", "policy fd arguments")?,
+        fdtable_fd: f("fdtable.fd", "policy fd arguments")?,
         policy_inode_mode: f("inode.i_mode", "policy path arguments")?,
         has_loginuid: u32::from(loginuid.is_some()),
         ..KernelOffsets::ZERO
@@ -199,26 +203,26 @@ pub fn resolve(btf: &Btf, features: Features) -> Result<Resolved, OffsetError> {
         o.sock_daddr6 = d6;
         o.has_sock_v6 = 1;
     }
-    if features.creds || features.ns {
-        // The user namespace is part of both the credentials and `ns.user`.
-        o.cred_user_ns = f("cred.user_ns", "user namespace")?;
-        o.user_ns_level = f("user_namespace.level", "user namespace")?;
-        o.user_ns_owner = f("user_namespace.owner", "user namespace")?;
-        o.user_ns_group = f("user_namespace.group", "user namespace")?;
-        o.user_ns_inum = f("user_namespace.ns.inum", "user namespace")?;
-    }
+    // Credentials and the user namespace: for `--enable-process-cred`,
+    // `ns.user`, and policies' `cred` arguments, so always.
+    let why = "credentials";
+    o.cred_user_ns = f("cred.user_ns", why)?;
+    o.user_ns_level = f("user_namespace.level", why)?;
+    o.user_ns_owner = f("user_namespace.owner", why)?;
+    o.user_ns_group = f("user_namespace.group", why)?;
+    o.user_ns_inum = f("user_namespace.ns.inum", why)?;
+    o.cred_suid = f("cred.suid", why)?;
+    o.cred_sgid = f("cred.sgid", why)?;
+    o.cred_fsuid = f("cred.fsuid", why)?;
+    o.cred_fsgid = f("cred.fsgid", why)?;
+    o.cred_securebits = f("cred.securebits", why)?;
+    o.cred_cap_inheritable = f("cred.cap_inheritable", why)?;
+    o.cred_cap_permitted = f("cred.cap_permitted", why)?;
+    o.cred_cap_effective = f("cred.cap_effective", why)?;
+    o.cred_cap_ambient = f("cred.cap_ambient", why)?;
     if features.creds {
         let why = "--enable-process-cred";
         o.collect_creds = 1;
-        o.cred_suid = f("cred.suid", why)?;
-        o.cred_sgid = f("cred.sgid", why)?;
-        o.cred_fsuid = f("cred.fsuid", why)?;
-        o.cred_fsgid = f("cred.fsgid", why)?;
-        o.cred_securebits = f("cred.securebits", why)?;
-        o.cred_cap_inheritable = f("cred.cap_inheritable", why)?;
-        o.cred_cap_permitted = f("cred.cap_permitted", why)?;
-        o.cred_cap_effective = f("cred.cap_effective", why)?;
-        o.cred_cap_ambient = f("cred.cap_ambient", why)?;
         o.binprm_file = f("linux_binprm.file", why)?;
         o.file_inode = f("file.f_inode", why)?;
         o.inode_mode = f("inode.i_mode", why)?;

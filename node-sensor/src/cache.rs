@@ -11,7 +11,7 @@
 //! (`Arc`) between an image and its fork children. The wire `Process` is
 //! made at the edge, by `From`, when an event needs it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -146,6 +146,9 @@ impl Lineage {
 pub const MAX_ANCESTORS: usize = 256;
 /// The walk stops once it reaches a pid this low (init, kthreadd).
 const OLDEST_ANCESTOR_PID: u32 = 2;
+/// Processes kept after their exit, for policy hooks that fire later in
+/// the exit path (a socket closed as the exiting process's files go).
+const EXITED_KEPT: usize = 256;
 
 #[derive(Debug)]
 pub struct ProcessCache {
@@ -157,6 +160,10 @@ pub struct ProcessCache {
     stats: CacheStats,
     /// Whether lineages carry ancestors (`--enable-ancestors`).
     ancestors: bool,
+    /// The last `EXITED_KEPT` exited processes by pid, oldest first in
+    /// `exited_order`; a pid's live image wins over these.
+    exited: HashMap<u32, Entry>,
+    exited_order: VecDeque<u32>,
 }
 
 impl ProcessCache {
@@ -169,6 +176,8 @@ impl ProcessCache {
             capacity: capacity.max(1),
             stats: CacheStats::default(),
             ancestors: false,
+            exited: HashMap::new(),
+            exited_order: VecDeque::new(),
         }
     }
 
@@ -195,13 +204,31 @@ impl ProcessCache {
     }
 
     /// The lineage of `pid`'s current image, for an event it caused (a
-    /// policy hook's hit); a miss is counted.
+    /// policy hook's hit), or of the process that had `pid` if it has just
+    /// exited (its exit path runs hooks after the exit event: Tetragon
+    /// names the parent there, with the child's thread, which misleads;
+    /// Vigil names the process whose exit it is). A miss is counted.
     pub fn of_pid(&mut self, pid: u32) -> Option<Lineage> {
-        let Some(id) = self.by_pid.get(&pid).cloned() else {
+        if let Some(id) = self.by_pid.get(&pid).cloned() {
+            return self.lineage(&id);
+        }
+        let Some(gone) = self.exited.get(&pid) else {
             self.stats.misses += 1;
             return None;
         };
-        self.lineage(&id)
+        let (process, parent, id) = (Process::from(gone), gone.image.parent.clone(), gone.image.exec_id.clone());
+        Some(self.with_parent(process, &parent, &id))
+    }
+
+    fn remember_exit(&mut self, pid: u32, entry: Entry) {
+        if self.exited.insert(pid, entry).is_none() {
+            self.exited_order.push_back(pid);
+        }
+        while self.exited_order.len() > EXITED_KEPT {
+            if let Some(old) = self.exited_order.pop_front() {
+                self.exited.remove(&old);
+            }
+        }
     }
 
     /// Records the pod of a process (found after its exec), so its later
@@ -266,8 +293,13 @@ impl ProcessCache {
         let entry = self.entries.get(id)?;
         let parent_id = entry.image.parent.clone();
         let process = Process::from(entry);
-        let parent_entry = self.entries.get(&parent_id);
-        if parent_entry.is_none() && !parent_id.is_empty() && parent_id != *id {
+        Some(self.with_parent(process, &parent_id, id))
+    }
+
+    /// `process` (whose exec_id is `id`) with its parent and ancestors.
+    fn with_parent(&mut self, process: Process, parent_id: &ExecId, id: &ExecId) -> Lineage {
+        let parent_entry = self.entries.get(parent_id);
+        if parent_entry.is_none() && !parent_id.is_empty() && parent_id != id {
             self.stats.misses += 1;
         }
         let parent = parent_entry.map(Process::from);
@@ -275,7 +307,7 @@ impl ProcessCache {
             Some(p) if self.ancestors => self.ancestors_of(p),
             _ => vec![],
         };
-        Some(Lineage { process, parent, ancestors })
+        Lineage { process, parent, ancestors }
     }
 
     /// The ancestors beyond `parent`, nearest first.
@@ -463,6 +495,10 @@ impl ProcessCache {
         let mut lineage = self.lineage(&id)?;
         lineage.process.refcnt = lineage.process.refcnt.saturating_sub(1);
         self.by_pid.remove(&pid);
+        if let Some(e) = self.entries.get(&id) {
+            let gone = Entry { refcnt: lineage.process.refcnt, ..e.clone() };
+            self.remember_exit(pid, gone);
+        }
         self.release(&id);
         Some(lineage)
     }
@@ -510,6 +546,34 @@ mod tests {
         let one = all[0].encoded_len() + 8;
         let (some, left_out) = c.dump(false, 3 * one + one / 2);
         assert_eq!((some.len(), left_out), (3, 7));
+    }
+
+    #[test]
+    fn a_hook_after_the_exit_names_the_process_that_exited() {
+        let mut c = ProcessCache::new(100);
+        c.add_procfs(procfs("n", 1, 1, "/sbin/init"), 0);
+        let sh = c.add_procfs(procfs("n", 2, 10, "/bin/sh"), 1);
+        assert!(c.on_clone("n", fork(11, 10, 50), proto::Timestamp::default()));
+        let nc = c.on_exec(image("n", 60, 11, "/bin/nc"), 10);
+        c.on_exit(11).unwrap();
+        // The socket closed on the way out: nc, its parent the shell.
+        let late = c.of_pid(11).expect("the process that exited");
+        assert_eq!(late.process.exec_id, nc.process.exec_id);
+        assert_eq!(late.process.binary, "/bin/nc");
+        assert_eq!(late.parent.map(|p| p.exec_id), Some(sh.process.exec_id.clone()));
+        assert_eq!(c.stats().misses, 0);
+        // A new process with the pid wins.
+        assert!(c.on_clone("n", fork(11, 10, 70), proto::Timestamp::default()));
+        let again = c.on_exec(image("n", 80, 11, "/bin/true"), 10);
+        assert_eq!(c.of_pid(11).unwrap().process.exec_id, again.process.exec_id);
+        // Only the last EXITED_KEPT exits are kept.
+        for pid in 100..100 + EXITED_KEPT as u32 + 1 {
+            assert!(c.on_clone("n", fork(pid, 10, u64::from(pid) * 10), proto::Timestamp::default()));
+            c.on_exit(pid).unwrap();
+        }
+        assert!(c.of_pid(100).is_none(), "the oldest exit is forgotten");
+        assert!(c.of_pid(100 + EXITED_KEPT as u32).is_some());
+        assert_eq!(c.stats().misses, 1);
     }
 
     #[test]

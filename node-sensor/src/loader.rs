@@ -23,14 +23,17 @@ pub const PROGRAMS: &[(&str, &str)] =
 /// The generic tracepoint program every policy's tracepoints share; loaded
 /// at start, attached as policies name tracepoints (see `policies`).
 pub const TRACEPOINT_PROGRAM: &str = "vigil_tp";
+/// The tracepoint program for hooks with file-descriptor arguments (the
+/// path reader is too costly to verify for several hooks per attach).
+pub const TRACEPOINT_FD_PROGRAM: &str = "vigil_tf";
 /// The generic uprobe program, likewise for user functions.
 pub const UPROBE_PROGRAM: &str = "vigil_up";
 /// The generic kprobe program, likewise for kernel functions.
 pub const KPROBE_PROGRAM: &str = "vigil_kp";
 /// The generic return probe, for kprobes with `return: true`.
 pub const KRETPROBE_PROGRAM: &str = "vigil_kr";
-/// The generic kprobe program for hooks with socket arguments (the path
-/// readers and the socket reader do not fit one program).
+/// The generic kprobe program for hooks with socket or credential
+/// arguments (the path readers and these do not fit one program).
 pub const KPROBE_SOCK_PROGRAM: &str = "vigil_ks";
 
 /// Where this sensor pins the kernel's exec-time map (see `exec_times`).
@@ -79,6 +82,7 @@ pub struct Probes {
 #[derive(Debug, Clone)]
 pub struct HookPrograms {
     pub tracepoint: Result<(), String>,
+    pub tracepoint_fd: Result<(), String>,
     pub uprobe: Result<(), String>,
     pub kprobe: Result<(), String>,
     pub kprobe_sock: Result<(), String>,
@@ -184,6 +188,7 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
     }
     let hook_programs = HookPrograms {
         tracepoint: load_hook_program::<aya::programs::TracePoint>(&mut ebpf, TRACEPOINT_PROGRAM),
+        tracepoint_fd: load_hook_program::<aya::programs::TracePoint>(&mut ebpf, TRACEPOINT_FD_PROGRAM),
         uprobe: load_hook_program::<aya::programs::UProbe>(&mut ebpf, UPROBE_PROGRAM),
         kprobe: load_hook_program::<aya::programs::KProbe>(&mut ebpf, KPROBE_PROGRAM),
         kprobe_sock: load_hook_program::<aya::programs::KProbe>(&mut ebpf, KPROBE_SOCK_PROGRAM),
@@ -191,6 +196,7 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
     };
     for (program, verdict) in [
         (TRACEPOINT_PROGRAM, &hook_programs.tracepoint),
+        (TRACEPOINT_FD_PROGRAM, &hook_programs.tracepoint_fd),
         (UPROBE_PROGRAM, &hook_programs.uprobe),
         (KPROBE_PROGRAM, &hook_programs.kprobe),
         (KPROBE_SOCK_PROGRAM, &hook_programs.kprobe_sock),

@@ -467,17 +467,154 @@ fn exec_of_args(e: &GetEventsResponse) -> Option<&str> {
     }
 }
 
-/// The kprobe policies in the 6.1 VM: the seed's `process-exec-elf-begin`
-/// (a `file` on `security_bprm_creds_from_file`) names the file that
-/// really runs, the interpreter for a script, before the exec event; a
-/// `security_file_permission` (file, int) return probe names each access
-/// with its mask and the permission check's result. What Tetragon recorded for the same workloads is in
-/// tests/compat/fixtures/tetragon-vm-policies (cases a and b).
+const POLICY_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/compat/fixtures/tetragon-vm-policies");
+
+fn policy_fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{POLICY_FIXTURES}/{name}")).unwrap()
+}
+
+/// The policies VM's init: the recorded cases' own policy files put in.
+/// Selectors are left out (they are not in Vigil yet; issue 13), so case
+/// b's events are compared for the marked file only, and of case d only
+/// the openat tracepoint runs (its raw_syscalls one, unselected, would
+/// report every system call), compared for the marked file.
+fn policies_init() -> String {
+    let b = policy_fixture("b-file-permission.yaml");
+    let b = b.split("    selectors:").next().unwrap().to_owned();
+    let d = policy_fixture("d-tracepoints.yaml");
+    let d = d.split("    selectors:").next().unwrap().to_owned();
+    include_str!("vm/policies.sh")
+        .replace("@POLICY_A@", policy_fixture("a-exec-elf-begin.yaml").trim_end())
+        .replace("@POLICY_B@", b.trim_end())
+        .replace("@POLICY_C@", policy_fixture("c-tcp-connect.yaml").trim_end())
+        .replace("@POLICY_D@", d.trim_end())
+}
+
+/// The port the recorded connection's listener had, as Vigil's workload's.
+const LISTENER_PORT: u64 = 8765;
+
+/// What a policy event's hook reported, as JSON: its body without the
+/// process and parent, and without what differs per run (see
+/// `without_run_specifics`).
+fn hook_body(e: &GetEventsResponse) -> Option<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(&proto::json::to_json_line(e)).unwrap();
+    let mut body = ["process_kprobe", "process_tracepoint"].iter().find_map(|k| v.get(*k))?.as_object()?.clone();
+    body.remove("process");
+    body.remove("parent");
+    let mut body = serde_json::Value::Object(body);
+    without_run_specifics(&mut body);
+    Some(body)
+}
+
+/// Leaves out of a kprobe body what differs between two runs of a
+/// workload: a socket's address (its cookie), its ephemeral port (any but
+/// the listener's), and on a close the TCP state and ports (which end
+/// closes first is a race, and a socket torn down has its local port
+/// released: in the recording the accepted socket closed in TCP_CLOSE
+/// without a local port, here it may close in TCP_CLOSE_WAIT with it).
+fn without_run_specifics(v: &mut serde_json::Value) {
+    let closing = v.get("function_name").and_then(|f| f.as_str()) == Some("tcp_close");
+    let args = v.get_mut("args").and_then(|a| a.as_array_mut()).into_iter().flatten();
+    for sock in args.filter_map(|a| a.get_mut("sock_arg")).filter_map(|s| s.as_object_mut()) {
+        sock.remove("cookie");
+        for port in ["sport", "dport"] {
+            if closing || sock.get(port).and_then(|p| p.as_u64()) != Some(LISTENER_PORT) {
+                sock.remove(port);
+            }
+        }
+        if closing {
+            sock.remove("state");
+        }
+    }
+}
+
+/// Differences from Tetragon's recorded events that are deliberate: each
+/// names its reason in the README's compatibility section.
+fn deliberate(diff: &str) -> bool {
+    const DELIBERATE: &[&str] = &[];
+    DELIBERATE.iter().any(|d| diff.contains(d))
+}
+
+fn who(e: &GetEventsResponse) -> Option<(&str, &str)> {
+    events::subject::process(e).map(|p| (p.binary.as_str(), p.arguments.as_str()))
+}
+
+/// Each recorded policy event of a case has its counterpart among Vigil's:
+/// the same hook report, as often (`exact`; at least as often where the
+/// recording kept only the marked processes' events), from a process with
+/// the same binary and arguments; and that counterpart's process and
+/// parent equal Tetragon's field by field but for ids, times and pids.
+/// Where Tetragon named the parent for a hook in a process's exit path
+/// (its `tid` is another process's), Vigil names the exiting process
+/// itself (README, compatibility): that process's fields are not compared,
+/// but it must be the thread's own.
+fn policy_events_equal_tetragons(case: &str, events: &[GetEventsResponse], exact: bool, hooks: &[&str]) {
+    // The hooks compared, by function or tracepoint name (all if none).
+    let compared =
+        |b: &serde_json::Value| hooks.is_empty() || hooks.iter().any(|h| b["function_name"] == *h || b["event"] == *h);
+    let tetragon: Vec<GetEventsResponse> = policy_fixture(&format!("{case}.events.jsonl"))
+        .lines()
+        .map(|l| from_json_line(l).unwrap())
+        .filter(|e| hook_body(e).is_some_and(|b| compared(&b)))
+        .collect();
+    assert!(!tetragon.is_empty(), "{case}: recorded policy events");
+    let after_exit = |e: &GetEventsResponse| events::subject::process(e).is_some_and(|p| p.tid != p.pid);
+    let same = |a: &GetEventsResponse, b: &GetEventsResponse| {
+        hook_body(a) == hook_body(b) && (after_exit(b) || who(a) == who(b))
+    };
+    let mut used = HashSet::new();
+    let mut diffs = Vec::new();
+    for t in &tetragon {
+        let body = hook_body(t).unwrap();
+        let (want, got) =
+            (tetragon.iter().filter(|x| same(x, t)).count(), events.iter().filter(|x| same(x, t)).count());
+        let seen = events
+            .iter()
+            .filter_map(hook_body)
+            .filter(|b| b["function_name"] == body["function_name"] && b["event"] == body["event"]);
+        assert!(
+            got == want || (!exact && got > want),
+            "{case}: {got} reports of {body} by {:?}, Tetragon {want}; Vigil's reports of this function:\n{}",
+            who(t),
+            seen.map(|b| b.to_string()).collect::<Vec<_>>().join("\n")
+        );
+        let (i, v) = events.iter().enumerate().find(|(i, e)| !used.contains(i) && same(e, t)).unwrap();
+        used.insert(i);
+        if after_exit(t) {
+            let p = events::subject::process(v).unwrap();
+            assert_eq!(p.tid, p.pid, "{case}: Vigil names the exiting process itself: {p:?}");
+            assert!(!p.binary.is_empty(), "{case}: the exiting process is known: {p:?}");
+            continue;
+        }
+        let (mut t, mut v) = (comparable(t), comparable(v));
+        if let Some(body) = t.get_mut("process_kprobe") {
+            without_run_specifics(body);
+        }
+        if let Some(body) = v.get_mut("process_kprobe") {
+            without_run_specifics(body);
+        }
+        for d in field_diff(&t, &v).into_iter().filter(|d| !deliberate(d)) {
+            diffs.push(format!("{case} {}: {d}", body["function_name"]));
+        }
+    }
+    diffs.dedup();
+    assert!(diffs.is_empty(), "fields that differ from Tetragon's:\n{}", diffs.join("\n"));
+}
+
+/// The kprobe policies in the 6.1 VM, with the recorded Tetragon cases' own
+/// policies and workloads (tests/compat/fixtures/tetragon-vm-policies,
+/// cases a, b and c): the seed's `process-exec-elf-begin` names the file
+/// that really runs, the interpreter for a script, before the exec event;
+/// a `security_file_permission` return probe names each access with its
+/// mask and result; `tcp_connect`, `tcp_sendmsg` and `tcp_close` name a
+/// local connection. Each recorded event has its counterpart, equal field
+/// by field. Then a descriptor and a credential argument.
 #[test]
 fn kprobe_policies_in_a_vm_report_what_runs_and_what_is_read() {
-    let Some(console) = run_vm(include_str!("vm/policies.sh"), "last-policies-console.log") else { return };
-    let (events, _, _, _) = parse_console(&console);
+    let Some(console) = run_vm(&policies_init(), "last-policies-console.log") else { return };
+    let (events, _, statuses, _) = parse_console(&console);
     let log: Vec<&str> = console.lines().filter(|l| l.starts_with("VIGIL-SENSOR-LOG")).collect();
+    assert_eq!(statuses.get("su"), Some(&0), "log:\n{}", log.join("\n"));
     let kprobes: Vec<(usize, &proto::tetragon::ProcessKprobe)> = events
         .iter()
         .enumerate()
@@ -512,8 +649,6 @@ fn kprobe_policies_in_a_vm_report_what_runs_and_what_is_read() {
         assert_eq!(k.policy_name, "process-exec-elf-begin");
         assert_eq!(k.args.len(), 1, "the nop argument is left out");
         assert_eq!(file_of(k, 0), Some((file.to_owned(), "-rwxr-xr-x".to_owned())), "{args}");
-        assert_eq!(k.action, proto::tetragon::KprobeAction::Post as i32);
-        assert_eq!(k.return_action, proto::tetragon::KprobeAction::Post as i32, "on every kprobe event");
         let process = k.process.as_ref().unwrap();
         // As Tetragon: the forked child before its exec, with its own
         // (fork-time) exec_id, and the same parent as the exec that follows.
@@ -521,11 +656,11 @@ fn kprobe_policies_in_a_vm_report_what_runs_and_what_is_read() {
         assert_eq!(process.parent_exec_id, exec.parent_exec_id, "{args}: forked by the same shell");
     }
     // The permission policy: the shell's write of the marked file (mask 2)
-    // and cat's read of it (mask 4), each by its process.
+    // and cat's reads of it (mask 4), each by its process.
     let cat = events
         .iter()
         .find_map(|e| match &e.event {
-            Some(Event::ProcessExec(x)) => x.process.as_ref().filter(|p| p.binary == "/bin/cat"),
+            Some(Event::ProcessExec(x)) => x.process.as_ref().filter(|p| p.arguments == "/tmp/marked-file"),
             _ => None,
         })
         .expect("the exec of cat");
@@ -533,35 +668,23 @@ fn kprobe_policies_in_a_vm_report_what_runs_and_what_is_read() {
         .iter()
         .filter(|(_, k)| k.function_name == "security_file_permission")
         .filter(|(_, k)| file_of(k, 0).is_some_and(|(p, _)| p == "/tmp/marked-file"))
-        .map(|(_, k)| {
-            let mask = match k.args.get(1).and_then(|a| a.arg.as_ref()) {
-                Some(proto::tetragon::kprobe_argument::Arg::IntArg(m)) => *m,
-                _ => -1,
-            };
-            (k.process.as_ref().map(|p| p.exec_id.clone()).unwrap_or_default(), mask, k)
-        })
+        .map(|(_, k)| k)
         .collect();
-    let writes = marked.iter().filter(|(_, m, _)| *m == 2).count();
-    let reads_by_cat = marked.iter().filter(|(id, m, _)| *m == 4 && *id == cat.exec_id).count();
-    assert!(writes >= 1, "the shell's write; events: {}", marked.len());
+    let reads_by_cat = marked.iter().filter(|k| k.process.as_ref().is_some_and(|p| p.exec_id == cat.exec_id)).count();
     assert!(reads_by_cat >= 1, "cat's reads");
-    assert_eq!(marked.iter().filter(|(_, m, _)| *m != 2 && *m != 4).count(), 0, "only reads and writes");
-    let k = marked[0].2;
-    assert_eq!((k.message.as_str(), k.tags.as_slice()), ("file access", &["observability.filesystem".to_owned()][..]));
-    // A return probe: one event per call, with the return value (0:
-    // allowed) and no label on it, and return_action.
-    for (_, _, k) in &marked {
-        let ret = k.r#return.as_ref().and_then(|r| r.arg.clone());
-        assert_eq!(ret, Some(proto::tetragon::kprobe_argument::Arg::IntArg(0)));
-        assert!(k.r#return.as_ref().is_some_and(|r| r.label.is_empty()));
-        assert_eq!(k.return_action, proto::tetragon::KprobeAction::Post as i32);
-    }
-    assert_eq!(file_of(k, 0).map(|f| f.1), Some("-rw-r--r--".to_owned()));
     // The sensor's own export writes are not reported.
     assert!(!kprobes.iter().any(|(_, k)| file_of(k, 0).is_some_and(|(p, _)| p == "/tmp/events.jsonl")));
 
-    // The connection: tcp_connect from the client, in SYN_SENT, with both
-    // ends; its 9 bytes through tcp_sendmsg once established; closes.
+    // Field by field against the recordings.
+    // The recording of case a kept only the marked execs; every exec of
+    // the workload shell is the same report from the same process.
+    policy_events_equal_tetragons("a-exec-elf-begin", &events, false, &[]);
+    policy_events_equal_tetragons("b-file-permission", &events, true, &[]);
+    policy_events_equal_tetragons("c-tcp-connect", &events, true, &[]);
+    policy_events_equal_tetragons("d-tracepoints", &events, true, &["sys_enter_openat"]);
+
+    // The connection: one tcp_connect, its 9 bytes through tcp_sendmsg on
+    // the same socket (the same cookie), and its close.
     let sock_of = |k: &proto::tetragon::ProcessKprobe| match k.args.first().and_then(|a| a.arg.as_ref()) {
         Some(proto::tetragon::kprobe_argument::Arg::SockArg(s)) => Some(s.clone()),
         _ => None,
@@ -572,20 +695,53 @@ fn kprobe_policies_in_a_vm_report_what_runs_and_what_is_read() {
     let connects = calls("tcp_connect");
     assert_eq!(connects.len(), 1, "one connect; log:\n{}", log.join("\n"));
     let s = sock_of(connects[0]).expect("a sock argument");
-    assert_eq!(
-        (s.family.as_str(), s.r#type.as_str(), s.protocol.as_str(), s.state.as_str()),
-        ("AF_INET", "SOCK_STREAM", "IPPROTO_TCP", "TCP_SYN_SENT")
-    );
-    assert_eq!((s.saddr.as_str(), s.daddr.as_str(), s.dport), ("127.0.0.1", "127.0.0.1", 8765));
     assert!(s.sport > 0 && s.cookie != 0, "{s:?}");
-    assert_eq!(connects[0].process.as_ref().map(|p| p.binary.as_str()), Some("/bin/nc"));
     let sent: Vec<_> =
         calls("tcp_sendmsg").into_iter().filter(|k| sock_of(k).is_some_and(|x| x.cookie == s.cookie)).collect();
     assert_eq!(sent.len(), 1, "one send on the connection");
-    assert_eq!(sock_of(sent[0]).map(|x| x.state), Some("TCP_ESTABLISHED".to_owned()));
-    assert_eq!(sent[0].args.get(1).and_then(|a| a.arg.clone()), Some(proto::tetragon::kprobe_argument::Arg::IntArg(9)));
     assert!(
         calls("tcp_close").iter().any(|k| sock_of(k).is_some_and(|x| x.cookie == s.cookie)),
         "the client socket's close"
+    );
+
+    // A descriptor: the workload shell's write through its descriptor 1 to
+    // the marked file, 9 bytes.
+    let writes: Vec<_> = kprobes.iter().filter(|(_, k)| k.function_name == "__x64_sys_write").map(|(_, k)| k).collect();
+    assert_eq!(writes.len(), 1, "one write to the marked file; log:\n{}", log.join("\n"));
+    let w = writes[0];
+    assert_eq!(file_of(w, 0), Some(("/tmp/marked-fd-file".to_owned(), "-rw-r--r--".to_owned())));
+    assert_eq!(w.args.get(1).and_then(|a| a.arg.clone()), Some(proto::tetragon::kprobe_argument::Arg::SizeArg(9)));
+    assert_eq!(
+        w.process.as_ref().map(|p| (p.binary.as_str(), p.arguments.as_str())),
+        Some(("/bin/busybox", "/workload"))
+    );
+    // A credential: su's own change to uid 1000 (capabilities gone,
+    // as for any root process that takes another uid), in the host's user
+    // namespace.
+    let creds: Vec<_> = kprobes
+        .iter()
+        .filter(|(_, k)| k.function_name == "commit_creds")
+        .filter(|(_, k)| k.process.as_ref().is_some_and(|p| p.arguments.contains("marked-cred")))
+        .filter_map(|(_, k)| match k.args.first().and_then(|a| a.arg.as_ref()) {
+            Some(proto::tetragon::kprobe_argument::Arg::ProcessCredentialsArg(c)) => Some((k, c)),
+            _ => None,
+        })
+        .collect();
+    let ids = |c: &proto::tetragon::ProcessCredentials| {
+        [c.uid, c.euid, c.suid, c.fsuid, c.gid, c.egid].map(|v| v.map(|v| v.value))
+    };
+    let to_1000: Vec<_> = creds.iter().filter(|(_, c)| ids(c)[0] == Some(1000)).collect();
+    assert!(!to_1000.is_empty(), "su's commit_creds to uid 1000: {creds:?}");
+    let (_, c) = to_1000[0];
+    assert_eq!(ids(c), [Some(1000); 6]);
+    let caps = c.caps.as_ref().expect("caps");
+    assert!(caps.permitted.is_empty() && caps.effective.is_empty(), "{caps:?}");
+    let ns = c.user_ns.as_ref().and_then(|u| u.ns.as_ref()).expect("user_ns");
+    assert!(ns.is_host && ns.inum != 0, "{ns:?}");
+    // Before the change, the same process had root's credentials and all
+    // capabilities (a first commit_creds from the exec of su).
+    assert!(
+        creds.iter().any(|(_, c)| ids(c)[0] == Some(0) && c.caps.as_ref().is_some_and(|x| x.permitted.len() > 30)),
+        "root's credentials with capabilities: {creds:?}"
     );
 }

@@ -605,3 +605,96 @@ async fn kprobe_policies_are_checked_against_btf_and_fail_clearly_without_kprobe
     unlink_then_fence(&mut c, &std::env::temp_dir().join(format!("vigil-kp-{run}")).display().to_string()).await;
     client.delete_tracing_policy(DeleteTracingPolicyRequest { name, ..Default::default() }).await.unwrap();
 }
+
+/// `syscalls/sys_enter_write` twice: fd resolved to its file (the program
+/// with the path reader, an attach of its own) and fd as a plain number
+/// (the shared program), each with the byte count.
+fn write_fd_policy(name: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: {name}
+spec:
+  tracepoints:
+  - subsystem: syscalls
+    event: sys_enter_write
+    message: write by file
+    args:
+    - index: 5
+      type: fd
+    - index: 7
+      type: size_t
+  - subsystem: syscalls
+    event: sys_enter_write
+    message: write by number
+    args:
+    - index: 5
+      type: int32
+    - index: 7
+      type: size_t
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_fd_argument_is_the_path_of_the_file_the_descriptor_names() {
+    require_kernel!();
+    let run = nonce();
+    let dir = std::env::temp_dir().join(format!("vigil-fd-{run}"));
+    let name = format!("write-fd-{run}");
+    let file = write_policy(&dir, &name, &write_fd_policy(&name));
+    let sensor = Sensor::start(&["--tracing-policy", &file]).await;
+    let mut c = Collector::subscribe(&sensor, request()).await;
+
+    // Each shell points its standard output at its marker and writes its
+    // own content (one write of a known length) through descriptor 1.
+    let markers: Vec<(String, String)> = (0..3)
+        .map(|i| (dir.join(format!("marked-{i}")).display().to_string(), format!("content-{run}-{}", "x".repeat(i))))
+        .collect();
+    for (path, content) in &markers {
+        let script = format!("exec >{path}; printf %s {content}");
+        assert!(Command::new("/bin/sh").args(["-c", &script]).status().unwrap().success());
+        assert_eq!(std::fs::read_to_string(path).unwrap(), *content);
+    }
+    let fence = format!("fence-{run}");
+    assert!(Command::new("/bin/true").arg(&fence).status().unwrap().success());
+    let fenced = |events: &[GetEventsResponse]| events.iter().filter_map(exec_of).any(|p| p.arguments == fence);
+    assert!(c.until(Duration::from_secs(20), fenced).await, "the fence exec never came; log:\n{}", sensor.log());
+
+    let by_file = |t: &ProcessTracepoint, path: &str| {
+        t.message == "write by file"
+            && matches!(t.args.first().and_then(|a| a.arg.as_ref()), Some(Arg::FileArg(f)) if f.path == path)
+    };
+    for (path, content) in &markers {
+        let hits: Vec<&ProcessTracepoint> =
+            c.events.iter().filter_map(tracepoint_of).filter(|t| by_file(t, path)).collect();
+        assert_eq!(hits.len(), 1, "{path}: one write through its descriptor; log:\n{}", sensor.log());
+        let t = hits[0];
+        let Some(Arg::FileArg(f)) = t.args[0].arg.as_ref() else { unreachable!() };
+        assert_eq!(f.permission, "-rw-r--r--");
+        assert_eq!(t.args[1].arg, Some(Arg::SizeArg(content.len() as u64)));
+        assert_eq!(t.policy_name, name);
+        // The writer is the shell whose exec carried the script.
+        let process = t.process.as_ref().unwrap();
+        let exec = c
+            .events
+            .iter()
+            .filter_map(exec_of)
+            .find(|p| p.binary == "/bin/sh" && p.arguments.contains(path.as_str()))
+            .unwrap_or_else(|| panic!("no exec of the shell for {path}"));
+        assert_eq!(process.exec_id, exec.exec_id);
+        // The same write through the plain hook: descriptor 1, same count.
+        let plain: Vec<&ProcessTracepoint> = c
+            .events
+            .iter()
+            .filter_map(tracepoint_of)
+            .filter(|p| p.message == "write by number")
+            .filter(|p| p.process.as_ref().map(|x| &x.exec_id) == Some(&exec.exec_id))
+            .filter(|p| p.args.first().and_then(|a| a.arg.clone()) == Some(Arg::IntArg(1)))
+            .collect();
+        assert_eq!(plain.len(), 1, "{path}: the plain hook saw the same write once");
+        assert_eq!(plain[0].args[1].arg, Some(Arg::SizeArg(content.len() as u64)));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

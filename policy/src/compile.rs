@@ -9,9 +9,9 @@
 //! needs a pointer, `__data_loc` or array field; a number needs a scalar).
 
 use node_sensor_common::{
-    ArgSpec, HOOK_MAX_ARGS, HOOK_RETURN, HookSpec, NO_INDIRECT, READ_BPRM, READ_FILE, READ_KERNEL_BUFFER,
-    READ_KERNEL_STRING, READ_NOTHING, READ_PATH, READ_RECORD_BYTES, READ_RECORD_STRING, READ_SCALAR, READ_SOCK,
-    READ_USER_BUFFER, READ_USER_STRING,
+    ArgSpec, HOOK_MAX_ARGS, HOOK_RETURN, HookSpec, NO_INDIRECT, READ_BPRM, READ_CRED, READ_FD, READ_FILE,
+    READ_KERNEL_BUFFER, READ_KERNEL_STRING, READ_NOTHING, READ_PATH, READ_RECORD_BYTES, READ_RECORD_STRING,
+    READ_SCALAR, READ_SOCK, READ_USER_BUFFER, READ_USER_STRING,
 };
 
 use crate::PolicyError;
@@ -82,6 +82,8 @@ pub enum Read {
     Bprm,
     /// A `struct sock *`'s addresses, ports and state.
     Sock,
+    /// A `struct cred *`'s ids, capabilities and user namespace.
+    Cred,
     /// A string stored in the record (`__data_loc`).
     RecordString,
     /// A user-space buffer the field points to, its length the integer
@@ -130,6 +132,12 @@ pub struct TracepointHook {
 }
 
 impl TracepointHook {
+    /// Whether an argument is a descriptor resolved to its path (which
+    /// takes the tracepoint program with the path reader).
+    pub fn reads_fd(&self) -> bool {
+        self.args.iter().any(|a| a.read == Read::Fd)
+    }
+
     /// What the generic tracepoint program reads for this hook, which the
     /// sensor numbers `hook_id`.
     pub fn spec(&self, hook_id: u32) -> HookSpec {
@@ -143,7 +151,9 @@ fn spec_of(args: &[HookArg], hook_id: u32) -> HookSpec {
         for (slot, a) in spec.args.iter_mut().zip(args) {
             // `compile` checked that offsets and sizes fit.
             let (read, len_offset, len_size) = match a.read {
-                Read::Scalar { .. } | Read::SyscallId | Read::Fd => (READ_SCALAR, 0, 0),
+                Read::Scalar { .. } | Read::SyscallId => (READ_SCALAR, 0, 0),
+                Read::Fd => (READ_FD, 0, 0),
+                Read::Cred => (READ_CRED, 0, 0),
                 Read::UserString => (READ_USER_STRING, 0, 0),
                 Read::RecordString => (READ_RECORD_STRING, 0, 0),
                 Read::KernelString => (READ_KERNEL_STRING, 0, 0),
@@ -356,11 +366,11 @@ fn compile_kprobes(policy: &TracingPolicy, kernel: &dyn KernelView) -> Result<Ve
             let arg = if k.syscall { syscall_arg(&here, a)? } else { function_arg(&here, a, &function, &k.args)? };
             args.push(arg);
         }
-        let paths = args.iter().any(|a| matches!(a.read, Read::File | Read::Path | Read::Bprm));
-        if paths && args.iter().any(|a| a.read == Read::Sock) {
+        let paths = args.iter().any(|a| matches!(a.read, Read::File | Read::Path | Read::Bprm | Read::Fd));
+        if paths && args.iter().any(|a| matches!(a.read, Read::Sock | Read::Cred)) {
             return Err(PolicyError::at(
                 format!("{at}.args"),
-                "a kprobe reads either sockets or files and paths in Vigil yet, not both",
+                "a kprobe reads either sockets and credentials or files, paths and descriptors in Vigil yet, not both",
             ));
         }
         let ret = match (&k.return_arg, k.is_return) {
@@ -398,6 +408,7 @@ fn syscall_arg(here: &str, a: &crate::schema::Arg) -> Result<HookArg, PolicyErro
     let (read, size) = match a.arg_type {
         t if int_size(t).is_some() => (Read::Scalar { signed: false }, int_size(t).unwrap_or(8)),
         ArgType::String | ArgType::Filename => (Read::UserString, 8),
+        ArgType::Fd => (Read::Fd, 4),
         ArgType::CharBuf if a.size_arg_index > 0 => {
             let (_, len_offset) = SYSCALL_REGISTERS
                 .get(a.size_arg_index as usize - 1)
@@ -481,6 +492,10 @@ fn function_arg(
         ArgType::LinuxBinprm => return misfit("linux_binprm needs a struct linux_binprm pointer"),
         ArgType::Sock if pointer_to("sock") => (Read::Sock, 8),
         ArgType::Sock => return misfit("sock needs a struct sock pointer"),
+        ArgType::Cred if pointer_to("cred") => (Read::Cred, 8),
+        ArgType::Cred => return misfit("cred needs a struct cred pointer"),
+        ArgType::Fd if matches!(param.kind, ParamKind::Int { .. }) => (Read::Fd, 4),
+        ArgType::Fd => return misfit("fd needs an integer parameter (the descriptor number)"),
         _ => {
             return Err(PolicyError::at(format!("{here}.type"), "this type is not supported on kprobes by Vigil yet"));
         }

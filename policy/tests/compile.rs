@@ -165,7 +165,23 @@ impl KernelView for Functions {
                     param("file", "const struct file *", ParamKind::Pointer { to: "file".into() }),
                 ],
             }),
-            "__x64_sys_openat" => Some(Function {
+            "file_and_cred" => Some(Function {
+                params: vec![
+                    param("file", "struct file *", ParamKind::Pointer { to: "file".into() }),
+                    param("cred", "const struct cred *", ParamKind::Pointer { to: "cred".into() }),
+                ],
+            }),
+            "commit_creds" => {
+                Some(Function { params: vec![param("new", "struct cred *", ParamKind::Pointer { to: "cred".into() })] })
+            }
+            "ksys_fchown" => Some(Function {
+                params: vec![
+                    param("fd", "unsigned int", ParamKind::Int { size: 4 }),
+                    param("user", "uid_t", ParamKind::Int { size: 4 }),
+                    param("group", "gid_t", ParamKind::Int { size: 4 }),
+                ],
+            }),
+            "__x64_sys_write" | "__x64_sys_openat" => Some(Function {
                 params: vec![param("regs", "const struct pt_regs *", ParamKind::Pointer { to: "pt_regs".into() })],
             }),
             _ => None,
@@ -245,4 +261,42 @@ fn kprobes_that_do_not_fit_the_function_are_refused_by_path() {
     let spec = compile(&ret, &Functions).unwrap().kprobes[0].spec(9);
     assert_eq!(spec.flags, node_sensor_common::HOOK_RETURN);
     assert_eq!((spec.ret.read, spec.ret.offset, spec.ret.size), (node_sensor_common::READ_SCALAR, 80, 4));
+}
+
+fn kprobe_policy(call: &str, syscall: bool, args: &[(u32, &str)]) -> policy::TracingPolicy {
+    let args: String = args.iter().map(|(i, t)| format!("    - index: {i}\n      type: {t}\n")).collect();
+    policy::parse(&format!(
+        "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: k\nspec:\n  kprobes:\n  - call: {call}\n    syscall: {syscall}\n    args:\n{args}"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn descriptors_and_credentials_read_the_objects_they_name() {
+    use node_sensor_common::{READ_CRED, READ_FD, READ_SCALAR};
+    // A descriptor parameter of a kernel function, and a syscall's.
+    let k = &compile(&kprobe_policy("ksys_fchown", false, &[(0, "fd"), (1, "uint32")]), &Functions).unwrap().kprobes[0];
+    let spec = k.spec(1);
+    assert_eq!((spec.args[0].read, spec.args[0].offset, spec.args[0].size), (READ_FD, 112, 4));
+    assert_eq!(spec.args[1].read, READ_SCALAR);
+    let k = &compile(&kprobe_policy("sys_write", true, &[(0, "fd"), (2, "size_t")]), &Functions).unwrap().kprobes[0];
+    assert_eq!((k.spec(1).args[0].read, k.spec(1).args[0].indirect), (READ_FD, 112), "fd from the saved registers");
+    // A credential.
+    let k = &compile(&kprobe_policy("commit_creds", false, &[(0, "cred")]), &Functions).unwrap().kprobes[0];
+    assert_eq!(k.spec(1).args[0].read, READ_CRED);
+
+    let refused = |p: policy::TracingPolicy| compile(&p, &Functions).unwrap_err().to_string();
+    assert_eq!(
+        refused(kprobe_policy("commit_creds", false, &[(0, "fd")])),
+        "spec.kprobes[0].args[0].type: fd needs an integer parameter (the descriptor number); parameter new is struct cred *"
+    );
+    assert_eq!(
+        refused(kprobe_policy("ksys_fchown", false, &[(0, "cred")])),
+        "spec.kprobes[0].args[0].type: cred needs a struct cred pointer; parameter fd is unsigned int"
+    );
+    // Files and credentials are read by different kprobe programs.
+    assert_eq!(
+        refused(kprobe_policy("file_and_cred", false, &[(0, "file"), (1, "cred")])),
+        "spec.kprobes[0].args: a kprobe reads either sockets and credentials or files, paths and descriptors in Vigil yet, not both"
+    );
 }

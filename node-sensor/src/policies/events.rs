@@ -117,6 +117,7 @@ pub fn argument(shown: Shown, raw: &RawArg) -> Option<KprobeArgument> {
             Arg::LinuxBinprmArg(KprobeLinuxBinprm { path, permission, ..Default::default() })
         }
         Shown::Sock => Arg::SockArg(super::sock::sock_arg(&raw.bytes)),
+        Shown::Cred => Arg::ProcessCredentialsArg(super::cred::cred_arg(&raw.bytes)),
         Shown::Hidden => return None,
     };
     Some(KprobeArgument { arg: Some(arg), label: String::new() })

@@ -45,6 +45,8 @@ pub enum Shown {
     Bprm,
     /// `sock_arg`.
     Sock,
+    /// `process_credentials_arg`.
+    Cred,
     /// Read and left out of the event (`nop`).
     Hidden,
 }
@@ -62,10 +64,12 @@ impl Shown {
             String | Filename => Shown::String,
             CharBuf | ConstBuf => Shown::Bytes,
             Syscall64 => Shown::SyscallId,
-            File => Shown::File,
+            // A descriptor is shown as its file, as Tetragon does.
+            File | Fd => Shown::File,
             Path => Shown::Path,
             LinuxBinprm => Shown::Bprm,
             Sock => Shown::Sock,
+            Cred => Shown::Cred,
             Nop => Shown::Hidden,
             _ => return None,
         })

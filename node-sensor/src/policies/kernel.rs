@@ -11,13 +11,16 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use aya::programs::KProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeError, UProbeLinkId, UProbeScope};
 use aya::programs::{ProgramError, TracePoint, UProbe};
-use node_sensor_common::{HOOKS_PER_ATTACH, HookSet, KPROBE_COOKIE, KRETPROBE_COOKIE, UPROBE_COOKIE};
+use node_sensor_common::{
+    HOOKS_PER_ATTACH, HookSet, KPROBE_COOKIE, KRETPROBE_COOKIE, TRACEPOINT_FD_COOKIE, UPROBE_COOKIE,
+};
 use policy::PolicyError;
 use policy::compile::{KprobeHook, Read, TracepointHook, UprobeHook};
 
 use super::attach;
 use crate::loader::{
-    HookPrograms, KPROBE_PROGRAM, KPROBE_SOCK_PROGRAM, KRETPROBE_PROGRAM, TRACEPOINT_PROGRAM, UPROBE_PROGRAM,
+    HookPrograms, KPROBE_PROGRAM, KPROBE_SOCK_PROGRAM, KRETPROBE_PROGRAM, TRACEPOINT_FD_PROGRAM, TRACEPOINT_PROGRAM,
+    UPROBE_PROGRAM,
 };
 
 /// Why an attach failed: the policy names what is not there (refused like
@@ -49,8 +52,17 @@ pub struct Attachments {
     programs: HookPrograms,
     tracepoints: HashMap<u32, AttachedTracepoint>,
     uprobes: HashMap<u32, UProbeLinkId>,
-    /// Per hook, the entry's link and the return's; closing them detaches.
-    kprobes: HashMap<u32, (OwnedFd, Option<OwnedFd>)>,
+    /// Hooks with attaches of their own (kprobes, and tracepoint hooks
+    /// that read descriptors), by hook number.
+    own: HashMap<u32, OwnAttach>,
+}
+
+/// A hook's own links (closing them detaches) and its hook-map keys.
+struct OwnAttach {
+    entry: OwnedFd,
+    /// A return probe's.
+    ret: Option<OwnedFd>,
+    keys: Vec<u64>,
 }
 
 impl Attachments {
@@ -62,7 +74,7 @@ impl Attachments {
             programs,
             tracepoints: HashMap::new(),
             uprobes: HashMap::new(),
-            kprobes: HashMap::new(),
+            own: HashMap::new(),
         }
     }
 
@@ -82,13 +94,17 @@ impl Attachments {
     /// Takes hook `id` out of the kernel (a hook not in it is a no-op).
     pub fn detach(&mut self, id: u32, point: &Point) {
         match point {
+            Point::Tracepoint(tp) if tp.reads_fd() => self.detach_own(id),
             Point::Tracepoint(tp) => self.detach_tracepoint(id, tp.id),
             Point::Uprobe(_) => self.detach_uprobe(id),
-            Point::Kprobe(_) => self.detach_kprobe(id),
+            Point::Kprobe(_) => self.detach_own(id),
         }
     }
 
     fn attach_tracepoint(&mut self, id: u32, tp: &TracepointHook) -> Result<(), AttachError> {
+        if tp.reads_fd() {
+            return self.attach_tracepoint_fd(id, tp);
+        }
         if let Err(why) = &self.programs.tracepoint {
             return Err(AttachError::Kernel(format!("the tracepoint program is not available: {why}")));
         }
@@ -108,17 +124,7 @@ impl Attachments {
             a.hooks = value;
             return Ok(());
         }
-        let attached = program::<TracePoint>(&mut self.ebpf, TRACEPOINT_PROGRAM).and_then(|p| {
-            let fd = p.fd().map_err(|e| e.to_string())?;
-            attach::tracepoint(fd.as_fd(), tp.id, key).map_err(|e| {
-                if e.raw_os_error() == Some(libc::EINVAL) {
-                    format!("attaching to {where_}: {e} (BPF cookies on tracepoints need Linux 5.15 or later)")
-                } else {
-                    format!("attaching to {where_}: {e}")
-                }
-            })
-        });
-        match attached {
+        match self.link_tracepoint(TRACEPOINT_PROGRAM, tp, key) {
             Ok(link) => {
                 self.tracepoints.insert(tp.id, AttachedTracepoint { _link: link, hooks: value });
                 Ok(())
@@ -128,6 +134,40 @@ impl Attachments {
                 Err(AttachError::Kernel(why))
             }
         }
+    }
+
+    /// A hook that reads a descriptor: an attach of its own, of the
+    /// program with the path reader.
+    fn attach_tracepoint_fd(&mut self, id: u32, tp: &TracepointHook) -> Result<(), AttachError> {
+        if let Err(why) = &self.programs.tracepoint_fd {
+            return Err(AttachError::Kernel(format!("the tracepoint program for descriptors is not available: {why}")));
+        }
+        let key = TRACEPOINT_FD_COOKIE | u64::from(id);
+        let value = HookSet { count: 1, hooks: [tp.spec(id); HOOKS_PER_ATTACH], ..Default::default() };
+        self.map()?.insert(key, value, 0).map_err(|e| AttachError::Kernel(format!("updating the hook map: {e}")))?;
+        match self.link_tracepoint(TRACEPOINT_FD_PROGRAM, tp, key) {
+            Ok(entry) => {
+                self.own.insert(id, OwnAttach { entry, ret: None, keys: vec![key] });
+                Ok(())
+            }
+            Err(why) => {
+                let _ = self.map().map(|m| m.remove(&key));
+                Err(AttachError::Kernel(why))
+            }
+        }
+    }
+
+    fn link_tracepoint(&mut self, program_name: &str, tp: &TracepointHook, cookie: u64) -> Result<OwnedFd, String> {
+        let where_ = format!("tracepoint {}/{}", tp.subsystem, tp.event);
+        let p = program::<TracePoint>(&mut self.ebpf, program_name)?;
+        let fd = p.fd().map_err(|e| e.to_string())?;
+        attach::tracepoint(fd.as_fd(), tp.id, cookie).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                format!("attaching to {where_}: {e} (BPF cookies on tracepoints need Linux 5.15 or later)")
+            } else {
+                format!("attaching to {where_}: {e}")
+            }
+        })
     }
 
     fn detach_tracepoint(&mut self, id: u32, tp_id: u32) {
@@ -211,8 +251,8 @@ impl Attachments {
 
 impl Attachments {
     fn attach_kprobe(&mut self, id: u32, kp: &KprobeHook) -> Result<(), AttachError> {
-        let sock = kp.args.iter().any(|a| a.read == Read::Sock);
-        let (entry_program, verdict) = if sock {
+        let objects = kp.args.iter().any(|a| matches!(a.read, Read::Sock | Read::Cred));
+        let (entry_program, verdict) = if objects {
             (KPROBE_SOCK_PROGRAM, &self.programs.kprobe_sock)
         } else {
             (KPROBE_PROGRAM, &self.programs.kprobe)
@@ -240,8 +280,8 @@ impl Attachments {
         };
         let attached = ret.and_then(|ret| Ok((self.link_kprobe(entry_program, &kp.symbol, false, keys[0])?, ret)));
         match attached {
-            Ok(links) => {
-                self.kprobes.insert(id, links);
+            Ok((entry, ret)) => {
+                self.own.insert(id, OwnAttach { entry, ret, keys: keys.to_vec() });
                 Ok(())
             }
             Err(why) => {
@@ -261,18 +301,18 @@ impl Attachments {
         attach::kprobe(fd.as_fd(), symbol, ret, cookie).map_err(|e| format!("{symbol}: {e}"))
     }
 
-    fn detach_kprobe(&mut self, id: u32) {
-        // Dropping the links detaches, entry first.
-        let Some((entry, ret)) = self.kprobes.remove(&id) else {
+    fn detach_own(&mut self, id: u32) {
+        let Some(OwnAttach { entry, ret, keys }) = self.own.remove(&id) else {
             return;
         };
+        // Dropping the links detaches, entry first.
         drop(entry);
         drop(ret);
         if let Ok(map) = self.map() {
-            for key in [KPROBE_COOKIE | u64::from(id), KRETPROBE_COOKIE | u64::from(id)] {
+            for key in keys {
                 if let Err(e) = map.remove(&key) {
                     // The return key exists only for return probes.
-                    if key & KPROBE_COOKIE != 0 {
+                    if key & KRETPROBE_COOKIE == 0 {
                         tracing::warn!(hook = id, error = %e, "updating the hook map failed");
                     }
                 }

@@ -12,6 +12,7 @@
 
 pub mod api;
 mod attach;
+mod cred;
 pub mod events;
 pub mod hooks;
 mod kernel;
@@ -395,13 +396,6 @@ fn refuse_unsupported(policy: &TracingPolicy) -> Result<(), HostError> {
     for (at, s) in kprobe_selectors.chain(selectors).chain(uprobe_selectors) {
         if !s.is_empty() {
             return no(format!("{at}.selectors"), "selectors (in-kernel filters and actions)");
-        }
-    }
-    for (i, t) in policy.spec.tracepoints.iter().enumerate() {
-        for (j, a) in t.args.iter().enumerate() {
-            if a.arg_type == policy::schema::ArgType::Fd {
-                return no(format!("spec.tracepoints[{i}].args[{j}].type"), "fd arguments on tracepoints");
-            }
         }
     }
     Ok(())

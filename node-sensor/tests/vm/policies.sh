@@ -1,102 +1,101 @@
-#!/bin/busybox sh
-# PID 1 of the policies VM: kprobe policies on Debian's 6.1 kernel (this
-# machine's has none). The seed's process-exec-elf-begin policy, a
-# security_file_permission (file, int) return probe, and tcp_connect,
-# tcp_sendmsg and tcp_close with sock arguments, with the workloads of the
-# recorded Tetragon cases a, b and c (tests/compat/fixtures/tetragon-vm-policies).
+#!/bin/sh
+# PID 1 of the policies VM (started through /bin/sh, as the recorded one
+# was): kprobe policies on Debian's 6.1 kernel (this
+# machine's has none). The recorded Tetragon cases a (the seed's
+# process-exec-elf-begin), b (security_file_permission, a return probe;
+# its selector left out, as Vigil has none yet) and c (tcp_connect,
+# tcp_sendmsg, tcp_close with sock arguments) and d (the openat
+# tracepoint; its selector left out too), with their workloads run
+# as they were recorded (tests/compat/fixtures/tetragon-vm-policies): by a
+# shell running /workload from /tmp that started before the sensor. Then
+# a descriptor (sys_write) and a credential (commit_creds) policy.
 /bin/busybox --install -s /bin
 . /vigil-lib.sh
 echo "VIGIL-KERNEL $(uname -r)"
 
-cat > /tmp/seed.yaml <<'SEED'
+cat > /tmp/a.yaml <<'POLICY'
+@POLICY_A@
+POLICY
+cat > /tmp/b.yaml <<'POLICY'
+@POLICY_B@
+POLICY
+cat > /tmp/c.yaml <<'POLICY'
+@POLICY_C@
+POLICY
+cat > /tmp/d.yaml <<'POLICY'
+@POLICY_D@
+POLICY
+cat > /tmp/fd-cred.yaml <<'POLICY'
 apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
 metadata:
-  name: "process-exec-elf-begin"
+  name: "fd-and-cred"
 spec:
   kprobes:
-  - call: "security_bprm_creds_from_file"
-    syscall: false
+  - call: "sys_write"
     args:
     - index: 0
-      type: "nop"
-    - index: 1
-      type: "file"
-SEED
-cat > /tmp/permission.yaml <<'PERM'
-apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: "file-permission"
-spec:
-  kprobes:
-  - call: "security_file_permission"
-    syscall: false
-    return: true
-    message: "file access"
-    tags: ["observability.filesystem"]
-    args:
-    - index: 0
-      type: "file"
-    - index: 1
-      type: "int"
-    returnArg:
-      index: 0
-      type: "int"
-PERM
-
-cat > /tmp/connect.yaml <<'CONNECT'
-apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: "connect"
-spec:
-  kprobes:
-  - call: "tcp_connect"
-    syscall: false
-    args:
-    - index: 0
-      type: "sock"
-  - call: "tcp_close"
-    syscall: false
-    args:
-    - index: 0
-      type: "sock"
-  - call: "tcp_sendmsg"
-    syscall: false
-    args:
-    - index: 0
-      type: "sock"
+      type: "fd"
     - index: 2
-      type: int
-CONNECT
+      type: "size_t"
+  - call: "commit_creds"
+    syscall: false
+    args:
+    - index: 0
+      type: "cred"
+POLICY
 
-/vigil-sensor --server-address unix:///tmp/s.sock --export-filename /tmp/events.jsonl --node-name vigil-vm \
-  --tracing-policy /tmp/seed.yaml --tracing-policy /tmp/permission.yaml --tracing-policy /tmp/connect.yaml \
-  --log-level info,node_sensor::loader=debug > /tmp/sensor.log 2>&1 &
-SENSOR=$!
-await_sensor
-
+cat > /workload <<'WORKLOAD'
 cd /tmp
+until [ -e /tmp/go ]; do sleep 0.05; done
+# Case a.
 cp /bin/busybox /bin/busybox-copy
 printf '#!/bin/sh\necho marked-script "$@"\n' > /tmp/marked-script.sh
 chmod +x /tmp/marked-script.sh
 /bin/busybox-copy true marked-a1
 /tmp/marked-script.sh marked-a2
+# Case b.
 echo hello > /tmp/marked-file
-/bin/cat /tmp/marked-file
-
-# Case c: a connection to a local listener, 9 bytes sent.
+cat /tmp/marked-file
+/bin/sh -c 'echo more >> /tmp/marked-file'
+echo x > /tmp/unmarked-file; cat /tmp/unmarked-file
+# Case d.
+cp /bin/busybox /tmp/busybox-marked
+echo data > /tmp/marked-tp-file
+cat /tmp/marked-tp-file
+/tmp/busybox-marked cat /tmp/marked-tp-file
+# Case c: a connection to a local listener, 9 bytes sent. The listener's
+# stdin stays open (at EOF it would close its side before the client
+# sends, and the send would be in CLOSE_WAIT); it is up once its port is.
 ifconfig lo 127.0.0.1 up
-# The listener's stdin stays open (it would otherwise close its side
-# before the client sends, and the send would be in CLOSE_WAIT).
-sleep 30 | /bin/nc -l -p 8765 > /tmp/nc-received &
+sleep 30 | nc -l -p 8765 > /tmp/nc-received &
 NC=$!
 i=0
 until grep -q ':223D 0000' /proc/net/tcp /proc/net/tcp6 2>/dev/null || [ $i -ge 600 ]; do sleep 0.05; i=$((i+1)); done
-echo marked-c | /bin/nc 127.0.0.1 8765
+echo marked-c | timeout 15 nc 127.0.0.1 8765
 wait $NC
 echo "VIGIL-STATUS nc $(cat /tmp/nc-received)"
+# A write through descriptor 1 of this shell, and credentials set.
+printf marked-fd > /tmp/marked-fd-file
+su vigil -s /bin/sh -c '/bin/true marked-cred'
+echo "VIGIL-STATUS su $?"
+WORKLOAD
+
+# The workload's shell exists before the sensor (found in /proc, as in
+# the recordings) and starts once the sensor serves.
+cd /tmp
+sh /workload &
+WORKLOAD=$!
+cd /
+/vigil-sensor --server-address unix:///tmp/s.sock --export-filename /tmp/events.jsonl \
+  --enable-process-cred --enable-process-ns \
+  --tracing-policy /tmp/a.yaml --tracing-policy /tmp/b.yaml --tracing-policy /tmp/c.yaml \
+  --tracing-policy /tmp/d.yaml --tracing-policy /tmp/fd-cred.yaml \
+  --log-level info,node_sensor::loader=debug > /tmp/sensor.log 2>&1 &
+SENSOR=$!
+await_sensor
+touch /tmp/go
+wait $WORKLOAD
 
 # No wait on the export file here: reading it would be file accesses the
 # policy reports, written to it, read again... The hooks wrote every record
@@ -105,7 +104,10 @@ echo "VIGIL-STATUS nc $(cat /tmp/nc-received)"
 kill $SENSOR
 wait $SENSOR
 echo "VIGIL-EVENTS-BEGIN"
-grep -v '"process_kprobe".*"path":"/\(proc\|sys\|dev\)/' /tmp/events.jsonl
+# Left out: accesses of /proc, /sys and /dev, and writes other than the
+# marked one (the console's, above all).
+grep -v '"process_kprobe".*"path":"/\(proc\|sys\|dev\)/' /tmp/events.jsonl | grep -v '"function_name":"__x64_sys_write"'
+grep '"function_name":"__x64_sys_write".*"path":"/tmp/marked-fd-file"' /tmp/events.jsonl
 echo "VIGIL-EVENTS-END"
 sed 's/^/VIGIL-SENSOR-LOG /' /tmp/sensor.log
 echo "VIGIL-DONE"
