@@ -136,7 +136,9 @@ fn check_against_proc<'a>(events: &'a [GetEventsResponse], tag: &str, snap: &Sna
 /// Boots the VM with `init` as PID 1 and returns its console, kept in the
 /// cache as `log` for reading after a failure; `None` when it cannot run
 /// here (said, or failed under VIGIL_REQUIRE_ALL).
-fn run_vm(init: &str, log: &str) -> Option<String> {
+/// Boots the VM with `init` as PID 1 and the `extra` binaries of this
+/// machine in its image; the console text, or `None` after a skip.
+fn run_vm(init: &str, log: &str, extra: &[&str]) -> Option<String> {
     if let Some(reason) = common_skip() {
         skip_or_fail(&reason);
         return None;
@@ -148,7 +150,8 @@ fn run_vm(init: &str, log: &str) -> Option<String> {
             return None;
         }
     };
-    let initrd = vm::initramfs(std::path::Path::new(env!("CARGO_BIN_EXE_vigil-sensor")), init).expect("initramfs");
+    let initrd =
+        vm::initramfs(std::path::Path::new(env!("CARGO_BIN_EXE_vigil-sensor")), init, extra).expect("initramfs");
     let console = vm::boot(&kernel, &initrd, Duration::from_secs(600)).expect("VM run");
     let _ = std::fs::remove_dir_all(initrd.parent().unwrap());
     let _ = std::fs::write(vm::cache_dir().join(log), &console);
@@ -159,7 +162,7 @@ fn run_vm(init: &str, log: &str) -> Option<String> {
 
 #[test]
 fn sensor_in_a_vm_with_another_kernel_matches_proc() {
-    let Some(console) = run_vm(include_str!("vm/init.sh"), "last-console.log") else { return };
+    let Some(console) = run_vm(include_str!("vm/init.sh"), "last-console.log", &[]) else { return };
     let (events, snaps, statuses, release) = parse_console(&console);
     let log: Vec<&str> = console.lines().filter(|l| l.starts_with("VIGIL-SENSOR-LOG")).collect();
     if std::env::var_os("VIGIL_KERNEL_IMAGE").is_none() {
@@ -378,7 +381,7 @@ fn workload(who: &str, events: &[GetEventsResponse]) -> BTreeMap<(String, String
 
 #[test]
 fn vm_events_equal_tetragons_field_by_field() {
-    let Some(console) = run_vm(include_str!("vm/parity.sh"), "last-parity-console.log") else { return };
+    let Some(console) = run_vm(include_str!("vm/parity.sh"), "last-parity-console.log", &[]) else { return };
     let (events, _, statuses, _) = parse_console(&console);
     let log: Vec<&str> = console.lines().filter(|l| l.contains("VIGIL-SENSOR-LOG")).collect();
     assert_eq!(statuses.get("chain"), Some(&3));
@@ -488,6 +491,7 @@ fn policies_init() -> String {
         .replace("@POLICY_B@", b.trim_end())
         .replace("@POLICY_C@", policy_fixture("c-tcp-connect.yaml").trim_end())
         .replace("@POLICY_D@", d.trim_end())
+        .replace("@POLICY_F@", policy_fixture("f-uprobe-bash.yaml").trim_end())
 }
 
 /// The port the recorded connection's listener had, as Vigil's workload's.
@@ -498,7 +502,11 @@ const LISTENER_PORT: u64 = 8765;
 /// `without_run_specifics`).
 fn hook_body(e: &GetEventsResponse) -> Option<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_str(&proto::json::to_json_line(e)).unwrap();
-    let mut body = ["process_kprobe", "process_tracepoint"].iter().find_map(|k| v.get(*k))?.as_object()?.clone();
+    let mut body =
+        ["process_kprobe", "process_tracepoint", "process_uprobe"].iter().find_map(|k| v.get(*k))?.as_object()?.clone();
+    // Each uprobe event names its own symbol, where Tetragon names the
+    // list's last (checked on its own).
+    body.remove("symbol");
     body.remove("process");
     body.remove("parent");
     let mut body = serde_json::Value::Object(body);
@@ -531,7 +539,7 @@ fn without_run_specifics(v: &mut serde_json::Value) {
 /// Differences from Tetragon's recorded events that are deliberate: each
 /// names its reason in the README's compatibility section.
 fn deliberate(diff: &str) -> bool {
-    const DELIBERATE: &[&str] = &[];
+    const DELIBERATE: &[&str] = &[".process_uprobe.symbol: "];
     DELIBERATE.iter().any(|d| diff.contains(d))
 }
 
@@ -611,7 +619,7 @@ fn policy_events_equal_tetragons(case: &str, events: &[GetEventsResponse], exact
 /// by field. Then a descriptor and a credential argument.
 #[test]
 fn kprobe_policies_in_a_vm_report_what_runs_and_what_is_read() {
-    let Some(console) = run_vm(&policies_init(), "last-policies-console.log") else { return };
+    let Some(console) = run_vm(&policies_init(), "last-policies-console.log", &["/bin/bash"]) else { return };
     let (events, _, statuses, _) = parse_console(&console);
     let log: Vec<&str> = console.lines().filter(|l| l.starts_with("VIGIL-SENSOR-LOG")).collect();
     assert_eq!(statuses.get("su"), Some(&0), "log:\n{}", log.join("\n"));
@@ -682,6 +690,22 @@ fn kprobe_policies_in_a_vm_report_what_runs_and_what_is_read() {
     policy_events_equal_tetragons("b-file-permission", &events, true, &[]);
     policy_events_equal_tetragons("c-tcp-connect", &events, true, &[]);
     policy_events_equal_tetragons("d-tracepoints", &events, true, &["sys_enter_openat"]);
+    policy_events_equal_tetragons("f-uprobe-bash", &events, true, &[]);
+    // Each uprobe event names its own symbol: main at each bash's start,
+    // readline for each line `bash -i` read (and its end of input).
+    let symbols = |args: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match &e.event {
+                Some(Event::ProcessUprobe(u)) if u.process.as_ref().is_some_and(|p| p.arguments == args) => {
+                    Some(u.symbol.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(symbols("-c \"echo marked-f1\""), ["main"]);
+    assert_eq!(symbols("-i"), ["main", "readline", "readline"]);
 
     // The connection: one tcp_connect, its 9 bytes through tcp_sendmsg on
     // the same socket (the same cookie), and its close.

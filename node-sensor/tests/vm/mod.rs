@@ -105,9 +105,10 @@ fn copy_with_parents(src: &Path, root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds the initramfs: busybox, the (debug-stripped) sensor with the
-/// shared libraries `ldd` names, users, and `init`.
-pub fn initramfs(sensor: &Path, init_script: &str) -> Result<PathBuf, String> {
+/// Builds the initramfs: busybox, the (debug-stripped) sensor and the
+/// `extra` binaries (at their own paths) with the shared libraries `ldd`
+/// names, users, and `init`.
+pub fn initramfs(sensor: &Path, init_script: &str, extra: &[&str]) -> Result<PathBuf, String> {
     // One directory per image: tests in one process build theirs at once.
     static BUILT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -121,9 +122,14 @@ pub fn initramfs(sensor: &Path, init_script: &str) -> Result<PathBuf, String> {
     // For an init script that starts `#!/bin/sh`, as the recorded Tetragon VM's did.
     std::os::unix::fs::symlink("busybox", root.join("bin/sh")).map_err(|e| format!("bin/sh: {e}"))?;
     run(Command::new("objcopy").arg("--strip-debug").arg(sensor).arg(root.join("vigil-sensor")))?;
-    let ldd = run(Command::new("ldd").arg(sensor))?;
-    for lib in ldd.lines().filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/'))) {
-        copy_with_parents(Path::new(lib), &root)?;
+    for binary in extra {
+        copy_with_parents(Path::new(binary), &root)?;
+    }
+    for binary in std::iter::once(sensor).chain(extra.iter().map(Path::new)) {
+        let ldd = run(Command::new("ldd").arg(binary))?;
+        for lib in ldd.lines().filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/'))) {
+            copy_with_parents(Path::new(lib), &root)?;
+        }
     }
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nvigil:x:1000:1000:vigil:/tmp:/bin/sh\n")
         .map_err(|e| e.to_string())?;

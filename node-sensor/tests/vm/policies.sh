@@ -5,7 +5,8 @@
 # process-exec-elf-begin), b (security_file_permission, a return probe;
 # its selector left out, as Vigil has none yet) and c (tcp_connect,
 # tcp_sendmsg, tcp_close with sock arguments) and d (the openat
-# tracepoint; its selector left out too), with their workloads run
+# tracepoint; its selector left out too) and f (uprobes on bash's main
+# and readline), with their workloads run
 # as they were recorded (tests/compat/fixtures/tetragon-vm-policies): by a
 # shell running /workload from /tmp that started before the sensor. Then
 # a descriptor (sys_write) and a credential (commit_creds) policy.
@@ -24,6 +25,9 @@ cat > /tmp/c.yaml <<'POLICY'
 POLICY
 cat > /tmp/d.yaml <<'POLICY'
 @POLICY_D@
+POLICY
+cat > /tmp/f.yaml <<'POLICY'
+@POLICY_F@
 POLICY
 cat > /tmp/fd-cred.yaml <<'POLICY'
 apiVersion: cilium.io/v1alpha1
@@ -75,6 +79,9 @@ until grep -q ':223D 0000' /proc/net/tcp /proc/net/tcp6 2>/dev/null || [ $i -ge 
 echo marked-c | timeout 15 nc 127.0.0.1 8765
 wait $NC
 echo "VIGIL-STATUS nc $(cat /tmp/nc-received)"
+# Case f: bash's main, and its readline reading two lines from a pipe.
+/bin/bash -c 'echo marked-f1'
+echo 'echo marked-f2' | /bin/bash -i
 # A write through descriptor 1 of this shell, and credentials set.
 printf marked-fd > /tmp/marked-fd-file
 su vigil -s /bin/sh -c '/bin/true marked-cred'
@@ -90,7 +97,7 @@ cd /
 /vigil-sensor --server-address unix:///tmp/s.sock --export-filename /tmp/events.jsonl \
   --enable-process-cred --enable-process-ns \
   --tracing-policy /tmp/a.yaml --tracing-policy /tmp/b.yaml --tracing-policy /tmp/c.yaml \
-  --tracing-policy /tmp/d.yaml --tracing-policy /tmp/fd-cred.yaml \
+  --tracing-policy /tmp/d.yaml --tracing-policy /tmp/f.yaml --tracing-policy /tmp/fd-cred.yaml \
   --log-level info,node_sensor::loader=debug > /tmp/sensor.log 2>&1 &
 SENSOR=$!
 await_sensor
