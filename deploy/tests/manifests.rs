@@ -277,3 +277,48 @@ fn kind_script_is_shellcheck_clean() {
         }
     }
 }
+
+/// The config's `health-server-address` port (`:PORT` or `HOST:PORT`).
+fn health_port(objs: &[(String, Object)], config_map: &str) -> i32 {
+    let cm = objs
+        .iter()
+        .find_map(|(_, o)| match o {
+            Object::ConfigMap(c) if name_of(o) == config_map => Some(c.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let text = cm.data.unwrap()["config.yaml"].clone();
+    let value = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("health-server-address:"))
+        .unwrap_or_else(|| panic!("{config_map} sets no health-server-address"));
+    let value = value.trim().trim_matches('"');
+    value.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or_else(|| panic!("{config_map}: {value}"))
+}
+
+#[test]
+fn probes_ask_the_health_service_on_its_configured_port() {
+    let objs = objects();
+    for (kind, config_map, ready_service) in [
+        ("DaemonSet", "vigil-sensor-config", None),
+        ("Deployment", "vigil-relay-config", Some("vigil.relay.v1.Ingest")),
+    ] {
+        let (_, o) = objs
+            .iter()
+            .find(|(_, o)| match kind {
+                "DaemonSet" => matches!(o, Object::DaemonSet(_)),
+                _ => matches!(o, Object::Deployment(_)),
+            })
+            .unwrap();
+        let c = &pod_spec(o).unwrap().containers[0];
+        let port = health_port(&objs, config_map);
+        let named = c.ports.iter().flatten().find(|p| p.name.as_deref() == Some("health")).map(|p| p.container_port);
+        assert_eq!(named, Some(port), "{kind}: the health port is declared");
+        for (which, probe) in [("liveness", &c.liveness_probe), ("readiness", &c.readiness_probe)] {
+            let grpc = probe.as_ref().and_then(|p| p.grpc.as_ref()).unwrap_or_else(|| panic!("{kind} {which}: gRPC"));
+            assert_eq!(grpc.port, port, "{kind} {which}");
+            let service = if which == "readiness" { ready_service } else { None };
+            assert_eq!(grpc.service.as_deref(), service, "{kind} {which}");
+        }
+    }
+}

@@ -124,6 +124,10 @@ pub struct Flags {
     /// A directory whose *.yaml and *.yml TracingPolicy files load at start.
     #[arg(long)]
     pub tracing_policy_dir: Option<PathBuf>,
+    /// Plain gRPC health service (grpc.health.v1) for probes: host:port or
+    /// :port [default: off].
+    #[arg(long)]
+    pub health_server_address: Option<String>,
 }
 
 /// The defaults are the flags' (one place states them).
@@ -164,6 +168,7 @@ pub struct Settings {
     pub k8s_pod_annotations: bool,
     pub tracing_policy: Vec<PathBuf>,
     pub tracing_policy_dir: Option<PathBuf>,
+    pub health_server_address: Option<serving::address::ServerAddress>,
 }
 
 fn hostname() -> String {
@@ -240,6 +245,14 @@ impl Settings {
                 ),
             );
         }
+        let health_server_address = match l.health_server_address.as_deref().map(serving::health::parse_address) {
+            Some(Err(reason)) => {
+                p.add("health-server-address", reason);
+                None
+            }
+            Some(Ok(a)) => Some(a),
+            None => None,
+        };
         let Some(server_address) = server_address.filter(|_| p.0.is_empty()) else {
             return Err(ConfigErrors(p.0));
         };
@@ -272,6 +285,7 @@ impl Settings {
             k8s_pod_annotations: l.k8s_pod_annotations,
             tracing_policy: l.tracing_policy,
             tracing_policy_dir: l.tracing_policy_dir,
+            health_server_address,
         })
     }
 }

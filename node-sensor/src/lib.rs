@@ -25,6 +25,7 @@ pub mod dump;
 pub mod exec_times;
 pub mod export;
 pub mod flags;
+pub mod health;
 pub mod k8s;
 pub mod loader;
 pub mod mounts;

@@ -17,6 +17,7 @@ use node_sensor::stats::SensorStats;
 use node_sensor::uplink::{self, UplinkSettings};
 use node_sensor::{export, loader, server};
 use serving::daemon;
+use serving::health::{Health, TETRAGON_SERVICE};
 use serving::listen::{Certificates, Listener};
 
 /// TLS for the sensor's own API: none on a unix socket or loopback (as
@@ -64,6 +65,15 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let bus = EventBus::new(&settings.node_name, settings.subscriber_queue_size)
         .with_queue_bytes(settings.subscriber_queue_bytes);
     let stop = daemon::stop_on_signal();
+    let health = match &settings.health_server_address {
+        Some(address) => {
+            let (health, listener) =
+                Health::bind(address, &[TETRAGON_SERVICE]).await.context("--health-server-address")?;
+            tokio::spawn(listener.serve(stop.clone()));
+            Some(health)
+        }
+        None => None,
+    };
 
     let exporter = match &settings.export_filename {
         Some(path) => Some(
@@ -135,7 +145,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     let server = tokio::spawn(server::serve(listener, api, stop.clone()));
     tracing::info!(processes = seeded, address = %settings.server_address, "process cache seeded from procfs; serving");
 
-    let pipe = tokio::spawn(pipeline.run(feed, dump_requests, stop));
+    let pipe = tokio::spawn(pipeline.run(feed, dump_requests, stop.clone()));
+    if let Some(health) = health {
+        node_sensor::health::watch(health, stats.clone(), stop);
+    }
     // The server ends on shutdown or on a listen error; either way stop.
     match server.await {
         Ok(Ok(())) => {}

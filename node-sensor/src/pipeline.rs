@@ -300,6 +300,7 @@ impl Pipeline {
                         self.handle(&item);
                     }
                     self.drain_held();
+                    self.stats.ring_polls.fetch_add(1, Ordering::Relaxed);
                     // Cheap (three stores), and keeps `vigil status` current.
                     self.update_cache_stats();
                 }

@@ -10,6 +10,9 @@ use events::bus::EventBus;
 pub struct SensorStats {
     /// Records read from the ring buffer.
     pub records: AtomicU64,
+    /// Passes of the ring-buffer reader (at least one per 10 ms while it
+    /// runs): the health service's sign of life.
+    pub ring_polls: AtomicU64,
     /// Records that failed length/kind checks (counted and skipped).
     pub bad_records: AtomicU64,
     /// Kernel: reserve/output failures because the ring buffer was full.

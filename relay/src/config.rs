@@ -125,6 +125,10 @@ pub struct Flags {
     #[arg(long)]
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
+    /// Plain gRPC health service (grpc.health.v1) for probes: host:port or
+    /// :port [default: off].
+    #[arg(long)]
+    pub health_server_address: Option<String>,
 }
 
 /// The defaults are the flags' (one place states them).
@@ -161,6 +165,7 @@ pub struct Settings {
     pub name: String,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub health_server_address: Option<ServerAddress>,
 }
 
 /// Checks a config file's keys and values without starting anything.
@@ -219,6 +224,14 @@ impl Settings {
                 problem(key, "must be at least 1".into());
             }
         }
+        let health_server_address = match l.health_server_address.as_deref().map(serving::health::parse_address) {
+            Some(Err(reason)) => {
+                problem("health-server-address", reason);
+                None
+            }
+            Some(Ok(a)) => Some(a),
+            None => None,
+        };
         let (Some(client_address), Some(ingest_address), true) = (client_address, ingest_address, problems.is_empty())
         else {
             return Err(ConfigErrors(problems));
@@ -253,6 +266,7 @@ impl Settings {
             name: l.name,
             log_level: l.log_level,
             log_format: l.log_format,
+            health_server_address,
         })
     }
 }

@@ -18,6 +18,7 @@ use relay::nodes::Nodes;
 use relay::query::{AdminService, QueryService};
 use relay::token_review::TokenReviewer;
 use serving::daemon;
+use serving::health::{Health, TETRAGON_SERVICE};
 use serving::listen::{self, Certificates, Listener};
 use tls::Role;
 use tls::auth::RoleCheck;
@@ -40,6 +41,13 @@ fn release_freed_memory() {
     unsafe { libmimalloc_sys::mi_collect(false) }
 }
 
+/// What the health service answers for, besides the relay as a whole.
+const HEALTH_SERVICES: &[&str] = &[
+    TETRAGON_SERVICE,
+    proto::vigil::relay::v1::ingest_server::SERVICE_NAME,
+    proto::vigil::relay::v1::relay_admin_server::SERVICE_NAME,
+];
+
 /// Largest ingest message: a batch of events.
 const MAX_BATCH_BYTES: usize = 16 << 20;
 
@@ -50,6 +58,14 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
     let stop = daemon::stop_on_signal();
     let certificates = match &flags.tls_dir {
         Some(dir) => Some(Certificates::load(ServerFiles::in_dir(dir, Role::Relay)).await?),
+        None => None,
+    };
+    let health = match &flags.health_server_address {
+        Some(address) => {
+            let (health, listener) = Health::bind(address, HEALTH_SERVICES).await.context("--health-server-address")?;
+            tokio::spawn(listener.serve(stop.clone()));
+            Some(health)
+        }
         None => None,
     };
     let ingest_listener =
@@ -94,7 +110,16 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
     let ingest_server = tokio::spawn(ingest_listener.serve(listen::server().add_service(ingest), stop.clone()));
     let client_server =
         tokio::spawn(client_listener.serve(listen::server().add_service(clients).add_service(admin), stop.clone()));
-    // Either listener failing stops the relay.
+    // SERVING from now, while both listeners serve; NOT_SERVING from the
+    // stop on (either listener failing stops the relay).
+    if let Some(health) = health {
+        health.set(true).await;
+        let stopping = stop.clone();
+        tokio::spawn(async move {
+            listen::stopped(stopping).await;
+            health.set(false).await;
+        });
+    }
     tokio::try_join!(joined(ingest_server, "--ingest-address"), joined(client_server, "--client-address"))?;
     let _ = merge.await;
     tracing::info!(merged = counters.merged.load(Ordering::Relaxed), "stopped");

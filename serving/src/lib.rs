@@ -9,6 +9,7 @@ pub mod address;
 pub mod api;
 pub mod connections;
 pub mod daemon;
+pub mod health;
 pub mod listen;
 pub mod log_limit;
 pub mod settings;
