@@ -128,6 +128,13 @@ pub struct Flags {
     /// :port [default: off].
     #[arg(long)]
     pub health_server_address: Option<String>,
+    /// Prometheus metrics at http://ADDRESS/metrics: host:port or :port
+    /// [default: off].
+    #[arg(long)]
+    pub metrics_address: Option<String>,
+    /// Labels of the per-event metrics (namespace, workload, pod, binary).
+    #[arg(long, default_value = "namespace,workload,pod,binary")]
+    pub metrics_label_filter: String,
 }
 
 /// The defaults are the flags' (one place states them).
@@ -169,6 +176,8 @@ pub struct Settings {
     pub tracing_policy: Vec<PathBuf>,
     pub tracing_policy_dir: Option<PathBuf>,
     pub health_server_address: Option<serving::address::ServerAddress>,
+    pub metrics_address: Option<serving::address::ServerAddress>,
+    pub metrics_label_filter: crate::metrics::LabelFilter,
 }
 
 fn hostname() -> String {
@@ -245,14 +254,27 @@ impl Settings {
                 ),
             );
         }
-        let health_server_address = match l.health_server_address.as_deref().map(serving::health::parse_address) {
+        let health_server_address =
+            match l.health_server_address.as_deref().map(serving::address::ServerAddress::parse_port) {
+                Some(Err(reason)) => {
+                    p.add("health-server-address", reason);
+                    None
+                }
+                Some(Ok(a)) => Some(a),
+                None => None,
+            };
+        let metrics_address = match l.metrics_address.as_deref().map(serving::address::ServerAddress::parse_port) {
             Some(Err(reason)) => {
-                p.add("health-server-address", reason);
+                p.add("metrics-address", reason);
                 None
             }
             Some(Ok(a)) => Some(a),
             None => None,
         };
+        let metrics_label_filter = l.metrics_label_filter.parse().unwrap_or_else(|reason: String| {
+            p.add("metrics-label-filter", reason);
+            crate::metrics::LabelFilter::default()
+        });
         let Some(server_address) = server_address.filter(|_| p.0.is_empty()) else {
             return Err(ConfigErrors(p.0));
         };
@@ -286,6 +308,8 @@ impl Settings {
             tracing_policy: l.tracing_policy,
             tracing_policy_dir: l.tracing_policy_dir,
             health_server_address,
+            metrics_address,
+            metrics_label_filter,
         })
     }
 }

@@ -28,6 +28,7 @@ pub mod flags;
 pub mod health;
 pub mod k8s;
 pub mod loader;
+pub mod metrics;
 pub mod mounts;
 pub mod netns_filter;
 pub mod pipeline;

@@ -19,6 +19,7 @@ use node_sensor::{export, loader, server};
 use serving::daemon;
 use serving::health::{Health, TETRAGON_SERVICE};
 use serving::listen::{Certificates, Listener};
+use serving::metrics::MetricsListener;
 
 /// TLS for the sensor's own API: none on a unix socket or loopback (as
 /// Tetragon serves `localhost:54321`); off loopback, mTLS with the sensor
@@ -83,6 +84,16 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         None => None,
     };
 
+    let metrics = match &settings.metrics_address {
+        Some(address) => {
+            let listener = MetricsListener::bind(address).await.context("--metrics-address")?;
+            let counts = Arc::new(node_sensor::metrics::EventCounts::new(settings.metrics_label_filter));
+            let registry = node_sensor::metrics::registry(stats.clone(), bus.clone(), counts.clone());
+            tokio::spawn(listener.serve(Arc::new(registry), stop.clone()));
+            Some(counts)
+        }
+        None => None,
+    };
     let mut pipeline = Pipeline::new(
         &settings.node_name,
         Clock::from_system(),
@@ -104,6 +115,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     if settings.enable_ancestors {
         pipeline = pipeline.with_ancestors();
+    }
+    if let Some(counts) = metrics {
+        pipeline = pipeline.with_metrics(counts);
     }
     let mut policies = PolicyHost::new(ebpf, hook_programs);
     pipeline = pipeline.with_policies(policies.table());

@@ -43,6 +43,8 @@ pub struct Pipeline {
     gate: Option<StartupGate>,
     /// Events leaving the pod stage, reused between calls.
     out: Vec<GetEventsResponse>,
+    /// Events counted by label for the metrics, when they are served.
+    metrics: Option<Arc<crate::metrics::EventCounts>>,
     bus: EventBus,
     stats: Arc<SensorStats>,
     /// What policy hooks' records mean (`policies`).
@@ -67,6 +69,7 @@ impl Pipeline {
             pods: None,
             gate: None,
             out: Vec::new(),
+            metrics: None,
             bus,
             stats,
             hooks: None,
@@ -103,7 +106,7 @@ impl Pipeline {
             return;
         }
         match self.pods.as_mut() {
-            None => self.bus.publish(event),
+            None => self.to_bus(event),
             Some(pods) => {
                 pods.push(event, &mut self.cache, &mut self.out);
                 self.flush_out();
@@ -120,9 +123,26 @@ impl Pipeline {
     }
 
     fn flush_out(&mut self) {
-        for event in self.out.drain(..) {
-            self.bus.publish(event);
+        // Taken out and put back, so its capacity is kept.
+        let mut out = std::mem::take(&mut self.out);
+        for event in out.drain(..) {
+            self.to_bus(event);
         }
+        self.out = out;
+    }
+
+    /// Counted for the metrics (when served), then published.
+    fn to_bus(&self, event: GetEventsResponse) {
+        if let Some(counts) = &self.metrics {
+            counts.count(&event);
+        }
+        self.bus.publish(event);
+    }
+
+    /// Counts every published event for `--metrics-address`.
+    pub fn with_metrics(mut self, counts: Arc<crate::metrics::EventCounts>) -> Self {
+        self.metrics = Some(counts);
+        self
     }
 
     /// Reports every process already running, parents first. Call after

@@ -98,31 +98,43 @@ impl SensorStats {
     }
 }
 
+impl Snapshot {
+    /// Every counter, named as `vigil status` and the metrics show it:
+    /// (name, value, whether it is a level rather than a count, help).
+    pub fn fields(&self) -> [(&'static str, u64, bool, &'static str); 20] {
+        [
+            ("records", self.records, false, "Records read from the ring buffer"),
+            ("bad_records", self.bad_records, false, "Ring-buffer records that failed their checks (skipped)"),
+            ("ringbuf_full", self.ringbuf_full, false, "Kernel events lost to a full ring buffer"),
+            ("kernel_read_errors", self.kernel_read_errors, false, "Kernel reads that failed (events sent flagged)"),
+            ("cache_entries", self.cache_entries, true, "Processes in the process cache"),
+            ("cache_evicted", self.cache_evicted, false, "Live processes evicted from the full cache"),
+            ("cache_misses", self.cache_misses, false, "Events whose process or parent was not in the cache"),
+            ("startup_skipped", self.startup_skipped, false, "Records the start-up /proc walk had already shown"),
+            ("events", self.published, false, "Events published"),
+            ("subscribers", self.subscribers, true, "GetEvents subscribers"),
+            ("subscriber_queue_bytes", self.subscriber_queue_bytes, true, "Bytes queued for GetEvents subscribers"),
+            ("subscriber_dropped", self.subscriber_dropped, false, "Events dropped for subscribers that fell behind"),
+            ("export_dropped", self.export_dropped, false, "Export-file lines dropped (writer behind)"),
+            ("pod_waiting", self.pod_waiting, true, "Events waiting for their pod"),
+            ("pod_timeouts", self.pod_timeouts, false, "Events sent without their pod, which never appeared"),
+            ("k8s_pods", self.k8s_pods, true, "Pods of this node the Kubernetes watch knows"),
+            ("k8s_watch_errors", self.k8s_watch_errors, false, "Errors of the Kubernetes pod watch"),
+            ("policy_events", self.policy_events, false, "Events tracing policies produced"),
+            ("hooks_unknown", self.hooks_unknown, false, "Hook records of no known hook (skipped)"),
+            ("returns_lost", self.returns_lost, false, "Return probes without their call's entry"),
+        ]
+    }
+}
+
 impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "records={} bad_records={} ringbuf_full={} kernel_read_errors={} cache_entries={} cache_evicted={} cache_misses={} startup_skipped={} events={} subscribers={} subscriber_queue_bytes={} subscriber_dropped={} export_dropped={} pod_waiting={} pod_timeouts={} k8s_pods={} k8s_watch_errors={} policy_events={} hooks_unknown={} returns_lost={}",
-            self.records,
-            self.bad_records,
-            self.ringbuf_full,
-            self.kernel_read_errors,
-            self.cache_entries,
-            self.cache_evicted,
-            self.cache_misses,
-            self.startup_skipped,
-            self.published,
-            self.subscribers,
-            self.subscriber_queue_bytes,
-            self.subscriber_dropped,
-            self.export_dropped,
-            self.pod_waiting,
-            self.pod_timeouts,
-            self.k8s_pods,
-            self.k8s_watch_errors,
-            self.policy_events,
-            self.hooks_unknown,
-            self.returns_lost
-        )
+        for (i, (name, value, _, _)) in self.fields().iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{name}={value}")?;
+        }
+        Ok(())
     }
 }

@@ -479,7 +479,7 @@ async fn a_uprobe_on_a_built_binary_gives_each_call_with_its_arguments() {
     let target = build_uprobe_target(&dir);
     let name = format!("uprobe-{run}");
     let file = write_policy(&dir, &name, &uprobe_policy(&name, &target));
-    let sensor = Sensor::start(&["--tracing-policy", &file]).await;
+    let sensor = Sensor::start(&["--tracing-policy", &file, "--metrics-address", "127.0.0.1:0"]).await;
     let mut request = request();
     request.allow_list[0].event_set.push(EventType::ProcessUprobe as i32);
     let mut c = Collector::subscribe(&sensor, request).await;
@@ -516,6 +516,11 @@ async fn a_uprobe_on_a_built_binary_gives_each_call_with_its_arguments() {
         assert_eq!(process.exec_id, exec.exec_id, "the call's process is the target's exec");
         assert_eq!(u.parent.as_ref().map(|p| &p.exec_id), Some(&exec.parent_exec_id));
     }
+    // The policy's metric counted each call once, by policy and hook.
+    let (_, metrics) = common::http(&common::metrics_address(&sensor), "GET", "/metrics").await;
+    let hook = format!("uprobe:{target}:vigil_marked_call");
+    let labels = [("policy", name.as_str()), ("hook", hook.as_str())];
+    assert_eq!(common::sample(&metrics, "tetragon_policy_events_total", &labels), 3, "{metrics}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

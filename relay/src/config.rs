@@ -224,14 +224,15 @@ impl Settings {
                 problem(key, "must be at least 1".into());
             }
         }
-        let health_server_address = match l.health_server_address.as_deref().map(serving::health::parse_address) {
-            Some(Err(reason)) => {
-                problem("health-server-address", reason);
-                None
-            }
-            Some(Ok(a)) => Some(a),
-            None => None,
-        };
+        let health_server_address =
+            match l.health_server_address.as_deref().map(serving::address::ServerAddress::parse_port) {
+                Some(Err(reason)) => {
+                    problem("health-server-address", reason);
+                    None
+                }
+                Some(Ok(a)) => Some(a),
+                None => None,
+            };
         let (Some(client_address), Some(ingest_address), true) = (client_address, ingest_address, problems.is_empty())
         else {
             return Err(ConfigErrors(problems));

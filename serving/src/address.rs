@@ -52,6 +52,19 @@ impl std::str::FromStr for ServerAddress {
 }
 
 impl ServerAddress {
+    /// A plain port for probes and scrapes (`--health-server-address`,
+    /// `--metrics-address`) as Tetragon takes it: `host:port`, or `:port`
+    /// for every interface; no unix socket (Kubernetes probes and
+    /// Prometheus scrapes reach a port).
+    pub fn parse_port(s: &str) -> Result<ServerAddress, String> {
+        let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_owned() };
+        match full.parse::<ServerAddress>() {
+            Ok(a @ ServerAddress::Tcp(_)) => Ok(a),
+            Ok(ServerAddress::Unix(_)) => Err("takes host:port or :port, not a unix socket".into()),
+            Err(_) => Err("expected host:port or :port".into()),
+        }
+    }
+
     /// Whether the address stays on this machine (loopback or a socket).
     pub fn is_local(&self) -> bool {
         match self {
@@ -123,6 +136,14 @@ impl ServerAddress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_as_tetragon_takes_them() {
+        assert_eq!(ServerAddress::parse_port(":6789"), Ok(ServerAddress::Tcp("0.0.0.0:6789".into())));
+        assert_eq!(ServerAddress::parse_port("127.0.0.1:0"), Ok(ServerAddress::Tcp("127.0.0.1:0".into())));
+        assert!(ServerAddress::parse_port("unix:///run/h.sock").unwrap_err().contains("not a unix socket"));
+        assert_eq!(ServerAddress::parse_port("6789"), Err("expected host:port or :port".into()));
+    }
 
     #[test]
     fn parses_tetra_forms() {

@@ -17,19 +17,6 @@ use crate::listen::{ListenError, Listener, server};
 /// Tetragon's API, as the health service names it.
 pub const TETRAGON_SERVICE: &str = proto::tetragon::fine_guidance_sensors_server::SERVICE_NAME;
 
-/// `--health-server-address` as Tetragon takes it: `host:port`, or
-/// `:port` for every interface; no unix socket (Kubernetes probes a port).
-pub fn parse_address(s: &str) -> Result<ServerAddress, String> {
-    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_owned() };
-    match full.parse::<ServerAddress>() {
-        Ok(a @ ServerAddress::Tcp(_)) => Ok(a),
-        Ok(ServerAddress::Unix(_)) => {
-            Err("takes host:port or :port, not a unix socket (Kubernetes probes a port)".into())
-        }
-        Err(_) => Err("expected host:port or :port".into()),
-    }
-}
-
 /// What a daemon reports; clones report to the same service.
 #[derive(Clone)]
 pub struct Health {
@@ -40,7 +27,7 @@ pub struct Health {
 impl Health {
     /// A health service for `services` (besides `""`), NOT_SERVING, and
     /// the listener that answers for it, bound at `address` (from
-    /// [`parse_address`]).
+    /// [`ServerAddress::parse_port`]).
     pub async fn bind(
         address: &ServerAddress,
         services: &'static [&'static str],
@@ -76,18 +63,5 @@ impl HealthListener {
 
     pub async fn serve(self, shutdown: watch::Receiver<bool>) -> Result<(), ListenError> {
         self.listener.serve(self.router, shutdown).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_as_tetragon_takes_them() {
-        assert_eq!(parse_address(":6789"), Ok(ServerAddress::Tcp("0.0.0.0:6789".into())));
-        assert_eq!(parse_address("127.0.0.1:0"), Ok(ServerAddress::Tcp("127.0.0.1:0".into())));
-        assert!(parse_address("unix:///run/h.sock").unwrap_err().contains("not a unix socket"));
-        assert_eq!(parse_address("6789"), Err("expected host:port or :port".into()));
     }
 }

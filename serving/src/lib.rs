@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod health;
 pub mod listen;
 pub mod log_limit;
+pub mod metrics;
 pub mod settings;
 
 pub use address::{AddressError, ServerAddress};

@@ -1,0 +1,274 @@
+//! The sensor's Prometheus metrics (`--metrics-address`). Tetragon's names
+//! where Tetragon has the metric, so its dashboards and alerts work
+//! unchanged: `tetragon_events_total{type,namespace,workload,pod,binary}`,
+//! `tetragon_policy_events_total{policy,hook,namespace,workload,pod}`,
+//! `tetragon_missed_events_total`, `tetragon_process_cache_size`,
+//! `tetragon_process_cache_evicted_total`,
+//! `tetragon_process_cache_misses_total`, `tetragon_errors_total{type}`.
+//! And every counter `vigil status` shows as `vigil_sensor_<name>`, read
+//! from the same snapshot at each scrape.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use events::bus::EventBus;
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use proto::tetragon::GetEventsResponse;
+use proto::tetragon::get_events_response::Event;
+
+use crate::stats::SensorStats;
+
+/// Label series kept per metric at most; events past it are counted in
+/// `vigil_sensor_metrics_series_overflow_total` instead of a new series.
+pub const MAX_SERIES: usize = 10_000;
+
+/// The labels `--metrics-label-filter` keeps (Tetragon's flag and names);
+/// a label left out is empty on every series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LabelFilter {
+    pub namespace: bool,
+    pub workload: bool,
+    pub pod: bool,
+    pub binary: bool,
+}
+
+impl Default for LabelFilter {
+    fn default() -> Self {
+        LabelFilter { namespace: true, workload: true, pod: true, binary: true }
+    }
+}
+
+impl std::str::FromStr for LabelFilter {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut f = LabelFilter { namespace: false, workload: false, pod: false, binary: false };
+        for label in s.split(',').map(str::trim).filter(|l| !l.is_empty()) {
+            match label {
+                "namespace" => f.namespace = true,
+                "workload" => f.workload = true,
+                "pod" => f.pod = true,
+                "binary" => f.binary = true,
+                _ => return Err("labels are namespace, workload, pod and binary".into()),
+            }
+        }
+        Ok(f)
+    }
+}
+
+/// An event series: type, namespace, workload, pod, binary.
+type EventKey = (&'static str, String, String, String, String);
+/// A policy series: policy, hook, namespace, workload, pod.
+type PolicyKey = (String, String, String, String, String);
+
+/// Events by label set, counted as they are published.
+#[derive(Debug)]
+pub struct EventCounts {
+    labels: LabelFilter,
+    events: Mutex<HashMap<EventKey, u64>>,
+    policies: Mutex<HashMap<PolicyKey, u64>>,
+    overflow: AtomicU64,
+}
+
+impl EventCounts {
+    pub fn new(labels: LabelFilter) -> EventCounts {
+        EventCounts {
+            labels,
+            events: Mutex::new(HashMap::new()),
+            policies: Mutex::new(HashMap::new()),
+            overflow: AtomicU64::new(0),
+        }
+    }
+
+    pub fn count(&self, event: &GetEventsResponse) {
+        let Some(kind) = &event.event else { return };
+        let process = events::subject::process(event);
+        let pod = process.and_then(|p| p.pod.as_ref());
+        let keep = |on: bool, v: Option<&String>| if on { v.cloned().unwrap_or_default() } else { String::new() };
+        let namespace = keep(self.labels.namespace, pod.map(|p| &p.namespace));
+        let workload = keep(self.labels.workload, pod.map(|p| &p.workload));
+        let pod_name = keep(self.labels.pod, pod.map(|p| &p.name));
+        let binary = keep(self.labels.binary, process.map(|p| &p.binary));
+        if let Some((policy, hook)) = policy_hook(kind) {
+            self.add(&self.policies, (policy, hook, namespace.clone(), workload.clone(), pod_name.clone()));
+        }
+        self.add(&self.events, (kind.event_type().as_str_name(), namespace, workload, pod_name, binary));
+    }
+
+    fn add<K: std::hash::Hash + Eq>(&self, series: &Mutex<HashMap<K, u64>>, key: K) {
+        let mut series = series.lock();
+        let full = series.len() >= MAX_SERIES;
+        match series.get_mut(&key) {
+            Some(n) => *n += 1,
+            None if full => {
+                self.overflow.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                series.insert(key, 1);
+            }
+        }
+    }
+}
+
+/// A policy event's policy and hook, as Tetragon labels them
+/// (`kprobe:security_file_permission`).
+fn policy_hook(kind: &Event) -> Option<(String, String)> {
+    Some(match kind {
+        Event::ProcessKprobe(k) => (k.policy_name.clone(), format!("kprobe:{}", k.function_name)),
+        Event::ProcessTracepoint(t) => (t.policy_name.clone(), format!("tracepoint:{}:{}", t.subsys, t.event)),
+        Event::ProcessUprobe(u) => (u.policy_name.clone(), format!("uprobe:{}:{}", u.path, u.symbol)),
+        _ => return None,
+    })
+}
+
+/// What a scrape reads.
+struct SensorCollector {
+    stats: Arc<SensorStats>,
+    bus: EventBus,
+    counts: Arc<EventCounts>,
+}
+
+impl std::fmt::Debug for SensorCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SensorCollector").finish_non_exhaustive()
+    }
+}
+
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+    ConstCounter::new(v).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(v as i64).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+/// A counter family with five labels, `names`, one series per item.
+fn counters<'a>(
+    encoder: &mut DescriptorEncoder,
+    (name, help): (&str, &str),
+    names: [&str; 5],
+    series: impl Iterator<Item = ([&'a str; 5], u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (values, n) in series {
+        let labels: [(&str, &str); 5] = std::array::from_fn(|i| (names[i], values[i]));
+        ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for SensorCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.stats.snapshot(&self.bus);
+        let events = self.counts.events.lock();
+        counters(
+            &mut encoder,
+            ("tetragon_events", "The total number of Tetragon events"),
+            ["type", "namespace", "workload", "pod", "binary"],
+            events.iter().map(|((kind, ns, workload, pod, binary), n)| ([*kind, ns, workload, pod, binary], *n)),
+        )?;
+        drop(events);
+        let policies = self.counts.policies.lock();
+        counters(
+            &mut encoder,
+            ("tetragon_policy_events", "Policy events calls observed"),
+            ["policy", "hook", "namespace", "workload", "pod"],
+            policies
+                .iter()
+                .map(|((policy, hook, ns, workload, pod), n)| ([policy.as_str(), hook, ns, workload, pod], *n)),
+        )?;
+        drop(policies);
+        counter(
+            &mut encoder,
+            "tetragon_missed_events",
+            "Events the kernel could not put in the ring buffer",
+            s.ringbuf_full,
+        )?;
+        gauge(&mut encoder, "tetragon_process_cache_size", "The size of the process cache", s.cache_entries)?;
+        counter(
+            &mut encoder,
+            "tetragon_process_cache_evicted",
+            "Live processes evicted from the full cache",
+            s.cache_evicted,
+        )?;
+        counter(
+            &mut encoder,
+            "tetragon_process_cache_misses",
+            "Events whose process was not in the cache",
+            s.cache_misses,
+        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "tetragon_errors",
+                "The total number of errors",
+                None,
+                MetricType::Counter,
+            )?;
+            for (kind, n) in [
+                ("bad_ring_buffer_record", s.bad_records),
+                ("kernel_read_error", s.kernel_read_errors),
+                ("unknown_hook_record", s.hooks_unknown),
+                ("k8s_watch_error", s.k8s_watch_errors),
+            ] {
+                ConstCounter::new(n).encode(family.encode_family(&[("type", kind)])?)?;
+            }
+        }
+        counter(
+            &mut encoder,
+            "vigil_sensor_metrics_series_overflow",
+            "Events not in a labelled series: the metric had its series limit",
+            self.counts.overflow.load(Ordering::Relaxed),
+        )?;
+        for (name, value, is_gauge, help) in s.fields() {
+            let name = format!("vigil_sensor_{name}");
+            if is_gauge {
+                gauge(&mut encoder, &name, help, value)?;
+            } else {
+                counter(&mut encoder, &name, help, value)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The registry a scrape answers.
+pub fn registry(stats: Arc<SensorStats>, bus: EventBus, counts: Arc<EventCounts>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SensorCollector { stats, bus, counts }));
+    registry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_label_filter_takes_tetragons_labels_only() {
+        assert_eq!("namespace,workload,pod,binary".parse::<LabelFilter>(), Ok(LabelFilter::default()));
+        let f: LabelFilter = "binary".parse().unwrap();
+        assert!(f.binary && !f.namespace && !f.workload && !f.pod);
+        assert!("binary,container".parse::<LabelFilter>().is_err());
+    }
+
+    #[test]
+    fn series_past_the_limit_are_counted_not_kept() {
+        let counts = EventCounts::new(LabelFilter::default());
+        for i in 0..MAX_SERIES + 3 {
+            counts.count(&test_support::events::exec(&format!("/bin/b{i}")).build());
+        }
+        counts.count(&test_support::events::exec("/bin/b0").build());
+        assert_eq!(counts.events.lock().len(), MAX_SERIES);
+        assert_eq!(counts.overflow.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            counts.events.lock()[&("PROCESS_EXEC", String::new(), String::new(), String::new(), "/bin/b0".into())],
+            2
+        );
+    }
+}

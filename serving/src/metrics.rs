@@ -1,0 +1,108 @@
+//! The Prometheus scrape endpoint (`--metrics-address`, as Tetragon's
+//! `--metrics-server`): plain HTTP/1.1, `GET /metrics` answers the
+//! registry in Prometheus' text format, every other path 404. The registry
+//! is the daemon's; its collectors read the daemon's own counters at each
+//! scrape, so a metric and `vigil status` come from one source.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::address::ServerAddress;
+use crate::listen::{ListenError, stopped};
+
+/// Scrapes served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 16;
+
+/// The bound scrape listener.
+pub struct MetricsListener {
+    listener: TcpListener,
+}
+
+impl MetricsListener {
+    /// Binds `address` (from [`ServerAddress::parse_port`]) and logs
+    /// `listening` with the bound address, as every Vigil listener does.
+    pub async fn bind(address: &ServerAddress) -> Result<MetricsListener, ListenError> {
+        let shown = address.to_string();
+        let listener = TcpListener::bind(shown.as_str())
+            .await
+            .map_err(|error| ListenError::Bind { address: shown.clone(), error })?;
+        match listener.local_addr() {
+            Ok(bound) => tracing::info!(listener = %"metrics", address = %bound, tls = false, "listening"),
+            Err(_) => tracing::info!(listener = %"metrics", address = %shown, "listening"),
+        }
+        Ok(MetricsListener { listener })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Answers scrapes of `registry` until `shutdown`.
+    pub async fn serve(self, registry: Arc<Registry>, shutdown: watch::Receiver<bool>) {
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let stop = stopped(shutdown);
+        tokio::pin!(stop);
+        loop {
+            let permit = tokio::select! {
+                () = &mut stop => return,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let (stream, _) = tokio::select! {
+                () = &mut stop => return,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "metrics: accept failed");
+                        continue;
+                    }
+                },
+            };
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let registry = registry.clone();
+                    async move { Ok::<_, Infallible>(respond(&request, &registry)) }
+                });
+                let _ =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// `GET /metrics`: the registry; anything else: 404 (405 for another
+/// method on /metrics).
+fn respond<B>(request: &Request<B>, registry: &Registry) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, content_type: &str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        if let Ok(v) = http::HeaderValue::from_str(content_type) {
+            r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+        }
+        r
+    };
+    if request.uri().path() != "/metrics" {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "not found: metrics are at /metrics\n".into());
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET /metrics\n".into());
+    }
+    let mut text = String::new();
+    match prometheus_client::encoding::prometheus_text::encode(&mut text, registry) {
+        Ok(()) => reply(StatusCode::OK, prometheus_client::encoding::prometheus_text::CONTENT_TYPE, text),
+        Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "encoding the metrics failed\n".into()),
+    }
+}
