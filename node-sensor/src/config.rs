@@ -254,23 +254,16 @@ impl Settings {
                 ),
             );
         }
-        let health_server_address =
-            match l.health_server_address.as_deref().map(serving::address::ServerAddress::parse_port) {
-                Some(Err(reason)) => {
-                    p.add("health-server-address", reason);
-                    None
-                }
-                Some(Ok(a)) => Some(a),
-                None => None,
-            };
-        let metrics_address = match l.metrics_address.as_deref().map(serving::address::ServerAddress::parse_port) {
+        let mut port = |key: &str, value: Option<&str>| match value.map(serving::address::ServerAddress::parse_port) {
             Some(Err(reason)) => {
-                p.add("metrics-address", reason);
+                p.add(key, reason);
                 None
             }
             Some(Ok(a)) => Some(a),
             None => None,
         };
+        let health_server_address = port("health-server-address", l.health_server_address.as_deref());
+        let metrics_address = port("metrics-address", l.metrics_address.as_deref());
         let metrics_label_filter = l.metrics_label_filter.parse().unwrap_or_else(|reason: String| {
             p.add("metrics-label-filter", reason);
             crate::metrics::LabelFilter::default()

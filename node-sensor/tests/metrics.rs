@@ -9,8 +9,9 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Sensor, http, metrics_address, nonce, sample};
+use common::{Sensor, metrics_address, nonce};
 use proto::tetragon::GetHealthStatusRequest;
+use test_support::scrape::{http, sample};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_marked_workload_raises_the_event_counters_by_exactly_its_execs_and_exits() {
@@ -23,7 +24,7 @@ async fn a_marked_workload_raises_the_event_counters_by_exactly_its_execs_and_ex
     std::fs::copy("/bin/true", &marked).unwrap();
     let marked = marked.display().to_string();
 
-    let (status, before) = http(&address, "GET", "/metrics").await;
+    let (status, before) = http(&address, "GET", "/metrics");
     assert_eq!(status, 200);
     assert_eq!(sample(&before, "tetragon_events_total", &[("binary", &marked)]), 0);
     for _ in 0..3 {
@@ -36,7 +37,7 @@ async fn a_marked_workload_raises_the_event_counters_by_exactly_its_execs_and_ex
     let fence = fence.display().to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
     let text = loop {
-        let (_, text) = http(&address, "GET", "/metrics").await;
+        let (_, text) = http(&address, "GET", "/metrics");
         if sample(&text, "tetragon_events_total", &[("type", "PROCESS_EXIT"), ("binary", &fence)]) == 1 {
             break text;
         }
@@ -63,9 +64,9 @@ async fn a_marked_workload_raises_the_event_counters_by_exactly_its_execs_and_ex
     }
 
     // Nothing else is served.
-    assert_eq!(http(&address, "GET", "/").await.0, 404);
-    assert_eq!(http(&address, "GET", "/metrics/x").await.0, 404);
-    assert_eq!(http(&address, "POST", "/metrics").await.0, 405);
+    assert_eq!(http(&address, "GET", "/").0, 404);
+    assert_eq!(http(&address, "GET", "/metrics/x").0, 404);
+    assert_eq!(http(&address, "POST", "/metrics").0, 405);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

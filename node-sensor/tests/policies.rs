@@ -517,10 +517,10 @@ async fn a_uprobe_on_a_built_binary_gives_each_call_with_its_arguments() {
         assert_eq!(u.parent.as_ref().map(|p| &p.exec_id), Some(&exec.parent_exec_id));
     }
     // The policy's metric counted each call once, by policy and hook.
-    let (_, metrics) = common::http(&common::metrics_address(&sensor), "GET", "/metrics").await;
+    let (_, metrics) = test_support::scrape::http(&common::metrics_address(&sensor), "GET", "/metrics");
     let hook = format!("uprobe:{target}:vigil_marked_call");
     let labels = [("policy", name.as_str()), ("hook", hook.as_str())];
-    assert_eq!(common::sample(&metrics, "tetragon_policy_events_total", &labels), 3, "{metrics}");
+    assert_eq!(test_support::scrape::sample(&metrics, "tetragon_policy_events_total", &labels), 3, "{metrics}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

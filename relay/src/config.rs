@@ -129,6 +129,10 @@ pub struct Flags {
     /// :port [default: off].
     #[arg(long)]
     pub health_server_address: Option<String>,
+    /// Prometheus metrics at http://ADDRESS/metrics: host:port or :port
+    /// [default: off].
+    #[arg(long)]
+    pub metrics_address: Option<String>,
 }
 
 /// The defaults are the flags' (one place states them).
@@ -166,6 +170,7 @@ pub struct Settings {
     pub log_level: String,
     pub log_format: LogFormat,
     pub health_server_address: Option<ServerAddress>,
+    pub metrics_address: Option<ServerAddress>,
 }
 
 /// Checks a config file's keys and values without starting anything.
@@ -224,15 +229,16 @@ impl Settings {
                 problem(key, "must be at least 1".into());
             }
         }
-        let health_server_address =
-            match l.health_server_address.as_deref().map(serving::address::ServerAddress::parse_port) {
-                Some(Err(reason)) => {
-                    problem("health-server-address", reason);
-                    None
-                }
-                Some(Ok(a)) => Some(a),
-                None => None,
-            };
+        let mut port = |key: &str, value: Option<&str>| match value.map(ServerAddress::parse_port) {
+            Some(Err(reason)) => {
+                problem(key, reason);
+                None
+            }
+            Some(Ok(a)) => Some(a),
+            None => None,
+        };
+        let health_server_address = port("health-server-address", l.health_server_address.as_deref());
+        let metrics_address = port("metrics-address", l.metrics_address.as_deref());
         let (Some(client_address), Some(ingest_address), true) = (client_address, ingest_address, problems.is_empty())
         else {
             return Err(ConfigErrors(problems));
@@ -268,6 +274,7 @@ impl Settings {
             log_level: l.log_level,
             log_format: l.log_format,
             health_server_address,
+            metrics_address,
         })
     }
 }

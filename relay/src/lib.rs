@@ -13,6 +13,7 @@ pub mod config;
 pub mod hub;
 pub mod ingest;
 pub mod merge;
+pub mod metrics;
 pub mod nodes;
 pub mod query;
 pub mod token_review;

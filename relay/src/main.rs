@@ -20,6 +20,7 @@ use relay::token_review::TokenReviewer;
 use serving::daemon;
 use serving::health::{Health, TETRAGON_SERVICE};
 use serving::listen::{self, Certificates, Listener};
+use serving::metrics::MetricsListener;
 use tls::Role;
 use tls::auth::RoleCheck;
 use tls::reload::ServerFiles;
@@ -104,6 +105,10 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
         RoleCheck::new(Role::Sensor, enforce),
     );
     let query = Arc::new(QueryService { hub, nodes, merge: counters.clone() });
+    if let Some(address) = &flags.metrics_address {
+        let listener = MetricsListener::bind(address).await.context("--metrics-address")?;
+        tokio::spawn(listener.serve(Arc::new(relay::metrics::registry(query.clone())), stop.clone()));
+    }
     let admin = RelayAdminServer::with_interceptor(AdminService(query.clone()), RoleCheck::new(Role::Client, enforce));
     let clients = serving::api::tetragon_service(query, enforce);
     tracing::info!(ingest = %flags.ingest_address, clients = %flags.client_address, mtls = enforce, "relay serving");

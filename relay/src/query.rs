@@ -23,6 +23,25 @@ pub struct QueryService {
     pub merge: Arc<MergeCounters>,
 }
 
+impl QueryService {
+    /// What `vigil nodes` shows and the metrics export: one source.
+    pub fn status(&self) -> ListNodesResponse {
+        ListNodesResponse {
+            nodes: self.nodes.status(),
+            clients: self.hub.bus.subscriber_count() as u64,
+            events_merged: self.merge.merged.load(Ordering::Relaxed),
+            client_dropped: self.hub.bus.stats.dropped.load(Ordering::Relaxed),
+            shared_kernel_copies: self.merge.copies.load(Ordering::Relaxed),
+            sent_early: self.merge.sent_early.load(Ordering::Relaxed),
+            pending: self.merge.pending.load(Ordering::Relaxed),
+            history_events: self.hub.history_len() as u64,
+            history_bytes: self.hub.history_bytes() as u64,
+            pending_bytes: self.merge.pending_bytes.load(Ordering::Relaxed),
+            client_queue_bytes: self.hub.bus.queued_bytes() as u64,
+        }
+    }
+}
+
 impl EventSource for QueryService {
     fn version(&self) -> &'static str {
         VERSION
@@ -58,19 +77,6 @@ pub struct AdminService(pub Arc<QueryService>);
 #[tonic::async_trait]
 impl RelayAdmin for AdminService {
     async fn list_nodes(&self, _: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
-        let q = &self.0;
-        Ok(Response::new(ListNodesResponse {
-            nodes: q.nodes.status(),
-            clients: q.hub.bus.subscriber_count() as u64,
-            events_merged: q.merge.merged.load(Ordering::Relaxed),
-            client_dropped: q.hub.bus.stats.dropped.load(Ordering::Relaxed),
-            shared_kernel_copies: q.merge.copies.load(Ordering::Relaxed),
-            sent_early: q.merge.sent_early.load(Ordering::Relaxed),
-            pending: q.merge.pending.load(Ordering::Relaxed),
-            history_events: q.hub.history_len() as u64,
-            history_bytes: q.hub.history_bytes() as u64,
-            pending_bytes: q.merge.pending_bytes.load(Ordering::Relaxed),
-            client_queue_bytes: q.hub.bus.queued_bytes() as u64,
-        }))
+        Ok(Response::new(self.0.status()))
     }
 }

@@ -29,15 +29,18 @@ pub struct MetricsListener {
 
 impl MetricsListener {
     /// Binds `address` (from [`ServerAddress::parse_port`]) and logs
-    /// `listening` with the bound address, as every Vigil listener does.
+    /// `listening` with the bound address, as every Vigil listener does
+    /// (under the listeners' log target, which tools read ports from).
     pub async fn bind(address: &ServerAddress) -> Result<MetricsListener, ListenError> {
         let shown = address.to_string();
         let listener = TcpListener::bind(shown.as_str())
             .await
             .map_err(|error| ListenError::Bind { address: shown.clone(), error })?;
         match listener.local_addr() {
-            Ok(bound) => tracing::info!(listener = %"metrics", address = %bound, tls = false, "listening"),
-            Err(_) => tracing::info!(listener = %"metrics", address = %shown, "listening"),
+            Ok(bound) => {
+                tracing::info!(target: "serving::listen", listener = %"metrics", address = %bound, tls = false, "listening")
+            }
+            Err(_) => tracing::info!(target: "serving::listen", listener = %"metrics", address = %shown, "listening"),
         }
         Ok(MetricsListener { listener })
     }

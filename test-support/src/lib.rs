@@ -8,6 +8,7 @@
 pub mod daemon;
 pub mod events;
 pub mod python;
+pub mod scrape;
 
 /// A token unique to this call: tests run in parallel threads and may start
 /// within one microsecond, so a counter keeps markers, cgroups and files

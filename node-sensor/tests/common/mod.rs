@@ -218,25 +218,3 @@ pub fn metrics_address(sensor: &Sensor) -> String {
     let line = log.lines().find(|l| l.contains("listener=metrics")).expect("the metrics listener's line");
     line.split("address=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned()
 }
-
-/// One HTTP/1.1 request: the status code and the body.
-pub async fn http(address: &str, method: &str, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
-    let mut reply = String::new();
-    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut reply).await.unwrap();
-    let status = reply.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
-}
-
-/// The value of the sample whose line starts with `name{` and holds every
-/// `labels` pair (0 if there is none).
-pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .filter_map(|l| l.rsplit(" ").next()?.parse::<u64>().ok())
-        .sum()
-}

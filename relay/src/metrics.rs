@@ -1,0 +1,103 @@
+//! The relay's Prometheus metrics (`--metrics-address`): everything
+//! `vigil nodes` shows, read from the same status at each scrape, as
+//! `vigil_relay_*`, per node labelled `node`.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use proto::vigil::relay::v1::NodeStatus;
+
+use crate::query::QueryService;
+
+struct RelayCollector(Arc<QueryService>);
+
+impl std::fmt::Debug for RelayCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayCollector").finish_non_exhaustive()
+    }
+}
+
+/// A per-node family: one series per node, its value from `value`.
+fn per_node(
+    encoder: &mut DescriptorEncoder,
+    (name, help, kind): (&str, &str, MetricType),
+    nodes: &[NodeStatus],
+    value: impl Fn(&NodeStatus) -> u64,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for n in nodes {
+        let labels = [("node", n.node_name.as_str())];
+        let metric = family.encode_family(&labels)?;
+        match kind {
+            MetricType::Gauge => ConstGauge::new(value(n) as i64).encode(metric)?,
+            _ => ConstCounter::new(value(n)).encode(metric)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for RelayCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.status();
+        let (counter, gauge) = (MetricType::Counter, MetricType::Gauge);
+        for (name, help, kind, value) in [
+            ("vigil_relay_clients", "GetEvents clients connected", gauge, s.clients),
+            ("vigil_relay_events_merged", "Events merged into the cluster stream", counter, s.events_merged),
+            ("vigil_relay_client_dropped", "Events dropped for clients that fell behind", counter, s.client_dropped),
+            (
+                "vigil_relay_shared_kernel_copies",
+                "Copies of one kernel's events from sensors sharing it, collapsed",
+                counter,
+                s.shared_kernel_copies,
+            ),
+            ("vigil_relay_sent_early", "Events that left the reorder window early", counter, s.sent_early),
+            ("vigil_relay_pending", "Events waiting in the reorder window", gauge, s.pending),
+            ("vigil_relay_pending_bytes", "Bytes charged for the reorder window", gauge, s.pending_bytes),
+            ("vigil_relay_history_events", "Events kept for --since / --last", gauge, s.history_events),
+            ("vigil_relay_history_bytes", "Bytes charged for the history", gauge, s.history_bytes),
+            ("vigil_relay_client_queue_bytes", "Bytes queued for clients", gauge, s.client_queue_bytes),
+        ] {
+            let metric = encoder.encode_descriptor(name, help, None, kind)?;
+            match kind {
+                MetricType::Gauge => ConstGauge::new(value as i64).encode(metric)?,
+                _ => ConstCounter::new(value).encode(metric)?,
+            }
+        }
+        let nodes = &s.nodes;
+        per_node(
+            &mut encoder,
+            ("vigil_relay_node_connected", "1 while the node's sensor streams", gauge),
+            nodes,
+            |n| u64::from(n.connected),
+        )?;
+        per_node(&mut encoder, ("vigil_relay_node_events", "Events accepted from the node", counter), nodes, |n| {
+            n.events
+        })?;
+        per_node(&mut encoder, ("vigil_relay_node_lost", "Events the node's sensor lost", counter), nodes, |n| n.lost)?;
+        per_node(&mut encoder, ("vigil_relay_node_lag_ms", "The node's latest event's lag", gauge), nodes, |n| {
+            n.lag_ms
+        })?;
+        per_node(
+            &mut encoder,
+            ("vigil_relay_node_duplicates", "Events the node re-sent that were dropped", counter),
+            nodes,
+            |n| n.duplicates,
+        )?;
+        per_node(&mut encoder, ("vigil_relay_node_oversized", "Events refused as too large", counter), nodes, |n| {
+            n.oversized
+        })?;
+        Ok(())
+    }
+}
+
+/// The registry a scrape answers.
+pub fn registry(query: Arc<QueryService>) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(RelayCollector(query)));
+    registry
+}
