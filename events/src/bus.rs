@@ -162,6 +162,11 @@ impl EventBus {
         self.add(filters, self.queue_bytes.is_some())
     }
 
+    /// The node name on the bus's own notices.
+    pub fn node(&self) -> &str {
+        &self.node_name
+    }
+
     /// An in-process consumer's subscription (export file, relay uplink),
     /// bounded in events only: it costs no encoding to count.
     pub fn subscribe_internal(&self, filters: crate::RequestFilters) -> Subscription {

@@ -52,6 +52,18 @@ pub struct Flags {
     /// Also write every event as a JSON line to this file.
     #[arg(long)]
     pub export_filename: Option<PathBuf>,
+    /// Rotate the export file before it passes this size, in MB.
+    #[arg(long, default_value_t = 10)]
+    pub export_file_max_size_mb: u64,
+    /// Rotated export files kept.
+    #[arg(long, default_value_t = 5)]
+    pub export_file_max_backups: usize,
+    /// Rotate the export file this often: 0 (never), or seconds, or with s, m or h.
+    #[arg(long, default_value = "0")]
+    pub export_file_rotation_interval: String,
+    /// Gzip rotated export files.
+    #[arg(long)]
+    pub export_file_compress: bool,
     /// Config file (TOML, YAML or JSON) with the same keys as the flags.
     #[arg(long)]
     #[serde(skip)]
@@ -156,6 +168,7 @@ pub struct Settings {
     pub subscriber_queue_size: usize,
     pub subscriber_queue_bytes: events::bus::QueueBytes,
     pub export_filename: Option<PathBuf>,
+    pub export_rotation: serving::export_file::Rotation,
     pub log_level: String,
     pub log_format: LogFormat,
     pub btf: String,
@@ -264,6 +277,16 @@ impl Settings {
         };
         let health_server_address = port("health-server-address", l.health_server_address.as_deref());
         let metrics_address = port("metrics-address", l.metrics_address.as_deref());
+        let export_rotation = serving::export_file::Rotation::from_flags(
+            l.export_file_max_size_mb,
+            l.export_file_max_backups,
+            &l.export_file_rotation_interval,
+            l.export_file_compress,
+        )
+        .unwrap_or_else(|(key, reason)| {
+            p.add(key, reason);
+            serving::export_file::Rotation::default()
+        });
         let metrics_label_filter = l.metrics_label_filter.parse().unwrap_or_else(|reason: String| {
             p.add("metrics-label-filter", reason);
             crate::metrics::LabelFilter::default()
@@ -281,6 +304,7 @@ impl Settings {
                 total: l.subscriber_queues_total_mib.saturating_mul(1 << 20),
             },
             export_filename: l.export_filename,
+            export_rotation,
             log_level: l.log_level,
             log_format: l.log_format,
             btf: l.btf,

@@ -23,7 +23,6 @@ pub mod convert;
 pub mod decode;
 pub mod dump;
 pub mod exec_times;
-pub mod export;
 pub mod flags;
 pub mod health;
 pub mod k8s;

@@ -15,8 +15,9 @@ use node_sensor::policies::api::SharedPolicies;
 use node_sensor::privileges::{Collect, HostNamespaces};
 use node_sensor::stats::SensorStats;
 use node_sensor::uplink::{self, UplinkSettings};
-use node_sensor::{export, loader, server};
+use node_sensor::{loader, server};
 use serving::daemon;
+use serving::export;
 use serving::health::{Health, TETRAGON_SERVICE};
 use serving::listen::{Certificates, Listener};
 use serving::metrics::MetricsListener;
@@ -78,8 +79,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let exporter = match &settings.export_filename {
         Some(path) => Some(
-            export::start(&bus, path, stats.clone())
-                .with_context(|| format!("opening export file {}", path.display()))?,
+            export::start(&bus, path, settings.export_rotation, {
+                let stats = stats.clone();
+                move |n| {
+                    stats.export_dropped.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+            .with_context(|| format!("opening export file {}", path.display()))?,
         ),
         None => None,
     };

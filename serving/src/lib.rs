@@ -9,6 +9,8 @@ pub mod address;
 pub mod api;
 pub mod connections;
 pub mod daemon;
+pub mod export;
+pub mod export_file;
 pub mod health;
 pub mod listen;
 pub mod log_limit;

@@ -44,13 +44,18 @@ impl Sensor {
         let dir = std::env::temp_dir().join(format!("vigil-kt-{}", nonce()));
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("sensor.sock");
-        let export = dir.join("events.jsonl");
+        // An export file of the test's own, or one here.
+        let given = extra.iter().position(|a| *a == "--export-filename").and_then(|i| extra.get(i + 1));
+        let export = given.map_or_else(|| dir.join("events.jsonl"), PathBuf::from);
+        let default_export: Vec<std::ffi::OsString> = match given {
+            Some(_) => vec![],
+            None => vec!["--export-filename".into(), export.clone().into()],
+        };
         let log = std::fs::File::create(dir.join("sensor.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_vigil-sensor"))
             .arg("--server-address")
             .arg(format!("unix://{}", socket.display()))
-            .arg("--export-filename")
-            .arg(&export)
+            .args(default_export)
             .arg("--node-name")
             .arg("kt-node")
             .args(extra)
