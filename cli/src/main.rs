@@ -51,7 +51,8 @@ fn print_nodes(r: &proto::vigil::relay::v1::ListNodesResponse) {
     }
     println!(
         "clients: {}  events merged: {}  shared-kernel copies merged: {}  sent early (pending full): {}  \
-         pending: {} ({} MiB)  client queues: {} MiB  dropped for slow clients: {}  history: {} events, {} MiB",
+         pending: {} ({} MiB)  client queues: {} MiB  dropped for slow clients: {}  history: {} events, {} MiB  \
+         export dropped: {}",
         r.clients,
         r.events_merged,
         r.shared_kernel_copies,
@@ -61,7 +62,8 @@ fn print_nodes(r: &proto::vigil::relay::v1::ListNodesResponse) {
         r.client_queue_bytes >> 20,
         r.client_dropped,
         r.history_events,
-        r.history_bytes >> 20
+        r.history_bytes >> 20,
+        r.export_dropped
     );
 }
 

@@ -133,6 +133,22 @@ pub struct Flags {
     /// [default: off].
     #[arg(long)]
     pub metrics_address: Option<String>,
+    /// Also write every merged event as a JSON line to this file (the
+    /// cluster's stream, as the sensor's export file).
+    #[arg(long)]
+    pub export_filename: Option<PathBuf>,
+    /// Rotate the export file before it passes this size, in MB.
+    #[arg(long, default_value_t = 10)]
+    pub export_file_max_size_mb: u64,
+    /// Rotated export files kept.
+    #[arg(long, default_value_t = 5)]
+    pub export_file_max_backups: usize,
+    /// Rotate the export file this often: 0 (never), or seconds, or with s, m or h.
+    #[arg(long, default_value = "0")]
+    pub export_file_rotation_interval: String,
+    /// Gzip rotated export files.
+    #[arg(long)]
+    pub export_file_compress: bool,
 }
 
 /// The defaults are the flags' (one place states them).
@@ -171,6 +187,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub health_server_address: Option<ServerAddress>,
     pub metrics_address: Option<ServerAddress>,
+    pub export_filename: Option<PathBuf>,
+    pub export_rotation: serving::export_file::Rotation,
 }
 
 /// Checks a config file's keys and values without starting anything.
@@ -239,6 +257,16 @@ impl Settings {
         };
         let health_server_address = port("health-server-address", l.health_server_address.as_deref());
         let metrics_address = port("metrics-address", l.metrics_address.as_deref());
+        let export_rotation = serving::export_file::Rotation::from_flags(
+            l.export_file_max_size_mb,
+            l.export_file_max_backups,
+            &l.export_file_rotation_interval,
+            l.export_file_compress,
+        )
+        .unwrap_or_else(|(key, reason)| {
+            problem(key, reason);
+            serving::export_file::Rotation::default()
+        });
         let (Some(client_address), Some(ingest_address), true) = (client_address, ingest_address, problems.is_empty())
         else {
             return Err(ConfigErrors(problems));
@@ -275,6 +303,8 @@ impl Settings {
             log_format: l.log_format,
             health_server_address,
             metrics_address,
+            export_filename: l.export_filename,
+            export_rotation,
         })
     }
 }

@@ -49,6 +49,9 @@ const HEALTH_SERVICES: &[&str] = &[
     proto::vigil::relay::v1::relay_admin_server::SERVICE_NAME,
 ];
 
+/// How long the export file may take to write its queue at shutdown.
+const EXPORT_FINISH: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Largest ingest message: a batch of events.
 const MAX_BATCH_BYTES: usize = 16 << 20;
 
@@ -104,7 +107,20 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
         IngestServer::new(ingest_service).max_decoding_message_size(MAX_BATCH_BYTES),
         RoleCheck::new(Role::Sensor, enforce),
     );
-    let query = Arc::new(QueryService { hub, nodes, merge: counters.clone() });
+    let export_dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let exporter = match &flags.export_filename {
+        Some(path) => {
+            let counted = export_dropped.clone();
+            let lost = move |n| {
+                counted.fetch_add(n, Ordering::Relaxed);
+            };
+            let task = serving::export::start(&hub.bus, path, flags.export_rotation, lost)
+                .with_context(|| format!("--export-filename {}", path.display()))?;
+            Some(task)
+        }
+        None => None,
+    };
+    let query = Arc::new(QueryService { hub: hub.clone(), nodes, merge: counters.clone(), export_dropped });
     if let Some(address) = &flags.metrics_address {
         let listener = MetricsListener::bind(address).await.context("--metrics-address")?;
         tokio::spawn(listener.serve(Arc::new(relay::metrics::registry(query.clone())), stop.clone()));
@@ -127,6 +143,13 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
     }
     tokio::try_join!(joined(ingest_server, "--ingest-address"), joined(client_server, "--client-address"))?;
     let _ = merge.await;
+    // The export writes what is queued for it, then ends.
+    hub.bus.close();
+    if let Some(x) = exporter
+        && tokio::time::timeout(EXPORT_FINISH, x).await.is_err()
+    {
+        tracing::warn!(after = ?EXPORT_FINISH, "the export file did not finish writing its queue; the rest is lost");
+    }
     tracing::info!(merged = counters.merged.load(Ordering::Relaxed), "stopped");
     Ok(())
 }

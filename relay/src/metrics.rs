@@ -61,6 +61,7 @@ impl Collector for RelayCollector {
             ("vigil_relay_history_events", "Events kept for --since / --last", gauge, s.history_events),
             ("vigil_relay_history_bytes", "Bytes charged for the history", gauge, s.history_bytes),
             ("vigil_relay_client_queue_bytes", "Bytes queued for clients", gauge, s.client_queue_bytes),
+            ("vigil_relay_export_dropped", "Events the export file did not get", counter, s.export_dropped),
         ] {
             let metric = encoder.encode_descriptor(name, help, None, kind)?;
             match kind {

@@ -318,6 +318,7 @@ mod tests {
             history_bytes: u64::MAX,
             pending_bytes: u64::MAX,
             client_queue_bytes: u64::MAX,
+            export_dropped: u64::MAX,
         };
         assert!(reply.encoded_len() < 4 << 20, "{} bytes", reply.encoded_len());
     }

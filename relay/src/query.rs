@@ -21,6 +21,8 @@ pub struct QueryService {
     pub hub: Arc<Hub>,
     pub nodes: Arc<Nodes>,
     pub merge: Arc<MergeCounters>,
+    /// Events the export file did not get.
+    pub export_dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl QueryService {
@@ -38,6 +40,7 @@ impl QueryService {
             history_bytes: self.hub.history_bytes() as u64,
             pending_bytes: self.merge.pending_bytes.load(Ordering::Relaxed),
             client_queue_bytes: self.hub.bus.queued_bytes() as u64,
+            export_dropped: self.export_dropped.load(Ordering::Relaxed),
         }
     }
 }

@@ -1,6 +1,7 @@
-//! The relay's Prometheus endpoint: after a sensor's batch, the per-node and
-//! merge metrics say what `vigil nodes` says; nothing but `/metrics` is
-//! served. Needs no root: everything is on loopback.
+//! The relay's Prometheus endpoint and export file: after two sensors'
+//! batches, the per-node and merge metrics say what `vigil nodes` says,
+//! and the cluster-wide export file has every node's events once; nothing
+//! but `/metrics` is served. Needs no root: everything is on loopback.
 #![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 #[path = "support/local.rs"]
@@ -19,68 +20,110 @@ use proto::vigil::relay::v1::{
 use test_support::scrape::{http, sample};
 use tokio::sync::mpsc;
 
-fn exec(i: u64) -> GetEventsResponse {
+fn exec(node: &str, i: u64) -> GetEventsResponse {
     test_support::events::exec("/bin/m")
         .arguments(&format!("marker-{i}"))
-        .exec_id_of("m-node", i, i as u32)
-        .node("m-node")
+        .exec_id_of(node, i, i as u32)
+        .node(node)
         .at_nanos(Timestamp::now().unix_nanos())
         .build()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sensors_batch_shows_in_the_metrics_as_in_vigil_nodes() {
-    let relay = Relay::start("metrics", &["--metrics-address", "127.0.0.1:0", "--reorder-window-ms", "20"]).await;
-    let address = relay.daemon.listening("metrics").to_string();
+/// Streams `count` marked execs as `node` and waits for their ack.
+async fn send(relay: &Relay, node: &str, count: u64) -> mpsc::Sender<IngestMessage> {
     let (tx, rx) = mpsc::channel(4);
-    tx.send(IngestMessage {
-        msg: Some(ingest_message::Msg::Hello(Hello {
-            node_name: "m-node".into(),
-            boot_id: "boot-m".into(),
-            sensor_version: "test".into(),
-            instance_id: "m-1".into(),
-            replay_buffer_size: 10,
-        })),
-    })
-    .await
-    .unwrap();
+    let hello = Hello {
+        node_name: node.into(),
+        boot_id: format!("boot-{node}"),
+        sensor_version: "test".into(),
+        instance_id: format!("{node}-1"),
+        replay_buffer_size: 10,
+    };
+    tx.send(IngestMessage { msg: Some(ingest_message::Msg::Hello(hello)) }).await.unwrap();
     let mut replies = IngestClient::new(relay.sensor().await)
         .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .unwrap()
         .into_inner();
-    let events = (1..=25).map(|seq| SequencedEvent { seq, event: Some(Box::new(exec(seq))) }).collect();
+    let events = (1..=count).map(|seq| SequencedEvent { seq, event: Some(Box::new(exec(node, seq))) }).collect();
     tx.send(IngestMessage { msg: Some(ingest_message::Msg::Batch(Batch { events, lost: 0, skipped: 0 })) })
         .await
         .unwrap();
-    // Acknowledged once accepted; merged after the reorder window.
+    // Acknowledged once accepted.
     loop {
         match replies.message().await.unwrap().and_then(|r| r.msg) {
-            Some(ingest_reply::Msg::Ack(a)) if a.seq == 25 => break,
+            Some(ingest_reply::Msg::Ack(a)) if a.seq == count => return tx,
             Some(_) => {}
             None => panic!("the stream ended; log:\n{}", relay.log()),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sensors_batches_show_in_the_metrics_and_the_export_file() {
+    let dir = std::env::temp_dir().join(format!("vigil-relay-export-{}", test_support::nonce()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let export = dir.join("cluster.jsonl");
+    let relay = Relay::start(
+        "metrics",
+        &[
+            "--metrics-address",
+            "127.0.0.1:0",
+            "--reorder-window-ms",
+            "20",
+            "--export-filename",
+            &export.display().to_string(),
+        ],
+    )
+    .await;
+    let address = relay.daemon.listening("metrics").to_string();
+    let _m = send(&relay, "m-node", 25).await;
+    let _n = send(&relay, "n-node", 25).await;
+    // Merged after the reorder window.
     let deadline = Instant::now() + Duration::from_secs(20);
     let text = loop {
         let (status, text) = http(&address, "GET", "/metrics");
         assert_eq!(status, 200);
-        if sample(&text, "vigil_relay_events_merged_total", &[]) == 25 {
+        if sample(&text, "vigil_relay_events_merged_total", &[]) == 50 {
             break text;
         }
-        assert!(Instant::now() < deadline, "never merged 25:\n{text}");
+        assert!(Instant::now() < deadline, "never merged 50:\n{text}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let node = [("node", "m-node")];
-    assert_eq!(sample(&text, "vigil_relay_node_events_total", &node), 25, "{text}");
-    assert_eq!(sample(&text, "vigil_relay_node_connected", &node), 1);
-    assert_eq!(sample(&text, "vigil_relay_node_lost_total", &node), 0);
+    for node in ["m-node", "n-node"] {
+        let node = [("node", node)];
+        assert_eq!(sample(&text, "vigil_relay_node_events_total", &node), 25, "{text}");
+        assert_eq!(sample(&text, "vigil_relay_node_connected", &node), 1);
+        assert_eq!(sample(&text, "vigil_relay_node_lost_total", &node), 0);
+    }
     // The same numbers `vigil nodes` reads.
     let nodes = RelayAdminClient::new(relay.client().await).list_nodes(ListNodesRequest {}).await.unwrap().into_inner();
-    assert_eq!(nodes.events_merged, 25);
+    assert_eq!(nodes.events_merged, 50);
     assert_eq!(nodes.nodes.iter().find(|n| n.node_name == "m-node").map(|n| n.events), Some(25));
     assert_eq!(sample(&text, "vigil_relay_history_events", &[]), nodes.history_events);
-
+    assert_eq!((nodes.export_dropped, sample(&text, "vigil_relay_export_dropped_total", &[])), (0, 0));
     assert_eq!(http(&address, "GET", "/healthz").0, 404);
-    drop(tx);
+
+    // The export file: every node's events, each once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&export).unwrap_or_default();
+        let mut seen = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let args = v["process_exec"]["process"]["arguments"].as_str().unwrap_or_default().to_owned();
+            *seen.entry((v["node_name"].as_str().unwrap().to_owned(), args)).or_insert(0) += 1;
+        }
+        if seen.len() == 50 {
+            for node in ["m-node", "n-node"] {
+                for i in 1..=25 {
+                    assert_eq!(seen.get(&(node.to_owned(), format!("marker-{i}"))), Some(&1), "{node} {i}");
+                }
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "the export file has {} of 50 events:\n{text}", seen.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
