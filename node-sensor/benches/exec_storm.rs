@@ -3,6 +3,9 @@
 //! times. Also: events delivered vs expected, sensor CPU and RSS, and the
 //! average BPF run time per program (kernel.bpf_stats_enabled).
 //!
+//! Phases: no sensor, the sensor, with cred+ns, and with a metrics
+//! endpoint and an export file.
+//!
 //! `cargo bench -p node-sensor --bench exec_storm [-- EXECS]`
 #![allow(clippy::unwrap_used, reason = "a benchmark: a panic ends the run with its reason")]
 
@@ -68,13 +71,19 @@ fn main() {
 
     let plain = with_sensor(&rt, n, &[], "plain");
     let full = with_sensor(&rt, n, &["--enable-process-cred", "--enable-process-ns"], "full");
+    // Operations on: a metrics endpoint (every event counted by label) and
+    // an export file (every event written as a line).
+    let export = std::env::temp_dir().join(format!("vigil-bench-export-{}.jsonl", std::process::id()));
+    let export_arg = export.display().to_string();
+    let ops = with_sensor(&rt, n, &["--metrics-address", "127.0.0.1:0", "--export-filename", &export_arg], "ops");
+    let _ = std::fs::remove_file(&export);
     let base2 = storm(n, "base2");
 
     let base = (base1 + base2) / 2;
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     println!("exec_storm: {n} fork+exec+exit of /bin/true per phase");
     println!("  without sensor: {:>9.0} execs/s  (runs: {:.0}, {:.0})", rate(base), rate(base1), rate(base2));
-    for (label, r) in [("sensor", &plain), ("sensor+cred+ns", &full)] {
+    for (label, r) in [("sensor", &plain), ("sensor+cred+ns", &full), ("sensor+metrics+export", &ops)] {
         println!("  with {label}:");
         println!(
             "    rate          {:>9.0} execs/s, overhead {:+.2}% per fork+exec+exit (ratio {:.4})",

@@ -21,6 +21,11 @@ use crate::listen::{ListenError, stopped};
 
 /// Scrapes served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 16;
+/// A connection that has not sent its request headers by then is closed.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// No connection is held longer (a scraper reconnects), so silent ones
+/// cannot keep the slots.
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The bound scrape listener.
 pub struct MetricsListener {
@@ -74,6 +79,13 @@ impl MetricsListener {
             };
             let registry = registry.clone();
             tokio::spawn(async move {
+                // A peer that sends nothing is dropped (hyper's header
+                // timeout runs only once a request has begun).
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(HEADER_TIMEOUT, stream.peek(&mut first)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                }
                 let service = hyper::service::service_fn(move |request| {
                     let registry = registry.clone();
                     async move { Ok::<_, Infallible>(respond(&request, &registry)) }
@@ -107,5 +119,54 @@ fn respond<B>(request: &Request<B>, registry: &Registry) -> Response<Full<Bytes>
     match prometheus_client::encoding::prometheus_text::encode(&mut text, registry) {
         Ok(()) => reply(StatusCode::OK, prometheus_client::encoding::prometheus_text::CONTENT_TYPE, text),
         Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "encoding the metrics failed\n".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn started() -> (SocketAddr, watch::Sender<bool>) {
+        let listener = MetricsListener::bind(&ServerAddress::Tcp("127.0.0.1:0".into())).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        tokio::spawn(listener.serve(Arc::new(Registry::default()), shutdown));
+        (address, stop)
+    }
+
+    #[tokio::test]
+    async fn only_metrics_is_served() {
+        let (address, _stop) = started().await;
+        for (request, status) in
+            [("GET /metrics", "200"), ("GET /", "404"), ("GET /metricsx", "404"), ("DELETE /metrics", "405")]
+        {
+            let mut c = tokio::net::TcpStream::connect(address).await.unwrap();
+            c.write_all(format!("{request} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut reply = String::new();
+            c.read_to_string(&mut reply).await.unwrap();
+            assert_eq!(reply.split_whitespace().nth(1), Some(status), "{request}: {reply}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_is_closed() {
+        let (address, _stop) = started().await;
+        let mut silent = tokio::net::TcpStream::connect(address).await.unwrap();
+        let mut buf = [0u8; 256];
+        // Closed once the header timeout passes.
+        let closed = tokio::time::timeout(HEADER_TIMEOUT * 3, async {
+            loop {
+                match silent.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a silent connection stayed open");
     }
 }
