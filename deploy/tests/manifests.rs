@@ -278,8 +278,8 @@ fn kind_script_is_shellcheck_clean() {
     }
 }
 
-/// The config's `health-server-address` port (`:PORT` or `HOST:PORT`).
-fn health_port(objs: &[(String, Object)], config_map: &str) -> i32 {
+/// The port of the config's `key` (`:PORT` or `HOST:PORT`).
+fn config_port(objs: &[(String, Object)], config_map: &str, key: &str) -> i32 {
     let cm = objs
         .iter()
         .find_map(|(_, o)| match o {
@@ -290,8 +290,8 @@ fn health_port(objs: &[(String, Object)], config_map: &str) -> i32 {
     let text = cm.data.unwrap()["config.yaml"].clone();
     let value = text
         .lines()
-        .find_map(|l| l.trim().strip_prefix("health-server-address:"))
-        .unwrap_or_else(|| panic!("{config_map} sets no health-server-address"));
+        .find_map(|l| l.trim().strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("{config_map} sets no {key}"));
     let value = value.trim().trim_matches('"');
     value.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or_else(|| panic!("{config_map}: {value}"))
 }
@@ -311,7 +311,7 @@ fn probes_ask_the_health_service_on_its_configured_port() {
             })
             .unwrap();
         let c = &pod_spec(o).unwrap().containers[0];
-        let port = health_port(&objs, config_map);
+        let port = config_port(&objs, config_map, "health-server-address");
         let named = c.ports.iter().flatten().find(|p| p.name.as_deref() == Some("health")).map(|p| p.container_port);
         assert_eq!(named, Some(port), "{kind}: the health port is declared");
         for (which, probe) in [("liveness", &c.liveness_probe), ("readiness", &c.readiness_probe)] {
@@ -320,5 +320,32 @@ fn probes_ask_the_health_service_on_its_configured_port() {
             let service = if which == "readiness" { ready_service } else { None };
             assert_eq!(grpc.service.as_deref(), service, "{kind} {which}");
         }
+    }
+}
+
+#[test]
+fn pods_are_annotated_for_scraping_on_the_configured_metrics_port() {
+    let objs = objects();
+    for (kind, config_map) in [("DaemonSet", "vigil-sensor-config"), ("Deployment", "vigil-relay-config")] {
+        let (_, o) = objs
+            .iter()
+            .find(|(_, o)| match kind {
+                "DaemonSet" => matches!(o, Object::DaemonSet(_)),
+                _ => matches!(o, Object::Deployment(_)),
+            })
+            .unwrap();
+        let port = config_port(&objs, config_map, "metrics-address");
+        let template = match o {
+            Object::DaemonSet(d) => d.spec.template.metadata.clone(),
+            Object::Deployment(d) => d.spec.template.metadata.clone(),
+            _ => unreachable!(),
+        };
+        let annotations = template.and_then(|m| m.annotations).unwrap_or_default();
+        assert_eq!(annotations.get("prometheus.io/scrape").map(String::as_str), Some("true"), "{kind}");
+        assert_eq!(annotations.get("prometheus.io/port"), Some(&port.to_string()), "{kind}");
+        assert_eq!(annotations.get("prometheus.io/path").map(String::as_str), Some("/metrics"), "{kind}");
+        let c = &pod_spec(o).unwrap().containers[0];
+        let named = c.ports.iter().flatten().find(|p| p.name.as_deref() == Some("metrics")).map(|p| p.container_port);
+        assert_eq!(named, Some(port), "{kind}: the metrics port is declared");
     }
 }
