@@ -173,13 +173,14 @@ async fn on_a_full_disk_lost_events_are_counted_and_said_in_the_first_line_after
     let disk = Tmpfs::mount(&std::env::temp_dir().join(format!("vigil-full-{run}")), 256);
     let path = disk.0.join("events.jsonl");
     let sensor = Sensor::start(&["--export-filename", &path.display().to_string()]).await;
-    // Fill the disk.
+    // Counted from before the disk fills: dd's own exec and exit are
+    // among the first events that cannot be written.
+    let before = sensor.health_counter("export_dropped").await.unwrap();
     let filler = disk.0.join("filler");
     let _ = Command::new("dd")
         .args(["if=/dev/zero", "bs=4k", "count=100000"])
         .arg(format!("of={}", filler.display()))
         .output();
-    let before = sensor.health_counter("export_dropped").await.unwrap();
     for i in 0..5 {
         assert!(Command::new("/bin/true").arg(format!("lost-{run}-{i}")).status().unwrap().success());
     }
