@@ -36,20 +36,23 @@ pub fn start(
             if let Some(Event::RateLimitInfo(info)) = &event.event {
                 lost(info.number_of_dropped_process_events);
             }
-            if unwritten > 0 {
-                let notice = GetEventsResponse {
-                    event: Some(Event::RateLimitInfo(RateLimitInfo { number_of_dropped_process_events: unwritten })),
-                    node_name: node.clone(),
-                    time: Some(proto::Timestamp::now()),
-                    ..Default::default()
-                };
-                if write(&mut file, &notice).is_ok() {
+            // After a gap, the notice is the first line, or nothing is.
+            let notice = (unwritten > 0).then(|| GetEventsResponse {
+                event: Some(Event::RateLimitInfo(RateLimitInfo { number_of_dropped_process_events: unwritten })),
+                node_name: node.clone(),
+                time: Some(proto::Timestamp::now()),
+                ..Default::default()
+            });
+            let resumed = match notice {
+                Some(notice) => write(&mut file, &notice).inspect(|()| {
                     tracing::info!(path = %path, lost = unwritten, "export file writes work again");
                     unwritten = 0;
-                }
-            }
+                }),
+                None => Ok(()),
+            };
             // One write per line: a failed write loses that line only.
-            if let Err(e) = write(&mut file, &event) {
+            let outcome = resumed.and_then(|()| write(&mut file, &event));
+            if let Err(e) = outcome {
                 unwritten += 1;
                 lost(1);
                 if let Some(n) = failing.hit() {
