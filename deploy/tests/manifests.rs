@@ -278,6 +278,22 @@ fn kind_script_is_shellcheck_clean() {
     }
 }
 
+/// The sensor's DaemonSet or the relay's Deployment.
+fn workload<'a>(objs: &'a [(String, Object)], kind: &str) -> &'a Object {
+    objs.iter()
+        .map(|(_, o)| o)
+        .find(|o| match kind {
+            "DaemonSet" => matches!(o, Object::DaemonSet(_)),
+            _ => matches!(o, Object::Deployment(_)),
+        })
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+/// The container port declared under `name`.
+fn declared_port(c: &k8s_openapi::api::core::v1::Container, name: &str) -> Option<i32> {
+    c.ports.iter().flatten().find(|p| p.name.as_deref() == Some(name)).map(|p| p.container_port)
+}
+
 /// The port of the config's `key` (`:PORT` or `HOST:PORT`).
 fn config_port(objs: &[(String, Object)], config_map: &str, key: &str) -> i32 {
     let cm = objs
@@ -303,17 +319,10 @@ fn probes_ask_the_health_service_on_its_configured_port() {
         ("DaemonSet", "vigil-sensor-config", None),
         ("Deployment", "vigil-relay-config", Some("vigil.relay.v1.Ingest")),
     ] {
-        let (_, o) = objs
-            .iter()
-            .find(|(_, o)| match kind {
-                "DaemonSet" => matches!(o, Object::DaemonSet(_)),
-                _ => matches!(o, Object::Deployment(_)),
-            })
-            .unwrap();
+        let o = workload(&objs, kind);
         let c = &pod_spec(o).unwrap().containers[0];
         let port = config_port(&objs, config_map, "health-server-address");
-        let named = c.ports.iter().flatten().find(|p| p.name.as_deref() == Some("health")).map(|p| p.container_port);
-        assert_eq!(named, Some(port), "{kind}: the health port is declared");
+        assert_eq!(declared_port(c, "health"), Some(port), "{kind}: the health port is declared");
         for (which, probe) in [("liveness", &c.liveness_probe), ("readiness", &c.readiness_probe)] {
             let grpc = probe.as_ref().and_then(|p| p.grpc.as_ref()).unwrap_or_else(|| panic!("{kind} {which}: gRPC"));
             assert_eq!(grpc.port, port, "{kind} {which}");
@@ -327,13 +336,7 @@ fn probes_ask_the_health_service_on_its_configured_port() {
 fn pods_are_annotated_for_scraping_on_the_configured_metrics_port() {
     let objs = objects();
     for (kind, config_map) in [("DaemonSet", "vigil-sensor-config"), ("Deployment", "vigil-relay-config")] {
-        let (_, o) = objs
-            .iter()
-            .find(|(_, o)| match kind {
-                "DaemonSet" => matches!(o, Object::DaemonSet(_)),
-                _ => matches!(o, Object::Deployment(_)),
-            })
-            .unwrap();
+        let o = workload(&objs, kind);
         let port = config_port(&objs, config_map, "metrics-address");
         let template = match o {
             Object::DaemonSet(d) => d.spec.template.metadata.clone(),
@@ -345,7 +348,6 @@ fn pods_are_annotated_for_scraping_on_the_configured_metrics_port() {
         assert_eq!(annotations.get("prometheus.io/port"), Some(&port.to_string()), "{kind}");
         assert_eq!(annotations.get("prometheus.io/path").map(String::as_str), Some("/metrics"), "{kind}");
         let c = &pod_spec(o).unwrap().containers[0];
-        let named = c.ports.iter().flatten().find(|p| p.name.as_deref() == Some("metrics")).map(|p| p.container_port);
-        assert_eq!(named, Some(port), "{kind}: the metrics port is declared");
+        assert_eq!(declared_port(c, "metrics"), Some(port), "{kind}: the metrics port is declared");
     }
 }
