@@ -623,6 +623,9 @@ fn kprobe_policies_in_a_vm_report_what_runs_and_what_is_read() {
     let (events, _, statuses, _) = parse_console(&console);
     let log: Vec<&str> = console.lines().filter(|l| l.starts_with("VIGIL-SENSOR-LOG")).collect();
     assert_eq!(statuses.get("su"), Some(&0), "log:\n{}", log.join("\n"));
+    // Some 15 MB of events in files of 4 MB: read across rotations, with
+    // no line split or repeated (every line parsed; counts compared exactly).
+    assert!(statuses.get("export-files").is_some_and(|n| *n >= 3), "export files: {:?}", statuses.get("export-files"));
     let kprobes: Vec<(usize, &proto::tetragon::ProcessKprobe)> = events
         .iter()
         .enumerate()
@@ -645,7 +648,17 @@ fn kprobe_policies_in_a_vm_report_what_runs_and_what_is_read() {
                 Some(Event::ProcessExec(x)) => x.process.as_ref().filter(|p| p.arguments == args).map(|p| (i, p)),
                 _ => None,
             })
-            .unwrap_or_else(|| panic!("no exec of {args}; log:\n{}", log.join("\n")));
+            .unwrap_or_else(|| {
+                let workload: Vec<&str> = events
+                    .iter()
+                    .filter_map(|e| match &e.event {
+                        Some(Event::ProcessExec(x)) => x.process.as_ref().filter(|p| p.cwd == "/tmp"),
+                        _ => None,
+                    })
+                    .map(|p| p.arguments.as_str())
+                    .collect();
+                panic!("no exec of {args}; the workload's: {workload:?}; log:\n{}", log.join("\n"))
+            });
         let seed: Vec<_> = kprobes
             .iter()
             .filter(|(_, k)| k.function_name == "security_bprm_creds_from_file")

@@ -43,7 +43,7 @@ await_export '^{"process_exit".*"arguments":"true vigil-vm-suid"' 1
 kill $SENSOR
 wait $SENSOR
 echo "VIGIL-EVENTS-BEGIN"
-cat /tmp/events.jsonl
+export_lines
 echo "VIGIL-EVENTS-END"
 sed 's/^/VIGIL-SENSOR-LOG /' /tmp/sensor.log
 echo "VIGIL-DONE"

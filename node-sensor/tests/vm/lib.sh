@@ -37,11 +37,20 @@ await_comm() {
   echo "VIGIL-WAIT-FAILED comm $1 $2"
 }
 
-# Until the export file holds at least $2 lines matching $1, at most 60 s.
+# The export's lines, oldest first. Past its size limit the file rotates:
+# its backups (events-<time>.jsonl, oldest first by name) come before it,
+# as a reader following the file by name sees them.
+export_lines() {
+  for f in /tmp/events-*.jsonl /tmp/events.jsonl; do
+    [ -e "$f" ] && cat "$f"
+  done
+}
+
+# Until the export holds at least $2 lines matching $1, at most 60 s.
 await_export() {
   i=0
   while [ $i -lt 1200 ]; do
-    n=$(grep -c "$1" /tmp/events.jsonl 2>/dev/null)
+    n=$(export_lines | grep -c "$1")
     [ "${n:-0}" -ge "$2" ] && return 0
     sleep 0.05
     i=$((i+1))

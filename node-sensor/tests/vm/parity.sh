@@ -44,7 +44,7 @@ echo "VIGIL-LIVE $n"
 kill $SENSOR
 wait $SENSOR
 echo "VIGIL-EVENTS-BEGIN"
-cat /tmp/events.jsonl
+export_lines
 echo "VIGIL-EVENTS-END"
 sed 's/^/VIGIL-SENSOR-LOG /' /tmp/sensor.log
 echo "VIGIL-DONE"

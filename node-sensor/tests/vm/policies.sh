@@ -95,6 +95,7 @@ sh /workload &
 WORKLOAD=$!
 cd /
 /vigil-sensor --server-address unix:///tmp/s.sock --export-filename /tmp/events.jsonl \
+  --export-file-max-size-mb 4 --export-file-max-backups 100 \
   --enable-process-cred --enable-process-ns \
   --tracing-policy /tmp/a.yaml --tracing-policy /tmp/b.yaml --tracing-policy /tmp/c.yaml \
   --tracing-policy /tmp/d.yaml --tracing-policy /tmp/f.yaml --tracing-policy /tmp/fd-cred.yaml \
@@ -113,9 +114,11 @@ wait $SENSOR
 echo "VIGIL-EVENTS-BEGIN"
 # Left out: accesses of /proc, /sys and /dev, and writes other than the
 # marked one (the console's, above all).
-grep -v '"process_kprobe".*"path":"/\(proc\|sys\|dev\)/' /tmp/events.jsonl | grep -v '"function_name":"__x64_sys_write"'
-grep '"function_name":"__x64_sys_write".*"path":"/tmp/marked-fd-file"' /tmp/events.jsonl
+export_lines | grep -v '"process_kprobe".*"path":"/\(proc\|sys\|dev\)/' | grep -v '"function_name":"__x64_sys_write"'
+export_lines | grep '"function_name":"__x64_sys_write".*"path":"/tmp/marked-fd-file"'
 echo "VIGIL-EVENTS-END"
+# The export rotates every 4 MB, so the events are read across its files.
+echo "VIGIL-STATUS export-files $(ls /tmp/events*.jsonl | wc -l)"
 sed 's/^/VIGIL-SENSOR-LOG /' /tmp/sensor.log
 echo "VIGIL-DONE"
 poweroff -f
