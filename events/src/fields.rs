@@ -121,6 +121,51 @@ mod schema {
     }
 }
 
+/// The first key of `value` (a protojson object of `message`, e.g.
+/// `.tetragon.Filter`), or of a message below it, that names no field:
+/// protojson decoding ignores such keys, and a filter with a misspelt
+/// field would silently match everything. Keys are a field's name or its
+/// lowerCamel JSON name.
+pub fn unknown_key(message: &str, value: &Value) -> Option<String> {
+    let schema = schema::get();
+    let Value::Object(object) = value else { return None };
+    if schema.maps.contains(message) {
+        return None;
+    }
+    let fields = schema.messages.get(message)?;
+    for (key, inner) in object {
+        let Some(field) = fields.iter().find(|f| f.name == *key || lower_camel(&f.name) == *key) else {
+            return Some(key.clone());
+        };
+        let Some(nested) = &field.message else { continue };
+        let items: Vec<&Value> = match inner {
+            Value::Array(items) => items.iter().collect(),
+            one => vec![one],
+        };
+        if let Some(bad) = items.into_iter().find_map(|v| unknown_key(nested, v)) {
+            return Some(format!("{key}.{bad}"));
+        }
+    }
+    None
+}
+
+/// `binary_regex` → `binaryRegex`, as protojson names fields.
+fn lower_camel(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Whether `path` exists in at least one of the event kinds a filter
 /// covers (every kind when its set is empty or inverted).
 fn path_exists(path: &[String], event_set: &[i32], invert: bool) -> bool {

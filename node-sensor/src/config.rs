@@ -64,6 +64,25 @@ pub struct Flags {
     /// Gzip rotated export files.
     #[arg(long)]
     pub export_file_compress: bool,
+    /// Only events some of these filters pass go to the export file: JSON
+    /// objects one after another, each a `GetEvents` filter (Tetragon's
+    /// format, e.g. {"event_set":["PROCESS_EXEC"]}).
+    #[arg(long, default_value = "")]
+    pub export_allowlist: String,
+    /// Events any of these filters pass stay out of the export file (the
+    /// allowlist's format).
+    #[arg(long, default_value = "")]
+    pub export_denylist: String,
+    /// Field filters for the export file: JSON objects one after another,
+    /// each a `GetEvents` field filter (e.g. {"fields":"process.binary",
+    /// "action":"INCLUDE"}).
+    #[arg(long, alias = "export-field-filters", default_value = "")]
+    #[serde(alias = "export-field-filters")]
+    pub field_filters: String,
+    /// Events written to the export file a minute at most (-1: no limit);
+    /// what is cut is reported in the file each minute as rate_limit_info.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub export_rate_limit: i64,
     /// Config file (TOML, YAML or JSON) with the same keys as the flags.
     #[arg(long)]
     #[serde(skip)]
@@ -168,7 +187,7 @@ pub struct Settings {
     pub subscriber_queue_size: usize,
     pub subscriber_queue_bytes: events::bus::QueueBytes,
     pub export_filename: Option<PathBuf>,
-    pub export_rotation: serving::export_file::Rotation,
+    pub export: serving::export::ExportSettings,
     pub log_level: String,
     pub log_format: LogFormat,
     pub btf: String,
@@ -277,15 +296,11 @@ impl Settings {
         };
         let health_server_address = port("health-server-address", l.health_server_address.as_deref());
         let metrics_address = port("metrics-address", l.metrics_address.as_deref());
-        let export_rotation = serving::export_file::Rotation::from_flags(
-            l.export_file_max_size_mb,
-            l.export_file_max_backups,
-            &l.export_file_rotation_interval,
-            l.export_file_compress,
-        )
-        .unwrap_or_else(|(key, reason)| {
-            p.add(key, reason);
-            serving::export_file::Rotation::default()
+        let export = serving::export::ExportSettings::resolve(serving::export_flags!(l)).unwrap_or_else(|problems| {
+            for (key, reason) in problems {
+                p.add(key, reason);
+            }
+            Default::default()
         });
         let metrics_label_filter = l.metrics_label_filter.parse().unwrap_or_else(|reason: String| {
             p.add("metrics-label-filter", reason);
@@ -304,7 +319,7 @@ impl Settings {
                 total: l.subscriber_queues_total_mib.saturating_mul(1 << 20),
             },
             export_filename: l.export_filename,
-            export_rotation,
+            export,
             log_level: l.log_level,
             log_format: l.log_format,
             btf: l.btf,

@@ -79,7 +79,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let exporter = match &settings.export_filename {
         Some(path) => Some(
-            export::start(&bus, path, settings.export_rotation, {
+            export::start(&bus, path, &settings.export, {
                 let stats = stats.clone();
                 move |n| {
                     stats.export_dropped.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
@@ -94,7 +94,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         Some(address) => {
             let listener = MetricsListener::bind(address).await.context("--metrics-address")?;
             let counts = Arc::new(node_sensor::metrics::EventCounts::new(settings.metrics_label_filter));
-            let registry = node_sensor::metrics::registry(stats.clone(), bus.clone(), counts.clone());
+            let mut registry = node_sensor::metrics::registry(stats.clone(), bus.clone(), counts.clone());
+            if let Some(export) = &exporter {
+                registry.register_collector(Box::new(serving::export::ExportCollector(export.stats.clone())));
+            }
             tokio::spawn(listener.serve(Arc::new(registry), stop.clone()));
             Some(counts)
         }
@@ -178,7 +181,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     pipe.await.context("pipeline task")??;
     // The export writes what is queued for it, then ends.
     bus.close();
-    if let Some(x) = exporter
+    if let Some(x) = exporter.map(|e| e.task)
         && tokio::time::timeout(EXPORT_FINISH, x).await.is_err()
     {
         tracing::warn!(after = ?EXPORT_FINISH, "the export file did not finish writing its queue; the rest is lost");

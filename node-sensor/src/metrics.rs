@@ -18,10 +18,11 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use proto::tetragon::GetEventsResponse;
 use proto::tetragon::get_events_response::Event;
+
+use serving::metrics::counter;
 
 use crate::stats::SensorStats;
 
@@ -141,12 +142,8 @@ impl std::fmt::Debug for SensorCollector {
     }
 }
 
-fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
-    ConstCounter::new(v).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
-}
-
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
-    ConstGauge::new(v as i64).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
+    serving::metrics::gauge(encoder, name, help, i64::try_from(v).unwrap_or(i64::MAX))
 }
 
 /// A counter family with five labels, `names`, one series per item.

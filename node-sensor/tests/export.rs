@@ -3,6 +3,8 @@
 //! does), every event is read exactly once; backups are kept as
 //! configured. On a full disk, events that cannot be written are counted,
 //! and once writing works again the first line says exactly how many.
+//! Tetragon's export flags choose events and fields, and a rate limit
+//! says in the file what it cut.
 #![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 mod common;
@@ -16,7 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Sensor, nonce};
+use common::{Sensor, metrics_address, nonce};
+use test_support::scrape::{http, sample};
 
 /// Follows `path` by name until `done` and then the end of the file: each
 /// whole line, once, across renames (the old file is read to its end, then
@@ -217,4 +220,91 @@ async fn on_a_full_disk_lost_events_are_counted_and_said_in_the_first_line_after
     assert!(10 - written <= lost, "marked events neither written nor counted");
     assert!(sensor.log().contains("export file writes failing"));
     assert!(sensor.log().contains("export file writes work again"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_flags_choose_events_and_fields_and_the_rate_limit_says_what_it_cut() {
+    require_kernel!();
+    let marker = format!("exported-{}", nonce());
+    let allow = format!(r#"{{"arguments_regex":["^{marker}-"]}}"#);
+    let deny = r#"{"event_set":["PROCESS_EXIT"]}"#;
+    let fields = r#"{"event_set":["PROCESS_EXEC"],"fields":"process.binary,process.arguments","action":"INCLUDE"}"#;
+    let mut sensor = Sensor::start(&[
+        "--export-allowlist",
+        &allow,
+        "--export-denylist",
+        deny,
+        "--field-filters",
+        fields,
+        "--export-rate-limit",
+        "5",
+        "--metrics-address",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let address = metrics_address(&sensor);
+    let count = 20;
+    for i in 0..count {
+        assert!(Command::new("/bin/true").arg(format!("{marker}-{i}")).status().unwrap().success());
+    }
+    // Every marked exec is either written or cut: 5 at once (the limit's
+    // burst), and one more per 12 s the test takes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (written, cut) = loop {
+        let (_, text) = http(&address, "GET", "/metrics");
+        let written = sample(&text, "tetragon_events_exported_total", &[]);
+        let cut = sample(&text, "tetragon_export_ratelimit_events_dropped_total", &[]);
+        if written + cut >= count {
+            break (written, cut);
+        }
+        assert!(Instant::now() < deadline, "exported {written}, cut {cut}:\n{text}\nlog:\n{}", sensor.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(written + cut, count, "only the marked execs pass the lists");
+    assert!(written >= 5, "the burst of 5 is written: {written}");
+    assert!(cut >= 1, "the rest is cut");
+    assert!(sensor.stop().success());
+
+    let text = std::fs::read_to_string(&sensor.export).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let execs: Vec<&serde_json::Value> = lines.iter().filter_map(|v| v.get("process_exec")).collect();
+    assert_eq!(execs.len() as u64, written, "{text}");
+    for exec in &execs {
+        // The field filter kept the binary and arguments only.
+        let process = exec["process"].as_object().unwrap();
+        let mut keys: Vec<&str> = process.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["arguments", "binary"], "{exec}");
+        assert_eq!(process["binary"], "/bin/true");
+        assert!(process["arguments"].as_str().unwrap().starts_with(&format!("{marker}-")));
+        assert!(exec.get("parent").is_none(), "{exec}");
+    }
+    // What the limit cut is said in the file (at the latest when the
+    // sensor stops); nothing else is in it.
+    let said: u64 = lines
+        .iter()
+        .filter_map(|v| v.get("rate_limit_info"))
+        .map(|r| r["number_of_dropped_process_events"].as_str().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(said, cut, "{text}");
+    assert_eq!(lines.len() - execs.len(), lines.iter().filter(|v| v.get("rate_limit_info").is_some()).count());
+}
+
+#[test]
+fn bad_export_flags_stop_start_up_naming_the_flag() {
+    for (flag, value, says) in [
+        ("--export-allowlist", r#"{"binary_regx":["x"]}"#, "unknown field \"binary_regx\""),
+        ("--export-denylist", r#"{"event_set":["PROCESS_EXEC"]"#, "filter 1 is not JSON"),
+        ("--field-filters", r#"{"fields":"process.nope","action":"INCLUDE"}"#, "process.nope"),
+        ("--export-allowlist", r#"{"binary_regex":["("]}"#, "invalid regular expression in binary_regex[0]"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_vigil-sensor"))
+            .args(["--server-address", "unix:///tmp/never.sock", flag, value])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        let name = flag.trim_start_matches("--");
+        assert!(stderr.contains(name) && stderr.contains(says), "{flag}: {stderr}");
+    }
 }

@@ -149,6 +149,25 @@ pub struct Flags {
     /// Gzip rotated export files.
     #[arg(long)]
     pub export_file_compress: bool,
+    /// Only events some of these filters pass go to the export file: JSON
+    /// objects one after another, each a `GetEvents` filter (Tetragon's
+    /// format, e.g. {"event_set":["PROCESS_EXEC"]}).
+    #[arg(long, default_value = "")]
+    pub export_allowlist: String,
+    /// Events any of these filters pass stay out of the export file (the
+    /// allowlist's format).
+    #[arg(long, default_value = "")]
+    pub export_denylist: String,
+    /// Field filters for the export file: JSON objects one after another,
+    /// each a `GetEvents` field filter (e.g. {"fields":"process.binary",
+    /// "action":"INCLUDE"}).
+    #[arg(long, alias = "export-field-filters", default_value = "")]
+    #[serde(alias = "export-field-filters")]
+    pub field_filters: String,
+    /// Events written to the export file a minute at most (-1: no limit);
+    /// what is cut is reported in the file each minute as rate_limit_info.
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub export_rate_limit: i64,
 }
 
 /// The defaults are the flags' (one place states them).
@@ -188,7 +207,7 @@ pub struct Settings {
     pub health_server_address: Option<ServerAddress>,
     pub metrics_address: Option<ServerAddress>,
     pub export_filename: Option<PathBuf>,
-    pub export_rotation: serving::export_file::Rotation,
+    pub export: serving::export::ExportSettings,
 }
 
 /// Checks a config file's keys and values without starting anything.
@@ -257,15 +276,11 @@ impl Settings {
         };
         let health_server_address = port("health-server-address", l.health_server_address.as_deref());
         let metrics_address = port("metrics-address", l.metrics_address.as_deref());
-        let export_rotation = serving::export_file::Rotation::from_flags(
-            l.export_file_max_size_mb,
-            l.export_file_max_backups,
-            &l.export_file_rotation_interval,
-            l.export_file_compress,
-        )
-        .unwrap_or_else(|(key, reason)| {
-            problem(key, reason);
-            serving::export_file::Rotation::default()
+        let export = serving::export::ExportSettings::resolve(serving::export_flags!(l)).unwrap_or_else(|problems| {
+            for (key, reason) in problems {
+                problem(key, reason);
+            }
+            Default::default()
         });
         let (Some(client_address), Some(ingest_address), true) = (client_address, ingest_address, problems.is_empty())
         else {
@@ -304,7 +319,7 @@ impl Settings {
             health_server_address,
             metrics_address,
             export_filename: l.export_filename,
-            export_rotation,
+            export,
         })
     }
 }
@@ -333,6 +348,11 @@ mod tests {
         let s = resolve(&["--config-file", &f, "--history-size", "12"], &[("VIGIL_HISTORY_SIZE", "11")]).unwrap();
         assert_eq!(s.history_size, 12);
         let _ = std::fs::remove_dir_all(&dir);
+        // Tetragon's export flags, and the issue's name for its field filters.
+        assert_eq!(s.export.rate_limit, None, "-1: no limit");
+        let fields = r#"{"fields":"process.binary","action":"INCLUDE"}"#;
+        let s = resolve(&["--insecure", "--export-rate-limit", "100", "--export-field-filters", fields], &[]).unwrap();
+        assert_eq!((s.export.rate_limit, s.export.filters.fields.len()), (Some(100), 1));
     }
 
     #[test]
@@ -342,5 +362,8 @@ mod tests {
         assert_eq!(keys, vec!["client-address", "tls-dir", "history-size"], "{e}");
         let e = resolve(&["--insecure"], &[("VIGIL_MAX_PENDING", "many")]).unwrap_err().to_string();
         assert!(e.contains("invalid max-pending (environment VIGIL_MAX_PENDING)"), "{e}");
+        let e = resolve(&["--insecure", "--export-allowlist", "{", "--field-filters", "[]"], &[]).unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, vec!["export-allowlist"], "the first bad export filter flag: {e}");
     }
 }

@@ -114,16 +114,20 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
             let lost = move |n| {
                 counted.fetch_add(n, Ordering::Relaxed);
             };
-            let task = serving::export::start(&hub.bus, path, flags.export_rotation, lost)
+            let export = serving::export::start(&hub.bus, path, &flags.export, lost)
                 .with_context(|| format!("--export-filename {}", path.display()))?;
-            Some(task)
+            Some(export)
         }
         None => None,
     };
     let query = Arc::new(QueryService { hub: hub.clone(), nodes, merge: counters.clone(), export_dropped });
     if let Some(address) = &flags.metrics_address {
         let listener = MetricsListener::bind(address).await.context("--metrics-address")?;
-        tokio::spawn(listener.serve(Arc::new(relay::metrics::registry(query.clone())), stop.clone()));
+        let mut registry = relay::metrics::registry(query.clone());
+        if let Some(export) = &exporter {
+            registry.register_collector(Box::new(serving::export::ExportCollector(export.stats.clone())));
+        }
+        tokio::spawn(listener.serve(Arc::new(registry), stop.clone()));
     }
     let admin = RelayAdminServer::with_interceptor(AdminService(query.clone()), RoleCheck::new(Role::Client, enforce));
     let clients = serving::api::tetragon_service(query, enforce);
@@ -145,7 +149,7 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
     let _ = merge.await;
     // The export writes what is queued for it, then ends.
     hub.bus.close();
-    if let Some(x) = exporter
+    if let Some(x) = exporter.map(|e| e.task)
         && tokio::time::timeout(EXPORT_FINISH, x).await.is_err()
     {
         tracing::warn!(after = ?EXPORT_FINISH, "the export file did not finish writing its queue; the rest is lost");

@@ -11,10 +11,12 @@ pub mod connections;
 pub mod daemon;
 pub mod export;
 pub mod export_file;
+pub mod export_filter;
 pub mod health;
 pub mod listen;
 pub mod log_limit;
 pub mod metrics;
+pub mod rate_limit;
 pub mod settings;
 
 pub use address::{AddressError, ServerAddress};

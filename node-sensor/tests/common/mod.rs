@@ -76,6 +76,22 @@ impl Sensor {
         self.child.id()
     }
 
+    /// Stops the sensor as its service manager would (SIGTERM) and waits
+    /// for it to exit: it drains its ring buffer and finishes its export
+    /// first. Its directory stays until the value is dropped.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: sending SIGTERM to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the sensor did not stop on SIGTERM; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     async fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
