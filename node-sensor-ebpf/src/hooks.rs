@@ -189,6 +189,10 @@ fn run_return(ctx: *mut c_void) -> Result<(), i64> {
     };
     let hook = &hooks.hooks[0];
     let pid_tgid = bpf_get_current_pid_tgid();
+    // The entry skipped the sensor's own calls: their returns are no loss.
+    if (pid_tgid >> 32) as u32 == off!(own_tgid) {
+        return Ok(());
+    }
     let key = pending_key(pid_tgid, hook.hook_id);
     // SAFETY: read once, then removed; a racing update by the same thread
     // cannot happen (the thread is here).
