@@ -90,16 +90,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         None => None,
     };
 
+    // Bound now (a bad address stops start-up before the slow parts);
+    // served once the policies it also reports exist.
     let metrics = match &settings.metrics_address {
         Some(address) => {
             let listener = MetricsListener::bind(address).await.context("--metrics-address")?;
             let counts = Arc::new(node_sensor::metrics::EventCounts::new(settings.metrics_label_filter));
-            let mut registry = node_sensor::metrics::registry(stats.clone(), bus.clone(), counts.clone());
-            if let Some(export) = &exporter {
-                registry.register_collector(Box::new(serving::export::ExportCollector(export.stats.clone())));
-            }
-            tokio::spawn(listener.serve(Arc::new(registry), stop.clone()));
-            Some(counts)
+            Some((listener, counts))
         }
         None => None,
     };
@@ -125,8 +122,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     if settings.enable_ancestors {
         pipeline = pipeline.with_ancestors();
     }
-    if let Some(counts) = metrics {
-        pipeline = pipeline.with_metrics(counts);
+    if let Some((_, counts)) = &metrics {
+        pipeline = pipeline.with_metrics(counts.clone());
     }
     let mut policies = PolicyHost::new(ebpf, hook_programs);
     pipeline = pipeline.with_policies(policies.table());
@@ -139,6 +136,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::info!(file = %path.display(), "tracing policy loaded");
     }
     let policies = SharedPolicies(Arc::new(parking_lot::Mutex::new(policies)));
+    if let Some((listener, counts)) = metrics {
+        let mut registry = node_sensor::metrics::registry(stats.clone(), bus.clone(), counts, policies.clone());
+        if let Some(export) = &exporter {
+            registry.register_collector(Box::new(serving::export::ExportCollector(export.stats.clone())));
+        }
+        tokio::spawn(listener.serve(Arc::new(registry), stop.clone()));
+    }
     if settings.only_own_netns {
         let own =
             node_sensor::privileges::read_ns_inums(&settings.procfs, std::process::id())[node_sensor_common::NS_NET];

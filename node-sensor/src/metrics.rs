@@ -24,6 +24,10 @@ use proto::tetragon::get_events_response::Event;
 
 use serving::metrics::counter;
 
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use crate::policies::State;
+use crate::policies::api::SharedPolicies;
 use crate::stats::SensorStats;
 
 /// Label series kept per metric at most; events past it are counted in
@@ -134,6 +138,82 @@ struct SensorCollector {
     stats: Arc<SensorStats>,
     bus: EventBus,
     counts: Arc<EventCounts>,
+    policies: SharedPolicies,
+}
+
+/// Tetragon's name for the sensor a program belongs to.
+fn program_sensor(name: &str) -> (&'static str, &'static str) {
+    match name {
+        "vigil_exec" => ("__base__", "sched_process_exec"),
+        "vigil_exit" => ("__base__", "sched_process_exit"),
+        "vigil_fork" => ("__base__", "sched_process_fork"),
+        "vigil_tp" | "vigil_tf" => ("generic_tracepoint", ""),
+        "vigil_up" => ("generic_uprobe", ""),
+        _ => ("generic_kprobe", ""),
+    }
+}
+
+/// A program's labels, as Tetragon's overhead metrics have them.
+fn program_labels(name: &str) -> [(&'static str, &str); 5] {
+    let (sensor, attach) = program_sensor(name);
+    [("policy", ""), ("policy_namespace", ""), ("sensor", sensor), ("attach", attach), ("section", name)]
+}
+
+/// Policies by state, and each program's runs and run time (Tetragon's
+/// `tetragon_tracingpolicy_loaded` and `tetragon_overhead_program_*`; the
+/// generic hook programs serve every policy, so their `policy` is empty).
+fn encode_policies(encoder: &mut DescriptorEncoder, policies: &SharedPolicies) -> Result<(), std::fmt::Error> {
+    let (list, runs) = {
+        let host = policies.0.lock();
+        (host.list(), host.program_runs())
+    };
+    let mut family = encoder.encode_descriptor(
+        "tetragon_tracingpolicy_loaded",
+        "The number of loaded tracing policy by state.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for state in ["enabled", "disabled", "load_error", "error"] {
+        let n = list
+            .iter()
+            .filter(|p| match &p.state {
+                State::Enabled => state == "enabled",
+                State::Disabled => state == "disabled",
+                State::Error(_) => state == "load_error",
+            })
+            .count();
+        ConstGauge::new(n as i64).encode(family.encode_family(&[("state", state)])?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "tetragon_overhead_program_runs",
+        "The total number of times BPF program was executed.",
+        None,
+        MetricType::Counter,
+    )?;
+    for p in &runs {
+        ConstCounter::new(p.runs).encode(family.encode_family(&program_labels(&p.name))?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "tetragon_overhead_program_seconds",
+        "The total time of BPF program running.",
+        None,
+        MetricType::Counter,
+    )?;
+    for p in &runs {
+        ConstCounter::new(p.run_ns as f64 / 1e9).encode(family.encode_family(&program_labels(&p.name))?)?;
+    }
+    gauge(
+        encoder,
+        "vigil_sensor_bpf_stats_enabled",
+        "Whether the kernel counts BPF programs' runs and run time (kernel.bpf_stats_enabled)",
+        u64::from(bpf_stats_enabled()),
+    )
+}
+
+/// `kernel.bpf_stats_enabled`; a held BPF_ENABLE_STATS fd counts too but
+/// is not visible here.
+fn bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1")
 }
 
 impl std::fmt::Debug for SensorCollector {
@@ -188,6 +268,40 @@ impl Collector for SensorCollector {
             "Events the kernel could not put in the ring buffer",
             s.ringbuf_full,
         )?;
+        counter(
+            &mut encoder,
+            "tetragon_observer_ringbuf_events_received",
+            "Number of perf events Tetragon ring buffer received.",
+            s.records,
+        )?;
+        counter(
+            &mut encoder,
+            "tetragon_observer_ringbuf_events_lost",
+            "Number of perf events Tetragon ring buffer lost.",
+            s.ringbuf_full,
+        )?;
+        counter(
+            &mut encoder,
+            "tetragon_observer_ringbuf_errors",
+            "Number of errors when reading Tetragon ring buffer.",
+            s.bad_records,
+        )?;
+        gauge(
+            &mut encoder,
+            "tetragon_event_cache_entries",
+            "The number of entries in the event cache.",
+            s.pod_waiting,
+        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "tetragon_event_cache_fetch_failures",
+                "Number of failed fetches from the event cache. These won't be retried as they already exceeded the limit.",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(s.pod_timeouts).encode(family.encode_family(&[("entry_type", "pod_info")])?)?;
+        }
+        encode_policies(&mut encoder, &self.policies)?;
         gauge(&mut encoder, "tetragon_process_cache_size", "The size of the process cache", s.cache_entries)?;
         counter(
             &mut encoder,
@@ -236,9 +350,14 @@ impl Collector for SensorCollector {
 }
 
 /// The registry a scrape answers.
-pub fn registry(stats: Arc<SensorStats>, bus: EventBus, counts: Arc<EventCounts>) -> Registry {
+pub fn registry(
+    stats: Arc<SensorStats>,
+    bus: EventBus,
+    counts: Arc<EventCounts>,
+    policies: SharedPolicies,
+) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(SensorCollector { stats, bus, counts }));
+    registry.register_collector(Box::new(SensorCollector { stats, bus, counts, policies }));
     registry
 }
 

@@ -2,6 +2,7 @@
 //! `tetragon_events_total` by exactly its execs and exits, labelled with
 //! its binary; every `vigil status` counter is a `vigil_sensor_*` metric;
 //! nothing but `/metrics` is served; bad flags stop start-up naming them.
+//! Policies by state and each BPF program's runs and run time are metrics.
 #![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 mod common;
@@ -10,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Sensor, metrics_address, nonce};
-use proto::tetragon::GetHealthStatusRequest;
+use proto::tetragon::{DisableTracingPolicyRequest, GetHealthStatusRequest};
 use test_support::scrape::{http, sample};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,6 +50,17 @@ async fn a_marked_workload_raises_the_event_counters_by_exactly_its_execs_and_ex
         assert_eq!(sample(&text, "tetragon_events_total", &labels), 3, "{kind}:\n{text}");
     }
     assert!(text.contains("# TYPE tetragon_events_total counter"));
+    // Tetragon's ring-buffer and event-cache names, from the same counters.
+    for (tetragon, vigil) in [
+        ("tetragon_observer_ringbuf_events_received_total", "vigil_sensor_records_total"),
+        ("tetragon_observer_ringbuf_events_lost_total", "vigil_sensor_ringbuf_full_total"),
+        ("tetragon_observer_ringbuf_errors_total", "vigil_sensor_bad_records_total"),
+        ("tetragon_event_cache_entries", "vigil_sensor_pod_waiting"),
+        ("tetragon_event_cache_fetch_failures_total", "vigil_sensor_pod_timeouts_total"),
+    ] {
+        assert_eq!(sample(&text, tetragon, &[]), sample(&text, vigil, &[]), "{tetragon}");
+    }
+    assert!(sample(&text, "tetragon_observer_ringbuf_events_received_total", &[]) >= 8, "3 execs, exits, the fence");
     assert!(text.contains("# TYPE tetragon_process_cache_size gauge"));
 
     // Every counter `vigil status` shows is a metric, from the same source.
@@ -95,5 +107,63 @@ fn bad_metrics_flags_stop_start_up_naming_the_flag() {
         assert!(stderr.contains(flag.trim_start_matches('-')), "{flag}: names the flag:\n{stderr}");
         assert!(stderr.contains(expected), "{flag} {value}: expected {expected:?} in:\n{stderr}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A sample's value, fractional ones too (`sample` reads whole numbers).
+fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_by_state_and_each_programs_runs_and_run_time_are_metrics() {
+    require_kernel!();
+    // Run counts and times are kept while a BPF_ENABLE_STATS fd is open
+    // (without touching the kernel.bpf_stats_enabled setting).
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).unwrap();
+    let dir = std::env::temp_dir().join(format!("vigil-metrics-policy-{}", nonce()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = format!("metrics-{}", nonce());
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n  tracepoints:\n  \
+             - subsystem: syscalls\n    event: sys_enter_unlinkat\n    args:\n    - index: 6\n      type: string\n"
+        ),
+    )
+    .unwrap();
+    let sensor =
+        Sensor::start(&["--tracing-policy", &policy.display().to_string(), "--metrics-address", "127.0.0.1:0"]).await;
+    let address = metrics_address(&sensor);
+    let loaded = |text: &str, state: &str| sample(text, "tetragon_tracingpolicy_loaded", &[("state", state)]);
+    let (_, text) = http(&address, "GET", "/metrics");
+    assert_eq!([loaded(&text, "enabled"), loaded(&text, "disabled"), loaded(&text, "load_error")], [1, 0, 0], "{text}");
+
+    let (_, before) = http(&address, "GET", "/metrics");
+    let exec = [("sensor", "__base__"), ("attach", "sched_process_exec"), ("section", "vigil_exec")];
+    let runs_before = sample(&before, "tetragon_overhead_program_runs_total", &exec);
+    for _ in 0..5 {
+        assert!(Command::new("/bin/true").status().unwrap().success());
+    }
+    let (_, after) = http(&address, "GET", "/metrics");
+    // Five execs here, and whatever else ran on the machine meanwhile.
+    let runs = sample(&after, "tetragon_overhead_program_runs_total", &exec) - runs_before;
+    assert!(runs >= 5, "vigil_exec ran {runs} times for 5 execs:\n{after}");
+    let seconds = value(&after, "tetragon_overhead_program_seconds_total", &exec).unwrap();
+    assert!(seconds > 0.0, "vigil_exec's run time: {seconds}");
+    assert!(after.contains("# TYPE tetragon_overhead_program_seconds_total counter"), "{after}");
+    // Every loaded program is there, each named by its section.
+    for program in ["vigil_exec", "vigil_exit", "vigil_fork", "vigil_tp", "vigil_up"] {
+        assert!(value(&after, "tetragon_overhead_program_runs_total", &[("section", program)]).is_some(), "{program}");
+    }
+
+    let mut client = sensor.client().await;
+    client.disable_tracing_policy(DisableTracingPolicyRequest { name, ..Default::default() }).await.unwrap();
+    let (_, text) = http(&address, "GET", "/metrics");
+    assert_eq!([loaded(&text, "enabled"), loaded(&text, "disabled")], [0, 1], "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }

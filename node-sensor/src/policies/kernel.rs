@@ -65,7 +65,31 @@ struct OwnAttach {
     keys: Vec<u64>,
 }
 
+/// One loaded program's cost so far, as the kernel counts it (while
+/// `kernel.bpf_stats_enabled` is on, or a BPF_ENABLE_STATS fd is held).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramRuns {
+    pub name: String,
+    pub runs: u64,
+    pub run_ns: u64,
+}
+
 impl Attachments {
+    /// Every loaded program's runs and run time.
+    pub fn program_runs(&self) -> Vec<ProgramRuns> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| {
+                let info = program.info().ok()?;
+                Some(ProgramRuns {
+                    name: name.to_owned(),
+                    runs: info.run_count(),
+                    run_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                })
+            })
+            .collect()
+    }
+
     pub fn new(mut ebpf: Ebpf, programs: HookPrograms) -> Attachments {
         let hook_map = ebpf.take_map("HOOKS").and_then(|m| BpfHashMap::try_from(m).ok());
         Attachments {

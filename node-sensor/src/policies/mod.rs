@@ -16,6 +16,7 @@ mod cred;
 pub mod events;
 pub mod hooks;
 mod kernel;
+pub use kernel::ProgramRuns;
 mod sock;
 mod view;
 
@@ -249,6 +250,11 @@ impl PolicyHost {
             };
         }
         result.map_err(|reason| HostError::Kernel { name: key.1, reason })
+    }
+
+    /// Every loaded BPF program's runs and run time (`--metrics-address`).
+    pub fn program_runs(&self) -> Vec<kernel::ProgramRuns> {
+        self.kernel.program_runs()
     }
 
     /// Every policy, in (namespace, name) order.
