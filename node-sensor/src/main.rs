@@ -136,19 +136,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::info!(file = %path.display(), "tracing policy loaded");
     }
     let policies = SharedPolicies(Arc::new(parking_lot::Mutex::new(policies)));
-    if let Some((listener, counts)) = metrics {
-        let mut registry = node_sensor::metrics::registry(stats.clone(), bus.clone(), counts, policies.clone());
-        if let Some(export) = &exporter {
-            registry.register_collector(Box::new(serving::export::ExportCollector(export.stats.clone())));
-        }
-        tokio::spawn(listener.serve(Arc::new(registry), stop.clone()));
-    }
     if settings.only_own_netns {
         let own =
             node_sensor::privileges::read_ns_inums(&settings.procfs, std::process::id())[node_sensor_common::NS_NET];
         tracing::info!(netns = own, "reporting only processes in the sensor's own network namespace");
         pipeline = pipeline.only_netns(own);
     }
+    let mut relays = None;
     if !settings.relay_address.is_empty() {
         if settings.insecure {
             tracing::warn!("--insecure: streaming to relays in plaintext");
@@ -161,7 +155,17 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             resolve_interval: settings.relay_resolve_interval,
             token_file: settings.relay_token_file.clone(),
         };
-        uplink::start(&bus, uplink).await.context("relay uplink")?;
+        relays = Some(uplink::start(&bus, uplink).await.context("relay uplink")?);
+    }
+    if let Some((listener, counts)) = metrics {
+        let mut registry = node_sensor::metrics::registry(stats.clone(), bus.clone(), counts, policies.clone());
+        if let Some(export) = &exporter {
+            registry.register_collector(Box::new(serving::export::ExportCollector(export.stats.clone())));
+        }
+        if let Some(uplink) = relays {
+            registry.register_collector(Box::new(node_sensor::metrics::UplinkCollector(uplink)));
+        }
+        tokio::spawn(listener.serve(Arc::new(registry), stop.clone()));
     }
     let seeded = pipeline.seed_from_procfs(&settings.procfs);
     // Served only now: a client that sees the sensor healthy sees events

@@ -349,6 +349,83 @@ impl Collector for SensorCollector {
     }
 }
 
+/// The relay uplink: each link's state and the replay buffer's fill.
+pub struct UplinkCollector(pub Arc<crate::uplink::Uplink>);
+
+impl std::fmt::Debug for UplinkCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UplinkCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for UplinkCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let fill = self.0.replay.fill();
+        gauge(
+            &mut encoder,
+            "vigil_sensor_replay_buffer_events",
+            "Events in the relay replay buffer",
+            fill.events as u64,
+        )?;
+        gauge(
+            &mut encoder,
+            "vigil_sensor_replay_buffer_capacity",
+            "Events the relay replay buffer holds at most (--replay-buffer-size)",
+            fill.capacity as u64,
+        )?;
+        counter(
+            &mut encoder,
+            "vigil_sensor_replay_buffer_evicted",
+            "Events pushed out of the replay buffer by newer ones",
+            fill.evicted,
+        )?;
+        gauge(
+            &mut encoder,
+            "vigil_sensor_uplink_last_seq",
+            "Sequence number of the newest event for relays",
+            fill.last_seq,
+        )?;
+        let links = self.0.links();
+        type Read = fn(&crate::uplink::LinkState) -> u64;
+        let per_link: [(&str, &str, MetricType, Read); 4] = [
+            (
+                "vigil_sensor_uplink_connected",
+                "Whether the stream to this relay address is up",
+                MetricType::Gauge,
+                |s| u64::from(s.connected.load(Ordering::Relaxed)),
+            ),
+            (
+                "vigil_sensor_uplink_sent_seq",
+                "The last sequence number sent to this relay address",
+                MetricType::Gauge,
+                |s| s.sent.load(Ordering::Relaxed),
+            ),
+            (
+                "vigil_sensor_uplink_acked_seq",
+                "The last sequence number this relay address acknowledged",
+                MetricType::Gauge,
+                |s| s.acked.load(Ordering::Relaxed),
+            ),
+            ("vigil_sensor_uplink_streams", "Streams opened to this relay address", MetricType::Counter, |s| {
+                s.streams.load(Ordering::Relaxed)
+            }),
+        ];
+        for (name, help, kind, read) in per_link {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for (relay, addr, state) in &links {
+                let addr = addr.to_string();
+                let labels = [("relay", relay.as_str()), ("address", addr.as_str())];
+                let metric = family.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => ConstCounter::new(read(state)).encode(metric)?,
+                    _ => ConstGauge::new(i64::try_from(read(state)).unwrap_or(i64::MAX)).encode(metric)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The registry a scrape answers.
 pub fn registry(
     stats: Arc<SensorStats>,

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use events::bus::EventBus;
@@ -14,7 +15,7 @@ use parking_lot::Mutex;
 use proto::ingest::BatchEncoder;
 use proto::shared::{OutEvent, SharedEvent};
 use proto::tetragon::get_events_response::Event;
-use proto::vigil::relay::v1::{Hello, ingest_reply};
+use proto::vigil::relay::v1::{Hello, IngestReply, ingest_reply};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::StreamExt;
 use tonic::transport::Endpoint;
@@ -121,6 +122,56 @@ impl Replay {
     pub fn evicted(&self) -> u64 {
         self.lock().evicted
     }
+
+    /// How full the buffer is, for the metrics.
+    pub fn fill(&self) -> ReplayFill {
+        let b = self.lock();
+        ReplayFill { events: b.entries.len(), capacity: self.cap, last_seq: b.next_seq - 1, evicted: b.evicted }
+    }
+}
+
+/// The replay buffer's fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayFill {
+    pub events: usize,
+    pub capacity: usize,
+    /// The sequence number of the newest event (0: none yet).
+    pub last_seq: u64,
+    /// Events pushed out by newer ones.
+    pub evicted: u64,
+}
+
+/// One relay link's state (one address a `--relay-address` resolves to).
+#[derive(Debug, Default)]
+pub struct LinkState {
+    pub connected: AtomicBool,
+    /// The last sequence number sent on the current stream.
+    pub sent: AtomicU64,
+    /// The last sequence number the relay acknowledged.
+    pub acked: AtomicU64,
+    /// Streams opened (a reconnect opens one more).
+    pub streams: AtomicU64,
+}
+
+/// The uplink as the metrics see it: the replay buffer and each link.
+pub struct Uplink {
+    pub replay: Arc<Replay>,
+    links: Mutex<BTreeMap<(String, SocketAddr), Arc<LinkState>>>,
+}
+
+impl Uplink {
+    /// Each open link, by relay flag and address.
+    pub fn links(&self) -> Vec<(String, SocketAddr, Arc<LinkState>)> {
+        self.links.lock().iter().map(|((relay, addr), s)| (relay.clone(), *addr, s.clone())).collect()
+    }
+
+    fn open(&self, relay: &str, addr: SocketAddr) -> Arc<LinkState> {
+        self.links.lock().entry((relay.to_owned(), addr)).or_default().clone()
+    }
+
+    fn close(&self, relay: &str, addr: SocketAddr) {
+        self.links.lock().remove(&(relay.to_owned(), addr));
+    }
 }
 
 /// Why the uplink could not start: a `--relay-address` that is unusable.
@@ -170,8 +221,9 @@ fn boot_id() -> String {
 }
 
 /// Starts the collector and one connection task per relay address.
-pub async fn start(bus: &EventBus, settings: UplinkSettings) -> Result<Arc<Replay>, UplinkError> {
+pub async fn start(bus: &EventBus, settings: UplinkSettings) -> Result<Arc<Uplink>, UplinkError> {
     let replay = Arc::new(Replay::new(settings.buffer_size));
+    let uplink = Arc::new(Uplink { replay: replay.clone(), links: Mutex::new(BTreeMap::new()) });
     // The collector must never fall behind the bus: its queue is as deep as
     // the replay buffer, and whatever the bus still drops becomes a gap.
     let mut sub = bus.subscribe_internal(events::RequestFilters::default());
@@ -224,10 +276,12 @@ pub async fn start(bus: &EventBus, settings: UplinkSettings) -> Result<Arc<Repla
             token_file: settings.token_file.clone(),
             hello,
             replay: replay.clone(),
+            uplink: uplink.clone(),
+            state: Arc::default(),
         };
         tokio::spawn(follow(link, addrs, settings.resolve_interval));
     }
-    Ok(replay)
+    Ok(uplink)
 }
 
 /// Which links to open and close so the open ones match what a relay name
@@ -253,12 +307,14 @@ async fn follow(template: Link, first: Vec<SocketAddr>, interval: Duration) {
             if let Some(task) = links.remove(&addr) {
                 task.abort();
             }
+            template.uplink.close(&template.label, addr);
         }
         for addr in add {
             if !open.is_empty() {
                 tracing::info!(relay = %template.label, %addr, "new relay address; streaming to it too");
             }
-            links.insert(addr, tokio::spawn(Link { addr, ..template.clone() }.run()));
+            let state = template.uplink.open(&template.label, addr);
+            links.insert(addr, tokio::spawn(Link { addr, state, ..template.clone() }.run()));
         }
         tokio::time::sleep(interval).await;
         match tokio::net::lookup_host(&template.label).await {
@@ -304,6 +360,8 @@ struct Link {
     token_file: Option<PathBuf>,
     hello: Hello,
     replay: Arc<Replay>,
+    uplink: Arc<Uplink>,
+    state: Arc<LinkState>,
 }
 
 fn jitter(d: Duration) -> Duration {
@@ -315,7 +373,9 @@ impl Link {
     async fn run(self) {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match self.session().await {
+            let ended = self.session().await;
+            self.state.connected.store(false, Ordering::Relaxed);
+            match ended {
                 Ok(()) => {
                     tracing::warn!(relay = %self.label, addr = %self.addr, "relay stream ended; reconnecting");
                     backoff = Duration::from_millis(200);
@@ -349,6 +409,10 @@ impl Link {
             _ => return Err(SessionError::NoWelcome),
         };
         tracing::info!(relay = %self.label, addr = %self.addr, acked, "streaming to relay");
+        self.state.streams.fetch_add(1, Ordering::Relaxed);
+        self.state.acked.store(acked, Ordering::Relaxed);
+        self.state.sent.store(acked, Ordering::Relaxed);
+        self.state.connected.store(true, Ordering::Relaxed);
         let mut cursor = acked + 1;
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         let overflow = serving::log_limit::LogLimit::new(Duration::from_secs(10));
@@ -378,12 +442,16 @@ impl Link {
                     }
                 }
                 tx.send(message.finish(0, skipped)).await.map_err(|_| SessionError::Closed)?;
+                self.state.sent.store(*last, Ordering::Relaxed);
                 continue;
             }
             tokio::select! {
                 _ = notified => {}
                 _ = tick.tick() => {}
                 reply = inbound.message() => match reply? {
+                    Some(IngestReply { msg: Some(ingest_reply::Msg::Ack(ack)) }) => {
+                        self.state.acked.store(ack.seq, Ordering::Relaxed);
+                    }
                     Some(_) => {}
                     None => return Ok(()),
                 },

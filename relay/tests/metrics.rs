@@ -1,7 +1,8 @@
 //! The relay's Prometheus endpoint and export file: after two sensors'
 //! batches, the per-node and merge metrics say what `vigil nodes` says,
 //! and the cluster-wide export file has every node's events once; nothing
-//! but `/metrics` is served. Needs no root: everything is on loopback.
+//! but `/metrics` is served. Needs no root: everything is on loopback
+//! (but for a real sensor's uplink metrics, whose BPF needs root).
 #![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 #[path = "support/local.rs"]
@@ -131,4 +132,68 @@ async fn two_sensors_batches_show_in_the_metrics_and_the_export_file() {
     let (_, text) = http(&address, "GET", "/metrics");
     assert_eq!(sample(&text, "tetragon_events_exported_total", &[]), 48, "{text}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A scrape's value of a metric with these labels, waited for.
+fn wait_metric(
+    address: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    ok: impl Fn(u64) -> bool,
+    log: &dyn Fn() -> String,
+) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = http(address, "GET", "/metrics");
+        let v = sample(&text, name, labels);
+        if ok(v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{name} {labels:?} stuck at {v}:\n{text}\nlog:\n{}", log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sensors_uplink_metrics_follow_its_stream_to_the_relay() {
+    test_support::skip_if!((!test_support::is_root()).then(|| "a real sensor needs root (BPF)".to_owned()));
+    let relay = Relay::start("uplink", &[]).await;
+    let port = relay.daemon.listening("ingest").port();
+    let target = format!("localhost:{port}");
+    let sensor_bin = test_support::workspace_bin(env!("CARGO_BIN_EXE_vigil-relay"), "vigil-sensor");
+    let socket = relay.dir.join("sensor.sock");
+    let sensor = test_support::daemon::Daemon::spawn(
+        std::process::Command::new(sensor_bin)
+            .args(["--node-name", "uplink-node", "--relay-address", &target, "--metrics-address", "127.0.0.1:0"])
+            .args(["--server-address", &format!("unix://{}", socket.display())])
+            .args(["--tls-dir", &relay.dir.display().to_string()]),
+    );
+    let address = sensor.listening("metrics").to_string();
+    let log = || sensor.log();
+    let link = [("relay", target.as_str())];
+    wait_metric(&address, "vigil_sensor_uplink_connected", &link, |v| v == 1, &log);
+    assert_eq!(sample(&http(&address, "GET", "/metrics").1, "vigil_sensor_uplink_streams_total", &link), 1);
+    for i in 0..3 {
+        assert!(std::process::Command::new("/bin/true").arg(format!("uplink-{i}")).status().unwrap().success());
+    }
+    // Whatever was numbered by now is sent and acknowledged in time.
+    let (_, text) = http(&address, "GET", "/metrics");
+    let last = sample(&text, "vigil_sensor_uplink_last_seq", &[]);
+    assert!(last >= 6, "3 execs and exits numbered: {last}");
+    let acked = wait_metric(&address, "vigil_sensor_uplink_acked_seq", &link, |v| v >= last, &log);
+    assert!(sample(&http(&address, "GET", "/metrics").1, "vigil_sensor_uplink_sent_seq", &link) >= acked);
+    assert_eq!(sample(&text, "vigil_sensor_replay_buffer_capacity", &[]), 100_000);
+
+    // Without the relay: the link is down, what happens is kept for it.
+    drop(relay);
+    wait_metric(&address, "vigil_sensor_uplink_connected", &link, |v| v == 0, &log);
+    let (_, text) = http(&address, "GET", "/metrics");
+    let acked = sample(&text, "vigil_sensor_uplink_acked_seq", &link);
+    for i in 0..3 {
+        assert!(std::process::Command::new("/bin/true").arg(format!("uplink-down-{i}")).status().unwrap().success());
+    }
+    let last = wait_metric(&address, "vigil_sensor_uplink_last_seq", &[], |v| v >= acked + 6, &log);
+    let (_, text) = http(&address, "GET", "/metrics");
+    assert_eq!(sample(&text, "vigil_sensor_uplink_acked_seq", &link), acked, "nothing acknowledged while down");
+    assert!(sample(&text, "vigil_sensor_replay_buffer_events", &[]) >= last - acked, "kept for the relay:\n{text}");
 }
