@@ -63,6 +63,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         None => None,
     };
     let listener = Listener::bind("api", &settings.server_address, certificates).await?;
+    let listener_refusals = listener.refusals();
     let stats = Arc::new(SensorStats::default());
     let bus = EventBus::new(&settings.node_name, settings.subscriber_queue_size)
         .with_queue_bytes(settings.subscriber_queue_bytes);
@@ -159,6 +160,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     if let Some((listener, counts)) = metrics {
         let mut registry = node_sensor::metrics::registry(stats.clone(), bus.clone(), counts, policies.clone());
+        registry.register_collector(Box::new(serving::metrics::RefusalCollector {
+            name: "vigil_sensor_connections_refused",
+            listeners: vec![("api", listener_refusals.clone())],
+        }));
         if let Some(export) = &exporter {
             registry.register_collector(Box::new(serving::export::ExportCollector(export.stats.clone())));
         }

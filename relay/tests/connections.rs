@@ -2,8 +2,9 @@
 //! cap are closed at once (before any TLS work), a handshake never finished
 //! is dropped, a connection with no stream open is closed after the idle
 //! timeout, and a peer's streams past its cap fail with RESOURCE_EXHAUSTED;
-//! each refusal is logged with its reason, rate-limited. Every place is
-//! given back when its connection or stream ends. Needs no root.
+//! each refusal is logged with its reason, rate-limited, and counted by
+//! kind in the metrics. Every place is given back when its connection or
+//! stream ends. Needs no root.
 #![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 #[path = "support/local.rs"]
@@ -54,8 +55,11 @@ async fn log_shows(relay: &Relay, what: &str) -> bool {
 
 #[tokio::test]
 async fn connections_past_a_peers_cap_are_closed_before_tls() {
-    let relay =
-        Relay::start("conn-cap", &["--max-connections-per-peer", "3", "--handshake-timeout-seconds", "60"]).await;
+    let relay = Relay::start(
+        "conn-cap",
+        &["--max-connections-per-peer", "3", "--handshake-timeout-seconds", "60", "--metrics-address", "127.0.0.1:0"],
+    )
+    .await;
     let address = relay.daemon.listening("clients");
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -65,6 +69,8 @@ async fn connections_past_a_peers_cap_are_closed_before_tls() {
     assert!(closed_by_relay(&mut fourth).await, "a connection past the cap was kept");
     assert!(held.iter().all(still_open), "connections within the cap were closed");
     assert!(log_shows(&relay, "the limit is 3 (--max-connections-per-peer)").await, "{}", relay.log());
+    let metrics = relay.daemon.listening("metrics").to_string();
+    assert_eq!(refused(&metrics, "clients", "peer_connection_limit"), 1);
     // Their places are given back when they go.
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -127,22 +133,94 @@ async fn streams_past_a_peers_cap_fail_with_resource_exhausted() {
 
 /// A TLS client with the relay's client credential, speaking h2.
 fn tls_client(relay: &Relay) -> tokio_rustls::TlsConnector {
+    tls_client_as(relay, Some(&relay.dir))
+}
+
+/// `vigil_relay_connections_refused_total` for a listener and reason.
+fn refused(metrics: &str, listener: &str, reason: &str) -> u64 {
+    let (_, text) = test_support::scrape::http(metrics, "GET", "/metrics");
+    test_support::scrape::sample(
+        &text,
+        "vigil_relay_connections_refused_total",
+        &[("listener", listener), ("reason", reason)],
+    )
+}
+
+/// Waits until the count of `reason` is `n`.
+async fn refused_reaches(relay: &Relay, metrics: &str, reason: &str, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refused(metrics, "clients", reason) != n {
+        assert!(Instant::now() < deadline, "{reason}: {}; log:\n{}", refused(metrics, "clients", reason), relay.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TLS client with the given credential (none: no client certificate).
+fn tls_client_as(relay: &Relay, cert_dir: Option<&std::path::Path>) -> tokio_rustls::TlsConnector {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_file_iter(relay.dir.join("ca.pem")).unwrap() {
         roots.add(ca.unwrap()).unwrap();
     }
-    let chain: Vec<_> =
-        CertificateDer::pem_file_iter(relay.dir.join("client.pem")).unwrap().map(Result::unwrap).collect();
-    let key = PrivateKeyDer::from_pem_file(relay.dir.join("client-key.pem")).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
+        .with_root_certificates(roots);
+    let mut config = match cert_dir {
+        Some(dir) => {
+            let chain: Vec<_> =
+                CertificateDer::pem_file_iter(dir.join("client.pem")).unwrap().map(Result::unwrap).collect();
+            builder
+                .with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(dir.join("client-key.pem")).unwrap())
+                .unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = vec![b"h2".to_vec()];
     tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Handshakes as `connector` and sends the HTTP/2 preface; true if the
+/// relay then closed the connection (a TLS 1.3 server checks the client's
+/// certificate after the client's side of the handshake is done).
+async fn refused_after_handshake(relay: &Relay, connector: tokio_rustls::TlsConnector) -> bool {
+    let tcp = TcpStream::connect(relay.daemon.listening("clients")).await.unwrap();
+    let Ok(mut tls) = connector.connect("localhost".try_into().unwrap(), tcp).await else { return true };
+    let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    closed_by_relay(&mut tls).await
+}
+
+#[tokio::test]
+async fn refused_connections_are_counted_by_kind() {
+    let relay =
+        Relay::start("conn-refusals", &["--handshake-timeout-seconds", "1", "--metrics-address", "127.0.0.1:0"]).await;
+    let metrics = relay.daemon.listening("metrics").to_string();
+    let address = relay.daemon.listening("clients");
+    for reason in ["not_tls", "handshake_timeout", "no_client_certificate", "bad_certificate"] {
+        assert_eq!(refused(&metrics, "clients", reason), 0, "{reason} before");
+    }
+    // Not TLS at all.
+    let mut http = TcpStream::connect(address).await.unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n").await.unwrap();
+    assert!(closed_by_relay(&mut http).await);
+    refused_reaches(&relay, &metrics, "not_tls", 1).await;
+    // No ClientHello within the handshake timeout.
+    let mut silent = TcpStream::connect(address).await.unwrap();
+    assert!(closed_by_relay(&mut silent).await);
+    refused_reaches(&relay, &metrics, "handshake_timeout", 1).await;
+    // No client certificate; one from another CA.
+    assert!(refused_after_handshake(&relay, tls_client_as(&relay, None)).await);
+    refused_reaches(&relay, &metrics, "no_client_certificate", 1).await;
+    let foreign = local::cert_dir("conn-refusals-foreign");
+    assert!(refused_after_handshake(&relay, tls_client_as(&relay, Some(&foreign))).await);
+    refused_reaches(&relay, &metrics, "bad_certificate", 1).await;
+    // Each counted once, under its own kind; the ingest listener saw none.
+    for reason in ["not_tls", "handshake_timeout", "no_client_certificate", "bad_certificate"] {
+        assert_eq!(refused(&metrics, "clients", reason), 1, "{reason}");
+        assert_eq!(refused(&metrics, "ingest", reason), 0, "{reason} on ingest");
+    }
+    assert_eq!(refused(&metrics, "clients", "other"), 0);
+    let _ = std::fs::remove_dir_all(&foreign);
 }

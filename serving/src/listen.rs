@@ -76,11 +76,50 @@ impl Certificates {
     }
 }
 
+/// Why connections were refused before any request, counted by kind
+/// (the logged reasons are free text; these are few and fixed, so they
+/// can label a metric).
+#[derive(Debug, Default)]
+pub struct Refusals {
+    counts: [std::sync::atomic::AtomicU64; Refusals::REASONS.len()],
+}
+
+impl Refusals {
+    pub const REASONS: [&'static str; 6] =
+        ["peer_connection_limit", "handshake_timeout", "not_tls", "no_client_certificate", "bad_certificate", "other"];
+
+    /// Each reason with its count.
+    pub fn counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Self::REASONS.iter().zip(&self.counts).map(|(r, n)| (*r, n.load(std::sync::atomic::Ordering::Relaxed)))
+    }
+
+    fn count(&self, reason: &str) {
+        let i = Self::REASONS.iter().position(|r| *r == reason).unwrap_or(Self::REASONS.len() - 1);
+        self.counts[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The kind of a refused handshake, from rustls' error and its causes.
+    fn handshake(reason: &str) -> &'static str {
+        if reason.starts_with("not finished within") {
+            "handshake_timeout"
+        } else if reason.contains("peer sent no certificates") || reason.contains("NoCertificatesPresented") {
+            "no_client_certificate"
+        } else if reason.contains("invalid peer certificate") {
+            "bad_certificate"
+        } else if reason.contains("corrupt message") || reason.contains("InvalidContentType") {
+            "not_tls"
+        } else {
+            "other"
+        }
+    }
+}
+
 /// A bound listener, not yet serving.
 pub struct Listener {
     address: String,
     kind: Kind,
     limits: ConnectionLimits,
+    refusals: Arc<Refusals>,
 }
 
 impl Listener {
@@ -109,7 +148,7 @@ impl Listener {
                 Kind::Tls(TcpListener::bind(a).await.map_err(bind_err)?, rx)
             }
         };
-        let listener = Listener { address: shown, kind, limits: ConnectionLimits::default() };
+        let listener = Listener { address: shown, kind, limits: ConnectionLimits::default(), refusals: Arc::default() };
         match listener.local_addr() {
             Some(bound) => tracing::info!(listener = %label, address = %bound, tls = listener.is_tls(), "listening"),
             None => tracing::info!(listener = %label, address = %listener.address, "listening"),
@@ -131,6 +170,11 @@ impl Listener {
         }
     }
 
+    /// Its refused connections, counted by kind (for the metrics).
+    pub fn refusals(&self) -> Arc<Refusals> {
+        self.refusals.clone()
+    }
+
     /// Whether peers are authenticated by certificate.
     pub fn is_tls(&self) -> bool {
         matches!(self.kind, Kind::Tls(..))
@@ -144,10 +188,12 @@ impl Listener {
         let served: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
             match self.kind {
                 Kind::Unix(l) => Box::pin(router.serve_with_incoming_shutdown(UnixListenerStream::new(l), stop)),
-                Kind::Tcp(l) => Box::pin(router.serve_with_incoming_shutdown(tcp_incoming(l, self.limits), stop)),
-                Kind::Tls(l, config) => {
-                    Box::pin(router.serve_with_incoming_shutdown(tls_incoming(l, config, self.limits), stop))
+                Kind::Tcp(l) => {
+                    Box::pin(router.serve_with_incoming_shutdown(tcp_incoming(l, self.limits, self.refusals), stop))
                 }
+                Kind::Tls(l, config) => Box::pin(
+                    router.serve_with_incoming_shutdown(tls_incoming(l, config, self.limits, self.refusals), stop),
+                ),
             };
         let grace = async {
             stopped(shutdown).await;
@@ -183,6 +229,7 @@ pub fn with_causes(e: &dyn std::error::Error) -> String {
 async fn accept_bounded<T, F, Fut>(
     listener: TcpListener,
     limits: ConnectionLimits,
+    counted: Arc<Refusals>,
     to_server: mpsc::Sender<Result<T, std::io::Error>>,
     mut admitted: F,
 ) where
@@ -215,6 +262,7 @@ async fn accept_bounded<T, F, Fut>(
             Ok(g) => g,
             Err(reason) => {
                 // Closed at once: no TLS work for a peer over its cap.
+                counted.count("peer_connection_limit");
                 let reason = reason.to_string();
                 if let Some(n) = refused.hit(&reason) {
                     tracing::warn!(peer = %remote.ip(), %reason, times = n, "connection refused");
@@ -233,9 +281,10 @@ async fn accept_bounded<T, F, Fut>(
 fn tcp_incoming(
     listener: TcpListener,
     limits: ConnectionLimits,
+    counted: Arc<Refusals>,
 ) -> ReceiverStream<Result<Bounded<TcpStream>, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(accept_bounded(listener, limits, tx, |tcp, guard, tx| async move {
+    tokio::spawn(accept_bounded(listener, limits, counted, tx, |tcp, guard, tx| async move {
         tx.send(Ok(Bounded::new(tcp, guard))).await.is_ok()
     }));
     ReceiverStream::new(rx)
@@ -247,13 +296,14 @@ fn tls_incoming(
     listener: TcpListener,
     config: watch::Receiver<Arc<ServerConfig>>,
     limits: ConnectionLimits,
+    counted: Arc<Refusals>,
 ) -> ReceiverStream<Result<Bounded<TlsStream<TcpStream>>, std::io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let refused = Arc::new(LogLimits::new(LOG_EVERY));
     let timeout = limits.handshake_timeout;
-    tokio::spawn(accept_bounded(listener, limits, tx, move |tcp, guard, tx| {
-        let (refused, slots) = (refused.clone(), slots.clone());
+    tokio::spawn(accept_bounded(listener, limits, counted.clone(), tx, move |tcp, guard, tx| {
+        let (refused, slots, counted) = (refused.clone(), slots.clone(), counted.clone());
         let acceptor = TlsAcceptor::from(config.borrow().clone());
         async move {
             let Ok(slot) = slots.acquire_owned().await else { return false };
@@ -267,8 +317,9 @@ fn tls_incoming(
                     Ok(Err(e)) => with_causes(&e),
                     Err(_) => format!("not finished within {timeout:?}"),
                 };
-                // Refusals are security events: logged at info, once per
-                // interval and reason.
+                // Refusals are security events: counted, and logged at
+                // info once per interval and reason.
+                counted.count(Refusals::handshake(&reason));
                 if let Some(n) = refused.hit(&reason) {
                     tracing::info!(%reason, times = n, "TLS handshake refused");
                 }
@@ -282,6 +333,19 @@ fn tls_incoming(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_handshakes_are_counted_by_kind() {
+        for (reason, kind) in [
+            ("not finished within 10s", "handshake_timeout"),
+            ("peer sent no certificates", "no_client_certificate"),
+            ("invalid peer certificate: UnknownIssuer", "bad_certificate"),
+            ("received corrupt message of type InvalidContentType", "not_tls"),
+            ("connection reset by peer", "other"),
+        ] {
+            assert_eq!(Refusals::handshake(reason), kind, "{reason}");
+        }
+    }
 
     #[tokio::test]
     async fn a_bind_error_names_its_cause_once() {

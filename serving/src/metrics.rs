@@ -41,6 +41,31 @@ pub fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64) ->
     ConstGauge::new(v).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
 
+/// Connections each listener refused before any request, by kind:
+/// `NAME_total{listener, reason}`.
+#[derive(Debug)]
+pub struct RefusalCollector {
+    pub name: &'static str,
+    pub listeners: Vec<(&'static str, Arc<crate::listen::Refusals>)>,
+}
+
+impl prometheus_client::collector::Collector for RefusalCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            self.name,
+            "Connections refused before any request (over a peer's connection cap, or a TLS handshake that failed), by kind",
+            None,
+            MetricType::Counter,
+        )?;
+        for (listener, refusals) in &self.listeners {
+            for (reason, n) in refusals.counts() {
+                ConstCounter::new(n).encode(family.encode_family(&[("listener", *listener), ("reason", reason)])?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The bound scrape listener.
 pub struct MetricsListener {
     listener: TcpListener,
