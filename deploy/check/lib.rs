@@ -3,6 +3,8 @@
 //! cross-reference checks.
 #![forbid(unsafe_code)]
 
+pub mod service_monitor;
+
 use std::path::Path;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
@@ -28,6 +30,7 @@ pub enum Object {
     DaemonSet(DaemonSet),
     Deployment(Deployment),
     Service(Service),
+    ServiceMonitor(service_monitor::ServiceMonitor),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +103,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Object>, ManifestError> {
             "DaemonSet" => Object::DaemonSet(typed(file, &value)?),
             "Deployment" => Object::Deployment(typed(file, &value)?),
             "Service" => Object::Service(typed(file, &value)?),
+            "ServiceMonitor" => Object::ServiceMonitor(typed(file, &value)?),
             other => return Err(ManifestError::Kind { file: file.into(), kind: other.into() }),
         });
     }

@@ -24,6 +24,7 @@ fn name_of(o: &Object) -> String {
         Object::DaemonSet(x) => &x.metadata,
         Object::Deployment(x) => &x.metadata,
         Object::Service(x) => &x.metadata,
+        Object::ServiceMonitor(x) => &x.metadata,
     };
     meta.name.clone().unwrap_or_default()
 }
@@ -350,4 +351,77 @@ fn pods_are_annotated_for_scraping_on_the_configured_metrics_port() {
         let c = &pod_spec(o).unwrap().containers[0];
         assert_eq!(declared_port(c, "metrics"), Some(port), "{kind}: the metrics port is declared");
     }
+}
+
+/// The Prometheus operator's objects in deploy/monitoring/ (apart: they
+/// need its CRDs).
+fn monitoring() -> Vec<(String, Object)> {
+    load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("monitoring")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn service_monitors_scrape_every_sensor_and_relay_pod_on_the_metrics_port() {
+    let objs = objects();
+    let monitors: Vec<_> = monitoring()
+        .into_iter()
+        .map(|(file, o)| match o {
+            Object::ServiceMonitor(m) => (file, m),
+            other => panic!("{file}: only ServiceMonitors belong in deploy/monitoring, not {other:?}"),
+        })
+        .collect();
+    let mut scraped = BTreeSet::new();
+    for (file, m) in &monitors {
+        let name = m.metadata.name.clone().unwrap_or_default();
+        assert_eq!((m.api_version.as_str(), m.kind.as_str()), ("monitoring.coreos.com/v1", "ServiceMonitor"));
+        let wanted = m.spec.selector.match_labels.clone().unwrap_or_default();
+        let namespaces = m.spec.namespace_selector.as_ref().map(|n| n.match_names.clone()).unwrap_or_default();
+        // The Services it selects, in the namespaces it names.
+        let services: Vec<&k8s_openapi::api::core::v1::Service> = objs
+            .iter()
+            .filter_map(|(_, o)| match o {
+                Object::Service(s) => Some(s),
+                _ => None,
+            })
+            .filter(|s| namespaces.contains(&s.metadata.namespace.clone().unwrap_or_default()))
+            .filter(|s| {
+                let labels = s.metadata.labels.clone().unwrap_or_default();
+                wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .collect();
+        assert_eq!(services.len(), 1, "{file}: {name} selects {} Services", services.len());
+        let service = services[0];
+        let spec = service.spec.as_ref().unwrap();
+        assert!(!m.spec.endpoints.is_empty(), "{file}: {name} has no endpoints");
+        for e in &m.spec.endpoints {
+            let port = e.port.clone().expect("endpoints name their Service port");
+            let service_port =
+                spec.ports.clone().unwrap_or_default().into_iter().find(|p| p.name.as_deref() == Some(&port));
+            let service_port = service_port.unwrap_or_else(|| panic!("{file}: {name}: the Service has no port {port}"));
+            assert_eq!(e.path.as_deref().unwrap_or("/metrics"), "/metrics");
+            // That port is the pods' declared metrics port, the one the
+            // daemon's config serves on.
+            let selector = spec.selector.clone().unwrap_or_default();
+            let (_, workload) = objs
+                .iter()
+                .find(|(_, w)| template_labels(w).is_some_and(|l| selector.iter().all(|(k, v)| l.get(k) == Some(v))))
+                .unwrap_or_else(|| panic!("{file}: {name}: the Service selects no workload"));
+            let container = &pod_spec(workload).unwrap().containers[0];
+            let target = match service_port.target_port {
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(n)) => n,
+                other => panic!("{file}: {name}: the target port is not named: {other:?}"),
+            };
+            assert_eq!(target, "metrics");
+            assert_eq!(declared_port(container, "metrics"), Some(service_port.port), "{file}: {name}");
+            scraped.insert(name_of(workload));
+        }
+    }
+    assert_eq!(scraped, BTreeSet::from(["vigil-relay".to_owned(), "vigil-sensor".to_owned()]));
+}
+
+#[test]
+fn a_misplaced_service_monitor_field_is_refused() {
+    let text = "apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata:\n  name: m\nspec:\n  \
+                selector: {}\n  endpoints:\n    - port: metrics\n      intervall: 30s\n";
+    let e = manifests::parse("m.yaml", text).unwrap_err().to_string();
+    assert!(e.contains("unknown field .spec.endpoints[0].intervall"), "{e}");
 }

@@ -2,7 +2,9 @@
 //! batches, the per-node and merge metrics say what `vigil nodes` says,
 //! and the cluster-wide export file has every node's events once; nothing
 //! but `/metrics` is served. Needs no root: everything is on loopback
-//! (but for a real sensor's uplink metrics, whose BPF needs root).
+//! (but for a real sensor's uplink metrics, whose BPF needs root). Every
+//! metric the Grafana dashboard (deploy/grafana/vigil.json) queries is
+//! served by that sensor or relay.
 #![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 #[path = "support/local.rs"]
@@ -157,7 +159,10 @@ fn wait_metric(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sensors_uplink_metrics_follow_its_stream_to_the_relay() {
     test_support::skip_if!((!test_support::is_root()).then(|| "a real sensor needs root (BPF)".to_owned()));
-    let relay = Relay::start("uplink", &[]).await;
+    let dir = std::env::temp_dir().join(format!("vigil-uplink-{}", test_support::nonce()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let relay_export = dir.join("relay.jsonl").display().to_string();
+    let relay = Relay::start("uplink", &["--metrics-address", "127.0.0.1:0", "--export-filename", &relay_export]).await;
     let port = relay.daemon.listening("ingest").port();
     let target = format!("localhost:{port}");
     let sensor_bin = test_support::workspace_bin(env!("CARGO_BIN_EXE_vigil-relay"), "vigil-sensor");
@@ -166,7 +171,8 @@ async fn a_sensors_uplink_metrics_follow_its_stream_to_the_relay() {
         std::process::Command::new(sensor_bin)
             .args(["--node-name", "uplink-node", "--relay-address", &target, "--metrics-address", "127.0.0.1:0"])
             .args(["--server-address", &format!("unix://{}", socket.display())])
-            .args(["--tls-dir", &relay.dir.display().to_string()]),
+            .args(["--tls-dir", &relay.dir.display().to_string()])
+            .args(["--export-filename", &dir.join("sensor.jsonl").display().to_string()]),
     );
     let address = sensor.listening("metrics").to_string();
     let log = || sensor.log();
@@ -184,6 +190,16 @@ async fn a_sensors_uplink_metrics_follow_its_stream_to_the_relay() {
     assert!(sample(&http(&address, "GET", "/metrics").1, "vigil_sensor_uplink_sent_seq", &link) >= acked);
     assert_eq!(sample(&text, "vigil_sensor_replay_buffer_capacity", &[]), 100_000);
 
+    // The dashboard queries nothing these two do not serve.
+    let served: std::collections::BTreeSet<String> = [text.clone(), http(&relay_metrics(&relay), "GET", "/metrics").1]
+        .iter()
+        .flat_map(|t| t.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next().map(str::to_owned)))
+        .collect();
+    let queried = dashboard_metrics();
+    assert!(queried.len() >= 40, "the dashboard's metrics: {queried:?}");
+    let missing: Vec<&String> = queried.iter().filter(|m| !served.contains(*m)).collect();
+    assert!(missing.is_empty(), "the dashboard queries metrics nothing serves: {missing:?}");
+
     // Without the relay: the link is down, what happens is kept for it.
     drop(relay);
     wait_metric(&address, "vigil_sensor_uplink_connected", &link, |v| v == 0, &log);
@@ -196,4 +212,24 @@ async fn a_sensors_uplink_metrics_follow_its_stream_to_the_relay() {
     let (_, text) = http(&address, "GET", "/metrics");
     assert_eq!(sample(&text, "vigil_sensor_uplink_acked_seq", &link), acked, "nothing acknowledged while down");
     assert!(sample(&text, "vigil_sensor_replay_buffer_events", &[]) >= last - acked, "kept for the relay:\n{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn relay_metrics(relay: &Relay) -> String {
+    relay.daemon.listening("metrics").to_string()
+}
+
+/// Every metric name in the Grafana dashboard's queries.
+fn dashboard_metrics() -> std::collections::BTreeSet<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/vigil.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+            names.extend(words.filter(|w| w.starts_with("tetragon_") || w.starts_with("vigil_")).map(str::to_owned));
+        }
+    }
+    names
 }
