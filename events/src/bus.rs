@@ -26,6 +26,21 @@ struct Subscriber {
     dropped: Arc<AtomicU64>,
     /// Bytes its queue holds, for a client bounded in bytes.
     queued: Option<Arc<AtomicUsize>>,
+    /// A client's name and the bus's number for its stream (none for an
+    /// in-process consumer).
+    client: Option<(String, u64)>,
+}
+
+/// One client's queue, for per-client metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientQueue {
+    /// The peer's address, or `local` (a unix socket).
+    pub client: String,
+    /// The bus's number for the stream (several may share a peer).
+    pub stream: u64,
+    pub queued_events: usize,
+    pub queued_bytes: usize,
+    pub dropped: u64,
 }
 
 /// How many bytes client queues may hold: each one, and all together. Past
@@ -46,6 +61,8 @@ pub fn queue_charge(event: &SharedEvent) -> usize {
 /// Totals across subscribers, for health and logs.
 #[derive(Debug, Default)]
 pub struct BusStats {
+    /// Subscriptions ever made (numbers them).
+    pub streams: AtomicU64,
     pub published: AtomicU64,
     pub delivered: AtomicU64,
     pub dropped: AtomicU64,
@@ -159,7 +176,7 @@ impl EventBus {
     /// A client's subscription: its queue bounded in events and, if the bus
     /// says so, in bytes.
     pub fn subscribe(&self, filters: crate::RequestFilters) -> Subscription {
-        self.add(filters, self.queue_bytes.is_some())
+        self.add(filters, true)
     }
 
     /// The node name on the bus's own notices.
@@ -173,17 +190,20 @@ impl EventBus {
         self.add(filters, false)
     }
 
-    fn add(&self, filters: crate::RequestFilters, bytes: bool) -> Subscription {
-        let crate::RequestFilters { filter, fields, resume } = filters;
+    fn add(&self, filters: crate::RequestFilters, is_client: bool) -> Subscription {
+        let bytes = is_client && self.queue_bytes.is_some();
+        let crate::RequestFilters { filter, fields, resume, client } = filters;
         let (tx, rx) = mpsc::channel(self.queue_size);
         let dropped = Arc::new(AtomicU64::new(0));
         let queued = bytes.then(|| Arc::new(AtomicUsize::new(0)));
+        let stream = self.stats.streams.fetch_add(1, Ordering::Relaxed) + 1;
         self.subscribers.lock().push(Subscriber {
             filter,
             resume,
             tx,
             dropped: dropped.clone(),
             queued: queued.clone(),
+            client: is_client.then(|| (client.unwrap_or_else(|| "local".into()), stream)),
         });
         Subscription { rx, dropped, fields, node_name: self.node_name.clone(), pending: None, queued }
     }
@@ -204,6 +224,35 @@ impl EventBus {
     /// Later subscribers are served as usual.
     pub fn close(&self) {
         self.subscribers.lock().clear();
+    }
+
+    /// The clients' queues (not in-process consumers'), fullest first, at
+    /// most `max` of them.
+    pub fn client_queues(&self, max: usize) -> Vec<ClientQueue> {
+        let mut out: Vec<ClientQueue> = self
+            .subscribers
+            .lock()
+            .iter()
+            .filter(|s| !s.tx.is_closed())
+            .filter_map(|s| {
+                let (client, stream) = s.client.clone()?;
+                Some(ClientQueue {
+                    client,
+                    stream,
+                    queued_events: s.tx.max_capacity() - s.tx.capacity(),
+                    queued_bytes: s.queued.as_ref().map_or(0, |q| q.load(Ordering::Relaxed)),
+                    dropped: s.dropped.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| b.queued_bytes.cmp(&a.queued_bytes).then(a.stream.cmp(&b.stream)));
+        out.truncate(max);
+        out
+    }
+
+    /// `GetEvents` clients now (subscribers but the in-process ones).
+    pub fn client_count(&self) -> usize {
+        self.subscribers.lock().iter().filter(|s| s.client.is_some() && !s.tx.is_closed()).count()
     }
 
     pub fn subscriber_count(&self) -> usize {
@@ -328,10 +377,20 @@ mod tests {
                 .unwrap(),
             fields: FieldFilters::default(),
             resume: None,
+            client: Some("10.0.0.9:5000".into()),
         });
         for b in ["/a1", "/a2", "/a3", "/b1", "/a4"] {
             bus.publish(exec(b));
         }
+        // Each client's queue, fullest first (in events here: the bus is
+        // not bounded in bytes).
+        let queues: Vec<(String, usize, u64)> =
+            bus.client_queues(10).into_iter().map(|q| (q.client, q.queued_events, q.dropped)).collect();
+        assert_eq!(queues, vec![("local".to_owned(), 2, 3), ("10.0.0.9:5000".to_owned(), 1, 0)]);
+        assert_eq!(bus.client_queues(1).len(), 1, "at most as many as asked");
+        let _export = bus.subscribe_internal(crate::RequestFilters::default());
+        assert_eq!((bus.client_count(), bus.subscriber_count()), (2, 3), "an in-process consumer is no client");
+        drop(_export);
         // slow queued the first two and lost three; the loss is reported
         // before anything else it reads, then the queued events follow.
         let notice = slow.next().await.unwrap();

@@ -22,6 +22,8 @@ pub struct RequestFilters {
     pub fields: fields::FieldFilters,
     /// What a resuming client already has (see [`resume`]).
     pub resume: Option<resume::ResumeGate>,
+    /// Who asked (the peer's address), for per-client metrics.
+    pub client: Option<String>,
 }
 
 /// Why a request's filters were refused; names the field at fault.
@@ -47,6 +49,7 @@ impl RequestFilters {
             filter: EventFilter::from_request(req)?,
             fields: fields::FieldFilters::new(&req.field_filters)?,
             resume: resume::ResumeGate::compile(req.resume.as_ref())?,
+            client: None,
         })
     }
 }

@@ -160,6 +160,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     if let Some((listener, counts)) = metrics {
         let mut registry = node_sensor::metrics::registry(stats.clone(), bus.clone(), counts, policies.clone());
+        registry.register_collector(Box::new(serving::metrics::ClientQueueCollector {
+            prefix: "vigil_sensor",
+            bus: bus.clone(),
+        }));
         registry.register_collector(Box::new(serving::metrics::RefusalCollector {
             name: "vigil_sensor_connections_refused",
             listeners: vec![("api", listener_refusals.clone())],

@@ -102,7 +102,7 @@ impl Hub {
     /// after it. A resuming client gets, instead of the history it asked
     /// for, every event in history that it has not had.
     pub fn subscribe(&self, filters: RequestFilters, replay: Replay, now_ns: i128) -> (Vec<OutEvent>, Subscription) {
-        let RequestFilters { filter, fields, resume } = &filters;
+        let RequestFilters { filter, fields, resume, .. } = &filters;
         let history = self.history.lock();
         let mut past = Vec::new();
         if let Some(gate) = resume {

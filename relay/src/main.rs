@@ -124,6 +124,10 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
     if let Some(address) = &flags.metrics_address {
         let listener = MetricsListener::bind(address).await.context("--metrics-address")?;
         let mut registry = relay::metrics::registry(query.clone());
+        registry.register_collector(Box::new(serving::metrics::ClientQueueCollector {
+            prefix: "vigil_relay",
+            bus: hub.bus.clone(),
+        }));
         registry.register_collector(Box::new(serving::metrics::RefusalCollector {
             name: "vigil_relay_connections_refused",
             listeners: vec![("ingest", ingest_listener.refusals()), ("clients", client_listener.refusals())],

@@ -30,7 +30,7 @@ impl QueryService {
     pub fn status(&self) -> ListNodesResponse {
         ListNodesResponse {
             nodes: self.nodes.status(),
-            clients: self.hub.bus.subscriber_count() as u64,
+            clients: self.hub.bus.client_count() as u64,
             events_merged: self.merge.merged.load(Ordering::Relaxed),
             client_dropped: self.hub.bus.stats.dropped.load(Ordering::Relaxed),
             shared_kernel_copies: self.merge.copies.load(Ordering::Relaxed),
@@ -63,7 +63,7 @@ impl EventSource for QueryService {
             "nodes={} connected={connected} clients={} history={} merged={} shared_kernel_copies={} sent_early={} \
              pending={} client_dropped={}",
             nodes.len(),
-            self.hub.bus.subscriber_count(),
+            self.hub.bus.client_count(),
             self.hub.history_len(),
             self.merge.merged.load(Ordering::Relaxed),
             self.merge.copies.load(Ordering::Relaxed),

@@ -91,8 +91,10 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
     type GetEventsStream = GrpcStream;
 
     async fn get_events(&self, request: Request<GetEventsRequest>) -> Result<Response<GrpcStream>, Status> {
+        let peer = request.remote_addr().map(|a| a.to_string());
         let request = request.into_inner();
-        let filters = events::RequestFilters::compile(&request)?;
+        let mut filters = events::RequestFilters::compile(&request)?;
+        filters.client = peer;
         let stream = self.0.subscribe(&request, filters);
         Ok(Response::new(Box::pin(stream.map(Ok))))
     }

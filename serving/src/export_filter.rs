@@ -35,7 +35,7 @@ impl ExportFilters {
         let filter = events::EventFilter::new(&self.allow, &self.deny)
             .map_err(|e| ("export-allowlist/export-denylist", e.to_string()))?;
         let fields = events::fields::FieldFilters::new(&self.fields).map_err(|e| ("field-filters", e.to_string()))?;
-        Ok(events::RequestFilters { filter, fields, resume: None })
+        Ok(events::RequestFilters { filter, fields, resume: None, client: None })
     }
 }
 

@@ -66,6 +66,54 @@ impl prometheus_client::collector::Collector for RefusalCollector {
     }
 }
 
+/// Clients' queues shown at most (the fullest), so a scrape stays small
+/// however many clients connect.
+pub const MAX_CLIENT_SERIES: usize = 256;
+
+/// Each `GetEvents` client's queue: `PREFIX_subscriber_queued_events`,
+/// `_queued_bytes` and `_dropped_total`, labelled with the client's address
+/// and the stream's number (a client may hold several streams).
+pub struct ClientQueueCollector {
+    pub prefix: &'static str,
+    pub bus: events::bus::EventBus,
+}
+
+impl std::fmt::Debug for ClientQueueCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientQueueCollector").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+impl prometheus_client::collector::Collector for ClientQueueCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let queues = self.bus.client_queues(MAX_CLIENT_SERIES);
+        type Read = fn(&events::bus::ClientQueue) -> u64;
+        let families: [(&str, &str, MetricType, Read); 3] = [
+            ("subscriber_queued_events", "Events queued for this client", MetricType::Gauge, |q| {
+                q.queued_events as u64
+            }),
+            ("subscriber_queued_bytes", "Bytes queued for this client", MetricType::Gauge, |q| q.queued_bytes as u64),
+            ("subscriber_dropped", "Events dropped because this client fell behind", MetricType::Counter, |q| {
+                q.dropped
+            }),
+        ];
+        for (name, help, kind, read) in families {
+            let name = format!("{}_{name}", self.prefix);
+            let mut family = encoder.encode_descriptor(&name, help, None, kind)?;
+            for q in &queues {
+                let stream = q.stream.to_string();
+                let labels = [("client", q.client.as_str()), ("stream", stream.as_str())];
+                let metric = family.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => ConstCounter::new(read(q)).encode(metric)?,
+                    _ => ConstGauge::new(i64::try_from(read(q)).unwrap_or(i64::MAX)).encode(metric)?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The bound scrape listener.
 pub struct MetricsListener {
     listener: TcpListener,
