@@ -27,6 +27,7 @@ pub mod flags;
 pub mod health;
 pub mod k8s;
 pub mod loader;
+pub mod losses;
 pub mod metrics;
 pub mod mounts;
 pub mod netns_filter;

@@ -171,7 +171,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         if let Some(export) = &exporter {
             registry.register_collector(Box::new(serving::export::ExportCollector(export.stats.clone())));
         }
-        if let Some(uplink) = relays {
+        if let Some(uplink) = relays.clone() {
             registry.register_collector(Box::new(node_sensor::metrics::UplinkCollector(uplink)));
         }
         tokio::spawn(listener.serve(Arc::new(registry), stop.clone()));
@@ -186,6 +186,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(processes = seeded, address = %settings.server_address, "process cache seeded from procfs; serving");
 
     let pipe = tokio::spawn(pipeline.run(feed, dump_requests, stop.clone()));
+    // Until everything is written at the end (the export finishes after
+    // the stop), so the last losses are logged too.
+    let (losses_done, losses_stop) = tokio::sync::watch::channel(false);
+    let losses = node_sensor::losses::watch(stats.clone(), bus.clone(), relays, losses_stop);
     if let Some(health) = health {
         node_sensor::health::watch(health, stats.clone(), stop);
     }
@@ -203,6 +207,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     {
         tracing::warn!(after = ?EXPORT_FINISH, "the export file did not finish writing its queue; the rest is lost");
     }
+    let _ = losses_done.send(true);
+    let _ = losses.await;
     tracing::info!(stats = %stats.snapshot(&bus), "stopped");
     Ok(())
 }

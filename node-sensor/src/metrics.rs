@@ -387,7 +387,7 @@ impl Collector for UplinkCollector {
         )?;
         let links = self.0.links();
         type Read = fn(&crate::uplink::LinkState) -> u64;
-        let per_link: [(&str, &str, MetricType, Read); 4] = [
+        let per_link: [(&str, &str, MetricType, Read); 5] = [
             (
                 "vigil_sensor_uplink_connected",
                 "Whether the stream to this relay address is up",
@@ -409,6 +409,12 @@ impl Collector for UplinkCollector {
             ("vigil_sensor_uplink_streams", "Streams opened to this relay address", MetricType::Counter, |s| {
                 s.streams.load(Ordering::Relaxed)
             }),
+            (
+                "vigil_sensor_uplink_skipped",
+                "Events that left the replay buffer before this relay address took them (lost to it)",
+                MetricType::Counter,
+                |s| s.skipped.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, kind, read) in per_link {
             let mut family = encoder.encode_descriptor(name, help, None, kind)?;

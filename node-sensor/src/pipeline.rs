@@ -299,7 +299,6 @@ impl Pipeline {
             unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
                 .map_err(std::io::Error::from)?;
         let mut last_report = Instant::now();
-        let mut reported = crate::loader::KernelCounters::default();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -327,15 +326,8 @@ impl Pipeline {
             }
             if last_report.elapsed() >= REPORT_INTERVAL {
                 last_report = Instant::now();
-                let k = self.refresh_counters(&counters);
-                if k.ringbuf_full > reported.ringbuf_full {
-                    tracing::warn!(
-                        lost = k.ringbuf_full - reported.ringbuf_full,
-                        total = k.ringbuf_full,
-                        "ring buffer full: kernel events lost"
-                    );
-                }
-                reported = k;
+                // Losses among them are logged by `losses`.
+                self.refresh_counters(&counters);
             }
         }
         // What the kernel queued before the stop is still reported, so the

@@ -151,6 +151,9 @@ pub struct LinkState {
     pub acked: AtomicU64,
     /// Streams opened (a reconnect opens one more).
     pub streams: AtomicU64,
+    /// Events that left the replay buffer before this relay took them
+    /// (lost to it; it reports them as lost too).
+    pub skipped: AtomicU64,
 }
 
 /// The uplink as the metrics see it: the replay buffer and each link.
@@ -431,6 +434,7 @@ impl Link {
                     message.push(*seq, &[e.encoded()]);
                 }
                 if skipped > 0 {
+                    self.state.skipped.fetch_add(skipped, Ordering::Relaxed);
                     skipped_unlogged += skipped;
                     if overflow.hit().is_some() {
                         tracing::warn!(

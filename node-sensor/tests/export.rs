@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Sensor, metrics_address, nonce};
+use common::{Sensor, final_stat, logged_losses, metrics_address, nonce};
 use test_support::scrape::{http, sample};
 
 /// Follows `path` by name until `done` and then the end of the file: each
@@ -175,7 +175,7 @@ async fn on_a_full_disk_lost_events_are_counted_and_said_in_the_first_line_after
     let run = nonce();
     let disk = Tmpfs::mount(&std::env::temp_dir().join(format!("vigil-full-{run}")), 256);
     let path = disk.0.join("events.jsonl");
-    let sensor = Sensor::start(&["--export-filename", &path.display().to_string()]).await;
+    let mut sensor = Sensor::start(&["--export-filename", &path.display().to_string()]).await;
     // Counted from before the disk fills: dd's own exec and exit are
     // among the first events that cannot be written.
     let before = sensor.health_counter("export_dropped").await.unwrap();
@@ -220,6 +220,12 @@ async fn on_a_full_disk_lost_events_are_counted_and_said_in_the_first_line_after
     assert!(10 - written <= lost, "marked events neither written nor counted");
     assert!(sensor.log().contains("export file writes failing"));
     assert!(sensor.log().contains("export file writes work again"));
+    // At the end: the loss log adds up to the final count, each once.
+    assert!(sensor.stop().success());
+    let log = sensor.log();
+    let dropped = final_stat(&log, "export_dropped");
+    assert!(dropped >= lost);
+    assert_eq!(logged_losses(&log, "export_dropped"), (dropped, dropped), "log:\n{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,8 +10,8 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Sensor, metrics_address, nonce};
-use proto::tetragon::{DisableTracingPolicyRequest, GetHealthStatusRequest};
+use common::{Sensor, final_stat, logged_losses, metrics_address, nonce};
+use proto::tetragon::{DisableTracingPolicyRequest, GetEventsRequest, GetHealthStatusRequest};
 use test_support::scrape::{http, sample};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,4 +166,35 @@ async fn policies_by_state_and_each_programs_runs_and_run_time_are_metrics() {
     let (_, text) = http(&address, "GET", "/metrics");
     assert_eq!([loaded(&text, "enabled"), loaded(&text, "disabled")], [0, 1], "{text}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_clients_losses_agree_in_its_metrics_the_status_and_the_log() {
+    require_kernel!();
+    let mut sensor = Sensor::start(&["--subscriber-queue-mib", "1", "--metrics-address", "127.0.0.1:0"]).await;
+    let address = metrics_address(&sensor);
+    // A client that never reads: once its HTTP/2 window and its queue's
+    // MiB are full, its events are dropped.
+    let mut client = sensor.client().await;
+    let _stalled = client.get_events(GetEventsRequest::default()).await.unwrap();
+    sensor.wait_counter("subscribers", |n| n >= 2).await; // it and the export file
+    // Some 4 MB of events, a few at a time until the client's are dropped.
+    for i in 0..3000 {
+        assert!(Command::new("/bin/true").arg(format!("stall-{i}")).status().unwrap().success());
+        if i % 100 == 99 && sensor.health_counter("subscriber_dropped").await.is_some_and(|n| n > 0) {
+            break;
+        }
+    }
+    sensor.wait_counter("subscriber_dropped", |n| n > 0).await;
+    // Its own series says so too, as the local client it is.
+    let (_, text) = http(&address, "GET", "/metrics");
+    let own = sample(&text, "vigil_sensor_getevents_client_dropped_total", &[("client", "local")]);
+    let all = sample(&text, "vigil_sensor_subscriber_dropped_total", &[]);
+    assert!(own > 0 && own <= all, "its drops {own}, all {all}:\n{text}");
+    // At the end: the log's losses add up to the final count, each once.
+    assert!(sensor.stop().success());
+    let log = sensor.log();
+    let dropped = final_stat(&log, "subscriber_dropped");
+    assert!(dropped >= all, "final {dropped}, scraped {all}");
+    assert_eq!(logged_losses(&log, "subscriber_dropped"), (dropped, dropped), "log:\n{log}");
 }

@@ -3,10 +3,11 @@
 //! events/s merged and delivered, end-to-end latency percentiles, relay
 //! CPU and RSS, and loss. Ratios and rates from one run, not a timed test.
 //!
-//! `cargo bench -p relay --bench relay_throughput [-- EVENTS_PER_NODE [RATE [CLIENTS]]]`
+//! `cargo bench -p relay --bench relay_throughput [-- EVENTS_PER_NODE [RATE [CLIENTS]] [--operations]]`
 //! With RATE (events/s over all nodes; 0 for none) the senders are paced,
 //! to measure latency and loss below capacity; without it they send flat
-//! out. CLIENTS defaults to 4.
+//! out. CLIENTS defaults to 4. `--operations` runs the relay with
+//! `--metrics-address` (scraped every second meanwhile) and an export file.
 //!
 //! The load generator shares the 2 cores with the relay, so it is kept
 //! cheap: each event's static part is encoded before the clock starts and a
@@ -99,16 +100,34 @@ fn main() {
     let rate: Option<u64> = args.get(1).copied().filter(|r| *r > 0);
     let clients_n = args.get(2).copied().unwrap_or(DEFAULT_CLIENTS).max(1);
     let total = per_node * NODES as u64;
+    let operations = std::env::args().any(|a| a == "--operations");
     let dir = std::env::temp_dir().join(format!("vigil-relay-bench-{}", std::process::id()));
     tls::generate(&dir, &[], 2).expect("certs");
+    let export = dir.join("export.jsonl").display().to_string();
+    let ops_flags: Vec<&str> =
+        if operations { vec!["--metrics-address", "127.0.0.1:0", "--export-filename", &export] } else { vec![] };
     // Port 0: the relay logs the ports it bound.
     let relay = test_support::daemon::Daemon::spawn(
         std::process::Command::new(env!("CARGO_BIN_EXE_vigil-relay"))
             .args(["--tls-dir", &dir.display().to_string()])
             .args(["--client-address", "127.0.0.1:0", "--ingest-address", "127.0.0.1:0"])
-            .args(["--log-level", "warn,serving::listen=info"]),
+            .args(["--log-level", "warn,serving::listen=info"])
+            .args(&ops_flags),
     );
     let relay_pid = relay.id();
+    // A scraper as Prometheus would be, only more often.
+    let scraping = Arc::new(std::sync::atomic::AtomicBool::new(operations));
+    if operations {
+        let metrics = relay.listening("metrics").to_string();
+        let on = scraping.clone();
+        std::thread::spawn(move || {
+            while on.load(Ordering::Relaxed) {
+                let (status, _) = test_support::scrape::http(&metrics, "GET", "/metrics");
+                assert_eq!(status, 200);
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        });
+    }
     let (client_port, ingest_port) = (relay.listening("clients").port(), relay.listening("ingest").port());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let client_tls =
@@ -239,7 +258,9 @@ fn main() {
         let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
         let delivered = received.load(Ordering::Relaxed);
         let pacing = rate.map_or("flat out".to_owned(), |r| format!("paced at {r} events/s"));
-        println!("relay_throughput: {NODES} synthetic sensors × {per_node} events over mTLS ({pacing}), {clients_n} mTLS clients, reorder window 100 ms");
+        scraping.store(false, Ordering::Relaxed);
+        let ops = if operations { ", with metrics (scraped each second) and an export file" } else { "" };
+        println!("relay_throughput: {NODES} synthetic sensors × {per_node} events over mTLS ({pacing}), {clients_n} mTLS clients, reorder window 100 ms{ops}");
         println!("  merged:     {:>10.0} events/s ({total} events in {:.2} s)", total as f64 / elapsed.as_secs_f64(), elapsed.as_secs_f64());
         println!("  delivered:  {:>10.0} events/s to all clients together ({delivered} of {} expected)", delivered as f64 / elapsed.as_secs_f64(), total * clients_n);
         println!("  lost:       {} (reported to clients as rate_limit_info)", lost.load(Ordering::Relaxed));

@@ -113,11 +113,12 @@ async fn two_sensors_batches_show_in_the_metrics_and_the_export_file() {
     assert_eq!(sample(&text, "vigil_relay_history_events", &[]), nodes.history_events);
     assert_eq!((nodes.export_dropped, sample(&text, "vigil_relay_export_dropped_total", &[])), (0, 0));
     assert_eq!(http(&address, "GET", "/healthz").0, 404);
-    let queues: Vec<&str> = text.lines().filter(|l| l.starts_with("vigil_relay_subscriber_queued_events{")).collect();
+    let queues: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("vigil_relay_getevents_client_queued_events{")).collect();
     assert_eq!(queues.len(), 1, "one client, one queue:\n{text}");
     assert!(queues[0].contains("client=\"127.0.0.1:"), "{}", queues[0]);
     assert_eq!(sample(&text, "vigil_relay_clients", &[]), 1);
-    assert_eq!(sample(&text, "vigil_relay_subscriber_dropped_total", &[]), 0);
+    assert_eq!(sample(&text, "vigil_relay_getevents_client_dropped_total", &[]), 0);
 
     // The export file: every node's events but the denied, each once.
     let deadline = Instant::now() + Duration::from_secs(20);

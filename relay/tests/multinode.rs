@@ -233,6 +233,21 @@ fn replay_buffer_overflow_is_reported_with_the_exact_count() {
         describe(delivered)
     );
     assert!(delivered.len() <= 50, "the buffer holds 50: {:?}", describe(delivered));
+    // The sensor's loss log says the same number, each event once.
+    let sensor = &c.sensors[0].1;
+    let logged = |log: &str| -> (u64, u64) {
+        let field = |l: &str, k: &str| -> u64 {
+            l.split_whitespace().find_map(|w| w.strip_prefix(k)?.parse().ok()).unwrap_or(0)
+        };
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("kind=relay_skipped ")).collect();
+        (lines.iter().map(|l| field(l, "lost=")).sum(), lines.last().map_or(0, |l| field(l, "total=")))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while logged(&sensor.log_text()).1 < lost {
+        assert!(std::time::Instant::now() < deadline, "the sensor never logged {lost} lost:\n{}", sensor.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(logged(&sensor.log_text()), (lost, lost), "sensor log:\n{}", sensor.log_text());
 }
 
 #[test]

@@ -70,7 +70,7 @@ impl prometheus_client::collector::Collector for RefusalCollector {
 /// however many clients connect.
 pub const MAX_CLIENT_SERIES: usize = 256;
 
-/// Each `GetEvents` client's queue: `PREFIX_subscriber_queued_events`,
+/// Each `GetEvents` client's queue: `PREFIX_getevents_client_queued_events`,
 /// `_queued_bytes` and `_dropped_total`, labelled with the client's address
 /// and the stream's number (a client may hold several streams).
 pub struct ClientQueueCollector {
@@ -89,11 +89,13 @@ impl prometheus_client::collector::Collector for ClientQueueCollector {
         let queues = self.bus.client_queues(MAX_CLIENT_SERIES);
         type Read = fn(&events::bus::ClientQueue) -> u64;
         let families: [(&str, &str, MetricType, Read); 3] = [
-            ("subscriber_queued_events", "Events queued for this client", MetricType::Gauge, |q| {
+            ("getevents_client_queued_events", "Events queued for this client", MetricType::Gauge, |q| {
                 q.queued_events as u64
             }),
-            ("subscriber_queued_bytes", "Bytes queued for this client", MetricType::Gauge, |q| q.queued_bytes as u64),
-            ("subscriber_dropped", "Events dropped because this client fell behind", MetricType::Counter, |q| {
+            ("getevents_client_queued_bytes", "Bytes queued for this client", MetricType::Gauge, |q| {
+                q.queued_bytes as u64
+            }),
+            ("getevents_client_dropped", "Events dropped because this client fell behind", MetricType::Counter, |q| {
                 q.dropped
             }),
         ];

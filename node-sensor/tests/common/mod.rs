@@ -239,3 +239,21 @@ pub fn metrics_address(sensor: &Sensor) -> String {
     let line = log.lines().find(|l| l.contains("listener=metrics")).expect("the metrics listener's line");
     line.split("address=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned()
 }
+
+/// What the sensor logged of losses of `kind` (see `node_sensor::losses`):
+/// the losses summed over its lines, and the last line's total.
+pub fn logged_losses(log: &str, kind: &str) -> (u64, u64) {
+    let field = |line: &str, key: &str| -> u64 {
+        line.split_whitespace().find_map(|w| w.strip_prefix(key)?.parse().ok()).unwrap_or(0)
+    };
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(&format!("kind={kind} "))).collect();
+    (lines.iter().map(|l| field(l, "lost=")).sum(), lines.last().map_or(0, |l| field(l, "total=")))
+}
+
+/// A counter of the sensor's last words (`stopped stats=…`).
+pub fn final_stat(log: &str, key: &str) -> u64 {
+    let line = log.lines().find(|l| l.contains("stopped stats=")).unwrap_or_else(|| panic!("no final stats:\n{log}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}="))?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+}

@@ -1,0 +1,63 @@
+//! Every kind of loss, logged: once a second at most per kind, a warning
+//! with how many were lost since the last one and the total, read from the
+//! counters `vigil status` and the metrics show (so the three agree, and
+//! each loss is in the log once). A last check at shutdown logs what the
+//! final second lost.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use events::bus::EventBus;
+use tokio::sync::watch;
+
+use crate::stats::{SensorStats, Snapshot};
+use crate::uplink::Uplink;
+
+/// How often the counters are compared.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Each kind of loss: its name in the log, what it is, and its count.
+fn kinds(s: &Snapshot, uplink: Option<&Uplink>) -> [(&'static str, &'static str, u64); 6] {
+    [
+        ("ringbuf_full", "kernel events lost to a full ring buffer", s.ringbuf_full),
+        ("bad_records", "ring-buffer records that failed their checks", s.bad_records),
+        ("subscriber_dropped", "events dropped for GetEvents clients that fell behind", s.subscriber_dropped),
+        ("export_dropped", "events the export file did not get", s.export_dropped),
+        ("returns_lost", "return probes without their call's entry", s.returns_lost),
+        (
+            "relay_skipped",
+            "events that left the replay buffer before a relay took them (lost to it)",
+            uplink.map_or(0, |u| u.links().iter().map(|(_, _, l)| l.skipped.load(Ordering::Relaxed)).sum()),
+        ),
+    ]
+}
+
+/// Logs each kind's losses until `shutdown`, and once more after it.
+pub fn watch(
+    stats: Arc<SensorStats>,
+    bus: EventBus,
+    uplink: Option<Arc<Uplink>>,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut seen = kinds(&stats.snapshot(&bus), uplink.as_deref()).map(|(_, _, n)| n);
+        let stop = serving::listen::stopped(shutdown);
+        tokio::pin!(stop);
+        loop {
+            let stopping = tokio::select! {
+                () = &mut stop => true,
+                () = tokio::time::sleep(CHECK_EVERY) => false,
+            };
+            for (i, (kind, what, total)) in kinds(&stats.snapshot(&bus), uplink.as_deref()).into_iter().enumerate() {
+                if total > seen[i] {
+                    tracing::warn!(kind = %kind, lost = total - seen[i], total, "{what}");
+                    seen[i] = total;
+                }
+            }
+            if stopping {
+                return;
+            }
+        }
+    })
+}
