@@ -259,6 +259,11 @@ fn main() {
         let delivered = received.load(Ordering::Relaxed);
         let pacing = rate.map_or("flat out".to_owned(), |r| format!("paced at {r} events/s"));
         scraping.store(false, Ordering::Relaxed);
+        let exported = operations.then(|| {
+            let (_, text) = test_support::scrape::http(&relay.listening("metrics").to_string(), "GET", "/metrics");
+            let get = |name: &str| test_support::scrape::sample(&text, name, &[]);
+            (get("tetragon_events_exported_total"), get("vigil_relay_export_dropped_total"))
+        });
         let ops = if operations { ", with metrics (scraped each second) and an export file" } else { "" };
         println!("relay_throughput: {NODES} synthetic sensors × {per_node} events over mTLS ({pacing}), {clients_n} mTLS clients, reorder window 100 ms{ops}");
         println!("  merged:     {:>10.0} events/s ({total} events in {:.2} s)", total as f64 / elapsed.as_secs_f64(), elapsed.as_secs_f64());
@@ -266,6 +271,9 @@ fn main() {
         println!("  lost:       {} (reported to clients as rate_limit_info)", lost.load(Ordering::Relaxed));
         println!("  latency:    p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (event time to client)", pct(0.5) as f64 / 1000.0, pct(0.99) as f64 / 1000.0, latencies.last().copied().unwrap_or(0) as f64 / 1000.0);
         println!("  relay:      {cpu:.2} s CPU ({:.2} µs per merged event), RSS {} KiB, peak {} KiB", cpu * 1e6 / total as f64, status_kib(relay_pid, "VmRSS:"), status_kib(relay_pid, "VmHWM:"));
+        if let Some((written, dropped)) = exported {
+            println!("  export:     {written} events written to the file by now, {dropped} dropped (writer behind)");
+        }
         println!("  load:       {own_cpu:.2} s CPU for the benchmark's own {NODES} senders and {clients_n} receivers, on the same 2 cores as the relay");
     });
     relay.stop();
