@@ -72,10 +72,18 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let ingest_listener =
-        Listener::bind("ingest", &flags.ingest_address, certificates.clone()).await?.with_limits(flags.connections);
-    let client_listener =
-        Listener::bind("clients", &flags.client_address, certificates).await?.with_limits(flags.connections);
+    // With a health service, a taken address is waited for (NOT_SERVING
+    // meanwhile): a replacement pod may start before the old one let go.
+    // Without one, it stops start-up at once.
+    let wait = health.is_some();
+    let Some(ingest_listener) = bind("ingest", &flags.ingest_address, certificates.clone(), wait, &stop).await? else {
+        return Ok(());
+    };
+    let Some(client_listener) = bind("clients", &flags.client_address, certificates, wait, &stop).await? else {
+        return Ok(());
+    };
+    let ingest_listener = ingest_listener.with_limits(flags.connections);
+    let client_listener = client_listener.with_limits(flags.connections);
     let enforce = ingest_listener.is_tls();
 
     let nodes = Arc::new(Nodes::new(flags.forget_nodes_after, flags.max_nodes));
@@ -164,6 +172,33 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
     }
     tracing::info!(merged = counters.merged.load(Ordering::Relaxed), "stopped");
     Ok(())
+}
+
+/// Binds `address`; if it is in use and `wait`, tries again every second
+/// until it is free or the relay is stopped (`None`).
+async fn bind(
+    label: &'static str,
+    address: &serving::address::ServerAddress,
+    certificates: Option<Certificates>,
+    wait: bool,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<Listener>, listen::ListenError> {
+    let taken = serving::log_limit::LogLimit::new(std::time::Duration::from_secs(10));
+    loop {
+        match Listener::bind(label, address, certificates.clone()).await {
+            Ok(l) => return Ok(Some(l)),
+            Err(listen::ListenError::Bind { error, .. }) if wait && error.kind() == std::io::ErrorKind::AddrInUse => {
+                if let Some(n) = taken.hit() {
+                    tracing::warn!(listener = label, %address, tries = n, "address in use; NOT_SERVING, trying again every second");
+                }
+                tokio::select! {
+                    () = listen::stopped(stop.clone()) => return Ok(None),
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A Kubernetes client: from `kubeconfig`, or the pod's in-cluster credentials.

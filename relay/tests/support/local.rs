@@ -50,10 +50,16 @@ impl Relay {
                 keep
             })
             .collect();
+        // Port 0 for the listeners a test does not place itself.
+        let defaults: Vec<&str> = ["--client-address", "--ingest-address"]
+            .into_iter()
+            .filter(|flag| !rest.contains(flag))
+            .flat_map(|flag| [flag, "127.0.0.1:0"])
+            .collect();
         let daemon = Daemon::spawn(
             Command::new(env!("CARGO_BIN_EXE_vigil-relay"))
                 .args(["--tls-dir", &dir.display().to_string()])
-                .args(["--client-address", "127.0.0.1:0", "--ingest-address", "127.0.0.1:0"])
+                .args(defaults)
                 .args(["--log-level", &level])
                 .args(rest),
         );
