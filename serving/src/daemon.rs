@@ -181,7 +181,11 @@ where
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(body()) {
+    let outcome = runtime.block_on(body());
+    // Threads still blocked (an export write on a hung disk) do not hold
+    // the exit longer than this.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if quiet(&e) => ExitCode::SUCCESS,
         Err(e) => {
