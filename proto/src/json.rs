@@ -94,8 +94,9 @@ impl<'de> Deserialize<'de> for GetEventsResponse {
     }
 }
 
-/// protojson readers accept the lowerCamelCase JSON name too.
-fn snake_case(key: &str) -> String {
+/// protojson readers accept the lowerCamelCase JSON name too: `execId` →
+/// `exec_id` (a dotted path converts part by part).
+pub fn snake_case(key: &str) -> String {
     let mut out = String::with_capacity(key.len() + 4);
     for c in key.chars() {
         if c.is_ascii_uppercase() {

@@ -49,27 +49,13 @@ fn field_filters_with_masks(text: &str) -> Result<String, (&'static str, String)
         if let Some(fields) = value.get_mut("fields")
             && let Some(paths) = fields.as_str()
         {
-            let paths: Vec<String> = paths.split(',').map(|p| snake_case(p.trim())).filter(|p| !p.is_empty()).collect();
+            let paths: Vec<String> = paths.split(',').map(|p| proto::json::snake_case(p.trim())).filter(|p| !p.is_empty()).collect();
             *fields = serde_json::json!({ "paths": paths });
         }
         out.push_str(&value.to_string());
         out.push('\n');
     }
     Ok(out)
-}
-
-/// `process.execId` → `process.exec_id`.
-fn snake_case(path: &str) -> String {
-    let mut out = String::with_capacity(path.len() + 4);
-    for c in path.chars() {
-        if c.is_ascii_uppercase() {
-            out.push('_');
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// JSON objects one after another (whitespace or nothing between them).
