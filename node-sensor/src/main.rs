@@ -159,21 +159,15 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         relays = Some(uplink::start(&bus, uplink).await.context("relay uplink")?);
     }
     if let Some((listener, counts)) = metrics {
-        let mut registry = node_sensor::metrics::registry(stats.clone(), bus.clone(), counts, policies.clone());
-        registry.register_collector(Box::new(serving::metrics::ClientQueueCollector {
-            prefix: "vigil_sensor",
+        let registry = node_sensor::metrics::registry(node_sensor::metrics::Sources {
+            stats: stats.clone(),
             bus: bus.clone(),
-        }));
-        registry.register_collector(Box::new(serving::metrics::RefusalCollector {
-            name: "vigil_sensor_connections_refused",
-            listeners: vec![("api", listener_refusals.clone())],
-        }));
-        if let Some(export) = &exporter {
-            registry.register_collector(Box::new(serving::export::ExportCollector(export.stats.clone())));
-        }
-        if let Some(uplink) = relays.clone() {
-            registry.register_collector(Box::new(node_sensor::metrics::UplinkCollector(uplink)));
-        }
+            counts,
+            policies: policies.clone(),
+            refusals: listener_refusals,
+            export: exporter.as_ref().map(|e| e.stats.clone()),
+            uplink: relays.clone(),
+        });
         tokio::spawn(listener.serve(Arc::new(registry), stop.clone()));
     }
     let seeded = pipeline.seed_from_procfs(&settings.procfs);

@@ -432,15 +432,41 @@ impl Collector for UplinkCollector {
     }
 }
 
+/// What the sensor's metrics are read from.
+pub struct Sources {
+    pub stats: Arc<SensorStats>,
+    pub bus: EventBus,
+    pub counts: Arc<EventCounts>,
+    pub policies: SharedPolicies,
+    /// The API listener's refused connections.
+    pub refusals: Arc<serving::listen::Refusals>,
+    pub export: Option<Arc<serving::export::ExportStats>>,
+    pub uplink: Option<Arc<crate::uplink::Uplink>>,
+}
+
 /// The registry a scrape answers.
-pub fn registry(
-    stats: Arc<SensorStats>,
-    bus: EventBus,
-    counts: Arc<EventCounts>,
-    policies: SharedPolicies,
-) -> Registry {
+pub fn registry(s: Sources) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(SensorCollector { stats, bus, counts, policies }));
+    registry.register_collector(Box::new(serving::metrics::ClientQueueCollector {
+        prefix: "vigil_sensor",
+        bus: s.bus.clone(),
+    }));
+    registry.register_collector(Box::new(serving::metrics::RefusalCollector {
+        name: "vigil_sensor_connections_refused",
+        listeners: vec![("api", s.refusals)],
+    }));
+    if let Some(export) = s.export {
+        registry.register_collector(Box::new(serving::export::ExportCollector(export)));
+    }
+    if let Some(uplink) = s.uplink {
+        registry.register_collector(Box::new(UplinkCollector(uplink)));
+    }
+    registry.register_collector(Box::new(SensorCollector {
+        stats: s.stats,
+        bus: s.bus,
+        counts: s.counts,
+        policies: s.policies,
+    }));
     registry
 }
 

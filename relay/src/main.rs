@@ -131,18 +131,9 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
     let query = Arc::new(QueryService { hub: hub.clone(), nodes, merge: counters.clone(), export_dropped });
     if let Some(address) = &flags.metrics_address {
         let listener = MetricsListener::bind(address).await.context("--metrics-address")?;
-        let mut registry = relay::metrics::registry(query.clone());
-        registry.register_collector(Box::new(serving::metrics::ClientQueueCollector {
-            prefix: "vigil_relay",
-            bus: hub.bus.clone(),
-        }));
-        registry.register_collector(Box::new(serving::metrics::RefusalCollector {
-            name: "vigil_relay_connections_refused",
-            listeners: vec![("ingest", ingest_listener.refusals()), ("clients", client_listener.refusals())],
-        }));
-        if let Some(export) = &exporter {
-            registry.register_collector(Box::new(serving::export::ExportCollector(export.stats.clone())));
-        }
+        let refusals = vec![("ingest", ingest_listener.refusals()), ("clients", client_listener.refusals())];
+        let export = exporter.as_ref().map(|e| e.stats.clone());
+        let registry = relay::metrics::registry(query.clone(), refusals, export);
         tokio::spawn(listener.serve(Arc::new(registry), stop.clone()));
     }
     let admin = RelayAdminServer::with_interceptor(AdminService(query.clone()), RoleCheck::new(Role::Client, enforce));

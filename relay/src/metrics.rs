@@ -96,9 +96,25 @@ impl Collector for RelayCollector {
     }
 }
 
-/// The registry a scrape answers.
-pub fn registry(query: Arc<QueryService>) -> Registry {
+/// The registry a scrape answers: the status, each client's queue, the
+/// listeners' refusals (`ingest`, `clients`) and the export file's counts.
+pub fn registry(
+    query: Arc<QueryService>,
+    refusals: Vec<(&'static str, Arc<serving::listen::Refusals>)>,
+    export: Option<Arc<serving::export::ExportStats>>,
+) -> Registry {
     let mut registry = Registry::default();
+    registry.register_collector(Box::new(serving::metrics::ClientQueueCollector {
+        prefix: "vigil_relay",
+        bus: query.hub.bus.clone(),
+    }));
+    registry.register_collector(Box::new(serving::metrics::RefusalCollector {
+        name: "vigil_relay_connections_refused",
+        listeners: refusals,
+    }));
+    if let Some(export) = export {
+        registry.register_collector(Box::new(serving::export::ExportCollector(export)));
+    }
     registry.register_collector(Box::new(RelayCollector(query)));
     registry
 }

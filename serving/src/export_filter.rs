@@ -49,7 +49,8 @@ fn field_filters_with_masks(text: &str) -> Result<String, (&'static str, String)
         if let Some(fields) = value.get_mut("fields")
             && let Some(paths) = fields.as_str()
         {
-            let paths: Vec<String> = paths.split(',').map(|p| proto::json::snake_case(p.trim())).filter(|p| !p.is_empty()).collect();
+            let paths: Vec<String> =
+                paths.split(',').map(|p| proto::json::snake_case(p.trim())).filter(|p| !p.is_empty()).collect();
             *fields = serde_json::json!({ "paths": paths });
         }
         out.push_str(&value.to_string());
