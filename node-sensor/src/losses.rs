@@ -5,7 +5,6 @@
 //! final second lost.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use events::bus::EventBus;
@@ -28,7 +27,7 @@ fn kinds(s: &Snapshot, uplink: Option<&Uplink>) -> [(&'static str, &'static str,
         (
             "relay_skipped",
             "events that left the replay buffer before a relay took them (lost to it)",
-            uplink.map_or(0, |u| u.links().iter().map(|(_, _, l)| l.skipped.load(Ordering::Relaxed)).sum()),
+            uplink.map_or(0, Uplink::skipped),
         ),
     ]
 }

@@ -160,6 +160,8 @@ pub struct LinkState {
 pub struct Uplink {
     pub replay: Arc<Replay>,
     links: Mutex<BTreeMap<(String, SocketAddr), Arc<LinkState>>>,
+    /// Events skipped to links since closed (their relay address went away).
+    closed_skipped: AtomicU64,
 }
 
 impl Uplink {
@@ -172,8 +174,16 @@ impl Uplink {
         self.links.lock().entry((relay.to_owned(), addr)).or_default().clone()
     }
 
+    /// Events skipped to every relay link, open or closed.
+    pub fn skipped(&self) -> u64 {
+        let open: u64 = self.links.lock().values().map(|l| l.skipped.load(Ordering::Relaxed)).sum();
+        open + self.closed_skipped.load(Ordering::Relaxed)
+    }
+
     fn close(&self, relay: &str, addr: SocketAddr) {
-        self.links.lock().remove(&(relay.to_owned(), addr));
+        if let Some(link) = self.links.lock().remove(&(relay.to_owned(), addr)) {
+            self.closed_skipped.fetch_add(link.skipped.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
     }
 }
 
@@ -226,7 +236,11 @@ fn boot_id() -> String {
 /// Starts the collector and one connection task per relay address.
 pub async fn start(bus: &EventBus, settings: UplinkSettings) -> Result<Arc<Uplink>, UplinkError> {
     let replay = Arc::new(Replay::new(settings.buffer_size));
-    let uplink = Arc::new(Uplink { replay: replay.clone(), links: Mutex::new(BTreeMap::new()) });
+    let uplink = Arc::new(Uplink {
+        replay: replay.clone(),
+        links: Mutex::new(BTreeMap::new()),
+        closed_skipped: AtomicU64::new(0),
+    });
     // The collector must never fall behind the bus: its queue is as deep as
     // the replay buffer, and whatever the bus still drops becomes a gap.
     let mut sub = bus.subscribe_internal(events::RequestFilters::default());
