@@ -40,7 +40,8 @@ pub fn watch(
     shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut seen = kinds(&stats.snapshot(&bus), uplink.as_deref()).map(|(_, _, n)| n);
+        // Every counter starts at 0 with the process: all it counts is logged.
+        let mut seen = [0u64; 6];
         let stop = serving::listen::stopped(shutdown);
         tokio::pin!(stop);
         loop {
