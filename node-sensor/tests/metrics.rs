@@ -173,9 +173,15 @@ async fn a_stalled_clients_losses_agree_in_its_metrics_the_status_and_the_log() 
     require_kernel!();
     let mut sensor = Sensor::start(&["--subscriber-queue-mib", "1", "--metrics-address", "127.0.0.1:0"]).await;
     let address = metrics_address(&sensor);
-    // A client that never reads: once its HTTP/2 window and its queue's
-    // MiB are full, its events are dropped.
-    let mut client = sensor.client().await;
+    // A client that never reads, with an HTTP/2 window of 1 KiB (hyper's
+    // default of MBs, which it may also grow, would take much longer to
+    // fill): once its queue's MiB is full, its events are dropped.
+    let channel = sensor
+        .address
+        .connect_with(|e| e.initial_stream_window_size(1024).initial_connection_window_size(65_535))
+        .await
+        .unwrap();
+    let mut client = proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient::new(channel);
     let _stalled = client.get_events(GetEventsRequest::default()).await.unwrap();
     sensor.wait_counter("subscribers", |n| n >= 2).await; // it and the export file
     // Some 4 MB of events, a few at a time until the client's are dropped.
