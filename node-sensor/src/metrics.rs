@@ -421,11 +421,7 @@ impl Collector for UplinkCollector {
             for (relay, addr, state) in &links {
                 let addr = addr.to_string();
                 let labels = [("relay", relay.as_str()), ("address", addr.as_str())];
-                let metric = family.encode_family(&labels)?;
-                match kind {
-                    MetricType::Counter => ConstCounter::new(read(state)).encode(metric)?,
-                    _ => ConstGauge::new(i64::try_from(read(state)).unwrap_or(i64::MAX)).encode(metric)?,
-                }
+                serving::metrics::encode_value(family.encode_family(&labels)?, kind, read(state))?;
             }
         }
         Ok(())

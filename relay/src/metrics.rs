@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use proto::vigil::relay::v1::NodeStatus;
+
+use serving::metrics::encode_value;
 
 use crate::query::QueryService;
 
@@ -32,11 +32,7 @@ fn per_node(
     let mut family = encoder.encode_descriptor(name, help, None, kind)?;
     for n in nodes {
         let labels = [("node", n.node_name.as_str())];
-        let metric = family.encode_family(&labels)?;
-        match kind {
-            MetricType::Gauge => ConstGauge::new(value(n) as i64).encode(metric)?,
-            _ => ConstCounter::new(value(n)).encode(metric)?,
-        }
+        encode_value(family.encode_family(&labels)?, kind, value(n))?;
     }
     Ok(())
 }
@@ -63,11 +59,7 @@ impl Collector for RelayCollector {
             ("vigil_relay_client_queue_bytes", "Bytes queued for clients", gauge, s.client_queue_bytes),
             ("vigil_relay_export_dropped", "Events the export file did not get", counter, s.export_dropped),
         ] {
-            let metric = encoder.encode_descriptor(name, help, None, kind)?;
-            match kind {
-                MetricType::Gauge => ConstGauge::new(value as i64).encode(metric)?,
-                _ => ConstCounter::new(value).encode(metric)?,
-            }
+            encode_value(encoder.encode_descriptor(name, help, None, kind)?, kind, value)?;
         }
         let nodes = &s.nodes;
         per_node(

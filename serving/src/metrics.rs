@@ -36,6 +36,19 @@ pub fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64) 
     ConstCounter::new(v).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)
 }
 
+/// Encodes one series' value as `kind` says: a gauge (saturating at
+/// `i64::MAX`) or else a counter.
+pub fn encode_value(
+    metric: prometheus_client::encoding::MetricEncoder<'_>,
+    kind: MetricType,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    match kind {
+        MetricType::Gauge => ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(metric),
+        _ => ConstCounter::new(v).encode(metric),
+    }
+}
+
 /// Encodes one unlabelled gauge.
 pub fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<(), std::fmt::Error> {
     ConstGauge::new(v).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
@@ -105,11 +118,7 @@ impl prometheus_client::collector::Collector for ClientQueueCollector {
             for q in &queues {
                 let stream = q.stream.to_string();
                 let labels = [("client", q.client.as_str()), ("stream", stream.as_str())];
-                let metric = family.encode_family(&labels)?;
-                match kind {
-                    MetricType::Counter => ConstCounter::new(read(q)).encode(metric)?,
-                    _ => ConstGauge::new(i64::try_from(read(q)).unwrap_or(i64::MAX)).encode(metric)?,
-                }
+                encode_value(family.encode_family(&labels)?, kind, read(q))?;
             }
         }
         Ok(())
