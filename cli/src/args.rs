@@ -73,6 +73,15 @@ pub enum TracingPolicyCommand {
     Enable(PolicyName),
     /// Take a policy's hooks out of the kernel, keeping the policy.
     Disable(PolicyName),
+    /// Switch a policy's enforcement on (enforce) or off (monitor: its
+    /// signals are counted, not sent).
+    SetMode {
+        #[command(flatten)]
+        policy: PolicyName,
+        /// The mode.
+        #[arg(value_enum)]
+        mode: PolicyMode,
+    },
     /// The server's policies: state, hooks, kernel memory, events.
     List {
         /// Output format.
@@ -89,6 +98,12 @@ pub struct PolicyName {
     /// The namespace of a TracingPolicyNamespaced.
     #[arg(long, default_value = "")]
     pub namespace: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyMode {
+    Enforce,
+    Monitor,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -1,4 +1,4 @@
-//! `vigil tracingpolicy add|delete|enable|disable|list`: Tetragon's
+//! `vigil tracingpolicy add|delete|enable|disable|set-mode|list`: Tetragon's
 //! policy RPCs, as `tetra tracingpolicy` calls them. A file is checked
 //! here before it is sent, so a bad one is named by path without a round
 //! trip; the server checks again (it also knows the kernel).
@@ -6,11 +6,12 @@
 use anyhow::Context;
 use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
 use proto::tetragon::{
-    AddTracingPolicyRequest, DeleteTracingPolicyRequest, DisableTracingPolicyRequest, EnableTracingPolicyRequest,
-    ListTracingPoliciesRequest, ListTracingPoliciesResponse, TracingPolicyMode, TracingPolicyState,
+    AddTracingPolicyRequest, ConfigureTracingPolicyRequest, DeleteTracingPolicyRequest, DisableTracingPolicyRequest,
+    EnableTracingPolicyRequest, ListTracingPoliciesRequest, ListTracingPoliciesResponse, TracingPolicyMode,
+    TracingPolicyState,
 };
 
-use crate::args::{ListFormat, TracingPolicyCommand};
+use crate::args::{ListFormat, PolicyMode, TracingPolicyCommand};
 use crate::getevents::status_error;
 use crate::target::Target;
 
@@ -55,6 +56,20 @@ pub async fn run(target: &Target, command: &TracingPolicyCommand) -> anyhow::Res
             client().await?.disable_tracing_policy(request).await.map_err(status_error)?;
             println!("tracing policy {:?} disabled", p.name);
         }
+        TracingPolicyCommand::SetMode { policy: p, mode } => {
+            let wire = match mode {
+                PolicyMode::Enforce => TracingPolicyMode::TpModeEnforce,
+                PolicyMode::Monitor => TracingPolicyMode::TpModeMonitor,
+            };
+            let request = ConfigureTracingPolicyRequest {
+                name: p.name.clone(),
+                namespace: p.namespace.clone(),
+                mode: Some(wire as i32),
+                ..Default::default()
+            };
+            client().await?.configure_tracing_policy(request).await.map_err(status_error)?;
+            println!("tracing policy {:?} set to {}", p.name, wire.as_str_name());
+        }
         TracingPolicyCommand::List { output } => {
             let list = client()
                 .await?
@@ -88,6 +103,7 @@ pub fn table(list: &ListTracingPoliciesResponse) -> String {
         let mode = match TracingPolicyMode::try_from(p.mode) {
             Ok(TracingPolicyMode::TpModeEnforce) => "enforce",
             Ok(TracingPolicyMode::TpModeMonitor) => "monitor",
+            Ok(TracingPolicyMode::TpModeMonitorOnly) => "monitor_only",
             _ => "unknown",
         };
         let posts = p.stats.as_ref().and_then(|s| s.action_counters.as_ref()).map_or(0, |c| c.post);

@@ -114,7 +114,13 @@ pub const COUNTER_CLONES: u32 = 4;
 pub const COUNTER_HOOKS: u32 = 5;
 /// Returns whose entry was not kept (the pending map was full).
 pub const COUNTER_RETURNS_LOST: u32 = 6;
-pub const COUNTERS_LEN: u32 = 7;
+/// Hooks with selectors whose selector program could not be reached (the
+/// tail call failed): their events are lost.
+pub const COUNTER_SELECT_FAILED: u32 = 7;
+/// Execs whose binary could not be kept for `matchBinaries` (the map of
+/// live processes' binaries was full).
+pub const COUNTER_BINARIES_FULL: u32 = 8;
+pub const COUNTERS_LEN: u32 = 9;
 
 /// Common first 16 bytes of every record.
 #[repr(C)]
@@ -204,8 +210,10 @@ pub struct CloneRecord {
 /// Arguments a hook reads at most (Tetragon's limit for a tracepoint).
 pub const HOOK_MAX_ARGS: usize = 5;
 /// Policy hooks one attach point serves at most (several policies may
-/// name the same tracepoint; a uprobe attach serves one hook).
-pub const HOOKS_PER_ATTACH: usize = 4;
+/// name the same tracepoint; a uprobe attach serves one hook). A
+/// tracepoint's run takes up to two tail calls per hook (see `Chain`), and
+/// the kernel allows 33.
+pub const HOOKS_PER_ATTACH: usize = 16;
 /// Bytes of one string or buffer argument kept; longer ones are cut and
 /// flagged `ARG_TRUNCATED`.
 pub const HOOK_STRING_MAX: usize = 1024;
@@ -350,11 +358,15 @@ pub struct HookSpec {
 /// `HookSpec::flags`: a return probe reports this hook, with the return
 /// value: the entry program keeps the arguments for it.
 pub const HOOK_RETURN: u32 = 1 << 0;
+/// `HookSpec::flags`: the hook has selectors (in `SELECTORS`, by hook
+/// number); the selector program decides what is sent and done.
+pub const HOOK_SELECT: u32 = 1 << 1;
 /// Cookies of kretprobe attaches have this bit (with the hook's number).
 pub const KRETPROBE_COOKIE: u64 = 1 << 34;
 /// Cookies of tracepoint attaches of the program that reads file
 /// descriptors (one attach per hook, as a kprobe's), with the hook's number.
 pub const TRACEPOINT_FD_COOKIE: u64 = 1 << 35;
+
 /// `RecordHeader::flags` of a hook record: its last argument is the
 /// function's return value.
 pub const RECORD_HAS_RETURN: u32 = 1 << 0;
@@ -406,6 +418,13 @@ pub struct HookRecord {
     pub pid: u32,
     pub tid: u32,
     pub data_len: u32,
+    /// The selector that matched at entry (for hooks with selectors): the
+    /// return side follows it, as Tetragon's does.
+    pub selector: u32,
+    /// The actions taken at entry and at return, as Tetragon's
+    /// `KprobeAction` numbers (`ACTION_*`); 0 where no selector ran.
+    pub action: u16,
+    pub return_action: u16,
 }
 
 /// Key of the exec-time map: one process image on this kernel.
@@ -551,12 +570,13 @@ const _: () = assert!(core::mem::size_of::<ExecTimeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<ArgSpec>() == 12);
 const _: () = assert!(core::mem::size_of::<HookSpec>() == 8 + 12 * HOOK_MAX_ARGS + 12 + 4);
 const _: () = assert!(core::mem::size_of::<HookSet>() == 8 + 84 * HOOKS_PER_ATTACH);
-const _: () = assert!(core::mem::size_of::<ReturnPending>() == 32 + RETURN_DATA_MAX);
+const _: () = assert!(core::mem::size_of::<ReturnPending>() == 40 + RETURN_DATA_MAX);
 const _: () = assert!(core::mem::size_of::<PathHead>() == 8);
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 72);
 const _: () = assert!(core::mem::size_of::<CredArg>() == 16 + core::mem::size_of::<CredInfo>());
-const _: () = assert!(core::mem::size_of::<HookRecord>() == 32);
+const _: () = assert!(core::mem::size_of::<HookRecord>() == 40);
 const _: () = assert!(HOOK_DATA_SIZE.is_power_of_two());
+const _: () = assert!(HOOKS_PER_ATTACH.is_power_of_two());
 const _: () = assert!(HOOK_MAX_ARGS * (8 + HOOK_ARG_BYTES) < HOOK_DATA_SIZE);
 const _: () = assert!(HOOK_STRING_MAX <= HOOK_ARG_BYTES);
 const _: () = assert!(core::mem::size_of::<CredInfo>() == 10 * 4 + 4 * 8);
@@ -592,4 +612,212 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::HookSet {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SelectorSet {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ActionCounts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::StringKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Binary {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Chain {}
 }
+
+// --- Selectors: in-kernel filters and actions of a hook -------------------
+
+/// Selectors a hook may have, arg filters a selector may have (per side:
+/// `matchArgs`, `matchReturnArgs`), integer values per filter (4 ranges
+/// take 8), pids per `matchPIDs` and actions per side, as Tetragon bounds
+/// them.
+pub const SELECTORS_PER_HOOK: usize = 5;
+/// Room for selectors in a hook's set: a power of two, so that an index
+/// the kernel reads back is masked into bounds (an older verifier loses a
+/// compared bound once the value has been spilled).
+pub const SELECTOR_SLOTS: usize = 8;
+pub const SELECTOR_ARG_FILTERS: usize = 5;
+pub const FILTER_INT_VALUES: usize = 8;
+pub const SELECTOR_PIDS: usize = 4;
+pub const SELECTOR_ACTIONS: usize = 3;
+
+/// `ArgFilterSpec::op`. Integer operators compare the argument's value;
+/// string operators look the argument's bytes up in `STRINGS`.
+pub const OP_INT_EQUAL: u8 = 1;
+pub const OP_INT_NOT_EQUAL: u8 = 2;
+pub const OP_GT: u8 = 3;
+pub const OP_LT: u8 = 4;
+pub const OP_MASK: u8 = 5;
+pub const OP_IN_RANGE: u8 = 6;
+pub const OP_NOT_IN_RANGE: u8 = 7;
+pub const OP_STR_EQUAL: u8 = 8;
+pub const OP_STR_NOT_EQUAL: u8 = 9;
+pub const OP_PREFIX: u8 = 10;
+pub const OP_NOT_PREFIX: u8 = 11;
+pub const OP_POSTFIX: u8 = 12;
+pub const OP_NOT_POSTFIX: u8 = 13;
+
+/// Bytes a string value may have, per operator: what fits a `StringKey`
+/// after the filter number (and, for `Equal`, the 2-byte length), and
+/// Tetragon's bound for suffixes (reversed in the kernel byte by byte).
+pub const STRING_KEY_DATA: usize = 256;
+pub const STRING_EQUAL_MAX: usize = STRING_KEY_DATA - 6;
+pub const STRING_PREFIX_MAX: usize = STRING_KEY_DATA - 4;
+pub const STRING_POSTFIX_MAX: usize = 127;
+/// String values across all hooks.
+pub const STRING_VALUES_MAX: u32 = 16384;
+
+/// One `matchArgs` / `matchReturnArgs` entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArgFilterSpec {
+    pub op: u8,
+    /// The argument's position in the record (the return value comes
+    /// after the declared arguments).
+    pub arg: u8,
+    /// 64 minus the argument's bits: integers are cut to their type's
+    /// bits (and sign-extended when `signed`) before comparing.
+    pub shift: u8,
+    pub signed: u8,
+    pub nvalues: u8,
+    pub _pad: [u8; 3],
+    /// String operators: this filter's number in `STRINGS` keys.
+    pub strings: u32,
+    pub _pad2: u32,
+    /// Integer values; ranges as (low, high) pairs, both included.
+    pub values: [u64; FILTER_INT_VALUES],
+}
+
+/// `PidFilterSpec::op` and `BinaryFilterSpec::op` (0: no filter).
+pub const OP_IN: u8 = 1;
+pub const OP_NOT_IN: u8 = 2;
+/// `PidFilterSpec::flags`: compare the pid in the task's pid namespace.
+pub const PID_NAMESPACE: u8 = 1 << 0;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PidFilterSpec {
+    pub op: u8,
+    pub flags: u8,
+    pub nvalues: u8,
+    pub _pad: u8,
+    pub values: [u32; SELECTOR_PIDS],
+}
+
+/// `matchBinaries`: `op` is a string operator on the exec'd binary's path
+/// (`In` is `OP_STR_EQUAL`), 0 for none.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BinaryFilterSpec {
+    pub op: u8,
+    pub _pad: [u8; 3],
+    pub strings: u32,
+}
+
+/// Actions, as Tetragon's `KprobeAction` numbers.
+pub const ACTION_POST: u32 = 1;
+pub const ACTION_SIGKILL: u32 = 3;
+pub const ACTION_NOPOST: u32 = 9;
+pub const ACTION_SIGNAL: u32 = 10;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActionSpec {
+    pub kind: u32,
+    /// `Signal`: the signal number.
+    pub signal: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SelectorSpec {
+    pub nargs: u8,
+    pub nrets: u8,
+    pub nactions: u8,
+    pub nret_actions: u8,
+    pub pids: PidFilterSpec,
+    pub binary: BinaryFilterSpec,
+    pub args: [ArgFilterSpec; SELECTOR_ARG_FILTERS],
+    pub rets: [ArgFilterSpec; SELECTOR_ARG_FILTERS],
+    pub actions: [ActionSpec; SELECTOR_ACTIONS],
+    pub ret_actions: [ActionSpec; SELECTOR_ACTIONS],
+}
+
+/// Where a tracepoint's run is in its hooks (per CPU): the tracepoint
+/// program handles one hook per run and tail-calls itself (or, through the
+/// selector program, comes back) for the next, so its verification does not
+/// grow with the hooks an attach serves.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Chain {
+    /// The next run continues this chain (else it starts at hook 0).
+    pub active: u32,
+    pub next: u32,
+    pub cookie: u64,
+}
+
+/// `SelectorSet::flags`: enforcement actions are counted, not taken.
+pub const SELECT_MONITOR: u32 = 1 << 0;
+/// `SelectorSet::flags`: a return probe sends the event.
+pub const SELECT_RETURN: u32 = 1 << 1;
+
+/// A hook's selectors, in `SELECTORS` by hook number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SelectorSet {
+    pub count: u32,
+    pub flags: u32,
+    /// The first `count` (at most `SELECTORS_PER_HOOK`) are used.
+    pub selectors: [SelectorSpec; SELECTOR_SLOTS],
+}
+
+/// Per selector, what its actions did (Tetragon's
+/// `TracingPolicyActionCounters`, in this order).
+pub const COUNT_POST: usize = 0;
+pub const COUNT_SIGNAL: usize = 1;
+pub const COUNT_MONITOR_SIGNAL: usize = 2;
+pub const COUNT_NOPOST: usize = 3;
+pub const COUNTS_PER_SELECTOR: usize = 4;
+
+/// A hook's action counts, in `ACTION_COUNTS` by hook number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActionCounts {
+    pub counts: [u64; SELECTOR_SLOTS * COUNTS_PER_SELECTOR],
+}
+
+/// A key of `STRINGS`, the LPM trie of every string filter's values:
+/// `data` is the filter's number (big-endian), then for `Equal` the
+/// value's length (2 bytes, big-endian) and the value, for `Prefix` the
+/// value, for `Postfix` the value reversed. A lookup's `prefix_len` covers
+/// the argument's bytes only, so any entry that matches is a prefix of it
+/// (with the length, an equal string).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StringKey {
+    pub prefix_len: u32,
+    pub data: [u8; STRING_KEY_DATA],
+}
+
+/// Live processes' binaries (the exec'd path, as events show it), for
+/// `matchBinaries`.
+pub const BINARY_SIZE: usize = 256;
+pub const BINARIES_MAX: u32 = 32768;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Binary {
+    pub len: u32,
+    pub _pad: u32,
+    pub path: [u8; BINARY_SIZE],
+}
+
+const _: () = assert!(core::mem::size_of::<ArgFilterSpec>() == 16 + 8 * FILTER_INT_VALUES);
+const _: () = assert!(core::mem::size_of::<PidFilterSpec>() == 4 + 4 * SELECTOR_PIDS);
+const _: () =
+    assert!(core::mem::size_of::<SelectorSpec>() == 32 + 2 * 80 * SELECTOR_ARG_FILTERS + 2 * 8 * SELECTOR_ACTIONS);
+const _: () = assert!(core::mem::size_of::<SelectorSet>() == 8 + 880 * SELECTOR_SLOTS);
+const _: () = assert!(SELECTOR_SLOTS.is_power_of_two() && SELECTORS_PER_HOOK <= SELECTOR_SLOTS);
+const _: () = assert!(COUNTS_PER_SELECTOR.is_power_of_two());
+const _: () = assert!(core::mem::size_of::<StringKey>() == 4 + STRING_KEY_DATA);
+const _: () = assert!(core::mem::size_of::<Binary>() == 8 + BINARY_SIZE);
+const _: () = assert!(BINARY_SIZE <= FILENAME_SIZE);

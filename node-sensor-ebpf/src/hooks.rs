@@ -19,11 +19,40 @@ use aya_ebpf::{
 use node_sensor_common::*;
 
 use crate::args::{AREA, ARGS_PATHS, ARGS_PLAIN, ARGS_SOCK, read_arg};
-use crate::{EVENTS, HOOK_SCRATCH, HOOKS, RETURN_PENDING, count, queued, submit_flags};
+use crate::select::{SELECT_PROBE, SELECT_TRACEPOINT, select_failed};
+use crate::{
+    CHAIN, EVENTS, HOOK_SCRATCH, HOOKS, READER_TP, RETURN_PENDING, SELECT_KP, SELECT_TP, count, queued, submit_flags,
+};
+
+/// A program's context as the tail call wants it.
+struct Ctx(*mut c_void);
+
+impl EbpfContext for Ctx {
+    fn as_ptr(&self) -> *mut c_void {
+        self.0
+    }
+}
+
+/// Hands the record in the scratch to the selector program (`SELECT_*`: the
+/// one of the caller's program type); only returns if that failed (counted:
+/// the event is lost).
+#[inline(always)]
+fn to_selectors(ctx: *mut c_void, program_type: u32) {
+    // SAFETY: a tail call either runs the slot's program, which reads the
+    // scratch this program filled, or returns.
+    unsafe {
+        if program_type == SELECT_TRACEPOINT {
+            SELECT_TP.tail_call(&Ctx(ctx), 0);
+        } else {
+            SELECT_KP.tail_call(&Ctx(ctx), 0);
+        }
+    }
+    select_failed();
+}
 
 /// A hook record as it is built: the record, then its argument area.
 #[repr(C)]
-pub struct HookScratch {
+pub(crate) struct HookScratch {
     pub record: HookRecord,
     pub data: [u8; AREA],
 }
@@ -31,8 +60,46 @@ pub struct HookScratch {
 #[tracepoint]
 pub fn vigil_tp(ctx: TracePointContext) -> u32 {
     // A failure is counted where it happens; the traced code goes on.
-    let _ = run_hooks::<ARGS_PLAIN, HOOKS_PER_ATTACH>(ctx.as_ptr());
+    let _ = run_chain(ctx.as_ptr());
     0
+}
+
+/// One hook of the tracepoint's attach per run: the hook the chain is at
+/// (a fresh run starts at the first), then on to the next with a tail call
+/// to this program (a hook with selectors: through the selector program,
+/// which comes back). So the verifier walks one hook, however many the
+/// attach serves.
+#[inline(always)]
+fn run_chain(ctx: *mut c_void) -> Result<(), i64> {
+    // SAFETY: the helper only reads the running program's attach cookie.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx) };
+    // SAFETY: the value is only read, and the sensor replaces whole values.
+    let Some(hooks) = (unsafe { HOOKS.get(cookie) }) else {
+        return Ok(());
+    };
+    let chain = CHAIN.get_ptr_mut(0).ok_or(-12i64)?;
+    // SAFETY: the chain state is this CPU's; tracing programs do not nest
+    // on a CPU, so no other run is between this one's tail calls.
+    unsafe {
+        let h = if (*chain).active != 0 && (*chain).cookie == cookie { (*chain).next as usize } else { 0 };
+        (*chain).active = 0;
+        if h >= HOOKS_PER_ATTACH || h as u32 >= hooks.count {
+            return Ok(());
+        }
+        let more = h as u32 + 1 < hooks.count;
+        if more {
+            *chain = Chain { active: 1, next: (h + 1) as u32, cookie };
+        }
+        // Masked: an older verifier loses the bound checked above.
+        let _ = run_hook::<ARGS_PLAIN>(ctx, &hooks.hooks[h & (HOOKS_PER_ATTACH - 1)], SELECT_TRACEPOINT);
+        if more {
+            READER_TP.tail_call(&Ctx(ctx), 0);
+            // Could not go on: the rest of this run's hooks are lost.
+            (*chain).active = 0;
+            select_failed();
+        }
+    }
+    Ok(())
 }
 
 /// Tracepoint hooks with a file descriptor argument: its path is read as
@@ -40,7 +107,7 @@ pub fn vigil_tp(ctx: TracePointContext) -> u32 {
 /// has an attach of its own (cookie `TRACEPOINT_FD_COOKIE` with its number).
 #[tracepoint]
 pub fn vigil_tf(ctx: TracePointContext) -> u32 {
-    let _ = run_hooks::<ARGS_PATHS, 1>(ctx.as_ptr());
+    let _ = run_hooks::<ARGS_PATHS, 1>(ctx.as_ptr(), SELECT_TRACEPOINT);
     0
 }
 
@@ -48,7 +115,7 @@ pub fn vigil_tf(ctx: TracePointContext) -> u32 {
 /// function attach each their own).
 #[uprobe]
 pub fn vigil_up(ctx: ProbeContext) -> u32 {
-    let _ = run_hooks::<ARGS_PLAIN, 1>(ctx.as_ptr());
+    let _ = run_hooks::<ARGS_PLAIN, 1>(ctx.as_ptr(), SELECT_PROBE);
     0
 }
 
@@ -59,27 +126,39 @@ pub fn vigil_up(ctx: ProbeContext) -> u32 {
 /// on Linux 6.1.)
 #[kprobe]
 pub fn vigil_kp(ctx: ProbeContext) -> u32 {
-    let _ = run_hooks::<ARGS_PATHS, 1>(ctx.as_ptr());
+    let _ = run_hooks::<ARGS_PATHS, 1>(ctx.as_ptr(), SELECT_PROBE);
     0
 }
 
 #[kprobe]
 pub fn vigil_ks(ctx: ProbeContext) -> u32 {
-    let _ = run_hooks::<ARGS_SOCK, 1>(ctx.as_ptr());
+    let _ = run_hooks::<ARGS_SOCK, 1>(ctx.as_ptr(), SELECT_PROBE);
     0
 }
 
-/// Sends a record for each hook of this attach, its arguments read from
-/// `ctx` (a tracepoint's record, or a probe's `pt_regs`).
+/// The attach's one hook (uprobes, kprobes and descriptor-reading
+/// tracepoint hooks have attaches of their own).
 #[inline(always)]
-fn run_hooks<const KIND: u8, const MAX_HOOKS: usize>(ctx: *mut c_void) -> Result<(), i64> {
-    let record = ctx as *const u8;
+fn run_hooks<const KIND: u8, const MAX_HOOKS: usize>(ctx: *mut c_void, select_slot: u32) -> Result<(), i64> {
     // SAFETY: the helper only reads the running program's attach cookie.
     let cookie = unsafe { bpf_get_attach_cookie(ctx) };
     // SAFETY: the value is only read, and the sensor replaces whole values.
     let Some(hooks) = (unsafe { HOOKS.get(cookie) }) else {
         return Ok(());
     };
+    if hooks.count == 0 {
+        return Ok(());
+    }
+    run_hook::<KIND>(ctx, &hooks.hooks[0], select_slot)
+}
+
+/// Sends a record for `hook`, its arguments read from `ctx` (a
+/// tracepoint's record, or a probe's `pt_regs`); a hook with selectors
+/// goes on to the selector program of this program's type
+/// (`select_slot`), which decides.
+#[inline(always)]
+fn run_hook<const KIND: u8>(ctx: *mut c_void, hook: &HookSpec, select_slot: u32) -> Result<(), i64> {
+    let record = ctx as *const u8;
     let pid_tgid = bpf_get_current_pid_tgid();
     // The sensor does not watch itself (its export writes would feed a
     // policy on writes without end).
@@ -89,45 +168,46 @@ fn run_hooks<const KIND: u8, const MAX_HOOKS: usize>(ctx: *mut c_void) -> Result
     let scratch = HOOK_SCRATCH.get_ptr_mut(0).ok_or(-12i64)?;
     // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
     let ktime = unsafe { bpf_ktime_get_boot_ns() };
-    for h in 0..MAX_HOOKS.min(HOOKS_PER_ATTACH) {
-        if h as u32 >= hooks.count {
-            break;
-        }
-        let hook = &hooks.hooks[h];
-        count(COUNTER_HOOKS);
-        // SAFETY: the scratch slot is this CPU's and of HookScratch size;
-        // argument writes stay inside its area (see `args`).
-        unsafe {
-            let data = (*scratch).data.as_mut_ptr();
-            // The position lives in the scratch map between arguments, so
-            // the verifier sees one unknown (masked) position at each
-            // argument instead of one per earlier argument's outcome: the
-            // paths converge, and verification stays linear in arguments.
-            let pos = core::ptr::addr_of_mut!((*scratch).record.data_len);
-            core::ptr::write_volatile(pos, 0);
-            for a in 0..HOOK_MAX_ARGS {
-                if a as u32 >= hook.nargs {
-                    break;
-                }
-                let at = core::ptr::read_volatile(pos) as usize;
-                let next = read_arg::<KIND>(record, &hook.args[a], data, at);
-                core::ptr::write_volatile(pos, next as u32);
+    count(COUNTER_HOOKS);
+    // SAFETY: the scratch slot is this CPU's and of HookScratch size;
+    // argument writes stay inside its area (see `args`).
+    unsafe {
+        let data = (*scratch).data.as_mut_ptr();
+        // The position lives in the scratch map between arguments, so
+        // the verifier sees one unknown (masked) position at each
+        // argument instead of one per earlier argument's outcome: the
+        // paths converge, and verification stays linear in arguments.
+        let pos = core::ptr::addr_of_mut!((*scratch).record.data_len);
+        core::ptr::write_volatile(pos, 0);
+        for a in 0..HOOK_MAX_ARGS {
+            if a as u32 >= hook.nargs {
+                break;
             }
-            let data_len = core::ptr::read_volatile(pos) as usize & (HOOK_DATA_SIZE - 1);
-            (*scratch).record = HookRecord {
-                header: RecordHeader { kind: KIND_HOOK, flags: 0, ktime },
-                hook_id: hook.hook_id,
-                pid: (pid_tgid >> 32) as u32,
-                tid: pid_tgid as u32,
-                data_len: data_len as u32,
-            };
-            if KIND != ARGS_PLAIN && hook.flags & HOOK_RETURN != 0 {
-                // The return probe sends it, with the return value.
-                keep_for_return(scratch, pid_tgid, hook.hook_id);
-                continue;
-            }
-            send(scratch as *const u8, data_len);
+            let at = core::ptr::read_volatile(pos) as usize;
+            let next = read_arg::<KIND>(record, &hook.args[a], data, at);
+            core::ptr::write_volatile(pos, next as u32);
         }
+        let data_len = core::ptr::read_volatile(pos) as usize & (HOOK_DATA_SIZE - 1);
+        (*scratch).record = HookRecord {
+            header: RecordHeader { kind: KIND_HOOK, flags: 0, ktime },
+            hook_id: hook.hook_id,
+            pid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            data_len: data_len as u32,
+            selector: 0,
+            action: 0,
+            return_action: 0,
+        };
+        if hook.flags & HOOK_SELECT != 0 {
+            to_selectors(ctx, select_slot);
+            return Ok(());
+        }
+        if KIND != ARGS_PLAIN && hook.flags & HOOK_RETURN != 0 {
+            // The return probe sends it, with the return value.
+            keep_for_return(scratch, pid_tgid, hook.hook_id);
+            return Ok(());
+        }
+        send(scratch as *const u8, data_len);
     }
     Ok(())
 }
@@ -137,7 +217,7 @@ fn run_hooks<const KIND: u8, const MAX_HOOKS: usize>(ctx: *mut c_void) -> Result
 /// # Safety
 /// `scratch` must hold a record and `data_len` bytes after it.
 #[inline(always)]
-unsafe fn send(scratch: *const u8, data_len: usize) {
+pub(crate) unsafe fn send(scratch: *const u8, data_len: usize) {
     // SAFETY: as the caller promises.
     let bytes = unsafe { core::slice::from_raw_parts(scratch, core::mem::size_of::<HookRecord>() + data_len) };
     let len = bytes.len() as u64;
@@ -159,7 +239,7 @@ fn pending_key(pid_tgid: u64, hook_id: u32) -> u64 {
 /// # Safety
 /// `scratch` must be this CPU's hook scratch.
 #[inline(always)]
-unsafe fn keep_for_return(scratch: *mut HookScratch, pid_tgid: u64, hook_id: u32) {
+pub(crate) unsafe fn keep_for_return(scratch: *mut HookScratch, pid_tgid: u64, hook_id: u32) {
     // SAFETY: the scratch is at least a ReturnPending in size and layout
     // (a record, then RETURN_DATA_MAX = HOOK_DATA_SIZE bytes); the map
     // copies that many.
@@ -197,8 +277,12 @@ fn run_return(ctx: *mut c_void) -> Result<(), i64> {
     // SAFETY: read once, then removed; a racing update by the same thread
     // cannot happen (the thread is here).
     let Some(pending) = (unsafe { RETURN_PENDING.get(key) }) else {
-        // Entered before the policy, or its entry was pushed out.
-        count(COUNTER_RETURNS_LOST);
+        // Entered before the policy, or its entry was pushed out. With
+        // selectors, a call no selector passed at entry was not kept
+        // either, and the two cannot be told apart here: not counted.
+        if hook.flags & HOOK_SELECT == 0 {
+            count(COUNTER_RETURNS_LOST);
+        }
         return Ok(());
     };
     let scratch = HOOK_SCRATCH.get_ptr_mut(0).ok_or(-12i64)?;
@@ -221,6 +305,10 @@ fn run_return(ctx: *mut c_void) -> Result<(), i64> {
         (*scratch).record.data_len = data_len as u32;
         (*scratch).record.header.flags |= RECORD_HAS_RETURN;
         (*scratch).record.header.ktime = bpf_ktime_get_boot_ns();
+        if hook.flags & HOOK_SELECT != 0 {
+            to_selectors(ctx, SELECT_PROBE);
+            return Ok(());
+        }
         send(scratch as *const u8, data_len);
     }
     Ok(())

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use node_sensor_common::*;
 
-use crate::{EVENTS, EXEC_TIMES, SCRATCH, count, field, ptr_field, queued, submit_flags};
+use crate::{BINARIES, BINARY_SCRATCH, EVENTS, EXEC_TIMES, SCRATCH, count, field, ptr_field, queued, submit_flags};
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn vigil_exec(ctx: RawTracePointContext) -> i32 {
@@ -95,6 +95,51 @@ fn try_exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     let len = core::mem::size_of::<ExecRecord>() as u64;
     entry.submit(submit_flags(queued(), len));
     Ok(())
+}
+
+/// Keeps the exec'd path for `matchBinaries`, by process id (a failed read
+/// keeps an empty path, so the old image's does not linger). A program of
+/// its own: inside `vigil_exec` it made Linux 6.1's verifier walk past a
+/// million instructions.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn vigil_binary(ctx: RawTracePointContext) -> i32 {
+    let task: *const u8 = ctx.arg::<*const c_void>(0) as *const u8;
+    let bprm: *const u8 = ctx.arg::<*const c_void>(2) as *const u8;
+    keep_binary(task, bprm);
+    0
+}
+
+#[inline(always)]
+fn keep_binary(task: *const u8, bprm: *const u8) {
+    let Some(b) = BINARY_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the scratch is this CPU's; the helpers check the kernel
+    // addresses and write at most BINARY_SIZE bytes into `path`.
+    unsafe {
+        let Ok(tgid) = field::<u32>(task, off!(task_tgid)) else {
+            return;
+        };
+        (*b).len = 0;
+        (*b)._pad = 0;
+        if let Ok(name) = ptr_field(bprm, off!(binprm_filename)) {
+            let n = bpf_probe_read_kernel_str(
+                (*b).path.as_mut_ptr() as *mut c_void,
+                BINARY_SIZE as u32,
+                name as *const c_void,
+            );
+            if n > 0 {
+                (*b).len = (n - 1) as u32;
+            }
+        }
+        #[expect(
+            clippy::needless_borrows_for_generic_args,
+            reason = "by value, the entry would be copied to the stack"
+        )]
+        if BINARIES.insert(tgid, &*b, 0).is_err() {
+            count(COUNTER_BINARIES_FULL);
+        }
+    }
 }
 
 /// This exec's time: the one another sensor's program recorded for the same
@@ -211,7 +256,7 @@ unsafe fn ns_inum(nsproxy: *const u8, slot: u32, inum_off: u32) -> u32 {
 
 /// The task's pid in its own pid namespace: thread_pid->numbers[level].nr.
 #[inline(always)]
-unsafe fn read_nspid(task: *const u8) -> u32 {
+pub(crate) unsafe fn read_nspid(task: *const u8) -> u32 {
     // SAFETY: kernel memory is read only through bpf_probe_read_kernel, which checks each
     // address; nothing is written.
     unsafe {
@@ -498,6 +543,17 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(()); // a new thread, not a new process
     }
     count(COUNTER_CLONES);
+    // SAFETY: reads go through bpf_probe_read_kernel; the parent's entry is
+    // copied whole into the child's.
+    #[expect(clippy::needless_borrows_for_generic_args, reason = "by value, the entry would be copied to the stack")]
+    unsafe {
+        if let Ok(ptgid) = field::<u32>(parent, off!(task_tgid))
+            && let Some(b) = BINARIES.get_ptr(ptgid)
+            && BINARIES.insert(tgid, &*b, 0).is_err()
+        {
+            count(COUNTER_BINARIES_FULL);
+        }
+    }
     // SAFETY: bpf_ktime_get_boot_ns has no preconditions; the reads go
     // through bpf_probe_read_kernel, which checks each address.
     let (ktime, ppid, start_boottime, parent_start_boottime, exec_seq, nspid) = unsafe {
@@ -550,6 +606,7 @@ fn try_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
             return Ok(());
         }
         count(COUNTER_EXITS);
+        let _ = BINARIES.remove(field::<u32>(task, off!(task_tgid))?);
         let record = ExitRecord {
             header: RecordHeader { kind: KIND_EXIT, flags: 0, ktime: bpf_ktime_get_boot_ns() },
             pid: field::<u32>(task, off!(task_tgid))?,

@@ -11,7 +11,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_probe_read_kernel,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
 };
 use node_sensor_common::*;
 
@@ -42,7 +42,7 @@ static EXEC_TIMES: LruHashMap<ExecTimeKey, u64> = LruHashMap::with_max_entries(E
 /// Policy hooks, keyed by attach cookie; the sensor fills it as policies
 /// come and go.
 #[map]
-static HOOKS: HashMap<u64, HookSet> = HashMap::with_max_entries(HOOK_ATTACH_MAX, 0);
+static HOOKS: HashMap<u64, HookSet> = HashMap::with_max_entries(HOOK_ATTACH_MAX, NO_PREALLOC);
 
 /// Per-CPU room a hook record is built in before it is sent (it is larger
 /// than the BPF stack, and its length is only known at the end).
@@ -53,6 +53,57 @@ static HOOK_SCRATCH: PerCpuArray<hooks::HookScratch> = PerCpuArray::with_max_ent
 /// and hook, until the return probe sends it.
 #[map]
 static RETURN_PENDING: LruHashMap<u64, ReturnPending> = LruHashMap::with_max_entries(RETURN_PENDING_MAX, 0);
+
+/// Maps allocate entries as they are added (the sizes are bounds, not
+/// reservations).
+const NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
+
+/// The selector program for tracepoint programs, and the one for kprobe-type
+/// programs (uprobes, kprobes, return probes): a tail-call map serves
+/// programs of one type only.
+#[map]
+static SELECT_TP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+static SELECT_KP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// The tracepoint program itself, for a run's next hook (see `Chain`).
+#[map]
+static READER_TP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Per-CPU: where the current tracepoint run is in its attach's hooks.
+#[map]
+static CHAIN: PerCpuArray<Chain> = PerCpuArray::with_max_entries(1, 0);
+
+/// Hooks' selectors, by hook number.
+#[map]
+static SELECTORS: HashMap<u32, SelectorSet> = HashMap::with_max_entries(HOOK_ATTACH_MAX, NO_PREALLOC);
+
+/// What hooks' selectors did, by hook number, per CPU (the sensor adds a
+/// hook's entry before attaching it, and sums the CPUs' counts).
+#[map]
+static ACTION_COUNTS: PerCpuHashMap<u32, ActionCounts> = PerCpuHashMap::with_max_entries(HOOK_ATTACH_MAX, NO_PREALLOC);
+
+/// Every string filter's values (see `StringKey`).
+#[map]
+static STRINGS: LpmTrie<[u8; STRING_KEY_DATA], u8> = LpmTrie::with_max_entries(STRING_VALUES_MAX, NO_PREALLOC);
+
+/// Per-CPU room for a string lookup's key, and for a suffix before it is
+/// reversed.
+#[map]
+static STRING_SCRATCH: PerCpuArray<StringKey> = PerCpuArray::with_max_entries(2, 0);
+
+/// Per-CPU: where each argument of the record being selected starts.
+#[map]
+static POSITIONS: PerCpuArray<[u32; 8]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Live processes' binaries, by process id: set at exec, copied at fork,
+/// removed at exit; the sensor adds those running before it at start.
+#[map]
+static BINARIES: HashMap<u32, Binary> = HashMap::with_max_entries(BINARIES_MAX, NO_PREALLOC);
+
+/// Per-CPU room a binary is read into before it goes into `BINARIES`.
+#[map]
+static BINARY_SCRATCH: PerCpuArray<Binary> = PerCpuArray::with_max_entries(1, 0);
 
 #[unsafe(no_mangle)]
 static OFFSETS: KernelOffsets = KernelOffsets::ZERO;
@@ -120,6 +171,7 @@ mod args;
 mod hooks;
 mod lifecycle;
 mod paths;
+mod select;
 
 #[cfg(not(test))]
 #[panic_handler]

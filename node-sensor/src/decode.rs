@@ -27,6 +27,10 @@ pub struct HookData {
     pub hook_id: u32,
     pub pid: u32,
     pub tid: u32,
+    /// The actions the selectors took at entry and return, as Tetragon's
+    /// `KprobeAction` numbers (0: no selector ran).
+    pub action: u16,
+    pub return_action: u16,
     pub args: Vec<RawArg>,
 }
 
@@ -174,7 +178,16 @@ fn decode_hook(bytes: &[u8]) -> Result<HookData, DecodeError> {
         });
         data = &data[8 + padded..];
     }
-    Ok(HookData { flags: r.header.flags, ktime: r.header.ktime, hook_id: r.hook_id, pid: r.pid, tid: r.tid, args })
+    Ok(HookData {
+        flags: r.header.flags,
+        ktime: r.header.ktime,
+        hook_id: r.hook_id,
+        pid: r.pid,
+        tid: r.tid,
+        action: r.action,
+        return_action: r.return_action,
+        args,
+    })
 }
 
 #[cfg(test)]
@@ -199,6 +212,9 @@ mod tests {
             pid: 100,
             tid: 101,
             data_len: data.len() as u32,
+            selector: 0,
+            action: 3,
+            return_action: 0,
         };
         let mut out = bytes_of(&head);
         out.extend_from_slice(&data);
@@ -209,7 +225,7 @@ mod tests {
     fn hook_records_decode_their_arguments() {
         let bytes = hook_bytes(&[(8, &257u64.to_le_bytes()), (5 | ARG_TRUNCATED, b"/tmp/"), (ARG_ERROR, b"")]);
         let Ok(Record::Hook(h)) = decode(&bytes) else { panic!("not a hook: {:?}", decode(&bytes)) };
-        assert_eq!((h.ktime, h.hook_id, h.pid, h.tid), (42, 7, 100, 101));
+        assert_eq!((h.ktime, h.hook_id, h.pid, h.tid, h.action, h.return_action), (42, 7, 100, 101, 3, 0));
         assert_eq!(
             h.args,
             [

@@ -17,8 +17,12 @@ use crate::exec_times;
 /// then always has its exec and exit recorded too (attached the other way
 /// round, a child forked between two attaches would exit as a fork copy of
 /// its parent, its exec and exit unseen).
-pub const PROGRAMS: &[(&str, &str)] =
-    &[("vigil_exit", "sched_process_exit"), ("vigil_exec", "sched_process_exec"), ("vigil_fork", "sched_process_fork")];
+pub const PROGRAMS: &[(&str, &str)] = &[
+    ("vigil_exit", "sched_process_exit"),
+    ("vigil_exec", "sched_process_exec"),
+    ("vigil_binary", "sched_process_exec"),
+    ("vigil_fork", "sched_process_fork"),
+];
 
 /// The generic tracepoint program every policy's tracepoints share; loaded
 /// at start, attached as policies name tracepoints (see `policies`).
@@ -35,6 +39,11 @@ pub const KRETPROBE_PROGRAM: &str = "vigil_kr";
 /// The generic kprobe program for hooks with socket or credential
 /// arguments (the path readers and these do not fit one program).
 pub const KPROBE_SOCK_PROGRAM: &str = "vigil_ks";
+/// The selector programs the hook programs tail-call for hooks with
+/// selectors: one per program type (tracepoint; kprobe, which uprobes and
+/// return probes are too).
+pub const SELECT_TRACEPOINT_PROGRAM: &str = "vigil_st";
+pub const SELECT_PROBE_PROGRAM: &str = "vigil_sk";
 
 /// Where this sensor pins the kernel's exec-time map (see `exec_times`).
 pub const EXEC_TIMES_PIN: &str = "/sys/fs/bpf/vigil/exec_times_v1";
@@ -87,6 +96,8 @@ pub struct HookPrograms {
     pub kprobe: Result<(), String>,
     pub kprobe_sock: Result<(), String>,
     pub kretprobe: Result<(), String>,
+    /// Both selector programs, in the tail-call map.
+    pub select: Result<(), String>,
 }
 
 /// What the pipeline reads: the ring buffer and the kernel's counters.
@@ -187,12 +198,14 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
         }
     }
     let hook_programs = HookPrograms {
-        tracepoint: load_hook_program::<aya::programs::TracePoint>(&mut ebpf, TRACEPOINT_PROGRAM),
+        tracepoint: load_hook_program::<aya::programs::TracePoint>(&mut ebpf, TRACEPOINT_PROGRAM)
+            .and_then(|()| set_tail_call(&mut ebpf, "READER_TP", TRACEPOINT_PROGRAM)),
         tracepoint_fd: load_hook_program::<aya::programs::TracePoint>(&mut ebpf, TRACEPOINT_FD_PROGRAM),
         uprobe: load_hook_program::<aya::programs::UProbe>(&mut ebpf, UPROBE_PROGRAM),
         kprobe: load_hook_program::<aya::programs::KProbe>(&mut ebpf, KPROBE_PROGRAM),
         kprobe_sock: load_hook_program::<aya::programs::KProbe>(&mut ebpf, KPROBE_SOCK_PROGRAM),
         kretprobe: load_hook_program::<aya::programs::KProbe>(&mut ebpf, KRETPROBE_PROGRAM),
+        select: load_selector_programs(&mut ebpf),
     };
     for (program, verdict) in [
         (TRACEPOINT_PROGRAM, &hook_programs.tracepoint),
@@ -201,6 +214,7 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
         (KPROBE_PROGRAM, &hook_programs.kprobe),
         (KPROBE_SOCK_PROGRAM, &hook_programs.kprobe_sock),
         (KRETPROBE_PROGRAM, &hook_programs.kretprobe),
+        ("vigil_st, vigil_sk", &hook_programs.select),
     ] {
         if let Err(why) = verdict {
             tracing::warn!(program, reason = %why, "tracing policies with these hooks cannot load");
@@ -261,6 +275,29 @@ where
         tracing::debug!(program = name, verified_instructions = n, "verified");
     }
     Ok(())
+}
+
+/// Verifies the selector programs and puts them in the tail-call map
+/// (which the kernel empties once no descriptor of it is left: `ebpf`
+/// keeps one).
+fn load_selector_programs(ebpf: &mut Ebpf) -> Result<(), String> {
+    load_hook_program::<aya::programs::TracePoint>(ebpf, SELECT_TRACEPOINT_PROGRAM)?;
+    load_hook_program::<aya::programs::KProbe>(ebpf, SELECT_PROBE_PROGRAM)?;
+    set_tail_call(ebpf, "SELECT_TP", SELECT_TRACEPOINT_PROGRAM)?;
+    set_tail_call(ebpf, "SELECT_KP", SELECT_PROBE_PROGRAM)
+}
+
+/// Puts loaded program `program` in the one slot of tail-call map `map`.
+fn set_tail_call(ebpf: &mut Ebpf, map: &str, program: &str) -> Result<(), String> {
+    let fd = match ebpf.program(program) {
+        Some(aya::programs::Program::TracePoint(p)) => p.fd(),
+        Some(aya::programs::Program::KProbe(p)) => p.fd(),
+        _ => return Err(format!("BPF program `{program}` is missing or has the wrong type")),
+    };
+    let fd = fd.and_then(|f| f.try_clone().map_err(Into::into)).map_err(|e| e.to_string())?;
+    let slots = ebpf.map_mut(map).ok_or_else(|| format!("BPF map `{map}` is missing"))?;
+    let mut slots = aya::maps::ProgramArray::try_from(slots).map_err(|e| format!("BPF map `{map}`: {e}"))?;
+    slots.set(0, &fd, 0).map_err(|e| format!("BPF map `{map}`: setting `{program}`: {e}"))
 }
 
 fn raw_tracepoint<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut RawTracePoint, LoadError> {

@@ -144,11 +144,12 @@ struct SensorCollector {
 /// Tetragon's name for the sensor a program belongs to.
 fn program_sensor(name: &str) -> (&'static str, &'static str) {
     match name {
-        "vigil_exec" => ("__base__", "sched_process_exec"),
+        "vigil_exec" | "vigil_binary" => ("__base__", "sched_process_exec"),
         "vigil_exit" => ("__base__", "sched_process_exit"),
         "vigil_fork" => ("__base__", "sched_process_fork"),
-        "vigil_tp" | "vigil_tf" => ("generic_tracepoint", ""),
+        "vigil_tp" | "vigil_tf" | "vigil_st" => ("generic_tracepoint", ""),
         "vigil_up" => ("generic_uprobe", ""),
+        // The probe selector program serves uprobes and kprobes alike.
         _ => ("generic_kprobe", ""),
     }
 }

@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Collector, Sensor, exec_of, nonce, parent_of, pid};
+use common::{Collector, Sensor, exec_of, nonce, parent_of, pid, tracepoint_of};
 use proto::tetragon::get_events_response::Event;
 use proto::tetragon::kprobe_argument::Arg;
 use proto::tetragon::{
@@ -50,13 +50,6 @@ fn write_policy(dir: &std::path::Path, name: &str, text: &str) -> String {
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
-}
-
-fn tracepoint_of(e: &GetEventsResponse) -> Option<&ProcessTracepoint> {
-    match &e.event {
-        Some(Event::ProcessTracepoint(t)) => Some(t),
-        _ => None,
-    }
 }
 
 /// The pathname argument of an unlinkat hit.
@@ -206,8 +199,8 @@ fn a_bad_policy_at_start_is_refused_by_path() {
         ),
         (
             unlinkat_policy("selectors")
-                + "    selectors:\n    - matchArgs:\n      - index: 6\n        operator: Prefix\n        values: [\"/tmp\"]\n",
-            "spec.tracepoints[0].selectors: selectors (in-kernel filters and actions) are not supported by Vigil yet",
+                + "    selectors:\n    - matchArgs:\n      - index: 5\n        operator: Prefix\n        values: [\"/tmp\"]\n",
+            "spec.tracepoints[0].selectors[0].matchArgs[0].operator: a string operator, and the argument is an integer",
         ),
         (unlinkat_policy("typo").replace("type: string", "type: strin"), "spec.tracepoints[0].args[2].type"),
     ];
@@ -238,13 +231,10 @@ fn bpf_links(pid: u32) -> usize {
 /// Unlinks `path` with `rm`, then runs `/bin/true FENCE`: once the fence's
 /// exec arrives, every record before it has been handled (the ring buffer
 /// keeps order), so an unlink event that has not come by then never will.
-async fn unlink_then_fence(c: &mut Collector, path: &str) {
+async fn unlink_then_fence(c: &mut Collector, sensor: &Sensor, path: &str) {
     std::fs::write(path, b"x").unwrap();
     assert!(Command::new("/bin/rm").arg(path).status().unwrap().success());
-    let fence = format!("fence-{}", nonce());
-    assert!(Command::new("/bin/true").arg(&fence).status().unwrap().success());
-    let fenced = |events: &[GetEventsResponse]| events.iter().filter_map(exec_of).any(|p| p.arguments == fence);
-    assert!(c.until(Duration::from_secs(20), fenced).await, "the fence exec never came");
+    common::fence(c, sensor).await;
 }
 
 fn unlinks_of(c: &Collector, path: &str) -> usize {
@@ -284,14 +274,14 @@ async fn add_disable_enable_delete_through_the_api_start_and_stop_events() {
     assert!(listed.policies[0].kernel_memory_bytes > 0);
     assert_eq!(bpf_links(sensor.pid()), links + 1, "one attach for the policy's tracepoint");
     let phase = |n: u32| dir.join(format!("marked-phase-{n}")).display().to_string();
-    unlink_then_fence(&mut c, &phase(1)).await;
+    unlink_then_fence(&mut c, &sensor, &phase(1)).await;
     assert_eq!(unlinks_of(&c, &phase(1)), 1, "enabled: seen");
 
     let by_name = || DisableTracingPolicyRequest { name: name.clone(), ..Default::default() };
     client.disable_tracing_policy(by_name()).await.unwrap();
     assert_eq!(state_of(&list().await, &name).map(|s| s.0), Some(TracingPolicyState::TpStateDisabled));
     assert_eq!(bpf_links(sensor.pid()), links, "disabled: detached");
-    unlink_then_fence(&mut c, &phase(2)).await;
+    unlink_then_fence(&mut c, &sensor, &phase(2)).await;
     assert_eq!(unlinks_of(&c, &phase(2)), 0, "disabled: not seen");
 
     client
@@ -299,7 +289,7 @@ async fn add_disable_enable_delete_through_the_api_start_and_stop_events() {
         .await
         .unwrap();
     assert_eq!(state_of(&list().await, &name).map(|s| s.0), Some(TracingPolicyState::TpStateEnabled));
-    unlink_then_fence(&mut c, &phase(3)).await;
+    unlink_then_fence(&mut c, &sensor, &phase(3)).await;
     assert_eq!(unlinks_of(&c, &phase(3)), 1, "enabled again: seen");
     let posted = list().await.policies[0].stats.clone().unwrap().action_counters.unwrap().post;
     assert!(posted >= 2, "the policy's event count ({posted}) covers both phases it saw");
@@ -308,7 +298,7 @@ async fn add_disable_enable_delete_through_the_api_start_and_stop_events() {
     client.delete_tracing_policy(delete()).await.unwrap();
     assert!(list().await.policies.is_empty());
     assert_eq!(bpf_links(sensor.pid()), links, "deleted: detached");
-    unlink_then_fence(&mut c, &phase(4)).await;
+    unlink_then_fence(&mut c, &sensor, &phase(4)).await;
     assert_eq!(unlinks_of(&c, &phase(4)), 0, "deleted: not seen");
 
     // Bad requests: codes and paths, and nothing changes.
@@ -338,7 +328,7 @@ async fn add_disable_enable_delete_through_the_api_start_and_stop_events() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A policy the kernel side refuses part-way (a fifth hook on one
+/// A policy the kernel side refuses part-way (a seventeenth hook on one
 /// tracepoint) leaves nothing attached, is listed with the reason, and
 /// another policy on the same tracepoint still works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,21 +338,21 @@ async fn a_load_that_fails_part_way_leaves_nothing_attached() {
     let sensor = Sensor::start(&[]).await;
     let mut client = sensor.client().await;
     let links = bpf_links(sensor.pid());
-    let name = format!("five-{run}");
+    let name = format!("seventeen-{run}");
     let hook =
         "  - subsystem: syscalls\n    event: sys_enter_unlinkat\n    args:\n    - index: 6\n      type: string\n";
     let yaml = format!(
         "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n  tracepoints:\n{}",
-        hook.repeat(5)
+        hook.repeat(17)
     );
     let e = client.add_tracing_policy(AddTracingPolicyRequest { yaml, ..Default::default() }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
-    assert!(e.message().contains("already serves 4 policy hooks"), "{e:?}");
-    assert_eq!(bpf_links(sensor.pid()), links, "the four hooks that went in came out");
+    assert!(e.message().contains("already serves 16 policy hooks"), "{e:?}");
+    assert_eq!(bpf_links(sensor.pid()), links, "the sixteen hooks that went in came out");
     let listed = client.list_tracing_policies(ListTracingPoliciesRequest::default()).await.unwrap().into_inner();
     let (state, error) = state_of(&listed, &name).unwrap();
     assert_eq!(state, TracingPolicyState::TpStateLoadError);
-    assert!(error.contains("already serves 4 policy hooks"), "{error}");
+    assert!(error.contains("already serves 16 policy hooks"), "{error}");
     assert_eq!(listed.policies[0].kernel_memory_bytes, 0);
 
     // The same tracepoint serves a new policy: nothing of the failed one
@@ -374,7 +364,7 @@ async fn a_load_that_fails_part_way_leaves_nothing_attached() {
         .await
         .unwrap();
     let path = std::env::temp_dir().join(format!("vigil-tp-after-{run}")).display().to_string();
-    unlink_then_fence(&mut c, &path).await;
+    unlink_then_fence(&mut c, &sensor, &path).await;
     let hits: Vec<&ProcessTracepoint> =
         c.events.iter().filter_map(tracepoint_of).filter(|t| path_arg(t) == Some(path.as_str())).collect();
     assert_eq!(hits.len(), 1);
@@ -416,6 +406,14 @@ async fn the_cli_adds_lists_disables_and_deletes() {
     let row = out.lines().find(|l| l.contains(&name)).unwrap_or_else(|| panic!("{out}"));
     let cells: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(&cells[1..5], [name.as_str(), "enabled", "(global)", "generic_tracepoint"], "{row}");
+    assert_eq!(cells[7], "monitor_only", "no enforcement action: {row}");
+    // Nothing to enforce: refused, the mode unchanged.
+    let (ok, _, err) = cli(&["set-mode", &name, "enforce"]);
+    assert!(!ok);
+    assert!(err.contains("FailedPrecondition") && err.contains("has no enforcement action"), "{err}");
+    let (ok, out, err) = cli(&["set-mode", &name, "monitor"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("tracing policy {name:?} set to TP_MODE_MONITOR\n"));
     let (ok, _, err) = cli(&["disable", &name]);
     assert!(ok, "{err}");
     let (_, out, _) = cli(&["list", "-o", "json"]);
@@ -432,21 +430,6 @@ async fn the_cli_adds_lists_disables_and_deletes() {
     assert!(!ok);
     assert!(err.contains("spec.tracepoints[0].args[1].type"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Builds the uprobe test's program (tests/data/uprobe_target.rs) into `dir`.
-fn build_uprobe_target(dir: &std::path::Path) -> String {
-    std::fs::create_dir_all(dir).unwrap();
-    let out = dir.join("uprobe-target");
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/uprobe_target.rs");
-    let status = Command::new("rustc")
-        .args(["--edition", "2024", "-C", "opt-level=1", "-g", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("running rustc to build the uprobe target");
-    assert!(status.success(), "rustc failed on {}", src.display());
-    out.display().to_string()
 }
 
 fn uprobe_policy(name: &str, path: &str) -> String {
@@ -476,7 +459,7 @@ async fn a_uprobe_on_a_built_binary_gives_each_call_with_its_arguments() {
     require_kernel!();
     let run = nonce();
     let dir = std::env::temp_dir().join(format!("vigil-up-{run}"));
-    let target = build_uprobe_target(&dir);
+    let target = common::build_uprobe_target(&dir);
     let name = format!("uprobe-{run}");
     let file = write_policy(&dir, &name, &uprobe_policy(&name, &target));
     let sensor = Sensor::start(&["--tracing-policy", &file, "--metrics-address", "127.0.0.1:0"]).await;
@@ -496,7 +479,7 @@ async fn a_uprobe_on_a_built_binary_gives_each_call_with_its_arguments() {
     };
     let three = |events: &[GetEventsResponse]| events.iter().filter_map(uprobe_of).count() >= 3;
     assert!(c.until(Duration::from_secs(20), three).await, "missing uprobe events; log:\n{}", sensor.log());
-    unlink_then_fence(&mut c, &dir.join("fence").display().to_string()).await;
+    unlink_then_fence(&mut c, &sensor, &dir.join("fence").display().to_string()).await;
     let hits: Vec<_> = c.events.iter().filter_map(uprobe_of).collect();
     assert_eq!(hits.len(), 3, "one event per call");
     let exec = c
@@ -531,7 +514,7 @@ async fn a_uprobe_on_what_is_not_there_is_refused_by_path() {
     require_kernel!();
     let run = nonce();
     let dir = std::env::temp_dir().join(format!("vigil-upbad-{run}"));
-    let target = build_uprobe_target(&dir);
+    let target = common::build_uprobe_target(&dir);
     let sensor = Sensor::start(&[]).await;
     let mut client = sensor.client().await;
     let links = bpf_links(sensor.pid());
@@ -607,7 +590,8 @@ async fn kprobe_policies_are_checked_against_btf_and_fail_clearly_without_kprobe
     // The sensor goes on: exec events flow, and a tracepoint policy loads.
     let mut c = Collector::subscribe(&sensor, request()).await;
     client.add_tracing_policy(add(unlinkat_policy(&format!("still-{run}")))).await.unwrap();
-    unlink_then_fence(&mut c, &std::env::temp_dir().join(format!("vigil-kp-{run}")).display().to_string()).await;
+    unlink_then_fence(&mut c, &sensor, &std::env::temp_dir().join(format!("vigil-kp-{run}")).display().to_string())
+        .await;
     client.delete_tracing_policy(DeleteTracingPolicyRequest { name, ..Default::default() }).await.unwrap();
 }
 

@@ -9,13 +9,14 @@
 //! needs a pointer, `__data_loc` or array field; a number needs a scalar).
 
 use node_sensor_common::{
-    ArgSpec, HOOK_MAX_ARGS, HOOK_RETURN, HookSpec, NO_INDIRECT, READ_BPRM, READ_CRED, READ_FD, READ_FILE,
+    ArgSpec, HOOK_MAX_ARGS, HOOK_RETURN, HOOK_SELECT, HookSpec, NO_INDIRECT, READ_BPRM, READ_CRED, READ_FD, READ_FILE,
     READ_KERNEL_BUFFER, READ_KERNEL_STRING, READ_NOTHING, READ_PATH, READ_RECORD_BYTES, READ_RECORD_STRING,
     READ_SCALAR, READ_SOCK, READ_USER_BUFFER, READ_USER_STRING,
 };
 
 use crate::PolicyError;
 use crate::schema::{ArgType, TracingPolicy};
+use crate::select::{self, HookShape, Selectors};
 use crate::tracefs::{Field, Format};
 
 /// What the compiler needs to know of the kernel it compiles for.
@@ -129,6 +130,7 @@ pub struct TracepointHook {
     /// The tracepoint's id on this kernel (its records' `common_type`).
     pub id: u32,
     pub args: Vec<HookArg>,
+    pub selectors: Selectors,
 }
 
 impl TracepointHook {
@@ -141,8 +143,15 @@ impl TracepointHook {
     /// What the generic tracepoint program reads for this hook, which the
     /// sensor numbers `hook_id`.
     pub fn spec(&self, hook_id: u32) -> HookSpec {
-        spec_of(&self.args, hook_id)
+        with_selectors(spec_of(&self.args, hook_id), &self.selectors)
     }
+}
+
+fn with_selectors(mut spec: HookSpec, selectors: &Selectors) -> HookSpec {
+    if !selectors.is_empty() {
+        spec.flags |= HOOK_SELECT;
+    }
+    spec
 }
 
 fn spec_of(args: &[HookArg], hook_id: u32) -> HookSpec {
@@ -192,12 +201,13 @@ pub struct UprobeHook {
     /// `.offsets[j]` for this attach point.
     pub at: String,
     pub args: Vec<HookArg>,
+    pub selectors: Selectors,
 }
 
 impl UprobeHook {
     /// What the generic uprobe program reads for this hook.
     pub fn spec(&self, hook_id: u32) -> HookSpec {
-        spec_of(&self.args, hook_id)
+        with_selectors(spec_of(&self.args, hook_id), &self.selectors)
     }
 }
 
@@ -213,12 +223,13 @@ pub struct KprobeHook {
     /// With `return: true`: how the return value is read (its register,
     /// `returnArg`'s type).
     pub ret: Option<HookArg>,
+    pub selectors: Selectors,
 }
 
 impl KprobeHook {
     /// What the generic kprobe programs read for this hook.
     pub fn spec(&self, hook_id: u32) -> HookSpec {
-        let mut spec = spec_of(&self.args, hook_id);
+        let mut spec = with_selectors(spec_of(&self.args, hook_id), &self.selectors);
         if let Some(ret) = &self.ret {
             spec.flags |= HOOK_RETURN;
             spec.ret = spec_of(std::slice::from_ref(ret), hook_id).args[0];
@@ -313,11 +324,14 @@ pub fn compile(policy: &TracingPolicy, kernel: &dyn KernelView) -> Result<Compil
                 read,
             });
         }
+        let shape = HookShape { args: &args, ret: None, kind: "tracepoint" };
+        let selectors = select::compile(&format!("{at}.selectors"), &t.selectors, &shape)?;
         tracepoints.push(TracepointHook {
             subsystem: t.subsystem.clone(),
             event: t.event.clone(),
             id: format.id,
             args,
+            selectors,
         });
     }
     let uprobes = compile_uprobes(policy)?;
@@ -394,7 +408,9 @@ fn compile_kprobes(policy: &TracingPolicy, kernel: &dyn KernelView) -> Result<Ve
             }
             _ => None,
         };
-        hooks.push(KprobeHook { call: k.call.clone(), symbol, args, ret });
+        let shape = HookShape { args: &args, ret: ret.as_ref(), kind: "kprobe" };
+        let selectors = select::compile(&format!("{at}.selectors"), &k.selectors, &shape)?;
+        hooks.push(KprobeHook { call: k.call.clone(), symbol, args, ret, selectors });
     }
     Ok(hooks)
 }
@@ -514,7 +530,7 @@ const ARG_REGISTERS: &[(&str, u32)] =
 const ARG_REGISTERS: &[(&str, u32)] = &[];
 
 /// The C size of an integer type (what of its register is the value).
-fn int_size(arg_type: ArgType) -> Option<u32> {
+pub(crate) fn int_size(arg_type: ArgType) -> Option<u32> {
     use ArgType::*;
     Some(match arg_type {
         Int8 | Sint8 | Uint8 => 1,
@@ -589,6 +605,8 @@ fn compile_uprobes(policy: &TracingPolicy) -> Result<Vec<UprobeHook>, PolicyErro
                 read,
             });
         }
+        let shape = HookShape { args: &args, ret: None, kind: "uprobe" };
+        let selectors = select::compile(&format!("{at}.selectors"), &u.selectors, &shape)?;
         for (j, symbol) in u.symbols.iter().enumerate() {
             hooks.push(UprobeHook {
                 path: u.path.clone(),
@@ -596,6 +614,7 @@ fn compile_uprobes(policy: &TracingPolicy) -> Result<Vec<UprobeHook>, PolicyErro
                 offset: 0,
                 at: format!("{at}.symbols[{j}]"),
                 args: args.clone(),
+                selectors: selectors.clone(),
             });
         }
         for (j, &offset) in u.offsets.iter().enumerate() {
@@ -605,6 +624,7 @@ fn compile_uprobes(policy: &TracingPolicy) -> Result<Vec<UprobeHook>, PolicyErro
                 offset,
                 at: format!("{at}.offsets[{j}]"),
                 args: args.clone(),
+                selectors: selectors.clone(),
             });
         }
     }

@@ -3,28 +3,12 @@
 //! refusal by path.
 #![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
-use std::path::PathBuf;
+mod captured;
 
+use captured::kernel;
 use policy::compile::{KernelView, Read, compile};
 use policy::schema::ArgType;
 use policy::tracefs::Format;
-
-/// The captured format files, by `subsystem-event`.
-struct Captured(PathBuf);
-
-impl KernelView for Captured {
-    fn tracepoint_format(&self, subsystem: &str, event: &str) -> Result<Option<Format>, String> {
-        match std::fs::read_to_string(self.0.join(format!("{subsystem}-{event}"))) {
-            Ok(text) => Format::parse(&text).map(Some).map_err(|e| e.to_string()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-}
-
-fn kernel() -> Captured {
-    Captured(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/formats"))
-}
 
 fn tracepoint(subsystem: &str, event: &str, args: &str) -> String {
     format!(

@@ -14,7 +14,7 @@ use proto::tetragon::{
     EnableTracingPolicyRequest, EnableTracingPolicyResponse, GetDebugRequest, GetDebugResponse, GetEventsRequest,
     GetHealthStatusRequest, GetHealthStatusResponse, GetVersionRequest, GetVersionResponse, HealthStatus,
     HealthStatusResult, HealthStatusType, ListTracingPoliciesRequest, ListTracingPoliciesResponse, LogLevel,
-    ProcessInternal, TracingPolicyStatus, get_debug_request, get_debug_response,
+    ProcessInternal, TracingPolicyMode, TracingPolicyStatus, get_debug_request, get_debug_response,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::service::interceptor::InterceptedService;
@@ -55,6 +55,8 @@ pub trait PolicyControl: Send + Sync {
     fn add(&self, yaml: &str) -> Result<(), Status>;
     fn delete(&self, name: &str, namespace: &str) -> Result<(), Status>;
     fn set_enabled(&self, name: &str, namespace: &str, enabled: bool) -> Result<(), Status>;
+    /// Enforcement off (`monitor`) or on.
+    fn set_mode(&self, name: &str, namespace: &str, monitor: bool) -> Result<(), Status>;
     fn list(&self) -> Vec<TracingPolicyStatus>;
 }
 
@@ -149,8 +151,14 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
     ) -> Result<Response<ConfigureTracingPolicyResponse>, Status> {
         let r = request.into_inner();
         let control = self.policy_control()?;
-        if r.mode.is_some() {
-            return Err(Status::unimplemented("policy modes (enforce, monitor) are not supported by Vigil yet"));
+        let monitor = match r.mode.map(TracingPolicyMode::try_from) {
+            None => None,
+            Some(Ok(TracingPolicyMode::TpModeEnforce)) => Some(false),
+            Some(Ok(TracingPolicyMode::TpModeMonitor)) => Some(true),
+            Some(_) => return Err(Status::invalid_argument("mode: TP_MODE_ENFORCE or TP_MODE_MONITOR")),
+        };
+        if let Some(monitor) = monitor {
+            control.set_mode(&r.name, &r.namespace, monitor)?;
         }
         if let Some(enable) = r.enable {
             control.set_enabled(&r.name, &r.namespace, enable)?;

@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use proto::tetragon::{
-    TracingPolicyActionCounters, TracingPolicyMode, TracingPolicyState, TracingPolicyStats, TracingPolicyStatus,
+    TracingPolicyActionCounters, TracingPolicyMode, TracingPolicySelectorActionCounters, TracingPolicyState,
+    TracingPolicyStats, TracingPolicyStatus,
 };
 use serving::api::PolicyControl;
 use tonic::Status;
 
-use super::{HostError, PolicyHost, State};
+use super::{HostError, Mode, PolicyHost, SelectorCounts, State};
 
 /// The sensor's policies, shared by start-up and the API.
 #[derive(Clone)]
@@ -23,7 +24,17 @@ fn status_of(e: HostError) -> Status {
         HostError::Exists(_) => Status::already_exists(e.to_string()),
         HostError::NotFound(_) => Status::not_found(e.to_string()),
         HostError::Full => Status::resource_exhausted(e.to_string()),
-        HostError::Kernel { .. } => Status::failed_precondition(e.to_string()),
+        HostError::Kernel { .. } | HostError::MonitorOnly(_) => Status::failed_precondition(e.to_string()),
+    }
+}
+
+fn counters(c: &SelectorCounts) -> TracingPolicyActionCounters {
+    TracingPolicyActionCounters {
+        post: c.post,
+        signal: c.signal,
+        monitor_signal: c.monitor_signal,
+        nopost: c.nopost,
+        ..Default::default()
     }
 }
 
@@ -39,6 +50,10 @@ impl PolicyControl for SharedPolicies {
 
     fn delete(&self, name: &str, namespace: &str) -> Result<(), Status> {
         self.0.lock().delete(name, namespace).map_err(status_of)
+    }
+
+    fn set_mode(&self, name: &str, namespace: &str, monitor: bool) -> Result<(), Status> {
+        self.0.lock().set_mode(name, namespace, monitor).map_err(status_of)
     }
 
     fn set_enabled(&self, name: &str, namespace: &str, enabled: bool) -> Result<(), Status> {
@@ -67,14 +82,37 @@ impl PolicyControl for SharedPolicies {
                     error,
                     state: state as i32,
                     kernel_memory_bytes: p.kernel_memory_bytes,
-                    mode: TracingPolicyMode::TpModeEnforce as i32,
-                    stats: Some(TracingPolicyStats {
-                        action_counters: Some(TracingPolicyActionCounters { post: p.events, ..Default::default() }),
-                        selector_action_counters: vec![],
-                    }),
+                    mode: match p.mode {
+                        Mode::Enforce => TracingPolicyMode::TpModeEnforce,
+                        Mode::Monitor => TracingPolicyMode::TpModeMonitor,
+                        Mode::MonitorOnly => TracingPolicyMode::TpModeMonitorOnly,
+                    } as i32,
+                    stats: Some(stats(p.events, &p.selector_counts)),
                     ..Default::default()
                 }
             })
             .collect()
     }
+}
+
+/// The policy's counts: `post` is every event it sent; the rest sum its
+/// selectors', which are also listed one by one.
+fn stats(events: u64, hooks: &[super::HookSelectorCounts]) -> TracingPolicyStats {
+    let mut total = SelectorCounts { post: events, ..Default::default() };
+    let mut per_selector = Vec::new();
+    for h in hooks {
+        for (i, (label, c)) in h.selectors.iter().enumerate() {
+            total.signal += c.signal;
+            total.monitor_signal += c.monitor_signal;
+            total.nopost += c.nopost;
+            per_selector.push(TracingPolicySelectorActionCounters {
+                hook: h.hook.clone(),
+                hook_index: Some(proto::wkt::UInt32Value { value: h.hook_index }),
+                selector_index: Some(proto::wkt::UInt32Value { value: i as u32 }),
+                action_counters: Some(counters(c)),
+                selector_label: label.clone(),
+            });
+        }
+    }
+    TracingPolicyStats { action_counters: Some(counters(&total)), selector_action_counters: per_selector }
 }

@@ -123,6 +123,15 @@ pub fn argument(shown: Shown, raw: &RawArg) -> Option<KprobeArgument> {
     Some(KprobeArgument { arg: Some(arg), label: String::new() })
 }
 
+/// An action the kernel reports, as the event's field: none (no selector
+/// ran) is `Post`, as Tetragon reports hooks without selectors.
+fn action_of(raw: u16) -> i32 {
+    match raw {
+        0 => KprobeAction::Post as i32,
+        n => KprobeAction::try_from(i32::from(n)).unwrap_or(KprobeAction::Unknown) as i32,
+    }
+}
+
 /// The event for one hit. `lineage` is the process's as the cache has it
 /// now; the hit's thread is put on the process, as Tetragon does.
 pub fn hook_event(node: &str, time: Timestamp, hit: &HookData, info: &HookInfo, lineage: Lineage) -> GetEventsResponse {
@@ -147,7 +156,7 @@ pub fn hook_event(node: &str, time: Timestamp, hit: &HookData, info: &HookInfo, 
             event: event.clone(),
             args,
             policy_name: info.policy.clone(),
-            action: KprobeAction::Post as i32,
+            action: action_of(hit.action),
             message: info.message.clone(),
             tags: info.tags.clone(),
             ancestors: lineage.ancestors,
@@ -158,10 +167,10 @@ pub fn hook_event(node: &str, time: Timestamp, hit: &HookData, info: &HookInfo, 
             function_name: function.clone(),
             args,
             r#return: ret,
-            action: KprobeAction::Post as i32,
+            action: action_of(hit.action),
             policy_name: info.policy.clone(),
             // Tetragon sets it on every kprobe event, return probe or not.
-            return_action: KprobeAction::Post as i32,
+            return_action: action_of(hit.return_action),
             message: info.message.clone(),
             tags: info.tags.clone(),
             ancestors: lineage.ancestors,
@@ -178,7 +187,7 @@ pub fn hook_event(node: &str, time: Timestamp, hit: &HookData, info: &HookInfo, 
             tags: info.tags.clone(),
             ancestors: lineage.ancestors,
             offset: *offset,
-            action: KprobeAction::Post as i32,
+            action: action_of(hit.action),
             ..Default::default()
         }),
     };

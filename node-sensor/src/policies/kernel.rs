@@ -16,8 +16,10 @@ use node_sensor_common::{
 };
 use policy::PolicyError;
 use policy::compile::{KprobeHook, Read, TracepointHook, UprobeHook};
+use policy::select::Selectors;
 
 use super::attach;
+use super::selectors::{SelectorCounts, SelectorMaps};
 use crate::loader::{
     HookPrograms, KPROBE_PROGRAM, KPROBE_SOCK_PROGRAM, KRETPROBE_PROGRAM, TRACEPOINT_FD_PROGRAM, TRACEPOINT_PROGRAM,
     UPROBE_PROGRAM,
@@ -39,6 +41,22 @@ pub enum Point {
     Kprobe(KprobeHook),
 }
 
+impl Point {
+    pub fn selectors(&self) -> &Selectors {
+        match self {
+            Point::Tracepoint(tp) => &tp.selectors,
+            Point::Uprobe(up) => &up.selectors,
+            Point::Kprobe(kp) => &kp.selectors,
+        }
+    }
+
+    /// A tracepoint hook that cannot share its tracepoint's attach (the
+    /// path reader is too costly to verify in the shared program).
+    fn own_tracepoint(tp: &TracepointHook) -> bool {
+        tp.reads_fd()
+    }
+}
+
 /// A tracepoint the program is attached to, and the hooks it serves.
 struct AttachedTracepoint {
     /// Closing it detaches the program from the tracepoint.
@@ -53,8 +71,10 @@ pub struct Attachments {
     tracepoints: HashMap<u32, AttachedTracepoint>,
     uprobes: HashMap<u32, UProbeLinkId>,
     /// Hooks with attaches of their own (kprobes, and tracepoint hooks
-    /// that read descriptors), by hook number.
+    /// that read descriptors or have selectors), by hook number.
     own: HashMap<u32, OwnAttach>,
+    /// Hooks' selectors in the kernel; why not, if the maps are missing.
+    selectors: Result<SelectorMaps, String>,
 }
 
 /// A hook's own links (closing them detaches) and its hook-map keys.
@@ -92,6 +112,7 @@ impl Attachments {
 
     pub fn new(mut ebpf: Ebpf, programs: HookPrograms) -> Attachments {
         let hook_map = ebpf.take_map("HOOKS").and_then(|m| BpfHashMap::try_from(m).ok());
+        let selectors = SelectorMaps::take(&mut ebpf);
         Attachments {
             ebpf,
             hook_map,
@@ -99,35 +120,67 @@ impl Attachments {
             tracepoints: HashMap::new(),
             uprobes: HashMap::new(),
             own: HashMap::new(),
+            selectors,
         }
+    }
+
+    /// Switches hook `id`'s enforcement off (`monitor`) or on.
+    pub fn set_monitor(&mut self, id: u32, monitor: bool) -> Result<(), String> {
+        match &mut self.selectors {
+            Ok(maps) => maps.set_monitor(id, monitor),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// What hook `id`'s selectors did, per selector.
+    pub fn selector_counts(&self, id: u32) -> Vec<SelectorCounts> {
+        self.selectors.as_ref().map(|m| m.counts(id)).unwrap_or_default()
     }
 
     fn map(&mut self) -> Result<&mut BpfHashMap<MapData, u64, HookSet>, AttachError> {
         self.hook_map.as_mut().ok_or_else(|| AttachError::Kernel("BPF map `HOOKS` is missing".into()))
     }
 
-    /// Puts hook `id` into the kernel.
-    pub fn attach(&mut self, id: u32, point: &Point) -> Result<(), AttachError> {
-        match point {
+    /// Puts hook `id` into the kernel, its enforcement off if `monitor`:
+    /// its selectors first, so its first run finds them.
+    pub fn attach(&mut self, id: u32, point: &Point, monitor: bool) -> Result<(), AttachError> {
+        let selectors = point.selectors();
+        if !selectors.is_empty() {
+            if let Err(why) = &self.programs.select {
+                return Err(AttachError::Kernel(format!("the selector programs are not available: {why}")));
+            }
+            let maps = self.selectors.as_mut().map_err(|why| AttachError::Kernel(why.clone()))?;
+            maps.install(id, selectors, monitor).map_err(AttachError::Kernel)?;
+        }
+        let attached = match point {
             Point::Tracepoint(tp) => self.attach_tracepoint(id, tp),
             Point::Uprobe(up) => self.attach_uprobe(id, up),
             Point::Kprobe(kp) => self.attach_kprobe(id, kp),
+        };
+        if attached.is_err()
+            && let Ok(maps) = &mut self.selectors
+        {
+            maps.remove(id);
         }
+        attached
     }
 
     /// Takes hook `id` out of the kernel (a hook not in it is a no-op).
     pub fn detach(&mut self, id: u32, point: &Point) {
         match point {
-            Point::Tracepoint(tp) if tp.reads_fd() => self.detach_own(id),
+            Point::Tracepoint(tp) if Point::own_tracepoint(tp) => self.detach_own(id),
             Point::Tracepoint(tp) => self.detach_tracepoint(id, tp.id),
             Point::Uprobe(_) => self.detach_uprobe(id),
             Point::Kprobe(_) => self.detach_own(id),
         }
+        if let Ok(maps) = &mut self.selectors {
+            maps.remove(id);
+        }
     }
 
     fn attach_tracepoint(&mut self, id: u32, tp: &TracepointHook) -> Result<(), AttachError> {
-        if tp.reads_fd() {
-            return self.attach_tracepoint_fd(id, tp);
+        if Point::own_tracepoint(tp) {
+            return self.attach_tracepoint_own(id, tp);
         }
         if let Err(why) = &self.programs.tracepoint {
             return Err(AttachError::Kernel(format!("the tracepoint program is not available: {why}")));
@@ -162,7 +215,7 @@ impl Attachments {
 
     /// A hook that reads a descriptor: an attach of its own, of the
     /// program with the path reader.
-    fn attach_tracepoint_fd(&mut self, id: u32, tp: &TracepointHook) -> Result<(), AttachError> {
+    fn attach_tracepoint_own(&mut self, id: u32, tp: &TracepointHook) -> Result<(), AttachError> {
         if let Err(why) = &self.programs.tracepoint_fd {
             return Err(AttachError::Kernel(format!("the tracepoint program for descriptors is not available: {why}")));
         }

@@ -17,6 +17,8 @@ pub mod events;
 pub mod hooks;
 mod kernel;
 pub use kernel::ProgramRuns;
+mod selectors;
+pub use selectors::SelectorCounts;
 mod sock;
 mod view;
 
@@ -28,6 +30,7 @@ use aya::Ebpf;
 use node_sensor_common::HookSpec;
 use policy::compile::{self, HookArg};
 use policy::schema::Arg;
+pub use policy::select::Mode;
 use policy::{PolicyError, TracingPolicy};
 
 use crate::loader::HookPrograms;
@@ -57,6 +60,9 @@ pub enum HostError {
     /// The kernel refused: the policy is kept, in the error state.
     #[error("loading policy {name} failed: {reason}")]
     Kernel { name: String, reason: String },
+    /// The policy has no enforcement action to switch on.
+    #[error("policy {0} has no enforcement action (it is monitor-only)")]
+    MonitorOnly(String),
 }
 
 /// What `ListTracingPolicies` shows of a policy.
@@ -80,6 +86,22 @@ pub struct PolicyStatus {
     pub events: u64,
     /// Bytes of kernel memory this policy's hook map entries take.
     pub kernel_memory_bytes: u64,
+    pub mode: Mode,
+    /// What each hook's selectors did (hooks with selectors only).
+    pub selector_counts: Vec<HookSelectorCounts>,
+}
+
+/// One hook's selector counts, as `TracingPolicySelectorActionCounters`
+/// lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookSelectorCounts {
+    /// Where the hook is (`tracepoint:syscalls/sys_enter_openat`,
+    /// `uprobe:/bin/bash:readline`, `kprobe:__x64_sys_openat`).
+    pub hook: String,
+    /// Its place among the policy's hooks.
+    pub hook_index: u32,
+    /// Per selector: its label and counts.
+    pub selectors: Vec<(String, SelectorCounts)>,
 }
 
 /// One compiled hook of a loaded policy.
@@ -95,6 +117,7 @@ struct Loaded {
     namespace: String,
     hooks: Vec<Hook>,
     state: State,
+    mode: Mode,
 }
 
 /// Owns the BPF object (after the loader) and every policy in it.
@@ -112,7 +135,11 @@ pub struct PolicyHost {
 impl PolicyHost {
     /// Takes the BPF object; `programs` is the loader's verdict on the
     /// generic hook programs.
-    pub fn new(ebpf: Ebpf, programs: HookPrograms) -> PolicyHost {
+    pub fn new(mut ebpf: Ebpf, programs: HookPrograms) -> PolicyHost {
+        match selectors::seed_binaries(&mut ebpf, std::path::Path::new("/proc")) {
+            Ok(n) => tracing::debug!(processes = n, "binaries of running processes kept for matchBinaries"),
+            Err(e) => tracing::warn!(error = %e, "matchBinaries will not know processes started before the sensor"),
+        }
         PolicyHost {
             kernel: Attachments::new(ebpf, programs),
             view: KernelInfo { tracefs: None, btf: None },
@@ -144,7 +171,7 @@ impl PolicyHost {
         if self.policies.len() >= MAX_POLICIES {
             return Err(HostError::Full);
         }
-        refuse_unsupported(&policy)?;
+        let mode = policy::select::mode_of(&policy)?;
         let compiled = self.compile(&policy)?;
         let mut hooks =
             Vec::with_capacity(compiled.tracepoints.len() + compiled.uprobes.len() + compiled.kprobes.len());
@@ -183,7 +210,7 @@ impl PolicyHost {
             hooks.push(Hook { id: self.hook_id(), point: Point::Uprobe(uprobe), info });
         }
         let id = self.next_policy;
-        let state = match self.enable_hooks(&hooks) {
+        let state = match self.enable_hooks(&hooks, mode) {
             Ok(()) => State::Enabled,
             Err(AttachError::Invalid(e)) => return Err(HostError::Invalid(e)),
             Err(AttachError::Kernel(reason)) => State::Error(reason),
@@ -193,7 +220,7 @@ impl PolicyHost {
             State::Error(reason) => Err(HostError::Kernel { name: key.1.clone(), reason: reason.clone() }),
             _ => Ok(()),
         };
-        let loaded = Loaded { id, name: key.1.clone(), namespace: key.0.clone(), hooks, state };
+        let loaded = Loaded { id, name: key.1.clone(), namespace: key.0.clone(), hooks, state, mode };
         self.policies.insert(key, loaded);
         result
     }
@@ -238,7 +265,8 @@ impl PolicyHost {
             return Ok(());
         }
         let hooks = std::mem::take(&mut loaded.hooks);
-        let result = self.enable_hooks(&hooks).map_err(|e| match e {
+        let mode = loaded.mode;
+        let result = self.enable_hooks(&hooks, mode).map_err(|e| match e {
             AttachError::Invalid(e) => e.to_string(),
             AttachError::Kernel(reason) => reason,
         });
@@ -250,6 +278,29 @@ impl PolicyHost {
             };
         }
         result.map_err(|reason| HostError::Kernel { name: key.1, reason })
+    }
+
+    /// Switches a policy between enforcing and monitoring (a monitor-only
+    /// policy has nothing to enforce). Kept across disable and enable.
+    pub fn set_mode(&mut self, name: &str, namespace: &str, monitor: bool) -> Result<(), HostError> {
+        let key = (namespace.to_owned(), name.to_owned());
+        let loaded = self.policies.get_mut(&key).ok_or_else(|| HostError::NotFound(display_name(&key)))?;
+        let mode = match (loaded.mode, monitor) {
+            (Mode::MonitorOnly, true) => return Ok(()),
+            (Mode::MonitorOnly, false) => return Err(HostError::MonitorOnly(display_name(&key))),
+            (_, true) => Mode::Monitor,
+            (_, false) => Mode::Enforce,
+        };
+        loaded.mode = mode;
+        if loaded.state == State::Enabled {
+            let ids: Vec<u32> = loaded.hooks.iter().map(|h| h.id).collect();
+            for id in ids {
+                self.kernel
+                    .set_monitor(id, monitor)
+                    .map_err(|reason| HostError::Kernel { name: key.1.clone(), reason })?;
+            }
+        }
+        Ok(())
     }
 
     /// Every loaded BPF program's runs and run time (`--metrics-address`).
@@ -284,6 +335,30 @@ impl PolicyHost {
                     } else {
                         0
                     },
+                    mode: p.mode,
+                    selector_counts: p
+                        .hooks
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, h)| !h.point.selectors().is_empty())
+                        .map(|(i, h)| HookSelectorCounts {
+                            hook: hook_name(&h.point),
+                            hook_index: i as u32,
+                            selectors: h
+                                .point
+                                .selectors()
+                                .labels
+                                .iter()
+                                .cloned()
+                                .zip(
+                                    self.kernel
+                                        .selector_counts(h.id)
+                                        .into_iter()
+                                        .chain(std::iter::repeat(SelectorCounts::default())),
+                                )
+                                .collect(),
+                        })
+                        .collect(),
                 }
             })
             .collect()
@@ -311,11 +386,11 @@ impl PolicyHost {
 
     /// Puts `hooks` into the kernel. On a failure, what was done is
     /// undone, in reverse, and the error returned.
-    fn enable_hooks(&mut self, hooks: &[Hook]) -> Result<(), AttachError> {
+    fn enable_hooks(&mut self, hooks: &[Hook], mode: Mode) -> Result<(), AttachError> {
         for (done, hook) in hooks.iter().enumerate() {
             // The table first, so the first hit finds its hook.
             self.table.insert(hook.id, hook.info.clone());
-            if let Err(e) = self.kernel.attach(hook.id, &hook.point) {
+            if let Err(e) = self.kernel.attach(hook.id, &hook.point, mode != Mode::Enforce) {
                 for h in hooks[..done].iter().rev() {
                     self.kernel.detach(h.id, &h.point);
                 }
@@ -382,29 +457,16 @@ fn display_name((namespace, name): &(String, String)) -> String {
     if namespace.is_empty() { name.clone() } else { format!("{namespace}/{name}") }
 }
 
-/// What parses and validates but this sensor does not load yet, refused
-/// by path rather than loaded in part.
-fn refuse_unsupported(policy: &TracingPolicy) -> Result<(), HostError> {
-    let no = |path: String, what: &str| {
-        Err(HostError::Unsupported(PolicyError { path, reason: format!("{what} are not supported by Vigil yet") }))
-    };
-    let kprobe_selectors =
-        policy.spec.kprobes.iter().map(|k| &k.selectors).enumerate().map(|(i, s)| (format!("spec.kprobes[{i}]"), s));
-    let selectors = policy
-        .spec
-        .tracepoints
-        .iter()
-        .map(|t| &t.selectors)
-        .enumerate()
-        .map(|(i, s)| (format!("spec.tracepoints[{i}]"), s));
-    let uprobe_selectors =
-        policy.spec.uprobes.iter().map(|u| &u.selectors).enumerate().map(|(i, s)| (format!("spec.uprobes[{i}]"), s));
-    for (at, s) in kprobe_selectors.chain(selectors).chain(uprobe_selectors) {
-        if !s.is_empty() {
-            return no(format!("{at}.selectors"), "selectors (in-kernel filters and actions)");
-        }
+/// A hook as `selector_action_counters` names it.
+fn hook_name(point: &Point) -> String {
+    match point {
+        Point::Tracepoint(tp) => format!("tracepoint:{}/{}", tp.subsystem, tp.event),
+        Point::Uprobe(up) => match &up.symbol {
+            Some(symbol) => format!("uprobe:{}:{symbol}", up.path),
+            None => format!("uprobe:{}:{:#x}", up.path, up.offset),
+        },
+        Point::Kprobe(kp) => format!("kprobe:{}", kp.symbol),
     }
-    Ok(())
 }
 
 /// The policy files to load at start: those named, then the directory's

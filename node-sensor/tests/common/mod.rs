@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
 use proto::tetragon::get_events_response::Event;
-use proto::tetragon::{GetEventsRequest, GetEventsResponse, GetHealthStatusRequest, Process};
+use proto::tetragon::{GetEventsRequest, GetEventsResponse, GetHealthStatusRequest, Process, ProcessTracepoint};
 use serving::address::ServerAddress;
 use tonic::transport::Channel;
 
@@ -256,4 +256,36 @@ pub fn final_stat(log: &str, key: &str) -> u64 {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(&format!("{key}="))?.parse().ok())
         .unwrap_or_else(|| panic!("no {key} in {line}"))
+}
+
+/// Builds the uprobe test's program (tests/data/uprobe_target.rs) into `dir`.
+pub fn build_uprobe_target(dir: &std::path::Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = dir.join("uprobe-target");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/uprobe_target.rs");
+    let status = Command::new("rustc")
+        .args(["--edition", "2024", "-C", "opt-level=1", "-g", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("running rustc to build the uprobe target");
+    assert!(status.success(), "rustc failed on {}", src.display());
+    out.display().to_string()
+}
+
+pub fn tracepoint_of(e: &GetEventsResponse) -> Option<&ProcessTracepoint> {
+    match &e.event {
+        Some(Event::ProcessTracepoint(t)) => Some(t),
+        _ => None,
+    }
+}
+
+/// Runs `/bin/true FENCE` and reads until its exec arrives: every record
+/// the kernel sent before it has then been handled (one ring buffer, in
+/// order), so an event that has not come by then never will.
+pub async fn fence(c: &mut Collector, sensor: &Sensor) {
+    let fence = format!("fence-{}", nonce());
+    assert!(Command::new("/bin/true").arg(&fence).status().unwrap().success());
+    let fenced = |events: &[GetEventsResponse]| events.iter().filter_map(exec_of).any(|p| p.arguments == fence);
+    assert!(c.until(Duration::from_secs(30), fenced).await, "the fence exec never came; log:\n{}", sensor.log());
 }

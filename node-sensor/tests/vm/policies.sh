@@ -1,15 +1,16 @@
 #!/bin/sh
 # PID 1 of the policies VM (started through /bin/sh, as the recorded one
-# was): kprobe policies on Debian's 6.1 kernel (this
-# machine's has none). The recorded Tetragon cases a (the seed's
-# process-exec-elf-begin), b (security_file_permission, a return probe;
-# its selector left out, as Vigil has none yet) and c (tcp_connect,
-# tcp_sendmsg, tcp_close with sock arguments) and d (the openat
-# tracepoint; its selector left out too) and f (uprobes on bash's main
-# and readline), with their workloads run
-# as they were recorded (tests/compat/fixtures/tetragon-vm-policies): by a
-# shell running /workload from /tmp that started before the sensor. Then
-# a descriptor (sys_write) and a credential (commit_creds) policy.
+# was): kprobe policies on Debian's 6.1 kernel (this machine's has none).
+# The recorded Tetragon cases a (the seed's process-exec-elf-begin), b
+# (security_file_permission, a return probe; its selector, a filter on a
+# file's path, left out, as Vigil does not evaluate those yet), c
+# (tcp_connect, tcp_sendmsg, tcp_close with sock arguments), d (the openat
+# and raw_syscalls tracepoints with their selectors), e (sys_openat with a
+# Sigkill selector and a return-value selector) and f (uprobes on bash's
+# main and readline), with their workloads run as they were recorded
+# (tests/compat/fixtures/tetragon-vm-policies): by a shell running
+# /workload from /tmp that started before the sensor. Then a descriptor
+# (sys_write) and a credential (commit_creds) policy.
 /bin/busybox --install -s /bin
 . /vigil-lib.sh
 echo "VIGIL-KERNEL $(uname -r)"
@@ -25,6 +26,9 @@ cat > /tmp/c.yaml <<'POLICY'
 POLICY
 cat > /tmp/d.yaml <<'POLICY'
 @POLICY_D@
+POLICY
+cat > /tmp/e.yaml <<'POLICY'
+@POLICY_E@
 POLICY
 cat > /tmp/f.yaml <<'POLICY'
 @POLICY_F@
@@ -68,6 +72,17 @@ cp /bin/busybox /tmp/busybox-marked
 echo data > /tmp/marked-tp-file
 cat /tmp/marked-tp-file
 /tmp/busybox-marked cat /tmp/marked-tp-file
+# Case e: the marked binary is killed at its open of a marked file.
+echo ok > /tmp/marked-e-ok
+echo x > /tmp/unmarked
+mkdir -p /tmp/killme
+cp /bin/busybox /tmp/killme/cat
+cat /tmp/marked-e-ok
+cat /tmp/marked-e-missing
+/tmp/killme/cat /tmp/marked-e-ok
+echo "VIGIL-STATUS e3 $?"
+/tmp/killme/cat /tmp/unmarked > /dev/null 2>&1
+echo "VIGIL-STATUS e4 $?"
 # Case c: a connection to a local listener, 9 bytes sent. The listener's
 # stdin stays open (at EOF it would close its side before the client
 # sends, and the send would be in CLOSE_WAIT); it is up once its port is.
@@ -98,7 +113,8 @@ cd /
   --export-file-max-size-mb 4 --export-file-max-backups 100 \
   --enable-process-cred --enable-process-ns \
   --tracing-policy /tmp/a.yaml --tracing-policy /tmp/b.yaml --tracing-policy /tmp/c.yaml \
-  --tracing-policy /tmp/d.yaml --tracing-policy /tmp/f.yaml --tracing-policy /tmp/fd-cred.yaml \
+  --tracing-policy /tmp/d.yaml --tracing-policy /tmp/e.yaml --tracing-policy /tmp/f.yaml \
+  --tracing-policy /tmp/fd-cred.yaml \
   --log-level info,node_sensor::loader=debug > /tmp/sensor.log 2>&1 &
 SENSOR=$!
 await_sensor

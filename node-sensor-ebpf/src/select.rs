@@ -1,0 +1,410 @@
+//! Selectors: a hook's in-kernel filters and actions. The reader programs
+//! (`hooks`) build a hook's record in the per-CPU scratch, then tail-call
+//! one of these programs, which find the first selector whose filters all
+//! pass, take its actions, and send (or keep for the return probe) the
+//! record, or drop it: an event no selector passes costs no ring-buffer
+//! space and no user-space time. Kept apart from the readers so that each
+//! is verified on its own (a reader's path walk and these loops together
+//! would be past the verifier's budget).
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task,
+        generated::{bpf_probe_read_kernel, bpf_send_signal},
+    },
+    macros::{kprobe, tracepoint},
+    maps::lpm_trie::Key,
+    programs::{ProbeContext, TracePointContext},
+};
+use node_sensor_common::*;
+
+use crate::hooks::{HookScratch, keep_for_return, send};
+use crate::{
+    ACTION_COUNTS, BINARIES, CHAIN, HOOK_SCRATCH, POSITIONS, READER_TP, SELECTORS, STRING_SCRATCH, STRINGS, count,
+};
+
+/// The reader's program type, which picks the selector program.
+pub(crate) const SELECT_TRACEPOINT: u32 = 0;
+pub(crate) const SELECT_PROBE: u32 = 1;
+
+#[tracepoint]
+pub fn vigil_st(ctx: TracePointContext) -> u32 {
+    let _ = select();
+    resume_chain(&ctx);
+    0
+}
+
+/// Back to the tracepoint program for the attach's next hook, if its run
+/// has one (see `Chain`).
+#[inline(always)]
+fn resume_chain(ctx: &TracePointContext) {
+    let Some(chain) = CHAIN.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's chain state; see `hooks::run_chain`.
+    unsafe {
+        if (*chain).active != 0 {
+            READER_TP.tail_call(ctx, 0);
+            (*chain).active = 0;
+            select_failed();
+        }
+    }
+}
+
+/// Uprobes, kprobes and return probes (all of the kprobe program type).
+#[kprobe]
+pub fn vigil_sk(_ctx: ProbeContext) -> u32 {
+    let _ = select();
+    0
+}
+
+/// Decides on the record in this CPU's hook scratch.
+#[inline(always)]
+fn select() -> Result<(), i64> {
+    let scratch = HOOK_SCRATCH.get_ptr_mut(0).ok_or(-12i64)?;
+    // SAFETY: the scratch is this CPU's, written by the reader that
+    // tail-called here; the selector set is only read.
+    unsafe {
+        let hook_id = (*scratch).record.hook_id;
+        let Some(set) = SELECTORS.get(hook_id) else {
+            return Ok(());
+        };
+        let monitor = set.flags & SELECT_MONITOR != 0;
+        locate_args(scratch);
+        let data_len = (*scratch).record.data_len as usize & (HOOK_DATA_SIZE - 1);
+        if (*scratch).record.header.flags & RECORD_HAS_RETURN != 0 {
+            // The return side follows the selector that matched at entry.
+            let s = (*scratch).record.selector as usize & (SELECTOR_SLOTS - 1);
+            let sel = &set.selectors[s];
+            if !args_pass(&sel.rets, sel.nrets, scratch) {
+                return Ok(());
+            }
+            let (action, post) = act(&sel.ret_actions, sel.nret_actions, monitor, hook_id, s);
+            // Without return actions, the return side reports the entry's.
+            if sel.nret_actions != 0 {
+                (*scratch).record.return_action = action as u16;
+            } else {
+                (*scratch).record.return_action = (*scratch).record.action;
+            }
+            count_action(hook_id, s, if post { COUNT_POST } else { COUNT_NOPOST });
+            if post {
+                send(scratch as *const u8, data_len);
+            }
+            return Ok(());
+        }
+        let Some(s) = first_passing(set, scratch) else {
+            return Ok(());
+        };
+        let sel = &set.selectors[s];
+        let (action, post) = act(&sel.actions, sel.nactions, monitor, hook_id, s);
+        (*scratch).record.selector = s as u32;
+        (*scratch).record.action = action as u16;
+        if !post {
+            count_action(hook_id, s, COUNT_NOPOST);
+            return Ok(());
+        }
+        if set.flags & SELECT_RETURN != 0 {
+            // Counted at the return, which may still filter it out.
+            keep_for_return(scratch, bpf_get_current_pid_tgid(), hook_id);
+        } else {
+            count_action(hook_id, s, COUNT_POST);
+            send(scratch as *const u8, data_len);
+        }
+    }
+    Ok(())
+}
+
+/// The first selector whose every filter passes.
+///
+/// # Safety
+/// `scratch` must be this CPU's hook scratch.
+#[inline(always)]
+unsafe fn first_passing(set: &SelectorSet, scratch: *mut HookScratch) -> Option<usize> {
+    for s in 0..SELECTORS_PER_HOOK {
+        if s as u32 >= set.count {
+            break;
+        }
+        let sel = &set.selectors[s];
+        // SAFETY: as the caller promises.
+        if pids_pass(&sel.pids) && binary_passes(&sel.binary) && unsafe { args_pass(&sel.args, sel.nargs, scratch) } {
+            return Some(s);
+        }
+    }
+    None
+}
+
+/// Takes the actions; returns the event's action and whether it is sent
+/// (which the caller counts). Enforcement in monitor mode is counted, not
+/// taken.
+#[inline(always)]
+fn act(actions: &[ActionSpec; SELECTOR_ACTIONS], n: u8, monitor: bool, hook_id: u32, s: usize) -> (u32, bool) {
+    let mut action = ACTION_POST;
+    let mut post = true;
+    for (i, a) in actions.iter().enumerate() {
+        if i as u8 >= n {
+            break;
+        }
+        match a.kind {
+            ACTION_NOPOST => post = false,
+            ACTION_SIGKILL | ACTION_SIGNAL => {
+                let signal = if a.kind == ACTION_SIGKILL { 9 } else { a.signal };
+                if monitor {
+                    count_action(hook_id, s, COUNT_MONITOR_SIGNAL);
+                } else {
+                    // SAFETY: the helper signals the current task's process.
+                    unsafe { bpf_send_signal(signal) };
+                    count_action(hook_id, s, COUNT_SIGNAL);
+                    action = a.kind;
+                }
+            }
+            _ => {}
+        }
+    }
+    (action, post)
+}
+
+#[inline(always)]
+fn count_action(hook_id: u32, s: usize, what: usize) {
+    let Some(counts) = ACTION_COUNTS.get_ptr_mut(hook_id) else {
+        return;
+    };
+    let i = (s * COUNTS_PER_SELECTOR + what) & (SELECTOR_SLOTS * COUNTS_PER_SELECTOR - 1);
+    // SAFETY: the slot is inside this CPU's copy of the value.
+    unsafe { (*counts).counts[i] += 1 };
+}
+
+#[inline(always)]
+fn pids_pass(f: &PidFilterSpec) -> bool {
+    if f.op == 0 {
+        return true;
+    }
+    let pid = if f.flags & PID_NAMESPACE != 0 {
+        // SAFETY: reads go through bpf_probe_read_kernel.
+        unsafe { crate::lifecycle::read_nspid(bpf_get_current_task() as *const u8) }
+    } else {
+        (bpf_get_current_pid_tgid() >> 32) as u32
+    };
+    let mut found = false;
+    for i in 0..SELECTOR_PIDS {
+        if i as u8 >= f.nvalues {
+            break;
+        }
+        if f.values[i] == pid {
+            found = true;
+        }
+    }
+    found == (f.op == OP_IN)
+}
+
+/// `matchBinaries` on the process's exec'd path. A process whose binary is
+/// not known (it started before the sensor, and the seeding missed it)
+/// passes no binary filter, negated or not: an enforcement policy acts only
+/// on what it can name.
+#[inline(always)]
+fn binary_passes(f: &BinaryFilterSpec) -> bool {
+    if f.op == 0 {
+        return true;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: read only; the entry is replaced whole at exec.
+    let Some(b) = (unsafe { BINARIES.get(tgid) }) else {
+        return false;
+    };
+    // SAFETY: `path` is `len` bytes of map memory (at most its size).
+    unsafe { string_matches(f.op, f.strings, b.path.as_ptr(), b.len as usize & (BINARY_SIZE - 1)) }
+}
+
+/// Where each argument of the record starts, into `POSITIONS` (once, for
+/// every filter to read).
+///
+/// # Safety
+/// `scratch` must be this CPU's hook scratch.
+#[inline(always)]
+unsafe fn locate_args(scratch: *mut HookScratch) {
+    let Some(positions) = POSITIONS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: positions are masked into the area; the words read lie
+    // inside it; the slots written are the array's.
+    unsafe {
+        let data = (*scratch).data.as_ptr();
+        let mut at = 0usize;
+        for a in 0..=HOOK_MAX_ARGS {
+            (*positions)[a] = at as u32;
+            let word = core::ptr::read_unaligned(data.add(at & (HOOK_DATA_SIZE - 1)) as *const u64) as u32;
+            at = (at & (HOOK_DATA_SIZE - 1)) + 8 + (((word & ARG_LEN_MASK) as usize + 7) & !7);
+        }
+    }
+}
+
+/// Whether every filter of `filters` passes on the record's arguments.
+///
+/// # Safety
+/// `scratch` must be this CPU's hook scratch.
+#[inline(always)]
+unsafe fn args_pass(filters: &[ArgFilterSpec; SELECTOR_ARG_FILTERS], n: u8, scratch: *mut HookScratch) -> bool {
+    for (i, f) in filters.iter().enumerate() {
+        if i as u8 >= n {
+            break;
+        }
+        // SAFETY: as the caller promises.
+        if !unsafe { arg_passes(f, scratch) } {
+            return false;
+        }
+    }
+    true
+}
+
+/// One filter on one argument. An argument the reader could not read
+/// passes no filter.
+///
+/// # Safety
+/// `scratch` must be this CPU's hook scratch.
+#[inline(always)]
+unsafe fn arg_passes(f: &ArgFilterSpec, scratch: *mut HookScratch) -> bool {
+    // SAFETY: every position is masked into the area, which has an
+    // argument's worth of room past the mask; reads stay inside it.
+    unsafe {
+        let data = (*scratch).data.as_ptr();
+        let Some(positions) = POSITIONS.get_ptr(0) else {
+            return false;
+        };
+        let at = (*positions)[f.arg as usize & 7] as usize & (HOOK_DATA_SIZE - 1);
+        let word = core::ptr::read_unaligned(data.add(at) as *const u64) as u32;
+        if word & ARG_ERROR != 0 {
+            return false;
+        }
+        let len = (word & ARG_LEN_MASK) as usize;
+        let body = data.add(at + 8);
+        if f.op >= OP_STR_EQUAL {
+            if len > HOOK_ARG_BYTES {
+                return false;
+            }
+            return string_matches(f.op, f.strings, body, len);
+        }
+        let shift = u64::from(f.shift & 63);
+        let raw = core::ptr::read_unaligned(body as *const u64) << shift;
+        let value = if f.signed != 0 { ((raw as i64) >> shift) as u64 } else { raw >> shift };
+        int_matches(f, value)
+    }
+}
+
+/// Integer operators on the argument cut to its type's bits (and
+/// sign-extended for signed types), compared signed or not as the type
+/// is. The sensor folds GT's values to their least, LT's to their greatest
+/// and Mask's to their union, so those read one value.
+#[inline(always)]
+fn int_matches(f: &ArgFilterSpec, value: u64) -> bool {
+    let n = f.nvalues as usize;
+    let signed = f.signed != 0;
+    match f.op {
+        OP_GT => above(signed, value, f.values[0]),
+        OP_LT => above(signed, f.values[0], value),
+        OP_MASK => value & f.values[0] != 0,
+        OP_INT_EQUAL | OP_INT_NOT_EQUAL => {
+            let mut any = false;
+            for i in 0..FILTER_INT_VALUES / 2 {
+                if i >= n {
+                    break;
+                }
+                any |= value == f.values[i];
+            }
+            any == (f.op == OP_INT_EQUAL)
+        }
+        OP_IN_RANGE | OP_NOT_IN_RANGE => {
+            let mut any = false;
+            for r in 0..FILTER_INT_VALUES / 2 {
+                if 2 * r >= n {
+                    break;
+                }
+                any |= !above(signed, f.values[2 * r], value) && !above(signed, value, f.values[2 * r + 1]);
+            }
+            any == (f.op == OP_IN_RANGE)
+        }
+        _ => false,
+    }
+}
+
+/// `a > b`, signed or not.
+#[inline(always)]
+fn above(signed: bool, a: u64, b: u64) -> bool {
+    if signed { (a as i64) > (b as i64) } else { a > b }
+}
+
+/// String operators: the argument's bytes looked up in `STRINGS` under the
+/// filter's number. `Equal` keys carry the length, `Postfix` keys the
+/// bytes reversed.
+///
+/// # Safety
+/// `bytes` must be `len` readable bytes.
+#[inline(always)]
+unsafe fn string_matches(op: u8, filter: u32, bytes: *const u8, len: usize) -> bool {
+    let (Some(key), Some(tmp)) = (STRING_SCRATCH.get_ptr_mut(0), STRING_SCRATCH.get_ptr_mut(1)) else {
+        return false;
+    };
+    // SAFETY: both keys are this CPU's; every write is bounded by the key's
+    // size (the copy length by the checks, the indexes by the masks); the
+    // source is read through the helper.
+    let found = unsafe {
+        let data = (*key).data.as_mut_ptr();
+        core::ptr::write_unaligned(data as *mut u32, filter.to_be());
+        let head = match op {
+            OP_STR_EQUAL | OP_STR_NOT_EQUAL => {
+                *data.add(4) = (len >> 8) as u8;
+                *data.add(5) = len as u8;
+                6
+            }
+            _ => 4,
+        };
+        let n = match op {
+            OP_POSTFIX | OP_NOT_POSTFIX => {
+                let n = if len > STRING_POSTFIX_MAX { STRING_POSTFIX_MAX } else { len };
+                // The last n bytes end at byte 128 of `tmp`; reversed 8 at a
+                // time into the key (fixed offsets, so the verifier walks 16
+                // steps, not one per byte); the prefix length ignores what
+                // lies past them.
+                let tail = (*tmp).data.as_mut_ptr();
+                if n > 0 {
+                    // As a masked scalar: a pointer less a variable is
+                    // beyond the verifier's bounds tracking.
+                    // (The volatile read keeps the mask, which the
+                    // compiler knows to be a no-op and the verifier needs.)
+                    let start = 128 - n;
+                    let start = core::ptr::read_volatile(&start) & 127;
+                    bpf_probe_read_kernel(
+                        tail.add(start) as *mut c_void,
+                        n as u32,
+                        bytes.add(len - n) as *const c_void,
+                    );
+                }
+                for k in 0..16 {
+                    let word = core::ptr::read_unaligned(tail.add(120 - 8 * k) as *const u64);
+                    core::ptr::write_unaligned(data.add(4 + 8 * k) as *mut u64, word.swap_bytes());
+                }
+                n
+            }
+            _ => {
+                let room = STRING_KEY_DATA - head;
+                let n = if len > room { room } else { len };
+                if n > 0 && n <= STRING_PREFIX_MAX {
+                    bpf_probe_read_kernel(data.add(head) as *mut c_void, n as u32, bytes as *const c_void);
+                }
+                n
+            }
+        };
+        (*key).prefix_len = ((head + n) * 8) as u32;
+        STRINGS.get(&*(key as *const Key<[u8; STRING_KEY_DATA]>)).is_some()
+    };
+    match op {
+        OP_STR_NOT_EQUAL | OP_NOT_PREFIX | OP_NOT_POSTFIX => !found,
+        _ => found,
+    }
+}
+
+/// Counts a selector hook whose selector program could not be reached.
+#[inline(always)]
+pub(crate) fn select_failed() {
+    count(COUNTER_SELECT_FAILED);
+}

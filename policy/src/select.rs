@@ -1,0 +1,573 @@
+//! A hook's selectors, compiled to what the kernel's selector program
+//! evaluates: each filter bound to the position of the argument it reads
+//! (as the compiled hook orders them), its operator checked against the
+//! argument's type, its values parsed and bounded. String values go to the
+//! kernel's LPM trie under a filter number the sensor assigns; here each
+//! string filter is numbered within the hook (`strings`), and
+//! [`Selectors::numbered`] renumbers them. What Vigil does not evaluate yet
+//! is refused by path, never loaded in part.
+
+use node_sensor_common::{
+    ACTION_NOPOST, ACTION_POST, ACTION_SIGKILL, ACTION_SIGNAL, ActionSpec, ArgFilterSpec, BinaryFilterSpec,
+    FILTER_INT_VALUES, OP_GT, OP_IN, OP_IN_RANGE, OP_INT_EQUAL, OP_INT_NOT_EQUAL, OP_LT, OP_MASK, OP_NOT_IN,
+    OP_NOT_IN_RANGE, OP_NOT_POSTFIX, OP_NOT_PREFIX, OP_POSTFIX, OP_PREFIX, OP_STR_EQUAL, OP_STR_NOT_EQUAL,
+    PID_NAMESPACE, PidFilterSpec, SELECT_RETURN, SELECTOR_ACTIONS, SELECTOR_ARG_FILTERS, SELECTOR_PIDS,
+    SELECTORS_PER_HOOK, STRING_EQUAL_MAX, STRING_KEY_DATA, STRING_POSTFIX_MAX, STRING_PREFIX_MAX, SelectorSet,
+    SelectorSpec, StringKey,
+};
+
+use crate::PolicyError;
+use crate::compile::{HookArg, Read};
+use crate::schema::{
+    ActionKind, ArgFilter, ArgOperator, ArgType, BinaryFilter, BinaryOperator, InOperator, PidFilter, Selector,
+};
+
+/// Integer values an operator takes at most (ranges count once each).
+const INT_VALUES: usize = 4;
+
+/// A hook's selectors as the kernel takes them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Selectors {
+    pub set: SelectorSet,
+    /// Each string filter's operator and values, by its number in `set`.
+    pub strings: Vec<StringFilter>,
+    /// Labels of the selectors (for their counters), in order.
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StringFilter {
+    pub op: u8,
+    pub values: Vec<Vec<u8>>,
+}
+
+impl Selectors {
+    pub fn is_empty(&self) -> bool {
+        self.set.count == 0
+    }
+
+    /// The set with string filter `i` numbered `first + i`.
+    pub fn numbered(&self, first: u32) -> SelectorSet {
+        let mut set = self.set;
+        for sel in set.selectors.iter_mut() {
+            for f in sel.args.iter_mut().chain(sel.rets.iter_mut()) {
+                if f.op >= OP_STR_EQUAL {
+                    f.strings += first;
+                }
+            }
+            if sel.binary.op != 0 {
+                sel.binary.strings += first;
+            }
+        }
+        set
+    }
+
+    /// Every trie key of the string filters, numbered from `first`.
+    pub fn keys(&self, first: u32) -> Vec<StringKey> {
+        let mut keys = Vec::new();
+        for (i, f) in self.strings.iter().enumerate() {
+            for v in &f.values {
+                keys.push(string_key(first + i as u32, f.op, v));
+            }
+        }
+        keys
+    }
+}
+
+/// The trie key of value `v` of string filter `filter` (see `StringKey`).
+pub fn string_key(filter: u32, op: u8, v: &[u8]) -> StringKey {
+    let mut data = [0u8; STRING_KEY_DATA];
+    data[..4].copy_from_slice(&filter.to_be_bytes());
+    let used = match op {
+        OP_STR_EQUAL | OP_STR_NOT_EQUAL => {
+            data[4..6].copy_from_slice(&(v.len() as u16).to_be_bytes());
+            data[6..6 + v.len()].copy_from_slice(v);
+            6 + v.len()
+        }
+        OP_POSTFIX | OP_NOT_POSTFIX => {
+            for (d, b) in data[4..].iter_mut().zip(v.iter().rev()) {
+                *d = *b;
+            }
+            4 + v.len()
+        }
+        _ => {
+            data[4..4 + v.len()].copy_from_slice(v);
+            4 + v.len()
+        }
+    };
+    StringKey { prefix_len: (used * 8) as u32, data }
+}
+
+/// What a selector's filters read: the hook's arguments in record order,
+/// and its return value (after them).
+pub struct HookShape<'a> {
+    pub args: &'a [HookArg],
+    pub ret: Option<&'a HookArg>,
+    /// Whether the hook can take `Override` (never yet).
+    pub kind: &'static str,
+}
+
+/// Compiles `selectors` (at `at`, e.g. `spec.tracepoints[0].selectors`).
+pub fn compile(at: &str, selectors: &[Selector], shape: &HookShape<'_>) -> Result<Selectors, PolicyError> {
+    let mut out = Selectors::default();
+    if selectors.len() > SELECTORS_PER_HOOK {
+        return Err(PolicyError::at(at, format!("at most {SELECTORS_PER_HOOK} selectors")));
+    }
+    for (i, s) in selectors.iter().enumerate() {
+        let here = format!("{at}[{i}]");
+        out.set.selectors[i] = selector(&here, s, shape, &mut out.strings)?;
+        out.labels.push(s.label.clone().unwrap_or_default());
+    }
+    out.set.count = selectors.len() as u32;
+    if shape.ret.is_some() {
+        out.set.flags |= SELECT_RETURN;
+    }
+    Ok(out)
+}
+
+fn selector(
+    at: &str,
+    s: &Selector,
+    shape: &HookShape<'_>,
+    strings: &mut Vec<StringFilter>,
+) -> Result<SelectorSpec, PolicyError> {
+    let unsupported = [
+        ("matchData", !s.match_data.is_empty()),
+        ("matchParentBinaries", !s.match_parent_binaries.is_empty()),
+        ("matchNamespaces", !s.match_namespaces.is_empty()),
+        ("matchNamespaceChanges", !s.match_namespace_changes.is_empty()),
+        ("matchCapabilities", !s.match_capabilities.is_empty()),
+        ("matchCapabilityChanges", !s.match_capability_changes.is_empty()),
+    ];
+    if let Some((field, _)) = unsupported.iter().find(|(_, given)| *given) {
+        return Err(PolicyError::at(format!("{at}.{field}"), "not supported by Vigil yet"));
+    }
+    let mut spec = SelectorSpec::default();
+    if s.match_args.len() > SELECTOR_ARG_FILTERS {
+        return Err(PolicyError::at(format!("{at}.matchArgs"), format!("at most {SELECTOR_ARG_FILTERS} entries")));
+    }
+    for (j, f) in s.match_args.iter().enumerate() {
+        let here = format!("{at}.matchArgs[{j}]");
+        let (position, arg) = entry_arg(&here, f, shape.args)?;
+        spec.args[j] = arg_filter(&here, f, position, arg, strings)?;
+    }
+    spec.nargs = s.match_args.len() as u8;
+    if !s.match_return_args.is_empty() {
+        let Some(ret) = shape.ret else {
+            return Err(PolicyError::at(
+                format!("{at}.matchReturnArgs"),
+                "the hook has no return value (return: true)",
+            ));
+        };
+        if s.match_return_args.len() > SELECTOR_ARG_FILTERS {
+            return Err(PolicyError::at(
+                format!("{at}.matchReturnArgs"),
+                format!("at most {SELECTOR_ARG_FILTERS} entries"),
+            ));
+        }
+        for (j, f) in s.match_return_args.iter().enumerate() {
+            let here = format!("{at}.matchReturnArgs[{j}]");
+            if f.index != 0 || !f.args.is_empty() {
+                return Err(PolicyError::at(format!("{here}.index"), "the return value is index 0"));
+            }
+            spec.rets[j] = arg_filter(&here, f, shape.args.len(), ret, strings)?;
+        }
+        spec.nrets = s.match_return_args.len() as u8;
+    }
+    if let Some(f) = s.match_pids.first() {
+        if s.match_pids.len() > 1 {
+            return Err(PolicyError::at(format!("{at}.matchPIDs"), "at most 1 entry in Vigil yet"));
+        }
+        spec.pids = pid_filter(&format!("{at}.matchPIDs[0]"), f)?;
+    }
+    if let Some(f) = s.match_binaries.first() {
+        spec.binary = binary_filter(&format!("{at}.matchBinaries[0]"), f, strings)?;
+    }
+    let (list, n) = actions(&format!("{at}.matchActions"), &s.match_actions, shape)?;
+    spec.actions = list;
+    spec.nactions = n;
+    if !s.match_return_actions.is_empty() && shape.ret.is_none() {
+        return Err(PolicyError::at(format!("{at}.matchReturnActions"), "the hook has no return value (return: true)"));
+    }
+    let (list, n) = actions(&format!("{at}.matchReturnActions"), &s.match_return_actions, shape)?;
+    spec.ret_actions = list;
+    spec.nret_actions = n;
+    Ok(spec)
+}
+
+/// The argument a `matchArgs` entry reads: `args: [i]` is a position in
+/// the hook's `args` (and wins), `index` the declared argument's index.
+fn entry_arg<'a>(at: &str, f: &ArgFilter, args: &'a [HookArg]) -> Result<(usize, &'a HookArg), PolicyError> {
+    if let Some(&p) = f.args.first() {
+        if f.args.len() > 1 {
+            return Err(PolicyError::at(format!("{at}.args"), "one argument per filter in Vigil yet"));
+        }
+        return args
+            .get(p as usize)
+            .map(|a| (p as usize, a))
+            .ok_or_else(|| PolicyError::at(format!("{at}.args"), "past the declared arguments"));
+    }
+    args.iter()
+        .position(|a| a.index == f.index)
+        .map(|p| (p, &args[p]))
+        .ok_or_else(|| PolicyError::at(format!("{at}.index"), "no declared argument has this index"))
+}
+
+/// How a filter sees an argument.
+enum Class {
+    Int { signed: bool, size: u32 },
+    Bytes,
+    Other(&'static str),
+}
+
+fn class_of(arg: &HookArg) -> Class {
+    match arg.read {
+        // The type's width where it has one: an int32 in a syscall's
+        // 8-byte slot compares as 32 bits, as events show it.
+        Read::Scalar { signed } => Class::Int {
+            signed: signed || signed_type(arg.arg_type),
+            size: crate::compile::int_size(arg.arg_type).unwrap_or(arg.size).clamp(1, 8),
+        },
+        Read::SyscallId => Class::Int { signed: false, size: 8 },
+        Read::UserString | Read::KernelString | Read::RecordString => Class::Bytes,
+        Read::UserBuffer { .. } | Read::KernelBuffer { .. } | Read::Array { .. } => Class::Bytes,
+        Read::File | Read::Path | Read::Bprm | Read::Fd => Class::Other("a path (file, path, fd, linux_binprm)"),
+        Read::Sock => Class::Other("a socket"),
+        Read::Cred => Class::Other("credentials"),
+        Read::Nothing => Class::Other("nop"),
+    }
+}
+
+/// Types whose values compare signed (uprobes read every integer raw).
+fn signed_type(t: ArgType) -> bool {
+    use ArgType::*;
+    matches!(t, Int | Int8 | Sint8 | Int16 | Sint16 | Int32 | Sint32 | Long | Int64 | Sint64)
+}
+
+fn arg_filter(
+    at: &str,
+    f: &ArgFilter,
+    position: usize,
+    arg: &HookArg,
+    strings: &mut Vec<StringFilter>,
+) -> Result<ArgFilterSpec, PolicyError> {
+    use ArgOperator::*;
+    let op_at = format!("{at}.operator");
+    let mut spec = ArgFilterSpec { arg: position as u8, ..Default::default() };
+    if f.values.is_empty() {
+        return Err(PolicyError::at(format!("{at}.values"), "at least one value"));
+    }
+    match class_of(arg) {
+        Class::Int { signed, size } => {
+            spec.shift = (64 - 8 * size) as u8;
+            spec.signed = u8::from(signed);
+            spec.op = match f.operator {
+                Equal => OP_INT_EQUAL,
+                NotEqual => OP_INT_NOT_EQUAL,
+                GreaterThan | GT => OP_GT,
+                LessThan | LT => OP_LT,
+                Mask => OP_MASK,
+                InRange => OP_IN_RANGE,
+                NotInRange => OP_NOT_IN_RANGE,
+                Prefix | NotPrefix | Postfix | NotPostfix => {
+                    return Err(PolicyError::at(op_at, "a string operator, and the argument is an integer"));
+                }
+                _ => return Err(PolicyError::at(op_at, "not supported by Vigil yet on an integer argument")),
+            };
+            if f.values.len() > INT_VALUES {
+                return Err(PolicyError::at(format!("{at}.values"), format!("at most {INT_VALUES} values")));
+            }
+            let mut n = 0;
+            for (k, v) in f.values.iter().enumerate() {
+                let here = format!("{at}.values[{k}]");
+                if matches!(spec.op, OP_IN_RANGE | OP_NOT_IN_RANGE) {
+                    let (lo, hi) =
+                        v.split_once(':').ok_or_else(|| PolicyError::at(&here, "a range is min:max, both included"))?;
+                    let (lo, hi) = (int_value(&here, lo, signed, size)?, int_value(&here, hi, signed, size)?);
+                    let ordered = if signed { (lo as i64) <= (hi as i64) } else { lo <= hi };
+                    if !ordered {
+                        return Err(PolicyError::at(&here, "the range's min is above its max"));
+                    }
+                    spec.values[n] = lo;
+                    spec.values[n + 1] = hi;
+                    n += 2;
+                } else {
+                    spec.values[n] = int_value(&here, v, signed, size)?;
+                    n += 1;
+                }
+            }
+            debug_assert!(n <= FILTER_INT_VALUES);
+            // "Any value" folds to one for these: the least for GT, the
+            // greatest for LT, the union of the bits for Mask.
+            let values = &spec.values[..n];
+            let folded = match spec.op {
+                OP_GT if signed => values.iter().map(|&v| v as i64).min().map(|v| v as u64),
+                OP_GT => values.iter().copied().min(),
+                OP_LT if signed => values.iter().map(|&v| v as i64).max().map(|v| v as u64),
+                OP_LT => values.iter().copied().max(),
+                OP_MASK => Some(values.iter().fold(0, |a, v| a | v)),
+                _ => None,
+            };
+            if let Some(v) = folded {
+                spec.values = [0; FILTER_INT_VALUES];
+                spec.values[0] = v;
+                n = 1;
+            }
+            spec.nvalues = n as u8;
+        }
+        Class::Bytes => {
+            let (op, max) = match f.operator {
+                Equal => (OP_STR_EQUAL, STRING_EQUAL_MAX),
+                NotEqual => (OP_STR_NOT_EQUAL, STRING_EQUAL_MAX),
+                Prefix => (OP_PREFIX, STRING_PREFIX_MAX),
+                NotPrefix => (OP_NOT_PREFIX, STRING_PREFIX_MAX),
+                Postfix => (OP_POSTFIX, STRING_POSTFIX_MAX),
+                NotPostfix => (OP_NOT_POSTFIX, STRING_POSTFIX_MAX),
+                GreaterThan | GT | LessThan | LT | Mask | InRange | NotInRange => {
+                    return Err(PolicyError::at(op_at, "an integer operator, and the argument is a string"));
+                }
+                _ => return Err(PolicyError::at(op_at, "not supported by Vigil yet on a string argument")),
+            };
+            spec.op = op;
+            spec.strings = string_filter(at, op, max, &f.values, strings)?;
+        }
+        Class::Other(what) => {
+            return Err(PolicyError::at(op_at, format!("filters on {what} are not supported by Vigil yet")));
+        }
+    }
+    Ok(spec)
+}
+
+/// Adds a string filter's values; returns its number within the hook.
+fn string_filter(
+    at: &str,
+    op: u8,
+    max: usize,
+    values: &[String],
+    strings: &mut Vec<StringFilter>,
+) -> Result<u32, PolicyError> {
+    let mut kept = Vec::with_capacity(values.len());
+    for (k, v) in values.iter().enumerate() {
+        // Tetragon trims a trailing NUL from a string value.
+        let v = v.strip_suffix('\0').unwrap_or(v);
+        if v.is_empty() && op != OP_STR_EQUAL && op != OP_STR_NOT_EQUAL {
+            return Err(PolicyError::at(format!("{at}.values[{k}]"), "an empty prefix or suffix matches everything"));
+        }
+        if v.len() > max {
+            return Err(PolicyError::at(format!("{at}.values[{k}]"), format!("at most {max} bytes for this operator")));
+        }
+        kept.push(v.as_bytes().to_vec());
+    }
+    strings.push(StringFilter { op, values: kept });
+    Ok(strings.len() as u32 - 1)
+}
+
+/// An integer value as Tetragon parses one: decimal, `0x` hex, `0` octal,
+/// negative for signed arguments; it must fit the argument's `size` bytes
+/// (a signed value is kept sign-extended, as the kernel compares it).
+fn int_value(at: &str, text: &str, signed: bool, size: u32) -> Result<u64, PolicyError> {
+    let t = text.trim();
+    let (negative, digits) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    let (radix, digits) = if let Some(h) = digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
+        (16, h)
+    } else if digits.len() > 1 && digits.starts_with('0') {
+        (8, &digits[1..])
+    } else {
+        (10, digits)
+    };
+    let magnitude = u64::from_str_radix(digits, radix)
+        .map_err(|_| PolicyError::at(at, "not an integer (decimal, 0x hex or 0 octal)"))?;
+    if negative && !signed {
+        return Err(PolicyError::at(at, "negative, and the argument is unsigned"));
+    }
+    let bits = 8 * size.clamp(1, 8);
+    let out_of_range = || PolicyError::at(at, format!("out of range for a {bits}-bit argument"));
+    if !signed {
+        if bits < 64 && magnitude >> bits != 0 {
+            return Err(out_of_range());
+        }
+        return Ok(magnitude);
+    }
+    // The signed range: -2^(bits-1) ..= 2^(bits-1) - 1.
+    let limit = 1u64 << (bits - 1);
+    if (negative && magnitude > limit) || (!negative && magnitude >= limit) {
+        return Err(out_of_range());
+    }
+    Ok(if negative { (magnitude as i64).wrapping_neg() as u64 } else { magnitude })
+}
+
+fn pid_filter(at: &str, f: &PidFilter) -> Result<PidFilterSpec, PolicyError> {
+    if f.follow_forks {
+        return Err(PolicyError::at(format!("{at}.followForks"), "not supported by Vigil yet"));
+    }
+    if f.values.is_empty() {
+        return Err(PolicyError::at(format!("{at}.values"), "at least one pid"));
+    }
+    if f.values.len() > SELECTOR_PIDS {
+        return Err(PolicyError::at(format!("{at}.values"), format!("at most {SELECTOR_PIDS} pids")));
+    }
+    let mut spec = PidFilterSpec {
+        op: match f.operator {
+            InOperator::In => OP_IN,
+            InOperator::NotIn => OP_NOT_IN,
+        },
+        flags: if f.is_namespace_pid { PID_NAMESPACE } else { 0 },
+        nvalues: f.values.len() as u8,
+        ..Default::default()
+    };
+    spec.values[..f.values.len()].copy_from_slice(&f.values);
+    Ok(spec)
+}
+
+fn binary_filter(at: &str, f: &BinaryFilter, strings: &mut Vec<StringFilter>) -> Result<BinaryFilterSpec, PolicyError> {
+    if f.follow_children {
+        return Err(PolicyError::at(format!("{at}.followChildren"), "not supported by Vigil yet"));
+    }
+    // Tetragon ignores a filter with no values.
+    if f.values.is_empty() {
+        return Ok(BinaryFilterSpec::default());
+    }
+    let (op, max) = match f.operator {
+        BinaryOperator::In => (OP_STR_EQUAL, STRING_EQUAL_MAX),
+        BinaryOperator::NotIn => (OP_STR_NOT_EQUAL, STRING_EQUAL_MAX),
+        BinaryOperator::Prefix => (OP_PREFIX, STRING_PREFIX_MAX),
+        BinaryOperator::NotPrefix => (OP_NOT_PREFIX, STRING_PREFIX_MAX),
+        BinaryOperator::Postfix => (OP_POSTFIX, STRING_POSTFIX_MAX),
+        BinaryOperator::NotPostfix => (OP_NOT_POSTFIX, STRING_POSTFIX_MAX),
+    };
+    let strings = string_filter(at, op, max, &f.values, strings)?;
+    Ok(BinaryFilterSpec { op, _pad: [0; 3], strings })
+}
+
+fn actions(
+    at: &str,
+    list: &[crate::schema::Action],
+    shape: &HookShape<'_>,
+) -> Result<([ActionSpec; SELECTOR_ACTIONS], u8), PolicyError> {
+    let mut out = [ActionSpec::default(); SELECTOR_ACTIONS];
+    if list.len() > SELECTOR_ACTIONS {
+        return Err(PolicyError::at(at, format!("at most {SELECTOR_ACTIONS} actions")));
+    }
+    for (k, a) in list.iter().enumerate() {
+        let here = format!("{at}[{k}]");
+        if a.rate_limit.is_some() || a.rate_limit_scope.is_some() {
+            return Err(PolicyError::at(format!("{here}.rateLimit"), "not supported by Vigil yet"));
+        }
+        if a.kernel_stack_trace || a.user_stack_trace {
+            return Err(PolicyError::at(&here, "stack traces are not supported by Vigil yet"));
+        }
+        if a.ima_hash {
+            return Err(PolicyError::at(format!("{here}.imaHash"), "not supported by Vigil yet"));
+        }
+        out[k] = match a.action {
+            ActionKind::Post => ActionSpec { kind: ACTION_POST, signal: 0 },
+            ActionKind::NoPost => ActionSpec { kind: ACTION_NOPOST, signal: 0 },
+            ActionKind::Sigkill => ActionSpec { kind: ACTION_SIGKILL, signal: 9 },
+            ActionKind::Signal => {
+                let signal = a.arg_sig.unwrap_or(0);
+                if !(1..=64).contains(&signal) {
+                    return Err(PolicyError::at(format!("{here}.argSig"), "a signal number, 1 to 64"));
+                }
+                ActionSpec { kind: ACTION_SIGNAL, signal }
+            }
+            ActionKind::Override => {
+                return Err(PolicyError::at(
+                    format!("{here}.action"),
+                    format!("Override on a {} is not supported by Vigil yet", shape.kind),
+                ));
+            }
+            ActionKind::GetUrl | ActionKind::DnsLookup => {
+                return Err(PolicyError::at(
+                    format!("{here}.action"),
+                    "GetUrl and DnsLookup are out of scope in Vigil",
+                ));
+            }
+            _ => return Err(PolicyError::at(format!("{here}.action"), "not supported by Vigil yet")),
+        };
+    }
+    Ok((out, list.len() as u8))
+}
+
+/// A policy's mode, as Tetragon has it: one without enforcement actions
+/// is monitor-only; one with them enforces unless its `policy-mode`
+/// option says `monitor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Enforce,
+    Monitor,
+    MonitorOnly,
+}
+
+/// The option that sets a policy's initial mode.
+pub const MODE_OPTION: &str = "policy-mode";
+
+pub fn mode_of(policy: &crate::TracingPolicy) -> Result<Mode, PolicyError> {
+    let spec = &policy.spec;
+    let selectors = spec
+        .kprobes
+        .iter()
+        .flat_map(|k| &k.selectors)
+        .chain(spec.tracepoints.iter().flat_map(|t| &t.selectors))
+        .chain(spec.uprobes.iter().flat_map(|u| &u.selectors));
+    let enforces = selectors.flat_map(|s| s.match_actions.iter().chain(&s.match_return_actions)).any(|a| {
+        matches!(
+            a.action,
+            ActionKind::Sigkill
+                | ActionKind::Signal
+                | ActionKind::Override
+                | ActionKind::NotifyEnforcer
+                | ActionKind::Set
+        )
+    });
+    let mut mode = if enforces { Mode::Enforce } else { Mode::MonitorOnly };
+    for (i, o) in spec.options.iter().enumerate() {
+        if o.name != MODE_OPTION {
+            continue;
+        }
+        let asked = match o.value.as_str() {
+            "enforce" => Mode::Enforce,
+            "monitor" => Mode::Monitor,
+            _ => return Err(PolicyError::at(format!("spec.options[{i}].value"), "policy-mode is enforce or monitor")),
+        };
+        if enforces {
+            mode = asked;
+        }
+    }
+    Ok(mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_parse_as_tetragon_reads_them() {
+        assert_eq!(int_value("v", "0x10", false, 8).unwrap(), 16);
+        assert_eq!(int_value("v", "010", false, 8).unwrap(), 8);
+        assert_eq!(int_value("v", "0", false, 8).unwrap(), 0);
+        assert_eq!(int_value("v", "-1", true, 8).unwrap(), u64::MAX);
+        assert_eq!(int_value("v", "-100", true, 4).unwrap(), (-100i64) as u64);
+        assert_eq!(int_value("v", "-9223372036854775808", true, 8).unwrap(), 1 << 63);
+        assert!(int_value("v", "-1", false, 8).unwrap_err().reason.contains("unsigned"));
+        assert!(int_value("v", "12a", false, 8).unwrap_err().reason.contains("not an integer"));
+        assert!(int_value("v", "9223372036854775808", true, 8).is_err());
+        assert_eq!(int_value("v", "4294967296", false, 4).unwrap_err().reason, "out of range for a 32-bit argument");
+        assert!(int_value("v", "-129", true, 1).is_err());
+        assert_eq!(int_value("v", "-128", true, 1).unwrap(), (-128i64) as u64);
+        assert!(int_value("v", "128", true, 1).is_err());
+    }
+
+    #[test]
+    fn keys_carry_the_filter_the_length_and_the_reversed_suffix() {
+        let k = string_key(7, OP_STR_EQUAL, b"ab");
+        assert_eq!(&k.data[..8], &[0, 0, 0, 7, 0, 2, b'a', b'b']);
+        assert_eq!(k.prefix_len, 64);
+        let k = string_key(7, OP_PREFIX, b"ab");
+        assert_eq!((&k.data[..6], k.prefix_len), (&[0, 0, 0, 7, b'a', b'b'][..], 48));
+        let k = string_key(1, OP_NOT_POSTFIX, b"abc");
+        assert_eq!(&k.data[4..7], b"cba");
+    }
+}

@@ -1,0 +1,154 @@
+//! Selectors compiled against captured tracepoint formats: what the kernel
+//! is given for each filter (argument position, width, sign, values), and
+//! every refusal by path.
+#![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
+
+mod captured;
+
+use node_sensor_common::*;
+use policy::compile::compile;
+use policy::select::{Mode, mode_of};
+
+/// `sys_enter_unlinkat` with dfd (int32), pathname (string), flag (int32
+/// here unless `flag_type` says otherwise), and `selectors`.
+fn unlinkat(flag_type: &str, selectors: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: t
+spec:
+  tracepoints:
+  - subsystem: syscalls
+    event: sys_enter_unlinkat
+    args:
+    - index: 5
+      type: int32
+    - index: 6
+      type: string
+    - index: 7
+      type: {flag_type}
+    selectors:
+{selectors}"
+    )
+}
+
+fn compiled(text: &str) -> Result<policy::compile::Compiled, String> {
+    let p = policy::parse(text).map_err(|e| e.to_string())?;
+    compile(&p, &captured::kernel()).map_err(|e| e.to_string())
+}
+
+fn filter(args: &str) -> ArgFilterSpec {
+    let c = compiled(&unlinkat("int32", &format!("    - matchArgs:\n{args}"))).unwrap();
+    let s = &c.tracepoints[0].selectors;
+    assert_eq!(s.set.count, 1);
+    assert_eq!(s.set.selectors[0].nargs, 1);
+    s.set.selectors[0].args[0]
+}
+
+#[test]
+fn integers_are_cut_to_their_type_and_compared_signed_as_it_is() {
+    let f = filter("      - index: 5\n        operator: Equal\n        values: [\"-100\", \"0x10\"]\n");
+    assert_eq!((f.op, f.arg, f.shift, f.signed, f.nvalues), (OP_INT_EQUAL, 0, 32, 1, 2));
+    assert_eq!(&f.values[..2], &[(-100i64) as u64, 16]);
+    // "Greater than any" is greater than the least.
+    let f = filter("      - index: 7\n        operator: GT\n        values: [\"5\", \"-3\", \"9\"]\n");
+    assert_eq!((f.op, f.arg, f.nvalues, f.values[0]), (OP_GT, 2, 1, (-3i64) as u64));
+    let f = filter("      - index: 7\n        operator: Mask\n        values: [\"0x100\", \"0x200\"]\n");
+    assert_eq!((f.op, f.nvalues, f.values[0]), (OP_MASK, 1, 0x300));
+    let f = filter("      - index: 7\n        operator: NotInRange\n        values: [\"1:10\", \"-5:-1\"]\n");
+    assert_eq!((f.op, f.nvalues), (OP_NOT_IN_RANGE, 4));
+    assert_eq!(&f.values[..4], &[1, 10, (-5i64) as u64, (-1i64) as u64]);
+}
+
+#[test]
+fn strings_become_trie_keys_numbered_per_filter() {
+    let text = unlinkat(
+        "int32",
+        "    - matchArgs:\n      - index: 6\n        operator: Postfix\n        values: [\".log\"]\n      matchBinaries:\n      - operator: In\n        values: [\"/bin/rm\", \"/bin/unlink\"]\n",
+    );
+    let c = compiled(&text).unwrap();
+    let s = &c.tracepoints[0].selectors;
+    assert_eq!(s.strings.len(), 2);
+    assert_eq!(s.set.selectors[0].args[0].op, OP_POSTFIX);
+    assert_eq!(s.set.selectors[0].binary.op, OP_STR_EQUAL);
+    // Numbered from 40 for this hook: 40 and 41.
+    let set = s.numbered(40);
+    assert_eq!((set.selectors[0].args[0].strings, set.selectors[0].binary.strings), (40, 41));
+    let keys = s.keys(40);
+    assert_eq!(keys.len(), 3);
+    assert_eq!(&keys[0].data[..8], &[0, 0, 0, 40, b'g', b'o', b'l', b'.']);
+    assert_eq!(&keys[1].data[..6], &[0, 0, 0, 41, 0, 7]);
+    assert!(c.tracepoints[0].spec(9).flags & HOOK_SELECT != 0);
+}
+
+#[test]
+fn bad_selectors_are_refused_by_path() {
+    let cases = [
+        (
+            "    - matchArgs:\n      - index: 6\n        operator: GT\n        values: [\"1\"]\n",
+            "spec.tracepoints[0].selectors[0].matchArgs[0].operator: an integer operator, and the argument is a string",
+        ),
+        (
+            "    - matchArgs:\n      - index: 7\n        operator: Equal\n        values: [\"4294967296\"]\n",
+            "spec.tracepoints[0].selectors[0].matchArgs[0].values[0]: out of range for a 32-bit argument",
+        ),
+        (
+            "    - matchArgs:\n      - index: 7\n        operator: InRange\n        values: [\"9:1\"]\n",
+            "spec.tracepoints[0].selectors[0].matchArgs[0].values[0]: the range's min is above its max",
+        ),
+        (
+            "    - matchArgs:\n      - index: 7\n        operator: Equal\n        values: [\"1\", \"2\", \"3\", \"4\", \"5\"]\n",
+            "spec.tracepoints[0].selectors[0].matchArgs[0].values: at most 4 values",
+        ),
+        (
+            "    - matchArgs:\n      - index: 6\n        operator: Postfix\n        values: [\"\"]\n",
+            "spec.tracepoints[0].selectors[0].matchArgs[0].values[0]: an empty prefix or suffix matches everything",
+        ),
+        (
+            "    - matchArgs:\n      - index: 6\n        operator: SAddr\n        values: [\"10.0.0.0/8\"]\n",
+            "spec.tracepoints[0].selectors[0].matchArgs[0].operator: not supported by Vigil yet on a string argument",
+        ),
+        (
+            "    - matchPIDs:\n      - operator: In\n        followForks: true\n        values: [1]\n",
+            "spec.tracepoints[0].selectors[0].matchPIDs[0].followForks: not supported by Vigil yet",
+        ),
+        (
+            "    - matchActions:\n      - action: Override\n        argError: -1\n",
+            "spec.tracepoints[0].selectors[0].matchActions[0].action: Override on a tracepoint is not supported by Vigil yet",
+        ),
+        (
+            "    - matchActions:\n      - action: Post\n        rateLimit: 1m\n",
+            "spec.tracepoints[0].selectors[0].matchActions[0].rateLimit: not supported by Vigil yet",
+        ),
+        (
+            "    - matchReturnArgs:\n      - index: 0\n        operator: Equal\n        values: [\"0\"]\n",
+            "spec.tracepoints[0].selectors[0].matchReturnArgs: the hook has no return value (return: true)",
+        ),
+        (
+            "    - matchNamespaces:\n      - namespace: Pid\n        operator: In\n        values: [\"host_ns\"]\n",
+            "spec.tracepoints[0].selectors[0].matchNamespaces: not supported by Vigil yet",
+        ),
+    ];
+    for (selectors, expected) in cases {
+        let got = compiled(&unlinkat("int32", selectors)).err();
+        assert_eq!(got.as_deref(), Some(expected), "for:\n{selectors}");
+    }
+}
+
+#[test]
+fn the_mode_is_monitor_only_without_enforcement_and_follows_the_option_with_it() {
+    let mode = |selectors: &str, option: &str| {
+        let text = unlinkat("int32", selectors).replace("  tracepoints:", &format!("{option}  tracepoints:"));
+        mode_of(&policy::parse(&text).unwrap())
+    };
+    let kill = "    - matchActions:\n      - action: Sigkill\n";
+    let post = "    - matchActions:\n      - action: Post\n";
+    let monitor = "  options:\n  - name: policy-mode\n    value: monitor\n";
+    assert_eq!(mode(kill, ""), Ok(Mode::Enforce));
+    assert_eq!(mode(kill, monitor), Ok(Mode::Monitor));
+    assert_eq!(mode(post, ""), Ok(Mode::MonitorOnly));
+    assert_eq!(mode(post, monitor), Ok(Mode::MonitorOnly));
+    let bad = mode(kill, "  options:\n  - name: policy-mode\n    value: audit\n").unwrap_err();
+    assert_eq!(bad.to_string(), "spec.options[0].value: policy-mode is enforce or monitor");
+}
