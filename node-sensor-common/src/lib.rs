@@ -727,6 +727,42 @@ pub struct ActionSpec {
     pub signal: u32,
 }
 
+/// `matchNamespaces` entries per selector (ANDed), values per entry (ORed).
+pub const SELECTOR_NAMESPACES: usize = 4;
+pub const NAMESPACE_VALUES: usize = 4;
+
+/// One `matchNamespaces` entry: the task's namespace `kind` (`NS_*`) is
+/// (`OP_IN`) or is not (`OP_NOT_IN`) one of `values` (inode numbers).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceFilterSpec {
+    pub op: u8,
+    pub kind: u8,
+    pub nvalues: u8,
+    pub _pad: u8,
+    pub values: [u32; NAMESPACE_VALUES],
+}
+
+/// `matchCapabilities` entries per selector (ANDed).
+pub const SELECTOR_CAPABILITIES: usize = 3;
+/// `CapabilityFilterSpec::set`.
+pub const CAPS_EFFECTIVE: u8 = 0;
+pub const CAPS_INHERITABLE: u8 = 1;
+pub const CAPS_PERMITTED: u8 = 2;
+
+/// One `matchCapabilities` entry: the task's `set` holds (`OP_IN`) or
+/// lacks (`OP_NOT_IN`) any capability of `mask`; with `namespace_only`, a
+/// task in the host's user namespace passes no such entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CapabilityFilterSpec {
+    pub op: u8,
+    pub set: u8,
+    pub namespace_only: u8,
+    pub _pad: [u8; 5],
+    pub mask: u64,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SelectorSpec {
@@ -736,6 +772,11 @@ pub struct SelectorSpec {
     pub nret_actions: u8,
     pub pids: PidFilterSpec,
     pub binary: BinaryFilterSpec,
+    pub namespaces: [NamespaceFilterSpec; SELECTOR_NAMESPACES],
+    pub nnamespaces: u8,
+    pub ncapabilities: u8,
+    pub _pad: [u8; 6],
+    pub capabilities: [CapabilityFilterSpec; SELECTOR_CAPABILITIES],
     pub args: [ArgFilterSpec; SELECTOR_ARG_FILTERS],
     pub rets: [ArgFilterSpec; SELECTOR_ARG_FILTERS],
     pub actions: [ActionSpec; SELECTOR_ACTIONS],
@@ -759,6 +800,8 @@ pub struct Chain {
 pub const SELECT_MONITOR: u32 = 1 << 0;
 /// `SelectorSet::flags`: a return probe sends the event.
 pub const SELECT_RETURN: u32 = 1 << 1;
+/// `SelectorSet::flags`: some selector reads the task's namespaces.
+pub const SELECT_NAMESPACES: u32 = 1 << 2;
 
 /// A hook's selectors, in `SELECTORS` by hook number.
 #[repr(C)]
@@ -813,9 +856,18 @@ pub struct Binary {
 
 const _: () = assert!(core::mem::size_of::<ArgFilterSpec>() == 16 + 8 * FILTER_INT_VALUES);
 const _: () = assert!(core::mem::size_of::<PidFilterSpec>() == 4 + 4 * SELECTOR_PIDS);
-const _: () =
-    assert!(core::mem::size_of::<SelectorSpec>() == 32 + 2 * 80 * SELECTOR_ARG_FILTERS + 2 * 8 * SELECTOR_ACTIONS);
-const _: () = assert!(core::mem::size_of::<SelectorSet>() == 8 + 880 * SELECTOR_SLOTS);
+const _: () = assert!(core::mem::size_of::<NamespaceFilterSpec>() == 4 + 4 * NAMESPACE_VALUES);
+const _: () = assert!(core::mem::size_of::<CapabilityFilterSpec>() == 16);
+const _: () = assert!(
+    core::mem::size_of::<SelectorSpec>()
+        == 32
+            + 20 * SELECTOR_NAMESPACES
+            + 8
+            + 16 * SELECTOR_CAPABILITIES
+            + 2 * 80 * SELECTOR_ARG_FILTERS
+            + 2 * 8 * SELECTOR_ACTIONS
+);
+const _: () = assert!(core::mem::size_of::<SelectorSet>() == 8 + 1016 * SELECTOR_SLOTS);
 const _: () = assert!(SELECTOR_SLOTS.is_power_of_two() && SELECTORS_PER_HOOK <= SELECTOR_SLOTS);
 const _: () = assert!(COUNTS_PER_SELECTOR.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<StringKey>() == 4 + STRING_KEY_DATA);

@@ -272,14 +272,21 @@ pub(crate) unsafe fn read_nspid(task: *const u8) -> u32 {
 /// Namespace inode numbers from `task->nsproxy` and the task's pid.
 #[inline(always)]
 unsafe fn read_namespaces(task: *const u8, rec: *mut ExecRecord) -> u32 {
-    // SAFETY: kernel memory is read only through bpf_probe_read_kernel(_str), which checks
-    // each address; `rec` is the caller's ring-buffer reservation of ExecRecord size, and
-    // buffer writes are bounded by (or masked to) their array sizes.
+    // SAFETY: `rec` is the caller's ring-buffer reservation of ExecRecord
+    // size; the array is its field.
+    unsafe { task_namespaces(task, &mut (*rec).namespaces.inum) }
+}
+
+/// The task's namespaces' inode numbers into `n` (by `NS_*`); 0 where
+/// unreadable. `FLAG_HAS_NS`, or 0 without an nsproxy.
+#[inline(always)]
+pub(crate) unsafe fn task_namespaces(task: *const u8, n: &mut [u32; NS_COUNT]) -> u32 {
+    // SAFETY: kernel memory is read only through bpf_probe_read_kernel, which
+    // checks each address; the writes are to `n`'s constant indexes.
     unsafe {
         let Ok(nsproxy) = ptr_field(task, off!(task_nsproxy)) else {
             return 0;
         };
-        let n = &mut (*rec).namespaces.inum;
         n[NS_UTS] = ns_inum(nsproxy, off!(nsproxy_uts), off!(uts_inum));
         n[NS_IPC] = ns_inum(nsproxy, off!(nsproxy_ipc), off!(ipc_inum));
         n[NS_MNT] = ns_inum(nsproxy, off!(nsproxy_mnt), off!(mnt_inum));

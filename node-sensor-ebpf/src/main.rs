@@ -96,6 +96,11 @@ static STRING_SCRATCH: PerCpuArray<StringKey> = PerCpuArray::with_max_entries(2,
 #[map]
 static POSITIONS: PerCpuArray<[u32; 8]> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU: the current task's namespaces, for `matchNamespaces` (by
+/// `NS_*`; 16 slots, so that a masked index stays inside).
+#[map]
+static NAMESPACES_NOW: PerCpuArray<[u32; 16]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Live processes' binaries, by process id: set at exec, copied at fork,
 /// removed at exit; the sensor adds those running before it at start.
 #[map]

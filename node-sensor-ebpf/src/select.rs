@@ -22,7 +22,8 @@ use node_sensor_common::*;
 
 use crate::hooks::{HookScratch, keep_for_return, send};
 use crate::{
-    ACTION_COUNTS, BINARIES, CHAIN, HOOK_SCRATCH, POSITIONS, READER_TP, SELECTORS, STRING_SCRATCH, STRINGS, count,
+    ACTION_COUNTS, BINARIES, CHAIN, HOOK_SCRATCH, NAMESPACES_NOW, POSITIONS, READER_TP, SELECTORS, STRING_SCRATCH,
+    STRINGS, count,
 };
 
 /// The reader's program type, which picks the selector program.
@@ -73,6 +74,9 @@ fn select() -> Result<(), i64> {
         };
         let monitor = set.flags & SELECT_MONITOR != 0;
         locate_args(scratch);
+        if set.flags & SELECT_NAMESPACES != 0 {
+            read_namespaces();
+        }
         let data_len = (*scratch).record.data_len as usize & (HOOK_DATA_SIZE - 1);
         if (*scratch).record.header.flags & RECORD_HAS_RETURN != 0 {
             // The return side follows the selector that matched at entry.
@@ -127,8 +131,10 @@ unsafe fn first_passing(set: &SelectorSet, scratch: *mut HookScratch) -> Option<
             break;
         }
         let sel = &set.selectors[s];
+        let task_passes = pids_pass(&sel.pids) && binary_passes(&sel.binary);
+        let task_passes = task_passes && namespaces_pass(sel) && capabilities_pass(sel);
         // SAFETY: as the caller promises.
-        if pids_pass(&sel.pids) && binary_passes(&sel.binary) && unsafe { args_pass(&sel.args, sel.nargs, scratch) } {
+        if task_passes && unsafe { args_pass(&sel.args, sel.nargs, scratch) } {
             return Some(s);
         }
     }
@@ -196,6 +202,96 @@ fn pids_pass(f: &PidFilterSpec) -> bool {
         }
     }
     found == (f.op == OP_IN)
+}
+
+/// The current task's namespaces into `NAMESPACES_NOW` (once per event,
+/// for every selector to read).
+#[inline(always)]
+fn read_namespaces() {
+    let Some(now) = NAMESPACES_NOW.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's array (its first NS_COUNT slots are the kinds);
+    // the task is read through the helpers.
+    unsafe {
+        *now = [0; 16];
+        crate::lifecycle::task_namespaces(bpf_get_current_task() as *const u8, &mut *(now as *mut [u32; NS_COUNT]));
+    }
+}
+
+/// `matchNamespaces`: every entry's namespace is (or is not) one of its
+/// values.
+#[inline(always)]
+fn namespaces_pass(sel: &SelectorSpec) -> bool {
+    if sel.nnamespaces == 0 {
+        return true;
+    }
+    let Some(now) = NAMESPACES_NOW.get_ptr(0) else {
+        return false;
+    };
+    for (i, f) in sel.namespaces.iter().enumerate() {
+        if i as u8 >= sel.nnamespaces {
+            break;
+        }
+        // SAFETY: this CPU's array, read at an index below its length.
+        let inum = unsafe { (*now)[f.kind as usize & 15] };
+        let mut found = false;
+        for j in 0..NAMESPACE_VALUES {
+            if j as u8 >= f.nvalues {
+                break;
+            }
+            found |= f.values[j] == inum;
+        }
+        if found != (f.op == OP_IN) {
+            return false;
+        }
+    }
+    true
+}
+
+/// `matchCapabilities`: every entry's set holds (or lacks) one of its
+/// capabilities.
+#[inline(always)]
+fn capabilities_pass(sel: &SelectorSpec) -> bool {
+    if sel.ncapabilities == 0 {
+        return true;
+    }
+    // SAFETY: reads go through bpf_probe_read_kernel.
+    let read = unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        crate::ptr_field(task, off!(task_real_cred)).and_then(|cred| {
+            let level = match crate::ptr_field(cred, off!(cred_user_ns)) {
+                Ok(ns) => crate::field::<i32>(ns, off!(user_ns_level)).unwrap_or(0),
+                Err(_) => 0,
+            };
+            Ok((
+                [
+                    crate::field::<u64>(cred, off!(cred_cap_effective))?,
+                    crate::field::<u64>(cred, off!(cred_cap_inheritable))?,
+                    crate::field::<u64>(cred, off!(cred_cap_permitted))?,
+                ],
+                level,
+            ))
+        })
+    };
+    let Ok((sets, level)) = read else {
+        return false;
+    };
+    for (i, f) in sel.capabilities.iter().enumerate() {
+        if i as u8 >= sel.ncapabilities {
+            break;
+        }
+        let caps = match f.set {
+            CAPS_INHERITABLE => sets[1],
+            CAPS_PERMITTED => sets[2],
+            _ => sets[0],
+        };
+        let any = caps & f.mask != 0;
+        if any != (f.op == OP_IN) || (f.namespace_only != 0 && level == 0) {
+            return false;
+        }
+    }
+    true
 }
 
 /// `matchBinaries` on the process's exec'd path. A process whose binary is

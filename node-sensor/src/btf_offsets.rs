@@ -231,9 +231,11 @@ pub fn resolve(btf: &Btf, features: Features) -> Result<Resolved, OffsetError> {
         o.inode_ino = f("inode.i_ino", why)?;
         o.inode_nlink = f("inode.__i_nlink", why).or_else(|_| f("inode.i_nlink", why))?;
     }
-    if features.ns {
-        let why = "--enable-process-ns";
-        o.collect_ns = 1;
+    // Namespaces: for `--enable-process-ns` and policies' `matchNamespaces`,
+    // so always.
+    {
+        let why = "namespaces";
+        o.collect_ns = u32::from(features.ns);
         o.task_nsproxy = f("task_struct.nsproxy", why)?;
         o.nsproxy_uts = f("nsproxy.uts_ns", why)?;
         o.nsproxy_ipc = f("nsproxy.ipc_ns", why)?;
@@ -259,10 +261,11 @@ pub fn resolve(btf: &Btf, features: Features) -> Result<Resolved, OffsetError> {
                 o.nsproxy_time_for_children = tc;
                 o.time_inum = inum;
             }
-            _ => degraded.push(
+            _ if features.ns => degraded.push(
                 "nsproxy.time_ns is missing (kernel without time namespaces): ns.time and ns.time_for_children are left out"
                     .to_owned(),
             ),
+            _ => {}
         }
     }
     // upid.nr must lead struct upid for read_nspid.

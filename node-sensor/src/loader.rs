@@ -265,11 +265,14 @@ where
         .program_mut(name)
         .and_then(|p| p.try_into().ok())
         .ok_or_else(|| format!("BPF program `{name}` is missing from the object"))?;
-    program.load().map_err(|e| {
-        if let aya::programs::ProgramError::LoadError { verifier_log, .. } = &e {
+    program.load().map_err(|e| match &e {
+        // The log goes to the debug log only: this reason reaches gRPC
+        // statuses, and a verifier log runs to megabytes.
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
             tracing::debug!(program = name, log = %verifier_log, "verifier log");
+            format!("the kernel verifier rejected it: {io_error} (the sensor's debug log has the verifier's)")
         }
-        format!("the kernel verifier rejected it: {e}")
+        _ => format!("loading it failed: {e}"),
     })?;
     if let Some(n) = program.info().ok().and_then(|i| i.verified_instruction_count()) {
         tracing::debug!(program = name, verified_instructions = n, "verified");

@@ -440,3 +440,72 @@ async fn uprobe_selectors_filter_on_registers_and_a_signal_ends_the_process() {
     assert_eq!(per_selector(&listed(&sensor, &signal).await), [(Some(0), 1, 0, 1)]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// This process's namespace of `kind` (`/proc/self/ns/KIND`), by inode.
+fn own_namespace(kind: &str) -> u32 {
+    let link = std::fs::read_link(format!("/proc/self/ns/{kind}")).unwrap();
+    let text = link.to_string_lossy().into_owned();
+    text.split_once(":[").unwrap().1.trim_end_matches(']').parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_and_capabilities_select_the_tasks_that_unlink() {
+    require_kernel!();
+    let run = nonce();
+    let dir = std::env::temp_dir().join(format!("vigil-selns-{run}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Anyone may unlink here (the unprivileged rm too).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let d = dir.display().to_string();
+    let sensor = Sensor::start(&[]).await;
+    let mut c = Collector::subscribe(&sensor, request()).await;
+
+    let (mnt, user) = (own_namespace("mnt"), own_namespace("user"));
+    let namespaces = |kind: &str, op: &str, value: &str| {
+        format!(
+            "      matchNamespaces:\n      - namespace: {kind}\n        operator: {op}\n        values: [\"{value}\"]\n"
+        )
+    };
+    let caps = |op: &str, extra: &str| {
+        format!("      matchCapabilities:\n      - operator: {op}\n{extra}        values: [\"CAP_SYS_ADMIN\"]\n")
+    };
+    // host_ns is init's namespace, or the sensor's where init's is hidden.
+    let init_net = std::fs::read_link("/proc/1/ns/net").ok().map(|l| l.to_string_lossy().into_owned());
+    let own_net = std::fs::read_link("/proc/self/ns/net").unwrap().to_string_lossy().into_owned();
+    let everyone = vec!["by-root", "by-mntns", "by-nobody", "by-userns"];
+    let host_net = if init_net.is_none_or(|n| n == own_net) { everyone.clone() } else { vec![] };
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        ("mnt-notin", namespaces("Mnt", "NotIn", &mnt.to_string()), vec!["by-mntns"]),
+        ("mnt-in", namespaces("Mnt", "In", &mnt.to_string()), vec!["by-root", "by-nobody", "by-userns"]),
+        ("user-notin", namespaces("User", "NotIn", &user.to_string()), vec!["by-userns"]),
+        ("net-host", namespaces("Net", "In", "host_ns"), host_net),
+        ("caps-in", caps("In", ""), vec!["by-root", "by-mntns", "by-userns"]),
+        ("caps-notin", caps("NotIn", ""), vec!["by-nobody"]),
+        ("caps-ns", caps("In", "        isNamespaceCapability: true\n"), vec!["by-userns"]),
+    ];
+    for (name, more, _) in &cases {
+        add(&sensor, policy(&format!("{name}-{run}"), &selector(&d, &[], more))).await;
+    }
+    for f in &everyone {
+        std::fs::write(dir.join(f), b"x").unwrap();
+    }
+    let run_ok = |args: &[&str]| {
+        let status = Command::new(args[0]).args(&args[1..]).status().unwrap();
+        assert!(status.success(), "{args:?}: {status}");
+    };
+    let path = |f: &str| format!("{d}/{f}");
+    run_ok(&["/bin/rm", &path("by-root")]);
+    run_ok(&["/usr/bin/unshare", "--mount", "/bin/rm", &path("by-mntns")]);
+    run_ok(&["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/bin/rm", &path("by-nobody")]);
+    run_ok(&["/usr/bin/unshare", "--user", "--map-root-user", "/bin/rm", &path("by-userns")]);
+    fence(&mut c, &sensor).await;
+
+    let seen = seen(&c, &d);
+    for (name, _, want) in &cases {
+        let want: BTreeMap<String, usize> = want.iter().map(|w| (w.to_string(), 1)).collect();
+        let got = seen.get(&format!("{name}-{run}")).cloned().unwrap_or_default();
+        assert_eq!(got, want, "policy {name}: the marked unlinks it saw (all: {seen:?})");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -29,6 +29,11 @@ pub trait KernelView {
     fn function(&self, _name: &str) -> Result<Option<Function>, String> {
         Err("no kernel BTF to look functions up in".into())
     }
+    /// The host's namespace of `kind` (`host_ns` in `matchNamespaces`),
+    /// as its inode number.
+    fn host_namespace(&self, _kind: crate::schema::NamespaceName) -> Result<u32, String> {
+        Err("the host's namespaces are not known here".into())
+    }
 }
 
 /// A kernel function's parameters, from BTF.
@@ -324,7 +329,7 @@ pub fn compile(policy: &TracingPolicy, kernel: &dyn KernelView) -> Result<Compil
                 read,
             });
         }
-        let shape = HookShape { args: &args, ret: None, kind: "tracepoint" };
+        let shape = HookShape { args: &args, ret: None, kind: "tracepoint", kernel };
         let selectors = select::compile(&format!("{at}.selectors"), &t.selectors, &shape)?;
         tracepoints.push(TracepointHook {
             subsystem: t.subsystem.clone(),
@@ -334,7 +339,7 @@ pub fn compile(policy: &TracingPolicy, kernel: &dyn KernelView) -> Result<Compil
             selectors,
         });
     }
-    let uprobes = compile_uprobes(policy)?;
+    let uprobes = compile_uprobes(policy, kernel)?;
     let kprobes = compile_kprobes(policy, kernel)?;
     Ok(Compiled { tracepoints, uprobes, kprobes })
 }
@@ -408,7 +413,7 @@ fn compile_kprobes(policy: &TracingPolicy, kernel: &dyn KernelView) -> Result<Ve
             }
             _ => None,
         };
-        let shape = HookShape { args: &args, ret: ret.as_ref(), kind: "kprobe" };
+        let shape = HookShape { args: &args, ret: ret.as_ref(), kind: "kprobe", kernel };
         let selectors = select::compile(&format!("{at}.selectors"), &k.selectors, &shape)?;
         hooks.push(KprobeHook { call: k.call.clone(), symbol, args, ret, selectors });
     }
@@ -541,7 +546,7 @@ pub(crate) fn int_size(arg_type: ArgType) -> Option<u32> {
     })
 }
 
-fn compile_uprobes(policy: &TracingPolicy) -> Result<Vec<UprobeHook>, PolicyError> {
+fn compile_uprobes(policy: &TracingPolicy, kernel: &dyn KernelView) -> Result<Vec<UprobeHook>, PolicyError> {
     let mut hooks = Vec::new();
     for (i, u) in policy.spec.uprobes.iter().enumerate() {
         let at = format!("spec.uprobes[{i}]");
@@ -605,7 +610,7 @@ fn compile_uprobes(policy: &TracingPolicy) -> Result<Vec<UprobeHook>, PolicyErro
                 read,
             });
         }
-        let shape = HookShape { args: &args, ret: None, kind: "uprobe" };
+        let shape = HookShape { args: &args, ret: None, kind: "uprobe", kernel };
         let selectors = select::compile(&format!("{at}.selectors"), &u.selectors, &shape)?;
         for (j, symbol) in u.symbols.iter().enumerate() {
             hooks.push(UprobeHook {

@@ -9,17 +9,20 @@
 
 use node_sensor_common::{
     ACTION_NOPOST, ACTION_POST, ACTION_SIGKILL, ACTION_SIGNAL, ActionSpec, ArgFilterSpec, BinaryFilterSpec,
-    FILTER_INT_VALUES, OP_GT, OP_IN, OP_IN_RANGE, OP_INT_EQUAL, OP_INT_NOT_EQUAL, OP_LT, OP_MASK, OP_NOT_IN,
+    CAPS_EFFECTIVE, CAPS_INHERITABLE, CAPS_PERMITTED, CapabilityFilterSpec, FILTER_INT_VALUES, NAMESPACE_VALUES,
+    NS_CGROUP, NS_IPC, NS_MNT, NS_NET, NS_PID, NS_PID_FOR_CHILDREN, NS_TIME, NS_TIME_FOR_CHILDREN, NS_USER, NS_UTS,
+    NamespaceFilterSpec, OP_GT, OP_IN, OP_IN_RANGE, OP_INT_EQUAL, OP_INT_NOT_EQUAL, OP_LT, OP_MASK, OP_NOT_IN,
     OP_NOT_IN_RANGE, OP_NOT_POSTFIX, OP_NOT_PREFIX, OP_POSTFIX, OP_PREFIX, OP_STR_EQUAL, OP_STR_NOT_EQUAL,
-    PID_NAMESPACE, PidFilterSpec, SELECT_RETURN, SELECTOR_ACTIONS, SELECTOR_ARG_FILTERS, SELECTOR_PIDS,
-    SELECTORS_PER_HOOK, STRING_EQUAL_MAX, STRING_KEY_DATA, STRING_POSTFIX_MAX, STRING_PREFIX_MAX, SelectorSet,
-    SelectorSpec, StringKey,
+    PID_NAMESPACE, PidFilterSpec, SELECT_NAMESPACES, SELECT_RETURN, SELECTOR_ACTIONS, SELECTOR_ARG_FILTERS,
+    SELECTOR_CAPABILITIES, SELECTOR_NAMESPACES, SELECTOR_PIDS, SELECTORS_PER_HOOK, STRING_EQUAL_MAX, STRING_KEY_DATA,
+    STRING_POSTFIX_MAX, STRING_PREFIX_MAX, SelectorSet, SelectorSpec, StringKey,
 };
 
 use crate::PolicyError;
 use crate::compile::{HookArg, Read};
 use crate::schema::{
-    ActionKind, ArgFilter, ArgOperator, ArgType, BinaryFilter, BinaryOperator, InOperator, PidFilter, Selector,
+    ActionKind, ArgFilter, ArgOperator, ArgType, BinaryFilter, BinaryOperator, CapabilityFilter, CapabilitySet,
+    InOperator, NamespaceFilter, NamespaceName, PidFilter, Selector,
 };
 
 /// Integer values an operator takes at most (ranges count once each).
@@ -103,8 +106,10 @@ pub fn string_key(filter: u32, op: u8, v: &[u8]) -> StringKey {
 pub struct HookShape<'a> {
     pub args: &'a [HookArg],
     pub ret: Option<&'a HookArg>,
-    /// Whether the hook can take `Override` (never yet).
+    /// The hook's kind, as refusals name it.
     pub kind: &'static str,
+    /// For `host_ns`.
+    pub kernel: &'a dyn crate::compile::KernelView,
 }
 
 /// Compiles `selectors` (at `at`, e.g. `spec.tracepoints[0].selectors`).
@@ -119,6 +124,9 @@ pub fn compile(at: &str, selectors: &[Selector], shape: &HookShape<'_>) -> Resul
         out.labels.push(s.label.clone().unwrap_or_default());
     }
     out.set.count = selectors.len() as u32;
+    if selectors.iter().any(|s| !s.match_namespaces.is_empty()) {
+        out.set.flags |= SELECT_NAMESPACES;
+    }
     if shape.ret.is_some() {
         out.set.flags |= SELECT_RETURN;
     }
@@ -134,9 +142,7 @@ fn selector(
     let unsupported = [
         ("matchData", !s.match_data.is_empty()),
         ("matchParentBinaries", !s.match_parent_binaries.is_empty()),
-        ("matchNamespaces", !s.match_namespaces.is_empty()),
         ("matchNamespaceChanges", !s.match_namespace_changes.is_empty()),
-        ("matchCapabilities", !s.match_capabilities.is_empty()),
         ("matchCapabilityChanges", !s.match_capability_changes.is_empty()),
     ];
     if let Some((field, _)) = unsupported.iter().find(|(_, given)| *given) {
@@ -183,6 +189,26 @@ fn selector(
     if let Some(f) = s.match_binaries.first() {
         spec.binary = binary_filter(&format!("{at}.matchBinaries[0]"), f, strings)?;
     }
+    if s.match_namespaces.len() > SELECTOR_NAMESPACES {
+        return Err(PolicyError::at(
+            format!("{at}.matchNamespaces"),
+            format!("at most {SELECTOR_NAMESPACES} entries in Vigil yet"),
+        ));
+    }
+    for (j, f) in s.match_namespaces.iter().enumerate() {
+        spec.namespaces[j] = namespace_filter(&format!("{at}.matchNamespaces[{j}]"), f, shape.kernel)?;
+    }
+    spec.nnamespaces = s.match_namespaces.len() as u8;
+    if s.match_capabilities.len() > SELECTOR_CAPABILITIES {
+        return Err(PolicyError::at(
+            format!("{at}.matchCapabilities"),
+            format!("at most {SELECTOR_CAPABILITIES} entries in Vigil yet"),
+        ));
+    }
+    for (j, f) in s.match_capabilities.iter().enumerate() {
+        spec.capabilities[j] = capability_filter(&format!("{at}.matchCapabilities[{j}]"), f)?;
+    }
+    spec.ncapabilities = s.match_capabilities.len() as u8;
     let (list, n) = actions(&format!("{at}.matchActions"), &s.match_actions, shape)?;
     spec.actions = list;
     spec.nactions = n;
@@ -420,6 +446,131 @@ fn pid_filter(at: &str, f: &PidFilter) -> Result<PidFilterSpec, PolicyError> {
     };
     spec.values[..f.values.len()].copy_from_slice(&f.values);
     Ok(spec)
+}
+
+fn namespace_filter(
+    at: &str,
+    f: &NamespaceFilter,
+    kernel: &dyn crate::compile::KernelView,
+) -> Result<NamespaceFilterSpec, PolicyError> {
+    if f.values.is_empty() {
+        return Err(PolicyError::at(format!("{at}.values"), "at least one value"));
+    }
+    if f.values.len() > NAMESPACE_VALUES {
+        return Err(PolicyError::at(format!("{at}.values"), format!("at most {NAMESPACE_VALUES} values")));
+    }
+    let mut spec = NamespaceFilterSpec {
+        op: match f.operator {
+            InOperator::In => OP_IN,
+            InOperator::NotIn => OP_NOT_IN,
+        },
+        kind: namespace_index(f.namespace) as u8,
+        nvalues: f.values.len() as u8,
+        ..Default::default()
+    };
+    for (k, v) in f.values.iter().enumerate() {
+        let here = format!("{at}.values[{k}]");
+        spec.values[k] = if v == "host_ns" {
+            kernel.host_namespace(f.namespace).map_err(|e| PolicyError::at(&here, format!("host_ns: {e}")))?
+        } else {
+            v.trim().parse::<u32>().map_err(|_| PolicyError::at(&here, "a namespace inode number, or host_ns"))?
+        };
+    }
+    Ok(spec)
+}
+
+/// The kernel's `NS_*` index of a namespace kind.
+fn namespace_index(n: NamespaceName) -> usize {
+    use NamespaceName::*;
+    match n {
+        Uts => NS_UTS,
+        Ipc => NS_IPC,
+        Mnt => NS_MNT,
+        Pid => NS_PID,
+        PidForChildren => NS_PID_FOR_CHILDREN,
+        Net => NS_NET,
+        Time => NS_TIME,
+        TimeForChildren => NS_TIME_FOR_CHILDREN,
+        Cgroup => NS_CGROUP,
+        User => NS_USER,
+    }
+}
+
+/// Capability names as Tetragon's enum spells them, by number (capability
+/// 1 has no `CAP_` prefix there).
+pub const CAPABILITY_NAMES: [&str; 41] = [
+    "CAP_CHOWN",
+    "DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+fn capability_filter(at: &str, f: &CapabilityFilter) -> Result<CapabilityFilterSpec, PolicyError> {
+    if f.values.is_empty() {
+        return Err(PolicyError::at(format!("{at}.values"), "at least one capability"));
+    }
+    let mut mask = 0u64;
+    for (k, v) in f.values.iter().enumerate() {
+        let upper = v.trim().to_ascii_uppercase();
+        let bit = CAPABILITY_NAMES.iter().position(|n| *n == upper).ok_or_else(|| {
+            PolicyError::at(
+                format!("{at}.values[{k}]"),
+                "not a capability name (CAP_SYS_ADMIN, …; capability 1 is DAC_OVERRIDE)",
+            )
+        })?;
+        mask |= 1 << bit;
+    }
+    Ok(CapabilityFilterSpec {
+        op: match f.operator {
+            InOperator::In => OP_IN,
+            InOperator::NotIn => OP_NOT_IN,
+        },
+        set: match f.set {
+            CapabilitySet::Effective => CAPS_EFFECTIVE,
+            CapabilitySet::Inheritable => CAPS_INHERITABLE,
+            CapabilitySet::Permitted => CAPS_PERMITTED,
+        },
+        namespace_only: u8::from(f.is_namespace_capability),
+        _pad: [0; 5],
+        mask,
+    })
 }
 
 fn binary_filter(at: &str, f: &BinaryFilter, strings: &mut Vec<StringFilter>) -> Result<BinaryFilterSpec, PolicyError> {

@@ -126,8 +126,20 @@ fn bad_selectors_are_refused_by_path() {
             "spec.tracepoints[0].selectors[0].matchReturnArgs: the hook has no return value (return: true)",
         ),
         (
+            "    - matchNamespaceChanges:\n      - operator: In\n        values: [\"Mnt\"]\n",
+            "spec.tracepoints[0].selectors[0].matchNamespaceChanges: not supported by Vigil yet",
+        ),
+        (
             "    - matchNamespaces:\n      - namespace: Pid\n        operator: In\n        values: [\"host_ns\"]\n",
-            "spec.tracepoints[0].selectors[0].matchNamespaces: not supported by Vigil yet",
+            "spec.tracepoints[0].selectors[0].matchNamespaces[0].values[0]: host_ns: the host's namespaces are not known here",
+        ),
+        (
+            "    - matchNamespaces:\n      - namespace: Net\n        operator: NotIn\n        values: [\"net:[4026531840]\"]\n",
+            "spec.tracepoints[0].selectors[0].matchNamespaces[0].values[0]: a namespace inode number, or host_ns",
+        ),
+        (
+            "    - matchCapabilities:\n      - operator: In\n        values: [\"CAP_DAC_OVERRIDE\"]\n",
+            "spec.tracepoints[0].selectors[0].matchCapabilities[0].values[0]: not a capability name (CAP_SYS_ADMIN, …; capability 1 is DAC_OVERRIDE)",
         ),
     ];
     for (selectors, expected) in cases {
@@ -151,4 +163,47 @@ fn the_mode_is_monitor_only_without_enforcement_and_follows_the_option_with_it()
     assert_eq!(mode(post, monitor), Ok(Mode::MonitorOnly));
     let bad = mode(kill, "  options:\n  - name: policy-mode\n    value: audit\n").unwrap_err();
     assert_eq!(bad.to_string(), "spec.options[0].value: policy-mode is enforce or monitor");
+}
+
+#[test]
+fn namespaces_and_capabilities_become_inode_sets_and_masks() {
+    let text = unlinkat(
+        "int32",
+        "    - matchNamespaces:
+      - namespace: Mnt
+        operator: NotIn
+        values: [\"4026531841\", \"7\"]
+      - namespace: User
+        operator: In
+        values: [\"4026531837\"]
+      matchCapabilities:
+      - operator: In
+        values: [\"cap_sys_admin\", \"DAC_OVERRIDE\"]
+      - type: Permitted
+        operator: NotIn
+        isNamespaceCapability: true
+        values: [\"CAP_BPF\"]
+",
+    );
+    let c = compiled(&text).unwrap();
+    let s = &c.tracepoints[0].selectors;
+    assert!(s.set.flags & SELECT_NAMESPACES != 0, "the program reads the task's namespaces");
+    let sel = &s.set.selectors[0];
+    assert_eq!(sel.nnamespaces, 2);
+    let ns = sel.namespaces[0];
+    assert_eq!(
+        (ns.op, ns.kind as usize, ns.nvalues, ns.values[..2].to_vec()),
+        (OP_NOT_IN, NS_MNT, 2, vec![4026531841, 7])
+    );
+    assert_eq!((sel.namespaces[1].op, sel.namespaces[1].kind as usize), (OP_IN, NS_USER));
+    assert_eq!(sel.ncapabilities, 2);
+    let caps = sel.capabilities;
+    assert_eq!(
+        (caps[0].op, caps[0].set, caps[0].namespace_only, caps[0].mask),
+        (OP_IN, CAPS_EFFECTIVE, 0, (1 << 21) | 2)
+    );
+    assert_eq!(
+        (caps[1].op, caps[1].set, caps[1].namespace_only, caps[1].mask),
+        (OP_NOT_IN, CAPS_PERMITTED, 1, 1 << 39)
+    );
 }

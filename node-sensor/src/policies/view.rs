@@ -4,6 +4,7 @@
 
 use btf_rs::{Btf, Type};
 use policy::compile::{Function, KernelView, Param, ParamKind};
+use policy::schema::NamespaceName;
 use policy::tracefs::Format;
 
 use crate::tracefs::Tracefs;
@@ -51,6 +52,39 @@ impl KernelView for KernelInfo {
             .collect();
         Ok(Some(Function { params }))
     }
+
+    fn host_namespace(&self, kind: NamespaceName) -> Result<u32, String> {
+        host_namespace(std::path::Path::new("/proc"), kind)
+    }
+}
+
+/// The host's namespace of `kind`, by inode: init's (pid 1 of the host's
+/// pid namespace, which the sensor sees with hostPID), else the sensor's
+/// own where init's cannot be read (a sandbox that hides it).
+pub fn host_namespace(proc_root: &std::path::Path, kind: NamespaceName) -> Result<u32, String> {
+    let file = match kind {
+        NamespaceName::Uts => "uts",
+        NamespaceName::Ipc => "ipc",
+        NamespaceName::Mnt => "mnt",
+        NamespaceName::Pid => "pid",
+        NamespaceName::PidForChildren => "pid_for_children",
+        NamespaceName::Net => "net",
+        NamespaceName::Time => "time",
+        NamespaceName::TimeForChildren => "time_for_children",
+        NamespaceName::Cgroup => "cgroup",
+        NamespaceName::User => "user",
+    };
+    let inode = |pid: &str| -> Result<u32, String> {
+        let link = std::fs::read_link(proc_root.join(pid).join("ns").join(file))
+            .map_err(|e| format!("{}/{pid}/ns/{file}: {e}", proc_root.display()))?;
+        // "mnt:[4026531841]"
+        let text = link.to_string_lossy();
+        text.split_once(":[")
+            .and_then(|(_, rest)| rest.strip_suffix(']'))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| format!("{}/{pid}/ns/{file} is not a namespace link", proc_root.display()))
+    };
+    inode("1").or_else(|init| inode("self").map_err(|own| format!("{init}; {own}")))
 }
 
 /// A type's C spelling and kind.
