@@ -692,6 +692,11 @@ pub const OP_IN: u8 = 1;
 pub const OP_NOT_IN: u8 = 2;
 /// `PidFilterSpec::flags`: compare the pid in the task's pid namespace.
 pub const PID_NAMESPACE: u8 = 1 << 0;
+/// `PidFilterSpec::flags`: an ancestor's pid passes too (`followForks`).
+pub const PID_FOLLOW_FORKS: u8 = 1 << 1;
+/// Generations `followForks` and `followChildren` look back through (the
+/// live parent chain, as the kernel has it).
+pub const FOLLOW_GENERATIONS: usize = 12;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -709,7 +714,9 @@ pub struct PidFilterSpec {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BinaryFilterSpec {
     pub op: u8,
-    pub _pad: [u8; 3],
+    /// `followChildren`: an ancestor's binary passes too.
+    pub follow: u8,
+    pub _pad: [u8; 2],
     pub strings: u32,
 }
 

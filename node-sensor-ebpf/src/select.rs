@@ -181,24 +181,40 @@ fn count_action(hook_id: u32, s: usize, what: usize) {
     unsafe { (*counts).counts[i] += 1 };
 }
 
+/// `matchPIDs`: the task's process id (in its pid namespace with
+/// `isNamespacePID`) is one of the values; with `followForks`, or an
+/// ancestor's within `FOLLOW_GENERATIONS`.
 #[inline(always)]
 fn pids_pass(f: &PidFilterSpec) -> bool {
     if f.op == 0 {
         return true;
     }
-    let pid = if f.flags & PID_NAMESPACE != 0 {
-        // SAFETY: reads go through bpf_probe_read_kernel.
-        unsafe { crate::lifecycle::read_nspid(bpf_get_current_task() as *const u8) }
-    } else {
-        (bpf_get_current_pid_tgid() >> 32) as u32
-    };
+    let follow = f.flags & PID_FOLLOW_FORKS != 0;
+    // SAFETY: the helper has no preconditions.
+    let mut task = unsafe { bpf_get_current_task() } as *const u8;
     let mut found = false;
-    for i in 0..SELECTOR_PIDS {
-        if i as u8 >= f.nvalues {
+    for _ in 0..=FOLLOW_GENERATIONS {
+        // SAFETY: reads go through bpf_probe_read_kernel.
+        let pid = unsafe {
+            if f.flags & PID_NAMESPACE != 0 {
+                crate::lifecycle::read_nspid(task)
+            } else {
+                crate::field::<u32>(task, off!(task_tgid)).unwrap_or(0)
+            }
+        };
+        for i in 0..SELECTOR_PIDS {
+            if i as u8 >= f.nvalues {
+                break;
+            }
+            found |= f.values[i] == pid;
+        }
+        if found || !follow || pid <= 1 {
             break;
         }
-        if f.values[i] == pid {
-            found = true;
+        // SAFETY: as above.
+        match unsafe { crate::ptr_field(task, off!(task_real_parent)) } {
+            Ok(parent) => task = parent,
+            Err(_) => break,
         }
     }
     found == (f.op == OP_IN)
@@ -294,22 +310,61 @@ fn capabilities_pass(sel: &SelectorSpec) -> bool {
     true
 }
 
-/// `matchBinaries` on the process's exec'd path. A process whose binary is
+/// `matchBinaries` on the process's exec'd path (with `followChildren`, or
+/// an ancestor's within `FOLLOW_GENERATIONS`). A process whose binary is
 /// not known (it started before the sensor, and the seeding missed it)
-/// passes no binary filter, negated or not: an enforcement policy acts only
-/// on what it can name.
+/// passes no binary filter, negated or not: an enforcement policy acts
+/// only on what it can name.
 #[inline(always)]
 fn binary_passes(f: &BinaryFilterSpec) -> bool {
     if f.op == 0 {
         return true;
     }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // The positive form is looked up; a negation is of the whole answer.
+    let (op, negated) = match f.op {
+        OP_STR_NOT_EQUAL => (OP_STR_EQUAL, true),
+        OP_NOT_PREFIX => (OP_PREFIX, true),
+        OP_NOT_POSTFIX => (OP_POSTFIX, true),
+        op => (op, false),
+    };
+    let mut tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: read only; the entry is replaced whole at exec.
-    let Some(b) = (unsafe { BINARIES.get(tgid) }) else {
+    let Some(own) = (unsafe { BINARIES.get(tgid) }) else {
         return false;
     };
+    let len = own.len as usize & (BINARY_SIZE - 1);
     // SAFETY: `path` is `len` bytes of map memory (at most its size).
-    unsafe { string_matches(f.op, f.strings, b.path.as_ptr(), b.len as usize & (BINARY_SIZE - 1)) }
+    let mut found = unsafe { string_matches(op, f.strings, own.path.as_ptr(), len) };
+    if found || f.follow == 0 {
+        return found != negated;
+    }
+    // followChildren (with In and NotIn only): an ancestor's binary, by an
+    // equality lookup each (the constant operator keeps each generation's
+    // code to that one path, for the verifier).
+    // SAFETY: the helper has no preconditions.
+    let mut task = unsafe { bpf_get_current_task() } as *const u8;
+    for _ in 0..FOLLOW_GENERATIONS {
+        if tgid <= 1 {
+            break;
+        }
+        // SAFETY: reads go through bpf_probe_read_kernel.
+        let Ok(parent) = (unsafe { crate::ptr_field(task, off!(task_real_parent)) }) else {
+            break;
+        };
+        task = parent;
+        // SAFETY: as above.
+        tgid = unsafe { crate::field::<u32>(parent, off!(task_tgid)) }.unwrap_or(0);
+        // SAFETY: read only, as above.
+        if let Some(b) = unsafe { BINARIES.get(tgid) } {
+            let len = b.len as usize & (BINARY_SIZE - 1);
+            // SAFETY: as above.
+            if unsafe { string_matches(OP_STR_EQUAL, f.strings, b.path.as_ptr(), len) } {
+                found = true;
+                break;
+            }
+        }
+    }
+    found != negated
 }
 
 /// Where each argument of the record starts, into `POSITIONS` (once, for

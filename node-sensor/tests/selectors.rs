@@ -509,3 +509,67 @@ async fn namespaces_and_capabilities_select_the_tasks_that_unlink() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_forks_and_follow_children_reach_down_a_fork_chain() {
+    require_kernel!();
+    let run = nonce();
+    let dir = std::env::temp_dir().join(format!("vigil-selfollow-{run}"));
+    let tools = dir.join("tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    let d = dir.display().to_string();
+    // A shell of its own path, whose descendants followChildren follows.
+    let sh2 = tools.join("sh2");
+    std::fs::copy("/bin/sh", &sh2).unwrap();
+    let sh2 = sh2.display().to_string();
+    let sensor = Sensor::start(&[]).await;
+    let mut c = Collector::subscribe(&sensor, request()).await;
+
+    // The chain: a shell (the pid the policies name) waits for a line,
+    // then removes one file itself through rm, and one through a shell of
+    // its own (a grandchild rm).
+    let mut chain = Command::new("/bin/sh")
+        .args(["-c", &format!("read go; /bin/rm {d}/child; /bin/sh -c '/bin/rm {d}/grandchild'")])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let chain_pid = chain.id().to_string();
+    let pids = |follow: bool| {
+        format!(
+            "      matchPIDs:\n      - operator: In\n        followForks: {follow}\n        values: [{chain_pid}]\n"
+        )
+    };
+    let binaries = |op: &str, follow: bool| {
+        format!(
+            "      matchBinaries:\n      - operator: {op}\n        followChildren: {follow}\n        values: [\"{sh2}\"]\n"
+        )
+    };
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        ("pid-follow", pids(true), vec!["child", "grandchild"]),
+        ("pid-only", pids(false), vec![]),
+        ("bin-follow", binaries("In", true), vec!["under-sh2", "under-sh2-deeper"]),
+        ("bin-only", binaries("In", false), vec![]),
+        ("bin-notin-follow", binaries("NotIn", true), vec!["child", "grandchild", "plain"]),
+    ];
+    for (name, more, _) in &cases {
+        add(&sensor, policy(&format!("{name}-{run}"), &selector(&d, &[], more))).await;
+    }
+    for f in ["child", "grandchild", "under-sh2", "under-sh2-deeper", "plain"] {
+        std::fs::write(dir.join(f), b"x").unwrap();
+    }
+    use std::io::Write;
+    chain.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(chain.wait().unwrap().success());
+    let script = format!("/bin/rm {d}/under-sh2; /bin/sh -c '/bin/sh -c \"/bin/rm {d}/under-sh2-deeper\"'");
+    assert!(Command::new(&sh2).args(["-c", &script]).status().unwrap().success());
+    assert!(Command::new("/bin/rm").arg(dir.join("plain")).status().unwrap().success());
+    fence(&mut c, &sensor).await;
+
+    let seen = seen(&c, &d);
+    for (name, _, want) in &cases {
+        let want: BTreeMap<String, usize> = want.iter().map(|w| (w.to_string(), 1)).collect();
+        let got = seen.get(&format!("{name}-{run}")).cloned().unwrap_or_default();
+        assert_eq!(got, want, "policy {name}: the marked unlinks it saw (all: {seen:?})");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -13,9 +13,9 @@ use node_sensor_common::{
     NS_CGROUP, NS_IPC, NS_MNT, NS_NET, NS_PID, NS_PID_FOR_CHILDREN, NS_TIME, NS_TIME_FOR_CHILDREN, NS_USER, NS_UTS,
     NamespaceFilterSpec, OP_GT, OP_IN, OP_IN_RANGE, OP_INT_EQUAL, OP_INT_NOT_EQUAL, OP_LT, OP_MASK, OP_NOT_IN,
     OP_NOT_IN_RANGE, OP_NOT_POSTFIX, OP_NOT_PREFIX, OP_POSTFIX, OP_PREFIX, OP_STR_EQUAL, OP_STR_NOT_EQUAL,
-    PID_NAMESPACE, PidFilterSpec, SELECT_NAMESPACES, SELECT_RETURN, SELECTOR_ACTIONS, SELECTOR_ARG_FILTERS,
-    SELECTOR_CAPABILITIES, SELECTOR_NAMESPACES, SELECTOR_PIDS, SELECTORS_PER_HOOK, STRING_EQUAL_MAX, STRING_KEY_DATA,
-    STRING_POSTFIX_MAX, STRING_PREFIX_MAX, SelectorSet, SelectorSpec, StringKey,
+    PID_FOLLOW_FORKS, PID_NAMESPACE, PidFilterSpec, SELECT_NAMESPACES, SELECT_RETURN, SELECTOR_ACTIONS,
+    SELECTOR_ARG_FILTERS, SELECTOR_CAPABILITIES, SELECTOR_NAMESPACES, SELECTOR_PIDS, SELECTORS_PER_HOOK,
+    STRING_EQUAL_MAX, STRING_KEY_DATA, STRING_POSTFIX_MAX, STRING_PREFIX_MAX, SelectorSet, SelectorSpec, StringKey,
 };
 
 use crate::PolicyError;
@@ -426,9 +426,6 @@ fn int_value(at: &str, text: &str, signed: bool, size: u32) -> Result<u64, Polic
 }
 
 fn pid_filter(at: &str, f: &PidFilter) -> Result<PidFilterSpec, PolicyError> {
-    if f.follow_forks {
-        return Err(PolicyError::at(format!("{at}.followForks"), "not supported by Vigil yet"));
-    }
     if f.values.is_empty() {
         return Err(PolicyError::at(format!("{at}.values"), "at least one pid"));
     }
@@ -440,7 +437,7 @@ fn pid_filter(at: &str, f: &PidFilter) -> Result<PidFilterSpec, PolicyError> {
             InOperator::In => OP_IN,
             InOperator::NotIn => OP_NOT_IN,
         },
-        flags: if f.is_namespace_pid { PID_NAMESPACE } else { 0 },
+        flags: if f.is_namespace_pid { PID_NAMESPACE } else { 0 } | if f.follow_forks { PID_FOLLOW_FORKS } else { 0 },
         nvalues: f.values.len() as u8,
         ..Default::default()
     };
@@ -574,8 +571,8 @@ fn capability_filter(at: &str, f: &CapabilityFilter) -> Result<CapabilityFilterS
 }
 
 fn binary_filter(at: &str, f: &BinaryFilter, strings: &mut Vec<StringFilter>) -> Result<BinaryFilterSpec, PolicyError> {
-    if f.follow_children {
-        return Err(PolicyError::at(format!("{at}.followChildren"), "not supported by Vigil yet"));
+    if f.follow_children && !matches!(f.operator, BinaryOperator::In | BinaryOperator::NotIn) {
+        return Err(PolicyError::at(format!("{at}.followChildren"), "goes with In and NotIn only, as in Tetragon"));
     }
     // Tetragon ignores a filter with no values.
     if f.values.is_empty() {
@@ -590,7 +587,7 @@ fn binary_filter(at: &str, f: &BinaryFilter, strings: &mut Vec<StringFilter>) ->
         BinaryOperator::NotPostfix => (OP_NOT_POSTFIX, STRING_POSTFIX_MAX),
     };
     let strings = string_filter(at, op, max, &f.values, strings)?;
-    Ok(BinaryFilterSpec { op, _pad: [0; 3], strings })
+    Ok(BinaryFilterSpec { op, follow: u8::from(f.follow_children), _pad: [0; 2], strings })
 }
 
 fn actions(

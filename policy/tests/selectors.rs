@@ -110,8 +110,8 @@ fn bad_selectors_are_refused_by_path() {
             "spec.tracepoints[0].selectors[0].matchArgs[0].operator: not supported by Vigil yet on a string argument",
         ),
         (
-            "    - matchPIDs:\n      - operator: In\n        followForks: true\n        values: [1]\n",
-            "spec.tracepoints[0].selectors[0].matchPIDs[0].followForks: not supported by Vigil yet",
+            "    - matchBinaries:\n      - operator: Prefix\n        followChildren: true\n        values: [\"/usr\"]\n",
+            "spec.tracepoints[0].selectors[0].matchBinaries[0].followChildren: goes with In and NotIn only, as in Tetragon",
         ),
         (
             "    - matchActions:\n      - action: Override\n        argError: -1\n",
