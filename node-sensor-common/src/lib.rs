@@ -732,6 +732,32 @@ pub struct ActionSpec {
     pub kind: u32,
     /// `Signal`: the signal number.
     pub signal: u32,
+    /// `Post` with `rateLimit`: at most one event per this many
+    /// milliseconds for the same arguments (the first `RATE_ARG_BYTES` of
+    /// each) in the scope (`RATE_SCOPE_*`); 0 for no limit.
+    pub rate_ms: u32,
+    pub rate_scope: u32,
+}
+
+/// `ActionSpec::rate_scope`: the same thread, process, or anywhere.
+pub const RATE_SCOPE_THREAD: u32 = 0;
+pub const RATE_SCOPE_PROCESS: u32 = 1;
+pub const RATE_SCOPE_GLOBAL: u32 = 2;
+/// Bytes of each argument a rate limit tells events apart by (Tetragon's).
+pub const RATE_ARG_BYTES: usize = 40;
+/// Distinct (hook, selector, scope, arguments) a rate limit remembers at
+/// once (an LRU map: past it, the oldest is forgotten and may post again).
+pub const RATE_KEYS_MAX: u32 = 8192;
+
+/// A key of `RATE_LIMITS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateKey {
+    pub hook_id: u32,
+    pub selector: u32,
+    /// The thread or process id, or 0 for the global scope.
+    pub scope_id: u64,
+    pub args: [u8; RATE_ARG_BYTES * HOOK_MAX_ARGS],
 }
 
 /// `matchNamespaces` entries per selector (ANDed), values per entry (ORed).
@@ -826,13 +852,21 @@ pub const COUNT_POST: usize = 0;
 pub const COUNT_SIGNAL: usize = 1;
 pub const COUNT_MONITOR_SIGNAL: usize = 2;
 pub const COUNT_NOPOST: usize = 3;
-pub const COUNTS_PER_SELECTOR: usize = 4;
+/// Events a `rateLimit` held back (no Tetragon counter has them).
+pub const COUNT_RATE_LIMITED: usize = 4;
+pub const COUNTS_PER_SELECTOR: usize = 8;
 
 /// A hook's action counts, in `ACTION_COUNTS` by hook number.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ActionCounts {
     pub counts: [u64; SELECTOR_SLOTS * COUNTS_PER_SELECTOR],
+}
+
+impl Default for ActionCounts {
+    fn default() -> Self {
+        ActionCounts { counts: [0; SELECTOR_SLOTS * COUNTS_PER_SELECTOR] }
+    }
 }
 
 /// A key of `STRINGS`, the LPM trie of every string filter's values:
@@ -872,9 +906,10 @@ const _: () = assert!(
             + 8
             + 16 * SELECTOR_CAPABILITIES
             + 2 * 80 * SELECTOR_ARG_FILTERS
-            + 2 * 8 * SELECTOR_ACTIONS
+            + 2 * 16 * SELECTOR_ACTIONS
 );
-const _: () = assert!(core::mem::size_of::<SelectorSet>() == 8 + 1016 * SELECTOR_SLOTS);
+const _: () = assert!(core::mem::size_of::<SelectorSet>() == 8 + 1064 * SELECTOR_SLOTS);
+const _: () = assert!(core::mem::size_of::<RateKey>() == 16 + RATE_ARG_BYTES * HOOK_MAX_ARGS);
 const _: () = assert!(SELECTOR_SLOTS.is_power_of_two() && SELECTORS_PER_HOOK <= SELECTOR_SLOTS);
 const _: () = assert!(COUNTS_PER_SELECTOR.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<StringKey>() == 4 + STRING_KEY_DATA);

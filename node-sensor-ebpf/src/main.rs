@@ -96,6 +96,15 @@ static STRING_SCRATCH: PerCpuArray<StringKey> = PerCpuArray::with_max_entries(2,
 #[map]
 static POSITIONS: PerCpuArray<[u32; 8]> = PerCpuArray::with_max_entries(1, 0);
 
+/// When each (hook, selector, scope, arguments) a `rateLimit` watches last
+/// posted.
+#[map]
+static RATE_LIMITS: LruHashMap<RateKey, u64> = LruHashMap::with_max_entries(RATE_KEYS_MAX, 0);
+
+/// Per-CPU room a rate-limit key is built in.
+#[map]
+static RATE_KEY: PerCpuArray<RateKey> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU: the current task's namespaces, for `matchNamespaces` (by
 /// `NS_*`; 16 slots, so that a masked index stays inside).
 #[map]

@@ -11,7 +11,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns,
         generated::{bpf_probe_read_kernel, bpf_send_signal},
     },
     macros::{kprobe, tracepoint},
@@ -22,8 +22,8 @@ use node_sensor_common::*;
 
 use crate::hooks::{HookScratch, keep_for_return, send};
 use crate::{
-    ACTION_COUNTS, BINARIES, CHAIN, HOOK_SCRATCH, NAMESPACES_NOW, POSITIONS, READER_TP, SELECTORS, STRING_SCRATCH,
-    STRINGS, count,
+    ACTION_COUNTS, BINARIES, CHAIN, HOOK_SCRATCH, NAMESPACES_NOW, POSITIONS, RATE_KEY, RATE_LIMITS, READER_TP,
+    SELECTORS, STRING_SCRATCH, STRINGS, count,
 };
 
 /// The reader's program type, which picks the selector program.
@@ -85,16 +85,20 @@ fn select() -> Result<(), i64> {
             if !args_pass(&sel.rets, sel.nrets, scratch) {
                 return Ok(());
             }
-            let (action, post) = act(&sel.ret_actions, sel.nret_actions, monitor, hook_id, s);
+            let (action, verdict) = act(&sel.ret_actions, sel.nret_actions, monitor, hook_id, s, scratch);
             // Without return actions, the return side reports the entry's.
             if sel.nret_actions != 0 {
                 (*scratch).record.return_action = action as u16;
             } else {
                 (*scratch).record.return_action = (*scratch).record.action;
             }
-            count_action(hook_id, s, if post { COUNT_POST } else { COUNT_NOPOST });
-            if post {
-                send(scratch as *const u8, data_len);
+            match verdict {
+                SEND => {
+                    count_action(hook_id, s, COUNT_POST);
+                    send(scratch as *const u8, data_len);
+                }
+                NOT_SENT => count_action(hook_id, s, COUNT_NOPOST),
+                _ => {}
             }
             return Ok(());
         }
@@ -102,11 +106,13 @@ fn select() -> Result<(), i64> {
             return Ok(());
         };
         let sel = &set.selectors[s];
-        let (action, post) = act(&sel.actions, sel.nactions, monitor, hook_id, s);
+        let (action, verdict) = act(&sel.actions, sel.nactions, monitor, hook_id, s, scratch);
         (*scratch).record.selector = s as u32;
         (*scratch).record.action = action as u16;
-        if !post {
-            count_action(hook_id, s, COUNT_NOPOST);
+        if verdict != SEND {
+            if verdict == NOT_SENT {
+                count_action(hook_id, s, COUNT_NOPOST);
+            }
             return Ok(());
         }
         if set.flags & SELECT_RETURN != 0 {
@@ -141,19 +147,37 @@ unsafe fn first_passing(set: &SelectorSet, scratch: *mut HookScratch) -> Option<
     None
 }
 
-/// Takes the actions; returns the event's action and whether it is sent
-/// (which the caller counts). Enforcement in monitor mode is counted, not
-/// taken.
+/// What the actions decided of the event: send it, not (`NoPost`), or
+/// held back by a rate limit (counted as that already).
+const SEND: u8 = 0;
+const NOT_SENT: u8 = 1;
+const HELD: u8 = 2;
+
+/// Takes the actions; returns the event's action and its verdict (which
+/// the caller counts, but for `HELD`). Enforcement in monitor mode is
+/// counted, not taken.
 #[inline(always)]
-fn act(actions: &[ActionSpec; SELECTOR_ACTIONS], n: u8, monitor: bool, hook_id: u32, s: usize) -> (u32, bool) {
+fn act(
+    actions: &[ActionSpec; SELECTOR_ACTIONS],
+    n: u8,
+    monitor: bool,
+    hook_id: u32,
+    s: usize,
+    scratch: *mut HookScratch,
+) -> (u32, u8) {
     let mut action = ACTION_POST;
-    let mut post = true;
+    let mut verdict = SEND;
     for (i, a) in actions.iter().enumerate() {
         if i as u8 >= n {
             break;
         }
         match a.kind {
-            ACTION_NOPOST => post = false,
+            ACTION_NOPOST => verdict = NOT_SENT,
+            // SAFETY: the scratch is this CPU's hook scratch.
+            ACTION_POST if a.rate_ms != 0 && unsafe { rate_limited(hook_id, s, a, scratch) } => {
+                verdict = HELD;
+                count_action(hook_id, s, COUNT_RATE_LIMITED);
+            }
             ACTION_SIGKILL | ACTION_SIGNAL => {
                 let signal = if a.kind == ACTION_SIGKILL { 9 } else { a.signal };
                 if monitor {
@@ -168,7 +192,60 @@ fn act(actions: &[ActionSpec; SELECTOR_ACTIONS], n: u8, monitor: bool, hook_id: 
             _ => {}
         }
     }
-    (action, post)
+    (action, verdict)
+}
+
+/// Whether a `Post` with `rateLimit` posted the same arguments in its
+/// scope less than its interval ago; if not, this event is remembered.
+///
+/// # Safety
+/// `scratch` must be this CPU's hook scratch, its arguments located.
+#[inline(always)]
+unsafe fn rate_limited(hook_id: u32, s: usize, a: &ActionSpec, scratch: *mut HookScratch) -> bool {
+    let (Some(key), Some(positions)) = (RATE_KEY.get_ptr_mut(0), POSITIONS.get_ptr(0)) else {
+        return false;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the key and positions are this CPU's; argument reads stay in
+    // the scratch's area (masked positions, lengths cut to RATE_ARG_BYTES)
+    // and go through the helper into the key's fixed slots.
+    unsafe {
+        (*key).hook_id = hook_id;
+        (*key).selector = s as u32;
+        (*key).scope_id = match a.rate_scope {
+            RATE_SCOPE_THREAD => pid_tgid & 0xffff_ffff,
+            RATE_SCOPE_PROCESS => pid_tgid >> 32,
+            _ => 0,
+        };
+        (*key).args = [0; RATE_ARG_BYTES * HOOK_MAX_ARGS];
+        let data = (*scratch).data.as_ptr();
+        let data_len = (*scratch).record.data_len as usize;
+        for i in 0..HOOK_MAX_ARGS {
+            let at = (*positions)[i] as usize & (HOOK_DATA_SIZE - 1);
+            if at >= data_len {
+                break;
+            }
+            let len = (core::ptr::read_unaligned(data.add(at) as *const u64) as u32 & ARG_LEN_MASK) as usize;
+            let len = if len > RATE_ARG_BYTES { RATE_ARG_BYTES } else { len };
+            if len > 0 {
+                bpf_probe_read_kernel(
+                    (*key).args.as_mut_ptr().add(i * RATE_ARG_BYTES) as *mut c_void,
+                    len as u32,
+                    data.add(at + 8) as *const c_void,
+                );
+            }
+        }
+        let now = bpf_ktime_get_boot_ns();
+        // The key by reference: by value it would be copied to the stack.
+        let key: &RateKey = &*key;
+        if let Some(last) = RATE_LIMITS.get(key)
+            && now.saturating_sub(*last) < u64::from(a.rate_ms) * 1_000_000
+        {
+            return true;
+        }
+        let _ = RATE_LIMITS.insert(key, now, 0);
+    }
+    false
 }
 
 #[inline(always)]

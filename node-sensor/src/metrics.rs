@@ -203,6 +203,35 @@ fn encode_policies(encoder: &mut DescriptorEncoder, policies: &SharedPolicies) -
     for p in &runs {
         ConstCounter::new(p.run_ns as f64 / 1e9).encode(family.encode_family(&program_labels(&p.name))?)?;
     }
+    let mut family = encoder.encode_descriptor(
+        "vigil_policy_selector_actions",
+        "What each policy hook's selectors did, counted in the kernel: post, nopost, signal, monitor_signal, \
+         and rate_limited (held back by a rateLimit)",
+        None,
+        MetricType::Counter,
+    )?;
+    for p in &list {
+        for h in &p.selector_counts {
+            for (i, (_, c)) in h.selectors.iter().enumerate() {
+                let selector = i.to_string();
+                for (action, n) in [
+                    ("post", c.post),
+                    ("nopost", c.nopost),
+                    ("signal", c.signal),
+                    ("monitor_signal", c.monitor_signal),
+                    ("rate_limited", c.rate_limited),
+                ] {
+                    let labels = [
+                        ("policy", p.name.as_str()),
+                        ("hook", h.hook.as_str()),
+                        ("selector", selector.as_str()),
+                        ("action", action),
+                    ];
+                    ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+    }
     gauge(
         encoder,
         "vigil_sensor_bpf_stats_enabled",

@@ -573,3 +573,57 @@ async fn follow_forks_and_follow_children_reach_down_a_fork_chain() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_posts_the_same_arguments_once_per_interval_in_its_scope() {
+    require_kernel!();
+    let run = nonce();
+    let dir = std::env::temp_dir().join(format!("vigil-selrate-{run}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display().to_string();
+    let sensor = Sensor::start(&["--metrics-address", "127.0.0.1:0"]).await;
+    let mut c = Collector::subscribe(&sensor, request()).await;
+    let post = |scope: &str| format!("      matchActions:\n      - action: Post\n        rateLimit: 10m\n{scope}");
+    let (thread, global) = (format!("rate-thread-{run}"), format!("rate-global-{run}"));
+    let thread_filter = [(6, "Postfix", &["-own"][..])];
+    add(&sensor, policy(&thread, &selector(&d, &thread_filter, &post("")))).await;
+    let global_filter = [(6, "Postfix", &["-rm"][..])];
+    add(&sensor, policy(&global, &selector(&d, &global_filter, &post("        rateLimitScope: global\n")))).await;
+
+    // This thread unlinks one path three times and another once; three rm
+    // processes (three threads) unlink one path, recreated each time.
+    let unlink_here = |name: &str| {
+        std::fs::write(dir.join(name), b"x").unwrap();
+        let path = std::ffi::CString::new(format!("{d}/{name}")).unwrap();
+        // SAFETY: a valid C string; AT_FDCWD and no flags.
+        assert_eq!(unsafe { libc::unlinkat(libc::AT_FDCWD, path.as_ptr(), 0) }, 0);
+    };
+    for name in ["a-own", "a-own", "b-own", "a-own"] {
+        unlink_here(name);
+    }
+    for _ in 0..3 {
+        std::fs::write(dir.join("c-rm"), b"x").unwrap();
+        assert!(Command::new("/bin/rm").arg(dir.join("c-rm")).status().unwrap().success());
+    }
+    fence(&mut c, &sensor).await;
+
+    let seen = seen(&c, &d);
+    let count = |policy: &str, path: &str| seen.get(policy).and_then(|m| m.get(path)).copied().unwrap_or(0);
+    assert_eq!((count(&thread, "a-own"), count(&thread, "b-own")), (1, 1), "once per arguments: {seen:?}");
+    assert_eq!(count(&global, "c-rm"), 1, "once for all processes: {seen:?}");
+    assert_eq!(per_selector(&listed(&sensor, &thread).await), [(Some(0), 2, 0, 0)]);
+    // What the limit held back is counted, per selector.
+    let (_, metrics) = test_support::scrape::http(&common::metrics_address(&sensor), "GET", "/metrics");
+    let sample = |policy: &str, action: &str| {
+        let labels = [
+            ("policy", policy),
+            ("hook", "tracepoint:syscalls/sys_enter_unlinkat"),
+            ("selector", "0"),
+            ("action", action),
+        ];
+        test_support::scrape::sample(&metrics, "vigil_policy_selector_actions_total", &labels)
+    };
+    assert_eq!((sample(&thread, "post"), sample(&thread, "rate_limited")), (2, 2), "{metrics}");
+    assert_eq!((sample(&global, "post"), sample(&global, "rate_limited")), (1, 2), "{metrics}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

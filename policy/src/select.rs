@@ -13,9 +13,10 @@ use node_sensor_common::{
     NS_CGROUP, NS_IPC, NS_MNT, NS_NET, NS_PID, NS_PID_FOR_CHILDREN, NS_TIME, NS_TIME_FOR_CHILDREN, NS_USER, NS_UTS,
     NamespaceFilterSpec, OP_GT, OP_IN, OP_IN_RANGE, OP_INT_EQUAL, OP_INT_NOT_EQUAL, OP_LT, OP_MASK, OP_NOT_IN,
     OP_NOT_IN_RANGE, OP_NOT_POSTFIX, OP_NOT_PREFIX, OP_POSTFIX, OP_PREFIX, OP_STR_EQUAL, OP_STR_NOT_EQUAL,
-    PID_FOLLOW_FORKS, PID_NAMESPACE, PidFilterSpec, SELECT_NAMESPACES, SELECT_RETURN, SELECTOR_ACTIONS,
-    SELECTOR_ARG_FILTERS, SELECTOR_CAPABILITIES, SELECTOR_NAMESPACES, SELECTOR_PIDS, SELECTORS_PER_HOOK,
-    STRING_EQUAL_MAX, STRING_KEY_DATA, STRING_POSTFIX_MAX, STRING_PREFIX_MAX, SelectorSet, SelectorSpec, StringKey,
+    PID_FOLLOW_FORKS, PID_NAMESPACE, PidFilterSpec, RATE_SCOPE_GLOBAL, RATE_SCOPE_PROCESS, RATE_SCOPE_THREAD,
+    SELECT_NAMESPACES, SELECT_RETURN, SELECTOR_ACTIONS, SELECTOR_ARG_FILTERS, SELECTOR_CAPABILITIES,
+    SELECTOR_NAMESPACES, SELECTOR_PIDS, SELECTORS_PER_HOOK, STRING_EQUAL_MAX, STRING_KEY_DATA, STRING_POSTFIX_MAX,
+    STRING_PREFIX_MAX, SelectorSet, SelectorSpec, StringKey,
 };
 
 use crate::PolicyError;
@@ -590,6 +591,24 @@ fn binary_filter(at: &str, f: &BinaryFilter, strings: &mut Vec<StringFilter>) ->
     Ok(BinaryFilterSpec { op, follow: u8::from(f.follow_children), _pad: [0; 2], strings })
 }
 
+/// A `rateLimit` as Tetragon reads it: an integer with an optional unit,
+/// `s` (the default), `m` or `h`, upper or lower case; in milliseconds,
+/// capped at 2^32 - 1.
+fn rate_limit_ms(at: &str, text: &str) -> Result<u32, PolicyError> {
+    let t = text.trim();
+    let (digits, unit_ms) = match t.chars().last() {
+        Some('s' | 'S') => (&t[..t.len() - 1], 1_000u64),
+        Some('m' | 'M') => (&t[..t.len() - 1], 60_000),
+        Some('h' | 'H') => (&t[..t.len() - 1], 3_600_000),
+        _ => (t, 1_000),
+    };
+    let n: u64 = digits.parse().map_err(|_| PolicyError::at(at, "an integer with an optional s, m or h"))?;
+    if n == 0 {
+        return Err(PolicyError::at(at, "at least 1"));
+    }
+    Ok(n.saturating_mul(unit_ms).min(u64::from(u32::MAX)) as u32)
+}
+
 fn actions(
     at: &str,
     list: &[crate::schema::Action],
@@ -601,8 +620,20 @@ fn actions(
     }
     for (k, a) in list.iter().enumerate() {
         let here = format!("{at}[{k}]");
-        if a.rate_limit.is_some() || a.rate_limit_scope.is_some() {
-            return Err(PolicyError::at(format!("{here}.rateLimit"), "not supported by Vigil yet"));
+        let rate_ms = match &a.rate_limit {
+            Some(text) => rate_limit_ms(&format!("{here}.rateLimit"), text)?,
+            None => 0,
+        };
+        let rate_scope = match a.rate_limit_scope.as_deref() {
+            None | Some("thread") => RATE_SCOPE_THREAD,
+            Some("process") => RATE_SCOPE_PROCESS,
+            Some("global") => RATE_SCOPE_GLOBAL,
+            Some(_) => {
+                return Err(PolicyError::at(format!("{here}.rateLimitScope"), "thread, process or global"));
+            }
+        };
+        if a.rate_limit_scope.is_some() && a.rate_limit.is_none() {
+            return Err(PolicyError::at(format!("{here}.rateLimitScope"), "goes with rateLimit"));
         }
         if a.kernel_stack_trace || a.user_stack_trace {
             return Err(PolicyError::at(&here, "stack traces are not supported by Vigil yet"));
@@ -611,15 +642,15 @@ fn actions(
             return Err(PolicyError::at(format!("{here}.imaHash"), "not supported by Vigil yet"));
         }
         out[k] = match a.action {
-            ActionKind::Post => ActionSpec { kind: ACTION_POST, signal: 0 },
-            ActionKind::NoPost => ActionSpec { kind: ACTION_NOPOST, signal: 0 },
-            ActionKind::Sigkill => ActionSpec { kind: ACTION_SIGKILL, signal: 9 },
+            ActionKind::Post => ActionSpec { kind: ACTION_POST, rate_ms, rate_scope, ..Default::default() },
+            ActionKind::NoPost => ActionSpec { kind: ACTION_NOPOST, ..Default::default() },
+            ActionKind::Sigkill => ActionSpec { kind: ACTION_SIGKILL, signal: 9, ..Default::default() },
             ActionKind::Signal => {
                 let signal = a.arg_sig.unwrap_or(0);
                 if !(1..=64).contains(&signal) {
                     return Err(PolicyError::at(format!("{here}.argSig"), "a signal number, 1 to 64"));
                 }
-                ActionSpec { kind: ACTION_SIGNAL, signal }
+                ActionSpec { kind: ACTION_SIGNAL, signal, ..Default::default() }
             }
             ActionKind::Override => {
                 return Err(PolicyError::at(
@@ -706,6 +737,16 @@ mod tests {
         assert!(int_value("v", "-129", true, 1).is_err());
         assert_eq!(int_value("v", "-128", true, 1).unwrap(), (-128i64) as u64);
         assert!(int_value("v", "128", true, 1).is_err());
+    }
+
+    #[test]
+    fn rate_limits_read_as_tetragon_reads_them() {
+        assert_eq!(rate_limit_ms("r", "5"), Ok(5_000));
+        assert_eq!(rate_limit_ms("r", "2m"), Ok(120_000));
+        assert_eq!(rate_limit_ms("r", "1H"), Ok(3_600_000));
+        assert_eq!(rate_limit_ms("r", "100000h"), Ok(u32::MAX));
+        assert_eq!(rate_limit_ms("r", "1d").unwrap_err().reason, "an integer with an optional s, m or h");
+        assert!(rate_limit_ms("r", "0s").is_err());
     }
 
     #[test]

@@ -118,8 +118,8 @@ fn bad_selectors_are_refused_by_path() {
             "spec.tracepoints[0].selectors[0].matchActions[0].action: Override on a tracepoint is not supported by Vigil yet",
         ),
         (
-            "    - matchActions:\n      - action: Post\n        rateLimit: 1m\n",
-            "spec.tracepoints[0].selectors[0].matchActions[0].rateLimit: not supported by Vigil yet",
+            "    - matchActions:\n      - action: Post\n        rateLimit: 1m\n        rateLimitScope: cluster\n",
+            "spec.tracepoints[0].selectors[0].matchActions[0].rateLimitScope: thread, process or global",
         ),
         (
             "    - matchReturnArgs:\n      - index: 0\n        operator: Equal\n        values: [\"0\"]\n",

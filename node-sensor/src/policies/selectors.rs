@@ -38,6 +38,8 @@ pub struct SelectorCounts {
     pub signal: u64,
     pub monitor_signal: u64,
     pub nopost: u64,
+    /// Held back by a `rateLimit` (Tetragon's counters have no such field).
+    pub rate_limited: u64,
 }
 
 impl SelectorMaps {
@@ -128,6 +130,7 @@ impl SelectorMaps {
                     c.signal += at(node_sensor_common::COUNT_SIGNAL);
                     c.monitor_signal += at(node_sensor_common::COUNT_MONITOR_SIGNAL);
                     c.nopost += at(node_sensor_common::COUNT_NOPOST);
+                    c.rate_limited += at(node_sensor_common::COUNT_RATE_LIMITED);
                 }
             }
         }
