@@ -723,6 +723,7 @@ pub struct BinaryFilterSpec {
 /// Actions, as Tetragon's `KprobeAction` numbers.
 pub const ACTION_POST: u32 = 1;
 pub const ACTION_SIGKILL: u32 = 3;
+pub const ACTION_OVERRIDE: u32 = 5;
 pub const ACTION_NOPOST: u32 = 9;
 pub const ACTION_SIGNAL: u32 = 10;
 
@@ -730,7 +731,8 @@ pub const ACTION_SIGNAL: u32 = 10;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ActionSpec {
     pub kind: u32,
-    /// `Signal`: the signal number.
+    /// `Signal`: the signal number; `Override`: the error, as the
+    /// function's (negative) return value's low 32 bits.
     pub signal: u32,
     /// `Post` with `rateLimit`: at most one event per this many
     /// milliseconds for the same arguments (the first `RATE_ARG_BYTES` of
@@ -836,6 +838,22 @@ pub const SELECT_RETURN: u32 = 1 << 1;
 /// `SelectorSet::flags`: some selector reads the task's namespaces.
 pub const SELECT_NAMESPACES: u32 = 1 << 2;
 
+/// An `Override` the selector program decided for the current thread's
+/// call: the override program attached after the hook's entry program
+/// takes it (by thread) and makes the function return `ret`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingOverride {
+    pub hook_id: u32,
+    pub _pad: u32,
+    pub ret: i64,
+}
+
+/// Hook map key of a hook's override program (with its hook number).
+pub const OVERRIDE_COOKIE: u64 = 1 << 37;
+/// Threads with an override pending at once (an LRU map).
+pub const OVERRIDES_MAX: u32 = 1024;
+
 /// A hook's selectors, in `SELECTORS` by hook number.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -854,6 +872,8 @@ pub const COUNT_MONITOR_SIGNAL: usize = 2;
 pub const COUNT_NOPOST: usize = 3;
 /// Events a `rateLimit` held back (no Tetragon counter has them).
 pub const COUNT_RATE_LIMITED: usize = 4;
+pub const COUNT_OVERRIDE: usize = 5;
+pub const COUNT_MONITOR_OVERRIDE: usize = 6;
 pub const COUNTS_PER_SELECTOR: usize = 8;
 
 /// A hook's action counts, in `ACTION_COUNTS` by hook number.

@@ -105,6 +105,11 @@ static RATE_LIMITS: LruHashMap<RateKey, u64> = LruHashMap::with_max_entries(RATE
 #[map]
 static RATE_KEY: PerCpuArray<RateKey> = PerCpuArray::with_max_entries(1, 0);
 
+/// Overrides decided for threads' calls, until the override program takes
+/// them.
+#[map]
+static OVERRIDES: LruHashMap<u32, PendingOverride> = LruHashMap::with_max_entries(OVERRIDES_MAX, 0);
+
 /// Per-CPU: the current task's namespaces, for `matchNamespaces` (by
 /// `NS_*`; 16 slots, so that a masked index stays inside).
 #[map]
@@ -184,6 +189,7 @@ pub(crate) fn queued() -> u64 {
 mod args;
 mod hooks;
 mod lifecycle;
+mod overrides;
 mod paths;
 mod select;
 

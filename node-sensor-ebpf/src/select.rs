@@ -22,8 +22,8 @@ use node_sensor_common::*;
 
 use crate::hooks::{HookScratch, keep_for_return, send};
 use crate::{
-    ACTION_COUNTS, BINARIES, CHAIN, HOOK_SCRATCH, NAMESPACES_NOW, POSITIONS, RATE_KEY, RATE_LIMITS, READER_TP,
-    SELECTORS, STRING_SCRATCH, STRINGS, count,
+    ACTION_COUNTS, BINARIES, CHAIN, HOOK_SCRATCH, NAMESPACES_NOW, OVERRIDES, POSITIONS, RATE_KEY, RATE_LIMITS,
+    READER_TP, SELECTORS, STRING_SCRATCH, STRINGS, count,
 };
 
 /// The reader's program type, which picks the selector program.
@@ -177,6 +177,18 @@ fn act(
             ACTION_POST if a.rate_ms != 0 && unsafe { rate_limited(hook_id, s, a, scratch) } => {
                 verdict = HELD;
                 count_action(hook_id, s, COUNT_RATE_LIMITED);
+            }
+            ACTION_OVERRIDE => {
+                if monitor {
+                    count_action(hook_id, s, COUNT_MONITOR_OVERRIDE);
+                } else {
+                    let tid = bpf_get_current_pid_tgid() as u32;
+                    let pending = PendingOverride { hook_id, _pad: 0, ret: i64::from(a.signal as i32) };
+                    if OVERRIDES.insert(tid, pending, 0).is_ok() {
+                        count_action(hook_id, s, COUNT_OVERRIDE);
+                        action = a.kind;
+                    }
+                }
             }
             ACTION_SIGKILL | ACTION_SIGNAL => {
                 let signal = if a.kind == ACTION_SIGKILL { 9 } else { a.signal };

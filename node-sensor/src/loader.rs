@@ -44,6 +44,9 @@ pub const KPROBE_SOCK_PROGRAM: &str = "vigil_ks";
 /// return probes are too).
 pub const SELECT_TRACEPOINT_PROGRAM: &str = "vigil_st";
 pub const SELECT_PROBE_PROGRAM: &str = "vigil_sk";
+/// The program that applies an `Override` (see `overrides` in the eBPF
+/// crate), attached after the entry program of a kprobe hook that has one.
+pub const OVERRIDE_PROGRAM: &str = "vigil_ov";
 
 /// Where this sensor pins the kernel's exec-time map (see `exec_times`).
 pub const EXEC_TIMES_PIN: &str = "/sys/fs/bpf/vigil/exec_times_v1";
@@ -98,6 +101,8 @@ pub struct HookPrograms {
     pub kretprobe: Result<(), String>,
     /// Both selector programs, in the tail-call map.
     pub select: Result<(), String>,
+    /// The override program (the kernel needs CONFIG_BPF_KPROBE_OVERRIDE).
+    pub kprobe_override: Result<(), String>,
 }
 
 /// What the pipeline reads: the ring buffer and the kernel's counters.
@@ -206,6 +211,12 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
         kprobe_sock: load_hook_program::<aya::programs::KProbe>(&mut ebpf, KPROBE_SOCK_PROGRAM),
         kretprobe: load_hook_program::<aya::programs::KProbe>(&mut ebpf, KRETPROBE_PROGRAM),
         select: load_selector_programs(&mut ebpf),
+        kprobe_override: load_hook_program::<aya::programs::KProbe>(&mut ebpf, OVERRIDE_PROGRAM).map_err(|why| {
+            format!(
+                "this kernel cannot make a function return early (bpf_override_return needs \
+                 CONFIG_BPF_KPROBE_OVERRIDE): {why}"
+            )
+        }),
     };
     for (program, verdict) in [
         (TRACEPOINT_PROGRAM, &hook_programs.tracepoint),
@@ -215,6 +226,7 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
         (KPROBE_SOCK_PROGRAM, &hook_programs.kprobe_sock),
         (KRETPROBE_PROGRAM, &hook_programs.kretprobe),
         ("vigil_st, vigil_sk", &hook_programs.select),
+        (OVERRIDE_PROGRAM, &hook_programs.kprobe_override),
     ] {
         if let Err(why) = verdict {
             tracing::warn!(program, reason = %why, "tracing policies with these hooks cannot load");

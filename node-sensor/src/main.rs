@@ -171,6 +171,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         tokio::spawn(listener.serve(Arc::new(registry), stop.clone()));
     }
     let seeded = pipeline.seed_from_procfs(&settings.procfs);
+    policies.0.lock().seed_binaries(&settings.procfs);
     // Served only now: a client that sees the sensor healthy sees events
     // of processes started after the /proc walk as execs, not as `procFS`.
     // (The listener was bound earlier, so connections wait in its backlog.)

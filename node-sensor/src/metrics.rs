@@ -206,7 +206,7 @@ fn encode_policies(encoder: &mut DescriptorEncoder, policies: &SharedPolicies) -
     let mut family = encoder.encode_descriptor(
         "vigil_policy_selector_actions",
         "What each policy hook's selectors did, counted in the kernel: post, nopost, signal, monitor_signal, \
-         and rate_limited (held back by a rateLimit)",
+         override, monitor_override, and rate_limited (held back by a rateLimit)",
         None,
         MetricType::Counter,
     )?;
@@ -220,6 +220,8 @@ fn encode_policies(encoder: &mut DescriptorEncoder, policies: &SharedPolicies) -
                     ("signal", c.signal),
                     ("monitor_signal", c.monitor_signal),
                     ("rate_limited", c.rate_limited),
+                    ("override", c.overrides),
+                    ("monitor_override", c.monitor_overrides),
                 ] {
                     let labels = [
                         ("policy", p.name.as_str()),

@@ -571,6 +571,15 @@ async fn kprobe_policies_are_checked_against_btf_and_fail_clearly_without_kprobe
             seed_policy("notafile").replace("type: \"nop\"", "type: \"file\""),
             "spec.kprobes[0].args[0].type: file needs a struct file pointer; parameter bprm is struct linux_binprm *",
         ),
+        // This kernel cannot override a return (no error injection): the
+        // policy asks what it cannot do, refused by the action's path.
+        (
+            seed_policy("override")
+                + "    selectors:\n    - matchActions:\n      - action: Override\n        argError: -1\n",
+            "spec.kprobes[0].selectors[0].matchActions[0]: this kernel cannot make a function return early \
+             (bpf_override_return needs CONFIG_BPF_KPROBE_OVERRIDE): the kernel verifier rejected it: Invalid \
+             argument (os error 22) (the sensor's debug log has the verifier's)",
+        ),
     ];
     for (yaml, expected) in bad {
         let e = client.add_tracing_policy(add(yaml)).await.unwrap_err();

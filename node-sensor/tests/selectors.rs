@@ -197,6 +197,10 @@ async fn each_operator_and_its_negation_passes_exactly_its_marked_unlinks() {
             assert_eq!(per_selector[0].hook, "tracepoint:syscalls/sys_enter_unlinkat");
             assert_eq!(per_selector[0].action_counters.as_ref().unwrap().post, 1);
             assert_eq!(status.mode, TracingPolicyMode::TpModeMonitorOnly as i32, "no enforcement action");
+            // Its hook spec, selector set, one string value and per-CPU
+            // counters, in bytes.
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+            assert!(status.kernel_memory_bytes >= 8_000 + 260 + cpus * 512, "{}", status.kernel_memory_bytes);
             for (name, ..) in cases {
                 let request = DeleteTracingPolicyRequest { name: format!("{name}-{run}"), ..Default::default() };
                 sensor.client().await.delete_tracing_policy(request).await.unwrap();

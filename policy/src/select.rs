@@ -8,11 +8,11 @@
 //! is refused by path, never loaded in part.
 
 use node_sensor_common::{
-    ACTION_NOPOST, ACTION_POST, ACTION_SIGKILL, ACTION_SIGNAL, ActionSpec, ArgFilterSpec, BinaryFilterSpec,
-    CAPS_EFFECTIVE, CAPS_INHERITABLE, CAPS_PERMITTED, CapabilityFilterSpec, FILTER_INT_VALUES, NAMESPACE_VALUES,
-    NS_CGROUP, NS_IPC, NS_MNT, NS_NET, NS_PID, NS_PID_FOR_CHILDREN, NS_TIME, NS_TIME_FOR_CHILDREN, NS_USER, NS_UTS,
-    NamespaceFilterSpec, OP_GT, OP_IN, OP_IN_RANGE, OP_INT_EQUAL, OP_INT_NOT_EQUAL, OP_LT, OP_MASK, OP_NOT_IN,
-    OP_NOT_IN_RANGE, OP_NOT_POSTFIX, OP_NOT_PREFIX, OP_POSTFIX, OP_PREFIX, OP_STR_EQUAL, OP_STR_NOT_EQUAL,
+    ACTION_NOPOST, ACTION_OVERRIDE, ACTION_POST, ACTION_SIGKILL, ACTION_SIGNAL, ActionSpec, ArgFilterSpec,
+    BinaryFilterSpec, CAPS_EFFECTIVE, CAPS_INHERITABLE, CAPS_PERMITTED, CapabilityFilterSpec, FILTER_INT_VALUES,
+    NAMESPACE_VALUES, NS_CGROUP, NS_IPC, NS_MNT, NS_NET, NS_PID, NS_PID_FOR_CHILDREN, NS_TIME, NS_TIME_FOR_CHILDREN,
+    NS_USER, NS_UTS, NamespaceFilterSpec, OP_GT, OP_IN, OP_IN_RANGE, OP_INT_EQUAL, OP_INT_NOT_EQUAL, OP_LT, OP_MASK,
+    OP_NOT_IN, OP_NOT_IN_RANGE, OP_NOT_POSTFIX, OP_NOT_PREFIX, OP_POSTFIX, OP_PREFIX, OP_STR_EQUAL, OP_STR_NOT_EQUAL,
     PID_FOLLOW_FORKS, PID_NAMESPACE, PidFilterSpec, RATE_SCOPE_GLOBAL, RATE_SCOPE_PROCESS, RATE_SCOPE_THREAD,
     SELECT_NAMESPACES, SELECT_RETURN, SELECTOR_ACTIONS, SELECTOR_ARG_FILTERS, SELECTOR_CAPABILITIES,
     SELECTOR_NAMESPACES, SELECTOR_PIDS, SELECTORS_PER_HOOK, STRING_EQUAL_MAX, STRING_KEY_DATA, STRING_POSTFIX_MAX,
@@ -37,6 +37,10 @@ pub struct Selectors {
     pub strings: Vec<StringFilter>,
     /// Labels of the selectors (for their counters), in order.
     pub labels: Vec<String>,
+    /// Where the first `Override` action is, if any: the hook then needs
+    /// the override program, which the kernel attaches only to functions
+    /// it allows for error injection.
+    pub override_at: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +126,11 @@ pub fn compile(at: &str, selectors: &[Selector], shape: &HookShape<'_>) -> Resul
     for (i, s) in selectors.iter().enumerate() {
         let here = format!("{at}[{i}]");
         out.set.selectors[i] = selector(&here, s, shape, &mut out.strings)?;
+        if out.override_at.is_none()
+            && let Some(k) = s.match_actions.iter().position(|a| a.action == ActionKind::Override)
+        {
+            out.override_at = Some(format!("{here}.matchActions[{k}]"));
+        }
         out.labels.push(s.label.clone().unwrap_or_default());
     }
     out.set.count = selectors.len() as u32;
@@ -652,11 +661,22 @@ fn actions(
                 }
                 ActionSpec { kind: ACTION_SIGNAL, signal, ..Default::default() }
             }
-            ActionKind::Override => {
+            ActionKind::Override if shape.kind != "kprobe" => {
                 return Err(PolicyError::at(
                     format!("{here}.action"),
-                    format!("Override on a {} is not supported by Vigil yet", shape.kind),
+                    format!("Override is for kprobes, not a {}", shape.kind),
                 ));
+            }
+            ActionKind::Override if at.ends_with("matchReturnActions") => {
+                return Err(PolicyError::at(
+                    format!("{here}.action"),
+                    "Override acts at the call's entry: it goes in matchActions",
+                ));
+            }
+            ActionKind::Override => {
+                let error =
+                    a.arg_error.ok_or_else(|| PolicyError::at(format!("{here}.argError"), "required for Override"))?;
+                ActionSpec { kind: ACTION_OVERRIDE, signal: error as u32, ..Default::default() }
             }
             ActionKind::GetUrl | ActionKind::DnsLookup => {
                 return Err(PolicyError::at(

@@ -115,7 +115,7 @@ fn bad_selectors_are_refused_by_path() {
         ),
         (
             "    - matchActions:\n      - action: Override\n        argError: -1\n",
-            "spec.tracepoints[0].selectors[0].matchActions[0].action: Override on a tracepoint is not supported by Vigil yet",
+            "spec.tracepoints[0].selectors[0].matchActions[0].action: Override is for kprobes, not a tracepoint",
         ),
         (
             "    - matchActions:\n      - action: Post\n        rateLimit: 1m\n        rateLimitScope: cluster\n",

@@ -34,6 +34,8 @@ fn counters(c: &SelectorCounts) -> TracingPolicyActionCounters {
         signal: c.signal,
         monitor_signal: c.monitor_signal,
         nopost: c.nopost,
+        r#override: c.overrides,
+        monitor_override: c.monitor_overrides,
         ..Default::default()
     }
 }
@@ -105,6 +107,8 @@ fn stats(events: u64, hooks: &[super::HookSelectorCounts]) -> TracingPolicyStats
             total.signal += c.signal;
             total.monitor_signal += c.monitor_signal;
             total.nopost += c.nopost;
+            total.overrides += c.overrides;
+            total.monitor_overrides += c.monitor_overrides;
             per_selector.push(TracingPolicySelectorActionCounters {
                 hook: h.hook.clone(),
                 hook_index: Some(proto::wkt::UInt32Value { value: h.hook_index }),

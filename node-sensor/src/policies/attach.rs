@@ -87,26 +87,45 @@ const KPROBE_RETPROBE_FORMAT: &str = "/sys/bus/event_source/devices/kprobe/forma
 /// perf link carrying `cookie`. A kernel without kprobes has no kprobe
 /// PMU: that is the error then.
 pub fn kprobe(program: BorrowedFd<'_>, symbol: &str, ret: bool, cookie: u64) -> Result<OwnedFd, String> {
-    let pmu = std::fs::read_to_string(KPROBE_PMU_TYPE)
-        .ok()
-        .and_then(|t| t.trim().parse::<u32>().ok())
-        .ok_or_else(|| format!("this kernel has no kprobes ({KPROBE_PMU_TYPE} is missing: CONFIG_KPROBES is off)"))?;
-    let name = std::ffi::CString::new(symbol).map_err(|_| "the function name holds a NUL byte".to_owned())?;
+    kprobe_link(program, symbol, ret, cookie).map_err(|e| match e {
+        KprobeError::Setup(why) => why,
+        KprobeError::Link(e) => format!("attaching the kprobe: {e}"),
+    })
+}
+
+/// Why a kprobe attach failed: setting the probe up, or linking the
+/// program to it (which the kernel refuses with `EINVAL` for an override
+/// program on a function not open to error injection).
+pub enum KprobeError {
+    Setup(String),
+    Link(io::Error),
+}
+
+/// As [`kprobe`], telling the link's refusal apart.
+pub fn kprobe_link(program: BorrowedFd<'_>, symbol: &str, ret: bool, cookie: u64) -> Result<OwnedFd, KprobeError> {
+    use KprobeError::Setup;
+    let pmu =
+        std::fs::read_to_string(KPROBE_PMU_TYPE).ok().and_then(|t| t.trim().parse::<u32>().ok()).ok_or_else(|| {
+            Setup(format!("this kernel has no kprobes ({KPROBE_PMU_TYPE} is missing: CONFIG_KPROBES is off)"))
+        })?;
+    let name = std::ffi::CString::new(symbol).map_err(|_| Setup("the function name holds a NUL byte".to_owned()))?;
     let config = if ret {
         // "config:N"
         let bit = std::fs::read_to_string(KPROBE_RETPROBE_FORMAT)
             .ok()
             .and_then(|f| f.trim().strip_prefix("config:")?.parse::<u32>().ok())
             .filter(|b| *b < 64)
-            .ok_or_else(|| format!("this kernel's kprobe PMU has no return probes ({KPROBE_RETPROBE_FORMAT})"))?;
+            .ok_or_else(|| {
+                Setup(format!("this kernel's kprobe PMU has no return probes ({KPROBE_RETPROBE_FORMAT})"))
+            })?;
         1u64 << bit
     } else {
         0
     };
     // config1 is kprobe_func: a pointer to the name, alive through the call.
     let perf = perf_event(pmu, config, name.as_ptr() as u64).map_err(|e| match e.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::EINVAL) => format!("the kernel cannot probe this function ({e})"),
-        _ => format!("creating the kprobe: {e}"),
+        Some(libc::ENOENT) | Some(libc::EINVAL) => Setup(format!("the kernel cannot probe this function ({e})")),
+        _ => Setup(format!("creating the kprobe: {e}")),
     })?;
-    link(program, &perf, cookie).map_err(|e| format!("attaching the kprobe: {e}"))
+    link(program, &perf, cookie).map_err(KprobeError::Link)
 }

@@ -12,7 +12,7 @@ use aya::programs::KProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeError, UProbeLinkId, UProbeScope};
 use aya::programs::{ProgramError, TracePoint, UProbe};
 use node_sensor_common::{
-    HOOKS_PER_ATTACH, HookSet, KPROBE_COOKIE, KRETPROBE_COOKIE, TRACEPOINT_FD_COOKIE, UPROBE_COOKIE,
+    HOOKS_PER_ATTACH, HookSet, KPROBE_COOKIE, KRETPROBE_COOKIE, OVERRIDE_COOKIE, TRACEPOINT_FD_COOKIE, UPROBE_COOKIE,
 };
 use policy::PolicyError;
 use policy::compile::{KprobeHook, Read, TracepointHook, UprobeHook};
@@ -21,8 +21,8 @@ use policy::select::Selectors;
 use super::attach;
 use super::selectors::{SelectorCounts, SelectorMaps};
 use crate::loader::{
-    HookPrograms, KPROBE_PROGRAM, KPROBE_SOCK_PROGRAM, KRETPROBE_PROGRAM, TRACEPOINT_FD_PROGRAM, TRACEPOINT_PROGRAM,
-    UPROBE_PROGRAM,
+    HookPrograms, KPROBE_PROGRAM, KPROBE_SOCK_PROGRAM, KRETPROBE_PROGRAM, OVERRIDE_PROGRAM, TRACEPOINT_FD_PROGRAM,
+    TRACEPOINT_PROGRAM, UPROBE_PROGRAM,
 };
 
 /// Why an attach failed: the policy names what is not there (refused like
@@ -82,6 +82,8 @@ struct OwnAttach {
     entry: OwnedFd,
     /// A return probe's.
     ret: Option<OwnedFd>,
+    /// The override program's, after the entry's.
+    overrides: Option<OwnedFd>,
     keys: Vec<u64>,
 }
 
@@ -122,6 +124,11 @@ impl Attachments {
             own: HashMap::new(),
             selectors,
         }
+    }
+
+    /// See [`super::PolicyHost::seed_binaries`].
+    pub fn seed_binaries(&mut self, proc_root: &std::path::Path) -> Result<usize, String> {
+        super::selectors::seed_binaries(&mut self.ebpf, proc_root)
     }
 
     /// Switches hook `id`'s enforcement off (`monitor`) or on.
@@ -224,7 +231,7 @@ impl Attachments {
         self.map()?.insert(key, value, 0).map_err(|e| AttachError::Kernel(format!("updating the hook map: {e}")))?;
         match self.link_tracepoint(TRACEPOINT_FD_PROGRAM, tp, key) {
             Ok(entry) => {
-                self.own.insert(id, OwnAttach { entry, ret: None, keys: vec![key] });
+                self.own.insert(id, OwnAttach { entry, ret: None, overrides: None, keys: vec![key] });
                 Ok(())
             }
             Err(why) => {
@@ -328,6 +335,11 @@ impl Attachments {
 
 impl Attachments {
     fn attach_kprobe(&mut self, id: u32, kp: &KprobeHook) -> Result<(), AttachError> {
+        // Before anything is attached: the policy asks what this kernel
+        // cannot do.
+        if let (Some(at), Err(why)) = (&kp.selectors.override_at, &self.programs.kprobe_override) {
+            return Err(AttachError::Invalid(PolicyError { path: at.clone(), reason: why.clone() }));
+        }
         let objects = kp.args.iter().any(|a| matches!(a.read, Read::Sock | Read::Cred));
         let (entry_program, verdict) = if objects {
             (KPROBE_SOCK_PROGRAM, &self.programs.kprobe_sock)
@@ -355,20 +367,51 @@ impl Attachments {
             Some(_) => self.link_kprobe(KRETPROBE_PROGRAM, &kp.symbol, true, keys[1]).map(Some),
             None => Ok(None),
         };
-        let attached = ret.and_then(|ret| Ok((self.link_kprobe(entry_program, &kp.symbol, false, keys[0])?, ret)));
+        let attached = ret
+            .map_err(AttachError::Kernel)
+            .and_then(|ret| {
+                Ok((self.link_kprobe(entry_program, &kp.symbol, false, keys[0]).map_err(AttachError::Kernel)?, ret))
+            })
+            // After the entry program: kprobes on one function run in
+            // the order they were attached.
+            .and_then(|(entry, ret)| Ok((entry, ret, self.link_override(id, kp)?)));
         match attached {
-            Ok((entry, ret)) => {
-                self.own.insert(id, OwnAttach { entry, ret, keys: keys.to_vec() });
+            Ok((entry, ret, overrides)) => {
+                self.own.insert(id, OwnAttach { entry, ret, overrides, keys: keys.to_vec() });
                 Ok(())
             }
-            Err(why) => {
+            Err(e) => {
                 if let Ok(map) = self.map() {
                     for key in keys {
                         let _ = map.remove(&key);
                     }
                 }
-                Err(AttachError::Kernel(why))
+                Err(e)
             }
+        }
+    }
+
+    /// The override program on the hook's function, if its selectors
+    /// override: the kernel allows it only on functions open to error
+    /// injection, and refuses others with `EINVAL`.
+    fn link_override(&mut self, id: u32, kp: &KprobeHook) -> Result<Option<OwnedFd>, AttachError> {
+        let Some(at) = &kp.selectors.override_at else {
+            return Ok(None);
+        };
+        let p = program::<KProbe>(&mut self.ebpf, OVERRIDE_PROGRAM).map_err(AttachError::Kernel)?;
+        let fd = p.fd().map_err(|e| AttachError::Kernel(e.to_string()))?;
+        match attach::kprobe_link(fd.as_fd(), &kp.symbol, false, OVERRIDE_COOKIE | u64::from(id)) {
+            Ok(link) => Ok(Some(link)),
+            Err(attach::KprobeError::Link(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
+                Err(AttachError::Invalid(PolicyError {
+                    path: at.clone(),
+                    reason: format!("the kernel does not allow error injection on {} (Override needs it)", kp.symbol),
+                }))
+            }
+            Err(attach::KprobeError::Link(e)) => {
+                Err(AttachError::Kernel(format!("{}: attaching the override program: {e}", kp.symbol)))
+            }
+            Err(attach::KprobeError::Setup(why)) => Err(AttachError::Kernel(format!("{}: {why}", kp.symbol))),
         }
     }
 
@@ -379,11 +422,12 @@ impl Attachments {
     }
 
     fn detach_own(&mut self, id: u32) {
-        let Some(OwnAttach { entry, ret, keys }) = self.own.remove(&id) else {
+        let Some(OwnAttach { entry, ret, overrides, keys }) = self.own.remove(&id) else {
             return;
         };
         // Dropping the links detaches, entry first.
         drop(entry);
+        drop(overrides);
         drop(ret);
         if let Ok(map) = self.map() {
             for key in keys {

@@ -135,11 +135,7 @@ pub struct PolicyHost {
 impl PolicyHost {
     /// Takes the BPF object; `programs` is the loader's verdict on the
     /// generic hook programs.
-    pub fn new(mut ebpf: Ebpf, programs: HookPrograms) -> PolicyHost {
-        match selectors::seed_binaries(&mut ebpf, std::path::Path::new("/proc")) {
-            Ok(n) => tracing::debug!(processes = n, "binaries of running processes kept for matchBinaries"),
-            Err(e) => tracing::warn!(error = %e, "matchBinaries will not know processes started before the sensor"),
-        }
+    pub fn new(ebpf: Ebpf, programs: HookPrograms) -> PolicyHost {
         PolicyHost {
             kernel: Attachments::new(ebpf, programs),
             view: KernelInfo { tracefs: None, btf: None },
@@ -147,6 +143,16 @@ impl PolicyHost {
             policies: BTreeMap::new(),
             next_hook: 1,
             next_policy: 1,
+        }
+    }
+
+    /// Puts the binaries of the processes running now into the kernel's
+    /// map for `matchBinaries` (called once, after the process cache's own
+    /// walk of `/proc`, so as not to widen the window before it).
+    pub fn seed_binaries(&mut self, proc_root: &std::path::Path) {
+        match self.kernel.seed_binaries(proc_root) {
+            Ok(n) => tracing::debug!(processes = n, "binaries of running processes kept for matchBinaries"),
+            Err(e) => tracing::warn!(error = %e, "matchBinaries will not know processes started before the sensor"),
         }
     }
 
@@ -331,7 +337,7 @@ impl PolicyHost {
                     sensors,
                     events: p.hooks.iter().map(|h| h.info.events.load(Ordering::Relaxed)).sum(),
                     kernel_memory_bytes: if p.state == State::Enabled {
-                        (p.hooks.len() * std::mem::size_of::<HookSpec>()) as u64
+                        p.hooks.iter().map(|h| kernel_bytes(h.point.selectors())).sum()
                     } else {
                         0
                     },
@@ -455,6 +461,21 @@ fn key_of(policy: &TracingPolicy) -> (String, String) {
 
 fn display_name((namespace, name): &(String, String)) -> String {
     if namespace.is_empty() { name.clone() } else { format!("{namespace}/{name}") }
+}
+
+/// Bytes of kernel map values one hook takes: its hook spec and, with
+/// selectors, their set, string values and per-CPU counters (the maps
+/// allocate entries as they are added).
+fn kernel_bytes(selectors: &policy::select::Selectors) -> u64 {
+    let mut bytes = std::mem::size_of::<HookSpec>();
+    if !selectors.is_empty() {
+        let cpus = aya::util::nr_cpus().unwrap_or(1);
+        let strings: usize = selectors.strings.iter().map(|f| f.values.len()).sum();
+        bytes += std::mem::size_of::<node_sensor_common::SelectorSet>()
+            + strings * std::mem::size_of::<node_sensor_common::StringKey>()
+            + cpus * std::mem::size_of::<node_sensor_common::ActionCounts>();
+    }
+    bytes as u64
 }
 
 /// A hook as `selector_action_counters` names it.

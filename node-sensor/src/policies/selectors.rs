@@ -40,6 +40,8 @@ pub struct SelectorCounts {
     pub nopost: u64,
     /// Held back by a `rateLimit` (Tetragon's counters have no such field).
     pub rate_limited: u64,
+    pub overrides: u64,
+    pub monitor_overrides: u64,
 }
 
 impl SelectorMaps {
@@ -131,6 +133,8 @@ impl SelectorMaps {
                     c.monitor_signal += at(node_sensor_common::COUNT_MONITOR_SIGNAL);
                     c.nopost += at(node_sensor_common::COUNT_NOPOST);
                     c.rate_limited += at(node_sensor_common::COUNT_RATE_LIMITED);
+                    c.overrides += at(node_sensor_common::COUNT_OVERRIDE);
+                    c.monitor_overrides += at(node_sensor_common::COUNT_MONITOR_OVERRIDE);
                 }
             }
         }
