@@ -92,6 +92,28 @@ fn seen(c: &Collector, dir: &str) -> BTreeMap<String, BTreeMap<String, usize>> {
     out
 }
 
+/// A policy case: its name (before the run's nonce), the selector's
+/// filters after the directory prefix (YAML), and the marked files it must
+/// see, once each.
+type Case<'a> = (&'a str, String, Vec<&'a str>);
+
+/// Adds one policy per case, each confined to `dir`.
+async fn add_cases(sensor: &Sensor, run: &str, dir: &str, cases: &[Case<'_>]) {
+    for (name, more, _) in cases {
+        add(sensor, policy(&format!("{name}-{run}"), &selector(dir, &[], more))).await;
+    }
+}
+
+/// Each case's policy saw exactly its marked files, once each.
+fn assert_cases_saw(c: &Collector, run: &str, dir: &str, cases: &[Case<'_>]) {
+    let seen = seen(c, dir);
+    for (name, _, want) in cases {
+        let want: BTreeMap<String, usize> = want.iter().map(|w| (w.to_string(), 1)).collect();
+        let got = seen.get(&format!("{name}-{run}")).cloned().unwrap_or_default();
+        assert_eq!(got, want, "policy {name}: the marked unlinks it saw (all: {seen:?})");
+    }
+}
+
 async fn add(sensor: &Sensor, yaml: String) {
     sensor.client().await.add_tracing_policy(AddTracingPolicyRequest { yaml, ..Default::default() }).await.unwrap();
 }
@@ -234,7 +256,7 @@ async fn binaries_and_pids_select_who_unlinks_including_processes_older_than_the
         format!("      matchBinaries:\n      - operator: {op}\n        values: [{}]\n", values.join(", "))
     };
     let pids = |op: &str| format!("      matchPIDs:\n      - operator: {op}\n        values: [{me}]\n");
-    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         ("bin-in", binaries("In", &["/bin/rm"]), vec!["by-rm"]),
         ("bin-notin", binaries("NotIn", &["/bin/rm"]), vec!["by-copy", "by-test"]),
         ("bin-prefix", binaries("Prefix", &[tools_prefix.as_str()]), vec!["by-copy"]),
@@ -245,9 +267,7 @@ async fn binaries_and_pids_select_who_unlinks_including_processes_older_than_the
         ("pid-in", pids("In"), vec!["by-test"]),
         ("pid-notin", pids("NotIn"), vec!["by-rm", "by-copy"]),
     ];
-    for (name, more, _) in &cases {
-        add(&sensor, policy(&format!("{name}-{run}"), &selector(&d, &[], more))).await;
-    }
+    add_cases(&sensor, &run, &d, &cases).await;
     for f in ["by-rm", "by-copy", "by-test"] {
         std::fs::write(dir.join(f), b"x").unwrap();
     }
@@ -259,12 +279,7 @@ async fn binaries_and_pids_select_who_unlinks_including_processes_older_than_the
     assert_eq!(unsafe { libc::unlinkat(libc::AT_FDCWD, path.as_ptr(), 0) }, 0);
     fence(&mut c, &sensor).await;
 
-    let seen = seen(&c, &d);
-    for (name, _, want) in &cases {
-        let want: BTreeMap<String, usize> = want.iter().map(|w| (w.to_string(), 1)).collect();
-        let got = seen.get(&format!("{name}-{run}")).cloned().unwrap_or_default();
-        assert_eq!(got, want, "policy {name}: the marked unlinks it saw (all: {seen:?})");
-    }
+    assert_cases_saw(&c, &run, &d, &cases);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -479,7 +494,7 @@ async fn namespaces_and_capabilities_select_the_tasks_that_unlink() {
     let own_net = std::fs::read_link("/proc/self/ns/net").unwrap().to_string_lossy().into_owned();
     let everyone = vec!["by-root", "by-mntns", "by-nobody", "by-userns"];
     let host_net = if init_net.is_none_or(|n| n == own_net) { everyone.clone() } else { vec![] };
-    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         ("mnt-notin", namespaces("Mnt", "NotIn", &mnt.to_string()), vec!["by-mntns"]),
         ("mnt-in", namespaces("Mnt", "In", &mnt.to_string()), vec!["by-root", "by-nobody", "by-userns"]),
         ("user-notin", namespaces("User", "NotIn", &user.to_string()), vec!["by-userns"]),
@@ -488,9 +503,7 @@ async fn namespaces_and_capabilities_select_the_tasks_that_unlink() {
         ("caps-notin", caps("NotIn", ""), vec!["by-nobody"]),
         ("caps-ns", caps("In", "        isNamespaceCapability: true\n"), vec!["by-userns"]),
     ];
-    for (name, more, _) in &cases {
-        add(&sensor, policy(&format!("{name}-{run}"), &selector(&d, &[], more))).await;
-    }
+    add_cases(&sensor, &run, &d, &cases).await;
     for f in &everyone {
         std::fs::write(dir.join(f), b"x").unwrap();
     }
@@ -505,12 +518,7 @@ async fn namespaces_and_capabilities_select_the_tasks_that_unlink() {
     run_ok(&["/usr/bin/unshare", "--user", "--map-root-user", "/bin/rm", &path("by-userns")]);
     fence(&mut c, &sensor).await;
 
-    let seen = seen(&c, &d);
-    for (name, _, want) in &cases {
-        let want: BTreeMap<String, usize> = want.iter().map(|w| (w.to_string(), 1)).collect();
-        let got = seen.get(&format!("{name}-{run}")).cloned().unwrap_or_default();
-        assert_eq!(got, want, "policy {name}: the marked unlinks it saw (all: {seen:?})");
-    }
+    assert_cases_saw(&c, &run, &d, &cases);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -548,16 +556,14 @@ async fn follow_forks_and_follow_children_reach_down_a_fork_chain() {
             "      matchBinaries:\n      - operator: {op}\n        followChildren: {follow}\n        values: [\"{sh2}\"]\n"
         )
     };
-    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         ("pid-follow", pids(true), vec!["child", "grandchild"]),
         ("pid-only", pids(false), vec![]),
         ("bin-follow", binaries("In", true), vec!["under-sh2", "under-sh2-deeper"]),
         ("bin-only", binaries("In", false), vec![]),
         ("bin-notin-follow", binaries("NotIn", true), vec!["child", "grandchild", "plain"]),
     ];
-    for (name, more, _) in &cases {
-        add(&sensor, policy(&format!("{name}-{run}"), &selector(&d, &[], more))).await;
-    }
+    add_cases(&sensor, &run, &d, &cases).await;
     for f in ["child", "grandchild", "under-sh2", "under-sh2-deeper", "plain"] {
         std::fs::write(dir.join(f), b"x").unwrap();
     }
@@ -569,12 +575,7 @@ async fn follow_forks_and_follow_children_reach_down_a_fork_chain() {
     assert!(Command::new("/bin/rm").arg(dir.join("plain")).status().unwrap().success());
     fence(&mut c, &sensor).await;
 
-    let seen = seen(&c, &d);
-    for (name, _, want) in &cases {
-        let want: BTreeMap<String, usize> = want.iter().map(|w| (w.to_string(), 1)).collect();
-        let got = seen.get(&format!("{name}-{run}")).cloned().unwrap_or_default();
-        assert_eq!(got, want, "policy {name}: the marked unlinks it saw (all: {seen:?})");
-    }
+    assert_cases_saw(&c, &run, &d, &cases);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
