@@ -798,6 +798,18 @@ pub struct CapabilityFilterSpec {
     pub mask: u64,
 }
 
+/// `matchNamespaceChanges`: any (`OP_IN`) or none (`OP_NOT_IN`) of the
+/// namespaces in `kinds` (a bit per `NS_*`) differs from the process's at
+/// its exec.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceChangeSpec {
+    pub op: u8,
+    pub _pad: u8,
+    pub kinds: u16,
+    pub _pad2: u32,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SelectorSpec {
@@ -812,6 +824,12 @@ pub struct SelectorSpec {
     pub ncapabilities: u8,
     pub _pad: [u8; 6],
     pub capabilities: [CapabilityFilterSpec; SELECTOR_CAPABILITIES],
+    /// `matchParentBinaries`: on the parent's exec'd path.
+    pub parent_binary: BinaryFilterSpec,
+    /// `matchNamespaceChanges`: one entry.
+    pub namespace_change: NamespaceChangeSpec,
+    /// `matchCapabilityChanges`: one entry (`op` 0 for none).
+    pub capability_change: CapabilityFilterSpec,
     pub args: [ArgFilterSpec; SELECTOR_ARG_FILTERS],
     pub rets: [ArgFilterSpec; SELECTOR_ARG_FILTERS],
     pub actions: [ActionSpec; SELECTOR_ACTIONS],
@@ -913,6 +931,10 @@ pub struct Binary {
     pub len: u32,
     pub _pad: u32,
     pub path: [u8; BINARY_SIZE],
+    /// The capabilities (effective, inheritable, permitted) and namespaces
+    /// (by `NS_*`) the process had at its exec, for the `Changes` filters.
+    pub caps: [u64; 3],
+    pub namespaces: [u32; NS_COUNT],
 }
 
 const _: () = assert!(core::mem::size_of::<ArgFilterSpec>() == 16 + 8 * FILTER_INT_VALUES);
@@ -925,13 +947,16 @@ const _: () = assert!(
             + 20 * SELECTOR_NAMESPACES
             + 8
             + 16 * SELECTOR_CAPABILITIES
+            + 8
+            + 8
+            + 16
             + 2 * 80 * SELECTOR_ARG_FILTERS
             + 2 * 16 * SELECTOR_ACTIONS
 );
-const _: () = assert!(core::mem::size_of::<SelectorSet>() == 8 + 1064 * SELECTOR_SLOTS);
+const _: () = assert!(core::mem::size_of::<SelectorSet>() == 8 + 1096 * SELECTOR_SLOTS);
 const _: () = assert!(core::mem::size_of::<RateKey>() == 16 + RATE_ARG_BYTES * HOOK_MAX_ARGS);
 const _: () = assert!(SELECTOR_SLOTS.is_power_of_two() && SELECTORS_PER_HOOK <= SELECTOR_SLOTS);
 const _: () = assert!(COUNTS_PER_SELECTOR.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<StringKey>() == 4 + STRING_KEY_DATA);
-const _: () = assert!(core::mem::size_of::<Binary>() == 8 + BINARY_SIZE);
+const _: () = assert!(core::mem::size_of::<Binary>() == 8 + BINARY_SIZE + 24 + 4 * NS_COUNT);
 const _: () = assert!(BINARY_SIZE <= FILENAME_SIZE);

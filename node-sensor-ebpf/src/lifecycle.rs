@@ -132,6 +132,10 @@ fn keep_binary(task: *const u8, bprm: *const u8) {
                 (*b).len = (n - 1) as u32;
             }
         }
+        // What the `Changes` filters compare with later.
+        (*b).caps = crate::select::task_caps(task).map_or([0; 3], |(caps, _)| caps);
+        (*b).namespaces = [0; NS_COUNT];
+        task_namespaces(task, &mut (*b).namespaces);
         #[expect(
             clippy::needless_borrows_for_generic_args,
             reason = "by value, the entry would be copied to the stack"

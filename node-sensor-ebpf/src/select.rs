@@ -139,6 +139,7 @@ unsafe fn first_passing(set: &SelectorSet, scratch: *mut HookScratch) -> Option<
         let sel = &set.selectors[s];
         let task_passes = pids_pass(&sel.pids) && binary_passes(&sel.binary);
         let task_passes = task_passes && namespaces_pass(sel) && capabilities_pass(sel);
+        let task_passes = task_passes && parent_binary_passes(&sel.parent_binary) && changes_pass(sel);
         // SAFETY: as the caller promises.
         if task_passes && unsafe { args_pass(&sel.args, sel.nargs, scratch) } {
             return Some(s);
@@ -361,38 +362,119 @@ fn capabilities_pass(sel: &SelectorSpec) -> bool {
     if sel.ncapabilities == 0 {
         return true;
     }
-    // SAFETY: reads go through bpf_probe_read_kernel.
-    let read = unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        crate::ptr_field(task, off!(task_real_cred)).and_then(|cred| {
-            let level = match crate::ptr_field(cred, off!(cred_user_ns)) {
-                Ok(ns) => crate::field::<i32>(ns, off!(user_ns_level)).unwrap_or(0),
-                Err(_) => 0,
-            };
-            Ok((
-                [
-                    crate::field::<u64>(cred, off!(cred_cap_effective))?,
-                    crate::field::<u64>(cred, off!(cred_cap_inheritable))?,
-                    crate::field::<u64>(cred, off!(cred_cap_permitted))?,
-                ],
-                level,
-            ))
-        })
-    };
-    let Ok((sets, level)) = read else {
+    // SAFETY: the helper has no preconditions.
+    let Ok((sets, level)) = task_caps(unsafe { bpf_get_current_task() } as *const u8) else {
         return false;
     };
     for (i, f) in sel.capabilities.iter().enumerate() {
         if i as u8 >= sel.ncapabilities {
             break;
         }
-        let caps = match f.set {
-            CAPS_INHERITABLE => sets[1],
-            CAPS_PERMITTED => sets[2],
-            _ => sets[0],
-        };
+        let caps = caps_of(&sets, f.set);
         let any = caps & f.mask != 0;
         if any != (f.op == OP_IN) || (f.namespace_only != 0 && level == 0) {
+            return false;
+        }
+    }
+    true
+}
+
+/// A task's capabilities (effective, inheritable, permitted, as the
+/// `CAPS_*` sets index them) and its user namespace's level.
+#[inline(always)]
+pub(crate) fn task_caps(task: *const u8) -> Result<([u64; 3], i32), i64> {
+    // SAFETY: reads go through bpf_probe_read_kernel.
+    unsafe {
+        let cred = crate::ptr_field(task, off!(task_real_cred))?;
+        let level = match crate::ptr_field(cred, off!(cred_user_ns)) {
+            Ok(ns) => crate::field::<i32>(ns, off!(user_ns_level)).unwrap_or(0),
+            Err(_) => 0,
+        };
+        Ok((
+            [
+                crate::field::<u64>(cred, off!(cred_cap_effective))?,
+                crate::field::<u64>(cred, off!(cred_cap_inheritable))?,
+                crate::field::<u64>(cred, off!(cred_cap_permitted))?,
+            ],
+            level,
+        ))
+    }
+}
+
+/// The set `CAPS_*` names, of `sets` as `task_caps` reads them.
+#[inline(always)]
+fn caps_of(sets: &[u64; 3], set: u8) -> u64 {
+    match set {
+        CAPS_INHERITABLE => sets[1],
+        CAPS_PERMITTED => sets[2],
+        _ => sets[0],
+    }
+}
+
+/// `matchParentBinaries`: on the parent's exec'd path (a parent whose
+/// binary is not known passes none).
+#[inline(always)]
+fn parent_binary_passes(f: &BinaryFilterSpec) -> bool {
+    if f.op == 0 {
+        return true;
+    }
+    // SAFETY: the helper has no preconditions; reads go through
+    // bpf_probe_read_kernel.
+    let parent = unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        crate::ptr_field(task, off!(task_real_parent)).and_then(|p| crate::field::<u32>(p, off!(task_tgid)))
+    };
+    let Ok(ppid) = parent else {
+        return false;
+    };
+    // SAFETY: read only; the entry is replaced whole at exec.
+    let Some(b) = (unsafe { BINARIES.get(ppid) }) else {
+        return false;
+    };
+    let len = b.len as usize & (BINARY_SIZE - 1);
+    // In and NotIn only (the sensor refuses the others): one constant
+    // operator keeps this to the equality path, for the verifier.
+    // SAFETY: `path` is `len` bytes of map memory (at most its size).
+    let found = unsafe { string_matches(OP_STR_EQUAL, f.strings, b.path.as_ptr(), len) };
+    found == (f.op == OP_STR_EQUAL)
+}
+
+/// `matchNamespaceChanges` and `matchCapabilityChanges`: against what the
+/// process had at its exec (a process whose exec is not known passes
+/// neither).
+#[inline(always)]
+fn changes_pass(sel: &SelectorSpec) -> bool {
+    let (ns, caps) = (&sel.namespace_change, &sel.capability_change);
+    if ns.op == 0 && caps.op == 0 {
+        return true;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: read only; the entry is replaced whole at exec.
+    let Some(at_exec) = (unsafe { BINARIES.get(tgid) }) else {
+        return false;
+    };
+    if ns.op != 0 {
+        let Some(now) = NAMESPACES_NOW.get_ptr(0) else {
+            return false;
+        };
+        // Branch-free: a bit per namespace that differs, then the mask.
+        let mut differs = 0u16;
+        for k in 0..NS_COUNT {
+            // SAFETY: this CPU's array, at a constant index.
+            differs |= u16::from(unsafe { (*now)[k] } != at_exec.namespaces[k]) << k;
+        }
+        let changed = differs & ns.kinds != 0;
+        if changed != (ns.op == OP_IN) {
+            return false;
+        }
+    }
+    if caps.op != 0 {
+        // SAFETY: the helper has no preconditions.
+        let Ok((sets, _)) = task_caps(unsafe { bpf_get_current_task() } as *const u8) else {
+            return false;
+        };
+        let changed = (caps_of(&sets, caps.set) ^ caps_of(&at_exec.caps, caps.set)) & caps.mask != 0;
+        if changed != (caps.op == OP_IN) {
             return false;
         }
     }

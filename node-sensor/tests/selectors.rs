@@ -632,3 +632,53 @@ async fn a_rate_limit_posts_the_same_arguments_once_per_interval_in_its_scope() 
     assert_eq!((sample(&global, "post"), sample(&global, "rate_limited")), (1, 2), "{metrics}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_since_exec_and_the_parents_binary_select_who_unlinks() {
+    require_kernel!();
+    let run = nonce();
+    let dir = std::env::temp_dir().join(format!("vigil-selchange-{run}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The unprivileged changer unlinks here too.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let d = dir.display().to_string();
+    let changer = common::build_test_program(&dir.join("bin"), "changer");
+    let sh2 = dir.join("bin/sh2");
+    std::fs::copy("/bin/sh", &sh2).unwrap();
+    let sh2 = sh2.display().to_string();
+    let sensor = Sensor::start(&[]).await;
+    let mut c = Collector::subscribe(&sensor, request()).await;
+
+    let changes = |filter: &str, op: &str, value: &str| {
+        format!("      {filter}:\n      - operator: {op}\n        values: [\"{value}\"]\n")
+    };
+    let parent =
+        |op: &str| format!("      matchParentBinaries:\n      - operator: {op}\n        values: [\"{sh2}\"]\n");
+    let cases: Vec<Case<'_>> = vec![
+        ("ns-changed", changes("matchNamespaceChanges", "In", "Mnt"), vec!["by-ns"]),
+        ("ns-unchanged", changes("matchNamespaceChanges", "NotIn", "Mnt"), vec!["by-caps", "by-none", "by-parent"]),
+        ("caps-changed", changes("matchCapabilityChanges", "In", "CAP_SYS_ADMIN"), vec!["by-caps"]),
+        (
+            "caps-unchanged",
+            changes("matchCapabilityChanges", "NotIn", "CAP_SYS_ADMIN"),
+            vec!["by-ns", "by-none", "by-parent"],
+        ),
+        ("parent-in", parent("In"), vec!["by-parent"]),
+        ("parent-notin", parent("NotIn"), vec!["by-ns", "by-caps", "by-none"]),
+    ];
+    add_cases(&sensor, &run, &d, &cases).await;
+    for f in ["by-ns", "by-caps", "by-none", "by-parent"] {
+        std::fs::write(dir.join(f), b"x").unwrap();
+    }
+    for (mode, file) in [("ns", "by-ns"), ("caps", "by-caps"), ("none", "by-none")] {
+        let status = Command::new(&changer).args([mode, &format!("{d}/{file}")]).status().unwrap();
+        assert!(status.success(), "changer {mode}: {status}");
+    }
+    // Not the shell's last command, so it forks rm rather than becoming it.
+    let script = format!("/bin/rm {d}/by-parent; true");
+    assert!(Command::new(&sh2).args(["-c", &script]).status().unwrap().success());
+    fence(&mut c, &sensor).await;
+    assert_cases_saw(&c, &run, &d, &cases);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -11,19 +11,19 @@ use node_sensor_common::{
     ACTION_NOPOST, ACTION_OVERRIDE, ACTION_POST, ACTION_SIGKILL, ACTION_SIGNAL, ActionSpec, ArgFilterSpec,
     BinaryFilterSpec, CAPS_EFFECTIVE, CAPS_INHERITABLE, CAPS_PERMITTED, CapabilityFilterSpec, FILTER_INT_VALUES,
     NAMESPACE_VALUES, NS_CGROUP, NS_IPC, NS_MNT, NS_NET, NS_PID, NS_PID_FOR_CHILDREN, NS_TIME, NS_TIME_FOR_CHILDREN,
-    NS_USER, NS_UTS, NamespaceFilterSpec, OP_GT, OP_IN, OP_IN_RANGE, OP_INT_EQUAL, OP_INT_NOT_EQUAL, OP_LT, OP_MASK,
-    OP_NOT_IN, OP_NOT_IN_RANGE, OP_NOT_POSTFIX, OP_NOT_PREFIX, OP_POSTFIX, OP_PREFIX, OP_STR_EQUAL, OP_STR_NOT_EQUAL,
-    PID_FOLLOW_FORKS, PID_NAMESPACE, PidFilterSpec, RATE_SCOPE_GLOBAL, RATE_SCOPE_PROCESS, RATE_SCOPE_THREAD,
-    SELECT_NAMESPACES, SELECT_RETURN, SELECTOR_ACTIONS, SELECTOR_ARG_FILTERS, SELECTOR_CAPABILITIES,
-    SELECTOR_NAMESPACES, SELECTOR_PIDS, SELECTORS_PER_HOOK, STRING_EQUAL_MAX, STRING_KEY_DATA, STRING_POSTFIX_MAX,
-    STRING_PREFIX_MAX, SelectorSet, SelectorSpec, StringKey,
+    NS_USER, NS_UTS, NamespaceChangeSpec, NamespaceFilterSpec, OP_GT, OP_IN, OP_IN_RANGE, OP_INT_EQUAL,
+    OP_INT_NOT_EQUAL, OP_LT, OP_MASK, OP_NOT_IN, OP_NOT_IN_RANGE, OP_NOT_POSTFIX, OP_NOT_PREFIX, OP_POSTFIX, OP_PREFIX,
+    OP_STR_EQUAL, OP_STR_NOT_EQUAL, PID_FOLLOW_FORKS, PID_NAMESPACE, PidFilterSpec, RATE_SCOPE_GLOBAL,
+    RATE_SCOPE_PROCESS, RATE_SCOPE_THREAD, SELECT_NAMESPACES, SELECT_RETURN, SELECTOR_ACTIONS, SELECTOR_ARG_FILTERS,
+    SELECTOR_CAPABILITIES, SELECTOR_NAMESPACES, SELECTOR_PIDS, SELECTORS_PER_HOOK, STRING_EQUAL_MAX, STRING_KEY_DATA,
+    STRING_POSTFIX_MAX, STRING_PREFIX_MAX, SelectorSet, SelectorSpec, StringKey,
 };
 
 use crate::PolicyError;
 use crate::compile::{HookArg, Read};
 use crate::schema::{
     ActionKind, ArgFilter, ArgOperator, ArgType, BinaryFilter, BinaryOperator, CapabilityFilter, CapabilitySet,
-    InOperator, NamespaceFilter, NamespaceName, PidFilter, Selector,
+    ChangeFilter, InOperator, NamespaceFilter, NamespaceName, PidFilter, Selector,
 };
 
 /// Integer values an operator takes at most (ranges count once each).
@@ -63,8 +63,10 @@ impl Selectors {
                     f.strings += first;
                 }
             }
-            if sel.binary.op != 0 {
-                sel.binary.strings += first;
+            for b in [&mut sel.binary, &mut sel.parent_binary] {
+                if b.op != 0 {
+                    b.strings += first;
+                }
             }
         }
         set
@@ -134,7 +136,7 @@ pub fn compile(at: &str, selectors: &[Selector], shape: &HookShape<'_>) -> Resul
         out.labels.push(s.label.clone().unwrap_or_default());
     }
     out.set.count = selectors.len() as u32;
-    if selectors.iter().any(|s| !s.match_namespaces.is_empty()) {
+    if selectors.iter().any(|s| !s.match_namespaces.is_empty() || !s.match_namespace_changes.is_empty()) {
         out.set.flags |= SELECT_NAMESPACES;
     }
     if shape.ret.is_some() {
@@ -149,12 +151,7 @@ fn selector(
     shape: &HookShape<'_>,
     strings: &mut Vec<StringFilter>,
 ) -> Result<SelectorSpec, PolicyError> {
-    let unsupported = [
-        ("matchData", !s.match_data.is_empty()),
-        ("matchParentBinaries", !s.match_parent_binaries.is_empty()),
-        ("matchNamespaceChanges", !s.match_namespace_changes.is_empty()),
-        ("matchCapabilityChanges", !s.match_capability_changes.is_empty()),
-    ];
+    let unsupported = [("matchData", !s.match_data.is_empty())];
     if let Some((field, _)) = unsupported.iter().find(|(_, given)| *given) {
         return Err(PolicyError::at(format!("{at}.{field}"), "not supported by Vigil yet"));
     }
@@ -198,6 +195,32 @@ fn selector(
     }
     if let Some(f) = s.match_binaries.first() {
         spec.binary = binary_filter(&format!("{at}.matchBinaries[0]"), f, strings)?;
+    }
+    if let Some(f) = s.match_parent_binaries.first() {
+        let here = format!("{at}.matchParentBinaries[0]");
+        if f.follow_children {
+            return Err(PolicyError::at(format!("{here}.followChildren"), "is for matchBinaries"));
+        }
+        if !matches!(f.operator, BinaryOperator::In | BinaryOperator::NotIn) {
+            return Err(PolicyError::at(format!("{here}.operator"), "In or NotIn in Vigil yet"));
+        }
+        spec.parent_binary = binary_filter(&here, f, strings)?;
+    }
+    if let Some(f) = s.match_namespace_changes.first() {
+        if s.match_namespace_changes.len() > 1 {
+            return Err(PolicyError::at(format!("{at}.matchNamespaceChanges"), "at most 1 entry"));
+        }
+        spec.namespace_change = namespace_change(&format!("{at}.matchNamespaceChanges[0]"), f)?;
+    }
+    if let Some(f) = s.match_capability_changes.first() {
+        if s.match_capability_changes.len() > 1 {
+            return Err(PolicyError::at(format!("{at}.matchCapabilityChanges"), "at most 1 entry in Vigil yet"));
+        }
+        let here = format!("{at}.matchCapabilityChanges[0]");
+        if f.is_namespace_capability {
+            return Err(PolicyError::at(format!("{here}.isNamespaceCapability"), "is for matchCapabilities"));
+        }
+        spec.capability_change = capability_filter(&here, f)?;
     }
     if s.match_namespaces.len() > SELECTOR_NAMESPACES {
         return Err(PolicyError::at(
@@ -484,6 +507,33 @@ fn namespace_filter(
         };
     }
     Ok(spec)
+}
+
+/// `matchNamespaceChanges`: its values are namespace kinds, as
+/// `matchNamespaces` spells them.
+fn namespace_change(at: &str, f: &ChangeFilter) -> Result<NamespaceChangeSpec, PolicyError> {
+    if f.values.is_empty() {
+        return Err(PolicyError::at(format!("{at}.values"), "at least one namespace"));
+    }
+    let mut kinds = 0u16;
+    for (k, v) in f.values.iter().enumerate() {
+        let kind: NamespaceName = serde_yaml::from_str(v.trim()).map_err(|_| {
+            PolicyError::at(
+                format!("{at}.values[{k}]"),
+                "a namespace: Uts, Ipc, Mnt, Pid, PidForChildren, Net, Time, TimeForChildren, Cgroup or User",
+            )
+        })?;
+        kinds |= 1 << namespace_index(kind);
+    }
+    Ok(NamespaceChangeSpec {
+        op: match f.operator {
+            InOperator::In => OP_IN,
+            InOperator::NotIn => OP_NOT_IN,
+        },
+        _pad: 0,
+        kinds,
+        _pad2: 0,
+    })
 }
 
 /// The kernel's `NS_*` index of a namespace kind.

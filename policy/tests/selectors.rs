@@ -126,8 +126,8 @@ fn bad_selectors_are_refused_by_path() {
             "spec.tracepoints[0].selectors[0].matchReturnArgs: the hook has no return value (return: true)",
         ),
         (
-            "    - matchNamespaceChanges:\n      - operator: In\n        values: [\"Mnt\"]\n",
-            "spec.tracepoints[0].selectors[0].matchNamespaceChanges: not supported by Vigil yet",
+            "    - matchNamespaceChanges:\n      - operator: In\n        values: [\"Mount\"]\n",
+            "spec.tracepoints[0].selectors[0].matchNamespaceChanges[0].values[0]: a namespace: Uts, Ipc, Mnt, Pid, PidForChildren, Net, Time, TimeForChildren, Cgroup or User",
         ),
         (
             "    - matchNamespaces:\n      - namespace: Pid\n        operator: In\n        values: [\"host_ns\"]\n",

@@ -260,15 +260,20 @@ pub fn final_stat(log: &str, key: &str) -> u64 {
 
 /// Builds the uprobe test's program (tests/data/uprobe_target.rs) into `dir`.
 pub fn build_uprobe_target(dir: &std::path::Path) -> String {
+    build_test_program(dir, "uprobe_target")
+}
+
+/// Builds test program `tests/data/NAME.rs` into `dir` (rustc, no crates).
+pub fn build_test_program(dir: &std::path::Path, name: &str) -> String {
     std::fs::create_dir_all(dir).unwrap();
-    let out = dir.join("uprobe-target");
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/uprobe_target.rs");
+    let out = dir.join(name.replace('_', "-"));
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/{name}.rs"));
     let status = Command::new("rustc")
         .args(["--edition", "2024", "-C", "opt-level=1", "-g", "-o"])
         .arg(&out)
         .arg(&src)
         .status()
-        .expect("running rustc to build the uprobe target");
+        .expect("running rustc to build a test program");
     assert!(status.success(), "rustc failed on {}", src.display());
     out.display().to_string()
 }
