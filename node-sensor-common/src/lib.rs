@@ -656,6 +656,28 @@ pub const OP_NOT_PREFIX: u8 = 11;
 pub const OP_POSTFIX: u8 = 12;
 pub const OP_NOT_POSTFIX: u8 = 13;
 
+/// Socket operators (on a `sock` argument's `SockInfo`), from
+/// `OP_SOCK_FIRST` on: ports against ranges (values in pairs), privileged
+/// ports (below 1024), addresses in `STRINGS` (family and address bytes
+/// under the filter's number, a CIDR's bits as the prefix), and protocol,
+/// family and state against values.
+pub const OP_SOCK_FIRST: u8 = 32;
+pub const OP_SPORT: u8 = 32;
+pub const OP_NOT_SPORT: u8 = 33;
+pub const OP_DPORT: u8 = 34;
+pub const OP_NOT_DPORT: u8 = 35;
+pub const OP_SPORT_PRIV: u8 = 36;
+pub const OP_NOT_SPORT_PRIV: u8 = 37;
+pub const OP_DPORT_PRIV: u8 = 38;
+pub const OP_NOT_DPORT_PRIV: u8 = 39;
+pub const OP_SADDR: u8 = 40;
+pub const OP_NOT_SADDR: u8 = 41;
+pub const OP_DADDR: u8 = 42;
+pub const OP_NOT_DADDR: u8 = 43;
+pub const OP_PROTOCOL: u8 = 44;
+pub const OP_FAMILY: u8 = 45;
+pub const OP_STATE: u8 = 46;
+
 /// Bytes a string value may have, per operator: what fits a `StringKey`
 /// after the filter number (and, for `Equal`, the 2-byte length), and
 /// Tetragon's bound for suffixes (reversed in the kernel byte by byte).

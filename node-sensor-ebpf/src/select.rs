@@ -600,6 +600,12 @@ unsafe fn arg_passes(f: &ArgFilterSpec, scratch: *mut HookScratch) -> bool {
         }
         let len = (word & ARG_LEN_MASK) as usize;
         let body = data.add(at + 8);
+        if f.op >= OP_SOCK_FIRST {
+            if len < core::mem::size_of::<SockInfo>() {
+                return false;
+            }
+            return sock_passes(f, body);
+        }
         if f.op >= OP_STR_EQUAL {
             if len > HOOK_ARG_BYTES {
                 return false;
@@ -612,6 +618,92 @@ unsafe fn arg_passes(f: &ArgFilterSpec, scratch: *mut HookScratch) -> bool {
         int_matches(f, value)
     }
 }
+
+/// Socket operators on a `SockInfo` at `sock`.
+///
+/// # Safety
+/// `sock` must be a `SockInfo`'s bytes in this CPU's scratch.
+#[inline(always)]
+unsafe fn sock_passes(f: &ArgFilterSpec, sock: *const u8) -> bool {
+    // SAFETY: fields read at their offsets inside the SockInfo; the
+    // address bytes go through the helper into the key.
+    unsafe {
+        let info = sock as *const SockInfo;
+        let sport = u64::from(core::ptr::read_unaligned(core::ptr::addr_of!((*info).sport)));
+        let dport = u64::from(u16::from_be(core::ptr::read_unaligned(core::ptr::addr_of!((*info).dport_be))));
+        let in_ranges = |v: u64| {
+            let mut any = false;
+            for r in 0..FILTER_INT_VALUES / 2 {
+                if 2 * r >= f.nvalues as usize {
+                    break;
+                }
+                any |= f.values[2 * r] <= v && v <= f.values[2 * r + 1];
+            }
+            any
+        };
+        let one_of = |v: u64| {
+            let mut any = false;
+            for i in 0..FILTER_INT_VALUES / 2 {
+                if i >= f.nvalues as usize {
+                    break;
+                }
+                any |= f.values[i] == v;
+            }
+            any
+        };
+        match f.op {
+            OP_SPORT => in_ranges(sport),
+            OP_NOT_SPORT => !in_ranges(sport),
+            OP_DPORT => in_ranges(dport),
+            OP_NOT_DPORT => !in_ranges(dport),
+            OP_SPORT_PRIV => sport < 1024,
+            OP_NOT_SPORT_PRIV => sport >= 1024,
+            OP_DPORT_PRIV => dport < 1024,
+            OP_NOT_DPORT_PRIV => dport >= 1024,
+            OP_PROTOCOL => one_of(u64::from(core::ptr::read_unaligned(core::ptr::addr_of!((*info).protocol)))),
+            OP_FAMILY => one_of(u64::from(core::ptr::read_unaligned(core::ptr::addr_of!((*info).family)))),
+            OP_STATE => one_of(u64::from((*info).state)),
+            OP_SADDR | OP_NOT_SADDR | OP_DADDR | OP_NOT_DADDR => {
+                let source = matches!(f.op, OP_SADDR | OP_NOT_SADDR);
+                let found = address_in(f.strings, info, source);
+                found == matches!(f.op, OP_SADDR | OP_DADDR)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether the socket's source (or destination) address is in one of
+/// the filter's networks: its family and address looked up in `STRINGS`.
+///
+/// # Safety
+/// `info` must be a `SockInfo` in this CPU's scratch.
+#[inline(always)]
+unsafe fn address_in(filter: u32, info: *const SockInfo, source: bool) -> bool {
+    let Some(key) = STRING_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's key; the copies are of 4 or 16 bytes into its
+    // fixed slots, from the SockInfo's fields.
+    unsafe {
+        let data = (*key).data.as_mut_ptr();
+        core::ptr::write_unaligned(data as *mut u32, filter.to_be());
+        let v6 = core::ptr::read_unaligned(core::ptr::addr_of!((*info).family)) == AF_INET6;
+        let (src, n): (*const u8, usize) = match (v6, source) {
+            (false, true) => (core::ptr::addr_of!((*info).saddr) as *const u8, 4),
+            (false, false) => (core::ptr::addr_of!((*info).daddr) as *const u8, 4),
+            (true, true) => (core::ptr::addr_of!((*info).saddr6) as *const u8, 16),
+            (true, false) => (core::ptr::addr_of!((*info).daddr6) as *const u8, 16),
+        };
+        *data.add(4) = if v6 { 6 } else { 4 };
+        bpf_probe_read_kernel(data.add(5) as *mut c_void, n as u32, src as *const c_void);
+        (*key).prefix_len = ((5 + n) * 8) as u32;
+        STRINGS.get(&*(key as *const Key<[u8; STRING_KEY_DATA]>)).is_some()
+    }
+}
+
+/// `AF_INET6`.
+const AF_INET6: u16 = 10;
 
 /// Integer operators on the argument cut to its type's bits (and
 /// sign-extended for signed types), compared signed or not as the type

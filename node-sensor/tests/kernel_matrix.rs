@@ -777,6 +777,15 @@ fn kprobe_policies_in_a_vm_report_what_runs_and_what_is_read() {
         "the client socket's close"
     );
 
+    // Socket selectors in the kernel: the one connection passes every
+    // filter of the first policy (port, network, protocol, unprivileged
+    // port), and neither selector of the second.
+    let selected: Vec<_> =
+        kprobes.iter().filter(|(_, k)| k.policy_name == "connect-selected").map(|(_, k)| *k).collect();
+    assert_eq!(selected.len(), 1, "the connection, selected; log:\n{}", log.join("\n"));
+    assert_eq!(sock_of(selected[0]).map(|x| (x.dport, x.cookie)), Some((8765, s.cookie)));
+    assert!(!kprobes.iter().any(|(_, k)| k.policy_name == "connect-excluded"), "no connection excluded passes");
+
     // A descriptor: the workload shell's write through its descriptor 1 to
     // the marked file, 9 bytes.
     let writes: Vec<_> = kprobes.iter().filter(|(_, k)| k.function_name == "__x64_sys_write").map(|(_, k)| k).collect();

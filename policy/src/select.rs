@@ -11,12 +11,14 @@ use node_sensor_common::{
     ACTION_NOPOST, ACTION_OVERRIDE, ACTION_POST, ACTION_SIGKILL, ACTION_SIGNAL, ActionSpec, ArgFilterSpec,
     BinaryFilterSpec, CAPS_EFFECTIVE, CAPS_INHERITABLE, CAPS_PERMITTED, CapabilityFilterSpec, FILTER_INT_VALUES,
     NAMESPACE_VALUES, NS_CGROUP, NS_IPC, NS_MNT, NS_NET, NS_PID, NS_PID_FOR_CHILDREN, NS_TIME, NS_TIME_FOR_CHILDREN,
-    NS_USER, NS_UTS, NamespaceChangeSpec, NamespaceFilterSpec, OP_GT, OP_IN, OP_IN_RANGE, OP_INT_EQUAL,
-    OP_INT_NOT_EQUAL, OP_LT, OP_MASK, OP_NOT_IN, OP_NOT_IN_RANGE, OP_NOT_POSTFIX, OP_NOT_PREFIX, OP_POSTFIX, OP_PREFIX,
-    OP_STR_EQUAL, OP_STR_NOT_EQUAL, PID_FOLLOW_FORKS, PID_NAMESPACE, PidFilterSpec, RATE_SCOPE_GLOBAL,
-    RATE_SCOPE_PROCESS, RATE_SCOPE_THREAD, SELECT_NAMESPACES, SELECT_RETURN, SELECTOR_ACTIONS, SELECTOR_ARG_FILTERS,
-    SELECTOR_CAPABILITIES, SELECTOR_NAMESPACES, SELECTOR_PIDS, SELECTORS_PER_HOOK, STRING_EQUAL_MAX, STRING_KEY_DATA,
-    STRING_POSTFIX_MAX, STRING_PREFIX_MAX, SelectorSet, SelectorSpec, StringKey,
+    NS_USER, NS_UTS, NamespaceChangeSpec, NamespaceFilterSpec, OP_DADDR, OP_DPORT, OP_DPORT_PRIV, OP_FAMILY, OP_GT,
+    OP_IN, OP_IN_RANGE, OP_INT_EQUAL, OP_INT_NOT_EQUAL, OP_LT, OP_MASK, OP_NOT_DADDR, OP_NOT_DPORT, OP_NOT_DPORT_PRIV,
+    OP_NOT_IN, OP_NOT_IN_RANGE, OP_NOT_POSTFIX, OP_NOT_PREFIX, OP_NOT_SADDR, OP_NOT_SPORT, OP_NOT_SPORT_PRIV,
+    OP_POSTFIX, OP_PREFIX, OP_PROTOCOL, OP_SADDR, OP_SPORT, OP_SPORT_PRIV, OP_STATE, OP_STR_EQUAL, OP_STR_NOT_EQUAL,
+    PID_FOLLOW_FORKS, PID_NAMESPACE, PidFilterSpec, RATE_SCOPE_GLOBAL, RATE_SCOPE_PROCESS, RATE_SCOPE_THREAD,
+    SELECT_NAMESPACES, SELECT_RETURN, SELECTOR_ACTIONS, SELECTOR_ARG_FILTERS, SELECTOR_CAPABILITIES,
+    SELECTOR_NAMESPACES, SELECTOR_PIDS, SELECTORS_PER_HOOK, STRING_EQUAL_MAX, STRING_KEY_DATA, STRING_POSTFIX_MAX,
+    STRING_PREFIX_MAX, SelectorSet, SelectorSpec, StringKey,
 };
 
 use crate::PolicyError;
@@ -89,6 +91,14 @@ pub fn string_key(filter: u32, op: u8, v: &[u8]) -> StringKey {
     let mut data = [0u8; STRING_KEY_DATA];
     data[..4].copy_from_slice(&filter.to_be_bytes());
     let used = match op {
+        // A network: `v` is [family (4 or 6), prefix bits, address...];
+        // the key covers the family and the prefix's bits.
+        OP_SADDR | OP_NOT_SADDR | OP_DADDR | OP_NOT_DADDR => {
+            let (family, bits, address) = (v[0], v[1], &v[2..]);
+            data[4] = family;
+            data[5..5 + address.len()].copy_from_slice(address);
+            return StringKey { prefix_len: 5 * 8 + u32::from(bits), data };
+        }
         OP_STR_EQUAL | OP_STR_NOT_EQUAL => {
             data[4..6].copy_from_slice(&(v.len() as u16).to_be_bytes());
             data[6..6 + v.len()].copy_from_slice(v);
@@ -276,6 +286,7 @@ fn entry_arg<'a>(at: &str, f: &ArgFilter, args: &'a [HookArg]) -> Result<(usize,
 enum Class {
     Int { signed: bool, size: u32 },
     Bytes,
+    Sock,
     Other(&'static str),
 }
 
@@ -291,7 +302,7 @@ fn class_of(arg: &HookArg) -> Class {
         Read::UserString | Read::KernelString | Read::RecordString => Class::Bytes,
         Read::UserBuffer { .. } | Read::KernelBuffer { .. } | Read::Array { .. } => Class::Bytes,
         Read::File | Read::Path | Read::Bprm | Read::Fd => Class::Other("a path (file, path, fd, linux_binprm)"),
-        Read::Sock => Class::Other("a socket"),
+        Read::Sock => Class::Sock,
         Read::Cred => Class::Other("credentials"),
         Read::Nothing => Class::Other("nop"),
     }
@@ -313,7 +324,8 @@ fn arg_filter(
     use ArgOperator::*;
     let op_at = format!("{at}.operator");
     let mut spec = ArgFilterSpec { arg: position as u8, ..Default::default() };
-    if f.values.is_empty() {
+    let takes_no_values = matches!(f.operator, SPortPriv | DPortPriv | NotSportPriv | NotDPortPriv);
+    if f.values.is_empty() && !takes_no_values {
         return Err(PolicyError::at(format!("{at}.values"), "at least one value"));
     }
     match class_of(arg) {
@@ -390,11 +402,157 @@ fn arg_filter(
             spec.op = op;
             spec.strings = string_filter(at, op, max, &f.values, strings)?;
         }
+        Class::Sock => sock_filter(at, f, &mut spec, strings)?,
         Class::Other(what) => {
             return Err(PolicyError::at(op_at, format!("filters on {what} are not supported by Vigil yet")));
         }
     }
     Ok(spec)
+}
+
+/// A socket operator's values: port ranges, networks, or protocol,
+/// family and state numbers or names.
+fn sock_filter(
+    at: &str,
+    f: &ArgFilter,
+    spec: &mut ArgFilterSpec,
+    strings: &mut Vec<StringFilter>,
+) -> Result<(), PolicyError> {
+    use ArgOperator::*;
+    let (op, kind) = match f.operator {
+        SPort => (OP_SPORT, SockValues::Ports),
+        NotSPort => (OP_NOT_SPORT, SockValues::Ports),
+        DPort => (OP_DPORT, SockValues::Ports),
+        NotDPort => (OP_NOT_DPORT, SockValues::Ports),
+        SPortPriv => (OP_SPORT_PRIV, SockValues::None),
+        NotSportPriv => (OP_NOT_SPORT_PRIV, SockValues::None),
+        DPortPriv => (OP_DPORT_PRIV, SockValues::None),
+        NotDPortPriv => (OP_NOT_DPORT_PRIV, SockValues::None),
+        SAddr => (OP_SADDR, SockValues::Networks),
+        NotSAddr => (OP_NOT_SADDR, SockValues::Networks),
+        DAddr => (OP_DADDR, SockValues::Networks),
+        NotDAddr => (OP_NOT_DADDR, SockValues::Networks),
+        Protocol => (OP_PROTOCOL, SockValues::Names(PROTOCOLS)),
+        Family => (OP_FAMILY, SockValues::Names(FAMILIES)),
+        State => (OP_STATE, SockValues::Names(TCP_STATES)),
+        _ => {
+            return Err(PolicyError::at(
+                format!("{at}.operator"),
+                "on a socket: SPort, DPort, SAddr, DAddr (and their Not forms), the Priv port forms, Protocol, \
+                 Family or State",
+            ));
+        }
+    };
+    spec.op = op;
+    let limit = FILTER_INT_VALUES / 2;
+    match kind {
+        SockValues::None => {
+            if !f.values.is_empty() {
+                return Err(PolicyError::at(format!("{at}.values"), "this operator takes no values"));
+            }
+        }
+        SockValues::Ports => {
+            if f.values.len() > limit {
+                return Err(PolicyError::at(format!("{at}.values"), format!("at most {limit} ports or ranges")));
+            }
+            for (k, v) in f.values.iter().enumerate() {
+                let here = format!("{at}.values[{k}]");
+                let port = |t: &str| {
+                    t.trim().parse::<u16>().map_err(|_| PolicyError::at(&here, "a port (0 to 65535) or lo:hi"))
+                };
+                let (lo, hi) = match v.split_once(':') {
+                    Some((lo, hi)) => (port(lo)?, port(hi)?),
+                    None => (port(v)?, port(v)?),
+                };
+                if lo > hi {
+                    return Err(PolicyError::at(&here, "the range's low port is above its high one"));
+                }
+                spec.values[2 * k] = u64::from(lo);
+                spec.values[2 * k + 1] = u64::from(hi);
+            }
+            spec.nvalues = (2 * f.values.len()) as u8;
+        }
+        SockValues::Names(names) => {
+            if f.values.len() > limit {
+                return Err(PolicyError::at(format!("{at}.values"), format!("at most {limit} values")));
+            }
+            for (k, v) in f.values.iter().enumerate() {
+                let v = v.trim();
+                let number = v.parse::<u64>().ok().or_else(|| names.iter().find(|(n, _)| *n == v).map(|(_, x)| *x));
+                spec.values[k] = number.ok_or_else(|| {
+                    PolicyError::at(format!("{at}.values[{k}]"), format!("a number or one of {}", name_list(names)))
+                })?;
+            }
+            spec.nvalues = f.values.len() as u8;
+        }
+        SockValues::Networks => {
+            let mut kept = Vec::with_capacity(f.values.len());
+            for (k, v) in f.values.iter().enumerate() {
+                kept.push(network(&format!("{at}.values[{k}]"), v)?);
+            }
+            strings.push(StringFilter { op, values: kept });
+            spec.strings = strings.len() as u32 - 1;
+        }
+    }
+    Ok(())
+}
+
+enum SockValues {
+    None,
+    Ports,
+    Networks,
+    Names(&'static [(&'static str, u64)]),
+}
+
+const PROTOCOLS: &[(&str, u64)] = &[
+    ("IPPROTO_IP", 0),
+    ("IPPROTO_ICMP", 1),
+    ("IPPROTO_TCP", 6),
+    ("IPPROTO_UDP", 17),
+    ("IPPROTO_ICMPV6", 58),
+    ("IPPROTO_SCTP", 132),
+    ("IPPROTO_RAW", 255),
+];
+const FAMILIES: &[(&str, u64)] = &[("AF_UNIX", 1), ("AF_INET", 2), ("AF_INET6", 10), ("AF_NETLINK", 16)];
+const TCP_STATES: &[(&str, u64)] = &[
+    ("TCP_ESTABLISHED", 1),
+    ("TCP_SYN_SENT", 2),
+    ("TCP_SYN_RECV", 3),
+    ("TCP_FIN_WAIT1", 4),
+    ("TCP_FIN_WAIT2", 5),
+    ("TCP_TIME_WAIT", 6),
+    ("TCP_CLOSE", 7),
+    ("TCP_CLOSE_WAIT", 8),
+    ("TCP_LAST_ACK", 9),
+    ("TCP_LISTEN", 10),
+    ("TCP_CLOSING", 11),
+    ("TCP_NEW_SYN_RECV", 12),
+];
+
+fn name_list(names: &[(&str, u64)]) -> String {
+    names.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+}
+
+/// An address or CIDR as a network key's value: [family, bits, address].
+fn network(at: &str, text: &str) -> Result<Vec<u8>, PolicyError> {
+    let bad = || PolicyError::at(at, "an IPv4 or IPv6 address, or a CIDR (10.0.0.0/8, fd00::/8)");
+    let (address, bits) = match text.trim().split_once('/') {
+        Some((a, b)) => (a, Some(b.parse::<u8>().map_err(|_| bad())?)),
+        None => (text.trim(), None),
+    };
+    let address: std::net::IpAddr = address.parse().map_err(|_| bad())?;
+    let (family, bytes) = match address {
+        std::net::IpAddr::V4(a) => (4u8, a.octets().to_vec()),
+        std::net::IpAddr::V6(a) => (6u8, a.octets().to_vec()),
+    };
+    let max = (bytes.len() * 8) as u8;
+    let bits = bits.unwrap_or(max);
+    if bits > max {
+        return Err(PolicyError::at(at, format!("at most /{max} for this address")));
+    }
+    let mut out = vec![family, bits];
+    out.extend(bytes);
+    Ok(out)
 }
 
 /// Adds a string filter's values; returns its number within the hook.

@@ -207,3 +207,80 @@ fn namespaces_and_capabilities_become_inode_sets_and_masks() {
         (OP_NOT_IN, CAPS_PERMITTED, 1, 1 << 39)
     );
 }
+
+/// A kernel with one function, `tcp_connect(struct sock *sk)`.
+struct TcpConnect;
+
+impl policy::compile::KernelView for TcpConnect {
+    fn tracepoint_format(&self, _: &str, _: &str) -> Result<Option<policy::tracefs::Format>, String> {
+        Ok(None)
+    }
+
+    fn function(&self, name: &str) -> Result<Option<policy::compile::Function>, String> {
+        use policy::compile::{Function, Param, ParamKind};
+        Ok((name == "tcp_connect").then(|| Function {
+            params: vec![Param {
+                name: "sk".into(),
+                c_type: "struct sock *".into(),
+                kind: ParamKind::Pointer { to: "sock".into() },
+            }],
+        }))
+    }
+}
+
+fn sock_filter(operator: &str, values: &str) -> Result<policy::select::Selectors, String> {
+    let text = format!(
+        "apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: t
+spec:
+  kprobes:
+  - call: tcp_connect
+    syscall: false
+    args:
+    - index: 0
+      type: sock
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: {operator}
+        values: {values}
+"
+    );
+    let p = policy::parse(&text).map_err(|e| e.to_string())?;
+    let c = compile(&p, &TcpConnect).map_err(|e| e.to_string())?;
+    Ok(c.kprobes[0].selectors.clone())
+}
+
+#[test]
+fn socket_operators_become_port_ranges_networks_and_numbers() {
+    let s = sock_filter("DPort", "[\"8765\", \"1000:2000\"]").unwrap();
+    let f = s.set.selectors[0].args[0];
+    assert_eq!((f.op, f.nvalues, &f.values[..4]), (OP_DPORT, 4, &[8765, 8765, 1000, 2000][..]));
+    let s = sock_filter("Protocol", "[\"IPPROTO_TCP\", \"17\"]").unwrap();
+    let f = s.set.selectors[0].args[0];
+    assert_eq!((f.op, f.nvalues, &f.values[..2]), (OP_PROTOCOL, 2, &[6, 17][..]));
+    let s = sock_filter("NotDAddr", "[\"127.0.0.0/8\", \"fd00::1\"]").unwrap();
+    assert_eq!(s.set.selectors[0].args[0].op, OP_NOT_DADDR);
+    let keys = s.keys(3);
+    // Family and the network's bits: 5 bytes of header, then 8 or 128 bits.
+    assert_eq!((keys[0].prefix_len, &keys[0].data[..6]), (40 + 8, &[0, 0, 0, 3, 4, 127][..]));
+    assert_eq!((keys[1].prefix_len, keys[1].data[4]), (40 + 128, 6));
+    let s = sock_filter("SPortPriv", "[]").unwrap();
+    assert_eq!(s.set.selectors[0].args[0].op, OP_SPORT_PRIV);
+    let bad = [
+        ("DPort", "[\"70000\"]", "values[0]: a port (0 to 65535) or lo:hi"),
+        ("DPort", "[\"9:1\"]", "values[0]: the range's low port is above its high one"),
+        ("DAddr", "[\"10.0.0.0/33\"]", "values[0]: at most /32 for this address"),
+        ("SAddr", "[\"example.com\"]", "values[0]: an IPv4 or IPv6 address, or a CIDR (10.0.0.0/8, fd00::/8)"),
+        ("State", "[\"TCP_NOPE\"]", "values[0]: a number or one of TCP_ESTABLISHED"),
+        ("SPortPriv", "[\"1\"]", "values: this operator takes no values"),
+        ("Equal", "[\"1\"]", "operator: on a socket: SPort, DPort"),
+    ];
+    for (operator, values, expected) in bad {
+        let e = sock_filter(operator, values).unwrap_err();
+        let expected = format!("spec.kprobes[0].selectors[0].matchArgs[0].{expected}");
+        assert!(e.starts_with(&expected), "{operator} {values}: {e}");
+    }
+}

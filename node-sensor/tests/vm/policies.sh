@@ -53,6 +53,58 @@ spec:
       type: "cred"
 POLICY
 
+# Socket selectors on tcp_connect: the workload's one connection (to
+# 127.0.0.1:8765) passes the first policy's filters, and none of the
+# second's.
+cat > /tmp/sock-in.yaml <<'POLICY'
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "connect-selected"
+spec:
+  kprobes:
+  - call: "tcp_connect"
+    syscall: false
+    args:
+    - index: 0
+      type: "sock"
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "DPort"
+        values: ["8765"]
+      - index: 0
+        operator: "DAddr"
+        values: ["127.0.0.0/8", "fd00::/8"]
+      - index: 0
+        operator: "Protocol"
+        values: ["IPPROTO_TCP"]
+      - index: 0
+        operator: "NotDPortPriv"
+POLICY
+cat > /tmp/sock-out.yaml <<'POLICY'
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "connect-excluded"
+spec:
+  kprobes:
+  - call: "tcp_connect"
+    syscall: false
+    args:
+    - index: 0
+      type: "sock"
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "NotDAddr"
+        values: ["127.0.0.0/8"]
+    - matchArgs:
+      - index: 0
+        operator: "DPort"
+        values: ["1:8764", "8766:65535"]
+POLICY
+
 cat > /workload <<'WORKLOAD'
 cd /tmp
 until [ -e /tmp/go ]; do sleep 0.05; done
@@ -114,7 +166,7 @@ cd /
   --enable-process-cred --enable-process-ns \
   --tracing-policy /tmp/a.yaml --tracing-policy /tmp/b.yaml --tracing-policy /tmp/c.yaml \
   --tracing-policy /tmp/d.yaml --tracing-policy /tmp/e.yaml --tracing-policy /tmp/f.yaml \
-  --tracing-policy /tmp/fd-cred.yaml \
+  --tracing-policy /tmp/fd-cred.yaml --tracing-policy /tmp/sock-in.yaml --tracing-policy /tmp/sock-out.yaml \
   --log-level info,node_sensor::loader=debug > /tmp/sensor.log 2>&1 &
 SENSOR=$!
 await_sensor
