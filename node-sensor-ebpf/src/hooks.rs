@@ -107,7 +107,7 @@ fn run_chain(ctx: *mut c_void) -> Result<(), i64> {
 /// has an attach of its own (cookie `TRACEPOINT_FD_COOKIE` with its number).
 #[tracepoint]
 pub fn vigil_tf(ctx: TracePointContext) -> u32 {
-    let _ = run_hooks::<ARGS_PATHS, 1>(ctx.as_ptr(), SELECT_TRACEPOINT);
+    let _ = run_hooks::<ARGS_PATHS>(ctx.as_ptr(), SELECT_TRACEPOINT);
     0
 }
 
@@ -115,7 +115,7 @@ pub fn vigil_tf(ctx: TracePointContext) -> u32 {
 /// function attach each their own).
 #[uprobe]
 pub fn vigil_up(ctx: ProbeContext) -> u32 {
-    let _ = run_hooks::<ARGS_PLAIN, 1>(ctx.as_ptr(), SELECT_PROBE);
+    let _ = run_hooks::<ARGS_PLAIN>(ctx.as_ptr(), SELECT_PROBE);
     0
 }
 
@@ -126,20 +126,20 @@ pub fn vigil_up(ctx: ProbeContext) -> u32 {
 /// on Linux 6.1.)
 #[kprobe]
 pub fn vigil_kp(ctx: ProbeContext) -> u32 {
-    let _ = run_hooks::<ARGS_PATHS, 1>(ctx.as_ptr(), SELECT_PROBE);
+    let _ = run_hooks::<ARGS_PATHS>(ctx.as_ptr(), SELECT_PROBE);
     0
 }
 
 #[kprobe]
 pub fn vigil_ks(ctx: ProbeContext) -> u32 {
-    let _ = run_hooks::<ARGS_SOCK, 1>(ctx.as_ptr(), SELECT_PROBE);
+    let _ = run_hooks::<ARGS_SOCK>(ctx.as_ptr(), SELECT_PROBE);
     0
 }
 
 /// The attach's one hook (uprobes, kprobes and descriptor-reading
 /// tracepoint hooks have attaches of their own).
 #[inline(always)]
-fn run_hooks<const KIND: u8, const MAX_HOOKS: usize>(ctx: *mut c_void, select_slot: u32) -> Result<(), i64> {
+fn run_hooks<const KIND: u8>(ctx: *mut c_void, select_slot: u32) -> Result<(), i64> {
     // SAFETY: the helper only reads the running program's attach cookie.
     let cookie = unsafe { bpf_get_attach_cookie(ctx) };
     // SAFETY: the value is only read, and the sensor replaces whole values.

@@ -20,7 +20,6 @@ pub struct SharedPolicies(pub Arc<Mutex<PolicyHost>>);
 fn status_of(e: HostError) -> Status {
     match &e {
         HostError::Invalid(_) => Status::invalid_argument(e.to_string()),
-        HostError::Unsupported(_) => Status::unimplemented(e.to_string()),
         HostError::Exists(_) => Status::already_exists(e.to_string()),
         HostError::NotFound(_) => Status::not_found(e.to_string()),
         HostError::Full => Status::resource_exhausted(e.to_string()),

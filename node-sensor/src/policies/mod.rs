@@ -48,9 +48,6 @@ pub enum HostError {
     /// The document is not a valid policy, or does not fit this kernel.
     #[error(transparent)]
     Invalid(#[from] PolicyError),
-    /// Valid, but asks for what Vigil does not do yet.
-    #[error("{0}")]
-    Unsupported(PolicyError),
     #[error("a policy named {0} is already loaded")]
     Exists(String),
     #[error("no policy named {0} is loaded")]
