@@ -123,6 +123,10 @@ pub struct KernelCounters {
     /// Return probes that found no kept entry (their call began before the
     /// policy, or the pending map was full).
     pub returns_lost: u64,
+    /// Hook records the selector program could not be handed (lost).
+    pub select_failed: u64,
+    /// Execs whose binary `matchBinaries` could not keep (map full).
+    pub binaries_full: u64,
 }
 
 impl KernelFeed {
@@ -144,6 +148,8 @@ pub fn read_counters(counters: &PerCpuArray<MapData, u64>) -> KernelCounters {
             clones: sum(node_sensor_common::COUNTER_CLONES),
             returns_lost: sum(node_sensor_common::COUNTER_RETURNS_LOST),
             hooks: sum(node_sensor_common::COUNTER_HOOKS),
+            select_failed: sum(node_sensor_common::COUNTER_SELECT_FAILED),
+            binaries_full: sum(node_sensor_common::COUNTER_BINARIES_FULL),
         }
     }
 }

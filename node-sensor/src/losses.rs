@@ -17,13 +17,18 @@ use crate::uplink::Uplink;
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Each kind of loss: its name in the log, what it is, and its count.
-fn kinds(s: &Snapshot, uplink: Option<&Uplink>) -> [(&'static str, &'static str, u64); 6] {
+/// How many kinds of loss there are.
+const KINDS: usize = 8;
+
+fn kinds(s: &Snapshot, uplink: Option<&Uplink>) -> [(&'static str, &'static str, u64); KINDS] {
     [
         ("ringbuf_full", "kernel events lost to a full ring buffer", s.ringbuf_full),
         ("bad_records", "ring-buffer records that failed their checks", s.bad_records),
         ("subscriber_dropped", "events dropped for GetEvents clients that fell behind", s.subscriber_dropped),
         ("export_dropped", "events the export file did not get", s.export_dropped),
         ("returns_lost", "return probes without their call's entry", s.returns_lost),
+        ("select_failed", "hook records lost on the way to the selector program", s.select_failed),
+        ("binaries_full", "execs whose binary matchBinaries could not keep (the map was full)", s.binaries_full),
         (
             "relay_skipped",
             "events that left the replay buffer before a relay took them (lost to it)",
@@ -41,7 +46,7 @@ pub fn watch(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         // Every counter starts at 0 with the process: all it counts is logged.
-        let mut seen = [0u64; 6];
+        let mut seen = [0u64; KINDS];
         let stop = serving::listen::stopped(shutdown);
         tokio::pin!(stop);
         loop {

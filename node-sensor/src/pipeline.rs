@@ -280,6 +280,8 @@ impl Pipeline {
         self.stats.ringbuf_full.store(k.ringbuf_full, Ordering::Relaxed);
         self.stats.kernel_read_errors.store(k.read_errors, Ordering::Relaxed);
         self.stats.returns_lost.store(k.returns_lost, Ordering::Relaxed);
+        self.stats.select_failed.store(k.select_failed, Ordering::Relaxed);
+        self.stats.binaries_full.store(k.binaries_full, Ordering::Relaxed);
         self.update_cache_stats();
         k
     }

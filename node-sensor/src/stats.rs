@@ -42,6 +42,10 @@ pub struct SensorStats {
     /// Kernel: return probes that found no kept entry (the call began
     /// before its policy, or the pending map was full): no event.
     pub returns_lost: AtomicU64,
+    /// Kernel: hook records the selector program could not be handed: lost.
+    pub select_failed: AtomicU64,
+    /// Kernel: execs whose binary the `matchBinaries` map could not keep.
+    pub binaries_full: AtomicU64,
 }
 
 /// A point-in-time copy, printable on one line.
@@ -68,6 +72,8 @@ pub struct Snapshot {
     pub policy_events: u64,
     pub hooks_unknown: u64,
     pub returns_lost: u64,
+    pub select_failed: u64,
+    pub binaries_full: u64,
 }
 
 impl SensorStats {
@@ -94,6 +100,8 @@ impl SensorStats {
             policy_events: r(&self.policy_events),
             hooks_unknown: r(&self.hooks_unknown),
             returns_lost: r(&self.returns_lost),
+            select_failed: r(&self.select_failed),
+            binaries_full: r(&self.binaries_full),
         }
     }
 }
@@ -101,7 +109,7 @@ impl SensorStats {
 impl Snapshot {
     /// Every counter, named as `vigil status` and the metrics show it:
     /// (name, value, whether it is a level rather than a count, help).
-    pub fn fields(&self) -> [(&'static str, u64, bool, &'static str); 20] {
+    pub fn fields(&self) -> [(&'static str, u64, bool, &'static str); 22] {
         [
             ("records", self.records, false, "Records read from the ring buffer"),
             ("bad_records", self.bad_records, false, "Ring-buffer records that failed their checks (skipped)"),
@@ -123,6 +131,8 @@ impl Snapshot {
             ("policy_events", self.policy_events, false, "Events tracing policies produced"),
             ("hooks_unknown", self.hooks_unknown, false, "Hook records of no known hook (skipped)"),
             ("returns_lost", self.returns_lost, false, "Return probes without their call's entry"),
+            ("select_failed", self.select_failed, false, "Hook records lost on the way to the selector program"),
+            ("binaries_full", self.binaries_full, false, "Execs whose binary matchBinaries could not keep (map full)"),
         ]
     }
 }

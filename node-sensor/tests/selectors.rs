@@ -210,6 +210,11 @@ async fn each_operator_and_its_negation_passes_exactly_its_marked_unlinks() {
             assert_eq!(got, want, "policy {name}: the marked unlinks it saw (all: {seen:?})");
         }
         assert_eq!(seen.len(), expected.len(), "no other policy saw these unlinks: {seen:?}");
+        // Every hook record reached the selector program; every exec's
+        // binary was kept.
+        for counter in ["select_failed", "binaries_full"] {
+            assert_eq!(sensor.health_counter(counter).await, Some(0), "{counter}");
+        }
         if round == 1 {
             // What the kernel dropped cost no event; what passed is counted.
             let status = listed(&sensor, &format!("equal-{run}")).await;
