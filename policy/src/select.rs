@@ -695,7 +695,7 @@ fn namespace_change(at: &str, f: &ChangeFilter) -> Result<NamespaceChangeSpec, P
 }
 
 /// The kernel's `NS_*` index of a namespace kind.
-fn namespace_index(n: NamespaceName) -> usize {
+pub fn namespace_index(n: NamespaceName) -> usize {
     use NamespaceName::*;
     match n {
         Uts => NS_UTS,

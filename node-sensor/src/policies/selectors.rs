@@ -10,8 +10,8 @@ use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValues};
 use node_sensor_common::{
-    ActionCounts, BINARY_SIZE, Binary, COUNTS_PER_SELECTOR, NS_COUNT, SELECT_MONITOR, SELECTORS_PER_HOOK,
-    STRING_KEY_DATA, SelectorSet, StringKey,
+    ActionCounts, BINARY_SIZE, Binary, COUNTS_PER_SELECTOR, SELECT_MONITOR, SELECTORS_PER_HOOK, STRING_KEY_DATA,
+    SelectorSet, StringKey,
 };
 use policy::select::Selectors;
 
@@ -175,7 +175,7 @@ pub fn seed_binaries(ebpf: &mut Ebpf, proc_root: &std::path::Path) -> Result<usi
             _pad: 0,
             path: [0; BINARY_SIZE],
             caps: caps_now(&entry.path()),
-            namespaces: namespaces_now(&entry.path()),
+            namespaces: crate::privileges::read_ns_inums(proc_root, pid),
         };
         // As the kernel keeps it: at most BINARY_SIZE - 1 bytes.
         let n = exe.len().min(BINARY_SIZE - 1);
@@ -201,16 +201,4 @@ fn caps_now(process: &std::path::Path) -> [u64; 3] {
             .unwrap_or(0)
     };
     [field("CapEff:"), field("CapInh:"), field("CapPrm:")]
-}
-
-/// A process's namespaces' inode numbers, by `NS_*` (0 where unreadable).
-fn namespaces_now(process: &std::path::Path) -> [u32; NS_COUNT] {
-    const FILES: [&str; NS_COUNT] =
-        ["uts", "ipc", "mnt", "pid", "pid_for_children", "net", "time", "time_for_children", "cgroup", "user"];
-    FILES.map(|f| {
-        std::fs::read_link(process.join("ns").join(f))
-            .ok()
-            .and_then(|l| l.to_string_lossy().split_once(":[")?.1.strip_suffix(']')?.parse().ok())
-            .unwrap_or(0)
-    })
 }

@@ -53,38 +53,16 @@ impl KernelView for KernelInfo {
         Ok(Some(Function { params }))
     }
 
+    /// The host's namespace as events' `is_host` has it
+    /// (`HostNamespaces`: init's, else the kernel's initial one, else for
+    /// mnt and net the sensor's own).
     fn host_namespace(&self, kind: NamespaceName) -> Result<u32, String> {
-        host_namespace(std::path::Path::new("/proc"), kind)
+        let (host, _) = crate::privileges::HostNamespaces::read(std::path::Path::new("/proc"));
+        match host.inum[policy::select::namespace_index(kind)] {
+            0 => Err("neither init's namespace nor the sensor's can be read".into()),
+            inum => Ok(inum),
+        }
     }
-}
-
-/// The host's namespace of `kind`, by inode: init's (pid 1 of the host's
-/// pid namespace, which the sensor sees with hostPID), else the sensor's
-/// own where init's cannot be read (a sandbox that hides it).
-pub fn host_namespace(proc_root: &std::path::Path, kind: NamespaceName) -> Result<u32, String> {
-    let file = match kind {
-        NamespaceName::Uts => "uts",
-        NamespaceName::Ipc => "ipc",
-        NamespaceName::Mnt => "mnt",
-        NamespaceName::Pid => "pid",
-        NamespaceName::PidForChildren => "pid_for_children",
-        NamespaceName::Net => "net",
-        NamespaceName::Time => "time",
-        NamespaceName::TimeForChildren => "time_for_children",
-        NamespaceName::Cgroup => "cgroup",
-        NamespaceName::User => "user",
-    };
-    let inode = |pid: &str| -> Result<u32, String> {
-        let link = std::fs::read_link(proc_root.join(pid).join("ns").join(file))
-            .map_err(|e| format!("{}/{pid}/ns/{file}: {e}", proc_root.display()))?;
-        // "mnt:[4026531841]"
-        let text = link.to_string_lossy();
-        text.split_once(":[")
-            .and_then(|(_, rest)| rest.strip_suffix(']'))
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| format!("{}/{pid}/ns/{file} is not a namespace link", proc_root.display()))
-    };
-    inode("1").or_else(|init| inode("self").map_err(|own| format!("{init}; {own}")))
 }
 
 /// A type's C spelling and kind.
