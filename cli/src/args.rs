@@ -26,7 +26,8 @@ pub struct Cli {
     /// Name to check the server certificate against [default: the address's host].
     #[arg(long, global = true)]
     pub tls_server_name: Option<String>,
-    /// Directory from `vigil certs generate`: uses ca.pem, client.pem and client-key.pem.
+    /// Directory from `vigil certs generate`: uses ca.pem, client.pem and client-key.pem
+    /// (admin.pem and admin-key.pem, where present, to change tracing policies).
     #[arg(long, global = true)]
     pub tls_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]

@@ -36,23 +36,25 @@ async fn get_events(cli: &Cli, args: &GetEventsArgs) -> anyhow::Result<()> {
 
 fn print_nodes(r: &proto::vigil::relay::v1::ListNodesResponse) {
     println!(
-        "{:<24} {:<10} {:<31} {:>10} {:>8} {:>8} {:>8}  CREDENTIAL",
-        "NODE", "STATE", "LAST SEEN", "EVENTS", "LOST", "DUPS", "LAG MS"
+        "{:<24} {:<10} {:<31} {:>10} {:>8} {:>8} {:>8} {:>8}  CREDENTIAL",
+        "NODE", "STATE", "LAST SEEN", "EVENTS", "LOST", "DUPS", "LAG MS", "POLICIES"
     );
     for n in &r.nodes {
         let seen = n.last_seen.map(|t| t.to_protojson()).unwrap_or_else(|| "-".into());
         let state = if n.connected { "connected" } else { "gone" };
         // An any-node credential could speak for any node: say so.
         let credential = if n.any_node_credential { "ANY NODE" } else { "this node" };
+        // POLICIES: the generation of the relay's policy set the node has
+        // applied (see "policy generation" below).
         println!(
-            "{:<24} {:<10} {:<31} {:>10} {:>8} {:>8} {:>8}  {credential}",
-            n.node_name, state, seen, n.events, n.lost, n.duplicates, n.lag_ms
+            "{:<24} {:<10} {:<31} {:>10} {:>8} {:>8} {:>8} {:>8}  {credential}",
+            n.node_name, state, seen, n.events, n.lost, n.duplicates, n.lag_ms, n.policy_generation
         );
     }
     println!(
         "clients: {}  events merged: {}  shared-kernel copies merged: {}  sent early (pending full): {}  \
          pending: {} ({} MiB)  client queues: {} MiB  dropped for slow clients: {}  history: {} events, {} MiB  \
-         export dropped: {}",
+         export dropped: {}  policy generation: {}",
         r.clients,
         r.events_merged,
         r.shared_kernel_copies,
@@ -63,7 +65,8 @@ fn print_nodes(r: &proto::vigil::relay::v1::ListNodesResponse) {
         r.client_dropped,
         r.history_events,
         r.history_bytes >> 20,
-        r.export_dropped
+        r.export_dropped,
+        r.policy_generation
     );
 }
 
@@ -123,7 +126,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::TracingPolicy(TracingPolicyCommand::Validate { files }) => validate_policies(files),
-        Command::TracingPolicy(command) => vigil_cli::tracingpolicy::run(&Target::from_cli(&cli)?, command).await,
+        Command::TracingPolicy(command) => {
+            let role = if command.changes() { tls::Role::Admin } else { tls::Role::Client };
+            vigil_cli::tracingpolicy::run(&Target::from_cli_as(&cli, role)?, command).await
+        }
     }
 }
 

@@ -17,6 +17,13 @@ pub struct Target {
 
 impl Target {
     pub fn from_cli(cli: &Cli) -> anyhow::Result<Target> {
+        Self::from_cli_as(cli, tls::Role::Client)
+    }
+
+    /// With `role` admin (changing policies), a `--tls-dir` holding an
+    /// admin certificate (admin.pem, admin-key.pem) gives that one;
+    /// otherwise, and for every other call, the client certificate.
+    pub fn from_cli_as(cli: &Cli, role: tls::Role) -> anyhow::Result<Target> {
         let address: ServerAddress = cli.server_address.as_deref().unwrap_or(DEFAULT_SERVER).parse()?;
         let dir = cli.tls_dir.as_deref();
         let any_tls = dir.is_some()
@@ -25,9 +32,13 @@ impl Target {
             || cli.tls_key_file.is_some();
         let tls = if any_tls {
             let from_dir = |name: &str| dir.map(|d| d.join(name));
+            let role = match dir {
+                Some(d) if role == tls::Role::Admin && d.join(tls::CertFiles::cert(role)).exists() => role,
+                _ => tls::Role::Client,
+            };
             let ca = cli.tls_ca_cert_files.first().cloned().or_else(|| from_dir(tls::CertFiles::CA));
-            let cert = cli.tls_cert_file.clone().or_else(|| from_dir(&tls::CertFiles::cert(tls::Role::Client)));
-            let key = cli.tls_key_file.clone().or_else(|| from_dir(&tls::CertFiles::key(tls::Role::Client)));
+            let cert = cli.tls_cert_file.clone().or_else(|| from_dir(&tls::CertFiles::cert(role)));
+            let key = cli.tls_key_file.clone().or_else(|| from_dir(&tls::CertFiles::key(role)));
             let (Some(ca), Some(cert), Some(key)) = (ca, cert, key) else {
                 anyhow::bail!(
                     "mTLS needs a CA, a certificate and a key: --tls-ca-cert-files, --tls-cert-file and --tls-key-file, or --tls-dir"

@@ -15,6 +15,13 @@ use crate::args::{ListFormat, PolicyMode, TracingPolicyCommand};
 use crate::getevents::status_error;
 use crate::target::Target;
 
+impl TracingPolicyCommand {
+    /// It changes policies: it needs an admin certificate.
+    pub fn changes(&self) -> bool {
+        !matches!(self, TracingPolicyCommand::List { .. } | TracingPolicyCommand::Validate { .. })
+    }
+}
+
 pub async fn run(target: &Target, command: &TracingPolicyCommand) -> anyhow::Result<()> {
     let client = || async { anyhow::Ok(FineGuidanceSensorsClient::new(target.channel().await?)) };
     match command {
@@ -120,6 +127,10 @@ pub fn table(list: &ListTracingPoliciesResponse) -> String {
             posts,
             p.error
         ));
+        // A relay's policies: the state on each node.
+        if !p.info.is_empty() {
+            out.push_str(&format!("     {}\n", p.info));
+        }
     }
     out
 }

@@ -156,7 +156,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             resolve_interval: settings.relay_resolve_interval,
             token_file: settings.relay_token_file.clone(),
         };
-        relays = Some(uplink::start(&bus, uplink).await.context("relay uplink")?);
+        let managed = Arc::new(node_sensor::policies::managed::RelayManaged::new(policies.clone()));
+        relays = Some(uplink::start(&bus, uplink, managed).await.context("relay uplink")?);
     }
     if let Some((listener, counts)) = metrics {
         let registry = node_sensor::metrics::registry(node_sensor::metrics::Sources {

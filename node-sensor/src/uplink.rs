@@ -2,6 +2,8 @@
 //! replay buffer, acknowledged and resumable streams, capped exponential
 //! backoff with jitter. Anything the buffer had to drop shows up at the
 //! relay as a gap in the sequence, which the relay reports as a loss.
+//! Relays also send their tracing policies down the same stream; each
+//! link hands them to `policies::managed` and sends back its report.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -15,10 +17,12 @@ use parking_lot::Mutex;
 use proto::ingest::BatchEncoder;
 use proto::shared::{OutEvent, SharedEvent};
 use proto::tetragon::get_events_response::Event;
-use proto::vigil::relay::v1::{Hello, IngestReply, ingest_reply};
+use proto::vigil::relay::v1::{Hello, IngestReply, PolicySet, ingest_reply};
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::StreamExt;
 use tonic::transport::Endpoint;
+
+use crate::policies::managed::RelayManaged;
 
 /// Events sent per batch.
 const BATCH: usize = 512;
@@ -233,8 +237,13 @@ fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_owned()).unwrap_or_default()
 }
 
-/// Starts the collector and one connection task per relay address.
-pub async fn start(bus: &EventBus, settings: UplinkSettings) -> Result<Arc<Uplink>, UplinkError> {
+/// Starts the collector and one connection task per relay address;
+/// relays' policies go to `policies`.
+pub async fn start(
+    bus: &EventBus,
+    settings: UplinkSettings,
+    policies: Arc<RelayManaged>,
+) -> Result<Arc<Uplink>, UplinkError> {
     let replay = Arc::new(Replay::new(settings.buffer_size));
     let uplink = Arc::new(Uplink {
         replay: replay.clone(),
@@ -295,11 +304,17 @@ pub async fn start(bus: &EventBus, settings: UplinkSettings) -> Result<Arc<Uplin
             replay: replay.clone(),
             uplink: uplink.clone(),
             state: Arc::default(),
+            id: 0,
+            policies: policies.clone(),
         };
         tokio::spawn(follow(link, addrs, settings.resolve_interval));
     }
     Ok(uplink)
 }
+
+/// Numbers links in the order they open (the first one's policies win a
+/// conflict between relays; see `policies::managed`).
+static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
 
 /// Which links to open and close so the open ones match what a relay name
 /// resolves to now.
@@ -314,15 +329,17 @@ fn link_changes(open: &BTreeSet<SocketAddr>, resolved: &[SocketAddr]) -> (Vec<So
 /// replica no longer in the answer loses its link. A failed or empty lookup
 /// changes nothing.
 async fn follow(template: Link, first: Vec<SocketAddr>, interval: Duration) {
-    let mut links: BTreeMap<SocketAddr, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    let mut links: BTreeMap<SocketAddr, (u64, tokio::task::JoinHandle<()>)> = BTreeMap::new();
     let mut resolved = first;
     loop {
         let open: BTreeSet<SocketAddr> = links.keys().copied().collect();
         let (add, remove) = link_changes(&open, &resolved);
         for addr in remove {
             tracing::info!(relay = %template.label, %addr, "relay address no longer resolves; closing its stream");
-            if let Some(task) = links.remove(&addr) {
+            if let Some((id, task)) = links.remove(&addr) {
                 task.abort();
+                let policies = template.policies.clone();
+                let _ = tokio::task::spawn_blocking(move || policies.forget(id)).await;
             }
             template.uplink.close(&template.label, addr);
         }
@@ -331,7 +348,8 @@ async fn follow(template: Link, first: Vec<SocketAddr>, interval: Duration) {
                 tracing::info!(relay = %template.label, %addr, "new relay address; streaming to it too");
             }
             let state = template.uplink.open(&template.label, addr);
-            links.insert(addr, tokio::spawn(Link { addr, state, ..template.clone() }.run()));
+            let id = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
+            links.insert(addr, (id, tokio::spawn(Link { addr, state, id, ..template.clone() }.run())));
         }
         tokio::time::sleep(interval).await;
         match tokio::net::lookup_host(&template.label).await {
@@ -379,6 +397,9 @@ struct Link {
     replay: Arc<Replay>,
     uplink: Arc<Uplink>,
     state: Arc<LinkState>,
+    /// This link's number, for the policies it brings.
+    id: u64,
+    policies: Arc<RelayManaged>,
 }
 
 fn jitter(d: Duration) -> Duration {
@@ -387,6 +408,16 @@ fn jitter(d: Duration) -> Duration {
 }
 
 impl Link {
+    /// Loads what the relay's set asks for (BPF loads block: off the
+    /// runtime's threads) and returns the report for it.
+    async fn apply_policies(&self, set: PolicySet) -> Result<proto::vigil::relay::v1::PolicyReport, SessionError> {
+        let (policies, id) = (self.policies.clone(), self.id);
+        tracing::debug!(relay = %self.label, generation = set.generation, policies = set.policies.len(), "relay policy set");
+        tokio::task::spawn_blocking(move || policies.apply(id, set))
+            .await
+            .map_err(|e| SessionError::Transport(format!("applying the relay's policies: {e}")))
+    }
+
     async fn run(self) {
         let mut backoff = Duration::from_millis(200);
         loop {
@@ -469,6 +500,10 @@ impl Link {
                 reply = inbound.message() => match reply? {
                     Some(IngestReply { msg: Some(ingest_reply::Msg::Ack(ack)) }) => {
                         self.state.acked.store(ack.seq, Ordering::Relaxed);
+                    }
+                    Some(IngestReply { msg: Some(ingest_reply::Msg::Policies(set)) }) => {
+                        let report = self.apply_policies(set).await?;
+                        tx.send(proto::ingest::policy_report(report)).await.map_err(|_| SessionError::Closed)?;
                     }
                     Some(_) => {}
                     None => return Ok(()),

@@ -92,6 +92,11 @@ pub fn hello(hello: crate::vigil::relay::v1::Hello) -> Bytes {
     IngestMessage { msg: Some(ingest_message::Msg::Hello(hello)) }.encode_to_vec().into()
 }
 
+/// `IngestMessage { policy_report }`, encoded.
+pub fn policy_report(report: crate::vigil::relay::v1::PolicyReport) -> Bytes {
+    IngestMessage { msg: Some(ingest_message::Msg::PolicyReport(report)) }.encode_to_vec().into()
+}
+
 /// Sends already-encoded messages as they are; decodes replies with
 /// tonic-prost's own decoder.
 pub struct RawCodec<D>(PhantomData<D>);

@@ -133,6 +133,11 @@ pub struct Flags {
     /// [default: off].
     #[arg(long)]
     pub metrics_address: Option<String>,
+    /// File keeping the tracing policies added at this relay (for every
+    /// sensor) across restarts: an embedded database, created if missing.
+    /// Without it they are kept in memory only [default: memory].
+    #[arg(long)]
+    pub policy_store: Option<PathBuf>,
     /// Also write every merged event as a JSON line to this file (the
     /// cluster's stream, as the sensor's export file).
     #[arg(long)]
@@ -208,6 +213,7 @@ pub struct Settings {
     pub metrics_address: Option<ServerAddress>,
     pub export_filename: Option<PathBuf>,
     pub export: serving::export::ExportSettings,
+    pub policy_store: Option<PathBuf>,
 }
 
 /// Checks a config file's keys and values without starting anything.
@@ -320,6 +326,7 @@ impl Settings {
             metrics_address,
             export_filename: l.export_filename,
             export,
+            policy_store: l.policy_store,
         })
     }
 }

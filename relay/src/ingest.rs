@@ -2,7 +2,9 @@
 //! message is a hello; the relay answers with the last sequence it holds for
 //! that sensor instance, then acknowledges every batch. Replays are dropped
 //! by sequence, gaps become loss notices, and a malformed message ends only
-//! that sensor's stream.
+//! that sensor's stream. The same stream carries the relay's tracing
+//! policies to the sensor (the whole set, after the welcome and at every
+//! change) and the sensor's report of what became of them.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,13 +13,14 @@ use std::time::Duration;
 
 use proto::Timestamp;
 use proto::vigil::relay::v1::ingest_server::Ingest;
-use proto::vigil::relay::v1::{Ack, IngestMessage, IngestReply, Welcome, ingest_message, ingest_reply};
+use proto::vigil::relay::v1::{Ack, IngestMessage, IngestReply, PolicySet, Welcome, ingest_message, ingest_reply};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::merge::Arrival;
 use crate::nodes::Nodes;
+use crate::policies::RelayPolicies;
 use crate::token_review::TokenReviewer;
 
 /// What ingest hands the merge task.
@@ -33,14 +36,15 @@ pub enum MergeInput {
 pub struct IngestService {
     pub nodes: Arc<Nodes>,
     pub merge: mpsc::Sender<MergeInput>,
+    policies: Arc<RelayPolicies>,
     next_stream: AtomicU64,
     /// With `--sensor-identity kubernetes`: node names come from tokens.
     tokens: Option<Arc<TokenReviewer>>,
 }
 
 impl IngestService {
-    pub fn new(nodes: Arc<Nodes>, merge: mpsc::Sender<MergeInput>) -> Self {
-        IngestService { nodes, merge, next_stream: AtomicU64::new(1), tokens: None }
+    pub fn new(nodes: Arc<Nodes>, merge: mpsc::Sender<MergeInput>, policies: Arc<RelayPolicies>) -> Self {
+        IngestService { nodes, merge, policies, next_stream: AtomicU64::new(1), tokens: None }
     }
 
     /// Takes node names from service-account tokens (see [`crate::token_review`]).
@@ -236,9 +240,18 @@ impl Ingest for IngestService {
         let _ = tx.send(reply(ingest_reply::Msg::Welcome(Welcome { acked }))).await;
         let nodes = self.nodes.clone();
         let merge = self.merge.clone();
+        let policies = self.policies.clone();
         tokio::spawn(async move {
             let node = hello.node_name.clone();
-            let result = serve_batches(&hello, &mut inbound, &nodes, &merge, &tx).await;
+            let stream = SensorStream {
+                hello: &hello,
+                id: stream_id,
+                nodes: &nodes,
+                merge: &merge,
+                tx: &tx,
+                policies: &policies,
+            };
+            let result = stream.serve(&mut inbound).await;
             nodes.release(&node, stream_id);
             match result {
                 Ok(()) => tracing::info!(node = %node, "sensor stream ended"),
@@ -254,23 +267,60 @@ impl Ingest for IngestService {
     }
 }
 
-async fn serve_batches(
-    hello: &proto::vigil::relay::v1::Hello,
-    inbound: &mut Streaming<IngestMessage>,
-    nodes: &Nodes,
-    merge: &mpsc::Sender<MergeInput>,
-    tx: &mpsc::Sender<Result<IngestReply, Status>>,
-) -> Result<(), IngestError> {
-    let boot = nodes.boot_number(&hello.boot_id);
-    let source = events::resume::source_id(&hello.node_name, &hello.instance_id);
-    while let Some(msg) = inbound.message().await? {
-        let batch = match msg.msg {
-            Some(ingest_message::Msg::Batch(b)) => b,
-            Some(ingest_message::Msg::Hello(_)) => {
-                return Err(IngestError::SecondHello);
+/// One sensor's stream, once its hello is accepted.
+struct SensorStream<'a> {
+    hello: &'a proto::vigil::relay::v1::Hello,
+    id: u64,
+    nodes: &'a Nodes,
+    merge: &'a mpsc::Sender<MergeInput>,
+    tx: &'a mpsc::Sender<Result<IngestReply, Status>>,
+    policies: &'a RelayPolicies,
+}
+
+impl SensorStream<'_> {
+    /// Takes batches and policy reports, and sends the policy set now and
+    /// whenever it changes, until the sensor ends the stream.
+    async fn serve(&self, inbound: &mut Streaming<IngestMessage>) -> Result<(), IngestError> {
+        let boot = self.nodes.boot_number(&self.hello.boot_id);
+        let source = events::resume::source_id(&self.hello.node_name, &self.hello.instance_id);
+        let mut set = self.policies.watch();
+        set.mark_changed();
+        loop {
+            let msg = tokio::select! {
+                changed = set.changed() => {
+                    if changed.is_err() {
+                        return Err(IngestError::ShuttingDown);
+                    }
+                    let current = PolicySet::clone(&set.borrow_and_update());
+                    if self.tx.send(reply(ingest_reply::Msg::Policies(current))).await.is_err() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                msg = inbound.message() => match msg? {
+                    Some(msg) => msg,
+                    None => return Ok(()),
+                },
+            };
+            match msg.msg {
+                Some(ingest_message::Msg::Batch(b)) => {
+                    if !self.batch(b, boot, source).await? {
+                        return Ok(());
+                    }
+                }
+                Some(ingest_message::Msg::PolicyReport(report)) => {
+                    self.policies.report(&self.hello.node_name, self.id, report);
+                }
+                Some(ingest_message::Msg::Hello(_)) => return Err(IngestError::SecondHello),
+                None => return Err(IngestError::EmptyMessage),
             }
-            None => return Err(IngestError::EmptyMessage),
-        };
+        }
+    }
+
+    /// Takes one batch and acknowledges it; `false` once the sensor no
+    /// longer listens.
+    async fn batch(&self, batch: proto::vigil::relay::v1::Batch, boot: u64, source: u64) -> Result<bool, IngestError> {
+        let (hello, nodes, merge, tx) = (self.hello, self.nodes, self.merge, self.tx);
         let seqs: Vec<u64> = batch.events.iter().map(|e| e.seq).collect();
         if seqs.windows(2).any(|w| w[0] >= w[1]) || seqs.first() == Some(&0) {
             return Err(IngestError::Sequence);
@@ -332,9 +382,6 @@ async fn serve_batches(
         if !events.is_empty() && merge.send(MergeInput::Events(events)).await.is_err() {
             return Err(IngestError::ShuttingDown);
         }
-        if tx.send(reply(ingest_reply::Msg::Ack(Ack { seq: intake.last_seq }))).await.is_err() {
-            break;
-        }
+        Ok(tx.send(reply(ingest_reply::Msg::Ack(Ack { seq: intake.last_seq }))).await.is_ok())
     }
-    Ok(())
 }

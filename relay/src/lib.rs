@@ -6,7 +6,9 @@
 //! shared-kernel copies by boot id, process start, pid and kind). Merged
 //! events go to `hub`: a bounded `history` ring and the shared bounded
 //! fan-out bus; `query` serves Tetragon's API and the admin API to clients
-//! (client role). `nodes` keeps per-node status.
+//! (client or admin role). `nodes` keeps per-node status. `policies` holds
+//! the tracing policies added at the relay, which every sensor's ingest
+//! stream carries to it.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -15,5 +17,6 @@ pub mod ingest;
 pub mod merge;
 pub mod metrics;
 pub mod nodes;
+pub mod policies;
 pub mod query;
 pub mod token_review;

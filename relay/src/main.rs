@@ -15,6 +15,7 @@ use relay::ingest::IngestService;
 use relay::merge::MergeCounters;
 use relay::merge::stage::{self as merge_stage, MergeSettings};
 use relay::nodes::Nodes;
+use relay::policies::RelayPolicies;
 use relay::query::{AdminService, QueryService};
 use relay::token_review::TokenReviewer;
 use serving::daemon;
@@ -101,7 +102,17 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
     };
     let merge = tokio::spawn(merge_stage::run(merge_rx, hub.clone(), settings, counters.clone(), stop.clone()));
 
-    let mut ingest_service = IngestService::new(nodes.clone(), merge_tx);
+    let store = relay::policies::store::Store::open(flags.policy_store.as_deref())?;
+    let policies = Arc::new(RelayPolicies::open(store, nodes.clone())?);
+    match &flags.policy_store {
+        Some(path) => {
+            tracing::info!(store = %path.display(), policies = policies.list_len(), generation = policies.generation(), "tracing policies for every sensor")
+        }
+        None => tracing::info!(
+            "tracing policies added here are kept in memory only (--policy-store keeps them across restarts)"
+        ),
+    }
+    let mut ingest_service = IngestService::new(nodes.clone(), merge_tx, policies.clone());
     if flags.sensor_identity == SensorIdentity::Kubernetes {
         let client = kube_client(flags.kubeconfig.as_deref()).await?;
         tracing::info!(audience = %flags.token_audience, account = %flags.sensor_service_account, "sensor node names come from service-account tokens (TokenReview)");
@@ -113,7 +124,7 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
     }
     let ingest = InterceptedService::new(
         IngestServer::new(ingest_service).max_decoding_message_size(MAX_BATCH_BYTES),
-        RoleCheck::new(Role::Sensor, enforce),
+        RoleCheck::new(tls::auth::SENSOR_ROLES, enforce),
     );
     let export_dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let exporter = match &flags.export_filename {
@@ -128,7 +139,7 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let query = Arc::new(QueryService { hub: hub.clone(), nodes, merge: counters.clone(), export_dropped });
+    let query = Arc::new(QueryService { hub: hub.clone(), nodes, merge: counters.clone(), export_dropped, policies });
     if let Some(address) = &flags.metrics_address {
         let listener = MetricsListener::bind(address).await.context("--metrics-address")?;
         let refusals = vec![("ingest", ingest_listener.refusals()), ("clients", client_listener.refusals())];
@@ -136,7 +147,10 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
         let registry = relay::metrics::registry(query.clone(), refusals, export);
         tokio::spawn(listener.serve(Arc::new(registry), stop.clone()));
     }
-    let admin = RelayAdminServer::with_interceptor(AdminService(query.clone()), RoleCheck::new(Role::Client, enforce));
+    let admin = RelayAdminServer::with_interceptor(
+        AdminService(query.clone()),
+        RoleCheck::new(tls::auth::CLIENT_ROLES, enforce),
+    );
     let clients = serving::api::tetragon_service(query, enforce);
     tracing::info!(ingest = %flags.ingest_address, clients = %flags.client_address, mtls = enforce, "relay serving");
     let ingest_server = tokio::spawn(ingest_listener.serve(listen::server().add_service(ingest), stop.clone()));

@@ -5,7 +5,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 
 use proto::Timestamp;
-use proto::vigil::relay::v1::NodeStatus;
+use proto::vigil::relay::v1::{NodeStatus, PolicyReport};
 
 #[derive(Debug, Clone, Default)]
 struct Node {
@@ -25,6 +25,16 @@ struct Node {
     oversized: u64,
     /// When its last stream ended (none while connected).
     gone_since: Option<std::time::Instant>,
+    /// What its sensor last said of the relay's policies (checked and
+    /// bounded by the policies stage).
+    policies: Option<std::sync::Arc<PolicyReport>>,
+}
+
+/// One node as the policy list sees it.
+pub struct NodePolicies {
+    pub node: String,
+    pub connected: bool,
+    pub report: Option<std::sync::Arc<PolicyReport>>,
 }
 
 /// Why a hello may not claim a node. Neither sensor's instance id is ever
@@ -229,9 +239,35 @@ impl Nodes {
                 duplicates: n.duplicates,
                 any_node_credential: n.any_node,
                 oversized: n.oversized,
+                policy_generation: n.policies.as_ref().map_or(0, |r| r.generation),
             })
             .collect();
         out.sort_by(|a, b| a.node_name.cmp(&b.node_name));
+        out
+    }
+
+    /// Keeps what the sensor on `stream` reports of the relay's policies,
+    /// if that stream still holds `node`.
+    pub fn report_policies(&self, node: &str, stream: u64, report: PolicyReport) {
+        if let Some(n) = self.lock().get_mut(node)
+            && n.stream == Some(stream)
+        {
+            n.policies = Some(std::sync::Arc::new(report));
+        }
+    }
+
+    /// Every node with its last policy report, by name.
+    pub fn policy_reports(&self) -> Vec<NodePolicies> {
+        let nodes = self.lock_forgetting();
+        let mut out: Vec<NodePolicies> = nodes
+            .iter()
+            .map(|(name, n)| NodePolicies {
+                node: name.clone(),
+                connected: n.stream.is_some(),
+                report: n.policies.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.node.cmp(&b.node));
         out
     }
 }
@@ -305,6 +341,7 @@ mod tests {
             duplicates: u64::MAX,
             any_node_credential: true,
             oversized: u64::MAX,
+            policy_generation: u64::MAX,
         };
         let reply = proto::vigil::relay::v1::ListNodesResponse {
             nodes: vec![widest; DEFAULT_MAX_NODES],
@@ -319,6 +356,7 @@ mod tests {
             pending_bytes: u64::MAX,
             client_queue_bytes: u64::MAX,
             export_dropped: u64::MAX,
+            policy_generation: u64::MAX,
         };
         assert!(reply.encoded_len() < 4 << 20, "{} bytes", reply.encoded_len());
     }

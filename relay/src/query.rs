@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::hub::{Hub, Replay};
 use crate::merge::MergeCounters;
 use crate::nodes::Nodes;
+use crate::policies::RelayPolicies;
 
 pub const VERSION: &str = concat!("vigil-relay-", env!("CARGO_PKG_VERSION"));
 
@@ -23,6 +24,8 @@ pub struct QueryService {
     pub merge: Arc<MergeCounters>,
     /// Events the export file did not get.
     pub export_dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// The policies added here for every sensor.
+    pub policies: Arc<RelayPolicies>,
 }
 
 impl QueryService {
@@ -41,6 +44,7 @@ impl QueryService {
             pending_bytes: self.merge.pending_bytes.load(Ordering::Relaxed),
             client_queue_bytes: self.hub.bus.queued_bytes() as u64,
             export_dropped: self.export_dropped.load(Ordering::Relaxed),
+            policy_generation: self.policies.generation(),
         }
     }
 }
@@ -54,6 +58,10 @@ impl EventSource for QueryService {
         let replay = Replay { since_seconds: req.since_seconds, last: req.last };
         let (past, sub) = self.hub.subscribe(filters, replay, Timestamp::now().unix_nanos());
         Box::pin(sub.into_stream(past))
+    }
+
+    fn policies(&self) -> Option<&dyn serving::api::PolicyControl> {
+        Some(self.policies.as_ref())
     }
 
     fn health(&self) -> String {

@@ -345,37 +345,44 @@ fn wrong_certificates_are_refused_with_reasons() {
     let sensor = c.node_tls("probe");
     let err =
         c.client_with(&c.certs.join("ca.pem"), &sensor.join("sensor.pem"), &sensor.join("sensor-key.pem"), &["status"]);
-    assert!(err.contains("certificate role sensor may not use this listener; it needs the client role"), "{err}");
+    assert!(
+        err.contains("certificate role sensor may not use this listener; it needs the client or admin role"),
+        "{err}"
+    );
     // An expired client certificate.
     let (cert, key) = c.expired_client();
     let err = c.client_with(&c.certs.join("ca.pem"), &cert, &key, &["status"]);
     assert!(err.contains(&format!("certificate {} expired at", cert.display())), "expired: {err}");
-    // A client certificate on the ingest listener: the sensor is refused.
-    let bad = c.dir.join("as-client");
-    std::fs::create_dir_all(&bad).unwrap();
-    std::fs::copy(c.certs.join("ca.pem"), bad.join("ca.pem")).unwrap();
-    std::fs::copy(c.certs.join("client.pem"), bad.join("sensor.pem")).unwrap();
-    std::fs::copy(c.certs.join("client-key.pem"), bad.join("sensor-key.pem")).unwrap();
-    let (ns, _) = c.net.host("bad", 20);
-    let d = cluster::Daemon::start(
-        &ns,
-        &cluster::bin("vigil-sensor"),
-        &[
-            "--node-name".into(),
-            "impostor".into(),
-            "--server-address".into(),
-            format!("unix://{}", c.dir.join("bad.sock").display()),
-            "--relay-address".into(),
-            format!("{}:54331", c.relay_ip),
-            "--tls-dir".into(),
-            bad.display().to_string(),
-        ],
-        c.dir.join("bad.log"),
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !d.log_text().contains("certificate role client may not use this listener; it needs the sensor role") {
-        assert!(std::time::Instant::now() < deadline, "sensor log:\n{}", d.log_text());
-        std::thread::sleep(Duration::from_millis(200));
+    // A client or an admin certificate on the ingest listener: the sensor
+    // is refused.
+    for (i, role) in ["client", "admin"].into_iter().enumerate() {
+        let bad = c.dir.join(format!("as-{role}"));
+        std::fs::create_dir_all(&bad).unwrap();
+        std::fs::copy(c.certs.join("ca.pem"), bad.join("ca.pem")).unwrap();
+        std::fs::copy(c.certs.join(format!("{role}.pem")), bad.join("sensor.pem")).unwrap();
+        std::fs::copy(c.certs.join(format!("{role}-key.pem")), bad.join("sensor-key.pem")).unwrap();
+        let (ns, _) = c.net.host(&format!("bad{i}"), 20 + i as u8);
+        let d = cluster::Daemon::start(
+            &ns,
+            &cluster::bin("vigil-sensor"),
+            &[
+                "--node-name".into(),
+                "impostor".into(),
+                "--server-address".into(),
+                format!("unix://{}", c.dir.join(format!("bad{i}.sock")).display()),
+                "--relay-address".into(),
+                format!("{}:54331", c.relay_ip),
+                "--tls-dir".into(),
+                bad.display().to_string(),
+            ],
+            c.dir.join(format!("bad{i}.log")),
+        );
+        let refused = format!("certificate role {role} may not use this listener; it needs the sensor role");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !d.log_text().contains(&refused) {
+            assert!(std::time::Instant::now() < deadline, "sensor log:\n{}", d.log_text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 

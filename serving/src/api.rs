@@ -76,13 +76,22 @@ fn current_log_level() -> LogLevel {
 }
 
 /// The generated service's implementation over an [`EventSource`].
-pub struct TetragonApi<S>(pub Arc<S>);
+pub struct TetragonApi<S> {
+    source: Arc<S>,
+    /// Certificate roles are checked (mTLS): changing policies then needs
+    /// an admin certificate.
+    enforce_roles: bool,
+}
 
 impl<S: EventSource> TetragonApi<S> {
     fn policy_control(&self) -> Result<&dyn PolicyControl, Status> {
-        self.0.policies().ok_or_else(|| {
-            Status::unimplemented("this server loads no tracing policies; add them to each sensor (vigil-sensor's API)")
-        })
+        self.source.policies().ok_or_else(|| Status::unimplemented("this server loads no tracing policies"))
+    }
+
+    /// The policy control, for a call that changes policies: admins only.
+    fn policy_change<T>(&self, request: &Request<T>, what: &str) -> Result<&dyn PolicyControl, Status> {
+        tls::auth::require_admin(request, self.enforce_roles, what)?;
+        self.policy_control()
     }
 }
 
@@ -97,7 +106,7 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
         let request = request.into_inner();
         let mut filters = events::RequestFilters::compile(&request)?;
         filters.client = peer;
-        let stream = self.0.subscribe(&request, filters);
+        let stream = self.source.subscribe(&request, filters);
         Ok(Response::new(Box::pin(stream.map(Ok))))
     }
 
@@ -109,7 +118,7 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
             health_status: vec![HealthStatus {
                 event: HealthStatusType::Status as i32,
                 status: HealthStatusResult::HealthStatusRunning as i32,
-                details: format!("running; {}", self.0.health()),
+                details: format!("running; {}", self.source.health()),
             }],
         }))
     }
@@ -118,6 +127,7 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
         &self,
         request: Request<AddTracingPolicyRequest>,
     ) -> Result<Response<AddTracingPolicyResponse>, Status> {
+        let control = self.policy_change(&request, "AddTracingPolicy")?;
         let yaml = request.into_inner().yaml;
         if yaml.len() > MAX_POLICY_BYTES {
             return Err(Status::invalid_argument(format!(
@@ -125,7 +135,7 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
                 yaml.len()
             )));
         }
-        self.policy_control()?.add(&yaml)?;
+        control.add(&yaml)?;
         Ok(Response::new(AddTracingPolicyResponse {}))
     }
 
@@ -133,8 +143,9 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
         &self,
         request: Request<DeleteTracingPolicyRequest>,
     ) -> Result<Response<DeleteTracingPolicyResponse>, Status> {
+        let control = self.policy_change(&request, "DeleteTracingPolicy")?;
         let r = request.into_inner();
-        self.policy_control()?.delete(&r.name, &r.namespace)?;
+        control.delete(&r.name, &r.namespace)?;
         Ok(Response::new(DeleteTracingPolicyResponse {}))
     }
 
@@ -149,8 +160,8 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
         &self,
         request: Request<ConfigureTracingPolicyRequest>,
     ) -> Result<Response<ConfigureTracingPolicyResponse>, Status> {
+        let control = self.policy_change(&request, "ConfigureTracingPolicy")?;
         let r = request.into_inner();
-        let control = self.policy_control()?;
         let monitor = match r.mode.map(TracingPolicyMode::try_from) {
             None => None,
             Some(Ok(TracingPolicyMode::TpModeEnforce)) => Some(false),
@@ -170,8 +181,9 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
         &self,
         request: Request<EnableTracingPolicyRequest>,
     ) -> Result<Response<EnableTracingPolicyResponse>, Status> {
+        let control = self.policy_change(&request, "EnableTracingPolicy")?;
         let r = request.into_inner();
-        self.policy_control()?.set_enabled(&r.name, &r.namespace, true)?;
+        control.set_enabled(&r.name, &r.namespace, true)?;
         Ok(Response::new(EnableTracingPolicyResponse {}))
     }
 
@@ -179,13 +191,14 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
         &self,
         request: Request<DisableTracingPolicyRequest>,
     ) -> Result<Response<DisableTracingPolicyResponse>, Status> {
+        let control = self.policy_change(&request, "DisableTracingPolicy")?;
         let r = request.into_inner();
-        self.policy_control()?.set_enabled(&r.name, &r.namespace, false)?;
+        control.set_enabled(&r.name, &r.namespace, false)?;
         Ok(Response::new(DisableTracingPolicyResponse {}))
     }
 
     async fn get_version(&self, _: Request<GetVersionRequest>) -> Result<Response<GetVersionResponse>, Status> {
-        Ok(Response::new(GetVersionResponse { version: self.0.version().to_owned() }))
+        Ok(Response::new(GetVersionResponse { version: self.source.version().to_owned() }))
     }
 
     async fn get_debug(&self, request: Request<GetDebugRequest>) -> Result<Response<GetDebugResponse>, Status> {
@@ -198,7 +211,7 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
                     None => DumpProcessCacheReqArgs::default(),
                 };
                 let dump = self
-                    .0
+                    .source
                     .dump_process_cache(args)
                     .ok_or_else(|| Status::unimplemented("this server keeps no process cache to dump"))?;
                 get_debug_response::Arg::Processes(DumpProcessCacheResArgs { processes: dump.await? })
@@ -210,13 +223,15 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
 }
 
 /// The service, ready to add to a router: requests bounded, and with
-/// `require_role`, only peers with a client-role certificate admitted.
+/// `require_role`, only peers with a client or admin certificate admitted
+/// (and only admins may change policies).
 pub fn tetragon_service<S: EventSource>(
     source: Arc<S>,
     require_role: bool,
 ) -> InterceptedService<FineGuidanceSensorsServer<TetragonApi<S>>, tls::auth::RoleCheck> {
     InterceptedService::new(
-        FineGuidanceSensorsServer::new(TetragonApi(source)).max_decoding_message_size(MAX_REQUEST_BYTES),
-        tls::auth::RoleCheck::new(tls::Role::Client, require_role),
+        FineGuidanceSensorsServer::new(TetragonApi { source, enforce_roles: require_role })
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        tls::auth::RoleCheck::new(tls::auth::CLIENT_ROLES, require_role),
     )
 }

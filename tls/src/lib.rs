@@ -25,7 +25,10 @@ const ROLE_PREFIX: &str = "urn:vigil:role:";
 pub enum Role {
     Relay,
     Sensor,
+    /// Reads: events, status, policy lists.
     Client,
+    /// A client that may also change tracing policies.
+    Admin,
 }
 
 impl Role {
@@ -34,6 +37,7 @@ impl Role {
             Role::Relay => "relay",
             Role::Sensor => "sensor",
             Role::Client => "client",
+            Role::Admin => "admin",
         }
     }
 
@@ -42,6 +46,7 @@ impl Role {
             "relay" => Some(Role::Relay),
             "sensor" => Some(Role::Sensor),
             "client" => Some(Role::Client),
+            "admin" => Some(Role::Admin),
             _ => None,
         }
     }
@@ -161,7 +166,7 @@ fn leaf_bound(
     }
     // Relays and sensors also serve (a sensor its own Tetragon API off
     // loopback); clients only connect.
-    if role != Role::Client {
+    if !matches!(role, Role::Client | Role::Admin) {
         for ip in ["127.0.0.1", "::1"] {
             params
                 .subject_alt_names
@@ -171,7 +176,7 @@ fn leaf_bound(
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     params.extended_key_usages = match role {
         Role::Relay | Role::Sensor => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
-        Role::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Role::Client | Role::Admin => vec![ExtendedKeyUsagePurpose::ClientAuth],
     };
     validity(&mut params, not_before, days);
     let key = KeyPair::generate().map_err(gen_err)?;
@@ -251,7 +256,7 @@ fn with_localhost(names: &[String]) -> Vec<String> {
     names
 }
 
-/// `vigil certs generate`: a CA, relay and client certificates, and the
+/// `vigil certs generate`: a CA, relay, client and admin certificates, and the
 /// sensor credentials the plan asks for: `nodes/<name>/` per node (a
 /// ready `--tls-dir`: ca.pem, sensor.pem, sensor-key.pem) and, only when
 /// asked, an any-node `sensor.pem`. Returns the files written.
@@ -260,7 +265,7 @@ pub fn generate_for(out: &Path, plan: &Plan) -> Result<Vec<PathBuf>, TlsError> {
     let (ca_pem, ca_key, issuer) = ca(plan.days)?;
     let mut files = vec![(out.join(CertFiles::CA), ca_pem.clone()), (out.join(CertFiles::CA_KEY), ca_key)];
     let now = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-    for role in [Role::Relay, Role::Client] {
+    for role in [Role::Relay, Role::Client, Role::Admin] {
         let names = if role == Role::Relay { with_localhost(&plan.relay_dns) } else { vec![] };
         let (cert, key) = leaf(role, &names, &issuer, now, plan.days)?;
         files.push((out.join(CertFiles::cert(role)), cert));
@@ -426,10 +431,10 @@ mod tests {
     fn generated_certificates_carry_their_roles() {
         let dir = std::env::temp_dir().join(format!("vigil-certs-{}", std::process::id()));
         let files = generate(&dir, &["relay.local".into()], 30).unwrap();
-        assert_eq!(files.len(), 8);
+        assert_eq!(files.len(), 10);
         let sensor = std::fs::read_to_string(dir.join("sensor.pem")).unwrap();
         assert_eq!(node::binding_of(&der(&sensor)), node::NodeBinding::AnyNode, "generate() is for tests: any node");
-        for role in [Role::Relay, Role::Sensor, Role::Client] {
+        for role in [Role::Relay, Role::Sensor, Role::Client, Role::Admin] {
             let pem = std::fs::read_to_string(dir.join(CertFiles::cert(role))).unwrap();
             assert_eq!(role_of(&der(&pem)), Some(role));
         }

@@ -23,7 +23,9 @@ fn status_of(e: HostError) -> Status {
         HostError::Exists(_) => Status::already_exists(e.to_string()),
         HostError::NotFound(_) => Status::not_found(e.to_string()),
         HostError::Full => Status::resource_exhausted(e.to_string()),
-        HostError::Kernel { .. } | HostError::MonitorOnly(_) => Status::failed_precondition(e.to_string()),
+        HostError::Kernel { .. } | HostError::MonitorOnly(_) | HostError::Managed(_) => {
+            Status::failed_precondition(e.to_string())
+        }
     }
 }
 
@@ -50,16 +52,20 @@ impl PolicyControl for SharedPolicies {
     }
 
     fn delete(&self, name: &str, namespace: &str) -> Result<(), Status> {
-        self.0.lock().delete(name, namespace).map_err(status_of)
+        let mut host = self.0.lock();
+        host.check_local(name, namespace).and_then(|()| host.delete(name, namespace)).map_err(status_of)
     }
 
     fn set_mode(&self, name: &str, namespace: &str, monitor: bool) -> Result<(), Status> {
-        self.0.lock().set_mode(name, namespace, monitor).map_err(status_of)
+        let mut host = self.0.lock();
+        host.check_local(name, namespace).and_then(|()| host.set_mode(name, namespace, monitor)).map_err(status_of)
     }
 
     fn set_enabled(&self, name: &str, namespace: &str, enabled: bool) -> Result<(), Status> {
         let mut host = self.0.lock();
-        if enabled { host.enable(name, namespace) } else { host.disable(name, namespace) }.map_err(status_of)
+        host.check_local(name, namespace)
+            .and_then(|()| if enabled { host.enable(name, namespace) } else { host.disable(name, namespace) })
+            .map_err(status_of)
     }
 
     fn list(&self) -> Vec<TracingPolicyStatus> {
@@ -89,6 +95,7 @@ impl PolicyControl for SharedPolicies {
                         Mode::MonitorOnly => TracingPolicyMode::TpModeMonitorOnly,
                     } as i32,
                     stats: Some(stats(p.events, &p.selector_counts)),
+                    info: if p.managed { "managed by the relay".to_owned() } else { String::new() },
                     ..Default::default()
                 }
             })

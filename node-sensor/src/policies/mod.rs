@@ -8,7 +8,7 @@
 //!
 //! `hooks` holds what the pipeline needs to read a hook's records;
 //! `events` turns those records into Tetragon's events; `api` serves
-//! Tetragon's policy RPCs.
+//! Tetragon's policy RPCs; `managed` loads what relays send.
 
 pub mod api;
 mod attach;
@@ -17,6 +17,7 @@ pub mod events;
 pub mod hooks;
 mod kernel;
 pub use kernel::ProgramRuns;
+pub mod managed;
 mod selectors;
 pub use selectors::SelectorCounts;
 mod sock;
@@ -60,6 +61,9 @@ pub enum HostError {
     /// The policy has no enforcement action to switch on.
     #[error("policy {0} has no enforcement action (it is monitor-only)")]
     MonitorOnly(String),
+    /// A relay sent it: it changes there, for every node.
+    #[error("policy {0} is managed by the relay; change it there (vigil tracingpolicy --server-address RELAY)")]
+    Managed(String),
 }
 
 /// What `ListTracingPolicies` shows of a policy.
@@ -84,6 +88,8 @@ pub struct PolicyStatus {
     /// Bytes of kernel memory this policy's hook map entries take.
     pub kernel_memory_bytes: u64,
     pub mode: Mode,
+    /// A relay sent it (see `managed`).
+    pub managed: bool,
     /// What each hook's selectors did (hooks with selectors only).
     pub selector_counts: Vec<HookSelectorCounts>,
 }
@@ -115,6 +121,7 @@ struct Loaded {
     hooks: Vec<Hook>,
     state: State,
     mode: Mode,
+    managed: bool,
 }
 
 /// Owns the BPF object (after the loader) and every policy in it.
@@ -167,6 +174,11 @@ impl PolicyHost {
     /// kept in the error state (as Tetragon lists it) and the error
     /// returned; one naming what is not there is refused and not kept.
     pub fn add(&mut self, policy: TracingPolicy) -> Result<(), HostError> {
+        self.add_from(policy, false)
+    }
+
+    /// [`PolicyHost::add`], for a policy a relay sent (`managed`) or not.
+    pub fn add_from(&mut self, policy: TracingPolicy, managed: bool) -> Result<(), HostError> {
         let key = key_of(&policy);
         if self.policies.contains_key(&key) {
             return Err(HostError::Exists(display_name(&key)));
@@ -223,7 +235,7 @@ impl PolicyHost {
             State::Error(reason) => Err(HostError::Kernel { name: key.1.clone(), reason: reason.clone() }),
             _ => Ok(()),
         };
-        let loaded = Loaded { id, name: key.1.clone(), namespace: key.0.clone(), hooks, state, mode };
+        let loaded = Loaded { id, name: key.1.clone(), namespace: key.0.clone(), hooks, state, mode, managed };
         self.policies.insert(key, loaded);
         result
     }
@@ -232,6 +244,21 @@ impl PolicyHost {
         let id = self.next_hook;
         self.next_hook = self.next_hook.wrapping_add(1).max(1);
         id
+    }
+
+    /// A policy's state and mode, if it is loaded.
+    pub fn state_of(&self, name: &str, namespace: &str) -> Option<(State, Mode)> {
+        self.policies.get(&(namespace.to_owned(), name.to_owned())).map(|p| (p.state.clone(), p.mode))
+    }
+
+    /// Refuses a change through the sensor's own API to a policy a relay
+    /// manages (the relay would put it back).
+    pub fn check_local(&self, name: &str, namespace: &str) -> Result<(), HostError> {
+        let key = (namespace.to_owned(), name.to_owned());
+        match self.policies.get(&key) {
+            Some(p) if p.managed => Err(HostError::Managed(display_name(&key))),
+            _ => Ok(()),
+        }
     }
 
     /// Takes a policy out of the kernel and forgets it.
@@ -339,6 +366,7 @@ impl PolicyHost {
                         0
                     },
                     mode: p.mode,
+                    managed: p.managed,
                     selector_counts: p
                         .hooks
                         .iter()
@@ -452,7 +480,7 @@ fn hook_info(
     })
 }
 
-fn key_of(policy: &TracingPolicy) -> (String, String) {
+pub(crate) fn key_of(policy: &TracingPolicy) -> (String, String) {
     (policy.metadata.namespace.clone().unwrap_or_default(), policy.metadata.name.clone())
 }
 

@@ -2,8 +2,16 @@
 //! window, then leave in event-time order (an event stamped in the future
 //! counts from its arrival instead). Copies of one event from
 //! sensors sharing a kernel (same boot id, process start time, pid and
-//! kind) collapse into the richest copy (pod metadata beats none); a copy
-//! arriving after its twin left is dropped by a bounded memory of keys.
+//! kind, and for a policy's events the same policy and hook) collapse into
+//! the richest copy (pod metadata beats none); a copy arriving after its
+//! twin left is dropped by a bounded memory of keys.
+//!
+//! A key names an event only up to its occurrence: a process hits a
+//! policy's hook many times, each hit with the same key. So a copy is
+//! only ever taken from another sensor: the n-th event of a key from one
+//! stream collapses into the first instance of that key no event of its
+//! stream has joined yet. One sensor's events never collapse into each
+//! other (its replays are dropped by sequence before the merge).
 
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
@@ -18,6 +26,7 @@ use base64::Engine as _;
 use proto::shared::SharedEvent;
 use proto::tetragon::{GetEventsResponse, ResumePosition};
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
 /// Identity of an event across sensors sharing one kernel. `boot` is the
 /// relay's number for the kernel's boot id (see `Nodes::boot_number`).
@@ -27,6 +36,9 @@ pub struct DedupKey {
     pub ktime: u64,
     pub pid: u32,
     pub kind: i32,
+    /// For a policy's events, a hash of the policy and the hook (0 for
+    /// process events): another policy's hit is never a copy.
+    pub hook: u64,
 }
 
 /// The longest exec_id decoded without allocating; longer ones (node names
@@ -48,7 +60,22 @@ pub fn exec_id_parts(exec_id: &str) -> Option<(u64, u32)> {
 pub fn dedup_key(boot: u64, event: &GetEventsResponse) -> Option<DedupKey> {
     let process = events::subject::process(event)?;
     let (ktime, pid) = exec_id_parts(&process.exec_id)?;
-    Some(DedupKey { boot, ktime, pid, kind: event.event_type() as i32 })
+    Some(DedupKey { boot, ktime, pid, kind: event.event_type() as i32, hook: hook_of(event) })
+}
+
+/// The policy and hook a policy's event came from, hashed (0 otherwise).
+fn hook_of(event: &GetEventsResponse) -> u64 {
+    use proto::tetragon::get_events_response::Event;
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    match &event.event {
+        Some(Event::ProcessKprobe(k)) => (&k.policy_name, &k.function_name).hash(&mut h),
+        Some(Event::ProcessTracepoint(t)) => (&t.policy_name, &t.subsys, &t.event).hash(&mut h),
+        Some(Event::ProcessUprobe(u)) => (&u.policy_name, &u.path, &u.symbol).hash(&mut h),
+        Some(Event::ProcessLsm(l)) => (&l.policy_name, &l.function_name).hash(&mut h),
+        _ => return 0,
+    }
+    h.finish()
 }
 
 /// More metadata wins: a pod, then a container id.
@@ -110,13 +137,33 @@ impl StreamProgress {
     }
 }
 
-/// What the merge knows of a dedup key.
-#[derive(Debug, Clone, Copy)]
-enum Seen {
-    /// The copy with this arrival number waits; its richness.
-    Waiting { id: u64, richness: u8 },
-    /// Already sent: later copies are dropped.
-    Sent,
+/// One event of a key: waiting (with the arrival number and richness of
+/// the copy that stands for it) or sent, and the streams it came from.
+#[derive(Debug, Clone)]
+struct Instance {
+    id: u64,
+    richness: u8,
+    sent: bool,
+    /// Mostly one, or one per sensor sharing the kernel: inline.
+    sources: SmallVec<[u64; 2]>,
+}
+
+/// Instances remembered per key.
+const INSTANCES_PER_KEY: usize = 64;
+
+/// What the merge knows of a dedup key: its instances, oldest first (one,
+/// mostly: inline).
+#[derive(Debug, Default)]
+struct Seen {
+    instances: SmallVec<[Instance; 1]>,
+}
+
+impl Seen {
+    /// The instance an event from `source` is a copy of: the first that
+    /// no event of that stream joined.
+    fn twin_for(&mut self, source: u64) -> Option<&mut Instance> {
+        self.instances.iter_mut().find(|i| !i.sources.contains(&source))
+    }
 }
 
 /// Counters for status and tests.
@@ -163,7 +210,8 @@ pub struct Merger {
     slots: VecDeque<Option<Slot>>,
     base: u64,
     seen: FxHashMap<DedupKey, Seen>,
-    /// Keys in `seen`, oldest first, so it stays bounded.
+    /// The key of each instance in `seen`, oldest first, so it stays
+    /// bounded.
     seen_order: VecDeque<DedupKey>,
     seen_cap: usize,
     next_id: u64,
@@ -173,7 +221,7 @@ pub struct Merger {
 }
 
 impl Merger {
-    /// `seen_cap` bounds the dedup keys remembered (waiting and sent);
+    /// `seen_cap` bounds the dedup instances remembered (waiting and sent);
     /// `max_pending` and `max_pending_bytes` the events waiting.
     pub fn new(window: Duration, max_pending: usize, max_pending_bytes: usize, seen_cap: usize) -> Self {
         Merger {
@@ -216,42 +264,33 @@ impl Merger {
     pub fn push(&mut self, arrival: Arrival, now_ns: i128, out: &mut Vec<Arc<SharedEvent>>) {
         let id = self.next_id;
         if let Some(key) = arrival.key {
-            match self.seen.entry(key) {
-                Entry::Occupied(mut seen) => {
-                    self.stats.duplicates += 1;
-                    if let Some(stream) = self.streams.get_mut(&arrival.source) {
-                        stream.taken = stream.taken.max(arrival.seq);
-                    }
-                    if let Seen::Waiting { id, richness } = *seen.get() {
-                        let richer = arrival.richness > richness;
-                        if richer {
-                            seen.insert(Seen::Waiting { id, richness: arrival.richness });
-                        }
-                        let mut was = None;
-                        if let Some(Some(slot)) = self.slot(id) {
-                            // The copy sent stands for all: a client that
-                            // had any of them has the event.
-                            slot.copies.push((arrival.source, arrival.seq));
-                            if richer {
-                                let charge = crate::hub::charge(&arrival.event);
-                                was = Some((slot.charge, charge));
-                                slot.charge = charge;
-                                slot.event = arrival.event;
-                            }
-                        }
-                        if let Some((old, new)) = was {
-                            self.pending_bytes = self.pending_bytes - old + new;
-                        }
-                    }
-                    return;
+            let seen = self.seen.entry(key).or_default();
+            if let Some(twin) = seen.twin_for(arrival.source) {
+                twin.sources.push(arrival.source);
+                let (twin_id, sent, richer) = (twin.id, twin.sent, arrival.richness > twin.richness);
+                if richer {
+                    twin.richness = arrival.richness;
                 }
-                Entry::Vacant(slot) => {
-                    slot.insert(Seen::Waiting { id, richness: arrival.richness });
-                    self.seen_order.push_back(key);
-                    while self.seen_order.len() > self.seen_cap {
-                        if let Some(old) = self.seen_order.pop_front() {
-                            self.seen.remove(&old);
-                        }
+                self.copy(arrival, twin_id, sent, richer);
+                return;
+            }
+            let sources = smallvec::smallvec![arrival.source];
+            seen.instances.push(Instance { id, richness: arrival.richness, sent: false, sources });
+            // Bounded in instances, oldest first (a key's own are in
+            // order), and per key: a process hitting one hook over and
+            // over keeps its recent hits only (the old ones left long ago).
+            if seen.instances.len() > INSTANCES_PER_KEY {
+                seen.instances.remove(0);
+            } else {
+                self.seen_order.push_back(key);
+            }
+            while self.seen_order.len() > self.seen_cap {
+                if let Some(old) = self.seen_order.pop_front()
+                    && let Entry::Occupied(mut seen) = self.seen.entry(old)
+                {
+                    seen.get_mut().instances.remove(0);
+                    if seen.get().instances.is_empty() {
+                        seen.remove();
                     }
                 }
             }
@@ -284,6 +323,33 @@ impl Merger {
         }
     }
 
+    /// Takes `arrival` as a copy of the instance waiting as `twin` (or sent
+    /// already); a richer copy replaces the waiting one.
+    fn copy(&mut self, arrival: Arrival, twin: u64, sent: bool, richer: bool) {
+        self.stats.duplicates += 1;
+        if let Some(stream) = self.streams.get_mut(&arrival.source) {
+            stream.taken = stream.taken.max(arrival.seq);
+        }
+        if sent {
+            return;
+        }
+        let mut was = None;
+        if let Some(Some(slot)) = self.slot(twin) {
+            // The copy sent stands for all: a client that had any of them
+            // has the event.
+            slot.copies.push((arrival.source, arrival.seq));
+            if richer {
+                let charge = crate::hub::charge(&arrival.event);
+                was = Some((slot.charge, charge));
+                slot.charge = charge;
+                slot.event = arrival.event;
+            }
+        }
+        if let Some((old, new)) = was {
+            self.pending_bytes = self.pending_bytes - old + new;
+        }
+    }
+
     fn pop(&mut self) -> Option<Arc<SharedEvent>> {
         let Reverse((_, id)) = self.heap.pop()?;
         let slot = self.slot(id).and_then(Option::take);
@@ -293,8 +359,10 @@ impl Merger {
         }
         let slot = slot?;
         self.pending_bytes -= slot.charge;
-        if let Some(seen) = slot.key.and_then(|k| self.seen.get_mut(&k)) {
-            *seen = Seen::Sent;
+        if let Some(seen) = slot.key.and_then(|k| self.seen.get_mut(&k))
+            && let Some(instance) = seen.instances.iter_mut().find(|i| i.id == id)
+        {
+            instance.sent = true;
         }
         self.stats.emitted += 1;
         let mut positions = Vec::with_capacity(1 + slot.copies.len());
@@ -412,7 +480,7 @@ mod tests {
         let a = exec("node-a", 77, 5, 0, false);
         let b = exec("node:with:colons", 77, 5, 0, false);
         assert_eq!(dedup_key(1, &a), dedup_key(1, &b));
-        assert_eq!(dedup_key(1, &a), Some(DedupKey { boot: 1, ktime: 77, pid: 5, kind: 1 }));
+        assert_eq!(dedup_key(1, &a), Some(DedupKey { boot: 1, ktime: 77, pid: 5, kind: 1, hook: 0 }));
         assert_eq!(exec_id_parts("not base64!"), None);
         let long_node = "n".repeat(253);
         let long = base64::engine::general_purpose::STANDARD.encode(format!("{long_node}:123:45"));
@@ -438,21 +506,99 @@ mod tests {
     fn shared_kernel_copies_collapse_to_the_richest() {
         let mut m = Merger::new(Duration::from_millis(50), 1000, usize::MAX, 1000);
         let mut out = Vec::new();
-        m.push(arrival(1, exec("plain", 9, 42, 0, false)), 0, &mut out);
-        m.push(arrival(1, exec("with-pod", 9, 42, 0, true)), 0, &mut out);
+        // Three sensors (streams 1, 2, 3) on kernel 1.
+        m.push(numbered(1, 1, exec("plain", 9, 42, 0, false)), 0, &mut out);
+        m.push(numbered(2, 1, exec("with-pod", 9, 42, 0, true)), 0, &mut out);
         // a poorer copy after a richer one does not replace it
-        m.push(arrival(1, exec("plain-again", 9, 42, 0, false)), 0, &mut out);
+        m.push(numbered(3, 1, exec("plain-again", 9, 42, 0, false)), 0, &mut out);
         // another kernel's process with the same ktime and pid is not a copy
-        m.push(arrival(2, exec("elsewhere", 9, 42, 0, false)), 0, &mut out);
+        m.push(Arrival::new(2, 4, 1, Box::new(exec("elsewhere", 9, 42, 0, false))), 0, &mut out);
         m.flush(1000 * MS, &mut out);
         assert_eq!(nodes(&out), vec!["with-pod", "elsewhere"]);
         // a late copy is dropped too
         out.clear();
-        m.push(arrival(1, exec("late", 9, 42, 0, false)), 2000 * MS, &mut out);
+        m.push(numbered(5, 1, exec("late", 9, 42, 0, false)), 2000 * MS, &mut out);
         m.flush(4000 * MS, &mut out);
         assert!(out.is_empty());
         assert_eq!(m.stats.duplicates, 3);
         assert_eq!(m.stats.emitted, 2);
+    }
+
+    /// A tracepoint event of `policy` by process (ktime 9, pid 42) on `node`.
+    fn hit(node: &str, policy: &str, path: &str, t_ms: i128) -> GetEventsResponse {
+        use proto::tetragon::get_events_response::Event;
+        use proto::tetragon::{KprobeArgument, ProcessTracepoint, kprobe_argument::Arg};
+        let mut e = exec(node, 9, 42, t_ms, false);
+        let process = events::subject::process(&e).cloned();
+        e.event = Some(Event::ProcessTracepoint(ProcessTracepoint {
+            process,
+            policy_name: policy.into(),
+            subsys: "syscalls".into(),
+            event: "sys_enter_unlinkat".into(),
+            args: vec![KprobeArgument { arg: Some(Arg::StringArg(path.into())), ..Default::default() }],
+            ..Default::default()
+        }));
+        e
+    }
+
+    fn paths(out: &[Arc<SharedEvent>]) -> Vec<String> {
+        out.iter()
+            .map(|e| match &e.event().event {
+                Some(proto::tetragon::get_events_response::Event::ProcessTracepoint(t)) => {
+                    format!("{}:{:?}", t.policy_name, t.args[0].arg)
+                }
+                _ => "?".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_process_hitting_a_hook_again_is_not_a_copy_but_another_sensor_is() {
+        let mut m = Merger::new(Duration::from_millis(50), 1000, usize::MAX, 1000);
+        let mut out = Vec::new();
+        // Sensor 1 (policies p and q) and sensor 2 (policy p only) on one
+        // kernel: one process unlinks a, then b.
+        m.push(numbered(1, 1, hit("n1", "p", "a", 1)), 0, &mut out);
+        m.push(numbered(1, 2, hit("n1", "q", "a", 1)), 0, &mut out);
+        m.push(numbered(1, 3, hit("n1", "p", "b", 2)), 0, &mut out);
+        m.push(numbered(1, 4, hit("n1", "q", "b", 2)), 0, &mut out);
+        m.push(numbered(2, 1, hit("n2", "p", "a", 1)), 0, &mut out);
+        m.push(numbered(2, 2, hit("n2", "p", "b", 2)), 0, &mut out);
+        m.flush(1000 * MS, &mut out);
+        let mut got = paths(&out);
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                "p:Some(StringArg(\"a\"))",
+                "p:Some(StringArg(\"b\"))",
+                "q:Some(StringArg(\"a\"))",
+                "q:Some(StringArg(\"b\"))"
+            ],
+            "every hit once: sensor 1's own hits are not copies of each other, sensor 2's are copies"
+        );
+        assert_eq!((m.stats.emitted, m.stats.duplicates), (4, 2));
+        // Sensor 2 lagging: its copies arrive after the hits left.
+        out.clear();
+        m.push(numbered(1, 5, hit("n1", "p", "c", 3)), 2000 * MS, &mut out);
+        m.flush(3000 * MS, &mut out);
+        m.push(numbered(2, 3, hit("n2", "p", "c", 3)), 3000 * MS, &mut out);
+        m.flush(4000 * MS, &mut out);
+        assert_eq!(paths(&out), vec!["p:Some(StringArg(\"c\"))"]);
+    }
+
+    #[test]
+    fn memory_of_a_hot_key_stays_bounded() {
+        let mut m = Merger::new(Duration::from_millis(50), 100_000, usize::MAX, 1000);
+        let mut out = Vec::new();
+        for seq in 1..=10_000u64 {
+            m.push(numbered(1, seq, hit("n1", "p", "a", 1)), 0, &mut out);
+        }
+        m.flush(1000 * MS, &mut out);
+        assert_eq!(out.len(), 10_000, "one sensor's hits are never copies");
+        let instances: usize = m.seen.values().map(|s| s.instances.len()).sum();
+        assert_eq!(instances, INSTANCES_PER_KEY);
+        assert!(m.seen_order.len() <= 1000);
     }
 
     #[test]

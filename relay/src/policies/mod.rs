@@ -1,0 +1,470 @@
+//! Tracing policies for the whole cluster: added once at the relay (with
+//! Tetragon's policy RPCs, by an admin certificate), kept in the store
+//! across restarts, and sent whole to every sensor over its ingest stream,
+//! now and whenever it connects, until deleted. Each sensor answers with
+//! what became of each policy there; `ListTracingPolicies` shows that per
+//! node.
+
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use proto::tetragon::{TracingPolicyMode, TracingPolicyState, TracingPolicyStatus};
+use proto::vigil::relay::v1::policy_outcome::State as Outcome;
+use proto::vigil::relay::v1::{ManagedPolicy, PolicyReport, PolicySet};
+use serving::api::PolicyControl;
+use tokio::sync::watch;
+use tonic::Status;
+
+use crate::nodes::{NodePolicies, Nodes};
+use store::{Store, StoreError};
+
+/// Policies the relay manages at once at most.
+pub const MAX_POLICIES: usize = 64;
+/// What they may take together (each at most `policy::MAX_POLICY_BYTES`):
+/// the whole set goes to a sensor in one message, which takes 16 MiB.
+pub const MAX_SET_BYTES: usize = 8 << 20;
+/// Bytes of a node's error kept per policy (the rest is cut).
+const MAX_ERROR_BYTES: usize = 512;
+
+/// Why a policy change was refused; each maps to one gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error(transparent)]
+    Invalid(#[from] policy::PolicyError),
+    #[error(
+        "kind: TracingPolicyNamespaced is not distributed by the relay (its namespace scoping needs the Kubernetes \
+         watch); add it as a TracingPolicy, or to each sensor"
+    )]
+    Namespaced,
+    #[error("a policy named {0} is already managed by the relay")]
+    Exists(String),
+    #[error("no policy named {0} is managed by the relay")]
+    NotFound(String),
+    #[error("the relay manages {MAX_POLICIES} policies, its limit; delete one first")]
+    Full,
+    #[error("the relay's policies would take {0} bytes, more than its limit of {MAX_SET_BYTES}")]
+    TooLarge(usize),
+    #[error("policy {0} has no enforcement action (it is monitor-only)")]
+    MonitorOnly(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ChangeError> for Status {
+    fn from(e: ChangeError) -> Status {
+        match &e {
+            ChangeError::Invalid(_) | ChangeError::Namespaced => Status::invalid_argument(e.to_string()),
+            ChangeError::Exists(_) => Status::already_exists(e.to_string()),
+            ChangeError::NotFound(_) => Status::not_found(e.to_string()),
+            ChangeError::Full | ChangeError::TooLarge(_) => Status::resource_exhausted(e.to_string()),
+            ChangeError::MonitorOnly(_) => Status::failed_precondition(e.to_string()),
+            ChangeError::Store(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// One managed policy and when it last changed.
+#[derive(Clone)]
+struct Entry {
+    policy: ManagedPolicy,
+    /// The generation that last changed it: a node that reported on this
+    /// generation or a later one has applied it.
+    changed: u64,
+    /// It has an enforcement action to switch on and off.
+    monitor_only: bool,
+    id: u64,
+}
+
+#[derive(Clone)]
+struct Managed {
+    generation: u64,
+    entries: BTreeMap<String, Entry>,
+    next_id: u64,
+}
+
+impl Managed {
+    fn set(&self) -> Arc<PolicySet> {
+        Arc::new(PolicySet {
+            generation: self.generation,
+            policies: self.entries.values().map(|e| e.policy.clone()).collect(),
+        })
+    }
+
+    fn bytes(&self) -> usize {
+        self.entries.values().map(|e| e.policy.yaml.len() + e.policy.name.len()).sum()
+    }
+}
+
+pub struct RelayPolicies {
+    store: Store,
+    managed: Mutex<Managed>,
+    /// The set as sensors get it; each ingest stream watches it.
+    set: watch::Sender<Arc<PolicySet>>,
+    nodes: Arc<Nodes>,
+}
+
+/// Checks a document for the relay: a policy it can send (cluster-wide).
+fn parse(yaml: &str) -> Result<(policy::TracingPolicy, bool), ChangeError> {
+    let parsed = policy::parse(yaml)?;
+    if parsed.kind == policy::schema::Kind::TracingPolicyNamespaced {
+        return Err(ChangeError::Namespaced);
+    }
+    let monitor_only = policy::select::mode_of(&parsed)? == policy::select::Mode::MonitorOnly;
+    Ok((parsed, monitor_only))
+}
+
+impl RelayPolicies {
+    /// The policies in `store`, ready to send.
+    pub fn open(store: Store, nodes: Arc<Nodes>) -> Result<RelayPolicies, StoreError> {
+        let contents = store.load()?;
+        let mut entries = BTreeMap::new();
+        for (id, policy) in contents.policies.into_iter().enumerate() {
+            // Checked when added; a document this version no longer takes
+            // is still sent, and each node reports its refusal.
+            let monitor_only = parse(&policy.yaml).is_ok_and(|(_, m)| m);
+            let entry = Entry { changed: contents.generation, monitor_only, id: id as u64 + 1, policy };
+            entries.insert(entry.policy.name.clone(), entry);
+        }
+        let next_id = entries.len() as u64 + 1;
+        let managed = Managed { generation: contents.generation, entries, next_id };
+        let (set, _) = watch::channel(managed.set());
+        Ok(RelayPolicies { store, managed: Mutex::new(managed), set, nodes })
+    }
+
+    /// The set now, then every change.
+    pub fn watch(&self) -> watch::Receiver<Arc<PolicySet>> {
+        self.set.subscribe()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.managed.lock().generation
+    }
+
+    /// Policies managed now.
+    pub fn list_len(&self) -> usize {
+        self.managed.lock().entries.len()
+    }
+
+    /// A sensor's report, bounded before it is kept: only policies the
+    /// relay manages, each named once, errors cut to a few hundred bytes.
+    pub fn report(&self, node: &str, stream: u64, mut report: PolicyReport) {
+        {
+            let managed = self.managed.lock();
+            report.policies.retain(|o| managed.entries.contains_key(&o.name));
+        }
+        report.policies.sort_by(|a, b| a.name.cmp(&b.name));
+        report.policies.dedup_by(|a, b| a.name == b.name);
+        for o in &mut report.policies {
+            if o.error.len() > MAX_ERROR_BYTES {
+                let mut cut = MAX_ERROR_BYTES;
+                while !o.error.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                o.error.truncate(cut);
+                o.error.push('…');
+            }
+        }
+        self.nodes.report_policies(node, stream, report);
+    }
+
+    /// Applies `change` to the managed set and commits it as the next
+    /// generation; sensors get the new set. A change the store refuses
+    /// leaves everything as it was.
+    fn change(&self, change: impl FnOnce(&mut Managed, u64) -> Result<Change, ChangeError>) -> Result<(), ChangeError> {
+        let mut managed = self.managed.lock();
+        let before = managed.clone();
+        let generation = managed.generation + 1;
+        let stored = match change(&mut managed, generation)? {
+            Change::Put(name) => match managed.entries.get(&name) {
+                Some(e) => self.store.put(&e.policy, generation),
+                None => Ok(()),
+            },
+            Change::Remove(name) => self.store.remove(&name, generation),
+            Change::None => return Ok(()),
+        };
+        if let Err(e) = stored {
+            *managed = before;
+            return Err(e.into());
+        }
+        managed.generation = generation;
+        self.set.send_replace(managed.set());
+        Ok(())
+    }
+
+    fn add_policy(&self, yaml: &str) -> Result<(), ChangeError> {
+        let (parsed, monitor_only) = parse(yaml)?;
+        let name = parsed.metadata.name;
+        self.change(|managed, generation| {
+            if managed.entries.contains_key(&name) {
+                return Err(ChangeError::Exists(name.clone()));
+            }
+            if managed.entries.len() >= MAX_POLICIES {
+                return Err(ChangeError::Full);
+            }
+            let bytes = managed.bytes() + yaml.len() + name.len();
+            if bytes > MAX_SET_BYTES {
+                return Err(ChangeError::TooLarge(bytes));
+            }
+            let policy = ManagedPolicy { name: name.clone(), yaml: yaml.to_owned(), enabled: true, monitor: false };
+            let id = managed.next_id;
+            managed.next_id += 1;
+            managed.entries.insert(name.clone(), Entry { policy, changed: generation, monitor_only, id });
+            Ok(Change::Put(name.clone()))
+        })
+    }
+
+    /// Changes one field of a managed policy.
+    fn update(
+        &self,
+        name: &str,
+        namespace: &str,
+        edit: impl FnOnce(&mut Entry) -> Result<bool, ChangeError>,
+    ) -> Result<(), ChangeError> {
+        self.change(|managed, generation| {
+            let entry = managed
+                .entries
+                .get_mut(name)
+                .filter(|_| namespace.is_empty())
+                .ok_or_else(|| ChangeError::NotFound(name.to_owned()))?;
+            let before = entry.policy.clone();
+            if !edit(entry)? {
+                return Ok(Change::None);
+            }
+            if entry.policy == before {
+                return Ok(Change::None);
+            }
+            entry.changed = generation;
+            Ok(Change::Put(name.to_owned()))
+        })
+    }
+
+    /// Each policy as `ListTracingPolicies` shows it: its state across
+    /// the nodes, and node by node in `info`.
+    fn statuses(&self) -> Vec<TracingPolicyStatus> {
+        let nodes = self.nodes.policy_reports();
+        let managed = self.managed.lock();
+        managed.entries.values().map(|e| status(e, &nodes)).collect()
+    }
+}
+
+enum Change {
+    Put(String),
+    Remove(String),
+    None,
+}
+
+/// A node's state for one policy, as `info` shows it.
+fn node_state(entry: &Entry, node: &NodePolicies) -> (Option<Outcome>, String, u64, u64) {
+    let current = node.report.as_ref().filter(|r| r.generation >= entry.changed);
+    let outcome = current.and_then(|r| r.policies.iter().find(|o| o.name == entry.policy.name));
+    let Some(o) = outcome else {
+        let why = if node.connected { "pending" } else { "pending (node disconnected)" };
+        return (None, why.to_owned(), 0, 0);
+    };
+    let state = Outcome::try_from(o.state).unwrap_or(Outcome::Unspecified);
+    let mut text = match state {
+        Outcome::Enabled => "enabled".to_owned(),
+        Outcome::Disabled => "disabled".to_owned(),
+        Outcome::Error | Outcome::Unspecified => format!("error: {}", o.error),
+    };
+    if !node.connected {
+        text.push_str(" (node disconnected)");
+    }
+    (Some(state), text, o.kernel_memory_bytes, o.events)
+}
+
+/// Bytes of one policy's per-node `info` and of its `error`: the whole
+/// list stays under the 4 MiB a default gRPC client takes, with every
+/// policy and the most nodes. Past it, the nodes that are not enabled come
+/// first and the rest are counted.
+const MAX_INFO_BYTES: usize = 48 << 10;
+const MAX_ERRORS_BYTES: usize = 8 << 10;
+
+/// Joins `items` with ", " up to `budget` bytes; what does not fit is
+/// counted at the end.
+fn bounded_join(items: &[String], budget: usize) -> String {
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if out.len() + item.len() + 2 > budget {
+            out.push_str(&format!(", … {} more", items.len() - i));
+            break;
+        }
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(item);
+    }
+    out
+}
+
+fn status(entry: &Entry, nodes: &[NodePolicies]) -> TracingPolicyStatus {
+    // (order, "node=state"): errors, pending and disabled before enabled.
+    let mut info: Vec<(u8, String)> = Vec::with_capacity(nodes.len());
+    let mut errors = Vec::new();
+    let (mut pending, mut enabled, mut memory, mut events) = (0usize, 0usize, 0u64, 0u64);
+    for node in nodes {
+        let (state, text, bytes, posted) = node_state(entry, node);
+        let order = match state {
+            None => {
+                pending += 1;
+                1
+            }
+            Some(Outcome::Enabled) => {
+                enabled += 1;
+                3
+            }
+            Some(Outcome::Disabled) => 2,
+            Some(_) => {
+                errors.push(format!("{}: {}", node.node, text));
+                0
+            }
+        };
+        memory += bytes;
+        events += posted;
+        info.push((order, format!("{}={text}", node.node)));
+    }
+    info.sort_by_key(|(order, _)| *order);
+    let info: Vec<String> = info.into_iter().map(|(_, s)| s).collect();
+    let state = if !entry.policy.enabled {
+        TracingPolicyState::TpStateDisabled
+    } else if !errors.is_empty() {
+        TracingPolicyState::TpStateLoadError
+    } else if pending > 0 {
+        TracingPolicyState::TpStateLoading
+    } else {
+        TracingPolicyState::TpStateEnabled
+    };
+    let mode = if entry.monitor_only {
+        TracingPolicyMode::TpModeMonitorOnly
+    } else if entry.policy.monitor {
+        TracingPolicyMode::TpModeMonitor
+    } else {
+        TracingPolicyMode::TpModeEnforce
+    };
+    #[allow(deprecated, reason = "Tetragon still fills `enabled`, and tetra reads it")]
+    TracingPolicyStatus {
+        id: entry.id,
+        name: entry.policy.name.clone(),
+        enabled: entry.policy.enabled && enabled > 0,
+        info: format!(
+            "nodes: {}",
+            if info.is_empty() { "none".to_owned() } else { bounded_join(&info, MAX_INFO_BYTES) }
+        ),
+        error: bounded_join(&errors, MAX_ERRORS_BYTES),
+        state: state as i32,
+        kernel_memory_bytes: memory,
+        mode: mode as i32,
+        stats: Some(proto::tetragon::TracingPolicyStats {
+            action_counters: Some(proto::tetragon::TracingPolicyActionCounters { post: events, ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl PolicyControl for RelayPolicies {
+    fn add(&self, yaml: &str) -> Result<(), Status> {
+        let result = self.add_policy(yaml);
+        match &result {
+            Ok(()) => tracing::info!(generation = self.generation(), "tracing policy added for every sensor"),
+            Err(e) => tracing::warn!(error = %e, "tracing policy refused"),
+        }
+        result.map_err(Status::from)
+    }
+
+    fn delete(&self, name: &str, namespace: &str) -> Result<(), Status> {
+        self.change(|managed, _| {
+            if !namespace.is_empty() || managed.entries.remove(name).is_none() {
+                return Err(ChangeError::NotFound(name.to_owned()));
+            }
+            Ok(Change::Remove(name.to_owned()))
+        })
+        .map_err(Status::from)
+    }
+
+    fn set_enabled(&self, name: &str, namespace: &str, enabled: bool) -> Result<(), Status> {
+        self.update(name, namespace, |e| {
+            e.policy.enabled = enabled;
+            Ok(true)
+        })
+        .map_err(Status::from)
+    }
+
+    fn set_mode(&self, name: &str, namespace: &str, monitor: bool) -> Result<(), Status> {
+        self.update(name, namespace, |e| {
+            if e.monitor_only {
+                return if monitor { Ok(false) } else { Err(ChangeError::MonitorOnly(name.to_owned())) };
+            }
+            e.policy.monitor = monitor;
+            Ok(true)
+        })
+        .map_err(Status::from)
+    }
+
+    fn list(&self) -> Vec<TracingPolicyStatus> {
+        self.statuses()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::vigil::relay::v1::PolicyOutcome;
+
+    fn entry(name: &str) -> Entry {
+        let policy = ManagedPolicy { name: name.into(), yaml: String::new(), enabled: true, monitor: false };
+        Entry { policy, changed: 2, monitor_only: true, id: 1 }
+    }
+
+    fn node(name: &str, connected: bool, generation: u64, outcome: Option<(&str, Outcome, &str)>) -> NodePolicies {
+        let policies = outcome
+            .map(|(policy, state, error)| PolicyOutcome {
+                name: policy.into(),
+                state: state as i32,
+                error: error.into(),
+                kernel_memory_bytes: 10,
+                events: 5,
+            })
+            .into_iter()
+            .collect();
+        NodePolicies { node: name.into(), connected, report: Some(Arc::new(PolicyReport { generation, policies })) }
+    }
+
+    #[test]
+    fn each_node_is_shown_with_what_it_reported_on_the_current_set() {
+        let nodes = vec![
+            node("a", true, 2, Some(("p", Outcome::Enabled, ""))),
+            node("b", true, 1, Some(("p", Outcome::Enabled, ""))),
+            node("c", true, 3, Some(("p", Outcome::Error, "no such function"))),
+            node("d", false, 1, None),
+            node("e", false, 2, Some(("p", Outcome::Enabled, ""))),
+        ];
+        let s = status(&entry("p"), &nodes);
+        assert_eq!(
+            s.info,
+            "nodes: c=error: no such function, b=pending, d=pending (node disconnected), a=enabled, \
+             e=enabled (node disconnected)"
+        );
+        assert_eq!(s.error, "c: error: no such function");
+        assert_eq!(s.state, TracingPolicyState::TpStateLoadError as i32);
+        assert_eq!(s.kernel_memory_bytes, 30, "what the nodes that reported hold");
+    }
+
+    #[test]
+    fn the_list_for_every_policy_and_the_most_nodes_fits_a_default_client() {
+        use prost::Message;
+        let why = "x".repeat(MAX_ERROR_BYTES);
+        let name = "p".repeat(253);
+        let nodes: Vec<NodePolicies> = (0..crate::nodes::DEFAULT_MAX_NODES)
+            .map(|i| node(&format!("{i:0>253}"), true, 2, Some((name.as_str(), Outcome::Error, why.as_str()))))
+            .collect();
+        let policies: Vec<TracingPolicyStatus> = (0..MAX_POLICIES).map(|_| status(&entry(&name), &nodes)).collect();
+        let reply = proto::tetragon::ListTracingPoliciesResponse { policies };
+        assert!(reply.encoded_len() < 4 << 20, "{} bytes", reply.encoded_len());
+        assert!(reply.policies[0].info.ends_with("more"), "cut and counted");
+        assert!(reply.policies[0].error.ends_with("more"), "cut and counted");
+    }
+}
