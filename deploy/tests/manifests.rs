@@ -120,7 +120,10 @@ fn every_referenced_object_exists() {
     let roles = names(|o| matches!(o, Object::Role(_)));
     let cluster_roles = names(|o| matches!(o, Object::ClusterRole(_)));
     let secrets = secrets_created(&objs);
-    assert_eq!(secrets, ["vigil-client-tls", "vigil-relay-tls", "vigil-sensor-tls"].map(String::from).into());
+    assert_eq!(
+        secrets,
+        ["vigil-admin-tls", "vigil-client-tls", "vigil-relay-tls", "vigil-sensor-tls"].map(String::from).into()
+    );
     for (file, o) in &objs {
         if let Some(spec) = pod_spec(o) {
             let sa = spec.service_account_name.clone().unwrap_or_default();

@@ -3,8 +3,10 @@
 //! times. Also: events delivered vs expected, sensor CPU and RSS, and the
 //! average BPF run time per program (kernel.bpf_stats_enabled).
 //!
-//! Phases: no sensor, the sensor, with cred+ns, and with a metrics
-//! endpoint and an export file.
+//! Phases: no sensor, the sensor, with cred+ns, with a metrics endpoint
+//! and an export file, and with a tracing policy on every execve whose
+//! selector rejects every hit (what a policy that filters in the kernel
+//! costs an exec).
 //!
 //! `cargo bench -p node-sensor --bench exec_storm [-- EXECS]`
 #![allow(clippy::unwrap_used, reason = "a benchmark: a panic ends the run with its reason")]
@@ -77,13 +79,23 @@ fn main() {
     let export_arg = export.display().to_string();
     let ops = with_sensor(&rt, n, &["--metrics-address", "127.0.0.1:0", "--export-filename", &export_arg], "ops");
     let _ = std::fs::remove_file(&export);
+    let policy = std::env::temp_dir().join(format!("vigil-bench-reject-{}.yaml", std::process::id()));
+    std::fs::write(&policy, REJECTING_POLICY).unwrap();
+    let rejecting = with_sensor(&rt, n, &["--tracing-policy", &policy.display().to_string()], "reject");
+    let _ = std::fs::remove_file(&policy);
     let base2 = storm(n, "base2");
 
     let base = (base1 + base2) / 2;
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     println!("exec_storm: {n} fork+exec+exit of /bin/true per phase");
     println!("  without sensor: {:>9.0} execs/s  (runs: {:.0}, {:.0})", rate(base), rate(base1), rate(base2));
-    for (label, r) in [("sensor", &plain), ("sensor+cred+ns", &full), ("sensor+metrics+export", &ops)] {
+    let phases = [
+        ("sensor", &plain),
+        ("sensor+cred+ns", &full),
+        ("sensor+metrics+export", &ops),
+        ("sensor+policy rejecting every execve", &rejecting),
+    ];
+    for (label, r) in phases {
         println!("  with {label}:");
         println!(
             "    rate          {:>9.0} execs/s, overhead {:+.2}% per fork+exec+exit (ratio {:.4})",
@@ -92,9 +104,12 @@ fn main() {
             r.wall.as_secs_f64() / base.as_secs_f64()
         );
         println!(
-            "    events        {} exec + {} exit delivered of {n} + {n} expected; {} reported lost",
-            r.execs, r.exits, r.lost
+            "    events        {} exec + {} exit delivered of {n} + {n} expected; {} reported lost; {} policy events",
+            r.execs, r.exits, r.lost, r.policy_events
         );
+        // A bench that cannot lie: what it counted must add up.
+        assert_eq!(r.execs + r.lost as usize, n, "{label}: execs delivered or reported lost");
+        assert_eq!(r.policy_events, 0, "{label}: no policy event passes");
         println!(
             "    sensor        {:.3} s CPU ({:.1} µs per exec), RSS {} KiB (peak {} KiB)",
             r.cpu.as_secs_f64(),
@@ -109,11 +124,35 @@ fn main() {
     }
 }
 
+/// A policy on every execve whose one selector no exec passes: the
+/// selector program runs for each, and nothing reaches user space.
+const REJECTING_POLICY: &str = "apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: bench-reject-execve
+spec:
+  tracepoints:
+  - subsystem: syscalls
+    event: sys_enter_execve
+    args:
+    - index: 5
+      type: string
+    selectors:
+    - matchArgs:
+      - index: 5
+        operator: Equal
+        values:
+        - \"/nothing/execs/this\"
+";
+
 struct Phase {
     wall: Duration,
     execs: usize,
     exits: usize,
     lost: u64,
+    /// Events of the storm's processes other than exec and exit (a
+    /// policy's).
+    policy_events: usize,
     cpu: Duration,
     rss_kib: u64,
     hwm_kib: u64,
@@ -157,16 +196,17 @@ fn with_sensor(rt: &tokio::runtime::Runtime, n: usize, flags: &[&str], label: &s
             };
             let mut stream = client.get_events(req).await.unwrap().into_inner();
             let _ = tx.send(());
-            let (mut execs, mut exits, mut lost) = (0usize, 0usize, 0u64);
+            let (mut execs, mut exits, mut lost, mut policy) = (0usize, 0usize, 0u64, 0usize);
             while let Ok(Ok(Some(e))) = tokio::time::timeout(Duration::from_secs(5), stream.message()).await {
                 match e.event {
                     Some(Event::ProcessExec(_)) => execs += 1,
                     Some(Event::ProcessExit(_)) => exits += 1,
                     Some(Event::RateLimitInfo(r)) => lost += r.number_of_dropped_process_events,
-                    _ => {}
+                    Some(_) => policy += 1,
+                    None => {}
                 }
             }
-            (execs, exits, lost)
+            (execs, exits, lost, policy)
         })
     };
     rx.recv_timeout(Duration::from_secs(30)).expect("sensor ready");
@@ -175,7 +215,7 @@ fn with_sensor(rt: &tokio::runtime::Runtime, n: usize, flags: &[&str], label: &s
     let with = storm(n, &mark);
     let stats_after = bpf_stats();
     let cpu_used = proc_stat_cpu(sensor_pid).saturating_sub(cpu_before);
-    let (execs, exits, lost) = rt.block_on(counter).unwrap();
+    let (execs, exits, lost, policy_events) = rt.block_on(counter).unwrap();
     let rss = rss_kib(sensor_pid, "VmRSS:");
     let hwm = rss_kib(sensor_pid, "VmHWM:");
     // SAFETY: signalling our own child.
@@ -198,6 +238,7 @@ fn with_sensor(rt: &tokio::runtime::Runtime, n: usize, flags: &[&str], label: &s
         execs,
         exits,
         lost,
+        policy_events,
         cpu: cpu_used,
         rss_kib: rss,
         hwm_kib: hwm,

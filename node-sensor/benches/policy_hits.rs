@@ -1,9 +1,13 @@
 //! Tracing-policy benchmark (root): an open-heavy loop without the sensor
 //! and with it running a `syscalls/sys_enter_openat` policy of two
 //! arguments (dfd, filename), in one run, printing ratios rather than
-//! asserting times: the loop's wall-clock overhead, the tracepoint
-//! program's cost per hit (kernel.bpf_stats_enabled), events delivered
-//! against expected, and the sensor's CPU per event.
+//! asserting times: the loop's wall-clock overhead, the cost per hit in
+//! the kernel (kernel.bpf_stats_enabled: the tracepoint program, plus the
+//! selector program where the policy has selectors), events delivered
+//! against expected, and the sensor's CPU per event. Three policies: no
+//! selectors; a selector every hit passes (filename Equal the file); one
+//! every hit fails (filename Equal another path), which must deliver
+//! nothing and cost the sensor no CPU per hit.
 //!
 //! `cargo bench -p node-sensor --bench policy_hits [-- OPENS]`
 #![allow(clippy::unwrap_used, reason = "a benchmark: a panic ends the run with its reason")]
@@ -33,15 +37,18 @@ fn cpu_of(pid: u32) -> Duration {
     Duration::from_millis((f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 10)
 }
 
-/// (run time ns, runs) of the sensor's tracepoint program(s).
-fn tracepoint_stats() -> (u64, u64) {
+/// (run time ns, runs) of the programs named `name`.
+fn program_stats(name: &str) -> (u64, u64) {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| p.name_as_str() == Some("vigil_tp"))
+        .filter(|p| p.name_as_str() == Some(name))
         .fold((0, 0), |(t, c), p| (t + p.run_time().as_nanos() as u64, c + p.run_count()))
 }
 
-const POLICY: &str = "apiVersion: cilium.io/v1alpha1
+/// The policy, with `selectors` (YAML under the hook) appended.
+fn policy(selectors: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
 metadata:
   name: bench-openat
@@ -54,7 +61,26 @@ spec:
       type: int32
     - index: 6
       type: string
-";
+{selectors}"
+    )
+}
+
+/// A selector on the filename (field 6 of the tracepoint, as the policy's `index`).
+fn filename_equal(path: &str) -> String {
+    format!("    selectors:\n    - matchArgs:\n      - index: 6\n        operator: Equal\n        values:\n        - \"{path}\"\n")
+}
+
+/// What one phase with the sensor measured.
+struct Phase {
+    wall: Duration,
+    /// Kernel time (tracepoint and selector programs) per tracepoint run.
+    bpf_ns_per_hit: f64,
+    hits: u64,
+    delivered: usize,
+    lost: u64,
+    ringbuf_full: u64,
+    cpu: Duration,
+}
 
 fn main() {
     // SAFETY: geteuid has no preconditions.
@@ -67,16 +93,84 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let target = dir.join("opened-by-the-bench");
     std::fs::write(&target, b"x").unwrap();
-    let policy = dir.join("policy.yaml");
-    std::fs::write(&policy, POLICY).unwrap();
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
 
     open_storm(n / 10, &target);
     let base1 = open_storm(n, &target);
+    let wanted = target.display().to_string();
+    let plain = with_sensor(&rt, &dir, n, &target, &policy(""));
+    let passing = with_sensor(&rt, &dir, n, &target, &policy(&filename_equal(&wanted)));
+    let rejecting = with_sensor(&rt, &dir, n, &target, &policy(&filename_equal("/nothing/opens/this")));
+    let base2 = open_storm(n, &target);
+    let _ = std::fs::remove_dir_all(&dir);
 
+    let base = (base1 + base2) / 2;
+    let per = |d: Duration| d.as_secs_f64() * 1e9 / n as f64;
+    println!("policy_hits: {n} open+close per phase; policy: sys_enter_openat with dfd (int32) and filename (string)");
+    println!("  cpu             {}", cpu_model());
+    println!("  without sensor  {:>8.0} ns per open+close (runs: {:.0}, {:.0})", per(base), per(base1), per(base2));
+    for (label, p, expected) in
+        [("no selectors", &plain, n), ("selector passes", &passing, n), ("selector rejects", &rejecting, 0)]
+    {
+        println!("  {label}:");
+        println!(
+            "    wall          {:>8.0} ns per open+close, overhead {:+.2}% (ratio {:.4})",
+            per(p.wall),
+            (p.wall.as_secs_f64() / base.as_secs_f64() - 1.0) * 100.0,
+            p.wall.as_secs_f64() / base.as_secs_f64()
+        );
+        println!(
+            "    bpf           {:>8.0} ns per hit over {} hits (every openat on the host), {:.3} of the syscall's time",
+            p.bpf_ns_per_hit,
+            p.hits,
+            p.bpf_ns_per_hit / per(base)
+        );
+        println!(
+            "    events        {} of {expected} expected delivered to a gRPC client; {} reported lost; ring buffer full {} times",
+            p.delivered, p.lost, p.ringbuf_full
+        );
+        println!(
+            "    sensor        {:.3} s CPU, {:.2} µs per open+close",
+            p.cpu.as_secs_f64(),
+            p.cpu.as_secs_f64() * 1e6 / n as f64
+        );
+        // A bench that cannot lie: what it counted must add up.
+        assert_eq!(p.delivered, expected, "{label}: events delivered");
+        assert!(p.hits >= n as u64, "{label}: fewer tracepoint runs ({}) than opens ({n})", p.hits);
+    }
+    let ratio = |p: &Phase| p.bpf_ns_per_hit / plain.bpf_ns_per_hit;
+    println!(
+        "  kernel cost per hit against no selectors: passes {:.2}×, rejects {:.2}× ({:+.0} ns)",
+        ratio(&passing),
+        ratio(&rejecting),
+        rejecting.bpf_ns_per_hit - plain.bpf_ns_per_hit
+    );
+}
+
+/// The host's CPU model, printed beside absolute figures.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, m)| m.trim().to_owned()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// One phase: the sensor with `policy_yaml`, `n` opens of `target`, and a
+/// gRPC client counting the events about `target`.
+fn with_sensor(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    n: usize,
+    target: &std::path::Path,
+    policy_yaml: &str,
+) -> Phase {
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, policy_yaml).unwrap();
     let socket = dir.join("s.sock");
-    let address = ServerAddress::Unix(socket);
+    let _ = std::fs::remove_file(&socket);
+    let address = ServerAddress::Unix(socket.clone());
     let mut sensor = Command::new(env!("CARGO_BIN_EXE_vigil-sensor"))
         .arg("--server-address")
         .arg(address.to_string())
@@ -127,12 +221,12 @@ fn main() {
     });
     rx.recv_timeout(Duration::from_secs(30)).expect("sensor ready");
     let cpu0 = cpu_of(pid);
-    let (t0, c0) = tracepoint_stats();
-    let with = open_storm(n, &target);
-    let (t1, c1) = tracepoint_stats();
+    let ((t0, c0), (s0, _)) = (program_stats("vigil_tp"), program_stats("vigil_st"));
+    let wall = open_storm(n, target);
+    let ((t1, c1), (s1, _)) = (program_stats("vigil_tp"), program_stats("vigil_st"));
     let cpu = cpu_of(pid).saturating_sub(cpu0);
     let health = rt.block_on(async {
-        let ch = ServerAddress::Unix(dir.join("s.sock")).connect().await.unwrap();
+        let ch = ServerAddress::Unix(socket).connect().await.unwrap();
         let h = FineGuidanceSensorsClient::new(ch).get_health(GetHealthStatusRequest::default()).await.unwrap();
         h.into_inner().health_status.first().map(|s| s.details.clone()).unwrap_or_default()
     });
@@ -140,37 +234,19 @@ fn main() {
         health.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok()).unwrap_or(0)
     };
     let ringbuf_full = counter_of("ringbuf_full");
-    let (ours, lost) = rt.block_on(counter).unwrap();
+    let (delivered, lost) = rt.block_on(counter).unwrap();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let _ = sensor.wait();
-    let base2 = open_storm(n, &target);
-    let _ = std::fs::remove_dir_all(&dir);
-
-    let base = (base1 + base2) / 2;
-    let per = |d: Duration| d.as_secs_f64() * 1e9 / n as f64;
-    let runs = c1.saturating_sub(c0);
-    println!("policy_hits: {n} open+close per phase; policy: sys_enter_openat with dfd (int32) and filename (string)");
-    println!("  without sensor  {:>8.0} ns per open+close (runs: {:.0}, {:.0})", per(base), per(base1), per(base2));
-    println!(
-        "  with policy     {:>8.0} ns per open+close, overhead {:+.2}% (ratio {:.4})",
-        per(with),
-        (with.as_secs_f64() / base.as_secs_f64() - 1.0) * 100.0,
-        with.as_secs_f64() / base.as_secs_f64()
-    );
-    if runs > 0 {
-        println!(
-            "  bpf vigil_tp    {:>8.0} ns/run over {runs} runs (every openat on the host)",
-            t1.saturating_sub(t0) as f64 / runs as f64
-        );
+    let hits = c1.saturating_sub(c0);
+    let kernel = t1.saturating_sub(t0) + s1.saturating_sub(s0);
+    Phase {
+        wall,
+        bpf_ns_per_hit: kernel as f64 / hits.max(1) as f64,
+        hits,
+        delivered,
+        lost,
+        ringbuf_full,
+        cpu,
     }
-    println!(
-        "  events          {ours} of {n} expected delivered to a gRPC client; {lost} reported lost; ring buffer full {ringbuf_full} times"
-    );
-    println!(
-        "  sensor          {:.3} s CPU, {:.2} µs per event, {:.0} events/s per CPU second",
-        cpu.as_secs_f64(),
-        cpu.as_secs_f64() * 1e6 / n as f64,
-        n as f64 / cpu.as_secs_f64().max(1e-9)
-    );
 }

@@ -138,6 +138,10 @@ pub struct Flags {
     /// several sensors as separate "nodes" on one kernel, as the tests do).
     #[arg(long)]
     pub only_own_netns: bool,
+    /// Load no tracing policy a relay sends: this node runs only its own
+    /// (the relay lists the relay's as refused here, saying why).
+    #[arg(long)]
+    pub ignore_relay_policies: bool,
     /// Add Kubernetes pod data to events, from a watch on this node's pods
     /// (in-cluster credentials unless --kubeconfig is given).
     #[arg(long)]
@@ -202,6 +206,7 @@ pub struct Settings {
     pub relay_resolve_interval: std::time::Duration,
     pub relay_token_file: Option<PathBuf>,
     pub only_own_netns: bool,
+    pub ignore_relay_policies: bool,
     pub enable_k8s_api: bool,
     pub kubeconfig: Option<PathBuf>,
     pub k8s_pod_annotations: bool,
@@ -334,6 +339,7 @@ impl Settings {
             relay_resolve_interval: std::time::Duration::from_secs(l.relay_resolve_interval),
             relay_token_file: l.relay_token_file,
             only_own_netns: l.only_own_netns,
+            ignore_relay_policies: l.ignore_relay_policies,
             enable_k8s_api: l.enable_k8s_api,
             kubeconfig: l.kubeconfig,
             k8s_pod_annotations: l.k8s_pod_annotations,

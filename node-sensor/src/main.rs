@@ -156,7 +156,10 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             resolve_interval: settings.relay_resolve_interval,
             token_file: settings.relay_token_file.clone(),
         };
-        let managed = Arc::new(node_sensor::policies::managed::RelayManaged::new(policies.clone()));
+        let managed = Arc::new(node_sensor::policies::managed::RelayManaged::new(
+            policies.clone(),
+            !settings.ignore_relay_policies,
+        ));
         relays = Some(uplink::start(&bus, uplink, managed).await.context("relay uplink")?);
     }
     if let Some((listener, counts)) = metrics {

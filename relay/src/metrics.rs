@@ -58,6 +58,13 @@ impl Collector for RelayCollector {
             ("vigil_relay_history_bytes", "Bytes charged for the history", gauge, s.history_bytes),
             ("vigil_relay_client_queue_bytes", "Bytes queued for clients", gauge, s.client_queue_bytes),
             ("vigil_relay_export_dropped", "Events the export file did not get", counter, s.export_dropped),
+            (
+                "vigil_relay_policies",
+                "Tracing policies the relay sends every sensor",
+                gauge,
+                self.0.policies.list_len() as u64,
+            ),
+            ("vigil_relay_policy_generation", "Generation of the relay's policy set", gauge, s.policy_generation),
         ] {
             encode_value(encoder.encode_descriptor(name, help, None, kind)?, kind, value)?;
         }
@@ -84,6 +91,12 @@ impl Collector for RelayCollector {
         per_node(&mut encoder, ("vigil_relay_node_oversized", "Events refused as too large", counter), nodes, |n| {
             n.oversized
         })?;
+        per_node(
+            &mut encoder,
+            ("vigil_relay_node_policy_generation", "Generation of the relay's policy set the node applied", gauge),
+            nodes,
+            |n| n.policy_generation,
+        )?;
         Ok(())
     }
 }

@@ -135,12 +135,11 @@ async fn bad_input_gets_a_clear_error_and_harms_no_one_else() {
         .into_inner();
     let welcome = good_replies.message().await.expect("welcome").expect("welcome");
     assert!(matches!(welcome.msg, Some(ingest_reply::Msg::Welcome(_))), "{welcome:?}");
+    // Then the relay's tracing policies (none here).
+    let set = good_replies.message().await.expect("policy set").expect("policy set");
+    assert!(matches!(set.msg, Some(ingest_reply::Msg::Policies(ref s)) if s.policies.is_empty()), "{set:?}");
     good_tx.send(markers(1..=100)).await.unwrap();
-    let ack = |r: Option<IngestReply>| match r.and_then(|r| r.msg) {
-        Some(ingest_reply::Msg::Ack(a)) => a.seq,
-        other => panic!("expected an ack, got {other:?}"),
-    };
-    assert_eq!(ack(good_replies.message().await.expect("ack")), 100);
+    assert_eq!(next_ack(&mut good_replies).await, 100);
 
     // Another sensor claiming the connected node's name.
     // The refusal names neither instance: the connected one's id is what a
@@ -203,7 +202,7 @@ async fn bad_input_gets_a_clear_error_and_harms_no_one_else() {
         })),
     };
     tx_s.send(declared).await.unwrap();
-    assert_eq!(ack(s_replies.message().await.expect("ack")), 101);
+    assert_eq!(next_ack(&mut s_replies).await, 101);
     drop(tx_s);
     while let Ok(Some(_)) = s_replies.message().await {}
 
@@ -226,7 +225,7 @@ async fn bad_input_gets_a_clear_error_and_harms_no_one_else() {
         SequencedEvent { seq: 2, event: Some(Box::new(marker_event(2))) },
     ]);
     tx_b.send(big).await.unwrap();
-    assert_eq!(ack(b_replies.message().await.expect("ack")), 2);
+    assert_eq!(next_ack(&mut b_replies).await, 2);
     drop(tx_b);
     while let Ok(Some(_)) = b_replies.message().await {}
 
@@ -285,7 +284,7 @@ async fn bad_input_gets_a_clear_error_and_harms_no_one_else() {
 
     // The good sensor carries on; its client got everything exactly once.
     good_tx.send(markers(101..=200)).await.unwrap();
-    assert_eq!(ack(good_replies.message().await.expect("ack")), 200);
+    assert_eq!(next_ack(&mut good_replies).await, 200);
     let (seen, notices) = tokio::time::timeout(Duration::from_secs(30), collector).await.expect("collected").unwrap();
     let expected: BTreeMap<String, usize> = (1..=200).map(|i| (format!("marker-{i}"), 1)).collect();
     assert_eq!(seen, expected, "every marker exactly once");
@@ -313,4 +312,15 @@ async fn bad_input_gets_a_clear_error_and_harms_no_one_else() {
     // The good sensor used the any-node credential: flagged; node-a's is bound.
     assert!(good.any_node_credential);
     assert!(nodes.nodes.iter().any(|n| n.node_name == "node-a" && !n.any_node_credential));
+}
+
+/// The next acknowledgement on a sensor stream (policy sets skipped).
+async fn next_ack(replies: &mut tonic::Streaming<IngestReply>) -> u64 {
+    loop {
+        match replies.message().await.expect("ack").and_then(|r| r.msg) {
+            Some(ingest_reply::Msg::Ack(a)) => return a.seq,
+            Some(ingest_reply::Msg::Policies(_)) => {}
+            other => panic!("expected an ack, got {other:?}"),
+        }
+    }
 }

@@ -108,7 +108,10 @@ async fn stalled_clients_are_bounded_in_bytes_and_give_their_memory_back() {
             (first..first + 100).map(|seq| SequencedEvent { seq, event: Some(Box::new(big_event(seq))) }).collect();
         let batch = Batch { events, lost: 0, skipped: 0 };
         tx.send(IngestMessage { msg: Some(ingest_message::Msg::Batch(batch)) }).await.unwrap();
-        let ack = replies.message().await.unwrap().and_then(|r| r.msg);
+        let mut ack = replies.message().await.unwrap().and_then(|r| r.msg);
+        while let Some(ingest_reply::Msg::Policies(_)) = ack {
+            ack = replies.message().await.unwrap().and_then(|r| r.msg);
+        }
         assert!(matches!(ack, Some(ingest_reply::Msg::Ack(a)) if a.seq == first + 99), "{ack:?}");
     }
     let full = until(&relay, "merged everything", |n| n.events_merged == EVENTS).await;

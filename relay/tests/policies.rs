@@ -189,6 +189,16 @@ fn a_policy_added_at_the_relay_runs_on_every_sensor_until_deleted_and_across_rel
     nodes.push(("cp3".into(), c.add_node("cp3", 43, &[])));
     let names: Vec<&str> = nodes.iter().map(|(n, _)| n.as_str()).collect();
     wait_policy_on(&c, &policy, &names, "enabled");
+    // A node that takes no relay policies says so.
+    c.add_node("cp9", 49, &["--ignore-relay-policies"]);
+    wait_policy_on(
+        &c,
+        &policy,
+        &["cp9"],
+        "error: this node takes no tracing policies from relays (--ignore-relay-policies)",
+    );
+    assert_eq!(local_policies(&c, "cp9")["policies"].as_array().map_or(0, Vec::len), 0, "cp9 loaded nothing");
+    c.sensors.retain(|(n, _)| n != "cp9");
     let again = c.cli(&["tracingpolicy", "add", &file]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("is already managed by the relay"), "a second add");
     for (name, _) in &nodes {

@@ -38,16 +38,30 @@ struct Sets {
 pub struct RelayManaged {
     host: SharedPolicies,
     sets: Mutex<Sets>,
+    /// Off with `--ignore-relay-policies`: every relay policy is refused.
+    accept: bool,
 }
 
+/// Why a node with `--ignore-relay-policies` refuses each relay policy.
+const IGNORED: &str = "this node takes no tracing policies from relays (--ignore-relay-policies)";
+
 impl RelayManaged {
-    pub fn new(host: SharedPolicies) -> Self {
-        RelayManaged { host, sets: Mutex::new(Sets::default()) }
+    pub fn new(host: SharedPolicies, accept: bool) -> Self {
+        RelayManaged { host, sets: Mutex::new(Sets::default()), accept }
     }
 
     /// Takes `link`'s new set, brings the host in line with every link's,
     /// and reports on the policies of this set.
     pub fn apply(&self, link: u64, set: PolicySet) -> PolicyReport {
+        if !self.accept {
+            let refused = |p: &ManagedPolicy| PolicyOutcome {
+                name: p.name.clone(),
+                state: Outcome::Error as i32,
+                error: IGNORED.into(),
+                ..Default::default()
+            };
+            return PolicyReport { generation: set.generation, policies: set.policies.iter().map(refused).collect() };
+        }
         let mut sets = self.sets.lock();
         sets.by_link.insert(link, set.policies);
         let mut host = self.host.0.lock();

@@ -453,6 +453,105 @@ mod tests {
         assert_eq!(s.kernel_memory_bytes, 30, "what the nodes that reported hold");
     }
 
+    fn policy_yaml(name: &str, kind: &str, action: &str) -> String {
+        format!(
+            "apiVersion: cilium.io/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n  tracepoints:\n  - \
+             subsystem: syscalls\n    event: sys_enter_unlinkat\n    args:\n    - index: 6\n      type: string\n    \
+             selectors:\n    - matchActions:\n      - action: {action}\n"
+        )
+    }
+
+    fn relay_policies() -> RelayPolicies {
+        RelayPolicies::open(Store::open(None).unwrap(), Arc::new(Nodes::default())).unwrap()
+    }
+
+    #[test]
+    fn changes_are_checked_numbered_and_sent() {
+        let p = relay_policies();
+        let mut set = p.watch();
+        assert_eq!(set.borrow_and_update().generation, 0);
+        p.add(&policy_yaml("kill", "TracingPolicy", "Sigkill")).unwrap();
+        p.add(&policy_yaml("post", "TracingPolicy", "Post")).unwrap();
+        assert!(set.has_changed().unwrap());
+        let sent = set.borrow_and_update().clone();
+        assert_eq!(sent.generation, 2);
+        let names: Vec<&str> = sent.policies.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["kill", "post"]);
+
+        // Refusals name the problem and change nothing.
+        let refused = |r: Result<(), Status>| r.unwrap_err();
+        let e = refused(p.add(&policy_yaml("kill", "TracingPolicy", "Post")));
+        assert_eq!(
+            (e.code(), e.message()),
+            (tonic::Code::AlreadyExists, "a policy named kill is already managed by the relay")
+        );
+        let e = refused(p.add(&policy_yaml("ns", "TracingPolicyNamespaced", "Post")));
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().starts_with("kind: TracingPolicyNamespaced is not distributed"), "{}", e.message());
+        let e = refused(p.add("kind: TracingPolicy\nspec: {}\n"));
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let e = refused(p.add(&policy_yaml("geturl", "TracingPolicy", "GetUrl")));
+        assert!(e.message().contains("GetUrl"), "{}", e.message());
+        let e = refused(p.delete("nope", ""));
+        assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, "no policy named nope is managed by the relay"));
+        let e = refused(p.delete("kill", "default"));
+        assert_eq!(e.code(), tonic::Code::NotFound, "relay policies have no namespace");
+        let e = refused(p.set_mode("post", "", false));
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
+        assert!(!set.has_changed().unwrap(), "nothing was sent");
+        assert_eq!(p.generation(), 2);
+
+        // Switches: each a new generation; one that changes nothing is none.
+        p.set_mode("kill", "", true).unwrap();
+        p.set_enabled("post", "", false).unwrap();
+        p.set_enabled("post", "", false).unwrap();
+        p.set_mode("post", "", true).unwrap();
+        let sent = set.borrow_and_update().clone();
+        assert_eq!(sent.generation, 4);
+        assert!(sent.policies[0].monitor && !sent.policies[1].enabled);
+        let list = p.list();
+        let modes: Vec<(String, i32, i32)> = list.iter().map(|s| (s.name.clone(), s.state, s.mode)).collect();
+        assert_eq!(
+            modes,
+            vec![
+                ("kill".into(), TracingPolicyState::TpStateEnabled as i32, TracingPolicyMode::TpModeMonitor as i32),
+                (
+                    "post".into(),
+                    TracingPolicyState::TpStateDisabled as i32,
+                    TracingPolicyMode::TpModeMonitorOnly as i32
+                ),
+            ],
+            "no node yet: nothing pending, nothing failed"
+        );
+        assert_eq!(list[0].info, "nodes: none");
+        p.delete("kill", "").unwrap();
+        assert_eq!(set.borrow_and_update().policies.len(), 1);
+        assert_eq!(p.generation(), 5);
+    }
+
+    #[test]
+    fn the_set_is_bounded_in_count_and_bytes() {
+        let p = relay_policies();
+        for i in 0..MAX_POLICIES {
+            p.add(&policy_yaml(&format!("p{i}"), "TracingPolicy", "Post")).unwrap();
+        }
+        let e = p.add(&policy_yaml("one-more", "TracingPolicy", "Post")).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        let p = relay_policies();
+        // Large documents (a comment fills them) run into the byte limit.
+        let filler = format!("# {}\n", "x".repeat(policy::MAX_POLICY_BYTES - 1024));
+        let mut added = 0;
+        let e = loop {
+            match p.add(&format!("{filler}{}", policy_yaml(&format!("big{added}"), "TracingPolicy", "Post"))) {
+                Ok(()) => added += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(added, MAX_SET_BYTES / policy::MAX_POLICY_BYTES, "each a little under 1 MiB");
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(e.message().contains("more than its limit of 8388608"), "{}", e.message());
+    }
+
     #[test]
     fn the_list_for_every_policy_and_the_most_nodes_fits_a_default_client() {
         use prost::Message;
