@@ -67,7 +67,9 @@ spec:
 
 /// A selector on the filename (field 6 of the tracepoint, as the policy's `index`).
 fn filename_equal(path: &str) -> String {
-    format!("    selectors:\n    - matchArgs:\n      - index: 6\n        operator: Equal\n        values:\n        - \"{path}\"\n")
+    format!(
+        "    selectors:\n    - matchArgs:\n      - index: 6\n        operator: Equal\n        values:\n        - \"{path}\"\n"
+    )
 }
 
 /// What one phase with the sensor measured.
@@ -240,13 +242,5 @@ fn with_sensor(
     let _ = sensor.wait();
     let hits = c1.saturating_sub(c0);
     let kernel = t1.saturating_sub(t0) + s1.saturating_sub(s0);
-    Phase {
-        wall,
-        bpf_ns_per_hit: kernel as f64 / hits.max(1) as f64,
-        hits,
-        delivered,
-        lost,
-        ringbuf_full,
-        cpu,
-    }
+    Phase { wall, bpf_ns_per_hit: kernel as f64 / hits.max(1) as f64, hits, delivered, lost, ringbuf_full, cpu }
 }
