@@ -180,8 +180,12 @@ fn may_speak_for(certs: Option<&[tonic::transport::CertificateDer<'static>]>, no
     }
 }
 
-fn reply(msg: ingest_reply::Msg) -> Result<IngestReply, Status> {
-    Ok(IngestReply { msg: Some(msg) })
+/// A reply on its way to the sensor; a policy set carries the share of
+/// the relay's sending budget it holds until tonic takes it.
+type Outgoing = (Result<IngestReply, Status>, Option<tokio::sync::OwnedSemaphorePermit>);
+
+fn reply(msg: ingest_reply::Msg) -> Outgoing {
+    (Ok(IngestReply { msg: Some(msg) }), None)
 }
 
 #[tonic::async_trait]
@@ -259,11 +263,13 @@ impl Ingest for IngestService {
                     // A refusal (the peer is told why) or a broken connection.
                     let status = Status::from(e);
                     tracing::warn!(node = %node, code = ?status.code(), error = %status.message(), "sensor stream ended with an error");
-                    let _ = tx.send(Err(status)).await;
+                    let _ = tx.send((Err(status), None)).await;
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        // The budget share goes as tonic takes the reply to encode it.
+        let replies = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |(r, _)| r);
+        Ok(Response::new(Box::pin(replies)))
     }
 }
 
@@ -273,7 +279,7 @@ struct SensorStream<'a> {
     id: u64,
     nodes: &'a Nodes,
     merge: &'a mpsc::Sender<MergeInput>,
-    tx: &'a mpsc::Sender<Result<IngestReply, Status>>,
+    tx: &'a mpsc::Sender<Outgoing>,
     policies: &'a RelayPolicies,
 }
 
@@ -291,8 +297,15 @@ impl SensorStream<'_> {
                     if changed.is_err() {
                         return Err(IngestError::ShuttingDown);
                     }
-                    let current = PolicySet::clone(&set.borrow_and_update());
-                    if self.tx.send(reply(ingest_reply::Msg::Policies(current))).await.is_err() {
+                    let current = set.borrow_and_update().clone();
+                    // Every stream copies the set: thousands of sensors at
+                    // once would copy gigabytes. Copies wait for a share of
+                    // a bounded budget instead.
+                    let Some(share) = self.policies.sending_share(&current).await else {
+                        return Err(IngestError::ShuttingDown);
+                    };
+                    let message = reply(ingest_reply::Msg::Policies(PolicySet::clone(&current))).0;
+                    if self.tx.send((message, Some(share))).await.is_err() {
                         return Ok(());
                     }
                     continue;

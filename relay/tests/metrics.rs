@@ -17,9 +17,7 @@ use proto::Timestamp;
 use proto::tetragon::GetEventsResponse;
 use proto::vigil::relay::v1::ingest_client::IngestClient;
 use proto::vigil::relay::v1::relay_admin_client::RelayAdminClient;
-use proto::vigil::relay::v1::{
-    Batch, Hello, IngestMessage, ListNodesRequest, SequencedEvent, ingest_message, ingest_reply,
-};
+use proto::vigil::relay::v1::{Batch, IngestMessage, ListNodesRequest, SequencedEvent, ingest_message, ingest_reply};
 use test_support::scrape::{http, sample};
 use tokio::sync::mpsc;
 
@@ -35,13 +33,7 @@ fn exec(node: &str, i: u64) -> GetEventsResponse {
 /// Streams `count` marked execs as `node` and waits for their ack.
 async fn send(relay: &Relay, node: &str, count: u64) -> mpsc::Sender<IngestMessage> {
     let (tx, rx) = mpsc::channel(4);
-    let hello = Hello {
-        node_name: node.into(),
-        boot_id: format!("boot-{node}"),
-        sensor_version: "test".into(),
-        instance_id: format!("{node}-1"),
-        replay_buffer_size: 10,
-    };
+    let hello = local::hello(node);
     tx.send(IngestMessage { msg: Some(ingest_message::Msg::Hello(hello)) }).await.unwrap();
     let mut replies = IngestClient::new(relay.sensor().await)
         .stream(tokio_stream::wrappers::ReceiverStream::new(rx))

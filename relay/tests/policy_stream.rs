@@ -17,7 +17,7 @@ use proto::vigil::relay::v1::ingest_client::IngestClient;
 use proto::vigil::relay::v1::policy_outcome::State;
 use proto::vigil::relay::v1::relay_admin_client::RelayAdminClient;
 use proto::vigil::relay::v1::{
-    Hello, IngestMessage, ListNodesRequest, PolicyOutcome, PolicyReport, PolicySet, ingest_message, ingest_reply,
+    IngestMessage, ListNodesRequest, PolicyOutcome, PolicyReport, PolicySet, ingest_message, ingest_reply,
 };
 use tokio::sync::mpsc;
 use tonic::Streaming;
@@ -36,13 +36,7 @@ struct FakeSensor {
 impl FakeSensor {
     async fn connect(relay: &Relay, node: &str) -> FakeSensor {
         let (tx, rx) = mpsc::channel(4);
-        let hello = Hello {
-            node_name: node.into(),
-            boot_id: format!("boot-{node}"),
-            sensor_version: "test".into(),
-            instance_id: format!("{node}-1"),
-            replay_buffer_size: 10,
-        };
+        let hello = local::hello(node);
         tx.send(IngestMessage { msg: Some(ingest_message::Msg::Hello(hello)) }).await.unwrap();
         let replies = IngestClient::new(relay.sensor_of(node).await)
             .stream(tokio_stream::wrappers::ReceiverStream::new(rx))

@@ -17,7 +17,7 @@ use local::Relay;
 use proto::tetragon::GetEventsRequest;
 use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
 use proto::vigil::relay::v1::relay_admin_client::RelayAdminClient;
-use proto::vigil::relay::v1::{Hello, ListNodesRequest, ingest_reply};
+use proto::vigil::relay::v1::{ListNodesRequest, ingest_reply};
 use token_api::{SENSOR_ACCOUNT, TokenApi};
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -31,13 +31,7 @@ async fn open(
 ) -> Result<(mpsc::Sender<prost::bytes::Bytes>, tonic::Streaming<proto::vigil::relay::v1::IngestReply>), tonic::Status>
 {
     let (tx, rx) = mpsc::channel(2);
-    let hello = Hello {
-        node_name: node.into(),
-        boot_id: format!("boot-{node}"),
-        sensor_version: "test".into(),
-        instance_id: format!("{node}-1"),
-        replay_buffer_size: 10,
-    };
+    let hello = local::hello(node);
     tx.send(proto::ingest::hello(hello)).await.unwrap();
     let mut replies =
         proto::ingest::stream(channel, tokio_stream::wrappers::ReceiverStream::new(rx), usize::MAX, token).await?;

@@ -28,6 +28,9 @@ pub const MAX_POLICIES: usize = 64;
 pub const MAX_SET_BYTES: usize = 8 << 20;
 /// Bytes of a node's error kept per policy (the rest is cut).
 const MAX_ERROR_BYTES: usize = 512;
+/// Bytes of policy-set copies on their way to sensors at once: a change
+/// reaches thousands of streams together, and each copies the set.
+pub const SENDING_BUDGET: usize = 64 << 20;
 
 /// Why a policy change was refused; each maps to one gRPC code.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +107,8 @@ pub struct RelayPolicies {
     /// The set as sensors get it; each ingest stream watches it.
     set: watch::Sender<Arc<PolicySet>>,
     nodes: Arc<Nodes>,
+    /// [`SENDING_BUDGET`], in bytes.
+    sending: Arc<tokio::sync::Semaphore>,
 }
 
 /// Checks a document for the relay: a policy it can send (cluster-wide).
@@ -131,7 +136,16 @@ impl RelayPolicies {
         let next_id = entries.len() as u64 + 1;
         let managed = Managed { generation: contents.generation, entries, next_id };
         let (set, _) = watch::channel(managed.set());
-        Ok(RelayPolicies { store, managed: Mutex::new(managed), set, nodes })
+        let sending = Arc::new(tokio::sync::Semaphore::new(SENDING_BUDGET));
+        Ok(RelayPolicies { store, managed: Mutex::new(managed), set, nodes, sending })
+    }
+
+    /// A share of the sending budget for one copy of `set`, held until the
+    /// copy is handed to the transport; `None` once the relay is stopping.
+    pub async fn sending_share(&self, set: &PolicySet) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        use prost::Message;
+        let bytes = set.encoded_len().clamp(1, SENDING_BUDGET);
+        self.sending.clone().acquire_many_owned(u32::try_from(bytes).unwrap_or(u32::MAX)).await.ok()
     }
 
     /// The set now, then every change.
@@ -527,6 +541,20 @@ mod tests {
         p.delete("kill", "").unwrap();
         assert_eq!(set.borrow_and_update().policies.len(), 1);
         assert_eq!(p.generation(), 5);
+    }
+
+    #[tokio::test]
+    async fn copies_of_the_set_on_their_way_are_bounded_in_bytes() {
+        let p = relay_policies();
+        let big = ManagedPolicy { name: "big".into(), yaml: "x".repeat(SENDING_BUDGET / 3), ..Default::default() };
+        let set = PolicySet { generation: 1, policies: vec![big] };
+        let (a, b) = (p.sending_share(&set).await.unwrap(), p.sending_share(&set).await.unwrap());
+        let wait = std::time::Duration::from_millis(100);
+        assert!(tokio::time::timeout(wait, p.sending_share(&set)).await.is_err(), "a third copy waits");
+        drop(a);
+        let soon = std::time::Duration::from_secs(10);
+        assert!(tokio::time::timeout(soon, p.sending_share(&set)).await.is_ok(), "and goes once one was sent");
+        drop(b);
     }
 
     #[test]

@@ -26,6 +26,17 @@ pub fn cert_dir(test: &str) -> PathBuf {
     dir
 }
 
+/// A test sensor's hello as `node` (boot id and instance named after it).
+pub fn hello(node: &str) -> proto::vigil::relay::v1::Hello {
+    proto::vigil::relay::v1::Hello {
+        node_name: node.into(),
+        boot_id: format!("boot-{node}"),
+        sensor_version: "test".into(),
+        instance_id: format!("{node}-1"),
+        replay_buffer_size: 10,
+    }
+}
+
 /// Where `addr` (a loopback listener) is dialled, by the name on the
 /// relay's certificate.
 fn by_name(addr: std::net::SocketAddr) -> ServerAddress {
