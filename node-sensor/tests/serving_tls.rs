@@ -132,7 +132,23 @@ async fn off_loopback_the_api_needs_mtls_and_a_client_certificate() {
     // A sensor-role certificate is not a client; no certificate, no TLS.
     let refused = health(&address, Some(tls_as("sensor"))).await.expect_err("sensor role refused");
     assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
-    assert!(refused.message().contains("certificate role sensor may not use this listener; it needs the client role"));
+    assert!(
+        refused
+            .message()
+            .contains("certificate role sensor may not use this listener; it needs the client or admin role"),
+        "{refused:?}"
+    );
+    // Changing policies takes an admin certificate: a client one is
+    // refused before the document is read; an admin one gets as far as
+    // the document (an empty one, refused for what it is).
+    let add = proto::tetragon::AddTracingPolicyRequest { yaml: String::new(), domain: String::new() };
+    let mut client = FineGuidanceSensorsClient::new(address.connect_tls(tls_as("client")).await.unwrap());
+    let refused = client.add_tracing_policy(add.clone()).await.expect_err("client role may not add");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(refused.message(), "certificate role client may not use AddTracingPolicy; it needs the admin role");
+    let mut admin = FineGuidanceSensorsClient::new(address.connect_tls(tls_as("admin")).await.unwrap());
+    let refused = admin.add_tracing_policy(add).await.expect_err("an empty document");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     assert!(health(&address, None).await.is_err(), "plaintext must not get in");
 
     // Replaced certificate files are taken without a restart: a new name
