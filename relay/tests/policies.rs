@@ -284,10 +284,16 @@ fn a_policy_added_at_the_relay_runs_on_every_sensor_until_deleted_and_across_rel
         assert!(!events.iter().any(|e| unlinked(e, &policy) == Some(m.as_str())), "{m} after the delete");
     }
 
-    // Added again, then the relay restarts: the store keeps it, and a new
-    // node gets it from the restarted relay.
-    let out = c.cli(&["tracingpolicy", "add", &file]);
-    assert!(out.status.success(), "re-add: {}", String::from_utf8_lossy(&out.stderr));
+    // Added again, by a client that is not ours (Tetragon's protos through
+    // Python grpcio), then the relay restarts: the store keeps it, and a
+    // new node gets it from the restarted relay.
+    match test_support::python::python() {
+        Some(py) => python_add(&c, &py, &file, &policy),
+        None => {
+            let out = c.cli(&["tracingpolicy", "add", &file]);
+            assert!(out.status.success(), "re-add: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
     wait_policy_on(&c, &policy, &names, "enabled");
     c.relay.as_mut().unwrap().kill();
     c.start_relay(&["--policy-store", &store]);
@@ -305,4 +311,50 @@ fn a_policy_added_at_the_relay_runs_on_every_sensor_until_deleted_and_across_rel
         c.relay_log()
     );
     assert_eq!(w.snapshot().iter().filter(|e| unlinked(e, &policy) == Some(m.as_str())).count(), 1);
+}
+
+/// Adds the policy in `file` at the relay with Python grpcio and Tetragon's
+/// own stubs: refused with the client certificate, taken with the admin
+/// one, then listed with the client one.
+fn python_add(c: &Cluster, py: &str, file: &str, policy: &str) {
+    let stubs = test_support::python::stubs(
+        py,
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto/proto"),
+        "relay-policies",
+    );
+    let script = format!(
+        r#"
+import grpc, sys
+sys.path.insert(0, "{stubs}")
+from tetragon import sensors_pb2, sensors_pb2_grpc
+def stub(role):
+    d = "{certs}"
+    creds = grpc.ssl_channel_credentials(open(d + "/ca.pem", "rb").read(), open(d + "/" + role + "-key.pem", "rb").read(), open(d + "/" + role + ".pem", "rb").read())
+    return sensors_pb2_grpc.FineGuidanceSensorsStub(grpc.secure_channel("{ip}:54330", creds))
+yaml = open("{file}").read()
+try:
+    stub("client").AddTracingPolicy(sensors_pb2.AddTracingPolicyRequest(yaml=yaml), timeout=10)
+    print("client add accepted")
+except grpc.RpcError as e:
+    print("client:", e.code().name, e.details())
+stub("admin").AddTracingPolicy(sensors_pb2.AddTracingPolicyRequest(yaml=yaml), timeout=10)
+listed = stub("client").ListTracingPolicies(sensors_pb2.ListTracingPoliciesRequest(), timeout=10).policies
+print("listed:", ",".join(p.name for p in listed))
+"#,
+        stubs = stubs.display(),
+        certs = c.certs.display(),
+        ip = c.relay_ip,
+    );
+    let out =
+        std::process::Command::new("ip").args(["netns", "exec", &c.client_ns, py, "-c", &script]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "python client failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains(
+            "client: PERMISSION_DENIED certificate role client may not use AddTracingPolicy; it needs the admin role"
+        ),
+        "{text}"
+    );
+    assert!(text.contains(&format!("listed: {policy}\n")), "{text}");
+    let _ = std::fs::remove_dir_all(stubs);
 }
