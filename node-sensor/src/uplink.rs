@@ -349,6 +349,7 @@ async fn follow(template: Link, first: Vec<SocketAddr>, interval: Duration) {
             }
             let state = template.uplink.open(&template.label, addr);
             let id = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
+            template.policies.open(id);
             links.insert(addr, (id, tokio::spawn(Link { addr, state, id, ..template.clone() }.run())));
         }
         tokio::time::sleep(interval).await;

@@ -26,6 +26,9 @@ struct Applied {
 
 #[derive(Default)]
 struct Sets {
+    /// Links open now: a set arriving from one already closed (its apply
+    /// raced the close) is not taken.
+    open: std::collections::BTreeSet<u64>,
     /// The set each link sent last, by link.
     by_link: BTreeMap<u64, Vec<ManagedPolicy>>,
     /// Relay policies in the host, by name.
@@ -63,6 +66,9 @@ impl RelayManaged {
             return PolicyReport { generation: set.generation, policies: set.policies.iter().map(refused).collect() };
         }
         let mut sets = self.sets.lock();
+        if !sets.open.contains(&link) {
+            return PolicyReport { generation: set.generation, policies: Vec::new() };
+        }
         sets.by_link.insert(link, set.policies);
         let mut host = self.host.0.lock();
         reconcile(&mut sets, &mut host);
@@ -93,10 +99,16 @@ impl RelayManaged {
         PolicyReport { generation: set.generation, policies }
     }
 
+    /// A link opened: its sets count from now on.
+    pub fn open(&self, link: u64) {
+        self.sets.lock().open.insert(link);
+    }
+
     /// A link closed for good (its relay address went away): its set no
     /// longer counts.
     pub fn forget(&self, link: u64) {
         let mut sets = self.sets.lock();
+        sets.open.remove(&link);
         if sets.by_link.remove(&link).is_some() {
             reconcile(&mut sets, &mut self.host.0.lock());
         }
