@@ -304,8 +304,8 @@ impl SensorStream<'_> {
                     let Some(share) = self.policies.sending_share(&current).await else {
                         return Err(IngestError::ShuttingDown);
                     };
-                    let message = reply(ingest_reply::Msg::Policies(PolicySet::clone(&current))).0;
-                    if self.tx.send((message, Some(share))).await.is_err() {
+                    let message = IngestReply { msg: Some(ingest_reply::Msg::Policies(PolicySet::clone(&current))) };
+                    if self.tx.send((Ok(message), Some(share))).await.is_err() {
                         return Ok(());
                     }
                     continue;

@@ -8,7 +8,7 @@
 
 mod cluster;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cluster::Cluster;
 use proto::tetragon::GetEventsResponse;
@@ -101,43 +101,36 @@ fn wait_policy_on(c: &Cluster, policy: &str, nodes: &[&str], state: &str) {
 
 /// Waits until the relay's per-node `info` of `policy` passes `done`.
 fn wait_policy(c: &Cluster, policy: &str, what: &str, done: impl Fn(&str) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = serde_json::Value::Null;
-    while Instant::now() < deadline {
-        last = relay_policies(c);
-        let info = last["policies"]
+    let info_passes = |text: &str| {
+        let listed: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+        let info = listed["policies"]
             .as_array()
             .and_then(|all| all.iter().find(|p| p["name"] == policy))
-            .and_then(|p| p["info"].as_str().map(str::to_owned))
+            .and_then(|p| p["info"].as_str())
             .unwrap_or_default();
-        if done(&info) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+        done(info)
+    };
+    if let Err(last) = cluster::wait_output(|| c.cli_cmd(&["tracingpolicy", "list", "-o", "json"]), info_passes) {
+        panic!("{policy} never {what}: {last}\nrelay log:\n{}", c.relay_log());
     }
-    panic!("{policy} never {what}: {last}\nrelay log:\n{}", c.relay_log());
 }
 
 /// Waits until every node listed by the relay has applied its latest
 /// policy set (`vigil nodes`: each node's POLICIES column equals the
 /// relay's policy generation).
 fn wait_policies_applied(c: &Cluster, nodes: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut text = String::new();
-    while Instant::now() < deadline {
-        text = String::from_utf8_lossy(&c.cli(&["nodes"]).stdout).into_owned();
+    let applied = |text: &str| {
         let generation = text.split("policy generation: ").nth(1).and_then(|r| r.trim().parse::<u64>().ok());
         let applied = |n: &str| {
             text.lines()
                 .find(|l| l.starts_with(&format!("{n} ")))
                 .and_then(|l| l.split_whitespace().nth(7)?.parse::<u64>().ok())
         };
-        if generation.is_some() && nodes.iter().all(|n| applied(n) == generation) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+        generation.is_some() && nodes.iter().all(|n| applied(n) == generation)
+    };
+    if let Err(last) = cluster::wait_output(|| c.cli_cmd(&["nodes"]), applied) {
+        panic!("not every node applied the relay's policies: {last}");
     }
-    panic!("not every node applied the relay's policies: {text}");
 }
 
 /// The policies node `name`'s own sensor API lists.

@@ -273,7 +273,11 @@ enum Change {
 /// A node's state for one policy, as `info` shows it.
 fn node_state(entry: &Entry, node: &NodePolicies) -> (Option<Outcome>, String, u64, u64) {
     let current = node.report.as_ref().filter(|r| r.generation >= entry.changed);
-    let outcome = current.and_then(|r| r.policies.iter().find(|o| o.name == entry.policy.name));
+    // `report` sorted them by name.
+    let outcome = current.and_then(|r| {
+        let at = r.policies.binary_search_by(|o| o.name.as_str().cmp(&entry.policy.name)).ok()?;
+        r.policies.get(at)
+    });
     let Some(o) = outcome else {
         let why = if node.connected { "pending" } else { "pending (node disconnected)" };
         return (None, why.to_owned(), 0, 0);

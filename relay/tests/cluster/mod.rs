@@ -262,20 +262,16 @@ impl Cluster {
 
     /// Waits until the relay at `relay_ip` lists node `name` as connected.
     pub fn wait_node_at(&self, relay_ip: &str, name: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let out = self.cli_cmd_at(relay_ip, &["nodes"]).stdin(Stdio::null()).output().unwrap();
-            let text = String::from_utf8_lossy(&out.stdout);
-            if text.lines().any(|l| l.starts_with(&format!("{name} ")) && l.contains("connected")) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
+        let connected =
+            |text: &str| text.lines().any(|l| l.starts_with(&format!("{name} ")) && l.contains("connected"));
+        if wait_output(|| self.cli_cmd_at(relay_ip, &["nodes"]), connected).is_err() {
+            let log = self.sensors.iter().find(|(n, _)| n == name).map(|(_, d)| d.log_text()).unwrap_or_default();
+            panic!("node {name} never connected; sensor log:\n{log}");
         }
-        let log = self.sensors.iter().find(|(n, _)| n == name).map(|(_, d)| d.log_text()).unwrap_or_default();
-        panic!("node {name} never connected; sensor log:\n{log}");
     }
 
-    fn cli_cmd(&self, args: &[&str]) -> Command {
+    /// `vigil` from the client namespace against the relay.
+    pub fn cli_cmd(&self, args: &[&str]) -> Command {
         self.cli_cmd_at(&self.relay_ip, args)
     }
 
@@ -413,20 +409,30 @@ impl Drop for Watcher {
     }
 }
 
-/// Runs `cmd` until the number after `key` in its output is `n`.
-fn wait_count(cmd: impl Fn() -> Command, key: &str, n: u64, what: &str) {
+/// Runs `cmd` until its output passes `done` (at most 30 s): the output
+/// that passed, or the last one.
+pub fn wait_output(cmd: impl Fn() -> Command, done: impl Fn(&str) -> bool) -> Result<String, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = String::new();
-    while Instant::now() < deadline {
+    loop {
         let out = cmd().stdin(Stdio::null()).output().unwrap();
-        last = String::from_utf8_lossy(&out.stdout).into_owned();
-        let count = last.split(key).nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok());
-        if count == Some(n) {
-            return;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if done(&text) {
+            return Ok(text);
+        }
+        if Instant::now() >= deadline {
+            return Err(text);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    panic!("{what} never showed {key}{n}: {last}");
+}
+
+/// Runs `cmd` until the number after `key` in its output is `n`.
+fn wait_count(cmd: impl Fn() -> Command, key: &str, n: u64, what: &str) {
+    let shows =
+        |text: &str| text.split(key).nth(1).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok()) == Some(n);
+    if let Err(last) = wait_output(cmd, shows) {
+        panic!("{what} never showed {key}{n}: {last}");
+    }
 }
 
 /// (kind, arguments, node) of every exec/exit whose arguments start with `prefix`.
