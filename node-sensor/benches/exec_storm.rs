@@ -11,6 +11,8 @@
 //! `cargo bench -p node-sensor --bench exec_storm [-- EXECS]`
 #![allow(clippy::unwrap_used, reason = "a benchmark: a panic ends the run with its reason")]
 
+mod support;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,7 @@ use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
 use proto::tetragon::get_events_response::Event;
 use proto::tetragon::{Filter, GetEventsRequest, GetHealthStatusRequest};
 use serving::address::ServerAddress;
+use support::{cpu_model, cpu_of};
 
 /// Runs `n` fork+exec+exit of /bin/true, each with a marker argument.
 fn storm(n: usize, mark: &str) -> Duration {
@@ -27,15 +30,6 @@ fn storm(n: usize, mark: &str) -> Duration {
         assert!(status.success());
     }
     start.elapsed()
-}
-
-fn proc_stat_cpu(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
-    // utime, stime are fields 14 and 15 overall: indexes 11, 12 after comm.
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
-    Duration::from_millis(ticks * 10)
 }
 
 fn rss_kib(pid: u32, key: &str) -> u64 {
@@ -88,6 +82,7 @@ fn main() {
     let base = (base1 + base2) / 2;
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     println!("exec_storm: {n} fork+exec+exit of /bin/true per phase");
+    println!("  cpu: {}", cpu_model());
     println!("  without sensor: {:>9.0} execs/s  (runs: {:.0}, {:.0})", rate(base), rate(base1), rate(base2));
     let phases = [
         ("sensor", &plain),
@@ -210,11 +205,11 @@ fn with_sensor(rt: &tokio::runtime::Runtime, n: usize, flags: &[&str], label: &s
         })
     };
     rx.recv_timeout(Duration::from_secs(30)).expect("sensor ready");
-    let cpu_before = proc_stat_cpu(sensor_pid);
+    let cpu_before = cpu_of(sensor_pid);
     let stats_before = bpf_stats();
     let with = storm(n, &mark);
     let stats_after = bpf_stats();
-    let cpu_used = proc_stat_cpu(sensor_pid).saturating_sub(cpu_before);
+    let cpu_used = cpu_of(sensor_pid).saturating_sub(cpu_before);
     let (execs, exits, lost, policy_events) = rt.block_on(counter).unwrap();
     let rss = rss_kib(sensor_pid, "VmRSS:");
     let hwm = rss_kib(sensor_pid, "VmHWM:");

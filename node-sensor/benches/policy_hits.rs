@@ -12,6 +12,8 @@
 //! `cargo bench -p node-sensor --bench policy_hits [-- OPENS]`
 #![allow(clippy::unwrap_used, reason = "a benchmark: a panic ends the run with its reason")]
 
+mod support;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,6 +22,7 @@ use proto::tetragon::get_events_response::Event;
 use proto::tetragon::kprobe_argument::Arg;
 use proto::tetragon::{EventType, Filter, GetEventsRequest, GetHealthStatusRequest};
 use serving::address::ServerAddress;
+use support::{cpu_model, cpu_of};
 
 /// `n` open+close of `path` (one openat and one close syscall each).
 fn open_storm(n: usize, path: &std::path::Path) -> Duration {
@@ -28,13 +31,6 @@ fn open_storm(n: usize, path: &std::path::Path) -> Duration {
         drop(std::hint::black_box(std::fs::File::open(path).unwrap()));
     }
     start.elapsed()
-}
-
-fn cpu_of(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
-    Duration::from_millis((f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 10)
 }
 
 /// (run time ns, runs) of the programs named `name`.
@@ -148,15 +144,6 @@ fn main() {
         ratio(&rejecting),
         rejecting.bpf_ns_per_hit - plain.bpf_ns_per_hit
     );
-}
-
-/// The host's CPU model, printed beside absolute figures.
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, m)| m.trim().to_owned()))
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// One phase: the sensor with `policy_yaml`, `n` opens of `target`, and a
