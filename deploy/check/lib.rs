@@ -3,11 +3,13 @@
 //! cross-reference checks.
 #![forbid(unsafe_code)]
 
+pub mod crds;
 pub mod service_monitor;
 
 use std::path::Path;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodSpec, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -31,6 +33,7 @@ pub enum Object {
     Deployment(Deployment),
     Service(Service),
     ServiceMonitor(service_monitor::ServiceMonitor),
+    CustomResourceDefinition(CustomResourceDefinition),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +107,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Object>, ManifestError> {
             "Deployment" => Object::Deployment(typed(file, &value)?),
             "Service" => Object::Service(typed(file, &value)?),
             "ServiceMonitor" => Object::ServiceMonitor(typed(file, &value)?),
+            "CustomResourceDefinition" => Object::CustomResourceDefinition(typed(file, &value)?),
             other => return Err(ManifestError::Kind { file: file.into(), kind: other.into() }),
         });
     }

@@ -25,6 +25,7 @@ fn name_of(o: &Object) -> String {
         Object::Deployment(x) => &x.metadata,
         Object::Service(x) => &x.metadata,
         Object::ServiceMonitor(x) => &x.metadata,
+        Object::CustomResourceDefinition(x) => &x.metadata,
     };
     meta.name.clone().unwrap_or_default()
 }
@@ -68,6 +69,7 @@ fn all_parse_without_unknown_fields() {
         "DaemonSet",
         "Deployment",
         "Service",
+        "CustomResourceDefinition",
     ] {
         assert!(kinds.contains(k), "no {k} among {kinds:?}");
     }
@@ -234,14 +236,34 @@ fn sensor_gets_what_bpf_needs_and_rbac_is_least_privilege() {
     let sc = c.security_context.as_ref().unwrap();
     assert_ne!(sc.privileged, Some(true), "no privileged mode: named capabilities only");
     assert_eq!(sc.capabilities.as_ref().unwrap().drop, Some(vec!["ALL".to_owned()]));
-    // RBAC: the sensor may read pods, nothing more.
+    // RBAC: the sensor may read pods, nodes and the tracing policies,
+    // nothing more, and write nothing.
     let (_, cr) =
         objs.iter().find(|(_, o)| matches!(o, Object::ClusterRole(_)) && name_of(o) == "vigil-sensor").unwrap();
     let Object::ClusterRole(cr) = cr else { unreachable!() };
     let rules = cr.rules.clone().unwrap_or_default();
-    assert_eq!(rules.len(), 1);
-    assert_eq!(rules[0].resources, Some(vec!["pods".to_owned()]));
-    assert_eq!(rules[0].verbs, vec!["get", "list", "watch"]);
+    let granted: Vec<(Vec<String>, Vec<String>, Vec<String>)> = rules
+        .iter()
+        .map(|r| (r.api_groups.clone().unwrap_or_default(), r.resources.clone().unwrap_or_default(), r.verbs.clone()))
+        .collect();
+    let read = vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()];
+    let strings = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    assert_eq!(
+        granted,
+        [
+            (strings(&[""]), strings(&["pods", "nodes"]), read.clone()),
+            (strings(&["cilium.io"]), strings(&["tracingpolicies", "tracingpoliciesnamespaced"]), read),
+        ]
+    );
+    // What the sensor watches is what the CRDs define.
+    let crds: Vec<String> = objs
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Object::CustomResourceDefinition(c) => Some(format!("{}.{}", c.spec.names.plural, c.spec.group)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(crds, ["tracingpolicies.cilium.io", "tracingpoliciesnamespaced.cilium.io"]);
     // Node identity: the sensor's projected token for the relay's audience,
     // and the relay allowed to review tokens.
     assert!(mounts.contains("/var/run/secrets/vigil"), "sensor lacks its relay token");

@@ -12,6 +12,13 @@ use serde::Deserialize;
 /// Anything kept only to be refused or passed on (label selectors, macros).
 pub type Opaque = serde_yaml::Value;
 
+/// An [`Opaque`] field in the CRD's schema: any value, kept as given (the
+/// API server must not prune what Vigil reads itself).
+#[cfg(feature = "schema")]
+fn opaque_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "x-kubernetes-preserve-unknown-fields": true })
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TracingPolicy {
@@ -42,6 +49,7 @@ pub struct Metadata {
     pub annotations: BTreeMap<String, String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Spec {
@@ -52,31 +60,42 @@ pub struct Spec {
     #[serde(default)]
     pub uprobes: Vec<UProbe>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "opaque_schema"))]
     pub fentries: Option<Opaque>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "opaque_schema"))]
     pub lsmhooks: Option<Opaque>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "opaque_schema"))]
     pub usdts: Option<Opaque>,
     #[serde(default)]
     pub loader: Option<bool>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "opaque_schema"))]
     pub lists: Option<Opaque>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "opaque_schema"))]
     pub enforcers: Option<Opaque>,
     #[serde(default)]
     pub options: Vec<PolicyOption>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "opaque_schema"))]
     pub selectors_macros: Option<Opaque>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "opaque_schema"))]
     pub pod_selector: Option<Opaque>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "opaque_schema"))]
     pub container_selector: Option<Opaque>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "opaque_schema"))]
     pub host_selector: Option<Opaque>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "opaque_schema"))]
     pub node_selector: Option<Opaque>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyOption {
@@ -89,6 +108,7 @@ fn yes() -> bool {
     true
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KProbe {
@@ -116,6 +136,7 @@ pub struct KProbe {
     pub ignore: Option<KProbeIgnore>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct KProbeIgnore {
@@ -123,6 +144,7 @@ pub struct KProbeIgnore {
     pub call_not_found: bool,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Tracepoint {
@@ -140,6 +162,7 @@ pub struct Tracepoint {
     pub tags: Vec<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct UProbe {
@@ -171,10 +194,12 @@ pub struct UProbe {
     #[serde(default)]
     pub binary_digests: Vec<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "opaque_schema"))]
     pub ignore: Option<Opaque>,
 }
 
 /// One argument to read (`args`, `data`, `returnArg`).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Arg {
@@ -201,6 +226,7 @@ pub struct Arg {
 }
 
 /// Argument types, spelled as the CRD enum spells them.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ArgType {
@@ -258,6 +284,7 @@ pub enum ArgType {
     Nop,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Selector {
@@ -282,6 +309,7 @@ pub struct Selector {
     #[serde(default)]
     pub match_capability_changes: Vec<CapabilityFilter>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "opaque_schema"))]
     pub match_workloads: Option<Opaque>,
     #[serde(default)]
     pub match_actions: Vec<Action>,
@@ -293,6 +321,7 @@ pub struct Selector {
     pub label: Option<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ArgFilter {
@@ -306,6 +335,7 @@ pub struct ArgFilter {
 }
 
 /// `matchArgs` operators, in the CRD's spelling (`NotSportPriv` included).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum ArgOperator {
     Equal,
@@ -346,12 +376,14 @@ pub enum ArgOperator {
     CelExpr,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum InOperator {
     In,
     NotIn,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PidFilter {
@@ -364,6 +396,7 @@ pub struct PidFilter {
     pub follow_forks: bool,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum BinaryOperator {
     In,
@@ -374,6 +407,7 @@ pub enum BinaryOperator {
     NotPostfix,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BinaryFilter {
@@ -384,6 +418,7 @@ pub struct BinaryFilter {
     pub follow_children: bool,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum NamespaceName {
     Uts,
@@ -398,6 +433,7 @@ pub enum NamespaceName {
     User,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NamespaceFilter {
@@ -407,6 +443,7 @@ pub struct NamespaceFilter {
     pub values: Vec<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ChangeFilter {
@@ -415,6 +452,7 @@ pub struct ChangeFilter {
     pub values: Vec<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 pub enum CapabilitySet {
     #[default]
@@ -423,6 +461,7 @@ pub enum CapabilitySet {
     Permitted,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CapabilityFilter {
@@ -435,6 +474,7 @@ pub struct CapabilityFilter {
     pub values: Vec<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum ActionKind {
     Post,
@@ -454,6 +494,7 @@ pub enum ActionKind {
     CopyFD,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Action {
@@ -473,6 +514,7 @@ pub struct Action {
     #[serde(default)]
     pub arg_sock: Option<u32>,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "opaque_schema"))]
     pub arg_regs: Option<Opaque>,
     #[serde(default)]
     pub arg_new_symbol: Option<String>,
