@@ -353,6 +353,9 @@ pub struct HookSpec {
     pub ret: ArgSpec,
     /// `HOOK_*`.
     pub flags: u32,
+    /// With `HOOK_SCOPED`: the policy's scope, whose cgroups are in
+    /// `SCOPE_CGROUPS` as `ScopeKey { scope, cgroup }`.
+    pub scope: u32,
 }
 
 /// `HookSpec::flags`: a return probe reports this hook, with the return
@@ -361,6 +364,29 @@ pub const HOOK_RETURN: u32 = 1 << 0;
 /// `HookSpec::flags`: the hook has selectors (in `SELECTORS`, by hook
 /// number); the selector program decides what is sent and done.
 pub const HOOK_SELECT: u32 = 1 << 1;
+/// `HookSpec::flags`: the policy applies only to processes in the cgroups
+/// listed for its scope (a `TracingPolicyNamespaced`, a pod or container
+/// selector): a process elsewhere is not looked at.
+pub const HOOK_SCOPED: u32 = 1 << 2;
+/// Cgroups all scoped policies list together (16-byte keys, allocated as
+/// used).
+pub const SCOPE_CGROUPS_MAX: u32 = 65536;
+
+/// `ScopeKey::cgroup` of a scope that admits every process (a policy whose
+/// `nodeSelector` admits this node, and nothing narrower).
+pub const SCOPE_EVERY_CGROUP: u64 = 0;
+
+/// A cgroup a scoped policy applies to: its scope and the cgroup's id (the
+/// cgroup v2 directory's inode number, as `bpf_get_current_cgroup_id`
+/// gives it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ScopeKey {
+    pub scope: u32,
+    pub _pad: u32,
+    pub cgroup: u64,
+}
+
 /// Cookies of kretprobe attaches have this bit (with the hook's number).
 pub const KRETPROBE_COOKIE: u64 = 1 << 34;
 /// Cookies of tracepoint attaches of the program that reads file
@@ -568,8 +594,9 @@ const _: () = assert!(core::mem::size_of::<ExitRecord>() == 40);
 const _: () = assert!(core::mem::size_of::<CloneRecord>() == 48);
 const _: () = assert!(core::mem::size_of::<ExecTimeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<ArgSpec>() == 12);
-const _: () = assert!(core::mem::size_of::<HookSpec>() == 8 + 12 * HOOK_MAX_ARGS + 12 + 4);
-const _: () = assert!(core::mem::size_of::<HookSet>() == 8 + 84 * HOOKS_PER_ATTACH);
+const _: () = assert!(core::mem::size_of::<HookSpec>() == 8 + 12 * HOOK_MAX_ARGS + 12 + 8);
+const _: () = assert!(core::mem::size_of::<ScopeKey>() == 16);
+const _: () = assert!(core::mem::size_of::<HookSet>() == 8 + 88 * HOOKS_PER_ATTACH);
 const _: () = assert!(core::mem::size_of::<ReturnPending>() == 40 + RETURN_DATA_MAX);
 const _: () = assert!(core::mem::size_of::<PathHead>() == 8);
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 72);
@@ -612,6 +639,8 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::HookSet {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ScopeKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SelectorSet {}
     // SAFETY: as above.

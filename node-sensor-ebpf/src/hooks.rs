@@ -12,7 +12,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
+    helpers::{bpf_get_attach_cookie, bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
     macros::{kprobe, kretprobe, tracepoint, uprobe},
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
@@ -21,7 +21,8 @@ use node_sensor_common::*;
 use crate::args::{AREA, ARGS_PATHS, ARGS_PLAIN, ARGS_SOCK, read_arg};
 use crate::select::{SELECT_PROBE, SELECT_TRACEPOINT, select_failed};
 use crate::{
-    CHAIN, EVENTS, HOOK_SCRATCH, HOOKS, READER_TP, RETURN_PENDING, SELECT_KP, SELECT_TP, count, queued, submit_flags,
+    CHAIN, EVENTS, HOOK_SCRATCH, HOOKS, READER_TP, RETURN_PENDING, SCOPE_CGROUPS, SELECT_KP, SELECT_TP, count, queued,
+    submit_flags,
 };
 
 /// A program's context as the tail call wants it.
@@ -165,6 +166,9 @@ fn run_hook<const KIND: u8>(ctx: *mut c_void, hook: &HookSpec, select_slot: u32)
     if (pid_tgid >> 32) as u32 == off!(own_tgid) {
         return Ok(());
     }
+    if hook.flags & HOOK_SCOPED != 0 && !in_scope(hook.scope) {
+        return Ok(());
+    }
     let scratch = HOOK_SCRATCH.get_ptr_mut(0).ok_or(-12i64)?;
     // SAFETY: bpf_ktime_get_boot_ns has no preconditions.
     let ktime = unsafe { bpf_ktime_get_boot_ns() };
@@ -210,6 +214,20 @@ fn run_hook<const KIND: u8>(ctx: *mut c_void, hook: &HookSpec, select_slot: u32)
         send(scratch as *const u8, data_len);
     }
     Ok(())
+}
+
+/// Whether the running process's cgroup is one of `scope`'s (or the scope
+/// admits every process): a scoped policy looks at nothing else, before
+/// any argument is read.
+#[inline(always)]
+fn in_scope(scope: u32) -> bool {
+    // SAFETY: the helper has no preconditions.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: only whether an entry exists is read.
+    unsafe {
+        SCOPE_CGROUPS.get(ScopeKey { scope, _pad: 0, cgroup }).is_some()
+            || SCOPE_CGROUPS.get(ScopeKey { scope, _pad: 0, cgroup: SCOPE_EVERY_CGROUP }).is_some()
+    }
 }
 
 /// Sends the record built in `scratch` with `data_len` bytes of arguments.
@@ -280,7 +298,8 @@ fn run_return(ctx: *mut c_void) -> Result<(), i64> {
         // Entered before the policy, or its entry was pushed out. With
         // selectors, a call no selector passed at entry was not kept
         // either, and the two cannot be told apart here: not counted.
-        if hook.flags & HOOK_SELECT == 0 {
+        // A scoped hook's entry skipped processes out of its scope.
+        if hook.flags & (HOOK_SELECT | HOOK_SCOPED) == 0 {
             count(COUNTER_RETURNS_LOST);
         }
         return Ok(());

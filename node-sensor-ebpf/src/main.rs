@@ -44,6 +44,11 @@ static EXEC_TIMES: LruHashMap<ExecTimeKey, u64> = LruHashMap::with_max_entries(E
 #[map]
 static HOOKS: HashMap<u64, HookSet> = HashMap::with_max_entries(HOOK_ATTACH_MAX, NO_PREALLOC);
 
+/// The cgroups each scoped policy applies to (`HOOK_SCOPED`); the sensor
+/// keeps it in line with the pods on the node.
+#[map]
+static SCOPE_CGROUPS: HashMap<ScopeKey, u8> = HashMap::with_max_entries(SCOPE_CGROUPS_MAX, NO_PREALLOC);
+
 /// Per-CPU room a hook record is built in before it is sent (it is larger
 /// than the BPF stack, and its length is only known at the end).
 #[map]

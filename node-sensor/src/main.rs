@@ -109,16 +109,17 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         bus.clone(),
         stats.clone(),
     );
+    let mut kubernetes = None;
     if settings.enable_k8s_api {
         let source = match &settings.kubeconfig {
             Some(path) => ApiSource::Kubeconfig(path.clone()),
             None => ApiSource::InCluster,
         };
-        let pods = k8s::start(source, &settings.node_name, settings.k8s_pod_annotations, stats.clone())
-            .await
-            .context("Kubernetes API (--enable-k8s-api)")?;
+        let client = k8s::client(&source).await.context("Kubernetes API (--enable-k8s-api)")?;
+        let pods = k8s::start(client.clone(), &settings.node_name, settings.k8s_pod_annotations, stats.clone()).await;
         tracing::info!(node = %settings.node_name, "watching this node's pods");
-        pipeline = pipeline.with_pods(pods, &settings.procfs);
+        pipeline = pipeline.with_pods(pods.clone(), &settings.procfs);
+        kubernetes = Some((client, pods));
     }
     if settings.enable_ancestors {
         pipeline = pipeline.with_ancestors();
@@ -137,6 +138,13 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         tracing::info!(file = %path.display(), "tracing policy loaded");
     }
     let policies = SharedPolicies(Arc::new(parking_lot::Mutex::new(policies)));
+    let managed =
+        Arc::new(node_sensor::policies::managed::Managed::new(policies.clone(), !settings.ignore_relay_policies));
+    if let Some((client, pods)) = kubernetes {
+        k8s::placement::follow(client.clone(), settings.node_name.clone(), pods, policies.clone());
+        k8s::policies::watch(client, managed.clone());
+        tracing::info!("watching TracingPolicy and TracingPolicyNamespaced objects");
+    }
     if settings.only_own_netns {
         let own =
             node_sensor::privileges::read_ns_inums(&settings.procfs, std::process::id())[node_sensor_common::NS_NET];
@@ -156,10 +164,6 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
             resolve_interval: settings.relay_resolve_interval,
             token_file: settings.relay_token_file.clone(),
         };
-        let managed = Arc::new(node_sensor::policies::managed::RelayManaged::new(
-            policies.clone(),
-            !settings.ignore_relay_policies,
-        ));
         relays = Some(uplink::start(&bus, uplink, managed).await.context("relay uplink")?);
     }
     if let Some((listener, counts)) = metrics {

@@ -22,7 +22,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_stream::StreamExt;
 use tonic::transport::Endpoint;
 
-use crate::policies::managed::RelayManaged;
+use crate::policies::managed::Managed;
 
 /// Events sent per batch.
 const BATCH: usize = 512;
@@ -242,7 +242,7 @@ fn boot_id() -> String {
 pub async fn start(
     bus: &EventBus,
     settings: UplinkSettings,
-    policies: Arc<RelayManaged>,
+    policies: Arc<Managed>,
 ) -> Result<Arc<Uplink>, UplinkError> {
     let replay = Arc::new(Replay::new(settings.buffer_size));
     let uplink = Arc::new(Uplink {
@@ -400,7 +400,7 @@ struct Link {
     state: Arc<LinkState>,
     /// This link's number, for the policies it brings.
     id: u64,
-    policies: Arc<RelayManaged>,
+    policies: Arc<Managed>,
 }
 
 fn jitter(d: Duration) -> Duration {

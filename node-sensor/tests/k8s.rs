@@ -6,62 +6,16 @@
 mod common;
 mod k8s_api;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Collector, Sensor, exec_of, exit_of, nonce, pid};
 use events::compact::{CompactOptions, render};
-use k8s_api::{ApiServer, PodSpec};
+use k8s_api::{ApiServer, PodCgroup, PodSpec};
 use proto::tetragon::GetEventsRequest;
 use serde_json::json;
 
 const NODE: &str = "kt-node";
-
-/// A kubelet-shaped cgroup for a container; removed on drop.
-struct PodCgroup {
-    dirs: Vec<String>,
-    pub procs: String,
-    pub container_id: String,
-    pub uid: String,
-}
-
-impl PodCgroup {
-    fn new(systemd: bool) -> Option<PodCgroup> {
-        let root = common::cgroup2_root()?;
-        let n = nonce();
-        let container_id: String = format!("{:0>64}", format!("{n}c0ffee")).chars().rev().collect();
-        let uid = format!("4f5e3a2b-1c2d-4e5f-8a9b-{:0>12}", &n[n.len().saturating_sub(12)..]);
-        let (pod_dir, leaf) = if systemd {
-            let slice = format!(
-                "{root}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
-                uid.replace('-', "_")
-            );
-            (slice.clone(), format!("{slice}/cri-containerd-{container_id}.scope"))
-        } else {
-            let d = format!("{root}/kubepods/besteffort/pod{uid}");
-            (d.clone(), format!("{d}/{container_id}"))
-        };
-        std::fs::create_dir_all(&leaf).ok()?;
-        Some(PodCgroup { dirs: vec![leaf.clone(), pod_dir], procs: format!("{leaf}/cgroup.procs"), container_id, uid })
-    }
-
-    /// Runs `sh -c` moved into this cgroup first.
-    fn spawn(&self, script: &str) -> Child {
-        Command::new("/bin/sh")
-            .args(["-c", &format!("echo $$ > {} && {script}", self.procs)])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap()
-    }
-}
-
-impl Drop for PodCgroup {
-    fn drop(&mut self) {
-        for d in &self.dirs {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
-}
 
 fn xwing(api: &ApiServer, cg: &PodCgroup) {
     api.add(PodSpec {

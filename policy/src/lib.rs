@@ -11,6 +11,7 @@
 
 pub mod compile;
 pub mod schema;
+pub mod scope;
 pub mod select;
 pub mod tracefs;
 mod validate;

@@ -28,6 +28,7 @@ pub fn check(p: &TracingPolicy) -> Checked {
     if p.kind == Kind::TracingPolicyNamespaced && spec.host_selector.is_some() {
         return Err(PolicyError::at("spec.hostSelector", "a TracingPolicyNamespaced may not set it"));
     }
+    crate::scope::Scope::of(p)?;
     // Known to Tetragon, not built in Vigil yet: refused by name rather
     // than loaded in part.
     for (field, present) in [
@@ -37,6 +38,7 @@ pub fn check(p: &TracingPolicy) -> Checked {
         ("spec.lists", spec.lists.is_some()),
         ("spec.enforcers", spec.enforcers.is_some()),
         ("spec.selectorsMacros", spec.selectors_macros.is_some()),
+        ("spec.hostSelector", spec.host_selector.is_some()),
         ("spec.loader", spec.loader == Some(true)),
     ] {
         if present {

@@ -23,7 +23,7 @@ fn status_of(e: HostError) -> Status {
         HostError::Exists(_) => Status::already_exists(e.to_string()),
         HostError::NotFound(_) => Status::not_found(e.to_string()),
         HostError::Full => Status::resource_exhausted(e.to_string()),
-        HostError::Kernel { .. } | HostError::MonitorOnly(_) | HostError::Managed(_) => {
+        HostError::Kernel { .. } | HostError::MonitorOnly(_) | HostError::Managed { .. } => {
             Status::failed_precondition(e.to_string())
         }
     }
@@ -95,7 +95,11 @@ impl PolicyControl for SharedPolicies {
                         Mode::MonitorOnly => TracingPolicyMode::TpModeMonitorOnly,
                     } as i32,
                     stats: Some(stats(p.events, &p.selector_counts)),
-                    info: if p.managed { "managed by the relay".to_owned() } else { String::new() },
+                    info: [p.origin.info(), p.scope.as_deref().unwrap_or_default()]
+                        .into_iter()
+                        .filter(|part| !part.is_empty())
+                        .collect::<Vec<_>>()
+                        .join("; "),
                     ..Default::default()
                 }
             })

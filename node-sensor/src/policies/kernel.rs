@@ -12,7 +12,8 @@ use aya::programs::KProbe;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeError, UProbeLinkId, UProbeScope};
 use aya::programs::{ProgramError, TracePoint, UProbe};
 use node_sensor_common::{
-    HOOKS_PER_ATTACH, HookSet, KPROBE_COOKIE, KRETPROBE_COOKIE, OVERRIDE_COOKIE, TRACEPOINT_FD_COOKIE, UPROBE_COOKIE,
+    HOOK_SCOPED, HOOKS_PER_ATTACH, HookSet, HookSpec, KPROBE_COOKIE, KRETPROBE_COOKIE, OVERRIDE_COOKIE, ScopeKey,
+    TRACEPOINT_FD_COOKIE, UPROBE_COOKIE,
 };
 use policy::PolicyError;
 use policy::compile::{KprobeHook, Read, TracepointHook, UprobeHook};
@@ -67,6 +68,8 @@ struct AttachedTracepoint {
 pub struct Attachments {
     ebpf: Ebpf,
     hook_map: Option<BpfHashMap<MapData, u64, HookSet>>,
+    /// The cgroups of scoped policies (`SCOPE_CGROUPS`).
+    scope_map: Option<BpfHashMap<MapData, ScopeKey, u8>>,
     programs: HookPrograms,
     tracepoints: HashMap<u32, AttachedTracepoint>,
     uprobes: HashMap<u32, UProbeLinkId>,
@@ -115,9 +118,11 @@ impl Attachments {
     pub fn new(mut ebpf: Ebpf, programs: HookPrograms) -> Attachments {
         let hook_map = ebpf.take_map("HOOKS").and_then(|m| BpfHashMap::try_from(m).ok());
         let selectors = SelectorMaps::take(&mut ebpf);
+        let scope_map = ebpf.take_map("SCOPE_CGROUPS").and_then(|m| BpfHashMap::try_from(m).ok());
         Attachments {
             ebpf,
             hook_map,
+            scope_map,
             programs,
             tracepoints: HashMap::new(),
             uprobes: HashMap::new(),
@@ -144,13 +149,26 @@ impl Attachments {
         self.selectors.as_ref().map(|m| m.counts(id)).unwrap_or_default()
     }
 
+    /// Lets `scope`'s hooks see processes of `cgroup` (0: every process).
+    pub fn scope_insert(&mut self, scope: u32, cgroup: u64) -> Result<(), String> {
+        let map = self.scope_map.as_mut().ok_or("BPF map `SCOPE_CGROUPS` is missing")?;
+        map.insert(ScopeKey { scope, _pad: 0, cgroup }, 1, 0).map_err(|e| e.to_string())
+    }
+
+    /// Takes `cgroup` out of `scope` (one not in it is a no-op).
+    pub fn scope_remove(&mut self, scope: u32, cgroup: u64) {
+        if let Some(map) = self.scope_map.as_mut() {
+            let _ = map.remove(&ScopeKey { scope, _pad: 0, cgroup });
+        }
+    }
+
     fn map(&mut self) -> Result<&mut BpfHashMap<MapData, u64, HookSet>, AttachError> {
         self.hook_map.as_mut().ok_or_else(|| AttachError::Kernel("BPF map `HOOKS` is missing".into()))
     }
 
     /// Puts hook `id` into the kernel, its enforcement off if `monitor`:
     /// its selectors first, so its first run finds them.
-    pub fn attach(&mut self, id: u32, point: &Point, monitor: bool) -> Result<(), AttachError> {
+    pub fn attach(&mut self, id: u32, point: &Point, monitor: bool, scope: Option<u32>) -> Result<(), AttachError> {
         let selectors = point.selectors();
         if !selectors.is_empty() {
             if let Err(why) = &self.programs.select {
@@ -160,9 +178,9 @@ impl Attachments {
             maps.install(id, selectors, monitor).map_err(AttachError::Kernel)?;
         }
         let attached = match point {
-            Point::Tracepoint(tp) => self.attach_tracepoint(id, tp),
-            Point::Uprobe(up) => self.attach_uprobe(id, up),
-            Point::Kprobe(kp) => self.attach_kprobe(id, kp),
+            Point::Tracepoint(tp) => self.attach_tracepoint(id, tp, scope),
+            Point::Uprobe(up) => self.attach_uprobe(id, up, scope),
+            Point::Kprobe(kp) => self.attach_kprobe(id, kp, scope),
         };
         if attached.is_err()
             && let Ok(maps) = &mut self.selectors
@@ -185,9 +203,9 @@ impl Attachments {
         }
     }
 
-    fn attach_tracepoint(&mut self, id: u32, tp: &TracepointHook) -> Result<(), AttachError> {
+    fn attach_tracepoint(&mut self, id: u32, tp: &TracepointHook, scope: Option<u32>) -> Result<(), AttachError> {
         if Point::own_tracepoint(tp) {
-            return self.attach_tracepoint_own(id, tp);
+            return self.attach_tracepoint_own(id, tp, scope);
         }
         if let Err(why) = &self.programs.tracepoint {
             return Err(AttachError::Kernel(format!("the tracepoint program is not available: {why}")));
@@ -198,7 +216,7 @@ impl Attachments {
         if count >= HOOKS_PER_ATTACH {
             return Err(AttachError::Kernel(format!("{where_} already serves {HOOKS_PER_ATTACH} policy hooks")));
         }
-        value.hooks[count] = tp.spec(id);
+        value.hooks[count] = scoped(tp.spec(id), scope);
         value.count += 1;
         let key = u64::from(tp.id);
         self.map()?
@@ -222,12 +240,12 @@ impl Attachments {
 
     /// A hook that reads a descriptor: an attach of its own, of the
     /// program with the path reader.
-    fn attach_tracepoint_own(&mut self, id: u32, tp: &TracepointHook) -> Result<(), AttachError> {
+    fn attach_tracepoint_own(&mut self, id: u32, tp: &TracepointHook, scope: Option<u32>) -> Result<(), AttachError> {
         if let Err(why) = &self.programs.tracepoint_fd {
             return Err(AttachError::Kernel(format!("the tracepoint program for descriptors is not available: {why}")));
         }
         let key = TRACEPOINT_FD_COOKIE | u64::from(id);
-        let value = HookSet { count: 1, hooks: [tp.spec(id); HOOKS_PER_ATTACH], ..Default::default() };
+        let value = HookSet { count: 1, hooks: [scoped(tp.spec(id), scope); HOOKS_PER_ATTACH], ..Default::default() };
         self.map()?.insert(key, value, 0).map_err(|e| AttachError::Kernel(format!("updating the hook map: {e}")))?;
         match self.link_tracepoint(TRACEPOINT_FD_PROGRAM, tp, key) {
             Ok(entry) => {
@@ -281,7 +299,7 @@ impl Attachments {
         }
     }
 
-    fn attach_uprobe(&mut self, id: u32, up: &UprobeHook) -> Result<(), AttachError> {
+    fn attach_uprobe(&mut self, id: u32, up: &UprobeHook, scope: Option<u32>) -> Result<(), AttachError> {
         if let Err(why) = &self.programs.uprobe {
             return Err(AttachError::Kernel(format!("the uprobe program is not available: {why}")));
         }
@@ -292,7 +310,7 @@ impl Attachments {
             Err(e) => return Err(invalid_path(up, format!("cannot read the binary: {}", e.kind()))),
         }
         let key = UPROBE_COOKIE | u64::from(id);
-        let value = HookSet { count: 1, hooks: [up.spec(id); HOOKS_PER_ATTACH], ..Default::default() };
+        let value = HookSet { count: 1, hooks: [scoped(up.spec(id), scope); HOOKS_PER_ATTACH], ..Default::default() };
         self.map()?.insert(key, value, 0).map_err(|e| AttachError::Kernel(format!("updating the hook map: {e}")))?;
         let location = match &up.symbol {
             Some(symbol) => UProbeAttachLocation::Symbol(symbol),
@@ -334,7 +352,7 @@ impl Attachments {
 }
 
 impl Attachments {
-    fn attach_kprobe(&mut self, id: u32, kp: &KprobeHook) -> Result<(), AttachError> {
+    fn attach_kprobe(&mut self, id: u32, kp: &KprobeHook, scope: Option<u32>) -> Result<(), AttachError> {
         // Before anything is attached: the policy asks what this kernel
         // cannot do.
         if let (Some(at), Err(why)) = (&kp.selectors.override_at, &self.programs.kprobe_override) {
@@ -354,7 +372,7 @@ impl Attachments {
         {
             return Err(AttachError::Kernel(format!("the return-probe program is not available: {why}")));
         }
-        let value = HookSet { count: 1, hooks: [kp.spec(id); HOOKS_PER_ATTACH], ..Default::default() };
+        let value = HookSet { count: 1, hooks: [scoped(kp.spec(id), scope); HOOKS_PER_ATTACH], ..Default::default() };
         let keys = [KPROBE_COOKIE | u64::from(id), KRETPROBE_COOKIE | u64::from(id)];
         for key in keys {
             self.map()?
@@ -440,6 +458,15 @@ impl Attachments {
             }
         }
     }
+}
+
+/// `spec` limited to the cgroups of `scope`, if the policy has one.
+fn scoped(mut spec: HookSpec, scope: Option<u32>) -> HookSpec {
+    if let Some(scope) = scope {
+        spec.flags |= HOOK_SCOPED;
+        spec.scope = scope;
+    }
+    spec
 }
 
 /// A uprobe attach's failure: a binary or symbol that is not there is the

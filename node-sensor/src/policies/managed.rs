@@ -1,11 +1,13 @@
-//! Policies a relay manages for the whole cluster. Each relay link (one
-//! address a `--relay-address` resolves to) sends its whole set after the
-//! welcome and at every change; this loads what is new, unloads relay
+//! Policies managed elsewhere for the whole cluster: by relays, and by
+//! Kubernetes (TracingPolicy objects). Each source sends its whole set:
+//! a relay link (one address a `--relay-address` resolves to) after the
+//! welcome and at every change, the Kubernetes watch at every change (as
+//! the link `KUBERNETES_LINK`). This loads what is new, unloads managed
 //! policies no set lists any more, follows each one's enabled flag and
 //! mode, and says what became of each. Replicas of one relay may hold
-//! different sets: the sensor runs their union, and where two send a
-//! policy of one name with different documents, the link opened first
-//! wins. Policies added on the node itself are never touched; a relay
+//! different sets: the sensor runs their union, and where two sources send
+//! a policy of one name with different documents, the link opened first
+//! wins. Policies added on the node itself are never touched; a managed
 //! policy with the same name as one of them is refused here.
 
 use std::collections::BTreeMap;
@@ -15,13 +17,26 @@ use proto::vigil::relay::v1::policy_outcome::State as Outcome;
 use proto::vigil::relay::v1::{ManagedPolicy, PolicyOutcome, PolicyReport, PolicySet};
 
 use super::api::SharedPolicies;
-use super::{Mode, PolicyHost, State, key_of};
+use super::{Mode, Origin, PolicyHost, State, display_name, key_of};
 
-/// A relay policy loaded in the host (in any state).
-struct Applied {
-    yaml: String,
-    /// (namespace, name) in the host.
-    key: (String, String),
+/// The link number of the Kubernetes watch's set.
+pub const KUBERNETES_LINK: u64 = u64::MAX;
+
+/// (namespace, name): a policy's key in the host.
+type Key = (String, String);
+
+/// One policy of a source's set: a relay's are cluster-wide (namespace
+/// empty); Kubernetes' `TracingPolicyNamespaced` carry theirs.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub namespace: String,
+    pub policy: ManagedPolicy,
+}
+
+impl Desired {
+    fn key(&self) -> Key {
+        (self.namespace.clone(), self.policy.name.clone())
+    }
 }
 
 #[derive(Default)]
@@ -30,15 +45,15 @@ struct Sets {
     /// raced the close) is not taken.
     open: std::collections::BTreeSet<u64>,
     /// The set each link sent last, by link.
-    by_link: BTreeMap<u64, Vec<ManagedPolicy>>,
-    /// Relay policies in the host, by name.
-    applied: BTreeMap<String, Applied>,
-    /// Relay policies this node refused, by name: the document and why
+    by_link: BTreeMap<u64, Vec<Desired>>,
+    /// Managed policies in the host (in any state), by key: their document.
+    applied: BTreeMap<Key, String>,
+    /// Managed policies this node refused, by key: the document and why
     /// (tried again only when the document changes).
-    refused: BTreeMap<String, (String, String)>,
+    refused: BTreeMap<Key, (String, String)>,
 }
 
-pub struct RelayManaged {
+pub struct Managed {
     host: SharedPolicies,
     sets: Mutex<Sets>,
     /// Off with `--ignore-relay-policies`: every relay policy is refused.
@@ -48,13 +63,26 @@ pub struct RelayManaged {
 /// Why a node with `--ignore-relay-policies` refuses each relay policy.
 const IGNORED: &str = "this node takes no tracing policies from relays (--ignore-relay-policies)";
 
-impl RelayManaged {
+impl Managed {
+    /// `accept`: whether relays' sets are taken (the Kubernetes watch's
+    /// are, once `open(KUBERNETES_LINK)`).
     pub fn new(host: SharedPolicies, accept: bool) -> Self {
-        RelayManaged { host, sets: Mutex::new(Sets::default()), accept }
+        Managed { host, sets: Mutex::new(Sets::default()), accept }
     }
 
-    /// Takes `link`'s new set, brings the host in line with every link's,
-    /// and reports on the policies of this set.
+    /// Takes the Kubernetes watch's whole set. What became of each policy
+    /// is in the host's list and the log.
+    pub fn apply_kubernetes(&self, set: Vec<Desired>) {
+        let mut sets = self.sets.lock();
+        if !sets.open.contains(&KUBERNETES_LINK) {
+            return;
+        }
+        sets.by_link.insert(KUBERNETES_LINK, set);
+        reconcile(&mut sets, &mut self.host.0.lock());
+    }
+
+    /// Takes relay `link`'s new set, brings the host in line with every
+    /// link's, and reports on the policies of this set.
     pub fn apply(&self, link: u64, set: PolicySet) -> PolicyReport {
         if !self.accept {
             let refused = |p: &ManagedPolicy| PolicyOutcome {
@@ -69,20 +97,22 @@ impl RelayManaged {
         if !sets.open.contains(&link) {
             return PolicyReport { generation: set.generation, policies: Vec::new() };
         }
-        sets.by_link.insert(link, set.policies);
+        let desired = set.policies.into_iter().map(|policy| Desired { namespace: String::new(), policy }).collect();
+        sets.by_link.insert(link, desired);
         let mut host = self.host.0.lock();
         reconcile(&mut sets, &mut host);
-        let listed: BTreeMap<(String, String), super::PolicyStatus> =
+        let listed: BTreeMap<Key, super::PolicyStatus> =
             host.list().into_iter().map(|p| ((p.namespace.clone(), p.name.clone()), p)).collect();
         let policies = sets.by_link.get(&link).map_or(&[][..], Vec::as_slice);
         let policies = policies
             .iter()
-            .map(|p| {
-                let mut outcome = PolicyOutcome { name: p.name.clone(), ..Default::default() };
-                if let Some((_, why)) = sets.refused.get(&p.name) {
+            .map(|d| {
+                let key = d.key();
+                let mut outcome = PolicyOutcome { name: key.1.clone(), ..Default::default() };
+                if let Some((_, why)) = sets.refused.get(&key) {
                     outcome.state = Outcome::Error as i32;
                     outcome.error.clone_from(why);
-                } else if let Some(status) = sets.applied.get(&p.name).and_then(|a| listed.get(&a.key)) {
+                } else if let Some(status) = listed.get(&key).filter(|_| sets.applied.contains_key(&key)) {
                     let (state, error) = match &status.state {
                         State::Enabled => (Outcome::Enabled, String::new()),
                         State::Disabled => (Outcome::Disabled, String::new()),
@@ -115,64 +145,65 @@ impl RelayManaged {
     }
 }
 
-/// Loads, unloads and switches relay policies so the host runs the union
-/// of every link's set.
+/// Loads, unloads and switches managed policies so the host runs the
+/// union of every link's set.
 fn reconcile(sets: &mut Sets, host: &mut PolicyHost) {
-    let mut desired: BTreeMap<String, ManagedPolicy> = BTreeMap::new();
-    for set in sets.by_link.values() {
-        for p in set {
-            desired.entry(p.name.clone()).or_insert_with(|| p.clone());
+    let mut desired: BTreeMap<Key, (&ManagedPolicy, Origin)> = BTreeMap::new();
+    for (link, set) in &sets.by_link {
+        let origin = if *link == KUBERNETES_LINK { Origin::Kubernetes } else { Origin::Relay };
+        for d in set {
+            desired.entry(d.key()).or_insert((&d.policy, origin));
         }
     }
-    let same = |name: &str, yaml: &str| desired.get(name).is_some_and(|p| p.yaml == yaml);
-    let gone: Vec<String> = sets.applied.iter().filter(|(n, a)| !same(n, &a.yaml)).map(|(n, _)| n.clone()).collect();
-    for name in gone {
-        if let Some(a) = sets.applied.remove(&name) {
-            match host.delete(&a.key.1, &a.key.0) {
-                Ok(()) => tracing::info!(policy = %name, "relay policy removed"),
-                Err(e) => tracing::warn!(policy = %name, error = %e, "relay policy was not loaded"),
-            }
+    let same = |key: &Key, yaml: &str| desired.get(key).is_some_and(|(p, _)| p.yaml == yaml);
+    let gone: Vec<Key> = sets.applied.iter().filter(|(k, yaml)| !same(k, yaml)).map(|(k, _)| k.clone()).collect();
+    for key in gone {
+        sets.applied.remove(&key);
+        let policy = display_name(&key);
+        match host.delete(&key.1, &key.0) {
+            Ok(()) => tracing::info!(%policy, "managed policy removed"),
+            Err(e) => tracing::warn!(%policy, error = %e, "managed policy was not loaded"),
         }
     }
-    sets.refused.retain(|name, (yaml, _)| same(name, yaml));
-    for (name, p) in &desired {
-        if !sets.applied.contains_key(name) && !sets.refused.contains_key(name) {
-            match load(host, p) {
-                Ok(key) => {
-                    tracing::info!(policy = %name, "relay policy loaded");
-                    sets.applied.insert(name.clone(), Applied { yaml: p.yaml.clone(), key });
+    sets.refused.retain(|key, (yaml, _)| same(key, yaml));
+    for (key, (p, origin)) in &desired {
+        let policy = display_name(key);
+        if !sets.applied.contains_key(key) && !sets.refused.contains_key(key) {
+            match load(host, key, p, *origin) {
+                Ok(()) => {
+                    tracing::info!(%policy, from = %origin, "managed policy loaded");
+                    sets.applied.insert(key.clone(), p.yaml.clone());
                 }
                 Err(why) => {
-                    tracing::warn!(policy = %name, error = %why, "relay policy refused on this node");
-                    sets.refused.insert(name.clone(), (p.yaml.clone(), why));
+                    tracing::warn!(%policy, from = %origin, error = %why, "managed policy refused on this node");
+                    sets.refused.insert(key.clone(), (p.yaml.clone(), why));
                 }
             }
         }
-        if let Some(a) = sets.applied.get(name) {
-            switch(host, &a.key, p);
+        if sets.applied.contains_key(key) {
+            switch(host, key, p);
         }
     }
 }
 
-/// Loads one relay policy; its key in the host, or why it was refused.
-/// A policy the kernel refused is loaded in the error state (as a local
-/// one would be) and reported as such.
-fn load(host: &mut PolicyHost, p: &ManagedPolicy) -> Result<(String, String), String> {
+/// Loads one managed policy under `key`, or says why it was refused. A
+/// policy the kernel refused is loaded in the error state (as a local one
+/// would be) and reported as such.
+fn load(host: &mut PolicyHost, key: &Key, p: &ManagedPolicy, origin: Origin) -> Result<(), String> {
     let parsed = policy::parse(&p.yaml).map_err(|e| e.to_string())?;
-    if parsed.metadata.name != p.name {
-        return Err("metadata.name: not the name the relay sent it under".into());
+    if key_of(&parsed) != *key {
+        return Err(format!("metadata: not the name {origin} sent it under"));
     }
-    let key = key_of(&parsed);
-    match host.add_from(parsed, true) {
-        Ok(()) | Err(super::HostError::Kernel { .. }) => Ok(key),
-        Err(e @ super::HostError::Exists(_)) => Err(format!("{e} on this node, added there and not by the relay")),
+    match host.add_from(parsed, origin) {
+        Ok(()) | Err(super::HostError::Kernel { .. }) => Ok(()),
+        Err(e @ super::HostError::Exists(_)) => Err(format!("{e} on this node, added there and not by {origin}")),
         Err(e) => Err(e.to_string()),
     }
 }
 
-/// Follows the relay's enabled flag and mode for a loaded policy. A policy
-/// in the error state stays there until its document changes.
-fn switch(host: &mut PolicyHost, (namespace, name): &(String, String), p: &ManagedPolicy) {
+/// Follows a managed policy's enabled flag and mode. A policy in the
+/// error state stays there until its document changes.
+fn switch(host: &mut PolicyHost, (namespace, name): &Key, p: &ManagedPolicy) {
     let Some((state, mode)) = host.state_of(name, namespace) else {
         return;
     };
@@ -182,13 +213,13 @@ fn switch(host: &mut PolicyHost, (namespace, name): &(String, String), p: &Manag
         _ => Ok(()),
     };
     if let Err(e) = result {
-        tracing::warn!(policy = %name, error = %e, "relay policy could not be switched");
+        tracing::warn!(policy = %name, error = %e, "managed policy could not be switched");
     }
     let monitor = mode == Mode::Monitor;
     if mode != Mode::MonitorOnly
         && monitor != p.monitor
         && let Err(e) = host.set_mode(name, namespace, p.monitor)
     {
-        tracing::warn!(policy = %name, error = %e, "relay policy's mode could not be set");
+        tracing::warn!(policy = %name, error = %e, "managed policy's mode could not be set");
     }
 }

@@ -18,12 +18,13 @@ pub mod hooks;
 mod kernel;
 pub use kernel::ProgramRuns;
 pub mod managed;
+pub mod placement;
 mod selectors;
 pub use selectors::SelectorCounts;
 mod sock;
 mod view;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -31,6 +32,7 @@ use aya::Ebpf;
 use node_sensor_common::HookSpec;
 use policy::compile::{self, HookArg};
 use policy::schema::Arg;
+use policy::scope::Scope;
 pub use policy::select::Mode;
 use policy::{PolicyError, TracingPolicy};
 
@@ -38,6 +40,7 @@ use crate::loader::HookPrograms;
 use crate::tracefs::Tracefs;
 use hooks::{HookInfo, HookPoint, HookTable, Shown, ShownArg};
 use kernel::{AttachError, Attachments, Point};
+use placement::Placement;
 use view::KernelInfo;
 
 /// Policies loaded at once at most (each holds its compiled hooks).
@@ -61,9 +64,49 @@ pub enum HostError {
     /// The policy has no enforcement action to switch on.
     #[error("policy {0} has no enforcement action (it is monitor-only)")]
     MonitorOnly(String),
-    /// A relay sent it: it changes there, for every node.
-    #[error("policy {0} is managed by the relay; change it there (vigil tracingpolicy --server-address RELAY)")]
-    Managed(String),
+    /// A relay or Kubernetes sent it: it changes there.
+    #[error("policy {name} is managed by {by}; change it there ({})", by.how())]
+    Managed { name: String, by: Origin },
+}
+
+/// Where a policy came from, and so where it is changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A file at start, or this sensor's API.
+    Local,
+    /// A relay's set (`managed`).
+    Relay,
+    /// A TracingPolicy object of the Kubernetes API (`crate::k8s_policies`).
+    Kubernetes,
+}
+
+impl Origin {
+    fn how(self) -> &'static str {
+        match self {
+            Origin::Local => "vigil tracingpolicy",
+            Origin::Relay => "vigil tracingpolicy --server-address RELAY",
+            Origin::Kubernetes => "kubectl",
+        }
+    }
+
+    /// What `ListTracingPolicies` says of a managed policy.
+    pub fn info(self) -> &'static str {
+        match self {
+            Origin::Local => "",
+            Origin::Relay => "managed by the relay",
+            Origin::Kubernetes => "managed by Kubernetes",
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Origin::Local => "this node",
+            Origin::Relay => "the relay",
+            Origin::Kubernetes => "Kubernetes",
+        })
+    }
 }
 
 /// What `ListTracingPolicies` shows of a policy.
@@ -88,8 +131,10 @@ pub struct PolicyStatus {
     /// Bytes of kernel memory this policy's hook map entries take.
     pub kernel_memory_bytes: u64,
     pub mode: Mode,
-    /// A relay sent it (see `managed`).
-    pub managed: bool,
+    pub origin: Origin,
+    /// Where a scoped policy applies on this node, in words; `None` for a
+    /// policy without a scope (it applies to every process).
+    pub scope: Option<String>,
     /// What each hook's selectors did (hooks with selectors only).
     pub selector_counts: Vec<HookSelectorCounts>,
 }
@@ -121,7 +166,16 @@ struct Loaded {
     hooks: Vec<Hook>,
     state: State,
     mode: Mode,
-    managed: bool,
+    origin: Origin,
+    scope: Option<Scoped>,
+}
+
+/// A scoped policy's scope: its number in the kernel and the cgroups put
+/// there for it.
+struct Scoped {
+    scope: Scope,
+    id: u32,
+    cgroups: BTreeSet<u64>,
 }
 
 /// Owns the BPF object (after the loader) and every policy in it.
@@ -134,6 +188,11 @@ pub struct PolicyHost {
     policies: BTreeMap<(String, String), Loaded>,
     next_hook: u32,
     next_policy: u64,
+    /// Where scoped policies apply: this node's containers and labels.
+    placement: Placement,
+    /// Cgroups that did not fit into the kernel's scope map (their
+    /// processes go unseen by the policies that admit them).
+    pub scope_refused: Arc<AtomicU64>,
 }
 
 impl PolicyHost {
@@ -147,6 +206,8 @@ impl PolicyHost {
             policies: BTreeMap::new(),
             next_hook: 1,
             next_policy: 1,
+            placement: Placement::default(),
+            scope_refused: Arc::default(),
         }
     }
 
@@ -174,11 +235,11 @@ impl PolicyHost {
     /// kept in the error state (as Tetragon lists it) and the error
     /// returned; one naming what is not there is refused and not kept.
     pub fn add(&mut self, policy: TracingPolicy) -> Result<(), HostError> {
-        self.add_from(policy, false)
+        self.add_from(policy, Origin::Local)
     }
 
-    /// [`PolicyHost::add`], for a policy a relay sent (`managed`) or not.
-    pub fn add_from(&mut self, policy: TracingPolicy, managed: bool) -> Result<(), HostError> {
+    /// [`PolicyHost::add`], for a policy from `origin`.
+    pub fn add_from(&mut self, policy: TracingPolicy, origin: Origin) -> Result<(), HostError> {
         let key = key_of(&policy);
         if self.policies.contains_key(&key) {
             return Err(HostError::Exists(display_name(&key)));
@@ -187,6 +248,7 @@ impl PolicyHost {
             return Err(HostError::Full);
         }
         let mode = policy::select::mode_of(&policy)?;
+        let scope = Scope::of(&policy)?;
         let compiled = self.compile(&policy)?;
         let mut hooks =
             Vec::with_capacity(compiled.tracepoints.len() + compiled.uprobes.len() + compiled.kprobes.len());
@@ -225,9 +287,21 @@ impl PolicyHost {
             hooks.push(Hook { id: self.hook_id(), point: Point::Uprobe(uprobe), info });
         }
         let id = self.next_policy;
-        let state = match self.enable_hooks(&hooks, mode) {
+        // The scope's cgroups go in before the hooks, so their first hit
+        // finds them.
+        let mut scope =
+            placement::is_scoped(&scope).then(|| Scoped { scope, id: (id as u32).max(1), cgroups: BTreeSet::new() });
+        if let Some(s) = &mut scope {
+            self.sync_scope(s);
+        }
+        let state = match self.enable_hooks(&hooks, mode, scope.as_ref().map(|s| s.id)) {
             Ok(()) => State::Enabled,
-            Err(AttachError::Invalid(e)) => return Err(HostError::Invalid(e)),
+            Err(AttachError::Invalid(e)) => {
+                if let Some(s) = &mut scope {
+                    self.clear_scope(s);
+                }
+                return Err(HostError::Invalid(e));
+            }
             Err(AttachError::Kernel(reason)) => State::Error(reason),
         };
         self.next_policy += 1;
@@ -235,7 +309,7 @@ impl PolicyHost {
             State::Error(reason) => Err(HostError::Kernel { name: key.1.clone(), reason: reason.clone() }),
             _ => Ok(()),
         };
-        let loaded = Loaded { id, name: key.1.clone(), namespace: key.0.clone(), hooks, state, mode, managed };
+        let loaded = Loaded { id, name: key.1.clone(), namespace: key.0.clone(), hooks, state, mode, origin, scope };
         self.policies.insert(key, loaded);
         result
     }
@@ -252,21 +326,87 @@ impl PolicyHost {
     }
 
     /// Refuses a change through the sensor's own API to a policy a relay
-    /// manages (the relay would put it back).
+    /// or Kubernetes manages (it would be put back).
     pub fn check_local(&self, name: &str, namespace: &str) -> Result<(), HostError> {
         let key = (namespace.to_owned(), name.to_owned());
         match self.policies.get(&key) {
-            Some(p) if p.managed => Err(HostError::Managed(display_name(&key))),
+            Some(p) if p.origin != Origin::Local => Err(HostError::Managed { name: display_name(&key), by: p.origin }),
             _ => Ok(()),
+        }
+    }
+
+    /// Where scoped policies apply changed: each one's cgroups follow.
+    pub fn set_placement(&mut self, placement: Placement) {
+        if placement == self.placement {
+            return;
+        }
+        self.placement = placement;
+        let keys: Vec<(String, String)> =
+            self.policies.iter().filter(|(_, p)| p.scope.is_some()).map(|(k, _)| k.clone()).collect();
+        for key in keys {
+            let Some(mut scope) = self.policies.get_mut(&key).and_then(|p| p.scope.take()) else { continue };
+            self.sync_scope(&mut scope);
+            if let Some(p) = self.policies.get_mut(&key) {
+                p.scope = Some(scope);
+            }
+        }
+    }
+
+    /// Brings a scope's cgroups in the kernel in line with the placement.
+    fn sync_scope(&mut self, s: &mut Scoped) {
+        let want = self.placement.cgroups_of(&s.scope);
+        for gone in s.cgroups.difference(&want) {
+            self.kernel.scope_remove(s.id, *gone);
+        }
+        s.cgroups.retain(|c| want.contains(c));
+        for new in want {
+            if s.cgroups.contains(&new) {
+                continue;
+            }
+            match self.kernel.scope_insert(s.id, new) {
+                Ok(()) => {
+                    s.cgroups.insert(new);
+                }
+                Err(e) => {
+                    let n = self.scope_refused.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n.is_power_of_two() {
+                        tracing::warn!(cgroup = new, error = %e, refused = n,
+                            "a scoped policy's cgroup did not fit into the kernel map; its processes go unseen");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where a scope applies on this node, as the policy list says it.
+    fn reach(&self, s: &Scoped) -> String {
+        if !s.scope.admits_node(&self.placement.node_labels) {
+            return "applies to no process here: its nodeSelector does not match this node".into();
+        }
+        if s.cgroups.contains(&node_sensor_common::SCOPE_EVERY_CGROUP) {
+            return "applies to every process here".into();
+        }
+        match s.cgroups.len() {
+            1 => "applies to 1 container here".into(),
+            n => format!("applies to {n} containers here"),
+        }
+    }
+
+    fn clear_scope(&mut self, s: &mut Scoped) {
+        for c in std::mem::take(&mut s.cgroups) {
+            self.kernel.scope_remove(s.id, c);
         }
     }
 
     /// Takes a policy out of the kernel and forgets it.
     pub fn delete(&mut self, name: &str, namespace: &str) -> Result<(), HostError> {
         let key = (namespace.to_owned(), name.to_owned());
-        let loaded = self.policies.remove(&key).ok_or_else(|| HostError::NotFound(display_name(&key)))?;
+        let mut loaded = self.policies.remove(&key).ok_or_else(|| HostError::NotFound(display_name(&key)))?;
         if loaded.state == State::Enabled {
             self.disable_hooks(&loaded.hooks);
+        }
+        if let Some(s) = &mut loaded.scope {
+            self.clear_scope(s);
         }
         Ok(())
     }
@@ -296,7 +436,8 @@ impl PolicyHost {
         }
         let hooks = std::mem::take(&mut loaded.hooks);
         let mode = loaded.mode;
-        let result = self.enable_hooks(&hooks, mode).map_err(|e| match e {
+        let scope = loaded.scope.as_ref().map(|s| s.id);
+        let result = self.enable_hooks(&hooks, mode, scope).map_err(|e| match e {
             AttachError::Invalid(e) => e.to_string(),
             AttachError::Kernel(reason) => reason,
         });
@@ -361,12 +502,14 @@ impl PolicyHost {
                     sensors,
                     events: p.hooks.iter().map(|h| h.info.events.load(Ordering::Relaxed)).sum(),
                     kernel_memory_bytes: if p.state == State::Enabled {
-                        p.hooks.iter().map(|h| kernel_bytes(h.point.selectors())).sum()
+                        p.hooks.iter().map(|h| kernel_bytes(h.point.selectors())).sum::<u64>()
+                            + p.scope.as_ref().map_or(0, |s| scope_bytes(s.cgroups.len()))
                     } else {
                         0
                     },
                     mode: p.mode,
-                    managed: p.managed,
+                    origin: p.origin,
+                    scope: p.scope.as_ref().map(|s| self.reach(s)),
                     selector_counts: p
                         .hooks
                         .iter()
@@ -417,11 +560,11 @@ impl PolicyHost {
 
     /// Puts `hooks` into the kernel. On a failure, what was done is
     /// undone, in reverse, and the error returned.
-    fn enable_hooks(&mut self, hooks: &[Hook], mode: Mode) -> Result<(), AttachError> {
+    fn enable_hooks(&mut self, hooks: &[Hook], mode: Mode, scope: Option<u32>) -> Result<(), AttachError> {
         for (done, hook) in hooks.iter().enumerate() {
             // The table first, so the first hit finds its hook.
             self.table.insert(hook.id, hook.info.clone());
-            if let Err(e) = self.kernel.attach(hook.id, &hook.point, mode != Mode::Enforce) {
+            if let Err(e) = self.kernel.attach(hook.id, &hook.point, mode != Mode::Enforce, scope) {
                 for h in hooks[..done].iter().rev() {
                     self.kernel.detach(h.id, &h.point);
                 }
@@ -484,7 +627,7 @@ pub(crate) fn key_of(policy: &TracingPolicy) -> (String, String) {
     (policy.metadata.namespace.clone().unwrap_or_default(), policy.metadata.name.clone())
 }
 
-fn display_name((namespace, name): &(String, String)) -> String {
+pub(crate) fn display_name((namespace, name): &(String, String)) -> String {
     if namespace.is_empty() { name.clone() } else { format!("{namespace}/{name}") }
 }
 
@@ -501,6 +644,11 @@ fn kernel_bytes(selectors: &policy::select::Selectors) -> u64 {
             + cpus * std::mem::size_of::<node_sensor_common::ActionCounts>();
     }
     bytes as u64
+}
+
+/// Bytes of the scope map a scope's cgroups take (key and value).
+fn scope_bytes(cgroups: usize) -> u64 {
+    (cgroups * (std::mem::size_of::<node_sensor_common::ScopeKey>() + 1)) as u64
 }
 
 /// A hook as `selector_action_counters` names it.

@@ -1,8 +1,10 @@
 //! A Kubernetes API test double speaking the real list/watch protocol over
-//! HTTP for `/api/v1/pods`: JSON pod lists with a resourceVersion, watch
-//! streams of ADDED/MODIFIED/DELETED/BOOKMARK lines, `410 Gone` (an ERROR
-//! event with a Status) when asked, and 503 while "down". Written from the
-//! API's documented behaviour; only what a pod watcher uses is served.
+//! HTTP for pods, nodes and the `cilium.io/v1alpha1` tracing policies:
+//! JSON lists with a resourceVersion, field selectors (`spec.nodeName=`,
+//! `metadata.name=`), watch streams of ADDED/MODIFIED/DELETED/BOOKMARK
+//! lines, `410 Gone` (an ERROR event with a Status) when asked, and 503
+//! while "down". Written from the API's documented behaviour; only what
+//! the sensor's watchers use is served.
 #![allow(dead_code, reason = "each test binary uses part of this module")]
 
 use std::convert::Infallible;
@@ -16,9 +18,22 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+/// The collections served: path, and the kind of their lists' items.
+const COLLECTIONS: &[(&str, &str)] = &[
+    (PODS, "Pod"),
+    (NODES, "Node"),
+    (TRACING_POLICIES, "TracingPolicy"),
+    (TRACING_POLICIES_NAMESPACED, "TracingPolicyNamespaced"),
+];
+pub const PODS: &str = "/api/v1/pods";
+pub const NODES: &str = "/api/v1/nodes";
+pub const TRACING_POLICIES: &str = "/apis/cilium.io/v1alpha1/tracingpolicies";
+pub const TRACING_POLICIES_NAMESPACED: &str = "/apis/cilium.io/v1alpha1/tracingpoliciesnamespaced";
+
 #[derive(Default)]
 struct State {
-    pods: Vec<Value>,
+    /// Every object, with the collection it is in.
+    objects: Vec<(&'static str, Value)>,
     rv: u64,
     down: bool,
     gone_next_watch: bool,
@@ -30,7 +45,7 @@ struct State {
 #[derive(Clone)]
 pub struct ApiServer {
     state: Arc<Mutex<State>>,
-    events: broadcast::Sender<(u64, String, Value)>,
+    events: broadcast::Sender<(u64, String, &'static str, Value)>,
     pub port: u16,
 }
 
@@ -102,29 +117,50 @@ impl ApiServer {
         std::fs::write(path, text).unwrap();
     }
 
-    fn change(&self, kind: &str, pod: Value) {
+    fn change(&self, kind: &str, collection: &'static str, object: Value) {
         let mut st = self.state.lock().unwrap();
         st.rv += 1;
         let rv = st.rv;
-        let mut pod = pod;
-        pod["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let uid = pod["metadata"]["uid"].clone();
-        st.pods.retain(|p| p["metadata"]["uid"] != uid);
+        let mut object = object;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let id = identity(&object);
+        st.objects.retain(|(c, o)| *c != collection || identity(o) != id);
         if kind != "DELETED" {
-            st.pods.push(pod.clone());
+            st.objects.push((collection, object.clone()));
         }
         drop(st);
-        let _ = self.events.send((rv, kind.to_owned(), pod));
+        let _ = self.events.send((rv, kind.to_owned(), collection, object));
     }
 
     pub fn add(&self, p: PodSpec<'_>) {
-        self.change("ADDED", pod_json(p.namespace, p.name, p.uid, p.node, p.container_id, p.labels, p.owner));
+        self.change("ADDED", PODS, pod_json(p.namespace, p.name, p.uid, p.node, p.container_id, p.labels, p.owner));
     }
 
     pub fn delete(&self, uid: &str) {
-        let pod = self.state.lock().unwrap().pods.iter().find(|p| p["metadata"]["uid"] == uid).cloned();
+        let pod = self.find(PODS, |p| p["metadata"]["uid"] == uid);
         if let Some(pod) = pod {
-            self.change("DELETED", pod);
+            self.change("DELETED", PODS, pod);
+        }
+    }
+
+    fn find(&self, collection: &str, matches: impl Fn(&Value) -> bool) -> Option<Value> {
+        let st = self.state.lock().unwrap();
+        st.objects.iter().find(|(c, o)| *c == collection && matches(o)).map(|(_, o)| o.clone())
+    }
+
+    /// Creates or replaces an object of `collection` (a policy, a node),
+    /// as `kubectl apply` does.
+    pub fn apply(&self, collection: &'static str, object: Value) {
+        let id = identity(&object);
+        let kind = if self.find(collection, |o| identity(o) == id).is_some() { "MODIFIED" } else { "ADDED" };
+        self.change(kind, collection, object);
+    }
+
+    /// Deletes an object of `collection` by namespace and name.
+    pub fn remove(&self, collection: &'static str, namespace: &str, name: &str) {
+        let id = (namespace.to_owned(), name.to_owned());
+        if let Some(o) = self.find(collection, |o| identity(o) == id) {
+            self.change("DELETED", collection, o);
         }
     }
 
@@ -139,7 +175,7 @@ impl ApiServer {
         st.gone_next_watch = true;
         st.generation += 1;
         drop(st);
-        let _ = self.events.send((0, "WAKE".into(), Value::Null));
+        let _ = self.events.send((0, "WAKE".into(), PODS, Value::Null));
     }
 
     /// List requests served so far (as opposed to watches).
@@ -169,17 +205,22 @@ impl ApiServer {
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 503, "reason": "ServiceUnavailable", "message": "test double is down"}),
             );
         }
-        if uri.path() != "/api/v1/pods" {
+        let Some(&(collection, item_kind)) = COLLECTIONS.iter().find(|(path, _)| *path == uri.path()) else {
             return status(
                 StatusCode::NOT_FOUND,
                 json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": format!("no route {}", uri.path())}),
             );
-        }
-        let node = get("fieldSelector").and_then(|f| f.strip_prefix("spec.nodeName=").map(str::to_owned));
-        let on_node = move |p: &Value| node.as_deref().is_none_or(|n| p["spec"]["nodeName"] == n);
+        };
+        let selector = get("fieldSelector").and_then(|f| f.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())));
+        let on_node = move |c: &str, o: &Value| {
+            c == collection
+                && selector.as_ref().is_none_or(|(field, want)| {
+                    field.split('.').fold(o, |v, part| &v[part]).as_str() == Some(want.as_str())
+                })
+        };
         if get("watch").as_deref() != Some("true") && get("watch").as_deref() != Some("1") {
-            let items: Vec<Value> = st.pods.iter().filter(|p| on_node(p)).cloned().collect();
-            let body = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": st.rv.to_string()}, "items": items});
+            let items: Vec<Value> = st.objects.iter().filter(|(c, o)| on_node(c, o)).map(|(_, o)| o.clone()).collect();
+            let body = json!({"apiVersion": "v1", "kind": format!("{item_kind}List"), "metadata": {"resourceVersion": st.rv.to_string()}, "items": items});
             return status(StatusCode::OK, body);
         }
         let from: u64 = get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -192,12 +233,12 @@ impl ApiServer {
             // Changes after `from` that the list already covered are not
             // replayed; everything later streams as it happens.
             let mut changes = self.events.subscribe();
-            let bookmark = json!({"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": st.rv.to_string()}}});
+            let bookmark = json!({"type": "BOOKMARK", "object": {"kind": item_kind, "apiVersion": "v1", "metadata": {"resourceVersion": st.rv.to_string()}}});
             let _ = tx.try_send(Ok(Frame::data(Bytes::from(format!("{bookmark}\n")))));
             let state = self.state.clone();
             let generation = st.generation;
             tokio::spawn(async move {
-                while let Ok((rv, kind, pod)) = changes.recv().await {
+                while let Ok((rv, kind, c, pod)) = changes.recv().await {
                     let ended = {
                         let st = state.lock().unwrap();
                         st.down || st.generation != generation
@@ -208,7 +249,7 @@ impl ApiServer {
                     if kind == "WAKE" {
                         continue;
                     }
-                    if rv <= from || !on_node(&pod) {
+                    if rv <= from || !on_node(c, &pod) {
                         continue;
                     }
                     let line = json!({"type": kind, "object": pod});
@@ -224,6 +265,58 @@ impl ApiServer {
             .header("content-type", "application/json")
             .body(BodyExt::boxed(body))
             .unwrap()
+    }
+}
+
+/// An object's (namespace, name).
+fn identity(o: &Value) -> (String, String) {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    (text(&o["metadata"]["namespace"]), text(&o["metadata"]["name"]))
+}
+
+/// A kubelet-shaped cgroup for a container; removed on drop.
+pub struct PodCgroup {
+    dirs: Vec<String>,
+    pub procs: String,
+    pub container_id: String,
+    pub uid: String,
+}
+
+impl PodCgroup {
+    pub fn new(systemd: bool) -> Option<PodCgroup> {
+        let root = crate::common::cgroup2_root()?;
+        let n = crate::common::nonce();
+        let container_id: String = format!("{:0>64}", format!("{n}c0ffee")).chars().rev().collect();
+        let uid = format!("4f5e3a2b-1c2d-4e5f-8a9b-{:0>12}", &n[n.len().saturating_sub(12)..]);
+        let (pod_dir, leaf) = if systemd {
+            let slice = format!(
+                "{root}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice",
+                uid.replace('-', "_")
+            );
+            (slice.clone(), format!("{slice}/cri-containerd-{container_id}.scope"))
+        } else {
+            let d = format!("{root}/kubepods/besteffort/pod{uid}");
+            (d.clone(), format!("{d}/{container_id}"))
+        };
+        std::fs::create_dir_all(&leaf).ok()?;
+        Some(PodCgroup { dirs: vec![leaf.clone(), pod_dir], procs: format!("{leaf}/cgroup.procs"), container_id, uid })
+    }
+
+    /// Runs `sh -c` moved into this cgroup first.
+    pub fn spawn(&self, script: &str) -> std::process::Child {
+        std::process::Command::new("/bin/sh")
+            .args(["-c", &format!("echo $$ > {} && {script}", self.procs)])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir(d);
+        }
     }
 }
 

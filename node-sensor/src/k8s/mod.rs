@@ -3,6 +3,9 @@
 //! pipeline uses to put `pod` on events. The kube watcher lists, watches,
 //! re-lists after `410 Gone` and backs off while the API server is down;
 //! the sensor keeps producing events (without pod data) meanwhile.
+//!
+//! `placement` follows where scoped policies apply (this node's containers
+//! and labels); `policies` watches the TracingPolicy objects.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,6 +22,9 @@ use proto::tetragon::{Container, Image, Pod};
 
 use crate::cgroup;
 
+pub mod placement;
+pub mod policies;
+
 /// Longest start-up wait for the first complete pod list.
 const INITIAL_SYNC: Duration = Duration::from_secs(5);
 /// How often repeated watch errors are logged.
@@ -34,6 +40,18 @@ pub struct PodIndex {
     by_pod: RwLock<HashMap<String, Vec<String>>>,
     pub watch_errors: AtomicU64,
     pub pods: AtomicU64,
+    /// Woken at every change (`placement` follows it).
+    pub changed: tokio::sync::Notify,
+}
+
+/// One container of a pod on this node, as scopes read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerOfPod {
+    pub namespace: String,
+    pub pod_labels: BTreeMap<String, String>,
+    pub name: String,
+    /// The runtime's id (64 hex digits), without the `runtime://` prefix.
+    pub id: String,
 }
 
 /// (workload, kind) from the pod's controller, as Tetragon names them: a
@@ -115,6 +133,24 @@ impl PodIndex {
         self.by_container.read().get(docker).cloned()
     }
 
+    /// Every container of the node's pods that has an id.
+    pub fn containers(&self) -> Vec<ContainerOfPod> {
+        self.by_container
+            .read()
+            .values()
+            .filter_map(|pod| {
+                let c = pod.container.as_ref()?;
+                let id = c.id.split_once("://").map_or(c.id.as_str(), |(_, id)| id);
+                Some(ContainerOfPod {
+                    namespace: pod.namespace.clone(),
+                    pod_labels: pod.pod_labels.clone(),
+                    name: c.name.clone(),
+                    id: id.to_owned(),
+                })
+            })
+            .collect()
+    }
+
     pub fn upsert(&self, pod: &K8sPod) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let entries = pod_entries(pod, self.annotations);
@@ -126,6 +162,7 @@ impl PodIndex {
         by_c.extend(entries);
         by_p.insert(uid, keys);
         self.pods.store(by_p.len() as u64, Ordering::Relaxed);
+        self.changed.notify_one();
     }
 
     /// A deleted pod leaves the index; processes already running keep the
@@ -137,6 +174,7 @@ impl PodIndex {
             by_c.remove(&old);
         }
         self.pods.store(by_p.len() as u64, Ordering::Relaxed);
+        self.changed.notify_one();
     }
 }
 
@@ -164,7 +202,8 @@ pub enum K8sError {
     Client(String),
 }
 
-async fn client(source: &ApiSource) -> Result<Client, K8sError> {
+/// A client of the API server `source` names.
+pub async fn client(source: &ApiSource) -> Result<Client, K8sError> {
     let config = match source {
         ApiSource::InCluster => kube::Config::incluster().map_err(|e| K8sError::InCluster(e.to_string()))?,
         ApiSource::Kubeconfig(path) => {
@@ -180,12 +219,11 @@ async fn client(source: &ApiSource) -> Result<Client, K8sError> {
 
 /// Starts watching the pods of `node`; returns the index it keeps.
 pub async fn start(
-    source: ApiSource,
+    client: Client,
     node: &str,
     annotations: bool,
     stats: Arc<crate::stats::SensorStats>,
-) -> Result<Arc<PodIndex>, K8sError> {
-    let client = client(&source).await?;
+) -> Arc<PodIndex> {
     let index = Arc::new(PodIndex { annotations, ..Default::default() });
     let api: Api<K8sPod> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
@@ -229,7 +267,7 @@ pub async fn start(
     if tokio::time::timeout(INITIAL_SYNC, synced_rx).await.is_err() {
         tracing::warn!("initial pod list not complete after {INITIAL_SYNC:?}; continuing, pod data will follow");
     }
-    Ok(index)
+    index
 }
 
 #[cfg(test)]
