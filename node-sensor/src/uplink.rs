@@ -464,6 +464,10 @@ impl Link {
         self.state.connected.store(true, Ordering::Relaxed);
         let mut cursor = acked + 1;
         let mut tick = tokio::time::interval(Duration::from_millis(20));
+        // The relay's first set is answered with the Kubernetes policies
+        // too; changes after it are reported as they come.
+        let mut kubernetes = self.policies.kubernetes_changes();
+        kubernetes.borrow_and_update();
         let overflow = serving::log_limit::LogLimit::new(Duration::from_secs(10));
         let mut skipped_unlogged = 0u64;
         loop {
@@ -509,6 +513,13 @@ impl Link {
                     Some(_) => {}
                     None => return Ok(()),
                 },
+                Ok(()) = kubernetes.changed() => {
+                    let (policies, id) = (self.policies.clone(), self.id);
+                    let report = tokio::task::spawn_blocking(move || policies.report(id))
+                        .await
+                        .map_err(|e| SessionError::Transport(format!("reporting the Kubernetes policies: {e}")))?;
+                    tx.send(proto::ingest::policy_report(report)).await.map_err(|_| SessionError::Closed)?;
+                }
             }
         }
     }

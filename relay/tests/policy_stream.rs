@@ -124,10 +124,12 @@ async fn the_policy_set_travels_on_the_ingest_stream_and_reports_come_back_per_n
         error,
         kernel_memory_bytes: 100,
         events: 3,
+        ..Default::default()
     };
     s1.report(PolicyReport {
         generation: 1,
         policies: vec![outcome("wire", State::Enabled, String::new()), outcome("unknown", State::Error, "x".into())],
+        ..Default::default()
     })
     .await;
     let p = info_when(&relay, |i| i == "nodes: s1=enabled").await;
@@ -142,7 +144,12 @@ async fn the_policy_set_travels_on_the_ingest_stream_and_reports_come_back_per_n
     );
 
     let s2 = FakeSensor::connect(&relay, "s2").await;
-    s2.report(PolicyReport { generation: 1, policies: vec![outcome("wire", State::Error, "é".repeat(10_000))] }).await;
+    s2.report(PolicyReport {
+        generation: 1,
+        policies: vec![outcome("wire", State::Error, "é".repeat(10_000))],
+        ..Default::default()
+    })
+    .await;
     let p = info_when(&relay, |i| i.contains("s2=error")).await;
     let error = p.error.strip_prefix("s2: error: ").unwrap();
     assert!(error.len() <= 512 + '…'.len_utf8() && error.ends_with('…'), "bounded: {} bytes", error.len());

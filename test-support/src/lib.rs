@@ -32,6 +32,15 @@ pub fn rss_bytes(pid: u32) -> u64 {
 }
 
 /// Whether this process runs as root.
+/// Where the cgroup v2 hierarchy is mounted, if it is.
+pub fn cgroup2_root() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_owned())
+    })
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }

@@ -46,6 +46,8 @@ struct Sets {
     open: std::collections::BTreeSet<u64>,
     /// The set each link sent last, by link.
     by_link: BTreeMap<u64, Vec<Desired>>,
+    /// The generation of each relay link's last set.
+    generations: BTreeMap<u64, u64>,
     /// Managed policies in the host (in any state), by key: their document.
     applied: BTreeMap<Key, String>,
     /// Managed policies this node refused, by key: the document and why
@@ -58,6 +60,7 @@ pub struct Managed {
     sets: Mutex<Sets>,
     /// Off with `--ignore-relay-policies`: every relay policy is refused.
     accept: bool,
+    kubernetes_changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// Why a node with `--ignore-relay-policies` refuses each relay policy.
@@ -67,22 +70,32 @@ impl Managed {
     /// `accept`: whether relays' sets are taken (the Kubernetes watch's
     /// are, once `open(KUBERNETES_LINK)`).
     pub fn new(host: SharedPolicies, accept: bool) -> Self {
-        Managed { host, sets: Mutex::new(Sets::default()), accept }
+        Managed {
+            host,
+            sets: Mutex::new(Sets::default()),
+            accept,
+            kubernetes_changes: tokio::sync::watch::Sender::new(0),
+        }
     }
 
     /// Takes the Kubernetes watch's whole set. What became of each policy
     /// is in the host's list and the log.
     pub fn apply_kubernetes(&self, set: Vec<Desired>) {
+        // The host's lock before the sets', everywhere.
+        let mut host = self.host.0.lock();
         let mut sets = self.sets.lock();
         if !sets.open.contains(&KUBERNETES_LINK) {
             return;
         }
         sets.by_link.insert(KUBERNETES_LINK, set);
-        reconcile(&mut sets, &mut self.host.0.lock());
+        reconcile(&mut sets, &mut host);
+        drop((sets, host));
+        self.kubernetes_changes.send_modify(|n| *n += 1);
     }
 
     /// Takes relay `link`'s new set, brings the host in line with every
-    /// link's, and reports on the policies of this set.
+    /// link's, and reports on the policies of this set (and on the
+    /// Kubernetes ones).
     pub fn apply(&self, link: u64, set: PolicySet) -> PolicyReport {
         if !self.accept {
             let refused = |p: &ManagedPolicy| PolicyOutcome {
@@ -91,42 +104,46 @@ impl Managed {
                 error: IGNORED.into(),
                 ..Default::default()
             };
-            return PolicyReport { generation: set.generation, policies: set.policies.iter().map(refused).collect() };
+            let host = self.host.0.lock();
+            let sets = self.sets.lock();
+            return PolicyReport {
+                generation: set.generation,
+                policies: set.policies.iter().map(refused).collect(),
+                kubernetes: kubernetes_outcomes(&sets, &host),
+            };
         }
+        // The host's lock before the sets', everywhere.
+        let mut host = self.host.0.lock();
         let mut sets = self.sets.lock();
         if !sets.open.contains(&link) {
-            return PolicyReport { generation: set.generation, policies: Vec::new() };
+            return PolicyReport { generation: set.generation, ..Default::default() };
         }
         let desired = set.policies.into_iter().map(|policy| Desired { namespace: String::new(), policy }).collect();
         sets.by_link.insert(link, desired);
-        let mut host = self.host.0.lock();
+        sets.generations.insert(link, set.generation);
         reconcile(&mut sets, &mut host);
-        let listed: BTreeMap<Key, super::PolicyStatus> =
-            host.list().into_iter().map(|p| ((p.namespace.clone(), p.name.clone()), p)).collect();
-        let policies = sets.by_link.get(&link).map_or(&[][..], Vec::as_slice);
-        let policies = policies
-            .iter()
-            .map(|d| {
-                let key = d.key();
-                let mut outcome = PolicyOutcome { name: key.1.clone(), ..Default::default() };
-                if let Some((_, why)) = sets.refused.get(&key) {
-                    outcome.state = Outcome::Error as i32;
-                    outcome.error.clone_from(why);
-                } else if let Some(status) = listed.get(&key).filter(|_| sets.applied.contains_key(&key)) {
-                    let (state, error) = match &status.state {
-                        State::Enabled => (Outcome::Enabled, String::new()),
-                        State::Disabled => (Outcome::Disabled, String::new()),
-                        State::Error(why) => (Outcome::Error, why.clone()),
-                    };
-                    outcome.state = state as i32;
-                    outcome.error = error;
-                    outcome.kernel_memory_bytes = status.kernel_memory_bytes;
-                    outcome.events = status.events;
-                }
-                outcome
-            })
-            .collect();
-        PolicyReport { generation: set.generation, policies }
+        report(&sets, &host, link)
+    }
+
+    /// What relay `link` is told now: its last set's outcomes and the
+    /// Kubernetes policies' (sent again when the latter change).
+    pub fn report(&self, link: u64) -> PolicyReport {
+        let host = self.host.0.lock();
+        let sets = self.sets.lock();
+        if !self.accept {
+            return PolicyReport {
+                generation: sets.generations.get(&link).copied().unwrap_or_default(),
+                kubernetes: kubernetes_outcomes(&sets, &host),
+                ..Default::default()
+            };
+        }
+        report(&sets, &host, link)
+    }
+
+    /// Bumped whenever the Kubernetes set was applied: links send a fresh
+    /// report.
+    pub fn kubernetes_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.kubernetes_changes.subscribe()
     }
 
     /// A link opened: its sets count from now on.
@@ -137,12 +154,73 @@ impl Managed {
     /// A link closed for good (its relay address went away): its set no
     /// longer counts.
     pub fn forget(&self, link: u64) {
+        let mut host = self.host.0.lock();
         let mut sets = self.sets.lock();
         sets.open.remove(&link);
+        sets.generations.remove(&link);
         if sets.by_link.remove(&link).is_some() {
-            reconcile(&mut sets, &mut self.host.0.lock());
+            reconcile(&mut sets, &mut host);
         }
     }
+}
+
+/// The outcome of a policy in the host, or of one refused before it.
+fn outcome_of(key: &Key, sets: &Sets, listed: Option<&super::PolicyStatus>) -> PolicyOutcome {
+    let mut outcome = PolicyOutcome { name: key.1.clone(), ..Default::default() };
+    if let Some((_, why)) = sets.refused.get(key) {
+        outcome.state = Outcome::Error as i32;
+        outcome.error.clone_from(why);
+    } else if let Some(status) = listed.filter(|_| sets.applied.contains_key(key)) {
+        let (state, error) = match &status.state {
+            State::Enabled => (Outcome::Enabled, String::new()),
+            State::Disabled => (Outcome::Disabled, String::new()),
+            State::Error(why) => (Outcome::Error, why.clone()),
+        };
+        outcome.state = state as i32;
+        outcome.error = error;
+        outcome.kernel_memory_bytes = status.kernel_memory_bytes;
+        outcome.events = status.events;
+    }
+    outcome
+}
+
+/// Relay `link`'s report: its last set's outcomes, and the Kubernetes
+/// policies'.
+fn report(sets: &Sets, host: &PolicyHost, link: u64) -> PolicyReport {
+    let listed: BTreeMap<Key, super::PolicyStatus> =
+        host.list().into_iter().map(|p| ((p.namespace.clone(), p.name.clone()), p)).collect();
+    let policies = sets.by_link.get(&link).map_or(&[][..], Vec::as_slice);
+    PolicyReport {
+        generation: sets.generations.get(&link).copied().unwrap_or_default(),
+        policies: policies.iter().map(|d| outcome_of(&d.key(), sets, listed.get(&d.key()))).collect(),
+        kubernetes: kubernetes_of(sets, &listed),
+    }
+}
+
+fn kubernetes_outcomes(sets: &Sets, host: &PolicyHost) -> Vec<PolicyOutcome> {
+    let listed: BTreeMap<Key, super::PolicyStatus> =
+        host.list().into_iter().map(|p| ((p.namespace.clone(), p.name.clone()), p)).collect();
+    kubernetes_of(sets, &listed)
+}
+
+/// Each policy of the Kubernetes set: what became of it here.
+fn kubernetes_of(sets: &Sets, listed: &BTreeMap<Key, super::PolicyStatus>) -> Vec<PolicyOutcome> {
+    let set = sets.by_link.get(&KUBERNETES_LINK).map_or(&[][..], Vec::as_slice);
+    set.iter()
+        .map(|d| {
+            let key = d.key();
+            // A policy of this name another source loaded first is this
+            // set's only if Kubernetes sent it.
+            let ours = listed.get(&key).filter(|p| p.origin == Origin::Kubernetes);
+            let mut outcome = outcome_of(&key, sets, ours);
+            if ours.is_none() && outcome.state == Outcome::Unspecified as i32 {
+                outcome.state = Outcome::Error as i32;
+                outcome.error = "a policy of this name from another source runs here".into();
+            }
+            outcome.namespace = key.0;
+            outcome
+        })
+        .collect()
 }
 
 /// Loads, unloads and switches managed policies so the host runs the

@@ -623,8 +623,14 @@ fn hook_info(
     })
 }
 
+/// (namespace, name): only a `TracingPolicyNamespaced` has a namespace (a
+/// cluster-wide policy's is ignored, as the API server ignores it).
 pub(crate) fn key_of(policy: &TracingPolicy) -> (String, String) {
-    (policy.metadata.namespace.clone().unwrap_or_default(), policy.metadata.name.clone())
+    let namespace = match policy.kind {
+        policy::schema::Kind::TracingPolicyNamespaced => policy.metadata.namespace.clone().unwrap_or_default(),
+        policy::schema::Kind::TracingPolicy => String::new(),
+    };
+    (namespace, policy.metadata.name.clone())
 }
 
 pub(crate) fn display_name((namespace, name): &(String, String)) -> String {

@@ -224,14 +224,7 @@ pub fn pid(p: &Process) -> u32 {
     p.pid.map_or(0, |v| v.value)
 }
 
-/// Where the cgroup v2 hierarchy is mounted, if it is.
-pub fn cgroup2_root() -> Option<String> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_owned())
-    })
-}
+pub use test_support::cgroup2_root;
 
 /// Where the sensor's log says the metrics listener is.
 pub fn metrics_address(sensor: &Sensor) -> String {

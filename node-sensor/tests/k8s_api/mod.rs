@@ -4,7 +4,8 @@
 //! `metadata.name=`), watch streams of ADDED/MODIFIED/DELETED/BOOKMARK
 //! lines, `410 Gone` (an ERROR event with a Status) when asked, and 503
 //! while "down". Written from the API's documented behaviour; only what
-//! the sensor's watchers use is served.
+//! the sensor's watchers use is served. Self-contained (the relay's tests
+//! include it too).
 #![allow(dead_code, reason = "each test binary uses part of this module")]
 
 use std::convert::Infallible;
@@ -284,8 +285,8 @@ pub struct PodCgroup {
 
 impl PodCgroup {
     pub fn new(systemd: bool) -> Option<PodCgroup> {
-        let root = crate::common::cgroup2_root()?;
-        let n = crate::common::nonce();
+        let root = test_support::cgroup2_root()?;
+        let n = test_support::nonce();
         let container_id: String = format!("{:0>64}", format!("{n}c0ffee")).chars().rev().collect();
         let uid = format!("4f5e3a2b-1c2d-4e5f-8a9b-{:0>12}", &n[n.len().saturating_sub(12)..]);
         let (pod_dir, leaf) = if systemd {

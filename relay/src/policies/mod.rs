@@ -3,8 +3,10 @@
 //! across restarts, and sent whole to every sensor over its ingest stream,
 //! now and whenever it connects, until deleted. Each sensor answers with
 //! what became of each policy there; `ListTracingPolicies` shows that per
-//! node.
+//! node, with the policies sensors run from Kubernetes objects
+//! (`kubernetes`).
 
+mod kubernetes;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -38,8 +40,8 @@ pub enum ChangeError {
     #[error(transparent)]
     Invalid(#[from] policy::PolicyError),
     #[error(
-        "kind: TracingPolicyNamespaced is not distributed by the relay (its namespace scoping needs the Kubernetes \
-         watch); add it as a TracingPolicy, or to each sensor"
+        "kind: TracingPolicyNamespaced is not distributed by the relay: apply it to Kubernetes (kubectl apply), \
+         whose objects every sensor watches; the relay distributes cluster-wide TracingPolicy documents"
     )]
     Namespaced,
     #[error("a policy named {0} is already managed by the relay")]
@@ -171,7 +173,8 @@ impl RelayPolicies {
         }
         report.policies.sort_by(|a, b| a.name.cmp(&b.name));
         report.policies.dedup_by(|a, b| a.name == b.name);
-        for o in &mut report.policies {
+        kubernetes::bound(&mut report.kubernetes);
+        for o in report.policies.iter_mut().chain(&mut report.kubernetes) {
             if o.error.len() > MAX_ERROR_BYTES {
                 let mut cut = MAX_ERROR_BYTES;
                 while !o.error.is_char_boundary(cut) {
@@ -260,7 +263,9 @@ impl RelayPolicies {
     fn statuses(&self) -> Vec<TracingPolicyStatus> {
         let nodes = self.nodes.policy_reports();
         let managed = self.managed.lock();
-        managed.entries.values().map(|e| status(e, &nodes)).collect()
+        let mut all: Vec<TracingPolicyStatus> = managed.entries.values().map(|e| status(e, &nodes)).collect();
+        all.extend(kubernetes::statuses(&nodes));
+        all
     }
 }
 
@@ -282,15 +287,7 @@ fn node_state(entry: &Entry, node: &NodePolicies) -> (Option<Outcome>, String, u
         let why = if node.connected { "pending" } else { "pending (node disconnected)" };
         return (None, why.to_owned(), 0, 0);
     };
-    let state = Outcome::try_from(o.state).unwrap_or(Outcome::Unspecified);
-    let mut text = match state {
-        Outcome::Enabled => "enabled".to_owned(),
-        Outcome::Disabled => "disabled".to_owned(),
-        Outcome::Error | Outcome::Unspecified => format!("error: {}", o.error),
-    };
-    if !node.connected {
-        text.push_str(" (node disconnected)");
-    }
+    let (state, text) = outcome_text(o, node.connected);
     (Some(state), text, o.kernel_memory_bytes, o.events)
 }
 
@@ -318,43 +315,97 @@ fn bounded_join(items: &[String], budget: usize) -> String {
     out
 }
 
-fn status(entry: &Entry, nodes: &[NodePolicies]) -> TracingPolicyStatus {
-    // (order, "node=state"): errors, pending and disabled before enabled.
-    let mut info: Vec<(u8, String)> = Vec::with_capacity(nodes.len());
-    let mut errors = Vec::new();
-    let (mut pending, mut enabled, mut memory, mut events) = (0usize, 0usize, 0u64, 0u64);
-    for node in nodes {
-        let (state, text, bytes, posted) = node_state(entry, node);
+/// One policy's states across the nodes, gathered for its list entry.
+#[derive(Default)]
+pub(crate) struct Tally {
+    /// (order, "node=state"): errors, pending and disabled before enabled.
+    info: Vec<(u8, String)>,
+    errors: Vec<String>,
+    pending: usize,
+    enabled: usize,
+    memory: u64,
+    events: u64,
+}
+
+impl Tally {
+    /// A node's state (`None`: pending), as `text`.
+    pub(crate) fn add(&mut self, node: &str, state: Option<Outcome>, text: String, bytes: u64, posted: u64) {
         let order = match state {
             None => {
-                pending += 1;
+                self.pending += 1;
                 1
             }
             Some(Outcome::Enabled) => {
-                enabled += 1;
+                self.enabled += 1;
                 3
             }
             Some(Outcome::Disabled) => 2,
             Some(_) => {
-                errors.push(format!("{}: {}", node.node, text));
+                self.errors.push(format!("{node}: {text}"));
                 0
             }
         };
-        memory += bytes;
-        events += posted;
-        info.push((order, format!("{}={text}", node.node)));
+        self.memory += bytes;
+        self.events += posted;
+        self.info.push((order, format!("{node}={text}")));
     }
-    info.sort_by_key(|(order, _)| *order);
-    let info: Vec<String> = info.into_iter().map(|(_, s)| s).collect();
-    let state = if !entry.policy.enabled {
-        TracingPolicyState::TpStateDisabled
-    } else if !errors.is_empty() {
-        TracingPolicyState::TpStateLoadError
-    } else if pending > 0 {
-        TracingPolicyState::TpStateLoading
-    } else {
-        TracingPolicyState::TpStateEnabled
+
+    /// "nodes: …", the ones not enabled first, bounded.
+    pub(crate) fn info(&mut self) -> String {
+        self.info.sort_by_key(|(order, _)| *order);
+        let info: Vec<String> = self.info.iter().map(|(_, s)| s.clone()).collect();
+        format!("nodes: {}", if info.is_empty() { "none".to_owned() } else { bounded_join(&info, MAX_INFO_BYTES) })
+    }
+
+    /// The state across the nodes of a policy that should be enabled.
+    pub(crate) fn state(&self) -> TracingPolicyState {
+        if !self.errors.is_empty() {
+            TracingPolicyState::TpStateLoadError
+        } else if self.pending > 0 {
+            TracingPolicyState::TpStateLoading
+        } else {
+            TracingPolicyState::TpStateEnabled
+        }
+    }
+
+    pub(crate) fn errors(&self) -> String {
+        bounded_join(&self.errors, MAX_ERRORS_BYTES)
+    }
+
+    /// Kernel memory and events, summed over the nodes.
+    pub(crate) fn stats(&self) -> (u64, proto::tetragon::TracingPolicyStats) {
+        let stats = proto::tetragon::TracingPolicyStats {
+            action_counters: Some(proto::tetragon::TracingPolicyActionCounters {
+                post: self.events,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        (self.memory, stats)
+    }
+}
+
+/// A node's outcome as its state and words.
+pub(crate) fn outcome_text(o: &proto::vigil::relay::v1::PolicyOutcome, connected: bool) -> (Outcome, String) {
+    let state = Outcome::try_from(o.state).unwrap_or(Outcome::Unspecified);
+    let mut text = match state {
+        Outcome::Enabled => "enabled".to_owned(),
+        Outcome::Disabled => "disabled".to_owned(),
+        Outcome::Error | Outcome::Unspecified => format!("error: {}", o.error),
     };
+    if !connected {
+        text.push_str(" (node disconnected)");
+    }
+    (state, text)
+}
+
+fn status(entry: &Entry, nodes: &[NodePolicies]) -> TracingPolicyStatus {
+    let mut tally = Tally::default();
+    for node in nodes {
+        let (state, text, bytes, posted) = node_state(entry, node);
+        tally.add(&node.node, state, text, bytes, posted);
+    }
+    let state = if entry.policy.enabled { tally.state() } else { TracingPolicyState::TpStateDisabled };
     let mode = if entry.monitor_only {
         TracingPolicyMode::TpModeMonitorOnly
     } else if entry.policy.monitor {
@@ -362,23 +413,18 @@ fn status(entry: &Entry, nodes: &[NodePolicies]) -> TracingPolicyStatus {
     } else {
         TracingPolicyMode::TpModeEnforce
     };
+    let (memory, stats) = tally.stats();
     #[allow(deprecated, reason = "Tetragon still fills `enabled`, and tetra reads it")]
     TracingPolicyStatus {
         id: entry.id,
         name: entry.policy.name.clone(),
-        enabled: entry.policy.enabled && enabled > 0,
-        info: format!(
-            "nodes: {}",
-            if info.is_empty() { "none".to_owned() } else { bounded_join(&info, MAX_INFO_BYTES) }
-        ),
-        error: bounded_join(&errors, MAX_ERRORS_BYTES),
+        enabled: entry.policy.enabled && tally.enabled > 0,
+        info: tally.info(),
+        error: tally.errors(),
         state: state as i32,
         kernel_memory_bytes: memory,
         mode: mode as i32,
-        stats: Some(proto::tetragon::TracingPolicyStats {
-            action_counters: Some(proto::tetragon::TracingPolicyActionCounters { post: events, ..Default::default() }),
-            ..Default::default()
-        }),
+        stats: Some(stats),
         ..Default::default()
     }
 }
@@ -445,10 +491,15 @@ mod tests {
                 error: error.into(),
                 kernel_memory_bytes: 10,
                 events: 5,
+                ..Default::default()
             })
             .into_iter()
             .collect();
-        NodePolicies { node: name.into(), connected, report: Some(Arc::new(PolicyReport { generation, policies })) }
+        NodePolicies {
+            node: name.into(),
+            connected,
+            report: Some(Arc::new(PolicyReport { generation, policies, ..Default::default() })),
+        }
     }
 
     #[test]
@@ -473,7 +524,7 @@ mod tests {
 
     fn policy_yaml(name: &str, kind: &str, action: &str) -> String {
         format!(
-            "apiVersion: cilium.io/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n  tracepoints:\n  - \
+            "apiVersion: cilium.io/v1alpha1\nkind: {kind}\nmetadata:\n  name: {name}\n  namespace: a\nspec:\n  tracepoints:\n  - \
              subsystem: syscalls\n    event: sys_enter_unlinkat\n    args:\n    - index: 6\n      type: string\n    \
              selectors:\n    - matchActions:\n      - action: {action}\n"
         )
