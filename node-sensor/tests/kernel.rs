@@ -143,7 +143,7 @@ async fn process_started_before_the_sensor_carries_procfs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_cgroup_gives_the_container_id() {
     require_kernel!();
-    let Some(root) = common::cgroup2_root() else {
+    let Some(root) = test_support::cgroup2_root() else {
         assert!(std::env::var_os("VIGIL_REQUIRE_ALL").is_none(), "no cgroup2 hierarchy mounted");
         eprintln!("SKIP kubelet_cgroup_gives_the_container_id: no cgroup2 hierarchy mounted");
         return;

@@ -224,8 +224,6 @@ pub fn pid(p: &Process) -> u32 {
     p.pid.map_or(0, |v| v.value)
 }
 
-pub use test_support::cgroup2_root;
-
 /// Where the sensor's log says the metrics listener is.
 pub fn metrics_address(sensor: &Sensor) -> String {
     let log = sensor.log();
