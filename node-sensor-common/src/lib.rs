@@ -120,7 +120,10 @@ pub const COUNTER_SELECT_FAILED: u32 = 7;
 /// Execs whose binary could not be kept for `matchBinaries` (the map of
 /// live processes' binaries was full).
 pub const COUNTER_BINARIES_FULL: u32 = 8;
-pub const COUNTERS_LEN: u32 = 9;
+/// Stacks a `Post` asked for that the event could not carry (no room
+/// after its arguments, or the kernel could not walk the stack).
+pub const COUNTER_STACKS_LOST: u32 = 9;
+pub const COUNTERS_LEN: u32 = 10;
 
 /// Common first 16 bytes of every record.
 #[repr(C)]
@@ -451,6 +454,12 @@ pub struct HookRecord {
     /// `KprobeAction` numbers (`ACTION_*`); 0 where no selector ran.
     pub action: u16,
     pub return_action: u16,
+    /// Frames of the kernel stack, then of the user stack, at the end of
+    /// the data (8 bytes each, after the arguments), for a `Post` that
+    /// asked for them.
+    pub kernel_frames: u16,
+    pub user_frames: u16,
+    pub _pad: u32,
 }
 
 /// Key of the exec-time map: one process image on this kernel.
@@ -597,11 +606,11 @@ const _: () = assert!(core::mem::size_of::<ArgSpec>() == 12);
 const _: () = assert!(core::mem::size_of::<HookSpec>() == 8 + 12 * HOOK_MAX_ARGS + 12 + 8);
 const _: () = assert!(core::mem::size_of::<ScopeKey>() == 16);
 const _: () = assert!(core::mem::size_of::<HookSet>() == 8 + 88 * HOOKS_PER_ATTACH);
-const _: () = assert!(core::mem::size_of::<ReturnPending>() == 40 + RETURN_DATA_MAX);
+const _: () = assert!(core::mem::size_of::<ReturnPending>() == 48 + RETURN_DATA_MAX);
 const _: () = assert!(core::mem::size_of::<PathHead>() == 8);
 const _: () = assert!(core::mem::size_of::<SockInfo>() == 72);
 const _: () = assert!(core::mem::size_of::<CredArg>() == 16 + core::mem::size_of::<CredInfo>());
-const _: () = assert!(core::mem::size_of::<HookRecord>() == 40);
+const _: () = assert!(core::mem::size_of::<HookRecord>() == 48);
 const _: () = assert!(HOOK_DATA_SIZE.is_power_of_two());
 const _: () = assert!(HOOKS_PER_ATTACH.is_power_of_two());
 const _: () = assert!(HOOK_MAX_ARGS * (8 + HOOK_ARG_BYTES) < HOOK_DATA_SIZE);
@@ -790,7 +799,17 @@ pub struct ActionSpec {
     /// each) in the scope (`RATE_SCOPE_*`); 0 for no limit.
     pub rate_ms: u32,
     pub rate_scope: u32,
+    /// `Post`: the stacks the event carries (`STACK_*`).
+    pub stacks: u32,
 }
+
+/// `ActionSpec::stacks`: the kernel's stack (`kernelStackTrace`).
+pub const STACK_KERNEL: u32 = 1 << 0;
+/// `ActionSpec::stacks`: the user stack (`userStackTrace`).
+pub const STACK_USER: u32 = 1 << 1;
+/// Frames of a stack an event carries at most (the kernel's
+/// `PERF_MAX_STACK_DEPTH`, as Tetragon takes).
+pub const STACK_FRAMES: usize = 127;
 
 /// `ActionSpec::rate_scope`: the same thread, process, or anywhere.
 pub const RATE_SCOPE_THREAD: u32 = 0;
@@ -1002,9 +1021,9 @@ const _: () = assert!(
             + 8
             + 16
             + 2 * 80 * SELECTOR_ARG_FILTERS
-            + 2 * 16 * SELECTOR_ACTIONS
+            + 2 * 20 * SELECTOR_ACTIONS
 );
-const _: () = assert!(core::mem::size_of::<SelectorSet>() == 8 + 1096 * SELECTOR_SLOTS);
+const _: () = assert!(core::mem::size_of::<SelectorSet>() == 8 + 1120 * SELECTOR_SLOTS);
 const _: () = assert!(core::mem::size_of::<RateKey>() == 16 + RATE_ARG_BYTES * HOOK_MAX_ARGS);
 const _: () = assert!(SELECTOR_SLOTS.is_power_of_two() && SELECTORS_PER_HOOK <= SELECTOR_SLOTS);
 const _: () = assert!(COUNTS_PER_SELECTOR.is_power_of_two());

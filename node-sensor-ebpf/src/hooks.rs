@@ -201,6 +201,9 @@ fn run_hook<const KIND: u8>(ctx: *mut c_void, hook: &HookSpec, select_slot: u32)
             selector: 0,
             action: 0,
             return_action: 0,
+            kernel_frames: 0,
+            user_frames: 0,
+            _pad: 0,
         };
         if hook.flags & HOOK_SELECT != 0 {
             to_selectors(ctx, select_slot);

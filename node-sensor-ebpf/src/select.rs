@@ -10,9 +10,10 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns,
-        generated::{bpf_probe_read_kernel, bpf_send_signal},
+        generated::{bpf_get_stack, bpf_probe_read_kernel, bpf_send_signal},
     },
     macros::{kprobe, tracepoint},
     maps::lpm_trie::Key,
@@ -32,7 +33,8 @@ pub(crate) const SELECT_PROBE: u32 = 1;
 
 #[tracepoint]
 pub fn vigil_st(ctx: TracePointContext) -> u32 {
-    let _ = select();
+    // Stack traces are for kprobes (the policy refuses them elsewhere).
+    let _ = select::<false>(ctx.as_ptr());
     resume_chain(&ctx);
     0
 }
@@ -56,14 +58,15 @@ fn resume_chain(ctx: &TracePointContext) {
 
 /// Uprobes, kprobes and return probes (all of the kprobe program type).
 #[kprobe]
-pub fn vigil_sk(_ctx: ProbeContext) -> u32 {
-    let _ = select();
+pub fn vigil_sk(ctx: ProbeContext) -> u32 {
+    let _ = select::<true>(ctx.as_ptr());
     0
 }
 
-/// Decides on the record in this CPU's hook scratch.
+/// Decides on the record in this CPU's hook scratch; with `STACKS`, a
+/// `Post` that asks for stacks appends them (`ctx` is the probe's).
 #[inline(always)]
-fn select() -> Result<(), i64> {
+fn select<const STACKS: bool>(ctx: *mut c_void) -> Result<(), i64> {
     let scratch = HOOK_SCRATCH.get_ptr_mut(0).ok_or(-12i64)?;
     // SAFETY: the scratch is this CPU's, written by the reader that
     // tail-called here; the selector set is only read.
@@ -85,7 +88,7 @@ fn select() -> Result<(), i64> {
             if !args_pass(&sel.rets, sel.nrets, scratch) {
                 return Ok(());
             }
-            let (action, verdict) = act(&sel.ret_actions, sel.nret_actions, monitor, hook_id, s, scratch);
+            let (action, verdict, _) = act(&sel.ret_actions, sel.nret_actions, monitor, hook_id, s, scratch);
             // Without return actions, the return side reports the entry's.
             if sel.nret_actions != 0 {
                 (*scratch).record.return_action = action as u16;
@@ -95,6 +98,13 @@ fn select() -> Result<(), i64> {
             match verdict {
                 SEND => {
                     count_action(hook_id, s, COUNT_POST);
+                    // The entry's Post asked for them; taken here, after
+                    // the return value, where the event is sent.
+                    let data_len = if STACKS {
+                        append_stacks(ctx, scratch, post_stacks(&sel.actions, sel.nactions), data_len)
+                    } else {
+                        data_len
+                    };
                     send(scratch as *const u8, data_len);
                 }
                 NOT_SENT => count_action(hook_id, s, COUNT_NOPOST),
@@ -106,7 +116,7 @@ fn select() -> Result<(), i64> {
             return Ok(());
         };
         let sel = &set.selectors[s];
-        let (action, verdict) = act(&sel.actions, sel.nactions, monitor, hook_id, s, scratch);
+        let (action, verdict, stacks) = act(&sel.actions, sel.nactions, monitor, hook_id, s, scratch);
         (*scratch).record.selector = s as u32;
         (*scratch).record.action = action as u16;
         if verdict != SEND {
@@ -120,10 +130,85 @@ fn select() -> Result<(), i64> {
             keep_for_return(scratch, bpf_get_current_pid_tgid(), hook_id);
         } else {
             count_action(hook_id, s, COUNT_POST);
+            let data_len = if STACKS { append_stacks(ctx, scratch, stacks, data_len) } else { data_len };
             send(scratch as *const u8, data_len);
         }
     }
     Ok(())
+}
+
+/// Bytes of one stack at most.
+const STACK_BYTES: usize = STACK_FRAMES * 8;
+
+/// The stacks the `Post` actions among `actions` ask for.
+#[inline(always)]
+fn post_stacks(actions: &[ActionSpec; SELECTOR_ACTIONS], n: u8) -> u32 {
+    let mut stacks = 0;
+    for (i, a) in actions.iter().enumerate() {
+        if i as u8 >= n {
+            break;
+        }
+        if a.kind == ACTION_POST {
+            stacks |= a.stacks;
+        }
+    }
+    stacks
+}
+
+/// Appends the stacks `stacks` asks for after the record's `data_len`
+/// bytes (kernel, then user) and says how many frames each has; returns
+/// the new length. A stack that does not fit, or that the kernel could
+/// not walk, is counted as lost.
+///
+/// # Safety
+/// `scratch` must be this CPU's hook scratch; `ctx` the probe's registers.
+#[inline(always)]
+unsafe fn append_stacks(ctx: *mut c_void, scratch: *mut HookScratch, stacks: u32, data_len: usize) -> usize {
+    let mut len = data_len;
+    // SAFETY: as the caller promises.
+    unsafe {
+        if stacks & STACK_KERNEL != 0 {
+            let n = append_stack(ctx, scratch, len, 0);
+            (*scratch).record.kernel_frames = (n / 8) as u16;
+            len += n;
+        }
+        if stacks & STACK_USER != 0 {
+            let n = append_stack(ctx, scratch, len, BPF_F_USER_STACK);
+            (*scratch).record.user_frames = (n / 8) as u16;
+            len += n;
+        }
+        let len = len & (HOOK_DATA_SIZE - 1);
+        (*scratch).record.data_len = len as u32;
+        len
+    }
+}
+
+/// The kernel's `BPF_F_USER_STACK`: the user stack, not the kernel's.
+const BPF_F_USER_STACK: u64 = 1 << 8;
+
+/// One stack at byte `at` of the data; its bytes (a multiple of 8).
+///
+/// # Safety
+/// As `append_stacks`.
+#[inline(always)]
+unsafe fn append_stack(ctx: *mut c_void, scratch: *mut HookScratch, at: usize, flags: u64) -> usize {
+    if at + STACK_BYTES >= HOOK_DATA_SIZE {
+        count(COUNTER_STACKS_LOST);
+        return 0;
+    }
+    // The scratch's area runs past HOOK_DATA_SIZE by more than a stack
+    // (see `args::AREA`), so a masked start and a whole stack stay in it.
+    let at = at & (HOOK_DATA_SIZE - 1);
+    // SAFETY: as above; the helper writes at most STACK_BYTES there.
+    let n = unsafe {
+        let to = (*scratch).data.as_mut_ptr().add(at);
+        bpf_get_stack(ctx, to as *mut c_void, STACK_BYTES as u32, flags)
+    };
+    if n <= 0 {
+        count(COUNTER_STACKS_LOST);
+        return 0;
+    }
+    (n as usize).min(STACK_BYTES) & !7
 }
 
 /// The first selector whose every filter passes.
@@ -154,9 +239,9 @@ const SEND: u8 = 0;
 const NOT_SENT: u8 = 1;
 const HELD: u8 = 2;
 
-/// Takes the actions; returns the event's action and its verdict (which
-/// the caller counts, but for `HELD`). Enforcement in monitor mode is
-/// counted, not taken.
+/// Takes the actions; returns the event's action, its verdict (which the
+/// caller counts, but for `HELD`) and the stacks a `Post` asks for.
+/// Enforcement in monitor mode is counted, not taken.
 #[inline(always)]
 fn act(
     actions: &[ActionSpec; SELECTOR_ACTIONS],
@@ -165,9 +250,10 @@ fn act(
     hook_id: u32,
     s: usize,
     scratch: *mut HookScratch,
-) -> (u32, u8) {
+) -> (u32, u8, u32) {
     let mut action = ACTION_POST;
     let mut verdict = SEND;
+    let mut stacks = 0;
     for (i, a) in actions.iter().enumerate() {
         if i as u8 >= n {
             break;
@@ -179,6 +265,7 @@ fn act(
                 verdict = HELD;
                 count_action(hook_id, s, COUNT_RATE_LIMITED);
             }
+            ACTION_POST => stacks |= a.stacks,
             ACTION_OVERRIDE => {
                 if monitor {
                     count_action(hook_id, s, COUNT_MONITOR_OVERRIDE);
@@ -205,7 +292,7 @@ fn act(
             _ => {}
         }
     }
-    (action, verdict)
+    (action, verdict, stacks)
 }
 
 /// Whether a `Post` with `rateLimit` posted the same arguments in its
@@ -411,8 +498,8 @@ fn caps_of(sets: &[u64; 3], set: u8) -> u64 {
     }
 }
 
-/// `matchParentBinaries`: on the parent's exec'd path (a parent whose
-/// binary is not known passes none).
+/// `matchParentBinaries`: on the parent's exec'd path, with any binary
+/// operator (a parent whose binary is not known passes none).
 #[inline(always)]
 fn parent_binary_passes(f: &BinaryFilterSpec) -> bool {
     if f.op == 0 {
@@ -432,11 +519,22 @@ fn parent_binary_passes(f: &BinaryFilterSpec) -> bool {
         return false;
     };
     let len = b.len as usize & (BINARY_SIZE - 1);
-    // In and NotIn only (the sensor refuses the others): one constant
-    // operator keeps this to the equality path, for the verifier.
+    let (op, negated) = positive_form(f.op);
     // SAFETY: `path` is `len` bytes of map memory (at most its size).
-    let found = unsafe { string_matches(OP_STR_EQUAL, f.strings, b.path.as_ptr(), len) };
-    found == (f.op == OP_STR_EQUAL)
+    let found = unsafe { string_matches(op, f.strings, b.path.as_ptr(), len) };
+    found != negated
+}
+
+/// A binary operator's positive form (what is looked up) and whether the
+/// answer is negated.
+#[inline(always)]
+fn positive_form(op: u8) -> (u8, bool) {
+    match op {
+        OP_STR_NOT_EQUAL => (OP_STR_EQUAL, true),
+        OP_NOT_PREFIX => (OP_PREFIX, true),
+        OP_NOT_POSTFIX => (OP_POSTFIX, true),
+        op => (op, false),
+    }
 }
 
 /// `matchNamespaceChanges` and `matchCapabilityChanges`: against what the
@@ -492,12 +590,7 @@ fn binary_passes(f: &BinaryFilterSpec) -> bool {
         return true;
     }
     // The positive form is looked up; a negation is of the whole answer.
-    let (op, negated) = match f.op {
-        OP_STR_NOT_EQUAL => (OP_STR_EQUAL, true),
-        OP_NOT_PREFIX => (OP_PREFIX, true),
-        OP_NOT_POSTFIX => (OP_POSTFIX, true),
-        op => (op, false),
-    };
+    let (op, negated) = positive_form(f.op);
     let mut tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: read only; the entry is replaced whole at exec.
     let Some(own) = (unsafe { BINARIES.get(tgid) }) else {

@@ -142,6 +142,11 @@ pub struct Flags {
     /// (the relay lists the relay's as refused here, saying why).
     #[arg(long)]
     pub ignore_relay_policies: bool,
+    /// Show the addresses in policy events' stack traces (by default only
+    /// symbols and offsets, as in Tetragon: addresses tell the kernel's
+    /// layout).
+    #[arg(long)]
+    pub expose_stack_addresses: bool,
     /// Add Kubernetes pod data to events, from a watch on this node's pods
     /// (in-cluster credentials unless --kubeconfig is given).
     #[arg(long)]
@@ -207,6 +212,7 @@ pub struct Settings {
     pub relay_token_file: Option<PathBuf>,
     pub only_own_netns: bool,
     pub ignore_relay_policies: bool,
+    pub expose_stack_addresses: bool,
     pub enable_k8s_api: bool,
     pub kubeconfig: Option<PathBuf>,
     pub k8s_pod_annotations: bool,
@@ -340,6 +346,7 @@ impl Settings {
             relay_token_file: l.relay_token_file,
             only_own_netns: l.only_own_netns,
             ignore_relay_policies: l.ignore_relay_policies,
+            expose_stack_addresses: l.expose_stack_addresses,
             enable_k8s_api: l.enable_k8s_api,
             kubeconfig: l.kubeconfig,
             k8s_pod_annotations: l.k8s_pod_annotations,

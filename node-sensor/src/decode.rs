@@ -32,6 +32,10 @@ pub struct HookData {
     pub action: u16,
     pub return_action: u16,
     pub args: Vec<RawArg>,
+    /// Return addresses of the kernel's and the user stack, innermost
+    /// first (empty unless the `Post` asked for them).
+    pub kernel_stack: Vec<u64>,
+    pub user_stack: Vec<u64>,
 }
 
 /// One argument's bytes (an integer: 8 bytes, little-endian, as read).
@@ -158,7 +162,15 @@ fn decode_hook(bytes: &[u8]) -> Result<HookData, DecodeError> {
     if data_len > HOOK_DATA_SIZE || bytes.len() != fixed + data_len {
         return Err(DecodeError::BadLength { kind: KIND_HOOK, got: bytes.len(), want: fixed + data_len });
     }
-    let mut data = &bytes[fixed..];
+    // The stacks are the data's tail: kernel frames, then user frames.
+    let stack_bytes = (usize::from(r.kernel_frames) + usize::from(r.user_frames)) * 8;
+    let Some(args_len) = data_len.checked_sub(stack_bytes) else {
+        return Err(DecodeError::BadLength { kind: KIND_HOOK, got: data_len, want: stack_bytes });
+    };
+    let (mut data, stacks) = bytes[fixed..].split_at(args_len);
+    let frames: Vec<u64> =
+        stacks.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect();
+    let (kernel_stack, user_stack) = frames.split_at(usize::from(r.kernel_frames));
     let mut args = Vec::new();
     while !data.is_empty() {
         let i = args.len();
@@ -187,6 +199,8 @@ fn decode_hook(bytes: &[u8]) -> Result<HookData, DecodeError> {
         action: r.action,
         return_action: r.return_action,
         args,
+        kernel_stack: kernel_stack.to_vec(),
+        user_stack: user_stack.to_vec(),
     })
 }
 
@@ -215,6 +229,9 @@ mod tests {
             selector: 0,
             action: 3,
             return_action: 0,
+            kernel_frames: 0,
+            user_frames: 0,
+            _pad: 0,
         };
         let mut out = bytes_of(&head);
         out.extend_from_slice(&data);
@@ -234,6 +251,26 @@ mod tests {
                 RawArg { bytes: vec![], truncated: false, error: true },
             ]
         );
+    }
+
+    #[test]
+    fn stacks_are_the_datas_tail() {
+        let mut bytes = hook_bytes(&[(4, b"abcd")]);
+        let frames = [0xffff_ffff_8100_0010u64, 0xffff_ffff_8100_0020, 0x7f00_0000_1234];
+        for f in frames {
+            bytes.extend_from_slice(&f.to_le_bytes());
+        }
+        let at = std::mem::offset_of!(HookRecord, data_len);
+        let data_len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) + 24;
+        bytes[at..at + 4].copy_from_slice(&data_len.to_le_bytes());
+        let frames_at = std::mem::offset_of!(HookRecord, kernel_frames);
+        bytes[frames_at..frames_at + 4].copy_from_slice(&[2, 0, 1, 0]);
+        let Ok(Record::Hook(h)) = decode(&bytes) else { panic!("not a hook: {:?}", decode(&bytes)) };
+        assert_eq!(h.args.len(), 1);
+        assert_eq!((h.kernel_stack.as_slice(), h.user_stack.as_slice()), (&frames[..2], &frames[2..]));
+        // More frames than the data holds.
+        bytes[frames_at..frames_at + 4].copy_from_slice(&[200, 0, 0, 0]);
+        assert!(matches!(decode(&bytes), Err(DecodeError::BadLength { kind: KIND_HOOK, .. })));
     }
 
     #[test]

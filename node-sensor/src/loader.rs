@@ -127,6 +127,8 @@ pub struct KernelCounters {
     pub select_failed: u64,
     /// Execs whose binary `matchBinaries` could not keep (map full).
     pub binaries_full: u64,
+    /// Stack traces a `Post` asked for that its event could not carry.
+    pub stacks_lost: u64,
 }
 
 impl KernelFeed {
@@ -150,6 +152,7 @@ pub fn read_counters(counters: &PerCpuArray<MapData, u64>) -> KernelCounters {
             hooks: sum(node_sensor_common::COUNTER_HOOKS),
             select_failed: sum(node_sensor_common::COUNTER_SELECT_FAILED),
             binaries_full: sum(node_sensor_common::COUNTER_BINARIES_FULL),
+            stacks_lost: sum(node_sensor_common::COUNTER_STACKS_LOST),
         }
     }
 }

@@ -18,7 +18,7 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Each kind of loss: its name in the log, what it is, and its count.
 /// How many kinds of loss there are.
-const KINDS: usize = 8;
+const KINDS: usize = 9;
 
 fn kinds(s: &Snapshot, uplink: Option<&Uplink>) -> [(&'static str, &'static str, u64); KINDS] {
     [
@@ -29,6 +29,7 @@ fn kinds(s: &Snapshot, uplink: Option<&Uplink>) -> [(&'static str, &'static str,
         ("returns_lost", "return probes without their call's entry", s.returns_lost),
         ("select_failed", "hook records lost on the way to the selector program", s.select_failed),
         ("binaries_full", "execs whose binary matchBinaries could not keep (the map was full)", s.binaries_full),
+        ("stacks_lost", "stack traces a policy's Post asked for that its event could not carry", s.stacks_lost),
         (
             "relay_skipped",
             "events that left the replay buffer before a relay took them (lost to it)",

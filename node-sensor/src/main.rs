@@ -128,7 +128,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         pipeline = pipeline.with_metrics(counts.clone());
     }
     let mut policies = PolicyHost::new(ebpf, hook_programs);
-    pipeline = pipeline.with_policies(policies.table());
+    pipeline = pipeline.with_policies(policies.table(), &settings.procfs, settings.expose_stack_addresses);
     let policy_files =
         node_sensor::policies::startup_files(&settings.tracing_policy, settings.tracing_policy_dir.as_deref())
             .map_err(anyhow::Error::msg)?;

@@ -49,6 +49,8 @@ pub struct Pipeline {
     stats: Arc<SensorStats>,
     /// What policy hooks' records mean (`policies`).
     hooks: Option<Arc<HookTable>>,
+    /// Resolves the stack traces policies' `Post` asks for.
+    stacks: Option<crate::policies::stacks::Symbolizer>,
 }
 
 impl Pipeline {
@@ -73,12 +75,16 @@ impl Pipeline {
             bus,
             stats,
             hooks: None,
+            stacks: None,
         }
     }
 
     /// Reports policy hooks' records, read through `hooks`.
-    pub fn with_policies(mut self, hooks: Arc<HookTable>) -> Self {
+    /// Policy hooks' records become events; their stack traces are
+    /// resolved through `procfs`, the addresses shown if `expose_addresses`.
+    pub fn with_policies(mut self, hooks: Arc<HookTable>, procfs: &std::path::Path, expose_addresses: bool) -> Self {
         self.hooks = Some(hooks);
+        self.stacks = Some(crate::policies::stacks::Symbolizer::new(procfs, expose_addresses));
         self
     }
 
@@ -264,7 +270,11 @@ impl Pipeline {
         info.events.fetch_add(1, Ordering::Relaxed);
         self.stats.policy_events.fetch_add(1, Ordering::Relaxed);
         let time = self.clock.wall(hit.ktime);
-        self.publish(crate::policies::events::hook_event(&self.node, time, hit, &info, lineage));
+        let stacks = match &self.stacks {
+            Some(s) => (s.kernel_trace(&hit.kernel_stack), s.user_trace(hit.pid, hit.tid, &hit.user_stack)),
+            None => Default::default(),
+        };
+        self.publish(crate::policies::events::hook_event(&self.node, time, hit, &info, lineage, stacks));
     }
 
     fn update_cache_stats(&self) {
@@ -282,6 +292,7 @@ impl Pipeline {
         self.stats.returns_lost.store(k.returns_lost, Ordering::Relaxed);
         self.stats.select_failed.store(k.select_failed, Ordering::Relaxed);
         self.stats.binaries_full.store(k.binaries_full, Ordering::Relaxed);
+        self.stats.stacks_lost.store(k.stacks_lost, Ordering::Relaxed);
         self.update_cache_stats();
         k
     }

@@ -46,6 +46,8 @@ pub struct SensorStats {
     pub select_failed: AtomicU64,
     /// Kernel: execs whose binary the `matchBinaries` map could not keep.
     pub binaries_full: AtomicU64,
+    /// Kernel: stack traces a `Post` asked for that its event could not carry.
+    pub stacks_lost: AtomicU64,
 }
 
 /// A point-in-time copy, printable on one line.
@@ -74,6 +76,7 @@ pub struct Snapshot {
     pub returns_lost: u64,
     pub select_failed: u64,
     pub binaries_full: u64,
+    pub stacks_lost: u64,
 }
 
 impl SensorStats {
@@ -102,6 +105,7 @@ impl SensorStats {
             returns_lost: r(&self.returns_lost),
             select_failed: r(&self.select_failed),
             binaries_full: r(&self.binaries_full),
+            stacks_lost: r(&self.stacks_lost),
         }
     }
 }
@@ -109,7 +113,7 @@ impl SensorStats {
 impl Snapshot {
     /// Every counter, named as `vigil status` and the metrics show it:
     /// (name, value, whether it is a level rather than a count, help).
-    pub fn fields(&self) -> [(&'static str, u64, bool, &'static str); 22] {
+    pub fn fields(&self) -> [(&'static str, u64, bool, &'static str); 23] {
         [
             ("records", self.records, false, "Records read from the ring buffer"),
             ("bad_records", self.bad_records, false, "Ring-buffer records that failed their checks (skipped)"),
@@ -133,6 +137,12 @@ impl Snapshot {
             ("returns_lost", self.returns_lost, false, "Return probes without their call's entry"),
             ("select_failed", self.select_failed, false, "Hook records lost on the way to the selector program"),
             ("binaries_full", self.binaries_full, false, "Execs whose binary matchBinaries could not keep (map full)"),
+            (
+                "stacks_lost",
+                self.stacks_lost,
+                false,
+                "Stack traces a policy's Post asked for that its event could not carry",
+            ),
         ]
     }
 }

@@ -826,4 +826,24 @@ fn kprobe_policies_in_a_vm_report_what_runs_and_what_is_read() {
         creds.iter().any(|(_, c)| ids(c)[0] == Some(0) && c.caps.as_ref().is_some_and(|x| x.permitted.len() > 30)),
         "root's credentials with capabilities: {creds:?}"
     );
+
+    // Stack traces: the marked sleep's call, with the kernel's stack down
+    // to the system-call entry, and its own stack from its binary (alive
+    // while the sensor read its map); addresses hidden, as by default.
+    let stacked: Vec<_> = kprobes.iter().filter(|(_, k)| k.policy_name == "stacks").map(|(_, k)| *k).collect();
+    assert_eq!(stacked.len(), 1, "the marked sleep's one call; log:\n{}", log.join("\n"));
+    let k = stacked[0];
+    assert_eq!(k.process.as_ref().map(|p| p.binary.as_str()), Some("/tmp/stackdir/sleep"));
+    let kernel: Vec<&str> = k.kernel_stack_trace.iter().map(|e| e.symbol.as_str()).collect();
+    assert!(kernel.first().is_some_and(|s| s.contains("nanosleep")), "the probed call first: {kernel:?}");
+    assert!(kernel.contains(&"do_syscall_64"), "down to the system-call entry: {kernel:?}");
+    let user = &k.user_stack_trace;
+    assert!(!user.is_empty(), "the sleep's own stack");
+    assert_eq!(user[0].module, "/tmp/stackdir/sleep", "{user:?}");
+    assert!(
+        k.kernel_stack_trace.iter().chain(user).all(|e| e.address == 0),
+        "addresses are shown only with --expose-stack-addresses"
+    );
+    let stopped_stacks_lost = stopped.split_whitespace().find_map(|kv| kv.strip_prefix("stacks_lost="));
+    assert_eq!(stopped_stacks_lost, Some("0"), "{stopped}");
 }

@@ -658,8 +658,11 @@ async fn changes_since_exec_and_the_parents_binary_select_who_unlinks() {
     let changes = |filter: &str, op: &str, value: &str| {
         format!("      {filter}:\n      - operator: {op}\n        values: [\"{value}\"]\n")
     };
-    let parent =
-        |op: &str| format!("      matchParentBinaries:\n      - operator: {op}\n        values: [\"{sh2}\"]\n");
+    let parent_is = |op: &str, value: &str| {
+        format!("      matchParentBinaries:\n      - operator: {op}\n        values: [\"{value}\"]\n")
+    };
+    let parent = |op: &str| parent_is(op, &sh2);
+    let bin_dir = format!("{d}/bin/");
     let cases: Vec<Case<'_>> = vec![
         ("ns-changed", changes("matchNamespaceChanges", "In", "Mnt"), vec!["by-ns"]),
         ("ns-unchanged", changes("matchNamespaceChanges", "NotIn", "Mnt"), vec!["by-caps", "by-none", "by-parent"]),
@@ -671,6 +674,10 @@ async fn changes_since_exec_and_the_parents_binary_select_who_unlinks() {
         ),
         ("parent-in", parent("In"), vec!["by-parent"]),
         ("parent-notin", parent("NotIn"), vec!["by-ns", "by-caps", "by-none"]),
+        ("parent-prefix", parent_is("Prefix", &bin_dir), vec!["by-parent"]),
+        ("parent-notprefix", parent_is("NotPrefix", &bin_dir), vec!["by-ns", "by-caps", "by-none"]),
+        ("parent-postfix", parent_is("Postfix", "/sh2"), vec!["by-parent"]),
+        ("parent-notpostfix", parent_is("NotPostfix", "/sh2"), vec!["by-ns", "by-caps", "by-none"]),
     ];
     add_cases(&sensor, &run, &d, &cases).await;
     for f in ["by-ns", "by-caps", "by-none", "by-parent"] {

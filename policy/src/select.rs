@@ -17,8 +17,8 @@ use node_sensor_common::{
     OP_POSTFIX, OP_PREFIX, OP_PROTOCOL, OP_SADDR, OP_SPORT, OP_SPORT_PRIV, OP_STATE, OP_STR_EQUAL, OP_STR_NOT_EQUAL,
     PID_FOLLOW_FORKS, PID_NAMESPACE, PidFilterSpec, RATE_SCOPE_GLOBAL, RATE_SCOPE_PROCESS, RATE_SCOPE_THREAD,
     SELECT_NAMESPACES, SELECT_RETURN, SELECTOR_ACTIONS, SELECTOR_ARG_FILTERS, SELECTOR_CAPABILITIES,
-    SELECTOR_NAMESPACES, SELECTOR_PIDS, SELECTORS_PER_HOOK, STRING_EQUAL_MAX, STRING_KEY_DATA, STRING_POSTFIX_MAX,
-    STRING_PREFIX_MAX, SelectorSet, SelectorSpec, StringKey,
+    SELECTOR_NAMESPACES, SELECTOR_PIDS, SELECTORS_PER_HOOK, STACK_KERNEL, STACK_USER, STRING_EQUAL_MAX,
+    STRING_KEY_DATA, STRING_POSTFIX_MAX, STRING_PREFIX_MAX, SelectorSet, SelectorSpec, StringKey,
 };
 
 use crate::PolicyError;
@@ -210,9 +210,6 @@ fn selector(
         let here = format!("{at}.matchParentBinaries[0]");
         if f.follow_children {
             return Err(PolicyError::at(format!("{here}.followChildren"), "is for matchBinaries"));
-        }
-        if !matches!(f.operator, BinaryOperator::In | BinaryOperator::NotIn) {
-            return Err(PolicyError::at(format!("{here}.operator"), "In or NotIn in Vigil yet"));
         }
         spec.parent_binary = binary_filter(&here, f, strings)?;
     }
@@ -852,14 +849,26 @@ fn actions(
         if a.rate_limit_scope.is_some() && a.rate_limit.is_none() {
             return Err(PolicyError::at(format!("{here}.rateLimitScope"), "goes with rateLimit"));
         }
-        if a.kernel_stack_trace || a.user_stack_trace {
-            return Err(PolicyError::at(&here, "stack traces are not supported by Vigil yet"));
+        let stacks =
+            if a.kernel_stack_trace { STACK_KERNEL } else { 0 } | if a.user_stack_trace { STACK_USER } else { 0 };
+        if stacks != 0 {
+            let field = if a.kernel_stack_trace { "kernelStackTrace" } else { "userStackTrace" };
+            if a.action != ActionKind::Post {
+                return Err(PolicyError::at(format!("{here}.{field}"), "goes with Post"));
+            }
+            // Tetragon's events carry stacks on kprobes only.
+            if shape.kind != "kprobe" {
+                return Err(PolicyError::at(
+                    format!("{here}.{field}"),
+                    format!("stack traces are for kprobes, not a {}", shape.kind),
+                ));
+            }
         }
         if a.ima_hash {
             return Err(PolicyError::at(format!("{here}.imaHash"), "not supported by Vigil yet"));
         }
         out[k] = match a.action {
-            ActionKind::Post => ActionSpec { kind: ACTION_POST, rate_ms, rate_scope, ..Default::default() },
+            ActionKind::Post => ActionSpec { kind: ACTION_POST, rate_ms, rate_scope, stacks, ..Default::default() },
             ActionKind::NoPost => ActionSpec { kind: ACTION_NOPOST, ..Default::default() },
             ActionKind::Sigkill => ActionSpec { kind: ACTION_SIGKILL, signal: 9, ..Default::default() },
             ActionKind::Signal => {

@@ -138,6 +138,14 @@ fn bad_selectors_are_refused_by_path() {
             "spec.tracepoints[0].selectors[0].matchNamespaces[0].values[0]: a namespace inode number, or host_ns",
         ),
         (
+            "    - matchActions:\n      - action: Post\n        kernelStackTrace: true\n",
+            "spec.tracepoints[0].selectors[0].matchActions[0].kernelStackTrace: stack traces are for kprobes, not a tracepoint",
+        ),
+        (
+            "    - matchActions:\n      - action: Sigkill\n        userStackTrace: true\n",
+            "spec.tracepoints[0].selectors[0].matchActions[0].userStackTrace: goes with Post",
+        ),
+        (
             "    - matchCapabilities:\n      - operator: In\n        values: [\"CAP_DAC_OVERRIDE\"]\n",
             "spec.tracepoints[0].selectors[0].matchCapabilities[0].values[0]: not a capability name (CAP_SYS_ADMIN, …; capability 1 is DAC_OVERRIDE)",
         ),
@@ -251,6 +259,34 @@ spec:
     let p = policy::parse(&text).map_err(|e| e.to_string())?;
     let c = compile(&p, &TcpConnect).map_err(|e| e.to_string())?;
     Ok(c.kprobes[0].selectors.clone())
+}
+
+#[test]
+fn a_post_on_a_kprobe_asks_for_its_stacks() {
+    let text = "apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: t
+spec:
+  kprobes:
+  - call: tcp_connect
+    syscall: false
+    selectors:
+    - matchActions:
+      - action: Post
+        kernelStackTrace: true
+    - matchActions:
+      - action: Post
+        userStackTrace: true
+        kernelStackTrace: true
+      - action: Sigkill
+";
+    let p = policy::parse(text).unwrap();
+    let c = compile(&p, &TcpConnect).unwrap();
+    let set = &c.kprobes[0].selectors.set;
+    let stacks = |s: usize| set.selectors[s].actions.iter().map(|a| a.stacks).collect::<Vec<_>>();
+    assert_eq!(stacks(0), [STACK_KERNEL, 0, 0]);
+    assert_eq!(stacks(1), [STACK_KERNEL | STACK_USER, 0, 0]);
 }
 
 #[test]

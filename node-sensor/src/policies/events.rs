@@ -7,7 +7,7 @@ use proto::Timestamp;
 use proto::tetragon::kprobe_argument::Arg;
 use proto::tetragon::{
     GetEventsResponse, KprobeAction, KprobeArgument, KprobeFile, KprobeLinuxBinprm, KprobePath, ProcessKprobe,
-    ProcessTracepoint, ProcessUprobe, SyscallId, get_events_response::Event,
+    ProcessTracepoint, ProcessUprobe, StackTraceEntry, SyscallId, get_events_response::Event,
 };
 
 use super::hooks::{HookInfo, HookPoint, Shown};
@@ -134,7 +134,16 @@ fn action_of(raw: u16) -> i32 {
 
 /// The event for one hit. `lineage` is the process's as the cache has it
 /// now; the hit's thread is put on the process, as Tetragon does.
-pub fn hook_event(node: &str, time: Timestamp, hit: &HookData, info: &HookInfo, lineage: Lineage) -> GetEventsResponse {
+/// `stacks`: the kernel's and the user stack trace, as resolved (kprobes
+/// only).
+pub fn hook_event(
+    node: &str,
+    time: Timestamp,
+    hit: &HookData,
+    info: &HookInfo,
+    lineage: Lineage,
+    stacks: (Vec<StackTraceEntry>, Vec<StackTraceEntry>),
+) -> GetEventsResponse {
     let mut process = lineage.process;
     process.tid = Some(hit.tid.into());
     let (raw_args, raw_ret) = match hit.args.split_last() {
@@ -174,6 +183,8 @@ pub fn hook_event(node: &str, time: Timestamp, hit: &HookData, info: &HookInfo, 
             message: info.message.clone(),
             tags: info.tags.clone(),
             ancestors: lineage.ancestors,
+            kernel_stack_trace: stacks.0,
+            user_stack_trace: stacks.1,
             ..Default::default()
         }),
         HookPoint::Uprobe { path, symbol, offset } => Event::ProcessUprobe(ProcessUprobe {

@@ -20,6 +20,7 @@ pub use kernel::ProgramRuns;
 pub mod managed;
 pub mod placement;
 mod selectors;
+pub mod stacks;
 pub use selectors::SelectorCounts;
 mod sock;
 mod view;

@@ -15,9 +15,16 @@ mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null
 # programs are attached and its process cache seeded from /proc, so what
 # runs after it is seen as it happens. (Its socket exists earlier: it is
 # bound before the seeding.) Prints VIGIL-SENSOR-READY with the polls.
+# At most 400 s (an emulated VM on a busy host verifies and loads for
+# minutes); past it the run fails, rather than go on with a sensor that
+# may not read its ring buffer yet.
 await_sensor() {
   i=0
-  until grep -q "process cache seeded from procfs; serving" /tmp/sensor.log 2>/dev/null || [ $i -ge 1200 ]; do
+  until grep -q "process cache seeded from procfs; serving" /tmp/sensor.log 2>/dev/null; do
+    if [ $i -ge 4000 ]; then
+      echo "VIGIL-WAIT-FAILED sensor"
+      return 1
+    fi
     sleep 0.1
     i=$((i+1))
   done

@@ -10,7 +10,8 @@
 # main and readline), with their workloads run as they were recorded
 # (tests/compat/fixtures/tetragon-vm-policies): by a shell running
 # /workload from /tmp that started before the sensor. Then a descriptor
-# (sys_write) and a credential (commit_creds) policy.
+# (sys_write) and a credential (commit_creds) policy, and one that takes
+# stack traces.
 /bin/busybox --install -s /bin
 . /vigil-lib.sh
 echo "VIGIL-KERNEL $(uname -r)"
@@ -105,6 +106,35 @@ spec:
         values: ["1:8764", "8766:65535"]
 POLICY
 
+# Stack traces: the marked sleep's entry into its nanosleep call, with the
+# kernel's stack and its own.
+cat > /tmp/stacks.yaml <<'POLICY'
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "stacks"
+spec:
+  kprobes:
+  - call: "sys_clock_nanosleep"
+    selectors:
+    - matchBinaries:
+      - operator: "In"
+        values: ["/tmp/stackdir/sleep"]
+      matchActions:
+      - action: Post
+        kernelStackTrace: true
+        userStackTrace: true
+  - call: "sys_nanosleep"
+    selectors:
+    - matchBinaries:
+      - operator: "In"
+        values: ["/tmp/stackdir/sleep"]
+      matchActions:
+      - action: Post
+        kernelStackTrace: true
+        userStackTrace: true
+POLICY
+
 cat > /workload <<'WORKLOAD'
 cd /tmp
 until [ -e /tmp/go ]; do sleep 0.05; done
@@ -153,6 +183,11 @@ echo 'echo marked-f2' | /bin/bash -i
 printf marked-fd > /tmp/marked-fd-file
 su vigil -s /bin/sh -c '/bin/true marked-cred'
 echo "VIGIL-STATUS su $?"
+# A sleep whose stacks are taken (it lives on while the sensor reads its
+# memory map).
+mkdir -p /tmp/stackdir
+cp /bin/busybox /tmp/stackdir/sleep
+/tmp/stackdir/sleep 2
 WORKLOAD
 
 # The workload's shell exists before the sensor (found in /proc, as in
@@ -167,6 +202,7 @@ cd /
   --tracing-policy /tmp/a.yaml --tracing-policy /tmp/b.yaml --tracing-policy /tmp/c.yaml \
   --tracing-policy /tmp/d.yaml --tracing-policy /tmp/e.yaml --tracing-policy /tmp/f.yaml \
   --tracing-policy /tmp/fd-cred.yaml --tracing-policy /tmp/sock-in.yaml --tracing-policy /tmp/sock-out.yaml \
+  --tracing-policy /tmp/stacks.yaml \
   --log-level info,node_sensor::loader=debug > /tmp/sensor.log 2>&1 &
 SENSOR=$!
 await_sensor
