@@ -100,6 +100,12 @@ fn main() {
     let plain = with_sensor(&rt, &dir, n, &target, &policy(""));
     let passing = with_sensor(&rt, &dir, n, &target, &policy(&filename_equal(&wanted)));
     let rejecting = with_sensor(&rt, &dir, n, &target, &policy(&filename_equal("/nothing/opens/this")));
+    // A namespaced policy on a node with no such pods: every hit stops at
+    // the scope check, before any argument is read.
+    let namespaced = policy("")
+        .replace("kind: TracingPolicy\n", "kind: TracingPolicyNamespaced\n")
+        .replace("  name: bench-openat\n", "  name: bench-openat\n  namespace: nowhere\n");
+    let out_of_scope = with_sensor(&rt, &dir, n, &target, &namespaced);
     let base2 = open_storm(n, &target);
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -108,9 +114,12 @@ fn main() {
     println!("policy_hits: {n} open+close per phase; policy: sys_enter_openat with dfd (int32) and filename (string)");
     println!("  cpu             {}", cpu_model());
     println!("  without sensor  {:>8.0} ns per open+close (runs: {:.0}, {:.0})", per(base), per(base1), per(base2));
-    for (label, p, expected) in
-        [("no selectors", &plain, n), ("selector passes", &passing, n), ("selector rejects", &rejecting, 0)]
-    {
+    for (label, p, expected) in [
+        ("no selectors", &plain, n),
+        ("selector passes", &passing, n),
+        ("selector rejects", &rejecting, 0),
+        ("out of scope (TracingPolicyNamespaced, no such pod)", &out_of_scope, 0),
+    ] {
         println!("  {label}:");
         println!(
             "    wall          {:>8.0} ns per open+close, overhead {:+.2}% (ratio {:.4})",
@@ -139,10 +148,12 @@ fn main() {
     }
     let ratio = |p: &Phase| p.bpf_ns_per_hit / plain.bpf_ns_per_hit;
     println!(
-        "  kernel cost per hit against no selectors: passes {:.2}×, rejects {:.2}× ({:+.0} ns)",
+        "  kernel cost per hit against no selectors: passes {:.2}×, rejects {:.2}× ({:+.0} ns), out of scope {:.2}× ({:+.0} ns)",
         ratio(&passing),
         ratio(&rejecting),
-        rejecting.bpf_ns_per_hit - plain.bpf_ns_per_hit
+        rejecting.bpf_ns_per_hit - plain.bpf_ns_per_hit,
+        ratio(&out_of_scope),
+        out_of_scope.bpf_ns_per_hit - plain.bpf_ns_per_hit
     );
 }
 

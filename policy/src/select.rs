@@ -852,11 +852,9 @@ fn actions(
         let stacks =
             if a.kernel_stack_trace { STACK_KERNEL } else { 0 } | if a.user_stack_trace { STACK_USER } else { 0 };
         if stacks != 0 {
+            // (`validate` refused them on actions other than Post.) Tetragon's
+            // events carry stacks on kprobes only.
             let field = if a.kernel_stack_trace { "kernelStackTrace" } else { "userStackTrace" };
-            if a.action != ActionKind::Post {
-                return Err(PolicyError::at(format!("{here}.{field}"), "goes with Post"));
-            }
-            // Tetragon's events carry stacks on kprobes only.
             if shape.kind != "kprobe" {
                 return Err(PolicyError::at(
                     format!("{here}.{field}"),

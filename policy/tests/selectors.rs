@@ -143,7 +143,7 @@ fn bad_selectors_are_refused_by_path() {
         ),
         (
             "    - matchActions:\n      - action: Sigkill\n        userStackTrace: true\n",
-            "spec.tracepoints[0].selectors[0].matchActions[0].userStackTrace: goes with Post",
+            "spec.tracepoints[0].selectors[0].matchActions[0]: rateLimit, kernelStackTrace, userStackTrace and imaHash go with Post only",
         ),
         (
             "    - matchCapabilities:\n      - operator: In\n        values: [\"CAP_DAC_OVERRIDE\"]\n",
