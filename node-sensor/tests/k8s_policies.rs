@@ -36,11 +36,7 @@ fn policy(kind: &str, name: &str, namespace: Option<&str>, dir: &str, extra: Val
     for (k, v) in extra.as_object().unwrap() {
         spec[k] = v.clone();
     }
-    let mut meta = json!({"name": name});
-    if let Some(ns) = namespace {
-        meta["namespace"] = json!(ns);
-    }
-    json!({"apiVersion": "cilium.io/v1alpha1", "kind": kind, "metadata": meta, "spec": spec})
+    k8s_api::policy_object(kind, name, namespace, spec)
 }
 
 /// Per policy, the files under `dir` its events name.

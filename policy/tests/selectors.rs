@@ -236,8 +236,9 @@ impl policy::compile::KernelView for TcpConnect {
     }
 }
 
-fn sock_filter(operator: &str, values: &str) -> Result<policy::select::Selectors, String> {
-    let text = format!(
+/// A policy on `tcp_connect` with `hook` (YAML lines under the hook).
+fn tcp_connect(hook: &str) -> String {
+    format!(
         "apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
 metadata:
@@ -246,7 +247,13 @@ spec:
   kprobes:
   - call: tcp_connect
     syscall: false
-    args:
+{hook}"
+    )
+}
+
+fn sock_filter(operator: &str, values: &str) -> Result<policy::select::Selectors, String> {
+    let text = tcp_connect(&format!(
+        "    args:
     - index: 0
       type: sock
     selectors:
@@ -255,7 +262,7 @@ spec:
         operator: {operator}
         values: {values}
 "
-    );
+    ));
     let p = policy::parse(&text).map_err(|e| e.to_string())?;
     let c = compile(&p, &TcpConnect).map_err(|e| e.to_string())?;
     Ok(c.kprobes[0].selectors.clone())
@@ -263,15 +270,8 @@ spec:
 
 #[test]
 fn a_post_on_a_kprobe_asks_for_its_stacks() {
-    let text = "apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: t
-spec:
-  kprobes:
-  - call: tcp_connect
-    syscall: false
-    selectors:
+    let text = tcp_connect(
+        "    selectors:
     - matchActions:
       - action: Post
         kernelStackTrace: true
@@ -280,8 +280,9 @@ spec:
         userStackTrace: true
         kernelStackTrace: true
       - action: Sigkill
-";
-    let p = policy::parse(text).unwrap();
+",
+    );
+    let p = policy::parse(&text).unwrap();
     let c = compile(&p, &TcpConnect).unwrap();
     let set = &c.kprobes[0].selectors.set;
     let stacks = |s: usize| set.selectors[s].actions.iter().map(|a| a.stacks).collect::<Vec<_>>();

@@ -20,16 +20,13 @@ use serde_json::{Value, json};
 
 const NODE: &str = "k8s-node";
 
+/// A policy on `sys_enter_unlinkat`, with `extra` spec fields.
 fn policy(kind: &str, name: &str, namespace: Option<&str>, extra: Value) -> Value {
     let mut spec = json!({"tracepoints": [{"subsystem": "syscalls", "event": "sys_enter_unlinkat"}]});
     for (k, v) in extra.as_object().unwrap() {
         spec[k] = v.clone();
     }
-    let mut meta = json!({"name": name});
-    if let Some(ns) = namespace {
-        meta["namespace"] = json!(ns);
-    }
-    json!({"apiVersion": "cilium.io/v1alpha1", "kind": kind, "metadata": meta, "spec": spec})
+    k8s_api::policy_object(kind, name, namespace, spec)
 }
 
 async fn listed(relay: &Relay) -> Vec<TracingPolicyStatus> {

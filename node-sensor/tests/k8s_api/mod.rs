@@ -269,6 +269,15 @@ impl ApiServer {
     }
 }
 
+/// A `cilium.io/v1alpha1` policy object of `kind` with `spec`.
+pub fn policy_object(kind: &str, name: &str, namespace: Option<&str>, spec: Value) -> Value {
+    let mut meta = json!({"name": name});
+    if let Some(ns) = namespace {
+        meta["namespace"] = json!(ns);
+    }
+    json!({"apiVersion": "cilium.io/v1alpha1", "kind": kind, "metadata": meta, "spec": spec})
+}
+
 /// An object's (namespace, name).
 fn identity(o: &Value) -> (String, String) {
     let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();

@@ -106,8 +106,8 @@ spec:
         values: ["1:8764", "8766:65535"]
 POLICY
 
-# Stack traces: the marked sleep's entry into its nanosleep call, with the
-# kernel's stack and its own.
+# Stack traces: the marked sleep's entry into its clock_nanosleep call (as
+# busybox sleeps), with the kernel's stack and its own.
 cat > /tmp/stacks.yaml <<'POLICY'
 apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
@@ -116,15 +116,6 @@ metadata:
 spec:
   kprobes:
   - call: "sys_clock_nanosleep"
-    selectors:
-    - matchBinaries:
-      - operator: "In"
-        values: ["/tmp/stackdir/sleep"]
-      matchActions:
-      - action: Post
-        kernelStackTrace: true
-        userStackTrace: true
-  - call: "sys_nanosleep"
     selectors:
     - matchBinaries:
       - operator: "In"
