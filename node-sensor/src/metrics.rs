@@ -164,10 +164,17 @@ fn program_labels(name: &str) -> [(&'static str, &str); 5] {
 /// `tetragon_tracingpolicy_loaded` and `tetragon_overhead_program_*`; the
 /// generic hook programs serve every policy, so their `policy` is empty).
 fn encode_policies(encoder: &mut DescriptorEncoder, policies: &SharedPolicies) -> Result<(), std::fmt::Error> {
-    let (list, runs) = {
+    let (list, runs, scope_refused) = {
         let host = policies.0.lock();
-        (host.list(), host.program_runs())
+        (host.list(), host.program_runs(), host.scope_refused.load(std::sync::atomic::Ordering::Relaxed))
     };
+    serving::metrics::counter(
+        encoder,
+        "vigil_policy_scope_cgroups_refused",
+        "Container cgroups a scoped policy admits that did not fit into the kernel's scope map (their processes \
+         go unseen by it)",
+        scope_refused,
+    )?;
     let mut family = encoder.encode_descriptor(
         "tetragon_tracingpolicy_loaded",
         "The number of loaded tracing policy by state.",

@@ -142,6 +142,9 @@ async fn policies_by_state_and_each_programs_runs_and_run_time_are_metrics() {
     let loaded = |text: &str, state: &str| sample(text, "tetragon_tracingpolicy_loaded", &[("state", state)]);
     let (_, text) = http(&address, "GET", "/metrics");
     assert_eq!([loaded(&text, "enabled"), loaded(&text, "disabled"), loaded(&text, "load_error")], [1, 0, 0], "{text}");
+    // Scoped policies' cgroups that did not fit the kernel's map: none.
+    assert!(text.contains("# TYPE vigil_policy_scope_cgroups_refused_total counter"), "{text}");
+    assert_eq!(sample(&text, "vigil_policy_scope_cgroups_refused_total", &[]), 0);
 
     let (_, before) = http(&address, "GET", "/metrics");
     let exec = [("sensor", "__base__"), ("attach", "sched_process_exec"), ("section", "vigil_exec")];
