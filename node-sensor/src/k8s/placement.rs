@@ -3,8 +3,9 @@
 //! id, and this node's labels. A container's cgroup is found by its id in
 //! the cgroup v2 hierarchy (the layouts `crate::cgroup` knows). A container
 //! whose cgroup is not there yet (the runtime reports its id before or
-//! after creating it) is looked for again shortly; until it is found, the
-//! scoped policies that admit it do not see its processes.
+//! after creating it) is looked for again every second for a minute (and
+//! at every change of the node's pods); until it is found, the scoped
+//! policies that admit it do not see its processes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
@@ -25,8 +26,11 @@ use crate::policies::placement::{PlacedContainer, Placement};
 const MAX_DEPTH: usize = 10;
 /// Most cgroup directories one walk reads.
 const MAX_DIRS: usize = 200_000;
-/// How soon a container whose cgroup was not found is looked for again.
+/// How soon a container whose cgroup was not found is looked for again,
+/// and for how long (a terminated container's id stays in its pod's
+/// status, its cgroup gone: it is not looked for every second forever).
 const RETRY: Duration = Duration::from_secs(1);
+const RETRY_FOR: Duration = Duration::from_secs(60);
 /// How often repeated watch errors are logged.
 const LOG_EVERY: Duration = Duration::from_secs(30);
 
@@ -82,6 +86,8 @@ pub fn follow(client: Client, node: String, pods: Arc<PodIndex>, host: SharedPol
     tokio::spawn(node_labels(client, node, labels_tx));
     tokio::spawn(async move {
         let mut ids: HashMap<String, u64> = HashMap::new();
+        // Containers whose cgroup was not found yet, since when.
+        let mut unfound: HashMap<String, Instant> = HashMap::new();
         let mut missing = false;
         loop {
             let retry = async { if missing { tokio::time::sleep(RETRY).await } else { std::future::pending().await } };
@@ -93,6 +99,7 @@ pub fn follow(client: Client, node: String, pods: Arc<PodIndex>, host: SharedPol
             let containers = pods.containers();
             let wanted: HashSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
             ids.retain(|id, _| wanted.contains(id.as_str()));
+            unfound.retain(|id, _| wanted.contains(id.as_str()) && !ids.contains_key(id));
             let unknown: HashSet<&str> = wanted.iter().copied().filter(|id| !ids.contains_key(*id)).collect();
             if let (Some(root), false) = (&root, unknown.is_empty()) {
                 let root = root.clone();
@@ -104,7 +111,12 @@ pub fn follow(client: Client, node: String, pods: Arc<PodIndex>, host: SharedPol
                 .unwrap_or_default();
                 ids.extend(found);
             }
-            missing = root.is_some() && wanted.iter().any(|id| !ids.contains_key(*id));
+            let now = Instant::now();
+            for id in wanted.iter().filter(|id| !ids.contains_key(**id)) {
+                unfound.entry((*id).to_owned()).or_insert(now);
+            }
+            unfound.retain(|id, _| !ids.contains_key(id));
+            missing = root.is_some() && unfound.values().any(|since| now.duration_since(*since) < RETRY_FOR);
             let placement = Placement {
                 containers: containers
                     .into_iter()
