@@ -77,7 +77,7 @@ pub enum Origin {
     Local,
     /// A relay's set (`managed`).
     Relay,
-    /// A TracingPolicy object of the Kubernetes API (`crate::k8s_policies`).
+    /// A TracingPolicy object of the Kubernetes API (`crate::k8s::policies`).
     Kubernetes,
 }
 
