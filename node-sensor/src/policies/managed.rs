@@ -88,7 +88,7 @@ impl Managed {
             return;
         }
         sets.by_link.insert(KUBERNETES_LINK, set);
-        reconcile(&mut sets, &mut host);
+        reconcile(&mut sets, &mut host, self.accept);
         drop((sets, host));
         self.kubernetes_changes.send_modify(|n| *n += 1);
     }
@@ -97,21 +97,6 @@ impl Managed {
     /// link's, and reports on the policies of this set (and on the
     /// Kubernetes ones).
     pub fn apply(&self, link: u64, set: PolicySet) -> PolicyReport {
-        if !self.accept {
-            let refused = |p: &ManagedPolicy| PolicyOutcome {
-                name: p.name.clone(),
-                state: Outcome::Error as i32,
-                error: IGNORED.into(),
-                ..Default::default()
-            };
-            let host = self.host.0.lock();
-            let sets = self.sets.lock();
-            return PolicyReport {
-                generation: set.generation,
-                policies: set.policies.iter().map(refused).collect(),
-                kubernetes: kubernetes_outcomes(&sets, &host),
-            };
-        }
         // The host's lock before the sets', everywhere.
         let mut host = self.host.0.lock();
         let mut sets = self.sets.lock();
@@ -121,8 +106,8 @@ impl Managed {
         let desired = set.policies.into_iter().map(|policy| Desired { namespace: String::new(), policy }).collect();
         sets.by_link.insert(link, desired);
         sets.generations.insert(link, set.generation);
-        reconcile(&mut sets, &mut host);
-        report(&sets, &host, link)
+        reconcile(&mut sets, &mut host, self.accept);
+        report(&sets, &host, link, self.accept)
     }
 
     /// What relay `link` is told now: its last set's outcomes and the
@@ -130,14 +115,7 @@ impl Managed {
     pub fn report(&self, link: u64) -> PolicyReport {
         let host = self.host.0.lock();
         let sets = self.sets.lock();
-        if !self.accept {
-            return PolicyReport {
-                generation: sets.generations.get(&link).copied().unwrap_or_default(),
-                kubernetes: kubernetes_outcomes(&sets, &host),
-                ..Default::default()
-            };
-        }
-        report(&sets, &host, link)
+        report(&sets, &host, link, self.accept)
     }
 
     /// Bumped whenever the Kubernetes set was applied: links send a fresh
@@ -159,7 +137,7 @@ impl Managed {
         sets.open.remove(&link);
         sets.generations.remove(&link);
         if sets.by_link.remove(&link).is_some() {
-            reconcile(&mut sets, &mut host);
+            reconcile(&mut sets, &mut host, self.accept);
         }
     }
 }
@@ -184,23 +162,29 @@ fn outcome_of(key: &Key, sets: &Sets, listed: Option<&super::PolicyStatus>) -> P
     outcome
 }
 
-/// Relay `link`'s report: its last set's outcomes, and the Kubernetes
-/// policies'.
-fn report(sets: &Sets, host: &PolicyHost, link: u64) -> PolicyReport {
+/// Relay `link`'s report: its last set's outcomes (each refused when this
+/// node takes no relay policies), and the Kubernetes policies'.
+fn report(sets: &Sets, host: &PolicyHost, link: u64, accept: bool) -> PolicyReport {
     let listed: BTreeMap<Key, super::PolicyStatus> =
         host.list().into_iter().map(|p| ((p.namespace.clone(), p.name.clone()), p)).collect();
     let policies = sets.by_link.get(&link).map_or(&[][..], Vec::as_slice);
+    let outcome = |d: &Desired| {
+        if accept {
+            outcome_of(&d.key(), sets, listed.get(&d.key()))
+        } else {
+            PolicyOutcome {
+                name: d.policy.name.clone(),
+                state: Outcome::Error as i32,
+                error: IGNORED.into(),
+                ..Default::default()
+            }
+        }
+    };
     PolicyReport {
         generation: sets.generations.get(&link).copied().unwrap_or_default(),
-        policies: policies.iter().map(|d| outcome_of(&d.key(), sets, listed.get(&d.key()))).collect(),
+        policies: policies.iter().map(outcome).collect(),
         kubernetes: kubernetes_of(sets, &listed),
     }
-}
-
-fn kubernetes_outcomes(sets: &Sets, host: &PolicyHost) -> Vec<PolicyOutcome> {
-    let listed: BTreeMap<Key, super::PolicyStatus> =
-        host.list().into_iter().map(|p| ((p.namespace.clone(), p.name.clone()), p)).collect();
-    kubernetes_of(sets, &listed)
 }
 
 /// Each policy of the Kubernetes set: what became of it here.
@@ -224,11 +208,14 @@ fn kubernetes_of(sets: &Sets, listed: &BTreeMap<Key, super::PolicyStatus>) -> Ve
 }
 
 /// Loads, unloads and switches managed policies so the host runs the
-/// union of every link's set.
-fn reconcile(sets: &mut Sets, host: &mut PolicyHost) {
+/// union of every link's set (relay links' only if it `accept`s them).
+fn reconcile(sets: &mut Sets, host: &mut PolicyHost, accept: bool) {
     let mut desired: BTreeMap<Key, (&ManagedPolicy, Origin)> = BTreeMap::new();
     for (link, set) in &sets.by_link {
         let origin = if *link == KUBERNETES_LINK { Origin::Kubernetes } else { Origin::Relay };
+        if origin == Origin::Relay && !accept {
+            continue;
+        }
         for d in set {
             desired.entry(d.key()).or_insert((&d.policy, origin));
         }
