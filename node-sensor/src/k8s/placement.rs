@@ -99,7 +99,6 @@ pub fn follow(client: Client, node: String, pods: Arc<PodIndex>, host: SharedPol
             let containers = pods.containers();
             let wanted: HashSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
             ids.retain(|id, _| wanted.contains(id.as_str()));
-            unfound.retain(|id, _| wanted.contains(id.as_str()) && !ids.contains_key(id));
             let unknown: HashSet<&str> = wanted.iter().copied().filter(|id| !ids.contains_key(*id)).collect();
             if let (Some(root), false) = (&root, unknown.is_empty()) {
                 let root = root.clone();
@@ -112,10 +111,10 @@ pub fn follow(client: Client, node: String, pods: Arc<PodIndex>, host: SharedPol
                 ids.extend(found);
             }
             let now = Instant::now();
+            unfound.retain(|id, _| wanted.contains(id.as_str()) && !ids.contains_key(id));
             for id in wanted.iter().filter(|id| !ids.contains_key(**id)) {
                 unfound.entry((*id).to_owned()).or_insert(now);
             }
-            unfound.retain(|id, _| !ids.contains_key(id));
             missing = root.is_some() && unfound.values().any(|since| now.duration_since(*since) < RETRY_FOR);
             let placement = Placement {
                 containers: containers

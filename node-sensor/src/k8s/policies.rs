@@ -48,7 +48,7 @@ type ObjectKey = (usize, String, String);
 /// to `managed`.
 pub fn watch(client: Client, managed: Arc<Managed>) {
     managed.open(KUBERNETES_LINK);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Option<BTreeMap<ObjectKey, String>>)>(16);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, BTreeMap<ObjectKey, String>)>(16);
     for (i, (kind, plural)) in KINDS.iter().enumerate() {
         let resource = ApiResource {
             group: "cilium.io".into(),
@@ -63,7 +63,7 @@ pub fn watch(client: Client, managed: Arc<Managed>) {
     tokio::spawn(async move {
         let mut by_kind: [BTreeMap<ObjectKey, String>; 2] = Default::default();
         while let Some((kind, objects)) = rx.recv().await {
-            if let (Some(objects), Some(slot)) = (objects, by_kind.get_mut(kind)) {
+            if let Some(slot) = by_kind.get_mut(kind) {
                 *slot = objects;
             }
             let set: Vec<Desired> = by_kind
@@ -86,7 +86,7 @@ pub fn watch(client: Client, managed: Arc<Managed>) {
 async fn watch_kind(
     api: Api<DynamicObject>,
     kind_index: usize,
-    tx: tokio::sync::mpsc::Sender<(usize, Option<BTreeMap<ObjectKey, String>>)>,
+    tx: tokio::sync::mpsc::Sender<(usize, BTreeMap<ObjectKey, String>)>,
 ) {
     let kind = KINDS[kind_index].0;
     let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
@@ -126,7 +126,7 @@ async fn watch_kind(
                 false
             }
         };
-        if changed && tx.send((kind_index, Some(objects.clone()))).await.is_err() {
+        if changed && tx.send((kind_index, objects.clone())).await.is_err() {
             return;
         }
     }

@@ -180,6 +180,11 @@ impl Symbolizer {
     /// The kernel stack's frames with their symbols (frames no symbol
     /// covers are left out, as Tetragon does).
     pub fn kernel_trace(&self, frames: &[u64]) -> Vec<StackTraceEntry> {
+        // Every hook hit comes here: kallsyms is read only for the first
+        // stack there is.
+        if frames.is_empty() {
+            return Vec::new();
+        }
         let symbols = self.kernel.get_or_init(|| {
             let text = std::fs::read_to_string(self.procfs.join("kallsyms")).map_err(|e| e.to_string())?;
             let parsed = KernelSymbols::parse(&text);
