@@ -271,7 +271,13 @@ impl Pipeline {
         self.stats.policy_events.fetch_add(1, Ordering::Relaxed);
         let time = self.clock.wall(hit.ktime);
         let stacks = match &self.stacks {
-            Some(s) => (s.kernel_trace(&hit.kernel_stack), s.user_trace(hit.pid, hit.tid, &hit.user_stack)),
+            // The user stack first: it is read from the process's memory
+            // map, which is gone once the process ends; the kernel's
+            // symbols keep (and are read at the first stack).
+            Some(s) => {
+                let user = s.user_trace(hit.pid, hit.tid, &hit.user_stack);
+                (s.kernel_trace(&hit.kernel_stack), user)
+            }
             None => Default::default(),
         };
         self.publish(crate::policies::events::hook_event(&self.node, time, hit, &info, lineage, stacks));

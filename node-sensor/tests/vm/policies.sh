@@ -178,7 +178,7 @@ echo "VIGIL-STATUS su $?"
 # memory map).
 mkdir -p /tmp/stackdir
 cp /bin/busybox /tmp/stackdir/sleep
-/tmp/stackdir/sleep 2
+/tmp/stackdir/sleep 5
 WORKLOAD
 
 # The workload's shell exists before the sensor (found in /proc, as in
