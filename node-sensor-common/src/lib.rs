@@ -393,7 +393,7 @@ pub struct ScopeKey {
 /// Cookies of kretprobe attaches have this bit (with the hook's number).
 pub const KRETPROBE_COOKIE: u64 = 1 << 34;
 /// Cookies of tracepoint attaches of the program that reads file
-/// descriptors (one attach per hook, as a kprobe's), with the hook's number.
+/// descriptors (beside the shared program's), with the tracepoint's id.
 pub const TRACEPOINT_FD_COOKIE: u64 = 1 << 35;
 
 /// `RecordHeader::flags` of a hook record: its last argument is the
@@ -739,7 +739,10 @@ pub struct ArgFilterSpec {
     pub shift: u8,
     pub signed: u8,
     pub nvalues: u8,
-    pub _pad: [u8; 3],
+    /// 1: a string operator on a path argument, which compares the path
+    /// root first (`ForwardPath`), as events show it.
+    pub path: u8,
+    pub _pad: [u8; 2],
     /// String operators: this filter's number in `STRINGS` keys.
     pub strings: u32,
     pub _pad2: u32,
@@ -913,11 +916,18 @@ pub struct SelectorSpec {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Chain {
-    /// The next run continues this chain (else it starts at hook 0).
+    /// Non-zero: the next run continues this chain (else it starts at hook
+    /// 0), in the reader at slot `active - 1` of `READER_TP`
+    /// (`READER_PLAIN` or `READER_PATHS`).
     pub active: u32,
     pub next: u32,
     pub cookie: u64,
 }
+
+/// `READER_TP` slots: the shared tracepoint program, and the one with the
+/// path reader (for hooks that read descriptors).
+pub const READER_PLAIN: u32 = 0;
+pub const READER_PATHS: u32 = 1;
 
 /// `SelectorSet::flags`: enforcement actions are counted, not taken.
 pub const SELECT_MONITOR: u32 = 1 << 0;
@@ -925,6 +935,28 @@ pub const SELECT_MONITOR: u32 = 1 << 0;
 pub const SELECT_RETURN: u32 = 1 << 1;
 /// `SelectorSet::flags`: some selector reads the task's namespaces.
 pub const SELECT_NAMESPACES: u32 = 1 << 2;
+/// `SelectorSet::flags`: bit `SELECT_PATHS_SHIFT + p` says a filter
+/// compares the path at record position `p`, which the selector program
+/// then writes out root first (see `ForwardPath`) before any filter runs.
+pub const SELECT_PATHS_SHIFT: u32 = 8;
+
+/// Bytes of a `ForwardPath`: a path argument's `CWD_SIZE + NAME_READ`
+/// bytes at most, with room past them so that a component copied to a
+/// masked offset stays inside.
+pub const FORWARD_PATH_SIZE: usize = 2 * CWD_SIZE + 2 * NAME_READ;
+
+/// A path argument as filters compare it: `/etc/passwd`, built from the
+/// record's components, which are stored leaf first (`passwd\0etc\0`, as
+/// the walk up the dentries finds them). Per CPU, one per record position.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ForwardPath {
+    pub len: u32,
+    /// 0 when the argument could not be read or its path was cut (it is
+    /// deeper than the walk goes): such a path passes no filter.
+    pub ok: u32,
+    pub bytes: [u8; FORWARD_PATH_SIZE],
+}
 
 /// An `Override` the selector program decided for the current thread's
 /// call: the override program attached after the hook's entry program

@@ -61,7 +61,7 @@ pub(crate) struct HookScratch {
 #[tracepoint]
 pub fn vigil_tp(ctx: TracePointContext) -> u32 {
     // A failure is counted where it happens; the traced code goes on.
-    let _ = run_chain(ctx.as_ptr());
+    let _ = run_chain::<ARGS_PLAIN>(ctx.as_ptr(), READER_PLAIN);
     0
 }
 
@@ -70,8 +70,9 @@ pub fn vigil_tp(ctx: TracePointContext) -> u32 {
 /// to this program (a hook with selectors: through the selector program,
 /// which comes back). So the verifier walks one hook, however many the
 /// attach serves.
+/// `reader` is the running program's `READER_TP` slot.
 #[inline(always)]
-fn run_chain(ctx: *mut c_void) -> Result<(), i64> {
+fn run_chain<const KIND: u8>(ctx: *mut c_void, reader: u32) -> Result<(), i64> {
     // SAFETY: the helper only reads the running program's attach cookie.
     let cookie = unsafe { bpf_get_attach_cookie(ctx) };
     // SAFETY: the value is only read, and the sensor replaces whole values.
@@ -82,33 +83,40 @@ fn run_chain(ctx: *mut c_void) -> Result<(), i64> {
     // SAFETY: the chain state is this CPU's; tracing programs do not nest
     // on a CPU, so no other run is between this one's tail calls.
     unsafe {
-        let h = if (*chain).active != 0 && (*chain).cookie == cookie { (*chain).next as usize } else { 0 };
+        if (*chain).active == 0 || (*chain).cookie != cookie {
+            (*chain).next = 0;
+        }
+        // Read back, not chosen by the branch: one state for the verifier
+        // to walk the hook with, not one per way here.
+        let h = core::ptr::read_volatile(&(*chain).next) as usize;
         (*chain).active = 0;
         if h >= HOOKS_PER_ATTACH || h as u32 >= hooks.count {
             return Ok(());
         }
-        let more = h as u32 + 1 < hooks.count;
-        if more {
-            *chain = Chain { active: 1, next: (h + 1) as u32, cookie };
-        }
+        // Set whether or not a hook follows, and the hook read after:
+        // a branch here would have the verifier walk the hook twice. The
+        // selector program comes back through it, and a run past the last
+        // hook ends above (clearing it).
+        *chain = Chain { active: reader + 1, next: (h + 1) as u32, cookie };
         // Masked: an older verifier loses the bound checked above.
-        let _ = run_hook::<ARGS_PLAIN>(ctx, &hooks.hooks[h & (HOOKS_PER_ATTACH - 1)], SELECT_TRACEPOINT);
-        if more {
-            READER_TP.tail_call(&Ctx(ctx), 0);
+        let _ = run_hook::<KIND>(ctx, &hooks.hooks[h & (HOOKS_PER_ATTACH - 1)], SELECT_TRACEPOINT);
+        if (*chain).next < hooks.count {
+            READER_TP.tail_call(&Ctx(ctx), reader);
             // Could not go on: the rest of this run's hooks are lost.
-            (*chain).active = 0;
             select_failed();
         }
+        (*chain).active = 0;
     }
     Ok(())
 }
 
 /// Tracepoint hooks with a file descriptor argument: its path is read as
-/// a kprobe's file is, which costs the verifier as much, so each such hook
-/// has an attach of its own (cookie `TRACEPOINT_FD_COOKIE` with its number).
+/// a kprobe's file is, which costs the verifier as much as a kprobe's, so
+/// these hooks have an attach and a chain of their own (cookie
+/// `TRACEPOINT_FD_COOKIE` with the tracepoint's id).
 #[tracepoint]
 pub fn vigil_tf(ctx: TracePointContext) -> u32 {
-    let _ = run_hooks::<ARGS_PATHS>(ctx.as_ptr(), SELECT_TRACEPOINT);
+    let _ = run_chain::<ARGS_PATHS>(ctx.as_ptr(), READER_PATHS);
     0
 }
 
@@ -137,8 +145,7 @@ pub fn vigil_ks(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// The attach's one hook (uprobes, kprobes and descriptor-reading
-/// tracepoint hooks have attaches of their own).
+/// The attach's one hook (uprobes and kprobes have attaches of their own).
 #[inline(always)]
 fn run_hooks<const KIND: u8>(ctx: *mut c_void, select_slot: u32) -> Result<(), i64> {
     // SAFETY: the helper only reads the running program's attach cookie.

@@ -71,9 +71,10 @@ static SELECT_TP: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 static SELECT_KP: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
-/// The tracepoint program itself, for a run's next hook (see `Chain`).
+/// The tracepoint programs themselves, for a run's next hook (see
+/// `Chain`): `READER_PLAIN` and `READER_PATHS`.
 #[map]
-static READER_TP: ProgramArray = ProgramArray::with_max_entries(1, 0);
+static READER_TP: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 /// Per-CPU: where the current tracepoint run is in its attach's hooks.
 #[map]
@@ -100,6 +101,11 @@ static STRING_SCRATCH: PerCpuArray<StringKey> = PerCpuArray::with_max_entries(2,
 /// Per-CPU: where each argument of the record being selected starts.
 #[map]
 static POSITIONS: PerCpuArray<[u32; 8]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU: the record's path arguments that filters compare, root first,
+/// by record position.
+#[map]
+static FORWARD_PATHS: PerCpuArray<ForwardPath> = PerCpuArray::with_max_entries(HOOK_MAX_ARGS as u32 + 1, 0);
 
 /// When each (hook, selector, scope, arguments) a `rateLimit` watches last
 /// posted.

@@ -13,7 +13,7 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_boot_ns,
-        generated::{bpf_get_stack, bpf_probe_read_kernel, bpf_send_signal},
+        generated::{bpf_get_stack, bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_send_signal},
     },
     macros::{kprobe, tracepoint},
     maps::lpm_trie::Key,
@@ -23,8 +23,8 @@ use node_sensor_common::*;
 
 use crate::hooks::{HookScratch, keep_for_return, send};
 use crate::{
-    ACTION_COUNTS, BINARIES, CHAIN, HOOK_SCRATCH, NAMESPACES_NOW, OVERRIDES, POSITIONS, RATE_KEY, RATE_LIMITS,
-    READER_TP, SELECTORS, STRING_SCRATCH, STRINGS, count,
+    ACTION_COUNTS, BINARIES, CHAIN, FORWARD_PATHS, HOOK_SCRATCH, NAMESPACES_NOW, OVERRIDES, POSITIONS, RATE_KEY,
+    RATE_LIMITS, READER_TP, SELECTORS, STRING_SCRATCH, STRINGS, count,
 };
 
 /// The reader's program type, which picks the selector program.
@@ -49,7 +49,7 @@ fn resume_chain(ctx: &TracePointContext) {
     // SAFETY: this CPU's chain state; see `hooks::run_chain`.
     unsafe {
         if (*chain).active != 0 {
-            READER_TP.tail_call(ctx, 0);
+            READER_TP.tail_call(ctx, (*chain).active - 1);
             (*chain).active = 0;
             select_failed();
         }
@@ -77,6 +77,9 @@ fn select<const STACKS: bool>(ctx: *mut c_void) -> Result<(), i64> {
         };
         let monitor = set.flags & SELECT_MONITOR != 0;
         locate_args(scratch);
+        if set.flags >> SELECT_PATHS_SHIFT != 0 {
+            forward_paths(set.flags >> SELECT_PATHS_SHIFT, scratch);
+        }
         if set.flags & SELECT_NAMESPACES != 0 {
             read_namespaces();
         }
@@ -654,6 +657,84 @@ unsafe fn locate_args(scratch: *mut HookScratch) {
     }
 }
 
+/// Writes out each path argument of `positions` (a bit per record
+/// position) root first into `FORWARD_PATHS`: the record holds its
+/// components leaf first, each NUL-terminated, in as many bytes as the
+/// path has (`passwd\0etc\0` for `/etc/passwd`), so a component that ends
+/// `end` bytes into the record starts after a `/` at `len - end`.
+///
+/// # Safety
+/// `scratch` must be this CPU's hook scratch; `locate_args` ran.
+#[inline(always)]
+unsafe fn forward_paths(positions: u32, scratch: *mut HookScratch) {
+    let (Some(at_of), Some(name)) = (POSITIONS.get_ptr(0), STRING_SCRATCH.get_ptr_mut(1)) else {
+        return;
+    };
+    for p in 0..=HOOK_MAX_ARGS {
+        if positions & (1 << p) == 0 {
+            continue;
+        }
+        let Some(out) = FORWARD_PATHS.get_ptr_mut(p as u32) else {
+            return;
+        };
+        // SAFETY: the record's bytes are read through the helpers from
+        // masked offsets inside the scratch area (which has an argument's
+        // worth of room past the mask); every write into `out` is at an
+        // offset masked below CWD_SIZE * 2 of at most NAME_READ bytes,
+        // which its size allows.
+        unsafe {
+            (*out).ok = 0;
+            (*out).len = 0;
+            let data = (*scratch).data.as_ptr();
+            let at = (*at_of)[p] as usize & (HOOK_DATA_SIZE - 1);
+            let word = core::ptr::read_unaligned(data.add(at) as *const u64) as u32;
+            let len = (word & ARG_LEN_MASK) as usize;
+            if word & (ARG_ERROR | ARG_PATH_CUT) != 0 || !(8..=HOOK_ARG_BYTES).contains(&len) {
+                continue;
+            }
+            // Past the length word and the PathHead.
+            let names = data.add(at + 16);
+            let total = len - 8;
+            let bytes = (*out).bytes.as_mut_ptr();
+            if total == 0 {
+                // The walk started at the root.
+                *bytes = b'/';
+                (*out).len = 1;
+                (*out).ok = 1;
+                continue;
+            }
+            let component = (*name).data.as_mut_ptr();
+            let mut done = 0usize;
+            for _ in 0..CWD_MAX_DEPTH + 1 {
+                if done >= total {
+                    break;
+                }
+                let n = bpf_probe_read_kernel_str(
+                    component as *mut c_void,
+                    NAME_READ as u32,
+                    names.add(done & (CWD_SIZE * 2 - 1)) as *const c_void,
+                );
+                if n <= 0 {
+                    break;
+                }
+                done += n as usize;
+                if done > total {
+                    break;
+                }
+                // Masked through a volatile read: the compiler knows the
+                // mask is a no-op, the verifier does not.
+                let slash = total - done;
+                let slash = core::ptr::read_volatile(&slash) & (CWD_SIZE * 2 - 1);
+                *bytes.add(slash) = b'/';
+                let chars = (n as u32 - 1) & (NAME_READ as u32 - 1);
+                bpf_probe_read_kernel(bytes.add(slash + 1) as *mut c_void, chars, component as *const c_void);
+            }
+            (*out).len = total as u32;
+            (*out).ok = u32::from(done == total);
+        }
+    }
+}
+
 /// Whether every filter of `filters` passes on the record's arguments.
 ///
 /// # Safety
@@ -698,6 +779,16 @@ unsafe fn arg_passes(f: &ArgFilterSpec, scratch: *mut HookScratch) -> bool {
                 return false;
             }
             return sock_passes(f, body);
+        }
+        if f.path != 0 {
+            let Some(path) = FORWARD_PATHS.get_ptr(f.arg as u32) else {
+                return false;
+            };
+            let n = (*path).len as usize;
+            if (*path).ok == 0 || n > CWD_SIZE * 2 {
+                return false;
+            }
+            return string_matches(f.op, f.strings, (*path).bytes.as_ptr(), n);
         }
         if f.op >= OP_STR_EQUAL {
             if len > HOOK_ARG_BYTES {

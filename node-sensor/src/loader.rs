@@ -6,7 +6,7 @@ use std::path::Path;
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::RawTracePoint;
 use aya::{Ebpf, EbpfLoader};
-use node_sensor_common::{COUNTERS_LEN, KernelOffsets};
+use node_sensor_common::{COUNTERS_LEN, KernelOffsets, READER_PATHS, READER_PLAIN};
 
 use crate::btf_offsets::{self, OffsetError};
 use crate::exec_times;
@@ -213,8 +213,9 @@ pub fn load(btf_path: &str, features: btf_offsets::Features) -> Result<Probes, L
     }
     let hook_programs = HookPrograms {
         tracepoint: load_hook_program::<aya::programs::TracePoint>(&mut ebpf, TRACEPOINT_PROGRAM)
-            .and_then(|()| set_tail_call(&mut ebpf, "READER_TP", TRACEPOINT_PROGRAM)),
-        tracepoint_fd: load_hook_program::<aya::programs::TracePoint>(&mut ebpf, TRACEPOINT_FD_PROGRAM),
+            .and_then(|()| set_tail_call(&mut ebpf, "READER_TP", READER_PLAIN, TRACEPOINT_PROGRAM)),
+        tracepoint_fd: load_hook_program::<aya::programs::TracePoint>(&mut ebpf, TRACEPOINT_FD_PROGRAM)
+            .and_then(|()| set_tail_call(&mut ebpf, "READER_TP", READER_PATHS, TRACEPOINT_FD_PROGRAM)),
         uprobe: load_hook_program::<aya::programs::UProbe>(&mut ebpf, UPROBE_PROGRAM),
         kprobe: load_hook_program::<aya::programs::KProbe>(&mut ebpf, KPROBE_PROGRAM),
         kprobe_sock: load_hook_program::<aya::programs::KProbe>(&mut ebpf, KPROBE_SOCK_PROGRAM),
@@ -307,12 +308,12 @@ where
 fn load_selector_programs(ebpf: &mut Ebpf) -> Result<(), String> {
     load_hook_program::<aya::programs::TracePoint>(ebpf, SELECT_TRACEPOINT_PROGRAM)?;
     load_hook_program::<aya::programs::KProbe>(ebpf, SELECT_PROBE_PROGRAM)?;
-    set_tail_call(ebpf, "SELECT_TP", SELECT_TRACEPOINT_PROGRAM)?;
-    set_tail_call(ebpf, "SELECT_KP", SELECT_PROBE_PROGRAM)
+    set_tail_call(ebpf, "SELECT_TP", 0, SELECT_TRACEPOINT_PROGRAM)?;
+    set_tail_call(ebpf, "SELECT_KP", 0, SELECT_PROBE_PROGRAM)
 }
 
 /// Puts loaded program `program` in the one slot of tail-call map `map`.
-fn set_tail_call(ebpf: &mut Ebpf, map: &str, program: &str) -> Result<(), String> {
+fn set_tail_call(ebpf: &mut Ebpf, map: &str, slot: u32, program: &str) -> Result<(), String> {
     let fd = match ebpf.program(program) {
         Some(aya::programs::Program::TracePoint(p)) => p.fd(),
         Some(aya::programs::Program::KProbe(p)) => p.fd(),
@@ -321,7 +322,7 @@ fn set_tail_call(ebpf: &mut Ebpf, map: &str, program: &str) -> Result<(), String
     let fd = fd.and_then(|f| f.try_clone().map_err(Into::into)).map_err(|e| e.to_string())?;
     let slots = ebpf.map_mut(map).ok_or_else(|| format!("BPF map `{map}` is missing"))?;
     let mut slots = aya::maps::ProgramArray::try_from(slots).map_err(|e| format!("BPF map `{map}`: {e}"))?;
-    slots.set(0, &fd, 0).map_err(|e| format!("BPF map `{map}`: setting `{program}`: {e}"))
+    slots.set(slot, &fd, 0).map_err(|e| format!("BPF map `{map}`: setting `{program}`: {e}"))
 }
 
 fn raw_tracepoint<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut RawTracePoint, LoadError> {

@@ -42,9 +42,6 @@ fn serving_tls(settings: &Settings) -> Option<tls::reload::ServerFiles> {
     }
 }
 
-/// How long the export file may take to write its queue at shutdown.
-const EXPORT_FINISH: std::time::Duration = std::time::Duration::from_secs(5);
-
 async fn run(settings: Settings) -> anyhow::Result<()> {
     // --only-own-netns needs each process's network namespace.
     let features =
@@ -205,10 +202,8 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     pipe.await.context("pipeline task")??;
     // The export writes what is queued for it, then ends.
     bus.close();
-    if let Some(x) = exporter.map(|e| e.task)
-        && tokio::time::timeout(EXPORT_FINISH, x).await.is_err()
-    {
-        tracing::warn!(after = ?EXPORT_FINISH, "the export file did not finish writing its queue; the rest is lost");
+    if let Some(export) = exporter {
+        export.finish().await;
     }
     let _ = losses_done.send(true);
     let _ = losses.await;

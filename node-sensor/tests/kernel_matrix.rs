@@ -787,9 +787,27 @@ fn kprobe_policies_in_a_vm_report_what_runs_and_what_is_read() {
     assert!(!kprobes.iter().any(|(_, k)| k.policy_name == "connect-excluded"), "no connection excluded passes");
 
     // A descriptor: the workload shell's write through its descriptor 1 to
-    // the marked file, 9 bytes.
-    let writes: Vec<_> = kprobes.iter().filter(|(_, k)| k.function_name == "__x64_sys_write").map(|(_, k)| k).collect();
-    assert_eq!(writes.len(), 1, "one write to the marked file; log:\n{}", log.join("\n"));
+    // the marked file, 9 bytes (and one to each of two near misses).
+    let writes_of = |policy: &str| -> Vec<&proto::tetragon::ProcessKprobe> {
+        kprobes
+            .iter()
+            .filter(|(_, k)| k.function_name == "__x64_sys_write" && k.policy_name == policy)
+            .map(|(_, k)| *k)
+            .collect()
+    };
+    let paths = |writes: &[&proto::tetragon::ProcessKprobe]| -> Vec<String> {
+        writes.iter().filter_map(|k| file_of(k, 0)).map(|(p, _)| p).collect()
+    };
+    let writes = writes_of("fd-and-cred");
+    assert_eq!(
+        paths(&writes),
+        ["/tmp/marked-fd-file", "/tmp/marked-fd-filex", "/tmp/marked-fe-file"],
+        "one write to each marked file; log:\n{}",
+        log.join("\n")
+    );
+    // Path filters in the kernel: only the write whose path has the
+    // prefix and the suffix passed.
+    assert_eq!(paths(&writes_of("fd-selected")), ["/tmp/marked-fd-file"]);
     let w = writes[0];
     assert_eq!(file_of(w, 0), Some(("/tmp/marked-fd-file".to_owned(), "-rw-r--r--".to_owned())));
     assert_eq!(w.args.get(1).and_then(|a| a.arg.clone()), Some(proto::tetragon::kprobe_argument::Arg::SizeArg(9)));

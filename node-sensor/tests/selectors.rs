@@ -694,3 +694,109 @@ async fn changes_since_exec_and_the_parents_binary_select_who_unlinks() {
     assert_cases_saw(&c, &run, &d, &cases);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A policy of one `sys_enter_write` hook per case, its descriptor read as
+/// the path of its file: each hook's message is its case's name, and its
+/// selector confines it to `dir` (a path filter too) before the case's.
+fn write_path_policy(name: &str, dir: &str, cases: &[(&str, &str, &[&str])]) -> String {
+    let mut yaml = format!(
+        "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: {name}\nspec:\n  tracepoints:\n"
+    );
+    for (case, operator, values) in cases {
+        let values: Vec<String> = values.iter().map(|v| format!("\"{v}\"")).collect();
+        yaml += &format!(
+            "  - subsystem: syscalls
+    event: sys_enter_write
+    message: {case}
+    args:
+    - index: 5
+      type: fd
+    selectors:
+    - matchArgs:
+      - index: 5
+        operator: Prefix
+        values: [\"{dir}/\"]
+      - index: 5
+        operator: {operator}
+        values: [{}]
+",
+            values.join(", ")
+        );
+    }
+    yaml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_operators_compare_the_whole_path_as_events_show_it() {
+    require_kernel!();
+    let run = nonce();
+    let dir = std::env::temp_dir().join(format!("vigil-path-{run}"));
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    let d = dir.display().to_string();
+    let sensor = Sensor::start(&[]).await;
+    // The kernel keeps a path leaf first; these cut inside components
+    // (`a-`, `ub/c`) and across them, from either end.
+    let (a, b_keep, deep) = (format!("{d}/a-"), format!("{d}/b-keep.log"), format!("{d}/sub/c.log"));
+    let all = ["a-keep.log", "a-drop.txt", "b-keep.log", "sub/c.log"];
+    let (a, b_keep, both, d_only) = ([a.as_str()], [b_keep.as_str()], [b_keep.as_str(), deep.as_str()], [d.as_str()]);
+    let cases: Vec<(&str, &str, &[&str], Vec<&str>)> = vec![
+        ("prefix", "Prefix", &a, vec!["a-keep.log", "a-drop.txt"]),
+        ("notprefix", "NotPrefix", &a, vec!["b-keep.log", "sub/c.log"]),
+        ("postfix", "Postfix", &[".log", ".nothing"], vec!["a-keep.log", "b-keep.log", "sub/c.log"]),
+        ("postfix-across", "Postfix", &["ub/c.log"], vec!["sub/c.log"]),
+        ("notpostfix", "NotPostfix", &[".log"], vec!["a-drop.txt"]),
+        ("equal", "Equal", &both, vec!["b-keep.log", "sub/c.log"]),
+        ("notequal", "NotEqual", &b_keep, vec!["a-keep.log", "a-drop.txt", "sub/c.log"]),
+        ("equal-dir", "Equal", &d_only, vec![]),
+    ];
+    let spec: Vec<(&str, &str, &[&str])> = cases.iter().map(|(c, op, v, _)| (*c, *op, *v)).collect();
+    let name = format!("paths-{run}");
+    add(&sensor, write_path_policy(&name, &d, &spec)).await;
+    // A second policy's hook joins the same attach and chain.
+    let other = format!("other-{run}");
+    add(&sensor, write_path_policy(&other, &d, &[("other", "Equal", &b_keep)])).await;
+    let write_all = || {
+        for f in all {
+            let script = format!("exec >{d}/{f}; printf x");
+            assert!(Command::new("/bin/sh").args(["-c", &script]).status().unwrap().success());
+        }
+    };
+    let mut c = Collector::subscribe(&sensor, request()).await;
+    write_all();
+    fence(&mut c, &sensor).await;
+    // Per policy and case (the hook's message), the marked files written.
+    let seen = |c: &Collector| {
+        let mut seen: BTreeMap<(String, String), BTreeMap<String, usize>> = BTreeMap::new();
+        for t in c.events.iter().filter_map(tracepoint_of).filter(|t| t.policy_name == name || t.policy_name == other) {
+            let Some(Arg::FileArg(f)) = t.args.first().and_then(|a| a.arg.as_ref()) else {
+                panic!("a write without its file: {t:?}");
+            };
+            let file = f.path.strip_prefix(&format!("{d}/")).unwrap_or_else(|| panic!("outside the directory: {f:?}"));
+            let key = (t.policy_name.clone(), t.message.clone());
+            *seen.entry(key).or_default().entry(file.to_owned()).or_default() += 1;
+        }
+        seen
+    };
+    let first = seen(&c);
+    for (case, _, _, want) in &cases {
+        let want: BTreeMap<String, usize> = want.iter().map(|w| (w.to_string(), 1)).collect();
+        let got = first.get(&(name.clone(), case.to_string())).cloned().unwrap_or_default();
+        assert_eq!(got, want, "case {case} (all: {first:?})");
+    }
+    let other_saw = |seen: &BTreeMap<(String, String), BTreeMap<String, usize>>| {
+        seen.get(&(other.clone(), "other".to_owned())).cloned().unwrap_or_default()
+    };
+    assert_eq!(other_saw(&first), BTreeMap::from([("b-keep.log".to_owned(), 1)]));
+    assert_eq!(sensor.health_counter("select_failed").await, Some(0));
+
+    // With the first policy gone, the second's hook still runs alone.
+    let request = DeleteTracingPolicyRequest { name: name.clone(), ..Default::default() };
+    sensor.client().await.delete_tracing_policy(request).await.unwrap();
+    let mut c = Collector::subscribe(&sensor, self::request()).await;
+    write_all();
+    fence(&mut c, &sensor).await;
+    let second = seen(&c);
+    assert_eq!(second.keys().cloned().collect::<Vec<_>>(), [(other.clone(), "other".to_owned())], "{second:?}");
+    assert_eq!(other_saw(&second), BTreeMap::from([("b-keep.log".to_owned(), 1)]));
+    let _ = std::fs::remove_dir_all(&dir);
+}

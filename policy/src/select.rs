@@ -16,9 +16,9 @@ use node_sensor_common::{
     OP_NOT_IN, OP_NOT_IN_RANGE, OP_NOT_POSTFIX, OP_NOT_PREFIX, OP_NOT_SADDR, OP_NOT_SPORT, OP_NOT_SPORT_PRIV,
     OP_POSTFIX, OP_PREFIX, OP_PROTOCOL, OP_SADDR, OP_SPORT, OP_SPORT_PRIV, OP_STATE, OP_STR_EQUAL, OP_STR_NOT_EQUAL,
     PID_FOLLOW_FORKS, PID_NAMESPACE, PidFilterSpec, RATE_SCOPE_GLOBAL, RATE_SCOPE_PROCESS, RATE_SCOPE_THREAD,
-    SELECT_NAMESPACES, SELECT_RETURN, SELECTOR_ACTIONS, SELECTOR_ARG_FILTERS, SELECTOR_CAPABILITIES,
-    SELECTOR_NAMESPACES, SELECTOR_PIDS, SELECTORS_PER_HOOK, STACK_KERNEL, STACK_USER, STRING_EQUAL_MAX,
-    STRING_KEY_DATA, STRING_POSTFIX_MAX, STRING_PREFIX_MAX, SelectorSet, SelectorSpec, StringKey,
+    SELECT_NAMESPACES, SELECT_PATHS_SHIFT, SELECT_RETURN, SELECTOR_ACTIONS, SELECTOR_ARG_FILTERS,
+    SELECTOR_CAPABILITIES, SELECTOR_NAMESPACES, SELECTOR_PIDS, SELECTORS_PER_HOOK, STACK_KERNEL, STACK_USER,
+    STRING_EQUAL_MAX, STRING_KEY_DATA, STRING_POSTFIX_MAX, STRING_PREFIX_MAX, SelectorSet, SelectorSpec, StringKey,
 };
 
 use crate::PolicyError;
@@ -152,6 +152,12 @@ pub fn compile(at: &str, selectors: &[Selector], shape: &HookShape<'_>) -> Resul
     if shape.ret.is_some() {
         out.set.flags |= SELECT_RETURN;
     }
+    for sel in &out.set.selectors[..selectors.len()] {
+        let filters = sel.args[..sel.nargs as usize].iter().chain(&sel.rets[..sel.nrets as usize]);
+        for f in filters.filter(|f| f.path != 0) {
+            out.set.flags |= 1 << (SELECT_PATHS_SHIFT + u32::from(f.arg));
+        }
+    }
     Ok(out)
 }
 
@@ -281,8 +287,14 @@ fn entry_arg<'a>(at: &str, f: &ArgFilter, args: &'a [HookArg]) -> Result<(usize,
 
 /// How a filter sees an argument.
 enum Class {
-    Int { signed: bool, size: u32 },
+    Int {
+        signed: bool,
+        size: u32,
+    },
     Bytes,
+    /// A file, path, descriptor or binprm: compared as the path events
+    /// show (`/etc/passwd`).
+    Path,
     Sock,
     Other(&'static str),
 }
@@ -298,7 +310,7 @@ fn class_of(arg: &HookArg) -> Class {
         Read::SyscallId => Class::Int { signed: false, size: 8 },
         Read::UserString | Read::KernelString | Read::RecordString => Class::Bytes,
         Read::UserBuffer { .. } | Read::KernelBuffer { .. } | Read::Array { .. } => Class::Bytes,
-        Read::File | Read::Path | Read::Bprm | Read::Fd => Class::Other("a path (file, path, fd, linux_binprm)"),
+        Read::File | Read::Path | Read::Bprm | Read::Fd => Class::Path,
         Read::Sock => Class::Sock,
         Read::Cred => Class::Other("credentials"),
         Read::Nothing => Class::Other("nop"),
@@ -383,7 +395,8 @@ fn arg_filter(
             }
             spec.nvalues = n as u8;
         }
-        Class::Bytes => {
+        class @ (Class::Bytes | Class::Path) => {
+            let what = if matches!(class, Class::Path) { "a path" } else { "a string" };
             let (op, max) = match f.operator {
                 Equal => (OP_STR_EQUAL, STRING_EQUAL_MAX),
                 NotEqual => (OP_STR_NOT_EQUAL, STRING_EQUAL_MAX),
@@ -392,11 +405,12 @@ fn arg_filter(
                 Postfix => (OP_POSTFIX, STRING_POSTFIX_MAX),
                 NotPostfix => (OP_NOT_POSTFIX, STRING_POSTFIX_MAX),
                 GreaterThan | GT | LessThan | LT | Mask | InRange | NotInRange => {
-                    return Err(PolicyError::at(op_at, "an integer operator, and the argument is a string"));
+                    return Err(PolicyError::at(op_at, format!("an integer operator, and the argument is {what}")));
                 }
-                _ => return Err(PolicyError::at(op_at, "not supported by Vigil yet on a string argument")),
+                _ => return Err(PolicyError::at(op_at, format!("not supported by Vigil yet on {what} argument"))),
             };
             spec.op = op;
+            spec.path = u8::from(matches!(class, Class::Path));
             spec.strings = string_filter(at, op, max, &f.values, strings)?;
         }
         Class::Sock => sock_filter(at, f, &mut spec, strings)?,

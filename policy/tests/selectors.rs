@@ -321,3 +321,50 @@ fn socket_operators_become_port_ranges_networks_and_numbers() {
         assert!(e.starts_with(&expected), "{operator} {values}: {e}");
     }
 }
+
+#[test]
+fn path_filters_compare_the_path_root_first_and_refuse_integer_operators() {
+    let text = |operator: &str| {
+        format!(
+            "apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: t
+spec:
+  tracepoints:
+  - subsystem: syscalls
+    event: sys_enter_unlinkat
+    args:
+    - index: 5
+      type: fd
+    - index: 6
+      type: string
+    selectors:
+    - matchArgs:
+      - index: 6
+        operator: Postfix
+        values: [\".log\"]
+      - index: 5
+        operator: {operator}
+        values: [\"/etc\"]
+"
+        )
+    };
+    let c = compiled(&text("Prefix")).unwrap();
+    let s = &c.tracepoints[0].selectors;
+    let (string, path) = (s.set.selectors[0].args[0], s.set.selectors[0].args[1]);
+    assert_eq!((string.op, string.arg, string.path), (OP_POSTFIX, 1, 0));
+    assert_eq!((path.op, path.arg, path.path), (OP_PREFIX, 0, 1));
+    // The selector program writes out the path at position 0 only.
+    assert_eq!(s.set.flags >> SELECT_PATHS_SHIFT, 1);
+    // The value is the path as events show it, not as the kernel keeps it.
+    assert_eq!(s.strings[1].values, vec![b"/etc".to_vec()]);
+    assert_eq!(
+        compiled(&text("GT")).unwrap_err(),
+        "spec.tracepoints[0].selectors[0].matchArgs[1].operator: an integer operator, and the argument is a path"
+    );
+    assert_eq!(
+        compiled(&text("SPort")).unwrap_err(),
+        "spec.tracepoints[0].selectors[0].matchArgs[1].operator: not supported by Vigil yet on a path argument"
+    );
+}

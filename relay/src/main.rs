@@ -50,9 +50,6 @@ const HEALTH_SERVICES: &[&str] = &[
     proto::vigil::relay::v1::relay_admin_server::SERVICE_NAME,
 ];
 
-/// How long the export file may take to write its queue at shutdown.
-const EXPORT_FINISH: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Largest ingest message: a batch of events.
 const MAX_BATCH_BYTES: usize = 16 << 20;
 
@@ -170,10 +167,8 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
     let _ = merge.await;
     // The export writes what is queued for it, then ends.
     hub.bus.close();
-    if let Some(x) = exporter.map(|e| e.task)
-        && tokio::time::timeout(EXPORT_FINISH, x).await.is_err()
-    {
-        tracing::warn!(after = ?EXPORT_FINISH, "the export file did not finish writing its queue; the rest is lost");
+    if let Some(export) = exporter {
+        export.finish().await;
     }
     tracing::info!(merged = counters.merged.load(Ordering::Relaxed), "stopped");
     Ok(())

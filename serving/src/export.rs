@@ -140,6 +140,36 @@ pub struct Export {
     pub stats: Arc<ExportStats>,
 }
 
+/// How long the export may go without writing at shutdown before what it
+/// still has queued is given up.
+pub const FINISH_STALL: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Export {
+    /// Once the bus is closed: waits for the writer to write its queue and
+    /// end for as long as it makes progress, so a slow disk or machine
+    /// still finishes (the queue is bounded in bytes), and a hung one is
+    /// given up after `FINISH_STALL` without a write (logged: the rest is
+    /// lost).
+    pub async fn finish(mut self) {
+        let progress = |s: &ExportStats| s.bytes.load(Ordering::Relaxed) + s.failed.load(Ordering::Relaxed);
+        let mut seen = progress(&self.stats);
+        loop {
+            if tokio::time::timeout(FINISH_STALL, &mut self.task).await.is_ok() {
+                return;
+            }
+            let now = progress(&self.stats);
+            if now == seen {
+                tracing::warn!(
+                    after = ?FINISH_STALL,
+                    "the export file stopped writing with events still queued; the rest is lost"
+                );
+                return;
+            }
+            seen = now;
+        }
+    }
+}
+
 /// Starts the writer task; errors opening the file are returned at once.
 /// `lost` is told of every event the file does not get but should have
 /// (the bus dropped it, or its write failed; not what the rate limit cut).

@@ -51,11 +51,17 @@ impl Point {
         }
     }
 
-    /// A tracepoint hook that cannot share its tracepoint's attach (the
-    /// path reader is too costly to verify in the shared program).
-    fn own_tracepoint(tp: &TracepointHook) -> bool {
+    /// A tracepoint hook that takes the program with the path reader (too
+    /// costly to verify in the shared program).
+    fn reads_fd(tp: &TracepointHook) -> bool {
         tp.reads_fd()
     }
+}
+
+/// The hook-map key (and attach cookie) of a tracepoint hook's set.
+fn tracepoint_key(tp: &TracepointHook) -> u64 {
+    let fd = if Point::reads_fd(tp) { TRACEPOINT_FD_COOKIE } else { 0 };
+    fd | u64::from(tp.id)
 }
 
 /// A tracepoint the program is attached to, and the hooks it serves.
@@ -71,7 +77,8 @@ pub struct Attachments {
     /// The cgroups of scoped policies (`SCOPE_CGROUPS`).
     scope_map: Option<BpfHashMap<MapData, ScopeKey, u8>>,
     programs: HookPrograms,
-    tracepoints: HashMap<u32, AttachedTracepoint>,
+    /// By hook-map key (`tracepoint_key`).
+    tracepoints: HashMap<u64, AttachedTracepoint>,
     uprobes: HashMap<u32, UProbeLinkId>,
     /// Hooks with attaches of their own (kprobes, and tracepoint hooks
     /// that read descriptors or have selectors), by hook number.
@@ -193,8 +200,7 @@ impl Attachments {
     /// Takes hook `id` out of the kernel (a hook not in it is a no-op).
     pub fn detach(&mut self, id: u32, point: &Point) {
         match point {
-            Point::Tracepoint(tp) if Point::own_tracepoint(tp) => self.detach_own(id),
-            Point::Tracepoint(tp) => self.detach_tracepoint(id, tp.id),
+            Point::Tracepoint(tp) => self.detach_tracepoint(id, tracepoint_key(tp)),
             Point::Uprobe(_) => self.detach_uprobe(id),
             Point::Kprobe(_) => self.detach_own(id),
         }
@@ -203,53 +209,40 @@ impl Attachments {
         }
     }
 
+    /// Adds the hook to its tracepoint's set (up to `HOOKS_PER_ATTACH`,
+    /// chained in the kernel), attaching the program at the first. Hooks
+    /// that read descriptors share a second set and attach, of the
+    /// program with the path reader: the kernel takes one program once
+    /// per tracepoint.
     fn attach_tracepoint(&mut self, id: u32, tp: &TracepointHook, scope: Option<u32>) -> Result<(), AttachError> {
-        if Point::own_tracepoint(tp) {
-            return self.attach_tracepoint_own(id, tp, scope);
-        }
-        if let Err(why) = &self.programs.tracepoint {
-            return Err(AttachError::Kernel(format!("the tracepoint program is not available: {why}")));
+        let key = tracepoint_key(tp);
+        let (program, available) = if Point::reads_fd(tp) {
+            (TRACEPOINT_FD_PROGRAM, &self.programs.tracepoint_fd)
+        } else {
+            (TRACEPOINT_PROGRAM, &self.programs.tracepoint)
+        };
+        if let Err(why) = available {
+            let which = if Point::reads_fd(tp) { "tracepoint program for descriptors" } else { "tracepoint program" };
+            return Err(AttachError::Kernel(format!("the {which} is not available: {why}")));
         }
         let where_ = format!("tracepoint {}/{}", tp.subsystem, tp.event);
-        let mut value = self.tracepoints.get(&tp.id).map(|a| a.hooks).unwrap_or_default();
+        let mut value = self.tracepoints.get(&key).map(|a| a.hooks).unwrap_or_default();
         let count = value.count as usize;
         if count >= HOOKS_PER_ATTACH {
             return Err(AttachError::Kernel(format!("{where_} already serves {HOOKS_PER_ATTACH} policy hooks")));
         }
         value.hooks[count] = scoped(tp.spec(id), scope);
         value.count += 1;
-        let key = u64::from(tp.id);
         self.map()?
             .insert(key, value, 0)
             .map_err(|e| AttachError::Kernel(format!("{where_}: updating the hook map: {e}")))?;
-        if let Some(a) = self.tracepoints.get_mut(&tp.id) {
+        if let Some(a) = self.tracepoints.get_mut(&key) {
             a.hooks = value;
             return Ok(());
         }
-        match self.link_tracepoint(TRACEPOINT_PROGRAM, tp, key) {
+        match self.link_tracepoint(program, tp, key) {
             Ok(link) => {
-                self.tracepoints.insert(tp.id, AttachedTracepoint { _link: link, hooks: value });
-                Ok(())
-            }
-            Err(why) => {
-                let _ = self.map().map(|m| m.remove(&key));
-                Err(AttachError::Kernel(why))
-            }
-        }
-    }
-
-    /// A hook that reads a descriptor: an attach of its own, of the
-    /// program with the path reader.
-    fn attach_tracepoint_own(&mut self, id: u32, tp: &TracepointHook, scope: Option<u32>) -> Result<(), AttachError> {
-        if let Err(why) = &self.programs.tracepoint_fd {
-            return Err(AttachError::Kernel(format!("the tracepoint program for descriptors is not available: {why}")));
-        }
-        let key = TRACEPOINT_FD_COOKIE | u64::from(id);
-        let value = HookSet { count: 1, hooks: [scoped(tp.spec(id), scope); HOOKS_PER_ATTACH], ..Default::default() };
-        self.map()?.insert(key, value, 0).map_err(|e| AttachError::Kernel(format!("updating the hook map: {e}")))?;
-        match self.link_tracepoint(TRACEPOINT_FD_PROGRAM, tp, key) {
-            Ok(entry) => {
-                self.own.insert(id, OwnAttach { entry, ret: None, overrides: None, keys: vec![key] });
+                self.tracepoints.insert(key, AttachedTracepoint { _link: link, hooks: value });
                 Ok(())
             }
             Err(why) => {
@@ -272,8 +265,8 @@ impl Attachments {
         })
     }
 
-    fn detach_tracepoint(&mut self, id: u32, tp_id: u32) {
-        let Some(attached) = self.tracepoints.get_mut(&tp_id) else {
+    fn detach_tracepoint(&mut self, id: u32, key: u64) {
+        let Some(attached) = self.tracepoints.get_mut(&key) else {
             return;
         };
         let mut value = HookSet::default();
@@ -284,18 +277,17 @@ impl Attachments {
             }
         }
         attached.hooks = value;
-        let key = u64::from(tp_id);
         let result = match self.map() {
             Ok(map) if value.count == 0 => map.remove(&key).map_err(|e| e.to_string()),
             Ok(map) => map.insert(key, value, 0).map_err(|e| e.to_string()),
             Err(_) => Err("the hook map is missing".into()),
         };
         if let Err(e) = result {
-            tracing::warn!(tracepoint = tp_id, error = %e, "updating the hook map failed");
+            tracing::warn!(tracepoint = key, error = %e, "updating the hook map failed");
         }
         if value.count == 0 {
             // Dropping the link detaches.
-            self.tracepoints.remove(&tp_id);
+            self.tracepoints.remove(&key);
         }
     }
 

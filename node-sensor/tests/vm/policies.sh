@@ -54,6 +54,32 @@ spec:
       type: "cred"
 POLICY
 
+# Path filters in the kernel on a kprobe's descriptor: of the three marked
+# writes, the one whose path starts /tmp/marked-fd and ends d-file (each
+# cut inside a component).
+cat > /tmp/fd-selected.yaml <<'POLICY'
+apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: "fd-selected"
+spec:
+  kprobes:
+  - call: "sys_write"
+    args:
+    - index: 0
+      type: "fd"
+    - index: 2
+      type: "size_t"
+    selectors:
+    - matchArgs:
+      - index: 0
+        operator: "Prefix"
+        values: ["/tmp/marked-fd"]
+      - index: 0
+        operator: "Postfix"
+        values: ["d-file"]
+POLICY
+
 # Socket selectors on tcp_connect: the workload's one connection (to
 # 127.0.0.1:8765) passes the first policy's filters, and none of the
 # second's.
@@ -172,6 +198,8 @@ echo "VIGIL-STATUS nc $(cat /tmp/nc-received)"
 echo 'echo marked-f2' | /bin/bash -i
 # A write through descriptor 1 of this shell, and credentials set.
 printf marked-fd > /tmp/marked-fd-file
+printf x > /tmp/marked-fd-filex
+printf x > /tmp/marked-fe-file
 su vigil -s /bin/sh -c '/bin/true marked-cred'
 echo "VIGIL-STATUS su $?"
 # A sleep whose stacks are taken (it lives on while the sensor reads its
@@ -192,7 +220,7 @@ cd /
   --enable-process-cred --enable-process-ns \
   --tracing-policy /tmp/a.yaml --tracing-policy /tmp/b.yaml --tracing-policy /tmp/c.yaml \
   --tracing-policy /tmp/d.yaml --tracing-policy /tmp/e.yaml --tracing-policy /tmp/f.yaml \
-  --tracing-policy /tmp/fd-cred.yaml --tracing-policy /tmp/sock-in.yaml --tracing-policy /tmp/sock-out.yaml \
+  --tracing-policy /tmp/fd-cred.yaml --tracing-policy /tmp/fd-selected.yaml --tracing-policy /tmp/sock-in.yaml --tracing-policy /tmp/sock-out.yaml \
   --tracing-policy /tmp/stacks.yaml \
   --log-level info,node_sensor::loader=debug > /tmp/sensor.log 2>&1 &
 SENSOR=$!
@@ -210,7 +238,7 @@ echo "VIGIL-EVENTS-BEGIN"
 # Left out: accesses of /proc, /sys and /dev, and writes other than the
 # marked one (the console's, above all).
 export_lines | grep -v '"process_kprobe".*"path":"/\(proc\|sys\|dev\)/' | grep -v '"function_name":"__x64_sys_write"'
-export_lines | grep '"function_name":"__x64_sys_write".*"path":"/tmp/marked-fd-file"'
+export_lines | grep '"function_name":"__x64_sys_write".*"path":"/tmp/marked-f[de]-'
 echo "VIGIL-EVENTS-END"
 # The export rotates every 4 MB, so the events are read across its files.
 echo "VIGIL-STATUS export-files $(ls /tmp/events*.jsonl | wc -l)"
