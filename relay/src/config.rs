@@ -169,6 +169,51 @@ pub struct Flags {
     #[arg(long, alias = "export-field-filters", default_value = "")]
     #[serde(alias = "export-field-filters")]
     pub field_filters: String,
+    /// NATS JetStream as the backbone between relays:
+    /// nats://host:port (comma-separated for several servers). Without it
+    /// the relay ingests and serves alone, its history in memory.
+    #[arg(long)]
+    pub backbone: Option<String>,
+    /// With --backbone: take sensors' streams and publish them (ingest),
+    /// serve clients from the stream (query), or both.
+    #[arg(long, value_enum, default_value_t = crate::backbone::Role::Both)]
+    pub backbone_role: crate::backbone::Role,
+    /// The JetStream stream events go to (created if missing; one with
+    /// other settings is reported, not changed).
+    #[arg(long, default_value = "VIGIL_EVENTS")]
+    pub backbone_stream: String,
+    /// Events go to subject PREFIX.<node>.
+    #[arg(long, default_value = "vigil.events")]
+    pub backbone_subject_prefix: String,
+    /// How long the stream keeps events, in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    pub backbone_max_age_seconds: u64,
+    /// Bytes the stream keeps at most, in MiB (the oldest go first).
+    #[arg(long, default_value_t = 10_240)]
+    pub backbone_max_mib: u64,
+    /// Copies JetStream keeps of each event (its servers' count at most).
+    #[arg(long, default_value_t = 1)]
+    pub backbone_replicas: usize,
+    /// Seconds within which an event a sensor sends again (after a
+    /// reconnect, through any ingest relay) is dropped as a duplicate.
+    #[arg(long, default_value_t = 600)]
+    pub backbone_duplicate_window_seconds: u64,
+    /// Publish acknowledgements awaited at once at most.
+    #[arg(long, default_value_t = 16_384)]
+    pub backbone_max_in_flight: usize,
+    /// CA certificate (PEM) the NATS servers' certificates must chain to;
+    /// requires TLS.
+    #[arg(long)]
+    pub backbone_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for servers that ask for one (with
+    /// --backbone-tls-key).
+    #[arg(long)]
+    pub backbone_tls_cert: Option<PathBuf>,
+    #[arg(long)]
+    pub backbone_tls_key: Option<PathBuf>,
+    /// NATS credentials file (JWT and nkey seed).
+    #[arg(long)]
+    pub backbone_credentials: Option<PathBuf>,
     /// Events written to the export file a minute at most (-1: no limit);
     /// what is cut is reported in the file each minute as rate_limit_info.
     #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
@@ -214,6 +259,7 @@ pub struct Settings {
     pub export_filename: Option<PathBuf>,
     pub export: serving::export::ExportSettings,
     pub policy_store: Option<PathBuf>,
+    pub backbone: Option<crate::backbone::BackboneSettings>,
 }
 
 /// Checks a config file's keys and values without starting anything.
@@ -288,6 +334,7 @@ impl Settings {
             }
             Default::default()
         });
+        let backbone = backbone_settings(&l, &mut problem);
         let (Some(client_address), Some(ingest_address), true) = (client_address, ingest_address, problems.is_empty())
         else {
             return Err(ConfigErrors(problems));
@@ -327,8 +374,68 @@ impl Settings {
             export_filename: l.export_filename,
             export,
             policy_store: l.policy_store,
+            backbone,
         })
     }
+}
+
+/// The backbone's settings, if `--backbone` is given; each bad one is a
+/// problem named by its key.
+fn backbone_settings(l: &Flags, problem: &mut impl FnMut(&str, String)) -> Option<crate::backbone::BackboneSettings> {
+    let url = l.backbone.clone()?;
+    if !url.split(',').all(|u| u.trim().starts_with("nats://") || u.trim().starts_with("tls://")) {
+        problem("backbone", "nats://host:port (or tls://), comma-separated for several servers".into());
+    }
+    let stream_name_ok = !l.backbone_stream.is_empty()
+        && l.backbone_stream.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !stream_name_ok {
+        problem("backbone-stream", "letters, digits, - and _ only".into());
+    }
+    let prefix_ok = !l.backbone_subject_prefix.is_empty()
+        && l.backbone_subject_prefix
+            .split('.')
+            .all(|t| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+    if !prefix_ok {
+        problem("backbone-subject-prefix", "dot-separated tokens of letters, digits, - and _".into());
+    }
+    for (key, v) in [
+        ("backbone-max-age-seconds", l.backbone_max_age_seconds as usize),
+        ("backbone-max-mib", l.backbone_max_mib as usize),
+        ("backbone-duplicate-window-seconds", l.backbone_duplicate_window_seconds as usize),
+        ("backbone-max-in-flight", l.backbone_max_in_flight),
+    ] {
+        if v == 0 {
+            problem(key, "must be at least 1".into());
+        }
+    }
+    if !(1..=5).contains(&l.backbone_replicas) {
+        problem("backbone-replicas", "JetStream keeps 1 to 5 copies".into());
+    }
+    if l.backbone_duplicate_window_seconds > l.backbone_max_age_seconds {
+        problem("backbone-duplicate-window-seconds", "longer than --backbone-max-age-seconds".into());
+    }
+    let tls_cert = match (&l.backbone_tls_cert, &l.backbone_tls_key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        _ => {
+            problem("backbone-tls-cert", "--backbone-tls-cert and --backbone-tls-key go together".into());
+            None
+        }
+    };
+    Some(crate::backbone::BackboneSettings {
+        url,
+        role: l.backbone_role,
+        stream: l.backbone_stream.clone(),
+        subject_prefix: l.backbone_subject_prefix.clone(),
+        max_age: std::time::Duration::from_secs(l.backbone_max_age_seconds),
+        max_bytes: i64::try_from(l.backbone_max_mib.saturating_mul(1 << 20)).unwrap_or(i64::MAX),
+        replicas: l.backbone_replicas,
+        duplicate_window: std::time::Duration::from_secs(l.backbone_duplicate_window_seconds),
+        tls_ca: l.backbone_tls_ca.clone(),
+        tls_cert,
+        credentials: l.backbone_credentials.clone(),
+        max_in_flight: l.backbone_max_in_flight,
+    })
 }
 
 #[cfg(test)]

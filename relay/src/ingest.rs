@@ -33,9 +33,19 @@ pub enum MergeInput {
     },
 }
 
+/// Where accepted events go: this relay's merge, or the backbone (an
+/// ingest relay, whose query relays merge).
+#[derive(Clone)]
+pub enum Sink {
+    Merge(mpsc::Sender<MergeInput>),
+    Backbone(Arc<crate::backbone::Backbone>),
+    /// A query-only relay takes no sensors.
+    QueryOnly,
+}
+
 pub struct IngestService {
     pub nodes: Arc<Nodes>,
-    pub merge: mpsc::Sender<MergeInput>,
+    pub sink: Sink,
     policies: Arc<RelayPolicies>,
     next_stream: AtomicU64,
     /// With `--sensor-identity kubernetes`: node names come from tokens.
@@ -43,8 +53,8 @@ pub struct IngestService {
 }
 
 impl IngestService {
-    pub fn new(nodes: Arc<Nodes>, merge: mpsc::Sender<MergeInput>, policies: Arc<RelayPolicies>) -> Self {
-        IngestService { nodes, merge, policies, next_stream: AtomicU64::new(1), tokens: None }
+    pub fn new(nodes: Arc<Nodes>, sink: Sink, policies: Arc<RelayPolicies>) -> Self {
+        IngestService { nodes, sink, policies, next_stream: AtomicU64::new(1), tokens: None }
     }
 
     /// Takes node names from service-account tokens (see [`crate::token_review`]).
@@ -97,6 +107,10 @@ pub enum IngestError {
     NoEvent { pos: usize, seq: u64 },
     #[error("relay is shutting down")]
     ShuttingDown,
+    #[error("this relay only serves queries (--backbone-role query); point sensors at an ingest relay")]
+    QueryOnly,
+    #[error(transparent)]
+    Backbone(#[from] crate::backbone::publish::PublishError),
     /// The stream itself failed (decode error, reset): its status as is.
     #[error("{}", .0.message())]
     Stream(#[from] Status),
@@ -113,7 +127,8 @@ impl From<IngestError> for Status {
             NodeMismatch { .. } | NoNodeBinding => Status::permission_denied(e.to_string()),
             Token(crate::token_review::TokenError::Api(_)) => Status::unavailable(e.to_string()),
             Token(_) => Status::permission_denied(e.to_string()),
-            ShuttingDown => Status::unavailable(e.to_string()),
+            ShuttingDown | Backbone(_) => Status::unavailable(e.to_string()),
+            QueryOnly => Status::failed_precondition(e.to_string()),
             EndedBeforeHello
             | HelloFirst
             | IncompleteHello
@@ -193,6 +208,9 @@ impl Ingest for IngestService {
     type StreamStream = ReplyStream;
 
     async fn stream(&self, request: Request<Streaming<IngestMessage>>) -> Result<Response<ReplyStream>, Status> {
+        if matches!(self.sink, Sink::QueryOnly) {
+            return Err(IngestError::QueryOnly.into());
+        }
         let certs = request.peer_certs();
         let token = crate::token_review::bearer(request.metadata());
         let mut inbound = request.into_inner();
@@ -231,10 +249,25 @@ impl Ingest for IngestService {
             }
         };
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        let acked = self
+        let mut acked = self
             .nodes
             .claim(&hello.node_name, &hello.boot_id, &hello.instance_id, stream_id, any_node)
             .map_err(IngestError::Claim)?;
+        if let Sink::Backbone(backbone) = &self.sink {
+            // What another ingest relay stored of this sensor is taken.
+            let source = events::resume::source_id(&hello.node_name, &hello.instance_id);
+            let origin = crate::backbone::publish::Origin { node: &hello.node_name, boot_id: &hello.boot_id, source };
+            match backbone.stored_through(&origin).await {
+                Ok(stored) if stored > acked => {
+                    acked = self.nodes.advance(&hello.node_name, &hello.instance_id, stored);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.nodes.release(&hello.node_name, stream_id);
+                    return Err(IngestError::from(e).into());
+                }
+            }
+        }
         if any_node {
             tracing::warn!(node = %hello.node_name, "sensor connected with an any-node credential: it is trusted to name its own node");
         }
@@ -243,18 +276,12 @@ impl Ingest for IngestService {
         let (tx, rx) = mpsc::channel(16);
         let _ = tx.send(reply(ingest_reply::Msg::Welcome(Welcome { acked }))).await;
         let nodes = self.nodes.clone();
-        let merge = self.merge.clone();
+        let sink = self.sink.clone();
         let policies = self.policies.clone();
         tokio::spawn(async move {
             let node = hello.node_name.clone();
-            let stream = SensorStream {
-                hello: &hello,
-                id: stream_id,
-                nodes: &nodes,
-                merge: &merge,
-                tx: &tx,
-                policies: &policies,
-            };
+            let stream =
+                SensorStream { hello: &hello, id: stream_id, nodes: &nodes, sink: &sink, tx: &tx, policies: &policies };
             let result = stream.serve(&mut inbound).await;
             nodes.release(&node, stream_id);
             match result {
@@ -278,7 +305,7 @@ struct SensorStream<'a> {
     hello: &'a proto::vigil::relay::v1::Hello,
     id: u64,
     nodes: &'a Nodes,
-    merge: &'a mpsc::Sender<MergeInput>,
+    sink: &'a Sink,
     tx: &'a mpsc::Sender<Outgoing>,
     policies: &'a RelayPolicies,
 }
@@ -333,7 +360,7 @@ impl SensorStream<'_> {
     /// Takes one batch and acknowledges it; `false` once the sensor no
     /// longer listens.
     async fn batch(&self, batch: proto::vigil::relay::v1::Batch, boot: u64, source: u64) -> Result<bool, IngestError> {
-        let (hello, nodes, merge, tx) = (self.hello, self.nodes, self.merge, self.tx);
+        let (hello, nodes, tx) = (self.hello, self.nodes, self.tx);
         let seqs: Vec<u64> = batch.events.iter().map(|e| e.seq).collect();
         if seqs.windows(2).any(|w| w[0] >= w[1]) || seqs.first() == Some(&0) {
             return Err(IngestError::Sequence);
@@ -358,6 +385,7 @@ impl SensorStream<'_> {
                 undeclared: gap.saturating_sub(batch.skipped),
                 buffer: hello.replay_buffer_size,
             })?;
+        let first_new = seqs.iter().zip(&keep).find(|(_, k)| **k).map(|(seq, _)| *seq);
         let mut oversized = 0u64;
         let events: Vec<Arrival> = batch
             .events
@@ -390,10 +418,29 @@ impl SensorStream<'_> {
         let lost = intake.gap + batch.lost + oversized;
         if lost > 0 {
             tracing::warn!(node = %hello.node_name, lost, "sensor lost events before they reached the relay");
-            let _ = merge.send(MergeInput::Lost { node: hello.node_name.clone(), count: lost }).await;
         }
-        if !events.is_empty() && merge.send(MergeInput::Events(events)).await.is_err() {
-            return Err(IngestError::ShuttingDown);
+        match self.sink {
+            Sink::Merge(merge) => {
+                if lost > 0 {
+                    let _ = merge.send(MergeInput::Lost { node: hello.node_name.clone(), count: lost }).await;
+                }
+                if !events.is_empty() && merge.send(MergeInput::Events(events)).await.is_err() {
+                    return Err(IngestError::ShuttingDown);
+                }
+            }
+            Sink::QueryOnly => return Err(IngestError::QueryOnly),
+            Sink::Backbone(backbone) => {
+                let origin =
+                    crate::backbone::publish::Origin { node: &hello.node_name, boot_id: &hello.boot_id, source };
+                if let Err(e) = backbone.publish(&origin, &events, lost, intake.last_seq).await {
+                    // Not acknowledged, and not remembered as taken: the
+                    // sensor sends the batch again on its next stream.
+                    if let Some(first) = first_new {
+                        nodes.rewind(&hello.node_name, &hello.instance_id, first - 1);
+                    }
+                    return Err(e.into());
+                }
+            }
         }
         Ok(tx.send(reply(ingest_reply::Msg::Ack(Ack { seq: intake.last_seq }))).await.is_ok())
     }

@@ -8,9 +8,11 @@
 //! fan-out bus; `query` serves Tetragon's API and the admin API to clients
 //! (client or admin role). `nodes` keeps per-node status. `policies` holds
 //! the tracing policies added at the relay, which every sensor's ingest
-//! stream carries to it.
+//! stream carries to it. With `--backbone`, `backbone` puts NATS
+//! JetStream between ingest and merge, so relays split the work.
 #![forbid(unsafe_code)]
 
+pub mod backbone;
 pub mod config;
 pub mod hub;
 pub mod ingest;

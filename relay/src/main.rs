@@ -9,9 +9,11 @@ use anyhow::Context;
 use events::bus::EventBus;
 use proto::vigil::relay::v1::ingest_server::IngestServer;
 use proto::vigil::relay::v1::relay_admin_server::RelayAdminServer;
+use relay::backbone::Backbone;
+use relay::backbone::consume::{self, ConsumeCounters};
 use relay::config::{CommandLine, SensorIdentity, Settings};
 use relay::hub::Hub;
-use relay::ingest::IngestService;
+use relay::ingest::{IngestService, Sink};
 use relay::merge::MergeCounters;
 use relay::merge::stage::{self as merge_stage, MergeSettings};
 use relay::nodes::Nodes;
@@ -109,7 +111,33 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
             "tracing policies added here are kept in memory only (--policy-store keeps them across restarts)"
         ),
     }
-    let mut ingest_service = IngestService::new(nodes.clone(), merge_tx, policies.clone());
+    let backbone = match &flags.backbone {
+        Some(settings) => {
+            let backbone = Backbone::connect(settings.clone()).await.context("--backbone")?;
+            tracing::info!(url = %settings.url, stream = %settings.stream, role = ?settings.role, "backbone ready");
+            Some(backbone)
+        }
+        None => None,
+    };
+    let consumed = Arc::new(ConsumeCounters::default());
+    let sink = match &backbone {
+        None => Sink::Merge(merge_tx.clone()),
+        Some(b) if b.settings.role.ingests() => Sink::Backbone(Arc::new(b.clone())),
+        Some(_) => Sink::QueryOnly,
+    };
+    if let Some(b) = backbone.as_ref().filter(|b| b.settings.role.queries()) {
+        let run = consume::run(
+            b.clone(),
+            nodes.clone(),
+            merge_tx.clone(),
+            flags.history_size,
+            consumed.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(run);
+    }
+    drop(merge_tx);
+    let mut ingest_service = IngestService::new(nodes.clone(), sink, policies.clone());
     if flags.sensor_identity == SensorIdentity::Kubernetes {
         let client = kube_client(flags.kubeconfig.as_deref()).await?;
         tracing::info!(audience = %flags.token_audience, account = %flags.sensor_service_account, "sensor node names come from service-account tokens (TokenReview)");

@@ -200,6 +200,24 @@ impl Nodes {
         Ok((keep, intake))
     }
 
+    /// Forgets what was taken of `instance` past `seq` (a batch that could
+    /// not be stored), so its sensor's next hello is told to send it again.
+    pub fn rewind(&self, node: &str, instance: &str, seq: u64) {
+        if let Some(last) = self.lock().get_mut(node).and_then(|n| n.last_seq.get_mut(instance)) {
+            *last = (*last).min(seq);
+        }
+    }
+
+    /// Takes `instance`'s events through `seq` as taken already (stored
+    /// by another relay); returns where its numbering now stands.
+    pub fn advance(&self, node: &str, instance: &str, seq: u64) -> u64 {
+        let mut nodes = self.lock();
+        let n = nodes.entry(node.to_owned()).or_default();
+        let last = n.last_seq.entry(instance.to_owned()).or_insert(0);
+        *last = (*last).max(seq);
+        *last
+    }
+
     /// Counts events of `node` refused for their size.
     pub fn oversized(&self, node: &str, count: u64) {
         if let Some(n) = self.lock().get_mut(node) {

@@ -11,9 +11,19 @@ use anyhow::{Context, Result, bail};
 /// Debian packages the tests use: setpriv/unshare (util-linux), ip netns
 /// (iproute2), and for the kernel-matrix VM: qemu, a static busybox, cpio
 /// and objcopy (binutils); shellcheck for the kind script; openssl's
-/// s_client for the relay's handshake as a non-rustls client sees it.
-const APT_PACKAGES: &[&str] =
-    &["util-linux", "iproute2", "qemu-system-x86", "busybox-static", "cpio", "binutils", "shellcheck", "openssl"];
+/// s_client for the relay's handshake as a non-rustls client sees it;
+/// nats-server (with JetStream) for the relay's backbone.
+const APT_PACKAGES: &[&str] = &[
+    "util-linux",
+    "iproute2",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "binutils",
+    "shellcheck",
+    "openssl",
+    "nats-server",
+];
 const BPF_LINKER_VERSION: &str = "^0.10";
 
 fn root() -> PathBuf {

@@ -1,0 +1,267 @@
+//! Relays on a real NATS JetStream backbone: ingest relays publish what
+//! sensors send, a query relay serves it; what a sensor sends again
+//! through another ingest relay is dropped by message id; a backbone that
+//! does not answer, or a stream with other settings, stops start-up with
+//! an error naming it.
+#![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
+
+#[path = "support/local.rs"]
+mod local;
+#[path = "support/nats.rs"]
+mod nats;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use local::{Relay, cert_dir, hello};
+use nats::Nats;
+use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
+use proto::tetragon::get_events_response::Event;
+use proto::tetragon::{GetEventsRequest, GetEventsResponse};
+use proto::vigil::relay::v1::ingest_client::IngestClient;
+use proto::vigil::relay::v1::{Batch, IngestMessage, IngestReply, SequencedEvent, ingest_message, ingest_reply};
+use tokio::sync::mpsc;
+use tonic::Streaming;
+
+/// A test sensor on one ingest stream.
+struct FakeSensor {
+    tx: mpsc::Sender<IngestMessage>,
+    replies: Streaming<IngestReply>,
+    node: String,
+}
+
+impl FakeSensor {
+    /// Connects as `node` (its instance and boot id named after it) and
+    /// takes the welcome: what the relay says it holds.
+    async fn connect(relay: &Relay, node: &str) -> (FakeSensor, u64) {
+        let (tx, rx) = mpsc::channel(8);
+        tx.send(IngestMessage { msg: Some(ingest_message::Msg::Hello(hello(node))) }).await.unwrap();
+        let mut replies = IngestClient::new(relay.sensor().await)
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap_or_else(|e| panic!("{node}'s stream: {e}"))
+            .into_inner();
+        let acked = loop {
+            match replies.message().await.unwrap().and_then(|r| r.msg) {
+                Some(ingest_reply::Msg::Welcome(w)) => break w.acked,
+                Some(_) => continue,
+                None => panic!("{node}: no welcome"),
+            }
+        };
+        (FakeSensor { tx, replies, node: node.to_owned() }, acked)
+    }
+
+    /// Sends events `seqs` (marked `m-<node>-<seq>`, a millisecond apart
+    /// from `base_ns`) and waits for their acknowledgement.
+    async fn send(&mut self, seqs: std::ops::RangeInclusive<u64>, base_ns: i128) {
+        let last = *seqs.end();
+        let events = seqs.map(|seq| SequencedEvent { seq, event: Some(Box::new(marked(&self.node, seq, base_ns))) });
+        let batch = Batch { events: events.collect(), lost: 0, skipped: 0 };
+        self.tx.send(IngestMessage { msg: Some(ingest_message::Msg::Batch(batch)) }).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let reply = tokio::time::timeout_at(deadline, self.replies.message()).await;
+            match reply.unwrap_or_else(|_| panic!("{}: no ack of {last}", self.node)).unwrap().and_then(|r| r.msg) {
+                Some(ingest_reply::Msg::Ack(a)) if a.seq >= last => return,
+                Some(_) => continue,
+                None => panic!("{}: the stream ended before the ack of {last}", self.node),
+            }
+        }
+    }
+}
+
+/// `node`'s event `seq`: an exec marked `m-<node>-<seq>`.
+fn marked(node: &str, seq: u64, base_ns: i128) -> GetEventsResponse {
+    test_support::events::exec("/bin/marked")
+        .arguments(&format!("m-{node}-{seq}"))
+        .exec_id_of(node, 1_000 + seq, 100 + seq as u32)
+        .node(node)
+        .at_nanos(base_ns + i128::from(seq) * 1_000_000)
+        .build()
+}
+
+fn now_ns() -> i128 {
+    proto::Timestamp::now().unix_nanos()
+}
+
+/// Reads `stream` until `done` holds of the markers seen (counted), or 60 s.
+async fn read_until(
+    stream: &mut Streaming<GetEventsResponse>,
+    seen: &mut Vec<(String, i128)>,
+    done: impl Fn(&BTreeMap<String, usize>) -> bool,
+) -> BTreeMap<String, usize> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = seen.iter().fold(BTreeMap::new(), |mut m: BTreeMap<String, usize>, (a, _)| {
+            *m.entry(a.clone()).or_default() += 1;
+            m
+        });
+        if done(&counts) {
+            return counts;
+        }
+        let Ok(next) = tokio::time::timeout_at(deadline, stream.message()).await else {
+            return counts;
+        };
+        let Some(e) = next.unwrap() else { return counts };
+        if let Some(Event::ProcessExec(x)) = &e.event
+            && let Some(p) = &x.process
+            && p.arguments.starts_with("m-")
+        {
+            seen.push((p.arguments.clone(), e.time.map_or(0, |t| t.unix_nanos())));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_ingest_relays_and_a_query_relay_give_every_marker_once_in_time_order() {
+    test_support::skip_if!(nats::skip_reason());
+    let nats = Nats::start("one");
+    let url = nats.url();
+    let dir = cert_dir("backbone");
+    let relay = |role: &str| Relay::spawn(dir.clone(), &["--backbone", &url, "--backbone-role", role]);
+    let (ingest_1, ingest_2, query) = (relay("ingest"), relay("ingest"), relay("query"));
+    for (r, name) in [(&ingest_1, "ingest 1"), (&ingest_2, "ingest 2"), (&query, "query")] {
+        assert!(r.serving_within(Duration::from_secs(30)).await, "{name} did not start:\n{}", r.log());
+    }
+    let mut events = FineGuidanceSensorsClient::new(query.client().await)
+        .get_events(GetEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Four sensors, two on each ingest relay, three batches of 50 each.
+    let base = now_ns();
+    let nodes = ["node-a", "node-b", "node-c", "node-d"];
+    let mut sensors = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let ingest = if i < 2 { &ingest_1 } else { &ingest_2 };
+        let (sensor, acked) = FakeSensor::connect(ingest, node).await;
+        assert_eq!(acked, 0, "{node}: a new sensor");
+        sensors.push(sensor);
+    }
+    for round in 0..3u64 {
+        for s in &mut sensors {
+            s.send(round * 50 + 1..=round * 50 + 50, base).await;
+        }
+    }
+    // node-a's sensor moves to the other ingest relay, which never saw it:
+    // it is told what the backbone holds, and goes on from there.
+    drop(sensors.remove(0));
+    let (mut moved, acked) = FakeSensor::connect(&ingest_2, "node-a").await;
+    assert_eq!(acked, 150, "what the first ingest relay stored of node-a");
+    moved.send(151..=151, base).await;
+
+    let mut seen = Vec::new();
+    let counts = read_until(&mut events, &mut seen, |c| c.contains_key("m-node-a-151") && c.len() >= 601).await;
+    for node in nodes {
+        for seq in 1..=150u64 {
+            let marker = format!("m-{node}-{seq}");
+            assert_eq!(counts.get(&marker), Some(&1), "{marker} once; query relay:\n{}", query.log());
+        }
+    }
+    assert_eq!(counts.len(), 601, "no other marker");
+    // In time order, up to the reorder window (100 ms) between nodes.
+    let mut latest = seen[0].1;
+    for (marker, t) in &seen {
+        assert!(*t >= latest - 100_000_000, "{marker} left {} ms after a later event", (latest - t) / 1_000_000);
+        latest = latest.max(*t);
+    }
+    // The query relay took every one from the backbone, and no sensor.
+    assert!(!query.log().contains("sensor connected"), "{}", query.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_only_relay_refuses_sensors_and_an_ingest_relay_publishes_only() {
+    test_support::skip_if!(nats::skip_reason());
+    let nats = Nats::start("roles");
+    let url = nats.url();
+    let dir = cert_dir("backbone-roles");
+    let query = Relay::spawn(dir.clone(), &["--backbone", &url, "--backbone-role", "query"]);
+    assert!(query.serving_within(Duration::from_secs(30)).await, "{}", query.log());
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(IngestMessage { msg: Some(ingest_message::Msg::Hello(hello("node-q"))) }).await.unwrap();
+    let refused = IngestClient::new(query.sensor().await)
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect_err("a query-only relay takes no sensor");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        refused.message(),
+        "this relay only serves queries (--backbone-role query); point sensors at an ingest relay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backbone_that_does_not_answer_or_a_stream_set_otherwise_stops_start_up() {
+    test_support::skip_if!(nats::skip_reason());
+    // Nothing listens on port 1.
+    let relay = Relay::spawn(cert_dir("backbone-down"), &["--backbone", "nats://127.0.0.1:1"]);
+    let (status, log) = relay.exit_within(Duration::from_secs(30)).expect("the relay gives up");
+    assert!(!status.success());
+    assert!(log.contains("--backbone: the backbone at nats://127.0.0.1:1 does not answer"), "{log}");
+
+    // A stream made with 10 GiB, asked for with 5 MiB: reported, kept.
+    let nats = Nats::start("settings");
+    let url = nats.url();
+    let dir = cert_dir("backbone-settings");
+    let first = Relay::spawn(dir.clone(), &["--backbone", &url]);
+    assert!(first.serving_within(Duration::from_secs(30)).await, "{}", first.log());
+    first.stop();
+    let second =
+        Relay::spawn(dir.clone(), &["--backbone", &url, "--backbone-max-mib", "5", "--backbone-replicas", "1"]);
+    let (status, log) = second.exit_within(Duration::from_secs(30)).expect("the relay gives up");
+    assert!(!status.success());
+    assert!(
+        log.contains(
+            "stream VIGIL_EVENTS exists with other settings (max_bytes 10737418240, wanted 5242880); it is not \
+             changed"
+        ),
+        "{log}"
+    );
+    // The first's settings still stand: it starts again.
+    let third = Relay::spawn(dir, &["--backbone", &url]);
+    assert!(third.serving_within(Duration::from_secs(30)).await, "{}", third.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_published_again_is_stored_once_and_says_how_far_its_sensor_is() {
+    use relay::backbone::publish::Origin;
+    use relay::backbone::{Backbone, BackboneSettings, Role};
+    test_support::skip_if!(nats::skip_reason());
+    let nats = Nats::start("dedup");
+    let backbone = Backbone::connect(BackboneSettings {
+        url: nats.url(),
+        role: Role::Ingest,
+        stream: "DEDUP".into(),
+        subject_prefix: "vigil.events".into(),
+        max_age: Duration::from_secs(3600),
+        max_bytes: 64 << 20,
+        replicas: 1,
+        duplicate_window: Duration::from_secs(600),
+        tls_ca: None,
+        tls_cert: None,
+        credentials: None,
+        max_in_flight: 64,
+    })
+    .await
+    .unwrap();
+    let base = now_ns();
+    let arrivals: Vec<relay::merge::Arrival> =
+        (1..=5).map(|seq| relay::merge::Arrival::new(1, 77, seq, Box::new(marked("node-x", seq, base)))).collect();
+    let origin = Origin { node: "node-x", boot_id: "boot-x", source: 77 };
+    assert_eq!(backbone.stored_through(&origin).await.unwrap(), 0, "nothing yet");
+    backbone.publish(&origin, &arrivals, 0, 5).await.unwrap();
+    // Sent again, as a sensor does after a reconnect (through any relay).
+    backbone.publish(&origin, &arrivals[2..], 0, 5).await.unwrap();
+    let mut stream = backbone.stream.clone();
+    assert_eq!(stream.info().await.unwrap().state.messages, 5, "each event stored once");
+    assert_eq!(backbone.stored_through(&origin).await.unwrap(), 5);
+    // Another instance of the node (a restarted sensor) starts from 0.
+    let restarted = Origin { source: 78, ..origin };
+    assert_eq!(backbone.stored_through(&restarted).await.unwrap(), 0);
+    // A loss notice is stored after the events it follows, once.
+    backbone.publish(&origin, &[], 3, 5).await.unwrap();
+    backbone.publish(&origin, &[], 3, 5).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 6);
+    assert_eq!(backbone.stored_through(&origin).await.unwrap(), 5);
+}
