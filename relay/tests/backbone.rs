@@ -34,38 +34,74 @@ impl FakeSensor {
     /// Connects as `node` (its instance and boot id named after it) and
     /// takes the welcome: what the relay says it holds.
     async fn connect(relay: &Relay, node: &str) -> (FakeSensor, u64) {
+        Self::try_connect(relay, node).await.unwrap_or_else(|e| panic!("{node}'s stream: {e}"))
+    }
+
+    async fn try_connect(relay: &Relay, node: &str) -> Result<(FakeSensor, u64), String> {
         let (tx, rx) = mpsc::channel(8);
         tx.send(IngestMessage { msg: Some(ingest_message::Msg::Hello(hello(node))) }).await.unwrap();
         let mut replies = IngestClient::new(relay.sensor().await)
             .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
-            .unwrap_or_else(|e| panic!("{node}'s stream: {e}"))
+            .map_err(|e| e.message().to_owned())?
             .into_inner();
-        let acked = loop {
-            match replies.message().await.unwrap().and_then(|r| r.msg) {
-                Some(ingest_reply::Msg::Welcome(w)) => break w.acked,
+        loop {
+            match replies.message().await.map_err(|e| e.message().to_owned())?.and_then(|r| r.msg) {
+                Some(ingest_reply::Msg::Welcome(w)) => {
+                    return Ok((FakeSensor { tx, replies, node: node.to_owned() }, w.acked));
+                }
                 Some(_) => continue,
-                None => panic!("{node}: no welcome"),
+                None => return Err("no welcome".into()),
             }
-        };
-        (FakeSensor { tx, replies, node: node.to_owned() }, acked)
+        }
     }
 
     /// Sends events `seqs` (marked `m-<node>-<seq>`, a millisecond apart
     /// from `base_ns`) and waits for their acknowledgement.
     async fn send(&mut self, seqs: std::ops::RangeInclusive<u64>, base_ns: i128) {
         let last = *seqs.end();
+        if let Err(e) = self.try_send(seqs, base_ns).await {
+            panic!("{}: no ack of {last}: {e}", self.node);
+        }
+    }
+
+    async fn try_send(&mut self, seqs: std::ops::RangeInclusive<u64>, base_ns: i128) -> Result<(), String> {
+        let last = *seqs.end();
         let events = seqs.map(|seq| SequencedEvent { seq, event: Some(Box::new(marked(&self.node, seq, base_ns))) });
         let batch = Batch { events: events.collect(), lost: 0, skipped: 0 };
-        self.tx.send(IngestMessage { msg: Some(ingest_message::Msg::Batch(batch)) }).await.unwrap();
+        self.tx
+            .send(IngestMessage { msg: Some(ingest_message::Msg::Batch(batch)) })
+            .await
+            .map_err(|e| e.to_string())?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let reply = tokio::time::timeout_at(deadline, self.replies.message()).await;
-            match reply.unwrap_or_else(|_| panic!("{}: no ack of {last}", self.node)).unwrap().and_then(|r| r.msg) {
-                Some(ingest_reply::Msg::Ack(a)) if a.seq >= last => return,
+            let reply = tokio::time::timeout_at(deadline, self.replies.message()).await.map_err(|_| "timed out")?;
+            match reply.map_err(|e| e.message().to_owned())?.and_then(|r| r.msg) {
+                Some(ingest_reply::Msg::Ack(a)) if a.seq >= last => return Ok(()),
                 Some(_) => continue,
-                None => panic!("{}: the stream ended before the ack of {last}", self.node),
+                None => return Err("the stream ended".into()),
             }
+        }
+    }
+
+    /// As a sensor does: until `node`'s events through `last` are
+    /// acknowledged, (re)connects and sends what the relay does not hold.
+    /// The errors met on the way.
+    async fn deliver(relay: &Relay, node: &str, last: u64, base_ns: i128) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let mut errors = Vec::new();
+        loop {
+            assert!(tokio::time::Instant::now() < deadline, "{node}: never delivered; errors: {errors:?}");
+            let result = match Self::try_connect(relay, node).await {
+                Ok((_, acked)) if acked >= last => return errors,
+                Ok((mut sensor, acked)) => sensor.try_send(acked + 1..=last, base_ns).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => return errors,
+                Err(e) => errors.push(e),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }
@@ -84,18 +120,35 @@ fn now_ns() -> i128 {
     proto::Timestamp::now().unix_nanos()
 }
 
-/// Reads `stream` until `done` holds of the markers seen (counted), or 60 s.
+/// A `GetEvents` stream from `relay`.
+async fn subscribe(relay: &Relay, request: GetEventsRequest) -> Streaming<GetEventsResponse> {
+    FineGuidanceSensorsClient::new(relay.client().await).get_events(request).await.unwrap().into_inner()
+}
+
+/// A marker event's marker and time.
+fn marker_of(e: &GetEventsResponse) -> Option<(String, i128)> {
+    match &e.event {
+        Some(Event::ProcessExec(x)) => {
+            let p = x.process.as_ref()?;
+            p.arguments.starts_with("m-").then(|| (p.arguments.clone(), e.time.map_or(0, |t| t.unix_nanos())))
+        }
+        _ => None,
+    }
+}
+
+/// Reads `stream` into `seen` until `done` holds of the markers seen
+/// (counted), or 60 s; the counts.
 async fn read_until(
     stream: &mut Streaming<GetEventsResponse>,
-    seen: &mut Vec<(String, i128)>,
+    seen: &mut Vec<GetEventsResponse>,
     done: impl Fn(&BTreeMap<String, usize>) -> bool,
 ) -> BTreeMap<String, usize> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let counts = seen.iter().fold(BTreeMap::new(), |mut m: BTreeMap<String, usize>, (a, _)| {
-            *m.entry(a.clone()).or_default() += 1;
-            m
-        });
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for (marker, _) in seen.iter().filter_map(marker_of) {
+            *counts.entry(marker).or_default() += 1;
+        }
         if done(&counts) {
             return counts;
         }
@@ -103,12 +156,7 @@ async fn read_until(
             return counts;
         };
         let Some(e) = next.unwrap() else { return counts };
-        if let Some(Event::ProcessExec(x)) = &e.event
-            && let Some(p) = &x.process
-            && p.arguments.starts_with("m-")
-        {
-            seen.push((p.arguments.clone(), e.time.map_or(0, |t| t.unix_nanos())));
-        }
+        seen.push(e);
     }
 }
 
@@ -161,6 +209,7 @@ async fn two_ingest_relays_and_a_query_relay_give_every_marker_once_in_time_orde
     }
     assert_eq!(counts.len(), 601, "no other marker");
     // In time order, up to the reorder window (100 ms) between nodes.
+    let seen: Vec<(String, i128)> = seen.iter().filter_map(marker_of).collect();
     let mut latest = seen[0].1;
     for (marker, t) in &seen {
         assert!(*t >= latest - 100_000_000, "{marker} left {} ms after a later event", (latest - t) / 1_000_000);
@@ -264,4 +313,89 @@ async fn an_event_published_again_is_stored_once_and_says_how_far_its_sensor_is(
     backbone.publish(&origin, &[], 3, 5).await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 6);
     assert_eq!(backbone.stored_through(&origin).await.unwrap(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_exactly_once_on_a_new_query_relay_and_since_reads_the_stream() {
+    test_support::skip_if!(nats::skip_reason());
+    let nats = Nats::start("resume");
+    let url = nats.url();
+    let dir = cert_dir("backbone-resume");
+    let relay = |role: &str| Relay::spawn(dir.clone(), &["--backbone", &url, "--backbone-role", role]);
+    let (ingest, first) = (relay("ingest"), relay("query"));
+    for r in [&ingest, &first] {
+        assert!(r.serving_within(Duration::from_secs(30)).await, "{}", r.log());
+    }
+    let mut stream = subscribe(&first, GetEventsRequest::default()).await;
+    let (mut sensor, _) = FakeSensor::connect(&ingest, "node-r").await;
+    let base = now_ns();
+    sensor.send(1..=100, base).await;
+    let mut had = Vec::new();
+    let counts = read_until(&mut stream, &mut had, |c| c.len() >= 100).await;
+    assert_eq!(counts.len(), 100, "the first query relay's client:\n{}", first.log());
+    let mut tracker = events::resume::ResumeTracker::default();
+    for e in &had {
+        tracker.record(e);
+    }
+    // The query relay goes; events go on into the backbone; another one
+    // starts, and the client resumes there.
+    first.stop();
+    drop(stream);
+    sensor.send(101..=200, base).await;
+    let second = relay("query");
+    assert!(second.serving_within(Duration::from_secs(30)).await, "{}", second.log());
+    let resume = GetEventsRequest { resume: Some(tracker.resume_from()), ..Default::default() };
+    let mut resumed = subscribe(&second, resume).await;
+    sensor.send(201..=201, base).await;
+    let mut rest = Vec::new();
+    let counts = read_until(&mut resumed, &mut rest, |c| c.contains_key("m-node-r-201")).await;
+    let want: BTreeMap<String, usize> = (101..=201).map(|seq| (format!("m-node-r-{seq}"), 1)).collect();
+    assert_eq!(counts, want, "exactly what the client had not had; second query relay:\n{}", second.log());
+    // A --since client of the new relay reads the stream's history.
+    let since = GetEventsRequest { since_seconds: 3600, ..Default::default() };
+    let mut history = subscribe(&second, since).await;
+    let mut all = Vec::new();
+    let counts = read_until(&mut history, &mut all, |c| c.contains_key("m-node-r-201")).await;
+    let want: BTreeMap<String, usize> = (1..=201).map(|seq| (format!("m-node-r-{seq}"), 1)).collect();
+    assert_eq!(counts, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backbone_down_for_10_s_loses_and_repeats_nothing() {
+    test_support::skip_if!(nats::skip_reason());
+    let mut nats = Nats::start("outage");
+    let url = nats.url();
+    let dir = cert_dir("backbone-outage");
+    let relay = |role: &str| Relay::spawn(dir.clone(), &["--backbone", &url, "--backbone-role", role]);
+    let (ingest, query) = (relay("ingest"), relay("query"));
+    for r in [&ingest, &query] {
+        assert!(r.serving_within(Duration::from_secs(30)).await, "{}", r.log());
+    }
+    let mut stream = subscribe(&query, GetEventsRequest::default()).await;
+    let base = now_ns();
+    let (mut sensor, _) = FakeSensor::connect(&ingest, "node-o").await;
+    sensor.send(1..=100, base).await;
+    // Down: nothing is acknowledged (the sensor keeps its events).
+    nats.stop();
+    let down_at = tokio::time::Instant::now();
+    let refused = sensor.try_send(101..=150, base).await.expect_err("acknowledged with the backbone down");
+    assert!(refused.contains("the backbone did not store the batch"), "{refused}");
+    let outage = tokio::spawn({
+        let ingest_log = ingest.log();
+        async move {
+            tokio::time::sleep_until(down_at + Duration::from_secs(10)).await;
+            ingest_log
+        }
+    });
+    // The sensor keeps trying meanwhile; the backbone is back after 10 s.
+    let delivering = FakeSensor::deliver(&ingest, "node-o", 200, base);
+    let restart = async {
+        let _ = outage.await;
+        nats.restart();
+    };
+    let (_, ()) = tokio::join!(delivering, restart);
+    let mut seen = Vec::new();
+    let counts = read_until(&mut stream, &mut seen, |c| c.contains_key("m-node-o-200")).await;
+    let want: BTreeMap<String, usize> = (1..=200).map(|seq| (format!("m-node-o-{seq}"), 1)).collect();
+    assert_eq!(counts, want, "each event once; query relay:\n{}\ningest relay:\n{}", query.log(), ingest.log());
 }

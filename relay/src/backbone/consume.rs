@@ -56,8 +56,14 @@ pub async fn run(
             0 => first_position(&backbone, history).await,
             taken => DeliverPolicy::ByStartSequence { start_sequence: taken + 1 },
         };
-        let config =
-            pull::OrderedConfig { filter_subject: format!("{prefix}>"), deliver_policy: start, ..Default::default() };
+        let config = pull::OrderedConfig {
+            filter_subject: format!("{prefix}>"),
+            deliver_policy: start,
+            // Pulls of 5 s: a lost consumer (its server restarted) is
+            // noticed by the missed heartbeats within seconds.
+            max_expires: Duration::from_secs(5),
+            ..Default::default()
+        };
         let messages = match backbone.stream.create_consumer(config).await {
             Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -88,14 +94,18 @@ pub async fn run(
                 }
             }
             let mut arrivals = Vec::with_capacity(batch.len());
+            let mut broken = false;
             for m in batch {
                 let m = match m {
                     Ok(m) => m,
                     Err(e) => {
+                        // The consumer is gone or stuck: made again from
+                        // the last message taken.
                         if let Some(n) = RETRY_LOG.hit() {
-                            tracing::warn!(error = %e, times = n, "reading the backbone's stream");
+                            tracing::warn!(error = %e, times = n, "reading the backbone's stream failed; reading on from the last event taken");
                         }
-                        continue;
+                        broken = true;
+                        break;
                     }
                 };
                 if let Ok(info) = m.info() {
@@ -120,6 +130,13 @@ pub async fn run(
             if !arrivals.is_empty() && merge.send(MergeInput::Events(arrivals)).await.is_err() {
                 return;
             }
+            if broken {
+                break;
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
 }

@@ -198,25 +198,33 @@ async fn ensure_stream(
 ) -> Result<jetstream::stream::Stream, BackboneError> {
     let want = wanted(settings);
     let name = settings.stream.clone();
-    match js.get_stream(&name).await {
-        Ok(mut stream) => {
-            let have = stream
-                .info()
-                .await
-                .map_err(|e| BackboneError::Stream { stream: name.clone(), reason: e.to_string() })?
-                .config
-                .clone();
-            let diff = differences(&have, &want);
-            if !diff.is_empty() {
-                return Err(BackboneError::Incompatible { stream: name, differences: diff.join("; ") });
-            }
-            Ok(stream)
+    let checked = |mut stream: jetstream::stream::Stream| async {
+        let have = stream
+            .info()
+            .await
+            .map_err(|e| BackboneError::Stream { stream: name.clone(), reason: e.to_string() })?
+            .config
+            .clone();
+        let diff = differences(&have, &want);
+        if !diff.is_empty() {
+            return Err(BackboneError::Incompatible { stream: name.clone(), differences: diff.join("; ") });
         }
+        Ok(stream)
+    };
+    match js.get_stream(&name).await {
+        Ok(stream) => checked(stream).await,
         Err(e) => match e.kind() {
             jetstream::context::GetStreamErrorKind::JetStream(j)
                 if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
             {
-                js.create_stream(want).await.map_err(|e| BackboneError::Stream { stream: name, reason: e.to_string() })
+                match js.create_stream(want.clone()).await {
+                    Ok(stream) => Ok(stream),
+                    // Another relay starting at once made it first.
+                    Err(created) => match js.get_stream(&name).await {
+                        Ok(stream) => checked(stream).await,
+                        Err(_) => Err(BackboneError::Stream { stream: name.clone(), reason: created.to_string() }),
+                    },
+                }
             }
             jetstream::context::GetStreamErrorKind::JetStream(j) => {
                 Err(BackboneError::Stream { stream: name, reason: j.to_string() })

@@ -3,7 +3,7 @@
 //! Debian's.
 #![allow(dead_code, reason = "each test file uses part of it")]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -26,26 +26,46 @@ impl Nats {
     pub fn start(name: &str) -> Nats {
         let dir = std::env::temp_dir().join(format!("vigil-nats-{name}-{}", test_support::nonce()));
         std::fs::create_dir_all(&dir).expect("store directory");
-        let daemon = Daemon::spawn(
-            Command::new("nats-server")
-                .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-n", name])
-                .args(["-sd", &dir.display().to_string()]),
-        );
-        let port = daemon
-            .wait_for(Duration::from_secs(30), |line| {
-                let at = line.split("Listening for client connections on ").nth(1)?;
-                at.trim().rsplit(':').next()?.parse::<u16>().ok()
-            })
-            .unwrap_or_else(|| panic!("nats-server did not start; log:\n{}", daemon.log()));
-        daemon
-            .wait_for(Duration::from_secs(30), |line| line.contains("Server is ready").then_some(()))
-            .unwrap_or_else(|| panic!("nats-server is not ready; log:\n{}", daemon.log()));
+        let (daemon, port) = spawn(name, &dir, -1);
         Nats { daemon, dir, port }
     }
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+
+    /// Stops the server (SIGKILL): an outage.
+    pub fn stop(&self) {
+        self.daemon.stop();
+    }
+
+    /// Starts it again on its port and store.
+    pub fn restart(&mut self) {
+        self.daemon.stop();
+        let name = self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let (daemon, port) = spawn(&name, &self.dir, i32::from(self.port));
+        assert_eq!(port, self.port);
+        self.daemon = daemon;
+    }
+}
+
+/// A server on `port` (-1: any) with its store in `dir`, ready; its port.
+fn spawn(name: &str, dir: &Path, port: i32) -> (Daemon, u16) {
+    let daemon = Daemon::spawn(
+        Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-n", name])
+            .args(["-sd", &dir.display().to_string()]),
+    );
+    let port = daemon
+        .wait_for(Duration::from_secs(30), |line| {
+            let at = line.split("Listening for client connections on ").nth(1)?;
+            at.trim().rsplit(':').next()?.parse::<u16>().ok()
+        })
+        .unwrap_or_else(|| panic!("nats-server did not start; log:\n{}", daemon.log()));
+    daemon
+        .wait_for(Duration::from_secs(30), |line| line.contains("Server is ready").then_some(()))
+        .unwrap_or_else(|| panic!("nats-server is not ready; log:\n{}", daemon.log()));
+    (daemon, port)
 }
 
 impl Drop for Nats {
