@@ -399,3 +399,72 @@ async fn a_backbone_down_for_10_s_loses_and_repeats_nothing() {
     let want: BTreeMap<String, usize> = (1..=200).map(|seq| (format!("m-node-o-{seq}"), 1)).collect();
     assert_eq!(counts, want, "each event once; query relay:\n{}\ningest relay:\n{}", query.log(), ingest.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_relay_killed_mid_workload_hands_its_sensors_to_the_other() {
+    test_support::skip_if!(nats::skip_reason());
+    let nats = Nats::start("handover");
+    let url = nats.url();
+    let dir = cert_dir("backbone-handover");
+    let relay = |role: &str| Relay::spawn(dir.clone(), &["--backbone", &url, "--backbone-role", role]);
+    let (doomed, other, query) = (relay("ingest"), relay("ingest"), relay("query"));
+    for r in [&doomed, &other, &query] {
+        assert!(r.serving_within(Duration::from_secs(30)).await, "{}", r.log());
+    }
+    let mut stream = subscribe(&query, GetEventsRequest::default()).await;
+    let base = now_ns();
+    let nodes = ["node-k1", "node-k2"];
+    let mut sensors = Vec::new();
+    for node in nodes {
+        sensors.push(FakeSensor::connect(&doomed, node).await.0);
+    }
+    for batch in 0..5u64 {
+        for s in &mut sensors {
+            s.send(batch * 10 + 1..=batch * 10 + 10, base).await;
+        }
+    }
+    // A batch on its way when the relay dies: stored or not, acknowledged
+    // or not, the other relay's welcome says what the backbone holds.
+    let mut in_flight = sensors.remove(0);
+    let sending = tokio::spawn(async move { in_flight.try_send(51..=60, base).await });
+    doomed.stop();
+    let _ = sending.await;
+    for node in nodes {
+        FakeSensor::deliver(&other, node, 100, base).await;
+    }
+    let mut seen = Vec::new();
+    let counts =
+        read_until(&mut stream, &mut seen, |c| c.contains_key("m-node-k1-100") && c.contains_key("m-node-k2-100"))
+            .await;
+    let want: BTreeMap<String, usize> =
+        nodes.iter().flat_map(|n| (1..=100).map(move |seq| (format!("m-{n}-{seq}"), 1))).collect();
+    assert_eq!(counts, want, "each event once; query relay:\n{}", query.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_of_three_killed_mid_workload_loses_and_repeats_nothing() {
+    test_support::skip_if!(nats::skip_reason());
+    let (servers, url) = nats::cluster("vigil-c", 3);
+    let dir = cert_dir("backbone-cluster");
+    let relay = |role: &str| {
+        Relay::spawn(dir.clone(), &["--backbone", &url, "--backbone-role", role, "--backbone-replicas", "3"])
+    };
+    let (ingest, query) = (relay("ingest"), relay("query"));
+    for r in [&ingest, &query] {
+        assert!(r.serving_within(Duration::from_secs(60)).await, "{}", r.log());
+    }
+    let mut stream = subscribe(&query, GetEventsRequest::default()).await;
+    let base = now_ns();
+    let (mut sensor, _) = FakeSensor::connect(&ingest, "node-c").await;
+    for batch in 0..5u64 {
+        sensor.send(batch * 10 + 1..=batch * 10 + 10, base).await;
+    }
+    // The first server (the one each relay dials first) goes; the stream's
+    // other two copies carry on.
+    servers[0].stop();
+    FakeSensor::deliver(&ingest, "node-c", 100, base).await;
+    let mut seen = Vec::new();
+    let counts = read_until(&mut stream, &mut seen, |c| c.contains_key("m-node-c-100")).await;
+    let want: BTreeMap<String, usize> = (1..=100).map(|seq| (format!("m-node-c-{seq}"), 1)).collect();
+    assert_eq!(counts, want, "each event once; query relay:\n{}\ningest relay:\n{}", query.log(), ingest.log());
+}

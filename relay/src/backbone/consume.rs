@@ -84,6 +84,16 @@ pub async fn run(
             let first = tokio::select! {
                 _ = stop.changed() => return,
                 m = messages.next() => m,
+                () = tokio::time::sleep(STALL_CHECK) => {
+                    // Nothing for a while: fine if the stream has nothing
+                    // newer; else the consumer is stuck (its server went,
+                    // and the client did not make it again): made again.
+                    if behind(&backbone, &counters).await {
+                        tracing::warn!(position = counters.position.load(Ordering::Relaxed), "the backbone's stream has events this relay is not getting; reading on from the last event taken");
+                        break;
+                    }
+                    continue;
+                }
             };
             let Some(first) = first else { break };
             let mut batch = vec![first];
@@ -138,6 +148,19 @@ pub async fn run(
             _ = stop.changed() => return,
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+    }
+}
+
+/// How long the consumer may go without a message before the stream is
+/// asked whether it has newer ones.
+const STALL_CHECK: Duration = Duration::from_secs(5);
+
+/// Whether the stream holds events past the last one taken.
+async fn behind(backbone: &Backbone, counters: &ConsumeCounters) -> bool {
+    let mut stream = backbone.stream.clone();
+    match stream.info().await {
+        Ok(info) => info.state.last_sequence > counters.position.load(Ordering::Relaxed),
+        Err(_) => false,
     }
 }
 

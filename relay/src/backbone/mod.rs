@@ -91,6 +91,10 @@ pub enum BackboneError {
     Stream { stream: String, reason: String },
 }
 
+/// How long start-up waits for JetStream to answer (a cluster electing
+/// its leader) before it gives up.
+const JETSTREAM_WAIT: Duration = Duration::from_secs(30);
+
 /// A connection to the backbone and its checked stream.
 #[derive(Clone)]
 pub struct Backbone {
@@ -130,16 +134,34 @@ impl Backbone {
         if let Some((cert, key)) = &settings.tls_cert {
             options = options.add_client_certificate(cert.clone(), key.clone());
         }
+        let servers = url
+            .split(',')
+            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| BackboneError::Connect { url: url.clone(), reason: e.to_string() })?;
         let client = options
-            .connect(url.as_str())
+            .connect(servers)
             .await
             .map_err(|e| BackboneError::Connect { url: url.clone(), reason: e.to_string() })?;
         let js = jetstream::ContextBuilder::new()
-            .timeout(Duration::from_secs(10))
+            // API requests and publish acknowledgements: a request lost to a
+            // server that went is tried again soon (a publish, by the sensor).
+            .timeout(Duration::from_secs(5))
             .max_ack_inflight(settings.max_in_flight)
             .backpressure_on_inflight(true)
             .build(client);
-        let stream = ensure_stream(&js, &settings).await?;
+        // A cluster still electing its JetStream leader times requests
+        // out: waited for, up to a bound.
+        let deadline = tokio::time::Instant::now() + JETSTREAM_WAIT;
+        let stream = loop {
+            match ensure_stream(&js, &settings).await {
+                Err(BackboneError::NoJetStream { reason, .. }) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(url = %url, error = %reason, "the backbone's JetStream does not answer yet; waiting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                other => break other?,
+            }
+        };
         Ok(Backbone { js, stream, settings: std::sync::Arc::new(settings) })
     }
 

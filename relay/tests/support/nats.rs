@@ -49,12 +49,47 @@ impl Nats {
     }
 }
 
+/// A cluster of `n` servers with JetStream (routes between all of them),
+/// once it has elected its JetStream leader; the servers, and the URL a
+/// client is given (all of them, comma-separated).
+pub fn cluster(name: &str, n: usize) -> (Vec<Nats>, String) {
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap();
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free(), free())).collect();
+    let routes: Vec<String> = ports.iter().map(|(_, route)| format!("nats://127.0.0.1:{route}")).collect();
+    let mut servers = Vec::new();
+    for (i, (client, route)) in ports.iter().enumerate() {
+        let dir = std::env::temp_dir().join(format!("vigil-nats-{name}-{i}-{}", test_support::nonce()));
+        std::fs::create_dir_all(&dir).expect("store directory");
+        let cluster = [
+            "--cluster".to_owned(),
+            format!("nats://127.0.0.1:{route}"),
+            "--routes".to_owned(),
+            routes.join(","),
+            "--cluster_name".to_owned(),
+            name.to_owned(),
+        ];
+        let (daemon, port) = spawn_with(&format!("{name}-{i}"), &dir, i32::from(*client), &cluster);
+        servers.push(Nats { daemon, dir, port });
+    }
+    // Each server logs the leader it learns of; any one will do.
+    let elected =
+        servers[0].daemon.wait_for(Duration::from_secs(60), |line| line.contains("metadata leader").then_some(()));
+    assert!(elected.is_some(), "no JetStream leader; log:\n{}", servers[0].daemon.log());
+    let url = servers.iter().map(Nats::url).collect::<Vec<_>>().join(",");
+    (servers, url)
+}
+
 /// A server on `port` (-1: any) with its store in `dir`, ready; its port.
 fn spawn(name: &str, dir: &Path, port: i32) -> (Daemon, u16) {
+    spawn_with(name, dir, port, &[])
+}
+
+fn spawn_with(name: &str, dir: &Path, port: i32, extra: &[String]) -> (Daemon, u16) {
     let daemon = Daemon::spawn(
         Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-n", name])
-            .args(["-sd", &dir.display().to_string()]),
+            .args(["-sd", &dir.display().to_string()])
+            .args(extra),
     );
     let port = daemon
         .wait_for(Duration::from_secs(30), |line| {
