@@ -35,6 +35,12 @@ async fn get_events(cli: &Cli, args: &GetEventsArgs) -> anyhow::Result<()> {
 }
 
 fn print_nodes(r: &proto::vigil::relay::v1::ListNodesResponse) {
+    if let Some(b) = &r.backbone {
+        println!(
+            "backbone: {} stream {} ({}): consumed {} events, {} malformed skipped, at stream sequence {}",
+            b.url, b.stream, b.role, b.consumed, b.malformed, b.position
+        );
+    }
     println!(
         "{:<24} {:<10} {:<31} {:>10} {:>8} {:>8} {:>8} {:>8}  CREDENTIAL",
         "NODE", "STATE", "LAST SEEN", "EVENTS", "LOST", "DUPS", "LAG MS", "POLICIES"
@@ -50,6 +56,12 @@ fn print_nodes(r: &proto::vigil::relay::v1::ListNodesResponse) {
             "{:<24} {:<10} {:<31} {:>10} {:>8} {:>8} {:>8} {:>8}  {credential}",
             n.node_name, state, seen, n.events, n.lost, n.duplicates, n.lag_ms, n.policy_generation
         );
+        if r.backbone.as_ref().is_some_and(|b| b.role != "query") {
+            println!(
+                "{:<24} stored by the backbone: {} events, the last batch in {} ms",
+                "", n.backbone_events, n.backbone_publish_ms
+            );
+        }
     }
     println!(
         "clients: {}  events merged: {}  shared-kernel copies merged: {}  sent early (pending full): {}  \

@@ -432,6 +432,8 @@ impl SensorStream<'_> {
             Sink::Backbone(backbone) => {
                 let origin =
                     crate::backbone::publish::Origin { node: &hello.node_name, boot_id: &hello.boot_id, source };
+                let started = std::time::Instant::now();
+                let count = events.len() as u64;
                 if let Err(e) = backbone.publish(&origin, &events, lost, intake.last_seq).await {
                     // Not acknowledged, and not remembered as taken: the
                     // sensor sends the batch again on its next stream.
@@ -440,6 +442,7 @@ impl SensorStream<'_> {
                     }
                     return Err(e.into());
                 }
+                nodes.published(&hello.node_name, count, started.elapsed());
             }
         }
         Ok(tx.send(reply(ingest_reply::Msg::Ack(Ack { seq: intake.last_seq }))).await.is_ok())

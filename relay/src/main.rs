@@ -164,7 +164,15 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let query = Arc::new(QueryService { hub: hub.clone(), nodes, merge: counters.clone(), export_dropped, policies });
+    let backbone_status = backbone.as_ref().map(|b| (b.settings.clone(), consumed.clone()));
+    let query = Arc::new(QueryService {
+        hub: hub.clone(),
+        nodes,
+        merge: counters.clone(),
+        export_dropped,
+        policies,
+        backbone: backbone_status,
+    });
     if let Some(address) = &flags.metrics_address {
         let listener = MetricsListener::bind(address).await.context("--metrics-address")?;
         let refusals = vec![("ingest", ingest_listener.refusals()), ("clients", client_listener.refusals())];

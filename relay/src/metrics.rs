@@ -97,6 +97,36 @@ impl Collector for RelayCollector {
             nodes,
             |n| n.policy_generation,
         )?;
+        if let Some(b) = &s.backbone {
+            per_node(
+                &mut encoder,
+                (
+                    "vigil_relay_node_backbone_events",
+                    "The node's events the backbone stored through this relay",
+                    counter,
+                ),
+                nodes,
+                |n| n.backbone_events,
+            )?;
+            per_node(
+                &mut encoder,
+                ("vigil_relay_node_backbone_publish_ms", "How long the node's last batch took to be stored", gauge),
+                nodes,
+                |n| n.backbone_publish_ms,
+            )?;
+            for (name, help, kind, value) in [
+                ("vigil_relay_backbone_consumed", "Events taken from the backbone's stream", counter, b.consumed),
+                (
+                    "vigil_relay_backbone_malformed",
+                    "Messages on the stream that were not Vigil events",
+                    counter,
+                    b.malformed,
+                ),
+                ("vigil_relay_backbone_position", "Stream sequence of the last message taken", gauge, b.position),
+            ] {
+                encode_value(encoder.encode_descriptor(name, help, None, kind)?, kind, value)?;
+            }
+        }
         Ok(())
     }
 }

@@ -23,6 +23,10 @@ struct Node {
     /// The connected (or last) sensor's credential is valid for any node.
     any_node: bool,
     oversized: u64,
+    /// Events the backbone stored through this relay, and how long the
+    /// last batch took to be stored.
+    backbone_events: u64,
+    backbone_publish_ms: u64,
     /// When its last stream ended (none while connected).
     gone_since: Option<std::time::Instant>,
     /// What its sensor last said of the relay's policies (checked and
@@ -218,6 +222,14 @@ impl Nodes {
         *last
     }
 
+    /// Counts `events` of `node` the backbone stored, in `took`.
+    pub fn published(&self, node: &str, events: u64, took: std::time::Duration) {
+        if let Some(n) = self.lock().get_mut(node) {
+            n.backbone_events += events;
+            n.backbone_publish_ms = took.as_millis() as u64;
+        }
+    }
+
     /// Counts events of `node` refused for their size.
     pub fn oversized(&self, node: &str, count: u64) {
         if let Some(n) = self.lock().get_mut(node) {
@@ -258,6 +270,8 @@ impl Nodes {
                 any_node_credential: n.any_node,
                 oversized: n.oversized,
                 policy_generation: n.policies.as_ref().map_or(0, |r| r.generation),
+                backbone_events: n.backbone_events,
+                backbone_publish_ms: n.backbone_publish_ms,
             })
             .collect();
         out.sort_by(|a, b| a.node_name.cmp(&b.node_name));

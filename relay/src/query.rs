@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use proto::Timestamp;
 use proto::tetragon::GetEventsRequest;
 use proto::vigil::relay::v1::relay_admin_server::RelayAdmin;
-use proto::vigil::relay::v1::{ListNodesRequest, ListNodesResponse};
+use proto::vigil::relay::v1::{BackboneStatus, ListNodesRequest, ListNodesResponse};
 use serving::api::{EventSource, EventStream};
 use tonic::{Request, Response, Status};
 
@@ -26,6 +26,8 @@ pub struct QueryService {
     pub export_dropped: Arc<std::sync::atomic::AtomicU64>,
     /// The policies added here for every sensor.
     pub policies: Arc<RelayPolicies>,
+    /// With --backbone: its settings, and what the query half took.
+    pub backbone: Option<(Arc<crate::backbone::BackboneSettings>, Arc<crate::backbone::consume::ConsumeCounters>)>,
 }
 
 impl QueryService {
@@ -45,6 +47,14 @@ impl QueryService {
             client_queue_bytes: self.hub.bus.queued_bytes() as u64,
             export_dropped: self.export_dropped.load(Ordering::Relaxed),
             policy_generation: self.policies.generation(),
+            backbone: self.backbone.as_ref().map(|(settings, counters)| BackboneStatus {
+                url: settings.url.clone(),
+                stream: settings.stream.clone(),
+                role: format!("{:?}", settings.role).to_lowercase(),
+                consumed: counters.events.load(Ordering::Relaxed),
+                malformed: counters.malformed.load(Ordering::Relaxed),
+                position: counters.position.load(Ordering::Relaxed),
+            }),
         }
     }
 }

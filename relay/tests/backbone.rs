@@ -19,7 +19,11 @@ use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
 use proto::tetragon::get_events_response::Event;
 use proto::tetragon::{GetEventsRequest, GetEventsResponse};
 use proto::vigil::relay::v1::ingest_client::IngestClient;
-use proto::vigil::relay::v1::{Batch, IngestMessage, IngestReply, SequencedEvent, ingest_message, ingest_reply};
+use proto::vigil::relay::v1::relay_admin_client::RelayAdminClient;
+use proto::vigil::relay::v1::{
+    Batch, IngestMessage, IngestReply, ListNodesRequest, ListNodesResponse, SequencedEvent, ingest_message,
+    ingest_reply,
+};
 use tokio::sync::mpsc;
 use tonic::Streaming;
 
@@ -125,6 +129,12 @@ async fn subscribe(relay: &Relay, request: GetEventsRequest) -> Streaming<GetEve
     FineGuidanceSensorsClient::new(relay.client().await).get_events(request).await.unwrap().into_inner()
 }
 
+/// What `vigil nodes` shows of `relay`.
+async fn list_nodes(relay: &Relay) -> ListNodesResponse {
+    let mut admin = RelayAdminClient::new(relay.client().await);
+    admin.list_nodes(ListNodesRequest::default()).await.unwrap().into_inner()
+}
+
 /// A marker event's marker and time.
 fn marker_of(e: &GetEventsResponse) -> Option<(String, i128)> {
     match &e.event {
@@ -166,7 +176,9 @@ async fn two_ingest_relays_and_a_query_relay_give_every_marker_once_in_time_orde
     let nats = Nats::start("one");
     let url = nats.url();
     let dir = cert_dir("backbone");
-    let relay = |role: &str| Relay::spawn(dir.clone(), &["--backbone", &url, "--backbone-role", role]);
+    let relay = |role: &str| {
+        Relay::spawn(dir.clone(), &["--backbone", &url, "--backbone-role", role, "--metrics-address", "127.0.0.1:0"])
+    };
     let (ingest_1, ingest_2, query) = (relay("ingest"), relay("ingest"), relay("query"));
     for (r, name) in [(&ingest_1, "ingest 1"), (&ingest_2, "ingest 2"), (&query, "query")] {
         assert!(r.serving_within(Duration::from_secs(30)).await, "{name} did not start:\n{}", r.log());
@@ -217,6 +229,33 @@ async fn two_ingest_relays_and_a_query_relay_give_every_marker_once_in_time_orde
     }
     // The query relay took every one from the backbone, and no sensor.
     assert!(!query.log().contains("sensor connected"), "{}", query.log());
+    // What `vigil nodes` shows: per node what each ingest relay stored, and
+    // where the query relay is in the stream (601 messages, none skipped).
+    let stored = |status: &ListNodesResponse| -> BTreeMap<String, u64> {
+        status.nodes.iter().map(|n| (n.node_name.clone(), n.backbone_events)).collect()
+    };
+    let first = list_nodes(&ingest_1).await;
+    assert_eq!(stored(&first), BTreeMap::from([("node-a".into(), 150), ("node-b".into(), 150)]));
+    let second = list_nodes(&ingest_2).await;
+    let want = BTreeMap::from([("node-a".into(), 1), ("node-c".into(), 150), ("node-d".into(), 150)]);
+    assert_eq!(stored(&second), want);
+    let b = list_nodes(&query).await.backbone.expect("the query relay's backbone");
+    assert_eq!((b.role.as_str(), b.stream.as_str(), b.url.as_str()), ("query", "VIGIL_EVENTS", url.as_str()));
+    assert_eq!((b.consumed, b.malformed, b.position), (601, 0, 601));
+    // And the metrics, from the same status.
+    let scrape =
+        |r: &Relay| test_support::scrape::http(&r.daemon.listening("metrics").to_string(), "GET", "/metrics").1;
+    let text = scrape(&query);
+    for (name, want) in [
+        ("vigil_relay_backbone_consumed_total", 601),
+        ("vigil_relay_backbone_malformed_total", 0),
+        ("vigil_relay_backbone_position", 601),
+    ] {
+        assert_eq!(test_support::scrape::sample(&text, name, &[]), want, "{name}");
+    }
+    let text = scrape(&ingest_1);
+    let stored = test_support::scrape::sample(&text, "vigil_relay_node_backbone_events_total", &[("node", "node-b")]);
+    assert_eq!(stored, 150);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
