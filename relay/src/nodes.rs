@@ -374,6 +374,8 @@ mod tests {
             any_node_credential: true,
             oversized: u64::MAX,
             policy_generation: u64::MAX,
+            backbone_events: u64::MAX,
+            backbone_publish_ms: u64::MAX,
         };
         let reply = proto::vigil::relay::v1::ListNodesResponse {
             nodes: vec![widest; DEFAULT_MAX_NODES],
@@ -389,6 +391,14 @@ mod tests {
             client_queue_bytes: u64::MAX,
             export_dropped: u64::MAX,
             policy_generation: u64::MAX,
+            backbone: Some(proto::vigil::relay::v1::BackboneStatus {
+                url: "nats://a-long-server-name.example:4222,".repeat(8),
+                stream: "VIGIL_EVENTS".into(),
+                role: "both".into(),
+                consumed: u64::MAX,
+                malformed: u64::MAX,
+                position: u64::MAX,
+            }),
         };
         assert!(reply.encoded_len() < 4 << 20, "{} bytes", reply.encoded_len());
     }
