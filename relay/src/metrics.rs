@@ -22,6 +22,15 @@ impl std::fmt::Debug for RelayCollector {
     }
 }
 
+/// A family of one unlabelled series.
+fn scalar(
+    encoder: &mut DescriptorEncoder,
+    (name, help, kind): (&str, &str, MetricType),
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    encode_value(encoder.encode_descriptor(name, help, None, kind)?, kind, value)
+}
+
 /// A per-node family: one series per node, its value from `value`.
 fn per_node(
     encoder: &mut DescriptorEncoder,
@@ -66,7 +75,7 @@ impl Collector for RelayCollector {
             ),
             ("vigil_relay_policy_generation", "Generation of the relay's policy set", gauge, s.policy_generation),
         ] {
-            encode_value(encoder.encode_descriptor(name, help, None, kind)?, kind, value)?;
+            scalar(&mut encoder, (name, help, kind), value)?;
         }
         let nodes = &s.nodes;
         per_node(
@@ -124,7 +133,7 @@ impl Collector for RelayCollector {
                 ),
                 ("vigil_relay_backbone_position", "Stream sequence of the last message taken", gauge, b.position),
             ] {
-                encode_value(encoder.encode_descriptor(name, help, None, kind)?, kind, value)?;
+                scalar(&mut encoder, (name, help, kind), value)?;
             }
         }
         Ok(())

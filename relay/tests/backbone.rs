@@ -124,6 +124,24 @@ fn now_ns() -> i128 {
     proto::Timestamp::now().unix_nanos()
 }
 
+/// Relays of `roles` on the backbone at `url` (sharing `test`'s
+/// certificates), each with `extra` flags, once every one serves.
+async fn relays_on(url: &str, test: &str, roles: &[&str], extra: &[&str]) -> Vec<Relay> {
+    let dir = cert_dir(test);
+    let relays: Vec<Relay> = roles
+        .iter()
+        .map(|role| {
+            let mut args = vec!["--backbone", url, "--backbone-role", role];
+            args.extend_from_slice(extra);
+            Relay::spawn(dir.clone(), &args)
+        })
+        .collect();
+    for (r, role) in relays.iter().zip(roles) {
+        assert!(r.serving_within(Duration::from_secs(60)).await, "the {role} relay did not start:\n{}", r.log());
+    }
+    relays
+}
+
 /// A `GetEvents` stream from `relay`.
 async fn subscribe(relay: &Relay, request: GetEventsRequest) -> Streaming<GetEventsResponse> {
     FineGuidanceSensorsClient::new(relay.client().await).get_events(request).await.unwrap().into_inner()
@@ -175,14 +193,9 @@ async fn two_ingest_relays_and_a_query_relay_give_every_marker_once_in_time_orde
     test_support::skip_if!(nats::skip_reason());
     let nats = Nats::start("one");
     let url = nats.url();
-    let dir = cert_dir("backbone");
-    let relay = |role: &str| {
-        Relay::spawn(dir.clone(), &["--backbone", &url, "--backbone-role", role, "--metrics-address", "127.0.0.1:0"])
-    };
-    let (ingest_1, ingest_2, query) = (relay("ingest"), relay("ingest"), relay("query"));
-    for (r, name) in [(&ingest_1, "ingest 1"), (&ingest_2, "ingest 2"), (&query, "query")] {
-        assert!(r.serving_within(Duration::from_secs(30)).await, "{name} did not start:\n{}", r.log());
-    }
+    let metrics = ["--metrics-address", "127.0.0.1:0"];
+    let relays = relays_on(&url, "backbone", &["ingest", "ingest", "query"], &metrics).await;
+    let [ingest_1, ingest_2, query] = &relays[..] else { unreachable!() };
     let mut events = FineGuidanceSensorsClient::new(query.client().await)
         .get_events(GetEventsRequest::default())
         .await
@@ -359,12 +372,8 @@ async fn a_client_resumes_exactly_once_on_a_new_query_relay_and_since_reads_the_
     test_support::skip_if!(nats::skip_reason());
     let nats = Nats::start("resume");
     let url = nats.url();
-    let dir = cert_dir("backbone-resume");
-    let relay = |role: &str| Relay::spawn(dir.clone(), &["--backbone", &url, "--backbone-role", role]);
-    let (ingest, first) = (relay("ingest"), relay("query"));
-    for r in [&ingest, &first] {
-        assert!(r.serving_within(Duration::from_secs(30)).await, "{}", r.log());
-    }
+    let relays = relays_on(&url, "backbone-resume", &["ingest", "query"], &[]).await;
+    let [ingest, first] = &relays[..] else { unreachable!() };
     let mut stream = subscribe(&first, GetEventsRequest::default()).await;
     let (mut sensor, _) = FakeSensor::connect(&ingest, "node-r").await;
     let base = now_ns();
@@ -381,7 +390,7 @@ async fn a_client_resumes_exactly_once_on_a_new_query_relay_and_since_reads_the_
     first.stop();
     drop(stream);
     sensor.send(101..=200, base).await;
-    let second = relay("query");
+    let second = Relay::spawn(ingest.dir.clone(), &["--backbone", &url, "--backbone-role", "query"]);
     assert!(second.serving_within(Duration::from_secs(30)).await, "{}", second.log());
     let resume = GetEventsRequest { resume: Some(tracker.resume_from()), ..Default::default() };
     let mut resumed = subscribe(&second, resume).await;
@@ -404,12 +413,8 @@ async fn a_backbone_down_for_10_s_loses_and_repeats_nothing() {
     test_support::skip_if!(nats::skip_reason());
     let mut nats = Nats::start("outage");
     let url = nats.url();
-    let dir = cert_dir("backbone-outage");
-    let relay = |role: &str| Relay::spawn(dir.clone(), &["--backbone", &url, "--backbone-role", role]);
-    let (ingest, query) = (relay("ingest"), relay("query"));
-    for r in [&ingest, &query] {
-        assert!(r.serving_within(Duration::from_secs(30)).await, "{}", r.log());
-    }
+    let relays = relays_on(&url, "backbone-outage", &["ingest", "query"], &[]).await;
+    let [ingest, query] = &relays[..] else { unreachable!() };
     let mut stream = subscribe(&query, GetEventsRequest::default()).await;
     let base = now_ns();
     let (mut sensor, _) = FakeSensor::connect(&ingest, "node-o").await;
@@ -444,12 +449,8 @@ async fn an_ingest_relay_killed_mid_workload_hands_its_sensors_to_the_other() {
     test_support::skip_if!(nats::skip_reason());
     let nats = Nats::start("handover");
     let url = nats.url();
-    let dir = cert_dir("backbone-handover");
-    let relay = |role: &str| Relay::spawn(dir.clone(), &["--backbone", &url, "--backbone-role", role]);
-    let (doomed, other, query) = (relay("ingest"), relay("ingest"), relay("query"));
-    for r in [&doomed, &other, &query] {
-        assert!(r.serving_within(Duration::from_secs(30)).await, "{}", r.log());
-    }
+    let relays = relays_on(&url, "backbone-handover", &["ingest", "ingest", "query"], &[]).await;
+    let [doomed, other, query] = &relays[..] else { unreachable!() };
     let mut stream = subscribe(&query, GetEventsRequest::default()).await;
     let base = now_ns();
     let nodes = ["node-k1", "node-k2"];
@@ -484,14 +485,8 @@ async fn an_ingest_relay_killed_mid_workload_hands_its_sensors_to_the_other() {
 async fn a_nats_server_of_three_killed_mid_workload_loses_and_repeats_nothing() {
     test_support::skip_if!(nats::skip_reason());
     let (servers, url) = nats::cluster("vigil-c", 3);
-    let dir = cert_dir("backbone-cluster");
-    let relay = |role: &str| {
-        Relay::spawn(dir.clone(), &["--backbone", &url, "--backbone-role", role, "--backbone-replicas", "3"])
-    };
-    let (ingest, query) = (relay("ingest"), relay("query"));
-    for r in [&ingest, &query] {
-        assert!(r.serving_within(Duration::from_secs(60)).await, "{}", r.log());
-    }
+    let relays = relays_on(&url, "backbone-cluster", &["ingest", "query"], &["--backbone-replicas", "3"]).await;
+    let [ingest, query] = &relays[..] else { unreachable!() };
     let mut stream = subscribe(&query, GetEventsRequest::default()).await;
     let base = now_ns();
     let (mut sensor, _) = FakeSensor::connect(&ingest, "node-c").await;
