@@ -220,7 +220,7 @@ async fn two_ingest_relays_and_a_query_relay_give_every_marker_once_in_time_orde
     // node-a's sensor moves to the other ingest relay, which never saw it:
     // it is told what the backbone holds, and goes on from there.
     drop(sensors.remove(0));
-    let (mut moved, acked) = FakeSensor::connect(&ingest_2, "node-a").await;
+    let (mut moved, acked) = FakeSensor::connect(ingest_2, "node-a").await;
     assert_eq!(acked, 150, "what the first ingest relay stored of node-a");
     moved.send(151..=151, base).await;
 
@@ -247,18 +247,18 @@ async fn two_ingest_relays_and_a_query_relay_give_every_marker_once_in_time_orde
     let stored = |status: &ListNodesResponse| -> BTreeMap<String, u64> {
         status.nodes.iter().map(|n| (n.node_name.clone(), n.backbone_events)).collect()
     };
-    let first = list_nodes(&ingest_1).await;
+    let first = list_nodes(ingest_1).await;
     assert_eq!(stored(&first), BTreeMap::from([("node-a".into(), 150), ("node-b".into(), 150)]));
-    let second = list_nodes(&ingest_2).await;
+    let second = list_nodes(ingest_2).await;
     let want = BTreeMap::from([("node-a".into(), 1), ("node-c".into(), 150), ("node-d".into(), 150)]);
     assert_eq!(stored(&second), want);
-    let b = list_nodes(&query).await.backbone.expect("the query relay's backbone");
+    let b = list_nodes(query).await.backbone.expect("the query relay's backbone");
     assert_eq!((b.role.as_str(), b.stream.as_str(), b.url.as_str()), ("query", "VIGIL_EVENTS", url.as_str()));
     assert_eq!((b.consumed, b.malformed, b.position), (601, 0, 601));
     // And the metrics, from the same status.
     let scrape =
         |r: &Relay| test_support::scrape::http(&r.daemon.listening("metrics").to_string(), "GET", "/metrics").1;
-    let text = scrape(&query);
+    let text = scrape(query);
     for (name, want) in [
         ("vigil_relay_backbone_consumed_total", 601),
         ("vigil_relay_backbone_malformed_total", 0),
@@ -266,7 +266,7 @@ async fn two_ingest_relays_and_a_query_relay_give_every_marker_once_in_time_orde
     ] {
         assert_eq!(test_support::scrape::sample(&text, name, &[]), want, "{name}");
     }
-    let text = scrape(&ingest_1);
+    let text = scrape(ingest_1);
     let stored = test_support::scrape::sample(&text, "vigil_relay_node_backbone_events_total", &[("node", "node-b")]);
     assert_eq!(stored, 150);
 }
@@ -374,8 +374,8 @@ async fn a_client_resumes_exactly_once_on_a_new_query_relay_and_since_reads_the_
     let url = nats.url();
     let relays = relays_on(&url, "backbone-resume", &["ingest", "query"], &[]).await;
     let [ingest, first] = &relays[..] else { unreachable!() };
-    let mut stream = subscribe(&first, GetEventsRequest::default()).await;
-    let (mut sensor, _) = FakeSensor::connect(&ingest, "node-r").await;
+    let mut stream = subscribe(first, GetEventsRequest::default()).await;
+    let (mut sensor, _) = FakeSensor::connect(ingest, "node-r").await;
     let base = now_ns();
     sensor.send(1..=100, base).await;
     let mut had = Vec::new();
@@ -415,9 +415,9 @@ async fn a_backbone_down_for_10_s_loses_and_repeats_nothing() {
     let url = nats.url();
     let relays = relays_on(&url, "backbone-outage", &["ingest", "query"], &[]).await;
     let [ingest, query] = &relays[..] else { unreachable!() };
-    let mut stream = subscribe(&query, GetEventsRequest::default()).await;
+    let mut stream = subscribe(query, GetEventsRequest::default()).await;
     let base = now_ns();
-    let (mut sensor, _) = FakeSensor::connect(&ingest, "node-o").await;
+    let (mut sensor, _) = FakeSensor::connect(ingest, "node-o").await;
     sensor.send(1..=100, base).await;
     // Down: nothing is acknowledged (the sensor keeps its events).
     nats.stop();
@@ -432,7 +432,7 @@ async fn a_backbone_down_for_10_s_loses_and_repeats_nothing() {
         }
     });
     // The sensor keeps trying meanwhile; the backbone is back after 10 s.
-    let delivering = FakeSensor::deliver(&ingest, "node-o", 200, base);
+    let delivering = FakeSensor::deliver(ingest, "node-o", 200, base);
     let restart = async {
         let _ = outage.await;
         nats.restart();
@@ -451,12 +451,12 @@ async fn an_ingest_relay_killed_mid_workload_hands_its_sensors_to_the_other() {
     let url = nats.url();
     let relays = relays_on(&url, "backbone-handover", &["ingest", "ingest", "query"], &[]).await;
     let [doomed, other, query] = &relays[..] else { unreachable!() };
-    let mut stream = subscribe(&query, GetEventsRequest::default()).await;
+    let mut stream = subscribe(query, GetEventsRequest::default()).await;
     let base = now_ns();
     let nodes = ["node-k1", "node-k2"];
     let mut sensors = Vec::new();
     for node in nodes {
-        sensors.push(FakeSensor::connect(&doomed, node).await.0);
+        sensors.push(FakeSensor::connect(doomed, node).await.0);
     }
     for batch in 0..5u64 {
         for s in &mut sensors {
@@ -470,7 +470,7 @@ async fn an_ingest_relay_killed_mid_workload_hands_its_sensors_to_the_other() {
     doomed.stop();
     let _ = sending.await;
     for node in nodes {
-        FakeSensor::deliver(&other, node, 100, base).await;
+        FakeSensor::deliver(other, node, 100, base).await;
     }
     let mut seen = Vec::new();
     let counts =
@@ -487,16 +487,16 @@ async fn a_nats_server_of_three_killed_mid_workload_loses_and_repeats_nothing() 
     let (servers, url) = nats::cluster("vigil-c", 3);
     let relays = relays_on(&url, "backbone-cluster", &["ingest", "query"], &["--backbone-replicas", "3"]).await;
     let [ingest, query] = &relays[..] else { unreachable!() };
-    let mut stream = subscribe(&query, GetEventsRequest::default()).await;
+    let mut stream = subscribe(query, GetEventsRequest::default()).await;
     let base = now_ns();
-    let (mut sensor, _) = FakeSensor::connect(&ingest, "node-c").await;
+    let (mut sensor, _) = FakeSensor::connect(ingest, "node-c").await;
     for batch in 0..5u64 {
         sensor.send(batch * 10 + 1..=batch * 10 + 10, base).await;
     }
     // The first server (the one each relay dials first) goes; the stream's
     // other two copies carry on.
     servers[0].stop();
-    FakeSensor::deliver(&ingest, "node-c", 100, base).await;
+    FakeSensor::deliver(ingest, "node-c", 100, base).await;
     let mut seen = Vec::new();
     let counts = read_until(&mut stream, &mut seen, |c| c.contains_key("m-node-c-100")).await;
     let want: BTreeMap<String, usize> = (1..=100).map(|seq| (format!("m-node-c-{seq}"), 1)).collect();
