@@ -8,7 +8,7 @@ pub mod service_monitor;
 
 use std::path::Path;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodSpec, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -31,6 +31,7 @@ pub enum Object {
     Job(Job),
     DaemonSet(DaemonSet),
     Deployment(Deployment),
+    StatefulSet(StatefulSet),
     Service(Service),
     ServiceMonitor(service_monitor::ServiceMonitor),
     CustomResourceDefinition(CustomResourceDefinition),
@@ -105,6 +106,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Object>, ManifestError> {
             "Job" => Object::Job(typed(file, &value)?),
             "DaemonSet" => Object::DaemonSet(typed(file, &value)?),
             "Deployment" => Object::Deployment(typed(file, &value)?),
+            "StatefulSet" => Object::StatefulSet(typed(file, &value)?),
             "Service" => Object::Service(typed(file, &value)?),
             "ServiceMonitor" => Object::ServiceMonitor(typed(file, &value)?),
             "CustomResourceDefinition" => Object::CustomResourceDefinition(typed(file, &value)?),
@@ -138,8 +140,62 @@ pub fn pod_spec(o: &Object) -> Option<&PodSpec> {
     match o {
         Object::DaemonSet(d) => d.spec.template.spec.as_ref(),
         Object::Deployment(d) => d.spec.template.spec.as_ref(),
+        Object::StatefulSet(s) => s.spec.template.spec.as_ref(),
         Object::Job(j) => j.spec.as_ref()?.template.spec.as_ref(),
         _ => None,
+    }
+}
+
+impl Object {
+    /// The object's name.
+    pub fn name(&self) -> String {
+        let meta = match self {
+            Object::Namespace(x) => &x.metadata,
+            Object::ServiceAccount(x) => &x.metadata,
+            Object::ClusterRole(x) => &x.metadata,
+            Object::ClusterRoleBinding(x) => &x.metadata,
+            Object::Role(x) => &x.metadata,
+            Object::RoleBinding(x) => &x.metadata,
+            Object::ConfigMap(x) => &x.metadata,
+            Object::Job(x) => &x.metadata,
+            Object::DaemonSet(x) => &x.metadata,
+            Object::Deployment(x) => &x.metadata,
+            Object::StatefulSet(x) => &x.metadata,
+            Object::Service(x) => &x.metadata,
+            Object::ServiceMonitor(x) => &x.metadata,
+            Object::CustomResourceDefinition(x) => &x.metadata,
+        };
+        meta.name.clone().unwrap_or_default()
+    }
+
+    /// A workload's pod template labels.
+    pub fn template_labels(&self) -> Option<std::collections::BTreeMap<String, String>> {
+        match self {
+            Object::DaemonSet(d) => d.spec.template.metadata.as_ref()?.labels.clone(),
+            Object::Deployment(d) => d.spec.template.metadata.as_ref()?.labels.clone(),
+            Object::StatefulSet(s) => s.spec.template.metadata.as_ref()?.labels.clone(),
+            _ => None,
+        }
+    }
+
+    /// Which kind it is, as manifests spell it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Namespace(_) => "Namespace",
+            Object::ServiceAccount(_) => "ServiceAccount",
+            Object::ClusterRole(_) => "ClusterRole",
+            Object::ClusterRoleBinding(_) => "ClusterRoleBinding",
+            Object::Role(_) => "Role",
+            Object::RoleBinding(_) => "RoleBinding",
+            Object::ConfigMap(_) => "ConfigMap",
+            Object::Job(_) => "Job",
+            Object::DaemonSet(_) => "DaemonSet",
+            Object::Deployment(_) => "Deployment",
+            Object::StatefulSet(_) => "StatefulSet",
+            Object::Service(_) => "Service",
+            Object::ServiceMonitor(_) => "ServiceMonitor",
+            Object::CustomResourceDefinition(_) => "CustomResourceDefinition",
+        }
     }
 }
 

@@ -12,30 +12,11 @@ fn objects() -> Vec<(String, Object)> {
 }
 
 fn name_of(o: &Object) -> String {
-    let meta = match o {
-        Object::Namespace(x) => &x.metadata,
-        Object::ServiceAccount(x) => &x.metadata,
-        Object::ClusterRole(x) => &x.metadata,
-        Object::ClusterRoleBinding(x) => &x.metadata,
-        Object::Role(x) => &x.metadata,
-        Object::RoleBinding(x) => &x.metadata,
-        Object::ConfigMap(x) => &x.metadata,
-        Object::Job(x) => &x.metadata,
-        Object::DaemonSet(x) => &x.metadata,
-        Object::Deployment(x) => &x.metadata,
-        Object::Service(x) => &x.metadata,
-        Object::ServiceMonitor(x) => &x.metadata,
-        Object::CustomResourceDefinition(x) => &x.metadata,
-    };
-    meta.name.clone().unwrap_or_default()
+    o.name()
 }
 
 fn template_labels(o: &Object) -> Option<BTreeMap<String, String>> {
-    match o {
-        Object::DaemonSet(d) => d.spec.template.metadata.as_ref()?.labels.clone(),
-        Object::Deployment(d) => d.spec.template.metadata.as_ref()?.labels.clone(),
-        _ => None,
-    }
+    o.template_labels()
 }
 
 /// Secrets the certificate job creates: vigil-<role>-tls for each role in its loop.
