@@ -12,6 +12,11 @@ use policy::select::{Mode, mode_of};
 /// `sys_enter_unlinkat` with dfd (int32), pathname (string), flag (int32
 /// here unless `flag_type` says otherwise), and `selectors`.
 fn unlinkat(flag_type: &str, selectors: &str) -> String {
+    unlinkat_typed("int32", flag_type, selectors)
+}
+
+/// As [`unlinkat`], with dfd read as `dfd_type` (`fd`: its file's path).
+fn unlinkat_typed(dfd_type: &str, flag_type: &str, selectors: &str) -> String {
     format!(
         "apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
@@ -23,7 +28,7 @@ spec:
     event: sys_enter_unlinkat
     args:
     - index: 5
-      type: int32
+      type: {dfd_type}
     - index: 6
       type: string
     - index: 7
@@ -325,22 +330,8 @@ fn socket_operators_become_port_ranges_networks_and_numbers() {
 #[test]
 fn path_filters_compare_the_path_root_first_and_refuse_integer_operators() {
     let text = |operator: &str| {
-        format!(
-            "apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: t
-spec:
-  tracepoints:
-  - subsystem: syscalls
-    event: sys_enter_unlinkat
-    args:
-    - index: 5
-      type: fd
-    - index: 6
-      type: string
-    selectors:
-    - matchArgs:
+        let selectors = format!(
+            "    - matchArgs:
       - index: 6
         operator: Postfix
         values: [\".log\"]
@@ -348,7 +339,8 @@ spec:
         operator: {operator}
         values: [\"/etc\"]
 "
-        )
+        );
+        unlinkat_typed("fd", "int32", &selectors)
     };
     let c = compiled(&text("Prefix")).unwrap();
     let s = &c.tracepoints[0].selectors;
