@@ -27,6 +27,10 @@ use proto::vigil::relay::v1::{
 use tokio::sync::mpsc;
 use tonic::Streaming;
 
+/// A stream of 256 MiB: what the default (10 GiB) asks of JetStream's
+/// storage is more than a test machine's disk may have free.
+const SMALL: [&str; 2] = ["--backbone-max-mib", "256"];
+
 /// A test sensor on one ingest stream.
 struct FakeSensor {
     tx: mpsc::Sender<IngestMessage>,
@@ -132,6 +136,7 @@ async fn relays_on(url: &str, test: &str, roles: &[&str], extra: &[&str]) -> Vec
         .iter()
         .map(|role| {
             let mut args = vec!["--backbone", url, "--backbone-role", role];
+            args.extend_from_slice(&SMALL);
             args.extend_from_slice(extra);
             Relay::spawn(dir.clone(), &args)
         })
@@ -277,7 +282,7 @@ async fn a_query_only_relay_refuses_sensors_and_an_ingest_relay_publishes_only()
     let nats = Nats::start("roles");
     let url = nats.url();
     let dir = cert_dir("backbone-roles");
-    let query = Relay::spawn(dir.clone(), &["--backbone", &url, "--backbone-role", "query"]);
+    let query = Relay::spawn(dir.clone(), &["--backbone", &url, "--backbone-role", "query", SMALL[0], SMALL[1]]);
     assert!(query.serving_within(Duration::from_secs(30)).await, "{}", query.log());
     let (tx, rx) = mpsc::channel(1);
     tx.send(IngestMessage { msg: Some(ingest_message::Msg::Hello(hello("node-q"))) }).await.unwrap();
@@ -301,11 +306,11 @@ async fn a_backbone_that_does_not_answer_or_a_stream_set_otherwise_stops_start_u
     assert!(!status.success());
     assert!(log.contains("--backbone: the backbone at nats://127.0.0.1:1 does not answer"), "{log}");
 
-    // A stream made with 10 GiB, asked for with 5 MiB: reported, kept.
+    // A stream made with 256 MiB, asked for with 5 MiB: reported, kept.
     let nats = Nats::start("settings");
     let url = nats.url();
     let dir = cert_dir("backbone-settings");
-    let first = Relay::spawn(dir.clone(), &["--backbone", &url]);
+    let first = Relay::spawn(dir.clone(), &["--backbone", &url, SMALL[0], SMALL[1]]);
     assert!(first.serving_within(Duration::from_secs(30)).await, "{}", first.log());
     first.stop();
     let second =
@@ -314,14 +319,20 @@ async fn a_backbone_that_does_not_answer_or_a_stream_set_otherwise_stops_start_u
     assert!(!status.success());
     assert!(
         log.contains(
-            "stream VIGIL_EVENTS exists with other settings (max_bytes 10737418240, wanted 5242880); it is not \
-             changed"
+            "stream VIGIL_EVENTS exists with other settings (max_bytes 268435456, wanted 5242880); it is not changed"
         ),
         "{log}"
     );
     // The first's settings still stand: it starts again.
-    let third = Relay::spawn(dir, &["--backbone", &url]);
+    let third = Relay::spawn(dir, &["--backbone", &url, SMALL[0], SMALL[1]]);
     assert!(third.serving_within(Duration::from_secs(30)).await, "{}", third.log());
+    // A stream larger than the server can store: said, with the flags.
+    let huge = ["--backbone", &url, "--backbone-stream", "HUGE", "--backbone-max-mib", "1000000000"];
+    let refused = Relay::spawn(cert_dir("backbone-huge"), &huge);
+    let (status, log) = refused.exit_within(Duration::from_secs(30)).expect("the relay gives up");
+    assert!(!status.success());
+    assert!(log.contains("stream HUGE: jetstream error: insufficient storage resources available"), "{log}");
+    assert!(log.contains("cannot hold --backbone-max-mib 1000000000 × --backbone-replicas 1"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +401,8 @@ async fn a_client_resumes_exactly_once_on_a_new_query_relay_and_since_reads_the_
     first.stop();
     drop(stream);
     sensor.send(101..=200, base).await;
-    let second = Relay::spawn(ingest.dir.clone(), &["--backbone", &url, "--backbone-role", "query"]);
+    let second =
+        Relay::spawn(ingest.dir.clone(), &["--backbone", &url, "--backbone-role", "query", SMALL[0], SMALL[1]]);
     assert!(second.serving_within(Duration::from_secs(30)).await, "{}", second.log());
     let resume = GetEventsRequest { resume: Some(tracker.resume_from()), ..Default::default() };
     let mut resumed = subscribe(&second, resume).await;

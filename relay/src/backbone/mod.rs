@@ -241,6 +241,17 @@ async fn ensure_stream(
             {
                 match js.create_stream(want.clone()).await {
                     Ok(stream) => Ok(stream),
+                    Err(created) if created.to_string().contains("insufficient storage") => {
+                        Err(BackboneError::Stream {
+                            stream: name.clone(),
+                            reason: format!(
+                                "{created} (the servers' JetStream storage cannot hold --backbone-max-mib {} \
+                                 × --backbone-replicas {})",
+                                settings.max_bytes >> 20,
+                                settings.replicas
+                            ),
+                        })
+                    }
                     // Another relay starting at once made it first.
                     Err(created) => match js.get_stream(&name).await {
                         Ok(stream) => checked(stream).await,
