@@ -3,7 +3,11 @@
 //! events/s merged and delivered, end-to-end latency percentiles, relay
 //! CPU and RSS, and loss. Ratios and rates from one run, not a timed test.
 //!
-//! `cargo bench -p relay --bench relay_throughput [-- EVENTS_PER_NODE [RATE [CLIENTS]] [--operations]]`
+//! `cargo bench -p relay --bench relay_throughput [-- EVENTS_PER_NODE [RATE [CLIENTS]] [--operations] [--backbone]]`
+//! With `--backbone` the same load runs twice: through one relay, then
+//! through two ingest relays, a NATS JetStream server (Debian's, replicas
+//! 1) and a query relay, the ratios of the two printed last.
+//!
 //! With RATE (events/s over all nodes; 0 for none) the senders are paced,
 //! to measure latency and loss below capacity; without it they send flat
 //! out. CLIENTS defaults to 4. `--operations` runs the relay with
@@ -40,6 +44,9 @@ use proto::tetragon::{
 };
 use proto::vigil::relay::v1::{Batch, Hello, IngestMessage, SequencedEvent, ingest_message};
 use serving::address::ServerAddress;
+
+#[path = "../tests/support/nats.rs"]
+mod nats;
 
 const NODES: usize = 8;
 const DEFAULT_CLIENTS: u64 = 4;
@@ -86,6 +93,24 @@ fn event(node: &str, i: u64) -> GetEventsResponse {
     }
 }
 
+/// The host's CPU, as absolute figures need beside them.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, m)| m.trim().to_owned()))
+        .unwrap_or_else(|| "an unknown CPU".into())
+}
+
+/// `nats-server --version`'s answer.
+fn nats_version() -> String {
+    std::process::Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().trim_start_matches("nats-server: ").to_owned())
+        .unwrap_or_default()
+}
+
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -101,27 +126,81 @@ fn status_kib(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Where the bench's events go through.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// One relay: sensors and clients on it.
+    Embedded,
+    /// Two ingest relays (half the sensors each) publish to a NATS
+    /// JetStream server, one query relay serves the clients from it.
+    Backbone,
+}
+
+/// One run's figures.
+struct Figures {
+    elapsed: Duration,
+    p99_ms: f64,
+}
+
 fn main() {
     let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let per_node: u64 = args.first().copied().unwrap_or(100_000);
     let rate: Option<u64> = args.get(1).copied().filter(|r| *r > 0);
     let clients_n = args.get(2).copied().unwrap_or(DEFAULT_CLIENTS).max(1);
-    let total = per_node * NODES as u64;
     let operations = std::env::args().any(|a| a == "--operations");
-    let dir = std::env::temp_dir().join(format!("vigil-relay-bench-{}", std::process::id()));
-    tls::generate(&dir, &[], 2).expect("certs");
-    let export = dir.join("export.jsonl").display().to_string();
-    let ops_flags: Vec<&str> =
-        if operations { vec!["--metrics-address", "127.0.0.1:0", "--export-filename", &export] } else { vec![] };
-    // Port 0: the relay logs the ports it bound.
-    let relay = test_support::daemon::Daemon::spawn(
+    let backbone = std::env::args().any(|a| a == "--backbone");
+    let embedded = run(Mode::Embedded, per_node, rate, clients_n, operations);
+    if backbone {
+        if let Some(reason) = nats::skip_reason() {
+            eprintln!("relay_throughput: no backbone run: {reason}");
+            std::process::exit(1);
+        }
+        let b = run(Mode::Backbone, per_node, rate, clients_n, operations);
+        println!(
+            "backbone vs embedded, this run: merged rate ×{:.2}, p99 latency ×{:.2}",
+            embedded.elapsed.as_secs_f64() / b.elapsed.as_secs_f64(),
+            b.p99_ms / embedded.p99_ms.max(0.001)
+        );
+    }
+}
+
+/// A relay on `dir`'s certificates with `extra` flags (port 0: it logs the
+/// ports it bound).
+fn relay(dir: &std::path::Path, extra: &[&str]) -> test_support::daemon::Daemon {
+    test_support::daemon::Daemon::spawn(
         std::process::Command::new(env!("CARGO_BIN_EXE_vigil-relay"))
             .args(["--tls-dir", &dir.display().to_string()])
             .args(["--client-address", "127.0.0.1:0", "--ingest-address", "127.0.0.1:0"])
             .args(["--log-level", "warn,serving::listen=info"])
-            .args(&ops_flags),
-    );
+            .args(extra),
+    )
+}
+
+fn run(mode: Mode, per_node: u64, rate: Option<u64>, clients_n: u64, operations: bool) -> Figures {
+    let total = per_node * NODES as u64;
+    let dir = std::env::temp_dir().join(format!("vigil-relay-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    tls::generate(&dir, &[], 2).expect("certs");
+    let export = dir.join("export.jsonl").display().to_string();
+    let ops_flags: Vec<&str> =
+        if operations { vec!["--metrics-address", "127.0.0.1:0", "--export-filename", &export] } else { vec![] };
+    // The relay clients read from, and those sensors stream to (with the
+    // NATS server between them in backbone mode).
+    let nats_server = (mode == Mode::Backbone).then(|| nats::Nats::start("bench"));
+    let url = nats_server.as_ref().map(nats::Nats::url).unwrap_or_default();
+    let (relay, ingest_relays) = match mode {
+        Mode::Embedded => (relay(&dir, &ops_flags), Vec::new()),
+        Mode::Backbone => {
+            let mut query_flags = vec!["--backbone", url.as_str(), "--backbone-role", "query"];
+            query_flags.extend_from_slice(&ops_flags);
+            let ingest = ["--backbone", url.as_str(), "--backbone-role", "ingest"];
+            (relay(&dir, &query_flags), vec![relay(&dir, &ingest), relay(&dir, &ingest)])
+        }
+    };
     let relay_pid = relay.id();
+    let mut pids = vec![relay_pid];
+    pids.extend(ingest_relays.iter().map(|r| r.id()));
+    pids.extend(nats_server.as_ref().map(|n| n.daemon.id()));
     // A scraper as Prometheus would be, only more often.
     let scraping = Arc::new(std::sync::atomic::AtomicBool::new(operations));
     if operations {
@@ -135,7 +214,13 @@ fn main() {
             }
         });
     }
-    let (client_port, ingest_port) = (relay.listening("clients").port(), relay.listening("ingest").port());
+    let client_port = relay.listening("clients").port();
+    // Sensors stream to the ingest relays in turn (backbone), or to the one.
+    let ingest_ports: Vec<u16> = if ingest_relays.is_empty() {
+        vec![relay.listening("ingest").port()]
+    } else {
+        ingest_relays.iter().map(|r| r.listening("ingest").port()).collect()
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let client_tls =
         tls::client_config(&dir.join("ca.pem"), &dir.join("client.pem"), &dir.join("client-key.pem"), "localhost")
@@ -144,9 +229,10 @@ fn main() {
         tls::client_config(&dir.join("ca.pem"), &dir.join("sensor.pem"), &dir.join("sensor-key.pem"), "localhost")
             .unwrap();
     let client_addr: ServerAddress = format!("localhost:{client_port}").parse().unwrap();
-    let ingest_addr: ServerAddress = format!("localhost:{ingest_port}").parse().unwrap();
+    let ingest_addrs: Vec<ServerAddress> =
+        ingest_ports.iter().map(|p| format!("localhost:{p}").parse().unwrap()).collect();
 
-    rt.block_on(async {
+    let figures = rt.block_on(async {
         // Wait for the relay.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -239,12 +325,13 @@ fn main() {
         };
         assert_eq!(IngestMessage::decode(check).unwrap(), expect, "batch encoding");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let cpu_before = cpu_seconds(relay_pid);
+        let cpu_of = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+        let cpu_before = cpu_of(&pids);
         let own_cpu_before = cpu_seconds(std::process::id());
         let start = Instant::now();
         let mut sensors = Vec::new();
         for (k, events) in prepared.into_iter().enumerate() {
-            let ch = ingest_addr.connect_tls(sensor_tls.clone()).await.unwrap();
+            let ch = ingest_addrs[k % ingest_addrs.len()].connect_tls(sensor_tls.clone()).await.unwrap();
             sensors.push(tokio::spawn(async move {
                 let (tx, rx) = tokio::sync::mpsc::channel(8);
                 let hello = Hello { node_name: format!("bench-node-{k}"), boot_id: format!("boot-{k}"), sensor_version: "bench".into(), instance_id: format!("bench-{k}"), replay_buffer_size: 0 };
@@ -278,7 +365,7 @@ fn main() {
         for s in sensors {
             s.abort();
         }
-        let cpu = cpu_seconds(relay_pid) - cpu_before;
+        let cpu = cpu_of(&pids) - cpu_before;
         let own_cpu = cpu_seconds(std::process::id()) - own_cpu_before;
         latencies.sort_unstable();
         let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
@@ -318,18 +405,31 @@ fn main() {
             (get("tetragon_events_exported_total"), get("vigil_relay_export_dropped_total"))
         });
         let ops = if operations { ", with metrics (scraped each second) and an export file" } else { "" };
-        println!("relay_throughput: {NODES} synthetic sensors × {per_node} events over mTLS ({pacing}), {clients_n} mTLS clients, reorder window 100 ms{ops}");
+        let path = match mode {
+            Mode::Embedded => "one relay".to_owned(),
+            Mode::Backbone => format!("backbone: 2 ingest relays -> NATS JetStream {} (replicas 1) -> a query relay", nats_version()),
+        };
+        println!("relay_throughput ({path}): {NODES} synthetic sensors × {per_node} events over mTLS ({pacing}), {clients_n} mTLS clients, reorder window 100 ms{ops}, on {}", cpu_model());
         println!("  merged:     {:>10.0} events/s ({total} events in {:.2} s)", total as f64 / elapsed.as_secs_f64(), elapsed.as_secs_f64());
         println!("  delivered:  {:>10.0} events/s to all clients together ({delivered} of {} expected)", delivered as f64 / elapsed.as_secs_f64(), total * clients_n);
         println!("  lost:       {lost_n} (reported to clients as rate_limit_info)");
         println!("  checked:    every client accounted for all {total} events (received or reported lost){}", rate.map_or(String::new(), |r| format!("; the run took no less than {r}/s allows")));
         println!("  latency:    p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (event time to client)", pct(0.5) as f64 / 1000.0, pct(0.99) as f64 / 1000.0, latencies.last().copied().unwrap_or(0) as f64 / 1000.0);
-        println!("  relay:      {cpu:.2} s CPU ({:.2} µs per merged event), RSS {} KiB, peak {} KiB", cpu * 1e6 / total as f64, status_kib(relay_pid, "VmRSS:"), status_kib(relay_pid, "VmHWM:"));
+        let rss: u64 = pids.iter().map(|p| status_kib(*p, "VmRSS:")).sum();
+        let peak: u64 = pids.iter().map(|p| status_kib(*p, "VmHWM:")).sum();
+        let who = if pids.len() > 1 { "relays+NATS" } else { "relay" };
+        println!("  {who}: {cpu:.2} s CPU ({:.2} µs per merged event), RSS {rss} KiB, peak {peak} KiB", cpu * 1e6 / total as f64);
         if let Some((written, dropped)) = exported {
             println!("  export:     {written} events written to the file by now, {dropped} dropped (writer behind)");
         }
         println!("  load:       {own_cpu:.2} s CPU for the benchmark's own {NODES} senders and {clients_n} receivers, on the same 2 cores as the relay");
+        Figures { elapsed, p99_ms: pct(0.99) as f64 / 1000.0 }
     });
     relay.stop();
+    for r in &ingest_relays {
+        r.stop();
+    }
+    drop(nats_server);
     let _ = std::fs::remove_dir_all(&dir);
+    figures
 }
