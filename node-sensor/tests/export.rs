@@ -85,7 +85,7 @@ async fn a_reader_following_the_file_by_name_reads_every_event_once_across_rotat
 
     // About 3.5 MB of events: each marked exec and its exit, numbered.
     let marked = dir.join("marked-true");
-    std::fs::copy("/bin/true", &marked).unwrap();
+    test_support::copy_executable("/bin/true", &marked);
     let count = 2500;
     let script = format!("i=0; while [ $i -lt {count} ]; do {} m-$i; i=$((i+1)); done", marked.display());
     assert!(Command::new("/bin/sh").args(["-c", &script]).status().unwrap().success());

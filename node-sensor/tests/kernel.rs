@@ -260,7 +260,7 @@ async fn ancestors_reach_init_and_serve_the_ancestor_filter() {
     let dir = std::env::temp_dir().join(format!("vigil-anc-{}", nonce()));
     std::fs::create_dir_all(&dir).unwrap();
     let outer = dir.join("outer-sh");
-    std::fs::copy("/bin/sh", &outer).unwrap();
+    test_support::copy_executable("/bin/sh", &outer);
     let outer_path = outer.display().to_string();
     let by_grandparent = GetEventsRequest {
         allow_list: vec![Filter {
@@ -369,7 +369,7 @@ async fn relative_binary_paths_are_cleaned() {
     let n = nonce();
     let dir = std::env::temp_dir().join(format!("vigil-rel-{n}"));
     std::fs::create_dir_all(dir.join("sub")).unwrap();
-    std::fs::copy("/bin/true", dir.join("rel-true")).unwrap();
+    test_support::copy_executable("/bin/true", dir.join("rel-true"));
     let sensor = Sensor::start(&[]).await;
     let mut c = Collector::subscribe(&sensor, all_events()).await;
     let mark = format!("vigil-rel-{n}");

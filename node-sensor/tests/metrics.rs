@@ -22,7 +22,7 @@ async fn a_marked_workload_raises_the_event_counters_by_exactly_its_execs_and_ex
     let dir = std::env::temp_dir().join(format!("vigil-metrics-{}", nonce()));
     std::fs::create_dir_all(&dir).unwrap();
     let marked = dir.join("marked-true");
-    std::fs::copy("/bin/true", &marked).unwrap();
+    test_support::copy_executable("/bin/true", &marked);
     let marked = marked.display().to_string();
 
     let (status, before) = http(&address, "GET", "/metrics");
@@ -33,7 +33,7 @@ async fn a_marked_workload_raises_the_event_counters_by_exactly_its_execs_and_ex
     }
     // A fence: once its exec is counted, every earlier event is.
     let fence = dir.join("fence-true");
-    std::fs::copy("/bin/true", &fence).unwrap();
+    test_support::copy_executable("/bin/true", &fence);
     assert!(Command::new(&fence).status().unwrap().success());
     let fence = fence.display().to_string();
     let deadline = Instant::now() + Duration::from_secs(20);

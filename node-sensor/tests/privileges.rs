@@ -184,7 +184,7 @@ async fn setuid_root_binary_raises_privileges() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let suid = dir.join("sleep");
-    std::fs::copy("/bin/sleep", &suid).unwrap();
+    test_support::copy_executable("/bin/sleep", &suid);
     std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
 
     let sensor = Sensor::start(FLAGS).await;
@@ -223,8 +223,7 @@ async fn deleted_and_memfd_binaries_are_named_by_inode() {
 
     // A binary deleted before it runs: run through its open descriptor.
     let path = std::env::temp_dir().join(format!("vigil-deleted-{n}"));
-    std::fs::write(&path, &true_bin).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    test_support::copy_executable("/bin/true", &path);
     let deleted = std::fs::File::open(&path).unwrap();
     std::fs::remove_file(&path).unwrap();
     let deleted_ino = deleted.metadata().unwrap().ino();

@@ -253,7 +253,7 @@ async fn binaries_and_pids_select_who_unlinks_including_processes_older_than_the
     let tools = dir.join("tools");
     std::fs::create_dir_all(&tools).unwrap();
     let copy = tools.join("rm2");
-    std::fs::copy("/bin/rm", &copy).unwrap();
+    test_support::copy_executable("/bin/rm", &copy);
     let tools_prefix = format!("{}/", tools.display());
 
     let binaries = |op: &str, values: &[&str]| {
@@ -537,7 +537,7 @@ async fn follow_forks_and_follow_children_reach_down_a_fork_chain() {
     let d = dir.display().to_string();
     // A shell of its own path, whose descendants followChildren follows.
     let sh2 = tools.join("sh2");
-    std::fs::copy("/bin/sh", &sh2).unwrap();
+    test_support::copy_executable("/bin/sh", &sh2);
     let sh2 = sh2.display().to_string();
     let sensor = Sensor::start(&[]).await;
     let mut c = Collector::subscribe(&sensor, request()).await;
@@ -650,7 +650,7 @@ async fn changes_since_exec_and_the_parents_binary_select_who_unlinks() {
     let d = dir.display().to_string();
     let changer = common::build_test_program(&dir.join("bin"), "changer");
     let sh2 = dir.join("bin/sh2");
-    std::fs::copy("/bin/sh", &sh2).unwrap();
+    test_support::copy_executable("/bin/sh", &sh2);
     let sh2 = sh2.display().to_string();
     let sensor = Sensor::start(&[]).await;
     let mut c = Collector::subscribe(&sensor, request()).await;

@@ -27,7 +27,7 @@ fn binary_at_length(root: &Path, len: usize) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     let name = "t".repeat(len - dir.as_os_str().len() - 1);
     let path = dir.join(name);
-    std::fs::copy("/bin/true", &path).unwrap();
+    test_support::copy_executable("/bin/true", &path);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     assert_eq!(path.as_os_str().len(), len);
     path
@@ -133,7 +133,7 @@ async fn bytes_that_are_not_utf8_are_flagged() {
     let mut name = format!("vigil-bad-{n}-").into_bytes();
     name.push(0xff);
     let binary = std::env::temp_dir().join(OsStr::from_bytes(&name));
-    std::fs::copy("/bin/true", &binary).unwrap();
+    test_support::copy_executable("/bin/true", &binary);
     std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
     let sensor = Sensor::start(&[]).await;
     let mut c = Collector::subscribe(&sensor, GetEventsRequest::default()).await;

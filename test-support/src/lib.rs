@@ -97,3 +97,14 @@ pub fn workspace_bin(own_binary: &str, name: &str) -> std::path::PathBuf {
     }
     Path::new(own_binary).with_file_name(name)
 }
+
+/// Copies an executable to `to` for a test to run, through `cp`: the
+/// copy's write descriptor then only ever exists in `cp`. Written from the
+/// test process, a fork by another test's thread could inherit it until
+/// that child's exec, and running the copy meanwhile fails with "Text file
+/// busy" (ETXTBSY; CI run 53).
+pub fn copy_executable(from: impl AsRef<std::path::Path>, to: impl AsRef<std::path::Path>) {
+    let (from, to) = (from.as_ref(), to.as_ref());
+    let status = std::process::Command::new("cp").arg(from).arg(to).status().expect("run cp");
+    assert!(status.success(), "cp {} {}: {status}", from.display(), to.display());
+}
