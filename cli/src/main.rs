@@ -37,8 +37,9 @@ async fn get_events(cli: &Cli, args: &GetEventsArgs) -> anyhow::Result<()> {
 fn print_nodes(r: &proto::vigil::relay::v1::ListNodesResponse) {
     if let Some(b) = &r.backbone {
         println!(
-            "backbone: {} stream {} ({}): consumed {} events, {} malformed skipped, at stream sequence {}",
-            b.url, b.stream, b.role, b.consumed, b.malformed, b.position
+            "backbone: {} stream {} ({}): consumed {} events, {} malformed messages and {} duplicate events skipped, at \
+             stream sequence {}",
+            b.url, b.stream, b.role, b.consumed, b.malformed, b.duplicates, b.position
         );
     }
     println!(

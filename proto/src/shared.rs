@@ -39,6 +39,12 @@ impl SharedEvent {
         SharedEvent { event, encoded: OnceLock::new(), resume: OnceLock::new() }
     }
 
+    /// With its encoding already made (as read off the wire): `encoded`
+    /// must be the event's encoding, without resume positions.
+    pub fn with_encoded(event: Box<GetEventsResponse>, encoded: Bytes) -> Self {
+        SharedEvent { event, encoded: OnceLock::from(encoded), resume: OnceLock::new() }
+    }
+
     pub fn event(&self) -> &GetEventsResponse {
         &self.event
     }

@@ -4,9 +4,11 @@
 //! CPU and RSS, and loss. Ratios and rates from one run, not a timed test.
 //!
 //! `cargo bench -p relay --bench relay_throughput [-- EVENTS_PER_NODE [RATE [CLIENTS]] [--operations] [--backbone]]`
-//! With `--backbone` the same load runs twice: through one relay, then
-//! through two ingest relays, a NATS JetStream server (Debian's, replicas
-//! 1) and a query relay, the ratios of the two printed last.
+//! With `--backbone` the same load runs three times: through one relay,
+//! then through two ingest relays, NATS JetStream (Debian's) and a query
+//! relay, once on one server with stream replicas 1 and once on a cluster
+//! of three with replicas 3, each backbone run's ratios to the first
+//! printed last.
 //!
 //! With RATE (events/s over all nodes; 0 for none) the senders are paced,
 //! to measure latency and loss below capacity; without it they send flat
@@ -131,9 +133,11 @@ fn status_kib(pid: u32, key: &str) -> u64 {
 enum Mode {
     /// One relay: sensors and clients on it.
     Embedded,
-    /// Two ingest relays (half the sensors each) publish to a NATS
-    /// JetStream server, one query relay serves the clients from it.
-    Backbone,
+    /// Two ingest relays (half the sensors each) publish to NATS
+    /// JetStream (one server with stream replicas 1, or a cluster of that
+    /// many with as many replicas), one query relay serves the clients
+    /// from it.
+    Backbone { replicas: usize },
 }
 
 /// One run's figures.
@@ -155,12 +159,17 @@ fn main() {
             eprintln!("relay_throughput: no backbone run: {reason}");
             std::process::exit(1);
         }
-        let b = run(Mode::Backbone, per_node, rate, clients_n, operations);
-        println!(
-            "backbone vs embedded, this run: merged rate ×{:.2}, p99 latency ×{:.2}",
-            embedded.elapsed.as_secs_f64() / b.elapsed.as_secs_f64(),
-            b.p99_ms / embedded.p99_ms.max(0.001)
-        );
+        let runs: Vec<(usize, Figures)> = [1, 3]
+            .into_iter()
+            .map(|r| (r, run(Mode::Backbone { replicas: r }, per_node, rate, clients_n, operations)))
+            .collect();
+        for (replicas, b) in runs {
+            println!(
+                "backbone (replicas {replicas}) vs embedded, this run: merged rate ×{:.2}, p99 latency ×{:.2}",
+                embedded.elapsed.as_secs_f64() / b.elapsed.as_secs_f64(),
+                b.p99_ms / embedded.p99_ms.max(0.001)
+            );
+        }
     }
 }
 
@@ -186,21 +195,35 @@ fn run(mode: Mode, per_node: u64, rate: Option<u64>, clients_n: u64, operations:
         if operations { vec!["--metrics-address", "127.0.0.1:0", "--export-filename", &export] } else { vec![] };
     // The relay clients read from, and those sensors stream to (with the
     // NATS server between them in backbone mode).
-    let nats_server = (mode == Mode::Backbone).then(|| nats::Nats::start("bench"));
-    let url = nats_server.as_ref().map(nats::Nats::url).unwrap_or_default();
+    let (nats_servers, url) = match mode {
+        Mode::Embedded => (Vec::new(), String::new()),
+        Mode::Backbone { replicas: 1 } => {
+            let one = nats::Nats::start("bench");
+            let url = one.url();
+            (vec![one], url)
+        }
+        Mode::Backbone { replicas } => nats::cluster("bench", replicas),
+    };
+    let replicas = match mode {
+        Mode::Backbone { replicas } => replicas.to_string(),
+        Mode::Embedded => String::new(),
+    };
     let (relay, ingest_relays) = match mode {
         Mode::Embedded => (relay(&dir, &ops_flags), Vec::new()),
-        Mode::Backbone => {
+        Mode::Backbone { .. } => {
+            let stream = ["--backbone-replicas", replicas.as_str(), "--backbone-max-mib", "1024"];
             let mut query_flags = vec!["--backbone", url.as_str(), "--backbone-role", "query"];
+            query_flags.extend_from_slice(&stream);
             query_flags.extend_from_slice(&ops_flags);
-            let ingest = ["--backbone", url.as_str(), "--backbone-role", "ingest"];
+            let mut ingest = vec!["--backbone", url.as_str(), "--backbone-role", "ingest"];
+            ingest.extend_from_slice(&stream);
             (relay(&dir, &query_flags), vec![relay(&dir, &ingest), relay(&dir, &ingest)])
         }
     };
     let relay_pid = relay.id();
     let mut pids = vec![relay_pid];
     pids.extend(ingest_relays.iter().map(|r| r.id()));
-    pids.extend(nats_server.as_ref().map(|n| n.daemon.id()));
+    pids.extend(nats_servers.iter().map(|n| n.daemon.id()));
     // A scraper as Prometheus would be, only more often.
     let scraping = Arc::new(std::sync::atomic::AtomicBool::new(operations));
     if operations {
@@ -407,7 +430,10 @@ fn run(mode: Mode, per_node: u64, rate: Option<u64>, clients_n: u64, operations:
         let ops = if operations { ", with metrics (scraped each second) and an export file" } else { "" };
         let path = match mode {
             Mode::Embedded => "one relay".to_owned(),
-            Mode::Backbone => format!("backbone: 2 ingest relays -> NATS JetStream {} (replicas 1) -> a query relay", nats_version()),
+            Mode::Backbone { replicas } => {
+                let servers = if replicas == 1 { "one server".to_owned() } else { format!("{replicas} servers") };
+                format!("backbone: 2 ingest relays -> NATS JetStream {} ({servers}, replicas {replicas}) -> a query relay", nats_version())
+            }
         };
         println!("relay_throughput ({path}): {NODES} synthetic sensors × {per_node} events over mTLS ({pacing}), {clients_n} mTLS clients, reorder window 100 ms{ops}, on {}", cpu_model());
         println!("  merged:     {:>10.0} events/s ({total} events in {:.2} s)", total as f64 / elapsed.as_secs_f64(), elapsed.as_secs_f64());
@@ -429,7 +455,7 @@ fn run(mode: Mode, per_node: u64, rate: Option<u64>, clients_n: u64, operations:
     for r in &ingest_relays {
         r.stop();
     }
-    drop(nats_server);
+    drop(nats_servers);
     let _ = std::fs::remove_dir_all(&dir);
     figures
 }

@@ -201,6 +201,11 @@ pub struct Flags {
     /// Publish acknowledgements awaited at once at most.
     #[arg(long, default_value_t = 16_384)]
     pub backbone_max_in_flight: usize,
+    /// How an ingest relay lays events out in a message: protobuf
+    /// (length-delimited GetEventsResponse) or json (Tetragon's JSON, a
+    /// line per event). Query relays read both.
+    #[arg(long, value_enum, default_value_t = crate::backbone::payload::Format::Protobuf)]
+    pub backbone_format: crate::backbone::payload::Format,
     /// CA certificate (PEM) the NATS servers' certificates must chain to;
     /// requires TLS.
     #[arg(long)]
@@ -435,6 +440,7 @@ fn backbone_settings(l: &Flags, problem: &mut impl FnMut(&str, String)) -> Optio
         tls_cert,
         credentials: l.backbone_credentials.clone(),
         max_in_flight: l.backbone_max_in_flight,
+        format: l.backbone_format,
     })
 }
 

@@ -155,6 +155,11 @@ static REFUSED_LOG: std::sync::LazyLock<serving::log_limit::LogLimits> =
 static OVERSIZED_LOG: std::sync::LazyLock<serving::log_limit::LogLimit> =
     std::sync::LazyLock::new(|| serving::log_limit::LogLimit::new(Duration::from_secs(10)));
 
+/// Rate limit of the warning that a hello was refused because the
+/// backbone did not answer what it holds of the sensor.
+static STORED_THROUGH_LOG: std::sync::LazyLock<serving::log_limit::LogLimit> =
+    std::sync::LazyLock::new(|| serving::log_limit::LogLimit::new(Duration::from_secs(10)));
+
 /// Bytes a hello field may hold: a node name is a DNS name at most (as a
 /// Kubernetes node's is); the ids and the version are short tokens (a boot
 /// id is a 36-character UUID).
@@ -264,6 +269,9 @@ impl Ingest for IngestService {
                 Ok(_) => {}
                 Err(e) => {
                     self.nodes.release(&hello.node_name, stream_id);
+                    if let Some(n) = STORED_THROUGH_LOG.hit() {
+                        tracing::warn!(node = %hello.node_name, error = %e, times = n, "refused a sensor: the backbone did not say what it holds of it");
+                    }
                     return Err(IngestError::from(e).into());
                 }
             }
@@ -434,15 +442,24 @@ impl SensorStream<'_> {
                     crate::backbone::publish::Origin { node: &hello.node_name, boot_id: &hello.boot_id, source };
                 let started = std::time::Instant::now();
                 let count = events.len() as u64;
-                if let Err(e) = backbone.publish(&origin, &events, lost, intake.last_seq).await {
-                    // Not acknowledged, and not remembered as taken: the
-                    // sensor sends the batch again on its next stream.
-                    if let Some(first) = first_new {
-                        nodes.rewind(&hello.node_name, &hello.instance_id, first - 1);
+                let too_large = match backbone.publish(&origin, &events, lost, intake.last_seq).await {
+                    Ok(too_large) => too_large,
+                    Err(e) => {
+                        // Not acknowledged, and not remembered as taken: the
+                        // sensor sends the batch again on its next stream.
+                        if let Some(first) = first_new {
+                            nodes.rewind(&hello.node_name, &hello.instance_id, first - 1);
+                        }
+                        return Err(e.into());
                     }
-                    return Err(e.into());
+                };
+                if too_large > 0 {
+                    nodes.oversized(&hello.node_name, too_large);
+                    if let Some(n) = OVERSIZED_LOG.hit() {
+                        tracing::warn!(node = %hello.node_name, too_large, lines_since = n, limit = backbone.max_payload, "events larger than a backbone message may carry (the servers' max_payload): counted lost");
+                    }
                 }
-                nodes.published(&hello.node_name, count, started.elapsed());
+                nodes.published(&hello.node_name, count - too_large, started.elapsed());
             }
         }
         Ok(tx.send(reply(ingest_reply::Msg::Ack(Ack { seq: intake.last_seq }))).await.is_ok())

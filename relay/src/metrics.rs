@@ -132,6 +132,12 @@ impl Collector for RelayCollector {
                     b.malformed,
                 ),
                 ("vigil_relay_backbone_position", "Stream sequence of the last message taken", gauge, b.position),
+                (
+                    "vigil_relay_backbone_duplicates",
+                    "Events on the stream skipped as taken before (sent again by a sensor)",
+                    counter,
+                    b.duplicates,
+                ),
             ] {
                 scalar(&mut encoder, (name, help, kind), value)?;
             }

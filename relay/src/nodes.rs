@@ -398,6 +398,7 @@ mod tests {
                 consumed: u64::MAX,
                 malformed: u64::MAX,
                 position: u64::MAX,
+                duplicates: u64::MAX,
             }),
         };
         assert!(reply.encoded_len() < 4 << 20, "{} bytes", reply.encoded_len());

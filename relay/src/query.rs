@@ -54,6 +54,7 @@ impl QueryService {
                 consumed: counters.events.load(Ordering::Relaxed),
                 malformed: counters.malformed.load(Ordering::Relaxed),
                 position: counters.position.load(Ordering::Relaxed),
+                duplicates: counters.duplicates.load(Ordering::Relaxed),
             }),
         }
     }

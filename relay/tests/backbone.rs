@@ -135,7 +135,10 @@ async fn relays_on(url: &str, test: &str, roles: &[&str], extra: &[&str]) -> Vec
     let relays: Vec<Relay> = roles
         .iter()
         .map(|role| {
-            let mut args = vec!["--backbone", url, "--backbone-role", role];
+            // A role, then any flags of that relay's own.
+            let mut own = role.split_whitespace();
+            let mut args = vec!["--backbone", url, "--backbone-role", own.next().unwrap_or("both")];
+            args.extend(own);
             args.extend_from_slice(&SMALL);
             args.extend_from_slice(extra);
             Relay::spawn(dir.clone(), &args)
@@ -199,7 +202,10 @@ async fn two_ingest_relays_and_a_query_relay_give_every_marker_once_in_time_orde
     let nats = Nats::start("one");
     let url = nats.url();
     let metrics = ["--metrics-address", "127.0.0.1:0"];
-    let relays = relays_on(&url, "backbone", &["ingest", "ingest", "query"], &metrics).await;
+    // One ingest relay writes JSON, the other protobuf: the query relay
+    // reads both.
+    let roles = ["ingest", "ingest --backbone-format json", "query"];
+    let relays = relays_on(&url, "backbone", &roles, &metrics).await;
     let [ingest_1, ingest_2, query] = &relays[..] else { unreachable!() };
     let mut events = FineGuidanceSensorsClient::new(query.client().await)
         .get_events(GetEventsRequest::default())
@@ -248,7 +254,8 @@ async fn two_ingest_relays_and_a_query_relay_give_every_marker_once_in_time_orde
     // The query relay took every one from the backbone, and no sensor.
     assert!(!query.log().contains("sensor connected"), "{}", query.log());
     // What `vigil nodes` shows: per node what each ingest relay stored, and
-    // where the query relay is in the stream (601 messages, none skipped).
+    // where the query relay is in the stream: a message per sensor batch
+    // (12, and node-a's last), none skipped.
     let stored = |status: &ListNodesResponse| -> BTreeMap<String, u64> {
         status.nodes.iter().map(|n| (n.node_name.clone(), n.backbone_events)).collect()
     };
@@ -259,7 +266,7 @@ async fn two_ingest_relays_and_a_query_relay_give_every_marker_once_in_time_orde
     assert_eq!(stored(&second), want);
     let b = list_nodes(query).await.backbone.expect("the query relay's backbone");
     assert_eq!((b.role.as_str(), b.stream.as_str(), b.url.as_str()), ("query", "VIGIL_EVENTS", url.as_str()));
-    assert_eq!((b.consumed, b.malformed, b.position), (601, 0, 601));
+    assert_eq!((b.consumed, b.malformed, b.duplicates, b.position), (601, 0, 0, 13));
     // And the metrics, from the same status.
     let scrape =
         |r: &Relay| test_support::scrape::http(&r.daemon.listening("metrics").to_string(), "GET", "/metrics").1;
@@ -267,7 +274,8 @@ async fn two_ingest_relays_and_a_query_relay_give_every_marker_once_in_time_orde
     for (name, want) in [
         ("vigil_relay_backbone_consumed_total", 601),
         ("vigil_relay_backbone_malformed_total", 0),
-        ("vigil_relay_backbone_position", 601),
+        ("vigil_relay_backbone_duplicates_total", 0),
+        ("vigil_relay_backbone_position", 13),
     ] {
         assert_eq!(test_support::scrape::sample(&text, name, &[]), want, "{name}");
     }
@@ -354,6 +362,7 @@ async fn an_event_published_again_is_stored_once_and_says_how_far_its_sensor_is(
         tls_cert: None,
         credentials: None,
         max_in_flight: 64,
+        format: relay::backbone::payload::Format::Protobuf,
     })
     .await
     .unwrap();
@@ -362,11 +371,15 @@ async fn an_event_published_again_is_stored_once_and_says_how_far_its_sensor_is(
         (1..=5).map(|seq| relay::merge::Arrival::new(1, 77, seq, Box::new(marked("node-x", seq, base)))).collect();
     let origin = Origin { node: "node-x", boot_id: "boot-x", source: 77 };
     assert_eq!(backbone.stored_through(&origin).await.unwrap(), 0, "nothing yet");
+    assert_eq!(backbone.publish(&origin, &arrivals, 0, 5).await.unwrap(), 0);
+    // Sent again as it was, as a sensor does after a reconnect (through
+    // any relay): dropped by message id.
     backbone.publish(&origin, &arrivals, 0, 5).await.unwrap();
-    // Sent again, as a sensor does after a reconnect (through any relay).
+    let messages = || async { backbone.stream.get_info().await.unwrap().state.messages };
+    assert_eq!(messages().await, 1, "the run stored once");
+    // Sent again cut otherwise: stored (query relays skip what they took).
     backbone.publish(&origin, &arrivals[2..], 0, 5).await.unwrap();
-    let mut stream = backbone.stream.clone();
-    assert_eq!(stream.info().await.unwrap().state.messages, 5, "each event stored once");
+    assert_eq!(messages().await, 2);
     assert_eq!(backbone.stored_through(&origin).await.unwrap(), 5);
     // Another instance of the node (a restarted sensor) starts from 0.
     let restarted = Origin { source: 78, ..origin };
@@ -374,8 +387,74 @@ async fn an_event_published_again_is_stored_once_and_says_how_far_its_sensor_is(
     // A loss notice is stored after the events it follows, once.
     backbone.publish(&origin, &[], 3, 5).await.unwrap();
     backbone.publish(&origin, &[], 3, 5).await.unwrap();
-    assert_eq!(stream.info().await.unwrap().state.messages, 6);
+    assert_eq!(messages().await, 3);
     assert_eq!(backbone.stored_through(&origin).await.unwrap(), 5);
+
+    // Runs end at a gap in the numbers and at the servers' max_payload
+    // (here made two events' worth); an event no message can carry is
+    // counted lost, in a loss notice.
+    let mut small = backbone.clone();
+    small.max_payload = 2 * (arrivals[0].event.encoded().len() + 1);
+    let other = Origin { node: "node-y", boot_id: "boot-y", source: 79 };
+    let mut huge = marked("node-y", 7, base);
+    if let Some(proto::tetragon::get_events_response::Event::ProcessExec(e)) = &mut huge.event {
+        e.process.as_mut().unwrap().arguments = "x".repeat(small.max_payload);
+    }
+    let mut sent: Vec<relay::merge::Arrival> = [1, 2, 3, 5, 6]
+        .into_iter()
+        .map(|seq| relay::merge::Arrival::new(1, 79, seq, Box::new(marked("node-y", seq, base))))
+        .collect();
+    sent.push(relay::merge::Arrival::new(1, 79, 7, Box::new(huge)));
+    assert_eq!(small.publish(&other, &sent, 0, 7).await.unwrap(), 1, "one event too large");
+    let mut runs = Vec::new();
+    for seq in 4..=7 {
+        let m = backbone.stream.get_raw_message(seq).await.unwrap();
+        let header = |name: &str| m.headers.get(name).map(|v| v.as_str().to_owned()).unwrap_or_default();
+        let events = relay::backbone::payload::decode(relay::backbone::payload::Format::Protobuf, &m.payload, 1 << 20)
+            .unwrap()
+            .iter()
+            .filter_map(|d| marker_of(&d.event).map(|(marker, _)| marker))
+            .collect::<Vec<_>>();
+        runs.push((header("Vigil-First-Seq"), header("Vigil-Seq"), header("Vigil-Lost"), events));
+    }
+    let run = |first: &str, last: &str, lost: &str, events: &[&str]| {
+        (first.to_owned(), last.to_owned(), lost.to_owned(), events.iter().map(|e| e.to_string()).collect::<Vec<_>>())
+    };
+    assert_eq!(
+        runs,
+        [
+            run("1", "2", "", &["m-node-y-1", "m-node-y-2"]),
+            run("3", "3", "", &["m-node-y-3"]),
+            run("5", "6", "", &["m-node-y-5", "m-node-y-6"]),
+            run("", "7", "1", &[]),
+        ]
+    );
+
+    // A query relay reads it all back: every event once, the ones sent
+    // again in a run cut otherwise skipped and counted.
+    let flags = ["--backbone-role", "query", "--backbone-stream", "DEDUP", "--backbone-max-age-seconds", "3600"];
+    let url = nats.url();
+    let mut args = vec!["--backbone", url.as_str(), "--backbone-max-mib", "64"];
+    args.extend(flags);
+    let query = Relay::spawn(cert_dir("backbone-dedup"), &args);
+    assert!(query.serving_within(Duration::from_secs(30)).await, "{}", query.log());
+    let mut history = subscribe(&query, GetEventsRequest { since_seconds: 3600, ..Default::default() }).await;
+    let mut seen = Vec::new();
+    let counts = read_until(&mut history, &mut seen, |c| c.len() >= 10).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = list_nodes(&query).await.backbone.expect("the backbone's status");
+        if status.position >= 7 || tokio::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let want: BTreeMap<String, usize> = ["x-1", "x-2", "x-3", "x-4", "x-5", "y-1", "y-2", "y-3", "y-5", "y-6"]
+        .iter()
+        .map(|m| (format!("m-node-{m}"), 1))
+        .collect();
+    assert_eq!(counts, want, "{}", query.log());
+    assert_eq!((status.consumed, status.duplicates, status.malformed, status.position), (10, 3, 0, 7));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

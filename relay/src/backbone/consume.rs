@@ -1,21 +1,24 @@
 //! The query half: the stream into this relay's merge. An ordered
 //! consumer (which the client re-creates past gaps and server restarts)
-//! reads from the last `--history-size` messages on, so the relay's
+//! reads from about the last `--history-size` events on, so the relay's
 //! history holds what it would have held had it taken the sensors itself,
 //! and the merge orders, deduplicates and fans out as it does for sensors.
+//! Events a sensor sent again in runs cut otherwise than the first time
+//! (JetStream's message ids do not match then) are dropped here, by their
+//! sequence numbers.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use futures_util::FutureExt as _;
-use prost::Message as _;
-use proto::tetragon::GetEventsResponse;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
 
-use super::{Backbone, HEADER_BOOT, HEADER_LOST, HEADER_SEQ, HEADER_SOURCE};
+use super::payload::{self, Format};
+use super::{Backbone, HEADER_BOOT, HEADER_FIRST_SEQ, HEADER_FORMAT, HEADER_LOST, HEADER_SEQ, HEADER_SOURCE};
 use crate::ingest::{MAX_EVENT_BYTES, MergeInput};
 use crate::merge::Arrival;
 use crate::nodes::Nodes;
@@ -26,14 +29,18 @@ pub struct ConsumeCounters {
     /// Events taken from the stream.
     pub events: AtomicU64,
     /// Messages that were not Vigil's (a header missing or the payload not
-    /// an event): skipped.
+    /// its events): skipped.
     pub malformed: AtomicU64,
+    /// Events skipped as taken before (a sensor sent them again).
+    pub duplicates: AtomicU64,
     /// The stream sequence of the last message taken.
     pub position: AtomicU64,
 }
 
-/// Messages handed to the merge at once at most.
-const BATCH: usize = 512;
+/// Messages read before the merge is handed their events, at most …
+const BATCH_MESSAGES: usize = 512;
+/// … and events (a message carries a run of them).
+const BATCH_EVENTS: usize = 4096;
 
 static MALFORMED_LOG: std::sync::LazyLock<serving::log_limit::LogLimit> =
     std::sync::LazyLock::new(|| serving::log_limit::LogLimit::new(Duration::from_secs(10)));
@@ -51,6 +58,7 @@ pub async fn run(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let prefix = format!("{}.", backbone.settings.subject_prefix);
+    let mut taken = Taken::default();
     loop {
         let start = match counters.position.load(Ordering::Relaxed) {
             0 => first_position(&backbone, history).await,
@@ -97,13 +105,13 @@ pub async fn run(
             };
             let Some(first) = first else { break };
             let mut batch = vec![first];
-            while batch.len() < BATCH {
+            while batch.len() < BATCH_MESSAGES {
                 match messages.next().now_or_never() {
                     Some(Some(m)) => batch.push(m),
                     _ => break,
                 }
             }
-            let mut arrivals = Vec::with_capacity(batch.len());
+            let mut arrivals = Vec::new();
             let mut broken = false;
             for m in batch {
                 let m = match m {
@@ -122,17 +130,31 @@ pub async fn run(
                     counters.position.store(info.stream_sequence, Ordering::Relaxed);
                 }
                 match input_of(&m, &prefix, &nodes) {
-                    Some(MergeInput::Events(mut one)) => arrivals.append(&mut one),
-                    Some(lost @ MergeInput::Lost { .. }) => {
+                    Ok(Input::Run(run)) => {
+                        for a in run {
+                            if taken.fresh(a.source, a.seq) {
+                                arrivals.push(a);
+                            } else {
+                                counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Ok(Input::Lost(lost)) => {
                         if merge.send(lost).await.is_err() {
                             return;
                         }
                     }
-                    None => {
+                    Err(reason) => {
                         let n = counters.malformed.fetch_add(1, Ordering::Relaxed) + 1;
                         if MALFORMED_LOG.hit().is_some() {
-                            tracing::warn!(subject = %m.subject, malformed = n, "skipped a message on the backbone that is not a Vigil event");
+                            tracing::warn!(subject = %m.subject, malformed = n, reason, "skipped a message on the backbone that is not Vigil's events");
                         }
+                    }
+                }
+                if arrivals.len() >= BATCH_EVENTS {
+                    counters.events.fetch_add(arrivals.len() as u64, Ordering::Relaxed);
+                    if merge.send(MergeInput::Events(std::mem::take(&mut arrivals))).await.is_err() {
+                        return;
                     }
                 }
             }
@@ -155,43 +177,119 @@ pub async fn run(
 /// asked whether it has newer ones.
 const STALL_CHECK: Duration = Duration::from_secs(5);
 
-/// Whether the stream holds events past the last one taken.
-async fn behind(backbone: &Backbone, counters: &ConsumeCounters) -> bool {
-    let mut stream = backbone.stream.clone();
-    match stream.info().await {
-        Ok(info) => info.state.last_sequence > counters.position.load(Ordering::Relaxed),
-        Err(_) => false,
-    }
+/// The stream sequence of its newest message, if the stream answers.
+async fn last_sequence(backbone: &Backbone) -> Option<u64> {
+    backbone.stream.get_info().await.ok().map(|info| info.state.last_sequence)
 }
 
-/// Where a query relay starts: the last `history` messages.
+/// Whether the stream holds events past the last one taken.
+async fn behind(backbone: &Backbone, counters: &ConsumeCounters) -> bool {
+    last_sequence(backbone).await.is_some_and(|last| last > counters.position.load(Ordering::Relaxed))
+}
+
+/// Newest messages sampled for how many events a message carries.
+const SAMPLED: u64 = 8;
+
+/// Where a query relay starts: about the last `history` events, reckoned
+/// from the events per message of the newest few messages.
 async fn first_position(backbone: &Backbone, history: usize) -> DeliverPolicy {
-    let mut stream = backbone.stream.clone();
-    let last = match stream.info().await {
-        Ok(info) => info.state.last_sequence,
-        Err(_) => 0,
-    };
-    match last.saturating_sub(history as u64) {
+    let Some(last) = last_sequence(backbone).await else { return DeliverPolicy::All };
+    let (mut messages, mut events) = (0u64, 0u64);
+    for seq in (last.saturating_sub(SAMPLED - 1)..=last).filter(|s| *s > 0) {
+        let Ok(m) = backbone.stream.get_raw_message(seq).await else { continue };
+        let header = |name: &str| m.headers.get(name).and_then(|v| v.as_str().parse::<u64>().ok());
+        if let (Some(first), Some(last)) = (header(HEADER_FIRST_SEQ), header(HEADER_SEQ)) {
+            messages += 1;
+            events += last.saturating_sub(first) + 1;
+        }
+    }
+    let per_message = events.checked_div(messages).unwrap_or(1).max(1);
+    match last.saturating_sub((history as u64).div_ceil(per_message)) {
         0 => DeliverPolicy::All,
         before => DeliverPolicy::ByStartSequence { start_sequence: before + 1 },
     }
 }
 
-/// One message as the merge takes it; `None` if it is not a Vigil event.
-fn input_of(m: &async_nats::jetstream::Message, prefix: &str, nodes: &Nodes) -> Option<MergeInput> {
-    let headers = m.headers.as_ref()?;
+/// A message, as the merge takes it.
+enum Input {
+    Run(Vec<Arrival>),
+    Lost(MergeInput),
+}
+
+/// One message's events; an error names why it is not Vigil's.
+fn input_of(m: &async_nats::jetstream::Message, prefix: &str, nodes: &Nodes) -> Result<Input, String> {
+    let headers = m.headers.as_ref().ok_or("no headers")?;
     let header = |name: &str| headers.get(name).map(|v| v.as_str());
-    let node = m.subject.as_str().strip_prefix(prefix)?;
-    if let Some(lost) = header(HEADER_LOST) {
-        return Some(MergeInput::Lost { node: node.to_owned(), count: lost.parse().ok()? });
+    let number = |name: &str| header(name).and_then(|v| v.parse::<u64>().ok()).ok_or(format!("no number in {name}"));
+    let node = m.subject.as_str().strip_prefix(prefix).ok_or("a subject outside the prefix")?;
+    if header(HEADER_LOST).is_some() {
+        return Ok(Input::Lost(MergeInput::Lost { node: node.to_owned(), count: number(HEADER_LOST)? }));
     }
-    let source: u64 = header(HEADER_SOURCE)?.parse().ok()?;
-    let seq: u64 = header(HEADER_SEQ)?.parse().ok()?;
-    let boot = nodes.boot_number(header(HEADER_BOOT)?);
-    if m.payload.len() > MAX_EVENT_BYTES {
-        return None;
+    let source = number(HEADER_SOURCE)?;
+    let (first, last) = (number(HEADER_FIRST_SEQ)?, number(HEADER_SEQ)?);
+    let format = Format::from_header(header(HEADER_FORMAT)).ok_or("an unknown Vigil-Format")?;
+    let boot = nodes.boot_number(header(HEADER_BOOT).ok_or("no Vigil-Boot")?);
+    let decoded = payload::decode(format, &m.payload, MAX_EVENT_BYTES).map_err(|e| e.to_string())?;
+    if last.checked_sub(first).and_then(|d| d.checked_add(1)) != Some(decoded.len() as u64) {
+        return Err(format!("{} events where Vigil-First-Seq and Vigil-Seq say {first}..{last}", decoded.len()));
     }
-    let event = GetEventsResponse::decode(m.payload.clone()).ok()?;
-    event.event.as_ref()?;
-    Some(MergeInput::Events(vec![Arrival::new(boot, source, seq, Box::new(event))]))
+    Ok(Input::Run(
+        decoded
+            .into_iter()
+            .zip(first..)
+            .map(|(d, seq)| match d.encoded {
+                Some(encoded) => Arrival::with_encoded(boot, source, seq, d.event, encoded),
+                None => Arrival::new(boot, source, seq, d.event),
+            })
+            .collect(),
+    ))
+}
+
+/// Sensor streams whose last event taken is remembered, at most (16 bytes
+/// each, and more a few: a stream is a sensor's run, so this many is
+/// seen only over many sensor restarts). Past it all are forgotten at
+/// once, which only lets a re-send that late through twice.
+const SOURCES_REMEMBERED: usize = 65_536;
+
+/// The last event taken of each sensor stream.
+#[derive(Default)]
+struct Taken {
+    last: HashMap<u64, u64>,
+}
+
+impl Taken {
+    /// Whether `seq` of `source` is past what was taken; if so, remembered.
+    fn fresh(&mut self, source: u64, seq: u64) -> bool {
+        if let Some(last) = self.last.get_mut(&source) {
+            if seq <= *last {
+                return false;
+            }
+            *last = seq;
+            return true;
+        }
+        if self.last.len() >= SOURCES_REMEMBERED {
+            tracing::info!(
+                sources = SOURCES_REMEMBERED,
+                "forgot the last event taken of every sensor stream (too many to remember)"
+            );
+            self.last.clear();
+        }
+        self.last.insert(source, seq);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_taken_before_is_not_taken_again_whatever_run_carried_it() {
+        let mut taken = Taken::default();
+        let fresh: Vec<bool> = [(1, 1), (1, 2), (2, 1), (1, 2), (1, 1), (1, 3), (2, 1), (2, 5)]
+            .into_iter()
+            .map(|(source, seq)| taken.fresh(source, seq))
+            .collect();
+        assert_eq!(fresh, [true, true, true, false, false, true, false, true]);
+    }
 }

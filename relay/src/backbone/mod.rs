@@ -7,11 +7,15 @@
 //! sensor re-sends after a reconnect by message id (its instance and
 //! sequence number), within the stream's duplicate window.
 //!
-//! Each message is one event as Tetragon's `GetEventsResponse` protobuf
-//! (the payload), with headers naming its origin; a node's loss notice is
-//! a message with `Vigil-Lost` and no payload.
+//! Each message carries a run of one sensor stream's events, numbered
+//! without a gap (`Vigil-First-Seq` to `Vigil-Seq`), with headers naming
+//! their origin: JetStream's cost is per message, so one per event would
+//! cap the backbone far below a relay's rate. The payload layout is in
+//! [`payload`]; a node's loss notice is a message with `Vigil-Lost` and
+//! no payload.
 
 pub mod consume;
+pub mod payload;
 pub mod publish;
 
 use std::time::Duration;
@@ -22,8 +26,13 @@ use async_nats::jetstream;
 pub const HEADER_BOOT: &str = "Vigil-Boot";
 /// Header: the sensor stream's number (`events::resume::source_id`).
 pub const HEADER_SOURCE: &str = "Vigil-Source";
-/// Header: the event's sequence number in its sensor stream.
+/// Header: the sequence number of the message's last event in its sensor
+/// stream.
 pub const HEADER_SEQ: &str = "Vigil-Seq";
+/// Header: the sequence number of the message's first event.
+pub const HEADER_FIRST_SEQ: &str = "Vigil-First-Seq";
+/// Header: the payload's layout (`protobuf` or `json`, see [`payload`]).
+pub const HEADER_FORMAT: &str = "Vigil-Format";
 /// Header: on a message without payload, events the node lost.
 pub const HEADER_LOST: &str = "Vigil-Lost";
 
@@ -70,6 +79,9 @@ pub struct BackboneSettings {
     pub credentials: Option<std::path::PathBuf>,
     /// Publish acknowledgements in flight at most (per relay).
     pub max_in_flight: usize,
+    /// How ingest relays lay events out in a message (query relays read
+    /// either).
+    pub format: payload::Format,
 }
 
 /// Why the backbone cannot be used. Errors name the address and the
@@ -91,6 +103,10 @@ pub enum BackboneError {
     Stream { stream: String, reason: String },
 }
 
+/// Bytes kept back from the servers' `max_payload` for a message's
+/// subject and headers (under 300 bytes as Vigil writes them).
+const HEADER_ROOM: usize = 4096;
+
 /// How long start-up waits for JetStream to answer (a cluster electing
 /// its leader) before it gives up.
 const JETSTREAM_WAIT: Duration = Duration::from_secs(30);
@@ -101,6 +117,9 @@ pub struct Backbone {
     pub js: jetstream::Context,
     pub stream: jetstream::stream::Stream,
     pub settings: std::sync::Arc<BackboneSettings>,
+    /// Payload bytes a message may carry: the servers' `max_payload`, less
+    /// room for the headers.
+    pub max_payload: usize,
 }
 
 impl Backbone {
@@ -143,6 +162,7 @@ impl Backbone {
             .connect(servers)
             .await
             .map_err(|e| BackboneError::Connect { url: url.clone(), reason: e.to_string() })?;
+        let max_payload = client.server_info().max_payload.saturating_sub(HEADER_ROOM);
         let js = jetstream::ContextBuilder::new()
             // API requests and publish acknowledgements: a request lost to a
             // server that went is tried again soon (a publish, by the sensor).
@@ -162,7 +182,7 @@ impl Backbone {
                 other => break other?,
             }
         };
-        Ok(Backbone { js, stream, settings: std::sync::Arc::new(settings) })
+        Ok(Backbone { js, stream, settings: std::sync::Arc::new(settings), max_payload })
     }
 
     /// The subject of `node`'s events.
@@ -295,6 +315,7 @@ mod tests {
             tls_cert: None,
             credentials: None,
             max_in_flight: 1024,
+            format: payload::Format::Protobuf,
         };
         let want = wanted(&settings);
         assert!(differences(&want, &want).is_empty());

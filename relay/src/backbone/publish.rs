@@ -1,12 +1,16 @@
-//! The ingest half: a sensor's accepted batch onto the stream. Every event
-//! is published without waiting (the client bounds the acknowledgements
-//! in flight, `--backbone-max-in-flight`), then every acknowledgement is
-//! awaited: only a batch JetStream stored whole is acknowledged to the
-//! sensor.
+//! The ingest half: a sensor's accepted batch onto the stream, as runs of
+//! events numbered without a gap, one message each (bounded by the
+//! servers' `max_payload`). Every message is published without waiting
+//! (the client bounds the acknowledgements in flight,
+//! `--backbone-max-in-flight`), then every acknowledgement is awaited:
+//! only a batch JetStream stored whole is acknowledged to the sensor.
 
 use async_nats::jetstream::message::PublishMessage;
 
-use super::{Backbone, HEADER_BOOT, HEADER_LOST, HEADER_SEQ, HEADER_SOURCE};
+use bytes::BytesMut;
+
+use super::payload::Item;
+use super::{Backbone, HEADER_BOOT, HEADER_FIRST_SEQ, HEADER_FORMAT, HEADER_LOST, HEADER_SEQ, HEADER_SOURCE};
 use crate::merge::Arrival;
 
 /// Why a batch did not reach the backbone (the sensor keeps it and sends
@@ -23,10 +27,19 @@ pub struct Origin<'a> {
 }
 
 /// The message id JetStream deduplicates on: the sensor stream and the
-/// event's number in it, so a re-sent event is dropped whichever ingest
-/// relay takes it.
-pub fn message_id(source: u64, seq: u64) -> String {
-    format!("{source:016x}-{seq}")
+/// numbers of the run's first and last events, so a run sent again is
+/// dropped whichever ingest relay takes it. (A run re-sent cut otherwise
+/// gets through; query relays then drop the events they already took, by
+/// sequence number.)
+pub fn message_id(source: u64, first: u64, last: u64) -> String {
+    format!("{source:016x}-{first}-{last}")
+}
+
+/// One run being filled.
+struct Run {
+    first: u64,
+    last: u64,
+    payload: BytesMut,
 }
 
 impl Backbone {
@@ -48,32 +61,46 @@ impl Backbone {
         })
     }
 
-    /// Publishes `events` of `origin` and, if `lost` is not zero, a loss
-    /// notice (numbered after the batch's last sequence `last_seq`), and
-    /// waits until JetStream has stored them all.
+    /// Publishes `events` of `origin` and, if any were `lost` (or are
+    /// too large for a message), a loss notice numbered after the batch's
+    /// last sequence `last_seq`, and waits until JetStream stored them all.
+    /// Returns the events no message could carry (larger than the servers'
+    /// `max_payload` once encoded), which the notice counts lost.
     pub async fn publish(
         &self,
         origin: &Origin<'_>,
         events: &[Arrival],
         lost: u64,
         last_seq: u64,
-    ) -> Result<(), PublishError> {
-        let subject = self.subject_of(origin.node);
+    ) -> Result<u64, PublishError> {
+        let subject = async_nats::Subject::from(self.subject_of(origin.node));
         let source = origin.source.to_string();
-        let mut acks = Vec::with_capacity(events.len() + 1);
+        let format = self.settings.format;
+        let mut acks = Vec::new();
+        let mut too_large = 0;
+        let mut run: Option<Run> = None;
         for a in events {
-            let message = PublishMessage::build()
-                .payload(a.event.encoded().clone())
-                .message_id(message_id(origin.source, a.seq))
-                .header(HEADER_BOOT, origin.boot_id)
-                .header(HEADER_SOURCE, source.as_str())
-                .header(HEADER_SEQ, a.seq.to_string().as_str());
-            let ack = self.js.send_publish(subject.clone(), message).await.map_err(|e| PublishError(e.to_string()))?;
-            acks.push(ack);
+            let item = Item::of(format, &a.event);
+            let len = item.framed_len();
+            if len > self.max_payload {
+                too_large += 1;
+                continue;
+            }
+            let joins = run.as_ref().is_some_and(|r| a.seq == r.last + 1 && r.payload.len() + len <= self.max_payload);
+            if !joins && let Some(full) = run.take() {
+                acks.push(self.send(&subject, origin, &source, full).await?);
+            }
+            let r = run.get_or_insert_with(|| Run { first: a.seq, last: a.seq, payload: BytesMut::new() });
+            r.last = a.seq;
+            item.write(&mut r.payload);
         }
+        if let Some(full) = run.take() {
+            acks.push(self.send(&subject, origin, &source, full).await?);
+        }
+        let lost = lost + too_large;
         if lost > 0 {
             let message = PublishMessage::build()
-                .message_id(format!("{}-lost", message_id(origin.source, last_seq)))
+                .message_id(format!("{:016x}-{last_seq}-lost", origin.source))
                 .header(HEADER_SOURCE, source.as_str())
                 .header(HEADER_SEQ, last_seq.to_string().as_str())
                 .header(HEADER_LOST, lost.to_string().as_str());
@@ -85,6 +112,24 @@ impl Backbone {
         for ack in acks {
             ack.await.map_err(|e| PublishError(e.to_string()))?;
         }
-        Ok(())
+        Ok(too_large)
+    }
+
+    async fn send(
+        &self,
+        subject: &async_nats::Subject,
+        origin: &Origin<'_>,
+        source: &str,
+        run: Run,
+    ) -> Result<async_nats::jetstream::context::PublishAckFuture, PublishError> {
+        let message = PublishMessage::build()
+            .payload(run.payload.freeze())
+            .message_id(message_id(origin.source, run.first, run.last))
+            .header(HEADER_BOOT, origin.boot_id)
+            .header(HEADER_SOURCE, source)
+            .header(HEADER_FIRST_SEQ, run.first.to_string().as_str())
+            .header(HEADER_SEQ, run.last.to_string().as_str())
+            .header(HEADER_FORMAT, self.settings.format.name());
+        self.js.send_publish(subject.clone(), message).await.map_err(|e| PublishError(e.to_string()))
     }
 }

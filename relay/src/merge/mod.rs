@@ -100,10 +100,27 @@ impl Arrival {
     pub fn new(boot: u64, source: u64, seq: u64, mut event: Box<GetEventsResponse>) -> Self {
         // Positions are the relay's to set, when the event leaves the merge.
         event.resume.clear();
-        let time_ns = event.time.map_or(0, |t| t.unix_nanos());
-        let key = dedup_key(boot, &event);
-        let richness = richness(&event);
-        Arrival { event: Arc::new(SharedEvent::from_box(event)), time_ns, key, richness, source, seq }
+        Self::of_shared(boot, source, seq, SharedEvent::from_box(event))
+    }
+
+    /// An event read with its encoding (from the backbone), which the
+    /// relay's clients are then sent as it is.
+    pub fn with_encoded(
+        boot: u64,
+        source: u64,
+        seq: u64,
+        event: Box<GetEventsResponse>,
+        encoded: bytes::Bytes,
+    ) -> Self {
+        debug_assert!(event.resume.is_empty());
+        Self::of_shared(boot, source, seq, SharedEvent::with_encoded(event, encoded))
+    }
+
+    fn of_shared(boot: u64, source: u64, seq: u64, event: SharedEvent) -> Self {
+        let time_ns = event.event().time.map_or(0, |t| t.unix_nanos());
+        let key = dedup_key(boot, event.event());
+        let richness = richness(event.event());
+        Arrival { event: Arc::new(event), time_ns, key, richness, source, seq }
     }
 }
 
