@@ -74,20 +74,46 @@ impl FakeSensor {
     }
 
     async fn try_send(&mut self, seqs: std::ops::RangeInclusive<u64>, base_ns: i128) -> Result<(), String> {
-        let last = *seqs.end();
+        self.try_send_pipelined(&[seqs], base_ns).await.map(|_| ())
+    }
+
+    /// Sends a batch of each of `batches` without waiting, as a real
+    /// sensor does, then takes the acknowledgements up to the last batch's
+    /// end: each batch's end, in order, or an error (with the
+    /// acknowledgements before it).
+    async fn try_send_pipelined(
+        &mut self,
+        batches: &[std::ops::RangeInclusive<u64>],
+        base_ns: i128,
+    ) -> Result<Vec<u64>, String> {
+        for seqs in batches {
+            self.send_only(seqs.clone(), base_ns).await?;
+        }
+        self.acks_through(batches.last().map_or(0, |b| *b.end())).await
+    }
+
+    /// Sends a batch of `seqs`, not waiting for its acknowledgement.
+    async fn send_only(&mut self, seqs: std::ops::RangeInclusive<u64>, base_ns: i128) -> Result<(), String> {
         let events = seqs.map(|seq| SequencedEvent { seq, event: Some(Box::new(marked(&self.node, seq, base_ns))) });
         let batch = Batch { events: events.collect(), lost: 0, skipped: 0 };
-        self.tx
-            .send(IngestMessage { msg: Some(ingest_message::Msg::Batch(batch)) })
-            .await
-            .map_err(|e| e.to_string())?;
+        self.tx.send(IngestMessage { msg: Some(ingest_message::Msg::Batch(batch)) }).await.map_err(|e| e.to_string())
+    }
+
+    /// The acknowledgements that come until one of `last`.
+    async fn acks_through(&mut self, last: u64) -> Result<Vec<u64>, String> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut acks = Vec::new();
         loop {
             let reply = tokio::time::timeout_at(deadline, self.replies.message()).await.map_err(|_| "timed out")?;
-            match reply.map_err(|e| e.message().to_owned())?.and_then(|r| r.msg) {
-                Some(ingest_reply::Msg::Ack(a)) if a.seq >= last => return Ok(()),
+            match reply.map_err(|e| format!("{} (after acknowledgements {acks:?})", e.message()))?.and_then(|r| r.msg) {
+                Some(ingest_reply::Msg::Ack(a)) => {
+                    acks.push(a.seq);
+                    if a.seq >= last {
+                        return Ok(acks);
+                    }
+                }
                 Some(_) => continue,
-                None => return Err("the stream ended".into()),
+                None => return Err(format!("the stream ended (after acknowledgements {acks:?})")),
             }
         }
     }
@@ -223,10 +249,16 @@ async fn two_ingest_relays_and_a_query_relay_give_every_marker_once_in_time_orde
         assert_eq!(acked, 0, "{node}: a new sensor");
         sensors.push(sensor);
     }
+    // Each sends its three batches without waiting (in turns, so that the
+    // nodes' events arrive within the reorder window of each other): the
+    // ingest relays store them meanwhile, and acknowledge each, in order.
     for round in 0..3u64 {
         for s in &mut sensors {
-            s.send(round * 50 + 1..=round * 50 + 50, base).await;
+            s.send_only(round * 50 + 1..=round * 50 + 50, base).await.unwrap();
         }
+    }
+    for s in &mut sensors {
+        assert_eq!(s.acks_through(150).await, Ok(vec![50, 100, 150]), "{}", s.node);
     }
     // node-a's sensor moves to the other ingest relay, which never saw it:
     // it is told what the backbone holds, and goes on from there.
@@ -513,8 +545,13 @@ async fn a_backbone_down_for_10_s_loses_and_repeats_nothing() {
     // Down: nothing is acknowledged (the sensor keeps its events).
     nats.stop();
     let down_at = tokio::time::Instant::now();
-    let refused = sensor.try_send(101..=150, base).await.expect_err("acknowledged with the backbone down");
+    // Five batches at once, none stored: none is acknowledged, and the
+    // relay forgets it took them (else the sensor's next hello would be
+    // told to skip them: the final count would miss them).
+    let batches: Vec<_> = (0..5).map(|b| 101 + b * 10..=110 + b * 10).collect();
+    let refused = sensor.try_send_pipelined(&batches, base).await.expect_err("acknowledged with the backbone down");
     assert!(refused.contains("the backbone did not store the batch"), "{refused}");
+    assert!(refused.ends_with("(after acknowledgements [])"), "{refused}");
     let outage = tokio::spawn({
         let ingest_log = ingest.log();
         async move {

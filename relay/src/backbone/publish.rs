@@ -35,6 +35,33 @@ pub fn message_id(source: u64, first: u64, last: u64) -> String {
     format!("{source:016x}-{first}-{last}")
 }
 
+/// A batch handed to JetStream, not known stored yet.
+#[must_use = "a batch is stored only once its acknowledgements came"]
+pub struct Sent {
+    acks: Vec<async_nats::jetstream::context::PublishAckFuture>,
+    too_large: u64,
+    bytes: usize,
+}
+
+impl Sent {
+    /// Payload bytes handed over.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Waits until JetStream stored the whole batch. Returns the events no
+    /// message could carry (larger than the servers' `max_payload` once
+    /// encoded), which the loss notice counted.
+    pub async fn stored(self) -> Result<u64, PublishError> {
+        // The acknowledgements come back on their own; waiting in order
+        // costs no more than waiting for the last.
+        for ack in self.acks {
+            ack.await.map_err(|e| PublishError(e.to_string()))?;
+        }
+        Ok(self.too_large)
+    }
+}
+
 /// One run being filled.
 struct Run {
     first: u64,
@@ -61,11 +88,8 @@ impl Backbone {
         })
     }
 
-    /// Publishes `events` of `origin` and, if any were `lost` (or are
-    /// too large for a message), a loss notice numbered after the batch's
-    /// last sequence `last_seq`, and waits until JetStream stored them all.
-    /// Returns the events no message could carry (larger than the servers'
-    /// `max_payload` once encoded), which the notice counts lost.
+    /// Publishes `events` of `origin` and waits until JetStream stored
+    /// them all ([`Backbone::send_batch`], then [`Sent::stored`]).
     pub async fn publish(
         &self,
         origin: &Origin<'_>,
@@ -73,11 +97,27 @@ impl Backbone {
         lost: u64,
         last_seq: u64,
     ) -> Result<u64, PublishError> {
+        self.send_batch(origin, events, lost, last_seq).await?.stored().await
+    }
+
+    /// Hands `events` of `origin` to JetStream and, if any were `lost` (or
+    /// are too large for a message), a loss notice numbered after the
+    /// batch's last sequence `last_seq`. What JetStream stored is known
+    /// from the returned [`Sent`]: an ingest relay sends a sensor's next
+    /// batch meanwhile.
+    pub async fn send_batch(
+        &self,
+        origin: &Origin<'_>,
+        events: &[Arrival],
+        lost: u64,
+        last_seq: u64,
+    ) -> Result<Sent, PublishError> {
         let subject = async_nats::Subject::from(self.subject_of(origin.node));
         let source = origin.source.to_string();
         let format = self.settings.format;
         let mut acks = Vec::new();
         let mut too_large = 0;
+        let mut bytes = 0;
         let mut run: Option<Run> = None;
         for a in events {
             let item = Item::of(format, &a.event);
@@ -88,6 +128,7 @@ impl Backbone {
             }
             let joins = run.as_ref().is_some_and(|r| a.seq == r.last + 1 && r.payload.len() + len <= self.max_payload);
             if !joins && let Some(full) = run.take() {
+                bytes += full.payload.len();
                 acks.push(self.send(&subject, origin, &source, full).await?);
             }
             let r = run.get_or_insert_with(|| Run { first: a.seq, last: a.seq, payload: BytesMut::new() });
@@ -95,6 +136,7 @@ impl Backbone {
             item.write(&mut r.payload);
         }
         if let Some(full) = run.take() {
+            bytes += full.payload.len();
             acks.push(self.send(&subject, origin, &source, full).await?);
         }
         let lost = lost + too_large;
@@ -107,12 +149,7 @@ impl Backbone {
             let ack = self.js.send_publish(subject.clone(), message).await.map_err(|e| PublishError(e.to_string()))?;
             acks.push(ack);
         }
-        // The acknowledgements come back on their own; waiting in order
-        // costs no more than waiting for the last.
-        for ack in acks {
-            ack.await.map_err(|e| PublishError(e.to_string()))?;
-        }
-        Ok(too_large)
+        Ok(Sent { acks, too_large, bytes })
     }
 
     async fn send(
