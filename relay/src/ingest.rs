@@ -348,9 +348,9 @@ enum Taken<'a> {
 /// took 117,000). Bounded in batches and in bytes; past either, the
 /// sensor's stream is not read until one is stored.
 struct InFlight<'a> {
-    batches: futures_util::stream::FuturesOrdered<
-        Pin<Box<dyn Future<Output = (usize, Result<u64, IngestError>)> + Send + 'a>>,
-    >,
+    batches: futures_util::stream::FuturesOrdered<Storing<'a>>,
+    /// Each batch's payload bytes, oldest first (as `batches` end).
+    sizes: std::collections::VecDeque<usize>,
     bytes: usize,
 }
 
@@ -361,7 +361,7 @@ const IN_FLIGHT_BYTES: usize = 8 << 20;
 
 impl<'a> InFlight<'a> {
     fn new() -> Self {
-        InFlight { batches: futures_util::stream::FuturesOrdered::new(), bytes: 0 }
+        InFlight { batches: futures_util::stream::FuturesOrdered::new(), sizes: Default::default(), bytes: 0 }
     }
 
     fn has_room(&self) -> bool {
@@ -374,19 +374,21 @@ impl<'a> InFlight<'a> {
 
     fn push(&mut self, bytes: usize, batch: Storing<'a>) {
         self.bytes += bytes;
-        self.batches.push_back(Box::pin(async move { (bytes, batch.await) }));
+        self.sizes.push_back(bytes);
+        self.batches.push_back(batch);
     }
 
     /// The oldest batch's outcome, once it is known.
     async fn next(&mut self) -> Option<Result<u64, IngestError>> {
-        let (bytes, done) = futures_util::StreamExt::next(&mut self.batches).await?;
-        self.bytes -= bytes;
+        let done = futures_util::StreamExt::next(&mut self.batches).await?;
+        self.bytes -= self.sizes.pop_front().unwrap_or(0);
         Some(done)
     }
 
     /// Forgets the batches (their outcome is no longer waited for).
     fn clear(&mut self) {
         self.batches.clear();
+        self.sizes.clear();
         self.bytes = 0;
     }
 }
