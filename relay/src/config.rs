@@ -206,6 +206,10 @@ pub struct Flags {
     /// line per event). Query relays read both.
     #[arg(long, value_enum, default_value_t = crate::backbone::payload::Format::Protobuf)]
     pub backbone_format: crate::backbone::payload::Format,
+    /// The JetStream key-value bucket that holds the tracing policies every
+    /// relay on the backbone shares (created if missing).
+    #[arg(long, default_value = crate::backbone::policies::DEFAULT_BUCKET)]
+    pub backbone_policy_bucket: String,
     /// CA certificate (PEM) the NATS servers' certificates must chain to;
     /// requires TLS.
     #[arg(long)]
@@ -413,6 +417,19 @@ fn backbone_settings(l: &Flags, problem: &mut impl FnMut(&str, String)) -> Optio
             problem(key, "must be at least 1".into());
         }
     }
+    let bucket_ok = !l.backbone_policy_bucket.is_empty()
+        && l.backbone_policy_bucket.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !bucket_ok {
+        problem("backbone-policy-bucket", "letters, digits, - and _ only".into());
+    }
+    if l.policy_store.is_some() {
+        problem(
+            "policy-store",
+            "with --backbone the tracing policies are kept in the backbone's bucket (--backbone-policy-bucket), shared \
+             by every relay on it; drop --policy-store"
+                .into(),
+        );
+    }
     if !(1..=5).contains(&l.backbone_replicas) {
         problem("backbone-replicas", "JetStream keeps 1 to 5 copies".into());
     }
@@ -441,6 +458,7 @@ fn backbone_settings(l: &Flags, problem: &mut impl FnMut(&str, String)) -> Optio
         credentials: l.backbone_credentials.clone(),
         max_in_flight: l.backbone_max_in_flight,
         format: l.backbone_format,
+        policy_bucket: l.backbone_policy_bucket.clone(),
     })
 }
 
@@ -485,5 +503,20 @@ mod tests {
         let e = resolve(&["--insecure", "--export-allowlist", "{", "--field-filters", "[]"], &[]).unwrap_err();
         let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, vec!["export-allowlist"], "the first bad export filter flag: {e}");
+        let backbone = [
+            "--insecure",
+            "--backbone",
+            "nats://n:4222",
+            "--backbone-policy-bucket",
+            "a.b",
+            "--policy-store",
+            "/tmp/p.redb",
+            "--backbone-replicas",
+            "7",
+        ];
+        let e = resolve(&backbone, &[]).unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, vec!["backbone-policy-bucket", "policy-store", "backbone-replicas"], "{e}");
+        assert!(e.to_string().contains("kept in the backbone's bucket"), "{e}");
     }
 }

@@ -101,16 +101,6 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
     };
     let merge = tokio::spawn(merge_stage::run(merge_rx, hub.clone(), settings, counters.clone(), stop.clone()));
 
-    let store = relay::policies::store::Store::open(flags.policy_store.as_deref())?;
-    let policies = Arc::new(RelayPolicies::open(store, nodes.clone())?);
-    match &flags.policy_store {
-        Some(path) => {
-            tracing::info!(store = %path.display(), policies = policies.list_len(), generation = policies.generation(), "tracing policies for every sensor")
-        }
-        None => tracing::info!(
-            "tracing policies added here are kept in memory only (--policy-store keeps them across restarts)"
-        ),
-    }
     let backbone = match &flags.backbone {
         Some(settings) => {
             let backbone = Backbone::connect(settings.clone()).await.context("--backbone")?;
@@ -118,6 +108,22 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
             Some(backbone)
         }
         None => None,
+    };
+    let policies = match &backbone {
+        Some(b) => shared_policies(b, &nodes, &stop).await?,
+        None => {
+            let store = relay::policies::store::Store::open(flags.policy_store.as_deref())?;
+            let policies = Arc::new(RelayPolicies::open(store, nodes.clone())?);
+            match &flags.policy_store {
+                Some(path) => {
+                    tracing::info!(store = %path.display(), policies = policies.list_len(), generation = policies.generation(), "tracing policies for every sensor")
+                }
+                None => tracing::info!(
+                    "tracing policies added here are kept in memory only (--policy-store keeps them across restarts)"
+                ),
+            }
+            policies
+        }
     };
     let consumed = Arc::new(ConsumeCounters::default());
     let sink = match &backbone {
@@ -209,6 +215,32 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
     tracing::info!(merged = counters.merged.load(Ordering::Relaxed), "stopped");
     Ok(())
 }
+
+/// The tracing policies every relay on the backbone shares: followed from
+/// its bucket, and waited for, so that no sensor is sent an empty set
+/// before the bucket's.
+async fn shared_policies(
+    backbone: &Backbone,
+    nodes: &Arc<Nodes>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Arc<RelayPolicies>> {
+    let bucket = backbone.policy_bucket().await.context("--backbone-policy-bucket")?;
+    let newest = bucket.last_revision().await.context("--backbone-policy-bucket")?;
+    let policies = Arc::new(RelayPolicies::shared(bucket.clone(), nodes.clone()));
+    tokio::spawn(bucket.follow(policies.clone(), stop.clone()));
+    if !policies.caught_up(newest, POLICY_BUCKET_WAIT).await {
+        anyhow::bail!(
+            "--backbone-policy-bucket {}: the bucket's policies did not arrive within {} s",
+            backbone.settings.policy_bucket,
+            POLICY_BUCKET_WAIT.as_secs()
+        );
+    }
+    tracing::info!(bucket = %backbone.settings.policy_bucket, policies = policies.list_len(), generation = policies.generation(), "tracing policies for every sensor, shared on the backbone");
+    Ok(policies)
+}
+
+/// How long start-up waits for the policy bucket's contents.
+const POLICY_BUCKET_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Binds `address`; if it is in use and `wait`, tries again every second
 /// until it is free or the relay is stopped (`None`).

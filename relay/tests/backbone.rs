@@ -2,7 +2,8 @@
 //! sensors send, a query relay serves it; what a sensor sends again
 //! through another ingest relay is dropped by message id; a backbone that
 //! does not answer, or a stream with other settings, stops start-up with
-//! an error naming it.
+//! an error naming it; tracing policies changed at any relay reach the
+//! sensors of every ingest relay.
 #![allow(clippy::unwrap_used, reason = "a test: a panic is a failed test")]
 
 #[path = "support/local.rs"]
@@ -17,11 +18,14 @@ use local::{Relay, cert_dir, hello};
 use nats::Nats;
 use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
 use proto::tetragon::get_events_response::Event;
-use proto::tetragon::{GetEventsRequest, GetEventsResponse};
+use proto::tetragon::{
+    AddTracingPolicyRequest, DeleteTracingPolicyRequest, DisableTracingPolicyRequest, GetEventsRequest,
+    GetEventsResponse, ListTracingPoliciesRequest,
+};
 use proto::vigil::relay::v1::ingest_client::IngestClient;
 use proto::vigil::relay::v1::relay_admin_client::RelayAdminClient;
 use proto::vigil::relay::v1::{
-    Batch, IngestMessage, IngestReply, ListNodesRequest, ListNodesResponse, SequencedEvent, ingest_message,
+    Batch, IngestMessage, IngestReply, ListNodesRequest, ListNodesResponse, PolicySet, SequencedEvent, ingest_message,
     ingest_reply,
 };
 use tokio::sync::mpsc;
@@ -60,6 +64,21 @@ impl FakeSensor {
                 }
                 Some(_) => continue,
                 None => return Err("no welcome".into()),
+            }
+        }
+    }
+
+    /// The next policy set the relay sends.
+    async fn next_set(&mut self) -> PolicySet {
+        loop {
+            let reply = tokio::time::timeout(Duration::from_secs(20), self.replies.message())
+                .await
+                .unwrap_or_else(|_| panic!("{}: a policy set within 20 s", self.node))
+                .unwrap();
+            match reply.and_then(|r| r.msg) {
+                Some(ingest_reply::Msg::Policies(set)) => return set,
+                Some(_) => {}
+                None => panic!("{}: the stream ended", self.node),
             }
         }
     }
@@ -249,16 +268,16 @@ async fn two_ingest_relays_and_a_query_relay_give_every_marker_once_in_time_orde
         assert_eq!(acked, 0, "{node}: a new sensor");
         sensors.push(sensor);
     }
-    // Each sends its three batches without waiting (in turns, so that the
-    // nodes' events arrive within the reorder window of each other): the
-    // ingest relays store them meanwhile, and acknowledge each, in order.
+    // Three rounds of a batch each, all sensors' batches of a round at
+    // once (so that the nodes' events arrive within the reorder window of
+    // each other).
     for round in 0..3u64 {
         for s in &mut sensors {
             s.send_only(round * 50 + 1..=round * 50 + 50, base).await.unwrap();
         }
-    }
-    for s in &mut sensors {
-        assert_eq!(s.acks_through(150).await, Ok(vec![50, 100, 150]), "{}", s.node);
+        for s in &mut sensors {
+            assert_eq!(s.acks_through(round * 50 + 50).await, Ok(vec![round * 50 + 50]), "{}", s.node);
+        }
     }
     // node-a's sensor moves to the other ingest relay, which never saw it:
     // it is told what the backbone holds, and goes on from there.
@@ -395,6 +414,7 @@ async fn an_event_published_again_is_stored_once_and_says_how_far_its_sensor_is(
         credentials: None,
         max_in_flight: 64,
         format: relay::backbone::payload::Format::Protobuf,
+        policy_bucket: "DEDUP_POLICIES".into(),
     })
     .await
     .unwrap();
@@ -499,7 +519,10 @@ async fn a_client_resumes_exactly_once_on_a_new_query_relay_and_since_reads_the_
     let mut stream = subscribe(first, GetEventsRequest::default()).await;
     let (mut sensor, _) = FakeSensor::connect(ingest, "node-r").await;
     let base = now_ns();
-    sensor.send(1..=100, base).await;
+    // Four batches without waiting: stored meanwhile, each acknowledged
+    // in order.
+    let acks = sensor.try_send_pipelined(&[1..=25, 26..=50, 51..=75, 76..=100], base).await;
+    assert_eq!(acks, Ok(vec![25, 50, 75, 100]));
     let mut had = Vec::new();
     let counts = read_until(&mut stream, &mut had, |c| c.len() >= 100).await;
     assert_eq!(counts.len(), 100, "the first query relay's client:\n{}", first.log());
@@ -629,4 +652,77 @@ async fn a_nats_server_of_three_killed_mid_workload_loses_and_repeats_nothing() 
     let counts = read_until(&mut stream, &mut seen, |c| c.contains_key("m-node-c-100")).await;
     let want: BTreeMap<String, usize> = (1..=100).map(|seq| (format!("m-node-c-{seq}"), 1)).collect();
     assert_eq!(counts, want, "each event once; query relay:\n{}\ningest relay:\n{}", query.log(), ingest.log());
+}
+
+const POLICY: &str = "apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata:\n  name: wire\nspec:\n  \
+                      tracepoints:\n  - subsystem: syscalls\n    event: sys_enter_unlinkat\n    args:\n    - index: 6\n      \
+                      type: string\n";
+
+/// The Tetragon API of `relay` with an admin certificate.
+async fn admin(relay: &Relay) -> FineGuidanceSensorsClient<tonic::transport::Channel> {
+    FineGuidanceSensorsClient::new(relay.clients().connect_tls(relay.tls("admin")).await.unwrap())
+}
+
+/// `(name, enabled)` of each policy in `set`.
+fn policies_of(set: &PolicySet) -> Vec<(String, bool)> {
+    set.policies.iter().map(|p| (p.name.clone(), p.enabled)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_changed_at_any_relay_reaches_the_sensors_of_every_ingest_relay() {
+    test_support::skip_if!(nats::skip_reason());
+    let nats = Nats::start("policies");
+    let url = nats.url();
+    let relays = relays_on(&url, "backbone-policies", &["ingest", "ingest", "query"], &[]).await;
+    let [ingest_1, ingest_2, query] = &relays[..] else { unreachable!() };
+    let (mut s1, _) = FakeSensor::connect(ingest_1, "node-p1").await;
+    let (mut s2, _) = FakeSensor::connect(ingest_2, "node-p2").await;
+    for s in [&mut s1, &mut s2] {
+        assert_eq!(s.next_set().await, PolicySet::default(), "{}: no policy yet", s.node);
+    }
+
+    // Added at the query relay, where no sensor streams: both ingest
+    // relays send it, with the same generation (the bucket's revision).
+    let add = AddTracingPolicyRequest { yaml: POLICY.into(), domain: String::new() };
+    admin(query).await.add_tracing_policy(add.clone()).await.unwrap();
+    let (one, two) = (s1.next_set().await, s2.next_set().await);
+    assert_eq!(one, two);
+    assert_eq!(policies_of(&one), [("wire".to_owned(), true)]);
+    assert_eq!(one.policies[0].yaml, POLICY);
+    assert!(one.generation > 0);
+    // The answer came once the relay's own copy had it.
+    let listed = admin(query).await.list_tracing_policies(ListTracingPoliciesRequest::default()).await.unwrap();
+    let names: Vec<String> = listed.into_inner().policies.into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["wire"]);
+    // Added again at another relay: refused as one relay refuses it.
+    let e = admin(ingest_2).await.add_tracing_policy(add).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (tonic::Code::AlreadyExists, "a policy named wire is already managed by the relay")
+    );
+
+    // Disabled at an ingest relay: every sensor gets the change.
+    let disable = DisableTracingPolicyRequest { name: "wire".into(), ..Default::default() };
+    admin(ingest_1).await.disable_tracing_policy(disable).await.unwrap();
+    let (one, two) = (s1.next_set().await, s2.next_set().await);
+    assert_eq!(one, two);
+    assert_eq!(policies_of(&one), [("wire".to_owned(), false)]);
+
+    // A relay that starts now has the set before it takes a sensor: its
+    // first set is the bucket's, not an empty one.
+    let mut args = vec!["--backbone", url.as_str(), "--backbone-role", "ingest"];
+    args.extend_from_slice(&SMALL);
+    let late = Relay::spawn(ingest_1.dir.clone(), &args);
+    assert!(late.serving_within(Duration::from_secs(30)).await, "{}", late.log());
+    let (mut s3, _) = FakeSensor::connect(&late, "node-p3").await;
+    assert_eq!(policies_of(&s3.next_set().await), [("wire".to_owned(), false)]);
+
+    // Deleted there: gone everywhere.
+    let delete = DeleteTracingPolicyRequest { name: "wire".into(), ..Default::default() };
+    admin(&late).await.delete_tracing_policy(delete.clone()).await.unwrap();
+    for s in [&mut s1, &mut s2, &mut s3] {
+        assert_eq!(policies_of(&s.next_set().await), [], "{}", s.node);
+    }
+    let e = admin(query).await.delete_tracing_policy(delete).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
 }

@@ -51,12 +51,15 @@ pub trait EventSource: Send + Sync + 'static {
 
 /// Tetragon's tracing-policy RPCs, as a daemon that loads policies serves
 /// them. Errors are already the gRPC status the client gets.
+/// Async: a relay on the backbone changes the cluster's policies in a
+/// JetStream bucket.
+#[tonic::async_trait]
 pub trait PolicyControl: Send + Sync {
-    fn add(&self, yaml: &str) -> Result<(), Status>;
-    fn delete(&self, name: &str, namespace: &str) -> Result<(), Status>;
-    fn set_enabled(&self, name: &str, namespace: &str, enabled: bool) -> Result<(), Status>;
+    async fn add(&self, yaml: &str) -> Result<(), Status>;
+    async fn delete(&self, name: &str, namespace: &str) -> Result<(), Status>;
+    async fn set_enabled(&self, name: &str, namespace: &str, enabled: bool) -> Result<(), Status>;
     /// Enforcement off (`monitor`) or on.
-    fn set_mode(&self, name: &str, namespace: &str, monitor: bool) -> Result<(), Status>;
+    async fn set_mode(&self, name: &str, namespace: &str, monitor: bool) -> Result<(), Status>;
     fn list(&self) -> Vec<TracingPolicyStatus>;
 }
 
@@ -135,7 +138,7 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
                 yaml.len()
             )));
         }
-        control.add(&yaml)?;
+        control.add(&yaml).await?;
         Ok(Response::new(AddTracingPolicyResponse {}))
     }
 
@@ -145,7 +148,7 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
     ) -> Result<Response<DeleteTracingPolicyResponse>, Status> {
         let control = self.policy_change(&request, "DeleteTracingPolicy")?;
         let r = request.into_inner();
-        control.delete(&r.name, &r.namespace)?;
+        control.delete(&r.name, &r.namespace).await?;
         Ok(Response::new(DeleteTracingPolicyResponse {}))
     }
 
@@ -169,10 +172,10 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
             Some(_) => return Err(Status::invalid_argument("mode: TP_MODE_ENFORCE or TP_MODE_MONITOR")),
         };
         if let Some(monitor) = monitor {
-            control.set_mode(&r.name, &r.namespace, monitor)?;
+            control.set_mode(&r.name, &r.namespace, monitor).await?;
         }
         if let Some(enable) = r.enable {
-            control.set_enabled(&r.name, &r.namespace, enable)?;
+            control.set_enabled(&r.name, &r.namespace, enable).await?;
         }
         Ok(Response::new(ConfigureTracingPolicyResponse {}))
     }
@@ -183,7 +186,7 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
     ) -> Result<Response<EnableTracingPolicyResponse>, Status> {
         let control = self.policy_change(&request, "EnableTracingPolicy")?;
         let r = request.into_inner();
-        control.set_enabled(&r.name, &r.namespace, true)?;
+        control.set_enabled(&r.name, &r.namespace, true).await?;
         Ok(Response::new(EnableTracingPolicyResponse {}))
     }
 
@@ -193,7 +196,7 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
     ) -> Result<Response<DisableTracingPolicyResponse>, Status> {
         let control = self.policy_change(&request, "DisableTracingPolicy")?;
         let r = request.into_inner();
-        control.set_enabled(&r.name, &r.namespace, false)?;
+        control.set_enabled(&r.name, &r.namespace, false).await?;
         Ok(Response::new(DisableTracingPolicyResponse {}))
     }
 

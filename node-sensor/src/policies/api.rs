@@ -41,8 +41,9 @@ fn counters(c: &SelectorCounts) -> TracingPolicyActionCounters {
     }
 }
 
+#[tonic::async_trait]
 impl PolicyControl for SharedPolicies {
-    fn add(&self, yaml: &str) -> Result<(), Status> {
+    async fn add(&self, yaml: &str) -> Result<(), Status> {
         let result = self.0.lock().add_yaml(yaml);
         match &result {
             Ok(()) => tracing::info!("tracing policy added"),
@@ -51,17 +52,17 @@ impl PolicyControl for SharedPolicies {
         result.map_err(status_of)
     }
 
-    fn delete(&self, name: &str, namespace: &str) -> Result<(), Status> {
+    async fn delete(&self, name: &str, namespace: &str) -> Result<(), Status> {
         let mut host = self.0.lock();
         host.check_local(name, namespace).and_then(|()| host.delete(name, namespace)).map_err(status_of)
     }
 
-    fn set_mode(&self, name: &str, namespace: &str, monitor: bool) -> Result<(), Status> {
+    async fn set_mode(&self, name: &str, namespace: &str, monitor: bool) -> Result<(), Status> {
         let mut host = self.0.lock();
         host.check_local(name, namespace).and_then(|()| host.set_mode(name, namespace, monitor)).map_err(status_of)
     }
 
-    fn set_enabled(&self, name: &str, namespace: &str, enabled: bool) -> Result<(), Status> {
+    async fn set_enabled(&self, name: &str, namespace: &str, enabled: bool) -> Result<(), Status> {
         let mut host = self.0.lock();
         host.check_local(name, namespace)
             .and_then(|()| if enabled { host.enable(name, namespace) } else { host.disable(name, namespace) })

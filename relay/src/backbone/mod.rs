@@ -4,8 +4,10 @@
 //! a sensor's batch only once JetStream has stored all of it. A **query**
 //! relay consumes the stream into its merge, so it serves every node's
 //! events however many ingest relays took them. JetStream drops what a
-//! sensor re-sends after a reconnect by message id (its instance and
-//! sequence number), within the stream's duplicate window.
+//! sensor re-sends after a reconnect by message id (its instance and the
+//! run's sequence numbers), within the stream's duplicate window; query
+//! relays skip what still comes twice. The tracing policies every relay
+//! shares live in a key-value bucket ([`policies`]).
 //!
 //! Each message carries a run of one sensor stream's events, numbered
 //! without a gap (`Vigil-First-Seq` to `Vigil-Seq`), with headers naming
@@ -16,6 +18,7 @@
 
 pub mod consume;
 pub mod payload;
+pub mod policies;
 pub mod publish;
 
 use std::time::Duration;
@@ -82,6 +85,8 @@ pub struct BackboneSettings {
     /// How ingest relays lay events out in a message (query relays read
     /// either).
     pub format: payload::Format,
+    /// The key-value bucket holding the tracing policies.
+    pub policy_bucket: String,
 }
 
 /// Why the backbone cannot be used. Errors name the address and the
@@ -316,6 +321,7 @@ mod tests {
             credentials: None,
             max_in_flight: 1024,
             format: payload::Format::Protobuf,
+            policy_bucket: policies::DEFAULT_BUCKET.into(),
         };
         let want = wanted(&settings);
         assert!(differences(&want, &want).is_empty());

@@ -5,6 +5,10 @@
 //! what became of each policy there; `ListTracingPolicies` shows that per
 //! node, with the policies sensors run from Kubernetes objects
 //! (`kubernetes`).
+//!
+//! On the backbone, the set is kept in a JetStream bucket instead
+//! (`backbone::policies`): a change is written there, and every relay's
+//! copy follows the bucket, so all ingest relays send the same set.
 
 mod kubernetes;
 pub mod store;
@@ -20,6 +24,7 @@ use serving::api::PolicyControl;
 use tokio::sync::watch;
 use tonic::Status;
 
+use crate::backbone::policies::{PolicyBucket, Write, WriteError};
 use crate::nodes::{NodePolicies, Nodes};
 use store::{Store, StoreError};
 
@@ -56,6 +61,10 @@ pub enum ChangeError {
     MonitorOnly(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("policy {0} was changed meanwhile (at another relay); list the policies and try again")]
+    Conflict(String),
+    #[error("{0}")]
+    Backbone(String),
 }
 
 impl From<ChangeError> for Status {
@@ -67,6 +76,8 @@ impl From<ChangeError> for Status {
             ChangeError::Full | ChangeError::TooLarge(_) => Status::resource_exhausted(e.to_string()),
             ChangeError::MonitorOnly(_) => Status::failed_precondition(e.to_string()),
             ChangeError::Store(_) => Status::internal(e.to_string()),
+            ChangeError::Conflict(_) => Status::aborted(e.to_string()),
+            ChangeError::Backbone(_) => Status::unavailable(e.to_string()),
         }
     }
 }
@@ -81,6 +92,8 @@ struct Entry {
     /// It has an enforcement action to switch on and off.
     monitor_only: bool,
     id: u64,
+    /// Its revision in the backbone's bucket (0 when kept locally).
+    revision: u64,
 }
 
 #[derive(Clone)]
@@ -103,8 +116,31 @@ impl Managed {
     }
 }
 
+/// Where the managed set is kept.
+enum Keeper {
+    /// This relay's own store (a file, or memory).
+    Local(Store),
+    /// The backbone's bucket, which every relay on it shares; this relay's
+    /// copy follows it, and `applied` is the last revision it took.
+    Shared { bucket: Box<PolicyBucket>, applied: watch::Sender<u64> },
+}
+
+/// A change seen in the backbone's bucket (`backbone::policies`).
+#[derive(Debug)]
+pub enum BucketChange {
+    Put { key: String, value: bytes::Bytes, revision: u64 },
+    Delete { key: String, revision: u64 },
+}
+
+/// How long a change written to the bucket may take to come back to this
+/// relay before the caller is told it is not seen here yet.
+const SHARED_APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+static BUCKET_LOG: std::sync::LazyLock<serving::log_limit::LogLimits> =
+    std::sync::LazyLock::new(|| serving::log_limit::LogLimits::new(std::time::Duration::from_secs(10)));
+
 pub struct RelayPolicies {
-    store: Store,
+    keeper: Keeper,
     managed: Mutex<Managed>,
     /// The set as sensors get it; each ingest stream watches it.
     set: watch::Sender<Arc<PolicySet>>,
@@ -132,14 +168,98 @@ impl RelayPolicies {
             // Checked when added; a document this version no longer takes
             // is still sent, and each node reports its refusal.
             let monitor_only = parse(&policy.yaml).is_ok_and(|(_, m)| m);
-            let entry = Entry { changed: contents.generation, monitor_only, id: id as u64 + 1, policy };
+            let entry = Entry { changed: contents.generation, monitor_only, id: id as u64 + 1, revision: 0, policy };
             entries.insert(entry.policy.name.clone(), entry);
         }
         let next_id = entries.len() as u64 + 1;
         let managed = Managed { generation: contents.generation, entries, next_id };
         let (set, _) = watch::channel(managed.set());
         let sending = Arc::new(tokio::sync::Semaphore::new(SENDING_BUDGET));
-        Ok(RelayPolicies { store, managed: Mutex::new(managed), set, nodes, sending })
+        Ok(RelayPolicies { keeper: Keeper::Local(store), managed: Mutex::new(managed), set, nodes, sending })
+    }
+
+    /// Empty until [`PolicyBucket::follow`] brings the bucket's policies
+    /// (see [`RelayPolicies::caught_up`]).
+    pub fn shared(bucket: PolicyBucket, nodes: Arc<Nodes>) -> RelayPolicies {
+        let managed = Managed { generation: 0, entries: BTreeMap::new(), next_id: 1 };
+        let (set, _) = watch::channel(managed.set());
+        let sending = Arc::new(tokio::sync::Semaphore::new(SENDING_BUDGET));
+        let (applied, _) = watch::channel(0);
+        RelayPolicies { keeper: Keeper::Shared { bucket: Box::new(bucket), applied }, managed: Mutex::new(managed), set, nodes, sending }
+    }
+
+    /// Waits (up to `limit`) until this relay's copy holds the bucket's
+    /// revision `revision`; `false` if it did not in time. Start-up waits
+    /// so, so that no sensor is sent an empty set first.
+    pub async fn caught_up(&self, revision: u64, limit: std::time::Duration) -> bool {
+        let Keeper::Shared { applied, .. } = &self.keeper else { return true };
+        let mut seen = applied.subscribe();
+        matches!(tokio::time::timeout(limit, seen.wait_for(|r| *r >= revision)).await, Ok(Ok(_)))
+    }
+
+    /// Takes a change seen in the bucket: this relay's copy, and the set
+    /// its sensors get, follow it. A value that is not a policy, or one
+    /// past the limits, is skipped and logged (the bucket is the
+    /// backbone's, which other clients may write).
+    pub fn apply(&self, change: BucketChange) {
+        let Keeper::Shared { applied, .. } = &self.keeper else { return };
+        let mut managed = self.managed.lock();
+        let revision = match change {
+            BucketChange::Put { key, value, revision } => {
+                match self.bucket_entry(&managed, &key, &value, revision) {
+                    Ok(entry) => {
+                        if entry.id == managed.next_id {
+                            managed.next_id += 1;
+                        }
+                        managed.entries.insert(key, entry);
+                    }
+                    Err(why) => {
+                        if let Some(n) = BUCKET_LOG.hit(&why) {
+                            tracing::warn!(key = %key.chars().take(253).collect::<String>(), why, times = n, "skipped a value in the policy bucket");
+                        }
+                        managed.entries.remove(&key);
+                    }
+                }
+                revision
+            }
+            BucketChange::Delete { key, revision } => {
+                managed.entries.remove(&key);
+                revision
+            }
+        };
+        if revision > managed.generation {
+            managed.generation = revision;
+        }
+        self.set.send_replace(managed.set());
+        let generation = managed.generation;
+        drop(managed);
+        applied.send_if_modified(|a| {
+            let newer = generation > *a;
+            *a = (*a).max(generation);
+            newer
+        });
+    }
+
+    /// The entry a bucket value makes, or why it makes none.
+    fn bucket_entry(&self, managed: &Managed, key: &str, value: &[u8], revision: u64) -> Result<Entry, String> {
+        use prost::Message;
+        let policy = ManagedPolicy::decode(value).map_err(|_| "not a policy".to_owned())?;
+        if policy.name != key {
+            return Err("a policy under another name's key".into());
+        }
+        let replaced = managed.entries.get(key);
+        if replaced.is_none() && managed.entries.len() >= MAX_POLICIES {
+            return Err(format!("more than {MAX_POLICIES} policies"));
+        }
+        let bytes = managed.bytes() - replaced.map_or(0, |e| e.policy.yaml.len() + e.policy.name.len())
+            + policy.yaml.len()
+            + policy.name.len();
+        if bytes > MAX_SET_BYTES {
+            return Err(format!("the set would take more than {MAX_SET_BYTES} bytes"));
+        }
+        let monitor_only = parse(&policy.yaml).is_ok_and(|(_, m)| m);
+        let id = replaced.map_or(managed.next_id, |e| e.id);
+        Ok(Entry { policy, changed: revision, monitor_only, id, revision })
     }
 
     /// A share of the sending budget for one copy of `set`, held until the
@@ -189,17 +309,65 @@ impl RelayPolicies {
 
     /// Applies `change` to the managed set and commits it as the next
     /// generation; sensors get the new set. A change the store refuses
-    /// leaves everything as it was.
-    fn change(&self, change: impl FnOnce(&mut Managed, u64) -> Result<Change, ChangeError>) -> Result<(), ChangeError> {
+    /// leaves everything as it was. On the backbone, the change is worked
+    /// out on a copy and written to the bucket; the answer comes once this
+    /// relay's copy has it back.
+    async fn change(
+        &self,
+        change: impl FnOnce(&mut Managed, u64) -> Result<Change, ChangeError>,
+    ) -> Result<(), ChangeError> {
+        let (bucket, applied) = match &self.keeper {
+            Keeper::Local(store) => return self.change_local(store, change),
+            Keeper::Shared { bucket, applied } => (bucket, applied),
+        };
+        let (write, name) = {
+            let managed = self.managed.lock();
+            let mut copy = managed.clone();
+            match change(&mut copy, managed.generation + 1)? {
+                Change::Put(name) => {
+                    let Some(after) = copy.entries.get(&name) else { return Ok(()) };
+                    let write = match managed.entries.get(&name) {
+                        Some(before) => Write::Update(after.policy.clone(), before.revision),
+                        None => Write::Create(after.policy.clone()),
+                    };
+                    (write, name)
+                }
+                Change::Remove(name) => {
+                    let revision = managed.entries.get(&name).map_or(0, |e| e.revision);
+                    (Write::Delete(name.clone(), revision), name)
+                }
+                Change::None => return Ok(()),
+            }
+        };
+        let created = matches!(write, Write::Create(_));
+        let revision = bucket.write(write).await.map_err(|e| match e {
+            WriteError::Conflict if created => ChangeError::Exists(name.clone()),
+            WriteError::Conflict => ChangeError::Conflict(name.clone()),
+            WriteError::Unavailable(why) => ChangeError::Backbone(why),
+        })?;
+        let mut seen = applied.subscribe();
+        match tokio::time::timeout(SHARED_APPLY_WAIT, seen.wait_for(|r| *r >= revision)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(ChangeError::Backbone(format!(
+                "the change to {name} is stored in the backbone (revision {revision}) but has not reached this relay                  yet; its sensors get it once it does"
+            ))),
+        }
+    }
+
+    fn change_local(
+        &self,
+        store: &Store,
+        change: impl FnOnce(&mut Managed, u64) -> Result<Change, ChangeError>,
+    ) -> Result<(), ChangeError> {
         let mut managed = self.managed.lock();
         let before = managed.clone();
         let generation = managed.generation + 1;
         let stored = match change(&mut managed, generation)? {
             Change::Put(name) => match managed.entries.get(&name) {
-                Some(e) => self.store.put(&e.policy, generation),
+                Some(e) => store.put(&e.policy, generation),
                 None => Ok(()),
             },
-            Change::Remove(name) => self.store.remove(&name, generation),
+            Change::Remove(name) => store.remove(&name, generation),
             Change::None => return Ok(()),
         };
         if let Err(e) = stored {
@@ -211,7 +379,7 @@ impl RelayPolicies {
         Ok(())
     }
 
-    fn add_policy(&self, yaml: &str) -> Result<(), ChangeError> {
+    async fn add_policy(&self, yaml: &str) -> Result<(), ChangeError> {
         let (parsed, monitor_only) = parse(yaml)?;
         let name = parsed.metadata.name;
         self.change(|managed, generation| {
@@ -228,13 +396,14 @@ impl RelayPolicies {
             let policy = ManagedPolicy { name: name.clone(), yaml: yaml.to_owned(), enabled: true, monitor: false };
             let id = managed.next_id;
             managed.next_id += 1;
-            managed.entries.insert(name.clone(), Entry { policy, changed: generation, monitor_only, id });
+            managed.entries.insert(name.clone(), Entry { policy, changed: generation, monitor_only, id, revision: 0 });
             Ok(Change::Put(name.clone()))
         })
+        .await
     }
 
     /// Changes one field of a managed policy.
-    fn update(
+    async fn update(
         &self,
         name: &str,
         namespace: &str,
@@ -256,6 +425,7 @@ impl RelayPolicies {
             entry.changed = generation;
             Ok(Change::Put(name.to_owned()))
         })
+        .await
     }
 
     /// Each policy as `ListTracingPolicies` shows it: its state across
@@ -429,9 +599,10 @@ fn status(entry: &Entry, nodes: &[NodePolicies]) -> TracingPolicyStatus {
     }
 }
 
+#[tonic::async_trait]
 impl PolicyControl for RelayPolicies {
-    fn add(&self, yaml: &str) -> Result<(), Status> {
-        let result = self.add_policy(yaml);
+    async fn add(&self, yaml: &str) -> Result<(), Status> {
+        let result = self.add_policy(yaml).await;
         match &result {
             Ok(()) => tracing::info!(generation = self.generation(), "tracing policy added for every sensor"),
             Err(e) => tracing::warn!(error = %e, "tracing policy refused"),
@@ -439,25 +610,27 @@ impl PolicyControl for RelayPolicies {
         result.map_err(Status::from)
     }
 
-    fn delete(&self, name: &str, namespace: &str) -> Result<(), Status> {
+    async fn delete(&self, name: &str, namespace: &str) -> Result<(), Status> {
         self.change(|managed, _| {
             if !namespace.is_empty() || managed.entries.remove(name).is_none() {
                 return Err(ChangeError::NotFound(name.to_owned()));
             }
             Ok(Change::Remove(name.to_owned()))
         })
+        .await
         .map_err(Status::from)
     }
 
-    fn set_enabled(&self, name: &str, namespace: &str, enabled: bool) -> Result<(), Status> {
+    async fn set_enabled(&self, name: &str, namespace: &str, enabled: bool) -> Result<(), Status> {
         self.update(name, namespace, |e| {
             e.policy.enabled = enabled;
             Ok(true)
         })
+        .await
         .map_err(Status::from)
     }
 
-    fn set_mode(&self, name: &str, namespace: &str, monitor: bool) -> Result<(), Status> {
+    async fn set_mode(&self, name: &str, namespace: &str, monitor: bool) -> Result<(), Status> {
         self.update(name, namespace, |e| {
             if e.monitor_only {
                 return if monitor { Ok(false) } else { Err(ChangeError::MonitorOnly(name.to_owned())) };
@@ -465,6 +638,7 @@ impl PolicyControl for RelayPolicies {
             e.policy.monitor = monitor;
             Ok(true)
         })
+        .await
         .map_err(Status::from)
     }
 
@@ -480,7 +654,7 @@ mod tests {
 
     fn entry(name: &str) -> Entry {
         let policy = ManagedPolicy { name: name.into(), yaml: String::new(), enabled: true, monitor: false };
-        Entry { policy, changed: 2, monitor_only: true, id: 1 }
+        Entry { policy, changed: 2, monitor_only: true, id: 1, revision: 0 }
     }
 
     fn node(name: &str, connected: bool, generation: u64, outcome: Option<(&str, Outcome, &str)>) -> NodePolicies {
@@ -534,13 +708,13 @@ mod tests {
         RelayPolicies::open(Store::open(None).unwrap(), Arc::new(Nodes::default())).unwrap()
     }
 
-    #[test]
-    fn changes_are_checked_numbered_and_sent() {
+    #[tokio::test]
+    async fn changes_are_checked_numbered_and_sent() {
         let p = relay_policies();
         let mut set = p.watch();
         assert_eq!(set.borrow_and_update().generation, 0);
-        p.add(&policy_yaml("kill", "TracingPolicy", "Sigkill")).unwrap();
-        p.add(&policy_yaml("post", "TracingPolicy", "Post")).unwrap();
+        p.add(&policy_yaml("kill", "TracingPolicy", "Sigkill")).await.unwrap();
+        p.add(&policy_yaml("post", "TracingPolicy", "Post")).await.unwrap();
         assert!(set.has_changed().unwrap());
         let sent = set.borrow_and_update().clone();
         assert_eq!(sent.generation, 2);
@@ -549,32 +723,32 @@ mod tests {
 
         // Refusals name the problem and change nothing.
         let refused = |r: Result<(), Status>| r.unwrap_err();
-        let e = refused(p.add(&policy_yaml("kill", "TracingPolicy", "Post")));
+        let e = refused(p.add(&policy_yaml("kill", "TracingPolicy", "Post")).await);
         assert_eq!(
             (e.code(), e.message()),
             (tonic::Code::AlreadyExists, "a policy named kill is already managed by the relay")
         );
-        let e = refused(p.add(&policy_yaml("ns", "TracingPolicyNamespaced", "Post")));
+        let e = refused(p.add(&policy_yaml("ns", "TracingPolicyNamespaced", "Post")).await);
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().starts_with("kind: TracingPolicyNamespaced is not distributed"), "{}", e.message());
-        let e = refused(p.add("kind: TracingPolicy\nspec: {}\n"));
+        let e = refused(p.add("kind: TracingPolicy\nspec: {}\n").await);
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
-        let e = refused(p.add(&policy_yaml("geturl", "TracingPolicy", "GetUrl")));
+        let e = refused(p.add(&policy_yaml("geturl", "TracingPolicy", "GetUrl")).await);
         assert!(e.message().contains("GetUrl"), "{}", e.message());
-        let e = refused(p.delete("nope", ""));
+        let e = refused(p.delete("nope", "").await);
         assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, "no policy named nope is managed by the relay"));
-        let e = refused(p.delete("kill", "default"));
+        let e = refused(p.delete("kill", "default").await);
         assert_eq!(e.code(), tonic::Code::NotFound, "relay policies have no namespace");
-        let e = refused(p.set_mode("post", "", false));
+        let e = refused(p.set_mode("post", "", false).await);
         assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{}", e.message());
         assert!(!set.has_changed().unwrap(), "nothing was sent");
         assert_eq!(p.generation(), 2);
 
         // Switches: each a new generation; one that changes nothing is none.
-        p.set_mode("kill", "", true).unwrap();
-        p.set_enabled("post", "", false).unwrap();
-        p.set_enabled("post", "", false).unwrap();
-        p.set_mode("post", "", true).unwrap();
+        p.set_mode("kill", "", true).await.unwrap();
+        p.set_enabled("post", "", false).await.unwrap();
+        p.set_enabled("post", "", false).await.unwrap();
+        p.set_mode("post", "", true).await.unwrap();
         let sent = set.borrow_and_update().clone();
         assert_eq!(sent.generation, 4);
         assert!(sent.policies[0].monitor && !sent.policies[1].enabled);
@@ -593,7 +767,7 @@ mod tests {
             "no node yet: nothing pending, nothing failed"
         );
         assert_eq!(list[0].info, "nodes: none");
-        p.delete("kill", "").unwrap();
+        p.delete("kill", "").await.unwrap();
         assert_eq!(set.borrow_and_update().policies.len(), 1);
         assert_eq!(p.generation(), 5);
     }
@@ -612,20 +786,20 @@ mod tests {
         drop(b);
     }
 
-    #[test]
-    fn the_set_is_bounded_in_count_and_bytes() {
+    #[tokio::test]
+    async fn the_set_is_bounded_in_count_and_bytes() {
         let p = relay_policies();
         for i in 0..MAX_POLICIES {
-            p.add(&policy_yaml(&format!("p{i}"), "TracingPolicy", "Post")).unwrap();
+            p.add(&policy_yaml(&format!("p{i}"), "TracingPolicy", "Post")).await.unwrap();
         }
-        let e = p.add(&policy_yaml("one-more", "TracingPolicy", "Post")).unwrap_err();
+        let e = p.add(&policy_yaml("one-more", "TracingPolicy", "Post")).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::ResourceExhausted);
         let p = relay_policies();
         // Large documents (a comment fills them) run into the byte limit.
         let filler = format!("# {}\n", "x".repeat(policy::MAX_POLICY_BYTES - 1024));
         let mut added = 0;
         let e = loop {
-            match p.add(&format!("{filler}{}", policy_yaml(&format!("big{added}"), "TracingPolicy", "Post"))) {
+            match p.add(&format!("{filler}{}", policy_yaml(&format!("big{added}"), "TracingPolicy", "Post"))).await {
                 Ok(()) => added += 1,
                 Err(e) => break e,
             }
