@@ -185,7 +185,13 @@ impl RelayPolicies {
         let (set, _) = watch::channel(managed.set());
         let sending = Arc::new(tokio::sync::Semaphore::new(SENDING_BUDGET));
         let (applied, _) = watch::channel(0);
-        RelayPolicies { keeper: Keeper::Shared { bucket: Box::new(bucket), applied }, managed: Mutex::new(managed), set, nodes, sending }
+        RelayPolicies {
+            keeper: Keeper::Shared { bucket: Box::new(bucket), applied },
+            managed: Mutex::new(managed),
+            set,
+            nodes,
+            sending,
+        }
     }
 
     /// Waits (up to `limit`) until this relay's copy holds the bucket's
