@@ -48,9 +48,17 @@ fn print_nodes(r: &proto::vigil::relay::v1::ListNodesResponse) {
     );
     for n in &r.nodes {
         let seen = n.last_seen.map(|t| t.to_protojson()).unwrap_or_else(|| "-".into());
-        let state = if n.connected { "connected" } else { "gone" };
+        let state = match (n.connected, n.via_backbone) {
+            (true, _) => "connected",
+            (false, true) => "backbone",
+            (false, false) => "gone",
+        };
         // An any-node credential could speak for any node: say so.
-        let credential = if n.any_node_credential { "ANY NODE" } else { "this node" };
+        let credential = match (n.any_node_credential, n.via_backbone) {
+            (true, _) => "ANY NODE",
+            (false, true) => "(ingest relay's)",
+            (false, false) => "this node",
+        };
         // POLICIES: the generation of the relay's policy set the node has
         // applied (see "policy generation" below).
         println!(

@@ -135,6 +135,8 @@ async fn run(flags: Settings) -> anyhow::Result<()> {
         let run = consume::run(
             b.clone(),
             nodes.clone(),
+            // A relay that also ingests counts its nodes' events there.
+            !b.settings.role.ingests(),
             merge_tx.clone(),
             flags.history_size,
             consumed.clone(),

@@ -32,6 +32,8 @@ struct Node {
     /// What its sensor last said of the relay's policies (checked and
     /// bounded by the policies stage).
     policies: Option<std::sync::Arc<PolicyReport>>,
+    /// Known from the backbone's stream (a query relay), not a stream here.
+    via_backbone: bool,
 }
 
 /// One node as the policy list sees it.
@@ -61,6 +63,9 @@ pub struct Intake {
     pub gap: u64,
     pub last_seq: u64,
 }
+
+static NOT_TRACKED_LOG: std::sync::LazyLock<serving::log_limit::LogLimit> =
+    std::sync::LazyLock::new(|| serving::log_limit::LogLimit::new(std::time::Duration::from_secs(60)));
 
 /// Boot ids numbered at most this many at once; past it, the numbers of
 /// boot ids no node holds are forgotten.
@@ -125,18 +130,7 @@ impl Nodes {
         any_node: bool,
     ) -> Result<u64, ClaimError> {
         let mut nodes = self.lock_forgetting();
-        if !nodes.contains_key(node) && nodes.len() >= self.max_nodes {
-            // The node gone longest makes room; with every node connected,
-            // a new one is refused.
-            let oldest = nodes
-                .iter()
-                .filter_map(|(name, n)| Some((n.gone_since?, name.clone())))
-                .min()
-                .map(|(_, name)| name)
-                .ok_or(ClaimError::Full { limit: self.max_nodes })?;
-            nodes.remove(&oldest);
-        }
-        let n = nodes.entry(node.to_owned()).or_default();
+        let n = self.room_for(&mut nodes, node).ok_or(ClaimError::Full { limit: self.max_nodes })?;
         if n.stream.is_some() && n.instance_id != instance {
             return Err(ClaimError::Taken { node: node.into() });
         }
@@ -150,6 +144,55 @@ impl Nodes {
         n.instance_id = instance.to_owned();
         n.last_seen = Some(Timestamp::now());
         Ok(n.last_seq.get(instance).copied().unwrap_or(0))
+    }
+
+    /// `node`'s entry, made if there is room: the node gone longest makes
+    /// room; with every node connected, there is none.
+    fn room_for<'n>(&self, nodes: &'n mut HashMap<String, Node>, node: &str) -> Option<&'n mut Node> {
+        if !nodes.contains_key(node) && nodes.len() >= self.max_nodes {
+            let oldest = nodes.iter().filter_map(|(name, n)| Some((n.gone_since?, name.clone()))).min()?.1;
+            nodes.remove(&oldest);
+        }
+        Some(nodes.entry(node.to_owned()).or_default())
+    }
+
+    /// What a query relay took of `node` from the backbone: `events` new
+    /// ones (the last `lag_ms` old), `duplicates` skipped, `lost` in loss
+    /// notices. The node shows as known through the backbone, gone from
+    /// `vigil nodes` after `--forget-nodes-after` without an event.
+    pub fn consumed(
+        &self,
+        node: &str,
+        boot_id: Option<&str>,
+        events: u64,
+        duplicates: u64,
+        lost: u64,
+        lag_ms: Option<u64>,
+    ) {
+        let mut nodes = self.lock_forgetting();
+        let Some(n) = self.room_for(&mut nodes, node) else {
+            if let Some(times) = NOT_TRACKED_LOG.hit() {
+                tracing::warn!(
+                    node,
+                    limit = self.max_nodes,
+                    times,
+                    "a node on the backbone is not shown: --max-nodes are tracked"
+                );
+            }
+            return;
+        };
+        n.via_backbone = true;
+        n.gone_since = Some(std::time::Instant::now());
+        n.last_seen = Some(Timestamp::now());
+        if let Some(boot_id) = boot_id.filter(|b| *b != n.boot_id) {
+            n.boot_id = boot_id.to_owned();
+        }
+        n.events += events;
+        n.duplicates += duplicates;
+        n.lost += lost;
+        if let Some(lag_ms) = lag_ms {
+            n.lag_ms = lag_ms;
+        }
     }
 
     pub fn release(&self, node: &str, stream: u64) {
@@ -272,6 +315,7 @@ impl Nodes {
                 policy_generation: n.policies.as_ref().map_or(0, |r| r.generation),
                 backbone_events: n.backbone_events,
                 backbone_publish_ms: n.backbone_publish_ms,
+                via_backbone: n.via_backbone && n.stream.is_none(),
             })
             .collect();
         out.sort_by(|a, b| a.node_name.cmp(&b.node_name));
@@ -376,6 +420,7 @@ mod tests {
             policy_generation: u64::MAX,
             backbone_events: u64::MAX,
             backbone_publish_ms: u64::MAX,
+            via_backbone: true,
         };
         let reply = proto::vigil::relay::v1::ListNodesResponse {
             nodes: vec![widest; DEFAULT_MAX_NODES],

@@ -315,7 +315,21 @@ async fn two_ingest_relays_and_a_query_relay_give_every_marker_once_in_time_orde
     let second = list_nodes(ingest_2).await;
     let want = BTreeMap::from([("node-a".into(), 1), ("node-c".into(), 150), ("node-d".into(), 150)]);
     assert_eq!(stored(&second), want);
-    let b = list_nodes(query).await.backbone.expect("the query relay's backbone");
+    // The query relay shows each node as it took it from the stream.
+    let status = list_nodes(query).await;
+    let here: BTreeMap<String, (u64, u64, bool, bool)> = status
+        .nodes
+        .iter()
+        .map(|n| (n.node_name.clone(), (n.events, n.duplicates, n.connected, n.via_backbone)))
+        .collect();
+    let want = BTreeMap::from([
+        ("node-a".into(), (151, 0, false, true)),
+        ("node-b".into(), (150, 0, false, true)),
+        ("node-c".into(), (150, 0, false, true)),
+        ("node-d".into(), (150, 0, false, true)),
+    ]);
+    assert_eq!(here, want);
+    let b = status.backbone.expect("the query relay's backbone");
     assert_eq!((b.role.as_str(), b.stream.as_str(), b.url.as_str()), ("query", "VIGIL_EVENTS", url.as_str()));
     assert_eq!((b.consumed, b.malformed, b.duplicates, b.position), (601, 0, 0, 13));
     // And the metrics, from the same status.

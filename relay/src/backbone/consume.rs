@@ -48,10 +48,13 @@ static MALFORMED_LOG: std::sync::LazyLock<serving::log_limit::LogLimit> =
 static RETRY_LOG: std::sync::LazyLock<serving::log_limit::LogLimit> =
     std::sync::LazyLock::new(|| serving::log_limit::LogLimit::new(Duration::from_secs(10)));
 
-/// Feeds the merge from the stream until `stop`.
+/// Feeds the merge from the stream until `stop`. With `count_nodes` (a
+/// relay that takes no sensors itself), what it takes of each node shows
+/// in `vigil nodes`.
 pub async fn run(
     backbone: Backbone,
     nodes: Arc<Nodes>,
+    count_nodes: bool,
     merge: mpsc::Sender<MergeInput>,
     history: usize,
     counters: Arc<ConsumeCounters>,
@@ -130,17 +133,23 @@ pub async fn run(
                     counters.position.store(info.stream_sequence, Ordering::Relaxed);
                 }
                 match input_of(&m, &prefix, &nodes) {
-                    Ok(Input::Run(run)) => {
-                        for a in run {
-                            if taken.fresh(a.source, a.seq) {
-                                arrivals.push(a);
-                            } else {
-                                counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                            }
+                    Ok(Input::Run { node, boot_id, events }) => {
+                        let newest = events.iter().map(|a| a.time_ns).max();
+                        let (all, before) = (events.len() as u64, arrivals.len());
+                        arrivals.extend(events.into_iter().filter(|a| taken.fresh(a.source, a.seq)));
+                        let fresh = (arrivals.len() - before) as u64;
+                        counters.duplicates.fetch_add(all - fresh, Ordering::Relaxed);
+                        if count_nodes {
+                            let now = proto::Timestamp::now().unix_nanos();
+                            let lag_ms = newest.map(|t| ((now - t).max(0) / 1_000_000) as u64);
+                            nodes.consumed(&node, Some(&boot_id), fresh, all - fresh, 0, lag_ms);
                         }
                     }
-                    Ok(Input::Lost(lost)) => {
-                        if merge.send(lost).await.is_err() {
+                    Ok(Input::Lost { node, count }) => {
+                        if count_nodes {
+                            nodes.consumed(&node, None, 0, 0, count, None);
+                        }
+                        if merge.send(MergeInput::Lost { node, count }).await.is_err() {
                             return;
                         }
                     }
@@ -212,8 +221,10 @@ async fn first_position(backbone: &Backbone, history: usize) -> DeliverPolicy {
 
 /// A message, as the merge takes it.
 enum Input {
-    Run(Vec<Arrival>),
-    Lost(MergeInput),
+    /// A run of `node`'s events.
+    Run { node: String, boot_id: String, events: Vec<Arrival> },
+    /// A loss notice.
+    Lost { node: String, count: u64 },
 }
 
 /// One message's events; an error names why it is not Vigil's.
@@ -223,26 +234,26 @@ fn input_of(m: &async_nats::jetstream::Message, prefix: &str, nodes: &Nodes) -> 
     let number = |name: &str| header(name).and_then(|v| v.parse::<u64>().ok()).ok_or(format!("no number in {name}"));
     let node = m.subject.as_str().strip_prefix(prefix).ok_or("a subject outside the prefix")?;
     if header(HEADER_LOST).is_some() {
-        return Ok(Input::Lost(MergeInput::Lost { node: node.to_owned(), count: number(HEADER_LOST)? }));
+        return Ok(Input::Lost { node: node.to_owned(), count: number(HEADER_LOST)? });
     }
     let source = number(HEADER_SOURCE)?;
     let (first, last) = (number(HEADER_FIRST_SEQ)?, number(HEADER_SEQ)?);
     let format = Format::from_header(header(HEADER_FORMAT)).ok_or("an unknown Vigil-Format")?;
-    let boot = nodes.boot_number(header(HEADER_BOOT).ok_or("no Vigil-Boot")?);
+    let boot_id = header(HEADER_BOOT).ok_or("no Vigil-Boot")?;
+    let boot = nodes.boot_number(boot_id);
     let decoded = payload::decode(format, &m.payload, MAX_EVENT_BYTES).map_err(|e| e.to_string())?;
     if last.checked_sub(first).and_then(|d| d.checked_add(1)) != Some(decoded.len() as u64) {
         return Err(format!("{} events where Vigil-First-Seq and Vigil-Seq say {first}..{last}", decoded.len()));
     }
-    Ok(Input::Run(
-        decoded
-            .into_iter()
-            .zip(first..)
-            .map(|(d, seq)| match d.encoded {
-                Some(encoded) => Arrival::with_encoded(boot, source, seq, d.event, encoded),
-                None => Arrival::new(boot, source, seq, d.event),
-            })
-            .collect(),
-    ))
+    let events = decoded
+        .into_iter()
+        .zip(first..)
+        .map(|(d, seq)| match d.encoded {
+            Some(encoded) => Arrival::with_encoded(boot, source, seq, d.event, encoded),
+            None => Arrival::new(boot, source, seq, d.event),
+        })
+        .collect();
+    Ok(Input::Run { node: node.to_owned(), boot_id: boot_id.to_owned(), events })
 }
 
 /// Sensor streams whose last event taken is remembered, at most (16 bytes
