@@ -408,13 +408,10 @@ async fn a_backbone_that_does_not_answer_or_a_stream_set_otherwise_stops_start_u
     assert!(log.contains("cannot hold --backbone-max-mib 1000000000 × --backbone-replicas 1"), "{log}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_published_again_is_stored_once_and_says_how_far_its_sensor_is() {
-    use relay::backbone::publish::Origin;
+/// The backbone as the library connects to it, on stream `DEDUP`.
+async fn library_backbone(nats: &Nats) -> relay::backbone::Backbone {
     use relay::backbone::{Backbone, BackboneSettings, Role};
-    test_support::skip_if!(nats::skip_reason());
-    let nats = Nats::start("dedup");
-    let backbone = Backbone::connect(BackboneSettings {
+    Backbone::connect(BackboneSettings {
         url: nats.url(),
         role: Role::Ingest,
         stream: "DEDUP".into(),
@@ -431,7 +428,47 @@ async fn an_event_published_again_is_stored_once_and_says_how_far_its_sensor_is(
         policy_bucket: "DEDUP_POLICIES".into(),
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_bucket_takes_a_change_only_against_the_revision_it_was_made_on() {
+    use relay::backbone::policies::{Write, WriteError};
+    test_support::skip_if!(nats::skip_reason());
+    let nats = Nats::start("bucket");
+    let bucket = library_backbone(&nats).await.policy_bucket().await.unwrap();
+    let policy = |yaml: &str| proto::vigil::relay::v1::ManagedPolicy {
+        name: "wire".into(),
+        yaml: yaml.into(),
+        enabled: true,
+        monitor: false,
+    };
+    let created = bucket.write(Write::Create(policy("a"))).await.unwrap();
+    assert!(matches!(bucket.write(Write::Create(policy("b"))).await, Err(WriteError::Conflict)), "there already");
+    let updated = bucket.write(Write::Update(policy("c"), created)).await.unwrap();
+    assert!(updated > created);
+    // Made on the first revision, after another relay changed it.
+    assert!(matches!(bucket.write(Write::Update(policy("d"), created)).await, Err(WriteError::Conflict)));
+    assert!(matches!(bucket.write(Write::Delete("wire".into(), created)).await, Err(WriteError::Conflict)));
+    let deleted = bucket.write(Write::Delete("wire".into(), updated)).await.unwrap();
+    assert_eq!(bucket.last_revision().await.unwrap(), deleted);
+    // What a relay following the bucket from now on sees: nothing.
+    let policies = std::sync::Arc::new(relay::policies::RelayPolicies::shared(
+        bucket.clone(),
+        std::sync::Arc::new(relay::nodes::Nodes::default()),
+    ));
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(bucket.follow(policies.clone(), stop));
+    assert!(policies.caught_up(deleted, Duration::from_secs(10)).await);
+    assert_eq!((policies.list_len(), policies.generation()), (0, deleted));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_published_again_is_stored_once_and_says_how_far_its_sensor_is() {
+    use relay::backbone::publish::Origin;
+    test_support::skip_if!(nats::skip_reason());
+    let nats = Nats::start("dedup");
+    let backbone = library_backbone(&nats).await;
     let base = now_ns();
     let arrivals: Vec<relay::merge::Arrival> =
         (1..=5).map(|seq| relay::merge::Arrival::new(1, 77, seq, Box::new(marked("node-x", seq, base)))).collect();

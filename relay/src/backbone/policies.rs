@@ -106,8 +106,10 @@ impl PolicyBucket {
                 })
             }
             Write::Delete(name, revision) => {
-                self.kv.delete_expect_revision(&name, Some(revision)).await.map_err(|e| {
-                    if e.to_string().contains("wrong last sequence") { WriteError::Conflict } else { unavailable(&e) }
+                // (A delete's error is an update's.)
+                self.kv.delete_expect_revision(&name, Some(revision)).await.map_err(|e| match e.kind() {
+                    UpdateErrorKind::WrongLastRevision => WriteError::Conflict,
+                    _ => unavailable(&e),
                 })?;
                 // The delete marker's revision: the bucket's last.
                 self.last_revision().await.map_err(|e| unavailable(&e))
