@@ -169,7 +169,9 @@ impl Nodes {
         lost: u64,
         lag_ms: Option<u64>,
     ) {
-        let mut nodes = self.lock_forgetting();
+        // Called per message taken: nodes gone too long are forgotten
+        // where they are listed, not here (a full table still makes room).
+        let mut nodes = self.lock();
         let Some(n) = self.room_for(&mut nodes, node) else {
             if let Some(times) = NOT_TRACKED_LOG.hit() {
                 tracing::warn!(
