@@ -27,6 +27,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Ingest keeps each decoded event where prost put it: no copy of
         // the (large) struct on its way to the merge.
         .boxed(".vigil.relay.v1.SequencedEvent.event")
+        // A process's large optional parts, boxed: `Process` inline was
+        // 1,008 bytes, most of them for parts a process often lacks (pod,
+        // credentials, capabilities, namespaces, binary properties), and
+        // every cached process and every event's process and parent paid
+        // for them (BENCHMARKS.md, memory per cached process).
+        .boxed(".tetragon.Process.pod")
+        .boxed(".tetragon.Process.process_credentials")
+        .boxed(".tetragon.Process.binary_properties")
+        .boxed(".tetragon.Process.cap")
+        .boxed(".tetragon.Process.ns")
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
         .extern_path(".google.protobuf.Timestamp", "crate::Timestamp")

@@ -412,11 +412,11 @@ mod tests {
         let with_ns = |net_host: bool, pid_host: bool| {
             let mut ev = exec("/bin/a", None, 1, 0);
             if let Some(Event::ProcessExec(e)) = &mut ev.event {
-                e.process.as_mut().unwrap().ns = Some(Namespaces {
+                e.process.as_mut().unwrap().ns = Some(Box::new(Namespaces {
                     net: Some(Namespace { inum: 1, is_host: net_host }),
                     pid: Some(Namespace { inum: 2, is_host: pid_host }),
                     ..Default::default()
-                });
+                }));
             }
             ev
         };
@@ -451,10 +451,10 @@ mod tests {
     fn capability_sets() {
         let mut ev = exec("/bin/a", None, 1, 0);
         if let Some(Event::ProcessExec(e)) = &mut ev.event {
-            e.process.as_mut().unwrap().cap = Some(Capabilities {
+            e.process.as_mut().unwrap().cap = Some(Box::new(Capabilities {
                 effective: vec![CapabilitiesType::CapSysAdmin as i32, CapabilitiesType::CapNetRaw as i32],
                 ..Default::default()
-            });
+            }));
         }
         let with = |set: CapFilterSet| {
             EventFilter::new(

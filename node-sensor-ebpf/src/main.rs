@@ -8,7 +8,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::BPF_RB_FORCE_WAKEUP,
     helpers::bpf_probe_read_kernel,
     macros::map,
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf},
@@ -17,8 +17,8 @@ use node_sensor_common::*;
 
 /// 32 MiB: about 12,000 exec records of backlog.
 const RINGBUF_BYTES: u32 = 32 << 20;
-/// Wake the consumer only once this much is waiting; it also polls on a
-/// short timer, so a quiet machine still sees events promptly.
+/// A backlog this large wakes the consumer even while it lets a burst
+/// queue up (see `submit_flags`).
 const WAKEUP_BYTES: u64 = 256 << 10;
 
 #[map]
@@ -176,19 +176,20 @@ pub(crate) unsafe fn ptr_field(base: *const u8, off: u32) -> Result<*const u8, i
     if p.is_null() { Err(-14) } else { Ok(p) }
 }
 
-/// Wake the consumer only for the record that takes the backlog across
-/// `WAKEUP_BYTES`: `queued` is the backlog this record counts in (before an
-/// `output`, plus its length; after a `reserve`, as queried). Waking for
-/// every record above the mark, as a consumer that falls behind keeps the
-/// backlog there, cost about a microsecond each; the consumer's timer
-/// covers a crossing two CPUs race past.
+/// How a record wakes the consumer. By default (flags 0) the kernel wakes
+/// it only for a record into an empty ring (the consumer has read all
+/// before it): one wakeup per burst, none while idle, and no race between
+/// CPUs (the kernel compares positions at commit). The consumer, once
+/// woken, lets the burst queue for a few ms before reading; the record
+/// that takes the backlog across `WAKEUP_BYTES` forces a wakeup so a
+/// large burst is read at once. `queued` is the backlog this record
+/// counts in (before an `output`, plus its length; after a `reserve`, as
+/// queried). Forcing a wakeup for every record above the mark, as a
+/// consumer that falls behind keeps the backlog there, cost about a
+/// microsecond each.
 #[inline(always)]
 pub(crate) fn submit_flags(queued: u64, len: u64) -> u64 {
-    if queued >= WAKEUP_BYTES && queued.saturating_sub(len) < WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP as u64
-    } else {
-        BPF_RB_NO_WAKEUP as u64
-    }
+    if queued >= WAKEUP_BYTES && queued.saturating_sub(len) < WAKEUP_BYTES { BPF_RB_FORCE_WAKEUP as u64 } else { 0 }
 }
 
 /// What is queued in the ring buffer now.

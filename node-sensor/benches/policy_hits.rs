@@ -12,17 +12,15 @@
 //! `cargo bench -p node-sensor --bench policy_hits [-- OPENS]`
 #![allow(clippy::unwrap_used, reason = "a benchmark: a panic ends the run with its reason")]
 
+#[allow(dead_code, reason = "each bench uses part of what the benches share")]
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
 use proto::tetragon::get_events_response::Event;
 use proto::tetragon::kprobe_argument::Arg;
-use proto::tetragon::{EventType, Filter, GetEventsRequest, GetHealthStatusRequest};
-use serving::address::ServerAddress;
-use support::{cpu_model, cpu_of};
+use proto::tetragon::{EventType, Filter, GetEventsRequest};
+use support::{Sensor, cpu_model, cpu_of};
 
 /// `n` open+close of `path` (one openat and one close syscall each).
 fn open_storm(n: usize, path: &std::path::Path) -> Duration {
@@ -168,34 +166,23 @@ fn with_sensor(
 ) -> Phase {
     let policy = dir.join("policy.yaml");
     std::fs::write(&policy, policy_yaml).unwrap();
-    let socket = dir.join("s.sock");
-    let _ = std::fs::remove_file(&socket);
-    let address = ServerAddress::Unix(socket.clone());
-    let mut sensor = Command::new(env!("CARGO_BIN_EXE_vigil-sensor"))
-        .arg("--server-address")
-        .arg(address.to_string())
-        .arg("--tracing-policy")
-        .arg(&policy)
+    let flags = [
+        "--tracing-policy",
+        policy.to_str().unwrap(),
         // Room for every event of the phase, so the client's lag is not
         // counted as the sensor's loss.
-        .args(["--subscriber-queue-size", "1000000", "--subscriber-queue-mib", "1024"])
-        .args(["--subscriber-queues-total-mib", "2048"])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start sensor");
-    let pid = sensor.id();
+        "--subscriber-queue-size",
+        "1000000",
+        "--subscriber-queue-mib",
+        "1024",
+        "--subscriber-queues-total-mib",
+        "2048",
+    ];
+    let sensor = Sensor::start(&dir.join("s.sock"), &flags);
     let (tx, rx) = std::sync::mpsc::channel();
     let want = target.display().to_string();
+    let mut client = rt.block_on(sensor.client());
     let counter = rt.spawn(async move {
-        let mut client = loop {
-            if let Ok(ch) = address.connect().await {
-                let mut c = FineGuidanceSensorsClient::new(ch).max_decoding_message_size(64 << 20);
-                if c.get_health(GetHealthStatusRequest::default()).await.is_ok() {
-                    break c;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
         let request = GetEventsRequest {
             allow_list: vec![Filter {
                 event_set: vec![EventType::ProcessTracepoint as i32, EventType::RateLimitInfo as i32],
@@ -220,24 +207,14 @@ fn with_sensor(
         (ours, lost)
     });
     rx.recv_timeout(Duration::from_secs(30)).expect("sensor ready");
-    let cpu0 = cpu_of(pid);
+    let cpu0 = cpu_of(sensor.pid);
     let ((t0, c0), (s0, _)) = (program_stats("vigil_tp"), program_stats("vigil_st"));
     let wall = open_storm(n, target);
     let ((t1, c1), (s1, _)) = (program_stats("vigil_tp"), program_stats("vigil_st"));
-    let cpu = cpu_of(pid).saturating_sub(cpu0);
-    let health = rt.block_on(async {
-        let ch = ServerAddress::Unix(socket).connect().await.unwrap();
-        let h = FineGuidanceSensorsClient::new(ch).get_health(GetHealthStatusRequest::default()).await.unwrap();
-        h.into_inner().health_status.first().map(|s| s.details.clone()).unwrap_or_default()
-    });
-    let counter_of = |key: &str| -> u64 {
-        health.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok()).unwrap_or(0)
-    };
-    let ringbuf_full = counter_of("ringbuf_full");
+    let cpu = cpu_of(sensor.pid).saturating_sub(cpu0);
+    let ringbuf_full = rt.block_on(sensor.counter("ringbuf_full"));
     let (delivered, lost) = rt.block_on(counter).unwrap();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let _ = sensor.wait();
+    sensor.stop();
     let hits = c1.saturating_sub(c0);
     let kernel = t1.saturating_sub(t0) + s1.saturating_sub(s0);
     Phase { wall, bpf_ns_per_hit: kernel as f64 / hits.max(1) as f64, hits, delivered, lost, ringbuf_full, cpu }

@@ -235,7 +235,7 @@ impl ProcessCache {
     /// events carry it even once the pod is gone from the API.
     pub fn set_pod(&mut self, exec_id: &str, pod: &proto::tetragon::Pod) {
         if let Some(e) = self.entries.get_mut(exec_id) {
-            Arc::make_mut(&mut e.image.details).pod = Some(pod.clone());
+            Arc::make_mut(&mut e.image.details).pod = Some(Box::new(pod.clone()));
         }
     }
 

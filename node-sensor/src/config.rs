@@ -12,6 +12,7 @@ use serving::settings::{ConfigErrors, ConfigProblem};
 pub const DEFAULT_SERVER_ADDRESS: &str = "localhost:54321";
 pub const DEFAULT_PROCESS_CACHE_SIZE: usize = 65_536;
 pub const DEFAULT_SUBSCRIBER_QUEUE: usize = 10_000;
+pub const DEFAULT_RING_BATCH_MS: u64 = 10;
 pub const DEFAULT_REPLAY_BUFFER: usize = 100_000;
 pub const DEFAULT_RELAY_RESOLVE_SECONDS: u64 = 30;
 
@@ -37,6 +38,11 @@ pub struct Flags {
     /// Most processes kept in the process cache.
     #[arg(long, default_value_t = DEFAULT_PROCESS_CACHE_SIZE)]
     pub process_cache_size: usize,
+    /// How long a burst's first event waits for the rest before they are
+    /// read from the kernel, in ms (1 to 1000): longer costs less CPU per
+    /// event on a busy node and delays events by as much.
+    #[arg(long, default_value_t = DEFAULT_RING_BATCH_MS)]
+    pub ring_batch_ms: u64,
     /// Events queued per GetEvents subscriber before its events are
     /// dropped and reported to it.
     #[arg(long, default_value_t = DEFAULT_SUBSCRIBER_QUEUE)]
@@ -193,6 +199,7 @@ pub struct Settings {
     pub node_name: String,
     pub server_address: serving::address::ServerAddress,
     pub process_cache_size: usize,
+    pub ring_batch: std::time::Duration,
     pub subscriber_queue_size: usize,
     pub subscriber_queue_bytes: events::bus::QueueBytes,
     pub export_filename: Option<PathBuf>,
@@ -265,6 +272,9 @@ impl Settings {
             }
         };
         p.positive("process-cache-size", l.process_cache_size as u64);
+        if !(1..=1000).contains(&l.ring_batch_ms) {
+            p.add("ring-batch-ms", "must be 1 to 1000 (ms)");
+        }
         p.positive("subscriber-queue-size", l.subscriber_queue_size as u64);
         p.positive("subscriber-queue-mib", l.subscriber_queue_mib as u64);
         p.positive("subscriber-queues-total-mib", l.subscriber_queues_total_mib as u64);
@@ -324,6 +334,7 @@ impl Settings {
             node_name: l.node_name.filter(|n| !n.is_empty()).unwrap_or_else(hostname),
             server_address,
             process_cache_size: l.process_cache_size,
+            ring_batch: std::time::Duration::from_millis(l.ring_batch_ms),
             subscriber_queue_size: l.subscriber_queue_size,
             subscriber_queue_bytes: events::bus::QueueBytes {
                 per_client: l.subscriber_queue_mib.saturating_mul(1 << 20),
@@ -444,6 +455,12 @@ mod tests {
         assert!(e.contains("/nonexistent.toml: no such file"), "{e}");
         let e = resolve(&["--relay-resolve-interval", "0"]).unwrap_err().to_string();
         assert!(e.contains("relay-resolve-interval") && e.contains("at least 1"), "{e}");
+        for bad in ["0", "1001"] {
+            let e = resolve(&["--ring-batch-ms", bad]).unwrap_err().to_string();
+            assert!(e.contains("ring-batch-ms") && e.contains("1 to 1000"), "{e}");
+        }
+        assert_eq!(resolve(&[]).unwrap().ring_batch, std::time::Duration::from_millis(10));
+        assert_eq!(resolve(&["--ring-batch-ms", "50"]).unwrap().ring_batch, std::time::Duration::from_millis(50));
     }
 
     #[test]

@@ -113,13 +113,13 @@ pub fn exec_process(node: &str, clock: &Clock, host: &HostNamespaces, e: &ExecDa
         // The effective uid, like `ps` and Tetragon; the real one is in
         // process_credentials.
         uid: Some(e.euid.into()),
-        cap: e.creds.as_ref().map(privileges::capabilities),
-        process_credentials: e.creds.as_ref().map(|c| privileges::credentials(&ids, c, host)),
+        cap: e.creds.as_ref().map(privileges::capabilities).map(Box::new),
+        process_credentials: e.creds.as_ref().map(|c| Box::new(privileges::credentials(&ids, c, host))),
         binary_properties: match (&e.creds, &e.file) {
-            (Some(c), Some(f)) => privileges::binary_properties(&ids, c, f),
+            (Some(c), Some(f)) => privileges::binary_properties(&ids, c, f).map(Box::new),
             _ => None,
         },
-        ns: e.namespaces.as_ref().map(|n| privileges::namespaces(n, host)),
+        ns: e.namespaces.as_ref().map(|n| Box::new(privileges::namespaces(n, host))),
         cwd: cwd.clone(),
         binary,
         arguments: arguments(&e.args),

@@ -1,5 +1,5 @@
 //! What the sensor's health service says: SERVING while the ring buffer is
-//! being read (its reader passes at least every 10 ms; a reader stalled
+//! being read (its reader passes at least once a second; a reader stalled
 //! for `STALLED_AFTER` is not serving), NOT_SERVING before that and from
 //! shutdown on.
 

@@ -32,8 +32,9 @@ mod tests {
         GetEventsResponse {
             event: Some(Event::ProcessExec(ProcessExec {
                 process: Some(Process {
-                    ns: inum
-                        .map(|inum| Namespaces { net: Some(Namespace { inum, is_host: false }), ..Default::default() }),
+                    ns: inum.map(|inum| {
+                        Box::new(Namespaces { net: Some(Namespace { inum, is_host: false }), ..Default::default() })
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()

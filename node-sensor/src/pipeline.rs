@@ -25,10 +25,17 @@ use crate::procfs;
 use crate::startup::{StartupGate, Verdict};
 use crate::stats::SensorStats;
 use events::bus::EventBus;
+use proto::shared::SharedEvent;
 
-/// How long records may wait in the ring buffer when the kernel side does
-/// not wake us (it wakes us only for large batches).
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// How often events held for their pod are retried.
+const POD_RETRY: Duration = Duration::from_millis(10);
+/// How long the reader sleeps when nothing wakes it: it still passes, so
+/// the health watch sees it alive (and counters stay current).
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// Events queued for the bus before they are published even mid-read (a
+/// full ring buffer is tens of thousands of records): bounds that queue's
+/// memory and the first event's wait.
+const READY_MAX: usize = 1024;
 /// How often kernel counters are read and losses logged.
 const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -43,6 +50,10 @@ pub struct Pipeline {
     gate: Option<StartupGate>,
     /// Events leaving the pod stage, reused between calls.
     out: Vec<GetEventsResponse>,
+    /// Events for the bus, published together once a ring-buffer read is
+    /// handled: one lock of the subscriber list and one wake of each
+    /// client's stream per read, not one per event.
+    ready: Vec<Arc<SharedEvent>>,
     /// Events counted by label for the metrics, when they are served.
     metrics: Option<Arc<crate::metrics::EventCounts>>,
     bus: EventBus,
@@ -51,6 +62,12 @@ pub struct Pipeline {
     hooks: Option<Arc<HookTable>>,
     /// Resolves the stack traces policies' `Post` asks for.
     stacks: Option<crate::policies::stacks::Symbolizer>,
+    /// How long a burst's first record waits for the rest before the ring
+    /// buffer is read (`--ring-batch-ms`): the kernel wakes us for the
+    /// first record into an empty ring (and again once a large backlog
+    /// builds), and each read costs a round of thread wakeups that, on a
+    /// slow host, outweighs the records' own work (BENCHMARKS.md).
+    batch_delay: Duration,
 }
 
 impl Pipeline {
@@ -71,12 +88,20 @@ impl Pipeline {
             pods: None,
             gate: None,
             out: Vec::new(),
+            ready: Vec::new(),
             metrics: None,
             bus,
             stats,
             hooks: None,
             stacks: None,
+            batch_delay: Duration::from_millis(crate::config::DEFAULT_RING_BATCH_MS),
         }
+    }
+
+    /// A burst's first record waits `delay` for the rest (`--ring-batch-ms`).
+    pub fn with_batch_delay(mut self, delay: Duration) -> Self {
+        self.batch_delay = delay;
+        self
     }
 
     /// Reports policy hooks' records, read through `hooks`.
@@ -112,7 +137,7 @@ impl Pipeline {
             return;
         }
         match self.pods.as_mut() {
-            None => self.to_bus(event),
+            None => self.queue_for_bus(event),
             Some(pods) => {
                 pods.push(event, &mut self.cache, &mut self.out);
                 self.flush_out();
@@ -132,17 +157,27 @@ impl Pipeline {
         // Taken out and put back, so its capacity is kept.
         let mut out = std::mem::take(&mut self.out);
         for event in out.drain(..) {
-            self.to_bus(event);
+            self.queue_for_bus(event);
         }
         self.out = out;
     }
 
-    /// Counted for the metrics (when served), then published.
-    fn to_bus(&self, event: GetEventsResponse) {
+    /// Counted for the metrics (when served), then queued for the bus.
+    fn queue_for_bus(&mut self, event: GetEventsResponse) {
         if let Some(counts) = &self.metrics {
             counts.count(&event);
         }
-        self.bus.publish(event);
+        self.ready.push(Arc::new(SharedEvent::new(event)));
+        if self.ready.len() >= READY_MAX {
+            self.flush_bus();
+        }
+    }
+
+    /// Publishes what `queue_for_bus` queued, in order.
+    fn flush_bus(&mut self) {
+        if !self.ready.is_empty() {
+            self.bus.publish_all(self.ready.drain(..));
+        }
     }
 
     /// Counts every published event for `--metrics-address`.
@@ -162,6 +197,7 @@ impl Pipeline {
             let lineage = self.cache.add_procfs(e.process, e.ppid);
             self.publish(convert::exec_event(&self.node, time, lineage));
         }
+        self.flush_bus();
         self.gate = Some(StartupGate::new(walk.reads, walk.end));
         self.update_cache_stats();
         n
@@ -303,6 +339,37 @@ impl Pipeline {
         k
     }
 
+    /// Handles every record in the ring buffer, then publishes.
+    fn read_ring(&mut self, ring: &mut RingBuf<MapData>) {
+        while let Some(item) = ring.next() {
+            self.handle(&item);
+        }
+        self.end_read();
+    }
+
+    /// Handles `records` as one read of the ring buffer (a benchmark's
+    /// way in, without a kernel).
+    pub fn handle_batch<'a>(&mut self, records: impl IntoIterator<Item = &'a [u8]>) {
+        for bytes in records {
+            self.handle(bytes);
+        }
+        self.end_read();
+    }
+
+    /// What follows each read: held events that may go, then publishing.
+    fn end_read(&mut self) {
+        self.drain_held();
+        self.flush_bus();
+        self.stats.ring_polls.fetch_add(1, Ordering::Relaxed);
+        // Cheap (three stores), and keeps `vigil status` current.
+        self.update_cache_stats();
+    }
+
+    /// How long the reader sleeps when nothing wakes it.
+    fn idle_wait(&self) -> Duration {
+        if self.pods.as_ref().is_some_and(PodStage::holding) { POD_RETRY } else { IDLE_WAIT }
+    }
+
     /// Drains the ring buffer until `shutdown` fires, answering process-cache
     /// dumps between batches.
     pub async fn run(
@@ -318,6 +385,8 @@ impl Pipeline {
             unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
                 .map_err(std::io::Error::from)?;
         let mut last_report = Instant::now();
+        // What queued before the reader was registered, at once.
+        self.read_ring(ring.get_mut());
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -329,18 +398,24 @@ impl Pipeline {
                     }
                     let _ = request.reply.send(dump);
                 }
-                ready = tokio::time::timeout(POLL_INTERVAL, ring.readable_mut()) => {
-                    if let Ok(Ok(mut guard)) = ready {
-                        guard.clear_ready();
+                // Woken by the kernel, not by a short timer: an idle sensor
+                // wakes once a second. Events held for their pod are retried
+                // every POD_RETRY, as their pod may come any time.
+                ready = tokio::time::timeout(self.idle_wait(), ring.readable_mut()) => {
+                    let woken = match ready {
+                        Ok(Ok(mut guard)) => {
+                            guard.clear_ready();
+                            true
+                        }
+                        _ => false,
+                    };
+                    if woken {
+                        // A large backlog (the kernel forces a wakeup) ends the wait early.
+                        if let Ok(Ok(mut guard)) = tokio::time::timeout(self.batch_delay, ring.readable_mut()).await {
+                            guard.clear_ready();
+                        }
                     }
-                    let inner = ring.get_mut();
-                    while let Some(item) = inner.next() {
-                        self.handle(&item);
-                    }
-                    self.drain_held();
-                    self.stats.ring_polls.fetch_add(1, Ordering::Relaxed);
-                    // Cheap (three stores), and keeps `vigil status` current.
-                    self.update_cache_stats();
+                    self.read_ring(ring.get_mut());
                 }
             }
             if last_report.elapsed() >= REPORT_INTERVAL {
@@ -351,11 +426,7 @@ impl Pipeline {
         }
         // What the kernel queued before the stop is still reported, so the
         // export and the final counters cover everything up to it.
-        let inner = ring.get_mut();
-        while let Some(item) = inner.next() {
-            self.handle(&item);
-        }
-        self.drain_held();
+        self.read_ring(ring.get_mut());
         // Final counters, so a last health read or log is exact.
         self.refresh_counters(&counters);
         Ok(())

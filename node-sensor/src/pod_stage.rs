@@ -83,6 +83,11 @@ impl PodStage {
         self.stats.pod_waiting.store(self.held.len() as u64, Ordering::Relaxed);
     }
 
+    /// Whether events wait for their pod (and so for a retry).
+    pub fn holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     /// Releases held events whose pod is now known, or that waited long enough.
     pub fn drain(&mut self, cache: &mut ProcessCache, out: &mut Vec<GetEventsResponse>) {
         while let Some((since, mut event)) = self.held.pop_front() {
@@ -118,7 +123,7 @@ impl PodStage {
                         c.pid = from_kernel.or_else(from_proc).map(Into::into);
                     }
                     cache.set_pod(&p.exec_id, &pod);
-                    p.pod = Some(pod);
+                    p.pod = Some(Box::new(pod));
                 }
                 // Only the event's own process holds it back.
                 None => missing |= i == 0,

@@ -161,9 +161,11 @@ pub fn read_process(
             auid: Some(auid.into()),
             docker,
             tid: Some(pid.into()),
-            cap: creds.as_ref().map(|(_, c)| privileges::capabilities(c)),
-            process_credentials: creds.as_ref().map(|(ids, c)| privileges::credentials(ids, c, &collect.host)),
-            ns: ns_inums.filter(|_| collect.ns).map(|n| privileges::namespaces(&n, &collect.host)),
+            cap: creds.as_ref().map(|(_, c)| Box::new(privileges::capabilities(c))),
+            process_credentials: creds
+                .as_ref()
+                .map(|(ids, c)| Box::new(privileges::credentials(ids, c, &collect.host))),
+            ns: ns_inums.filter(|_| collect.ns).map(|n| Box::new(privileges::namespaces(&n, &collect.host))),
             ..Default::default()
         },
     })

@@ -10,7 +10,7 @@ use events::bus::EventBus;
 pub struct SensorStats {
     /// Records read from the ring buffer.
     pub records: AtomicU64,
-    /// Passes of the ring-buffer reader (at least one per 10 ms while it
+    /// Passes of the ring-buffer reader (at least one a second while it
     /// runs): the health service's sign of life.
     pub ring_polls: AtomicU64,
     /// Records that failed length/kind checks (counted and skipped).

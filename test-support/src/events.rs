@@ -55,7 +55,7 @@ impl EventBuilder {
 
     /// A pod named `name` in `namespace`.
     pub fn pod(mut self, namespace: &str, name: &str) -> Self {
-        self.process.pod = Some(Pod { namespace: namespace.into(), name: name.into(), ..Default::default() });
+        self.process.pod = Some(Box::new(Pod { namespace: namespace.into(), name: name.into(), ..Default::default() }));
         self
     }
 
