@@ -149,7 +149,10 @@ pub async fn run(
                         if count_nodes {
                             nodes.consumed(&node, None, 0, 0, count, None);
                         }
-                        if merge.send(MergeInput::Lost { node, count }).await.is_err() {
+                        // After the events taken before it, in the stream's order.
+                        if !hand_over(&merge, &counters.events, std::mem::take(&mut arrivals)).await
+                            || merge.send(MergeInput::Lost { node, count }).await.is_err()
+                        {
                             return;
                         }
                     }
@@ -160,15 +163,13 @@ pub async fn run(
                         }
                     }
                 }
-                if arrivals.len() >= BATCH_EVENTS {
-                    counters.events.fetch_add(arrivals.len() as u64, Ordering::Relaxed);
-                    if merge.send(MergeInput::Events(std::mem::take(&mut arrivals))).await.is_err() {
-                        return;
-                    }
+                if arrivals.len() >= BATCH_EVENTS
+                    && !hand_over(&merge, &counters.events, std::mem::take(&mut arrivals)).await
+                {
+                    return;
                 }
             }
-            counters.events.fetch_add(arrivals.len() as u64, Ordering::Relaxed);
-            if !arrivals.is_empty() && merge.send(MergeInput::Events(arrivals)).await.is_err() {
+            if !hand_over(&merge, &counters.events, arrivals).await {
                 return;
             }
             if broken {
@@ -199,6 +200,16 @@ async fn behind(backbone: &Backbone, counters: &ConsumeCounters) -> bool {
 /// Newest messages sampled for how many events a message carries.
 const SAMPLED: u64 = 8;
 
+/// Counts `arrivals` as taken and hands them to the merge; false once the
+/// merge is gone.
+async fn hand_over(merge: &mpsc::Sender<MergeInput>, taken: &AtomicU64, arrivals: Vec<Arrival>) -> bool {
+    if arrivals.is_empty() {
+        return true;
+    }
+    taken.fetch_add(arrivals.len() as u64, Ordering::Relaxed);
+    merge.send(MergeInput::Events(arrivals)).await.is_ok()
+}
+
 /// Where a query relay starts: about the last `history` events, reckoned
 /// from the events per message of the newest few messages.
 async fn first_position(backbone: &Backbone, history: usize) -> DeliverPolicy {
@@ -206,7 +217,7 @@ async fn first_position(backbone: &Backbone, history: usize) -> DeliverPolicy {
     let (mut messages, mut events) = (0u64, 0u64);
     for seq in (last.saturating_sub(SAMPLED - 1)..=last).filter(|s| *s > 0) {
         let Ok(m) = backbone.stream.get_raw_message(seq).await else { continue };
-        let header = |name: &str| m.headers.get(name).and_then(|v| v.as_str().parse::<u64>().ok());
+        let header = |name: &str| super::header_number(&m.headers, name);
         if let (Some(first), Some(last)) = (header(HEADER_FIRST_SEQ), header(HEADER_SEQ)) {
             messages += 1;
             events += last.saturating_sub(first) + 1;
@@ -231,7 +242,7 @@ enum Input {
 fn input_of(m: &async_nats::jetstream::Message, prefix: &str, nodes: &Nodes) -> Result<Input, String> {
     let headers = m.headers.as_ref().ok_or("no headers")?;
     let header = |name: &str| headers.get(name).map(|v| v.as_str());
-    let number = |name: &str| header(name).and_then(|v| v.parse::<u64>().ok()).ok_or(format!("no number in {name}"));
+    let number = |name: &str| super::header_number(headers, name).ok_or(format!("no number in {name}"));
     let node = m.subject.as_str().strip_prefix(prefix).ok_or("a subject outside the prefix")?;
     if header(HEADER_LOST).is_some() {
         return Ok(Input::Lost { node: node.to_owned(), count: number(HEADER_LOST)? });

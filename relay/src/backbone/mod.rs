@@ -196,6 +196,11 @@ impl Backbone {
     }
 }
 
+/// The number in header `name`, if it is there and one.
+pub fn header_number(headers: &async_nats::HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name).and_then(|v| v.as_str().parse().ok())
+}
+
 /// `<prefix>.<node>`, the node name kept to the characters a subject
 /// token may hold (a DNS name's dots become further tokens).
 pub fn subject_of(prefix: &str, node: &str) -> String {

@@ -81,7 +81,7 @@ impl Backbone {
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => return Ok(0),
             Err(e) => return Err(PublishError(format!("reading the node's last event: {e}"))),
         };
-        let header = |name: &str| last.headers.get(name).and_then(|v| v.as_str().parse::<u64>().ok());
+        let header = |name: &str| super::header_number(&last.headers, name);
         Ok(match (header(HEADER_SOURCE), header(HEADER_SEQ)) {
             (Some(source), Some(seq)) if source == origin.source => seq,
             _ => 0,
