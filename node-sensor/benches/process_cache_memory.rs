@@ -49,6 +49,11 @@ fn settled_rss(pid: u32) -> u64 {
     }
 }
 
+/// The event kinds the client counts, by name and by their count in
+/// (execs, exits).
+const EXECS: (&str, fn(usize, usize) -> usize) = ("exec", |execs, _| execs);
+const EXITS: (&str, fn(usize, usize) -> usize) = ("exit", |_, exits| exits);
+
 fn main() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -88,14 +93,15 @@ fn main() {
         })
     };
     rt.block_on(execs_rx.changed()).unwrap();
-    let seen = |rx: &mut tokio::sync::watch::Receiver<(usize, usize, u64)>, what: &str, want: usize| {
+    // Until `want` events of one kind (`kind` picks its count out of
+    // (execs, exits)) are seen or reported lost.
+    let seen = |rx: &mut tokio::sync::watch::Receiver<(usize, usize, u64)>,
+                (what, kind): (&str, fn(usize, usize) -> usize),
+                want: usize| {
         rt.block_on(async {
             tokio::time::timeout(
                 Duration::from_secs(120),
-                rx.wait_for(|&(execs, exits, lost)| {
-                    let got = if what == "exec" { execs } else { exits };
-                    got + lost as usize >= want
-                }),
+                rx.wait_for(|&(execs, exits, lost)| kind(execs, exits) + lost as usize >= want),
             )
             .await
             .unwrap_or_else(|_| panic!("the client did not see {want} {what} events within 120 s"))
@@ -121,7 +127,7 @@ fn main() {
                     .expect("spawn a sleeper")
             })
             .collect();
-        let (execs, ..) = seen(&mut execs_rx, "exec", r * n);
+        let (execs, ..) = seen(&mut execs_rx, EXECS, r * n);
         let entries_live = rt.block_on(sensor.counter("cache_entries"));
         let rss_live = settled_rss(sensor.pid);
         for c in &mut children {
@@ -130,7 +136,7 @@ fn main() {
         for c in &mut children {
             let _ = c.wait();
         }
-        let (_, exits, lost) = seen(&mut execs_rx, "exit", r * n);
+        let (_, exits, lost) = seen(&mut execs_rx, EXITS, r * n);
         let entries_after = rt.block_on(sensor.counter("cache_entries"));
         let rss_after = settled_rss(sensor.pid);
         Round {

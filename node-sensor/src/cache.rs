@@ -150,10 +150,16 @@ const OLDEST_ANCESTOR_PID: u32 = 2;
 /// the exit path (a socket closed as the exiting process's files go).
 const EXITED_KEPT: usize = 256;
 
+/// The cache's maps hash with foldhash, seeded per map: std's SipHash was
+/// about 4% of the sensor's work per exec (`pipeline_records`, profiled),
+/// and a random seed keeps the pids and exec ids a local user can steer
+/// from being chosen to collide.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 #[derive(Debug)]
 pub struct ProcessCache {
-    entries: HashMap<ExecId, Entry>,
-    by_pid: HashMap<u32, ExecId>,
+    entries: Map<ExecId, Entry>,
+    by_pid: Map<u32, ExecId>,
     lru: BTreeMap<u64, ExecId>,
     tick: u64,
     capacity: usize,
@@ -162,21 +168,21 @@ pub struct ProcessCache {
     ancestors: bool,
     /// The last `EXITED_KEPT` exited processes by pid, oldest first in
     /// `exited_order`; a pid's live image wins over these.
-    exited: HashMap<u32, Entry>,
+    exited: Map<u32, Entry>,
     exited_order: VecDeque<u32>,
 }
 
 impl ProcessCache {
     pub fn new(capacity: usize) -> Self {
         ProcessCache {
-            entries: HashMap::new(),
-            by_pid: HashMap::new(),
+            entries: Map::default(),
+            by_pid: Map::default(),
             lru: BTreeMap::new(),
             tick: 0,
             capacity: capacity.max(1),
             stats: CacheStats::default(),
             ancestors: false,
-            exited: HashMap::new(),
+            exited: Map::default(),
             exited_order: VecDeque::new(),
         }
     }

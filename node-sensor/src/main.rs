@@ -236,5 +236,10 @@ fn main() -> std::process::ExitCode {
     if let Err(e) = daemon::init_logging(&settings.log_level, settings.log_format) {
         return daemon::config_error("vigil-sensor", &e);
     }
-    daemon::run_releasing("vigil-sensor", Some(2), release_freed_memory, || run(settings))
+    // One runtime worker: the ring reader, the bus and the client streams
+    // hand each burst from task to task, and with two workers most hands
+    // were a wake of the other thread (CPU per exec 10-27% lower with one,
+    // BENCHMARKS.md). What may block long runs on blocking threads: policy
+    // loads, metrics scrapes, export writes.
+    daemon::run_releasing("vigil-sensor", Some(1), release_freed_memory, || run(settings))
 }

@@ -36,6 +36,11 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// full ring buffer is tens of thousands of records): bounds that queue's
 /// memory and the first event's wait.
 const READY_MAX: usize = 1024;
+/// Records handled in one pass over the ring buffer before the reader
+/// yields: the sensor has one runtime worker (see `main`), and a backlog
+/// of megabytes read at once would hold up its clients' streams, health
+/// answers and relay uplinks for tens of milliseconds.
+const PASS_MAX: usize = 4096;
 /// How often kernel counters are read and losses logged.
 const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -339,12 +344,26 @@ impl Pipeline {
         k
     }
 
-    /// Handles every record in the ring buffer, then publishes.
-    fn read_ring(&mut self, ring: &mut RingBuf<MapData>) {
-        while let Some(item) = ring.next() {
+    /// Handles the records in the ring buffer, at most [`PASS_MAX`], then
+    /// publishes; whether records may be left.
+    fn read_ring(&mut self, ring: &mut RingBuf<MapData>) -> bool {
+        let mut handled = 0;
+        while handled < PASS_MAX
+            && let Some(item) = ring.next()
+        {
             self.handle(&item);
+            handled += 1;
         }
         self.end_read();
+        handled == PASS_MAX
+    }
+
+    /// Reads until the ring buffer is empty, letting the runtime's other
+    /// tasks run between passes.
+    async fn drain_ring(&mut self, ring: &mut RingBuf<MapData>) {
+        while self.read_ring(ring) {
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Handles `records` as one read of the ring buffer (a benchmark's
@@ -386,7 +405,7 @@ impl Pipeline {
                 .map_err(std::io::Error::from)?;
         let mut last_report = Instant::now();
         // What queued before the reader was registered, at once.
-        self.read_ring(ring.get_mut());
+        self.drain_ring(ring.get_mut()).await;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => break,
@@ -415,7 +434,7 @@ impl Pipeline {
                             guard.clear_ready();
                         }
                     }
-                    self.read_ring(ring.get_mut());
+                    self.drain_ring(ring.get_mut()).await;
                 }
             }
             if last_report.elapsed() >= REPORT_INTERVAL {
@@ -426,7 +445,7 @@ impl Pipeline {
         }
         // What the kernel queued before the stop is still reported, so the
         // export and the final counters cover everything up to it.
-        self.read_ring(ring.get_mut());
+        self.drain_ring(ring.get_mut()).await;
         // Final counters, so a last health read or log is exact.
         self.refresh_counters(&counters);
         Ok(())

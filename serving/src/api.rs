@@ -60,7 +60,7 @@ pub trait PolicyControl: Send + Sync {
     async fn set_enabled(&self, name: &str, namespace: &str, enabled: bool) -> Result<(), Status>;
     /// Enforcement off (`monitor`) or on.
     async fn set_mode(&self, name: &str, namespace: &str, monitor: bool) -> Result<(), Status>;
-    fn list(&self) -> Vec<TracingPolicyStatus>;
+    async fn list(&self) -> Result<Vec<TracingPolicyStatus>, Status>;
 }
 
 /// Largest policy document taken by `AddTracingPolicy`.
@@ -156,7 +156,7 @@ impl<S: EventSource> FineGuidanceSensors for TetragonApi<S> {
         &self,
         _: Request<ListTracingPoliciesRequest>,
     ) -> Result<Response<ListTracingPoliciesResponse>, Status> {
-        Ok(Response::new(ListTracingPoliciesResponse { policies: self.policy_control()?.list() }))
+        Ok(Response::new(ListTracingPoliciesResponse { policies: self.policy_control()?.list().await? }))
     }
 
     async fn configure_tracing_policy(

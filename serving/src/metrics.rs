@@ -186,7 +186,15 @@ impl MetricsListener {
                 }
                 let service = hyper::service::service_fn(move |request| {
                     let registry = registry.clone();
-                    async move { Ok::<_, Infallible>(respond(&request, &registry)) }
+                    // Off the runtime's workers: a collector may wait for a
+                    // lock that slow work holds (the sensor's policy host
+                    // while a policy loads), and the sensor has one worker.
+                    async move {
+                        let response = tokio::task::spawn_blocking(move || respond(&request, &registry))
+                            .await
+                            .unwrap_or_else(|_| failed());
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -199,17 +207,23 @@ impl MetricsListener {
     }
 }
 
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// The answer when encoding the metrics failed (or its task did).
+fn failed() -> Response<Full<Bytes>> {
+    reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "encoding the metrics failed\n".into())
+}
+
 /// `GET /metrics`: the registry; anything else: 404 (405 for another
 /// method on /metrics).
 fn respond<B>(request: &Request<B>, registry: &Registry) -> Response<Full<Bytes>> {
-    let reply = |status: StatusCode, content_type: &str, body: String| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = status;
-        if let Ok(v) = http::HeaderValue::from_str(content_type) {
-            r.headers_mut().insert(http::header::CONTENT_TYPE, v);
-        }
-        r
-    };
     if request.uri().path() != "/metrics" {
         return reply(StatusCode::NOT_FOUND, "text/plain", "not found: metrics are at /metrics\n".into());
     }
@@ -219,7 +233,7 @@ fn respond<B>(request: &Request<B>, registry: &Registry) -> Response<Full<Bytes>
     let mut text = String::new();
     match prometheus_client::encoding::prometheus_text::encode(&mut text, registry) {
         Ok(()) => reply(StatusCode::OK, prometheus_client::encoding::prometheus_text::CONTENT_TYPE, text),
-        Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "encoding the metrics failed\n".into()),
+        Err(_) => failed(),
     }
 }
 

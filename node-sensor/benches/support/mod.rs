@@ -73,14 +73,24 @@ impl Sensor {
     pub async fn client(
         &self,
     ) -> proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient<tonic::transport::Channel> {
+        self.healthy().await.0
+    }
+
+    /// A client once the sensor answers a health request, and that answer.
+    async fn healthy(
+        &self,
+    ) -> (
+        proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient<tonic::transport::Channel>,
+        proto::tetragon::GetHealthStatusResponse,
+    ) {
         use proto::tetragon::GetHealthStatusRequest;
         use proto::tetragon::fine_guidance_sensors_client::FineGuidanceSensorsClient;
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(ch) = self.address.connect().await {
                 let mut c = FineGuidanceSensorsClient::new(ch).max_decoding_message_size(64 << 20);
-                if c.get_health(GetHealthStatusRequest::default()).await.is_ok() {
-                    return c;
+                if let Ok(health) = c.get_health(GetHealthStatusRequest::default()).await {
+                    return (c, health.into_inner());
                 }
             }
             assert!(std::time::Instant::now() < deadline, "the sensor did not answer within 30 s");
@@ -90,10 +100,8 @@ impl Sensor {
 
     /// A counter from the sensor's health details (`cache_entries`, …).
     pub async fn counter(&self, key: &str) -> u64 {
-        use proto::tetragon::GetHealthStatusRequest;
-        let mut c = self.client().await;
-        let h = c.get_health(GetHealthStatusRequest::default()).await.expect("health");
-        let details = h.into_inner().health_status.first().map(|s| s.details.clone()).unwrap_or_default();
+        let (_, health) = self.healthy().await;
+        let details = health.health_status.first().map(|s| s.details.clone()).unwrap_or_default();
         details
             .split_whitespace()
             .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())

@@ -41,10 +41,27 @@ fn counters(c: &SelectorCounts) -> TracingPolicyActionCounters {
     }
 }
 
+impl SharedPolicies {
+    /// Runs `f` with the host locked, on a blocking thread: loading a
+    /// policy (verifying and attaching its programs) can take a while, and
+    /// the sensor's one runtime worker is its ring reader's and its
+    /// clients' (see `main`).
+    async fn with_host<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut PolicyHost) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let host = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&mut host.lock()))
+            .await
+            .map_err(|_| Status::internal("the policy change did not finish (its task failed)"))
+    }
+}
+
 #[tonic::async_trait]
 impl PolicyControl for SharedPolicies {
     async fn add(&self, yaml: &str) -> Result<(), Status> {
-        let result = self.0.lock().add_yaml(yaml);
+        let yaml = yaml.to_owned();
+        let result = self.with_host(move |host| host.add_yaml(&yaml)).await?;
         match &result {
             Ok(()) => tracing::info!("tracing policy added"),
             Err(e) => tracing::warn!(error = %e, "tracing policy refused"),
@@ -53,26 +70,34 @@ impl PolicyControl for SharedPolicies {
     }
 
     async fn delete(&self, name: &str, namespace: &str) -> Result<(), Status> {
-        let mut host = self.0.lock();
-        host.check_local(name, namespace).and_then(|()| host.delete(name, namespace)).map_err(status_of)
-    }
-
-    async fn set_mode(&self, name: &str, namespace: &str, monitor: bool) -> Result<(), Status> {
-        let mut host = self.0.lock();
-        host.check_local(name, namespace).and_then(|()| host.set_mode(name, namespace, monitor)).map_err(status_of)
-    }
-
-    async fn set_enabled(&self, name: &str, namespace: &str, enabled: bool) -> Result<(), Status> {
-        let mut host = self.0.lock();
-        host.check_local(name, namespace)
-            .and_then(|()| if enabled { host.enable(name, namespace) } else { host.disable(name, namespace) })
+        let (name, namespace) = (name.to_owned(), namespace.to_owned());
+        self.with_host(move |host| host.check_local(&name, &namespace).and_then(|()| host.delete(&name, &namespace)))
+            .await?
             .map_err(status_of)
     }
 
-    fn list(&self) -> Vec<TracingPolicyStatus> {
-        self.0
-            .lock()
-            .list()
+    async fn set_mode(&self, name: &str, namespace: &str, monitor: bool) -> Result<(), Status> {
+        let (name, namespace) = (name.to_owned(), namespace.to_owned());
+        self.with_host(move |host| {
+            host.check_local(&name, &namespace).and_then(|()| host.set_mode(&name, &namespace, monitor))
+        })
+        .await?
+        .map_err(status_of)
+    }
+
+    async fn set_enabled(&self, name: &str, namespace: &str, enabled: bool) -> Result<(), Status> {
+        let (name, namespace) = (name.to_owned(), namespace.to_owned());
+        self.with_host(move |host| {
+            host.check_local(&name, &namespace)
+                .and_then(|()| if enabled { host.enable(&name, &namespace) } else { host.disable(&name, &namespace) })
+        })
+        .await?
+        .map_err(status_of)
+    }
+
+    async fn list(&self) -> Result<Vec<TracingPolicyStatus>, Status> {
+        let list = self.with_host(|host| host.list()).await?;
+        Ok(list
             .into_iter()
             .map(|p| {
                 let (state, error) = match p.state {
@@ -104,7 +129,7 @@ impl PolicyControl for SharedPolicies {
                     ..Default::default()
                 }
             })
-            .collect()
+            .collect())
     }
 }
 

@@ -648,8 +648,8 @@ impl PolicyControl for RelayPolicies {
         .map_err(Status::from)
     }
 
-    fn list(&self) -> Vec<TracingPolicyStatus> {
-        self.statuses()
+    async fn list(&self) -> Result<Vec<TracingPolicyStatus>, Status> {
+        Ok(self.statuses())
     }
 }
 
@@ -758,7 +758,7 @@ mod tests {
         let sent = set.borrow_and_update().clone();
         assert_eq!(sent.generation, 4);
         assert!(sent.policies[0].monitor && !sent.policies[1].enabled);
-        let list = p.list();
+        let list = p.list().await.unwrap();
         let modes: Vec<(String, i32, i32)> = list.iter().map(|s| (s.name.clone(), s.state, s.mode)).collect();
         assert_eq!(
             modes,
