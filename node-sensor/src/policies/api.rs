@@ -53,7 +53,7 @@ impl SharedPolicies {
         let host = self.0.clone();
         tokio::task::spawn_blocking(move || f(&mut host.lock()))
             .await
-            .map_err(|_| Status::internal("the policy change did not finish (its task failed)"))
+            .map_err(|_| Status::internal("the policy host's task failed before it answered"))
     }
 }
 
