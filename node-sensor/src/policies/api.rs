@@ -55,6 +55,20 @@ impl SharedPolicies {
             .await
             .map_err(|_| Status::internal("the policy host's task failed before it answered"))
     }
+
+    /// `change` on a policy this API may change (one not managed by the
+    /// relay or Kubernetes), on the host's thread (see [`Self::with_host`]).
+    async fn local_change(
+        &self,
+        name: &str,
+        namespace: &str,
+        change: impl FnOnce(&mut PolicyHost, &str, &str) -> Result<(), HostError> + Send + 'static,
+    ) -> Result<(), Status> {
+        let (name, namespace) = (name.to_owned(), namespace.to_owned());
+        self.with_host(move |host| host.check_local(&name, &namespace).and_then(|()| change(host, &name, &namespace)))
+            .await?
+            .map_err(status_of)
+    }
 }
 
 #[tonic::async_trait]
@@ -70,29 +84,18 @@ impl PolicyControl for SharedPolicies {
     }
 
     async fn delete(&self, name: &str, namespace: &str) -> Result<(), Status> {
-        let (name, namespace) = (name.to_owned(), namespace.to_owned());
-        self.with_host(move |host| host.check_local(&name, &namespace).and_then(|()| host.delete(&name, &namespace)))
-            .await?
-            .map_err(status_of)
+        self.local_change(name, namespace, |host, name, namespace| host.delete(name, namespace)).await
     }
 
     async fn set_mode(&self, name: &str, namespace: &str, monitor: bool) -> Result<(), Status> {
-        let (name, namespace) = (name.to_owned(), namespace.to_owned());
-        self.with_host(move |host| {
-            host.check_local(&name, &namespace).and_then(|()| host.set_mode(&name, &namespace, monitor))
-        })
-        .await?
-        .map_err(status_of)
+        self.local_change(name, namespace, move |host, name, namespace| host.set_mode(name, namespace, monitor)).await
     }
 
     async fn set_enabled(&self, name: &str, namespace: &str, enabled: bool) -> Result<(), Status> {
-        let (name, namespace) = (name.to_owned(), namespace.to_owned());
-        self.with_host(move |host| {
-            host.check_local(&name, &namespace)
-                .and_then(|()| if enabled { host.enable(&name, &namespace) } else { host.disable(&name, &namespace) })
+        self.local_change(name, namespace, move |host, name, namespace| {
+            if enabled { host.enable(name, namespace) } else { host.disable(name, namespace) }
         })
-        .await?
-        .map_err(status_of)
+        .await
     }
 
     async fn list(&self) -> Result<Vec<TracingPolicyStatus>, Status> {
