@@ -204,14 +204,16 @@ fn decode_hook(bytes: &[u8]) -> Result<HookData, DecodeError> {
     })
 }
 
+/// A record's bytes as the kernel writes them (tests build records).
+#[cfg(test)]
+pub(crate) fn bytes_of<T: Copy>(v: &T) -> Vec<u8> {
+    // SAFETY: test-only view of a plain repr(C) record, read for its own size.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bytes_of<T>(v: &T) -> Vec<u8> {
-        // SAFETY: test-only view of a plain repr(C) record.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
-    }
 
     fn hook_bytes(args: &[(u32, &[u8])]) -> Vec<u8> {
         let mut data = Vec::new();

@@ -44,6 +44,22 @@ const PASS_MAX: usize = 4096;
 /// How often kernel counters are read and losses logged.
 const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Where the reader takes records from: the kernel's ring buffer (a
+/// queue of byte records in tests).
+trait Records {
+    type Record<'a>: std::ops::Deref<Target = [u8]>
+    where
+        Self: 'a;
+    fn next_record(&mut self) -> Option<Self::Record<'_>>;
+}
+
+impl Records for RingBuf<MapData> {
+    type Record<'a> = aya::maps::ring_buf::RingBufItem<'a>;
+    fn next_record(&mut self) -> Option<Self::Record<'_>> {
+        self.next()
+    }
+}
+
 pub struct Pipeline {
     node: String,
     clock: Clock,
@@ -346,10 +362,10 @@ impl Pipeline {
 
     /// Handles the records in the ring buffer, at most [`PASS_MAX`], then
     /// publishes; whether records may be left.
-    fn read_ring(&mut self, ring: &mut RingBuf<MapData>) -> bool {
+    fn read_ring(&mut self, ring: &mut impl Records) -> bool {
         let mut handled = 0;
         while handled < PASS_MAX
-            && let Some(item) = ring.next()
+            && let Some(item) = ring.next_record()
         {
             self.handle(&item);
             handled += 1;
@@ -360,7 +376,7 @@ impl Pipeline {
 
     /// Reads until the ring buffer is empty, letting the runtime's other
     /// tasks run between passes.
-    async fn drain_ring(&mut self, ring: &mut RingBuf<MapData>) {
+    async fn drain_ring(&mut self, ring: &mut impl Records) {
         while self.read_ring(ring) {
             tokio::task::yield_now().await;
         }
@@ -449,5 +465,94 @@ impl Pipeline {
         // Final counters, so a last health read or log is exact.
         self.refresh_counters(&counters);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use futures::FutureExt;
+    use node_sensor_common::{ExecRecord, KIND_EXEC};
+    use proto::tetragon::get_events_response::Event;
+
+    use super::*;
+
+    impl Records for VecDeque<Vec<u8>> {
+        type Record<'a> = Vec<u8>;
+        fn next_record(&mut self) -> Option<Vec<u8>> {
+            self.pop_front()
+        }
+    }
+
+    /// The exec of `/bin/true <marker>` by a process of its own.
+    fn exec_record(pid: u32, marker: &str) -> Vec<u8> {
+        // SAFETY: all-zero is a valid ExecRecord.
+        let mut r: ExecRecord = unsafe { std::mem::zeroed() };
+        r.header.kind = KIND_EXEC;
+        (r.pid, r.tid, r.ppid) = (pid, pid, 1);
+        r.filename[..9].copy_from_slice(b"/bin/true");
+        r.filename_len = 9;
+        // The kernel's side leaves argv[0] out.
+        let args = format!("{marker}\0");
+        r.args[..args.len()].copy_from_slice(args.as_bytes());
+        r.args_len = args.len() as u32;
+        crate::decode::bytes_of(&r)
+    }
+
+    /// The arguments of the exec events the bus holds for `sub` now.
+    fn take_now(sub: &mut events::bus::Subscription) -> Vec<String> {
+        let mut taken = Vec::new();
+        while let Some(Some(event)) = sub.next().now_or_never() {
+            match event.event {
+                Some(Event::ProcessExec(e)) => taken.push(e.process.map(|p| p.arguments).unwrap_or_default()),
+                other => panic!("not an exec event: {other:?}"),
+            }
+        }
+        taken
+    }
+
+    /// A backlog larger than a pass is read in passes of `PASS_MAX`, and
+    /// the runtime's other tasks (here, what a client's stream does) run
+    /// between them with the events of the passes before: on the sensor's
+    /// one worker, a burst does not hold everything else up until it ends.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_backlog_is_read_in_passes_and_its_events_flow_between_them() {
+        let bus = EventBus::new("node", 1 << 16);
+        let mut sub = bus.subscribe(events::RequestFilters::default());
+        let stats = Arc::new(SensorStats::default());
+        let mut pipeline = Pipeline::new("node", Clock::fixed(0), Collect::default(), 1 << 16, bus, stats.clone());
+        let total = 2 * PASS_MAX + 100;
+        let mut ring: VecDeque<Vec<u8>> =
+            (0..total).map(|i| exec_record(10_000 + i as u32, &format!("backlog-{i}"))).collect();
+
+        // How many records the reader had handled each time the client
+        // took events (as many as tokio's budget for one run allows).
+        let client = tokio::spawn({
+            let stats = stats.clone();
+            async move {
+                let mut handled_when_taking = Vec::new();
+                let mut taken = Vec::new();
+                while taken.len() < total {
+                    let now = take_now(&mut sub);
+                    if !now.is_empty() {
+                        handled_when_taking.push(stats.records.load(Ordering::Relaxed));
+                    }
+                    taken.extend(now);
+                    tokio::task::yield_now().await;
+                }
+                (handled_when_taking, taken)
+            }
+        });
+        pipeline.drain_ring(&mut ring).await;
+        let (mut handled_when_taking, taken) = client.await.expect("the client task ends");
+
+        assert!(ring.is_empty());
+        handled_when_taking.dedup();
+        let pass = PASS_MAX as u64;
+        assert_eq!(handled_when_taking, vec![pass, 2 * pass, 2 * pass + 100], "the client ran after each pass");
+        assert_eq!(stats.ring_polls.load(Ordering::Relaxed), 3, "one read per pass");
+        let expected: Vec<String> = (0..total).map(|i| format!("backlog-{i}")).collect();
+        assert_eq!(taken, expected, "every event, once, in the ring's order");
     }
 }
