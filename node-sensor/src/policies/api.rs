@@ -29,6 +29,17 @@ fn status_of(e: HostError) -> Status {
     }
 }
 
+/// `f` with `host` locked, on a blocking thread: while another holds the
+/// lock, only this call waits, not the runtime worker it was made on.
+async fn locked_on_blocking_thread<H: Send + 'static, T: Send + 'static>(
+    host: Arc<Mutex<H>>,
+    f: impl FnOnce(&mut H) -> T + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(move || f(&mut host.lock()))
+        .await
+        .map_err(|_| Status::internal("the policy host's task failed before it answered"))
+}
+
 fn counters(c: &SelectorCounts) -> TracingPolicyActionCounters {
     TracingPolicyActionCounters {
         post: c.post,
@@ -50,10 +61,7 @@ impl SharedPolicies {
         &self,
         f: impl FnOnce(&mut PolicyHost) -> T + Send + 'static,
     ) -> Result<T, Status> {
-        let host = self.0.clone();
-        tokio::task::spawn_blocking(move || f(&mut host.lock()))
-            .await
-            .map_err(|_| Status::internal("the policy host's task failed before it answered"))
+        locked_on_blocking_thread(self.0.clone(), f).await
     }
 
     /// `change` on a policy this API may change (one not managed by the
@@ -158,4 +166,55 @@ fn stats(events: u64, hooks: &[super::HookSelectorCounts]) -> TracingPolicyStats
         }
     }
     TracingPolicyStats { action_counters: Some(counters(&total)), selector_action_counters: per_selector }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A policy load holds the host's lock while the verifier runs; on
+    /// the sensor's one runtime worker (`main`), a policy RPC waiting for
+    /// it must leave the worker to the ring reader and the clients.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_held_host_holds_up_only_the_call_that_needs_it() {
+        let host = Arc::new(Mutex::new(0u32));
+        let released = Arc::new(AtomicBool::new(false));
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        // The long load: holds the host until told (or, should the
+        // runtime be blocked and never tell it, for at most 10 s).
+        let load = std::thread::spawn({
+            let (host, released) = (host.clone(), released.clone());
+            move || {
+                let guard = host.lock();
+                held_tx.send(()).expect("the test waits for the lock");
+                let _ = release_rx.recv_timeout(Duration::from_secs(10));
+                released.store(true, Ordering::SeqCst);
+                drop(guard);
+            }
+        });
+        held_rx.recv().expect("the load holds the host");
+
+        let call = tokio::spawn(locked_on_blocking_thread(host.clone(), |n| {
+            *n += 1;
+            *n
+        }));
+        // The call has started, and waits for the lock.
+        tokio::task::yield_now().await;
+        let ran_while_held = tokio::spawn({
+            let released = released.clone();
+            async move { !released.load(Ordering::SeqCst) }
+        })
+        .await
+        .expect("the other task ends");
+        assert!(ran_while_held, "another task on the runtime waited for the policy host's lock");
+        assert!(!call.is_finished(), "the call ran without the lock");
+
+        release_tx.send(()).expect("the load waits to be released");
+        assert_eq!(call.await.expect("the call's task ends").expect("the host answers"), 1);
+        load.join().expect("the load ends");
+    }
 }
