@@ -192,8 +192,20 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         });
         tokio::spawn(listener.serve(Arc::new(registry), stop.clone()));
     }
-    let seeded = pipeline.seed_from_procfs(&settings.procfs);
-    policies.0.lock().seed_binaries(&settings.procfs);
+    // The /proc walks, on a blocking thread: on a busy node they take a
+    // while, and the policy host may be locked by a policy loading for
+    // the relay or Kubernetes, while the one runtime worker answers
+    // health probes and scrapes.
+    let (pipeline, seeded) = tokio::task::spawn_blocking({
+        let (host, procfs) = (policies.0.clone(), settings.procfs.clone());
+        move || {
+            let seeded = pipeline.seed_from_procfs(&procfs);
+            host.lock().seed_binaries(&procfs);
+            (pipeline, seeded)
+        }
+    })
+    .await
+    .context("seeding from /proc")?;
     // Served only now: a client that sees the sensor healthy sees events
     // of processes started after the /proc walk as execs, not as `procFS`.
     // (The listener was bound earlier, so connections wait in its backlog.)
