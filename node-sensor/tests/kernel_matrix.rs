@@ -643,6 +643,8 @@ fn kprobe_policies_in_a_vm_report_what_runs_and_what_is_read() {
         .and_then(|v| v.parse().ok())
         .expect("returns_lost in the final counters");
     assert!(returns_lost < 10, "returns lost: {returns_lost}; {stopped}");
+    // The export is what the rest compares: every event must be in it.
+    assert!(stopped.contains(" export_dropped=0 "), "the export file lost events; log:\n{}", log.join("\n"));
     // Some 15 MB of events in files of 4 MB: read across rotations, with
     // no line split or repeated (every line parsed; counts compared exactly).
     assert!(statuses.get("export-files").is_some_and(|n| *n >= 3), "export files: {:?}", statuses.get("export-files"));

@@ -211,12 +211,16 @@ WORKLOAD
 
 # The workload's shell exists before the sensor (found in /proc, as in
 # the recordings) and starts once the sensor serves.
+# The export's queue holds more than the run's events (about 17,000): it
+# is the test's record, and under emulation on a busy host the writer of
+# JSON falls behind the reader of a backlog (10,000, the default, once
+# overflowed by 2,879).
 cd /tmp
 sh /workload &
 WORKLOAD=$!
 cd /
 /vigil-sensor --server-address unix:///tmp/s.sock --export-filename /tmp/events.jsonl \
-  --export-file-max-size-mb 4 --export-file-max-backups 100 \
+  --export-file-max-size-mb 4 --export-file-max-backups 100 --subscriber-queue-size 65536 \
   --enable-process-cred --enable-process-ns \
   --tracing-policy /tmp/a.yaml --tracing-policy /tmp/b.yaml --tracing-policy /tmp/c.yaml \
   --tracing-policy /tmp/d.yaml --tracing-policy /tmp/e.yaml --tracing-policy /tmp/f.yaml \
