@@ -3,7 +3,7 @@
 //! events/s merged and delivered, end-to-end latency percentiles, relay
 //! CPU and RSS, and loss. Ratios and rates from one run, not a timed test.
 //!
-//! `cargo bench -p relay --bench relay_throughput [-- EVENTS_PER_NODE [RATE [CLIENTS]] [--operations] [--backbone]]`
+//! `cargo bench -p relay --bench relay_throughput [-- EVENTS_PER_NODE [RATE [CLIENTS]] [--operations] [--backbone] [--pin]]`
 //! With `--backbone` the same load runs three times: through one relay,
 //! then through two ingest relays, NATS JetStream (Debian's) and a query
 //! relay, once on one server with stream replicas 1 and once on a cluster
@@ -15,7 +15,13 @@
 //! out. CLIENTS defaults to 4. `--operations` runs the relay with
 //! `--metrics-address` (scraped every second meanwhile) and an export file.
 //!
-//! The load generator shares the 2 cores with the relay, so it is kept
+//! With `--pin` the CPUs this bench may use are split in two halves: the
+//! relay (and, with `--backbone`, the ingest relays and NATS) on the first,
+//! the load generator and the clients on the second, so the relay's
+//! figures are its own, not its share of contended cores. (On 2 cores,
+//! that is one core for the relay.)
+//!
+//! Unpinned, the load generator shares the cores with the relay, so it is kept
 //! cheap: each event's static part is encoded before the clock starts and a
 //! batch is assembled by appending the send time; clients decode only the
 //! fields they measure (time, loss notices) and skip the rest. The relay
@@ -153,16 +159,16 @@ fn main() {
     let clients_n = args.get(2).copied().unwrap_or(DEFAULT_CLIENTS).max(1);
     let operations = std::env::args().any(|a| a == "--operations");
     let backbone = std::env::args().any(|a| a == "--backbone");
-    let embedded = run(Mode::Embedded, per_node, rate, clients_n, operations);
+    let pin = std::env::args().any(|a| a == "--pin").then(pinning::halves);
+    let options = Options { rate, clients_n, operations, pin };
+    let embedded = run(Mode::Embedded, per_node, &options);
     if backbone {
         if let Some(reason) = nats::skip_reason() {
             eprintln!("relay_throughput: no backbone run: {reason}");
             std::process::exit(1);
         }
-        let runs: Vec<(usize, Figures)> = [1, 3]
-            .into_iter()
-            .map(|r| (r, run(Mode::Backbone { replicas: r }, per_node, rate, clients_n, operations)))
-            .collect();
+        let runs: Vec<(usize, Figures)> =
+            [1, 3].into_iter().map(|r| (r, run(Mode::Backbone { replicas: r }, per_node, &options))).collect();
         for (replicas, b) in runs {
             println!(
                 "backbone (replicas {replicas}) vs embedded, this run: merged rate ×{:.2}, p99 latency ×{:.2}",
@@ -185,7 +191,17 @@ fn relay(dir: &std::path::Path, extra: &[&str]) -> test_support::daemon::Daemon 
     )
 }
 
-fn run(mode: Mode, per_node: u64, rate: Option<u64>, clients_n: u64, operations: bool) -> Figures {
+/// How each run is made, from the command line.
+struct Options {
+    rate: Option<u64>,
+    clients_n: u64,
+    operations: bool,
+    /// `--pin`: the daemons' CPUs, then the bench's own.
+    pin: Option<(pinning::Cpus, pinning::Cpus)>,
+}
+
+fn run(mode: Mode, per_node: u64, options: &Options) -> Figures {
+    let &Options { rate, clients_n, operations, .. } = options;
     let total = per_node * NODES as u64;
     let dir = std::env::temp_dir().join(format!("vigil-relay-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -224,6 +240,12 @@ fn run(mode: Mode, per_node: u64, rate: Option<u64>, clients_n: u64, operations:
     let mut pids = vec![relay_pid];
     pids.extend(ingest_relays.iter().map(|r| r.id()));
     pids.extend(nats_servers.iter().map(|n| n.daemon.id()));
+    if let Some((daemons, own)) = &options.pin {
+        for pid in &pids {
+            daemons.apply(*pid);
+        }
+        own.apply(std::process::id());
+    }
     // A scraper as Prometheus would be, only more often.
     let scraping = Arc::new(std::sync::atomic::AtomicBool::new(operations));
     if operations {
@@ -448,7 +470,10 @@ fn run(mode: Mode, per_node: u64, rate: Option<u64>, clients_n: u64, operations:
         if let Some((written, dropped)) = exported {
             println!("  export:     {written} events written to the file by now, {dropped} dropped (writer behind)");
         }
-        println!("  load:       {own_cpu:.2} s CPU for the benchmark's own {NODES} senders and {clients_n} receivers, on the same 2 cores as the relay");
+        match &options.pin {
+            Some((daemons, own)) => println!("  load:       {own_cpu:.2} s CPU for the benchmark's own {NODES} senders and {clients_n} receivers; pinned: {who} on CPUs {daemons}, the benchmark on CPUs {own}"),
+            None => println!("  load:       {own_cpu:.2} s CPU for the benchmark's own {NODES} senders and {clients_n} receivers, on the same cores as the {who} (not pinned)"),
+        }
         Figures { elapsed, p99_ms: pct(0.99) as f64 / 1000.0 }
     });
     relay.stop();
@@ -458,4 +483,64 @@ fn run(mode: Mode, per_node: u64, rate: Option<u64>, clients_n: u64, operations:
     drop(nats_servers);
     let _ = std::fs::remove_dir_all(&dir);
     figures
+}
+
+/// `--pin`: which CPUs the daemons and the bench run on.
+mod pinning {
+    /// A set of CPUs, as `sched_setaffinity` takes it.
+    pub struct Cpus(Vec<usize>);
+
+    impl std::fmt::Display for Cpus {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let list: Vec<String> = self.0.iter().map(usize::to_string).collect();
+            f.write_str(&list.join(","))
+        }
+    }
+
+    /// The CPUs this process may use, split in two halves (the daemons'
+    /// first); exits with why if there are fewer than two.
+    pub fn halves() -> (Cpus, Cpus) {
+        // SAFETY: all-zero is an empty cpu_set_t.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a cpu_set_t of the size passed.
+        if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+            eprintln!("relay_throughput: --pin: sched_getaffinity: {}", std::io::Error::last_os_error());
+            std::process::exit(1);
+        }
+        // SAFETY: CPU_ISSET reads the set within CPU_SETSIZE.
+        let cpus: Vec<usize> =
+            (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect();
+        if cpus.len() < 2 {
+            eprintln!("relay_throughput: --pin needs at least 2 CPUs; this process may use {}", cpus.len());
+            std::process::exit(1);
+        }
+        let (daemons, own) = cpus.split_at(cpus.len() / 2);
+        (Cpus(daemons.to_vec()), Cpus(own.to_vec()))
+    }
+
+    impl Cpus {
+        /// Pins every thread of `pid` (threads made later inherit it).
+        pub fn apply(&self, pid: u32) {
+            // SAFETY: all-zero is an empty cpu_set_t.
+            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            for &c in &self.0 {
+                // SAFETY: `c` came from CPU_ISSET's range, under CPU_SETSIZE.
+                unsafe { libc::CPU_SET(c, &mut set) };
+            }
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the process's threads");
+            for task in tasks.flatten() {
+                let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<libc::pid_t>().ok()) else { continue };
+                // SAFETY: `set` is a cpu_set_t of the size passed.
+                if unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+                    let e = std::io::Error::last_os_error();
+                    // A thread that ended meanwhile needs no pinning.
+                    assert_eq!(
+                        e.raw_os_error(),
+                        Some(libc::ESRCH),
+                        "pinning thread {tid} of {pid} to CPUs {self}: {e}"
+                    );
+                }
+            }
+        }
+    }
 }
