@@ -35,12 +35,7 @@ mod tests {
     use node_sensor_common::CredInfo;
 
     use super::*;
-
-    fn bytes_of(c: &CredArg) -> Vec<u8> {
-        // SAFETY: CredArg is repr(C) plain integers with explicit padding.
-        unsafe { std::slice::from_raw_parts((c as *const CredArg).cast::<u8>(), std::mem::size_of::<CredArg>()) }
-            .to_vec()
-    }
+    use crate::decode::bytes_of;
 
     #[test]
     fn ids_capabilities_and_the_user_namespace() {

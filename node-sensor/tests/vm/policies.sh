@@ -211,10 +211,10 @@ WORKLOAD
 
 # The workload's shell exists before the sensor (found in /proc, as in
 # the recordings) and starts once the sensor serves.
-# The export's queue holds more than the run's events (about 17,000): it
-# is the test's record, and under emulation on a busy host the writer of
-# JSON falls behind the reader of a backlog (10,000, the default, once
-# overflowed by 2,879).
+# The export's queue holds more than the run's events (7,600-9,400 in a
+# normal run, 16,680 in one on a busy host): it is the test's record, and
+# under emulation on a busy host the writer of JSON falls behind the
+# reader of a backlog (10,000, the default, once overflowed by 2,879).
 cd /tmp
 sh /workload &
 WORKLOAD=$!
